@@ -1,0 +1,1 @@
+"""Subcommands of the ``skewless`` CLI; one module per command (see skewless.cli)."""
