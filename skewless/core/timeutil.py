@@ -1,0 +1,53 @@
+"""Time as the contract defines it: UTC, integer milliseconds since the Unix epoch.
+
+Naive datetimes are taken as UTC, aware ones converted; finer precision is truncated (not rounded).
+Every engine adapter converts through these functions, so all paths agree on the same integer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+MS_PER_SECOND = 1000
+MS_PER_MINUTE = 60 * MS_PER_SECOND
+MS_PER_HOUR = 60 * MS_PER_MINUTE
+MS_PER_DAY = 24 * MS_PER_HOUR
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def td_ms(delta: timedelta) -> int:
+    """A timedelta as whole milliseconds (truncated toward zero)."""
+    return (delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds) // 1000 if delta >= timedelta(0) else -td_ms(-delta)
+
+
+def to_epoch_ms(value: datetime | int) -> int:
+    """A datetime (naive = UTC) or an int already in epoch ms, as epoch ms (truncated to the ms)."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a timestamp")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime or epoch milliseconds, got {type(value).__name__}: {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return td_ms(value - _EPOCH)
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    """Epoch ms as an aware UTC datetime."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def floor_ms(ms: int, step_ms: int) -> int:
+    """Largest multiple of ``step_ms`` (epoch-aligned) that is <= ``ms``; correct for negative ms too."""
+    return (ms // step_ms) * step_ms
+
+
+def default_tile_ms(width_ms: int | None) -> int:
+    """The contract's default tile for a window width: 1 day for W >= 12 days (and lifetime),
+    1 hour for W >= 12 hours, else 5 minutes."""
+    if width_ms is None or width_ms >= 12 * MS_PER_DAY:
+        return MS_PER_DAY
+    if width_ms >= 12 * MS_PER_HOUR:
+        return MS_PER_HOUR
+    return 5 * MS_PER_MINUTE
