@@ -1,6 +1,6 @@
 """Time as the contract defines it: UTC, integer milliseconds since the Unix epoch.
 
-Naive datetimes are taken as UTC, aware ones converted; finer precision is truncated (not rounded).
+Naive datetimes are taken as UTC, aware ones converted; finer precision is floored to the millisecond (toward the past, as Java's Instant does).
 Every engine adapter converts through these functions, so all paths agree on the same integer.
 """
 
@@ -16,12 +16,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def td_ms(delta: timedelta) -> int:
-    """A timedelta as whole milliseconds (truncated toward zero)."""
-    return (delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds) // 1000 if delta >= timedelta(0) else -td_ms(-delta)
+    """A timedelta as whole milliseconds, floored like Java's ``Instant.toEpochMilli`` (so -1.5 ms is -2)."""
+    return (delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds) // 1000
 
 
 def to_epoch_ms(value: datetime | int) -> int:
-    """A datetime (naive = UTC) or an int already in epoch ms, as epoch ms (truncated to the ms)."""
+    """A datetime (naive = UTC) or an int already in epoch ms, as epoch ms (floored to the ms)."""
     if isinstance(value, bool):
         raise TypeError("a bool is not a timestamp")
     if isinstance(value, int):
