@@ -1,0 +1,80 @@
+"""SparkSession factory with the Iceberg runtime and the shared sqlite JDBC catalog.
+
+The catalog is named :data:`skewless.config.ICEBERG_CATALOG_NAME` and is the same sqlite file and
+warehouse that :func:`skewless.engines.iceberg_catalog.load_catalog` opens with PyIceberg.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from skewless.config import ICEBERG_CATALOG_NAME, paths
+from skewless.engines import find_jar
+
+ICEBERG_RUNTIME_PREFIX = "iceberg-spark-runtime-4.1_2.13-"
+SQLITE_JDBC_PREFIX = "sqlite-jdbc-"
+
+
+def spark_jars() -> list[Path]:
+    """The Iceberg Spark runtime and the sqlite JDBC driver (infra/.cache/jars/spark/)."""
+    return [find_jar("spark", ICEBERG_RUNTIME_PREFIX), find_jar("spark", SQLITE_JDBC_PREFIX)]
+
+
+def catalog_conf(warehouse: str | Path | None = None, catalog_db: str | Path | None = None) -> dict[str, str]:
+    """``spark.sql.catalog.<name>.*`` settings of the shared JDBC (sqlite, schema V1) catalog."""
+    wh = Path(warehouse or paths().warehouse).resolve()
+    db = Path(catalog_db or paths().catalog_db).resolve()
+    wh.mkdir(parents=True, exist_ok=True)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    p = f"spark.sql.catalog.{ICEBERG_CATALOG_NAME}"
+    return {
+        p: "org.apache.iceberg.spark.SparkCatalog",
+        f"{p}.type": "jdbc",
+        f"{p}.uri": f"jdbc:sqlite:{db}",
+        f"{p}.warehouse": wh.as_uri(),
+        f"{p}.jdbc.schema-version": "V1",
+    }
+
+
+def spark_session(
+    app_name: str,
+    master: str = "local[2]",
+    warehouse: str | Path | None = None,
+    catalog_db: str | Path | None = None,
+    driver_memory: str = "2g",
+    shuffle_partitions: int = 4,
+    extra_conf: Mapping[str, str] | None = None,
+):
+    """Get or create a SparkSession wired to the shared Iceberg catalog (UTC, small shuffles).
+
+    ``driver_memory`` only takes effect if this call starts the JVM (the first session in a process).
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    jars = ",".join(str(j) for j in spark_jars())
+    conf: dict[str, str] = {
+        "spark.jars": jars,
+        "spark.driver.memory": driver_memory,
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.default.parallelism": "2",
+        "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    conf.update(catalog_conf(warehouse, catalog_db))
+    conf.update({k: str(v) for k, v in (extra_conf or {}).items()})
+    builder = SparkSession.builder.appName(app_name).master(master)
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    return builder.getOrCreate()
