@@ -1,0 +1,32 @@
+"""`skewless stack up|down|status`: the local Kafka + Flink + Redis stack (see docs/infra.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from skewless.stack import manager
+from skewless.stack.base import StackError
+
+NAME = "stack"
+HELP = "start, stop or inspect the local stack (Kafka KRaft, Flink session cluster, Redis) on 127.0.0.1"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("up", help="check prerequisites and ports, start every service, wait until healthy")
+    sub.add_parser("down", help="stop exactly the processes `up` recorded (by pid); idempotent")
+    status = sub.add_parser("status", help="per service: running/healthy, pid, RSS, endpoints (exit 1 if a recorded service is not healthy)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "up":
+            return manager.up()
+        if args.action == "down":
+            return manager.down()
+        return manager.status(as_json=args.json)
+    except StackError as exc:
+        print(f"stack: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,349 @@
+"""`skewless stack up|down|status`: the local stack (Kafka, Flink session cluster, Redis) as processes.
+
+``up`` checks everything before starting anything (Java, jars, free ports), starts all services,
+waits until each answers its protocol, and records ``(pid, start time)`` per service in
+``<state>/stack.json``. ``down`` stops exactly those processes. On any failure ``up`` stops what it
+started and prints the failing service's log tail and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from skewless import config
+from skewless.stack.base import Service, StackError, Started, port_in_use
+from skewless.stack.kafka import KafkaBroker, kafka_jars
+from skewless.stack.procs import fmt_mib, log_tail, pid_alive, rss_bytes, same_process, start_time, stop_pids
+from skewless.stack.redis import RedisServer
+
+MIN_JAVA = 17
+DEFAULT_START_TIMEOUT_S = 180.0
+FLINK_MODULE = "skewless.stack.flink"
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+def port_env_vars() -> dict[int, str]:
+    """Configured port -> the SKEWLESS_* variable that overrides it (derived from config.Ports)."""
+    current = config.ports()
+    return {
+        getattr(current, f.name): f"SKEWLESS_{f.name.upper()}_PORT" for f in dataclasses.fields(config.Ports)
+    }
+
+
+def flink_available() -> bool:
+    return importlib.util.find_spec(FLINK_MODULE) is not None
+
+
+def make_service(name: str, ports: dict[str, int] | None = None) -> Service:
+    """The service called ``name``; Kafka/Redis take recorded ``ports`` (from stack.json) over the config."""
+    ports = ports or {}
+    if name == "kafka":
+        return KafkaBroker(port=ports.get("broker"), controller_port=ports.get("controller"))
+    if name == "redis":
+        return RedisServer(port=ports.get("redis"))
+    if name == "flink":
+        try:
+            module = importlib.import_module(FLINK_MODULE)
+        except ImportError as exc:
+            raise StackError(f"flink: cannot import {FLINK_MODULE}: {exc}") from exc
+        return module.FlinkSessionCluster()  # the agreed interface: no arguments, ports from skewless.config
+    raise StackError(f"unknown service {name!r}")
+
+
+def stack_services() -> list[Service]:
+    """What `stack up` starts, in order: Kafka, Flink (when skewless/stack/flink.py exists), Redis."""
+    names = ["kafka", *(["flink"] if flink_available() else []), "redis"]
+    return [make_service(n) for n in names]
+
+
+# --- preflight -------------------------------------------------------------------------------------
+
+
+def java_version() -> int | None:
+    """Major version of ``java`` on PATH, or None if there is none."""
+    if shutil.which("java") is None:
+        return None
+    try:
+        out = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2) or 0) if major == 1 else major
+
+
+def port_problems(services: Sequence[Service]) -> list[str]:
+    """One message per port that is taken (or claimed twice), naming service, port and env var."""
+    env_vars = port_env_vars()
+    problems: list[str] = []
+    claimed: dict[int, str] = {}
+    for svc in services:
+        for role, port in svc.ports().items():
+            var = env_vars.get(port, "the service's port setting in skewless/config.py")
+            fix = f"stop what holds it (ss -ltnp 'sport = :{port}') or set {var} to a free port"
+            if port in claimed:
+                problems.append(f"{svc.name} ({role}): port {port} is also configured for {claimed[port]}; set {var} to another port")
+            elif port_in_use(port):
+                problems.append(f"{svc.name} ({role}): port {config.HOST}:{port} is already in use; {fix}")
+            claimed.setdefault(port, f"{svc.name} ({role})")
+    return problems
+
+
+def preflight(services: Sequence[Service]) -> None:
+    """Everything `up` needs, checked before anything starts; raises StackError listing every problem."""
+    problems: list[str] = []
+    version = java_version()
+    if version is None:
+        problems.append("java: not found on PATH; fix: make setup (installs openjdk-17-jdk-headless)")
+    elif version < MIN_JAVA:
+        problems.append(f"java: version {version} < {MIN_JAVA}; fix: install openjdk-17-jdk-headless and put it first on PATH")
+    if any(s.name == "kafka" for s in services):
+        try:
+            kafka_jars()
+        except StackError as exc:
+            problems.append(str(exc))
+    problems += port_problems(services)
+    if problems:
+        raise StackError("cannot start the stack:\n  - " + "\n  - ".join(problems))
+
+
+# --- the record (<state>/stack.json) ---------------------------------------------------------------
+
+
+def record_path() -> Path:
+    return config.paths().state / "stack.json"
+
+
+def read_record() -> dict[str, Any] | None:
+    try:
+        return json.loads(record_path().read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise StackError(f"{record_path()} is corrupt ({exc}); stop the processes listed in it by hand, then delete it") from exc
+
+
+def write_record(entries: list[dict[str, Any]]) -> None:
+    path = record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"services": entries, "updated": time.time()}, indent=2))
+    tmp.replace(path)
+
+
+def record_entry(svc: Service, started: Started) -> dict[str, Any]:
+    return {
+        "name": started.name,
+        "pids": [{"pid": p, "start_time": start_time(p)} for p in started.pids],
+        "ports": svc.ports(),
+        "endpoints": started.endpoints,
+        "log_file": str(started.log_file),
+    }
+
+
+def live_pids(entry: dict[str, Any]) -> list[int]:
+    """Recorded pids that are still the very processes we started (a recycled pid is not ours)."""
+    return [p["pid"] for p in entry["pids"] if same_process(p["pid"], p.get("start_time"))]
+
+
+def stack_owned_ports() -> dict[int, str]:
+    """Ports held by a recorded, live stack service -> that service's name."""
+    record = read_record() or {"services": []}
+    return {port: e["name"] for e in record["services"] if live_pids(e) for port in e["ports"].values()}
+
+
+# --- up / down / status ----------------------------------------------------------------------------
+
+
+def _stop_started(pairs: Sequence[tuple[Service, Started]], out: TextIO) -> None:
+    for svc, started in reversed(pairs):
+        try:
+            svc.stop(started)
+        except StackError as exc:
+            print(f"stack: stopping {svc.name} failed: {exc}", file=out)
+
+
+def _await_healthy(pairs: Sequence[tuple[Service, Started]], out: TextIO) -> dict[str, float]:
+    """Wait for all services at once; return seconds-to-healthy per service or raise naming the first failure."""
+    t0 = time.monotonic()
+    pending = list(pairs)
+    ready: dict[str, float] = {}
+    while pending:
+        for svc, started in list(pending):
+            if svc.healthy():
+                ready[svc.name] = time.monotonic() - t0
+                print(f"stack: {svc.name} healthy after {ready[svc.name]:.1f} s", file=out)
+                pending.remove((svc, started))
+            elif not all(pid_alive(p) for p in started.pids):
+                raise _ServiceFailed(svc, started, "its process exited during startup")
+            elif time.monotonic() - t0 > getattr(svc, "start_timeout_s", DEFAULT_START_TIMEOUT_S):
+                timeout = getattr(svc, "start_timeout_s", DEFAULT_START_TIMEOUT_S)
+                raise _ServiceFailed(svc, started, f"not healthy after {timeout:.0f} s")
+        time.sleep(0.5)
+    return ready
+
+
+class _ServiceFailed(StackError):
+    def __init__(self, svc: Service, started: Started | None, reason: str) -> None:
+        super().__init__(f"{svc.name}: {reason}")
+        self.svc, self.started, self.reason = svc, started, reason
+
+
+_FIXES = {
+    "kafka": "read the log above; a stale or foreign data dir in <state>/kafka/data can be removed (make clean)",
+    "flink": "read the log above and <logs>/flink/; check memory (free -m) and the Flink ports",
+    "redis": "read the log above; check that infra/redis/redis.conf is valid and <state>/redis is writable",
+}
+
+
+def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> int:
+    """Start the stack; 0 when every service is healthy, 1 (with everything stopped again) otherwise."""
+    paths = config.paths()
+    record = read_record()
+    if record and any(live_pids(e) for e in record["services"]):
+        print("stack: already running (run `skewless stack down` first to restart):", file=out)
+        status(out=out)
+        return 0 if _all_healthy(record) else 1
+    services = list(services) if services is not None else stack_services()
+    t0 = time.monotonic()
+    try:
+        preflight(services)
+    except StackError as exc:
+        print(f"stack: {exc}", file=out)
+        return 1
+    paths.state.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    pairs: list[tuple[Service, Started]] = []
+    try:
+        for svc in services:
+            try:
+                started = svc.start(paths.state, paths.logs)
+            except StackError as exc:
+                raise _ServiceFailed(svc, None, str(exc)) from exc
+            pairs.append((svc, started))
+            write_record([record_entry(s, st) for s, st in pairs])  # recorded at once: `down` works mid-up
+            print(f"stack: started {svc.name} (pid {', '.join(map(str, started.pids))}, log {started.log_file})", file=out)
+        _await_healthy(pairs, out)
+    except _ServiceFailed as failure:
+        print(f"stack: FAILED: {failure}", file=out)
+        if failure.started is not None:
+            print(f"--- last lines of {failure.started.log_file} ---", file=out)
+            print(log_tail(failure.started.log_file), file=out)
+            print("---", file=out)
+        print(f"stack: fix: {_FIXES.get(failure.svc.name, 'read the log above')}", file=out)
+        print("stack: stopping what was started ...", file=out)
+        _stop_started(pairs, out)
+        record_path().unlink(missing_ok=True)
+        return 1
+    except BaseException:
+        _stop_started(pairs, out)
+        record_path().unlink(missing_ok=True)
+        raise
+    print(f"stack: up in {time.monotonic() - t0:.1f} s (logs in {paths.logs})", file=out)
+    status(out=out)
+    return 0
+
+
+def down(out: TextIO = sys.stdout) -> int:
+    """Stop exactly the recorded processes and remove the record; a no-op when nothing is recorded."""
+    record = read_record()
+    if record is None:
+        print("stack: nothing recorded; nothing to stop", file=out)
+        return 0
+    failed = False
+    for entry in reversed(record["services"]):
+        pids = live_pids(entry)
+        if not pids:
+            print(f"stack: {entry['name']} not running", file=out)
+            continue
+        started = Started(entry["name"], tuple(pids), entry["endpoints"], Path(entry["log_file"]))
+        try:
+            try:
+                svc = make_service(entry["name"], entry["ports"])
+            except StackError:  # e.g. the Flink module is gone: still stop by pid
+                stop_pids(pids, 30.0)
+            else:
+                svc.stop(started)
+        except StackError as exc:
+            failed = True
+            print(f"stack: stopping {entry['name']} failed: {exc}", file=out)
+            continue
+        print(f"stack: stopped {entry['name']} (pid {', '.join(map(str, pids))})", file=out)
+    if failed:
+        print(f"stack: some processes could not be stopped; record kept in {record_path()}", file=out)
+        return 1
+    record_path().unlink(missing_ok=True)
+    return 0
+
+
+def _all_healthy(record: dict[str, Any]) -> bool:
+    return all(_entry_healthy(e) for e in record["services"])
+
+
+def _entry_healthy(entry: dict[str, Any]) -> bool:
+    try:
+        return bool(live_pids(entry)) and make_service(entry["name"], entry["ports"]).healthy()
+    except StackError:
+        return False
+
+
+def status_rows() -> list[dict[str, Any]]:
+    """Per recorded service: name, running, healthy, pids, rss (bytes), endpoints, log."""
+    record = read_record()
+    rows = []
+    for entry in (record or {"services": []})["services"]:
+        pids = live_pids(entry)
+        rows.append(
+            {
+                "name": entry["name"],
+                "running": bool(pids),
+                "healthy": _entry_healthy(entry) if pids else False,
+                "pids": pids,
+                "rss": rss_bytes(pids),
+                "endpoints": entry["endpoints"],
+                "log_file": entry["log_file"],
+            }
+        )
+    return rows
+
+
+def status(out: TextIO = sys.stdout, as_json: bool = False) -> int:
+    """Print per-service state; 0 if nothing is recorded or all of it is healthy, else 1."""
+    rows = status_rows()
+    if as_json:
+        print(json.dumps(rows, indent=2), file=out)
+    elif not rows:
+        print("stack: not running (nothing recorded in " f"{record_path()})", file=out)
+    else:
+        print(_table(rows), file=out)
+        total = sum(r["rss"] for r in rows)
+        print(f"total RSS: {fmt_mib(total)}", file=out)
+    return 0 if all(r["healthy"] for r in rows) else 1
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("SERVICE", "STATE", "PID", "RSS", "ENDPOINTS")
+    lines = [header]
+    for r in rows:
+        state = "healthy" if r["healthy"] else ("running, not healthy" if r["running"] else "stopped")
+        endpoints = "  ".join(f"{k}={v}" for k, v in r["endpoints"].items())
+        lines.append((r["name"], state, ",".join(map(str, r["pids"])) or "-", fmt_mib(r["rss"]), endpoints))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + line[-1] for line in lines
+    )
