@@ -44,10 +44,20 @@ def floor_ms(ms: int, step_ms: int) -> int:
 
 
 def default_tile_ms(width_ms: int | None) -> int:
-    """The contract's default tile for a window width: 1 day for W >= 12 days (and lifetime),
-    1 hour for W >= 12 hours, else 5 minutes."""
-    if width_ms is None or width_ms >= 12 * MS_PER_DAY:
+    """The contract's default tile for a window width: 1 day for W > 1 day (every batch-served window,
+    and lifetime), 1 hour for 12 hours <= W <= 1 day, else 5 minutes."""
+    if width_ms is None or width_ms > MS_PER_DAY:
         return MS_PER_DAY
     if width_ms >= 12 * MS_PER_HOUR:
         return MS_PER_HOUR
     return 5 * MS_PER_MINUTE
+
+
+def window_start_ms(as_of_ms: int, width_ms: int | None, tile_ms: int) -> int | None:
+    """First instant of the window of width W with tile H as of T: ``floor(T - W, H)``; None for lifetime.
+
+    The window is ``[window_start_ms, T)``: exact at the head, rounded down to the tile at the tail.
+    """
+    if width_ms is None:
+        return None
+    return floor_ms(as_of_ms - width_ms, tile_ms)
