@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -143,6 +144,7 @@ class FlinkSessionCluster(Service):
             FLINK_LIB_DIR=str(self.lib_dir),
             FLINK_LOG_DIR=str(self.log_dir / "flink"),
             FLINK_PID_DIR=str(self.state_dir / "flink"),
+            FLINK_IDENT_STRING="skewless",
             STD_REDIRECT_TO_FILE="true",  # JVM stdout/stderr into FLINK_LOG_DIR/*.out|*.err
             PYFLINK_CLIENT_EXECUTABLE=self.python,
         )
@@ -162,6 +164,8 @@ class FlinkSessionCluster(Service):
         flink_logs = self.log_dir / "flink"
         flink_logs.mkdir(parents=True, exist_ok=True)
         bin_dir = flink_home() / "bin"
+        for stale in (self.state_dir / "flink").glob("*.pid"):  # keeps the log name's index at 0
+            stale.unlink()
         pids: list[int] = []
         env = self._env()
         for script in ("jobmanager.sh", "taskmanager.sh"):
@@ -180,8 +184,12 @@ class FlinkSessionCluster(Service):
             name=self.name,
             pids=tuple(pids),
             endpoints={"rest": self.rest_url, "conf_dir": str(self.conf_dir)},
-            log_file=flink_logs,
+            log_file=self.jobmanager_log(),
         )
+
+    def jobmanager_log(self) -> Path:
+        """The JobManager's log file (flink-console.sh names it after ident, service, index and host)."""
+        return self.log_dir / "flink" / f"flink-skewless-standalonesession-0-{socket.gethostname()}.log"
 
     def overview(self) -> dict[str, Any]:
         """``GET /overview``: taskmanagers, slots-total, slots-available, jobs-running, flink-version."""
@@ -204,7 +212,7 @@ class FlinkSessionCluster(Service):
             if started is not None:
                 dead = [p for p in started.pids if not _alive(p)]
                 if dead:
-                    raise StackError(f"flink: process(es) {dead} exited during start; see logs in {started.log_file}")
+                    raise StackError(f"flink: process(es) {dead} exited during start; see {started.log_file.parent}")
             time.sleep(1.0)
         raise StackError(f"flink: no TaskManager with free slots at {self.rest_url} after {timeout_s:.0f} s; see {self.log_dir / 'flink'}")
 
