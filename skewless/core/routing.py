@@ -25,3 +25,8 @@ STREAM_DAILY_TILE_RETENTION_MS = (BATCH_TAIL_DAYS + 2) * MS_PER_DAY
 def is_stream_served(width_ms: int | None) -> bool:
     """True when the stream alone serves a window of this width (None = lifetime: never)."""
     return width_ms is not None and width_ms <= STREAM_MAX_WIDTH_MS
+
+
+# How long after its TTL the online store keeps a snapshot row, so a read can still say ``expired``; a row
+# older than ttl + this is forgotten (null, ``present``) on every path (docs/semantics.md, "Snapshots").
+SNAPSHOT_EXPIRED_MEMORY_MS = 7 * MS_PER_DAY
