@@ -23,7 +23,6 @@ from feature_defs.sources import orders
 
 PLACED = Where("status", "==", "placed")
 COMPLETED = Where("status", "==", "completed")
-DAY = timedelta(days=1)
 
 user_order_stats = FeatureView(
     name="user_order_stats",
@@ -35,8 +34,8 @@ user_order_stats = FeatureView(
         # stream-served (width <= 1 day)
         Aggregation("user_orders_last_1h", Agg.COUNT, None, Window.hours(1), where=PLACED,
                     description="Orders placed in the last hour."),
-        # batch body + daily stream tiles (width > 1 day: daily tiles)
-        Aggregation("max_order_amount_7d", Agg.MAX, "amount", Window.days(7).with_tile(DAY), where=PLACED,
+        # batch body/tail + the stream's daily tiles after the cut-off (width > 1 day: daily tiles)
+        Aggregation("max_order_amount_7d", Agg.MAX, "amount", Window.days(7), where=PLACED,
                     description="Largest order placed in the last 7 days, EUR cents."),
         Aggregation("cancelled_orders_30d", Agg.COUNT, None, Window.days(30), where=Where("status", "==", "cancelled"),
                     description="Orders cancelled in the last 30 days."),

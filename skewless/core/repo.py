@@ -146,19 +146,19 @@ class Repository:
             if view_name not in views:
                 raise UnknownFeatureError(f"feature reference {ref!r}: " + _unknown("feature view", view_name, views))
             view = views[view_name]
-            if feature not in view.feature_names:
+            if feature not in _names(view):
                 raise UnknownFeatureError(
                     f"feature reference {ref!r}: view '{view_name}' has no feature {feature!r}"
-                    + _close(feature, view.feature_names, "features")
+                    + _close(feature, _names(view), "features")
                 )
             return [(view, feature)]
         if ref in views:
-            return [(views[ref], f) for f in views[ref].feature_names]
+            return [(views[ref], f) for f in _names(views[ref])]
         services = self.services_by_name
         if ref in services and depth == 0:
             return [pair for r in services[ref].features for pair in self._resolve_one(r, depth + 1)]
-        qualified = [f"{v.name}:{f}" for v in self.views for f in v.feature_names]
-        bare = {f: f"{v.name}:{f}" for v in self.views for f in v.feature_names}
+        qualified = [f"{v.name}:{f}" for v in self.views for f in _names(v)]
+        bare = {f: f"{v.name}:{f}" for v in self.views for f in _names(v)}
         if ref in bare:
             raise UnknownFeatureError(
                 f"feature reference {ref!r}: no view or service has that name; did you mean '{bare[ref]}'? "
@@ -167,6 +167,11 @@ class Repository:
         raise UnknownFeatureError(
             f"feature reference {ref!r}: " + _unknown("feature view or service", ref, [*views, *services, *qualified])
         )
+
+
+def _names(view: View) -> tuple[str, ...]:
+    items = view.features if isinstance(view, FeatureView) else view.fields
+    return tuple(n for n in (getattr(i, "name", None) for i in items) if isinstance(n, str))
 
 
 def _by_name(objs: Iterable[Any]) -> dict[str, Any]:

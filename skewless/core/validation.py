@@ -303,10 +303,8 @@ def _check_window(c: _Checker, view: FeatureView, f: Aggregation) -> None:
         return
     if not is_stream_served(width) and tile != BATCH_TILE_MS:
         c.add("window.batch_tile", kind, view.name, where,
-              f"window {label} is wider than 1 day, so batch and daily stream tiles serve it, but its tile is {format_duration(tile)}"
-              f"{' (the default for this width)' if w.tile is None else ''}",
-              f"declare daily tiles: Window.days({width // MS_PER_DAY}).with_tile(timedelta(days=1))"
-              if width % MS_PER_DAY == 0 else "use a whole number of days with daily tiles, or a window of at most 1 day")
+              f"window {label} is wider than 1 day, so batch and daily stream tiles serve it, but its tile is {format_duration(tile)}",
+              "drop the tile (wider windows default to 1d tiles) or use a window of at most 1 day")
     if is_stream_served(width) and isinstance(view.source, EventSource) and view.source.is_batch_only:
         c.add("window.needs_stream", kind, view.name, where,
               f"window {label} is served from the stream only, but source '{view.source.name}' has no topic",
@@ -416,15 +414,23 @@ def _check_aggregation(c: _Checker, view: FeatureView, f: Aggregation, schema: E
               "use a scalar field")
 
 
+def names_of(items: Iterable[Any]) -> tuple[str, ...]:
+    """Names of a view's features/fields, skipping malformed entries (validation reports those)."""
+    return tuple(n for n in (getattr(i, "name", None) for i in items) if isinstance(n, str))
+
+
+def _find(view: FeatureView, name: str) -> Any:
+    return next((f for f in view.features if getattr(f, "name", None) == name), None)
+
+
 def feature_type(view: FeatureView, name: str, schema: EventSchema | None, _seen: frozenset[str] = frozenset()) -> str | None:
     """The value type of a feature (``int64``, ``float64``, ``decimal``, ``timestamp``, ...), or None if unknown."""
-    try:
-        f = view.feature(name)
-    except KeyError:
-        return None
+    f = _find(view, name)
     if isinstance(f, Aggregation):
         if f.agg is Agg.COUNT:
             return "int64"
+        if not isinstance(f.agg, Agg):
+            return None
         ftype = schema.type_of(f.field) if schema is not None and isinstance(f.field, str) else None
         if f.agg is Agg.AVG:
             return "decimal" if ftype == "decimal" else "float64"
@@ -453,9 +459,9 @@ def _walk_expr(c: _Checker, view: FeatureView, f: Derived, expr: Any, schema: Ev
     kind, where = "feature view", f"feature '{f.name}'"
     if isinstance(expr, Ref):
         refs.add(expr.feature)
-        if expr.feature not in view.feature_names:
+        if expr.feature not in names_of(view.features):
             c.add("derived.ref", kind, view.name, where,
-                  f"Ref({expr.feature!r}) names no feature of this view (features: {', '.join(view.feature_names)})",
+                  f"Ref({expr.feature!r}) names no feature of this view (features: {', '.join(names_of(view.features))})",
                   "reference a feature of the same view by name")
         else:
             t = feature_type(view, expr.feature, schema)
@@ -477,10 +483,10 @@ def _walk_expr(c: _Checker, view: FeatureView, f: Derived, expr: Any, schema: Ev
                   "write DaysSince(Ref(\"last_order_ts\"))")
             return
         refs.add(expr.ts.feature)
-        target = view.feature(expr.ts.feature) if expr.ts.feature in view.feature_names else None
+        target = _find(view, expr.ts.feature)
         if target is None:
             c.add("derived.ref", kind, view.name, where,
-                  f"DaysSince(Ref({expr.ts.feature!r})) names no feature of this view (features: {', '.join(view.feature_names)})",
+                  f"DaysSince(Ref({expr.ts.feature!r})) names no feature of this view (features: {', '.join(names_of(view.features))})",
                   "reference a feature of the same view by name")
         elif not (isinstance(target, Aggregation) and target.agg in (Agg.LAST, Agg.MAX, Agg.MIN)
                   and schema is not None and schema.type_of(target.field) == "timestamp"):
@@ -595,15 +601,16 @@ def _is_number(x: Any) -> bool:
 
 
 def _check_expectations(c: _Checker, kind: str, v: Any, type_of: Any) -> None:
+    names = names_of(v.features if isinstance(v, FeatureView) else v.fields)
     for e in v.expectations:
         if not isinstance(e, Expectation):
             c.add("expectation.type", kind, v.name, "", f"expectation {e!r} is not an Expectation",
                   "use Expectation.not_null/range/allowed_values/max_null_rate")
             continue
         where = f"expectation {getattr(e.check, 'value', e.check)}({e.feature!r})"
-        if e.feature not in v.feature_names:
+        if e.feature not in names:
             c.add("expectation.feature", kind, v.name, where, f"feature {e.feature!r} is not in this view "
-                  f"(features: {', '.join(v.feature_names)})", "name a feature of the same view")
+                  f"(features: {', '.join(names)})", "name a feature of the same view")
             continue
         ftype = type_of(e.feature)
         if e.check is Check.RANGE:
