@@ -204,11 +204,14 @@ class _ServiceFailed(StackError):
         self.svc, self.started, self.reason = svc, started, reason
 
 
-_FIXES = {
-    "kafka": "read the log above; a stale or foreign data dir in <state>/kafka/data can be removed (make clean)",
-    "flink": "read the log above and <logs>/flink/; check memory (free -m) and the Flink ports",
-    "redis": "read the log above; check that infra/redis/redis.conf is valid and <state>/redis is writable",
-}
+def fix_hint(name: str) -> str:
+    """What to try when service ``name`` fails to start."""
+    p = config.paths()
+    return {
+        "kafka": f"read the log above; a stale or foreign data dir can be removed: rm -rf {p.state / 'kafka'} (or make clean)",
+        "flink": f"read the log above and {p.logs / 'flink'}/; check free memory (free -m) and the Flink ports",
+        "redis": f"read the log above; check infra/redis/redis.conf and that {p.state / 'redis'} is a writable directory",
+    }.get(name, "read the log above")
 
 
 def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> int:
@@ -233,8 +236,8 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> i
         for svc in services:
             try:
                 started = svc.start(paths.state, paths.logs)
-            except StackError as exc:
-                raise _ServiceFailed(svc, None, str(exc)) from exc
+            except (StackError, OSError) as exc:
+                raise _ServiceFailed(svc, None, f"could not start: {exc}") from exc
             pairs.append((svc, started))
             write_record([record_entry(s, st) for s, st in pairs])  # recorded at once: `down` works mid-up
             print(f"stack: started {svc.name} (pid {', '.join(map(str, started.pids))}, log {started.log_file})", file=out)
@@ -245,7 +248,7 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> i
             print(f"--- last lines of {failure.started.log_file} ---", file=out)
             print(log_tail(failure.started.log_file), file=out)
             print("---", file=out)
-        print(f"stack: fix: {_FIXES.get(failure.svc.name, 'read the log above')}", file=out)
+        print(f"stack: fix: {fix_hint(failure.svc.name)}", file=out)
         print("stack: stopping what was started ...", file=out)
         _stop_started(pairs, out)
         record_path().unlink(missing_ok=True)
