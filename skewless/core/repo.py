@@ -209,6 +209,7 @@ def _import_folder(folder: Path) -> list[types.ModuleType]:
     for k in saved:
         del sys.modules[k]
     modules: list[types.ModuleType] = []
+    current = pkg_name
     try:
         init = folder / "__init__.py"
         if init.exists():
@@ -224,16 +225,29 @@ def _import_folder(folder: Path) -> list[types.ModuleType]:
             sys.modules[pkg_name] = package
         modules.append(package)
         for info in sorted(pkgutil.walk_packages([str(folder)], prefix=pkg_name + "."), key=lambda i: i.name):
+            current = info.name
             modules.append(importlib.import_module(info.name))
     except Exception as exc:  # noqa: BLE001 - any error in user code becomes one clear message
+        where = _user_frame(exc, folder)
         raise RepositoryLoadError(
-            f"cannot import feature repository {folder}: {type(exc).__name__}: {exc}; fix the module and re-run"
+            f"cannot import module '{current.partition('.')[2] or '__init__'}' of feature repository {folder}"
+            f"{where}: {type(exc).__name__}: {exc}; fix the module and re-run"
         ) from exc
     finally:
         for k in [k for k in sys.modules if k == pkg_name or k.startswith(pkg_name + ".")]:
             del sys.modules[k]
         sys.modules.update(saved)
     return modules
+
+
+def _user_frame(exc: BaseException, folder: Path) -> str:
+    """`` (file.py line N)`` of the innermost frame inside the repository folder, if any."""
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" ({Path(exc.filename).name} line {exc.lineno})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(str(folder))]
+    return f" ({Path(frames[-1].filename).name} line {frames[-1].lineno})" if frames else ""
 
 
 def load_repository(
