@@ -185,7 +185,7 @@ def _await_healthy(pairs: Sequence[tuple[Service, Started]], out: TextIO) -> dic
     ready: dict[str, float] = {}
     while pending:
         for svc, started in list(pending):
-            if svc.healthy():
+            if _probe(svc):
                 ready[svc.name] = time.monotonic() - t0
                 print(f"stack: {svc.name} healthy after {ready[svc.name]:.1f} s", file=out)
                 pending.remove((svc, started))
@@ -196,6 +196,14 @@ def _await_healthy(pairs: Sequence[tuple[Service, Started]], out: TextIO) -> dic
                 raise _ServiceFailed(svc, started, f"not healthy after {timeout:.0f} s")
         time.sleep(0.5)
     return ready
+
+
+def _probe(svc: Service) -> bool:
+    """``svc.healthy()``, with a probe that raises counted as "not yet healthy"."""
+    try:
+        return svc.healthy()
+    except Exception:
+        return False
 
 
 class _ServiceFailed(StackError):
@@ -300,7 +308,7 @@ def _all_healthy(record: dict[str, Any]) -> bool:
 
 def _entry_healthy(entry: dict[str, Any]) -> bool:
     try:
-        return bool(live_pids(entry)) and make_service(entry["name"], entry["ports"]).healthy()
+        return bool(live_pids(entry)) and _probe(make_service(entry["name"], entry["ports"]))
     except StackError:
         return False
 
