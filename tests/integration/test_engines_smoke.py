@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -26,22 +26,21 @@ def _text(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def _create_topic_with(bootstrap: str, events: list[dict[str, Any]]) -> str:
+def _produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
 
-    topic = f"smoke-engines-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=60)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for e in events:
         producer.produce(topic, key=e["user_id"].encode(), value=json.dumps(e).encode())
     assert producer.flush(60) == 0, "not every test event reached Kafka"
-    return topic
 
 
 def test_flink_kafka_to_redis_via_python_changelog(
-    flink_stream_env: tuple[Any, Any], kafka_bootstrap: str, redis_url: str, redis_client: Any
+    flink_stream_env: tuple[Any, Any],
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    redis_url: str,
+    redis_client: Any,
 ) -> None:
     """Kafka (JSON, earliest, bounded at the latest offset) -> SQL aggregate -> changelog -> Python -> Redis."""
     from pyflink.common import Types
@@ -49,7 +48,8 @@ def test_flink_kafka_to_redis_via_python_changelog(
     from pyflink.datastream.functions import FlatMapFunction, RuntimeContext
 
     env, t_env = flink_stream_env
-    topic = _create_topic_with(kafka_bootstrap, EVENTS)
+    topic = kafka_topic(partitions=1, prefix="smoke-engines")
+    _produce(kafka_bootstrap, topic, EVENTS)
     prefix = f"smoke:{uuid.uuid4().hex[:8]}:"
     src = f"src_{uuid.uuid4().hex[:8]}"
     t_env.execute_sql(
