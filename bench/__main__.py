@@ -75,13 +75,14 @@ def main(argv: list[str]) -> int:
         print(f"bench: {name} finished in {elapsed:.0f} s" + (f" with an error: {error}" if error else ""), flush=True)
         if error:
             errors[name] = error
+        measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for metric, entry in metrics.items():
-            results[metric] = {**entry, "module": name}
+            results[metric] = {**entry, "module": name, "measured_at": measured_at}
+    # One entry per metric (stable names); metrics of modules not run this time are kept from the last run.
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    merged = {k: v for k, v in previous.get("metrics", {}).items() if v.get("module") not in wanted} | results
+    merged = {k: v for k, v in previous.items() if isinstance(v, dict) and v.get("module") not in wanted} | results
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"written_at": datetime.now(timezone.utc).isoformat(), "metrics": merged,
-                                   "errors": errors}, indent=2, sort_keys=True) + "\n")
+    RESULTS.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     width = max([len(m) for m in results] + [6])
     print(f"\n{'metric':<{width}}  {'value':>14}  unit        compared with")
     for metric, entry in sorted(results.items()):
