@@ -1,0 +1,239 @@
+"""Kafka record -> raw-table row, or a dead letter (malformed only).
+
+The archive dead-letters exactly the records admission (:mod:`skewless.core.admission`) classifies as
+``malformed`` for reasons that do not depend on the views: not UTF-8 / not a JSON object / duplicate keys /
+NaN / an integer outside int64, a schema violation, a missing or bad event time, event id or partition key.
+Future, late and duplicate records are raw facts: they are archived, and batch applies the contract to them
+with ``_partition``, ``_offset`` and ``_kafka_ts``.
+
+Speed: the full jsonschema validator costs ~50 us a record. :class:`FastValidator` decides the common case
+("certainly valid") for flat schemas built from the keywords it fully implements; anything else - an
+unsupported keyword, or a payload it does not accept - goes to the full validator, which alone decides and
+words the reason. It only ever answers "valid" where jsonschema does, so classification is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Mapping
+
+from skewless.core.admission import MalformedError, parse_event_time, parse_payload
+from skewless.core.dsl import EventSource
+from skewless.core.schemas import EventSchema, _check_timestamp, validator
+from skewless.core.timeutil import MS_PER_DAY
+
+Validate = Callable[[Mapping[str, Any]], "str | None"]
+
+_DECIMAL_RE = re.compile(r"-?\d+(\.\d+)?")
+_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+_SCHEMA_META = {"$schema", "$id", "title", "description", "$comment", "examples", "$defs"}
+_PROP_META = {"description", "title", "$comment", "examples", "x-skewless-type", "x-skewless-scale", "default"}
+_PROP_CHECKS = {"type", "minLength", "maxLength", "pattern", "enum", "minimum", "maximum", "exclusiveMinimum",
+                "exclusiveMaximum", "format"}
+
+
+class FastValidator:
+    """A conservative, fast "certainly valid" check compiled from a flat JSON schema (see module doc)."""
+
+    def __init__(self, doc: Mapping[str, Any]):
+        self.supported = self._supported(doc)
+        self.required = tuple(doc.get("required", ())) if self.supported else ()
+        self.checks: list[tuple[str, Callable[[Any], bool]]] = []
+        if self.supported:
+            for name, prop in doc["properties"].items():
+                self.checks.append((name, self._compile(prop)))
+
+    @staticmethod
+    def _supported(doc: Mapping[str, Any]) -> bool:
+        if not isinstance(doc, Mapping) or doc.get("type") != "object" or doc.get("additionalProperties", True) is not True:
+            return False
+        if set(doc) - _SCHEMA_META - {"type", "additionalProperties", "required", "properties"}:
+            return False
+        props = doc.get("properties")
+        if not isinstance(props, Mapping) or not isinstance(doc.get("required", []), list):
+            return False
+        for prop in props.values():
+            if not isinstance(prop, Mapping) or set(prop) - _PROP_META - _PROP_CHECKS:
+                return False
+            if prop.get("format") not in (None, "date-time", "decimal"):
+                return False
+            types = prop.get("type")
+            types = [types] if isinstance(types, str) else types
+            if not isinstance(types, list) or not types or set(types) - {"string", "integer", "number", "boolean", "null"}:
+                return False
+        return True
+
+    @staticmethod
+    def _compile(prop: Mapping[str, Any]) -> Callable[[Any], bool]:
+        types = prop["type"]
+        types = {types} if isinstance(types, str) else set(types)
+        min_len, max_len = prop.get("minLength"), prop.get("maxLength")
+        pattern = re.compile(prop["pattern"]) if "pattern" in prop else None
+        enum = prop.get("enum")
+        lo, hi = prop.get("minimum"), prop.get("maximum")
+        xlo, xhi = prop.get("exclusiveMinimum"), prop.get("exclusiveMaximum")
+        fmt = prop.get("format")
+
+        def check(v: Any) -> bool:
+            if v is None:
+                ok = "null" in types
+            elif isinstance(v, bool):
+                ok = "boolean" in types
+            elif isinstance(v, int):
+                ok = "integer" in types or "number" in types
+            elif isinstance(v, float):
+                ok = "number" in types
+            elif isinstance(v, str):
+                ok = "string" in types
+            else:
+                return False
+            if not ok:
+                return False
+            if enum is not None and not any(v == e and type(v) is type(e) for e in enum):
+                return False
+            if isinstance(v, str):
+                if min_len is not None and len(v) < min_len or max_len is not None and len(v) > max_len:
+                    return False
+                if pattern is not None and pattern.search(v) is None:
+                    return False
+                if fmt == "date-time" and not _check_timestamp(v):
+                    return False
+                if fmt == "decimal" and _DECIMAL_RE.fullmatch(v) is None:
+                    return False
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                if lo is not None and v < lo or hi is not None and v > hi:
+                    return False
+                if xlo is not None and v <= xlo or xhi is not None and v >= xhi:
+                    return False
+            return True
+
+        return check
+
+    def certainly_valid(self, payload: Mapping[str, Any]) -> bool:
+        if not self.supported:
+            return False
+        for name in self.required:
+            if name not in payload:
+                return False
+        for name, check in self.checks:
+            if name in payload and not check(payload[name]):
+                return False
+        return True
+
+
+@dataclass
+class Converted:
+    """One record's outcome: ``row`` (column -> value) for the raw table, or ``reason`` for a dead letter.
+
+    ``event_time_ms`` is set for rows (progress); timestamps in ``row`` are epoch microseconds.
+    """
+
+    row: dict[str, Any] | None
+    reason: str | None
+    event_time_ms: int | None = None
+
+
+class RecordConverter:
+    """Turns record values of one source into raw-table rows (schema-typed) or malformed reasons."""
+
+    def __init__(self, source: EventSource, event_schema: EventSchema, scales: Mapping[str, int] | None = None,
+                 schemas_dir: Any = None):
+        self.source = source
+        self.event_schema = event_schema
+        self.validate: Validate = validator(event_schema.name, schemas_dir or event_schema.path.parent)
+        doc = json.loads(event_schema.path.read_text(encoding="utf-8"))
+        self.fast = FastValidator(doc)
+        self.scales = dict(scales or {})
+        self.fields = [(f.name, f.type) for f in event_schema.fields]
+        self._day_cache: dict[str, int] = {}
+
+    # -- pieces -------------------------------------------------------------------------------------
+
+    def event_time_ms(self, value: Any) -> int:
+        """:func:`parse_event_time` with a fast path for ``YYYY-MM-DDTHH:MM:SS.fffZ`` (same result)."""
+        if isinstance(value, str) and len(value) == 24 and value[23] == "Z" and value[19] == "." and _TS_RE.match(value):
+            day = value[:10]
+            base = self._day_cache.get(day)
+            if base is None:
+                base = parse_event_time(day + "T00:00:00.000Z")
+                if len(self._day_cache) > 10_000:
+                    self._day_cache.clear()
+                self._day_cache[day] = base
+            h, m, s = int(value[11:13]), int(value[14:16]), int(value[17:19])
+            if h <= 23 and m <= 59 and s <= 59:
+                ms = base + ((h * 60 + m) * 60 + s) * 1000 + int(value[20:23])
+                if ms < base + MS_PER_DAY:
+                    return ms
+        return parse_event_time(value)
+
+    def _key(self, payload: Mapping[str, Any], field: str, what: str) -> None:
+        value = payload.get(field)
+        if value is None:
+            raise MalformedError(f"{what} field {field!r} is missing or null")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise MalformedError(f"{what} field {field!r} must be a string or an integer, got {value!r}")
+        if isinstance(value, str) and value == "":
+            raise MalformedError(f"{what} field {field!r} is empty")
+
+    def _column(self, name: str, ftype: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if ftype == "string":
+            if isinstance(value, str):
+                return value
+        elif ftype == "int64":
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():  # JSON Schema counts 1.0 as an integer
+                return int(value)
+        elif ftype == "float64":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif ftype == "bool":
+            if isinstance(value, bool):
+                return value
+        elif ftype == "timestamp":
+            return self.event_time_ms(value) * 1000
+        elif ftype == "decimal":
+            return self._decimal(name, value)
+        raise MalformedError(f"field {name!r}: {value!r} is not a {ftype} (the raw table column type)")
+
+    def _decimal(self, name: str, value: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise MalformedError(f"decimal field {name!r} must be a JSON string like \"12.50\" (or an integer), got {value!r}")
+        try:
+            result = Decimal(value)
+        except InvalidOperation:
+            raise MalformedError(f"decimal field {name!r}: {value!r} is not a decimal number") from None
+        if not result.is_finite():
+            raise MalformedError(f"decimal field {name!r}: {value!r} is not finite")
+        scale = self.scales.get(name, 9)
+        exponent = result.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > scale:
+            raise MalformedError(f"decimal field {name!r}: {value!r} has more than {scale} fraction digits (column decimal(38, {scale}))")
+        quantized = result.quantize(Decimal(1).scaleb(-scale))
+        if len(quantized.as_tuple().digits) > 38:
+            raise MalformedError(f"decimal field {name!r}: {value!r} does not fit decimal(38, {scale})")
+        return quantized
+
+    # -- the record ---------------------------------------------------------------------------------
+
+    def convert(self, value: bytes | None) -> Converted:
+        """The row for a record value, or the malformed reason (never raises :class:`MalformedError`)."""
+        try:
+            payload = parse_payload(value)  # type: ignore[arg-type]
+            if not self.fast.certainly_valid(payload):
+                problem = self.validate(payload)
+                if problem:
+                    raise MalformedError(f"schema: {problem}")
+            event_ms = self.event_time_ms(payload.get(self.source.event_time))
+            self._key(payload, self.source.event_id, "event id")
+            if self.source.partition_key:
+                self._key(payload, self.source.partition_key, "key")
+            row = {name: self._column(name, ftype, payload.get(name)) for name, ftype in self.fields}
+            return Converted(row, None, event_ms)
+        except MalformedError as exc:
+            return Converted(None, str(exc))

@@ -1,0 +1,241 @@
+"""Archive pieces without services: table layout, record conversion (agrees with admission), progress,
+schema drift, and compaction/expiry on a local Iceberg catalog."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from skewless.archive import progress as P
+from skewless.archive.records import FastValidator, RecordConverter
+from skewless.archive.tables import (
+    IncompatibleSchemaError,
+    dead_letter_schema,
+    dead_letter_table_name,
+    ensure_tables,
+    evolve_raw_table,
+    raw_table_schema,
+    schema_changes,
+)
+from skewless.core.admission import MALFORMED, admit
+from skewless.core.dsl import EventSource
+from skewless.core.schemas import load_schema, validator
+
+ORDERS = EventSource(name="orders", schema="orders", topic="orders", table="raw.orders", partition_key="user_id")
+
+
+def _event(i: int, **over: object) -> dict:
+    e = {"event_id": f"e{i}", "user_id": f"u{i % 7}", "order_id": f"o{i}", "amount": i * 10, "currency": "EUR",
+         "status": "placed", "event_time": f"2024-05-01T12:{i % 60:02d}:00.{i % 1000:03d}Z"}
+    e.update(over)
+    return e
+
+
+def test_raw_table_layout() -> None:
+    schema = raw_table_schema(ORDERS, load_schema("orders"))
+    types = {f.name: str(f.field_type) for f in schema.fields}
+    assert types == {
+        "event_id": "string", "user_id": "string", "order_id": "string", "amount": "long", "currency": "string",
+        "status": "string", "event_time": "timestamptz", "_partition": "int", "_offset": "long",
+        "_kafka_ts": "timestamptz", "_ingested_at": "timestamptz",
+    }
+    assert schema.find_field("_offset").required and not schema.find_field("amount").required
+    dl = {f.name: str(f.field_type) for f in dead_letter_schema().fields}
+    assert dl == {"_partition": "int", "_offset": "long", "_kafka_ts": "timestamptz", "_ingested_at": "timestamptz",
+                  "reason": "string", "payload": "binary"}
+    assert dead_letter_table_name(ORDERS) == "raw.orders_dead_letters"
+
+
+MALFORMED_VALUES = [
+    b"\xff\xfe",  # not UTF-8
+    b"not json",
+    b"[1, 2]",
+    b'{"event_id": "a", "event_id": "b"}',
+    json.dumps(_event(1, amount=-5)).encode(),  # schema: minimum
+    json.dumps(_event(2, status="lost")).encode(),  # schema: enum
+    json.dumps(_event(3, event_time="2024-05-01T12:00:00Z")).encode(),  # no ms: schema pattern
+    json.dumps(_event(4, event_time="2024-02-30T12:00:00.000Z")).encode(),  # no such date
+    json.dumps({k: v for k, v in _event(5).items() if k != "user_id"}).encode(),
+    json.dumps(_event(6, amount=2**63)).encode(),
+    b'{"amount": NaN}',
+    json.dumps(_event(7, amount="12")).encode(),
+    json.dumps(_event(8, currency="eur")).encode(),
+    None,  # a tombstone
+]
+
+
+def test_converter_agrees_with_admission_on_malformed() -> None:
+    converter = RecordConverter(ORDERS, load_schema("orders"))
+    good = [json.dumps(_event(i)).encode() for i in range(20)]
+    good.append(json.dumps({**_event(99), "extra": {"nested": [1]}}).encode())  # unknown fields are allowed
+    good.append(json.dumps(_event(98, amount=5.0)).encode())  # JSON Schema: 5.0 is an integer
+    values = good + MALFORMED_VALUES
+    random.Random(7).shuffle(values)
+    records = [{"partition": 0, "offset": i, "timestamp_ms": 1_900_000_000_000, "value": v} for i, v in enumerate(values)]
+    result = admit(records, ORDERS, validator("orders"))
+    expected = {d.offset for d in result.dead_letters if d.reason == MALFORMED}
+    got = {i for i, v in enumerate(values) if converter.convert(v).row is None}
+    assert got == expected
+    assert len(got) == len(MALFORMED_VALUES)
+    for i, v in enumerate(values):
+        c = converter.convert(v)
+        assert (c.reason is None) == (c.row is not None)
+        if c.row is not None:
+            event = json.loads(v)
+            assert c.row["event_id"] == event["event_id"]
+            assert c.row["amount"] == int(event["amount"]) and isinstance(c.row["amount"], int)
+            assert c.row["event_time"] == c.event_time_ms * 1000
+
+
+def test_event_time_fast_path_matches_contract() -> None:
+    from skewless.core.admission import MalformedError, parse_event_time
+
+    converter = RecordConverter(ORDERS, load_schema("orders"))
+    rng = random.Random(3)
+    for _ in range(2000):
+        y, mo, d = rng.randint(1970, 9999), rng.randint(1, 12), rng.randint(1, 31)
+        h, mi, s, ms = rng.randint(0, 25), rng.randint(0, 61), rng.randint(0, 61), rng.randint(0, 999)
+        text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{ms:03d}Z"
+        try:
+            expected: object = parse_event_time(text)
+        except MalformedError:
+            expected = MalformedError
+        try:
+            got: object = converter.event_time_ms(text)
+        except MalformedError:
+            got = MalformedError
+        assert got == expected, text
+
+
+def test_fast_validator_is_never_more_lenient() -> None:
+    doc = json.loads(Path(load_schema("orders").path).read_text())
+    fast = FastValidator(doc)
+    assert fast.supported
+    full = validator("orders")
+    rng = random.Random(11)
+    mutations = [("amount", -1), ("amount", 1.5), ("amount", True), ("amount", None), ("status", "x"), ("currency", "EURO"),
+                 ("event_id", ""), ("user_id", 5), ("event_time", "2024-13-01T00:00:00.000Z"), ("order_id", None)]
+    for i in range(300):
+        e = _event(i)
+        for field, value in rng.sample(mutations, rng.randint(0, 2)):
+            e[field] = value
+        if fast.certainly_valid(e):
+            assert full(e) is None, e
+    unsupported = {**doc, "properties": {**doc["properties"], "x": {"type": "object"}}}
+    assert not FastValidator(unsupported).supported
+
+
+def test_complete_until_semantics() -> None:
+    pp = P.PartitionProgress
+    L = 100
+    # a lagging partition holds everything back
+    assert P.complete_until({0: pp(5, 1000, True), 1: pp(3, 500, False)}, L, None) == 400
+    # caught-up idle partitions do not hold back; all caught up -> the max
+    assert P.complete_until({0: pp(5, 1000, True), 1: pp(3, 500, True)}, L, None) == 900
+    # a lagging partition without events: unknown -> previous stays
+    assert P.complete_until({0: pp(5, 1000, True), 1: pp(0, None, False)}, L, 300) == 300
+    assert P.complete_until({0: pp(5, 1000, True), 1: pp(0, None, False)}, L, None) is None
+    # never decreases
+    assert P.complete_until({0: pp(5, 200, False)}, L, 900) == 900
+    progress = P.ArchiveProgress("orders", "raw.orders", "running", complete_until_ms=1_714_608_000_000)  # 2024-05-02T00:00Z
+    assert progress.is_day_complete(date(2024, 5, 1)) and not progress.is_day_complete(date(2024, 5, 2))
+
+
+def test_offsets_and_progress_roundtrip() -> None:
+    offsets = {0: 10, 2: 7}
+    assert P.parse_offsets(P.dump_offsets(offsets)) == offsets
+    parts = {0: P.PartitionProgress(10, 1234, True), 2: P.PartitionProgress(7, None, False)}
+    doc = P.progress_document("orders", parts, 99, 5)
+    assert P.parse_partitions(doc, offsets) == parts
+    assert json.loads(doc)["partitions"]["0"]["last_offset"] == 9
+
+
+@pytest.fixture
+def local_catalog(tmp_path: Path):
+    from skewless.engines.iceberg_catalog import load_catalog
+
+    return load_catalog(catalog_db=tmp_path / "catalog.db", warehouse=tmp_path / "warehouse")
+
+
+def _write_schema(folder: Path, extra: dict | None = None, amount_type: str = "integer") -> Path:
+    doc = json.loads(load_schema("orders").path.read_text())
+    doc["properties"]["amount"]["type"] = amount_type
+    doc["properties"].update(extra or {})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "orders.schema.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_schema_drift(local_catalog, tmp_path: Path) -> None:
+    import os
+    import time
+
+    schemas = _write_schema(tmp_path / "schemas")
+    raw, _ = ensure_tables(local_catalog, ORDERS, load_schema("orders", schemas))
+    _write_schema(schemas, {"coupon": {"type": ["string", "null"]}})
+    os.utime(schemas / "orders.schema.json", ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert evolve_raw_table(raw, ORDERS, load_schema("orders", schemas)) == ["coupon"]
+    assert str(raw.schema().find_field("coupon").field_type) == "string"
+    assert evolve_raw_table(raw, ORDERS, load_schema("orders", schemas)) == []  # idempotent
+    _write_schema(schemas, {"coupon": {"type": ["string", "null"]}}, amount_type="number")
+    os.utime(schemas / "orders.schema.json", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    with pytest.raises(IncompatibleSchemaError) as err:
+        schema_changes(ORDERS, load_schema("orders", schemas), raw.schema())
+    assert "'amount'" in str(err.value) and "long" in str(err.value) and "double" in str(err.value)
+
+
+def _append(table, rows: list[dict]) -> None:
+    import pyarrow as pa
+
+    schema = table.schema().as_arrow()
+    data = pa.Table.from_pylist(rows, schema=schema)
+    with table.transaction() as tx:
+        tx.append(data)
+        tx.set_properties({P.OFFSETS_PROP: P.dump_offsets({0: rows[-1]["_offset"] + 1})})
+
+
+def test_compaction_keeps_rows_offsets_and_expires(local_catalog) -> None:
+    from skewless.archive.maintenance import compact
+
+    raw, _ = ensure_tables(local_catalog, ORDERS, load_schema("orders"))
+    base_us = 1_714_564_800_000_000  # 2024-05-01T12:00Z
+    offset = 0
+    for batch in range(6):
+        rows = []
+        for _ in range(5):
+            day = offset % 2  # two days
+            rows.append({"event_id": f"e{offset}", "user_id": "u", "order_id": "o", "amount": offset, "currency": "EUR",
+                         "status": "placed", "event_time": base_us + day * 86_400_000_000 + offset, "_partition": 0,
+                         "_offset": offset, "_kafka_ts": base_us, "_ingested_at": base_us})
+            offset += 1
+        _append(raw, rows)
+    before = raw.scan().to_arrow().sort_by([("_offset", "ascending")])
+    files_before = len(list(raw.scan().plan_files()))
+    assert files_before == 12
+    results = compact(local_catalog, ORDERS, keep_snapshots=2, min_age_s=0)
+    raw.refresh()
+    after = raw.scan().to_arrow().sort_by([("_offset", "ascending")])
+    assert after.equals(before)
+    assert len(list(raw.scan().plan_files())) == 2
+    assert results[0].partitions_rewritten == 2 and results[0].rows == 30
+    assert len(raw.metadata.snapshots) == 2 and results[0].snapshots_expired == 5
+    assert P.parse_offsets(raw.properties[P.OFFSETS_PROP]) == {0: 30}
+    assert raw.current_snapshot().summary[P.OFFSETS_PROP] == P.dump_offsets({0: 30})
+    # every file the table still references exists; a second run is a no-op
+    import os
+    from urllib.parse import urlparse
+
+    for task in raw.scan().plan_files():
+        assert os.path.exists(urlparse(task.file.file_path).path)
+    again = compact(local_catalog, ORDERS, keep_snapshots=2, min_age_s=0)
+    assert again[0].partitions_rewritten == 0
+    raw.refresh()
+    assert raw.scan().to_arrow().sort_by([("_offset", "ascending")]).equals(before)
+    # appending after compaction still works (resume path)
+    _append(raw, [{**before.slice(0, 1).to_pylist()[0], "_offset": 30, "event_id": "e30"}])
+    raw.refresh()
+    assert raw.scan().to_arrow().num_rows == 31 and timedelta(0) == timedelta(0)
