@@ -31,10 +31,12 @@ class Agg(str, enum.Enum):
     LAST = "last"
 
 
-def _freeze_mapping(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple((str(k), v) for k, v in value.items())
-    return value
+def _tuples(obj: Any, *names: str) -> None:
+    """Freeze list-valued fields of a frozen dataclass into tuples (so definitions stay hashable)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, (list, tuple)):
+            object.__setattr__(obj, name, tuple(value))
 
 
 # --- entities and sources ------------------------------------------------------------------------
@@ -358,30 +360,8 @@ class FeatureView:
     block_materialization_on_failed_checks: bool = True
     description: str = ""
 
-    def __init__(
-        self,
-        name: str,
-        entity: Entity,
-        source: EventSource,
-        features: list | tuple,
-        version: int = 1,
-        freshness_sla: timedelta = timedelta(minutes=5),
-        expectations: list | tuple = (),
-        block_materialization_on_failed_checks: bool = True,
-        description: str = "",
-    ):
-        for attr, value in (
-            ("name", name),
-            ("entity", entity),
-            ("source", source),
-            ("features", tuple(features)),
-            ("version", version),
-            ("freshness_sla", freshness_sla),
-            ("expectations", tuple(expectations)),
-            ("block_materialization_on_failed_checks", block_materialization_on_failed_checks),
-            ("description", description),
-        ):
-            object.__setattr__(self, attr, value)
+    def __post_init__(self) -> None:
+        _tuples(self, "features", "expectations")
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -409,32 +389,8 @@ class SnapshotView:
     block_materialization_on_failed_checks: bool = True
     description: str = ""
 
-    def __init__(
-        self,
-        name: str,
-        entity: Entity,
-        source: TableSource,
-        fields: list | tuple,
-        ttl: timedelta,
-        version: int = 1,
-        freshness_sla: timedelta = timedelta(days=1),
-        expectations: list | tuple = (),
-        block_materialization_on_failed_checks: bool = True,
-        description: str = "",
-    ):
-        for attr, value in (
-            ("name", name),
-            ("entity", entity),
-            ("source", source),
-            ("fields", tuple(fields)),
-            ("ttl", ttl),
-            ("version", version),
-            ("freshness_sla", freshness_sla),
-            ("expectations", tuple(expectations)),
-            ("block_materialization_on_failed_checks", block_materialization_on_failed_checks),
-            ("description", description),
-        ):
-            object.__setattr__(self, attr, value)
+    def __post_init__(self) -> None:
+        _tuples(self, "fields", "expectations")
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -452,7 +408,5 @@ class FeatureService:
     features: tuple[str, ...]
     description: str = ""
 
-    def __init__(self, name: str, features: list | tuple, description: str = ""):
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "features", tuple(features))
-        object.__setattr__(self, "description", description)
+    def __post_init__(self) -> None:
+        _tuples(self, "features")
