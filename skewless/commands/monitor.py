@@ -1,0 +1,221 @@
+"""``skewless monitor``: freshness, data quality, drift and online/offline consistency of the feature views."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+NAME = "monitor"
+HELP = "monitor views: freshness | quality | drift | consistency | serve (Prometheus exporter)"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
+    p.add_argument("--schemas", default=None, help="JSON Schema folder (default: schemas/ next to the repository)")
+
+
+def _redis(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", default=None, help="online store (default: redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0)")
+    p.add_argument("--project", default=None, help="key prefix of the online store (default: $SKEWLESS_PROJECT or skewless)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="monitor_command", metavar="WHAT")
+
+    p = sub.add_parser("freshness", help="SLA, actual lag and status of every view (exit 1 on a breach)")
+    _common(p)
+    _redis(p)
+    p.add_argument("--view", action="append", help="only this view (repeatable)")
+    p.add_argument("--format", choices=["table", "prometheus"], default="table")
+
+    p = sub.add_parser("quality", help="check a view's expectations over a parquet/csv file (exit 1 on a failed check)")
+    _common(p)
+    p.add_argument("--view", required=True)
+    p.add_argument("--input", required=True, help="parquet or csv file of feature rows")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--store", action="store_true", help="append results to Iceberg monitoring.quality_results")
+
+    p = sub.add_parser("drift", help="PSI/KS drift between a reference and a current sample; table + HTML report")
+    _common(p)
+    p.add_argument("--reference", required=True, help="parquet/csv: training set or offline window")
+    p.add_argument("--current", required=True, help="parquet/csv: sampled served values")
+    p.add_argument("--view", default=None, help="compare this view's features (default: common columns)")
+    p.add_argument("--feature", action="append", help="only this feature (repeatable)")
+    p.add_argument("--threshold", action="append", default=[], metavar="F=WARN,ALERT[,KS]",
+                   help="per-feature thresholds, e.g. customer_ltv_365d=0.2,0.4 (default PSI 0.1/0.25)")
+    p.add_argument("--bins", type=int, default=10, help="quantile bins for numeric PSI (default 10)")
+    p.add_argument("--html", default=None, help="report path (default: drift-<view>.html)")
+
+    p = sub.add_parser("consistency", help="recompute logged online responses offline; mismatch rate per feature")
+    _common(p)
+    p.add_argument("--view", required=True)
+    p.add_argument("--logged", required=True, help="parquet/csv of logged responses (join keys, request_ms, features)")
+    p.add_argument("--recompute", required=True, metavar="MODULE:FUNCTION",
+                   help="callable rows -> frame of offline values at each row's request_ms")
+
+    p = sub.add_parser("serve", help="Prometheus exporter of freshness on 127.0.0.1 (GET /metrics)")
+    _common(p)
+    _redis(p)
+    p.add_argument("--port", type=int, default=9464)
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+
+
+def _load_repo(args: argparse.Namespace) -> Any:
+    from skewless.core.repo import RepositoryLoadError, load_repository
+    from skewless.core.validation import DefinitionError
+
+    try:
+        return load_repository(args.repo, schemas_dir=args.schemas)
+    except (DefinitionError, RepositoryLoadError) as exc:
+        print(f"skewless monitor: {exc}", file=sys.stderr)
+        return None
+
+
+def _read_frame(path: str) -> Any:
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path} not found")
+    if p.suffix.lower() == ".csv":
+        return pd.read_csv(p)
+    return pd.read_parquet(p)
+
+
+def _redis_client(args: argparse.Namespace) -> Any:
+    import redis
+
+    from skewless import config
+    from skewless.stack.redis import redis_url
+
+    return redis.Redis.from_url(args.redis_url or redis_url(config.ports().redis), socket_timeout=5, socket_connect_timeout=5)
+
+
+def _project(args: argparse.Namespace) -> str:
+    from skewless.monitoring.common import default_project
+
+    return args.project or default_project()
+
+
+def _freshness_rows(args: argparse.Namespace, repo: Any) -> list:
+    from skewless.monitoring.freshness import freshness
+
+    views = [repo.view(v) for v in args.view] if getattr(args, "view", None) else list(repo.views)
+    client = _redis_client(args)
+    try:
+        return freshness(client, _project(args), views)
+    finally:
+        client.close()
+
+
+def _run_freshness(args: argparse.Namespace) -> int:
+    from skewless.monitoring import prometheus
+    from skewless.monitoring.freshness import render_table
+
+    repo = _load_repo(args)
+    if repo is None:
+        return 2
+    rows = _freshness_rows(args, repo)
+    print(prometheus.render(freshness=rows) if args.format == "prometheus" else render_table(rows), end="" if args.format == "prometheus" else "\n")
+    return 1 if any(r.breach or r.status == "error" for r in rows) else 0
+
+
+def _run_quality(args: argparse.Namespace) -> int:
+    from skewless.monitoring.quality import check_dataframe, store_results
+
+    repo = _load_repo(args)
+    if repo is None:
+        return 2
+    report = check_dataframe(repo.view(args.view), _read_frame(args.input), run_id=args.run_id)
+    print(report.render())
+    if args.store:
+        from skewless.engines.iceberg_catalog import load_catalog
+
+        ok = store_results(load_catalog(), report)
+        print("stored in monitoring.quality_results" if ok else "could not store the results (see log)", file=sys.stderr)
+    return 0 if report.passed else 1
+
+
+def _run_drift(args: argparse.Namespace) -> int:
+    from skewless.monitoring.drift import DriftThreshold, compare, parse_threshold
+    from skewless.monitoring.report_html import write_html
+
+    view = None
+    if args.view:
+        repo = _load_repo(args)
+        if repo is None:
+            return 2
+        view = repo.view(args.view)
+    try:
+        thresholds = dict(parse_threshold(t) for t in args.threshold)
+    except ValueError as exc:
+        print(f"skewless monitor drift: {exc}", file=sys.stderr)
+        return 2
+    default = DriftThreshold(bins=args.bins)
+    thresholds = {k: DriftThreshold(v.psi_warn, v.psi_alert, v.ks_alert, args.bins) for k, v in thresholds.items()}
+    report = compare(_read_frame(args.reference), _read_frame(args.current), view=view, features=args.feature,
+                     thresholds=thresholds, default=default, reference_name=Path(args.reference).name,
+                     current_name=Path(args.current).name)
+    print(report.render())
+    out = args.html or f"drift-{args.view or 'features'}.html"
+    write_html(report, out)
+    print(f"\nreport: {out} (status {report.status})")
+    return 1 if report.status in ("alert", "error") else 0
+
+
+def _load_callable(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--recompute {spec!r}: expected MODULE:FUNCTION")
+    return getattr(importlib.import_module(module), name)
+
+
+def _run_consistency(args: argparse.Namespace) -> int:
+    from skewless.monitoring.consistency import check_consistency
+
+    repo = _load_repo(args)
+    if repo is None:
+        return 2
+    report = check_consistency(repo.view(args.view), _read_frame(args.logged), _load_callable(args.recompute))
+    print(report.render())
+    return 0 if report.status == "ok" else 1
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from skewless.monitoring import prometheus
+
+    repo = _load_repo(args)
+    if repo is None:
+        return 2
+    server, thread = prometheus.serve_in_thread(lambda: prometheus.render(freshness=_freshness_rows(args, repo)), args.port)
+    host, port = server.server_address[:2]
+    print(f"serving http://{host}:{port}/metrics (Ctrl-C to stop)", flush=True)
+    try:
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers = {"freshness": _run_freshness, "quality": _run_quality, "drift": _run_drift,
+                "consistency": _run_consistency, "serve": _run_serve}
+    handler = handlers.get(args.monitor_command or "")
+    if handler is None:
+        print("usage: skewless monitor {freshness|quality|drift|consistency|serve} ... (see --help)", file=sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except (FileNotFoundError, ValueError, LookupError, ImportError) as exc:
+        print(f"skewless monitor {args.monitor_command}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,236 @@
+"""Freshness of every view: SLA, actual lag and status, from what the pipelines publish in Redis.
+
+Parts of a view and where their age comes from (keys from :mod:`skewless.core.layout`):
+
+- ``stream`` (feature views with a topic): ``now - newest applied event time``, the maximum
+  ``max_event_ms`` over the partitions of the source's progress hash (``p:{partition}`` -> JSON
+  ``{"offset", "max_event_ms", "written_ms", "epoch"}``) whose epoch is the store's. SLA: the view's
+  ``freshness_sla``; ``stale`` beyond it. No progress, or no ``meta`` for the view version (the stream
+  never started it): ``missing``.
+- ``batch`` (feature views with windows wider than a day, or lifetime): ``now - newest batch cut-off``,
+  from the view meta field ``batch_cutoff_ms`` if the materializer writes it, else the largest ``cutoff``
+  of up to ``scan_limit`` entity batch hashes. SLA: ``1 day + allowed_lateness +``
+  :data:`BATCH_GRACE_MS` (the next daily run is overdue: ``warn``); ``stale`` once the batch is more than
+  ``BATCH_TAIL_DAYS`` days late, when the contract turns windowed values ``incomplete`` and lifetime ones
+  ``stale``.
+- ``snapshot`` (snapshot views): ``now - newest materialized row timestamp``, from the meta field
+  ``snapshot_ts_ms`` if present, else the largest ``ts`` of up to ``scan_limit`` snapshot keys; ``stale``
+  beyond the view's ``freshness_sla``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from skewless.core import layout
+from skewless.core.dsl import FeatureView, SnapshotView, View
+from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, td_ms
+from skewless.monitoring.common import (
+    ERROR,
+    MISSING,
+    OK,
+    STALE,
+    WARN,
+    fmt_duration_ms,
+    format_table,
+    guarded,
+    now_ms as _now_ms,
+)
+
+BATCH_GRACE_MS = 6 * MS_PER_HOUR  # time a daily batch run may take after its start (cut-off + lateness)
+DEFAULT_SCAN_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class FreshnessRow:
+    """One part of one view. ``lag_ms`` is None when nothing was found (status ``missing``/``error``)."""
+
+    view: str
+    version: int
+    part: str  # stream | batch | snapshot | view
+    sla_ms: int | None
+    lag_ms: int | None
+    status: str  # ok | warn | stale | missing | error
+    detail: str = ""
+    newest_ms: int | None = None
+
+    @property
+    def breach(self) -> bool:
+        return self.status in (STALE, MISSING)
+
+
+@dataclass(frozen=True)
+class Progress:
+    partition: str
+    offset: int | None
+    max_event_ms: int | None
+    written_ms: int | None
+    epoch: str | None
+
+
+def _text(v: Any) -> Any:
+    return v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else v
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_progress(fields: Mapping[Any, Any]) -> list[Progress]:
+    """Decode a progress hash (HGETALL) into one :class:`Progress` per partition field ``p:{n}``.
+
+    Values are JSON objects; unparsable entries are skipped (a bad writer must not break monitoring).
+    """
+    out = []
+    for key, value in (fields or {}).items():
+        key = _text(key)
+        if not isinstance(key, str) or not key.startswith("p:"):
+            continue
+        try:
+            data = json.loads(_text(value))
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        epoch = data.get("epoch")
+        out.append(Progress(key[2:], _int(data.get("offset")), _int(data.get("max_event_ms")),
+                            _int(data.get("written_ms")), None if epoch is None else str(epoch)))
+    return sorted(out, key=lambda p: p.partition)
+
+
+def newest_applied_ms(progress: Iterable[Progress], epoch: str | None) -> int | None:
+    """Newest applied event time over partitions of the current ``epoch`` (any epoch if None)."""
+    times = [p.max_event_ms for p in progress if p.max_event_ms is not None and (epoch is None or p.epoch == epoch)]
+    return max(times, default=None)
+
+
+def stream_status(view: FeatureView, progress_fields: Mapping[Any, Any], epoch: str | None, now: int) -> str:
+    """``present`` or ``stale`` for a value of ``view`` read at ``now`` (for online readers): stale when the
+    newest applied event of the source is older than the view's freshness SLA, or none is known."""
+    newest = newest_applied_ms(parse_progress(progress_fields), epoch)
+    return "stale" if newest is None or now - newest > td_ms(view.freshness_sla) else "present"
+
+
+def _scan_pattern(prefix: str, suffix: str) -> str:
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return f"{escaped}:{{*}}:{suffix}"
+
+
+def _scan_keys(client: Any, pattern: str, limit: int) -> list[Any]:
+    keys: list[Any] = []
+    for key in client.scan_iter(match=pattern, count=500):
+        keys.append(key)
+        if len(keys) >= limit:
+            break
+    return keys
+
+
+def _stream_row(client: Any, project: str, view: FeatureView, epoch: str | None, meta: dict, now: int) -> FreshnessRow:
+    sla = td_ms(view.freshness_sla)
+    base = dict(view=view.name, version=int(view.version), part="stream", sla_ms=sla)
+    progress = parse_progress(client.hgetall(layout.progress_key(project, view.source.name)))
+    if not progress:
+        return FreshnessRow(**base, lag_ms=None, status=MISSING, detail=f"no progress published for source {view.source.name}")
+    if not meta:
+        return FreshnessRow(**base, lag_ms=None, status=MISSING,
+                            detail=f"no meta for {view.name} v{view.version}: the stream has not started this version")
+    newest = newest_applied_ms(progress, epoch)
+    if newest is None:
+        epochs = sorted({p.epoch or "-" for p in progress})
+        return FreshnessRow(**base, lag_ms=None, status=MISSING,
+                            detail=f"no progress of the store epoch {epoch} (found {', '.join(epochs)})")
+    lag = now - newest
+    written = max((p.written_ms for p in progress if p.written_ms is not None and p.epoch == epoch), default=None)
+    detail = f"{len(progress)} partition(s)" + (f", progress written {fmt_duration_ms(now - written)} ago" if written else "")
+    return FreshnessRow(**base, lag_ms=lag, status=STALE if lag > sla else OK, detail=detail, newest_ms=newest)
+
+
+def batch_sla_ms(view: FeatureView) -> int:
+    """Expected maximum age of the newest batch cut-off: one day + the source's lateness + run time."""
+    return MS_PER_DAY + td_ms(view.source.allowed_lateness) + BATCH_GRACE_MS
+
+
+def _batch_row(client: Any, project: str, view: FeatureView, meta: dict, now: int, scan_limit: int) -> FreshnessRow:
+    sla = batch_sla_ms(view)
+    base = dict(view=view.name, version=int(view.version), part="batch", sla_ms=sla)
+    cutoff = _int(meta.get("batch_cutoff_ms"))
+    source = "meta"
+    if cutoff is None:
+        keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view), "b"), scan_limit)
+        cutoffs = [c for c in (_int(_text(client.hget(k, "cutoff"))) for k in keys) if c is not None]
+        cutoff = max(cutoffs, default=None)
+        source = f"{len(keys)} batch record(s) sampled"
+    if cutoff is None:
+        return FreshnessRow(**base, lag_ms=None, status=MISSING, detail="no batch run materialized for this view version")
+    lag = now - cutoff
+    days_late = (now - cutoff) // BATCH_TILE_MS
+    if days_late > BATCH_TAIL_DAYS:
+        status, why = STALE, f"batch {days_late} days late: windowed values incomplete, lifetime stale"
+    elif lag > sla:
+        status, why = WARN, "next daily run overdue (values still exact)"
+    else:
+        status, why = OK, ""
+    detail = "; ".join(x for x in (f"cut-off from {source}", why) if x)
+    return FreshnessRow(**base, lag_ms=lag, status=status, detail=detail, newest_ms=cutoff)
+
+
+def _snapshot_row(client: Any, project: str, view: SnapshotView, meta: dict, now: int, scan_limit: int) -> FreshnessRow:
+    sla = td_ms(view.freshness_sla)
+    base = dict(view=view.name, version=int(view.version), part="snapshot", sla_ms=sla)
+    newest = _int(meta.get("snapshot_ts_ms"))
+    source = "meta"
+    if newest is None:
+        keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view), "s"), scan_limit)
+        stamps = []
+        for raw in client.mget(keys) if keys else []:
+            try:
+                stamps.append(int(json.loads(_text(raw))["ts"]))
+            except (TypeError, ValueError, KeyError):
+                continue
+        newest = max(stamps, default=None)
+        source = f"{len(keys)} snapshot key(s) sampled"
+    if newest is None:
+        return FreshnessRow(**base, lag_ms=None, status=MISSING, detail="no snapshot materialized for this view version")
+    lag = now - newest
+    return FreshnessRow(**base, lag_ms=lag, status=STALE if lag > sla else OK, detail=f"newest row from {source}", newest_ms=newest)
+
+
+def view_freshness(client: Any, project: str, view: View, now: int | None = None,
+                   scan_limit: int = DEFAULT_SCAN_LIMIT) -> list[FreshnessRow]:
+    """Freshness rows of one view (one per part). Never raises: a failure is one row with status ``error``."""
+    now = _now_ms() if now is None else int(now)
+
+    def compute() -> list[FreshnessRow]:
+        epoch = _text(client.get(layout.epoch_key(project)))
+        meta = {_text(k): _text(v) for k, v in (client.hgetall(layout.view_meta_key(project, view)) or {}).items()}
+        if isinstance(view, SnapshotView):
+            return [_snapshot_row(client, project, view, meta, now, scan_limit)]
+        rows = []
+        if not view.source.is_batch_only:
+            rows.append(_stream_row(client, project, view, epoch, meta, now))
+        if layout.batch_windows(view) or view.source.is_batch_only:
+            rows.append(_batch_row(client, project, view, meta, now, scan_limit))
+        return rows
+
+    return guarded(compute, lambda reason: [FreshnessRow(view.name, int(getattr(view, "version", 0) or 0), "view",
+                                                          None, None, ERROR, reason)], f"freshness of {view.name}")
+
+
+def freshness(client: Any, project: str, views: Iterable[View], now: int | None = None,
+              scan_limit: int = DEFAULT_SCAN_LIMIT) -> list[FreshnessRow]:
+    """Freshness rows of every view, in the given order."""
+    now = _now_ms() if now is None else int(now)
+    return [row for v in views for row in view_freshness(client, project, v, now, scan_limit)]
+
+
+def render_table(rows: Iterable[FreshnessRow]) -> str:
+    return format_table(
+        ["view", "version", "part", "sla", "lag", "status", "detail"],
+        [[r.view, r.version, r.part, fmt_duration_ms(r.sla_ms), fmt_duration_ms(r.lag_ms), r.status, r.detail] for r in rows],
+    )
