@@ -202,17 +202,36 @@ def infer_kind(values: Sequence[Any]) -> str:
     return NUMERIC if ok and values else CATEGORICAL
 
 
+def compact(v: float) -> str:
+    """Short axis label: 0.25, 13, 1.3k, 2.5M."""
+    a = abs(v)
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= size:
+            return f"{v / size:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
 def _display_numeric(ref: np.ndarray, cur: np.ndarray) -> Histogram:
-    lo = float(min(ref.min(initial=np.inf), cur.min(initial=np.inf)))
-    hi = float(max(ref.max(initial=-np.inf), cur.max(initial=-np.inf)))
-    if not math.isfinite(lo):
+    """Equal-width bars over both samples' range (one bar per value for small integer ranges)."""
+    both = np.concatenate([ref, cur])
+    if len(both) == 0:
         return Histogram((), (), ())
-    if hi == lo:
-        hi = lo + 1.0
-    edges = np.linspace(lo, hi, DISPLAY_BINS + 1)
+    lo, hi = float(both.min()), float(both.max())
+    integral = bool(np.all(np.floor(both) == both))
+    if integral and hi - lo + 1 <= 2 * DISPLAY_BINS:
+        edges = np.arange(lo, hi + 2) - 0.5
+        labels = tuple(compact(lo + i) for i in range(len(edges) - 1))
+    else:
+        if hi == lo:
+            hi = lo + 1.0
+        if integral:
+            width = math.ceil((hi - lo + 1) / DISPLAY_BINS)
+            edges = lo + width * np.arange(DISPLAY_BINS + 1)
+        else:
+            edges = np.linspace(lo, hi, DISPLAY_BINS + 1)
+        labels = tuple(compact(float(e)) for e in edges[:-1])
     rc, _ = np.histogram(ref, bins=edges)
     cc, _ = np.histogram(cur, bins=edges)
-    labels = tuple(f"{edges[i]:.4g}" for i in range(DISPLAY_BINS))
     return Histogram(labels, tuple((rc / max(len(ref), 1)).tolist()), tuple((cc / max(len(cur), 1)).tolist()))
 
 

@@ -54,7 +54,7 @@ def histogram_svg(hist: Histogram, title: str = "") -> str:
         frac = top * i / 4
         y = PAD_T + ph - ph * i / 4
         out.append(f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{W - PAD_R}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#444">{frac * 100:.0f}%</text>')
+        out.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#444">{frac * 100:.{0 if top >= 0.1 else 1}f}%</text>')
     every = max(1, -(-n // 20))
     for i, (label, r, c) in enumerate(zip(hist.labels, hist.reference, hist.current)):
         x0 = PAD_L + i * slot + (slot - 2 * bar) / 2
@@ -89,7 +89,7 @@ def _section(f: FeatureDrift, ref_name: str, cur_name: str) -> str:
 
 def render_html(report: DriftReport, title: str | None = None) -> str:
     """The whole report as one HTML document (UTF-8, inline CSS and SVG)."""
-    title = title or f"Drift report: {report.view}"
+    title = title or ("Drift report" if report.view in ("", "-") else f"Drift report: {report.view}")
     rows = "".join(
         f'<tr><td class="name"><a href="#f-{html.escape(f.feature)}">{html.escape(f.feature)}</a></td>'
         f"<td>{html.escape(f.kind)}</td><td>{f.n_reference}</td><td>{f.n_current}</td><td>{_fmt(f.psi)}</td>"
