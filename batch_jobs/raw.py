@@ -1,0 +1,73 @@
+"""Reading a raw archive table at one snapshot, as a Spark DataFrame.
+
+The archive's layout has a column named ``_partition`` (the Kafka partition), which Iceberg's Spark runtime
+reserves for its ``_partition`` metadata column: any Spark scan projecting it fails with
+``ValidationException: Table column names conflict with names reserved for Iceberg metadata columns``.
+So when the table has a reserved name, the raw rows are read from the snapshot's data files directly
+(the live data files listed by the ``files`` metadata table at that snapshot, pruned by the day
+partition, read as Parquet by column name). That is exact for append-only tables (the archive only
+appends and compacts); a snapshot with delete files is refused. Otherwise Iceberg's own
+``VERSION AS OF`` scan is used.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from batch_jobs.tables import BatchError
+
+ICEBERG_RESERVED = {"_partition", "_file", "_pos", "_deleted", "_spec_id", "_row_id", "_last_updated_sequence_number"}
+
+
+def has_reserved_columns(spark: Any, table: str) -> bool:
+    return any(f.name in ICEBERG_RESERVED for f in spark.table(table).schema.fields)
+
+
+def data_files(spark: Any, table: str, snapshot_id: int) -> list[tuple[str, Any]]:
+    """``(path, partition struct)`` of the live data files of ``table`` at ``snapshot_id``."""
+    rows = spark.sql(f"SELECT file_path, content, partition FROM {table}.files VERSION AS OF {snapshot_id}").collect()
+    deletes = [r[0] for r in rows if r[1] != 0]
+    if deletes:
+        raise BatchError(f"{table} has {len(deletes)} delete file(s) at snapshot {snapshot_id}: the raw archive is "
+                         "append-only; rewrite the table (compaction) before running the batch")
+    return [(r[0], r[2]) for r in rows]
+
+
+def _partition_day(part: Any) -> date | None:
+    if part is None:
+        return None
+    values = list(part.asDict().values()) if hasattr(part, "asDict") else list(part)
+    if len(values) != 1:
+        return None
+    v = values[0]
+    if isinstance(v, date):
+        return v
+    if isinstance(v, int):
+        return date.fromordinal(date(1970, 1, 1).toordinal() + v)
+    return None
+
+
+def raw_dataframe(spark: Any, table: str, snapshot_id: int, first_day: date | None = None,
+                  last_day: date | None = None, files: list[str] | None = None) -> Any:
+    """The raw rows of ``table`` at ``snapshot_id`` (optionally only files of days ``first_day..last_day``,
+    or only the given ``files``): a DataFrame with the table's columns."""
+    if not has_reserved_columns(spark, table) and files is None:
+        return spark.sql(f"SELECT * FROM {table} VERSION AS OF {snapshot_id}")
+    schema = spark.table(table).schema
+    if files is None:
+        files = []
+        for path, part in data_files(spark, table, snapshot_id):
+            day = _partition_day(part)
+            if day is not None and ((first_day and day < first_day) or (last_day and day > last_day)):
+                continue
+            files.append(path)
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*files)
+
+
+def added_files(spark: Any, table: str, since_snapshot: int, snapshot_id: int) -> list[str]:
+    """Data files live at ``snapshot_id`` that were not live at ``since_snapshot`` (appends in between)."""
+    before = {p for p, _ in data_files(spark, table, since_snapshot)}
+    return [p for p, _ in data_files(spark, table, snapshot_id) if p not in before]

@@ -1,0 +1,425 @@
+"""The Spark compiler: a feature view's :class:`~skewless.core.plan.ViewPlan` as Spark SQL.
+
+Three statements, each over a temporary view the runner registers:
+
+``offline``  (over ``{raw}``: the raw Iceberg table pinned at one snapshot)
+    The offline event set of docs/semantics.md §6 for event times in ``[start, end)``: future records
+    (``ts > _kafka_ts + clock_skew_tolerance``) out, copies with the same ``(event id, event time)`` in one
+    Kafka partition collapsed to the first in offset order, late events kept (malformed records never
+    reach the raw table). One column per aggregation holds the event's *contribution* (``c__<feature>``:
+    the value ``laws.update`` receives, null when a filter fails or the field is null; 1 for COUNT).
+``tiles``    (over ``{offline}``)
+    Daily tiles per entity and day in the laws' intermediate form, for every batch-served aggregation.
+``serving``  (over ``{tiles}``, for one cut-off C)
+    Per entity and batch-served window: the body ``[C-W+2d, C)`` and the tail tiles ``[C-W, C-W+1d)``,
+    ``[C-W+1d, C-W+2d)`` (lifetime: one body ``[-inf, C)``), merged with the laws' merge in SQL.
+
+Intermediates (columns of the tiles table, and the structured serving columns):
+
+=======  ====================================================================
+COUNT    ``bigint``
+SUM      ``bigint`` (int64 field) or ``decimal(38, s)`` (ANSI mode: overflow fails the job)
+AVG      ``struct<sum: bigint|decimal, count: bigint>``
+MIN/MAX  the field's type (timestamps as epoch-ms ``bigint``); null when empty
+LAST     ``struct<ts: bigint, partition: int, offset: bigint, value: T>``; null when empty
+=======  ====================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Mapping, Sequence
+
+from skewless.core.compiler import Compiler
+from skewless.core.dsl import Agg, Op, Where
+from skewless.core.layout import LIFETIME_FIELD
+from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan, WindowMerge
+from skewless.core.routing import BATCH_TAIL_DAYS, is_stream_served
+from skewless.core.timeutil import MS_PER_DAY
+
+COMPILER_VERSION = "spark-1"  # part of every run fingerprint: a compiler change recomputes on resume
+TS = "__ts"  # event time, epoch ms
+DAY = "day"  # UTC day of the event / tile (DATE)
+PARTITION = "__partition"
+OFFSET = "__offset"
+
+
+def contribution_column(feature: str) -> str:
+    return f"c__{feature}"
+
+
+def window_column(field: str) -> str:
+    """Serving-table column of a layout batch field: ``w:31536000000`` -> ``w_31536000000``, ``w:life`` -> ``w_life``."""
+    return field.replace(":", "_")
+
+
+@dataclass(frozen=True)
+class BatchWindowSpec:
+    """One layout batch field (``w:{W}`` or ``w:life``) and the aggregations stored in it, in vector order."""
+
+    field: str
+    width_ms: int | None
+    aggregations: tuple[TileAgg, ...]
+
+    @property
+    def column(self) -> str:
+        return window_column(self.field)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return ("body",) if self.width_ms is None else ("body",) + tuple(f"tail{i}" for i in range(BATCH_TAIL_DAYS))
+
+
+@dataclass(frozen=True)
+class SparkBatchJob:
+    """The compiled batch job of one feature view (SQL templates plus what the runner needs to know)."""
+
+    view: str
+    version: int
+    fingerprint: str
+    keys: tuple[tuple[str, str], ...]  # (join key, "string" | "int64")
+    scan: Scan
+    batch_only: bool
+    aggregations: tuple[TileAgg, ...]  # every aggregation (contribution columns), declaration order
+    widths: Mapping[str, int | None]  # feature -> window width (None = lifetime)
+    tile_ms: Mapping[str, int]  # feature -> tile H of its window
+    tile_aggregations: tuple[TileAgg, ...]  # batch-served: the daily tiles' columns
+    windows: tuple[BatchWindowSpec, ...]
+    offline_sql_template: str
+    tiles_sql_template: str
+    serving_sql_template: str
+    raw_columns: Mapping[str, str]  # raw column -> feature type it must have (schema check)
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.keys)
+
+    def offline_sql(self, raw: str, start_ms: int, end_ms: int) -> str:
+        """Offline events with ``start_ms <= ts < end_ms`` (whole days) from the view ``raw``."""
+        return self.offline_sql_template.format(raw=raw, start_ms=start_ms, end_ms=end_ms)
+
+    def tiles_sql(self, offline: str) -> str:
+        return self.tiles_sql_template.format(offline=offline)
+
+    def serving_sql(self, tiles: str, cutoff_ms: int) -> str:
+        if cutoff_ms % MS_PER_DAY:
+            raise ValueError(f"cut-off {cutoff_ms} is not at 00:00 UTC")
+        return self.serving_sql_template.format(tiles=tiles, **_serving_params(self.windows, cutoff_ms))
+
+    def serving_min_day_ms(self, cutoff_ms: int) -> int | None:
+        """First tile day the serving statement reads (None: all history, for lifetime windows)."""
+        widths = [w.width_ms for w in self.windows]
+        if any(w is None for w in widths):
+            return None
+        return cutoff_ms - max(widths)  # type: ignore[type-var]
+
+    def explain(self, day_start_ms: int = 1704067200000) -> str:
+        """The three statements for a run day (golden files, ``--explain``)."""
+        cutoff = day_start_ms + MS_PER_DAY
+        return "\n\n".join([
+            f"-- {self.view} v{self.version} ({COMPILER_VERSION}, fingerprint {self.fingerprint[:16]})",
+            "-- offline event set of the run day\nCREATE OR REPLACE TEMP VIEW offline AS\n"
+            + self.offline_sql("raw", day_start_ms, cutoff),
+            "-- daily tiles\n" + self.tiles_sql("offline"),
+            f"-- serving rows for cut-off {cutoff}\n" + self.serving_sql("tiles", cutoff),
+        ]) + "\n"
+
+
+def _serving_params(windows: Sequence[BatchWindowSpec], cutoff_ms: int) -> dict[str, str]:
+    params = {"cutoff_day": _day_literal(cutoff_ms)}
+    for i, w in enumerate(windows):
+        if w.width_ms is None:
+            continue
+        start = cutoff_ms - w.width_ms
+        params[f"w{i}_tail0"] = _day_literal(start)
+        params[f"w{i}_tail1"] = _day_literal(start + MS_PER_DAY)
+        params[f"w{i}_body"] = _day_literal(start + BATCH_TAIL_DAYS * MS_PER_DAY)
+    min_day = None if any(w.width_ms is None for w in windows) else min(cutoff_ms - w.width_ms for w in windows)  # type: ignore[operator]
+    params["min_day_filter"] = "" if min_day is None else f"{DAY} >= {_day_literal(min_day)} AND "
+    return params
+
+
+def _day_literal(ms: int) -> str:
+    from skewless.core.timeutil import from_epoch_ms
+
+    return f"DATE'{from_epoch_ms(ms).date().isoformat()}'"
+
+
+# --- SQL pieces --------------------------------------------------------------------------------------
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float, Decimal)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "other"
+
+
+_COLUMN_KIND = {"string": "string", "int64": "number", "float64": "number", "decimal": "number", "bool": "bool",
+                "timestamp": "timestamp"}
+
+
+def sql_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}L"
+    if isinstance(value, float):
+        return f"CAST({sql_string(repr(value))} AS DOUBLE)"
+    if isinstance(value, Decimal):
+        return f"{value}BD"
+    if isinstance(value, str):
+        return sql_string(value)
+    raise TypeError(f"no SQL literal for {value!r}")
+
+
+class SparkCompiler(Compiler[SparkBatchJob]):
+    """Compiles the batch part of a feature view plan (plus every aggregation's per-event contribution,
+    which point-in-time retrieval needs) to Spark SQL.
+
+    ``field_types`` maps source fields to feature types (``skewless.core.schemas``: string, int64,
+    float64, decimal, timestamp, bool); the compiler needs them for timestamps and filter kinds.
+    """
+
+    engine = "spark"
+
+    def __init__(self, field_types: Mapping[str, str]):
+        self.field_types = dict(field_types)
+
+    def select(self, view_plan: ViewPlan) -> list[PlanNode]:
+        nodes: list[PlanNode] = [view_plan.scan]
+        nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
+        if view_plan.batch:
+            nodes.append(view_plan.batch.aggregate)
+        return nodes
+
+    def supports(self, node: PlanNode) -> bool:
+        if isinstance(node, Scan):
+            return node.event_id is not None and node.created_at is None
+        return True
+
+    def supports_aggregation(self, node: TileAggregate, index: int) -> bool:
+        a = node.aggregations[index]
+        if a.field is not None and a.field != self._event_time and a.field not in self.field_types:
+            return False
+        return all(w.field == self._event_time or w.field in self.field_types for w in a.where)
+
+    def hint(self, node: PlanNode) -> str:
+        if isinstance(node, Scan):
+            return "the batch path compiles feature views over event sources; snapshot views are materialized from their table"
+        return "declare every field the feature reads (and filters on) in the source's JSON Schema"
+
+    def compile(self, view_plan: ViewPlan) -> SparkBatchJob:  # noqa: D102 - see Compiler.compile
+        self._event_time = view_plan.scan.event_time
+        return super().compile(view_plan)
+
+    # --- emit ------------------------------------------------------------------------------------------
+
+    def emit(self, view_plan: ViewPlan) -> SparkBatchJob:
+        scan = view_plan.scan
+        aggregations = _all_aggregations(view_plan)
+        widths = {m.feature: m.width_ms for m in view_plan.merges}
+        batch = view_plan.batch
+        tile_aggs = batch.aggregate.aggregations if batch else ()
+        windows = _windows(tile_aggs, view_plan.merges)
+        keys = tuple((k, t) for k, t in view_plan.keys)
+        batch_only = scan.topic is None
+        job = SparkBatchJob(
+            view=view_plan.name,
+            version=view_plan.version,
+            fingerprint=view_plan.semantic_fingerprint,
+            keys=keys,
+            scan=scan,
+            batch_only=batch_only,
+            aggregations=aggregations,
+            widths=widths,
+            tile_ms={m.feature: m.tile_ms for m in view_plan.merges},
+            tile_aggregations=tile_aggs,
+            windows=windows,
+            offline_sql_template=self._offline_sql(scan, keys, aggregations, batch_only),
+            tiles_sql_template=self._tiles_sql(keys, tile_aggs),
+            serving_sql_template=self._serving_sql(keys, windows),
+            raw_columns=self._raw_columns(scan, keys, aggregations, batch_only),
+        )
+        return job
+
+    def _raw_columns(self, scan: Scan, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg],
+                     batch_only: bool) -> dict[str, str]:
+        cols: dict[str, str] = {scan.event_time: "timestamp"}
+        cols[scan.event_id] = self.field_types.get(scan.event_id, "string")  # type: ignore[index]
+        for k, t in keys:
+            cols[k] = t
+        for a in aggs:
+            for f in ([a.field] if a.field else []) + [w.field for w in a.where]:
+                cols[f] = "timestamp" if f == scan.event_time else self.field_types[f]
+        if not batch_only:
+            cols.update({"_partition": "int32", "_offset": "int64", "_kafka_ts": "timestamp"})
+        return cols
+
+    def _value_expr(self, field: str) -> str:
+        """A field's value as the contract sees it: timestamps as epoch ms (the event time as ``__ts``)."""
+        if field == self._event_time:
+            return TS
+        if self.field_types.get(field) == "timestamp":
+            return f"unix_millis({quote(field)})"
+        return quote(field)
+
+    def _predicate(self, where: Where) -> str:
+        op = Op(where.op)
+        ftype = "timestamp" if where.field == self._event_time else self.field_types.get(where.field, "string")
+        col_kind = _COLUMN_KIND.get(ftype, "other")
+        if ftype == "timestamp":
+            # the contract compares the event time as epoch ms and other timestamps as their ISO text
+            col = TS if where.field == self._event_time else \
+                f"date_format({quote(where.field)}, \"yyyy-MM-dd'T'HH:mm:ss.SSS'Z'\")"
+            col_kind = "number" if where.field == self._event_time else "string"
+        else:
+            col = quote(where.field)
+        values = list(where.value) if op is Op.IN else [where.value]
+        ok = [v for v in values if v is not None and _kind(v) == col_kind]
+        if op is Op.IN:
+            if not ok:
+                return "false"
+            return f"({col} IN ({', '.join(sql_literal(v) for v in ok)}))"
+        if not ok:
+            return "false"
+        if col_kind == "bool" and op not in (Op.EQ, Op.NE):
+            return "false"  # booleans have no order
+        sql_op = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}[op]
+        return f"({col} {sql_op} {sql_literal(ok[0])})"
+
+    def _contribution(self, a: TileAgg) -> str:
+        cond = " AND ".join(self._predicate(w) for w in a.where)
+        agg = Agg(a.agg)
+        if agg is Agg.COUNT:
+            parts = [cond] if cond else []
+            if a.field is not None:
+                parts.append(f"{self._value_expr(a.field)} IS NOT NULL")
+            value = "1"
+            return f"CASE WHEN {' AND '.join(parts)} THEN {value} END" if parts else value
+        value = self._value_expr(a.field)  # type: ignore[arg-type]
+        return f"CASE WHEN {cond} THEN {value} END" if cond else value
+
+    def _offline_sql(self, scan: Scan, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg],
+                     batch_only: bool) -> str:
+        et, eid = quote(scan.event_time), quote(scan.event_id)  # type: ignore[arg-type]
+        key_cols = ", ".join(quote(k) for k, _ in keys)
+        time_filter = f"{et} >= timestamp_millis({{start_ms}}L) AND {et} < timestamp_millis({{end_ms}}L)"
+        if batch_only:
+            # batch-only sources: one row per (event id, event time); differing copies: smallest JSON wins
+            position = f"0 AS {PARTITION}, {eid} AS {OFFSET}"
+            ranked = (f"row_number() OVER (PARTITION BY {eid}, unix_millis({et}) "
+                      f"ORDER BY to_json(struct(*))) AS __rank")
+            where = time_filter
+        else:
+            position = f"_partition AS {PARTITION}, _offset AS {OFFSET}"
+            ranked = f"row_number() OVER (PARTITION BY _partition, {eid}, unix_millis({et}) ORDER BY _offset) AS __rank"
+            where = (f"{time_filter}\n    AND unix_millis({et}) <= unix_millis(_kafka_ts) + "
+                     f"{scan.clock_skew_tolerance_ms}L")
+        contributions = ",\n  ".join(f"{self._contribution(a)} AS {quote(contribution_column(a.name))}" for a in aggs)
+        return (
+            f"SELECT {key_cols}, {TS}, date_from_unix_date(CAST(floor({TS} / {MS_PER_DAY}) AS INT)) AS {DAY}, "
+            f"{PARTITION}, {OFFSET},\n  {_escape_braces(contributions)}\n"
+            f"FROM (\n  SELECT *, unix_millis({et}) AS {TS}, {_escape_braces(position)},\n    {_escape_braces(ranked)}\n"
+            f"  FROM {{raw}}\n  WHERE {where}\n) AS deduped\nWHERE __rank = 1"
+        )
+
+    def _tiles_sql(self, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg]) -> str:
+        key_cols = ", ".join(quote(k) for k, _ in keys)
+        cols = [f"{_tile_expr(a)} AS {quote(a.name)}" for a in aggs]
+        return (f"SELECT {key_cols}, {DAY},\n  " + _escape_braces(",\n  ".join(cols))
+                + f"\nFROM {{offline}}\nGROUP BY {key_cols}, {DAY}")
+
+    def _serving_sql(self, keys: Sequence[tuple[str, str]], windows: Sequence[BatchWindowSpec]) -> str:
+        key_cols = ", ".join(quote(k) for k, _ in keys)
+        cols: list[str] = []
+        for i, w in enumerate(windows):
+            for a in w.aggregations:
+                if w.width_ms is None:
+                    ranges = {"body": "true"}
+                else:
+                    ranges = {
+                        "body": f"{DAY} >= {{w{i}_body}}",
+                        "tail0": f"{DAY} = {{w{i}_tail0}}",
+                        "tail1": f"{DAY} = {{w{i}_tail1}}",
+                    }
+                for part, pred in ranges.items():
+                    cols.append(f"{_merge_expr(a, pred)} AS {quote(serving_part_column(w, a, part))}")
+        return (f"SELECT {key_cols},\n  " + ",\n  ".join(cols)
+                + f"\nFROM {{tiles}}\nWHERE {{min_day_filter}}{DAY} < {{cutoff_day}}\nGROUP BY {key_cols}")
+
+
+def serving_part_column(window: BatchWindowSpec, a: TileAgg, part: str) -> str:
+    return f"{window.column}__{part}__{a.name}"
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _tile_expr(a: TileAgg) -> str:
+    c = quote(contribution_column(a.name))
+    agg = Agg(a.agg)
+    if agg is Agg.COUNT:
+        return f"count({c})"
+    if agg is Agg.SUM:
+        return f"coalesce(sum({c}), 0)"
+    if agg is Agg.AVG:
+        return f"named_struct('sum', coalesce(sum({c}), 0), 'count', count({c}))"
+    if agg is Agg.MIN:
+        return f"min({c})"
+    if agg is Agg.MAX:
+        return f"max({c})"
+    return (f"max(CASE WHEN {c} IS NOT NULL THEN named_struct('ts', {TS}, 'partition', {PARTITION}, "
+            f"'offset', {OFFSET}, 'value', {c}) END)")
+
+
+def _merge_expr(a: TileAgg, pred: str) -> str:
+    t = quote(a.name)
+    agg = Agg(a.agg)
+    if agg in (Agg.COUNT, Agg.SUM):
+        return f"coalesce(sum(CASE WHEN {pred} THEN {t} END), 0)"
+    if agg is Agg.AVG:
+        return (f"named_struct('sum', coalesce(sum(CASE WHEN {pred} THEN {t}.sum END), 0), "
+                f"'count', coalesce(sum(CASE WHEN {pred} THEN {t}.count END), 0L))")
+    fn = "min" if agg is Agg.MIN else "max"  # LAST: the greatest (ts, partition, offset) struct
+    return f"{fn}(CASE WHEN {pred} THEN {t} END)"
+
+
+def _all_aggregations(view_plan: ViewPlan) -> tuple[TileAgg, ...]:
+    found: dict[str, TileAgg] = {}
+    for t in (view_plan.stream.tiles if view_plan.stream else ()):
+        for a in t.aggregate.aggregations:
+            found.setdefault(a.name, a)
+    if view_plan.batch:
+        for a in view_plan.batch.aggregate.aggregations:
+            found.setdefault(a.name, a)
+    order = [m.feature for m in view_plan.merges]
+    return tuple(found[name] for name in order if name in found)
+
+
+def _windows(tile_aggs: Sequence[TileAgg], merges: Sequence[WindowMerge]) -> tuple[BatchWindowSpec, ...]:
+    """The layout's batch fields in declaration order (same grouping as ``layout.batch_windows``)."""
+    width_of = {m.feature: m.width_ms for m in merges}
+    groups: dict[str, list[TileAgg]] = {}
+    widths: dict[str, int | None] = {}
+    for a in tile_aggs:
+        width = width_of[a.name]
+        if is_stream_served(width):
+            continue
+        field = LIFETIME_FIELD if width is None else f"w:{width}"
+        groups.setdefault(field, []).append(a)
+        widths[field] = width
+    return tuple(BatchWindowSpec(f, widths[f], tuple(aggs)) for f, aggs in groups.items())
