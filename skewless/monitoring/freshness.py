@@ -56,6 +56,7 @@ class FreshnessRow:
     status: str  # ok | warn | stale | missing | error
     detail: str = ""
     newest_ms: int | None = None
+    progress_age_ms: int | None = None  # stream: now - the last progress write (liveness of the job)
 
     @property
     def breach(self) -> bool:
@@ -148,7 +149,8 @@ def _stream_row(client: Any, project: str, view: FeatureView, epoch: str | None,
     lag = now - newest
     written = max((p.written_ms for p in progress if p.written_ms is not None and p.epoch == epoch), default=None)
     detail = f"{len(progress)} partition(s)" + (f", progress written {fmt_duration_ms(now - written)} ago" if written else "")
-    return FreshnessRow(**base, lag_ms=lag, status=STALE if lag > sla else OK, detail=detail, newest_ms=newest)
+    return FreshnessRow(**base, lag_ms=lag, status=STALE if lag > sla else OK, detail=detail, newest_ms=newest,
+                        progress_age_ms=None if written is None else now - written)
 
 
 def batch_sla_ms(view: FeatureView) -> int:

@@ -71,6 +71,7 @@ def freshness_families(rows: Iterable) -> list[Family]:
     sla = Family("skewless_view_freshness_sla_seconds", "Freshness SLA of a view part.")
     breach = Family("skewless_view_freshness_breach", "1 when the view part is stale or missing, else 0.")
     status = Family("skewless_view_freshness_status", "Status code: 0 ok, 1 warn, 2 stale, 3 missing, 4 error.")
+    written = Family("skewless_view_progress_age_seconds", "Stream part: now - the streaming job's last progress write.")
     err = Family("skewless_monitor_error", "1 when a monitor failed and reports itself instead of a figure.")
     for r in rows:
         labels = dict(view=r.view, version=r.version, part=r.part)
@@ -81,7 +82,8 @@ def freshness_families(rows: Iterable) -> list[Family]:
         sla.add(None if r.sla_ms is None else r.sla_ms / 1000.0, **labels)
         breach.add(1 if r.breach else 0, **labels)
         status.add(_STATUS_CODES.get(r.status, 4), **labels)
-    return [lag, sla, breach, status, err]
+        written.add(None if r.progress_age_ms is None else r.progress_age_ms / 1000.0, **labels)
+    return [lag, sla, breach, status, written, err]
 
 
 def quality_families(reports: Iterable) -> list[Family]:

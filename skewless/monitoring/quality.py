@@ -156,8 +156,12 @@ def check_dataframe(view: View, frame: Any, *, run_id: str | None = None, day: d
     list of row dicts. The frame is not modified. Never raises: a failure gives status ``error``."""
 
     def compute() -> CheckReport:
-        df = to_pandas(frame)
         exps = tuple(view.expectations if expectations is None else expectations)
+        needed = list(dict.fromkeys(e.feature for e in exps))
+        data = frame
+        if hasattr(data, "column_names") and hasattr(data, "select"):  # Arrow: convert only checked columns
+            data = data.select([c for c in needed if c in data.column_names])
+        df = to_pandas(data)
         results = tuple(_evaluate_pandas(e, df) for e in exps)
         return CheckReport(run_id or new_run_id(), view.name, int(view.version), len(df), results, day=day)
 
@@ -258,6 +262,22 @@ def gate(report: CheckReport, view: View | None = None, *, block_on_error: bool 
         log.warning("quality gate: %s v%s run %s has failed checks (not blocking): %s", report.view, report.version,
                     report.run_id, names)
     return not blocks
+
+
+def materialization_gate(catalog: Any = None, *, store: bool = True, block_on_error: bool = False) -> Callable[[View, date, Any], bool]:
+    """A ``quality_gate(view, day, rows)`` hook for ``batch_jobs.materialize``: checks the run's rows (Arrow
+    table or pandas frame) against the view's expectations, stores the results in ``catalog`` (when given and
+    ``store``), and returns False when a check failed. The materializer then blocks or warns according to
+    the view's ``block_materialization_on_failed_checks``. Never raises; a broken monitor returns True
+    unless ``block_on_error``."""
+
+    def hook(view: View, day: date, rows: Any) -> bool:
+        report = check_dataframe(view, rows, run_id=f"{view.name}-v{view.version}-{day}-{new_run_id()[:8]}", day=day)
+        if catalog is not None and store:
+            store_results(catalog, report)
+        return gate(report, None, block_on_error=block_on_error)
+
+    return hook
 
 
 # --- storage --------------------------------------------------------------------------------------------------

@@ -106,7 +106,14 @@ def test_cli_freshness_and_exporter(redis_url, redis_client, tmp_path, capsys):
 
 
 def test_spark_quality_matches_pandas_and_is_stored(spark, iceberg_catalog):
-    from skewless.monitoring.quality import check_dataframe, check_spark, gate, read_results, store_results
+    from skewless.monitoring.quality import (
+        check_dataframe,
+        check_spark,
+        gate,
+        materialization_gate,
+        read_results,
+        store_results,
+    )
 
     rows = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "n_1h": [1, None, 11, 3], "ltv": [5.0, float("nan"), -2.0, None],
                          "status": ["placed", "lost", None, "completed"]})
@@ -131,6 +138,10 @@ def test_spark_quality_matches_pandas_and_is_stored(spark, iceberg_catalog):
     assert run1["passed"].tolist().count(False) == 4 and set(run1["day"].astype(str)) == {"2024-01-01"}
     # Spark reads the same table through the shared catalog
     assert spark.table("skewless.monitoring.quality_results").where("run_id = 'run-1'").count() == 5
+
+    hook = materialization_gate(iceberg_catalog)  # the batch_jobs.materialize quality_gate hook
+    assert hook(VIEW, date(2024, 1, 2), sdf.toArrow()) is False
+    assert len(read_results(iceberg_catalog, "stats")) == 15
 
     broken = check_spark(VIEW, "not a dataframe")
     assert broken.status == "error" and gate(broken, VIEW) is True

@@ -66,6 +66,7 @@ def test_stream_ok_and_stale():
     meta(st, STREAM)
     (row,) = view_freshness(st, P, STREAM, now=NOW)
     assert (row.part, row.lag_ms, row.sla_ms, row.status) == ("stream", 2 * MS_PER_MINUTE, 5 * MS_PER_MINUTE, "ok")
+    assert row.progress_age_ms == 1000
     progress(st, [NOW - 6 * MS_PER_MINUTE])
     (row,) = view_freshness(st, P, STREAM, now=NOW)
     assert (row.lag_ms, row.status, row.breach) == (6 * MS_PER_MINUTE, "stale", True)

@@ -9,7 +9,14 @@ import pyarrow as pa
 import pytest
 
 from skewless import Agg, Aggregation, Entity, EventSource, Expectation, FeatureView, Window
-from skewless.monitoring.quality import check_dataframe, check_online_sample, gate, report_rows, sample_online
+from skewless.monitoring.quality import (
+    check_dataframe,
+    check_online_sample,
+    gate,
+    materialization_gate,
+    report_rows,
+    sample_online,
+)
 from skewless.monitoring.sampling import ValueSampler
 
 USER = Entity("user", {"user_id": "string"})
@@ -140,3 +147,13 @@ def test_value_sampler_rate_and_capacity():
     s.observe("v", None)  # type: ignore[arg-type] - bad input never raises
     with pytest.raises(ValueError):
         ValueSampler(rate=2)
+
+
+def test_materialization_gate_hook():
+    from datetime import date
+
+    hook = materialization_gate(None)
+    assert hook(make_view(), date(2024, 1, 1), pa.Table.from_pydict(dict(GOOD, extra=[1, 2, 3, 4]))) is True
+    assert hook(make_view(block=False), date(2024, 1, 1), pa.Table.from_pydict(BAD)) is False  # the materializer warns
+    assert hook(make_view(), date(2024, 1, 1), "garbage") is True  # a broken monitor does not stop the pipeline
+    assert materialization_gate(None, block_on_error=True)(make_view(), date(2024, 1, 1), "garbage") is False
