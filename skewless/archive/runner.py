@@ -313,7 +313,9 @@ class SourceArchiver:
         target = {**self.raw_next, **batch.next_offsets}
 
         if batch.n_dead:
-            dl_target = {**self.dl_next, **batch.next_offsets}
+            # max, not overwrite: after a crash between the two commits, the dead-letter table is ahead of the raw
+            # table, and a batch re-reading that gap must not move its offsets back.
+            dl_target = {p: max(self.dl_next.get(p, 0), batch.next_offsets.get(p, 0)) for p in {*self.dl_next, *batch.next_offsets}}
             dl_rows = self._arrow(self.dead, batch.dead, batch.n_dead, ingested_us)
             dl_json = P.dump_offsets(dl_target)
 

@@ -154,6 +154,9 @@ def _status(args: argparse.Namespace) -> int:
              "dead_letter_offsets": {str(k): v for k, v in p.dead_letter_offsets.items()}}
             for p in out], indent=2))
         return 0
+    for s in repo.sources:
+        if not isinstance(s, EventSource):
+            print(f"{s.name}: table source (no topic): read in place from {s.table}; the archive does nothing for it")
     for p in out:
         if p.state == "batch-only":
             print(f"{p.source}: batch-only (no topic): read in place from {p.table}; the archive does nothing for it")
