@@ -115,6 +115,11 @@ def values_equal(online: Any, offline: Any, float_ulps: int = 0) -> bool:
     return online == offline
 
 
+def _plain(v: Any) -> Any:
+    item = getattr(v, "item", None)
+    return item() if callable(item) and not isinstance(v, (str, bytes)) else v
+
+
 def check_consistency(view: View, logged: Any, recompute: Callable[[Any], Any], *,
                       float_ulps: Mapping[str, int] | None = None, features: list[str] | None = None) -> ConsistencyReport:
     """Recompute ``logged`` responses offline and count mismatches per feature. Never raises."""
@@ -147,7 +152,8 @@ def check_consistency(view: View, logged: Any, recompute: Callable[[Any], Any], 
                 if not values_equal(on, off, ulps):
                     bad += 1
                     if len(examples) < MAX_EXAMPLES:
-                        examples.append(Mismatch(tuple(df.at[i, k] for k in keys), int(df.at[i, REQUEST_COLUMN]), on, off))
+                        examples.append(Mismatch(tuple(_plain(df.at[i, k]) for k in keys), int(df.at[i, REQUEST_COLUMN]),
+                                                 _plain(on), _plain(off)))
             out.append(FeatureConsistency(f, compared, bad, skipped, tuple(examples)))
         return ConsistencyReport(view.name, len(df), tuple(out))
 

@@ -111,6 +111,12 @@ def _error_report(view: View, run_id: str | None, day: date | None, reason: str)
                        0, (), day=day, error=reason)
 
 
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python value (for readable details)."""
+    item = getattr(v, "item", None)
+    return item() if callable(item) and not isinstance(v, (str, bytes)) else v
+
+
 # --- pandas / Arrow ------------------------------------------------------------------------------------
 
 
@@ -141,11 +147,11 @@ def _evaluate_pandas(e: Expectation, df: Any) -> CheckResult:
         lo, hi = e.arg("min"), e.arg("max")
         bad = values.map(lambda v: (lo is not None and v < lo) or (hi is not None and v > hi)) if len(values) else values
         n_bad = int(bad.sum()) if len(values) else 0
-        seen = f"min {values.min()!r}, max {values.max()!r}" if len(values) else "no values"
+        seen = f"min {_plain(values.min())!r}, max {_plain(values.max())!r}" if len(values) else "no values"
         return CheckResult(label, e.feature, check.value, float(n_bad), n_bad == 0, f"{n_bad} outside; {seen}")
     allowed = set(e.arg("values") or ())
     bad_values = values[~values.map(lambda v: v in allowed)] if len(values) else values
-    examples = sorted({repr(v) for v in bad_values.tolist()})[:MAX_EXAMPLES]
+    examples = sorted({repr(_plain(v)) for v in bad_values.tolist()})[:MAX_EXAMPLES]
     detail = f"{len(bad_values)} not allowed" + (f", e.g. {', '.join(examples)}" if examples else "")
     return CheckResult(label, e.feature, check.value, float(len(bad_values)), len(bad_values) == 0, detail)
 
