@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make setup`: install everything skewless needs on this machine, idempotently, printing each phase's time.
-#   1. Debian packages (as root): redis-server, maven, a JDK if missing, docker.io + debootstrap for test images
+#   1. Debian packages (as root): redis-server, maven, a JDK if missing, docker.io + debootstrap for test images,
+#      chromium (headless: the drift report is rendered and checked in a real browser)
 #   2. the project venv (.venv) from infra/constraints.txt
 #   3. the pinned JVM artifacts of infra/pom.xml into infra/.cache/jars
 #   4. the Docker engine and the locally built test images (infra/docker/)
@@ -14,7 +15,7 @@ phase() { echo "setup: $1"; PHASE_T0=$(date +%s); }
 done_phase() { echo "setup: $1 done in $(( $(date +%s) - PHASE_T0 )) s"; }
 
 # --- 1. Debian packages -------------------------------------------------------------------------
-APT_PKGS=(redis-server redis-tools maven debootstrap docker.io)
+APT_PKGS=(redis-server redis-tools maven debootstrap docker.io chromium)
 command -v java >/dev/null 2>&1 || APT_PKGS+=(openjdk-17-jdk-headless)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
