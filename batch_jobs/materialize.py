@@ -127,6 +127,11 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
     project = project or default_project()
     cut = _cutoff_ms(day)
     report = MaterializeReport(view.name, day, cut)
+    expires = layout.batch_expire_at_ms(cut)
+    if expires <= to_epoch_ms(datetime.now(timezone.utc)):
+        raise BatchError(f"day {day} is too old to serve: its batch record would expire at once (cut-off + "
+                         f"{(expires - cut) // 86_400_000} days, when the stream's daily tiles after it are gone); "
+                         "materialize the newest computed day")
     rows = rows if rows is not None else read_serving(catalog, view, day, namespace)
     _check_gate(view, day, rows, quality_gate, report)
     epoch = store_epoch(client, project, init=init_epoch)
@@ -147,12 +152,12 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
     packer = _BatchPacker(view, project, cut, run_id, epoch, fields, sha)
     if tags:
         packer.verify(tags[0], [v[0] for v in values])
-    conn = client.connection_pool.get_connection("EVALSHA")
+    conn = client.connection_pool.get_connection()
     try:
         for lo in range(0, len(tags), batch_size):
             hi = min(lo + batch_size, len(tags))
             payload = packer.pack(tags[lo:hi], [v[lo:hi] for v in values])
-            conn.send_packed_command(payload, check_health=False)
+            conn.send_packed_command([payload], check_health=False)
             for _ in range(hi - lo):
                 reply = conn.read_response()
                 if isinstance(reply, Exception):
