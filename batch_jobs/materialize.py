@@ -133,7 +133,8 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
                          f"{(expires - cut) // 86_400_000} days, when the stream's daily tiles after it are gone); "
                          "materialize the newest computed day")
     rows = rows if rows is not None else read_serving(catalog, view, day, namespace)
-    _check_gate(view, day, rows, quality_gate, report)
+    if quality_gate is not None:
+        _check_gate(view, day, serving_values(view, rows, cut), quality_gate, report)
     epoch = store_epoch(client, project, init=init_epoch)
     fields = sorted(layout.batch_windows(view))
     columns = {f: f.replace(":", "_") for f in fields}
@@ -174,6 +175,43 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
     report.rows = len(tags)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
+    """The batch-served feature values at the cut-off (body + tails merged, finalized; derived features whose
+    inputs are all batch-served too), one row per entity, as a PyArrow table for data-quality checks."""
+    import pyarrow as pa
+
+    from skewless.core import laws
+    from skewless.core.dsl import Agg, Derived
+
+    from batch_jobs.pit import evaluate_derived
+
+    windows = layout.batch_windows(view)
+    keys = view.entity.key_names
+    cols = {k: rows.column(k).to_pylist() for k in keys}
+    encoded = {f: rows.column(f.replace(":", "_")).to_pylist() for f in windows}
+    out: dict[str, list[Any]] = {k: v for k, v in cols.items()}
+    values_per_row: list[dict[str, Any]] = [{} for _ in range(rows.num_rows)]
+    for field_name, aggs in windows.items():
+        kinds = [Agg(a.agg) for a in aggs]
+        for i, text in enumerate(encoded[field_name]):
+            parts = [layout.decode_vector(p, kinds) for p in laws.loads(text)]
+            for j, (a, kind) in enumerate(zip(aggs, kinds)):
+                values_per_row[i][a.name] = laws.LAWS[kind].finalize(laws.LAWS[kind].merge_all(p[j] for p in parts))
+    names = [a.name for aggs in windows.values() for a in aggs]
+    derived = [f for f in view.features if isinstance(f, Derived)]
+    for f in derived:
+        try:
+            for v in values_per_row:
+                v[f.name] = evaluate_derived(f.expr, v, cutoff)
+            names.append(f.name)
+        except KeyError:  # reads a stream-served feature: not known from the batch alone
+            for v in values_per_row:
+                v.pop(f.name, None)
+    for name in names:
+        out[name] = [v.get(name) for v in values_per_row]
+    return pa.table(out)
 
 
 def _bulk(b: bytes) -> bytes:

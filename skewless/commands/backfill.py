@@ -1,0 +1,56 @@
+"""``skewless backfill``: spark-submit ``batch_jobs/backfill.py`` (daily tiles + serving rows for a date range)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+NAME = "backfill"
+HELP = "recompute feature views over a date range with spark-submit (idempotent, resumable, archive-gated)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from batch_jobs.backfill import add_arguments as job_arguments
+
+    job_arguments(parser)
+    parser.add_argument("--in-process", action="store_true", help="run in this Python process instead of spark-submit")
+
+
+def spark_submit() -> Path:
+    """The venv's ``spark-submit`` (from the pyspark wheel)."""
+    here = Path(sys.executable).parent / "spark-submit"
+    if here.exists():
+        return here
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "bin" / "spark-submit"
+
+
+def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
+    """``spark-submit --master M --driver-memory X --jars <iceberg,sqlite> batch_jobs/backfill.py <args>``."""
+    from skewless.engines.spark_session import spark_jars
+
+    cmd = [str(spark_submit()), "--master", args.master, "--driver-memory", args.driver_memory,
+           "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+           "--jars", ",".join(str(j) for j in spark_jars()), str(script)]
+    for name in ("start", "end", "master", "repo", "namespace", "chunk_days", "driver_memory"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for view in args.view or ():
+        cmd += ["--view", view]
+    for flag in ("rerun", "force", "no_serving", "explain"):
+        if getattr(args, flag):
+            cmd.append(f"--{flag.replace('_', '-')}")
+    return cmd
+
+
+def run(args: argparse.Namespace) -> int:
+    from batch_jobs import backfill
+
+    if args.in_process or args.explain:
+        return backfill.run(args)
+    script = Path(backfill.__file__).resolve()
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    return subprocess.call(submit_command(args, script), env=env)

@@ -1,0 +1,61 @@
+-- user_order_stats v1 (spark-1, fingerprint 733ee0b78a975a62)
+
+-- offline event set of the run day
+CREATE OR REPLACE TEMP VIEW offline AS
+SELECT `user_id`, __ts, date_from_unix_date(CAST(floor(__ts / 86400000) AS INT)) AS day, __partition, __offset,
+  CASE WHEN (`status` = 'placed') THEN 1 END AS `c__user_orders_last_1h`,
+  CASE WHEN (`status` = 'placed') THEN `amount` END AS `c__max_order_amount_7d`,
+  CASE WHEN (`status` = 'cancelled') THEN 1 END AS `c__cancelled_orders_30d`,
+  CASE WHEN (`status` = 'refunded') THEN 1 END AS `c__refunded_orders_90d`,
+  CASE WHEN (`status` = 'placed') THEN 1 END AS `c__user_total_orders_365d`,
+  CASE WHEN (`status` = 'completed') THEN 1 END AS `c__completed_orders_365d`,
+  CASE WHEN (`status` = 'completed') THEN `amount` END AS `c__customer_ltv_365d`,
+  CASE WHEN (`status` = 'placed') THEN __ts END AS `c__last_order_ts`,
+  `status` AS `c__last_order_status`
+FROM (
+  SELECT *, unix_millis(`event_time`) AS __ts, _partition AS __partition, _offset AS __offset,
+    row_number() OVER (PARTITION BY _partition, `event_id`, unix_millis(`event_time`) ORDER BY _offset) AS __rank
+  FROM raw
+  WHERE `event_time` >= timestamp_millis(1704067200000L) AND `event_time` < timestamp_millis(1704153600000L)
+    AND unix_millis(`event_time`) <= unix_millis(_kafka_ts) + 300000L
+) AS deduped
+WHERE __rank = 1
+
+-- daily tiles
+SELECT `user_id`, day,
+  max(`c__max_order_amount_7d`) AS `max_order_amount_7d`,
+  count(`c__cancelled_orders_30d`) AS `cancelled_orders_30d`,
+  count(`c__refunded_orders_90d`) AS `refunded_orders_90d`,
+  count(`c__user_total_orders_365d`) AS `user_total_orders_365d`,
+  count(`c__completed_orders_365d`) AS `completed_orders_365d`,
+  coalesce(sum(`c__customer_ltv_365d`), 0) AS `customer_ltv_365d`,
+  max(`c__last_order_ts`) AS `last_order_ts`,
+  max(CASE WHEN `c__last_order_status` IS NOT NULL THEN named_struct('ts', __ts, 'partition', __partition, 'offset', __offset, 'value', `c__last_order_status`) END) AS `last_order_status`
+FROM offline
+GROUP BY `user_id`, day
+
+-- serving rows for cut-off 1704153600000
+SELECT `user_id`,
+  max(CASE WHEN day >= DATE'2023-12-28' THEN `max_order_amount_7d` END) AS `w_604800000__body__max_order_amount_7d`,
+  max(CASE WHEN day = DATE'2023-12-26' THEN `max_order_amount_7d` END) AS `w_604800000__tail0__max_order_amount_7d`,
+  max(CASE WHEN day = DATE'2023-12-27' THEN `max_order_amount_7d` END) AS `w_604800000__tail1__max_order_amount_7d`,
+  coalesce(sum(CASE WHEN day >= DATE'2023-12-05' THEN `cancelled_orders_30d` END), 0) AS `w_2592000000__body__cancelled_orders_30d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-12-03' THEN `cancelled_orders_30d` END), 0) AS `w_2592000000__tail0__cancelled_orders_30d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-12-04' THEN `cancelled_orders_30d` END), 0) AS `w_2592000000__tail1__cancelled_orders_30d`,
+  coalesce(sum(CASE WHEN day >= DATE'2023-10-06' THEN `refunded_orders_90d` END), 0) AS `w_7776000000__body__refunded_orders_90d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-10-04' THEN `refunded_orders_90d` END), 0) AS `w_7776000000__tail0__refunded_orders_90d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-10-05' THEN `refunded_orders_90d` END), 0) AS `w_7776000000__tail1__refunded_orders_90d`,
+  coalesce(sum(CASE WHEN day >= DATE'2023-01-04' THEN `user_total_orders_365d` END), 0) AS `w_31536000000__body__user_total_orders_365d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-01-02' THEN `user_total_orders_365d` END), 0) AS `w_31536000000__tail0__user_total_orders_365d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-01-03' THEN `user_total_orders_365d` END), 0) AS `w_31536000000__tail1__user_total_orders_365d`,
+  coalesce(sum(CASE WHEN day >= DATE'2023-01-04' THEN `completed_orders_365d` END), 0) AS `w_31536000000__body__completed_orders_365d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-01-02' THEN `completed_orders_365d` END), 0) AS `w_31536000000__tail0__completed_orders_365d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-01-03' THEN `completed_orders_365d` END), 0) AS `w_31536000000__tail1__completed_orders_365d`,
+  coalesce(sum(CASE WHEN day >= DATE'2023-01-04' THEN `customer_ltv_365d` END), 0) AS `w_31536000000__body__customer_ltv_365d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-01-02' THEN `customer_ltv_365d` END), 0) AS `w_31536000000__tail0__customer_ltv_365d`,
+  coalesce(sum(CASE WHEN day = DATE'2023-01-03' THEN `customer_ltv_365d` END), 0) AS `w_31536000000__tail1__customer_ltv_365d`,
+  max(CASE WHEN true THEN `last_order_ts` END) AS `w_life__body__last_order_ts`,
+  max(CASE WHEN true THEN `last_order_status` END) AS `w_life__body__last_order_status`
+FROM tiles
+WHERE day < DATE'2024-01-02'
+GROUP BY `user_id`

@@ -1,0 +1,121 @@
+"""The Spark compiler's generated SQL (golden files), the serving encoding and the Redis command packing."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from batch_jobs.codec import encode_window, to_intermediate
+from batch_jobs.materialize import _BatchPacker, _pack_command
+from batch_jobs.runner import compile_feature_view, compile_view, find_view
+from batch_jobs.spark_compiler import SparkCompiler, serving_part_column
+from batch_jobs.tables import BatchError
+from skewless.core import layout
+from skewless.core.dsl import Agg, Aggregation, Entity, EventSource, FeatureView, Where, Window
+from skewless.core.plan import plan_view
+from skewless.core.repo import load_repository
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "spark"
+REPO = Path(__file__).resolve().parents[2] / "feature_defs"
+
+
+def _repo():
+    return load_repository(REPO)
+
+
+def test_generated_sql_matches_the_golden_files() -> None:
+    repo = _repo()
+    for view in repo.views:
+        if not isinstance(view, FeatureView):
+            continue
+        text = compile_view(repo, view).explain()
+        path = GOLDEN / f"{view.name}.sql"
+        if os.environ.get("SKEWLESS_UPDATE_GOLDEN"):
+            path.write_text(text)
+        assert path.exists(), f"missing golden {path}: run with SKEWLESS_UPDATE_GOLDEN=1"
+        assert text == path.read_text(), f"{path} differs: review, then SKEWLESS_UPDATE_GOLDEN=1"
+
+
+def test_snapshot_views_and_unknown_views_are_clear_errors() -> None:
+    repo = _repo()
+    with pytest.raises(BatchError, match="snapshot view"):
+        compile_view(repo, find_view(repo, "customer_profile"))
+    with pytest.raises(BatchError, match="unknown view 'nope'.*user_order_stats"):
+        find_view(repo, "nope")
+
+
+def _view(features: list) -> FeatureView:
+    src = EventSource("s", "orders", "raw.s", topic="s", partition_key="user_id")
+    return FeatureView("v", Entity("user", {"user_id": "string"}), src, features)
+
+
+TYPES = {"user_id": "string", "event_id": "string", "amount": "int64", "status": "string", "price": "decimal",
+         "flag": "bool", "event_time": "timestamp"}
+
+
+def test_filters_of_incompatible_kinds_never_pass_and_nulls_never_pass() -> None:
+    view = _view([
+        Aggregation("a", Agg.COUNT, None, Window.days(2), where=Where("amount", "==", "7")),
+        Aggregation("b", Agg.COUNT, None, Window.days(2), where=Where("flag", "<", True)),
+        Aggregation("c", Agg.COUNT, None, Window.days(2), where=Where("status", "in", ["x", 1, "it's"])),
+        Aggregation("d", Agg.SUM, "price", Window.days(2), where=Where("amount", ">=", 10)),
+    ])
+    sql = compile_feature_view(view, TYPES).offline_sql("raw", 0, 86_400_000)
+    assert "CASE WHEN false THEN 1 END AS `c__a`" in sql
+    assert "CASE WHEN false THEN 1 END AS `c__b`" in sql
+    assert "(`status` IN ('x', 'it\\'s'))" in sql
+    assert "CASE WHEN (`amount` >= 10L) THEN `price` END AS `c__d`" in sql
+
+
+def test_serving_encoding_is_the_layouts_batch_record() -> None:
+    view = _view([
+        Aggregation("n", Agg.COUNT, None, Window.days(30)),
+        Aggregation("s", Agg.SUM, "price", Window.days(30)),
+        Aggregation("avg", Agg.AVG, "amount", Window.days(30)),
+        Aggregation("mx", Agg.MAX, "amount", Window.days(30)),
+        Aggregation("last", Agg.LAST, "status", Window.lifetime()),
+        Aggregation("mn", Agg.MIN, "price", Window.lifetime()),
+    ])
+    job = compile_feature_view(view, TYPES)
+    structured = {"n": 3, "s": Decimal("0.30"), "avg": {"sum": 9007199254740993, "count": 2}, "mx": None,
+                  "last": {"ts": 5, "partition": 1, "offset": 9, "value": "paid"}, "mn": Decimal("1.5")}
+    row = {}
+    parts = {}
+    for w in job.windows:
+        for part in w.parts:
+            for a in w.aggregations:
+                row[serving_part_column(w, a, part)] = structured[a.name] if part != "tail1" else None
+        parts[w.field] = [tuple(to_intermediate(a.agg, row[serving_part_column(w, a, p)]) for a in w.aggregations)
+                          for p in w.parts]
+    fields = layout.encode_batch_record(view, 86_400_000, "r", "E", parts)
+    for w in job.windows:
+        assert encode_window(row, w) == fields[w.field]
+
+
+def test_packed_commands_equal_the_layouts_batch_write_args() -> None:
+    view = _view([Aggregation("n", Agg.COUNT, None, Window.days(30)), Aggregation("l", Agg.COUNT, None, Window.lifetime())])
+    fields = sorted(layout.batch_windows(view))
+    packer = _BatchPacker(view, "p", 86_400_000 * 20_000, "run:1", "E", fields, "0" * 40)
+    tags = ["s=alice", "s=b%3Ab"]
+    values = [["[[1],[0],[2]]", "[[3],[4],[5]]"], ["[[7]]", "[[8]]"]]
+    packer.verify(tags[0], [v[0] for v in values])
+    expected = b""
+    for i, tag in enumerate(tags):
+        key = f"p:v1:v:v1:{{{tag}}}:b"
+        rec = {"cutoff": str(86_400_000 * 20_000), "run": "run:1", "epoch": "E", **{f: v[i] for f, v in zip(fields, values)}}
+        keys, argv = layout.batch_write_args(key, rec)
+        expected += _pack_command(["EVALSHA", "0" * 40, "1", *keys, *argv])
+    assert packer.pack(tags, values) == expected
+
+
+def test_only_batch_served_windows_get_tiles_and_lifetime_reads_all_history() -> None:
+    view = _view([Aggregation("h", Agg.COUNT, None, Window.hours(1)), Aggregation("w", Agg.COUNT, None, Window.days(7))])
+    job = SparkCompiler(TYPES).compile(plan_view(view))
+    assert [a.name for a in job.tile_aggregations] == ["w"]
+    assert [a.name for a in job.aggregations] == ["h", "w"]
+    assert job.serving_min_day_ms(86_400_000 * 10) == 86_400_000 * 3
+    assert job.tile_ms == {"h": 300_000, "w": 86_400_000}
