@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping
 
-from skewless.core.admission import MalformedError, parse_event_time, parse_payload
+from skewless.core.admission import INT64_MAX, INT64_MIN, MalformedError, parse_event_time, parse_payload
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema, _check_timestamp, validator
 from skewless.core.timeutil import MS_PER_DAY
@@ -68,45 +68,50 @@ class FastValidator:
 
     @staticmethod
     def _compile(prop: Mapping[str, Any]) -> Callable[[Any], bool]:
-        types = prop["type"]
-        types = {types} if isinstance(types, str) else set(types)
+        """A check of one property: the type test first, then only the keywords the property has."""
+        declared = prop["type"]
+        declared = {declared} if isinstance(declared, str) else set(declared)
+        py_types: set[type] = set()
+        for t in declared:
+            py_types |= {"string": {str}, "integer": {int}, "number": {int, float}, "boolean": {bool},
+                         "null": {type(None)}}[t]
+        frozen_types = frozenset(py_types)
+        checks: list[Callable[[Any], bool]] = []
+        if "enum" in prop:
+            enum = prop["enum"]
+            if all(isinstance(e, (str, int, float, bool, type(None))) for e in enum):
+                members = frozenset((type(e), e) for e in enum)
+                checks.append(lambda v: (type(v), v) in members)
+            else:
+                checks.append(lambda v: False)  # the full validator decides
         min_len, max_len = prop.get("minLength"), prop.get("maxLength")
-        pattern = re.compile(prop["pattern"]) if "pattern" in prop else None
-        enum = prop.get("enum")
-        lo, hi = prop.get("minimum"), prop.get("maximum")
-        xlo, xhi = prop.get("exclusiveMinimum"), prop.get("exclusiveMaximum")
-        fmt = prop.get("format")
+        if min_len is not None:
+            checks.append(lambda v: type(v) is not str or len(v) >= min_len)
+        if max_len is not None:
+            checks.append(lambda v: type(v) is not str or len(v) <= max_len)
+        if "pattern" in prop:
+            search = re.compile(prop["pattern"]).search
+            checks.append(lambda v: type(v) is not str or search(v) is not None)
+        if prop.get("format") == "date-time":
+            checks.append(lambda v: type(v) is not str or _timestamp_ok(v))
+        elif prop.get("format") == "decimal":
+            full = _DECIMAL_RE.fullmatch
+            checks.append(lambda v: type(v) is not str or full(v) is not None)
+        numeric = (int, float)
+        for key, test in (("minimum", lambda v, b: v >= b), ("maximum", lambda v, b: v <= b),
+                          ("exclusiveMinimum", lambda v, b: v > b), ("exclusiveMaximum", lambda v, b: v < b)):
+            if key in prop:
+                bound = prop[key]
+                checks.append(lambda v, b=bound, t=test: type(v) not in numeric or t(v, b))
+        none_ok = type(None) in py_types
 
         def check(v: Any) -> bool:
+            if type(v) not in frozen_types:
+                return False
             if v is None:
-                ok = "null" in types
-            elif isinstance(v, bool):
-                ok = "boolean" in types
-            elif isinstance(v, int):
-                ok = "integer" in types or "number" in types
-            elif isinstance(v, float):
-                ok = "number" in types
-            elif isinstance(v, str):
-                ok = "string" in types
-            else:
-                return False
-            if not ok:
-                return False
-            if enum is not None and not any(v == e and type(v) is type(e) for e in enum):
-                return False
-            if isinstance(v, str):
-                if min_len is not None and len(v) < min_len or max_len is not None and len(v) > max_len:
-                    return False
-                if pattern is not None and pattern.search(v) is None:
-                    return False
-                if fmt == "date-time" and not _check_timestamp(v):
-                    return False
-                if fmt == "decimal" and _DECIMAL_RE.fullmatch(v) is None:
-                    return False
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                if lo is not None and v < lo or hi is not None and v > hi:
-                    return False
-                if xlo is not None and v <= xlo or xhi is not None and v >= xhi:
+                return none_ok
+            for c in checks:
+                if not c(v):
                     return False
             return True
 
@@ -118,20 +123,68 @@ class FastValidator:
         for name in self.required:
             if name not in payload:
                 return False
+        get = payload.get
         for name, check in self.checks:
-            if name in payload and not check(payload[name]):
+            v = get(name, _MISSING)
+            if v is not _MISSING and not check(v):
                 return False
         return True
 
 
+_MISSING = object()
+_VALID_DAYS: dict[str, bool] = {}
+
+
+def _timestamp_ok(v: str) -> bool:
+    """``_check_timestamp`` (the schema's date-time format) with the day's validity cached."""
+    if len(v) != 24 or _TS_RE.match(v) is None:
+        return _check_timestamp(v)
+    day = v[:10]
+    ok = _VALID_DAYS.get(day)
+    if ok is None:
+        ok = _check_timestamp(day + "T00:00:00.000Z")
+        if len(_VALID_DAYS) > 10_000:
+            _VALID_DAYS.clear()
+        _VALID_DAYS[day] = ok
+    return ok and int(v[11:13]) <= 23 and int(v[14:16]) <= 59 and int(v[17:19]) <= 59
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("duplicate key")  # parse_payload words it
+    return d
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(name)
+
+
+def fast_parse(raw: Any) -> dict[str, Any]:
+    """:func:`parse_payload` for the common flat, well-formed object; anything else goes to it (same result)."""
+    try:
+        payload = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_reject)
+    except Exception:  # noqa: BLE001 - the reference implementation raises the exact MalformedError
+        return parse_payload(raw)
+    if type(payload) is not dict:
+        return parse_payload(raw)
+    for v in payload.values():
+        t = type(v)
+        if t is int:
+            if not INT64_MIN <= v <= INT64_MAX:
+                return parse_payload(raw)
+        elif t is dict or t is list:
+            return parse_payload(raw)
+    return payload
+
+
 @dataclass
 class Converted:
-    """One record's outcome: ``row`` (column -> value) for the raw table, or ``reason`` for a dead letter.
+    """One record's outcome: ``row`` (values in :attr:`RecordConverter.columns` order) for the raw table, or
+    ``reason`` for a dead letter. ``event_time_ms`` is set for rows (progress); timestamps in ``row`` are
+    epoch microseconds."""
 
-    ``event_time_ms`` is set for rows (progress); timestamps in ``row`` are epoch microseconds.
-    """
-
-    row: dict[str, Any] | None
+    row: tuple[Any, ...] | None
     reason: str | None
     event_time_ms: int | None = None
 
@@ -148,7 +201,23 @@ class RecordConverter:
         self.fast = FastValidator(doc)
         self.scales = dict(scales or {})
         self.fields = [(f.name, f.type) for f in event_schema.fields]
+        self.columns: tuple[str, ...] = tuple(name for name, _ in self.fields)
+        # After the fast validator, declared values already have their JSON type: only these need converting.
+        props = doc.get("properties", {})
+        natural = {"string": "string", "int64": "integer", "bool": "boolean"}
+        self._convert_idx = [i for i, (name, ftype) in enumerate(self.fields)
+                             if name != source.event_time and not self._natural(props.get(name, {}), natural.get(ftype))]
+        self._event_idx = self.columns.index(source.event_time) if source.event_time in self.columns else None
         self._day_cache: dict[str, int] = {}
+
+    @staticmethod
+    def _natural(prop: Mapping[str, Any], json_type: str | None) -> bool:
+        """True if a certainly-valid value of this property is already its column's Python type."""
+        if json_type is None or "x-skewless-type" in prop:
+            return False
+        declared = prop.get("type")
+        declared = [declared] if isinstance(declared, str) else list(declared or [])
+        return [t for t in declared if t != "null"] == [json_type]
 
     # -- pieces -------------------------------------------------------------------------------------
 
@@ -223,17 +292,28 @@ class RecordConverter:
 
     def convert(self, value: bytes | None) -> Converted:
         """The row for a record value, or the malformed reason (never raises :class:`MalformedError`)."""
+        source = self.source
         try:
-            payload = parse_payload(value)  # type: ignore[arg-type]
-            if not self.fast.certainly_valid(payload):
+            payload = fast_parse(value) if type(value) is bytes else parse_payload(value)  # type: ignore[arg-type]
+            certain = self.fast.certainly_valid(payload)
+            if not certain:
                 problem = self.validate(payload)
                 if problem:
                     raise MalformedError(f"schema: {problem}")
-            event_ms = self.event_time_ms(payload.get(self.source.event_time))
-            self._key(payload, self.source.event_id, "event id")
-            if self.source.partition_key:
-                self._key(payload, self.source.partition_key, "key")
-            row = {name: self._column(name, ftype, payload.get(name)) for name, ftype in self.fields}
-            return Converted(row, None, event_ms)
+            event_ms = self.event_time_ms(payload.get(source.event_time))
+            self._key(payload, source.event_id, "event id")
+            if source.partition_key:
+                self._key(payload, source.partition_key, "key")
+            get = payload.get
+            if certain:
+                values = [get(name) for name in self.columns]
+                for i in self._convert_idx:
+                    name, ftype = self.fields[i]
+                    values[i] = self._column(name, ftype, values[i])
+            else:
+                values = [self._column(name, ftype, get(name)) for name, ftype in self.fields]
+            if self._event_idx is not None:
+                values[self._event_idx] = event_ms * 1000
+            return Converted(tuple(values), None, event_ms)
         except MalformedError as exc:
             return Converted(None, str(exc))

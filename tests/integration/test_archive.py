@@ -259,6 +259,13 @@ def test_sigkill_and_crash_after_commit_in_a_process(kafka_bootstrap: str, kafka
     _check_exactly_once(iceberg_catalog, source, stored)
 
 
+def _replace(path: Path, doc: dict) -> None:
+    """Write a schema file atomically, as a deployment would."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
 def test_schema_drift_evolves_or_stops_one_source(kafka_bootstrap: str, kafka_topic: Callable[..., str],
                                                  iceberg_catalog: Any, iceberg_location: Any, tmp_path: Path) -> None:
     from skewless.engines.iceberg_catalog import load_catalog
@@ -291,16 +298,17 @@ def test_schema_drift_evolves_or_stops_one_source(kafka_bootstrap: str, kafka_to
             if cond():
                 return
             assert worker.is_alive() or cond(), f"archives ended early: {results}"
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; results {results}")
+            time.sleep(0.5)
+        props = {s.name: iceberg_catalog.load_table(s.table).properties for s in sources}
+        raise AssertionError(f"timed out waiting for {what}; results {results}; table properties {props}")
 
     try:
         wait_for(lambda: all((r := rows(s.table)) is not None and r.num_rows > 0 for s in sources), "first commits")
         doc = json.loads(ORDERS_SCHEMA.read_text())
         compatible = {**doc, "properties": {**doc["properties"], "coupon": {"type": ["string", "null"]}}}
-        (schemas / "orders_a.schema.json").write_text(json.dumps(compatible))
+        _replace(schemas / "orders_a.schema.json", compatible)
         incompatible = {**doc, "properties": {**doc["properties"], "amount": {"type": "number", "minimum": 0}}}
-        (schemas / "orders_b.schema.json").write_text(json.dumps(incompatible))
+        _replace(schemas / "orders_b.schema.json", incompatible)
         wait_for(lambda: isinstance(results.get("orders_b"), BaseException) or
                  P.STOPPED_PROP in iceberg_catalog.load_table(sources[1].table).properties, "orders_b to stop")
         wait_for(lambda: "coupon" in iceberg_catalog.load_table(sources[0].table).schema().column_names, "orders_a to evolve")

@@ -85,14 +85,17 @@ def test_converter_agrees_with_admission_on_malformed() -> None:
         c = converter.convert(v)
         assert (c.reason is None) == (c.row is not None)
         if c.row is not None:
+            row = dict(zip(converter.columns, c.row))
             event = json.loads(v)
-            assert c.row["event_id"] == event["event_id"]
-            assert c.row["amount"] == int(event["amount"]) and isinstance(c.row["amount"], int)
-            assert c.row["event_time"] == c.event_time_ms * 1000
+            assert row["event_id"] == event["event_id"]
+            assert row["amount"] == int(event["amount"]) and isinstance(row["amount"], int)
+            assert row["event_time"] == c.event_time_ms * 1000
 
 
 def test_event_time_fast_path_matches_contract() -> None:
+    from skewless.archive.records import _timestamp_ok
     from skewless.core.admission import MalformedError, parse_event_time
+    from skewless.core.schemas import _check_timestamp
 
     converter = RecordConverter(ORDERS, load_schema("orders"))
     rng = random.Random(3)
@@ -109,6 +112,7 @@ def test_event_time_fast_path_matches_contract() -> None:
         except MalformedError:
             got = MalformedError
         assert got == expected, text
+        assert _timestamp_ok(text) == _check_timestamp(text), text
 
 
 def test_fast_validator_is_never_more_lenient() -> None:
@@ -239,3 +243,22 @@ def test_compaction_keeps_rows_offsets_and_expires(local_catalog) -> None:
     _append(raw, [{**before.slice(0, 1).to_pylist()[0], "_offset": 30, "event_id": "e30"}])
     raw.refresh()
     assert raw.scan().to_arrow().num_rows == 31 and timedelta(0) == timedelta(0)
+
+
+def test_fast_parse_matches_parse_payload() -> None:
+    from skewless.archive.records import fast_parse
+    from skewless.core.admission import MalformedError, parse_payload
+
+    values = [v for v in MALFORMED_VALUES if v is not None] + [
+        json.dumps(_event(1)).encode(), b'{"a": {"b": 1, "b": 2}}', b'{"a": [1, 2, 99999999999999999999]}',
+        b'{"a": 9223372036854775808}', b'{"a": -9223372036854775808}', b'{"a": Infinity}', b'{"a": 1e400}', b'"s"',
+        b'{"a": {"x": [1, {"y": NaN}]}}', "caf\u00e9".encode("latin-1"),
+    ]
+    for v in values:
+        outcomes = []
+        for f in (fast_parse, parse_payload):
+            try:
+                outcomes.append(("ok", f(v)))
+            except MalformedError as exc:
+                outcomes.append(("malformed", str(exc)))
+        assert outcomes[0] == outcomes[1], v

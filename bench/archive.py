@@ -1,0 +1,209 @@
+"""Archive throughput and produced -> readable lag (goal: keep up with 50,000 events/s, lag < 1 min).
+
+A Kafka broker is started here (free ports, temporary data dir; stopped by pid at the end) unless
+``SKEWLESS_BENCH_KAFKA=host:port`` names one; Iceberg is a temporary sqlite catalog + file warehouse.
+
+1. ``archive_events_per_s``: ``N_THROUGHPUT`` order events (1% malformed) are produced to a 3-partition topic
+   first; then one archiver (default config: commit at 50,000 records or 5 s) drains them. events/s = records /
+   wall time of the drain, start-up included.
+2. ``archive_lag_p99_s``: while the archiver runs, a producer process sends events at ``LAG_RATE`` events/s for
+   ``LAG_SECONDS``. A record's lag = (end of the Iceberg commit that made it readable, taken by the runner's
+   after-commit hook) - (its Kafka record timestamp, stamped by the producer). p50/p99/max over every record.
+
+``run() -> dict`` returns ``{metric: {"value", "unit", "goal", ...}}``. Run alone: ``.venv/bin/python bench/archive.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from skewless.core.dsl import EventSource  # noqa: E402
+
+N_THROUGHPUT = int(os.environ.get("SKEWLESS_BENCH_ARCHIVE_N", "300000"))
+LAG_RATE = int(os.environ.get("SKEWLESS_BENCH_ARCHIVE_RATE", "10000"))
+LAG_SECONDS = 30
+PARTITIONS = 3
+GOAL_EPS = 50_000
+GOAL_LAG_S = 60.0
+
+
+def _payloads(n: int, start: int, now_ms: int) -> list[tuple[bytes, bytes]]:
+    from datetime import datetime, timezone
+
+    out = []
+    for i in range(start, start + n):
+        user = f"u{i % 5000}"
+        ms = now_ms - (i % 600_000)
+        ts = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        if i % 100 == 99:
+            value = b'{"event_id": "broken", "amount": '
+        else:
+            value = json.dumps({"event_id": f"e{i}", "user_id": user, "order_id": f"o{i}", "amount": i % 10_000,
+                                "currency": "EUR", "status": "placed", "event_time": ts}).encode()
+        out.append((user.encode(), value))
+    return out
+
+
+def _producer(bootstrap: str, topic: str, rate: int, seconds: float, start: int) -> None:
+    """Produce ``rate`` events/s for ``seconds`` (a separate process: its CPU is not the archiver's)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "1"})
+    step = max(1, rate // 100)  # 100 ticks a second
+    t0 = time.monotonic()
+    sent = 0
+    while sent < rate * seconds:
+        for key, value in _payloads(step, start + sent, int(time.time() * 1000)):
+            producer.produce(topic, key=key, value=value)
+        sent += step
+        producer.poll(0)
+        ahead = t0 + sent / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush(60)
+
+
+def _produce_now(bootstrap: str, topic: str, n: int) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "1", "queue.buffering.max.messages": 1_000_000})
+    now = int(time.time() * 1000)
+    for key, value in _payloads(n, 0, now):
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+
+
+def _kafka(tmp: Path) -> tuple[str, Any]:
+    from skewless.stack.base import free_port
+    from skewless.stack.kafka import KafkaBroker
+    from skewless.stack.procs import wait_until
+
+    if os.environ.get("SKEWLESS_BENCH_KAFKA"):
+        return os.environ["SKEWLESS_BENCH_KAFKA"], lambda: None
+    broker = KafkaBroker(port=free_port(), controller_port=free_port())
+    started = broker.start(tmp, tmp)
+    try:
+        wait_until(broker.healthy, 180, "bench kafka", interval_s=0.5)
+    except Exception:
+        broker.stop(started)
+        raise
+    return broker.bootstrap, lambda: broker.stop(started)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run() -> dict[str, Any]:
+    import logging
+
+    from skewless.archive.runner import ArchiveConfig, SourceArchiver
+    from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.stack.kafka import create_topics
+
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="skewless-bench-archive-"))
+    bootstrap, stop_kafka = _kafka(tmp)
+    try:
+        topic = "bench-orders"
+        create_topics(bootstrap, {topic: PARTITIONS})
+        source = EventSource("orders", "orders", "bench.orders", topic=topic, partition_key="user_id")
+        catalog = load_catalog(catalog_db=tmp / "catalog.db", warehouse=tmp / "warehouse")
+
+        # 1. throughput: drain a backlog
+        _produce_now(bootstrap, topic, N_THROUGHPUT)
+        t0 = time.perf_counter()
+        stats = SourceArchiver(source, catalog, ArchiveConfig(bootstrap=bootstrap)).run(drain=True)
+        drain_s = time.perf_counter() - t0
+        archived = stats.records + stats.dead_letters
+        assert archived == N_THROUGHPUT, f"archived {archived} of {N_THROUGHPUT}"
+        eps = archived / drain_s
+
+        # 2. lag at a steady rate: commit-end time per offset range, from the after-commit hook
+        commits: list[tuple[float, dict[int, int]]] = []
+        holder: dict[str, SourceArchiver] = {}
+
+        def hook(point: str, _count: int) -> None:
+            if point == "after-raw-commit":
+                commits.append((time.time(), dict(holder["a"].raw_next)))
+
+        archiver = SourceArchiver(source, catalog, ArchiveConfig(bootstrap=bootstrap, fault=hook))
+        holder["a"] = archiver
+        start_offsets = dict(archiver_offsets(catalog, source))
+        commits.append((0.0, start_offsets))
+        stop = threading.Event()
+        worker = threading.Thread(target=archiver.run, args=(stop,), daemon=True)
+        worker.start()
+        ctx = multiprocessing.get_context("spawn")
+        producer = ctx.Process(target=_producer, args=(bootstrap, topic, LAG_RATE, LAG_SECONDS, N_THROUGHPUT))
+        producer.start()
+        producer.join(LAG_SECONDS + 120)
+        deadline = time.monotonic() + 60
+        produced = LAG_RATE * LAG_SECONDS
+        while time.monotonic() < deadline and sum(commits[-1][1].values()) - sum(start_offsets.values()) < produced:
+            time.sleep(0.2)
+        stop.set()
+        worker.join(60)
+        lags = _lags(catalog, source, commits)
+        return {
+            "archive_events_per_s": {
+                "value": round(eps), "unit": "events/s", "goal": f">= {GOAL_EPS:,} events/s",
+                "detail": f"{archived:,} records (1% malformed) drained in {drain_s:.1f} s, {stats.commits} commits, "
+                          f"{PARTITIONS} partitions, one archiver (one Python thread) on a 2-core machine",
+            },
+            "archive_lag_p99_s": {
+                "value": round(_pct(lags, 0.99), 2), "unit": "s", "goal": f"< {GOAL_LAG_S:g} s",
+                "p50_s": round(_pct(lags, 0.5), 2), "max_s": round(max(lags), 2),
+                "detail": f"{len(lags):,} records at {LAG_RATE:,} events/s for {LAG_SECONDS} s; commit every 5 s or 50,000 records",
+            },
+        }
+    finally:
+        stop_kafka()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def archiver_offsets(catalog: Any, source: EventSource) -> dict[int, int]:
+    from skewless.archive.progress import OFFSETS_PROP, parse_offsets
+
+    return parse_offsets(catalog.load_table(source.table).properties.get(OFFSETS_PROP))
+
+
+def _lags(catalog: Any, source: EventSource, commits: list[tuple[float, dict[int, int]]]) -> list[float]:
+    """Lag of every raw row committed after ``commits[0]``: its commit's end - its Kafka timestamp."""
+    import bisect
+
+    rows = catalog.load_table(source.table).scan(selected_fields=("_partition", "_offset", "_kafka_ts")).to_arrow()
+    bounds: dict[int, list[tuple[int, float]]] = {}
+    for at, offsets in commits[1:]:
+        for p, o in offsets.items():
+            bounds.setdefault(p, []).append((o, at))
+    first = commits[0][1]
+    lags = []
+    for p, o, ts in zip(rows["_partition"].to_pylist(), rows["_offset"].to_pylist(), rows["_kafka_ts"].to_pylist()):
+        if o < first.get(p, 0):
+            continue
+        ends = bounds[p]
+        i = bisect.bisect_right([b for b, _ in ends], o)
+        lags.append(ends[i][1] - ts.timestamp())
+    return lags
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
