@@ -1,0 +1,48 @@
+"""The user's facade: ``from skewless.store import FeatureStore`` (logic lives in :mod:`skewless.training`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class FeatureStore:
+    """A feature repository plus the Iceberg catalog its batch tables live in.
+
+    ``repo_path`` is a feature repository folder, or an already loaded
+    :class:`~skewless.core.repo.Repository`; ``catalog`` a PyIceberg catalog (default: the project's).
+    """
+
+    def __init__(self, repo_path: str | Path | Any = "feature_defs", *, catalog: Any = None, spark: Any = None):
+        from skewless.core.repo import Repository, load_repository
+
+        self.repo = repo_path if isinstance(repo_path, Repository) else load_repository(repo_path)
+        self._catalog = catalog
+        self._spark = spark
+
+    @property
+    def catalog(self) -> Any:
+        if self._catalog is None:
+            from skewless.engines.iceberg_catalog import load_catalog
+
+            self._catalog = load_catalog()
+        return self._catalog
+
+    def get_historical_features(self, entity_df: Any, features: Any, *, timestamp_column: str = "event_timestamp",
+                                engine: str = "duckdb", progress: bool = True, to_arrow: bool = False) -> Any:
+        """Point-in-time correct features for every row of ``entity_df`` (pandas or Arrow).
+
+        ``features``: ``["view:feature", "view", ...]``, a FeatureService or its name. Returns the input rows
+        in input order (duplicates kept) with the feature columns (``feature``, or ``view__feature`` when two
+        views share a name) and one ``<view>__status`` column per view appended; pandas in gives pandas
+        (``to_arrow=True``: an Arrow table), Arrow in gives Arrow. ``engine``: ``"duckdb"`` or ``"spark"``.
+        """
+        from skewless.training import historical_features
+
+        result = historical_features(self.repo, self.catalog, entity_df, features, timestamp_column=timestamp_column,
+                                     engine=engine, progress=progress, spark=self._spark)
+        if to_arrow and not hasattr(result, "schema"):
+            import pyarrow as pa
+
+            return pa.Table.from_pandas(result, preserve_index=False)
+        return result

@@ -1,0 +1,607 @@
+"""The embedded engine: the point-in-time plan as DuckDB SQL over Arrow read from Iceberg with PyIceberg.
+
+Per feature view (docs/training.md, "Algorithm"):
+
+- ``offline``: the offline event set (docs/semantics.md §6) of the raw rows of the requests' time range,
+  at the raw snapshot the daily tiles were computed from, with one contribution column per aggregation;
+- ``prefix``: per entity and covered day, running sums of the COUNT/SUM/AVG tiles and running
+  MIN/MAX/LAST of lifetime tiles (window functions);
+- per request chunk: whole days by ASOF joins on the prefix table (value = prefix before the head day
+  minus prefix before the window's first day), windowed MIN/MAX/LAST by a range join over at most W
+  days of tiles, and the head ``[floor(T, 1d), T)`` plus every stream-served window by one equi-join of
+  the requests' 1-3 days with the offline events, then merged with the laws (add, least, greatest).
+
+Per snapshot view: the rows that can ever be the latest visible one (``visible_from = max(ts,
+created_at)``; a row dominated in ``(ts, created_at)`` by a row visible earlier is dropped), then one
+ASOF join on ``visible_from <= T`` and the TTL rules.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from skewless.core.compiler import Compiler
+from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Op, Ref, Where
+from skewless.core.plan import PlanNode, Scan, TileAggregate, ViewPlan
+from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
+from skewless.core.timeutil import MS_PER_DAY
+from skewless.training import sources
+from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
+from skewless.training.requests import RID, T
+
+DEFAULT_CHUNK_ROWS = 2_000_000
+PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
+
+
+# --- SQL pieces (DuckDB dialect) ------------------------------------------------------------------------
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"CAST({value} AS BIGINT)"
+    if isinstance(value, float):
+        return f"CAST({sql_string(repr(value))} AS DOUBLE)"
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, str):
+        return sql_string(value)
+    raise TypeError(f"no SQL literal for {value!r}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float, Decimal)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "other"
+
+
+_COLUMN_KIND = {"string": "string", "int64": "number", "float64": "number", "decimal": "number", "bool": "bool"}
+
+
+def keys_equal(left: str, right: str, keys: Sequence[str]) -> str:
+    return " AND ".join(f"{left}.{q(k)} = {right}.{q(k)}" for k in keys)
+
+
+FLOORDIV = "CREATE OR REPLACE MACRO __floordiv(a, b) AS (a - (((a % b) + b) % b)) // b"
+
+
+# --- the compiler ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DuckDBFeatureViewSql:
+    """The compiled SQL of one feature view (templates over the relation names the runner registers)."""
+
+    pit: ViewPit
+    raw_columns: tuple[str, ...]
+    offline_sql: str  # over {raw}
+    prefix_sql: str  # over {tiles}
+    result_sql: str  # over {req}, {offline}, {prefix}, {tiles}; placeholders {first_day}, {last_day}
+    tile_columns: tuple[str, ...]
+    max_stream_span_ms: int
+
+
+@dataclass(frozen=True)
+class DuckDBSnapshotSql:
+    pit: ViewPit
+    row_columns: tuple[str, ...]
+    rows_sql: str  # over {rows}: the rows that can be the latest visible one
+    null_created_sql: str | None
+    result_sql: str  # over {req}, {rows}
+
+
+class DuckDBCompiler(Compiler[Any]):
+    """Compiles a view's plan (restricted to what the training set needs) to DuckDB SQL."""
+
+    engine = "duckdb"
+
+    def __init__(self, pit: ViewPit):
+        self.pit = pit
+
+    def select(self, view_plan: ViewPlan) -> list[PlanNode]:
+        nodes: list[PlanNode] = [view_plan.scan]
+        nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
+        if view_plan.batch:
+            nodes.append(view_plan.batch.aggregate)
+        return nodes
+
+    def supports(self, node: PlanNode) -> bool:
+        if isinstance(node, Scan) and view_is_feature(self.pit):
+            return node.event_id is not None
+        return True
+
+    def supports_aggregation(self, node: TileAggregate, index: int) -> bool:
+        a = node.aggregations[index]
+        known = set(self.pit.field_types) | {self.pit.plan.scan.event_time}
+        return (a.field is None or a.field in known) and all(w.field in known for w in a.where)
+
+    def hint(self, node: PlanNode) -> str:
+        return "declare every field the feature reads (and filters on) in the source's JSON Schema"
+
+    def emit(self, view_plan: ViewPlan) -> Any:
+        if self.pit.is_snapshot:
+            return self._snapshot(view_plan)
+        return self._feature_view(view_plan)
+
+    # --- feature views -----------------------------------------------------------------------------
+
+    def _value_expr(self, field_name: str) -> str:
+        if field_name == self.pit.plan.scan.event_time:
+            return "__ts"
+        if self.pit.field_types.get(field_name) == "timestamp":
+            return f"epoch_ms({q(field_name)})"
+        return q(field_name)
+
+    def _predicate(self, where: Where) -> str:
+        op = Op(where.op)
+        et = self.pit.plan.scan.event_time
+        ftype = "timestamp" if where.field == et else self.pit.field_types.get(where.field, "string")
+        col_kind = _COLUMN_KIND.get(ftype, "other")
+        if ftype == "timestamp":
+            col = "__ts" if where.field == et else f"strftime({q(where.field)}, '%Y-%m-%dT%H:%M:%S.%gZ')"
+            col_kind = "number" if where.field == et else "string"
+        else:
+            col = q(where.field)
+        values = list(where.value) if op is Op.IN else [where.value]
+        ok = [v for v in values if v is not None and _kind(v) == col_kind]
+        if not ok:
+            return "false"
+        if op is Op.IN:
+            return f"({col} IN ({', '.join(sql_literal(v) for v in ok)}))"
+        if col_kind == "bool" and op not in (Op.EQ, Op.NE):
+            return "false"
+        sql_op = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}[op]
+        return f"({col} {sql_op} {sql_literal(ok[0])})"
+
+    def _contribution(self, a: AggregationPit) -> str:
+        cond = " AND ".join(self._predicate(w) for w in a.spec.where)
+        if a.agg is Agg.COUNT:
+            parts = [cond] if cond else []
+            if a.spec.field is not None:
+                parts.append(f"{self._value_expr(a.spec.field)} IS NOT NULL")
+            return f"CASE WHEN {' AND '.join(parts)} THEN 1 END" if parts else "1"
+        value = self._value_expr(a.spec.field)  # type: ignore[arg-type]
+        return f"CASE WHEN {cond} THEN {value} END" if cond else value
+
+    def _feature_view(self, plan: ViewPlan) -> DuckDBFeatureViewSql:
+        pit, scan = self.pit, plan.scan
+        keys = pit.key_names
+        kcols = ", ".join(q(k) for k in keys)
+        et, eid = q(scan.event_time), q(scan.event_id)  # type: ignore[arg-type]
+        batch_only = scan.topic is None
+        raw_cols = list(keys) + [scan.event_time, scan.event_id]
+        for a in pit.aggregations:
+            raw_cols += ([a.spec.field] if a.spec.field and a.spec.field != scan.event_time else [])
+            raw_cols += [w.field for w in a.spec.where if w.field != scan.event_time]
+        if batch_only:
+            position = f"0 AS __partition, {eid} AS __offset"
+            rank = f"row_number() OVER (PARTITION BY {eid}, epoch_ms({et}) ORDER BY to_json(raw_row)) AS __rank"
+            guard = ""
+            src = "(SELECT *, {raw} AS raw_row FROM {raw})"
+        else:
+            raw_cols += ["_partition", "_offset", "_kafka_ts"]
+            position = "_partition AS __partition, _offset AS __offset"
+            rank = f"row_number() OVER (PARTITION BY _partition, {eid}, epoch_ms({et}) ORDER BY _offset) AS __rank"
+            guard = f"WHERE epoch_ms({et}) <= epoch_ms(_kafka_ts) + {scan.clock_skew_tolerance_ms}"
+            src = "{raw}"
+        contributions = ",\n  ".join(f"{self._contribution(a)} AS {q('c__' + a.name)}" for a in pit.aggregations)
+        offline = (
+            f"SELECT {kcols}, __ts, __floordiv(__ts, {MS_PER_DAY}) AS __day, __partition, __offset,\n  {contributions}\n"
+            f"FROM (SELECT *, epoch_ms({et}) AS __ts, {position}, {rank} FROM {src} {guard}) AS d\n"
+            "WHERE __rank = 1"
+        )
+        batch = pit.batch_aggregations
+        tile_cols = tuple(a.name for a in batch)
+        window = f"(PARTITION BY {kcols} ORDER BY __day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+        prefix_cols = []
+        for a in batch:
+            col = q(a.name)
+            if a.agg in (Agg.COUNT, Agg.SUM):
+                prefix_cols.append(f"sum({col}) OVER {window} AS {q('p__' + a.name)}")
+            elif a.agg is Agg.AVG:
+                prefix_cols.append(f"sum(struct_extract({col}, 'sum')) OVER {window} AS {q('ps__' + a.name)}")
+                prefix_cols.append(f"sum(struct_extract({col}, 'count')) OVER {window} AS {q('pn__' + a.name)}")
+            elif a.width_ms is None:
+                fn = "min" if a.agg is Agg.MIN else "max"
+                prefix_cols.append(f"{fn}({col}) OVER {window} AS {q('p__' + a.name)}")
+        prefix = (f"SELECT {kcols}, __day{''.join(', ' + c for c in prefix_cols)} FROM {{tiles}}"
+                  if prefix_cols else "")
+        span = max((a.width_ms + a.tile_ms for a in pit.stream_aggregations), default=0)  # type: ignore[operator]
+        return DuckDBFeatureViewSql(pit, tuple(dict.fromkeys(raw_cols)), offline, prefix,
+                                    self._result_sql(bool(prefix_cols)), tile_cols, span)
+
+    def _result_sql(self, has_prefix: bool) -> str:
+        pit = self.pit
+        keys = pit.key_names
+        kcols = ", ".join(q(k) for k in keys)
+        batch, stream = pit.batch_aggregations, pit.stream_aggregations
+        D = MS_PER_DAY
+        # request columns: head day, window starts (ms for stream-served, day numbers for batch-served)
+        starts = []
+        for a in stream:
+            starts.append(f"__floordiv(__t - {a.width_ms}, {a.tile_ms}) * {a.tile_ms} AS {q('s__' + a.name)}")
+        for a in batch:
+            if a.width_ms is not None:
+                starts.append(f"__floordiv(__t - {a.width_ms}, {D}) AS {q('a__' + a.name)}")
+        lo_parts = [f"__tday * {D}"] if batch else []
+        lo_parts += [q("s__" + a.name) for a in stream]
+        ctes = [f"r0 AS (SELECT {RID}, {kcols}, {T}, __floordiv({T}, {D}) AS __tday FROM {{req}})",
+                f"r AS (SELECT *{''.join(', ' + s for s in starts)} FROM r0)"]
+        joins = []
+        # head + stream-served windows: the requests' days equi-joined with the offline events
+        head_aggs = []
+        for a in pit.aggregations:
+            start = "r.__tday * " + str(D) if a.batch_served else "r." + q("s__" + a.name)
+            c = "e." + q("c__" + a.name)
+            cond = f"e.__ts >= {start}"
+            if a.agg is Agg.COUNT:
+                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {q('h__' + a.name)}")
+            elif a.agg is Agg.SUM:
+                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {q('h__' + a.name)}")
+            elif a.agg is Agg.AVG:
+                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {q('hs__' + a.name)}")
+                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {q('hn__' + a.name)}")
+            elif a.agg in (Agg.MIN, Agg.MAX):
+                head_aggs.append(f"{a.agg.value.lower()}(CASE WHEN {cond} THEN {c} END) AS {q('h__' + a.name)}")
+            else:
+                head_aggs.append(
+                    f"max(CASE WHEN {cond} AND {c} IS NOT NULL THEN struct_pack(ts := e.__ts, \"partition\" := "
+                    f"CAST(e.__partition AS INTEGER), \"offset\" := e.__offset, \"value\" := {c}) END) AS {q('h__' + a.name)}")
+        lo = lo_parts[0] if len(lo_parts) == 1 else f"least({', '.join(lo_parts)})"
+        ctes.append(f"rd AS (SELECT {RID}, {kcols}, {T}, __tday{''.join(', ' + q(s) for s in self._start_cols())}, "
+                    f"unnest(range(__floordiv({lo}, {D}), __tday + 1)) AS __d FROM r)")
+        ctes.append(
+            f"hd AS (SELECT r.{RID}, {', '.join(head_aggs)} FROM rd AS r JOIN {{offline}} AS e ON "
+            f"{keys_equal('e', 'r', keys)} AND e.__day = r.__d AND e.__ts < r.{T} GROUP BY r.{RID})")
+        joins.append(f"LEFT JOIN hd ON hd.{RID} = r.{RID}")
+        # whole days from the daily tiles
+        if has_prefix:
+            ctes.append(f"pe AS (SELECT r.{RID}, p.* EXCLUDE ({kcols}, __day) FROM r ASOF LEFT JOIN {{prefix}} AS p "
+                        f"ON {keys_equal('p', 'r', keys)} AND r.__tday > p.__day)")
+            joins.append(f"LEFT JOIN pe ON pe.{RID} = r.{RID}")
+            widths = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
+            for w in widths:
+                first = next(a for a in batch if a.width_ms == w)
+                ctes.append(
+                    f"ps_{w} AS (SELECT r.{RID}, p.* EXCLUDE ({kcols}, __day) FROM r ASOF LEFT JOIN {{prefix}} AS p "
+                    f"ON {keys_equal('p', 'r', keys)} AND r.{q('a__' + first.name)} > p.__day)")
+                joins.append(f"LEFT JOIN ps_{w} ON ps_{w}.{RID} = r.{RID}")
+        ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
+        if ranged:
+            aggs = []
+            for a in ranged:
+                fn = "min" if a.agg is Agg.MIN else "max"
+                aggs.append(f"{fn}(CASE WHEN t.__day >= r.{q('a__' + a.name)} THEN t.{q(a.name)} END) AS {q('w__' + a.name)}")
+            lo_day = "least(" + ", ".join(f"r.{q('a__' + a.name)}" for a in ranged) + ")" if len(ranged) > 1 \
+                else f"r.{q('a__' + ranged[0].name)}"
+            ctes.append(f"rj AS (SELECT r.{RID}, {', '.join(aggs)} FROM r JOIN {{tiles}} AS t ON "
+                        f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID})")
+            joins.append(f"LEFT JOIN rj ON rj.{RID} = r.{RID}")
+        # final values
+        values: dict[str, str] = {}
+        covered: dict[str, str] = {}
+        for a in pit.aggregations:
+            h = f"hd.{q('h__' + a.name)}"
+            if a.batch_served:
+                cov = ["r.__tday <= {last_day} + 1"]
+                cov.append("r.__tday >= {first_day}" if a.width_ms is None else f"r.{q('a__' + a.name)} >= {{first_day}}")
+                covered[a.name] = "(" + " AND ".join(cov) + ")"
+            if a.agg in (Agg.COUNT, Agg.SUM, Agg.AVG):
+                parts_s, parts_n = [], []
+                if a.agg is Agg.AVG:
+                    parts_s.append(f"hd.{q('hs__' + a.name)}")
+                    parts_n.append(f"hd.{q('hn__' + a.name)}")
+                else:
+                    parts_s.append(h)
+                if a.batch_served:
+                    pcol = "ps__" if a.agg is Agg.AVG else "p__"
+                    parts_s.append(f"pe.{q(pcol + a.name)}")
+                    if a.agg is Agg.AVG:
+                        parts_n.append(f"pe.{q('pn__' + a.name)}")
+                    if a.width_ms is not None:
+                        parts_s.append(f"-ps_{a.width_ms}.{q(pcol + a.name)}")
+                        if a.agg is Agg.AVG:
+                            parts_n.append(f"-ps_{a.width_ms}.{q('pn__' + a.name)}")
+                total = " + ".join(_zero(p) for p in parts_s)
+                if a.agg is Agg.COUNT:
+                    values[a.name] = f"CAST({total} AS BIGINT)"
+                elif a.agg is Agg.SUM:
+                    values[a.name] = self._exact_sum(a, total)
+                else:
+                    n = " + ".join(_zero(p) for p in parts_n)
+                    values[a.name] = (f"CASE WHEN ({n}) = 0 THEN NULL ELSE "
+                                      f"CAST({self._exact_sum(a, total)} AS DOUBLE) / CAST(({n}) AS DOUBLE) END")
+            else:
+                other = None
+                if a.batch_served:
+                    other = f"pe.{q('p__' + a.name)}" if a.width_ms is None else f"rj.{q('w__' + a.name)}"
+                fn = {Agg.MIN: "least", Agg.MAX: "greatest", Agg.LAST: "greatest"}[a.agg]
+                merged = h if other is None else f"{fn}({h}, {other})"
+                values[a.name] = f"({merged}).value" if a.agg is Agg.LAST else merged
+        for d in pit.derives:
+            values[d.feature] = _derived_sql(d.expr, values)
+        cols = []
+        for o in pit.outputs:
+            expr = values[o.feature]
+            deps = _batch_deps(pit, o.feature)
+            if deps:
+                expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
+            cols.append(f"{expr} AS {q(o.column)}")
+        all_cov = [covered[a.name] for a in batch]
+        status = (f"CASE WHEN {' AND '.join(all_cov)} THEN '{PRESENT}' ELSE '{INCOMPLETE}' END" if all_cov
+                  else f"'{PRESENT}'")
+        cols.append(f"{status} AS {q(pit.status_column)}")
+        return ("WITH " + ",\n".join(ctes) + f"\nSELECT r.{RID}, " + ", ".join(cols) + "\nFROM r " + " ".join(joins))
+
+    def _start_cols(self) -> list[str]:
+        return ["s__" + a.name for a in self.pit.stream_aggregations]
+
+    def _exact_sum(self, a: AggregationPit, total: str) -> str:
+        if self.pit.field_types.get(a.spec.field or "") == "decimal":
+            return f"({total})"  # DECIMAL(38, s) sums stay exact; more digits fail the query
+        return f"CAST({total} AS BIGINT)"  # an int64 overflow fails the query (never a wrap)
+
+    # --- snapshot views ----------------------------------------------------------------------------
+
+    def _snapshot(self, plan: ViewPlan) -> DuckDBSnapshotSql:
+        pit, scan, lookup = self.pit, plan.scan, plan.snapshot
+        assert lookup is not None
+        keys = pit.key_names
+        kcols = ", ".join(q(k) for k in keys)
+        fields = [name for name, _ in lookup.fields]
+        wanted = [o.feature for o in pit.outputs]
+        ts = f"epoch_ms({q(scan.event_time)})"
+        row_cols = list(keys) + [scan.event_time] + ([scan.created_at] if scan.created_at else []) + fields
+        fcols = ", ".join(q(f) for f in dict.fromkeys(wanted))
+        if scan.created_at:
+            created = f"epoch_ms({q(scan.created_at)})"
+            order = f"(PARTITION BY {kcols} ORDER BY __v, __ts, __c)"
+            rows_sql = (
+                f"SELECT {kcols}, __v, __ts, {fcols} FROM (\n"
+                f"  SELECT *, max(struct_pack(t := __ts, c := __c)) OVER ({order[1:-1]} ROWS BETWEEN UNBOUNDED PRECEDING "
+                f"AND 1 PRECEDING) AS __prev, lead(__v) OVER {order} AS __next_v\n"
+                f"  FROM (SELECT {kcols}, {ts} AS __ts, {created} AS __c, greatest({ts}, {created}) AS __v, {fcols} "
+                f"FROM {{rows}}) AS s\n"
+                ") AS w WHERE (__prev IS NULL OR struct_pack(t := __ts, c := __c) > __prev) "
+                "AND (__next_v IS NULL OR __next_v <> __v)")
+            null_created = f"SELECT count(*) FROM {{rows}} WHERE {q(scan.created_at)} IS NULL"
+        else:
+            rows_sql = f"SELECT {kcols}, {ts} AS __v, {ts} AS __ts, {fcols} FROM {{rows}}"
+            null_created = None
+        ttl, memory = lookup.ttl_ms, SNAPSHOT_EXPIRED_MEMORY_MS
+        fresh = f"s.__ts >= r.{T} - {ttl}"
+        cols = [f"CASE WHEN {fresh} THEN s.{q(o.feature)} END AS {q(o.column)}" for o in pit.outputs]
+        cols.append(f"CASE WHEN s.__ts IS NOT NULL AND NOT ({fresh}) AND s.__ts >= r.{T} - {ttl + memory} "
+                    f"THEN '{EXPIRED}' ELSE '{PRESENT}' END AS {q(pit.status_column)}")
+        result = (f"SELECT r.{RID}, {', '.join(cols)} FROM {{req}} AS r ASOF LEFT JOIN {{rows}} AS s "
+                  f"ON {keys_equal('s', 'r', keys)} AND r.{T} >= s.__v")
+        return DuckDBSnapshotSql(pit, tuple(dict.fromkeys(row_cols)), rows_sql, null_created, result)
+
+
+def view_is_feature(pit: ViewPit) -> bool:
+    return not pit.is_snapshot
+
+
+def _zero(expr: str) -> str:
+    if expr.startswith("-"):
+        return f"-coalesce({expr[1:]}, 0)"
+    return f"coalesce({expr}, 0)"
+
+
+def _batch_deps(pit: ViewPit, feature: str) -> list[str]:
+    """Batch-served aggregations a feature depends on (itself, or a derived feature's inputs)."""
+    batch = {a.name for a in pit.batch_aggregations}
+    derives = {d.feature: d.expr for d in pit.derives}
+    out: list[str] = []
+    stack = [feature]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in batch:
+            out.append(name)
+        elif name in derives:
+            from skewless.training.plan import _refs
+
+            stack.extend(_refs(derives[name]))
+    return sorted(out)
+
+
+def _derived_sql(expr: Any, values: dict[str, str]) -> str:
+    """docs/semantics.md §8 in SQL: null in -> null; '/' in float64 with x/0 = null; DaysSince floors."""
+    if isinstance(expr, Ref):
+        return f"({values[expr.feature]})"
+    if isinstance(expr, Const):
+        return sql_literal(expr.value)
+    if isinstance(expr, DaysSince):
+        ts = _derived_sql(expr.ts, values)
+        return f"__floordiv(r.{T} - {ts}, {MS_PER_DAY})"
+    if isinstance(expr, BinOp):
+        left, right = _derived_sql(expr.left, values), _derived_sql(expr.right, values)
+        if expr.op == "/":
+            return (f"(CASE WHEN {right} = 0 THEN NULL ELSE CAST({left} AS DOUBLE) / CAST({right} AS DOUBLE) END)")
+        return f"({left} {expr.op} {right})"
+    raise TypeError(f"not an expression: {expr!r}")
+
+
+# --- running ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DuckDBOptions:
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    memory_limit: str | None = None  # e.g. "4GB"; DuckDB spills joins and sorts beyond it
+    threads: int | None = None
+    temp_directory: str | None = None
+    progress: bool = True
+    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def connect(options: DuckDBOptions) -> Any:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if options.memory_limit:
+        con.execute(f"SET memory_limit = '{options.memory_limit}'")
+    if options.threads:
+        con.execute(f"SET threads = {int(options.threads)}")
+    if options.temp_directory:
+        con.execute(f"SET temp_directory = {sql_string(options.temp_directory)}")
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(FLOORDIV)
+    return con
+
+
+def _ident(table: str) -> str:
+    return table.removeprefix("skewless.")
+
+
+class _PreparedFeatureView:
+    """A feature view's tiles and prefix loaded once; offline events loaded per request chunk."""
+
+    def __init__(self, con: Any, catalog: Any, compiled: DuckDBFeatureViewSql, n: int):
+        from skewless.training.plan import batch_run_fingerprint
+
+        self.con, self.catalog, self.c, self.n = con, catalog, compiled, n
+        pit = compiled.pit
+        self.tables = _view_tables(pit)
+        self.coverage = sources.BatchCoverage(None, None, None)
+        self.raw_snapshot: int | None = None
+        if pit.batch_aggregations:
+            self.coverage = sources.batch_coverage(catalog, self.tables.ident("runs"), batch_run_fingerprint(pit))
+            if self.coverage.empty:
+                raise sources.TrainingDataError(
+                    f"view {pit.name!r} v{pit.view.version} has batch-served windows "
+                    f"({', '.join(a.name for a in pit.batch_aggregations)}) but no batch run with its current "
+                    "definition: run a backfill first (`skewless backfill --start ... --end ...`)")
+            self.raw_snapshot = self.coverage.raw_snapshot_id
+            tiles = sources.read_daily_tiles(catalog, self.tables.ident("daily_tiles"), pit.key_names,
+                                             compiled.tile_columns, self.coverage.first_day, self.coverage.last_day)
+            con.register(f"__tiles_arrow_{n}", tiles)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __tiles_{n} AS SELECT * FROM __tiles_arrow_{n}")
+            con.unregister(f"__tiles_arrow_{n}")
+            if compiled.prefix_sql:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE __prefix_{n} AS "
+                            + compiled.prefix_sql.format(tiles=f"__tiles_{n}"))
+        else:
+            self.raw_snapshot = sources.current_snapshot_id(catalog, _ident(pit.view.source.table))
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __tiles_{n} AS SELECT 1 AS __day WHERE false")
+
+    def load_events(self, t_min: int, t_max: int) -> None:
+        """Offline events that any request with ``t_min <= T <= t_max`` may need."""
+        c = self.c
+        span = c.max_stream_span_ms
+        start = ((t_min - span) // MS_PER_DAY) * MS_PER_DAY
+        raw = sources.read_raw_events(self.catalog, _ident(c.pit.view.source.table), self.raw_snapshot, c.raw_columns,
+                                      c.pit.plan.scan.event_time, start, t_max)
+        self.con.register(f"__raw_{self.n}", raw)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __offline_{self.n} AS " + c.offline_sql.format(raw=f"__raw_{self.n}"))
+        self.con.unregister(f"__raw_{self.n}")
+
+    def result_sql(self, req: str) -> str:
+        cov = self.coverage
+        first = cov.first_day if cov.first_day is not None else 0
+        last = cov.last_day if cov.last_day is not None else -(10**9)
+        return self.c.result_sql.format(req=req, offline=f"__offline_{self.n}", prefix=f"__prefix_{self.n}",
+                                        tiles=f"__tiles_{self.n}", first_day=first, last_day=last)
+
+
+class _PreparedSnapshotView:
+    def __init__(self, con: Any, catalog: Any, compiled: DuckDBSnapshotSql, n: int):
+        self.con, self.c, self.n = con, compiled, n
+        pit = compiled.pit
+        table = sources.read_table(catalog, _ident(pit.view.source.table), compiled.row_columns, "snapshot source")
+        con.register(f"__rows_arrow_{n}", table)
+        if compiled.null_created_sql:
+            nulls = con.execute(compiled.null_created_sql.format(rows=f"__rows_arrow_{n}")).fetchone()[0]
+            if nulls:
+                raise sources.TrainingDataError(f"snapshot source {pit.view.source.table} of {pit.name!r} has {nulls} "
+                                                f"row(s) with a null {pit.plan.scan.created_at}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __rows_{n} AS " + compiled.rows_sql.format(rows=f"__rows_arrow_{n}"))
+        con.unregister(f"__rows_arrow_{n}")
+
+    def load_events(self, t_min: int, t_max: int) -> None:
+        pass
+
+    def result_sql(self, req: str) -> str:
+        return self.c.result_sql.format(req=req, rows=f"__rows_{self.n}")
+
+
+def _view_tables(pit: ViewPit) -> Any:
+    from batch_jobs.tables import DEFAULT_NAMESPACE, ViewTables
+
+    return ViewTables(DEFAULT_NAMESPACE, pit.name, pit.view.version)
+
+
+def compile_plan(plan: PitPlan) -> list[Any]:
+    return [DuckDBCompiler(v).compile(v.plan) for v in plan.views]
+
+
+def run(plan: PitPlan, requests: pa.Table, catalog: Any, options: DuckDBOptions | None = None) -> pa.Table:
+    """Feature and status columns for every request row, ordered by ``__rid`` (one row per request)."""
+    options = options or DuckDBOptions()
+    compiled = compile_plan(plan)
+    con = connect(options)
+    t0 = time.monotonic()
+    try:
+        prepared = []
+        for n, c in enumerate(compiled):
+            prepared.append(_PreparedSnapshotView(con, catalog, c, n) if isinstance(c, DuckDBSnapshotSql)
+                            else _PreparedFeatureView(con, catalog, c, n))
+        # chunks of requests close in time, so each chunk loads only the raw days it needs
+        order = np.argsort(requests.column(T).to_numpy(), kind="stable")
+        total = requests.num_rows
+        size = max(1, options.chunk_rows)
+        parts = []
+        n_chunks = (total + size - 1) // size
+        for i in range(n_chunks):
+            idx = order[i * size:(i + 1) * size]
+            chunk = requests.take(pa.array(idx)) if n_chunks > 1 else requests
+            ts = chunk.column(T).to_numpy()
+            for p in prepared:
+                p.load_events(int(ts.min()), int(ts.max()))
+            con.register("__req", chunk)
+            sql = _chunk_sql(plan, prepared)
+            parts.append(con.sql(sql).to_arrow_table())
+            con.unregister("__req")
+            if options.progress and (n_chunks > 1 or time.monotonic() - t0 > 5):
+                done = min(total, (i + 1) * size)
+                options.log(f"training set (duckdb): chunk {i + 1}/{n_chunks}, {done:,}/{total:,} rows, "
+                            f"{time.monotonic() - t0:.1f} s")
+        result = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return result.take(pc.sort_indices(result.column(RID)))
+    finally:
+        con.close()
+
+
+def _chunk_sql(plan: PitPlan, prepared: Sequence[Any]) -> str:
+    ctes = [f"v{n} AS ({p.result_sql('__req')})" for n, p in enumerate(prepared)]
+    cols = []
+    for n, v in enumerate(plan.views):
+        cols += [f"v{n}.{q(o.column)}" for o in v.outputs] + [f"v{n}.{q(v.status_column)}"]
+    joins = " ".join(f"LEFT JOIN v{n} ON v{n}.{RID} = r.{RID}" for n in range(len(prepared)))
+    return f"WITH {', '.join(ctes)} SELECT r.{RID}, {', '.join(cols)} FROM __req AS r {joins}"

@@ -1,0 +1,126 @@
+"""Reading the Iceberg tables a training set needs with PyIceberg scans (to Arrow), pruned by time.
+
+- the batch path's runs log (which days the daily tiles cover, and the raw snapshot they were computed
+  from), its daily tiles, and the raw events at that snapshot (batch_jobs/tables.py);
+- a snapshot view's table source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from skewless.core.timeutil import MS_PER_DAY
+
+EPOCH_DATE = date(1970, 1, 1)
+
+
+class TrainingDataError(RuntimeError):
+    """The tables a training set reads are missing or inconsistent; the message says what to run."""
+
+
+def day_of(day_number: int) -> date:
+    return EPOCH_DATE + timedelta(days=day_number)
+
+
+def iso_utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class BatchCoverage:
+    """Daily tiles of days ``first_day..last_day`` (day numbers since the epoch, contiguous) computed from
+    the raw table at ``raw_snapshot_id``."""
+
+    raw_snapshot_id: int | None
+    first_day: int | None
+    last_day: int | None
+
+    @property
+    def empty(self) -> bool:
+        return self.first_day is None
+
+
+def _load(catalog: Any, ident: str) -> Any | None:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        return None
+
+
+def batch_coverage(catalog: Any, runs_ident: str, fingerprint: str) -> BatchCoverage:
+    """Days logged with ``fingerprint``: the contiguous run of days ending at the newest one, and the newest
+    raw snapshot id (the one every current tile was computed from or is consistent with, batch_jobs/pit.py)."""
+    from pyiceberg.expressions import EqualTo
+
+    table = _load(catalog, runs_ident)
+    if table is None:
+        return BatchCoverage(None, None, None)
+    rows = table.scan(row_filter=EqualTo("fingerprint", fingerprint),
+                      selected_fields=("day", "raw_snapshot_id")).to_arrow()
+    if rows.num_rows == 0:
+        return BatchCoverage(None, None, None)
+    days = sorted({(d - EPOCH_DATE).days for d in rows.column("day").to_pylist() if d is not None})
+    sids = [s for s in rows.column("raw_snapshot_id").to_pylist() if s is not None]
+    last = days[-1]
+    first = last
+    present = set(days)
+    while first - 1 in present:
+        first -= 1
+    return BatchCoverage(max(sids) if sids else None, first, last)
+
+
+def read_daily_tiles(catalog: Any, tiles_ident: str, key_names: Sequence[str], columns: Sequence[str],
+                     first_day: int, last_day: int) -> pa.Table:
+    """Daily tiles of ``first_day..last_day``: keys, ``__day`` (int day number) and the intermediate columns."""
+    from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
+
+    table = _load(catalog, tiles_ident)
+    if table is None:
+        raise TrainingDataError(f"daily tiles table {tiles_ident} does not exist: run a backfill first "
+                                "(`skewless backfill --start ... --end ...`)")
+    flt = And(GreaterThanOrEqual("day", day_of(first_day).isoformat()), LessThanOrEqual("day", day_of(last_day).isoformat()))
+    data = table.scan(row_filter=flt, selected_fields=tuple(key_names) + ("day",) + tuple(columns)).to_arrow()
+    day_numbers = pc.cast(data.column("day"), pa.int32()) if data.num_rows else pa.array([], pa.int32())
+    data = data.drop_columns(["day"]).append_column("__day", day_numbers)
+    return data
+
+
+def read_raw_events(catalog: Any, table_ident: str, snapshot_id: int | None, columns: Sequence[str], event_time: str,
+                    start_ms: int, end_ms: int) -> pa.Table:
+    """Raw rows with ``start_ms <= event_time < end_ms`` at ``snapshot_id`` (None: the current snapshot)."""
+    from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+
+    table = _load(catalog, table_ident)
+    if table is None:
+        raise TrainingDataError(f"raw table {table_ident} does not exist: the archive has not written this source yet")
+    flt = And(GreaterThanOrEqual(event_time, iso_utc(start_ms)), LessThan(event_time, iso_utc(end_ms)))
+    scan = table.scan(row_filter=flt, selected_fields=tuple(dict.fromkeys(columns)),
+                      **({"snapshot_id": snapshot_id} if snapshot_id is not None else {}))
+    return scan.to_arrow()
+
+
+def current_snapshot_id(catalog: Any, table_ident: str) -> int | None:
+    table = _load(catalog, table_ident)
+    if table is None:
+        return None
+    snap = table.current_snapshot()
+    return None if snap is None else snap.snapshot_id
+
+
+def read_table(catalog: Any, table_ident: str, columns: Sequence[str], what: str) -> pa.Table:
+    """Selected columns of a whole table (snapshot sources)."""
+    table = _load(catalog, table_ident)
+    if table is None:
+        raise TrainingDataError(f"{what} table {table_ident} does not exist")
+    return table.scan(selected_fields=tuple(dict.fromkeys(columns))).to_arrow()
+
+
+def day_range_ms(first_day: int, last_day: int) -> tuple[int, int]:
+    return first_day * MS_PER_DAY, (last_day + 1) * MS_PER_DAY
