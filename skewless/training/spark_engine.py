@@ -1,0 +1,486 @@
+"""The Spark engine: the same point-in-time plan as Spark SQL, for training sets that outgrow one machine.
+
+Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the offline events are the
+batch path's compiled ``offline`` statement (:class:`batch_jobs.spark_compiler.SparkBatchJob`) over the
+raw table pinned at the tiles' raw snapshot; whole days come from prefix aggregates of the daily tiles,
+looked up "as of" a day with a union + ``last(..., true)`` window (Spark has no ASOF join); windowed
+MIN/MAX/LAST tiles by a range join over the window's days; head and stream-served windows by an
+equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
+(``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
+
+Run as a job (``spark-submit``)::
+
+    python -m skewless.training.spark_engine --features churn_model --entities entities.parquet \\
+        --out /data/train.parquet            # or --out-table skewless.training.churn_2024
+
+The output is written atomically: Parquet to a temporary sibling directory renamed into place, an
+Iceberg table by ``createOrReplace`` of a staging table swapped in with one catalog rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from skewless.core.compiler import Compiler
+from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Ref
+from skewless.core.plan import PlanNode, Scan, TileAggregate, ViewPlan
+from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
+from skewless.core.timeutil import MS_PER_DAY
+from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, _refs, batch_run_fingerprint
+from skewless.training.requests import RID, T
+
+PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
+
+
+def bq(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def floordiv(a: str, b: int) -> str:
+    return f"(({a}) - pmod(({a}), {b}L)) DIV {b}L"
+
+
+def keys_equal(left: str, right: str, keys: Sequence[str]) -> str:
+    return " AND ".join(f"{left}.{bq(k)} = {right}.{bq(k)}" for k in keys)
+
+
+class SparkTrainingCompiler(Compiler[dict]):
+    """Compiles a view's plan (what the training set needs of it) to Spark SQL statements."""
+
+    engine = "spark-training"
+
+    def __init__(self, pit: ViewPit):
+        self.pit = pit
+
+    def select(self, view_plan: ViewPlan) -> list[PlanNode]:
+        nodes: list[PlanNode] = [view_plan.scan]
+        nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
+        if view_plan.batch:
+            nodes.append(view_plan.batch.aggregate)
+        return nodes
+
+    def supports(self, node: PlanNode) -> bool:
+        if isinstance(node, Scan) and not self.pit.is_snapshot:
+            return node.event_id is not None
+        return True
+
+    def supports_aggregation(self, node: TileAggregate, index: int) -> bool:
+        a = node.aggregations[index]
+        known = set(self.pit.field_types) | {self.pit.plan.scan.event_time}
+        return (a.field is None or a.field in known) and all(w.field in known for w in a.where)
+
+    def emit(self, view_plan: ViewPlan) -> dict:
+        return self._snapshot(view_plan) if self.pit.is_snapshot else self._feature_view(view_plan)
+
+    # --- feature views ---------------------------------------------------------------------------------
+
+    def _feature_view(self, plan: ViewPlan) -> dict:
+        from batch_jobs.spark_compiler import SparkCompiler
+
+        pit = self.pit
+        job = SparkCompiler(pit.field_types).compile(plan)  # the batch path's offline statement and contributions
+        keys = pit.key_names
+        kcols = ", ".join(bq(k) for k in keys)
+        batch, stream = pit.batch_aggregations, pit.stream_aggregations
+        D = MS_PER_DAY
+        starts = [f"{floordiv(f'{T} - {a.width_ms}L', a.tile_ms)} * {a.tile_ms}L AS {bq('s__' + a.name)}" for a in stream]
+        starts += [f"{floordiv(f'{T} - {a.width_ms}L', D)} AS {bq('a__' + a.name)}" for a in batch if a.width_ms is not None]
+        requests = (f"SELECT *{''.join(', ' + s for s in starts)} FROM (SELECT {RID}, {kcols}, {T}, "
+                    f"{floordiv(T, D)} AS __tday FROM {{req}}) AS r0")
+        lo_parts = ([f"__tday * {D}L"] if batch else []) + [bq("s__" + a.name) for a in stream]
+        lo = lo_parts[0] if len(lo_parts) == 1 else f"least({', '.join(lo_parts)})"
+        head_aggs = []
+        for a in pit.aggregations:
+            start = f"r.__tday * {D}L" if a.batch_served else f"r.{bq('s__' + a.name)}"
+            c = f"e.{bq('c__' + a.name)}"
+            cond = f"e.__ts >= {start}"
+            name = bq("h__" + a.name)
+            if a.agg is Agg.COUNT:
+                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {name}")
+            elif a.agg is Agg.SUM:
+                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {name}")
+            elif a.agg is Agg.AVG:
+                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {bq('hs__' + a.name)}")
+                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {bq('hn__' + a.name)}")
+            elif a.agg in (Agg.MIN, Agg.MAX):
+                head_aggs.append(f"{a.agg.value}(CASE WHEN {cond} THEN {c} END) AS {name}")
+            else:
+                head_aggs.append(f"max(CASE WHEN {cond} AND {c} IS NOT NULL THEN named_struct('ts', e.__ts, 'partition', "
+                                 f"e.__partition, 'offset', e.__offset, 'value', {c}) END) AS {name}")
+        head = (f"SELECT r.{RID}, {', '.join(head_aggs)} FROM (SELECT *, explode(sequence({floordiv(lo, D)}, __tday)) AS __d "
+                f"FROM {{r}}) AS r JOIN {{offline}} AS e ON {keys_equal('e', 'r', keys)} AND e.__dnum = r.__d "
+                f"AND e.__ts < r.{T} GROUP BY r.{RID}")
+        window = f"PARTITION BY {kcols} ORDER BY __day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+        prefix_cols = []
+        for a in batch:
+            col = bq(a.name)
+            if a.agg in (Agg.COUNT, Agg.SUM):
+                prefix_cols.append(f"'p__{a.name}', sum({col}) OVER ({window})")
+            elif a.agg is Agg.AVG:
+                prefix_cols.append(f"'ps__{a.name}', sum({col}.sum) OVER ({window})")
+                prefix_cols.append(f"'pn__{a.name}', sum({col}.count) OVER ({window})")
+            elif a.width_ms is None:
+                prefix_cols.append(f"'p__{a.name}', {'min' if a.agg is Agg.MIN else 'max'}({col}) OVER ({window})")
+        prefix = (f"SELECT {kcols}, __day, named_struct({', '.join(prefix_cols)}) AS __p FROM {{tiles}}"
+                  if prefix_cols else None)
+        prefix_starts = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
+        ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
+        ranged_sql = None
+        if ranged:
+            aggs = [f"{'min' if a.agg is Agg.MIN else 'max'}(CASE WHEN t.__day >= r.{bq('a__' + a.name)} "
+                    f"THEN t.{bq(a.name)} END) AS {bq('w__' + a.name)}" for a in ranged]
+            lo_day = f"least({', '.join('r.' + bq('a__' + a.name) for a in ranged)})" if len(ranged) > 1 \
+                else f"r.{bq('a__' + ranged[0].name)}"
+            ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
+                          f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
+        # final values
+        values: dict[str, str] = {}
+        covered: dict[str, str] = {}
+        for a in pit.aggregations:
+            h = f"hd.{bq('h__' + a.name)}"
+            if a.batch_served:
+                lo_cov = "r.__tday >= {first_day}" if a.width_ms is None else f"r.{bq('a__' + a.name)} >= {{first_day}}"
+                covered[a.name] = f"(r.__tday <= {{last_day}} + 1 AND {lo_cov})"
+            if a.agg in INVERTIBLE:
+                s_parts = [f"hd.{bq('hs__' + a.name)}"] if a.agg is Agg.AVG else [h]
+                n_parts = [f"hd.{bq('hn__' + a.name)}"] if a.agg is Agg.AVG else []
+                if a.batch_served:
+                    sname = ("ps__" if a.agg is Agg.AVG else "p__") + a.name
+                    s_parts.append(f"pe.__p.{bq(sname)}")
+                    if a.agg is Agg.AVG:
+                        n_parts.append(f"pe.__p.{bq('pn__' + a.name)}")
+                    if a.width_ms is not None:
+                        s_parts.append(f"-ps_{a.width_ms}.__p.{bq(sname)}")
+                        if a.agg is Agg.AVG:
+                            n_parts.append(f"-ps_{a.width_ms}.__p.{bq('pn__' + a.name)}")
+                total = " + ".join(_zero(p) for p in s_parts)
+                exact = f"({total})" if pit.field_types.get(a.spec.field or "") == "decimal" else f"CAST({total} AS BIGINT)"
+                if a.agg is Agg.COUNT:
+                    values[a.name] = f"CAST({total} AS BIGINT)"
+                elif a.agg is Agg.SUM:
+                    values[a.name] = exact
+                else:
+                    n = " + ".join(_zero(p) for p in n_parts)
+                    values[a.name] = f"CASE WHEN ({n}) = 0 THEN NULL ELSE CAST({exact} AS DOUBLE) / CAST(({n}) AS DOUBLE) END"
+            else:
+                other = None
+                if a.batch_served:
+                    other = f"pe.__p.{bq('p__' + a.name)}" if a.width_ms is None else f"rj.{bq('w__' + a.name)}"
+                fn = "least" if a.agg is Agg.MIN else "greatest"
+                merged = h if other is None else f"{fn}({h}, {other})"
+                values[a.name] = f"({merged}).value" if a.agg is Agg.LAST else merged
+        for d in pit.derives:
+            values[d.feature] = _derived(d.expr, values)
+        cols = []
+        batch_names = {a.name for a in batch}
+        for o in pit.outputs:
+            deps = sorted(n for n in _deps(pit, o.feature) if n in batch_names)
+            expr = values[o.feature]
+            if deps:
+                expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
+            cols.append(f"{expr} AS {bq(o.column)}")
+        all_cov = [covered[a.name] for a in batch]
+        status = f"CASE WHEN {' AND '.join(all_cov)} THEN '{PRESENT}' ELSE '{INCOMPLETE}' END" if all_cov else f"'{PRESENT}'"
+        cols.append(f"{status} AS {bq(pit.status_column)}")
+        joins = [f"LEFT JOIN {{hd}} AS hd ON hd.{RID} = r.{RID}"]
+        if prefix:
+            joins.append(f"LEFT JOIN {{pe}} AS pe ON pe.{RID} = r.{RID}")
+            joins += [f"LEFT JOIN {{ps_{w}}} AS ps_{w} ON ps_{w}.{RID} = r.{RID}" for w in prefix_starts]
+        if ranged_sql:
+            joins.append(f"LEFT JOIN {{rj}} AS rj ON rj.{RID} = r.{RID}")
+        final = f"SELECT r.{RID}, {', '.join(cols)} FROM {{r}} AS r {' '.join(joins)}"
+        span = max((a.width_ms + a.tile_ms for a in stream), default=0)  # type: ignore[operator]
+        start_of = {w: "a__" + next(a.name for a in batch if a.width_ms == w) for w in prefix_starts}
+        return {"kind": "feature", "job": job, "requests": requests, "head": head, "prefix": prefix,
+                "prefix_starts": start_of, "ranged": ranged_sql, "final": final, "span": span}
+
+    # --- snapshot views --------------------------------------------------------------------------------
+
+    def _snapshot(self, plan: ViewPlan) -> dict:
+        pit, scan, lookup = self.pit, plan.scan, plan.snapshot
+        assert lookup is not None
+        keys = pit.key_names
+        kcols = ", ".join(bq(k) for k in keys)
+        fields = list(dict.fromkeys(o.feature for o in pit.outputs))
+        fcols = ", ".join(bq(f) for f in fields)
+        ts = f"unix_millis({bq(scan.event_time)})"
+        if scan.created_at:
+            created = f"unix_millis({bq(scan.created_at)})"
+            order = f"PARTITION BY {kcols} ORDER BY __v, __ts, __c"
+            rows = (f"SELECT {kcols}, __v, __ts, {fcols} FROM (SELECT *, max(named_struct('t', __ts, 'c', __c)) OVER "
+                    f"({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS __prev, lead(__v) OVER ({order}) AS __next_v "
+                    f"FROM (SELECT {kcols}, {ts} AS __ts, {created} AS __c, greatest({ts}, {created}) AS __v, {fcols} "
+                    f"FROM {{rows}}) AS s) AS w WHERE (__prev IS NULL OR named_struct('t', __ts, 'c', __c) > __prev) "
+                    "AND (__next_v IS NULL OR __next_v <> __v)")
+        else:
+            rows = f"SELECT {kcols}, {ts} AS __v, {ts} AS __ts, {fcols} FROM {{rows}}"
+        ttl, memory = lookup.ttl_ms, SNAPSHOT_EXPIRED_MEMORY_MS
+        fresh = f"l.__s.__ts >= r.{T} - {ttl}L"
+        cols = [f"CASE WHEN {fresh} THEN l.__s.{bq(o.feature)} END AS {bq(o.column)}" for o in pit.outputs]
+        cols.append(f"CASE WHEN l.__s.__ts IS NOT NULL AND NOT ({fresh}) AND l.__s.__ts >= r.{T} - {ttl + memory}L "
+                    f"THEN '{EXPIRED}' ELSE '{PRESENT}' END AS {bq(pit.status_column)}")
+        final = f"SELECT r.{RID}, {', '.join(cols)} FROM {{req}} AS r LEFT JOIN {{looked}} AS l ON l.{RID} = r.{RID}"
+        return {"kind": "snapshot", "rows": rows, "fields": ["__ts"] + fields, "final": final, "table": scan.table}
+
+
+def _zero(expr: str) -> str:
+    return f"-coalesce({expr[1:]}, 0)" if expr.startswith("-") else f"coalesce({expr}, 0)"
+
+
+def _deps(pit: ViewPit, feature: str) -> set[str]:
+    derives = {d.feature: d.expr for d in pit.derives}
+    out, stack = set(), [feature]
+    while stack:
+        name = stack.pop()
+        if name not in out:
+            out.add(name)
+            if name in derives:
+                stack.extend(_refs(derives[name]))
+    return out
+
+
+def _derived(expr: Any, values: dict[str, str]) -> str:
+    from batch_jobs.spark_compiler import sql_literal
+
+    if isinstance(expr, Ref):
+        return f"({values[expr.feature]})"
+    if isinstance(expr, Const):
+        return sql_literal(expr.value)
+    if isinstance(expr, DaysSince):
+        return floordiv(f"r.{T} - {_derived(expr.ts, values)}", MS_PER_DAY)
+    if isinstance(expr, BinOp):
+        left, right = _derived(expr.left, values), _derived(expr.right, values)
+        if expr.op == "/":
+            return f"(CASE WHEN {right} = 0 THEN NULL ELSE CAST({left} AS DOUBLE) / CAST({right} AS DOUBLE) END)"
+        return f"({left} {expr.op} {right})"
+    raise TypeError(f"not an expression: {expr!r}")
+
+
+# --- running --------------------------------------------------------------------------------------------
+
+
+def _asof(spark: Any, requests: Any, rows: Any, keys: Sequence[str], req_pos: str, value_col: str) -> Any:
+    """Per request, ``value_col`` of the last row with ``__pos <= req_pos`` of the same keys (an ASOF join):
+    one union sorted by (keys, pos, rows-before-requests) and ``last(value, ignoreNulls)``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    left = requests.select(*keys, F.col(RID), F.expr(req_pos).alias("__pos"), F.lit(1).alias("__kind"))
+    right = rows.select(*keys, F.col("__pos"), F.lit(0).alias("__kind"), F.col(value_col))
+    both = left.unionByName(right, allowMissingColumns=True)
+    w = Window.partitionBy(*keys).orderBy("__pos", "__kind").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    return (both.withColumn("__v", F.last(value_col, ignorenulls=True).over(w))
+            .where(F.col("__kind") == 1).select(RID, F.col("__v").alias(value_col)))
+
+
+def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None, int | None, int | None]:
+    from batch_jobs.tables import table_exists
+
+    if not table_exists(spark, runs_table):
+        return None, None, None
+    rows = spark.sql(f"SELECT DISTINCT datediff(day, DATE'1970-01-01') AS d, raw_snapshot_id FROM {runs_table} "
+                     f"WHERE fingerprint = '{fingerprint}'").collect()
+    if not rows:
+        return None, None, None
+    days = {r[0] for r in rows}
+    last = max(days)
+    first = last
+    while first - 1 in days:
+        first -= 1
+    return max(r[1] for r in rows if r[1] is not None), first, last
+
+
+def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
+    from pyspark.sql import functions as F
+
+    from batch_jobs import tables as BT
+    from batch_jobs.raw import raw_dataframe
+
+    name = f"__tr{n}_{uuid.uuid4().hex[:6]}"
+    req.createOrReplaceTempView(f"{name}_req")
+    keys = list(pit.key_names)
+    if program["kind"] == "snapshot":
+        rows = spark.sql(program["rows"].format(rows=BT.spark_name(program["table"])))
+        rows = rows.withColumn("__s", F.struct(*[F.col(c) for c in program["fields"]])).withColumn("__pos", F.col("__v"))
+        _asof(spark, req, rows, keys, T, "__s").createOrReplaceTempView(f"{name}_looked")
+        return spark.sql(program["final"].format(req=f"{name}_req", looked=f"{name}_looked"))
+    tables = BT.ViewTables(BT.DEFAULT_NAMESPACE, pit.name, pit.view.version)
+    raw_table = BT.spark_name(pit.view.source.table)
+    sid, first, last = None, None, None
+    if pit.batch_aggregations:
+        sid, first, last = _coverage(spark, tables.runs, batch_run_fingerprint(pit))
+        if first is None:
+            from skewless.training.sources import TrainingDataError
+
+            raise TrainingDataError(f"view {pit.name!r} v{pit.view.version} has batch-served windows but no batch run "
+                                    "with its current definition: run a backfill first")
+    else:
+        sid = BT.current_snapshot_id(spark, raw_table)
+    r = spark.sql(program["requests"].format(req=f"{name}_req"))
+    r.createOrReplaceTempView(f"{name}_r")
+    bounds = r.agg(F.min(T), F.max(T)).collect()[0]
+    t_min, t_max = int(bounds[0]), int(bounds[1])
+    start = ((t_min - program["span"]) // MS_PER_DAY) * MS_PER_DAY
+    from skewless.training.sources import day_of
+
+    raw_dataframe(spark, raw_table, sid, day_of(start // MS_PER_DAY), day_of(t_max // MS_PER_DAY)) \
+        .createOrReplaceTempView(f"{name}_raw")
+    offline = spark.sql(program["job"].offline_sql(f"{name}_raw", start, t_max + 1))
+    offline.withColumn("__dnum", F.expr(floordiv("__ts", MS_PER_DAY))).createOrReplaceTempView(f"{name}_offline")
+    views = {"r": f"{name}_r", "hd": f"{name}_hd", "offline": f"{name}_offline", "tiles": f"{name}_tiles"}
+    spark.sql(program["head"].format(**views)).createOrReplaceTempView(f"{name}_hd")
+    fmt = dict(views, first_day=first if first is not None else 0, last_day=last if last is not None else -(10**9))
+    if pit.batch_aggregations:
+        cols = [F.col(k) for k in keys] + [F.datediff(F.col("day"), F.lit("1970-01-01")).alias("__day")]
+        cols += [F.col(a.name) for a in pit.batch_aggregations]
+        tiles = spark.table(tables.tiles).where(
+            (F.col("day") >= F.lit(day_of(first))) & (F.col("day") <= F.lit(day_of(last)))).select(*cols)
+        tiles.createOrReplaceTempView(f"{name}_tiles")
+        if program["prefix"]:
+            prefix = spark.sql(program["prefix"].format(tiles=f"{name}_tiles")).withColumn("__pos", F.col("__day"))
+            _asof(spark, r, prefix, keys, "__tday - 1", "__p").createOrReplaceTempView(f"{name}_pe")
+            fmt["pe"] = f"{name}_pe"
+            for w, col in program["prefix_starts"].items():
+                _asof(spark, r, prefix, keys, f"`{col}` - 1", "__p").createOrReplaceTempView(f"{name}_ps_{w}")
+                fmt[f"ps_{w}"] = f"{name}_ps_{w}"
+        if program["ranged"]:
+            spark.sql(program["ranged"].format(**fmt)).createOrReplaceTempView(f"{name}_rj")
+            fmt["rj"] = f"{name}_rj"
+    return spark.sql(program["final"].format(**fmt))
+
+
+def compile_plan(plan: PitPlan) -> list[dict]:
+    return [SparkTrainingCompiler(v).compile(v.plan) for v in plan.views]
+
+
+def training_dataframe(spark: Any, plan: PitPlan, requests: Any, progress: bool = True) -> Any:
+    """``__rid`` + the output columns for a request DataFrame (``__rid``, keys, ``__t``)."""
+    spark.conf.set("spark.sql.ansi.enabled", "true")  # int64 overflow is an error, never a wrap
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    programs = compile_plan(plan)
+    out = requests.select(RID)
+    for n, (pit, program) in enumerate(zip(plan.views, programs)):
+        if progress:
+            print(f"training set (spark): view {pit.name} ({n + 1}/{len(plan.views)})", file=sys.stderr, flush=True)
+        out = out.join(_run_view(spark, pit, program, requests, n), RID, "left")
+    return out
+
+
+def run_to_arrow(plan: PitPlan, requests: pa.Table, spark: Any = None, progress: bool = True) -> pa.Table:
+    """The Spark engine on an in-memory request table (the facade's ``engine="spark"``)."""
+    if spark is None:
+        from skewless.engines.spark_session import spark_session
+
+        spark = spark_session("skewless-training")
+    t0 = time.monotonic()
+    df = spark.createDataFrame(requests)
+    result = training_dataframe(spark, plan, df, progress).orderBy(RID).toArrow()
+    if progress:
+        print(f"training set (spark): {requests.num_rows:,} rows in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    return result
+
+
+# --- spark-submit entry -----------------------------------------------------------------------------------
+
+
+def write_atomically(df: Any, *, out_path: str | None = None, out_table: str | None = None) -> str:
+    """Parquet: written to ``<out>.tmp-<id>`` then renamed to ``<out>`` (refused if it exists); Iceberg: a staging
+    table created in full, then renamed to ``out_table`` (refused if it exists). Nothing half-written is visible."""
+    spark = df.sparkSession
+    if out_path:
+        jvm = spark._jvm
+        conf = spark._jsc.hadoopConfiguration()
+        target = jvm.org.apache.hadoop.fs.Path(out_path)
+        fs = target.getFileSystem(conf)
+        if fs.exists(target):
+            raise FileExistsError(f"{out_path} exists: choose a new output path (training sets are never overwritten)")
+        tmp = f"{out_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            df.write.mode("errorifexists").parquet(tmp)
+            if not fs.rename(jvm.org.apache.hadoop.fs.Path(tmp), target):
+                raise OSError(f"cannot rename {tmp} to {out_path}")
+        finally:
+            tmp_path = jvm.org.apache.hadoop.fs.Path(tmp)
+            if fs.exists(tmp_path):
+                fs.delete(tmp_path, True)
+        return out_path
+    assert out_table
+    if spark.catalog.tableExists(out_table):
+        raise FileExistsError(f"table {out_table} exists: choose a new table name")
+    staging = f"{out_table}__staging_{uuid.uuid4().hex[:8]}"
+    try:
+        df.writeTo(staging).using("iceberg").create()
+        spark.sql(f"ALTER TABLE {staging} RENAME TO {out_table}")
+    except Exception:
+        spark.sql(f"DROP TABLE IF EXISTS {staging}")
+        raise
+    return out_table
+
+
+def requests_dataframe(spark: Any, path: str, plan: PitPlan, timestamp_column: str) -> Any:
+    """An entity Parquet file as the request DataFrame (checked like the embedded engine's input)."""
+    from pyspark.sql import functions as F
+
+    from skewless.training.plan import TrainingInputError
+
+    df = spark.read.parquet(path)
+    fields = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    if timestamp_column not in fields:
+        raise TrainingInputError(f"entity file has no timestamp column {timestamp_column!r} (columns: {', '.join(fields)})")
+    if not fields[timestamp_column].startswith("timestamp"):
+        raise TrainingInputError(f"timestamp column {timestamp_column!r} is {fields[timestamp_column]}, not a timestamp")
+    for key, ktype in plan.key_columns.items():
+        if key not in fields:
+            raise TrainingInputError(f"entity file has no entity key column {key!r} (columns: {', '.join(fields)})")
+        ok = fields[key] == "string" if ktype == "string" else fields[key] in ("bigint", "int", "smallint", "tinyint")
+        if not ok:
+            raise TrainingInputError(f"entity key column {key!r} is {fields[key]}; the entity declares it as {ktype}")
+    clash = sorted(set(plan.output_columns) & set(fields))
+    if clash:
+        raise TrainingInputError(f"entity columns {clash} have the names of output columns; rename them")
+    df = df.withColumn(RID, F.monotonically_increasing_id())
+    return df, df.select(RID, *[F.col(k).cast("bigint" if t == "int64" else "string").alias(k)
+                                for k, t in plan.key_columns.items()],
+                         F.expr(floordiv(f"unix_micros(CAST({bq(timestamp_column)} AS TIMESTAMP))", 1000))  # ntz read as UTC
+                         .alias(T))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m skewless.training.spark_engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--features", nargs="+", required=True, help="view:feature, view or feature service names")
+    parser.add_argument("--entities", required=True, help="Parquet file/folder with the entity keys and timestamps")
+    parser.add_argument("--timestamp-column", default="event_timestamp")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="output Parquet folder (must not exist)")
+    out.add_argument("--out-table", help="output Iceberg table, e.g. skewless.training.my_set (must not exist)")
+    parser.add_argument("--repo", default="feature_defs")
+    args = parser.parse_args(argv)
+    from pyspark.sql import functions as F
+
+    from skewless.core.repo import load_repository
+    from skewless.engines.spark_session import spark_session
+    from skewless.training.plan import build_pit_plan
+
+    plan = build_pit_plan(load_repository(args.repo), args.features)
+    spark = spark_session("skewless-training-set")
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    full, requests = requests_dataframe(spark, args.entities, plan, args.timestamp_column)
+    full = full.cache()
+    n_null = full.where(F.col(args.timestamp_column).isNull()).count()
+    if n_null:
+        raise SystemExit(f"timestamp column {args.timestamp_column!r} has {n_null} null value(s)")
+    features = training_dataframe(spark, plan, requests)
+    result = full.join(features, RID, "left").orderBy(RID).drop(RID)
+    where = write_atomically(result, out_path=args.out, out_table=args.out_table)
+    print(f"training set written to {where}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
