@@ -37,12 +37,22 @@ class FeatureStore:
         views share a name) and one ``<view>__status`` column per view appended; pandas in gives pandas
         (``to_arrow=True``: an Arrow table), Arrow in gives Arrow. ``engine``: ``"duckdb"`` or ``"spark"``.
         """
+        import pyarrow as pa
+
         from skewless.training import historical_features
 
         result = historical_features(self.repo, self.catalog, entity_df, features, timestamp_column=timestamp_column,
                                      engine=engine, progress=progress, spark=self._spark)
-        if to_arrow and not hasattr(result, "schema"):
-            import pyarrow as pa
-
+        if to_arrow and not isinstance(result, (pa.Table, pa.RecordBatch)):
             return pa.Table.from_pandas(result, preserve_index=False)
         return result
+
+    def spine(self, features: Any, start: Any, end: Any, every: str = "1h", *, entities: Any = None,
+              timestamp_column: str = "event_timestamp") -> Any:
+        """An entity_df of every entity (given, or found in the views' sources) at every instant of
+        ``[start, end)`` stepping by ``every`` (``"15m"``, ``"1h"``, ``"1d"``), as an Arrow table."""
+        from skewless.training.plan import build_pit_plan
+        from skewless.training.spine import build_spine
+
+        return build_spine(build_pit_plan(self.repo, features), start, end, every, entities=entities,
+                           catalog=self.catalog, timestamp_column=timestamp_column)
