@@ -1,0 +1,265 @@
+"""Point-in-time training sets: the embedded engine against DuckDB floors on the same data in the same run.
+
+Metrics (``run() -> dict``), sizes at ``SKEWLESS_BENCH_SCALE`` (default 1.0; F feature rows, E entity rows):
+
+- ``pit_snapshot_100k_s``   snapshot view, F = 1M / E = 100k; peer: DuckDB's plain ASOF join (goal <= 1.3x)
+- ``pit_snapshot_1m_s``     F = 10M / E = 1M
+- ``pit_snapshot_skew_s``   F = 1M over 2k entities / E = 100k (goal <= 2x)
+- ``pit_snapshot_created_at_100k_s``  as the first, with the created_at visibility rule the contract adds
+- ``pit_windowed_1m_s``     10M events / 100k users / 365 days, E = 1M, count 1h, sum 365d, avg 30d, max 7d,
+  last; floor: a hand-written DuckDB SQL of the same windows straight from the raw events (goal <= 3x, <= 30 s)
+- ``pit_windowed_spark_1m_s``  the Spark engine on the same request (tiles built once by the batch backfill)
+
+Both sides read the same Iceberg tables with PyIceberg inside the timed section. The established Python
+feature store is not installed here (see docs/training.md). Run alone: ``.venv/bin/python -m bench.pit``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+SCALE = float(os.environ.get("SKEWLESS_BENCH_SCALE", "1.0"))
+DAY = 86_400_000
+T0 = 1704067200000  # 2024-01-01
+HERE = Path(__file__).resolve().parent
+
+
+def _n(x: float) -> int:
+    return max(10, int(x * SCALE))
+
+
+def _timed(fn: Callable[[], Any], repeat: int = 2) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+# --- snapshot views ----------------------------------------------------------------------------------------
+
+
+def _snapshot_data(catalog: Any, name: str, rows: int, entities: int, requests: int, seed: int,
+                   created_at: bool) -> tuple[Any, pa.Table]:
+    from skewless.core.dsl import Entity, Field, SnapshotView, TableSource
+
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, entities, rows)
+    ts = T0 + rng.integers(0, 365 * DAY // 1000, rows) * 1000  # second resolution: (key, ts) duplicates are rare
+    order = np.lexsort((ts, keys))
+    keys, ts = keys[order], ts[order]
+    keep = np.ones(rows, bool)
+    keep[1:] = (keys[1:] != keys[:-1]) | (ts[1:] != ts[:-1])  # one row per (entity, ts): the contract's rule
+    keys, ts = keys[keep], ts[keep]
+    cols = {"user_id": pa.array(np.char.add("u", keys.astype(str))),
+            "credit_score": pa.array(rng.integers(300, 851, len(keys))),
+            "segment": pa.array(rng.choice(np.array(["new", "regular", "vip", "dormant"]), len(keys))),
+            "event_time": pa.array(ts, pa.int64()).cast(pa.timestamp("ms")).cast(pa.timestamp("us", tz="UTC"))}
+    if created_at:
+        cols["created_at"] = pa.array(ts + rng.integers(0, 2 * 3600 * 1000, len(keys)), pa.int64()) \
+            .cast(pa.timestamp("ms")).cast(pa.timestamp("us", tz="UTC"))
+    table = pa.table(cols)
+    ident = f"crm.{name}"
+    catalog.create_table(ident, schema=table.schema).append(table)
+    user = Entity("user", {"user_id": "string"})
+    view = SnapshotView(name=name, entity=user, ttl=timedelta(days=30),
+                        source=TableSource(name=name, schema="customer_profile", table=ident, timestamp="event_time",
+                                           created_at="created_at" if created_at else None),
+                        fields=[Field("credit_score", "int64"), Field("segment", "string")])
+    req_keys = rng.integers(0, entities, requests)
+    req_ts = T0 + rng.integers(0, 365 * DAY, requests)
+    entity_df = pa.table({"user_id": pa.array(np.char.add("u", req_keys.astype(str))),
+                          "event_timestamp": pa.array(req_ts, pa.int64()).cast(pa.timestamp("ms"))})
+    return view, entity_df
+
+
+def _duckdb_asof(catalog: Any, ident: str, entity_df: pa.Table) -> pa.Table:
+    import duckdb
+
+    rows = catalog.load_table(ident).scan(selected_fields=("user_id", "event_time", "credit_score", "segment")).to_arrow()
+    con = duckdb.connect()
+    con.register("f", rows)
+    con.register("e", entity_df)
+    out = con.sql("SELECT e.*, f.credit_score, f.segment FROM e ASOF LEFT JOIN f ON e.user_id = f.user_id "
+                  "AND e.event_timestamp >= f.event_time").to_arrow_table()
+    con.close()
+    return out
+
+
+def _snapshot_case(catalog: Any, name: str, rows: int, entities: int, requests: int, created_at: bool = False) -> dict:
+    from skewless.core.repo import Repository
+    from skewless.store import FeatureStore
+
+    view, entity_df = _snapshot_data(catalog, name, rows, entities, requests, seed=hash(name) % 1000, created_at=created_at)
+    store = FeatureStore(Repository.of([view]), catalog=catalog)
+    ours_s, ours = _timed(lambda: store.get_historical_features(entity_df, name, progress=False))
+    peer_s, peer = _timed(lambda: _duckdb_asof(catalog, view.source.table, entity_df))
+    assert ours.num_rows == entity_df.num_rows
+    return {"value": round(ours_s, 3), "unit": "s",
+            "peer": {"value": round(peer_s, 3), "unit": "s", "name": "DuckDB ASOF join (same data, same run)"},
+            "ratio": round(ours_s / peer_s, 2), "rows_returned": ours.num_rows, "peer_rows": peer.num_rows,
+            "F": rows, "E": requests, "entities": entities}
+
+
+# --- windowed features ---------------------------------------------------------------------------------------
+
+
+def _windowed_view(table: str) -> Any:
+    from skewless.core.dsl import Agg, Aggregation, Entity, EventSource, FeatureView, Where, Window
+
+    src = EventSource(name="bench_orders", schema="orders", table=table, topic="bench_orders", partition_key="user_id",
+                      allowed_lateness=timedelta(hours=1), clock_skew_tolerance=timedelta(minutes=5))
+    return FeatureView(name="bench_stats", entity=Entity("user", {"user_id": "string"}), source=src, features=[
+        Aggregation("orders_1h", Agg.COUNT, None, Window.hours(1), where=Where("status", "==", "placed")),
+        Aggregation("ltv_365d", Agg.SUM, "amount", Window.days(365), where=Where("status", "==", "completed")),
+        Aggregation("avg_amount_30d", Agg.AVG, "amount", Window.days(30)),
+        Aggregation("max_amount_7d", Agg.MAX, "amount", Window.days(7)),
+        Aggregation("last_status", Agg.LAST, "status", Window.lifetime()),
+    ])
+
+
+def _raw_events(catalog: Any, view: Any, events: int, users: int) -> None:
+    from skewless.archive.tables import ensure_tables
+    from skewless.core.schemas import load_schema
+
+    raw, _ = ensure_tables(catalog, view.source, load_schema("orders"))
+    rng = np.random.default_rng(7)
+    chunk = 2_000_000
+    offset = np.zeros(8, np.int64)
+    for start in range(0, events, chunk):
+        n = min(chunk, events - start)
+        user = rng.integers(0, users, n)
+        ts = T0 + rng.integers(0, 365 * DAY, n)
+        part = (user % 8).astype(np.int32)
+        offs = np.empty(n, np.int64)
+        for p in range(8):
+            m = part == p
+            offs[m] = offset[p] + np.arange(m.sum())
+            offset[p] += m.sum()
+        tsa = pa.array(ts, pa.int64()).cast(pa.timestamp("ms")).cast(pa.timestamp("us", tz="UTC"))
+        data = {"event_id": pa.array(np.char.add("e", np.arange(start, start + n).astype(str))),
+                "user_id": pa.array(np.char.add("u", user.astype(str))),
+                "order_id": pa.array(np.char.add("o", rng.integers(0, 10**9, n).astype(str))),
+                "amount": pa.array(rng.integers(0, 100_000, n)), "currency": pa.array(np.full(n, "EUR")),
+                "status": pa.array(rng.choice(np.array(["placed", "completed", "cancelled", "refunded"]), n)),
+                "event_time": tsa, "_partition": pa.array(part), "_offset": pa.array(offs), "_kafka_ts": tsa,
+                "_ingested_at": tsa}
+        schema = raw.schema().as_arrow()
+        raw.append(pa.table({f.name: data[f.name].cast(f.type) for f in schema}, schema=schema))
+
+
+FLOOR_SQL = """
+WITH ev AS (
+  SELECT user_id, epoch_ms(event_time) AS ts, _partition AS p, _offset AS o, status, amount FROM raw
+  WHERE epoch_ms(event_time) <= epoch_ms(_kafka_ts) + 300000
+  QUALIFY row_number() OVER (PARTITION BY _partition, event_id, epoch_ms(event_time) ORDER BY _offset) = 1
+), r AS (
+  SELECT row_number() OVER () AS rid, user_id, epoch_ms(event_timestamp) AS t FROM e
+), w AS (
+  SELECT r.rid,
+    count(*) FILTER (WHERE ev.ts >= (r.t - 3600000) // 300000 * 300000 AND ev.status = 'placed') AS orders_1h,
+    coalesce(sum(ev.amount) FILTER (WHERE ev.status = 'completed'), 0) AS ltv_365d,
+    avg(ev.amount) FILTER (WHERE ev.ts >= (r.t - 30 * 86400000) // 86400000 * 86400000) AS avg_amount_30d,
+    max(ev.amount) FILTER (WHERE ev.ts >= (r.t - 7 * 86400000) // 86400000 * 86400000) AS max_amount_7d
+  FROM r JOIN ev ON ev.user_id = r.user_id AND ev.ts >= (r.t - 365 * 86400000) // 86400000 * 86400000 AND ev.ts < r.t
+  GROUP BY r.rid
+), l AS (
+  SELECT r.rid, ev.status AS last_status FROM r ASOF LEFT JOIN ev ON ev.user_id = r.user_id AND r.t > ev.ts
+)
+SELECT r.rid, w.* EXCLUDE (rid), l.last_status FROM r LEFT JOIN w USING (rid) LEFT JOIN l USING (rid) ORDER BY r.rid
+"""
+
+
+def _floor(catalog: Any, table: str, entity_df: pa.Table) -> pa.Table:
+    import duckdb
+
+    raw = catalog.load_table(table).scan(selected_fields=(
+        "user_id", "event_id", "event_time", "_partition", "_offset", "_kafka_ts", "status", "amount")).to_arrow()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("raw", raw)
+    con.register("e", entity_df)
+    out = con.sql(FLOOR_SQL).to_arrow_table()
+    con.close()
+    return out
+
+
+def _windowed(root: Path, catalog: Any, events: int, users: int, requests: int) -> dict:
+    from batch_jobs.runner import RunOptions, compile_feature_view, run_range
+    from skewless.core.repo import Repository
+    from skewless.engines.spark_session import spark_session
+    from skewless.store import FeatureStore
+    from skewless.core.schemas import load_schema
+
+    view = _windowed_view("raw.bench_orders")
+    _raw_events(catalog, view, events, users)
+    spark = spark_session("skewless-bench-pit", warehouse=root / "warehouse", catalog_db=root / "catalog.db")
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        t0 = time.perf_counter()
+        run_range(spark, view, compile_feature_view(view, {f.name: f.type for f in load_schema("orders").fields}), date(2024, 1, 1), date(2024, 12, 31),
+                  RunOptions(force=True, write_serving=False, chunk_days=400, log=lambda _: None))
+        backfill_s = time.perf_counter() - t0
+        rng = np.random.default_rng(3)
+        entity_df = pa.table({
+            "user_id": pa.array(np.char.add("u", rng.integers(0, users, requests).astype(str))),
+            "event_timestamp": pa.array(T0 + 30 * DAY + rng.integers(0, 335 * DAY, requests), pa.int64())
+            .cast(pa.timestamp("ms"))})
+        store = FeatureStore(Repository.of([view]), catalog=catalog, spark=spark)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ours_s, ours = _timed(lambda: store.get_historical_features(entity_df, "bench_stats", progress=False))
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        floor_s, floor = _timed(lambda: _floor(catalog, view.source.table, entity_df))
+        spark_s, theirs = _timed(lambda: store.get_historical_features(entity_df, "bench_stats", engine="spark",
+                                                                       progress=False), repeat=1)
+        agree = ours.drop_columns(["bench_stats__status"]).to_pylist() == theirs.drop_columns(["bench_stats__status"]).to_pylist()
+        return {
+            "pit_windowed_1m_s": {"value": round(ours_s, 2), "unit": "s",
+                                  "floor": {"value": round(floor_s, 2), "unit": "s", "name": "hand-written DuckDB SQL"},
+                                  "ratio": round(ours_s / floor_s, 2), "events": events, "users": users, "E": requests,
+                                  "max_rss_growth_mib": round((rss1 - rss0) / 1024), "goal": "<= 30 s and <= 3x floor"},
+            "pit_windowed_spark_1m_s": {"value": round(spark_s, 2), "unit": "s", "engines_agree": agree,
+                                        "floor": {"value": round(floor_s, 2), "unit": "s", "name": "hand-written DuckDB SQL"},
+                                        "backfill_s": round(backfill_s, 1)},
+        }
+    finally:
+        spark.stop()
+
+
+def run() -> dict[str, Any]:
+    from skewless.engines.iceberg_catalog import load_catalog
+
+    root = Path(tempfile.mkdtemp(prefix="skewless-bench-pit-"))
+    try:
+        catalog = load_catalog(catalog_db=root / "catalog.db", warehouse=root / "warehouse")
+        catalog.create_namespace("crm")
+        out: dict[str, Any] = {}
+        out["pit_snapshot_100k_s"] = _snapshot_case(catalog, "snap_100k", _n(1_000_000), _n(100_000), _n(100_000))
+        out["pit_snapshot_created_at_100k_s"] = _snapshot_case(catalog, "snap_c_100k", _n(1_000_000), _n(100_000),
+                                                               _n(100_000), created_at=True)
+        out["pit_snapshot_1m_s"] = _snapshot_case(catalog, "snap_1m", _n(10_000_000), _n(1_000_000), _n(1_000_000))
+        out["pit_snapshot_skew_s"] = _snapshot_case(catalog, "snap_skew", _n(1_000_000), 2_000, _n(100_000))
+        if os.environ.get("SKEWLESS_BENCH_PIT_WINDOWED", "1") != "0":
+            out.update(_windowed(root, catalog, _n(10_000_000), _n(100_000), _n(1_000_000)))
+        for v in out.values():
+            v["scale"] = SCALE
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2, default=str))
