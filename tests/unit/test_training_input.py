@@ -143,3 +143,15 @@ def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any) -> None:
     chunked = historical_features(store.repo, catalog, pa.Table.from_pandas(df), "profile", progress=False, chunk_rows=37)
     assert arrow.to_pylist() == chunked.to_pylist()
     assert arrow.column("profile__status").to_pylist() == got["profile__status"].tolist()
+
+
+def test_training_set_command_reports_bad_input(tmp_path: Any, capsys: Any) -> None:
+    from skewless.cli import main
+
+    path = tmp_path / "entities.parquet"
+    pd.DataFrame({"user_id": ["u1"], "ts": [1]}).to_parquet(path)
+    out = tmp_path / "train.parquet"
+    assert main(["training-set", "--features", "churn_model", "--entities", str(path), "--timestamp-column", "ts",
+                 "--out", str(out)]) == 2
+    assert "timestamp column 'ts' is int64, not a timestamp" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == [path]
