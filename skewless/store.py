@@ -41,7 +41,7 @@ class FeatureStore:
 
         from skewless.training import historical_features
 
-        result = historical_features(self.repo, self.catalog, entity_df, features, timestamp_column=timestamp_column,
+        result = historical_features(self.repo, lambda: self.catalog, entity_df, features, timestamp_column=timestamp_column,
                                      engine=engine, progress=progress, spark=self._spark)
         if to_arrow and not isinstance(result, (pa.Table, pa.RecordBatch)):
             return pa.Table.from_pandas(result, preserve_index=False)

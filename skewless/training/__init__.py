@@ -69,6 +69,8 @@ def historical_features(repo: Any, catalog: Any, entity_df: Any, features: Any, 
     plan = build_pit_plan(repo, features)
     table = to_arrow(entity_df)
     requests = request_table(table, plan, timestamp_column)
+    if callable(catalog) and not hasattr(catalog, "load_table"):
+        catalog = catalog()  # opened only once the input is valid
     result = compute(plan, requests, catalog=catalog, engine=engine, progress=progress, spark=spark,
                      chunk_rows=chunk_rows, memory_limit=memory_limit)
     return attach(entity_df, table, result, plan)
