@@ -189,10 +189,19 @@ class SourceArchiver:
         }
         return Consumer(conf)
 
-    def _refresh_partitions(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    def _refresh_partitions(self, first: bool = False) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-        md = self._consumer.list_topics(self.topic, timeout=30)
+        try:
+            md = self._consumer.list_topics(self.topic, timeout=30)
+        except KafkaException as exc:
+            if first:
+                raise ArchiveError(
+                    f"source {self.source.name!r}: cannot reach Kafka at {self.config.bootstrap} ({exc}); "
+                    "fix: start the stack (make up) or pass --bootstrap HOST:PORT"
+                ) from exc
+            log.warning("archive %s: kafka metadata failed (%s); retrying", self.source.name, exc)
+            return
         topic_md = md.topics.get(self.topic)
         if topic_md is None or topic_md.error is not None or not topic_md.partitions:
             why = topic_md.error if topic_md is not None and topic_md.error is not None else "no such topic"
@@ -421,7 +430,7 @@ class SourceArchiver:
         self._open()
         self._consumer = self._make_consumer()
         try:
-            self._refresh_partitions()
+            self._refresh_partitions(first=True)
             next_refresh = time.monotonic() + self.config.metadata_refresh_s
             batch = _Batch()
             while not stop.is_set():
@@ -476,16 +485,20 @@ def run_archives(sources: list[EventSource], catalog_factory: Callable[[], Any],
     """One archiver thread per source. A source that fails (e.g. incompatible schema drift) stops alone;
     the others go on until ``stop`` (or, with ``drain``, until caught up). Returns each source's outcome."""
     results: dict[str, BaseException | RunStats] = {}
+    # One catalog per thread, opened here one after the other: opening a fresh sqlite catalog creates its
+    # tables, which concurrent openers would race on.
+    catalogs = [catalog_factory() for _ in sources]
 
-    def work(source: EventSource) -> None:
+    def work(source: EventSource, catalog: Any) -> None:
         try:
-            archiver = SourceArchiver(source, catalog_factory(), config)
+            archiver = SourceArchiver(source, catalog, config)
             results[source.name] = archiver.run(stop, drain=drain)
         except BaseException as exc:  # noqa: BLE001 - reported per source
             log.error("archive %s: STOPPED: %s", source.name, exc)
             results[source.name] = exc
 
-    threads = [threading.Thread(target=work, args=(s,), name=f"archive-{s.name}", daemon=True) for s in sources]
+    threads = [threading.Thread(target=work, args=(s, c), name=f"archive-{s.name}", daemon=True)
+               for s, c in zip(sources, catalogs)]
     for t in threads:
         t.start()
     for t in threads:

@@ -186,17 +186,24 @@ def dead_letter_partition_spec(schema: Any) -> Any:
 
 
 def _create(catalog: Any, identifier: str, schema: Any, spec: Any) -> Any:
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+    """Create the namespace and table; a concurrent creator (another source's thread, Spark) may win either
+    race, which surfaces as AlreadyExists or as the sqlite unique constraint: then use what exists."""
+    from pyiceberg.exceptions import NoSuchTableError
 
     namespace, _ = table_identifier(identifier)
     try:
         catalog.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
-        pass
+    except Exception:  # noqa: BLE001 - re-raised below unless the namespace now exists
+        if (namespace,) not in [tuple(n) for n in catalog.list_namespaces()]:
+            raise
     try:
         return catalog.create_table(identifier, schema=schema, partition_spec=spec)
-    except TableAlreadyExistsError:  # created concurrently (another archive, Spark)
-        return catalog.load_table(identifier)
+    except Exception:  # noqa: BLE001 - same: someone else created it in between
+        try:
+            return catalog.load_table(identifier)
+        except NoSuchTableError:
+            pass
+        raise
 
 
 def _load_or_create(catalog: Any, identifier: str, schema: Any, spec: Any) -> Any:

@@ -299,7 +299,12 @@ def test_schema_drift_evolves_or_stops_one_source(kafka_bootstrap: str, kafka_to
                 return
             assert worker.is_alive() or cond(), f"archives ended early: {results}"
             time.sleep(0.5)
-        props = {s.name: iceberg_catalog.load_table(s.table).properties for s in sources}
+        props = {}
+        for s in sources:
+            try:
+                props[s.name] = iceberg_catalog.load_table(s.table).properties
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                props[s.name] = repr(exc)
         raise AssertionError(f"timed out waiting for {what}; results {results}; table properties {props}")
 
     try:
