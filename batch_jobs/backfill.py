@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder")
     parser.add_argument("--namespace", default="features", help="Iceberg namespace of the output tables")
-    parser.add_argument("--chunk-days", type=int, default=31, help="days per Spark job and Iceberg commit (default 31)")
+    parser.add_argument("--chunk-days", type=int, default=92, help="days per Spark job and Iceberg commit (default 92)")
     parser.add_argument("--rerun", action="store_true", help="recompute days already done with the same fingerprint")
     parser.add_argument("--force", action="store_true",
                         help="skip the archive-completeness gate (closed history, static test data)")

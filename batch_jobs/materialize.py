@@ -4,8 +4,10 @@ Feature views: every row of ``features.<view>_v<n>_serving`` for cut-off ``C = D
 ``EVALSHA`` of :data:`skewless.core.layout.BATCH_WRITE_LUA` with the arguments of
 :func:`skewless.core.layout.batch_write_args` (the entity's whole batch hash -- cut-off, run, epoch and every
 window field -- replaced in one script: atomic per entity, and refused when a newer cut-off is stored).
-Commands are packed to RESP once per row and sent in large pipelined batches; the argument template is
-derived from ``batch_write_args`` and checked against it on the first row of every run.
+The script is the layout's script verbatim, wrapped to apply it to a group of entities per ``EVALSHA``
+(:data:`BATCH_WRITE_MANY_LUA`; on Redis Cluster a group is one hash slot). Commands are packed to RESP
+with the constant parts packed once and sent in large pipelined batches; the per-entity argument template
+comes from ``batch_write_args`` and is checked against it on the first row of every run.
 
 Snapshot views: per entity the latest row as of the end of day D (``ts < C`` and ``created_at < C``) as
 :func:`skewless.core.layout.encode_snapshot`, ``SET ... PXAT snapshot_expire_at_ms``.
@@ -28,7 +30,23 @@ from skewless.core.timeutil import to_epoch_ms
 
 from batch_jobs.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
-DEFAULT_BATCH = 10_000
+DEFAULT_BATCH = 10_000  # entities per pipelined send
+DEFAULT_GROUP = 20  # entities per EVALSHA (same Redis Cluster slot)
+
+# The layout's BATCH_WRITE_LUA, verbatim, applied to several entities in one script call (one EVALSHA per
+# group amortises the script overhead). ARGV = for each key: argc, then that key's batch_write_args ARGV.
+# Every entity is still replaced atomically (the whole script is); on Redis Cluster a group holds keys of
+# one hash slot only.
+BATCH_WRITE_MANY_LUA = (
+    "local function write_one(KEYS, ARGV)\n" + layout.BATCH_WRITE_LUA + "\nend\n"
+    "local written, i = 0, 1\n"
+    "for k = 1, #KEYS do\n"
+    "  local argc = tonumber(ARGV[i])\n"
+    "  written = written + write_one({KEYS[k]}, {unpack(ARGV, i + 1, i + argc)})\n"
+    "  i = i + 1 + argc\n"
+    "end\n"
+    "return written\n"
+)
 
 QualityGate = Callable[[Any, date, Any], Any]
 """``gate(view, day, arrow_table)``: return False (or raise) to block materialization of a run."""
@@ -122,7 +140,8 @@ def read_serving(catalog: Any, view: FeatureView, day: date, namespace: str = DE
 def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: date, *,
                              project: str | None = None, namespace: str = DEFAULT_NAMESPACE,
                              quality_gate: QualityGate | None = None, batch_size: int = DEFAULT_BATCH,
-                             init_epoch: bool = False, rows: Any = None) -> MaterializeReport:
+                             init_epoch: bool = False, rows: Any = None,
+                             group_size: int = DEFAULT_GROUP) -> MaterializeReport:
     """Write the serving rows of the run for ``day`` into Redis (see the module docstring)."""
     project = project or default_project()
     cut = _cutoff_ms(day)
@@ -147,26 +166,25 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
     run_id = runs.pop()
     report.run_id = run_id
     t0 = time.monotonic()
-    sha = client.script_load(layout.BATCH_WRITE_LUA)
+    sha = client.script_load(BATCH_WRITE_MANY_LUA)
     tags = rows.column("entity_tag").to_pylist()
     values = [rows.column(columns[f]).to_pylist() for f in fields]
     packer = _BatchPacker(view, project, cut, run_id, epoch, fields, sha)
     if tags:
         packer.verify(tags[0], [v[0] for v in values])
+    groups = _groups(client, packer, tags, group_size)
     conn = client.connection_pool.get_connection()
     try:
-        for lo in range(0, len(tags), batch_size):
-            hi = min(lo + batch_size, len(tags))
-            payload = packer.pack(tags[lo:hi], [v[lo:hi] for v in values])
-            conn.send_packed_command([payload], check_health=False)
-            for _ in range(hi - lo):
+        for lo in range(0, len(groups), max(1, batch_size // group_size)):
+            chunk = groups[lo:lo + max(1, batch_size // group_size)]
+            conn.send_packed_command([b"".join(packer.pack_group([tags[i] for i in g], [[v[i] for i in g] for v in values])
+                                               for g in chunk)], check_health=False)
+            for g in chunk:
                 reply = conn.read_response()
                 if isinstance(reply, Exception):
                     raise reply
-                if reply == 1:
-                    report.written += 1
-                else:
-                    report.skipped_newer += 1
+                report.written += int(reply)
+                report.skipped_newer += len(g) - int(reply)
     except BaseException:
         conn.disconnect()  # unread replies must not leak into the next command
         raise
@@ -219,7 +237,7 @@ def _bulk(b: bytes) -> bytes:
 
 
 class _BatchPacker:
-    """RESP of ``EVALSHA sha 1 <batch key> <batch_write_args ARGV>`` per entity, with the constant parts packed once."""
+    """RESP of ``EVALSHA <many> n <batch keys> (argc <batch_write_args ARGV>)...``, constant parts packed once."""
 
     def __init__(self, view: FeatureView, project: str, cutoff: int, run_id: str, epoch: str,
                  fields: Sequence[str], sha: str):
@@ -231,8 +249,6 @@ class _BatchPacker:
         names = sorted([*consts, *fields])
         if names[:3] != ["cutoff", "epoch", "run"]:
             raise AssertionError(f"unexpected batch field order {names}")
-        argc = 3 + 2 + 2 * len(names)  # EVALSHA sha numkeys key + expire cutoff + pairs
-        self.head = b"*%d\r\n" % (argc + 1) + _bulk(b"EVALSHA") + _bulk(sha.encode()) + _bulk(b"1")
         self.middle = _bulk(str(layout.batch_expire_at_ms(cutoff)).encode()) + _bulk(str(cutoff).encode())
         for name in ("cutoff", "epoch", "run"):
             self.middle += _bulk(name.encode()) + _bulk(consts[name].encode())
@@ -243,25 +259,44 @@ class _BatchPacker:
         key = self.key_head.decode() + tag + self.key_tail.decode()
         rec = {"cutoff": str(self.cutoff), "run": self.run_id, "epoch": self.epoch, **dict(zip(self.fields, values))}
         keys, argv = layout.batch_write_args(key, rec)
-        expected = _pack_command(["EVALSHA", self.sha, "1", *keys, *argv])
-        if self.pack([tag], [[v] for v in values]) != expected:
+        expected = _pack_command(["EVALSHA", self.sha, "1", *keys, str(len(argv)), *argv])
+        if self.pack_group([tag], [[v] for v in values]) != expected:
             raise AssertionError("batch command template differs from layout.batch_write_args")
 
-    def pack(self, tags: Sequence[str], values: Sequence[Sequence[str]]) -> bytes:
-        parts: list[bytes] = []
-        append = parts.append
-        head, middle, kh, kt, fheads = self.head, self.middle, self.key_head, self.key_tail, self.field_heads
-        n_fields = len(fheads)
-        for i, tag in enumerate(tags):
-            key = kh + tag.encode() + kt
-            append(head)
-            append(b"$%d\r\n%s\r\n" % (len(key), key))
-            append(middle)
-            for j in range(n_fields):
+    def pack_group(self, tags: Sequence[str], values: Sequence[Sequence[str]]) -> bytes:
+        """One ``EVALSHA`` of :data:`BATCH_WRITE_MANY_LUA` for the entities ``tags``."""
+        n = len(tags)
+        argc = 2 + 2 * (3 + len(self.fields))
+        parts = [b"*%d\r\n" % (3 + n + n * (1 + argc)), _bulk(b"EVALSHA"), _bulk(self.sha.encode()), _bulk(b"%d" % n)]
+        for tag in tags:
+            key = self.key_head + tag.encode() + self.key_tail
+            parts.append(b"$%d\r\n%s\r\n" % (len(key), key))
+        argc_bulk = _bulk(b"%d" % argc)
+        middle, fheads = self.middle, self.field_heads
+        for i in range(n):
+            parts.append(argc_bulk)
+            parts.append(middle)
+            for j, fh in enumerate(fheads):
                 v = values[j][i].encode()
-                append(fheads[j])
-                append(b"$%d\r\n%s\r\n" % (len(v), v))
+                parts.append(fh)
+                parts.append(b"$%d\r\n%s\r\n" % (len(v), v))
         return b"".join(parts)
+
+
+def _groups(client: Any, packer: _BatchPacker, tags: Sequence[str], size: int) -> list[list[int]]:
+    """Row indexes in groups of at most ``size``; on Redis Cluster each group is one hash slot."""
+    try:
+        cluster = bool(client.info("cluster").get("cluster_enabled"))
+    except Exception:  # noqa: BLE001 - a server without INFO cluster is not a cluster
+        cluster = False
+    if not cluster:
+        return [list(range(i, min(i + size, len(tags)))) for i in range(0, len(tags), size)]
+    from redis.crc import key_slot
+
+    by_slot: dict[int, list[int]] = {}
+    for i, tag in enumerate(tags):
+        by_slot.setdefault(key_slot(tag.encode()), []).append(i)
+    return [ids[i:i + size] for ids in by_slot.values() for i in range(0, len(ids), size)]
 
 
 def _pack_command(args: Iterable[str]) -> bytes:

@@ -36,7 +36,7 @@ def _day_ms(d: date) -> int:
 def raw_snapshot_of_tiles(spark: Any, job: SparkBatchJob, tables: T.ViewTables) -> int:
     """The raw snapshot the current tiles were computed from (the newest in the runs log)."""
     fp = run_fingerprint(job)
-    row = spark.sql(f"SELECT max(raw_snapshot_id) FROM {tables.runs} WHERE fingerprint = '{fp}'").collect()[0]
+    row = spark.sql(f"SELECT max_by(raw_snapshot_id, finished_at) FROM {tables.runs} WHERE fingerprint = '{fp}'").collect()[0]
     if row[0] is None:
         raise T.BatchError(f"no batch run of {job.view} v{job.version} with this definition: run a backfill first")
     return int(row[0])

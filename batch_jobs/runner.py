@@ -31,7 +31,7 @@ from batch_jobs import tables as T
 from batch_jobs.raw import added_files, raw_dataframe
 from batch_jobs.spark_compiler import COMPILER_VERSION, SparkBatchJob, SparkCompiler
 
-DEFAULT_CHUNK_DAYS = 31
+DEFAULT_CHUNK_DAYS = 92  # days per Spark job and Iceberg commit (resume granularity)
 
 
 def parse_day(text: str, what: str = "date") -> date:
@@ -159,15 +159,6 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
     report.late_days = late
 
     raw_view = f"__raw_{tables.base}"
-    raw_dataframe(spark, raw, sid, start, end).createOrReplaceTempView(raw_view)
-    in_range = spark.sql(
-        f"SELECT count(*) FROM {raw_view} WHERE {_q(view.source.event_time)} >= timestamp_millis({day_start_ms(start)}L) "
-        f"AND {_q(view.source.event_time)} < timestamp_millis({cut_end}L)").collect()[0][0] if todo else None
-    if in_range == 0:
-        msg = f"WARNING: raw table {raw} has no events in {start}..{end}: those days get empty tiles"
-        report.warnings.append(msg)
-        opts.log(msg)
-
     chunks: list[list[date]] = []
     for seg in _segments(sorted(set(todo) | set(late))):
         chunks += [seg[i:i + max(1, opts.chunk_days)] for i in range(0, len(seg), max(1, opts.chunk_days))]
@@ -203,6 +194,10 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
         if opts.after_chunk is not None:
             opts.after_chunk(chunk)
 
+    if chunks and report.tile_rows == 0:
+        msg = f"WARNING: raw table {raw} has no events in the computed days ({start}..{end}): their tiles are empty"
+        report.warnings.append(msg)
+        opts.log(msg)
     if serving_due:
         t0 = time.monotonic()
         report.cutoff_ms = cutoff_ms(end)
@@ -260,7 +255,9 @@ def _q(name: str) -> str:
 def _late_days(spark: Any, raw: str, event_time: str, done: dict[date, dict[str, Any]], sid: int, wanted: set[date],
                opts: RunOptions, report: RunReport) -> list[date]:
     """Days already computed that got raw rows appended since (late events): recomputed in this run."""
-    last = max((int(v["raw_snapshot_id"]) for v in done.values() if v.get("raw_snapshot_id") is not None), default=None)
+    newest = max((v for v in done.values() if v.get("raw_snapshot_id") is not None), key=lambda v: v["finished_at"],
+                 default=None)  # snapshot ids are random: the newest run is the latest finished
+    last = None if newest is None else int(newest["raw_snapshot_id"])
     if last is None or last == sid:
         return []
     try:

@@ -194,7 +194,7 @@ def done_days(spark: Any, runs_table: str, fingerprint: str) -> dict[date, dict[
         return {}
     rows = spark.sql(
         f"SELECT day, max_by(named_struct('raw_snapshot_id', raw_snapshot_id, 'serving_rows', serving_rows, "
-        f"'run_id', run_id, 'tile_rows', tile_rows), finished_at) AS last FROM {runs_table} WHERE fingerprint = '{fingerprint}' GROUP BY day"
+        f"'run_id', run_id, 'tile_rows', tile_rows, 'finished_at', finished_at), finished_at) AS last FROM {runs_table} WHERE fingerprint = '{fingerprint}' GROUP BY day"
     ).collect()
     return {r["day"]: r["last"].asDict() for r in rows}
 

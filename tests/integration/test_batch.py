@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
@@ -12,12 +14,154 @@ import pytest
 from batch_jobs import tables as T
 from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, day_start_ms, run_range
 from skewless.core import laws, layout, oracle
-from skewless.core.dsl import Agg, Aggregation
+from skewless.core.admission import admit
+from skewless.core.dsl import (Agg, Aggregation, DaysSince, Derived, Entity, EventSource, FeatureView, Ref, Where,
+                               Window)
 from skewless.core.routing import is_stream_served
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, floor_ms
-from tests.integration.batch_data import FIELD_TYPES, make_records, make_view, offline_events, write_raw
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, floor_ms, from_epoch_ms
 
 pytestmark = pytest.mark.integration
+
+# --- seeded raw tables: Kafka-like records (skew, duplicates, late and future events) in the archive layout
+
+FIELD_TYPES = {"event_id": "string", "user_id": "string", "order_id": "string", "amount": "int64",
+               "currency": "string", "status": "string", "event_time": "timestamp"}
+STATUSES = ["placed", "completed", "cancelled", "refunded"]
+USER = Entity("user", {"user_id": "string"})
+
+
+def make_view(name: str, table: str, version: int = 1) -> FeatureView:
+    source = EventSource(name=f"src_{name}", schema="orders", table=table, topic=f"t_{name}", partition_key="user_id",
+                         allowed_lateness=timedelta(hours=1), clock_skew_tolerance=timedelta(minutes=5))
+    placed, completed = Where("status", "==", "placed"), Where("status", "==", "completed")
+    return FeatureView(
+        name=name, entity=USER, source=source, version=version,
+        features=[
+            Aggregation("n_1h", Agg.COUNT, None, Window.hours(1), where=placed),
+            Aggregation("amt_1h", Agg.SUM, "amount", Window.hours(1)),
+            Aggregation("min_3d", Agg.MIN, "amount", Window.days(3)),
+            Aggregation("avg_7d", Agg.AVG, "amount", Window.days(7), where=Where("status", "in", ["placed", "completed"])),
+            Aggregation("max_30d", Agg.MAX, "amount", Window.days(30), where=placed),
+            Aggregation("n_365d", Agg.COUNT, None, Window.days(365), where=placed),
+            Aggregation("ltv_365d", Agg.SUM, "amount", Window.days(365), where=completed),
+            Aggregation("n_completed_365d", Agg.COUNT, None, Window.days(365), where=completed),
+            Derived("avg_ltv_365d", Ref("ltv_365d") / Ref("n_completed_365d")),
+            Aggregation("last_ts", Agg.MAX, "event_time", Window.lifetime(), where=placed),
+            Derived("days_since_last", DaysSince(Ref("last_ts"))),
+            Aggregation("last_status", Agg.LAST, "status", Window.lifetime()),
+            Aggregation("n_life", Agg.COUNT, None, Window.lifetime()),
+        ],
+    )
+
+
+def iso(ms: int) -> str:
+    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def make_records(seed: int, end_day_ms: int, users: int = 8, n: int = 500) -> list[dict[str, Any]]:
+    """Kafka records ``{partition, offset, timestamp_ms, value}`` of order events ending on day ``end_day_ms``."""
+    rng = random.Random(seed)
+    cutoff = end_day_ms + MS_PER_DAY
+    raw: list[tuple[int, int, dict[str, Any]]] = []  # (partition, kafka_ts, payload)
+
+    def add(user: int, ts: int, kafka_ts: int | None = None, event_id: str | None = None,
+            amount: int | None = None, status: str | None = None) -> dict[str, Any]:
+        payload = {"event_id": event_id or f"e{len(raw)}", "user_id": f"u{user}", "order_id": f"o{rng.randrange(10**6)}",
+                   "amount": amount if amount is not None else rng.choice([0, 1, 99, 1250, 10**12, 2**40 + 7]),
+                   "currency": "EUR", "status": status or rng.choice(STATUSES), "event_time": iso(ts)}
+        raw.append((user % 3, kafka_ts if kafka_ts is not None else ts, payload))
+        return payload
+
+    for _ in range(n):
+        user = 0 if rng.random() < 0.4 else rng.randrange(1, users)  # skew: u0 has 40%
+        r = rng.random()
+        if r < 0.15:
+            ts = cutoff - rng.randrange(30, 400) * MS_PER_DAY - rng.randrange(MS_PER_DAY)  # sparse old history
+        elif r < 0.25:  # exactly on day and tile edges
+            ts = cutoff - rng.randrange(1, 370) * MS_PER_DAY + rng.choice([0, -1, 1, 5 * MS_PER_MINUTE, MS_PER_HOUR])
+        else:
+            ts = cutoff - rng.randrange(1, 12 * MS_PER_DAY)
+        add(user, ts)
+    for _ in range(30):  # late: stamped hours before their record timestamp (beyond the allowed lateness)
+        ts = cutoff - rng.randrange(2, 20) * MS_PER_DAY
+        add(rng.randrange(users), ts - 3 * MS_PER_HOUR - rng.randrange(MS_PER_DAY), kafka_ts=ts)
+    for _ in range(15):  # future: stamped more than the 5-minute tolerance after the record timestamp
+        ts = cutoff - rng.randrange(2, 10) * MS_PER_DAY
+        add(rng.randrange(users), ts + 6 * MS_PER_MINUTE, kafka_ts=ts)
+    add(1, cutoff - 5 * MS_PER_DAY + 5 * MS_PER_MINUTE, kafka_ts=cutoff - 5 * MS_PER_DAY)  # exactly at the tolerance
+    originals = [p for _, _, p in raw]
+    for p in rng.sample(originals, 40):  # duplicates: same (id, time), later offset, other amount (first wins)
+        ts = int(datetime.fromisoformat(p["event_time"].replace("Z", "+00:00")).timestamp() * 1000)
+        user = int(p["user_id"][1:])
+        add(user, ts, kafka_ts=ts + rng.randrange(1, MS_PER_HOUR * 5), event_id=p["event_id"], amount=7,
+            status=p["status"])
+    p = originals[0]
+    ts0 = int(datetime.fromisoformat(p["event_time"].replace("Z", "+00:00")).timestamp() * 1000)
+    add(int(p["user_id"][1:]), ts0 + 1, event_id=p["event_id"], amount=5)  # same id, other time: distinct event
+    moved = dict(p)
+    raw.append(((int(p["user_id"][1:]) + 1) % 3, ts0 + 10, moved))  # same (id, time) in another partition: distinct
+    for ts in (cutoff + 2 * MS_PER_HOUR, cutoff + 26 * MS_PER_HOUR):  # after the cut-off (also moves the archive on)
+        add(99, ts)
+    by_partition: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for part, kts, payload in raw:
+        by_partition.setdefault(part, []).append((kts, payload))
+    records = []
+    for part, items in sorted(by_partition.items()):
+        items.sort(key=lambda x: x[0])
+        for offset, (kts, payload) in enumerate(items):
+            records.append({"partition": part, "offset": offset, "timestamp_ms": kts, "value": json.dumps(payload)})
+    return records
+
+
+def offline_events(records: list[dict[str, Any]], view: FeatureView) -> list[dict[str, Any]]:
+    return list(admit(records, view.source, key_fields=view.entity.key_names).offline)
+
+
+def write_raw(spark: Any, catalog: Any, view: FeatureView, records: list[dict[str, Any]],
+              complete_until_ms: int | None = None) -> None:
+    """Append records to the view's raw table in the archive's layout (``skewless.archive.tables.ensure_tables``),
+    then record the archive progress as the archive does (table properties). Malformed records never land here."""
+    from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType, TimestampType
+
+    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.archive.tables import ensure_tables
+    from skewless.core.schemas import load_schema
+
+    ensure_tables(catalog, view.source, load_schema("orders"))
+    table = "skewless." + view.source.table
+    schema = StructType([StructField(n, t) for n, t in [
+        ("event_id", StringType()), ("user_id", StringType()), ("order_id", StringType()), ("amount", LongType()),
+        ("currency", StringType()), ("status", StringType()), ("event_time", TimestampType()),
+        ("_partition", IntegerType()), ("_offset", LongType()), ("_kafka_ts", TimestampType()),
+        ("_ingested_at", TimestampType())]])
+    now = datetime.now(timezone.utc)
+    rows = []
+    for r in records:
+        p = json.loads(r["value"])
+        ts = datetime.fromisoformat(p["event_time"].replace("Z", "+00:00"))
+        rows.append((p["event_id"], p["user_id"], p["order_id"], p["amount"], p["currency"], p["status"], ts,
+                     r["partition"], r["offset"], from_epoch_ms(r["timestamp_ms"]), now))
+    columns = [f.name for f in spark.table(table).schema.fields]
+    spark.createDataFrame(rows, schema).select(*columns).writeTo(table).append()
+    if complete_until_ms is None:  # as the archive computes it once every partition caught up
+        lateness = int(view.source.allowed_lateness.total_seconds() * 1000)
+        skew = int(view.source.clock_skew_tolerance.total_seconds() * 1000)
+        times = [json.loads(r["value"])["event_time"] for r in records
+                 if _ms(json.loads(r["value"])["event_time"]) <= r["timestamp_ms"] + skew]
+        complete_until_ms = max(_ms(t) for t in times) - lateness
+    offsets = {}
+    for r in records:
+        offsets[str(r["partition"])] = max(offsets.get(str(r["partition"]), 0), r["offset"] + 1)
+    progress = json.dumps({"complete_until_ms": complete_until_ms, "committed_at_ms": 0, "partitions": {}})
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('{OFFSETS_PROP}' = '{json.dumps(offsets)}', "
+              f"'{PROGRESS_PROP}' = '{progress}')")
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+# --- tests
 
 END = datetime.now(timezone.utc).date() - timedelta(days=1)  # recent: batch hashes expire 5 days after their cut-off
 START = END - timedelta(days=400)
@@ -84,7 +228,7 @@ def test_daily_tiles_equal_the_laws_over_the_oracle_offline_set(spark: Any, ds: 
 
 
 def _sample_instants(ds: Dataset) -> list[int]:
-    rng = __import__("random").Random(3)
+    rng = random.Random(3)
     ts = sorted({e["event_time"] for e in ds.events if e["event_time"] < C + 2 * MS_PER_DAY})
     out = {C, C - 1, C + 1, C - MS_PER_DAY, C - 5 * MS_PER_MINUTE, C - 365 * MS_PER_DAY, C - 364 * MS_PER_DAY + 1}
     for t in rng.sample(ts, 25):
@@ -191,3 +335,187 @@ def test_quality_gate_blocks_materialization(iceberg_catalog: Any, redis_client:
     with pytest.raises(QualityGateBlocked):
         materialize_feature_view(iceberg_catalog, redis_client, ds.view, END, project="bt", quality_gate=gate)
     assert redis_client.keys("bt:*:b") == []
+
+
+def _table_rows(spark: Any, namespace: str, name: str) -> tuple[list, list]:
+    tables = T.ViewTables(namespace, name, 1)
+    return _rows(spark, tables.tiles, "user_id, day"), _rows(spark, tables.serving, "user_id")
+
+
+def test_backfill_twice_is_identical_and_a_killed_backfill_resumes_to_the_same_tables(
+        spark: Any, iceberg_catalog: Any, ds: Dataset) -> None:
+    start = END - timedelta(days=20)
+    opts = dict(chunk_days=7, catalog=iceberg_catalog, log=_quiet)
+    first = run_range(spark, ds.view, ds.job, start, END, RunOptions(namespace="bt_a", **opts))
+    assert len(first.computed_days) == 21
+    clean = _table_rows(spark, "bt_a", ds.name)
+    again = run_range(spark, ds.view, ds.job, start, END, RunOptions(namespace="bt_a", rerun=True, **opts))
+    assert len(again.computed_days) == 21 and _table_rows(spark, "bt_a", ds.name) == clean
+    resumed = run_range(spark, ds.view, ds.job, start, END, RunOptions(namespace="bt_a", **opts))
+    assert resumed.computed_days == [] and resumed.serving_rows is None  # all done: nothing recomputed
+
+    def die(chunk: list[date]) -> None:
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_range(spark, ds.view, ds.job, start, END, RunOptions(namespace="bt_b", after_chunk=die, **opts))
+    rest = run_range(spark, ds.view, ds.job, start, END, RunOptions(namespace="bt_b", **opts))
+    assert len(rest.skipped_days) == 7 and len(rest.computed_days) == 14
+    assert _table_rows(spark, "bt_b", ds.name) == clean
+
+
+def test_bad_input_is_refused_before_anything_is_written(spark: Any, iceberg_catalog: Any) -> None:
+    from batch_jobs.runner import parse_day
+
+    with pytest.raises(T.BatchError, match="2024-02-30"):
+        parse_day("2024-02-30")
+    uid = uuid.uuid4().hex[:8]
+    view = make_view(f"bad_{uid}", f"raw.bad_{uid}")
+    job = compile_feature_view(view, FIELD_TYPES)
+    with pytest.raises(T.NoRawDataError, match="does not exist"):
+        run_range(spark, view, job, END, END, RunOptions(catalog=iceberg_catalog, log=_quiet))
+    with pytest.raises(T.BatchError, match="after"):
+        run_range(spark, view, job, END, END - timedelta(days=1), RunOptions(catalog=iceberg_catalog, log=_quiet))
+    spark.sql(f"CREATE TABLE skewless.raw.bad_{uid} (event_id STRING, user_id STRING, amount STRING, status STRING, "
+              "event_time TIMESTAMP, _partition INT, _offset BIGINT, _kafka_ts TIMESTAMP) USING iceberg")
+    with pytest.raises(T.RawSchemaError, match="'amount' is string"):
+        run_range(spark, view, job, END, END, RunOptions(catalog=iceberg_catalog, log=_quiet))
+    assert not spark.catalog.tableExists(T.ViewTables("features", view.name, 1).tiles)
+
+
+def test_archive_gate_late_events_and_empty_ranges(spark: Any, iceberg_catalog: Any) -> None:
+    uid = uuid.uuid4().hex[:8]
+    view = make_view(f"gate_{uid}", f"raw.gate_{uid}")
+    job = compile_feature_view(view, FIELD_TYPES)
+    records = make_records(11, day_start_ms(END), users=3, n=60)
+    records = [r for r in records if r["timestamp_ms"] < C - MS_PER_DAY]  # the archive is a day behind
+    write_raw(spark, iceberg_catalog, view, records)
+    tables = T.ViewTables("features", view.name, 1)
+    with pytest.raises(T.ArchiveNotCompleteError, match="complete until"):
+        run_range(spark, view, job, END, END, RunOptions(catalog=iceberg_catalog, log=_quiet))
+    assert not spark.catalog.tableExists(tables.tiles)
+    d1, d2 = END - timedelta(days=3), END - timedelta(days=1)
+    run_range(spark, view, job, d1, d2, RunOptions(catalog=iceberg_catalog, log=_quiet, force=True))
+    # a late event for d1 arrives with the next day's records; the run of END recomputes d1 as well
+    late_ms = day_start_ms(d1) + 5 * MS_PER_HOUR
+    late = {"partition": 0, "offset": 10_000, "timestamp_ms": C - MS_PER_HOUR,
+            "value": json.dumps({"event_id": "late-1", "user_id": "u0", "order_id": "o", "amount": 5,
+                                                "currency": "EUR", "status": "completed",
+                                                "event_time": iso(late_ms)})}
+    write_raw(spark, iceberg_catalog, view, [late], complete_until_ms=C)
+    report = run_range(spark, view, job, END, END, RunOptions(catalog=iceberg_catalog, log=_quiet))
+    assert report.late_days == [d1] and set(report.computed_days) == {d1, END}
+    events = offline_events(records + [late], view)
+    want = sum(e["amount"] for e in events if e["status"] == "completed" and floor_ms(e["event_time"], MS_PER_DAY)
+               == day_start_ms(d1) and e["user_id"] == "u0")
+    got = spark.sql(f"SELECT ltv_365d FROM {tables.tiles} WHERE day = DATE'{d1}' AND user_id = 'u0'").collect()
+    assert got[0][0] == want
+    empty = run_range(spark, view, job, END - timedelta(days=900), END - timedelta(days=899),
+                      RunOptions(catalog=iceberg_catalog, log=_quiet, write_serving=False))
+    assert any("no events" in w for w in empty.warnings) and empty.tile_rows == 0, (empty.warnings, empty.tile_rows, empty.computed_days)
+
+
+def test_snapshot_view_materializes_its_latest_rows_with_ttl(spark: Any, iceberg_catalog: Any, redis_client: Any) -> None:
+    from batch_jobs.materialize import materialize_snapshot_view
+    from skewless.core.dsl import Field, SnapshotView, TableSource
+    from skewless.core.timeutil import from_epoch_ms
+
+    uid = uuid.uuid4().hex[:8]
+    table = f"crm.profile_{uid}"
+    spark.sql("CREATE NAMESPACE IF NOT EXISTS skewless.crm")
+    spark.sql(f"CREATE TABLE skewless.{table} (user_id STRING, credit_score BIGINT, segment STRING, "
+              "event_time TIMESTAMP, created_at TIMESTAMP) USING iceberg")
+    rows = [("u1", 700, "new", C - 30 * MS_PER_HOUR, C - 29 * MS_PER_HOUR),
+            ("u1", 710, "vip", C - 10 * MS_PER_HOUR, C - 9 * MS_PER_HOUR),
+            ("u1", 999, "vip", C - 10 * MS_PER_HOUR, C + MS_PER_HOUR),  # created after the cut-off: not yet known
+            ("u2", 650, None, C - 3 * MS_PER_DAY, C - 3 * MS_PER_DAY),  # older than the ttl: kept to say `expired`
+            ("u3", 600, "new", C + MS_PER_HOUR, C + MS_PER_HOUR)]  # after the cut-off
+    spark.createDataFrame([(u, s, g, from_epoch_ms(t), from_epoch_ms(c)) for u, s, g, t, c in rows],
+                          "user_id string, credit_score bigint, segment string, event_time timestamp, created_at timestamp"
+                          ).writeTo(f"skewless.{table}").append()
+    view = SnapshotView(f"prof_{uid}", make_view("x", "raw.x").entity,
+                        TableSource(f"src_{uid}", table, "customer_profile", created_at="created_at"),
+                        [Field("credit_score", "int64"), Field("segment", "string")], ttl=timedelta(days=1))
+    redis_client.set(layout.epoch_key("bt"), "E1")
+    report = materialize_snapshot_view(iceberg_catalog, redis_client, view, END, project="bt")
+    assert report.rows == 2 and report.written == 2
+    ts, created, epoch, values = layout.decode_snapshot(view, redis_client.get(layout.snapshot_key("bt", view, ("u1",))))
+    assert (ts, created, epoch, values) == (C - 10 * MS_PER_HOUR, C - 9 * MS_PER_HOUR, "E1",
+                                             {"credit_score": 710, "segment": "vip"})
+    assert redis_client.pttl(layout.snapshot_key("bt", view, ("u2",))) > 0
+    assert redis_client.get(layout.snapshot_key("bt", view, ("u3",))) is None
+
+
+@pytest.mark.slow
+def test_spark_submit_backfill_on_a_standalone_cluster(tmp_path: Any) -> None:
+    """``skewless backfill --master spark://127.0.0.1:<port>`` (spark-submit) against a real standalone master and
+    worker started from the pyspark wheel, on loopback; raw data written by PyIceberg into a temporary catalog."""
+    import os
+    import subprocess
+    import sys
+    import time as _time
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.archive.tables import ensure_tables
+    from skewless.core.repo import load_repository
+    from skewless.core.schemas import load_schema
+    from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.stack.base import free_port
+
+    repo = load_repository("feature_defs")
+    view = next(v for v in repo.views if v.name == "user_order_stats")
+    catalog = load_catalog(catalog_db=tmp_path / "catalog.db", warehouse=tmp_path / "warehouse")
+    raw, _ = ensure_tables(catalog, view.source, load_schema("orders"))
+    records = make_records(5, day_start_ms(END), users=5, n=200)
+    rows = []
+    for r in records:
+        p = json.loads(r["value"])
+        rows.append({**p, "event_time": from_epoch_ms(_ms(p["event_time"])), "_partition": r["partition"],
+                     "_offset": r["offset"], "_kafka_ts": from_epoch_ms(r["timestamp_ms"]),
+                     "_ingested_at": from_epoch_ms(r["timestamp_ms"])})
+    raw.append(pa.Table.from_pylist(rows, schema=raw.schema().as_arrow()))
+    with raw.transaction() as tx:
+        tx.set_properties({OFFSETS_PROP: '{"0": 1}', PROGRESS_PROP: json.dumps({"complete_until_ms": C + 1})})
+
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SKEWLESS_CATALOG_DB=str(tmp_path / "catalog.db"),
+               SKEWLESS_WAREHOUSE=str(tmp_path / "warehouse"), PYSPARK_PYTHON=sys.executable)
+    port = free_port()
+    logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("master", "worker")}
+    master = subprocess.Popen([str(bin_dir / "spark-class"), "org.apache.spark.deploy.master.Master", "--host",
+                               "127.0.0.1", "--port", str(port), "--webui-port", str(free_port())],
+                              stdout=logs["master"], stderr=subprocess.STDOUT, env=env)
+    worker = None
+    try:
+        deadline = _time.monotonic() + 180
+        while "leader" not in (tmp_path / "master.log").read_text() and _time.monotonic() < deadline:
+            _time.sleep(1)
+        worker = subprocess.Popen([str(bin_dir / "spark-class"), "org.apache.spark.deploy.worker.Worker",
+                                   f"spark://127.0.0.1:{port}", "--host", "127.0.0.1", "--cores", "2", "--memory", "2g",
+                                   "--webui-port", str(free_port()), "--work-dir", str(tmp_path / "work")],
+                                  stdout=logs["worker"], stderr=subprocess.STDOUT, env=env)
+        while "Successfully registered" not in (tmp_path / "worker.log").read_text() and _time.monotonic() < deadline:
+            _time.sleep(1)
+        assert "Successfully registered" in (tmp_path / "worker.log").read_text(), (tmp_path / "worker.log").read_text()
+        start = END - timedelta(days=6)
+        out = subprocess.run([str(bin_dir / "skewless"), "backfill", "--view", "user_order_stats", "--start",
+                              str(start), "--end", str(END), "--master", f"spark://127.0.0.1:{port}",
+                              "--driver-memory", "1g"], env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"on spark://127.0.0.1:{port}" in out.stdout
+        assert sum("tile rows" in line for line in out.stdout.splitlines()) == 7
+        served = catalog.load_table("features.user_order_stats_v1_serving").scan().to_arrow()
+        assert served.num_rows == len({e["user_id"] for e in offline_events(records, view) if e["event_time"] < C})
+    finally:
+        for proc in (worker, master):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        for f in logs.values():
+            f.close()

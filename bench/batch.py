@@ -1,0 +1,243 @@
+"""Batch path: 365-day windows over N events / U users, Spark + Iceberg + Redis (all temporary, loopback).
+
+Data: ``N`` order events over the 365 days ending yesterday (UTC), ``U`` users (Zipf-like skew), 0.5 %
+duplicate deliveries and 0.1 % future-stamped records, in a raw table of the archive's layout (written with
+Spark; archive progress set complete). View: the example repository's ``user_order_stats`` (365d COUNT/SUM,
+7/30/90d windows, lifetime MAX/LAST).
+
+Metrics:
+
+- ``backfill_365d_s``: wall time of the full backfill (daily tiles of 365 days + serving rows of the last
+  cut-off; default chunking, ``SKEWLESS_BENCH_BATCH_CHUNK_DAYS``).
+- ``backfill_365d_peak_rss_mib``: peak RSS of the Spark JVM during the backfill (``VmHWM`` reset before it) +
+  the driver's Python.
+- ``backfill_floor_s``: a hand-written Spark query of the same 365-day SUM (same offline set: future records
+  out, duplicates collapsed) in the same session; its result is checked equal to the batch's.
+- ``backfill_scan_only_s`` (info): the same SUM without de-duplication/future filter (not the same number).
+- ``incremental_day_s``: one more day of events appended, then the daily run (gate, tiles of the day, serving).
+- ``materialize_rows_per_s``: serving rows (one per user) into a local Redis via ``skewless materialize``'s code.
+
+Sizes: ``SKEWLESS_BENCH_BATCH_EVENTS`` (10,000,000), ``SKEWLESS_BENCH_BATCH_USERS`` (100,000),
+``SKEWLESS_BENCH_BATCH_DAYS`` (365). Run alone: ``.venv/bin/python bench/batch.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+N_EVENTS = int(os.environ.get("SKEWLESS_BENCH_BATCH_EVENTS", "10000000"))
+N_USERS = int(os.environ.get("SKEWLESS_BENCH_BATCH_USERS", "100000"))
+N_DAYS = int(os.environ.get("SKEWLESS_BENCH_BATCH_DAYS", "365"))
+CHUNK_DAYS = int(os.environ.get("SKEWLESS_BENCH_BATCH_CHUNK_DAYS", "92"))
+DRIVER_MEMORY = os.environ.get("SKEWLESS_BENCH_BATCH_DRIVER_MEMORY", "6g")
+FLOOR_RATIO_GOAL = 1.5
+MATERIALIZE_GOAL = 150_000
+MS_PER_DAY = 86_400_000
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_hwm(pid: int) -> None:
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _generate(spark: Any, table: str, first_day_ms: int, days: int, n: int, users: int, seed: int) -> None:
+    """``n`` events over ``days`` days from ``first_day_ms``, appended to the raw table (archive layout)."""
+    from pyspark.sql import functions as F
+
+    ts = F.lit(first_day_ms) + (F.abs(F.xxhash64(F.col("id"), F.lit(seed))) % F.lit(days * MS_PER_DAY))
+    # skew: user = floor(users * u^2) for u uniform in [0, 1)
+    u = (F.abs(F.xxhash64(F.col("id"), F.lit(seed + 1))) % F.lit(1_000_000)) / F.lit(1_000_000.0)
+    user = F.floor(F.lit(users) * u * u).cast("long")
+    status_i = F.abs(F.xxhash64(F.col("id"), F.lit(seed + 2))) % F.lit(10)
+    status = (F.when(status_i < 4, "placed").when(status_i < 8, "completed").when(status_i < 9, "cancelled")
+              .otherwise("refunded"))
+    base = spark.range(n).select(
+        F.concat(F.lit(f"e{seed}-"), F.col("id").cast("string")).alias("event_id"),
+        F.concat(F.lit("u"), user.cast("string")).alias("user_id"),
+        F.concat(F.lit("o"), (F.col("id") / 3).cast("long").cast("string")).alias("order_id"),
+        (F.abs(F.xxhash64(F.col("id"), F.lit(seed + 3))) % F.lit(100_000)).alias("amount"),
+        F.lit("EUR").alias("currency"), status.alias("status"),
+        ts.alias("ts_ms"), (F.col("id") % 200 == 0).alias("dup"), (F.col("id") % 1000 == 7).alias("future"),
+    )
+    rows = base.unionByName(base.where("dup"))  # duplicate deliveries (same id and time)
+    rows = rows.select(
+        "event_id", "user_id", "order_id", "amount", "currency", "status",
+        F.timestamp_millis("ts_ms").alias("event_time"),
+        (F.abs(F.hash("user_id")) % 3).cast("int").alias("_partition"),
+        F.monotonically_increasing_id().alias("_offset"),
+        F.timestamp_millis(F.when(F.col("future"), F.col("ts_ms") - 600_000).otherwise(F.col("ts_ms"))).alias("_kafka_ts"),
+        F.current_timestamp().alias("_ingested_at"),
+    )
+    rows.writeTo(table).append()
+
+
+def _set_progress(spark: Any, table: str, complete_until_ms: int) -> None:
+    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+
+    doc = json.dumps({"complete_until_ms": complete_until_ms, "committed_at_ms": 0, "partitions": {}})
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('{OFFSETS_PROP}' = '{{\"0\": 1}}', '{PROGRESS_PROP}' = '{doc}')")
+
+
+def run() -> dict[str, Any]:
+    import redis
+
+    from batch_jobs.materialize import materialize_feature_view
+    from batch_jobs.runner import RunOptions, compile_view, cutoff_ms, day_start_ms, run_range
+    from batch_jobs.tables import ViewTables
+    from skewless.archive.tables import ensure_tables
+    from skewless.core.repo import load_repository
+    from skewless.core.schemas import load_schema
+    from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.engines.spark_session import spark_session
+    from skewless.stack.base import free_port
+    from skewless.stack.procs import wait_until
+    from skewless.stack.redis import RedisServer
+
+    root = Path(tempfile.mkdtemp(prefix="skewless-bench-batch-"))
+    redis_server, started = None, None
+    spark = None
+    try:
+        repo = load_repository(Path(__file__).resolve().parent.parent / "feature_defs")
+        view = next(v for v in repo.views if v.name == "user_order_stats")
+        job = compile_view(repo, view)
+        catalog = load_catalog(catalog_db=root / "catalog.db", warehouse=root / "warehouse")
+        ensure_tables(catalog, view.source, load_schema(view.source.schema))
+        spark = spark_session("skewless-bench-batch", master="local[*]", warehouse=root / "warehouse",
+                              catalog_db=root / "catalog.db", driver_memory=DRIVER_MEMORY, shuffle_partitions=8,
+                              extra_conf={"spark.sql.adaptive.enabled": "true"})
+        spark.sparkContext.setLogLevel("ERROR")
+        jvm_pid = int(spark.sparkContext._jvm.ProcessHandle.current().pid())
+        raw = f"skewless.{view.source.table}"
+        today = datetime.now(timezone.utc).date()
+        end = today - timedelta(days=2)  # one more day is added for the incremental run
+        start = end - timedelta(days=N_DAYS - 1)
+        t0 = time.monotonic()
+        _generate(spark, raw, day_start_ms(start), N_DAYS, N_EVENTS, N_USERS, seed=1)
+        gen_s = time.monotonic() - t0
+        _set_progress(spark, raw, cutoff_ms(end) + 1)
+
+        # full backfill
+        _reset_hwm(jvm_pid)
+        py_hwm0 = _vm_hwm_kib(os.getpid())
+        t0 = time.monotonic()
+        report = run_range(spark, view, job, start, end, RunOptions(chunk_days=CHUNK_DAYS, catalog=catalog,
+                                                                    log=lambda s: None))
+        backfill_s = time.monotonic() - t0
+        peak_mib = (_vm_hwm_kib(jvm_pid) + max(_vm_hwm_kib(os.getpid()), py_hwm0)) / 1024
+
+        # the floor: the same 365d SUM, hand-written, same offline set
+        cut = cutoff_ms(end)
+        lo = cut - 365 * MS_PER_DAY
+        t0 = time.monotonic()
+        floor_rows = spark.sql(_floor_sql(spark, raw, lo, cut)).collect()
+        floor_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        spark.sql(_scan_sql(spark, raw, lo, cut)).collect()
+        scan_s = time.monotonic() - t0
+
+        tables = ViewTables("features", view.name, view.version)
+        import pyiceberg.expressions as E
+
+        from skewless.core import laws
+
+        serving = catalog.load_table(tables.ident("serving")).scan(row_filter=E.EqualTo("cutoff_ms", cut)).to_arrow()
+        field = f"w:{365 * MS_PER_DAY}"
+        idx = [a.name for a in job.windows[[w.field for w in job.windows].index(field)].aggregations].index("customer_ltv_365d")
+        got = {}
+        for user, text in zip(serving.column("user_id").to_pylist(), serving.column(field.replace(":", "_")).to_pylist()):
+            parts = laws.loads(text)
+            total = sum(laws.law("sum").decode(p[idx]) for p in parts)
+            if total:
+                got[user] = total
+        want = {r[0]: r[1] for r in floor_rows if r[1]}
+        if got != want:
+            raise AssertionError(f"batch 365d SUM differs from the hand-written query for {len(set(got.items()) ^ set(want.items()))} users")
+
+        # incremental day
+        next_day = end + timedelta(days=1)
+        _generate(spark, raw, day_start_ms(next_day), 1, max(1, N_EVENTS // N_DAYS), N_USERS, seed=2)
+        _set_progress(spark, raw, cutoff_ms(next_day) + 1)
+        t0 = time.monotonic()
+        run_range(spark, view, job, next_day, next_day, RunOptions(catalog=catalog, log=lambda s: None))
+        incremental_s = time.monotonic() - t0
+
+        # materialization into a local Redis
+        redis_server = RedisServer(port=free_port())
+        started = redis_server.start(root / "redis", root / "redis" / "logs")
+        wait_until(redis_server.healthy, 60, "redis")
+        client = redis.Redis.from_url(redis_server.url)
+        client.set("skewless:v1:epoch", "bench")
+        m = materialize_feature_view(catalog, client, view, next_day, project="skewless")
+        m2 = materialize_feature_view(catalog, client, view, next_day, project="skewless")  # idempotent re-run
+        return {
+            "backfill_365d_s": {"value": round(backfill_s, 1), "unit": "s", "peer": round(floor_s * FLOOR_RATIO_GOAL, 1),
+                                "note": f"{N_EVENTS:,} events, {N_USERS:,} users, {N_DAYS} days, chunks of {CHUNK_DAYS} d; "
+                                        f"{report.tile_rows:,} tile rows; ratio to floor {backfill_s / floor_s:.2f}"},
+            "backfill_365d_peak_rss_mib": {"value": round(peak_mib), "unit": "MiB",
+                                           "note": f"JVM VmHWM + driver python, driver memory {DRIVER_MEMORY}"},
+            "backfill_floor_s": {"value": round(floor_s, 1), "unit": "s", "floor": round(floor_s, 1),
+                                 "note": "hand-written 365d SUM, same offline set (dedupe + future filter), same result"},
+            "backfill_scan_only_s": {"value": round(scan_s, 1), "unit": "s",
+                                     "note": "365d SUM without dedupe/future filter (not the contract's number)"},
+            "incremental_day_s": {"value": round(incremental_s, 1), "unit": "s",
+                                  "note": f"{N_EVENTS // N_DAYS:,} events appended; tiles of one day + serving rows"},
+            "materialize_rows_per_s": {"value": round(max(m.rows_per_s, m2.rows_per_s)), "unit": "rows/s",
+                                       "floor": MATERIALIZE_GOAL,
+                                       "note": f"{m.rows:,} entities; first {m.rows_per_s:,.0f}/s, re-run {m2.rows_per_s:,.0f}/s"},
+            "batch_data_generation_s": {"value": round(gen_s, 1), "unit": "s", "note": "info"},
+        }
+    finally:
+        if spark is not None:
+            spark.stop()
+        if redis_server is not None and started is not None:
+            redis_server.stop(started)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _raw_sql(spark: Any, raw: str) -> str:
+    from batch_jobs.raw import raw_dataframe
+    from batch_jobs.tables import current_snapshot_id
+
+    raw_dataframe(spark, raw, current_snapshot_id(spark, raw)).createOrReplaceTempView("__bench_raw")
+    return "__bench_raw"
+
+
+def _floor_sql(spark: Any, raw: str, lo: int, cut: int) -> str:
+    src = _raw_sql(spark, raw)
+    return f"""
+        SELECT user_id, sum(amount) AS ltv FROM (
+          SELECT user_id, amount, status, row_number() OVER (
+            PARTITION BY _partition, event_id, unix_millis(event_time) ORDER BY _offset) AS rk
+          FROM {src}
+          WHERE event_time >= timestamp_millis({lo}L) AND event_time < timestamp_millis({cut}L)
+            AND unix_millis(event_time) <= unix_millis(_kafka_ts) + 300000L)
+        WHERE rk = 1 AND status = 'completed' GROUP BY user_id"""
+
+
+def _scan_sql(spark: Any, raw: str, lo: int, cut: int) -> str:
+    src = _raw_sql(spark, raw)
+    return (f"SELECT user_id, sum(amount) FROM {src} WHERE status = 'completed' AND event_time >= timestamp_millis({lo}L) "
+            f"AND event_time < timestamp_millis({cut}L) GROUP BY user_id")
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
