@@ -1,0 +1,579 @@
+"""The Flink compiler: a view plan's stream part as Flink SQL (docs/streaming.md).
+
+One source's job is a chain of generated views over the raw Kafka topic, ending in ONE changelog query
+(``UNION ALL`` of tile aggregates, per-partition progress and dead letters) that a Python sink applies to
+Redis (:mod:`streaming_jobs.sink`). Per source:
+
+1. ``<ns>_raw``: the topic as ``'format' = 'raw'`` BYTES plus partition/offset/timestamp metadata.
+2. ``<ns>_fields``: UTF-8 check, ``IS JSON OBJECT``, and per field the JSON text of the value
+   (``JSON_QUERY(... WITH ARRAY WRAPPER)``: its JSON type) and its scalar text (``JSON_VALUE``).
+3. ``<ns>_parsed``: admission rules 1-2 of :mod:`skewless.core.admission` as a ``CASE`` (malformed:
+   not UTF-8 / not an object / duplicate keys / integer outside int64 / each JSON-Schema keyword of the
+   source's schema / event time, event id and key fields; then future vs record timestamp + skew).
+4. ``<ns>_ordered``: rule 3 (late): a running ``MAX(ts) OVER (PARTITION BY partition ORDER BY proctime)``
+   over the records that passed 1-2, exact because one partition is read in offset order.
+5. ``<ns>_admitted``: rule 4 (duplicate): keep the first row per (partition, typed event id, ts).
+6. The changelog: per view and tile size ``GROUP BY key, tile_start`` (filters as ``FILTER (WHERE)``,
+   version = number of events applied to the tile), ``GROUP BY partition`` progress, and the dead letters.
+
+Nothing here knows a feature: it walks the plan (``TileAggregate``/``TileAgg``) and the source's JSON
+Schema. Statement text keeps ``${...}`` placeholders (namespace, topic, bootstrap, group, start mode)
+filled by :meth:`FlinkSourceJob.render`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from skewless.core import layout
+from skewless.core.admission import INT64_MAX, MAX_EVENT_MS, MIN_EVENT_MS
+from skewless.core.compiler import Compiler, Unsupported, UnsupportedFeatureError
+from skewless.core.dsl import Agg, EventSource, FeatureView, KeyType, Op, Where
+from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan
+from skewless.core.repo import Repository
+from skewless.core.schemas import schema_path
+
+ENGINE = "flink"
+KIND_TILE, KIND_PROGRESS, KIND_DEAD = "T", "P", "D"
+DEAD_LETTER_SUFFIX = ".dead-letters"
+PROGRESS_COLUMNS = ("max_event_ms", "records", "admitted_or_dup", "malformed", "future", "late")
+DEAD_COLUMNS = ("reason", "detail", "payload_b64", "record_ms")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IGNORED_KEYWORDS = {"description", "title", "$comment", "examples", "default", "x-skewless-type", "$id", "$schema"}
+_PROPERTY_KEYWORDS = {"type", "minLength", "maxLength", "pattern", "enum", "minimum", "maximum", "format"}
+_TOP_KEYWORDS = {"type", "required", "properties", "additionalProperties"}
+_ISO_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z"
+_SCHEMA_TS_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\z"
+_TS_FMT = "yyyy-MM-dd''T''HH:mm:ss"
+
+
+def dead_letter_topic(topic: str) -> str:
+    """The dead-letter topic of a source topic: ``<topic>.dead-letters``."""
+    return topic + DEAD_LETTER_SUFFIX
+
+
+# --- SQL text helpers -------------------------------------------------------------------------------------
+
+
+def q(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _above_regex(limit: str) -> str:
+    """A regex of decimal digit strings (no leading zero) whose value is > ``limit``."""
+    n = len(limit)
+    alts = [f"[1-9][0-9]{{{n},}}"]
+    for i, ch in enumerate(limit):
+        if ch != "9":
+            alts.append(f"{limit[:i]}[{int(ch) + 1}-9][0-9]{{{n - i - 1}}}")
+    return "(?:" + "|".join(alts) + ")"
+
+
+# An integer literal (no fraction/exponent) outside int64 in a value position.
+_BIG_INT_RE = (r"[:\[,]\s*(?:" + _above_regex(str(INT64_MAX)) + "|-" + _above_regex(str(INT64_MAX + 1))
+               + r")\s*[,}\]]")
+_FLAT_RE = r"^\s*\{[^{\[]*\}\s*$"
+_DUP_KEY_RE = r'"([^"\\]*)"\s*:[\s\S]*"\1"\s*:'
+
+
+@dataclass(frozen=True)
+class _Field:
+    """A payload field as the generated SQL sees it: columns ``w_<n>`` (JSON text) and ``s_<n>`` (scalar)."""
+
+    name: str
+    col: str
+
+    @property
+    def w(self) -> str:
+        return f"w_{self.col}"
+
+    @property
+    def s(self) -> str:
+        return f"s_{self.col}"
+
+
+def _is_int_json(w: str) -> str:
+    return f"REGEXP({w}, '^\\[-?[0-9]+\\]$')"
+
+
+def _is_string_json(w: str) -> str:
+    return f"{w} LIKE '[\"%'"
+
+
+# --- compiled artifacts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AggColumn:
+    """One aggregation of a tile group: how its STRING column in the changelog decodes (see sink)."""
+
+    name: str
+    agg: Agg
+    value_type: str | None  # the field's type: string/int64/float64/bool/timestamp (None for COUNT(*))
+
+
+@dataclass(frozen=True)
+class TileOutput:
+    """One tile hash of one view: the changelog rows ``kind='T', view, tile_ms`` carry its vector."""
+
+    view: str
+    view_version: int
+    tile_ms: int
+    retention_ms: int
+    key_names: tuple[str, ...]
+    key_types: tuple[str, ...]
+    columns: tuple[AggColumn, ...]
+
+
+@dataclass(frozen=True)
+class FlinkSourceJob:
+    """The generated SQL of one source's streaming job (for one or more views)."""
+
+    source: str
+    topic: str
+    views: tuple[str, ...]
+    statements: tuple[str, ...]  # CREATE TEMPORARY TABLE/VIEW, in order, with ${...} placeholders
+    changelog_query: str  # SELECT producing the unified changelog
+    outputs: tuple[TileOutput, ...]
+    key_width: int  # number of k<i> columns
+    value_width: int  # number of c<i> columns
+
+    PARAMS = ("ns", "topic", "bootstrap", "group", "startup_mode", "extra_source_options")
+
+    def render(self, **params: str) -> tuple[list[str], str]:
+        """Statements and the changelog query with placeholders filled (``ns``, ``bootstrap``, ``group``,
+        ``startup_mode``; ``topic`` defaults to the source's; ``extra_source_options`` e.g.
+        ``, 'scan.bounded.mode' = 'latest-offset'``)."""
+        values = {"topic": self.topic, "extra_source_options": "", **params}
+        missing = [p for p in self.PARAMS if p not in values]
+        if missing:
+            raise ValueError(f"render needs {missing}")
+        def sub(text: str) -> str:
+            for name, value in values.items():
+                text = text.replace("${" + name + "}", str(value))
+            return text
+
+        return [sub(s) for s in self.statements], sub(self.changelog_query)
+
+    def text(self) -> str:
+        """The whole job as one SQL script (golden files, ``skewless plan --flink``)."""
+        head = f"-- skewless flink job: source {self.source}, topic {self.topic}, views {', '.join(self.views)}\n"
+        outs = "".join(
+            f"-- tiles {o.view} v{o.view_version} H={o.tile_ms} ms retention={o.retention_ms} ms: "
+            f"{', '.join(f'c{i}={c.name}:{c.agg.value}' for i, c in enumerate(o.columns))}\n" for o in self.outputs)
+        return head + outs + "\n".join(s + ";\n" for s in self.statements) + "\n-- changelog (upsert) to the Redis sink\n" + self.changelog_query + ";\n"
+
+
+# --- the compiler -------------------------------------------------------------------------------------------
+
+
+class FlinkCompiler(Compiler[FlinkSourceJob]):
+    """Compiles the stream part of view plans to Flink SQL. ``emit(view_plan)`` gives a one-view job;
+    :meth:`compile_source` one job for several views of the same source (``run_view --view all``)."""
+
+    engine = ENGINE
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+
+    # -- support hooks --
+    def select(self, view_plan: ViewPlan) -> Iterable[PlanNode]:
+        if view_plan.stream is None:
+            return ()
+        return [view_plan.scan] + [t.aggregate for t in view_plan.stream.tiles]
+
+    def supports_aggregation(self, node: TileAggregate, index: int) -> bool:
+        a = node.aggregations[index]
+        view = self.repo.view(node.view)
+        types = self._types(view.source)
+        if a.field is not None and self._value_type(view.source, types, a.field) is None:
+            return False
+        if Agg(a.agg) in (Agg.SUM, Agg.AVG) and types.get(a.field) != "int64":
+            return False
+        if Agg(a.agg) in (Agg.MIN, Agg.MAX) and self._value_type(view.source, types, a.field) not in ("int64", "float64", "timestamp"):
+            return False
+        return all(self._value_type(view.source, types, w.field) is not None for w in a.where)
+
+    def hint(self, node: PlanNode) -> str:
+        return ("the Flink compiler handles string/int64/float64/bool fields and the event time; SUM/AVG need an "
+                "int64 field (decimal sums are not compiled yet), MIN/MAX a number or the event time: change the field type or serve it from batch")
+
+    def check(self, view_plan: ViewPlan) -> list[Unsupported]:
+        out = super().check(view_plan)
+        if view_plan.stream is None:
+            out.append(Unsupported(ENGINE, view_plan.name, None, "a view without a stream part",
+                                   "only feature views over an event source with a topic are streamed"))
+            return out
+        source = self.repo.view(view_plan.name).source
+        for problem in self._schema_problems(source):
+            out.append(Unsupported(ENGINE, view_plan.name, None, problem,
+                                   "use the JSON-Schema keywords the Flink compiler knows (see docs/streaming.md)"))
+        return out
+
+    def emit(self, view_plan: ViewPlan) -> FlinkSourceJob:
+        return self._emit_source([view_plan])
+
+    def compile_source(self, view_plans: Sequence[ViewPlan]) -> FlinkSourceJob:
+        """One job for several views reading the same source (all checked first)."""
+        problems = [p for v in view_plans for p in self.check(v)]
+        if problems:
+            raise UnsupportedFeatureError(problems)
+        sources = {v.scan.source for v in view_plans}
+        if len(sources) != 1:
+            raise ValueError(f"compile_source needs views of one source, got {sorted(sources)}")
+        return self._emit_source(list(view_plans))
+
+    # -- schema --
+    def _schema_doc(self, source: EventSource) -> dict[str, Any]:
+        return json.loads(schema_path(source.schema, self.repo.schemas_dir).read_text(encoding="utf-8"))
+
+    def _types(self, source: EventSource) -> dict[str, str]:
+        return {f.name: f.type for f in self.repo.schema(source.schema).fields}
+
+    def _value_type(self, source: EventSource, types: dict[str, str], name: str) -> str | None:
+        t = types.get(name)
+        if name == source.event_time:
+            return "timestamp"
+        if t in ("string", "int64", "float64", "bool"):
+            return t
+        return None
+
+    def _schema_problems(self, source: EventSource) -> list[str]:
+        doc = self._schema_doc(source)
+        out = [f"schema keyword {k!r}" for k in doc if k not in _TOP_KEYWORDS | _IGNORED_KEYWORDS]
+        if doc.get("additionalProperties", True) is not True:
+            out.append("schema additionalProperties other than true")
+        for name, prop in doc.get("properties", {}).items():
+            if not _IDENT.match(name):
+                out.append(f"schema property name {name!r} (use identifiers)")
+            for k in prop:
+                if k not in _PROPERTY_KEYWORDS | _IGNORED_KEYWORDS:
+                    out.append(f"schema keyword {k!r} on property {name!r}")
+            if prop.get("format") not in (None, "date-time", "decimal"):
+                out.append(f"schema format {prop['format']!r} on property {name!r}")
+            if "enum" in prop and not all(isinstance(e, str) for e in prop["enum"]):
+                out.append(f"non-string enum on property {name!r}")
+        return out
+
+    # -- SQL generation --
+    def _emit_source(self, view_plans: list[ViewPlan]) -> FlinkSourceJob:
+        views = [self.repo.view(v.name) for v in view_plans]
+        source: EventSource = views[0].source
+        scan: Scan = view_plans[0].scan
+        doc = self._schema_doc(source)
+        types = self._types(source)
+        props: dict[str, dict[str, Any]] = doc.get("properties", {})
+        required = set(doc.get("required", ()))
+        key_fields = list(dict.fromkeys([source.event_id, *([source.partition_key] if source.partition_key else []),
+                                         *(k for v in views for k in v.entity.key_names)]))
+        used = list(dict.fromkeys([*props, source.event_time, *key_fields,
+                                   *(a.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations if a.field),
+                                   *(w.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations for w in a.where)]))
+        fields = {name: _Field(name, f"{i}_{name}") for i, name in enumerate(used)}
+        statements = [self._source_ddl(), self._fields_view(fields), self._parsed_view(source, scan, fields, props, required, key_fields, types),
+                      self._ordered_view(scan), self._admitted_view()]
+        outputs, tile_queries = [], []
+        for vp, view in zip(view_plans, views):
+            groups = {g.tile_ms: g for g in layout.tile_groups(view)}
+            for st in vp.stream.tiles:
+                group = groups[st.tile_ms]
+                if tuple(a.name for a in group.aggregations) != tuple(a.name for a in st.aggregate.aggregations):
+                    raise AssertionError(f"plan and layout disagree on the tile vector of {view.name} H={st.tile_ms}")
+                out = TileOutput(view.name, view.version, st.tile_ms, group.retention_ms, view.entity.key_names,
+                                 tuple(KeyType(t).value for _, t in view.entity.join_keys),
+                                 tuple(AggColumn(a.name, Agg(a.agg), self._value_type(source, types, a.field) if a.field else None)
+                                       for a in st.aggregate.aggregations))
+                outputs.append(out)
+        key_width = max(1, *(len(o.key_names) for o in outputs))
+        value_width = max(len(PROGRESS_COLUMNS), len(DEAD_COLUMNS), *(len(o.columns) for o in outputs))
+        for out, agg_node in zip(outputs, [t.aggregate for vp in view_plans for t in vp.stream.tiles]):
+            tile_queries.append(self._tile_query(source, out, agg_node, fields, types, key_width, value_width))
+        parts = tile_queries + [self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)]
+        changelog = "\nUNION ALL\n".join(parts)
+        return FlinkSourceJob(source.name, source.topic, tuple(v.name for v in views), tuple(statements), changelog,
+                              tuple(outputs), key_width, value_width)
+
+    def _source_ddl(self) -> str:
+        return (
+            "CREATE TEMPORARY TABLE `${ns}_raw` (\n"
+            "  `bytes_value` BYTES,\n"
+            "  `kafka_partition` INT METADATA FROM 'partition' VIRTUAL,\n"
+            "  `kafka_offset` BIGINT METADATA FROM 'offset' VIRTUAL,\n"
+            "  `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,\n"
+            "  `pt` AS PROCTIME()\n"
+            ") WITH (\n"
+            "  'connector' = 'kafka', 'topic' = '${topic}', 'properties.bootstrap.servers' = '${bootstrap}',\n"
+            "  'properties.group.id' = '${group}', 'scan.startup.mode' = '${startup_mode}', 'format' = 'raw'${extra_source_options}\n"
+            ")"
+        )
+
+    def _fields_view(self, fields: dict[str, _Field]) -> str:
+        cols = [
+            "kafka_partition AS p", "kafka_offset AS o",
+            "EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms", "pt", "bytes_value", "v",
+            "v IS JSON OBJECT AS is_object",
+        ]
+        for f in fields.values():
+            cols.append(f"JSON_QUERY(v, {q('$.' + f.name)} WITH ARRAY WRAPPER) AS {f.w}")
+            cols.append(f"JSON_VALUE(v, {q('$.' + f.name)}) AS {f.s}")
+        decoded = ("(SELECT *, CASE WHEN bytes_value IS NOT NULL AND ENCODE(DECODE(bytes_value, 'UTF-8'), 'UTF-8') = bytes_value "
+                   "THEN DECODE(bytes_value, 'UTF-8') END AS v FROM `${ns}_raw`)")
+        return "CREATE TEMPORARY VIEW `${ns}_fields` AS\nSELECT\n  " + ",\n  ".join(cols) + f"\nFROM {decoded}"
+
+    def _type_ok(self, jtype: str, f: _Field) -> str:
+        if jtype == "string":
+            return _is_string_json(f.w)
+        if jtype == "integer":  # as jsonschema: a number whose value is integral
+            return f"(REGEXP({f.w}, '^\\[-?[0-9]') AND TRY_CAST({f.s} AS DOUBLE) = FLOOR(TRY_CAST({f.s} AS DOUBLE)))"
+        if jtype == "number":
+            return f"REGEXP({f.w}, '^\\[-?[0-9]')"
+        if jtype == "boolean":
+            return f"{f.w} IN ('[true]', '[false]')"
+        if jtype == "object":
+            return f"{f.w} LIKE '[{{%'"
+        if jtype == "array":
+            return f"{f.w} LIKE '[[%'"
+        raise UnsupportedFeatureError([Unsupported(ENGINE, "?", f.name, f"JSON type {jtype!r}", "use a JSON type")])
+
+    def _property_violation(self, f: _Field, prop: dict[str, Any], required: bool) -> tuple[str, str]:
+        """(SQL condition true when the property violates the schema, detail text)."""
+        declared = prop.get("type")
+        jtypes = [declared] if isinstance(declared, str) else list(declared or [])
+        nullable = "null" in jtypes
+        jtypes = [t for t in jtypes if t != "null"]
+        if required and not nullable:
+            absent = "TRUE"
+        elif not required and not nullable:  # present as null violates; absent is fine
+            absent = "REGEXP(v, " + q('"' + f.name + r'"\s*:\s*null') + ")"
+        elif required:  # nullable: absent violates, null is fine
+            absent = "NOT REGEXP(v, " + q('"' + f.name + r'"\s*:') + ")"
+        else:
+            absent = "FALSE"
+        checks = []
+        if jtypes:
+            checks.append("(" + " OR ".join(self._type_ok(t, f) for t in jtypes) + ")")
+        if "minLength" in prop:
+            checks.append(f"(NOT {_is_string_json(f.w)} OR CHAR_LENGTH({f.s}) >= {int(prop['minLength'])})")
+        if "maxLength" in prop:
+            checks.append(f"(NOT {_is_string_json(f.w)} OR CHAR_LENGTH({f.s}) <= {int(prop['maxLength'])})")
+        if "pattern" in prop:
+            checks.append(f"(NOT {_is_string_json(f.w)} OR REGEXP({f.s}, {q(prop['pattern'])}))")
+        if "enum" in prop:
+            checks.append(f"({_is_string_json(f.w)} AND {f.s} IN ({', '.join(q(e) for e in prop['enum'])}))")
+        number = f"REGEXP({f.w}, '^\\[-?[0-9]')"
+        if "minimum" in prop:
+            checks.append(f"(NOT {number} OR TRY_CAST({f.s} AS DOUBLE) >= {float(prop['minimum'])!r})")
+        if "maximum" in prop:
+            checks.append(f"(NOT {number} OR TRY_CAST({f.s} AS DOUBLE) <= {float(prop['maximum'])!r})")
+        if prop.get("format") == "date-time":
+            checks.append(f"(NOT {_is_string_json(f.w)} OR (REGEXP({f.s}, {q(_SCHEMA_TS_RE)}) AND {_valid_datetime(f.s)}))")
+        if prop.get("format") == "decimal":
+            checks.append(f"(NOT {_is_string_json(f.w)} OR REGEXP({f.s}, '^-?[0-9]+(\\.[0-9]+)?$'))")
+        ok = " AND ".join(checks) or "TRUE"
+        return f"CASE WHEN {f.w} IS NULL THEN {absent} ELSE NOT ({ok}) END", f"schema: {f.name}"
+
+    def _parsed_view(self, source: EventSource, scan: Scan, fields: dict[str, _Field], props: dict[str, dict[str, Any]],
+                     required: set[str], key_fields: list[str], types: dict[str, str]) -> str:
+        et = fields[source.event_time]
+        ts = _event_time_ms(et)
+        malformed: list[tuple[str, str]] = [
+            ("v IS NULL", "value is not UTF-8 (or empty)"),
+            ("NOT is_object", "not a JSON object"),
+            (f"REGEXP(v, {q(_FLAT_RE)}) AND REGEXP(v, {q(_DUP_KEY_RE)})", "duplicate JSON key"),
+            (f"REGEXP(v, {q(_BIG_INT_RE)})", "integer outside int64"),
+        ]
+        for name, prop in props.items():
+            malformed.append(self._property_violation(fields[name], prop, name in required))
+        for name in (r for r in required if r not in props):
+            malformed.append((f"{fields[name].w} IS NULL" if name in fields else "FALSE", f"schema: {name} is required"))
+        malformed.append((f"({ts}) IS NULL", f"event time {source.event_time}: missing, null or not epoch ms / ISO-8601 with a zone in 1970..9999"))
+        for name in key_fields:
+            f = fields[name]
+            malformed.append((f"NOT (({_is_string_json(f.w)} AND {f.s} <> '') OR {_is_int_json(f.w)})",
+                              f"key field {name}: missing, null, empty or not a string/integer"))
+        # reason1 = "<reason>|<detail>" (one CASE, so each check is evaluated once per record)
+        reason = "CASE\n" + "".join(f"    WHEN {c} THEN {q('malformed|' + d)}\n" for c, d in malformed)
+        reason += (f"    WHEN ({ts}) > record_ms + {scan.clock_skew_tolerance_ms} THEN "
+                   f"{q(f'future|event time > record timestamp + {scan.clock_skew_tolerance_ms} ms')}\n  END")
+        eid = fields[source.event_id]
+        cols = ["p", "o", "record_ms", "pt", "bytes_value", f"{ts} AS ts",
+                f"CASE WHEN {_is_string_json(eid.w)} THEN CONCAT('s', {eid.s}) ELSE CONCAT('i', {eid.s}) END AS idk"]
+        for name, f in fields.items():
+            vt = self._value_type(source, types, name)
+            if name == source.event_time or vt is None:
+                continue
+            cols.append(f"{_typed(f, vt)} AS f_{f.col}")
+        cols.append(f"{reason} AS reason1")
+        return "CREATE TEMPORARY VIEW `${ns}_parsed` AS\nSELECT\n  " + ",\n  ".join(cols) + "\nFROM `${ns}_fields`"
+
+    def _ordered_view(self, scan: Scan) -> str:
+        return (
+            "CREATE TEMPORARY VIEW `${ns}_ordered` AS\n"
+            "SELECT *,\n"
+            f"  COALESCE(reason1, CASE WHEN ts < m - {scan.allowed_lateness_ms} THEN "
+            f"'late|event time < partition max - {scan.allowed_lateness_ms} ms' END) AS reason\n"
+            "FROM (\n"
+            "  SELECT *, MAX(CASE WHEN reason1 IS NULL THEN ts END) OVER (\n"
+            "    PARTITION BY p ORDER BY pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS m\n"
+            "  FROM `${ns}_parsed`)"
+        )
+
+    def _admitted_view(self) -> str:
+        return (
+            "CREATE TEMPORARY VIEW `${ns}_admitted` AS\n"
+            "SELECT * FROM (\n"
+            "  SELECT *, ROW_NUMBER() OVER (PARTITION BY p, idk, ts ORDER BY pt ASC) AS rn\n"
+            "  FROM `${ns}_ordered` WHERE reason IS NULL)\n"
+            "WHERE rn = 1"
+        )
+
+    def _tile_query(self, source: EventSource, out: TileOutput, node: TileAggregate, fields: dict[str, _Field],
+                    types: dict[str, str], key_width: int, value_width: int) -> str:
+        keys = [f"f_{fields[k].col}" for k in out.key_names]
+        key_cols = [f"CAST({k} AS STRING) AS k{i}" for i, k in enumerate(keys)]
+        key_cols += [f"'' AS k{i}" for i in range(len(keys), key_width)]
+        tile = f"ts - MOD(ts, {out.tile_ms})"
+        vals = []
+        for i, (a, col) in enumerate(zip(node.aggregations, out.columns)):
+            vals.append(f"{self._agg_sql(source, a, col, fields, types)} AS c{i}")
+        vals += [f"CAST(NULL AS STRING) AS c{i}" for i in range(len(vals), value_width)]
+        return (
+            f"SELECT '{KIND_TILE}' AS kind, {q(out.view)} AS view_name, CAST({out.tile_ms} AS BIGINT) AS tile_ms,\n  "
+            + ", ".join(key_cols) + f",\n  {tile} AS tile_start, COUNT(*) AS version,\n  " + ",\n  ".join(vals)
+            + "\nFROM `${ns}_admitted`\nGROUP BY " + ", ".join(keys) + f", {tile}"
+        )
+
+    def _agg_sql(self, source: EventSource, a: TileAgg, col: AggColumn, fields: dict[str, _Field], types: dict[str, str]) -> str:
+        conds = [_where_sql(w, self._column(source, fields, w.field), self._value_type(source, types, w.field)) for w in a.where]
+        value = self._column(source, fields, a.field) if a.field else None
+        if value is not None:
+            conds.append(f"{value} IS NOT NULL")
+        flt = f" FILTER (WHERE {' AND '.join(conds)})" if conds else ""
+        agg = Agg(a.agg)
+        if agg is Agg.COUNT:
+            return f"CAST(COUNT(*){flt} AS STRING)"
+        if agg is Agg.SUM:
+            return f"CAST(SUM(CAST({value} AS DECIMAL(38, 0))){flt} AS STRING)"
+        if agg is Agg.AVG:
+            return (f"CONCAT(COALESCE(CAST(SUM(CAST({value} AS DECIMAL(38, 0))){flt} AS STRING), '0'), ',', "
+                    f"CAST(COUNT(*){flt} AS STRING))")
+        if agg in (Agg.MIN, Agg.MAX):
+            return f"CAST({agg.value.upper()}({value}){flt} AS STRING)"
+        if agg is Agg.LAST:  # order-preserving (ts, partition, offset) prefix, then the value's text
+            enc = (f"CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), "
+                   f"LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING))")
+            return f"MAX({enc}){flt}"
+        raise ValueError(f"aggregation {agg!r}")
+
+    def _column(self, source: EventSource, fields: dict[str, _Field], name: str) -> str:
+        return "ts" if name == source.event_time else f"f_{fields[name].col}"
+
+    def _progress_query(self, key_width: int, value_width: int) -> str:
+        keys = ["CAST(p AS STRING) AS k0"] + [f"'' AS k{i}" for i in range(1, key_width)]
+        vals = [
+            "CAST(MAX(CASE WHEN reason IS NULL THEN ts END) AS STRING) AS c0",
+            "CAST(COUNT(*) AS STRING) AS c1",
+            "CAST(COUNT(*) FILTER (WHERE reason IS NULL) AS STRING) AS c2",
+            "CAST(COUNT(*) FILTER (WHERE reason LIKE 'malformed|%') AS STRING) AS c3",
+            "CAST(COUNT(*) FILTER (WHERE reason LIKE 'future|%') AS STRING) AS c4",
+            "CAST(COUNT(*) FILTER (WHERE reason LIKE 'late|%') AS STRING) AS c5",
+        ] + [f"CAST(NULL AS STRING) AS c{i}" for i in range(len(PROGRESS_COLUMNS), value_width)]
+        return (f"SELECT '{KIND_PROGRESS}' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,\n  "
+                + ", ".join(keys) + ",\n  CAST(0 AS BIGINT) AS tile_start, MAX(o) AS version,\n  " + ",\n  ".join(vals)
+                + "\nFROM `${ns}_ordered`\nGROUP BY p")
+
+    def _dead_query(self, key_width: int, value_width: int) -> str:
+        keys = ["CAST(p AS STRING) AS k0"] + [f"'' AS k{i}" for i in range(1, key_width)]
+        vals = ["SPLIT_INDEX(reason, '|', 0) AS c0", "SUBSTRING(reason, POSITION('|' IN reason) + 1) AS c1", "TO_BASE64(bytes_value) AS c2", "CAST(record_ms AS STRING) AS c3"]
+        vals += [f"CAST(NULL AS STRING) AS c{i}" for i in range(len(DEAD_COLUMNS), value_width)]
+        return (f"SELECT '{KIND_DEAD}' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,\n  "
+                + ", ".join(keys) + ",\n  o AS tile_start, CAST(0 AS BIGINT) AS version,\n  " + ",\n  ".join(vals)
+                + "\nFROM `${ns}_ordered`\nWHERE reason IS NOT NULL")
+
+
+# --- expression builders ---------------------------------------------------------------------------------------
+
+
+def _valid_datetime(s: str) -> str:
+    """The first 19 characters are a real date-time (no Feb 30, no leap second): parse + format round trip."""
+    head = f"SUBSTRING({s}, 1, 19)"
+    return f"DATE_FORMAT(TO_TIMESTAMP({head}, '{_TS_FMT}'), '{_TS_FMT}') = {head}"
+
+
+def _event_time_ms(f: _Field) -> str:
+    """The contract's event time in epoch ms (admission.parse_event_time), NULL when malformed."""
+    s = f.s
+    zone = (f"CASE WHEN {s} LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING({s}, CHAR_LENGTH({s}) - 5, 1) = '-' THEN -1 ELSE 1 END)"
+            f" * (CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 4, 2) AS BIGINT) * 3600000"
+            f" + CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 1, 2) AS BIGINT) * 60000) END")
+    zone_ok = (f"({s} LIKE '%Z' OR (CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 4, 2) AS INT) <= 23"
+               f" AND CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 1, 2) AS INT) <= 59))")
+    millis = f"COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT({s}, '\\.([0-9]{{1,9}})', 1), 1, 3), 3, '0') AS BIGINT), 0)"
+    iso = (f"CASE WHEN {_is_string_json(f.w)} AND REGEXP({s}, {q(_ISO_RE)}) AND {zone_ok} AND {_valid_datetime(s)} "
+           f"THEN UNIX_TIMESTAMP(SUBSTRING({s}, 1, 19), '{_TS_FMT}') * 1000 + {millis} - ({zone}) END")
+    raw = f"CASE WHEN {_is_int_json(f.w)} THEN TRY_CAST({s} AS BIGINT) ELSE {iso} END"
+    return f"CASE WHEN ({raw}) BETWEEN {MIN_EVENT_MS} AND {MAX_EVENT_MS} THEN ({raw}) END"
+
+
+def _typed(f: _Field, vt: str) -> str:
+    if vt == "string":
+        return f"CASE WHEN {_is_string_json(f.w)} THEN {f.s} END"
+    if vt == "int64":
+        return f"CASE WHEN {_is_int_json(f.w)} THEN TRY_CAST({f.s} AS BIGINT) END"
+    if vt == "float64":
+        return f"CASE WHEN REGEXP({f.w}, '^\\[-?[0-9]') THEN TRY_CAST({f.s} AS DOUBLE) END"
+    if vt == "bool":
+        return f"CASE WHEN {f.w} = '[true]' THEN TRUE WHEN {f.w} = '[false]' THEN FALSE END"
+    raise ValueError(vt)
+
+
+def _literal(value: Any, vt: str | None) -> str | None:
+    """A Where value as a SQL literal of the field's kind, or None when kinds differ (never passes)."""
+    if isinstance(value, bool):
+        return ("TRUE" if value else "FALSE") if vt == "bool" else None
+    if isinstance(value, (int, float)):
+        return repr(value) if vt in ("int64", "float64", "timestamp") else None
+    if isinstance(value, str):
+        return q(value) if vt == "string" else None
+    return None
+
+
+def _where_sql(w: Where, column: str, vt: str | None) -> str:
+    """laws.where_passes as SQL: a null never passes, other kinds never pass."""
+    op = Op(w.op)
+    if op is Op.IN:
+        lits = [lit for lit in (_literal(v, vt) for v in w.value) if lit is not None]
+        return f"({column} IN ({', '.join(lits)}))" if lits else "FALSE"
+    lit = _literal(w.value, vt)
+    if lit is None:
+        return "FALSE"
+    if vt == "bool" and op not in (Op.EQ, Op.NE):
+        return "FALSE"
+    sql_op = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}[op]
+    return f"({column} {sql_op} {lit})"
+
+
+def compile_repository(repo: Repository, view_names: Sequence[str] | None = None) -> list[FlinkSourceJob]:
+    """One job per event source for the named (default: all streamable) feature views."""
+    from skewless.core.plan import build_plan
+
+    plan = build_plan(repo)
+    chosen = [v for v in plan.views if v.stream is not None and (view_names is None or v.name in view_names)]
+    if view_names is not None:
+        unknown = set(view_names) - {v.name for v in chosen}
+        if unknown:
+            streamable = [v.name for v in plan.views if v.stream is not None]
+            raise ValueError(f"not streamable views {sorted(unknown)}; streamable: {streamable}")
+    compiler = FlinkCompiler(repo)
+    by_source: dict[str, list[ViewPlan]] = {}
+    for v in chosen:
+        by_source.setdefault(v.scan.source, []).append(v)
+    return [compiler.compile_source(vs) for _, vs in sorted(by_source.items())]

@@ -1,0 +1,93 @@
+"""Builds a compiled source job into a PyFlink environment: SQL views -> one upsert changelog -> the
+Redis sink. Used by ``run_view.py`` (MiniCluster or ``flink run -py``) and by the integration tests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from streaming_jobs.flink_compiler import FlinkSourceJob, dead_letter_topic
+from streaming_jobs.sink import SinkConfig, bucket_of, make_process_function
+
+KEY_COLUMNS = ("kind", "view_name", "tile_ms")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    bootstrap: str
+    redis_url: str
+    project: str
+    repo_path: str
+    topic: str | None = None  # default: the source's topic
+    starting_offsets: str = "earliest"  # earliest | latest | group
+    group: str | None = None
+    bounded: bool = False  # stop at the offsets that were latest at start (tests)
+    ns: str | None = None  # table-name namespace (unique per job in a shared MiniCluster)
+    applied_from_ms: int | None = None  # default: from the topic's low watermarks (see applied_from)
+    flush_rows: int = 2000
+    flush_ms: int = 200
+
+
+_STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group": "group-offsets"}
+
+
+def applied_from(bootstrap: str, topic: str, starting_offsets: str) -> int:
+    """Event time from which the stream applies every event: 0 when it reads a topic from offset 0 of
+    every partition, else the job's start time (conservative: older windows read ``incomplete``)."""
+    if starting_offsets == "earliest":
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "skewless-probe", "enable.auto.commit": False})
+        try:
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            lows = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[0] for p in meta.partitions]
+        finally:
+            consumer.close()
+        if all(low == 0 for low in lows):
+            return 0
+    return int(time.time() * 1000)
+
+
+def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
+    """Register the job's SQL and attach its changelog to the Redis sink (``env.execute`` runs it)."""
+    from pyflink.common import Types
+    from pyflink.table import DataTypes, Schema
+    from pyflink.table.changelog_mode import ChangelogMode
+    from skewless.stack.kafka import admin_client, create_topics
+
+    topic = options.topic or job.topic
+    ns = options.ns or f"sk_{job.source}"
+    partitions = len(admin_client(options.bootstrap).list_topics(topic, timeout=30).topics[topic].partitions)
+    dl_topic = dead_letter_topic(topic)
+    create_topics(options.bootstrap, {dl_topic: max(1, partitions)})
+    extra = ", 'scan.bounded.mode' = 'latest-offset'" if options.bounded else ""
+    statements, query = job.render(ns=ns, topic=topic, bootstrap=options.bootstrap,
+                                   group=options.group or f"skewless-{job.source}", startup_mode=_STARTUP[options.starting_offsets],
+                                   extra_source_options=extra)
+    for statement in statements:
+        t_env.execute_sql(statement)
+    table = t_env.sql_query(query)
+    key_cols = [*KEY_COLUMNS, *(f"k{i}" for i in range(job.key_width)), "tile_start"]
+    builder = Schema.new_builder()
+    for name in ("kind", "view_name"):
+        builder.column(name, DataTypes.STRING().not_null())
+    builder.column("tile_ms", DataTypes.BIGINT().not_null())
+    for i in range(job.key_width):
+        builder.column(f"k{i}", DataTypes.STRING().not_null())
+    builder.column("tile_start", DataTypes.BIGINT().not_null())
+    builder.column("version", DataTypes.BIGINT())
+    for i in range(job.value_width):
+        builder.column(f"c{i}", DataTypes.STRING())
+    builder.primary_key(*key_cols)
+    changelog = t_env.to_changelog_stream(table, builder.build(), ChangelogMode.upsert())
+    config = SinkConfig(
+        redis_url=options.redis_url, project=options.project, repo_path=options.repo_path, bootstrap=options.bootstrap,
+        dead_letter_topic=dl_topic, source=job.source,
+        applied_from_ms=options.applied_from_ms if options.applied_from_ms is not None
+        else applied_from(options.bootstrap, topic, options.starting_offsets),
+        flush_rows=options.flush_rows, flush_ms=options.flush_ms)
+    buckets = config.buckets
+    written = (changelog.key_by(lambda row: bucket_of(row, buckets), key_type=Types.INT())
+               .process(make_process_function(job, config), output_type=Types.STRING()).name(f"redis-sink-{job.source}"))
+    written.print()  # the sink emits nothing; a terminal operator makes Flink keep the chain in the job

@@ -1,0 +1,245 @@
+"""The Redis sink: the job's unified changelog (tiles, progress, dead letters) applied to Redis and Kafka.
+
+Rows arrive keyed by a bucket (entity or partition). Each row is put into keyed MapState (so a checkpoint
+holds what was not yet written: nothing is lost on restore) and the bucket is flushed when it holds
+``flush_rows`` rows or when its processing-time timer (``flush_ms``) fires, so a tile's final update is
+always written. A flush sends, in one pipeline, one ``TILE_CAS_LUA`` call per entity (all its tile keys;
+a field is replaced only by a version >= the stored one, so a replay cannot move a value backwards),
+then the progress fields, and produces dead letters to ``<topic>.dead-letters``.
+
+Only the row -> Redis translation lives here; keys, encodings and the CAS script are
+:mod:`skewless.core.layout`'s, intermediates :mod:`skewless.core.laws`'.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from skewless.core import layout, laws
+from skewless.core.dsl import Agg, KeyType
+
+from streaming_jobs.flink_compiler import KIND_DEAD, KIND_PROGRESS, KIND_TILE, AggColumn, FlinkSourceJob, TileOutput
+
+DEFAULT_PROJECT = "skewless"
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """Where and how the sink writes."""
+
+    redis_url: str
+    project: str
+    repo_path: str
+    bootstrap: str
+    dead_letter_topic: str
+    source: str
+    applied_from_ms: int
+    flush_rows: int = 2000
+    flush_ms: int = 200
+    buckets: int = 64
+
+
+# --- decoding one changelog row (pure; unit-tested) ---------------------------------------------------------------
+
+
+def decode_acc(col: AggColumn, text: str | None) -> Any:
+    """The laws intermediate of one aggregation from its changelog text (see FlinkCompiler._agg_sql)."""
+    agg = col.agg
+    if agg is Agg.COUNT:
+        return int(text) if text is not None else 0
+    if agg is Agg.SUM:
+        return laws.check_int64(int(text), "tile sum") if text is not None else 0
+    if agg is Agg.AVG:
+        total, count = (text or "0,0").split(",")
+        return (laws.check_int64(int(total), "tile sum"), int(count))
+    if agg in (Agg.MIN, Agg.MAX):
+        return None if text is None else _typed_value(col.value_type, text)
+    if agg is Agg.LAST:
+        if text is None:
+            return None
+        return (int(text[:16]), int(text[16:26]), int(text[26:45]), _typed_value(col.value_type, text[45:]))
+    raise ValueError(f"aggregation {agg!r}")
+
+
+def _typed_value(value_type: str | None, text: str) -> Any:
+    if value_type in ("int64", "timestamp"):
+        return int(text)
+    if value_type == "float64":
+        return float(text)
+    if value_type == "bool":
+        return text.lower() == "true"
+    return text
+
+
+def entity_key(out: TileOutput, keys: Sequence[str | None]) -> tuple[Any, ...]:
+    return tuple(int(k) if KeyType(t) is KeyType.INT64 else k for k, t in zip(keys, out.key_types))
+
+
+def bucket_of(row: Sequence[Any], buckets: int) -> int:
+    """The sink bucket of a changelog row: by entity key (tiles) or partition (progress, dead letters)."""
+    return zlib.crc32(f"{row[0]}|{row[3]}".encode()) % buckets
+
+
+class TileWriter:
+    """Turns changelog rows into Redis writes (used by the Flink sink and by tests without Flink)."""
+
+    def __init__(self, job: FlinkSourceJob, config: SinkConfig, views: dict[str, Any], epoch: str) -> None:
+        self.job, self.config, self.epoch = job, config, epoch
+        self.outputs = {(o.view, o.tile_ms): o for o in job.outputs}
+        self.groups = {(name, g.tile_ms): g for name, v in views.items() for g in layout.tile_groups(v)}
+        self.views = views
+        self.kw, self.vw = job.key_width, job.value_width
+
+    def split(self, row: Sequence[Any]) -> tuple[str, str, int, list, int, int, list]:
+        kind, view, tile_ms = row[0], row[1], row[2]
+        keys = list(row[3:3 + self.kw])
+        tile_start, version = row[3 + self.kw], row[4 + self.kw]
+        values = list(row[5 + self.kw:5 + self.kw + self.vw])
+        return kind, view, tile_ms, keys, tile_start, version, values
+
+    def apply(self, redis_client: Any, rows: Iterable[Sequence[Any]], producer: Any = None) -> int:
+        """Write a batch of changelog rows (+I/+U images) in one pipeline; returns the number of rows."""
+        tiles: dict[tuple, dict[str, tuple]] = {}  # (view, entity) -> {tile key: (group, {start: value})}
+        progress: dict[str, str] = {}
+        dead: list[tuple[str, str]] = []
+        n = 0
+        now = int(time.time() * 1000)
+        for row in rows:
+            n += 1
+            kind, view, tile_ms, keys, start, version, values = self.split(row)
+            if kind == KIND_TILE:
+                out = self.outputs[(view, tile_ms)]
+                ek = entity_key(out, keys[:len(out.key_names)])
+                group = self.groups[(view, tile_ms)]
+                accs = [decode_acc(c, values[i]) for i, c in enumerate(out.columns)]
+                key = layout.tile_key(self.config.project, self.views[view], ek, tile_ms)
+                fields = tiles.setdefault((view, ek), {}).setdefault(key, (group, {}))[1]
+                fields[int(start)] = layout.encode_tile_vector(int(version), self.epoch, accs, group.aggs)
+            elif kind == KIND_PROGRESS:
+                max_event, records, admitted, malformed, future, late = values[:6]
+                progress[f"p:{keys[0]}"] = laws.dumps({
+                    "offset": int(version), "max_event_ms": None if max_event is None else int(max_event),
+                    "written_ms": now, "epoch": self.epoch, "records": int(records),
+                    "admitted_or_duplicate": int(admitted), "malformed": int(malformed), "future": int(future),
+                    "late": int(late)})
+            elif kind == KIND_DEAD:
+                reason, detail, payload_b64, record_ms = values[:4]
+                raw = base64.b64decode(payload_b64) if payload_b64 else b""
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = None
+                dead.append((f"{keys[0]}:{start}", laws.dumps({
+                    "source": self.config.source, "partition": int(keys[0]), "offset": int(start), "reason": reason,
+                    "detail": detail, "payload": text, "payload_b64": payload_b64,
+                    "record_timestamp_ms": int(record_ms) if record_ms is not None else None})))
+        if dead and producer is not None:
+            for key, value in dead:
+                producer.produce(self.config.dead_letter_topic, key=key.encode(), value=value.encode())
+            if producer.flush(60) > 0:
+                raise RuntimeError(f"dead letters not acknowledged by Kafka topic {self.config.dead_letter_topic}")
+        pipe = redis_client.pipeline(transaction=False)
+        for (_, _), by_key in tiles.items():
+            keys_argv = layout.tile_cas_args([(k, g, f) for k, (g, f) in by_key.items()])
+            pipe.evalsha(self._sha, len(keys_argv[0]), *keys_argv[0], *keys_argv[1])
+        if progress:
+            pipe.hset(layout.progress_key(self.config.project, self.config.source), mapping=progress)
+        if len(pipe):
+            pipe.execute()
+        return n
+
+    def prepare(self, redis_client: Any) -> None:
+        self._sha = redis_client.script_load(layout.TILE_CAS_LUA)
+
+
+def init_store(redis_client: Any, project: str, views: Iterable[Any], applied_from_ms: int) -> str:
+    """The store's epoch (created if missing) and each view's meta (``applied_from_ms`` set once)."""
+    redis_client.set(layout.epoch_key(project), base64.b32encode(__import__("os").urandom(10)).decode().lower(), nx=True)
+    epoch = redis_client.get(layout.epoch_key(project))
+    epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+    for v in views:
+        meta = layout.view_meta_key(project, v)
+        redis_client.hsetnx(meta, "applied_from_ms", str(applied_from_ms))
+        redis_client.hsetnx(meta, "epoch", epoch)
+    return epoch
+
+
+def load_views(repo_path: str, names: Sequence[str]) -> dict[str, Any]:
+    from skewless.core.repo import load_repository
+
+    repo = load_repository(repo_path)
+    return {n: repo.view(n) for n in names}
+
+
+def make_process_function(job: FlinkSourceJob, config: SinkConfig):
+    """The PyFlink ``KeyedProcessFunction`` applying the changelog (keyed by :func:`bucket_of`)."""
+    from pyflink.common import Types
+    from pyflink.common.types import RowKind
+    from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+    from pyflink.datastream.state import MapStateDescriptor
+
+    class RedisTileSink(KeyedProcessFunction):
+        def open(self, runtime_context: RuntimeContext) -> None:
+            import redis
+            from confluent_kafka import Producer
+
+            self.pending = runtime_context.get_map_state(MapStateDescriptor("pending", Types.STRING(), Types.STRING()))
+            self.client = redis.Redis.from_url(config.redis_url)
+            views = load_views(config.repo_path, job.views)
+            epoch = init_store(self.client, config.project, views.values(), config.applied_from_ms)
+            self.writer = TileWriter(job, config, views, epoch)
+            self.writer.prepare(self.client)
+            self.producer = Producer({"bootstrap.servers": config.bootstrap, "acks": "all", "linger.ms": 5})
+            self.mirror: dict[int, dict[str, list]] = {}
+            self.rows_written = 0
+            runtime_context.get_metrics_group().gauge("skewless_rows_written", lambda: self.rows_written)
+
+        def process_element(self, row, ctx: "KeyedProcessFunction.Context"):
+            if row.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE):
+                return  # upsert changelog: only +I/+U images carry values; tiles are never deleted
+            bucket = ctx.get_current_key()
+            rows = self._rows(bucket)
+            field = "|".join(str(x) for x in row[:4 + job.key_width])
+            values = list(row)
+            self.pending.put(field, json.dumps(values, separators=(",", ":")))
+            rows[field] = values
+            if len(rows) == 1:
+                now = ctx.timer_service().current_processing_time()
+                ctx.timer_service().register_processing_time_timer(now - now % 50 + config.flush_ms)
+            if len(rows) >= config.flush_rows:
+                self._flush(bucket)
+
+        def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext"):
+            self._flush(ctx.get_current_key())
+
+        def _rows(self, bucket: int) -> dict[str, list]:
+            """This bucket's pending rows; on first touch after a restore, those in the checkpoint."""
+            rows = self.mirror.get(bucket)
+            if rows is None:
+                rows = self.mirror[bucket] = {k: json.loads(v) for k, v in self.pending.items()}
+            return rows
+
+        def _flush(self, bucket: int) -> None:
+            rows = self._rows(bucket)
+            if rows:
+                self.rows_written += self.writer.apply(self.client, rows.values(), self.producer)
+                rows.clear()
+                self.pending.clear()
+
+        def close(self) -> None:
+            # a bounded run ends without firing processing-time timers: write what is left
+            for rows in getattr(self, "mirror", {}).values():
+                if rows:
+                    self.writer.apply(self.client, rows.values(), self.producer)
+                    rows.clear()
+            if getattr(self, "producer", None) is not None:
+                self.producer.flush(30)
+            if getattr(self, "client", None) is not None:
+                self.client.close()
+
+    return RedisTileSink()

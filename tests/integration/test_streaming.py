@@ -1,0 +1,208 @@
+"""The streaming path end to end: generated orders (skew, disorder, duplicates, late, future, malformed)
+-> Kafka -> the compiled Flink job (MiniCluster) -> Redis -> skewless.online, against the oracle over the
+admitted events (stream-served windows) and a laws-built batch record + admitted events after the cut-off
+(batch-served windows). Dead letters are checked against admission.py record by record."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from skewless.core import admission, laws, layout, oracle
+from skewless.core.dsl import Aggregation, Derived
+from skewless.core.repo import load_repository
+from skewless.core.routing import BATCH_TAIL_DAYS
+from skewless.core.schemas import validator
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, td_ms
+from skewless.producer import GeneratorConfig, generate
+from skewless.producer.kafka_producer import produce_records
+
+pytestmark = pytest.mark.integration
+
+# Event and record times end just before the wall clock: Kafka deletes records older than its retention and
+# Redis expires tile keys at (newest tile + retention) in event time. The batch cut-off C is today 00:00
+# UTC: the data straddles it when the test runs in the first ~80 minutes of a day (then the batch part is
+# non-empty), else the batch record is empty and the batch-served values come from the daily stream tiles.
+NOW0 = int(time.time() * 1000)
+START = NOW0 - 80 * 60_000
+CUTOFF = NOW0 // MS_PER_DAY * MS_PER_DAY
+VIEW = "user_order_stats"
+
+
+@pytest.fixture(scope="module")
+def repo() -> Any:
+    return load_repository()
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Every record of a topic as admission.py wants them: partition, offset, timestamp_ms, value, key."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            for m in consumer.consume(1000, timeout=1.0):
+                if m.error() is None:
+                    out.append({"partition": m.partition(), "offset": m.offset(), "timestamp_ms": m.timestamp()[1],
+                                "value": m.value(), "key": m.key()})
+    finally:
+        consumer.close()
+    assert len(out) >= expected, f"read {len(out)} of {expected} records from {topic}"
+    return out
+
+
+def run_bounded_job(bootstrap: str, topic: str, redis_url: str, project: str, checkpoint_dir: Path,
+                    applied_from_ms: int = 0) -> float:
+    """Compile the view, run it on a MiniCluster until the topic's current end; seconds taken."""
+    from skewless.engines.flink_env import create_stream_env
+    from streaming_jobs.flink_compiler import compile_repository
+    from streaming_jobs.job import JobOptions, add_source_job
+    from streaming_jobs.run_view import stream_conf
+
+    (job,) = compile_repository(load_repository(), [VIEW])
+    env, t_env = create_stream_env(parallelism=1, checkpoint_dir=checkpoint_dir, checkpoint_interval="2 s",
+                                   extra_conf=stream_conf("500 ms", 10_000))
+    add_source_job(env, t_env, job, JobOptions(
+        bootstrap=bootstrap, redis_url=redis_url, project=project, repo_path="feature_defs", topic=topic,
+        bounded=True, ns=f"sk_{uuid.uuid4().hex[:8]}", applied_from_ms=applied_from_ms, flush_ms=100))
+    t0 = time.monotonic()
+    env.execute(f"test-stream-{project}")
+    return time.monotonic() - t0
+
+
+def write_batch_record(redis_client: Any, project: str, view: Any, offline: list[dict[str, Any]], cutoff: int,
+                       epoch: str) -> None:
+    """What a batch run for day C-1 would write, built with the laws over the offline set."""
+    entities = {e["user_id"] for e in offline}
+    windows = layout.batch_windows(view)
+    for user in entities:
+        mine = [e for e in offline if e["user_id"] == user]
+        parts: dict[str, list] = {}
+        for field, aggs in windows.items():
+            width = None if field == layout.LIFETIME_FIELD else int(field[2:])
+            ranges = [(None, cutoff)] if width is None else [
+                (cutoff - width + BATCH_TAIL_DAYS * MS_PER_DAY, cutoff),
+                (cutoff - width, cutoff - width + MS_PER_DAY),
+                (cutoff - width + MS_PER_DAY, cutoff - width + 2 * MS_PER_DAY)]
+            parts[field] = [[_aggregate(a, mine, lo, hi) for a in aggs] for lo, hi in ranges]
+        fields = layout.encode_batch_record(view, cutoff, "test-run", epoch, parts)
+        keys, argv = layout.batch_write_args(layout.batch_key(project, view, (user,)), fields)
+        redis_client.eval(layout.BATCH_WRITE_LUA, len(keys), *keys, *argv)
+
+
+def _aggregate(a: Aggregation, events: list[dict[str, Any]], lo: int | None, hi: int) -> Any:
+    law = laws.law(a.agg)
+    chosen = [e for e in events if (lo is None or e["event_time"] >= lo) and e["event_time"] < hi]
+    return law.aggregate((laws.contribution(a, e), (e["event_time"], e["_partition"], e["_offset"])) for e in chosen)
+
+
+def expected_row(view: Any, admitted: list, offline: list, user: str, T: int, now_read: bool) -> dict[str, Any]:
+    """The contract: stream-served windows over admitted events; batch-served ones over the offline set
+    before the cut-off plus the admitted events from it on."""
+    combined = [e for e in offline if e["event_time"] < CUTOFF] + [e for e in admitted if e["event_time"] >= CUTOFF]
+    stream = oracle.feature_row(view, admitted, (user,), T, now_read=now_read)
+    batch = oracle.feature_row(view, combined, (user,), T, now_read=now_read)
+    out = {}
+    for f in view.features:
+        served_by_stream = isinstance(f, Aggregation) and f.window.width is not None and td_ms(f.window.width) <= MS_PER_DAY
+        out[f.name] = stream[f.name] if served_by_stream else batch[f.name]
+    return out
+
+
+def allowed_incomplete(view: Any, admitted: list, user: str, T: int) -> set[str]:
+    """Features the reader may answer ``incomplete`` for: batch-served ones before the cut-off (the batch
+    record's cut-off is after T), stream-served ones whose window starts before what Redis retains."""
+    newest = {}
+    for g in layout.tile_groups(view):
+        starts = [e["event_time"] // g.tile_ms * g.tile_ms for e in admitted if e["user_id"] == user]
+        newest[g.tile_ms] = max(starts, default=T // g.tile_ms * g.tile_ms)
+    out = set()
+    for f in view.features:
+        if not isinstance(f, Aggregation):
+            continue
+        width, tile = layout.width_ms_of(f), layout.tile_ms_of(f)
+        group = next(g for g in layout.tile_groups(view) if g.tile_ms == tile)
+        if width is not None and width <= MS_PER_DAY:
+            if (T - width) // tile * tile < newest[tile] - group.retention_ms:
+                out.add(f.name)
+        elif T < CUTOFF:
+            out.add(f.name)
+    from skewless.online.reader import _refs
+
+    out |= {f.name for f in view.features if isinstance(f, Derived) and _refs(f.expr) & out}
+    return out
+
+
+def test_stream_job_equals_oracle_and_dead_letters(
+    flink_stream_env: Any, kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any,
+    repo: Any, tmp_path: Path,
+) -> None:
+    from skewless.online import AsOfNotAlignedError, read_windowed
+    from streaming_jobs.flink_compiler import dead_letter_topic
+
+    view = repo.view(VIEW)
+    source = view.source
+    topic = kafka_topic(partitions=3, prefix="orders")
+    config = GeneratorConfig(count=1500, rate=0.32, seed=11, partitions=3, users=40, start_ms=START,
+                             allowed_lateness_ms=td_ms(source.allowed_lateness), clock_skew_ms=td_ms(source.clock_skew_tolerance))
+    records, manifest = generate(config)
+    produce_records(kafka_bootstrap, topic, records)
+    raw = read_topic(kafka_bootstrap, topic, len(records))
+    result = admission.admit(raw, source, validator(source.schema), key_fields=view.entity.key_names)
+    admitted, offline = list(result.admitted), list(result.offline)
+    assert result.counts()["late"] > 10 and result.counts()["malformed"] > 10 and result.counts()["duplicate"] > 10
+
+    project = f"t{uuid.uuid4().hex[:8]}"
+    seconds = run_bounded_job(kafka_bootstrap, topic, redis_url, project, tmp_path / "ckpt")
+    print(f"\nstreaming job over {len(records)} records took {seconds:.1f} s")
+
+    epoch = redis_client.get(layout.epoch_key(project)).decode()
+    write_batch_record(redis_client, project, view, offline, CUTOFF, epoch)
+
+    users = sorted({e["user_id"] for e in admitted})
+    end = max(e["event_time"] for e in admitted)
+    checks = [(None, START + 30 * MS_PER_MINUTE + 1), (None, START + 61 * MS_PER_MINUTE + 123), (None, end + 1),
+              (CUTOFF, CUTOFF), (CUTOFF + MS_PER_DAY, CUTOFF + MS_PER_DAY + 5)]
+    checked = 0
+    for as_of, now_ms in checks:
+        got = read_windowed(redis_client, project, [VIEW], users, as_of=as_of, repo=repo, now_ms=now_ms)
+        T = now_ms if as_of is None else as_of
+        for i, user in enumerate(users):
+            want = expected_row(view, admitted, offline, user, T, now_read=as_of is None)
+            ev = got.entities[VIEW][i]
+            allowed = allowed_incomplete(view, admitted, user, T)
+            assert all(ev.status(k) == "present" for k in want if k not in allowed), ev.features
+            want = {k: v for k, v in want.items() if ev.status(k) != "incomplete"}
+            assert {k: ev.value(k) for k in want} == want, f"user {user} at as_of={as_of} now={now_ms}: {ev.features}"
+            checked += len(want)
+    assert checked > 200
+    with pytest.raises(AsOfNotAlignedError, match="training-set path"):
+        read_windowed(redis_client, project, [VIEW], users[:1], as_of=CUTOFF + 5 * MS_PER_MINUTE, repo=repo)
+    # progress: per partition last offset and max admitted event time
+    progress = got.progress[source.name]
+    assert sorted(progress) == [0, 1, 2]
+    for p, info in progress.items():
+        assert info["offset"] == max(r["offset"] for r in raw if r["partition"] == p)
+
+    # dead letters: exactly the records admission.py dead-letters, with the same reason
+    dead = read_topic(kafka_bootstrap, dead_letter_topic(topic), len(result.dead_letters))
+    got_dead = {(d["partition"], d["offset"]): d["reason"] for d in (json.loads(m["value"]) for m in dead)}
+    want_dead = {(d.partition, d.offset): d.reason for d in result.dead_letters}
+    assert got_dead == want_dead
+    positions = {(r["partition"], r["offset"]): r for r in raw}
+    seq_of = {rec.value: rec.seq for rec in records if rec.kind != "duplicate"}
+    for kind in ("late", "malformed", "future"):
+        injected = set(manifest.injected[kind])
+        found = {seq_of.get(positions[k]["value"]) for k, reason in got_dead.items() if reason == kind}
+        assert injected <= found, f"{kind}: injected {sorted(injected - found)[:5]} not dead-lettered as {kind}"
+    assert sum(info["malformed"] for info in progress.values()) == result.counts()["malformed"]
+    assert sum(info["late"] for info in progress.values()) == result.counts()["late"]
