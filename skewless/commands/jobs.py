@@ -1,0 +1,43 @@
+"""``skewless jobs``: list (or cancel) the jobs of the local Flink session cluster."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+NAME = "jobs"
+HELP = "list the Flink jobs of the local cluster; --cancel ID cancels one (ID 'all' cancels every running job)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cancel", default=None, metavar="ID", help="job id to cancel, or 'all'")
+    parser.add_argument("--all", action="store_true", help="also list finished/cancelled jobs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from skewless.stack.base import StackError
+    from skewless.stack.flink import FlinkSessionCluster
+
+    cluster = FlinkSessionCluster()
+    try:
+        jobs = cluster.list_jobs()
+        if args.cancel:
+            running = [j["jid"] for j in jobs if j.get("state") == "RUNNING"]
+            targets = running if args.cancel == "all" else [args.cancel]
+            for jid in targets:
+                cluster.cancel_job(jid)
+                print(f"skewless jobs: cancel requested for {jid}")
+            return 0
+    except StackError as exc:
+        print(f"skewless jobs: {exc}", file=sys.stderr)
+        return 1
+    shown = [j for j in jobs if args.all or j.get("state") in ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING")]
+    if not shown:
+        print("skewless jobs: no running jobs" + ("" if args.all else " (--all shows finished ones)"))
+        return 0
+    print(f"{'JOB ID':34} {'STATE':10} {'STARTED (UTC)':20} NAME")
+    for j in sorted(shown, key=lambda j: j.get("start-time", 0)):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(j.get("start-time", 0) / 1000))
+        print(f"{j['jid']:34} {j.get('state', '?'):10} {started:20} {j.get('name', '')}")
+    return 0

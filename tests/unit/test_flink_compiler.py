@@ -1,0 +1,100 @@
+"""The Flink compiler: golden SQL per view, generic compilation of new features, unsupported uses, and the
+sink's decoding of changelog values into the laws' intermediates.
+
+Regenerate the golden files with ``SKEWLESS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_flink_compiler.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from skewless.core.compiler import UnsupportedFeatureError
+from skewless.core.dsl import Agg, Aggregation, Where, Window
+from skewless.core.plan import build_plan, plan_view
+from skewless.core.repo import Repository, load_repository
+from streaming_jobs.flink_compiler import AggColumn, FlinkCompiler, _above_regex, compile_repository, dead_letter_topic
+from streaming_jobs.sink import decode_acc
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "flink"
+
+
+@pytest.fixture(scope="module")
+def repo() -> Repository:
+    return load_repository()
+
+
+def test_golden_sql_per_view(repo: Repository) -> None:
+    plan = build_plan(repo)
+    compiler = FlinkCompiler(repo)
+    streamed = [v for v in plan.views if v.stream is not None]
+    assert streamed, "the example repository has a streamed view"
+    for v in streamed:
+        text = compiler.compile(v).text()
+        path = GOLDEN / f"{v.name}.sql"
+        if os.environ.get("SKEWLESS_UPDATE_GOLDEN"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        assert text == path.read_text(), f"{path.name} changed; regenerate with SKEWLESS_UPDATE_GOLDEN=1 if intended"
+
+
+def test_render_fills_every_placeholder(repo: Repository) -> None:
+    (job,) = compile_repository(repo)
+    statements, query = job.render(ns="x1", bootstrap="127.0.0.1:1", group="g", startup_mode="earliest-offset")
+    assert all("${" not in s for s in statements + [query])
+    assert "'topic' = 'orders'" in statements[0]
+    assert dead_letter_topic("orders") == "orders.dead-letters"
+    with pytest.raises(ValueError, match="render needs"):
+        job.render(ns="x")
+
+
+def test_a_new_feature_needs_no_compiler_change(repo: Repository) -> None:
+    view = repo.view("user_order_stats")
+    extra = Aggregation("avg_completed_amount_30m", Agg.AVG, "amount", Window.minutes(30),
+                        where=Where("status", "in", ["completed", "refunded"]))
+    last = Aggregation("last_currency_2h", Agg.LAST, "currency", Window.hours(2))
+    mini = Aggregation("min_amount_10m", Agg.MIN, "amount", Window.minutes(10).with_tile(timedelta(minutes=1)))
+    new_view = replace(view, features=tuple(view.features) + (extra, last, mini))
+    new_repo = replace(repo, views=(new_view,))
+    job = FlinkCompiler(new_repo).compile(plan_view(new_view))
+    tiles = {o.tile_ms: [c.name for c in o.columns] for o in job.outputs}
+    assert tiles[300_000] == ["user_orders_last_1h", "avg_completed_amount_30m", "last_currency_2h"]
+    assert tiles[60_000] == ["min_amount_10m"]
+    assert "(f_5_status IN ('completed', 'refunded'))" in job.changelog_query
+    assert "GROUP BY f_1_user_id, ts - MOD(ts, 60000)" in job.changelog_query
+
+
+def test_unsupported_aggregations_are_listed(repo: Repository) -> None:
+    view = repo.view("user_order_stats")
+    bad = (Aggregation("sum_status", Agg.SUM, "status", Window.hours(1)),
+           Aggregation("max_currency", Agg.MAX, "currency", Window.hours(1)))
+    new_view = replace(view, features=tuple(view.features) + bad)
+    with pytest.raises(UnsupportedFeatureError) as err:
+        FlinkCompiler(replace(repo, views=(new_view,))).compile(plan_view(new_view))
+    assert {i.feature for i in err.value.items} == {"sum_status", "max_currency"}
+
+
+def test_int64_bound_regex_is_exact() -> None:
+    pattern = re.compile("^" + _above_regex("9223372036854775807") + "$")
+    assert not pattern.match("9223372036854775807")
+    assert pattern.match("9223372036854775808")
+    assert pattern.match("10000000000000000000")
+    assert not pattern.match("999999999999999999")
+    assert pattern.match("9300000000000000000")
+
+
+def test_sink_decodes_changelog_text_to_intermediates() -> None:
+    assert decode_acc(AggColumn("n", Agg.COUNT, None), None) == 0
+    assert decode_acc(AggColumn("s", Agg.SUM, "int64"), "9007199254740993") == 9007199254740993
+    assert decode_acc(AggColumn("a", Agg.AVG, "int64"), "30,2") == (30, 2)
+    assert decode_acc(AggColumn("m", Agg.MAX, "timestamp"), "1704067200123") == 1704067200123
+    assert decode_acc(AggColumn("m", Agg.MIN, "float64"), "-0.0") == -0.0
+    text = "0001704067200000" + "0000000002" + "0000000000000000043" + "shipped"
+    assert decode_acc(AggColumn("l", Agg.LAST, "string"), text) == (1704067200000, 2, 43, "shipped")
+    with pytest.raises(OverflowError):
+        decode_acc(AggColumn("s", Agg.SUM, "int64"), str(2**63))
