@@ -506,7 +506,7 @@ def test_spark_submit_backfill_on_a_standalone_cluster(tmp_path: Any) -> None:
                               "--driver-memory", "1g"], env=env, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert f"on spark://127.0.0.1:{port}" in out.stdout
-        assert sum("tile rows" in line for line in out.stdout.splitlines()) == 7
+        assert sum(line.startswith("user_order_stats v1 2") and "tile rows" in line for line in out.stdout.splitlines()) == 7
         served = catalog.load_table("features.user_order_stats_v1_serving").scan().to_arrow()
         assert served.num_rows == len({e["user_id"] for e in offline_events(records, view) if e["event_time"] < C})
     finally:
