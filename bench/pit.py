@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from datetime import date, timedelta
@@ -165,14 +166,14 @@ WITH ev AS (
   WHERE epoch_ms(event_time) <= epoch_ms(_kafka_ts) + 300000
   QUALIFY row_number() OVER (PARTITION BY _partition, event_id, epoch_ms(event_time) ORDER BY _offset) = 1
 ), r AS (
-  SELECT row_number() OVER () AS rid, user_id, epoch_ms(event_timestamp) AS t FROM e
+  SELECT row_number() OVER () AS rid, user_id, epoch_ms(CAST(event_timestamp AS TIMESTAMP)) AS t FROM e
 ), w AS (
   SELECT r.rid,
     count(*) FILTER (WHERE ev.ts >= (r.t - 3600000) // 300000 * 300000 AND ev.status = 'placed') AS orders_1h,
     coalesce(sum(ev.amount) FILTER (WHERE ev.status = 'completed'), 0) AS ltv_365d,
-    avg(ev.amount) FILTER (WHERE ev.ts >= (r.t - 30 * 86400000) // 86400000 * 86400000) AS avg_amount_30d,
-    max(ev.amount) FILTER (WHERE ev.ts >= (r.t - 7 * 86400000) // 86400000 * 86400000) AS max_amount_7d
-  FROM r JOIN ev ON ev.user_id = r.user_id AND ev.ts >= (r.t - 365 * 86400000) // 86400000 * 86400000 AND ev.ts < r.t
+    avg(ev.amount) FILTER (WHERE ev.ts >= (r.t - 2592000000) // 86400000 * 86400000) AS avg_amount_30d,
+    max(ev.amount) FILTER (WHERE ev.ts >= (r.t - 604800000) // 86400000 * 86400000) AS max_amount_7d
+  FROM r JOIN ev ON ev.user_id = r.user_id AND ev.ts >= (r.t - 31536000000) // 86400000 * 86400000 AND ev.ts < r.t
   GROUP BY r.rid
 ), l AS (
   SELECT r.rid, ev.status AS last_status FROM r ASOF LEFT JOIN ev ON ev.user_id = r.user_id AND r.t > ev.ts
@@ -252,8 +253,9 @@ def run() -> dict[str, Any]:
         out["pit_snapshot_skew_s"] = _snapshot_case(catalog, "snap_skew", _n(1_000_000), 2_000, _n(100_000))
         if os.environ.get("SKEWLESS_BENCH_PIT_WINDOWED", "1") != "0":
             out.update(_windowed(root, catalog, _n(10_000_000), _n(100_000), _n(1_000_000)))
-        for v in out.values():
+        for name, v in out.items():
             v["scale"] = SCALE
+            print(f"{name}: {v}", file=sys.stderr)
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
