@@ -190,6 +190,8 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         raise
     finally:
         client.connection_pool.release(conn)
+    # Last: the view-level cut-off, so entities the run did not list read as empty (not incomplete).
+    client.eval(layout.BATCH_META_LUA, 1, layout.view_meta_key(project, view), str(cut), epoch)
     report.rows = len(tags)
     report.seconds = time.monotonic() - t0
     return report

@@ -265,6 +265,16 @@ def decode_batch_record(view: FeatureView, fields: Mapping[str | bytes, str | by
     return BatchRecord(int(f["cutoff"]), f["run"], f["epoch"], windows)
 
 
+def empty_batch_record(view: FeatureView, cutoff_ms: int, epoch: str) -> BatchRecord:
+    """The batch part of an entity that the run with this cut-off did not list: it had no event inside any
+    batch window before the cut-off, so every part is the laws' identity (COUNT 0, SUM 0, MIN null, ...)."""
+    windows = {}
+    for name, aggs in batch_windows(view).items():
+        parts = 1 if name == LIFETIME_FIELD else 1 + BATCH_TAIL_DAYS
+        windows[name] = tuple(tuple(laws.LAWS[Agg(a.agg)].init() for a in aggs) for _ in range(parts))
+    return BatchRecord(cutoff_ms, "", epoch, windows)
+
+
 def batch_expire_at_ms(cutoff_ms: int) -> int:
     """PEXPIREAT of a batch hash: useless once the daily stream tiles since its cut-off are gone."""
     return cutoff_ms + STREAM_DAILY_TILE_RETENTION_MS + BATCH_TILE_MS
@@ -333,6 +343,18 @@ for k = 1, #KEYS do
   end
 end
 return written
+"""
+
+# The view-level record of the newest fully materialized batch run: written after every entity's batch hash
+# of that run, so a reader that finds no hash (or an older one) for an entity knows the run had no events of it.
+META_BATCH_CUTOFF = "batch_cutoff_ms"
+
+BATCH_META_LUA = r"""
+-- KEYS[1] = view meta hash; ARGV = cutoff_ms, epoch. Moves batch_cutoff_ms forward only. Returns 1 if moved.
+local old = redis.call("HGET", KEYS[1], "batch_cutoff_ms")
+if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
+redis.call("HSET", KEYS[1], "batch_cutoff_ms", ARGV[1], "batch_epoch", ARGV[2])
+return 1
 """
 
 BATCH_WRITE_LUA = r"""
@@ -442,6 +464,9 @@ def evaluate_read(plan: ReadPlan, fetched: Mapping[str, Any], now_ms: int) -> di
         tiles[group.tile_ms] = decoded
         newest[group.tile_ms] = max(decoded, default=floor_ms(now_ms, group.tile_ms))
     batch = decode_batch_record(view, fetched.get(plan.batch_key) or {}) if plan.batch_key else None
+    run_cutoff = int(meta[META_BATCH_CUTOFF]) if plan.batch_key and META_BATCH_CUTOFF in meta else None
+    if run_cutoff is not None and (batch is None or batch.cutoff_ms < run_cutoff) and meta.get("batch_epoch") == epoch:
+        batch = empty_batch_record(view, run_cutoff, epoch)  # not in the newest run: no events before its cut-off
     if batch is not None and batch.epoch != epoch:
         epoch_ok = False
 

@@ -235,6 +235,22 @@ def test_read_is_incomplete_without_epoch_or_before_stream_start() -> None:
     assert got["n_1h"] == (0, "present") and got["amt_30d"] == (None, "incomplete")  # no batch yet
 
 
+def test_entity_missing_from_the_newest_run_reads_as_empty_batch_part() -> None:
+    r = FakeRedis()
+    r.data[layout.epoch_key("p")] = EPOCH
+    cutoff = D0 + 38 * MS_PER_DAY
+    r.data[layout.view_meta_key("p", VIEW)] = {"applied_from_ms": str(D0), "epoch": EPOCH}
+    plan = layout.read_plan("p", VIEW, ("nobody",), cutoff + MS_PER_DAY)
+    assert layout.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)["amt_30d"] == (None, "incomplete")
+    # the run is recorded for the view: an entity it did not list had no events before the cut-off
+    r.data[layout.view_meta_key("p", VIEW)] |= {layout.META_BATCH_CUTOFF: str(cutoff), "batch_epoch": EPOCH}
+    got = layout.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)
+    assert got["amt_30d"] == (oracle.feature_value(VIEW, "amt_30d", [], ("nobody",), cutoff + MS_PER_DAY), "present")
+    # an epoch change (store rebuilt) voids the recorded run
+    r.data[layout.view_meta_key("p", VIEW)]["batch_epoch"] = "other"
+    assert layout.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)["amt_30d"] == (None, "incomplete")
+
+
 def test_as_of_read_must_be_tile_aligned() -> None:
     with pytest.raises(ValueError, match="training-set path"):
         layout.read_plan("p", VIEW, ("u",), D0 + MS_PER_HOUR)
