@@ -1,0 +1,705 @@
+"""``get_online_features``: values, per-value status and age, and source progress from Redis in ONE round trip.
+
+Reads follow docs/semantics.md §10-§11 with the keys of :mod:`skewless.core.layout`:
+
+- feature views: stream tiles and batch parts merged through the shared laws, exactly as
+  :func:`skewless.core.layout.evaluate_read` (a test checks equality on generated stores), derived features
+  on the merged values at the same instant; ``stale`` for a read at "now" when the source's newest applied
+  event is older than the view's SLA (:func:`skewless.monitoring.freshness.stream_status`, the monitor's rule);
+- snapshot views: the stored latest row, TTL enforced exactly as offline (``expired`` -> null); a stored row
+  not yet visible at the instant read (``ts`` or ``created_at`` after it) is ``incomplete``;
+- ``incomplete`` for every value when the store's epoch is missing or differs from the record's.
+
+Everything a call needs (keys, laws, derived order) is planned once per feature selection and cached; a call
+packs one pipeline (epoch, progress, view metas, then per entity its tile/batch/snapshot keys: one entity's
+keys share a hash tag, so Redis Cluster pipelines split per node) and evaluates only requested features.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from math import lcm
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from skewless.core import laws, layout
+from skewless.core.dsl import Aggregation, Derived, FeatureService, FeatureView, KeyType, SnapshotView
+from skewless.core.repo import Repository, UnknownFeatureError
+from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS, is_stream_served
+from skewless.core.timeutil import floor_ms, td_ms, to_epoch_ms
+from skewless.online.reader import AsOfNotAlignedError
+
+PRESENT, STALE, INCOMPLETE, EXPIRED = "present", "stale", "incomplete", "expired"
+DEFAULT_MAX_ENTITIES = 1000
+
+
+class OnlineRequestError(ValueError):
+    """Bad input of an online read; the message says what is wrong (the HTTP server answers 400)."""
+
+
+class AsOfNotAligned(OnlineRequestError, AsOfNotAlignedError):
+    """``as_of`` is not a multiple of a tile size stored for a requested view."""
+
+
+# --- plans (built once per feature selection) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AggSpec:
+    name: str
+    law: laws.Law
+    index: int  # in the tile vector of its group
+    width_ms: int | None
+    stream_served: bool
+    batch_field: str | None
+    batch_index: int
+
+
+@dataclass(frozen=True)
+class _GroupSpec:
+    tile_ms: int
+    retention_ms: int
+    suffix: bytes  # b"}:t:{H}"
+    aggs: tuple[_AggSpec, ...]  # needed aggregations of this tile hash
+    indexes: tuple[int, ...]
+
+
+@dataclass
+class _ViewPlan:
+    view: FeatureView | SnapshotView
+    entity_index: int  # into _Plan.entities
+    prefix: bytes  # view prefix + ":{"
+    outputs: tuple[tuple[str, int], ...]  # (feature, column index)
+    snapshot: bool
+    groups: tuple[_GroupSpec, ...] = ()
+    batch_fields: tuple[str, ...] = ()
+    derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # (name, expr, inputs) in dependency order
+    meta_key: bytes = b""
+    step_ms: int = 1  # as_of must be a multiple (lcm of stored tile sizes)
+    stream: bool = False  # the source has a topic (progress, staleness)
+    snapshot_fields: tuple[tuple[int, str], ...] = ()  # (position in stored values, name)
+    ttl_ms: int = 0
+
+    def key_count(self) -> int:
+        return 1 if self.snapshot else len(self.groups) + (1 if self.batch_fields else 0)
+
+
+@dataclass(frozen=True)
+class _EntitySpec:
+    name: str
+    keys: tuple[tuple[str, KeyType], ...]
+
+
+@dataclass
+class _Plan:
+    refs: tuple[str, ...]  # "view:feature" per column
+    columns: tuple[str, ...]  # output names (feature, or view__feature when two views share a name)
+    entities: tuple[_EntitySpec, ...]
+    join_keys: tuple[str, ...]  # every join key a request must give
+    views: tuple[_ViewPlan, ...]
+    sources: tuple[tuple[str, bytes], ...]  # (source name, progress key) of streaming sources
+
+
+_ESCAPE_TABLE = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"})
+
+
+def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    counts: dict[str, int] = {}
+    for _, f in pairs:
+        counts[f] = counts.get(f, 0) + 1
+    return [f if counts[f] == 1 else f"{v}__{f}" for v, f in pairs]
+
+
+def _refs(expr: Any) -> set[str]:
+    from skewless.online.reader import _refs as refs
+
+    return refs(expr)
+
+
+def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, int]], entity_index: int) -> _ViewPlan:
+    by_name = {f.name: f for f in view.features}
+    needed: set[str] = set()
+    stack = [f for f, _ in wanted]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        feat = by_name[name]
+        if isinstance(feat, Derived):
+            stack.extend(_refs(feat.expr))
+    groups = []
+    batch = layout.batch_windows(view)
+    for g in layout.tile_groups(view):
+        specs = []
+        for index, a in enumerate(g.aggregations):
+            if a.name not in needed:
+                continue
+            width = layout.width_ms_of(a)
+            served = is_stream_served(width)
+            bfield = None if served else (layout.LIFETIME_FIELD if width is None else f"w:{width}")
+            specs.append(_AggSpec(a.name, laws.LAWS[layout.Agg(a.agg)], index, width, served, bfield,
+                                  batch[bfield].index(a) if bfield else -1))
+        groups.append(_GroupSpec(g.tile_ms, g.retention_ms, f"}}:t:{g.tile_ms}".encode(), tuple(specs),
+                                 tuple(s.index for s in specs)))
+    derived = []
+    done = {f.name for f in view.features if isinstance(f, Aggregation)}
+    pending = [f for f in view.features if isinstance(f, Derived) and f.name in needed]
+    while pending:
+        ready = [f for f in pending if _refs(f.expr) <= done]
+        if not ready:
+            raise ValueError(f"{view.name}: derived features {[f.name for f in pending]} reference unknown features")
+        for f in ready:
+            derived.append((f.name, f.expr, tuple(sorted(_refs(f.expr)))))
+            done.add(f.name)
+            pending.remove(f)
+    step = 1
+    for g in layout.tile_groups(view):
+        step = lcm(step, g.tile_ms)
+    return _ViewPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
+                     outputs=tuple(wanted), snapshot=False, groups=tuple(groups),
+                     batch_fields=tuple(batch) if batch else (), derived=tuple(derived),
+                     meta_key=layout.view_meta_key(project, view).encode(), step_ms=step,
+                     stream=not view.source.is_batch_only)
+
+
+def _plan_snapshot_view(project: str, view: SnapshotView, wanted: list[tuple[str, int]], entity_index: int) -> _ViewPlan:
+    positions = {f.name: i for i, f in enumerate(view.fields)}
+    return _ViewPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
+                     outputs=tuple(wanted), snapshot=True,
+                     snapshot_fields=tuple((positions[f], f) for f, _ in wanted), ttl_ms=td_ms(view.ttl))
+
+
+def build_plan(repo: Repository, project: str, features: Any) -> _Plan:
+    """The read plan of a feature selection (``view:feature`` refs, view names, a service or its name)."""
+    if isinstance(features, (str, FeatureService)):
+        refs_in: Any = features
+    else:
+        refs_in = list(features)
+        if not all(isinstance(r, str) for r in refs_in):
+            raise OnlineRequestError("features must be 'view:feature' references, view names or a service name (strings)")
+    if not refs_in:
+        raise OnlineRequestError("no features requested: pass 'view:feature' references, view names or a feature service")
+    try:
+        resolved = repo.resolve_features(refs_in)
+    except UnknownFeatureError as exc:
+        raise OnlineRequestError(str(exc)) from None
+    pairs = [(v.name, f) for v, f in resolved]
+    columns = _column_names(pairs)
+    by_view: dict[str, list[tuple[str, int]]] = {}
+    views: dict[str, Any] = {}
+    for i, (v, f) in enumerate(resolved):
+        views[v.name] = v
+        by_view.setdefault(v.name, []).append((f, i))
+    entities: list[_EntitySpec] = []
+    plans = []
+    for name, wanted in by_view.items():
+        view = views[name]
+        spec = _EntitySpec(view.entity.name, tuple((k, KeyType(t)) for k, t in view.entity.join_keys))
+        if spec not in entities:
+            entities.append(spec)
+        idx = entities.index(spec)
+        if isinstance(view, FeatureView):
+            plans.append(_plan_feature_view(project, view, wanted, idx))
+        else:
+            plans.append(_plan_snapshot_view(project, view, wanted, idx))
+    join_keys: list[str] = []
+    for e in entities:
+        for k, _ in e.keys:
+            if k not in join_keys:
+                join_keys.append(k)
+    sources = sorted({p.view.source.name for p in plans if p.stream})
+    return _Plan(tuple(f"{v}:{f}" for v, f in pairs), tuple(columns), tuple(entities), tuple(join_keys), tuple(plans),
+                 tuple((s, layout.progress_key(project, s).encode()) for s in sources))
+
+
+# --- the response --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineResponse:
+    """The answer of one read. Column-major: ``values[column][i]`` is entity ``i``'s value of ``column``
+    (``columns[j]`` is the output name of ``refs[j]``), with its ``statuses`` and ``ages_ms`` (the read
+    instant minus the newest data time the value reflects: newest applied event of the stream, batch cut-off
+    of a batch-only source, snapshot row time; None when unknown). ``progress``: per streaming source and
+    partition what was applied (offset, max event time, last write); ``batch_runs``: per view the batch runs
+    (run id -> cut-off) the values include."""
+
+    columns: tuple[str, ...]
+    refs: tuple[str, ...]
+    entities: dict[str, list[Any]]
+    values: dict[str, list[Any]]
+    statuses: dict[str, list[str]]
+    ages_ms: dict[str, list[int | None]]
+    now_ms: int
+    as_of_ms: int | None
+    progress: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    batch_runs: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.entities.values()), []))
+
+    def row(self, i: int = 0) -> dict[str, Any]:
+        """Plain values of entity ``i`` (by position in the request)."""
+        return {c: self.values[c][i] for c in self.columns}
+
+    def status(self, column: str, i: int = 0) -> str:
+        return self.statuses[column][i]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the HTTP server's response body)."""
+        return {
+            "features": list(self.columns), "refs": list(self.refs), "entities": self.entities,
+            "values": self.values, "statuses": self.statuses, "ages_ms": self.ages_ms,
+            "now_ms": self.now_ms, "as_of_ms": self.as_of_ms,
+            "progress": {s: {str(p): v for p, v in parts.items()} for s, parts in self.progress.items()},
+            "batch_runs": self.batch_runs,
+        }
+
+    def to_pandas(self, statuses: bool = True) -> Any:
+        """One row per entity: the join keys, then each feature column (and ``<column>__status``)."""
+        import pandas as pd
+
+        data: dict[str, list[Any]] = dict(self.entities)
+        for c in self.columns:
+            data[c] = self.values[c]
+            if statuses:
+                data[f"{c}__status"] = self.statuses[c]
+        return pd.DataFrame(data)
+
+
+# --- the store -------------------------------------------------------------------------------------------------
+
+
+def _pack(cmd: bytes, key: bytes) -> bytes:
+    return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(cmd), cmd, len(key), key)
+
+
+_HGETALL, _GET = b"HGETALL", b"GET"
+
+
+class OnlineStore:
+    """Online reads of one repository from one Redis (or Redis Cluster) client.
+
+    ``max_entities`` bounds a request (None: unbounded); ``sampler`` (a
+    :class:`skewless.monitoring.sampling.ValueSampler`) observes served values per view.
+    """
+
+    def __init__(self, repo: Repository, redis_client: Any, project: str | None = None, *,
+                 max_entities: int | None = None, sampler: Any = None) -> None:
+        from batch_jobs.materialize import default_project
+
+        self.repo = repo
+        self.client = redis_client
+        self.project = project or default_project()
+        self.max_entities = max_entities
+        self.sampler = sampler
+        self._plans: dict[Any, _Plan] = {}
+        self._lock = threading.Lock()
+        self._epoch_key = layout.epoch_key(self.project).encode()
+        self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
+        from batch_jobs.pit import evaluate_derived
+        from skewless.monitoring.freshness import stream_status
+
+        self._evaluate_derived: Callable[..., Any] = evaluate_derived
+        self._stream_status: Callable[..., str] = stream_status
+
+    # -- planning ------------------------------------------------------------------------------------------
+
+    def plan(self, features: Any) -> _Plan:
+        """The cached plan of a feature selection."""
+        key = features.name if isinstance(features, FeatureService) else (
+            features if isinstance(features, str) else tuple(features) if isinstance(features, (list, tuple)) else None)
+        if key is not None:
+            try:
+                plan = self._plans.get(key)
+            except TypeError:  # unhashable items: not a valid selection; build_plan says why
+                plan, key = None, None
+            if plan is not None:
+                return plan
+        plan = build_plan(self.repo, self.project, features)
+        if key is not None:
+            with self._lock:
+                if len(self._plans) > 1024:
+                    self._plans.clear()
+                self._plans[key] = plan
+        return plan
+
+    # -- entities ------------------------------------------------------------------------------------------
+
+    def _entity_columns(self, plan: _Plan, entity_rows: Any) -> tuple[dict[str, list[Any]], int]:
+        if hasattr(entity_rows, "columns") and hasattr(entity_rows, "to_dict"):  # pandas
+            cols = {str(c): entity_rows[c].tolist() for c in entity_rows.columns}
+        elif isinstance(entity_rows, Mapping):
+            cols = {}
+            for k, v in entity_rows.items():
+                if not isinstance(v, (list, tuple)):
+                    raise OnlineRequestError(f"entities[{k!r}] must be a list of values, got {type(v).__name__}")
+                cols[k] = list(v)
+        elif isinstance(entity_rows, (list, tuple)):
+            cols = {k: [] for k in plan.join_keys}
+            for i, row in enumerate(entity_rows):
+                if not isinstance(row, Mapping):
+                    raise OnlineRequestError(f"entity row {i} must be a mapping of join key -> value, got {type(row).__name__}")
+                for k in plan.join_keys:
+                    if k not in row:
+                        raise OnlineRequestError(f"entity row {i} lacks join key {k!r} (needed: {list(plan.join_keys)})")
+                    cols[k].append(row[k])
+        else:
+            raise OnlineRequestError("entity_rows must be a list of dicts, a dict of join key -> list, or a DataFrame")
+        missing = [k for k in plan.join_keys if k not in cols]
+        if missing:
+            raise OnlineRequestError(f"entities lack join key(s) {missing}; the requested views need {list(plan.join_keys)}"
+                                     + (f", got {sorted(cols)}" if cols else ""))
+        lengths = {len(cols[k]) for k in plan.join_keys}
+        if len(lengths) > 1:
+            raise OnlineRequestError(f"entity key lists differ in length: "
+                                     f"{ {k: len(cols[k]) for k in plan.join_keys} }")
+        n = lengths.pop() if lengths else 0
+        if self.max_entities is not None and n > self.max_entities:
+            raise OnlineRequestError(f"{n} entities requested; the limit is {self.max_entities} per request")
+        return {k: cols[k] for k in plan.join_keys}, n
+
+    @staticmethod
+    def _tags(spec: _EntitySpec, cols: Mapping[str, list[Any]], n: int) -> list[bytes]:
+        parts_per_key = []
+        for name, ktype in spec.keys:
+            values = cols[name]
+            out = []
+            if ktype is KeyType.STRING:
+                for i, v in enumerate(values):
+                    if type(v) is not str:
+                        raise OnlineRequestError(f"join key {name!r} is a string; entity {i} has {v!r} ({type(v).__name__})")
+                    out.append("s=" + v.translate(_ESCAPE_TABLE))
+            else:
+                for i, v in enumerate(values):
+                    if type(v) is not int or not laws.INT64_MIN <= v <= laws.INT64_MAX:
+                        raise OnlineRequestError(f"join key {name!r} is an int64; entity {i} has {v!r} ({type(v).__name__})")
+                    out.append(f"i={v}")
+            parts_per_key.append(out)
+        if len(parts_per_key) == 1:
+            return [p.encode() for p in parts_per_key[0]]
+        return [",".join(p).encode() for p in zip(*parts_per_key)]
+
+    # -- the read ------------------------------------------------------------------------------------------
+
+    def get_online_features(self, entity_rows: Any, features: Any, *, as_of: int | datetime | str | None = None,
+                            now_ms: int | None = None) -> OnlineResponse:
+        """Values of ``features`` for ``entity_rows`` at "now" or at a tile-aligned ``as_of``, in one round trip."""
+        plan = self.plan(features)
+        cols, n = self._entity_columns(plan, entity_rows)
+        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        as_of_ms = None if as_of is None else _as_of_ms(as_of)
+        if as_of_ms is not None:
+            for vp in plan.views:
+                if as_of_ms % vp.step_ms:
+                    before = as_of_ms - as_of_ms % vp.step_ms
+                    raise AsOfNotAligned(
+                        f"as_of {as_of_ms} is not a multiple of {vp.step_ms} ms (the tile sizes stored for {vp.view.name}): "
+                        f"online reads are exact at aligned instants such as {before} or {before + vp.step_ms}; "
+                        "use the training-set path (get_historical_features) for other instants")
+        tags = [self._tags(spec, cols, n) for spec in plan.entities]
+
+        # one pipeline: epoch, progress per streaming source, meta per feature view, then the entities' keys
+        commands: list[bytes] = [_pack(_GET, self._epoch_key)]
+        names: list[tuple[bytes, bytes]] = [(_GET, self._epoch_key)]
+        for _, pk in plan.sources:
+            names.append((_HGETALL, pk))
+        for vp in plan.views:
+            if not vp.snapshot:
+                names.append((_HGETALL, vp.meta_key))
+        for vp in plan.views:
+            for tag in tags[vp.entity_index]:
+                head = vp.prefix + tag
+                if vp.snapshot:
+                    names.append((_GET, head + b"}:s"))
+                    continue
+                for g in vp.groups:
+                    names.append((_HGETALL, head + g.suffix))
+                if vp.batch_fields:
+                    names.append((_HGETALL, head + b"}:b"))
+        replies = self._execute(names)
+        pos = 0
+        epoch = replies[0]
+        pos = 1
+        progress_raw: dict[str, dict] = {}
+        for src, _ in plan.sources:
+            progress_raw[src] = replies[pos]
+            pos += 1
+        metas = {}
+        for vp in plan.views:
+            if not vp.snapshot:
+                metas[vp.view.name] = replies[pos]
+                pos += 1
+
+        T = now if as_of_ms is None else as_of_ms
+        ncol = len(plan.columns)
+        values: list[list[Any]] = [[None] * n for _ in range(ncol)]
+        statuses: list[list[str]] = [[PRESENT] * n for _ in range(ncol)]
+        ages: list[list[int | None]] = [[None] * n for _ in range(ncol)]
+        progress = {src: _progress(raw) for src, raw in progress_raw.items()}
+        epoch_text = None if epoch is None else epoch.decode()
+        newest_event = {src: max((p.get("max_event_ms") for p in parts.values()
+                                  if p.get("max_event_ms") is not None and p.get("epoch") == epoch_text), default=None)
+                        for src, parts in progress.items()}
+        batch_runs: dict[str, dict[str, int]] = {}
+        sampler = self.sampler
+        for vp in plan.views:
+            k = vp.key_count()
+            chunk = replies[pos:pos + k * n]
+            pos += k * n
+            if vp.snapshot:
+                rows = [self._snapshot(vp, chunk[i], epoch, T) for i in range(n)]
+            else:
+                stale = False
+                age: int | None = None
+                if vp.stream:
+                    src = vp.view.source.name
+                    if as_of_ms is None:
+                        stale = self._stream_status(vp.view, progress_raw[src] or {}, epoch_text, now) == STALE
+                    newest = newest_event.get(src)
+                    age = None if newest is None else max(0, T - newest)
+                meta = _meta(metas[vp.view.name])
+                runs: dict[str, int] = {}
+                rows = [self._windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs)
+                        for i in range(n)]
+                if runs:
+                    batch_runs[vp.view.name] = runs
+            for feature, j in vp.outputs:
+                vcol, scol, acol = values[j], statuses[j], ages[j]
+                for i, (vals, sts, age_i) in enumerate(rows):
+                    vcol[i] = vals[feature]
+                    scol[i] = sts[feature]
+                    acol[i] = age_i
+            if sampler is not None:
+                for vals, _, _ in rows:
+                    sampler.observe(vp.view.name, {f: vals[f] for f, _ in vp.outputs})
+        return OnlineResponse(
+            columns=plan.columns, refs=plan.refs, entities=cols,
+            values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
+            ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress=progress,
+            batch_runs=batch_runs)
+
+    # -- transport -----------------------------------------------------------------------------------------
+
+    def _execute(self, names: list[tuple[bytes, bytes]]) -> list[Any]:
+        """One round trip; GET -> bytes|None, HGETALL -> dict[bytes, bytes]."""
+        if not self._fast:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd, key in names:
+                (pipe.get if cmd == _GET else pipe.hgetall)(key.decode())
+            out = []
+            for (cmd, _), r in zip(names, pipe.execute()):
+                if cmd == _GET:
+                    out.append(r.encode() if isinstance(r, str) else r)
+                else:
+                    out.append({(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
+                                for k, v in (r or {}).items()})
+            return out
+        pool = self.client.connection_pool
+        conn = pool.get_connection("GET")
+        try:
+            conn.send_packed_command(b"".join(_pack(c, k) for c, k in names), check_health=False)
+            out = []
+            error = None
+            for cmd, _ in names:
+                r = conn.read_response(disable_decoding=True)
+                if isinstance(r, Exception):
+                    error = error or r
+                    r = None
+                if cmd == _HGETALL:
+                    if isinstance(r, dict):
+                        pass
+                    elif r:
+                        it = iter(r)
+                        r = dict(zip(it, it))
+                    else:
+                        r = {}
+                out.append(r)
+        except BaseException:
+            conn.disconnect()  # unread replies must not leak into the next command
+            raise
+        finally:
+            pool.release(conn)
+        if error is not None:
+            raise error
+        return out
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+
+    def _snapshot(self, vp: _ViewPlan, raw: bytes | None, epoch: bytes | None,
+                  T: int) -> tuple[dict[str, Any], dict[str, str], int | None]:
+        names = [f for _, f in vp.snapshot_fields]
+        if raw is None:  # no row (or forgotten); without the epoch marker Redis may have lost it
+            return dict.fromkeys(names), dict.fromkeys(names, PRESENT if epoch is not None else INCOMPLETE), None
+        data = json.loads(raw)
+        ts, created = data["ts"], data.get("created_at")
+        if epoch is None or data.get("epoch") != epoch.decode() or ts > T or (created is not None and created > T):
+            return dict.fromkeys(names), dict.fromkeys(names, INCOMPLETE), None
+        age = T - ts
+        if ts >= T - vp.ttl_ms:
+            stored = data["values"]
+            return ({f: laws.decode_value(stored[p]) for p, f in vp.snapshot_fields}, dict.fromkeys(names, PRESENT), age)
+        status = EXPIRED if ts >= T - vp.ttl_ms - SNAPSHOT_EXPIRED_MEMORY_MS else PRESENT
+        return dict.fromkeys(names), dict.fromkeys(names, status), age
+
+    def _windowed(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[int | None, bytes | None],
+                  now: int, as_of_ms: int | None, stale: bool, age: int | None,
+                  runs: dict[str, int]) -> tuple[dict[str, Any], dict[str, str], int | None]:
+        applied_from, meta_epoch = meta
+        T = now if as_of_ms is None else as_of_ms
+        epoch_ok = epoch is not None and meta_epoch == epoch
+        vals: dict[str, Any] = {}
+        sts: dict[str, str] = {}
+        tiles_per_group = []
+        for g, raw in zip(vp.groups, raws):
+            tiles: dict[int, bytes] = {}
+            for fld, value in raw.items():
+                _, tile_epoch, body = value.split(b"|", 2)
+                if tile_epoch != epoch:
+                    epoch_ok = False
+                tiles[int(fld)] = body
+            tiles_per_group.append(tiles)
+        batch = None
+        if vp.batch_fields:
+            raw = raws[len(vp.groups)]
+            if raw:
+                if raw.get(b"epoch") != epoch:
+                    epoch_ok = False
+                batch = raw
+        cutoff = int(batch[b"cutoff"]) if batch is not None else None
+        if batch is not None and age is None and not vp.stream:
+            age = max(0, T - cutoff)  # type: ignore[operator]
+        if not epoch_ok:
+            for g in vp.groups:
+                for a in g.aggs:
+                    vals[a.name], sts[a.name] = None, INCOMPLETE
+        else:
+            if batch is not None:
+                runs[batch[b"run"].decode()] = cutoff  # type: ignore[assignment]
+            parsed_batch: dict[str, list] = {}
+            for g, tiles in zip(vp.groups, tiles_per_group):
+                if not g.aggs:
+                    continue
+                newest = max(tiles) if tiles else floor_ms(now, g.tile_ms)
+                oldest_kept = newest - g.retention_ms
+                decoded: dict[int, list] = {}
+
+                def merged(spec: _AggSpec, start: int) -> tuple[Any, bool]:
+                    ok = applied_from is not None and applied_from <= start and start >= oldest_kept
+                    acc = spec.law.init()
+                    for s, body in tiles.items():
+                        if s >= start and (as_of_ms is None or s < as_of_ms):
+                            vec = decoded.get(s)
+                            if vec is None:
+                                vec = decoded[s] = json.loads(body)
+                            acc = spec.law.merge(acc, spec.law.decode(vec[spec.index]))
+                    return acc, ok
+
+                for a in g.aggs:
+                    lw = a.law
+                    if a.stream_served:
+                        acc, ok = merged(a, floor_ms(T - a.width_ms, g.tile_ms))  # type: ignore[operator]
+                        vals[a.name], sts[a.name] = (lw.finalize(acc), PRESENT) if ok else (None, INCOMPLETE)
+                        continue
+                    if batch is None or cutoff > T:  # type: ignore[operator]
+                        vals[a.name], sts[a.name] = None, INCOMPLETE
+                        continue
+                    parts = parsed_batch.get(a.batch_field)  # type: ignore[arg-type]
+                    if parts is None:
+                        parts = parsed_batch[a.batch_field] = json.loads(batch[a.batch_field.encode()])  # type: ignore[union-attr]
+                    days_late = (T - cutoff) // BATCH_TILE_MS  # type: ignore[operator]
+                    stream_acc, ok = merged(a, cutoff)  # type: ignore[arg-type]
+                    body = lw.decode(parts[0][a.batch_index])
+                    if a.width_ms is None:
+                        if not ok:
+                            vals[a.name], sts[a.name] = None, INCOMPLETE
+                        else:
+                            vals[a.name] = lw.finalize(lw.merge(body, stream_acc))
+                            sts[a.name] = STALE if days_late > BATCH_TAIL_DAYS else PRESENT
+                        continue
+                    if days_late > BATCH_TAIL_DAYS or not ok:
+                        vals[a.name], sts[a.name] = None, INCOMPLETE
+                        continue
+                    acc = body
+                    for t in range(days_late, BATCH_TAIL_DAYS):
+                        acc = lw.merge(acc, lw.decode(parts[1 + t][a.batch_index]))
+                    vals[a.name], sts[a.name] = lw.finalize(lw.merge(acc, stream_acc)), PRESENT
+        if stale:
+            for name, s in sts.items():
+                if s == PRESENT:
+                    sts[name] = STALE
+        for name, expr, inputs in vp.derived:
+            in_status = [sts[i] for i in inputs]
+            if INCOMPLETE in in_status:
+                vals[name], sts[name] = None, INCOMPLETE
+            else:
+                vals[name] = self._evaluate_derived(expr, {i: vals[i] for i in inputs}, T)
+                sts[name] = STALE if STALE in in_status else PRESENT
+        return vals, sts, age
+
+
+def _as_of_ms(as_of: Any) -> int:
+    if isinstance(as_of, bool):
+        raise OnlineRequestError(f"as_of must be epoch ms, an ISO-8601 string with a zone or a datetime, got {as_of!r}")
+    if isinstance(as_of, str):
+        from skewless.core.admission import MalformedError, parse_event_time
+
+        try:
+            return parse_event_time(as_of)
+        except MalformedError as exc:
+            raise OnlineRequestError(f"as_of: {exc}") from None
+    if isinstance(as_of, int):
+        if not 0 <= as_of <= laws.INT64_MAX:
+            raise OnlineRequestError(f"as_of {as_of} is out of range")
+        return as_of
+    try:
+        return to_epoch_ms(as_of)
+    except Exception:  # noqa: BLE001 - anything else is the caller's mistake
+        raise OnlineRequestError(f"as_of must be epoch ms, an ISO-8601 string with a zone or a datetime, got {as_of!r}") from None
+
+
+def _meta(raw: Mapping[bytes, bytes] | None) -> tuple[int | None, bytes | None]:
+    raw = raw or {}
+    af = raw.get(b"applied_from_ms")
+    return (None if af is None else int(af)), raw.get(b"epoch")
+
+
+def _progress(raw: Mapping[bytes, bytes] | None) -> dict[int, dict[str, Any]]:
+    out = {}
+    for k, v in (raw or {}).items():
+        if k.startswith(b"p:"):
+            try:
+                out[int(k[2:])] = json.loads(v)
+            except ValueError:
+                continue
+    return out
+
+
+def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = None, *, project: str | None = None,
+               password: str | None = None, tls: bool = False, **kwargs: Any) -> OnlineStore:
+    """An :class:`OnlineStore` on ``redis_url`` (default: the project's Redis)."""
+    import redis
+
+    from skewless.core.repo import load_repository
+
+    if not isinstance(repo, Repository):
+        repo = load_repository(repo)
+    if redis_url is None:
+        from skewless import config
+        from skewless.stack.redis import redis_url as make_url
+
+        redis_url = make_url(config.ports().redis)
+    opts: dict[str, Any] = {}
+    if password:
+        opts["password"] = password
+    if tls and redis_url.startswith("redis://"):
+        redis_url = "rediss://" + redis_url[len("redis://"):]
+    client = redis.Redis.from_url(redis_url, **opts)
+    return OnlineStore(repo, client, project, **kwargs)
+
+
+__all__ = ["AsOfNotAligned", "OnlineRequestError", "OnlineResponse", "OnlineStore", "build_plan", "open_store"]

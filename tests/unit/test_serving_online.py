@@ -1,0 +1,201 @@
+"""OnlineStore on an in-memory Redis: equal to layout.evaluate_read + the reader's derived/staleness rules
+feature by feature, equal to the oracle, one round trip, snapshot TTL edges, statuses, and input errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from skewless.core import layout, oracle
+from skewless.core.repo import load_repository
+from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
+from skewless.monitoring.freshness import stream_status
+from skewless.online.reader import _derived
+from skewless.serving import OnlineRequestError, OnlineStore
+from skewless.serving.fill import fill
+from skewless.serving.online import AsOfNotAligned
+
+P = "p"
+EPOCH = "e1"
+START = 1_704_067_200_000 + 10 * MS_PER_DAY + 7 * MS_PER_HOUR
+CUTOFF = 1_704_067_200_000 + 11 * MS_PER_DAY
+
+
+class MemRedis:
+    """GET/HGETALL in a pipeline, counting round trips (str values, as decode_responses would give)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.round_trips = 0
+
+    def pipeline(self, transaction: bool = False) -> "MemRedis":
+        self.ops: list = []
+        return self
+
+    def get(self, key: str) -> None:
+        self.ops.append(lambda: self.data.get(key))
+
+    def hgetall(self, key: str) -> None:
+        self.ops.append(lambda: dict(self.data.get(key) or {}))
+
+    def execute(self) -> list:
+        self.round_trips += 1
+        return [op() for op in self.ops]
+
+
+@pytest.fixture(scope="module")
+def repo() -> Any:
+    return load_repository()
+
+
+@pytest.fixture(scope="module")
+def filled(repo: Any) -> Any:
+    return fill(P, repo, users=12, events=900, start_ms=START, rate=0.004, cutoff_ms=CUTOFF, epoch=EPOCH)
+
+
+def reference(data: dict[str, Any], view: Any, user: str, now: int, as_of: int | None) -> dict[str, tuple]:
+    plan = layout.read_plan(P, view, (user,), as_of)
+    keys = [plan.epoch_key, plan.meta_key, plan.batch_key, *(k for _, k in plan.tile_keys)]
+    values = layout.evaluate_read(plan, {k: data.get(k) for k in keys if k}, now)
+    if as_of is None:
+        progress = data.get(layout.progress_key(P, "orders")) or {}
+        if stream_status(view, progress, data.get(layout.epoch_key(P)), now) == "stale":
+            values = {f: (v, "stale" if s == "present" else s) for f, (v, s) in values.items()}
+    values.update(_derived(view, values, now if as_of is None else as_of))
+    return values
+
+
+def instants() -> list[tuple[int, int | None]]:
+    out: list[tuple[int, int | None]] = []
+    for minutes in (5, 97, 13 * 60 + 1, 24 * 60 + 33, 40 * 60, 50 * 60 + 7, 75 * 60, 5 * 24 * 60):
+        out.append((START + minutes * MS_PER_MINUTE + 3, None))
+    for days in (11, 12, 13, 14):
+        out.append((1_704_067_200_000 + days * MS_PER_DAY + 5 * MS_PER_HOUR, 1_704_067_200_000 + days * MS_PER_DAY))
+    return out
+
+
+@pytest.mark.parametrize("now,as_of", instants())
+def test_equals_evaluate_read_and_the_reader_rules(repo: Any, filled: Any, now: int, as_of: int | None) -> None:
+    view = repo.view("user_order_stats")
+    redis = MemRedis(filled.data)
+    store = OnlineStore(repo, redis, P)
+    users = filled.users + ["nobody"]
+    got = store.get_online_features([{"user_id": u} for u in users], ["user_order_stats"], as_of=as_of, now_ms=now)
+    assert redis.round_trips == 1
+    for i, user in enumerate(users):
+        want = reference(filled.data, view, user, now, as_of)
+        for name in view.feature_names:
+            assert (got.values[name][i], got.statuses[name][i]) == want[name], (user, name)
+
+
+def test_values_equal_the_oracle_where_present(repo: Any, filled: Any) -> None:
+    view = repo.view("user_order_stats")
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    combined = [e for e in filled.offline if e["event_time"] < CUTOFF] + [e for e in filled.admitted if e["event_time"] >= CUTOFF]
+    checked = 0
+    for now, as_of in instants():
+        T = now if as_of is None else as_of
+        got = store.get_online_features({"user_id": filled.users}, "churn_model", as_of=as_of, now_ms=now)
+        for i, user in enumerate(filled.users):
+            stream = oracle.feature_row(view, filled.admitted, (user,), T, now_read=as_of is None)
+            batch = oracle.feature_row(view, combined, (user,), T, now_read=as_of is None)
+            for ref, col in zip(got.refs, got.columns):
+                vname, fname = ref.split(":")
+                if vname != view.name or got.statuses[col][i] == "incomplete":
+                    continue
+                feat = next(f for f in view.features if f.name == fname)
+                width = layout.width_ms_of(feat) if hasattr(feat, "window") else None
+                want = stream[fname] if width is not None and width <= MS_PER_DAY else batch[fname]
+                assert got.values[col][i] == want, (user, fname, T)
+                checked += 1
+    assert checked > 200
+
+
+def test_progress_age_runs_and_response_forms(repo: Any, filled: Any) -> None:
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    newest = max(e["event_time"] for e in filled.admitted)
+    now = newest + MS_PER_MINUTE
+    got = store.get_online_features([{"user_id": filled.users[0]}], "churn_model", now_ms=now)
+    assert got.columns[0] == "user_orders_last_1h" and got.refs[-1] == "customer_profile:segment"
+    assert set(got.progress["orders"]) and got.batch_runs["user_order_stats"] == {"run-1": CUTOFF}
+    assert got.ages_ms["user_orders_last_1h"][0] == now - newest
+    d = got.to_dict()
+    assert json.dumps(d, default=str) and d["entities"] == {"user_id": [filled.users[0]]}
+    df = got.to_pandas()
+    assert list(df.columns[:3]) == ["user_id", "user_orders_last_1h", "user_orders_last_1h__status"]
+    import pandas as pd
+
+    again = store.get_online_features(pd.DataFrame({"user_id": filled.users[:2]}), "churn_model", now_ms=now)
+    assert again.row(0) == got.row(0)
+
+
+def test_stale_uses_the_monitors_event_time_rule(repo: Any, filled: Any) -> None:
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    newest = max(e["event_time"] for e in filled.admitted)
+    sla = 5 * MS_PER_MINUTE
+    fresh = store.get_online_features({"user_id": filled.users[:1]}, ["user_order_stats:user_orders_last_1h"], now_ms=newest + sla)
+    stale = store.get_online_features({"user_id": filled.users[:1]}, ["user_order_stats:user_orders_last_1h"], now_ms=newest + sla + 1)
+    assert fresh.statuses["user_orders_last_1h"] == ["present"] and stale.statuses["user_orders_last_1h"] == ["stale"]
+
+
+def _snapshot_store(repo: Any, rows: list[tuple[int, int, int]]) -> dict[str, Any]:
+    profile = repo.view("customer_profile")
+    data: dict[str, Any] = {layout.epoch_key(P): EPOCH}
+    for i, (ts, created, score) in enumerate(rows):
+        data[layout.snapshot_key(P, profile, (f"u{i}",))] = layout.encode_snapshot(
+            profile, ts, created, {"credit_score": score, "segment": "vip"}, EPOCH)
+    return data
+
+
+def test_snapshot_ttl_edges_equal_the_oracle(repo: Any) -> None:
+    profile = repo.view("customer_profile")
+    d1 = 1_704_067_200_000 + MS_PER_DAY
+    store = OnlineStore(repo, MemRedis(_snapshot_store(repo, [(d1 + 12 * MS_PER_HOUR, d1 + 12 * MS_PER_HOUR, 710)])), P)
+    rows = [{"user_id": "u0", "event_time": d1, "created_at": d1, "credit_score": 700, "segment": "vip"},
+            {"user_id": "u0", "event_time": d1 + 12 * MS_PER_HOUR, "created_at": d1 + 12 * MS_PER_HOUR, "credit_score": 710,
+             "segment": "vip"}]
+    ttl_end = d1 + 12 * MS_PER_HOUR + MS_PER_DAY
+    for T in (d1 + 12 * MS_PER_HOUR, ttl_end, ttl_end + 1, ttl_end + SNAPSHOT_EXPIRED_MEMORY_MS,
+              ttl_end + SNAPSHOT_EXPIRED_MEMORY_MS + 1):
+        got = store.get_online_features({"user_id": ["u0"]}, ["customer_profile:credit_score"], now_ms=T + 5, as_of=T)
+        want = oracle.snapshot_value(profile, "credit_score", rows, ("u0",), T)
+        assert (got.values["credit_score"][0], got.statuses["credit_score"][0]) == want, T
+    statuses = [store.get_online_features({"user_id": ["u0"]}, "customer_profile", now_ms=T).statuses["credit_score"][0]
+                for T in (ttl_end, ttl_end + 1)]
+    assert statuses == ["present", "expired"]
+    # a stored row not visible yet at the instant read: the older row is unknown online
+    early = store.get_online_features({"user_id": ["u0"]}, "customer_profile", as_of=d1 + MS_PER_HOUR, now_ms=ttl_end)
+    assert early.statuses["segment"] == ["incomplete"] and early.values["segment"] == [None]
+
+
+def test_missing_epoch_makes_everything_incomplete(repo: Any, filled: Any) -> None:
+    data = {k: v for k, v in filled.data.items() if k != layout.epoch_key(P)}
+    store = OnlineStore(repo, MemRedis(data), P)
+    got = store.get_online_features({"user_id": filled.users[:3] + ["nobody"]}, "churn_model", now_ms=START + MS_PER_DAY)
+    assert {s for col in got.columns for s in got.statuses[col]} == {"incomplete"}
+    assert {v for col in got.columns for v in got.values[col]} == {None}
+
+
+def test_bad_input_says_what_is_wrong(repo: Any, filled: Any) -> None:
+    store = OnlineStore(repo, MemRedis(filled.data), P, max_entities=3)
+    cases = [
+        (([{"user_id": "a"}], ["user_order_stats:user_orders_last_1hh"]), "did you mean"),
+        (([{"user_id": "a"}], ["nope_view"]), "unknown"),
+        (([{"user_id": 7}], "churn_model"), "is a string"),
+        (([{"uid": "a"}], "churn_model"), "lacks join key 'user_id'"),
+        (({"user_id": ["a", "b", "c", "d"]}, "churn_model"), "limit is 3"),
+        (({"user_id": "a"}, "churn_model"), "must be a list"),
+        (([{"user_id": "a"}], []), "no features"),
+        (([{"user_id": "a"}], [3]), "strings"),
+    ]
+    for (rows, feats), msg in cases:
+        with pytest.raises(OnlineRequestError, match=msg):
+            store.get_online_features(rows, feats)
+    with pytest.raises(AsOfNotAligned, match="training-set path"):
+        store.get_online_features([{"user_id": "a"}], "churn_model", as_of=CUTOFF + 5 * MS_PER_MINUTE)
+    with pytest.raises(OnlineRequestError, match="as_of"):
+        store.get_online_features([{"user_id": "a"}], "churn_model", as_of="yesterday")
+    assert store.get_online_features({"user_id": []}, "churn_model").values["segment"] == []
