@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from skewless import config
+from skewless.stack.archive import PREFIX as ARCHIVE_PREFIX
+from skewless.stack.archive import ArchiveProcess, archive_services, ensure_source_topics, is_archive_service
 from skewless.stack.base import Service, StackError, Started, port_in_use
 from skewless.stack.kafka import KafkaBroker, kafka_jars
 from skewless.stack.procs import fmt_mib, log_tail, pid_alive, rss_bytes, same_process, start_time, stop_pids
@@ -54,6 +56,8 @@ def make_service(name: str, ports: dict[str, int] | None = None) -> Service:
         return KafkaBroker(port=ports.get("broker"), controller_port=ports.get("controller"))
     if name == "redis":
         return RedisServer(port=ports.get("redis"))
+    if is_archive_service(name):
+        return ArchiveProcess(name[len(ARCHIVE_PREFIX):], kafka_port=ports.get("kafka"))
     if name == "flink":
         try:
             module = importlib.import_module(FLINK_MODULE)
@@ -147,10 +151,13 @@ def write_record(entries: list[dict[str, Any]]) -> None:
 
 
 def record_entry(svc: Service, started: Started) -> dict[str, Any]:
+    ports = svc.ports()
+    if isinstance(svc, ArchiveProcess):  # listens on nothing; remembers which broker it reads
+        ports = {"kafka": svc.kafka_port}
     return {
         "name": started.name,
         "pids": [{"pid": p, "start_time": start_time(p)} for p in started.pids],
-        "ports": svc.ports(),
+        "ports": ports,
         "endpoints": started.endpoints,
         "log_file": str(started.log_file),
     }
@@ -164,7 +171,8 @@ def live_pids(entry: dict[str, Any]) -> list[int]:
 def stack_owned_ports() -> dict[int, str]:
     """Ports held by a recorded, live stack service -> that service's name."""
     record = read_record() or {"services": []}
-    return {port: e["name"] for e in record["services"] if live_pids(e) for port in e["ports"].values()}
+    return {port: e["name"] for e in record["services"] if live_pids(e) and not is_archive_service(e["name"])
+            for port in e["ports"].values()}
 
 
 # --- up / down / status ----------------------------------------------------------------------------
@@ -219,7 +227,8 @@ def fix_hint(name: str) -> str:
         "kafka": f"read the log above; a stale or foreign data dir can be removed: rm -rf {p.state / 'kafka'} (or make clean)",
         "flink": f"read the log above and {p.logs / 'flink'}/; check free memory (free -m) and the Flink ports",
         "redis": f"read the log above; check infra/redis/redis.conf and that {p.state / 'redis'} is a writable directory",
-    }.get(name, "read the log above")
+    }.get(name, "read the log above; `skewless archive status` shows why an archive stopped"
+          if is_archive_service(name) else "read the log above")
 
 
 def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> int:
@@ -230,6 +239,7 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> i
         print("stack: already running (run `skewless stack down` first to restart):", file=out)
         status(out=out)
         return 0 if _all_healthy(record) else 1
+    with_archive = services is None  # the default stack also runs the raw archive (docs/infra.md)
     services = list(services) if services is not None else stack_services()
     t0 = time.monotonic()
     try:
@@ -250,6 +260,9 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> i
             write_record([record_entry(s, st) for s, st in pairs])  # recorded at once: `down` works mid-up
             print(f"stack: started {svc.name} (pid {', '.join(map(str, started.pids))}, log {started.log_file})", file=out)
         _await_healthy(pairs, out)
+        kafka = next((s for s in services if isinstance(s, KafkaBroker)), None)
+        if with_archive and kafka is not None:
+            _start_archives(kafka, pairs, paths.state, paths.logs, out)
     except _ServiceFailed as failure:
         print(f"stack: FAILED: {failure}", file=out)
         if failure.started is not None:
@@ -268,6 +281,30 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> i
     print(f"stack: up in {time.monotonic() - t0:.1f} s (logs in {paths.logs})", file=out)
     status(out=out)
     return 0
+
+
+def _start_archives(kafka: KafkaBroker, pairs: list[tuple[Service, Started]], state: Path, logs: Path,
+                    out: TextIO) -> None:
+    """After Kafka is healthy: create the Kafka-fed sources' topics, start one archive process per source,
+    record each at once and wait until they are healthy (raises _ServiceFailed like any service)."""
+    try:
+        archives = archive_services(kafka.port)
+        topics = ensure_source_topics(kafka.bootstrap)
+    except Exception as exc:  # noqa: BLE001 - a broken repository or broker: report as the archive's failure
+        raise _ServiceFailed(ArchiveProcess("all", kafka_port=kafka.port), None, f"could not prepare: {exc}") from exc
+    if topics:
+        print(f"stack: topics ready: {', '.join(topics)}", file=out)
+    started_now: list[tuple[Service, Started]] = []
+    for svc in archives:
+        try:
+            started = svc.start(state, logs)
+        except (StackError, OSError) as exc:
+            raise _ServiceFailed(svc, None, f"could not start: {exc}") from exc
+        pairs.append((svc, started))
+        started_now.append((svc, started))
+        write_record([record_entry(s, st) for s, st in pairs])
+        print(f"stack: started {svc.name} (pid {', '.join(map(str, started.pids))}, log {started.log_file})", file=out)
+    _await_healthy(started_now, out)
 
 
 def down(out: TextIO = sys.stdout) -> int:
