@@ -316,17 +316,34 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         )
 
     def _fields_view(self, fields: dict[str, _Field]) -> str:
-        cols = [
-            "kafka_partition AS p", "kafka_offset AS o",
-            "EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms", "pt", "bytes_value", "v",
-            "v IS JSON OBJECT AS is_object",
-        ]
-        for f in fields.values():
-            cols.append(f"JSON_QUERY(v, {q('$.' + f.name)} WITH ARRAY WRAPPER) AS {f.w}")
-            cols.append(f"JSON_VALUE(v, {q('$.' + f.name)}) AS {f.s}")
-        decoded = ("(SELECT *, CASE WHEN bytes_value IS NOT NULL AND ENCODE(DECODE(bytes_value, 'UTF-8'), 'UTF-8') = bytes_value "
-                   "THEN DECODE(bytes_value, 'UTF-8') END AS v FROM `${ns}_raw`)")
-        return "CREATE TEMPORARY VIEW `${ns}_fields` AS\nSELECT\n  " + ",\n  ".join(cols) + f"\nFROM {decoded}"
+        # Each CROSS JOIN UNNEST(ARRAY[...]) is a barrier the planner does not inline: the UTF-8 decode and
+        # every JSON function run once per record (a plain view would be copied into every use).
+        decoded = (
+            "SELECT kafka_partition AS p, kafka_offset AS o,\n"
+            "    EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms, pt, bytes_value, v\n"
+            "  FROM `${ns}_raw`\n"
+            "  CROSS JOIN UNNEST(ARRAY[DECODE(bytes_value, 'UTF-8')]) AS d(v_decoded)\n"
+            "  CROSS JOIN UNNEST(ARRAY[CASE WHEN bytes_value IS NOT NULL AND (POSITION(U&'\\FFFD' IN v_decoded) = 0\n"
+            "    OR ENCODE(v_decoded, 'UTF-8') = bytes_value) THEN v_decoded END]) AS e(v)"
+        )
+        exprs, names = ["v IS JSON OBJECT"], ["is_object"]
+        for f in fields.values():  # one parse per field: its JSON text tells the type and holds the scalar
+            exprs.append(f"JSON_QUERY(v, {q('$.' + f.name)} WITH ARRAY WRAPPER)")
+            names.append(f.w)
+        scalars = []
+        for f in fields.values():  # the scalar text from the JSON text; JSON_VALUE only to unescape strings
+            scalars.append(
+                f"CASE WHEN {f.w} LIKE '[\"%' AND POSITION('\\' IN {f.w}) = 0 THEN SUBSTRING({f.w}, 3, CHAR_LENGTH({f.w}) - 4)\n"
+                f"    WHEN {f.w} LIKE '[\"%' THEN JSON_VALUE(v, {q('$.' + f.name)})\n"
+                f"    WHEN {f.w} IN ('[null]') THEN NULL ELSE SUBSTRING({f.w}, 2, CHAR_LENGTH({f.w}) - 2) END")
+        all_names = names + [f.s for f in fields.values()]
+        return (
+            "CREATE TEMPORARY VIEW `${ns}_fields` AS\n"
+            f"SELECT p, o, record_ms, pt, bytes_value, v, {', '.join(all_names)}\n"
+            f"FROM (\n  {decoded})\n"
+            "CROSS JOIN UNNEST(ARRAY[ROW(\n  " + ",\n  ".join(exprs) + f")]) AS j({', '.join(names)})\n"
+            "CROSS JOIN UNNEST(ARRAY[ROW(\n  " + ",\n  ".join(scalars) + f")]) AS k({', '.join(f.s for f in fields.values())})"
+        )
 
     def _type_ok(self, jtype: str, f: _Field) -> str:
         if jtype == "string":
@@ -394,17 +411,17 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             malformed.append(self._property_violation(fields[name], prop, name in required))
         for name in (r for r in required if r not in props):
             malformed.append((f"{fields[name].w} IS NULL" if name in fields else "FALSE", f"schema: {name} is required"))
-        malformed.append((f"({ts}) IS NULL", f"event time {source.event_time}: missing, null or not epoch ms / ISO-8601 with a zone in 1970..9999"))
+        malformed.append(("ts IS NULL", f"event time {source.event_time}: missing, null or not epoch ms / ISO-8601 with a zone in 1970..9999"))
         for name in key_fields:
             f = fields[name]
             malformed.append((f"NOT (({_is_string_json(f.w)} AND {f.s} <> '') OR {_is_int_json(f.w)})",
                               f"key field {name}: missing, null, empty or not a string/integer"))
         # reason1 = "<reason>|<detail>" (one CASE, so each check is evaluated once per record)
         reason = "CASE\n" + "".join(f"    WHEN {c} THEN {q('malformed|' + d)}\n" for c, d in malformed)
-        reason += (f"    WHEN ({ts}) > record_ms + {scan.clock_skew_tolerance_ms} THEN "
+        reason += (f"    WHEN ts > record_ms + {scan.clock_skew_tolerance_ms} THEN "
                    f"{q(f'future|event time > record timestamp + {scan.clock_skew_tolerance_ms} ms')}\n  END")
         eid = fields[source.event_id]
-        cols = ["p", "o", "record_ms", "pt", "bytes_value", f"{ts} AS ts",
+        cols = ["p", "o", "record_ms", "pt", "bytes_value", "ts",
                 f"CASE WHEN {_is_string_json(eid.w)} THEN CONCAT('s', {eid.s}) ELSE CONCAT('i', {eid.s}) END AS idk"]
         for name, f in fields.items():
             vt = self._value_type(source, types, name)
@@ -412,7 +429,8 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
                 continue
             cols.append(f"{_typed(f, vt)} AS f_{f.col}")
         cols.append(f"{reason} AS reason1")
-        return "CREATE TEMPORARY VIEW `${ns}_parsed` AS\nSELECT\n  " + ",\n  ".join(cols) + "\nFROM `${ns}_fields`"
+        return ("CREATE TEMPORARY VIEW `${ns}_parsed` AS\nSELECT\n  " + ",\n  ".join(cols)
+                + f"\nFROM `${{ns}}_fields`\nCROSS JOIN UNNEST(ARRAY[{ts}]) AS t(ts)")
 
     def _ordered_view(self, scan: Scan) -> str:
         return (

@@ -54,6 +54,8 @@ def stream_conf(mini_batch_latency: str = DEFAULT_MINI_BATCH, mini_batch_size: i
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "table.exec.source.idle-timeout": "0 ms",
+        # the sink is idempotent (CAS on the tile version): no upsert materializer state in front of it
+        "table.exec.sink.upsert-materialize": "NONE",
     }
 
 

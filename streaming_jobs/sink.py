@@ -201,7 +201,7 @@ def make_process_function(job: FlinkSourceJob, config: SinkConfig):
 
         def process_element(self, row, ctx: "KeyedProcessFunction.Context"):
             if row.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE):
-                return  # upsert changelog: only +I/+U images carry values; tiles are never deleted
+                return []  # upsert changelog: only +I/+U images carry values; tiles are never deleted
             bucket = ctx.get_current_key()
             rows = self._rows(bucket)
             field = "|".join(str(x) for x in row[:4 + job.key_width])
@@ -213,9 +213,11 @@ def make_process_function(job: FlinkSourceJob, config: SinkConfig):
                 ctx.timer_service().register_processing_time_timer(now - now % 50 + config.flush_ms)
             if len(rows) >= config.flush_rows:
                 self._flush(bucket)
+            return []  # the sink emits nothing (PyFlink iterates the result)
 
         def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext"):
             self._flush(ctx.get_current_key())
+            return []
 
         def _rows(self, bucket: int) -> dict[str, list]:
             """This bucket's pending rows; on first touch after a restore, those in the checkpoint."""

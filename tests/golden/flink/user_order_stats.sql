@@ -13,29 +13,45 @@ CREATE TEMPORARY TABLE `${ns}_raw` (
 );
 
 CREATE TEMPORARY VIEW `${ns}_fields` AS
-SELECT
-  kafka_partition AS p,
-  kafka_offset AS o,
-  EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms,
-  pt,
-  bytes_value,
-  v,
-  v IS JSON OBJECT AS is_object,
-  JSON_QUERY(v, '$.event_id' WITH ARRAY WRAPPER) AS w_0_event_id,
-  JSON_VALUE(v, '$.event_id') AS s_0_event_id,
-  JSON_QUERY(v, '$.user_id' WITH ARRAY WRAPPER) AS w_1_user_id,
-  JSON_VALUE(v, '$.user_id') AS s_1_user_id,
-  JSON_QUERY(v, '$.order_id' WITH ARRAY WRAPPER) AS w_2_order_id,
-  JSON_VALUE(v, '$.order_id') AS s_2_order_id,
-  JSON_QUERY(v, '$.amount' WITH ARRAY WRAPPER) AS w_3_amount,
-  JSON_VALUE(v, '$.amount') AS s_3_amount,
-  JSON_QUERY(v, '$.currency' WITH ARRAY WRAPPER) AS w_4_currency,
-  JSON_VALUE(v, '$.currency') AS s_4_currency,
-  JSON_QUERY(v, '$.status' WITH ARRAY WRAPPER) AS w_5_status,
-  JSON_VALUE(v, '$.status') AS s_5_status,
-  JSON_QUERY(v, '$.event_time' WITH ARRAY WRAPPER) AS w_6_event_time,
-  JSON_VALUE(v, '$.event_time') AS s_6_event_time
-FROM (SELECT *, CASE WHEN bytes_value IS NOT NULL AND ENCODE(DECODE(bytes_value, 'UTF-8'), 'UTF-8') = bytes_value THEN DECODE(bytes_value, 'UTF-8') END AS v FROM `${ns}_raw`);
+SELECT p, o, record_ms, pt, bytes_value, v, is_object, w_0_event_id, w_1_user_id, w_2_order_id, w_3_amount, w_4_currency, w_5_status, w_6_event_time, s_0_event_id, s_1_user_id, s_2_order_id, s_3_amount, s_4_currency, s_5_status, s_6_event_time
+FROM (
+  SELECT kafka_partition AS p, kafka_offset AS o,
+    EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms, pt, bytes_value, v
+  FROM `${ns}_raw`
+  CROSS JOIN UNNEST(ARRAY[DECODE(bytes_value, 'UTF-8')]) AS d(v_decoded)
+  CROSS JOIN UNNEST(ARRAY[CASE WHEN bytes_value IS NOT NULL AND (POSITION(U&'\FFFD' IN v_decoded) = 0
+    OR ENCODE(v_decoded, 'UTF-8') = bytes_value) THEN v_decoded END]) AS e(v))
+CROSS JOIN UNNEST(ARRAY[ROW(
+  v IS JSON OBJECT,
+  JSON_QUERY(v, '$.event_id' WITH ARRAY WRAPPER),
+  JSON_QUERY(v, '$.user_id' WITH ARRAY WRAPPER),
+  JSON_QUERY(v, '$.order_id' WITH ARRAY WRAPPER),
+  JSON_QUERY(v, '$.amount' WITH ARRAY WRAPPER),
+  JSON_QUERY(v, '$.currency' WITH ARRAY WRAPPER),
+  JSON_QUERY(v, '$.status' WITH ARRAY WRAPPER),
+  JSON_QUERY(v, '$.event_time' WITH ARRAY WRAPPER))]) AS j(is_object, w_0_event_id, w_1_user_id, w_2_order_id, w_3_amount, w_4_currency, w_5_status, w_6_event_time)
+CROSS JOIN UNNEST(ARRAY[ROW(
+  CASE WHEN w_0_event_id LIKE '["%' AND POSITION('\' IN w_0_event_id) = 0 THEN SUBSTRING(w_0_event_id, 3, CHAR_LENGTH(w_0_event_id) - 4)
+    WHEN w_0_event_id LIKE '["%' THEN JSON_VALUE(v, '$.event_id')
+    WHEN w_0_event_id IN ('[null]') THEN NULL ELSE SUBSTRING(w_0_event_id, 2, CHAR_LENGTH(w_0_event_id) - 2) END,
+  CASE WHEN w_1_user_id LIKE '["%' AND POSITION('\' IN w_1_user_id) = 0 THEN SUBSTRING(w_1_user_id, 3, CHAR_LENGTH(w_1_user_id) - 4)
+    WHEN w_1_user_id LIKE '["%' THEN JSON_VALUE(v, '$.user_id')
+    WHEN w_1_user_id IN ('[null]') THEN NULL ELSE SUBSTRING(w_1_user_id, 2, CHAR_LENGTH(w_1_user_id) - 2) END,
+  CASE WHEN w_2_order_id LIKE '["%' AND POSITION('\' IN w_2_order_id) = 0 THEN SUBSTRING(w_2_order_id, 3, CHAR_LENGTH(w_2_order_id) - 4)
+    WHEN w_2_order_id LIKE '["%' THEN JSON_VALUE(v, '$.order_id')
+    WHEN w_2_order_id IN ('[null]') THEN NULL ELSE SUBSTRING(w_2_order_id, 2, CHAR_LENGTH(w_2_order_id) - 2) END,
+  CASE WHEN w_3_amount LIKE '["%' AND POSITION('\' IN w_3_amount) = 0 THEN SUBSTRING(w_3_amount, 3, CHAR_LENGTH(w_3_amount) - 4)
+    WHEN w_3_amount LIKE '["%' THEN JSON_VALUE(v, '$.amount')
+    WHEN w_3_amount IN ('[null]') THEN NULL ELSE SUBSTRING(w_3_amount, 2, CHAR_LENGTH(w_3_amount) - 2) END,
+  CASE WHEN w_4_currency LIKE '["%' AND POSITION('\' IN w_4_currency) = 0 THEN SUBSTRING(w_4_currency, 3, CHAR_LENGTH(w_4_currency) - 4)
+    WHEN w_4_currency LIKE '["%' THEN JSON_VALUE(v, '$.currency')
+    WHEN w_4_currency IN ('[null]') THEN NULL ELSE SUBSTRING(w_4_currency, 2, CHAR_LENGTH(w_4_currency) - 2) END,
+  CASE WHEN w_5_status LIKE '["%' AND POSITION('\' IN w_5_status) = 0 THEN SUBSTRING(w_5_status, 3, CHAR_LENGTH(w_5_status) - 4)
+    WHEN w_5_status LIKE '["%' THEN JSON_VALUE(v, '$.status')
+    WHEN w_5_status IN ('[null]') THEN NULL ELSE SUBSTRING(w_5_status, 2, CHAR_LENGTH(w_5_status) - 2) END,
+  CASE WHEN w_6_event_time LIKE '["%' AND POSITION('\' IN w_6_event_time) = 0 THEN SUBSTRING(w_6_event_time, 3, CHAR_LENGTH(w_6_event_time) - 4)
+    WHEN w_6_event_time LIKE '["%' THEN JSON_VALUE(v, '$.event_time')
+    WHEN w_6_event_time IN ('[null]') THEN NULL ELSE SUBSTRING(w_6_event_time, 2, CHAR_LENGTH(w_6_event_time) - 2) END)]) AS k(s_0_event_id, s_1_user_id, s_2_order_id, s_3_amount, s_4_currency, s_5_status, s_6_event_time);
 
 CREATE TEMPORARY VIEW `${ns}_parsed` AS
 SELECT
@@ -44,7 +60,7 @@ SELECT
   record_ms,
   pt,
   bytes_value,
-  CASE WHEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) BETWEEN 0 AND 253402300799999 THEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) END AS ts,
+  ts,
   CASE WHEN w_0_event_id LIKE '["%' THEN CONCAT('s', s_0_event_id) ELSE CONCAT('i', s_0_event_id) END AS idk,
   CASE WHEN w_0_event_id LIKE '["%' THEN s_0_event_id END AS f_0_event_id,
   CASE WHEN w_1_user_id LIKE '["%' THEN s_1_user_id END AS f_1_user_id,
@@ -64,12 +80,13 @@ SELECT
     WHEN CASE WHEN w_4_currency IS NULL THEN TRUE ELSE NOT ((w_4_currency LIKE '["%') AND (NOT w_4_currency LIKE '["%' OR REGEXP(s_4_currency, '^[A-Z]{3}$'))) END THEN 'malformed|schema: currency'
     WHEN CASE WHEN w_5_status IS NULL THEN TRUE ELSE NOT ((w_5_status LIKE '["%') AND (w_5_status LIKE '["%' AND s_5_status IN ('placed', 'completed', 'cancelled', 'refunded'))) END THEN 'malformed|schema: status'
     WHEN CASE WHEN w_6_event_time IS NULL THEN TRUE ELSE NOT ((w_6_event_time LIKE '["%') AND (NOT w_6_event_time LIKE '["%' OR REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$')) AND (NOT w_6_event_time LIKE '["%' OR (REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\z') AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19)))) END THEN 'malformed|schema: event_time'
-    WHEN (CASE WHEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) BETWEEN 0 AND 253402300799999 THEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) END) IS NULL THEN 'malformed|event time event_time: missing, null or not epoch ms / ISO-8601 with a zone in 1970..9999'
+    WHEN ts IS NULL THEN 'malformed|event time event_time: missing, null or not epoch ms / ISO-8601 with a zone in 1970..9999'
     WHEN NOT ((w_0_event_id LIKE '["%' AND s_0_event_id <> '') OR REGEXP(w_0_event_id, '^\[-?[0-9]+\]$')) THEN 'malformed|key field event_id: missing, null, empty or not a string/integer'
     WHEN NOT ((w_1_user_id LIKE '["%' AND s_1_user_id <> '') OR REGEXP(w_1_user_id, '^\[-?[0-9]+\]$')) THEN 'malformed|key field user_id: missing, null, empty or not a string/integer'
-    WHEN (CASE WHEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) BETWEEN 0 AND 253402300799999 THEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) END) > record_ms + 300000 THEN 'future|event time > record timestamp + 300000 ms'
+    WHEN ts > record_ms + 300000 THEN 'future|event time > record timestamp + 300000 ms'
   END AS reason1
-FROM `${ns}_fields`;
+FROM `${ns}_fields`
+CROSS JOIN UNNEST(ARRAY[CASE WHEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) BETWEEN 0 AND 253402300799999 THEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) END]) AS t(ts);
 
 CREATE TEMPORARY VIEW `${ns}_ordered` AS
 SELECT *,
