@@ -13,12 +13,18 @@ class FeatureStore:
     :class:`~skewless.core.repo.Repository`; ``catalog`` a PyIceberg catalog (default: the project's).
     """
 
-    def __init__(self, repo_path: str | Path | Any = "feature_defs", *, catalog: Any = None, spark: Any = None):
+    def __init__(self, repo_path: str | Path | Any = "feature_defs", *, catalog: Any = None, spark: Any = None,
+                 redis: Any = None, project: str | None = None, kafka_bootstrap: str | None = None):
+        """``redis``: a redis-py client or URL for online reads (default: the project's Redis);
+        ``project``: the online store's key prefix; ``kafka_bootstrap``: where :meth:`push` produces."""
         from skewless.core.repo import Repository, load_repository
 
         self.repo = repo_path if isinstance(repo_path, Repository) else load_repository(repo_path)
         self._catalog = catalog
         self._spark = spark
+        self._redis, self._project, self._kafka = redis, project, kafka_bootstrap
+        self._online: Any = None
+        self._pusher: Any = None
 
     @property
     def catalog(self) -> Any:
@@ -56,3 +62,23 @@ class FeatureStore:
 
         return build_spine(build_pit_plan(self.repo, features), start, end, every, entities=entities,
                            catalog=self.catalog, timestamp_column=timestamp_column)
+
+    def get_online_features(self, entity_rows: Any, features: Any, *, as_of: Any = None) -> Any:
+        """Online values at "now" (or a tile-aligned ``as_of``) for ``entity_rows`` (list of dicts, dict of
+        join key -> list, or DataFrame): an :class:`~skewless.serving.online.OnlineResponse` with per-value
+        status and age and the source progress, from one Redis round trip (docs/serving.md)."""
+        if self._online is None:
+            from skewless.serving.online import OnlineStore, open_store
+
+            self._online = (open_store(self.repo, self._redis, project=self._project) if self._redis is None or
+                            isinstance(self._redis, str) else OnlineStore(self.repo, self._redis, self._project))
+        return self._online.get_online_features(entity_rows, features, as_of=as_of)
+
+    def push(self, source: Any, events: Any) -> Any:
+        """Validate ``events`` against the source (all or none) and produce them to its topic; returns the
+        :class:`~skewless.serving.push.PushResult` (raises :class:`~skewless.serving.push.PushError`)."""
+        if self._pusher is None:
+            from skewless.serving.push import Pusher
+
+            self._pusher = Pusher(self.repo, self._kafka)
+        return self._pusher.push(source, events)

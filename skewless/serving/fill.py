@@ -66,6 +66,10 @@ def tiles(project: str, view: FeatureView, admitted: list[dict[str, Any]], epoch
             version = max(e["_offset"] for e in events)
             out.setdefault(layout.tile_key(project, view, (user,), g.tile_ms), {})[str(start)] = \
                 layout.encode_tile_vector(version, epoch, accs, g.aggs)
+        for key, fields in out.items():  # what TILE_CAS_LUA keeps: retention behind the newest tile
+            if key.endswith(f":t:{g.tile_ms}"):
+                newest = max(int(f) for f in fields)
+                out[key] = {f: v for f, v in fields.items() if int(f) >= newest - g.retention_ms}
     return out
 
 

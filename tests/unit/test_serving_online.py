@@ -77,16 +77,32 @@ def instants() -> list[tuple[int, int | None]]:
     return out
 
 
-@pytest.mark.parametrize("now,as_of", instants())
-def test_equals_evaluate_read_and_the_reader_rules(repo: Any, filled: Any, now: int, as_of: int | None) -> None:
+def with_newer_run(filled: Any, repo: Any) -> dict[str, Any]:
+    """The view meta records a newer run that listed only half of the entities (layout.META_BATCH_CUTOFF)."""
     view = repo.view("user_order_stats")
-    redis = MemRedis(filled.data)
+    data = dict(filled.data)
+    data[layout.view_meta_key(P, view)] = {**data[layout.view_meta_key(P, view)],
+                                           layout.META_BATCH_CUTOFF: str(CUTOFF + MS_PER_DAY), "batch_epoch": EPOCH}
+    from skewless.serving.fill import batch_record
+
+    for user in filled.users[::2]:
+        data[layout.batch_key(P, view, (user,))] = batch_record(view, filled.offline, user, CUTOFF + MS_PER_DAY, "run-2", EPOCH)
+    return data
+
+
+@pytest.mark.parametrize("newer_run", [False, True])
+@pytest.mark.parametrize("now,as_of", instants())
+def test_equals_evaluate_read_and_the_reader_rules(repo: Any, filled: Any, now: int, as_of: int | None,
+                                                   newer_run: bool) -> None:
+    view = repo.view("user_order_stats")
+    data = with_newer_run(filled, repo) if newer_run else filled.data
+    redis = MemRedis(data)
     store = OnlineStore(repo, redis, P)
     users = filled.users + ["nobody"]
     got = store.get_online_features([{"user_id": u} for u in users], ["user_order_stats"], as_of=as_of, now_ms=now)
     assert redis.round_trips == 1
     for i, user in enumerate(users):
-        want = reference(filled.data, view, user, now, as_of)
+        want = reference(data, view, user, now, as_of)
         for name in view.feature_names:
             assert (got.values[name][i], got.statuses[name][i]) == want[name], (user, name)
 

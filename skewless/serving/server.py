@@ -1,0 +1,399 @@
+"""The HTTP feature server (``skewless serve``): a plain ASGI app on uvicorn (httptools + uvloop), N worker
+processes sharing one listening socket, never recycled (no periodic stalls).
+
+Endpoints (docs/serving.md; the spec is :mod:`skewless.serving.openapi`):
+
+- ``POST /get-online-features`` ``{"features": [...] | "feature_service": "...", "entities": {key: [values]},
+  "as_of": ms | "ISO-8601"}`` -> :meth:`OnlineResponse.to_dict`;
+- ``POST /push`` ``{"source": "...", "events": [...]}`` -> delivery positions (validated first, all or none);
+- ``GET /health``, ``GET /metrics`` (Prometheus: requests and latency per endpoint, freshness of every view),
+  ``GET /openapi.json``.
+
+Every bad input is a 4xx JSON ``{"error": {"code", "message", ...}}``; an unavailable Redis/Kafka is 503.
+Settings travel to the workers in ``SKEWLESS_SERVE_*`` environment variables (uvicorn starts workers from an
+import string), see :class:`ServerSettings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from skewless.config import HOST
+
+DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_MAX_ENTITIES = 1000
+_ENV = "SKEWLESS_SERVE_SETTINGS"
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_FRESHNESS_CACHE_S = 10.0
+
+Send = Callable[[dict], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict]]
+
+
+@dataclass
+class ServerSettings:
+    """What a worker needs; ``redis_password``/``api_token`` may also come from the environment."""
+
+    repo: str = "feature_defs"
+    redis_url: str | None = None
+    redis_password: str | None = None
+    redis_tls: bool = False
+    project: str | None = None
+    kafka_bootstrap: str | None = None
+    api_token: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_entities: int = DEFAULT_MAX_ENTITIES
+    sample_rate: float = 0.0
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_env() -> "ServerSettings":
+        raw = os.environ.get(_ENV)
+        return ServerSettings(**json.loads(raw)) if raw else ServerSettings()
+
+
+class HttpError(Exception):
+    """An answer other than 200: status, machine code, message, extra fields."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+class _Metrics:
+    """Request counts and latency histograms per (endpoint, status) of this worker process."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self.hist: dict[str, list[float]] = {}  # endpoint -> bucket counts + [sum, count]
+        self.started = time.time()
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        h = self.hist.get(endpoint)
+        if h is None:
+            h = self.hist[endpoint] = [0.0] * (len(_BUCKETS) + 2)
+        for i, b in enumerate(_BUCKETS):
+            if seconds <= b:
+                h[i] += 1
+                break
+        h[-2] += seconds
+        h[-1] += 1
+
+    def render(self) -> str:
+        lines = ["# HELP skewless_http_requests_total Requests answered by this worker, per endpoint and status.",
+                 "# TYPE skewless_http_requests_total counter"]
+        pid = os.getpid()
+        for (ep, status), n in sorted(self.counts.items()):
+            lines.append(f'skewless_http_requests_total{{endpoint="{ep}",status="{status}",worker="{pid}"}} {n}')
+        lines += ["# HELP skewless_http_request_seconds Request latency in this worker, per endpoint.",
+                  "# TYPE skewless_http_request_seconds histogram"]
+        for ep, h in sorted(self.hist.items()):
+            cum = 0.0
+            for b, c in zip(_BUCKETS, h):
+                cum += c
+                lines.append(f'skewless_http_request_seconds_bucket{{endpoint="{ep}",worker="{pid}",le="{b}"}} {int(cum)}')
+            lines.append(f'skewless_http_request_seconds_bucket{{endpoint="{ep}",worker="{pid}",le="+Inf"}} {int(h[-1])}')
+            lines.append(f'skewless_http_request_seconds_sum{{endpoint="{ep}",worker="{pid}"}} {h[-2]!r}')
+            lines.append(f'skewless_http_request_seconds_count{{endpoint="{ep}",worker="{pid}"}} {int(h[-1])}')
+        lines += ["# HELP skewless_http_worker_uptime_seconds Seconds since this worker started.",
+                  "# TYPE skewless_http_worker_uptime_seconds gauge",
+                  f'skewless_http_worker_uptime_seconds{{worker="{pid}"}} {time.time() - self.started:.3f}']
+        return "\n".join(lines) + "\n"
+
+
+_ROUTES = {"/get-online-features": "POST", "/push": "POST", "/health": "GET", "/metrics": "GET", "/openapi.json": "GET"}
+_OPEN = {"/health", "/openapi.json"}  # answered without the API token
+
+
+class FeatureServer:
+    """The ASGI application (one per worker process)."""
+
+    def __init__(self, settings: ServerSettings, store: Any = None, pusher: Any = None) -> None:
+        self.settings = settings
+        self._store = store
+        self._pusher = pusher
+        self._init_lock = threading.Lock()
+        self.metrics = _Metrics()
+        self._freshness: tuple[float, str] | None = None
+        token = settings.api_token or os.environ.get("SKEWLESS_API_TOKEN") or None
+        self._auth = None if not token else ("Bearer " + token).encode()
+
+    # -- lazy dependencies ------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            with self._init_lock:
+                if self._store is None:
+                    from skewless.monitoring.sampling import ValueSampler
+                    from skewless.serving.online import open_store
+
+                    s = self.settings
+                    self._store = open_store(s.repo, s.redis_url, project=s.project,
+                                             password=s.redis_password or os.environ.get("SKEWLESS_REDIS_PASSWORD"),
+                                             tls=s.redis_tls, max_entities=s.max_entities,
+                                             sampler=ValueSampler(s.sample_rate) if s.sample_rate else None)
+        return self._store
+
+    @property
+    def pusher(self) -> Any:
+        if self._pusher is None:
+            with self._init_lock:
+                if self._pusher is None:
+                    from skewless.serving.push import Pusher
+
+                    self._pusher = Pusher(self.store.repo, self.settings.kafka_bootstrap)
+        return self._pusher
+
+    # -- ASGI -----------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        t0 = time.perf_counter()
+        path = scope.get("path", "")
+        endpoint = path if path in _ROUTES else "other"
+        try:
+            status, body, ctype = await self._handle(scope, receive, path)
+        except HttpError as exc:
+            status, body, ctype = exc.status, dumps({"error": {"code": exc.code, "message": exc.message, **exc.extra}}), \
+                b"application/json"
+        except Exception as exc:  # noqa: BLE001 - the server answers, it never dies on a request
+            status, ctype = 500, b"application/json"
+            body = dumps({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}})
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.observe(endpoint, status, time.perf_counter() - t0)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    _ = self.store  # load the repository once, before the first request
+                    await send({"type": "lifespan.startup.complete"})
+                except Exception as exc:  # noqa: BLE001 - reported to uvicorn, which stops
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _body(self, scope: dict, receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        headers = dict(scope.get("headers") or [])
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype != b"application/json":
+            raise HttpError(415, "unsupported_media_type",
+                            f"Content-Type must be application/json, got {ctype.decode('latin-1') or 'none'}")
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise HttpError(413, "body_too_large", f"body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+            except ValueError:
+                raise HttpError(400, "bad_request", "Content-Length is not a number") from None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HttpError(400, "bad_request", "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        raw = b"".join(chunks)
+        if not raw:
+            raise HttpError(400, "bad_request", "empty body: send a JSON object")
+        return raw
+
+    @staticmethod
+    def _json_object(raw: bytes, allowed: set[str]) -> dict:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise HttpError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise HttpError(400, "bad_request", f"body must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise HttpError(400, "bad_request", f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        return data
+
+    async def _handle(self, scope: dict, receive: Receive, path: str) -> tuple[int, bytes, bytes]:
+        method = scope.get("method", "GET")
+        want = _ROUTES.get(path)
+        if want is None:
+            raise HttpError(404, "not_found", f"no endpoint {path!r}; endpoints: {sorted(_ROUTES)}")
+        if method != want and not (want == "GET" and method == "HEAD"):
+            raise HttpError(405, "method_not_allowed", f"{path} takes {want}, got {method}")
+        if self._auth is not None and path not in _OPEN:
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._auth):
+                raise HttpError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
+        if path == "/get-online-features":
+            return 200, self._features(await self._body(scope, receive)), b"application/json"
+        if path == "/push":
+            raw = await self._body(scope, receive)
+            return 200, await self._push(raw), b"application/json"
+        if path == "/health":
+            return self._health()
+        if path == "/metrics":
+            from skewless.monitoring.prometheus import CONTENT_TYPE
+
+            return 200, (self.metrics.render() + self._freshness_text()).encode(), CONTENT_TYPE.encode()
+        from skewless.serving.openapi import spec
+
+        return 200, dumps(spec(self.settings.max_entities, self.settings.max_body_bytes)), b"application/json"
+
+    def _features(self, raw: bytes) -> bytes:
+        import redis
+
+        from skewless.serving.online import OnlineRequestError
+
+        data = self._json_object(raw, {"features", "feature_service", "entities", "as_of"})
+        if ("features" in data) == ("feature_service" in data):
+            raise HttpError(400, "bad_request", "give exactly one of 'features' (list of 'view:feature' or view names) "
+                                                "and 'feature_service' (a service name)")
+        features = data.get("features", data.get("feature_service"))
+        if "features" in data and not (isinstance(features, list) and features and all(isinstance(f, str) for f in features)):
+            raise HttpError(400, "bad_request", "'features' must be a non-empty list of strings")
+        if "feature_service" in data and not isinstance(features, str):
+            raise HttpError(400, "bad_request", "'feature_service' must be a string")
+        entities = data.get("entities")
+        if not isinstance(entities, dict) or not entities:
+            raise HttpError(400, "bad_request", "'entities' must be an object of join key -> list of values, "
+                                                "e.g. {\"user_id\": [\"u1\", \"u2\"]}")
+        as_of = data.get("as_of")
+        if as_of is not None and (isinstance(as_of, bool) or not isinstance(as_of, (int, str))):
+            raise HttpError(400, "bad_request", "'as_of' must be epoch ms (integer) or an ISO-8601 string with a zone")
+        try:
+            response = self.store.get_online_features(entities, features, as_of=as_of)
+        except OnlineRequestError as exc:
+            raise HttpError(400, "bad_request", str(exc)) from None
+        except redis.RedisError as exc:
+            raise HttpError(503, "store_unavailable", f"online store unavailable: {type(exc).__name__}: {exc}") from None
+        return dumps(response.to_dict())
+
+    async def _push(self, raw: bytes) -> bytes:
+        from skewless.serving.push import PushDeliveryError, PushError
+
+        data = self._json_object(raw, {"source", "events"})
+        source, events = data.get("source"), data.get("events")
+        if not isinstance(source, str) or not source:
+            raise HttpError(400, "bad_request", "'source' must be the name of an event source")
+        if not isinstance(events, list):
+            raise HttpError(400, "bad_request", "'events' must be a list of event objects")
+        try:  # validation and the produce/flush run off the event loop
+            result = await asyncio.get_running_loop().run_in_executor(None, self.pusher.push, source, events)
+        except PushError as exc:
+            raise HttpError(400, "invalid_events", str(exc), problems=[{"index": i, "reason": r} for i, r in exc.problems]) \
+                from None
+        except PushDeliveryError as exc:
+            raise HttpError(503, "kafka_unavailable", str(exc)) from None
+        return dumps(result.to_dict())
+
+    def _health(self) -> tuple[int, bytes, bytes]:
+        try:
+            epoch = self.store.client.get(self.store._epoch_key)
+            body = {"status": "ok", "redis": "ok", "store_initialised": epoch is not None, "pid": os.getpid()}
+            return 200, dumps(body), b"application/json"
+        except Exception as exc:  # noqa: BLE001 - health reports, never raises
+            return 503, dumps({"status": "unavailable", "redis": f"{type(exc).__name__}: {exc}"}), b"application/json"
+
+    def _freshness_text(self) -> str:
+        cached = self._freshness
+        if cached is not None and time.monotonic() - cached[0] < _FRESHNESS_CACHE_S:
+            return cached[1]
+        from skewless.monitoring.freshness import freshness
+        from skewless.monitoring.prometheus import render
+
+        store = self.store
+        try:
+            text = render(freshness=freshness(store.client, store.project, store.repo.views))
+        except Exception as exc:  # noqa: BLE001 - metrics report the failure instead of failing
+            text = render(extra={"skewless_freshness_unavailable": 1.0}) + f"# freshness failed: {type(exc).__name__}\n"
+        self._freshness = (time.monotonic(), text)
+        return text
+
+
+def create_app() -> FeatureServer:
+    """uvicorn factory: the app of one worker, from :data:`SKEWLESS_SERVE_SETTINGS`."""
+    return FeatureServer(ServerSettings.from_env())
+
+
+def serve(settings: ServerSettings, host: str = HOST, port: int = 6566, workers: int | None = None) -> None:
+    """Run the server in the foreground (``workers`` processes; default: the CPU count)."""
+    import uvicorn
+
+    os.environ[_ENV] = settings.to_env()
+    workers = workers or os.cpu_count() or 1
+    uvicorn.run("skewless.serving.server:create_app", factory=True, host=host, port=port, workers=workers,
+                loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level="warning",
+                timeout_keep_alive=30, backlog=2048)
+
+
+class ThreadedServer:
+    """One worker in a background thread (tests, bench): ``with ThreadedServer(app) as s: s.url``."""
+
+    def __init__(self, app: FeatureServer, host: str = HOST, port: int = 0) -> None:
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, loop="asyncio", http="httptools",
+                                                    lifespan="on", access_log=False, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="skewless-serve", daemon=True)
+
+    def __enter__(self) -> "ThreadedServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("feature server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+__all__ = ["FeatureServer", "HttpError", "ServerSettings", "ThreadedServer", "create_app", "serve"]
