@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from skewless.core import layout
 from skewless.core.dsl import Derived, FeatureView
-from skewless.core.timeutil import td_ms, to_epoch_ms
+from skewless.core.timeutil import to_epoch_ms
 
 PRESENT, STALE, INCOMPLETE = layout.PRESENT, layout.STALE, layout.INCOMPLETE
 
@@ -169,7 +169,7 @@ def read_windowed(
     out: dict[str, list[EntityValues]] = {}
     for name, (view, wanted) in views.items():
         T = now if as_of_ms is None else as_of_ms
-        stale = _is_stale(view, progress.get(view.source.name, {}), now) if as_of_ms is None else False
+        stale = as_of_ms is None and _is_stale(view, fetched, project, now)
         rows = []
         for key, plan in zip(keys, plans[name]):
             values = layout.evaluate_read(plan, fetched, now)
@@ -214,12 +214,16 @@ def _progress(fields: Mapping[Any, Any]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _is_stale(view: FeatureView, progress: Mapping[int, Mapping[str, Any]], now: int) -> bool:
-    """Older than the view's freshness SLA: the stream's last progress write (any partition) is too old."""
-    if not progress:
+def _is_stale(view: FeatureView, fetched: Mapping[str, Any], project: str, now: int) -> bool:
+    """Older than the view's freshness SLA by the monitor's rule (one rule for reader and monitor):
+    :func:`skewless.monitoring.freshness.stream_status` over the source's progress hash and the store epoch."""
+    from skewless.monitoring.freshness import stream_status
+
+    if view.source.is_batch_only:
         return False
-    last = max(p.get("written_ms") or 0 for p in progress.values())
-    return last < now - td_ms(view.freshness_sla)
+    epoch = fetched.get(layout.epoch_key(project))
+    epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+    return stream_status(view, fetched.get(layout.progress_key(project, view.source.name)) or {}, epoch, now) == STALE
 
 
 __all__ = ["AsOfNotAlignedError", "EntityValues", "WindowedRead", "read_windowed"]

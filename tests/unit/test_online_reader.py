@@ -62,7 +62,7 @@ def setup() -> tuple[Any, Any, MemRedis, list, int]:
     redis.data[layout.epoch_key(PROJECT)] = EPOCH
     redis.data[layout.view_meta_key(PROJECT, view)] = {"applied_from_ms": "0", "epoch": EPOCH}
     redis.data[layout.progress_key(PROJECT, "orders")] = {
-        "p:0": json.dumps({"offset": 10, "max_event_ms": start, "written_ms": 2**62, "epoch": EPOCH})}
+        "p:0": json.dumps({"offset": 10, "max_event_ms": start + 40 * MS_PER_MINUTE, "written_ms": 2**62, "epoch": EPOCH})}
     for g in layout.tile_groups(view):
         tiles: dict[tuple, list] = {}
         for e in admitted:
