@@ -512,7 +512,7 @@ class OnlineStore:
                                 for k, v in (r or {}).items()})
             return out
         pool = self.client.connection_pool
-        conn = pool.get_connection("GET")
+        conn = pool.get_connection()
         try:
             conn.send_packed_command([b"".join([_pack(c, k) for c, k in names])], check_health=False)
             out = []

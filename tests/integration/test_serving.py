@@ -1,0 +1,222 @@
+"""Online serving against real Redis and Kafka: tiles written with the layout's CAS Lua, batch parts with the
+real materializer, values at "now" and at aligned as_of equal to the oracle; statuses where the contract puts
+them; reads during a re-materialization are always one run's values; push is all-or-none and lands in Kafka."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from datetime import date, datetime, timezone
+from typing import Any
+
+import pytest
+
+from batch_jobs.materialize import materialize_feature_view, store_epoch
+from skewless.core import layout, oracle
+from skewless.core.repo import load_repository
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
+from skewless.serving.fill import batch_record, order_events, tiles
+from skewless.serving.online import OnlineStore
+from skewless.serving.push import PushError, Pusher
+from skewless.store import FeatureStore
+
+pytestmark = pytest.mark.integration
+
+NOW = int(time.time() * 1000)
+TODAY = NOW // MS_PER_DAY * MS_PER_DAY
+C1, C2 = TODAY - MS_PER_DAY, TODAY  # cut-offs of two batch runs
+
+
+@pytest.fixture(scope="module")
+def repo() -> Any:
+    return load_repository()
+
+
+@pytest.fixture(scope="module")
+def events() -> tuple[list, list]:
+    start = NOW - 4 * MS_PER_DAY
+    return order_events(1500, 25, start, 1500 / (4 * MS_PER_DAY / 1000 - 900), seed=11)
+
+
+def _arrow_rows(view: Any, offline: list, users: list[str], cutoff: int, run_id: str, epoch: str) -> Any:
+    import pyarrow as pa
+
+    fields = sorted(layout.batch_windows(view))
+    cols: dict[str, list] = {"entity_tag": [], "run_id": [], **{f.replace(":", "_"): [] for f in fields}}
+    for user in users:
+        rec = batch_record(view, offline, user, cutoff, run_id, epoch)
+        cols["entity_tag"].append(layout.encode_entity_key(view.entity, (user,)))
+        cols["run_id"].append(run_id)
+        for f in fields:
+            cols[f.replace(":", "_")].append(rec[f])
+    return pa.table(cols)
+
+
+def _day(cutoff: int) -> date:
+    return datetime.fromtimestamp((cutoff - MS_PER_DAY) / 1000, tz=timezone.utc).date()
+
+
+def setup_store(client: Any, repo: Any, admitted: list, offline: list, project: str) -> str:
+    """Tiles through TILE_CAS_LUA, meta and progress as the stream job writes them, run C1 materialized."""
+    view = repo.view("user_order_stats")
+    epoch = store_epoch(client, project, init=True)
+    client.hset(layout.view_meta_key(project, view), mapping={"applied_from_ms": "0", "epoch": epoch})
+    progress = {f"p:{p}": json.dumps({"offset": max(e["_offset"] for e in admitted if e["_partition"] == p), "epoch": epoch,
+                                      "max_event_ms": max(e["event_time"] for e in admitted if e["_partition"] == p),
+                                      "written_ms": NOW})
+                for p in {e["_partition"] for e in admitted}}
+    client.hset(layout.progress_key(project, "orders"), mapping=progress)
+    groups = {g.tile_ms: g for g in layout.tile_groups(view)}
+    by_user: dict[str, list] = {}
+    for key, fields in tiles(project, view, admitted, epoch).items():
+        tile_ms = int(key.rsplit(":", 1)[1])
+        by_user.setdefault(key.split("{")[1], []).append(
+            (key, groups[tile_ms], {int(s): v for s, v in fields.items()}))
+    for writes in by_user.values():
+        keys, argv = layout.tile_cas_args(writes)
+        client.eval(layout.TILE_CAS_LUA, len(keys), *keys, *argv)
+    users = sorted({e["user_id"] for e in offline})
+    materialize_feature_view(None, client, view, _day(C1), project=project,
+                             rows=_arrow_rows(view, offline, users, C1, "run-c1", epoch))
+    return epoch
+
+
+def expected(view: Any, admitted: list, offline: list, user: str, T: int, now_read: bool, cutoff: int) -> dict:
+    combined = [e for e in offline if e["event_time"] < cutoff] + [e for e in admitted if e["event_time"] >= cutoff]
+    stream = oracle.feature_row(view, admitted, (user,), T, now_read=now_read)
+    batch = oracle.feature_row(view, combined, (user,), T, now_read=now_read)
+    out = {}
+    for f in view.features:
+        width = layout.width_ms_of(f) if hasattr(f, "window") else None
+        out[f.name] = stream[f.name] if width is not None and width <= MS_PER_DAY else batch[f.name]
+    return out
+
+
+def test_online_values_equal_the_oracle_now_and_as_of(redis_client: Any, repo: Any, events: tuple) -> None:
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    setup_store(redis_client, repo, admitted, offline, project)
+    view = repo.view("user_order_stats")
+    store = FeatureStore(repo, redis=redis_client, project=project)
+    users = sorted({e["user_id"] for e in admitted}) + ["nobody"]
+    newest = max(e["event_time"] for e in admitted)
+    checked = 0
+    assert store.get_online_features([{"user_id": users[0]}], "churn_model").columns  # the facade's online store
+    online = store._online
+    stream_served = {f.name for f in view.features if hasattr(f, "window") and f.window.width is not None
+                     and layout.width_ms_of(f) <= MS_PER_DAY}
+    for as_of, now_ms in [(None, newest + 1), (None, newest + 4 * MS_PER_MINUTE), (C2, newest + 1)]:
+        got = online.get_online_features({"user_id": users}, ["user_order_stats"], as_of=as_of, now_ms=now_ms)
+        T = now_ms if as_of is None else as_of
+        for i, user in enumerate(users):
+            want = expected(view, admitted, offline, user, T, as_of is None, C1)
+            for name, value in want.items():
+                if as_of is not None and name in stream_served and T < newest - 2 * 3_600_000:
+                    assert got.statuses[name][i] in ("present", "incomplete")  # window may be past tile retention
+                    if got.statuses[name][i] == "incomplete":
+                        continue
+                assert got.statuses[name][i] == "present", (user, name, T)
+                assert got.values[name][i] == value, (user, name, T)
+                checked += 1
+        assert got.batch_runs == {"user_order_stats": {"run-c1": C1}}
+    assert checked > 500
+
+
+def test_statuses_where_the_contract_says(redis_client: Any, repo: Any, events: tuple) -> None:
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    store = OnlineStore(repo, redis_client, project)
+    users = sorted({e["user_id"] for e in admitted})[:5]
+    newest = max(e["event_time"] for e in admitted)
+    sla = 5 * MS_PER_MINUTE
+    one = ["user_order_stats:user_orders_last_1h", "user_order_stats:customer_ltv_365d"]
+    fresh = store.get_online_features({"user_id": users}, one, now_ms=newest + sla)
+    stale = store.get_online_features({"user_id": users}, one, now_ms=newest + sla + 1)
+    assert set(fresh.statuses["user_orders_last_1h"]) == {"present"}
+    assert set(stale.statuses["user_orders_last_1h"]) == set(stale.statuses["customer_ltv_365d"]) == {"stale"}
+    late = store.get_online_features({"user_id": users}, ["user_order_stats"], as_of=C1 + 3 * MS_PER_DAY,
+                                     now_ms=C1 + 3 * MS_PER_DAY)  # batch 3 days late
+    assert set(late.statuses["customer_ltv_365d"]) == {"incomplete"} and set(late.statuses["last_order_status"]) == {"stale"}
+
+    profile = repo.view("customer_profile")
+    ts = NOW - MS_PER_DAY - 10 * MS_PER_MINUTE
+    redis_client.set(layout.snapshot_key(project, profile, (users[0],)),
+                     layout.encode_snapshot(profile, ts, ts, {"credit_score": 700, "segment": "vip"}, epoch),
+                     pxat=layout.snapshot_expire_at_ms(profile, ts))
+    ttl_end = ts + MS_PER_DAY
+    edge = [store.get_online_features({"user_id": users[:2]}, "customer_profile", now_ms=t) for t in (ttl_end, ttl_end + 1)]
+    assert (edge[0].values["credit_score"], edge[0].statuses["credit_score"]) == ([700, None], ["present", "present"])
+    assert (edge[1].values["credit_score"], edge[1].statuses["credit_score"]) == ([None, None], ["expired", "present"])
+    assert edge[0].ages_ms["credit_score"][0] == MS_PER_DAY
+
+    redis_client.delete(layout.epoch_key(project))  # Redis lost its data
+    lost = store.get_online_features({"user_id": users}, "churn_model", now_ms=newest + 1)
+    assert {s for c in lost.columns for s in lost.statuses[c]} == {"incomplete"}
+
+
+def test_reads_during_rematerialization_are_one_run(redis_client: Any, repo: Any, events: tuple) -> None:
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    view = repo.view("user_order_stats")
+    store = OnlineStore(repo, redis_client, project)
+    users = sorted({e["user_id"] for e in offline})
+    T = max(NOW, C2 + 1)
+    feats = ["user_order_stats"]
+    before = store.get_online_features({"user_id": users}, feats, now_ms=T)
+    doubled = [{**e, "amount": e["amount"] * 2} for e in offline]  # run 2 differs from run 1 in every amount
+    rows2 = _arrow_rows(view, doubled, users, C2, "run-c2", epoch)
+    reads: list = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            reads.append(store.get_online_features({"user_id": users}, feats, now_ms=T))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        for _ in range(3):
+            materialize_feature_view(None, redis_client, view, _day(C2), project=project, rows=rows2, group_size=2)
+    finally:
+        stop.set()
+        thread.join(60)
+    after = store.get_online_features({"user_id": users}, feats, now_ms=T)
+    assert after.batch_runs["user_order_stats"] == {"run-c2": C2}
+    differ = sum(before.row(i) != after.row(i) for i in range(len(users)))
+    assert differ > len(users) // 2
+    for r in reads:
+        for i in range(len(users)):
+            assert r.row(i) in (before.row(i), after.row(i)), users[i]
+    assert reads
+
+
+def test_push_is_all_or_none_and_lands_in_kafka(repo: Any, kafka_bootstrap: str, kafka_topic: Any) -> None:
+    from tests.integration.test_streaming import read_topic
+
+    topic = kafka_topic(partitions=3, prefix="push")
+    sources = tuple(dataclasses.replace(s, topic=topic) if s.name == "orders" else s for s in repo.sources)
+    pusher = Pusher(dataclasses.replace(repo, sources=sources), kafka_bootstrap)
+    now = datetime.now(timezone.utc)
+    iso = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    good = [{"event_id": f"e{i}", "user_id": f"u{i % 4}", "order_id": f"o{i}", "amount": 100 + i, "currency": "EUR",
+             "status": "placed", "event_time": iso} for i in range(12)]
+    bad = good[:3] + [{**good[3], "currency": "euro"}, {**good[4], "user_id": None}, {**good[5], "event_time": "2999-01-01T00:00:00.000Z"}]
+    with pytest.raises(PushError) as err:
+        pusher.push("orders", bad)
+    assert [i for i, _ in err.value.problems] == [3, 4, 5]
+    result = pusher.push("orders", good)
+    assert result.delivered == 12 and all(p is not None for p in result.positions)
+    records = read_topic(kafka_bootstrap, topic, 12)
+    time.sleep(2)
+    records = read_topic(kafka_bootstrap, topic, 12)
+    assert len(records) == 12  # nothing of the refused batch
+    assert sorted(json.loads(r["value"])["event_id"] for r in records) == sorted(e["event_id"] for e in good)
+    by_user: dict[bytes, set] = {}
+    for r in records:
+        by_user.setdefault(r["key"], set()).add(r["partition"])
+    assert all(len(p) == 1 for p in by_user.values())  # one entity, one partition
