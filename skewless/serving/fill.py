@@ -74,9 +74,9 @@ def tiles(project: str, view: FeatureView, admitted: list[dict[str, Any]], epoch
 
 
 def batch_record(view: FeatureView, offline: list[dict[str, Any]], user: str, cutoff: int, run_id: str,
-                 epoch: str) -> dict[str, str]:
-    """The batch hash fields a run with ``cutoff`` writes for ``user``."""
-    mine = [e for e in offline if e["user_id"] == user]
+                 epoch: str, *, mine: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """The batch hash fields a run with ``cutoff`` writes for ``user`` (``mine``: the user's events, if known)."""
+    mine = [e for e in offline if e["user_id"] == user] if mine is None else mine
     parts: dict[str, list] = {}
     for fld, aggs in layout.batch_windows(view).items():
         width = None if fld == layout.LIFETIME_FIELD else int(fld[2:])
@@ -110,8 +110,12 @@ def fill(project: str, repo: Any, *, users: int = 50, events: int = 5000, start_
                                          "max_event_ms": max(e["event_time"] for e in mine), "written_ms": written})
     store.data[layout.progress_key(project, "orders")] = progress
     store.data.update(tiles(project, view, admitted, epoch))
+    per_user: dict[str, list] = {}
+    for e in offline:
+        per_user.setdefault(e["user_id"], []).append(e)
     for user in store.users:
-        store.data[layout.batch_key(project, view, (user,))] = batch_record(view, offline, user, cutoff_ms, run_id, epoch)
+        store.data[layout.batch_key(project, view, (user,))] = batch_record(view, offline, user, cutoff_ms, run_id, epoch,
+                                                                            mine=per_user[user])
     rng = random.Random(seed)
     end = start_ms + int(events / rate * 1000)
     for user in store.users:

@@ -68,6 +68,53 @@ class _AggSpec:
     stream_served: bool
     batch_field: str | None
     batch_index: int
+    decode: Callable[[Any], Any]  # law.decode with a fast path for plain JSON ints/strings (same result)
+    merge: Callable[[Any, Any], Any]  # law.merge with a fast path for two ints (same result, same overflow error)
+
+
+_I64_MIN, _I64_MAX = laws.INT64_MIN, laws.INT64_MAX
+_PLAIN = (int, str, float, bool)
+
+
+def _fast_law(agg: layout.Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
+    """Decode/merge equal to the law's, skipping its generic type checks for the common plain-JSON cases."""
+    law = laws.LAWS[agg]
+    slow_decode, slow_merge = law.decode, law.merge
+    if agg in (layout.Agg.COUNT, layout.Agg.SUM):
+        def decode(d: Any) -> Any:
+            return d if type(d) is int else slow_decode(d)
+
+        def merge(a: Any, b: Any) -> Any:
+            if type(a) is int and type(b) is int:
+                c = a + b
+                if _I64_MIN <= c <= _I64_MAX:
+                    return c
+            return slow_merge(a, b)
+        return decode, merge
+    if agg in (layout.Agg.MIN, layout.Agg.MAX):
+        pick_max = agg is layout.Agg.MAX
+
+        def decode(d: Any) -> Any:
+            return d if d is None or type(d) is int or type(d) is str else slow_decode(d)
+
+        def merge(a: Any, b: Any) -> Any:
+            if a is None:
+                return b
+            if b is None:
+                return a
+            if type(a) is int and type(b) is int:
+                return (a if a >= b else b) if pick_max else (a if a <= b else b)
+            return slow_merge(a, b)
+        return decode, merge
+    if agg is layout.Agg.LAST:
+        def decode(d: Any) -> Any:
+            if d is None:
+                return None
+            if type(d) is list and len(d) == 4 and type(d[0]) is int and (d[3] is None or type(d[3]) in _PLAIN):
+                return (d[0], d[1], d[2], d[3])
+            return slow_decode(d)
+        return decode, slow_merge
+    return slow_decode, slow_merge
 
 
 @dataclass(frozen=True)
@@ -154,7 +201,7 @@ def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, 
             served = is_stream_served(width)
             bfield = None if served else (layout.LIFETIME_FIELD if width is None else f"w:{width}")
             specs.append(_AggSpec(a.name, laws.LAWS[layout.Agg(a.agg)], index, width, served, bfield,
-                                  batch[bfield].index(a) if bfield else -1))
+                                  batch[bfield].index(a) if bfield else -1, *_fast_law(layout.Agg(a.agg))))
         groups.append(_GroupSpec(g.tile_ms, g.retention_ms, f"}}:t:{g.tile_ms}".encode(), tuple(specs),
                                  tuple(s.index for s in specs)))
     derived = []
@@ -597,45 +644,52 @@ class OnlineStore:
                 runs[batch[b"run"].decode()] = cutoff  # type: ignore[assignment]
             parsed_batch: dict[str, list] = {}
             for g, tiles in zip(vp.groups, tiles_per_group):
-                if not g.aggs:
+                aggs = g.aggs
+                if not aggs:
                     continue
                 newest = max(tiles) if tiles else floor_ms(now, g.tile_ms)
                 oldest_kept = newest - g.retention_ms
-                decoded: dict[int, list] = {}
-
-                def merged(spec: _AggSpec, start: int) -> tuple[Any, bool]:
-                    ok = applied_from is not None and applied_from <= start and start >= oldest_kept
-                    acc = spec.law.init()
-                    for s, body in tiles.items():
-                        if s >= start and (as_of_ms is None or s < as_of_ms):
-                            vec = decoded.get(s)
-                            if vec is None:
-                                vec = decoded[s] = _loads(body)
-                            acc = spec.law.merge(acc, spec.law.decode(vec[spec.index]))
-                    return acc, ok
-
-                for a in g.aggs:
-                    lw = a.law
+                starts: list[int | None] = []
+                for a in aggs:
                     if a.stream_served:
-                        acc, ok = merged(a, floor_ms(T - a.width_ms, g.tile_ms))  # type: ignore[operator]
-                        vals[a.name], sts[a.name] = (lw.finalize(acc), PRESENT) if ok else (None, INCOMPLETE)
-                        continue
-                    if batch is None or cutoff > T:  # type: ignore[operator]
+                        starts.append(floor_ms(T - a.width_ms, g.tile_ms))  # type: ignore[operator]
+                    elif batch is None or cutoff > T:  # type: ignore[operator]
+                        starts.append(None)  # incomplete: no batch part for this instant
+                    else:
+                        starts.append(cutoff)
+                accs = [a.law.init() for a in aggs]
+                known = [x for x in starts if x is not None]
+                if known:
+                    lo = min(known)
+                    for s, body in tiles.items():  # each tile's vector decoded once, merged into every aggregation
+                        if s < lo or (as_of_ms is not None and s >= as_of_ms):
+                            continue
+                        vec = _loads(body)
+                        for j, a in enumerate(aggs):
+                            st = starts[j]
+                            if st is not None and s >= st:
+                                accs[j] = a.merge(accs[j], a.decode(vec[a.index]))
+                for j, a in enumerate(aggs):
+                    lw, st, stream_acc = a.law, starts[j], accs[j]
+                    if st is None:
                         vals[a.name], sts[a.name] = None, INCOMPLETE
+                        continue
+                    ok = applied_from is not None and applied_from <= st and st >= oldest_kept
+                    if a.stream_served:
+                        vals[a.name], sts[a.name] = (lw.finalize(stream_acc), PRESENT) if ok else (None, INCOMPLETE)
                         continue
                     parts = None
                     if not empty_batch:
                         parts = parsed_batch.get(a.batch_field)  # type: ignore[arg-type]
                         if parts is None:
-                            parts = parsed_batch[a.batch_field] = _loads(batch[a.batch_field.encode()])  # type: ignore[union-attr]
+                            parts = parsed_batch[a.batch_field] = _loads(batch[a.batch_field.encode()])  # type: ignore[index,union-attr]
                     days_late = (T - cutoff) // BATCH_TILE_MS  # type: ignore[operator]
-                    stream_acc, ok = merged(a, cutoff)  # type: ignore[arg-type]
-                    body = lw.init() if parts is None else lw.decode(parts[0][a.batch_index])
+                    body = lw.init() if parts is None else a.decode(parts[0][a.batch_index])
                     if a.width_ms is None:
                         if not ok:
                             vals[a.name], sts[a.name] = None, INCOMPLETE
                         else:
-                            vals[a.name] = lw.finalize(lw.merge(body, stream_acc))
+                            vals[a.name] = lw.finalize(a.merge(body, stream_acc))
                             sts[a.name] = STALE if days_late > BATCH_TAIL_DAYS else PRESENT
                         continue
                     if days_late > BATCH_TAIL_DAYS or not ok:
@@ -644,8 +698,8 @@ class OnlineStore:
                     acc = body
                     if parts is not None:
                         for t in range(days_late, BATCH_TAIL_DAYS):
-                            acc = lw.merge(acc, lw.decode(parts[1 + t][a.batch_index]))
-                    vals[a.name], sts[a.name] = lw.finalize(lw.merge(acc, stream_acc)), PRESENT
+                            acc = a.merge(acc, a.decode(parts[1 + t][a.batch_index]))
+                    vals[a.name], sts[a.name] = lw.finalize(a.merge(acc, stream_acc)), PRESENT
         if stale:
             for name, s in sts.items():
                 if s == PRESENT:

@@ -201,6 +201,9 @@ class FeatureServer:
             if message["type"] == "lifespan.startup":
                 try:
                     _ = self.store  # load the repository once, before the first request
+                    import gc
+
+                    gc.freeze()  # what is loaded now is never garbage: full collections stay short (no stalls)
                     await send({"type": "lifespan.startup.complete"})
                 except Exception as exc:  # noqa: BLE001 - reported to uvicorn, which stops
                     await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})

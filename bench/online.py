@@ -1,0 +1,201 @@
+"""Online serving benchmark (not a test): SDK and HTTP reads of the example feature service vs raw Redis floors.
+
+Starts its own Redis (a local process on a free 127.0.0.1 port), fills it the way the pipelines do
+(:mod:`skewless.serving.fill`: 5-minute and daily tiles within retention, batch records, profile snapshots) for
+``SKEWLESS_BENCH_USERS`` users, then measures in one run:
+
+- ``online_p99_ms_1_entity``: ``OnlineStore.get_online_features`` of 1 entity x ``churn_model`` (9 features,
+  2 views: 1 h stream window, 7-365 d batch + stream windows, lifetime, derived, snapshot); floor: redis-py
+  HMGET of one key (one round trip);
+- ``online_p99_ms_100_entities``: 100 entities x ``churn_model``; floor: a redis-py pipeline of 100 HMGETs;
+- ``http_p99_ms_1_entity`` / ``http_rps``: ``skewless serve --workers 2`` driven by a load generator in a second
+  process (asyncio, keep-alive connections, bounded time): p99 of sequential requests, then requests/s with
+  ``SKEWLESS_BENCH_HTTP_CONNS`` concurrent connections (and that run's p99).
+
+The peer (Feast) is not measured here (not installed in its own environment): ``peer`` figures are absent.
+Environment: ``SKEWLESS_BENCH_USERS`` (2000), ``SKEWLESS_BENCH_READS`` (3000), ``SKEWLESS_BENCH_HTTP_S`` (10),
+``SKEWLESS_BENCH_HTTP_CONNS`` (16).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+USERS = int(os.environ.get("SKEWLESS_BENCH_USERS", "2000"))
+READS = int(os.environ.get("SKEWLESS_BENCH_READS", "3000"))
+HTTP_S = float(os.environ.get("SKEWLESS_BENCH_HTTP_S", "10"))
+HTTP_CONNS = int(os.environ.get("SKEWLESS_BENCH_HTTP_CONNS", "16"))
+PROJECT = "bench"
+SERVICE = "churn_model"
+
+_LOADGEN = r'''
+import asyncio, json, sys, time
+host, port, body, conns, seconds, sequential = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+req = (f"POST /get-online-features HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+       f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+lat, errors = [], 0
+async def one(deadline, limit):
+    global errors
+    r, w = await asyncio.open_connection(host, port)
+    n = 0
+    while time.perf_counter() < deadline and n < limit:
+        t = time.perf_counter()
+        w.write(req)
+        head = await r.readuntil(b"\r\n\r\n")
+        length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+        data = await r.readexactly(length)
+        lat.append(time.perf_counter() - t)
+        if not head.startswith(b"HTTP/1.1 200"):
+            errors += 1
+        n += 1
+    w.close()
+async def main():
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(deadline, sequential or 10**9) for _ in range(conns)))
+    return time.perf_counter() - t0
+elapsed = asyncio.run(main())
+print(json.dumps({"latencies": lat, "elapsed": elapsed, "errors": errors}))
+'''
+
+
+def _p(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
+
+
+def _timed(fn: Callable[[int], Any], n: int, warmup: int = 200) -> list[float]:
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _stats(lat: list[float]) -> dict[str, float]:
+    return {"p50": round(_p(lat, 0.5), 3), "p99": round(_p(lat, 0.99), 3), "n": len(lat)}
+
+
+def _loadgen(port: int, body: str, conns: int, seconds: float, sequential: int = 0) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", _LOADGEN, "127.0.0.1", str(port), body, str(conns), str(seconds),
+                           str(sequential)], capture_output=True, text=True, timeout=seconds + 120)
+    if proc.returncode:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run() -> dict:
+    import redis
+
+    from skewless.core.repo import load_repository
+    from skewless.core.timeutil import MS_PER_DAY
+    from skewless.serving.fill import fill, write
+    from skewless.serving.online import OnlineStore
+    from skewless.stack.base import free_port
+    from skewless.stack.procs import wait_until
+    from skewless.stack.redis import RedisServer, redis_url
+
+    root = Path(tempfile.mkdtemp(prefix="bench-online-"))
+    server = RedisServer(port=free_port())
+    started = server.start(root / "state", root / "logs")
+    serve_proc = None
+    try:
+        wait_until(server.healthy, 60, "bench redis")
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        repo = load_repository()
+        now = int(time.time() * 1000)
+        events = USERS * 15
+        t0 = time.perf_counter()
+        filled = fill(PROJECT, repo, users=USERS, events=events, start_ms=now - 4 * MS_PER_DAY,
+                      rate=events / (4 * MS_PER_DAY / 1000), cutoff_ms=now // MS_PER_DAY * MS_PER_DAY)
+        write(client, filled.data)
+        fill_s = time.perf_counter() - t0
+        users = filled.users
+        store = OnlineStore(repo, client, PROJECT)
+        sample = store.get_online_features([{"user_id": users[0]}], SERVICE)
+        assert len(sample.columns) >= 8 and len({r.split(":")[0] for r in sample.refs}) >= 2
+        statuses = {s for c in sample.columns for s in sample.statuses[c]}
+        batch_keys = [f"{PROJECT}:v1:user_order_stats:v1:{{s={u}}}:b" for u in users]
+
+        def pipe100(i: int) -> Any:
+            p = client.pipeline(transaction=False)
+            base = (i * 100) % max(1, len(users) - 100)
+            for k in batch_keys[base:base + 100]:
+                p.hmget(k, "cutoff", "run")
+            return p.execute()
+
+        raw1 = _timed(lambda i: client.hmget(batch_keys[i % len(users)], "cutoff", "run"), READS)
+        sdk1 = _timed(lambda i: store.get_online_features([{"user_id": users[i % len(users)]}], SERVICE), READS)
+        raw100 = _timed(pipe100, max(300, READS // 6), warmup=30)
+        sdk100 = _timed(lambda i: store.get_online_features(
+            {"user_id": users[(i * 100) % max(1, len(users) - 100):][:100]}, SERVICE), max(300, READS // 6), warmup=30)
+
+        # HTTP: `skewless serve` with 2 workers, load from a second process
+        port = free_port()
+        env = {**os.environ, "SKEWLESS_PROJECT": PROJECT}
+        serve_proc = subprocess.Popen([sys.executable, "-m", "skewless.cli", "serve", "--port", str(port), "--workers", "2",
+                                       "--redis-url", redis_url(server.port), "--project", PROJECT],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        import urllib.request
+
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_until(up, 120, "feature server")
+        body = json.dumps({"feature_service": SERVICE, "entities": {"user_id": [users[7 % len(users)]]}})
+        _loadgen(port, body, 2, 2.0)  # warm both workers
+        seq = _loadgen(port, body, 1, HTTP_S, sequential=READS)
+        load = _loadgen(port, body, HTTP_CONNS, HTTP_S)
+        rps = len(load["latencies"]) / load["elapsed"]
+        errors = seq["errors"] + load["errors"]
+    finally:
+        if serve_proc is not None:
+            serve_proc.terminate()
+            try:
+                serve_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                serve_proc.kill()
+        server.stop(started)
+        shutil.rmtree(root, ignore_errors=True)
+
+    s_raw1, s_sdk1, s_raw100, s_sdk100 = _stats(raw1), _stats(sdk1), _stats(raw100), _stats(sdk100)
+    s_seq, s_load = _stats(seq["latencies"]), _stats(load["latencies"])
+    note = (f"{USERS} users, {events} generated order events, {SERVICE} ({len(sample.columns)} features, 2 views); "
+            f"fill {fill_s:.0f} s; statuses seen {sorted(statuses)}; peer (Feast) not measured")
+    return {
+        "online_p99_ms_1_entity": {"value": s_sdk1["p99"], "unit": "ms", "p50": s_sdk1["p50"], "n": s_sdk1["n"],
+                                   "floor": {"value": s_raw1["p99"], "unit": "ms", "name": "redis-py HMGET one key",
+                                             "p50": s_raw1["p50"]},
+                                   "ratio_to_floor": round(s_sdk1["p99"] / s_raw1["p99"], 2), "goal": "<= 2x floor",
+                                   "note": note},
+        "online_p99_ms_100_entities": {"value": s_sdk100["p99"], "unit": "ms", "p50": s_sdk100["p50"], "n": s_sdk100["n"],
+                                       "floor": {"value": s_raw100["p99"], "unit": "ms", "name": "redis-py 100-key pipeline",
+                                                 "p50": s_raw100["p50"]},
+                                       "ratio_to_floor": round(s_sdk100["p99"] / s_raw100["p99"], 2),
+                                       "goal": "<= 1.5x floor"},
+        "http_p99_ms_1_entity": {"value": s_seq["p99"], "unit": "ms", "p50": s_seq["p50"], "n": s_seq["n"],
+                                 "floor": {"value": s_sdk1["p99"], "unit": "ms", "name": "the SDK read (in process)"},
+                                 "under_load_p99": s_load["p99"], "goal": "<= 3 ms",
+                                 "note": "sequential requests on one keep-alive connection; 2 workers"},
+        "http_rps": {"value": round(rps, 0), "unit": "req/s", "connections": HTTP_CONNS, "seconds": HTTP_S,
+                     "p50_ms": s_load["p50"], "p99_ms": s_load["p99"], "errors": errors,
+                     "note": "2 workers and the load generator share the 2 cores"},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
