@@ -1,13 +1,14 @@
 """Materialization: the serving rows of a batch run (or a snapshot view's latest rows) into Redis.
 
-Feature views: every row of ``features.<view>_v<n>_serving`` for cut-off ``C = D+1 00:00 UTC`` becomes one
-``EVALSHA`` of :data:`skewless.core.layout.BATCH_WRITE_LUA` with the arguments of
-:func:`skewless.core.layout.batch_write_args` (the entity's whole batch hash -- cut-off, run, epoch and every
-window field -- replaced in one script: atomic per entity, and refused when a newer cut-off is stored).
-The script is the layout's script verbatim, wrapped to apply it to a group of entities per ``EVALSHA``
-(:data:`BATCH_WRITE_MANY_LUA`; on Redis Cluster a group is one hash slot). Commands are packed to RESP
-with the constant parts packed once and sent in large pipelined batches; the per-entity argument template
-comes from ``batch_write_args`` and is checked against it on the first row of every run.
+Feature views: the run is checked once up front by :data:`skewless.core.layout.BATCH_BEGIN_LUA` (refused when
+the view meta records a newer materialized run, or when another materialization of the view holds the writer
+lease; else the lease is taken), then every row of ``features.<view>_v<n>_serving`` for cut-off
+``C = D+1 00:00 UTC`` becomes the commands of :func:`skewless.core.layout.batch_write_commands`: one ``HSET`` of
+the entity's whole batch hash (cut-off, run, epoch and every window field -- atomic per entity) and
+``PEXPIREAT``. Commands are packed to RESP with the constant parts packed once and sent in large pipelined
+batches, the lease renewed before each batch; the template is checked against ``batch_write_commands`` on the
+first row of every run. Last, :data:`skewless.core.layout.BATCH_END_LUA` moves the view's ``batch_cutoff_ms``
+forward and releases the lease.
 
 Snapshot views: per entity the latest row as of the end of day D (``ts < C`` and ``created_at < C``) as
 :func:`skewless.core.layout.encode_snapshot`, ``SET ... PXAT snapshot_expire_at_ms``.
@@ -31,22 +32,8 @@ from skewless.core.timeutil import to_epoch_ms
 from batch_jobs.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
 DEFAULT_BATCH = 10_000  # entities per pipelined send
-DEFAULT_GROUP = 20  # entities per EVALSHA (same Redis Cluster slot)
-
-# The layout's BATCH_WRITE_LUA, verbatim, applied to several entities in one script call (one EVALSHA per
-# group amortises the script overhead). ARGV = for each key: argc, then that key's batch_write_args ARGV.
-# Every entity is still replaced atomically (the whole script is); on Redis Cluster a group holds keys of
-# one hash slot only.
-BATCH_WRITE_MANY_LUA = (
-    "local function write_one(KEYS, ARGV)\n" + layout.BATCH_WRITE_LUA + "\nend\n"
-    "local written, i = 0, 1\n"
-    "for k = 1, #KEYS do\n"
-    "  local argc = tonumber(ARGV[i])\n"
-    "  written = written + write_one({KEYS[k]}, {unpack(ARGV, i + 1, i + argc)})\n"
-    "  i = i + 1 + argc\n"
-    "end\n"
-    "return written\n"
-)
+DEFAULT_GROUP = 20  # kept for callers; the HSET protocol needs no grouping
+LEASE_MS = 120_000  # the writer lease, renewed before every pipelined batch
 
 QualityGate = Callable[[Any, date, Any], Any]
 """``gate(view, day, arrow_table)``: return False (or raise) to block materialization of a run."""
@@ -54,6 +41,14 @@ QualityGate = Callable[[Any, date, Any], Any]
 
 class QualityGateBlocked(BatchError):
     """The data-quality gate refused the run; nothing was written."""
+
+
+class NewerRunMaterializedError(BatchError):
+    """Redis already serves a newer run of the view: an older run is refused as a whole; nothing was written."""
+
+
+class ConcurrentMaterializationError(BatchError):
+    """Another materialization of the same view holds the writer lease (or took it over): retry after it."""
 
 
 class StoreNotInitialisedError(BatchError):
@@ -166,35 +161,70 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
     run_id = runs.pop()
     report.run_id = run_id
     t0 = time.monotonic()
-    sha = client.script_load(BATCH_WRITE_MANY_LUA)
-    tags = rows.column("entity_tag").to_pylist()
-    values = [rows.column(columns[f]).to_pylist() for f in fields]
-    packer = _BatchPacker(view, project, cut, run_id, epoch, fields, sha)
-    if tags:
-        packer.verify(tags[0], [v[0] for v in values])
-    groups = _groups(client, packer, tags, group_size)
+    meta = layout.view_meta_key(project, view)
+    token = f"{run_id}#{secrets.token_hex(6)}"
+    begin = client.register_script(layout.BATCH_BEGIN_LUA)
+
+    def lease() -> None:
+        code, detail = begin(keys=[meta], args=[str(cut), token, str(LEASE_MS)])
+        detail = detail.decode() if isinstance(detail, bytes) else detail
+        if int(code) == 0:
+            raise NewerRunMaterializedError(
+                f"Redis already serves a newer run of {view.name} v{view.version} (cut-off {detail} > {cut}): "
+                f"the run of {day} is refused as a whole; nothing of it was written")
+        if int(code) < 0:
+            raise ConcurrentMaterializationError(
+                f"another materialization of {view.name} v{view.version} holds the writer lease ({detail}); "
+                "retry when it has finished (its lease expires after "
+                f"{LEASE_MS // 1000} s if it died)")
+
+    lease()
+    try:
+        _write_rows(client, packer_args=(view, project, cut, run_id, epoch, fields), rows=rows, columns=columns,
+                    batch_size=batch_size, lease=lease, report=report)
+    except BaseException:
+        try:
+            client.eval(layout.BATCH_ABORT_LUA, 1, meta, token)
+        except Exception:  # noqa: BLE001 - best effort; the lease expires anyway
+            pass
+        raise
+    # Last: the view-level cut-off, so entities the run did not list read as empty (not incomplete).
+    if int(client.eval(layout.BATCH_END_LUA, 1, meta, str(cut), epoch, token)) < 0:
+        raise ConcurrentMaterializationError(
+            f"the writer lease of {view.name} v{view.version} was taken over during the run of {day} (paused for "
+            f"more than {LEASE_MS // 1000} s?): materialize the newest day of the view again")
+    report.rows = rows.num_rows
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str, str], batch_size: int,
+                lease: Callable[[], None], report: MaterializeReport) -> None:
+    fields = packer_args[-1]
+    import pyarrow as pa
+
+    tags = rows.column("entity_tag").combine_chunks()
+    values = [rows.column(columns[f]).combine_chunks() for f in fields]
+    packer = _BatchPacker(*packer_args)
+    n = len(tags)
+    if n:
+        packer.verify(tags[0].as_py(), [v[0].as_py() for v in values])
     conn = client.connection_pool.get_connection()
     try:
-        for lo in range(0, len(groups), max(1, batch_size // group_size)):
-            chunk = groups[lo:lo + max(1, batch_size // group_size)]
-            conn.send_packed_command([b"".join(packer.pack_group([tags[i] for i in g], [[v[i] for i in g] for v in values])
-                                               for g in chunk)], check_health=False)
-            for g in chunk:
-                reply = conn.read_response()
-                if isinstance(reply, Exception):
-                    raise reply
-                report.written += int(reply)
-                report.skipped_newer += len(g) - int(reply)
+        step = max(1, batch_size)
+        for lo in range(0, n, step):
+            if lo:
+                lease()  # renew (and stop if another writer took the view over)
+            hi = min(lo + step, n)
+            data = packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa)
+            conn.send_packed_command([data], check_health=False)
+            _read_integer_replies(conn, 2 * (hi - lo))
+            report.written += hi - lo
     except BaseException:
         conn.disconnect()  # unread replies must not leak into the next command
         raise
     finally:
         client.connection_pool.release(conn)
-    # Last: the view-level cut-off, so entities the run did not list read as empty (not incomplete).
-    client.eval(layout.BATCH_META_LUA, 1, layout.view_meta_key(project, view), str(cut), epoch)
-    report.rows = len(tags)
-    report.seconds = time.monotonic() - t0
-    return report
 
 
 def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
@@ -239,66 +269,109 @@ def _bulk(b: bytes) -> bytes:
 
 
 class _BatchPacker:
-    """RESP of ``EVALSHA <many> n <batch keys> (argc <batch_write_args ARGV>)...``, constant parts packed once."""
+    """RESP of ``HSET <batch key> <fields...>`` + ``PEXPIREAT <batch key> <at>`` per entity
+    (:func:`skewless.core.layout.batch_write_commands`), constant parts packed once."""
 
     def __init__(self, view: FeatureView, project: str, cutoff: int, run_id: str, epoch: str,
-                 fields: Sequence[str], sha: str):
+                 fields: Sequence[str], sha: str | None = None):
         self.view, self.project, self.fields = view, project, list(fields)
-        self.cutoff, self.run_id, self.epoch, self.sha = cutoff, run_id, epoch, sha
+        self.cutoff, self.run_id, self.epoch = cutoff, run_id, epoch
         self.key_head = (layout.view_prefix(project, view) + ":{").encode()
         self.key_tail = b"}:b"
         consts = {"cutoff": str(cutoff), "run": run_id, "epoch": epoch}
         names = sorted([*consts, *fields])
         if names[:3] != ["cutoff", "epoch", "run"]:
             raise AssertionError(f"unexpected batch field order {names}")
-        self.middle = _bulk(str(layout.batch_expire_at_ms(cutoff)).encode()) + _bulk(str(cutoff).encode())
-        for name in ("cutoff", "epoch", "run"):
-            self.middle += _bulk(name.encode()) + _bulk(consts[name].encode())
+        self.hset_head = b"*%d\r\n" % (2 + 2 * len(names)) + _bulk(b"HSET")
+        self.middle = b"".join(_bulk(n.encode()) + _bulk(consts[n].encode()) for n in ("cutoff", "epoch", "run"))
         self.field_heads = [_bulk(f.encode()) for f in self.fields]
+        self.expire_head = b"*3\r\n" + _bulk(b"PEXPIREAT")
+        self.expire_tail = _bulk(str(layout.batch_expire_at_ms(cutoff)).encode())
 
     def verify(self, tag: str, values: Sequence[str]) -> None:
-        """The packed command of one row equals the layout's own ``batch_write_args`` (guards the template)."""
+        """The packed commands of one row equal the layout's own ``batch_write_commands`` (guards the template)."""
         key = self.key_head.decode() + tag + self.key_tail.decode()
         rec = {"cutoff": str(self.cutoff), "run": self.run_id, "epoch": self.epoch, **dict(zip(self.fields, values))}
-        keys, argv = layout.batch_write_args(key, rec)
-        expected = _pack_command(["EVALSHA", self.sha, "1", *keys, str(len(argv)), *argv])
-        if self.pack_group([tag], [[v] for v in values]) != expected:
-            raise AssertionError("batch command template differs from layout.batch_write_args")
+        expected = b"".join(_pack_command(c) for c in layout.batch_write_commands(key, rec))
+        import pyarrow as pa
 
-    def pack_group(self, tags: Sequence[str], values: Sequence[Sequence[str]]) -> bytes:
-        """One ``EVALSHA`` of :data:`BATCH_WRITE_MANY_LUA` for the entities ``tags``."""
-        n = len(tags)
-        argc = 2 + 2 * (3 + len(self.fields))
-        parts = [b"*%d\r\n" % (3 + n + n * (1 + argc)), _bulk(b"EVALSHA"), _bulk(self.sha.encode()), _bulk(b"%d" % n)]
-        for tag in tags:
-            key = self.key_head + tag.encode() + self.key_tail
-            parts.append(b"$%d\r\n%s\r\n" % (len(key), key))
-        argc_bulk = _bulk(b"%d" % argc)
-        middle, fheads = self.middle, self.field_heads
-        for i in range(n):
-            parts.append(argc_bulk)
-            parts.append(middle)
-            for j, fh in enumerate(fheads):
-                v = values[j][i].encode()
-                parts.append(fh)
-                parts.append(b"$%d\r\n%s\r\n" % (len(v), v))
+        if self.pack([tag], [[v] for v in values]) != expected or self.pack_arrow(
+                pa.array([tag], pa.string()), [pa.array([v], pa.string()) for v in values], pa) != expected:
+            raise AssertionError("batch command template differs from layout.batch_write_commands")
+
+    def pack(self, tags: Sequence[str], values: Sequence[Sequence[str]]) -> bytes:
+        """The commands of the entities ``tags`` (``values[j][i]``: field j of entity i)."""
+        hset_head, middle, expire_head, expire_tail = self.hset_head, self.middle, self.expire_head, self.expire_tail
+        fheads = self.field_heads
+        key_head, key_tail = self.key_head, self.key_tail
+        parts: list[bytes] = []
+        append = parts.append
+        columns = list(zip(*values)) if values else [() for _ in tags]
+        for tag, row in zip(tags, columns):
+            key = key_head + tag.encode() + key_tail
+            kb = b"$%d\r\n%s\r\n" % (len(key), key)
+            append(hset_head)
+            append(kb)
+            append(middle)
+            for fh, v in zip(fheads, row):
+                v = v.encode()
+                append(fh)
+                append(b"$%d\r\n%s\r\n" % (len(v), v))
+            append(expire_head)
+            append(kb)
+            append(expire_tail)
         return b"".join(parts)
 
 
-def _groups(client: Any, packer: _BatchPacker, tags: Sequence[str], size: int) -> list[list[int]]:
-    """Row indexes in groups of at most ``size``; on Redis Cluster each group is one hash slot."""
-    try:
-        cluster = bool(client.info("cluster").get("cluster_enabled"))
-    except Exception:  # noqa: BLE001 - a server without INFO cluster is not a cluster
-        cluster = False
-    if not cluster:
-        return [list(range(i, min(i + size, len(tags)))) for i in range(0, len(tags), size)]
-    from redis.crc import key_slot
+    def pack_arrow(self, tags: Any, values: Sequence[Any], pa: Any) -> bytes:
+        """:meth:`pack` on Arrow string arrays, vectorised with Arrow compute (no Python per row)."""
+        import pyarrow.compute as pc
 
-    by_slot: dict[int, list[int]] = {}
-    for i, tag in enumerate(tags):
-        by_slot.setdefault(key_slot(tag.encode()), []).append(i)
-    return [ids[i:i + size] for ids in by_slot.values() for i in range(0, len(ids), size)]
+        def bulk(arr: Any) -> Any:
+            return pc.binary_join_element_wise("$", pc.cast(pc.binary_length(arr), pa.string()), "\r\n", arr, "\r\n", "")
+
+        tags = pc.cast(tags, pa.string())
+        if tags.null_count or any(v.null_count for v in values):
+            raise BatchError("serving rows hold nulls: the serving table is damaged")
+        key = bulk(pc.binary_join_element_wise(self.key_head.decode(), tags, self.key_tail.decode(), ""))
+        parts: list[Any] = [self.hset_head.decode(), key, self.middle.decode()]
+        for fh, v in zip(self.field_heads, values):
+            parts += [fh.decode(), bulk(pc.cast(v, pa.string()))]
+        parts += [self.expire_head.decode(), key, self.expire_tail.decode(), ""]
+        joined = pc.binary_join_element_wise(*parts)
+        if not isinstance(joined, pa.Array):
+            joined = pa.array([joined.as_py()], pa.string())
+        offsets = joined.buffers()[1]
+        import numpy as np
+
+        o = np.frombuffer(offsets, dtype=np.int32, count=len(joined) + 1, offset=joined.offset * 4)
+        return joined.buffers()[2].to_pybytes()[o[0]:o[-1]]
+
+
+def _read_integer_replies(conn: Any, n: int) -> None:
+    """Read ``n`` replies, raising the first error. HSET and PEXPIREAT answer integers (``:<n>\\r\\n``) and
+    errors are ``-<message>\\r\\n``: one line each, so the raw reply stream is counted by lines (no per-reply
+    parsing); an error line is handed to the client's parser to raise the usual exception."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        for _ in range(n):
+            reply = conn.read_response()
+            if isinstance(reply, Exception):
+                raise reply
+        return
+    buf = bytearray()
+    lines = 0
+    while lines < n:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("Redis closed the connection during materialization")
+        lines += chunk.count(b"\r\n")
+        buf += chunk
+    if lines != n or buf[:1] == b"-" or b"\n-" in buf:
+        for line in bytes(buf).split(b"\r\n"):
+            if line.startswith(b"-"):
+                raise BatchError(f"Redis refused a batch write: {line[1:].decode(errors='replace')}")
+        raise BatchError(f"unexpected Redis replies to the batch writes ({lines} lines for {n} commands)")
 
 
 def _pack_command(args: Iterable[str]) -> bytes:

@@ -6,7 +6,9 @@ entity share a slot; each view has its own keys, so views expire separately)::
 
     {project}:vL:epoch                                   string  random id of this store's life
     {project}:vL:progress:{source}                       hash    p:{partition} -> {offset, max_event_ms, written_ms, epoch}
-    {project}:vL:{view}:v{n}:meta                        hash    applied_from_ms, epoch (stream start of this view version)
+    {project}:vL:{view}:v{n}:meta                        hash    applied_from_ms, epoch (stream start of this view version),
+                                                                 batch_cutoff_ms, batch_epoch (newest materialized run),
+                                                                 batch_writer, batch_writer_until (materialization lease)
     {project}:vL:{view}:v{n}:{<entity>}:t:{H}            hash    {tile start ms} -> "version|epoch|[acc, ...]"
     {project}:vL:{view}:v{n}:{<entity>}:b                hash    cutoff, run, epoch, w:{width ms|life} -> [body, tail0, tail1]
     {project}:vL:{view}:v{n}:{<entity>}:s                string  {"ts", "created_at", "values", "epoch"}
@@ -357,6 +359,56 @@ redis.call("HSET", KEYS[1], "batch_cutoff_ms", ARGV[1], "batch_epoch", ARGV[2])
 return 1
 """
 
+# Materializing a batch run (batch_jobs/materialize.py, the only writer of ``…:b`` hashes):
+#
+# 1. ``BATCH_BEGIN_LUA`` on the view meta hash, once: the whole run is refused when the meta records a newer
+#    materialized run (``batch_cutoff_ms`` > the run's cut-off), or when another materialization of the view
+#    holds the writer lease (``batch_writer``/``batch_writer_until``, Redis server time); else the lease is
+#    taken. The same script renews the lease before every pipelined batch (a lost lease stops the writer).
+# 2. per entity the commands of :func:`batch_write_commands`: one ``HSET`` of every field (cut-off, run,
+#    epoch and every window field: a view version's field set is fixed, so one HSET replaces the whole
+#    record atomically and nothing of an older run remains), then ``PEXPIREAT``; pipelined.
+# 3. ``BATCH_END_LUA``: if the lease is still held, ``batch_cutoff_ms`` moves forward only (the
+#    :data:`BATCH_META_LUA` rule) and the lease is released.
+BATCH_WRITER = "batch_writer"
+BATCH_WRITER_UNTIL = "batch_writer_until"
+
+BATCH_BEGIN_LUA = r"""
+-- KEYS[1] = view meta hash; ARGV = cutoff_ms, writer token, lease_ms.
+-- Returns {1, ""} when the lease is taken or renewed, {0, newer cutoff} when a newer run is recorded,
+-- {-1, holder} when another writer holds an unexpired lease.
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call("HGET", KEYS[1], "batch_cutoff_ms")
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return {0, cur} end
+local holder = redis.call("HGET", KEYS[1], "batch_writer")
+local till = redis.call("HGET", KEYS[1], "batch_writer_until")
+if holder and holder ~= ARGV[2] and till and tonumber(till) > now then return {-1, holder} end
+redis.call("HSET", KEYS[1], "batch_writer", ARGV[2], "batch_writer_until", tostring(now + tonumber(ARGV[3])))
+return {1, ""}
+"""
+
+BATCH_END_LUA = r"""
+-- KEYS[1] = view meta hash; ARGV = cutoff_ms, epoch, writer token. Returns -1 if the lease was lost (nothing
+-- changed), else moves batch_cutoff_ms forward only (as BATCH_META_LUA), releases the lease and returns 1 if
+-- the cut-off moved, 0 if not.
+if redis.call("HGET", KEYS[1], "batch_writer") ~= ARGV[3] then return -1 end
+redis.call("HDEL", KEYS[1], "batch_writer", "batch_writer_until")
+local old = redis.call("HGET", KEYS[1], "batch_cutoff_ms")
+if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
+redis.call("HSET", KEYS[1], "batch_cutoff_ms", ARGV[1], "batch_epoch", ARGV[2])
+return 1
+"""
+
+BATCH_ABORT_LUA = r"""
+-- KEYS[1] = view meta hash; ARGV = writer token. A failed materialization releases its lease (if still held).
+if redis.call("HGET", KEYS[1], "batch_writer") ~= ARGV[1] then return 0 end
+redis.call("HDEL", KEYS[1], "batch_writer", "batch_writer_until")
+return 1
+"""
+
+# A single-entity conditional writer (kept for tools and tests that write one record outside a run; the
+# materializer uses batch_write_commands).
 BATCH_WRITE_LUA = r"""
 -- Atomic replace of one entity's batch hash, unless it holds a newer cut-off.
 -- KEYS[1] = batch hash; ARGV = expire_at_ms, cutoff_ms, then field/value pairs (including "cutoff").
@@ -381,6 +433,20 @@ def tile_cas_args(writes: Sequence[tuple[str, TileGroup, Mapping[int, str]]]) ->
                 raise ValueError(f"tile start {start} is not a multiple of {group.tile_ms}")
             argv += [str(start), value]
     return keys, argv
+
+
+def batch_write_commands(key: str, fields: Mapping[str, str]) -> list[list[str]]:
+    """The commands that write one entity's batch hash inside a materialization (after ``BATCH_BEGIN_LUA``):
+    ``HSET key <every field, sorted>`` (atomic: it replaces the whole record, whose field set is fixed per
+    view version) and ``PEXPIREAT key`` :func:`batch_expire_at_ms`."""
+    cutoff = int(fields["cutoff"])
+    for name in ("run", "epoch"):
+        if name not in fields:
+            raise ValueError(f"batch record lacks {name!r}")
+    hset = ["HSET", key]
+    for name, value in sorted(fields.items()):
+        hset += [name, value]
+    return [hset, ["PEXPIREAT", key, str(batch_expire_at_ms(cutoff))]]
 
 
 def batch_write_args(key: str, fields: Mapping[str, str]) -> tuple[list[str], list[str]]:

@@ -298,6 +298,20 @@ def test_materialize_then_online_read_equals_the_oracle_up_to_two_days_late(
     again = materialize_feature_view(iceberg_catalog, redis_client, ds.view, END, project=project)
     assert again.written == report.rows
     assert {k: redis_client.hgetall(k) for k in sorted(redis_client.keys(f"{project}:*:b"))} == snapshot
+    # an older run is refused as a whole, up front; a second writer of the view is refused while one holds the lease
+    from batch_jobs.materialize import ConcurrentMaterializationError, NewerRunMaterializedError, read_serving
+
+    rows = read_serving(iceberg_catalog, ds.view, END)
+    with pytest.raises(NewerRunMaterializedError):
+        materialize_feature_view(iceberg_catalog, redis_client, ds.view, END - timedelta(days=1), project=project, rows=rows)
+    meta_key = layout.view_meta_key(project, ds.view)
+    assert not redis_client.hexists(meta_key, layout.BATCH_WRITER)  # released by the finished runs
+    redis_client.hset(meta_key, mapping={layout.BATCH_WRITER: "other", layout.BATCH_WRITER_UNTIL: 2**53})
+    with pytest.raises(ConcurrentMaterializationError):
+        materialize_feature_view(iceberg_catalog, redis_client, ds.view, END, project=project)
+    redis_client.hdel(meta_key, layout.BATCH_WRITER, layout.BATCH_WRITER_UNTIL)
+    assert {k: redis_client.hgetall(k) for k in sorted(redis_client.keys(f"{project}:*:b"))} == snapshot
+    assert int(redis_client.hget(meta_key, layout.META_BATCH_CUTOFF)) == C
 
     batch_features = [f.name for f in ds.view.features
                       if isinstance(f, Aggregation) and not is_stream_served(layout.width_ms_of(f))]

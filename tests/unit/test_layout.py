@@ -129,6 +129,17 @@ class FakeRedis:
         self.expire_at[key] = int(argv[0])
         return 1
 
+    def batch_commands(self, commands: list[list[str]]) -> None:
+        """HSET / PEXPIREAT as Redis executes them (batch_write_commands)."""
+        for name, key, *args in commands:
+            if name == "HSET":
+                h = self.data.setdefault(key, {})
+                h.update({args[i]: args[i + 1] for i in range(0, len(args), 2)})
+            elif name == "PEXPIREAT":
+                self.expire_at[key] = int(args[0])
+            else:
+                raise AssertionError(name)
+
     def fetch(self, plan: layout.ReadPlan) -> dict:
         keys = [plan.epoch_key, plan.meta_key] + [k for _, k in plan.tile_keys] + ([plan.batch_key] if plan.batch_key else [])
         return {k: self.data.get(k) for k in keys}
@@ -186,7 +197,9 @@ def write_batch(r: FakeRedis, events: list[dict], user: str, cutoff: int) -> Non
                 (laws.contribution(f, e), (e["event_time"], e["_partition"], e["_offset"])) for e in mine) for f in aggs])
         windows[field] = parts
     fields = layout.encode_batch_record(VIEW, cutoff, "run-1", EPOCH, windows)
-    r.batch_write(*layout.batch_write_args(layout.batch_key("p", VIEW, (user,)), fields))
+    key = layout.batch_key("p", VIEW, (user,))
+    r.batch_commands(layout.batch_write_commands(key, fields))
+    assert r.expire_at[key] == layout.batch_expire_at_ms(cutoff)
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batch_jobs.codec import encode_window, to_intermediate
-from batch_jobs.materialize import BATCH_WRITE_MANY_LUA, _BatchPacker, _pack_command
+from batch_jobs.materialize import _BatchPacker, _pack_command
 from batch_jobs.runner import compile_feature_view, compile_view, find_view
 from batch_jobs.spark_compiler import SparkCompiler, serving_part_column
 from batch_jobs.tables import BatchError
@@ -96,23 +96,24 @@ def test_serving_encoding_is_the_layouts_batch_record() -> None:
         assert encode_window(row, w) == fields[w.field]
 
 
-def test_packed_commands_equal_the_layouts_batch_write_args() -> None:
+def test_packed_commands_equal_the_layouts_batch_write_commands() -> None:
     view = _view([Aggregation("n", Agg.COUNT, None, Window.days(30)), Aggregation("l", Agg.COUNT, None, Window.lifetime())])
     fields = sorted(layout.batch_windows(view))
-    packer = _BatchPacker(view, "p", 86_400_000 * 20_000, "run:1", "E", fields, "0" * 40)
+    packer = _BatchPacker(view, "p", 86_400_000 * 20_000, "run:1", "E", fields)
     tags = ["s=alice", "s=b%3Ab"]
     values = [["[[1],[0],[2]]", "[[3],[4],[5]]"], ["[[7]]", "[[8]]"]]
     packer.verify(tags[0], [v[0] for v in values])
-    keys_all, argv_all = [], []
+    expected = b""
     for i, tag in enumerate(tags):
         key = f"p:v1:v:v1:{{{tag}}}:b"
         rec = {"cutoff": str(86_400_000 * 20_000), "run": "run:1", "epoch": "E", **{f: v[i] for f, v in zip(fields, values)}}
-        keys, argv = layout.batch_write_args(key, rec)
-        keys_all += keys
-        argv_all += [str(len(argv)), *argv]
-    expected = _pack_command(["EVALSHA", "0" * 40, "2", *keys_all, *argv_all])
-    assert packer.pack_group(tags, values) == expected
-    assert layout.BATCH_WRITE_LUA in BATCH_WRITE_MANY_LUA  # the layout's script, verbatim
+        commands = layout.batch_write_commands(key, rec)
+        assert [c[0] for c in commands] == ["HSET", "PEXPIREAT"]  # one HSET replaces every field
+        expected += b"".join(_pack_command(c) for c in commands)
+    assert packer.pack(tags, values) == expected
+    import pyarrow as pa
+
+    assert packer.pack_arrow(pa.array(tags), [pa.array(v) for v in values], pa) == expected  # the path materialize sends
 
 
 def test_only_batch_served_windows_get_tiles_and_lifetime_reads_all_history() -> None:
