@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -49,8 +50,16 @@ def _skewless(*args: str, log: Log, prefix: str = "    ") -> int:
     return proc.wait()
 
 
+_DAY_LINE = re.compile(r"^\S+ v\d+ \d{4}-\d{2}-(\d{2}): .*tile rows")
+_LOG4J = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARN|DEBUG) ")
+
+
 def _noise(line: str) -> bool:
-    return any(s in line for s in ("WARN ", "WARNING: Using incubator", "log4j", "setLogLevel", "Setting default log level",
+    """Spark/JVM log chatter (kept in the JVM's own logs); skewless' own lines pass."""
+    day = _DAY_LINE.match(line)
+    if day and day.group(1) != "01":  # backfill progress: one line per day; show the first of each month
+        return True
+    return bool(_LOG4J.match(line)) or any(s in line for s in ("WARN ", "WARNING: Using incubator", "log4j", "setLogLevel", "Setting default log level",
                                    "[Stage ", "NativeCodeLoader"))
 
 
