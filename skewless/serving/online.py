@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from math import lcm
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -124,6 +125,9 @@ class _GroupSpec:
     suffix: bytes  # b"}:t:{H}"
     aggs: tuple[_AggSpec, ...]  # needed aggregations of this tile hash
     indexes: tuple[int, ...]
+    merges: tuple[Callable[[Any, Any], Any], ...] = ()  # aggs[j].merge
+    # tile body bytes -> decoded intermediates of ``aggs`` (identical bytes = identical value; bounded)
+    cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass
@@ -141,6 +145,10 @@ class _ViewPlan:
     stream: bool = False  # the source has a topic (progress, staleness)
     snapshot_fields: tuple[tuple[int, str], ...] = ()  # (position in stored values, name)
     ttl_ms: int = 0
+    sla_ms: int = 0  # freshness SLA (stream views)
+    batch_aggs: dict = field(default_factory=dict)  # batch field -> needed _AggSpecs reading it
+    batch_cache: dict = field(default_factory=dict, repr=False)  # (field, raw bytes) -> decoded parts per agg
+    memo: dict = field(default_factory=dict, repr=False)  # (call context, raw replies) -> aggregations of an entity
 
     def key_count(self) -> int:
         return 1 if self.snapshot else len(self.groups) + (1 if self.batch_fields else 0)
@@ -203,7 +211,7 @@ def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, 
             specs.append(_AggSpec(a.name, laws.LAWS[layout.Agg(a.agg)], index, width, served, bfield,
                                   batch[bfield].index(a) if bfield else -1, *_fast_law(layout.Agg(a.agg))))
         groups.append(_GroupSpec(g.tile_ms, g.retention_ms, f"}}:t:{g.tile_ms}".encode(), tuple(specs),
-                                 tuple(s.index for s in specs)))
+                                 tuple(s.index for s in specs), tuple(s.merge for s in specs)))
     derived = []
     done = {f.name for f in view.features if isinstance(f, Aggregation)}
     pending = [f for f in view.features if isinstance(f, Derived) and f.name in needed]
@@ -218,11 +226,17 @@ def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, 
     step = 1
     for g in layout.tile_groups(view):
         step = lcm(step, g.tile_ms)
+    batch_aggs: dict[str, list[_AggSpec]] = {}
+    for gs in groups:
+        for a in gs.aggs:
+            if a.batch_field is not None:
+                batch_aggs.setdefault(a.batch_field, []).append(a)
     return _ViewPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
                      outputs=tuple(wanted), snapshot=False, groups=tuple(groups),
                      batch_fields=tuple(batch) if batch else (), derived=tuple(derived),
                      meta_key=layout.view_meta_key(project, view).encode(), step_ms=step,
-                     stream=not view.source.is_batch_only)
+                     stream=not view.source.is_batch_only, sla_ms=td_ms(view.freshness_sla),
+                     batch_aggs={k: tuple(v) for k, v in batch_aggs.items()})
 
 
 def _plan_snapshot_view(project: str, view: SnapshotView, wanted: list[tuple[str, int]], entity_index: int) -> _ViewPlan:
@@ -361,10 +375,13 @@ class OnlineStore:
         self._epoch_key = layout.epoch_key(self.project).encode()
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
         from batch_jobs.pit import evaluate_derived
-        from skewless.monitoring.freshness import stream_status
+        from skewless.monitoring.freshness import newest_applied_ms, parse_progress, stream_status
 
         self._evaluate_derived: Callable[..., Any] = evaluate_derived
-        self._stream_status: Callable[..., str] = stream_status
+        self._stream_status: Callable[..., str] = stream_status  # its rule, with the parsed progress cached:
+        self._parse_progress: Callable[..., Any] = parse_progress
+        self._newest_applied: Callable[..., int | None] = newest_applied_ms
+        self._progress_cache: dict[Any, tuple] = {}
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -499,11 +516,13 @@ class OnlineStore:
         values: list[list[Any]] = [[None] * n for _ in range(ncol)]
         statuses: list[list[str]] = [[PRESENT] * n for _ in range(ncol)]
         ages: list[list[int | None]] = [[None] * n for _ in range(ncol)]
-        progress = {src: _progress(raw) for src, raw in progress_raw.items()}
         epoch_text = None if epoch is None else epoch.decode()
-        newest_event = {src: max((p.get("max_event_ms") for p in parts.values()
-                                  if p.get("max_event_ms") is not None and p.get("epoch") == epoch_text), default=None)
-                        for src, parts in progress.items()}
+        progress = {}
+        newest_event = {}
+        newest_applied = {}
+        for src, raw in progress_raw.items():
+            parts, newest_event[src], newest_applied[src] = self._progress_info(raw, epoch_text)
+            progress[src] = {p: dict(v) for p, v in parts.items()}  # the response's own copy
         batch_runs: dict[str, dict[str, int]] = {}
         sampler = self.sampler
         for vp in plan.views:
@@ -517,13 +536,19 @@ class OnlineStore:
                 age: int | None = None
                 if vp.stream:
                     src = vp.view.source.name
-                    if as_of_ms is None:
-                        stale = self._stream_status(vp.view, progress_raw[src] or {}, epoch_text, now) == STALE
+                    if as_of_ms is None:  # freshness.stream_status: stale without a newest event or past the SLA
+                        applied = newest_applied[src]
+                        stale = applied is None or now - applied > vp.sla_ms
                     newest = newest_event.get(src)
                     age = None if newest is None else max(0, T - newest)
                 meta = _meta(metas[vp.view.name])
                 runs: dict[str, int] = {}
-                rows = [self._windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs)
+                starts = [[floor_ms(T - a.width_ms, g.tile_ms) if a.stream_served else None for a in g.aggs]  # type: ignore[operator]
+                          for g in vp.groups]
+                ctx = (epoch, meta, as_of_ms, tuple(tuple(x) for x in starts),
+                       tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
+                windowed = self._windowed
+                rows = [windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx)
                         for i in range(n)]
                 if runs:
                     batch_runs[vp.view.name] = runs
@@ -541,6 +566,22 @@ class OnlineStore:
             values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
             ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress=progress,
             batch_runs=batch_runs)
+
+    def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
+                       ) -> tuple[dict[int, dict[str, Any]], int | None, int | None]:
+        """``(partitions, newest event of the epoch, freshness.newest_applied_ms)`` of a progress hash, cached
+        by its raw fields and the epoch (the same bytes give the same answer)."""
+        key = (tuple(raw.items()) if raw else (), epoch_text)
+        hit = self._progress_cache.get(key)
+        if hit is None:
+            parts = _progress(raw)
+            newest = max((p.get("max_event_ms") for p in parts.values()
+                          if p.get("max_event_ms") is not None and p.get("epoch") == epoch_text), default=None)
+            hit = (parts, newest, self._newest_applied(self._parse_progress(raw or {}), epoch_text))
+            if len(self._progress_cache) >= 256:
+                self._progress_cache.clear()
+            self._progress_cache[key] = hit
+        return hit
 
     # -- transport -----------------------------------------------------------------------------------------
 
@@ -562,6 +603,10 @@ class OnlineStore:
         conn = pool.get_connection()
         try:
             conn.send_packed_command([b"".join([_pack(c, k) for c, k in names])], check_health=False)
+            parser = getattr(conn, "_parser", None)
+            if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
+                    and parser._next_response is _NOT_ENOUGH_DATA):
+                return _read_hiredis(conn, parser, names)
             out = []
             error = None
             for cmd, _ in names:
@@ -594,27 +639,100 @@ class OnlineStore:
         names = [f for _, f in vp.snapshot_fields]
         if raw is None:  # no row (or forgotten); without the epoch marker Redis may have lost it
             return dict.fromkeys(names), dict.fromkeys(names, PRESENT if epoch is not None else INCOMPLETE), None
-        data = _loads(raw)
-        ts, created = data["ts"], data.get("created_at")
-        if epoch is None or data.get("epoch") != epoch.decode() or ts > T or (created is not None and created > T):
+        cache = vp.batch_cache  # a snapshot view has no batch part: raw row -> [ts, created_at, epoch, data, values]
+        row = cache.get(raw)
+        if row is None:
+            data = _loads(raw)
+            row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[raw] = row
+        ts, created, row_epoch = row[0], row[1], row[2]
+        if epoch is None or row_epoch != epoch.decode() or ts > T or (created is not None and created > T):
             return dict.fromkeys(names), dict.fromkeys(names, INCOMPLETE), None
         age = T - ts
         if ts >= T - vp.ttl_ms:
-            stored = data["values"]
-            return ({f: laws.decode_value(stored[p]) for p, f in vp.snapshot_fields}, dict.fromkeys(names, PRESENT), age)
+            decoded = row[4]
+            if decoded is None:
+                stored = row[3]["values"]
+                decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
+                if _frozen(decoded):
+                    row[4] = decoded
+            return dict(zip(names, decoded)), dict.fromkeys(names, PRESENT), age
         status = EXPIRED if ts >= T - vp.ttl_ms - SNAPSHOT_EXPIRED_MEMORY_MS else PRESENT
         return dict.fromkeys(names), dict.fromkeys(names, status), age
 
     def _windowed(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
                   now: int, as_of_ms: int | None, stale: bool, age: int | None,
-                  runs: dict[str, int]) -> tuple[dict[str, Any], dict[str, str], int | None]:
+                  runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: tuple,
+                  ) -> tuple[dict[str, Any], dict[str, str], int | None]:
+        """One entity of one feature view: :func:`layout.evaluate_read` + the reader's rules.
+
+        The aggregations' values and statuses are a function of the entity's raw replies and of ``ctx`` (epoch,
+        view meta, as_of, the window starts at T and the current tile of each group, from the call) plus, for a
+        batch part, whether its cut-off is after T and how many days late it is; they are memoised on that key
+        (bounded, per view plan). Staleness, derived features (which may depend on T) and the age are applied
+        after, on every read."""
+        T = now if as_of_ms is None else as_of_ms
+        memo = vp.memo
+        try:
+            cutoff = None
+            if vp.batch_fields:
+                braw = raws[-1]
+                cutoff = int(braw[b"cutoff"]) if braw else None
+                run_cutoff = meta[2]
+                if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and meta[3] == epoch:
+                    cutoff = run_cutoff
+            key: Any = (ctx, None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS),
+                        *[tuple(r.items()) for r in raws])
+            hit = memo.get(key)
+        except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
+            key, hit = None, None
+        if hit is None:
+            hit = self._aggregate(vp, raws, epoch, meta, now, as_of_ms, stream_starts)
+            if key is not None and _frozen(tuple(hit[0].values())):
+                if len(memo) >= _MEMO_MAX:
+                    memo.clear()
+                memo[key] = hit
+        agg_vals, agg_sts, run, batch_cutoff = hit
+        if run is not None:
+            runs[run[0]] = run[1]
+        if batch_cutoff is not None and age is None and not vp.stream:
+            age = max(0, T - batch_cutoff)
+        vals = dict(agg_vals)
+        sts = dict(agg_sts)
+        if stale:
+            for name, st in sts.items():
+                if st == PRESENT:
+                    sts[name] = STALE
+        for name, expr, inputs in vp.derived:
+            in_status = [sts[i] for i in inputs]
+            if INCOMPLETE in in_status:
+                vals[name], sts[name] = None, INCOMPLETE
+            else:
+                vals[name] = self._evaluate_derived(expr, {i: vals[i] for i in inputs}, T)
+                sts[name] = STALE if STALE in in_status else PRESENT
+        return vals, sts, age
+
+    def _aggregate(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
+                   now: int, as_of_ms: int | None, stream_starts: Sequence[list[int | None]],
+                   ) -> tuple[dict[str, Any], dict[str, str], tuple[str, int] | None, int | None]:
+        """``(values, statuses, (run id, cut-off) | None, batch cut-off | None)`` of the view's aggregations for one
+        entity, exactly :func:`layout.evaluate_read`, as tight loops.
+
+        ``stream_starts[g]`` holds, per needed aggregation of group g, its window start at T when stream-served
+        (None for batch-served ones: their start is the entity's cut-off). Decoded tile vectors and batch parts
+        are cached by their raw bytes (identical bytes = identical value); anything a cache cannot take (an
+        error, a mutable value) goes through the reference order of decoding, so errors are raised exactly
+        where they were."""
         applied_from, meta_epoch, run_cutoff, run_epoch = meta
         T = now if as_of_ms is None else as_of_ms
         epoch_ok = epoch is not None and meta_epoch == epoch
         vals: dict[str, Any] = {}
         sts: dict[str, str] = {}
+        groups = vp.groups
         tiles_per_group = []
-        for g, raw in zip(vp.groups, raws):
+        for raw in raws[:len(groups)]:
             tiles: dict[int, bytes] = {}
             for fld, value in raw.items():
                 _, tile_epoch, body = value.split(b"|", 2)
@@ -626,49 +744,56 @@ class OnlineStore:
         cutoff = None
         empty_batch = False  # the newest run did not list the entity: identity parts (layout.empty_batch_record)
         if vp.batch_fields:
-            raw = raws[len(vp.groups)]
+            raw = raws[len(groups)]
             if raw:
                 batch, cutoff = raw, int(raw[b"cutoff"])
             if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch == epoch:
                 batch, cutoff, empty_batch = {b"epoch": epoch}, run_cutoff, True
             if batch is not None and batch.get(b"epoch") != epoch:
                 epoch_ok = False
-        if batch is not None and age is None and not vp.stream:
-            age = max(0, T - cutoff)  # type: ignore[operator]
+        run: tuple[str, int] | None = None
         if not epoch_ok:
-            for g in vp.groups:
+            for g in groups:
                 for a in g.aggs:
                     vals[a.name], sts[a.name] = None, INCOMPLETE
         else:
             if batch is not None and not empty_batch:
-                runs[batch[b"run"].decode()] = cutoff  # type: ignore[assignment]
-            parsed_batch: dict[str, list] = {}
-            for g, tiles in zip(vp.groups, tiles_per_group):
+                run = (batch[b"run"].decode(), cutoff)  # type: ignore[assignment]
+            parsed_batch: dict[str, Any] = {}
+            batch_start = None if batch is None or cutoff > T else cutoff  # type: ignore[operator]
+            for g, tiles, call_starts in zip(groups, tiles_per_group, stream_starts):
                 aggs = g.aggs
                 if not aggs:
                     continue
                 newest = max(tiles) if tiles else floor_ms(now, g.tile_ms)
                 oldest_kept = newest - g.retention_ms
-                starts: list[int | None] = []
-                for a in aggs:
-                    if a.stream_served:
-                        starts.append(floor_ms(T - a.width_ms, g.tile_ms))  # type: ignore[operator]
-                    elif batch is None or cutoff > T:  # type: ignore[operator]
-                        starts.append(None)  # incomplete: no batch part for this instant
-                    else:
-                        starts.append(cutoff)
+                starts = call_starts
+                if None in starts:  # batch-served aggregations start at the cut-off (None: incomplete)
+                    starts = [batch_start if st is None else st for st in starts]
                 accs = [a.law.init() for a in aggs]
                 known = [x for x in starts if x is not None]
                 if known:
                     lo = min(known)
+                    merges = g.merges
+                    cache = g.cache
+                    na = len(aggs)
                     for s, body in tiles.items():  # each tile's vector decoded once, merged into every aggregation
                         if s < lo or (as_of_ms is not None and s >= as_of_ms):
                             continue
-                        vec = _loads(body)
-                        for j, a in enumerate(aggs):
-                            st = starts[j]
-                            if st is not None and s >= st:
-                                accs[j] = a.merge(accs[j], a.decode(vec[a.index]))
+                        dec = cache.get(body)
+                        if dec is None:
+                            dec = _decode_tile(g, body)
+                        if dec is not None:
+                            for j in range(na):
+                                st = starts[j]
+                                if st is not None and s >= st:
+                                    accs[j] = merges[j](accs[j], dec[j])
+                        else:  # the reference order: decode only what is merged (same errors)
+                            vec = _loads(body)
+                            for j, a in enumerate(aggs):
+                                st = starts[j]
+                                if st is not None and s >= st:
+                                    accs[j] = a.merge(accs[j], a.decode(vec[a.index]))
                 for j, a in enumerate(aggs):
                     lw, st, stream_acc = a.law, starts[j], accs[j]
                     if st is None:
@@ -678,13 +803,22 @@ class OnlineStore:
                     if a.stream_served:
                         vals[a.name], sts[a.name] = (lw.finalize(stream_acc), PRESENT) if ok else (None, INCOMPLETE)
                         continue
-                    parts = None
-                    if not empty_batch:
-                        parts = parsed_batch.get(a.batch_field)  # type: ignore[arg-type]
-                        if parts is None:
-                            parts = parsed_batch[a.batch_field] = _loads(batch[a.batch_field.encode()])  # type: ignore[index,union-attr]
                     days_late = (T - cutoff) // BATCH_TILE_MS  # type: ignore[operator]
-                    body = lw.init() if parts is None else a.decode(parts[0][a.batch_index])
+                    pa: Any = None  # the decoded parts (body, tail0, tail1) of this aggregation
+                    if not empty_batch:
+                        fld = a.batch_field
+                        dec = parsed_batch.get(fld, _MISSING)  # type: ignore[arg-type]
+                        if dec is _MISSING:
+                            raw_parts = batch[fld.encode()]  # type: ignore[index,union-attr]
+                            dec = vp.batch_cache.get((fld, raw_parts))
+                            if dec is None:
+                                dec = _decode_batch_field(vp, fld, raw_parts)  # type: ignore[arg-type]
+                            parsed_batch[fld] = dec  # type: ignore[index]
+                        if type(dec) is dict:
+                            pa = dec[a.batch_index]
+                        elif dec is not None:  # JSON null reads as no parts (the identity), as the reference
+                            pa = _LazyParts(dec, a)
+                    body = lw.init() if pa is None else pa[0]
                     if a.width_ms is None:
                         if not ok:
                             vals[a.name], sts[a.name] = None, INCOMPLETE
@@ -696,22 +830,121 @@ class OnlineStore:
                         vals[a.name], sts[a.name] = None, INCOMPLETE
                         continue
                     acc = body
-                    if parts is not None:
+                    if pa is not None:
                         for t in range(days_late, BATCH_TAIL_DAYS):
-                            acc = a.merge(acc, a.decode(parts[1 + t][a.batch_index]))
+                            acc = a.merge(acc, pa[1 + t])
                     vals[a.name], sts[a.name] = lw.finalize(a.merge(acc, stream_acc)), PRESENT
-        if stale:
-            for name, s in sts.items():
-                if s == PRESENT:
-                    sts[name] = STALE
-        for name, expr, inputs in vp.derived:
-            in_status = [sts[i] for i in inputs]
-            if INCOMPLETE in in_status:
-                vals[name], sts[name] = None, INCOMPLETE
+        return vals, sts, run, (cutoff if batch is not None else None)
+
+
+
+class _LazyParts:
+    """Parts of one aggregation in a batch field that the cache could not take: decoded on access, in the
+    reference order (same errors)."""
+
+    __slots__ = ("parts", "agg")
+
+    def __init__(self, parts: Any, agg: _AggSpec) -> None:
+        self.parts, self.agg = parts, agg
+
+    def __getitem__(self, i: int) -> Any:
+        return self.agg.decode(self.parts[i][self.agg.batch_index])
+
+
+_MISSING = object()
+_MEMO_MAX = 1 << 13  # entities per view plan whose evaluated aggregations are kept
+_CACHE_MAX = 1 << 15  # entries per tile group / batch view before a cache is reset (bounded memory)
+_FROZEN = (int, str, float, bool, type(None), Decimal)
+
+
+def _frozen(x: Any) -> bool:
+    """Immutable all the way down (safe to share between responses)."""
+    t = type(x)
+    if t in _FROZEN:
+        return True
+    return t is tuple and all(_frozen(y) for y in x)
+
+
+def _decode_tile(g: _GroupSpec, body: bytes) -> tuple | None:
+    """The decoded intermediates of ``g.aggs`` in a tile body, cached; None if any of them fails to decode."""
+    try:
+        vec = _loads(body)
+        dec = tuple([a.decode(vec[a.index]) for a in g.aggs])
+    except Exception:  # noqa: BLE001 - the caller decodes lazily and raises where the reference does
+        return None
+    if _frozen(dec):
+        cache = g.cache
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[body] = dec
+    return dec
+
+
+def _decode_batch_field(vp: _ViewPlan, fld: str, raw: bytes) -> Any:
+    """``{batch_index: (decoded body, tail0, ...)}`` of the needed aggregations of one batch field, cached by
+    the raw bytes; the loaded JSON (decoded lazily by the caller) when a part fails to decode or is mutable."""
+    parts = _loads(raw)
+    if type(parts) is not list or not all(type(p) is list for p in parts):
+        return parts
+    try:
+        dec = {a.batch_index: tuple([a.decode(p[a.batch_index]) for p in parts]) for a in vp.batch_aggs[fld]}
+    except Exception:  # noqa: BLE001 - decoded lazily, in the reference order
+        return parts
+    if not _frozen(tuple(dec.values())):
+        return parts
+    cache = vp.batch_cache
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[(fld, raw)] = dec
+    return dec
+
+
+try:  # redis-py's hiredis parser: replies are taken from its reader directly (what Connection.read_response does)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _HiredisParser
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import ResponseError as _ResponseError
+    from redis.exceptions import TimeoutError as _RedisTimeoutError
+except ImportError:  # pragma: no cover - another redis-py layout: the generic path
+    _HiredisParser = None  # type: ignore[assignment,misc]
+
+
+def _read_hiredis(conn: Any, parser: Any, names: list[tuple[bytes, bytes]]) -> list[Any]:
+    """The replies of ``names`` (already sent on ``conn``) read straight from the hiredis reader: the same
+    parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its per-reply Python layers.
+    An error reply raises (the caller disconnects, so unread replies never reach another command)."""
+    import socket
+
+    gets = parser._reader.gets
+    out = []
+    for cmd, _ in names:
+        r = gets(False)
+        while r is _NOT_ENOUGH_DATA:
+            try:
+                parser.read_from_socket()
+            except socket.timeout:
+                raise _RedisTimeoutError(f"Timeout reading from {conn._host_error()}") from None
+            except OSError as exc:
+                raise _RedisConnectionError(f"Error while reading from {conn._host_error()} : {exc.args}") from None
+            r = gets(False)
+        if isinstance(r, (_ResponseError, _RedisConnectionError)):
+            raise r
+        if cmd == _HGETALL:
+            if isinstance(r, dict):
+                pass
+            elif r:
+                if isinstance(r, list) and r and isinstance(r[0], _RedisConnectionError):
+                    raise r[0]
+                it = iter(r)
+                r = dict(zip(it, it))
             else:
-                vals[name] = self._evaluate_derived(expr, {i: vals[i] for i in inputs}, T)
-                sts[name] = STALE if STALE in in_status else PRESENT
-        return vals, sts, age
+                r = {}
+        elif isinstance(r, Exception):
+            raise r
+        out.append(r)
+    if conn.health_check_interval:
+        conn.next_health_check = time.time() + conn.health_check_interval
+    return out
 
 
 def _as_of_ms(as_of: Any) -> int:

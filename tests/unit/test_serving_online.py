@@ -215,3 +215,23 @@ def test_bad_input_says_what_is_wrong(repo: Any, filled: Any) -> None:
     with pytest.raises(OnlineRequestError, match="as_of"):
         store.get_online_features([{"user_id": "a"}], "churn_model", as_of="yesterday")
     assert store.get_online_features({"user_id": []}, "churn_model").values["segment"] == []
+
+
+def test_one_store_across_instants_equals_evaluate_read(repo: Any, filled: Any) -> None:
+    """The per-entity memo and the decode caches are keyed so that one store, read at many instants (both
+    sides of tile and day boundaries, now and as_of, repeated, with and without a newer run), answers exactly
+    what a fresh evaluation does."""
+    view = repo.view("user_order_stats")
+    users = filled.users + ["nobody"]
+    cases = list(instants())
+    for minutes in range(0, 3 * 24 * 60, 47):  # crosses 5-minute tiles, days, the cut-off and the tail days
+        for extra in (0, 61_000):  # the second read often shares the first one's tiles and day (memo hits)
+            cases.append((CUTOFF - MS_PER_DAY + minutes * MS_PER_MINUTE + 1 + extra, None))
+    for data in (filled.data, with_newer_run(filled, repo)):
+        store = OnlineStore(repo, MemRedis(data), P)
+        for now, as_of in cases + cases[::-1]:
+            got = store.get_online_features({"user_id": users}, ["user_order_stats"], as_of=as_of, now_ms=now)
+            for i, user in enumerate(users):
+                want = reference(data, view, user, now, as_of)
+                for name in view.feature_names:
+                    assert (got.values[name][i], got.statuses[name][i]) == want[name], (now, as_of, user, name)
