@@ -37,6 +37,11 @@ from skewless.core.repo import Repository
 from skewless.core.schemas import schema_path
 
 ENGINE = "flink"
+# Views the job materialises once (Table -> DataStream -> Table, all in the JVM) so that every consumer
+# shares one copy: within one query the planner would otherwise copy them per consumer. The shared copy is
+# named <view><SHARED_SUFFIX> and gets a fresh processing-time attribute ``pt``.
+SHARED_VIEWS = ("ordered",)
+SHARED_SUFFIX = "_shared"
 KIND_TILE, KIND_PROGRESS, KIND_DEAD = "T", "P", "D"
 DEAD_LETTER_SUFFIX = ".dead-letters"
 PROGRESS_COLUMNS = ("max_event_ms", "records", "admitted_or_dup", "malformed", "future", "late")
@@ -278,8 +283,9 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
                                    *(a.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations if a.field),
                                    *(w.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations for w in a.where)]))
         fields = {name: _Field(name, f"{i}_{name}") for i, name in enumerate(used)}
-        statements = [self._source_ddl(), self._fields_view(fields), self._parsed_view(source, scan, fields, props, required, key_fields, types),
-                      self._ordered_view(scan), self._admitted_view()]
+        parsed_sql, parsed_cols = self._parsed_view(source, scan, fields, props, required, key_fields, types)
+        statements = [self._source_ddl(), self._fields_view(fields), parsed_sql,
+                      self._ordered_view(scan, parsed_cols), self._admitted_view(parsed_cols)]
         outputs, tile_queries = [], []
         for vp, view in zip(view_plans, views):
             groups = {g.tile_ms: g for g in layout.tile_groups(view)}
@@ -398,7 +404,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         return f"CASE WHEN {f.w} IS NULL THEN {absent} ELSE NOT ({ok}) END", f"schema: {f.name}"
 
     def _parsed_view(self, source: EventSource, scan: Scan, fields: dict[str, _Field], props: dict[str, dict[str, Any]],
-                     required: set[str], key_fields: list[str], types: dict[str, str]) -> str:
+                     required: set[str], key_fields: list[str], types: dict[str, str]) -> tuple[str, list[str]]:
         et = fields[source.event_time]
         ts = _event_time_ms(et)
         malformed: list[tuple[str, str]] = [
@@ -429,13 +435,14 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
                 continue
             cols.append(f"{_typed(f, vt)} AS f_{f.col}")
         cols.append(f"{reason} AS reason1")
+        names = [c.rsplit(" AS ", 1)[-1] for c in cols if c != "pt"]
         return ("CREATE TEMPORARY VIEW `${ns}_parsed` AS\nSELECT\n  " + ",\n  ".join(cols)
-                + f"\nFROM `${{ns}}_fields`\nCROSS JOIN UNNEST(ARRAY[{ts}]) AS t(ts)")
+                + f"\nFROM `${{ns}}_fields`\nCROSS JOIN UNNEST(ARRAY[{ts}]) AS t(ts)"), names
 
-    def _ordered_view(self, scan: Scan) -> str:
+    def _ordered_view(self, scan: Scan, cols: list[str]) -> str:
         return (
             "CREATE TEMPORARY VIEW `${ns}_ordered` AS\n"
-            "SELECT *,\n"
+            f"SELECT {', '.join(c for c in cols if c != 'reason1')},\n"
             f"  COALESCE(reason1, CASE WHEN ts < m - {scan.allowed_lateness_ms} THEN "
             f"'late|event time < partition max - {scan.allowed_lateness_ms} ms' END) AS reason\n"
             "FROM (\n"
@@ -444,12 +451,13 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             "  FROM `${ns}_parsed`)"
         )
 
-    def _admitted_view(self) -> str:
+    def _admitted_view(self, cols: list[str]) -> str:
+        keep = [c for c in cols if c not in ("reason1", "bytes_value", "record_ms")]
         return (
             "CREATE TEMPORARY VIEW `${ns}_admitted` AS\n"
-            "SELECT * FROM (\n"
+            f"SELECT {', '.join(keep)} FROM (\n"
             "  SELECT *, ROW_NUMBER() OVER (PARTITION BY p, idk, ts ORDER BY pt ASC) AS rn\n"
-            "  FROM `${ns}_ordered` WHERE reason IS NULL)\n"
+            f"  FROM `${{ns}}_ordered{SHARED_SUFFIX}` WHERE reason IS NULL)\n"
             "WHERE rn = 1"
         )
 
@@ -506,7 +514,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         ] + [f"CAST(NULL AS STRING) AS c{i}" for i in range(len(PROGRESS_COLUMNS), value_width)]
         return (f"SELECT '{KIND_PROGRESS}' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,\n  "
                 + ", ".join(keys) + ",\n  CAST(0 AS BIGINT) AS tile_start, MAX(o) AS version,\n  " + ",\n  ".join(vals)
-                + "\nFROM `${ns}_ordered`\nGROUP BY p")
+                + f"\nFROM `${{ns}}_ordered{SHARED_SUFFIX}`\nGROUP BY p")
 
     def _dead_query(self, key_width: int, value_width: int) -> str:
         keys = ["CAST(p AS STRING) AS k0"] + [f"'' AS k{i}" for i in range(1, key_width)]
@@ -514,7 +522,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         vals += [f"CAST(NULL AS STRING) AS c{i}" for i in range(len(DEAD_COLUMNS), value_width)]
         return (f"SELECT '{KIND_DEAD}' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,\n  "
                 + ", ".join(keys) + ",\n  o AS tile_start, CAST(0 AS BIGINT) AS version,\n  " + ",\n  ".join(vals)
-                + "\nFROM `${ns}_ordered`\nWHERE reason IS NOT NULL")
+                + f"\nFROM `${{ns}}_ordered{SHARED_SUFFIX}`\nWHERE reason IS NOT NULL")
 
 
 # --- expression builders ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from streaming_jobs.flink_compiler import FlinkSourceJob, dead_letter_topic
+from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
 from streaming_jobs.sink import SinkConfig, bucket_of, make_process_function
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
@@ -49,6 +49,16 @@ def applied_from(bootstrap: str, topic: str, starting_offsets: str) -> int:
     return int(time.time() * 1000)
 
 
+def share_view(t_env: Any, name: str) -> None:
+    """Register ``<name>_shared``: the insert-only view as a DataStream and back (JVM only), so every
+    query reading it shares one copy of its operators; it gets a fresh processing-time column ``pt``."""
+    from pyflink.table import Schema
+
+    stream = t_env.to_data_stream(t_env.from_path(f"`{name}`"))
+    table = t_env.from_data_stream(stream, Schema.new_builder().column_by_expression("pt", "PROCTIME()").build())
+    t_env.create_temporary_view(f"`{name}{SHARED_SUFFIX}`", table)
+
+
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
     """Register the job's SQL and attach its changelog to the Redis sink (``env.execute`` runs it)."""
     from pyflink.common import Types
@@ -67,6 +77,9 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
                                    extra_source_options=extra)
     for statement in statements:
         t_env.execute_sql(statement)
+        for name in SHARED_VIEWS:
+            if statement.startswith(f"CREATE TEMPORARY VIEW `{ns}_{name}`"):
+                share_view(t_env, f"{ns}_{name}")
     table = t_env.sql_query(query)
     key_cols = [*KEY_COLUMNS, *(f"k{i}" for i in range(job.key_width)), "tile_start"]
     builder = Schema.new_builder()

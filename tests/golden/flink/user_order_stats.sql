@@ -89,7 +89,7 @@ FROM `${ns}_fields`
 CROSS JOIN UNNEST(ARRAY[CASE WHEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) BETWEEN 0 AND 253402300799999 THEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) END]) AS t(ts);
 
 CREATE TEMPORARY VIEW `${ns}_ordered` AS
-SELECT *,
+SELECT p, o, record_ms, bytes_value, ts, idk, f_0_event_id, f_1_user_id, f_2_order_id, f_3_amount, f_4_currency, f_5_status,
   COALESCE(reason1, CASE WHEN ts < m - 3600000 THEN 'late|event time < partition max - 3600000 ms' END) AS reason
 FROM (
   SELECT *, MAX(CASE WHEN reason1 IS NULL THEN ts END) OVER (
@@ -97,9 +97,9 @@ FROM (
   FROM `${ns}_parsed`);
 
 CREATE TEMPORARY VIEW `${ns}_admitted` AS
-SELECT * FROM (
+SELECT p, o, ts, idk, f_0_event_id, f_1_user_id, f_2_order_id, f_3_amount, f_4_currency, f_5_status FROM (
   SELECT *, ROW_NUMBER() OVER (PARTITION BY p, idk, ts ORDER BY pt ASC) AS rn
-  FROM `${ns}_ordered` WHERE reason IS NULL)
+  FROM `${ns}_ordered_shared` WHERE reason IS NULL)
 WHERE rn = 1;
 
 -- changelog (upsert) to the Redis sink
@@ -142,7 +142,7 @@ SELECT 'P' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,
   CAST(COUNT(*) FILTER (WHERE reason LIKE 'late|%') AS STRING) AS c5,
   CAST(NULL AS STRING) AS c6,
   CAST(NULL AS STRING) AS c7
-FROM `${ns}_ordered`
+FROM `${ns}_ordered_shared`
 GROUP BY p
 UNION ALL
 SELECT 'D' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,
@@ -156,5 +156,5 @@ SELECT 'D' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,
   CAST(NULL AS STRING) AS c5,
   CAST(NULL AS STRING) AS c6,
   CAST(NULL AS STRING) AS c7
-FROM `${ns}_ordered`
+FROM `${ns}_ordered_shared`
 WHERE reason IS NOT NULL;
