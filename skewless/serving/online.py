@@ -17,6 +17,7 @@ keys share a hash tag, so Redis Cluster pipelines split per node) and evaluates 
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -74,6 +75,7 @@ class _AggSpec:
 
 
 _I64_MIN, _I64_MAX = laws.INT64_MIN, laws.INT64_MAX
+_SERIALS = itertools.count()
 _PLAIN = (int, str, float, bool)
 
 
@@ -126,8 +128,7 @@ class _GroupSpec:
     aggs: tuple[_AggSpec, ...]  # needed aggregations of this tile hash
     indexes: tuple[int, ...]
     merges: tuple[Callable[[Any, Any], Any], ...] = ()  # aggs[j].merge
-    # tile body bytes -> decoded intermediates of ``aggs`` (identical bytes = identical value; bounded)
-    cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)  # names it in the store's caches
 
 
 @dataclass
@@ -147,8 +148,7 @@ class _ViewPlan:
     ttl_ms: int = 0
     sla_ms: int = 0  # freshness SLA (stream views)
     batch_aggs: dict = field(default_factory=dict)  # batch field -> needed _AggSpecs reading it
-    batch_cache: dict = field(default_factory=dict, repr=False)  # (field, raw bytes) -> decoded parts per agg
-    memo: dict = field(default_factory=dict, repr=False)  # (call context, raw replies) -> aggregations of an entity
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # names it in the store's caches
 
     def key_count(self) -> int:
         return 1 if self.snapshot else len(self.groups) + (1 if self.batch_fields else 0)
@@ -382,6 +382,9 @@ class OnlineStore:
         self._parse_progress: Callable[..., Any] = parse_progress
         self._newest_applied: Callable[..., int | None] = newest_applied_ms
         self._progress_cache: dict[Any, tuple] = {}
+        # bounded caches shared by every plan of this store (keys start with the plan's group/view serial):
+        self._memo: dict[Any, tuple] = {}  # (view serial, call context, raw replies) -> an entity's aggregations
+        self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -545,7 +548,7 @@ class OnlineStore:
                 runs: dict[str, int] = {}
                 starts = [[floor_ms(T - a.width_ms, g.tile_ms) if a.stream_served else None for a in g.aggs]  # type: ignore[operator]
                           for g in vp.groups]
-                ctx = (epoch, meta, as_of_ms, tuple(tuple(x) for x in starts),
+                ctx = (vp.serial, epoch, meta, as_of_ms, tuple(tuple(x) for x in starts),
                        tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
                 windowed = self._windowed
                 rows = [windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx)
@@ -639,14 +642,14 @@ class OnlineStore:
         names = [f for _, f in vp.snapshot_fields]
         if raw is None:  # no row (or forgotten); without the epoch marker Redis may have lost it
             return dict.fromkeys(names), dict.fromkeys(names, PRESENT if epoch is not None else INCOMPLETE), None
-        cache = vp.batch_cache  # a snapshot view has no batch part: raw row -> [ts, created_at, epoch, data, values]
-        row = cache.get(raw)
+        cache = self._decoded  # (view serial, raw row) -> [ts, created_at, epoch, data, decoded values]
+        row = cache.get((vp.serial, raw))
         if row is None:
             data = _loads(raw)
             row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
-            cache[raw] = row
+            cache[(vp.serial, raw)] = row
         ts, created, row_epoch = row[0], row[1], row[2]
         if epoch is None or row_epoch != epoch.decode() or ts > T or (created is not None and created > T):
             return dict.fromkeys(names), dict.fromkeys(names, INCOMPLETE), None
@@ -674,7 +677,7 @@ class OnlineStore:
         (bounded, per view plan). Staleness, derived features (which may depend on T) and the age are applied
         after, on every read."""
         T = now if as_of_ms is None else as_of_ms
-        memo = vp.memo
+        memo = self._memo
         try:
             cutoff = None
             if vp.batch_fields:
@@ -775,14 +778,15 @@ class OnlineStore:
                 if known:
                     lo = min(known)
                     merges = g.merges
-                    cache = g.cache
+                    cache = self._decoded
+                    serial = g.serial
                     na = len(aggs)
                     for s, body in tiles.items():  # each tile's vector decoded once, merged into every aggregation
                         if s < lo or (as_of_ms is not None and s >= as_of_ms):
                             continue
-                        dec = cache.get(body)
+                        dec = cache.get((serial, body))
                         if dec is None:
-                            dec = _decode_tile(g, body)
+                            dec = _decode_tile(g, body, cache)
                         if dec is not None:
                             for j in range(na):
                                 st = starts[j]
@@ -804,21 +808,13 @@ class OnlineStore:
                         vals[a.name], sts[a.name] = (lw.finalize(stream_acc), PRESENT) if ok else (None, INCOMPLETE)
                         continue
                     days_late = (T - cutoff) // BATCH_TILE_MS  # type: ignore[operator]
-                    pa: Any = None  # the decoded parts (body, tail0, tail1) of this aggregation
+                    parts = None  # the batch field's parts (body, tail0, tail1), decoded as used (the reference order)
                     if not empty_batch:
-                        fld = a.batch_field
-                        dec = parsed_batch.get(fld, _MISSING)  # type: ignore[arg-type]
-                        if dec is _MISSING:
-                            raw_parts = batch[fld.encode()]  # type: ignore[index,union-attr]
-                            dec = vp.batch_cache.get((fld, raw_parts))
-                            if dec is None:
-                                dec = _decode_batch_field(vp, fld, raw_parts)  # type: ignore[arg-type]
-                            parsed_batch[fld] = dec  # type: ignore[index]
-                        if type(dec) is dict:
-                            pa = dec[a.batch_index]
-                        elif dec is not None:  # JSON null reads as no parts (the identity), as the reference
-                            pa = _LazyParts(dec, a)
-                    body = lw.init() if pa is None else pa[0]
+                        parts = parsed_batch.get(a.batch_field, _MISSING)  # type: ignore[arg-type]
+                        if parts is _MISSING:
+                            parts = parsed_batch[a.batch_field] = _loads(batch[a.batch_field.encode()])  # type: ignore[index,union-attr]
+                    bi = a.batch_index
+                    body = lw.init() if parts is None else a.decode(parts[0][bi])
                     if a.width_ms is None:
                         if not ok:
                             vals[a.name], sts[a.name] = None, INCOMPLETE
@@ -830,31 +826,18 @@ class OnlineStore:
                         vals[a.name], sts[a.name] = None, INCOMPLETE
                         continue
                     acc = body
-                    if pa is not None:
+                    if parts is not None:
                         for t in range(days_late, BATCH_TAIL_DAYS):
-                            acc = a.merge(acc, pa[1 + t])
+                            acc = a.merge(acc, a.decode(parts[1 + t][bi]))
                     vals[a.name], sts[a.name] = lw.finalize(a.merge(acc, stream_acc)), PRESENT
         return vals, sts, run, (cutoff if batch is not None else None)
 
 
 
-class _LazyParts:
-    """Parts of one aggregation in a batch field that the cache could not take: decoded on access, in the
-    reference order (same errors)."""
-
-    __slots__ = ("parts", "agg")
-
-    def __init__(self, parts: Any, agg: _AggSpec) -> None:
-        self.parts, self.agg = parts, agg
-
-    def __getitem__(self, i: int) -> Any:
-        return self.agg.decode(self.parts[i][self.agg.batch_index])
-
-
 _MISSING = object()
-_MEMO_MAX = 1 << 13  # entities per view plan whose evaluated aggregations are kept
-_CACHE_MAX = 1 << 15  # entries per tile group / batch view before a cache is reset (bounded memory)
-_FROZEN = (int, str, float, bool, type(None), Decimal)
+_MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
+_CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
+_FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
 
 
 def _frozen(x: Any) -> bool:
@@ -862,10 +845,15 @@ def _frozen(x: Any) -> bool:
     t = type(x)
     if t in _FROZEN:
         return True
-    return t is tuple and all(_frozen(y) for y in x)
+    if t is not tuple:
+        return False
+    for y in x:
+        if type(y) not in _FROZEN and not (type(y) is tuple and _frozen(y)):
+            return False
+    return True
 
 
-def _decode_tile(g: _GroupSpec, body: bytes) -> tuple | None:
+def _decode_tile(g: _GroupSpec, body: bytes, cache: dict) -> tuple | None:
     """The decoded intermediates of ``g.aggs`` in a tile body, cached; None if any of them fails to decode."""
     try:
         vec = _loads(body)
@@ -873,29 +861,9 @@ def _decode_tile(g: _GroupSpec, body: bytes) -> tuple | None:
     except Exception:  # noqa: BLE001 - the caller decodes lazily and raises where the reference does
         return None
     if _frozen(dec):
-        cache = g.cache
         if len(cache) >= _CACHE_MAX:
             cache.clear()
-        cache[body] = dec
-    return dec
-
-
-def _decode_batch_field(vp: _ViewPlan, fld: str, raw: bytes) -> Any:
-    """``{batch_index: (decoded body, tail0, ...)}`` of the needed aggregations of one batch field, cached by
-    the raw bytes; the loaded JSON (decoded lazily by the caller) when a part fails to decode or is mutable."""
-    parts = _loads(raw)
-    if type(parts) is not list or not all(type(p) is list for p in parts):
-        return parts
-    try:
-        dec = {a.batch_index: tuple([a.decode(p[a.batch_index]) for p in parts]) for a in vp.batch_aggs[fld]}
-    except Exception:  # noqa: BLE001 - decoded lazily, in the reference order
-        return parts
-    if not _frozen(tuple(dec.values())):
-        return parts
-    cache = vp.batch_cache
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
-    cache[(fld, raw)] = dec
+        cache[(g.serial, body)] = dec
     return dec
 
 
