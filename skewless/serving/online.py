@@ -385,6 +385,9 @@ class OnlineStore:
         # bounded caches shared by every plan of this store (keys start with the plan's group/view serial):
         self._memo: dict[Any, tuple] = {}  # (view serial, call context, raw replies) -> an entity's aggregations
         self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
+        # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
+        # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
+        self._memo_stats = [0, 0, 0]
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -551,8 +554,12 @@ class OnlineStore:
                 ctx = (vp.serial, epoch, meta, as_of_ms, tuple(tuple(x) for x in starts),
                        tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
                 windowed = self._windowed
-                rows = [windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx)
-                        for i in range(n)]
+                mstats = self._memo_stats
+                use_memo = mstats[2] <= 0
+                if not use_memo:
+                    mstats[2] -= n
+                rows = [windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx,
+                                 use_memo) for i in range(n)]
                 if runs:
                     batch_runs[vp.view.name] = runs
             for feature, j in vp.outputs:
@@ -668,7 +675,7 @@ class OnlineStore:
     def _windowed(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
                   now: int, as_of_ms: int | None, stale: bool, age: int | None,
                   runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: tuple,
-                  ) -> tuple[dict[str, Any], dict[str, str], int | None]:
+                  use_memo: bool = True) -> tuple[dict[str, Any], dict[str, str], int | None]:
         """One entity of one feature view: :func:`layout.evaluate_read` + the reader's rules.
 
         The aggregations' values and statuses are a function of the entity's raw replies and of ``ctx`` (epoch,
@@ -678,6 +685,9 @@ class OnlineStore:
         after, on every read."""
         T = now if as_of_ms is None else as_of_ms
         memo = self._memo
+        if not use_memo:
+            hit = self._aggregate(vp, raws, epoch, meta, now, as_of_ms, stream_starts)
+            return self._finish(vp, hit, T, stale, age, runs)
         try:
             cutoff = None
             if vp.batch_fields:
@@ -691,12 +701,25 @@ class OnlineStore:
             hit = memo.get(key)
         except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
             key, hit = None, None
+        mstats = self._memo_stats
+        mstats[0] += 1
         if hit is None:
             hit = self._aggregate(vp, raws, epoch, meta, now, as_of_ms, stream_starts)
             if key is not None and _frozen(tuple(hit[0].values())):
                 if len(memo) >= _MEMO_MAX:
                     memo.clear()
                 memo[key] = hit
+        else:
+            mstats[1] += 1
+        if mstats[0] >= _MEMO_PROBE:
+            if mstats[1] < _MEMO_MIN_HITS:
+                mstats[2] = _MEMO_PAUSE
+            mstats[0] = mstats[1] = 0
+        return self._finish(vp, hit, T, stale, age, runs)
+
+    def _finish(self, vp: _ViewPlan, hit: tuple, T: int, stale: bool, age: int | None,
+                runs: dict[str, int]) -> tuple[dict[str, Any], dict[str, str], int | None]:
+        """Run, age, staleness and derived features of an entity's evaluated aggregations (every read)."""
         agg_vals, agg_sts, run, batch_cutoff = hit
         if run is not None:
             runs[run[0]] = run[1]
@@ -835,6 +858,7 @@ class OnlineStore:
 
 
 _MISSING = object()
+_MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see _memo_stats)
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
 _CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
 _FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
