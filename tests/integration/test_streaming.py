@@ -222,7 +222,6 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-@pytest.mark.slow
 def test_recovery_from_checkpoint_keeps_values_exact(
     flink_stream_env: Any, kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any,
     repo: Any, tmp_path: Path,
