@@ -28,12 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from skewless.core.compiler import Compiler
 from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Op, Ref, Where
-from skewless.core.plan import PlanNode, Scan, TileAggregate, ViewPlan
+from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY
 from skewless.training import sources
+from skewless.training.compiler import TrainingCompiler
 from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
 from skewless.training.requests import RID, T
 
@@ -111,38 +111,10 @@ class DuckDBSnapshotSql:
     result_sql: str  # over {req}, {rows}
 
 
-class DuckDBCompiler(Compiler[Any]):
+class DuckDBCompiler(TrainingCompiler[Any]):
     """Compiles a view's plan (restricted to what the training set needs) to DuckDB SQL."""
 
     engine = "duckdb"
-
-    def __init__(self, pit: ViewPit):
-        self.pit = pit
-
-    def select(self, view_plan: ViewPlan) -> list[PlanNode]:
-        nodes: list[PlanNode] = [view_plan.scan]
-        nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
-        if view_plan.batch:
-            nodes.append(view_plan.batch.aggregate)
-        return nodes
-
-    def supports(self, node: PlanNode) -> bool:
-        if isinstance(node, Scan) and view_is_feature(self.pit):
-            return node.event_id is not None
-        return True
-
-    def supports_aggregation(self, node: TileAggregate, index: int) -> bool:
-        a = node.aggregations[index]
-        known = set(self.pit.field_types) | {self.pit.plan.scan.event_time}
-        return (a.field is None or a.field in known) and all(w.field in known for w in a.where)
-
-    def hint(self, node: PlanNode) -> str:
-        return "declare every field the feature reads (and filters on) in the source's JSON Schema"
-
-    def emit(self, view_plan: ViewPlan) -> Any:
-        if self.pit.is_snapshot:
-            return self._snapshot(view_plan)
-        return self._feature_view(view_plan)
 
     # --- feature views -----------------------------------------------------------------------------
 
@@ -397,10 +369,6 @@ class DuckDBCompiler(Compiler[Any]):
         result = (f"SELECT r.{RID}, {', '.join(cols)} FROM {{req}} AS r ASOF LEFT JOIN {{rows}} AS s "
                   f"ON {keys_equal('s', 'r', keys)} AND r.{T} >= s.__v")
         return DuckDBSnapshotSql(pit, tuple(dict.fromkeys(row_cols)), rows_sql, null_created, result)
-
-
-def view_is_feature(pit: ViewPit) -> bool:
-    return not pit.is_snapshot
 
 
 def _zero(expr: str) -> str:

@@ -27,11 +27,11 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from skewless.core.compiler import Compiler
 from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Ref
-from skewless.core.plan import PlanNode, Scan, TileAggregate, ViewPlan
+from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY
+from skewless.training.compiler import TrainingCompiler
 from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, _refs, batch_run_fingerprint
 from skewless.training.requests import RID, T
 
@@ -50,33 +50,10 @@ def keys_equal(left: str, right: str, keys: Sequence[str]) -> str:
     return " AND ".join(f"{left}.{bq(k)} = {right}.{bq(k)}" for k in keys)
 
 
-class SparkTrainingCompiler(Compiler[dict]):
+class SparkTrainingCompiler(TrainingCompiler[dict]):
     """Compiles a view's plan (what the training set needs of it) to Spark SQL statements."""
 
     engine = "spark-training"
-
-    def __init__(self, pit: ViewPit):
-        self.pit = pit
-
-    def select(self, view_plan: ViewPlan) -> list[PlanNode]:
-        nodes: list[PlanNode] = [view_plan.scan]
-        nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
-        if view_plan.batch:
-            nodes.append(view_plan.batch.aggregate)
-        return nodes
-
-    def supports(self, node: PlanNode) -> bool:
-        if isinstance(node, Scan) and not self.pit.is_snapshot:
-            return node.event_id is not None
-        return True
-
-    def supports_aggregation(self, node: TileAggregate, index: int) -> bool:
-        a = node.aggregations[index]
-        known = set(self.pit.field_types) | {self.pit.plan.scan.event_time}
-        return (a.field is None or a.field in known) and all(w.field in known for w in a.where)
-
-    def emit(self, view_plan: ViewPlan) -> dict:
-        return self._snapshot(view_plan) if self.pit.is_snapshot else self._feature_view(view_plan)
 
     # --- feature views ---------------------------------------------------------------------------------
 
