@@ -1,13 +1,13 @@
 """Reading a raw archive table at one snapshot, as a Spark DataFrame.
 
-The archive's layout has a column named ``_partition`` (the Kafka partition), which Iceberg's Spark runtime
-reserves for its ``_partition`` metadata column: any Spark scan projecting it fails with
-``ValidationException: Table column names conflict with names reserved for Iceberg metadata columns``.
-So when the table has a reserved name, the raw rows are read from the snapshot's data files directly
-(the live data files listed by the ``files`` metadata table at that snapshot, pruned by the day
-partition, read as Parquet by column name). That is exact for append-only tables (the archive only
-appends and compacts); a snapshot with delete files is refused. Otherwise Iceberg's own
-``VERSION AS OF`` scan is used.
+The archive keeps the Kafka position as ``_kafka_partition`` / ``_offset``. (It once used ``_partition``,
+which Iceberg's Spark runtime reserves for its metadata column: any scan projecting it fails with
+``ValidationException: Table column names conflict with names reserved for Iceberg metadata columns``.)
+Normally Iceberg's own ``VERSION AS OF`` scan is used, pruned to the requested event days by a filter on
+``event_time`` (the tables are partitioned by ``day(event_time)``). For a table that still has a reserved
+column name, or when the caller names the data files (incremental runs read only what was appended), the
+rows are read from the snapshot's live data files directly as Parquet by column name. That is exact for
+append-only tables (the archive only appends and compacts); a snapshot with delete files is refused.
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ def raw_dataframe(spark: Any, table: str, snapshot_id: int, first_day: date | No
     """The raw rows of ``table`` at ``snapshot_id`` (optionally only files of days ``first_day..last_day``,
     or only the given ``files``): a DataFrame with the table's columns."""
     if not has_reserved_columns(spark, table) and files is None:
-        return spark.sql(f"SELECT * FROM {table} VERSION AS OF {snapshot_id}")
+        conds = []
+        if first_day is not None:
+            conds.append(f"event_time >= TIMESTAMP '{first_day.isoformat()} 00:00:00 UTC'")
+        if last_day is not None:
+            conds.append(f"event_time < TIMESTAMP '{last_day.isoformat()} 00:00:00 UTC' + INTERVAL 1 DAY")
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return spark.sql(f"SELECT * FROM {table} VERSION AS OF {snapshot_id}{where}")
     schema = spark.table(table).schema
     if files is None:
         files = []

@@ -265,7 +265,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
             for f in ([a.field] if a.field else []) + [w.field for w in a.where]:
                 cols[f] = "timestamp" if f == scan.event_time else self.field_types[f]
         if not batch_only:
-            cols.update({"_partition": "int32", "_offset": "int64", "_kafka_ts": "timestamp"})
+            cols.update({"_kafka_partition": "int32", "_offset": "int64", "_kafka_ts": "timestamp"})
         return cols
 
     def _value_expr(self, field: str) -> str:
@@ -324,8 +324,8 @@ class SparkCompiler(Compiler[SparkBatchJob]):
                       f"ORDER BY to_json(struct(*))) AS __rank")
             where = time_filter
         else:
-            position = f"_partition AS {PARTITION}, _offset AS {OFFSET}"
-            ranked = f"row_number() OVER (PARTITION BY _partition, {eid}, unix_millis({et}) ORDER BY _offset) AS __rank"
+            position = f"_kafka_partition AS {PARTITION}, _offset AS {OFFSET}"
+            ranked = f"row_number() OVER (PARTITION BY _kafka_partition, {eid}, unix_millis({et}) ORDER BY _offset) AS __rank"
             where = (f"{time_filter}\n    AND unix_millis({et}) <= unix_millis(_kafka_ts) + "
                      f"{scan.clock_skew_tolerance_ms}L")
         contributions = ",\n  ".join(f"{self._contribution(a)} AS {quote(contribution_column(a.name))}" for a in aggs)

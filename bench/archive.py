@@ -189,14 +189,14 @@ def _lags(catalog: Any, source: EventSource, commits: list[tuple[float, dict[int
     """Lag of every raw row committed after ``commits[0]``: its commit's end - its Kafka timestamp."""
     import bisect
 
-    rows = catalog.load_table(source.table).scan(selected_fields=("_partition", "_offset", "_kafka_ts")).to_arrow()
+    rows = catalog.load_table(source.table).scan(selected_fields=("_kafka_partition", "_offset", "_kafka_ts")).to_arrow()
     bounds: dict[int, list[tuple[int, float]]] = {}
     for at, offsets in commits[1:]:
         for p, o in offsets.items():
             bounds.setdefault(p, []).append((o, at))
     first = commits[0][1]
     lags = []
-    for p, o, ts in zip(rows["_partition"].to_pylist(), rows["_offset"].to_pylist(), rows["_kafka_ts"].to_pylist()):
+    for p, o, ts in zip(rows["_kafka_partition"].to_pylist(), rows["_offset"].to_pylist(), rows["_kafka_ts"].to_pylist()):
         if o < first.get(p, 0):
             continue
         ends = bounds[p]

@@ -82,7 +82,7 @@ def _generate(spark: Any, table: str, first_day_ms: int, days: int, n: int, user
     rows = rows.select(
         "event_id", "user_id", "order_id", "amount", "currency", "status",
         F.timestamp_millis("ts_ms").alias("event_time"),
-        (F.abs(F.hash("user_id")) % 3).cast("int").alias("_partition"),
+        (F.abs(F.hash("user_id")) % 3).cast("int").alias("_kafka_partition"),
         F.monotonically_increasing_id().alias("_offset"),
         F.timestamp_millis(F.when(F.col("future"), F.col("ts_ms") - 600_000).otherwise(F.col("ts_ms"))).alias("_kafka_ts"),
         F.current_timestamp().alias("_ingested_at"),
@@ -226,7 +226,7 @@ def _floor_sql(spark: Any, raw: str, lo: int, cut: int) -> str:
     return f"""
         SELECT user_id, sum(amount) AS ltv FROM (
           SELECT user_id, amount, status, row_number() OVER (
-            PARTITION BY _partition, event_id, unix_millis(event_time) ORDER BY _offset) AS rk
+            PARTITION BY _kafka_partition, event_id, unix_millis(event_time) ORDER BY _offset) AS rk
           FROM {src}
           WHERE event_time >= timestamp_millis({lo}L) AND event_time < timestamp_millis({cut}L)
             AND unix_millis(event_time) <= unix_millis(_kafka_ts) + 300000L)

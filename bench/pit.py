@@ -154,7 +154,7 @@ def _raw_events(catalog: Any, view: Any, events: int, users: int) -> None:
                 "order_id": pa.array(np.char.add("o", rng.integers(0, 10**9, n).astype(str))),
                 "amount": pa.array(rng.integers(0, 100_000, n)), "currency": pa.array(np.full(n, "EUR")),
                 "status": pa.array(rng.choice(np.array(["placed", "completed", "cancelled", "refunded"]), n)),
-                "event_time": tsa, "_partition": pa.array(part), "_offset": pa.array(offs), "_kafka_ts": tsa,
+                "event_time": tsa, "_kafka_partition": pa.array(part), "_offset": pa.array(offs), "_kafka_ts": tsa,
                 "_ingested_at": tsa}
         schema = raw.schema().as_arrow()
         raw.append(pa.table({f.name: data[f.name].cast(f.type) for f in schema}, schema=schema))
@@ -162,9 +162,9 @@ def _raw_events(catalog: Any, view: Any, events: int, users: int) -> None:
 
 FLOOR_SQL = """
 WITH ev AS (
-  SELECT user_id, epoch_ms(event_time) AS ts, _partition AS p, _offset AS o, status, amount FROM raw
+  SELECT user_id, epoch_ms(event_time) AS ts, _kafka_partition AS p, _offset AS o, status, amount FROM raw
   WHERE epoch_ms(event_time) <= epoch_ms(_kafka_ts) + 300000
-  QUALIFY row_number() OVER (PARTITION BY _partition, event_id, epoch_ms(event_time) ORDER BY _offset) = 1
+  QUALIFY row_number() OVER (PARTITION BY _kafka_partition, event_id, epoch_ms(event_time) ORDER BY _offset) = 1
 ), r AS (
   SELECT row_number() OVER () AS rid, user_id, epoch_ms(CAST(event_timestamp AS TIMESTAMP)) AS t FROM e
 ), w AS (
@@ -186,7 +186,7 @@ def _floor(catalog: Any, table: str, entity_df: pa.Table) -> pa.Table:
     import duckdb
 
     raw = catalog.load_table(table).scan(selected_fields=(
-        "user_id", "event_id", "event_time", "_partition", "_offset", "_kafka_ts", "status", "amount")).to_arrow()
+        "user_id", "event_id", "event_time", "_kafka_partition", "_offset", "_kafka_ts", "status", "amount")).to_arrow()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("raw", raw)

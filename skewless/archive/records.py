@@ -4,7 +4,7 @@ The archive dead-letters exactly the records admission (:mod:`skewless.core.admi
 ``malformed`` for reasons that do not depend on the views: not UTF-8 / not a JSON object / duplicate keys /
 NaN / an integer outside int64, a schema violation, a missing or bad event time, event id or partition key.
 Future, late and duplicate records are raw facts: they are archived, and batch applies the contract to them
-with ``_partition``, ``_offset`` and ``_kafka_ts``.
+with ``_kafka_partition``, ``_offset`` and ``_kafka_ts``.
 
 Speed: the full jsonschema validator costs ~50 us a record. :class:`FastValidator` decides the common case
 ("certainly valid") for flat schemas built from the keywords it fully implements; anything else - an

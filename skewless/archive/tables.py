@@ -9,11 +9,11 @@ Raw table ``<source.table>`` (e.g. ``raw.orders``), partitioned by ``day(<event_
   :data:`DEFAULT_DECIMAL_SCALE`), bool -> ``boolean``, timestamp (the event-time field and any other
   date-time field) -> ``timestamptz`` (microsecond type holding millisecond values). Schema columns are
   optional in Iceberg (a field added later is null in older rows);
-* ``_partition int``, ``_offset long`` (the Kafka position; required), ``_kafka_ts timestamptz`` (the
+* ``_kafka_partition int``, ``_offset long`` (the Kafka position; required), ``_kafka_ts timestamptz`` (the
   Kafka record timestamp; null only for records without one), ``_ingested_at timestamptz`` (required).
 
 Dead letters ``<namespace>.<table>_dead_letters``, partitioned by ``day(_ingested_at)``:
-``_partition int, _offset long, _kafka_ts timestamptz, _ingested_at timestamptz, reason string,
+``_kafka_partition int, _offset long, _kafka_ts timestamptz, _ingested_at timestamptz, reason string,
 payload binary`` (the original record bytes; null only for a tombstone).
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema
 
-PARTITION_COL = "_partition"
+PARTITION_COL = "_kafka_partition"
 OFFSET_COL = "_offset"
 KAFKA_TS_COL = "_kafka_ts"
 INGESTED_AT_COL = "_ingested_at"

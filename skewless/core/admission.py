@@ -42,7 +42,7 @@ INT64_MAX = 2**63 - 1
 MIN_EVENT_MS = 0
 MAX_EVENT_MS = 253_402_300_799_999
 
-PARTITION_FIELD = "_partition"
+PARTITION_FIELD = "_kafka_partition"
 OFFSET_FIELD = "_offset"
 
 _ISO_RE = re.compile(
@@ -203,7 +203,7 @@ def normalise_event(
     decimal_fields: Collection[str] = (),
 ) -> dict[str, Any]:
     """A parsed payload as a contract event (event time as epoch ms, decimals as Decimal, plus
-    ``_partition`` and ``_offset``), or :class:`MalformedError`."""
+    ``_kafka_partition`` and ``_offset``), or :class:`MalformedError`."""
     event = dict(payload)
     event[source.event_time] = parse_event_time(payload.get(source.event_time))
     _key_value(payload, source.event_id, "event id")

@@ -4,7 +4,7 @@ Every value is computed by scanning the raw events (or snapshot rows) again, ind
 laws in :mod:`skewless.core.laws`, so tests can check every engine path and the laws against it.
 
 Events are dicts as :mod:`skewless.core.admission` produces them: the source's event-time field as epoch
-ms (int), ``_partition`` and ``_offset`` for Kafka sources (batch-only sources order by event id).
+ms (int), ``_kafka_partition`` and ``_offset`` for Kafka sources (batch-only sources order by event id).
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def _passes(where: Where, event: Mapping[str, Any]) -> bool:
 
 
 def _order_key(event: Mapping[str, Any], ts: int, event_id_field: str) -> tuple:
-    if "_partition" in event:
-        return (ts, event["_partition"], event["_offset"])
+    if "_kafka_partition" in event:
+        return (ts, event["_kafka_partition"], event["_offset"])
     return (ts, 0, event[event_id_field])
 
 

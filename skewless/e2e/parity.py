@@ -286,7 +286,7 @@ class Expected:
         else:
             lo, hi = None, T
         chosen = [e for e in pool if (lo is None or e["event_time"] >= lo) and (hi is None or e["event_time"] < hi)]
-        return [{k: e.get(k) for k in ("event_id", "event_time", "status", "amount", "_partition", "_offset")} for e in chosen]
+        return [{k: e.get(k) for k in ("event_id", "event_time", "status", "amount", "_kafka_partition", "_offset")} for e in chosen]
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -528,12 +528,12 @@ def _check_dead_letters(report: ParityReport, targets: Targets, catalog: Any, so
         + (f"; plus {len(extra)} re-sent copies whose original is beyond the lateness horizon (late by §6)" if extra else "")
         if not any(wrong.values()) and extra_ok else f"missing or other reason: {wrong}; unexpected: {dict(list(extra.items())[:5])}"))
     table = catalog.load_table(dead_letter_table_name(source)).scan().to_arrow()
-    archived = set(zip(table.column("_partition").to_pylist(), table.column("_offset").to_pylist()))
+    archived = set(zip(table.column("_kafka_partition").to_pylist(), table.column("_offset").to_pylist()))
     report.checks.append(Check("archive dead-letter table = the injected malformed records", archived == injected["malformed"],
                                f"{len(archived)} rows, injected {len(injected['malformed'])}"
                                + ("" if archived == injected["malformed"] else
                                   f"; missing {sorted(injected['malformed'] - archived)[:5]}, extra {sorted(archived - injected['malformed'])[:5]}")))
-    raw_rows = catalog.load_table(source.table).scan(selected_fields=("_partition",)).to_arrow().num_rows
+    raw_rows = catalog.load_table(source.table).scan(selected_fields=("_kafka_partition",)).to_arrow().num_rows
     want_rows = len(records) - len(injected["malformed"])
     report.checks.append(Check("archive raw table = every other record, once", raw_rows == want_rows,
                                f"{raw_rows} rows, {want_rows} well-formed records produced"))

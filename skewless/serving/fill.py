@@ -51,7 +51,7 @@ def order_events(count: int, users: int, start_ms: int, rate: float, seed: int) 
 def aggregate(a: Aggregation, events: list[dict[str, Any]], lo: int | None, hi: int | None) -> Any:
     law = laws.law(a.agg)
     chosen = [e for e in events if (lo is None or e["event_time"] >= lo) and (hi is None or e["event_time"] < hi)]
-    return law.aggregate((laws.contribution(a, e), (e["event_time"], e["_partition"], e["_offset"])) for e in chosen)
+    return law.aggregate((laws.contribution(a, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in chosen)
 
 
 def tiles(project: str, view: FeatureView, admitted: list[dict[str, Any]], epoch: str) -> dict[str, dict[str, str]]:
@@ -103,8 +103,8 @@ def fill(project: str, repo: Any, *, users: int = 50, events: int = 5000, start_
     store.data[layout.epoch_key(project)] = epoch
     store.data[layout.view_meta_key(project, view)] = {"applied_from_ms": str(applied_from_ms), "epoch": epoch}
     progress: dict[str, str] = {}
-    for p in sorted({e["_partition"] for e in admitted}):
-        mine = [e for e in admitted if e["_partition"] == p]
+    for p in sorted({e["_kafka_partition"] for e in admitted}):
+        mine = [e for e in admitted if e["_kafka_partition"] == p]
         written = progress_written_ms if progress_written_ms is not None else max(e["event_time"] for e in mine)
         progress[f"p:{p}"] = json.dumps({"offset": max(e["_offset"] for e in mine), "epoch": epoch,
                                          "max_event_ms": max(e["event_time"] for e in mine), "written_ms": written})

@@ -172,9 +172,9 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             guard = ""
             src = "(SELECT *, {raw} AS raw_row FROM {raw})"
         else:
-            raw_cols += ["_partition", "_offset", "_kafka_ts"]
-            position = "_partition AS __partition, _offset AS __offset"
-            rank = f"row_number() OVER (PARTITION BY _partition, {eid}, epoch_ms({et}) ORDER BY _offset) AS __rank"
+            raw_cols += ["_kafka_partition", "_offset", "_kafka_ts"]
+            position = "_kafka_partition AS __partition, _offset AS __offset"
+            rank = f"row_number() OVER (PARTITION BY _kafka_partition, {eid}, epoch_ms({et}) ORDER BY _offset) AS __rank"
             guard = f"WHERE epoch_ms({et}) <= epoch_ms(_kafka_ts) + {scan.clock_skew_tolerance_ms}"
             src = "{raw}"
         contributions = ",\n  ".join(f"{self._contribution(a)} AS {q('c__' + a.name)}" for a in pit.aggregations)

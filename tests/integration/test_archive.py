@@ -117,13 +117,13 @@ def _source(defs: Path, schemas: Path, name: str) -> EventSource:
 
 def _check_exactly_once(catalog: Any, source: EventSource, stored: list[tuple[int, int, bytes | None]]) -> None:
     """Raw rows == the well-formed records by (event id, partition, offset); dead letters == the malformed ones."""
-    raw = catalog.load_table(source.table).scan(selected_fields=("event_id", "_partition", "_offset")).to_arrow()
+    raw = catalog.load_table(source.table).scan(selected_fields=("event_id", "_kafka_partition", "_offset")).to_arrow()
     dead = catalog.load_table(dead_letter_table_name(source)).scan().to_arrow()
-    got_raw = sorted(zip(raw["event_id"].to_pylist(), raw["_partition"].to_pylist(), raw["_offset"].to_pylist()))
+    got_raw = sorted(zip(raw["event_id"].to_pylist(), raw["_kafka_partition"].to_pylist(), raw["_offset"].to_pylist()))
     want_raw = sorted((json.loads(v)["event_id"], p, o) for p, o, v in stored if not _is_malformed(v))
     assert len(got_raw) == len(set(got_raw)), "a raw row is doubled"
     assert got_raw == want_raw
-    got_dead = sorted(zip(dead["_partition"].to_pylist(), dead["_offset"].to_pylist(), dead["payload"].to_pylist()))
+    got_dead = sorted(zip(dead["_kafka_partition"].to_pylist(), dead["_offset"].to_pylist(), dead["payload"].to_pylist()))
     want_dead = sorted((p, o, v) for p, o, v in stored if _is_malformed(v))
     assert len(got_dead) == len(set(got_dead)), f"a dead letter is doubled: {sorted(k for k in got_dead if got_dead.count(k) > 1)}"
     assert got_dead == want_dead

@@ -132,7 +132,7 @@ def write_raw(spark: Any, catalog: Any, view: FeatureView, records: list[dict[st
     schema = StructType([StructField(n, t) for n, t in [
         ("event_id", StringType()), ("user_id", StringType()), ("order_id", StringType()), ("amount", LongType()),
         ("currency", StringType()), ("status", StringType()), ("event_time", TimestampType()),
-        ("_partition", IntegerType()), ("_offset", LongType()), ("_kafka_ts", TimestampType()),
+        ("_kafka_partition", IntegerType()), ("_offset", LongType()), ("_kafka_ts", TimestampType()),
         ("_ingested_at", TimestampType())]])
     now = datetime.now(timezone.utc)
     rows = []
@@ -218,7 +218,7 @@ def test_daily_tiles_equal_the_laws_over_the_oracle_offline_set(spark: Any, ds: 
         for f in batch_aggs:
             lw = laws.law(f.agg)
             expected[key][f.name] = lw.aggregate(
-                (laws.contribution(f, e), (e["event_time"], e["_partition"], e["_offset"])) for e in evs)
+                (laws.contribution(f, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in evs)
     from batch_jobs.codec import to_intermediate
 
     got = {}
@@ -270,7 +270,7 @@ def test_serving_rows_hold_body_and_tails_as_the_layout_encodes_them(spark: Any,
                     evs = [e for e in history if e["user_id"] == key[0] and (lo is None or e["event_time"] >= lo)
                            and e["event_time"] < hi]
                     want = laws.law(f.agg).aggregate(
-                        (laws.contribution(f, e), (e["event_time"], e["_partition"], e["_offset"])) for e in evs)
+                        (laws.contribution(f, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in evs)
                     assert acc == want, (key, fname, f.name)
 
 
@@ -391,7 +391,7 @@ def test_bad_input_is_refused_before_anything_is_written(spark: Any, iceberg_cat
     with pytest.raises(T.BatchError, match="after"):
         run_range(spark, view, job, END, END - timedelta(days=1), RunOptions(catalog=iceberg_catalog, log=_quiet))
     spark.sql(f"CREATE TABLE skewless.raw.bad_{uid} (event_id STRING, user_id STRING, amount STRING, status STRING, "
-              "event_time TIMESTAMP, _partition INT, _offset BIGINT, _kafka_ts TIMESTAMP) USING iceberg")
+              "event_time TIMESTAMP, _kafka_partition INT, _offset BIGINT, _kafka_ts TIMESTAMP) USING iceberg")
     with pytest.raises(T.RawSchemaError, match="'amount' is string"):
         run_range(spark, view, job, END, END, RunOptions(catalog=iceberg_catalog, log=_quiet))
     assert not spark.catalog.tableExists(T.ViewTables("features", view.name, 1).tiles)
@@ -487,7 +487,7 @@ def test_spark_submit_backfill_on_a_standalone_cluster(tmp_path: Any) -> None:
     rows = []
     for r in records:
         p = json.loads(r["value"])
-        rows.append({**p, "event_time": from_epoch_ms(_ms(p["event_time"])), "_partition": r["partition"],
+        rows.append({**p, "event_time": from_epoch_ms(_ms(p["event_time"])), "_kafka_partition": r["partition"],
                      "_offset": r["offset"], "_kafka_ts": from_epoch_ms(r["timestamp_ms"]),
                      "_ingested_at": from_epoch_ms(r["timestamp_ms"])})
     raw.append(pa.Table.from_pylist(rows, schema=raw.schema().as_arrow()))

@@ -64,10 +64,10 @@ def setup_store(client: Any, repo: Any, admitted: list, offline: list, project: 
     view = repo.view("user_order_stats")
     epoch = store_epoch(client, project, init=True)
     client.hset(layout.view_meta_key(project, view), mapping={"applied_from_ms": "0", "epoch": epoch})
-    progress = {f"p:{p}": json.dumps({"offset": max(e["_offset"] for e in admitted if e["_partition"] == p), "epoch": epoch,
-                                      "max_event_ms": max(e["event_time"] for e in admitted if e["_partition"] == p),
+    progress = {f"p:{p}": json.dumps({"offset": max(e["_offset"] for e in admitted if e["_kafka_partition"] == p), "epoch": epoch,
+                                      "max_event_ms": max(e["event_time"] for e in admitted if e["_kafka_partition"] == p),
                                       "written_ms": NOW})
-                for p in {e["_partition"] for e in admitted}}
+                for p in {e["_kafka_partition"] for e in admitted}}
     client.hset(layout.progress_key(project, "orders"), mapping=progress)
     groups = {g.tile_ms: g for g in layout.tile_groups(view)}
     by_user: dict[str, list] = {}

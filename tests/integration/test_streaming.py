@@ -102,7 +102,7 @@ def write_batch_record(redis_client: Any, project: str, view: Any, offline: list
 def _aggregate(a: Aggregation, events: list[dict[str, Any]], lo: int | None, hi: int) -> Any:
     law = laws.law(a.agg)
     chosen = [e for e in events if (lo is None or e["event_time"] >= lo) and e["event_time"] < hi]
-    return law.aggregate((laws.contribution(a, e), (e["event_time"], e["_partition"], e["_offset"])) for e in chosen)
+    return law.aggregate((laws.contribution(a, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in chosen)
 
 
 def expected_row(view: Any, admitted: list, offline: list, user: str, T: int, now_read: bool) -> dict[str, Any]:

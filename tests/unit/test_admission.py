@@ -108,7 +108,7 @@ def test_normalised_event() -> None:
                    decimal_fields=["price"])
     (event,) = result.admitted
     assert event == {"event_id": "e2-3", "event_time": 1000, "user_id": "u1", "price": Decimal("12.50"),
-                     "_partition": 2, "_offset": 3}
+                     "_kafka_partition": 2, "_offset": 3}
 
 
 # --- future --------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_online_is_offline_minus_late_and_each_event_once(spec) -> None:
         ts = minute * MIN
         records.append(rec(i, ts, eid=f"id{eid}", partition=partition, kafka_ts=ts - skew * MIN))
     result = admit(records, SRC)
-    ident = lambda e: (e["_partition"], e["event_id"], e["event_time"])  # noqa: E731
+    ident = lambda e: (e["_kafka_partition"], e["event_id"], e["event_time"])  # noqa: E731
     online = [ident(e) for e in result.admitted]
     offline = [ident(e) for e in result.offline]
     late = [ident(d.event) for d in result.dead_letters if d.reason == LATE]
@@ -212,8 +212,8 @@ def test_online_is_offline_minus_late_and_each_event_once(spec) -> None:
     assert set(online) <= set(offline)
     assert set(offline) - set(online) <= set(late)
     # admitted copies are the same records offline uses (first copy wins in both)
-    admitted_pos = {(e["_partition"], e["_offset"]) for e in result.admitted}
-    offline_pos = {(e["_partition"], e["_offset"]) for e in result.offline}
+    admitted_pos = {(e["_kafka_partition"], e["_offset"]) for e in result.admitted}
+    offline_pos = {(e["_kafka_partition"], e["_offset"]) for e in result.offline}
     assert admitted_pos <= offline_pos
     total = len(result.admitted) + len(result.dead_letters) + len(result.duplicates)
     assert total == len(records)

@@ -40,12 +40,12 @@ def test_raw_table_layout() -> None:
     types = {f.name: str(f.field_type) for f in schema.fields}
     assert types == {
         "event_id": "string", "user_id": "string", "order_id": "string", "amount": "long", "currency": "string",
-        "status": "string", "event_time": "timestamptz", "_partition": "int", "_offset": "long",
+        "status": "string", "event_time": "timestamptz", "_kafka_partition": "int", "_offset": "long",
         "_kafka_ts": "timestamptz", "_ingested_at": "timestamptz",
     }
     assert schema.find_field("_offset").required and not schema.find_field("amount").required
     dl = {f.name: str(f.field_type) for f in dead_letter_schema().fields}
-    assert dl == {"_partition": "int", "_offset": "long", "_kafka_ts": "timestamptz", "_ingested_at": "timestamptz",
+    assert dl == {"_kafka_partition": "int", "_offset": "long", "_kafka_ts": "timestamptz", "_ingested_at": "timestamptz",
                   "reason": "string", "payload": "binary"}
     assert dead_letter_table_name(ORDERS) == "raw.orders_dead_letters"
 
@@ -213,7 +213,7 @@ def test_compaction_keeps_rows_offsets_and_expires(local_catalog) -> None:
         for _ in range(5):
             day = offset % 2  # two days
             rows.append({"event_id": f"e{offset}", "user_id": "u", "order_id": "o", "amount": offset, "currency": "EUR",
-                         "status": "placed", "event_time": base_us + day * 86_400_000_000 + offset, "_partition": 0,
+                         "status": "placed", "event_time": base_us + day * 86_400_000_000 + offset, "_kafka_partition": 0,
                          "_offset": offset, "_kafka_ts": base_us, "_ingested_at": base_us})
             offset += 1
         _append(raw, rows)

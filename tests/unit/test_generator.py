@@ -24,7 +24,7 @@ def _classify(records: list[GeneratedRecord]) -> dict[int, str]:
     for d in res.dead_letters:
         kinds[seq_at[(d.partition, d.offset)]] = d.reason
     for e in res.duplicates:
-        kinds[seq_at[(e["_partition"], e["_offset"])]] = "duplicate"
+        kinds[seq_at[(e["_kafka_partition"], e["_offset"])]] = "duplicate"
     return kinds
 
 

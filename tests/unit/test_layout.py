@@ -175,7 +175,7 @@ def write_stream(r: FakeRedis, events: list[dict], from_ms: int) -> None:
             accs = per_key.setdefault(key, {}).setdefault(start, [laws.LAWS[a].init() for a in g.aggs])
             for i, f in enumerate(g.aggregations):
                 accs[i] = laws.LAWS[Agg(f.agg)].update(accs[i], laws.contribution(f, e),
-                                                       (e["event_time"], e["_partition"], e["_offset"]))
+                                                       (e["event_time"], e["_kafka_partition"], e["_offset"]))
         for key, tiles in per_key.items():
             encoded = {s: layout.encode_tile_vector(1, EPOCH, a, g.aggs) for s, a in tiles.items()}
             r.tile_cas(*layout.tile_cas_args([(key, g, encoded)]))
@@ -194,7 +194,7 @@ def write_batch(r: FakeRedis, events: list[dict], user: str, cutoff: int) -> Non
         for lo, hi in ranges:
             mine = [e for e in events if e["user_id"] == user and (lo is None or e["event_time"] >= lo) and e["event_time"] < hi]
             parts.append([laws.LAWS[Agg(f.agg)].aggregate(
-                (laws.contribution(f, e), (e["event_time"], e["_partition"], e["_offset"])) for e in mine) for f in aggs])
+                (laws.contribution(f, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in mine) for f in aggs])
         windows[field] = parts
     fields = layout.encode_batch_record(VIEW, cutoff, "run-1", EPOCH, windows)
     key = layout.batch_key("p", VIEW, (user,))
@@ -212,7 +212,7 @@ def write_batch(r: FakeRedis, events: list[dict], user: str, cutoff: int) -> Non
 )
 def test_read_path_equals_oracle(spec, days_late, hour, now_read) -> None:
     events = [{"event_id": f"e{i}", "event_time": D0 + h * MS_PER_HOUR + i, "user_id": "u", "amount": a, "status": s,
-               "_partition": 0, "_offset": i} for i, (h, a, s) in enumerate(spec)]
+               "_kafka_partition": 0, "_offset": i} for i, (h, a, s) in enumerate(spec)]
     cutoff = D0 + 38 * MS_PER_DAY
     T = cutoff + days_late * MS_PER_DAY + hour * MS_PER_HOUR
     if not now_read:

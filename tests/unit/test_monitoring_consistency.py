@@ -89,7 +89,7 @@ def test_recompute_with_the_oracle():
 
     def ev(i, user, ts, amount, status):
         return {"event_id": i, "user_id": user, "event_time": ts, "amount": amount, "status": status,
-                "_partition": 0, "_offset": i}
+                "_kafka_partition": 0, "_offset": i}
 
     applied = [ev(0, "a", 1_000, 3, "paid"), ev(1, "a", 2_000, 4, "shipped"), ev(2, "b", 1_500, 10, "paid")]
     late = ev(3, "b", 1_600, 5, "refunded")

@@ -68,7 +68,7 @@ def setup() -> tuple[Any, Any, MemRedis, list, int]:
         for e in admitted:
             tiles.setdefault((e["user_id"], e["event_time"] // g.tile_ms * g.tile_ms), []).append(e)
         for (user, tile_start), events in tiles.items():
-            accs = [laws.law(a.agg).aggregate((laws.contribution(a, e), (e["event_time"], e["_partition"], e["_offset"]))
+            accs = [laws.law(a.agg).aggregate((laws.contribution(a, e), (e["event_time"], e["_kafka_partition"], e["_offset"]))
                                               for e in events) for a in g.aggregations]
             key = layout.tile_key(PROJECT, view, (user,), g.tile_ms)
             redis.data.setdefault(key, {})[str(tile_start)] = layout.encode_tile_vector(len(events), EPOCH, accs, g.aggs)

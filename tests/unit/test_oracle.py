@@ -61,7 +61,7 @@ _offsets = iter(range(10**6))
 
 def ev(ts: int, amount=None, status=None, user="u1", partition=0, offset=None, **extra) -> dict:
     e = {"event_id": f"id{ts}-{user}", "event_time": ts, "user_id": user, "amount": amount, "status": status,
-         "_partition": partition, "_offset": next(_offsets) if offset is None else offset}
+         "_kafka_partition": partition, "_offset": next(_offsets) if offset is None else offset}
     e.update(extra)
     return e
 
@@ -177,8 +177,8 @@ def test_derived_rules() -> None:
 def test_int64_entity_key_is_typed() -> None:
     ent = Entity("acct", {"acct_id": "int64"})
     view = FeatureView("a", ent, ORDERS, [Aggregation("n", Agg.COUNT, None, H1)])
-    events = [{"event_id": "x", "event_time": at(0, 10), "acct_id": 7, "_partition": 0, "_offset": 0},
-              {"event_id": "y", "event_time": at(0, 10), "acct_id": "7", "_partition": 0, "_offset": 1}]
+    events = [{"event_id": "x", "event_time": at(0, 10), "acct_id": 7, "_kafka_partition": 0, "_offset": 0},
+              {"event_id": "y", "event_time": at(0, 10), "acct_id": "7", "_kafka_partition": 0, "_offset": 1}]
     assert feature_value(view, "n", events, (7,), at(0, 10, 5)) == 1
     assert feature_value(view, "n", events, ("7",), at(0, 10, 5)) == 0
 
@@ -306,7 +306,7 @@ def test_oracle_equals_merge_of_tiles(spec, t_minutes) -> None:
         for e in events:
             t0 = (e["event_time"] // tile) * tile
             tiles[t0] = lw.update(tiles.get(t0, lw.init()), laws.contribution(f, e),
-                                  (e["event_time"], e["_partition"], e["_offset"]))
+                                  (e["event_time"], e["_kafka_partition"], e["_offset"]))
         if T % tile == 0:  # tile-aligned reads merge whole tiles
             merged = lw.merge_all(v for t0, v in tiles.items() if start <= t0 < end)
             assert lw.finalize(merged) == feature_value(VIEW, f.name, events, ("u1",), T)

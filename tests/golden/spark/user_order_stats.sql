@@ -13,8 +13,8 @@ SELECT `user_id`, __ts, date_from_unix_date(CAST(floor(__ts / 86400000) AS INT))
   CASE WHEN (`status` = 'placed') THEN __ts END AS `c__last_order_ts`,
   `status` AS `c__last_order_status`
 FROM (
-  SELECT *, unix_millis(`event_time`) AS __ts, _partition AS __partition, _offset AS __offset,
-    row_number() OVER (PARTITION BY _partition, `event_id`, unix_millis(`event_time`) ORDER BY _offset) AS __rank
+  SELECT *, unix_millis(`event_time`) AS __ts, _kafka_partition AS __partition, _offset AS __offset,
+    row_number() OVER (PARTITION BY _kafka_partition, `event_id`, unix_millis(`event_time`) ORDER BY _offset) AS __rank
   FROM raw
   WHERE `event_time` >= timestamp_millis(1704067200000L) AND `event_time` < timestamp_millis(1704153600000L)
     AND unix_millis(`event_time`) <= unix_millis(_kafka_ts) + 300000L
