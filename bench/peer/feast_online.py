@@ -1,0 +1,179 @@
+"""The peer's online reads (Feast 0.67, run in `.venv-peer/` by :func:`bench._peer.run_peer`), for bench/online.py.
+
+    python bench/peer/feast_online.py --redis 127.0.0.1:6390 [--users 2000] [--reads 3000]
+           [--loadgen FILE --http-seconds 10 --http-conns 16]
+
+A Feast repository in a temporary folder with a Redis online store on the given Redis (the one the skewless
+bench started; Feast's keys are its own, they do not touch skewless's), one entity ``user_id`` and ONE feature
+view of 4 features (int64, float64, int64, string), filled with ``write_to_online_store`` for ``--users`` users.
+Timed: ``FeatureStore.get_online_features`` for 1 entity and for 100 entities (``to_dict()``, what a caller
+uses), then, with ``--loadgen``, ``feast serve`` (2 workers, access log off, its other defaults) driven by the
+SAME load generator skewless's server gets (the file is the bench's own generator, run with this interpreter):
+p99 of sequential requests on one connection, then requests/s with ``--http-conns`` connections.
+
+Prints one JSON object (last stdout line): p50/p99 in ms per read shape, HTTP p50/p99 and requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+FEATURES = ["orders_7d", "amount_7d", "cancelled_30d", "last_status"]
+VIEW = "user_stats"
+
+
+def _p(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))] * 1000.0, 3)
+
+
+def _stats(lat: list[float]) -> dict[str, float]:
+    return {"p50": _p(lat, 0.5), "p99": _p(lat, 0.99), "n": len(lat)}
+
+
+def _timed(fn: Callable[[int], Any], n: int, warmup: int) -> list[float]:
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _repo(root: Path, redis: str, users: list[str]) -> Any:
+    """A Feast repo (registry file, file offline source, Redis online store) with the view applied and filled."""
+    import pandas as pd
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource
+    from feast.types import Float64, Int64, String
+    from feast.value_type import ValueType
+
+    (root / "data").mkdir(parents=True)
+    (root / "feature_store.yaml").write_text(
+        "project: peer_bench\nregistry: data/registry.db\nprovider: local\n"
+        f"online_store:\n  type: redis\n  connection_string: \"{redis}\"\n"
+        "entity_key_serialization_version: 3\n")
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    df = pd.DataFrame({
+        "user_id": users,
+        "orders_7d": [i % 17 for i in range(len(users))],
+        "amount_7d": [float(i % 1000) / 7 for i in range(len(users))],
+        "cancelled_30d": [i % 3 for i in range(len(users))],
+        "last_status": [("paid", "cancelled", "refunded")[i % 3] for i in range(len(users))],
+        "event_timestamp": [now - timedelta(seconds=i % 3600) for i in range(len(users))],
+    })
+    df.to_parquet(root / "data" / "stats.parquet")
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    source = FileSource(path=str(root / "data" / "stats.parquet"), timestamp_field="event_timestamp")
+    view = FeatureView(name=VIEW, entities=[user], ttl=timedelta(days=365), online=True, source=source,
+                       schema=[Field(name="user_id", dtype=String), Field(name="orders_7d", dtype=Int64),
+                               Field(name="amount_7d", dtype=Float64), Field(name="cancelled_30d", dtype=Int64),
+                               Field(name="last_status", dtype=String)])
+    fs = FeatureStore(repo_path=str(root))
+    fs.apply([user, view])
+    fs.write_to_online_store(VIEW, df)
+    return fs
+
+
+def _loadgen(loadgen: str, port: int, body: str, conns: int, seconds: float, sequential: int = 0) -> dict:
+    proc = subprocess.run([sys.executable, loadgen, "127.0.0.1", str(port), body, str(conns), str(seconds),
+                           str(sequential)], capture_output=True, text=True, timeout=seconds + 120)
+    if proc.returncode:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _http(root: Path, users: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    port = _free_port()
+    feast = Path(sys.executable).parent / "feast"
+    proc = subprocess.Popen([str(feast), "-c", str(root), "serve", "-h", "127.0.0.1", "-p", str(port), "-w", "2",
+                             "--no-access-log"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"feast serve did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            time.sleep(0.2)
+        body = json.dumps({"features": [f"{VIEW}:{f}" for f in FEATURES], "entities": {"user_id": [users[7]]}})
+        check = json.loads(urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/get-online-features", data=body.encode(),
+            headers={"Content-Type": "application/json"}), timeout=10).read())
+        if "results" not in check:
+            raise RuntimeError(f"unexpected feast serve answer: {str(check)[:300]}")
+        _loadgen(args.loadgen, port, body, 2, 2.0)  # warm both workers
+        seq = _loadgen(args.loadgen, port, body, 1, args.http_seconds, sequential=args.reads)
+        load = _loadgen(args.loadgen, port, body, args.http_conns, args.http_seconds)
+    finally:
+        try:
+            os.killpg(proc.pid, 15)  # gunicorn master and its workers
+            proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, 9)
+    s_seq, s_load = _stats(seq["latencies"]), _stats(load["latencies"])
+    return {"http_1_entity": s_seq, "http_load": {**s_load, "rps": round(len(load["latencies"]) / load["elapsed"], 1),
+                                                  "connections": args.http_conns, "seconds": args.http_seconds},
+            "http_errors": seq["errors"] + load["errors"],
+            "http_reconnects": seq.get("reconnects", 0) + load.get("reconnects", 0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--redis", required=True, help="host:port of the Redis to use as Feast's online store")
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--reads", type=int, default=3000)
+    ap.add_argument("--loadgen", default=None, help="the bench's HTTP load generator (a Python file); no HTTP without it")
+    ap.add_argument("--http-seconds", type=float, default=10.0)
+    ap.add_argument("--http-conns", type=int, default=16)
+    args = ap.parse_args()
+    import feast
+
+    root = Path(tempfile.mkdtemp(prefix="peer-feast-"))
+    try:
+        users = [f"u{i:06d}" for i in range(args.users)]
+        fs = _repo(root, args.redis, users)
+        refs = [f"{VIEW}:{f}" for f in FEATURES]
+        sample = fs.get_online_features(features=refs, entity_rows=[{"user_id": users[1]}]).to_dict()
+        assert sample["orders_7d"] == [1] and sample["last_status"] == ["cancelled"], sample
+        n = len(users)
+        one = _timed(lambda i: fs.get_online_features(features=refs, entity_rows=[{"user_id": users[i % n]}]).to_dict(),
+                     args.reads, warmup=200)
+        reads100 = max(300, args.reads // 6)
+        hundred = _timed(lambda i: fs.get_online_features(
+            features=refs, entity_rows=[{"user_id": u} for u in users[(i * 100) % max(1, n - 100):][:100]]).to_dict(),
+            reads100, warmup=30)
+        out: dict[str, Any] = {"peer": f"feast {feast.__version__}", "features": len(FEATURES), "views": 1,
+                               "sdk_1_entity": _stats(one), "sdk_100_entities": _stats(hundred)}
+        if args.loadgen:
+            out.update(_http(root, users, args))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
