@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from skewless.core import layout
-from skewless.core.admission import INT64_MAX, MAX_EVENT_MS, MIN_EVENT_MS
 from skewless.core.compiler import Compiler, Unsupported, UnsupportedFeatureError
 from skewless.core.dsl import Agg, EventSource, FeatureView, KeyType, Op, Where
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan
 from skewless.core.repo import Repository
 from skewless.core.schemas import schema_path
+from streaming_jobs.udf import FUNCTION_CLASS, FUNCTION_NAME
 
 ENGINE = "flink"
 # Views the job materialises once (Table -> DataStream -> Table, all in the JVM) so that every consumer
@@ -50,9 +50,6 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IGNORED_KEYWORDS = {"description", "title", "$comment", "examples", "default", "x-skewless-type", "$id", "$schema"}
 _PROPERTY_KEYWORDS = {"type", "minLength", "maxLength", "pattern", "enum", "minimum", "maximum", "format"}
 _TOP_KEYWORDS = {"type", "required", "properties", "additionalProperties"}
-_ISO_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z"
-_SCHEMA_TS_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\z"
-_TS_FMT = "yyyy-MM-dd''T''HH:mm:ss"
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -72,45 +69,12 @@ def ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _above_regex(limit: str) -> str:
-    """A regex of decimal digit strings (no leading zero) whose value is > ``limit``."""
-    n = len(limit)
-    alts = [f"[1-9][0-9]{{{n},}}"]
-    for i, ch in enumerate(limit):
-        if ch != "9":
-            alts.append(f"{limit[:i]}[{int(ch) + 1}-9][0-9]{{{n - i - 1}}}")
-    return "(?:" + "|".join(alts) + ")"
-
-
-# An integer literal (no fraction/exponent) outside int64 in a value position.
-_BIG_INT_RE = (r"[:\[,]\s*(?:" + _above_regex(str(INT64_MAX)) + "|-" + _above_regex(str(INT64_MAX + 1))
-               + r")\s*[,}\]]")
-_FLAT_RE = r"^\s*\{[^{\[]*\}\s*$"
-_DUP_KEY_RE = r'"([^"\\]*)"\s*:[\s\S]*"\1"\s*:'
-
-
 @dataclass(frozen=True)
 class _Field:
-    """A payload field as the generated SQL sees it: columns ``w_<n>`` (JSON text) and ``s_<n>`` (scalar)."""
+    """A payload field as the generated SQL sees it: its typed column ``f_<col>`` (when the job reads it)."""
 
     name: str
     col: str
-
-    @property
-    def w(self) -> str:
-        return f"w_{self.col}"
-
-    @property
-    def s(self) -> str:
-        return f"s_{self.col}"
-
-
-def _is_int_json(w: str) -> str:
-    return f"REGEXP({w}, '^\\[-?[0-9]+\\]$')"
-
-
-def _is_string_json(w: str) -> str:
-    return f"{w} LIKE '[\"%'"
 
 
 # --- compiled artifacts -----------------------------------------------------------------------------------
@@ -150,6 +114,8 @@ class FlinkSourceJob:
     outputs: tuple[TileOutput, ...]
     key_width: int  # number of k<i> columns
     value_width: int  # number of c<i> columns
+    admission_spec: str = ""  # the spec given to skewless_admit (JSON; tests run it against admission.py)
+    typed_fields: tuple[tuple[str, str], ...] = ()  # (field, value type) the function returns after the id
 
     PARAMS = ("ns", "topic", "bootstrap", "group", "startup_mode", "extra_source_options")
 
@@ -276,15 +242,18 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         doc = self._schema_doc(source)
         types = self._types(source)
         props: dict[str, dict[str, Any]] = doc.get("properties", {})
-        required = set(doc.get("required", ()))
         key_fields = list(dict.fromkeys([source.event_id, *([source.partition_key] if source.partition_key else []),
                                          *(k for v in views for k in v.entity.key_names)]))
         used = list(dict.fromkeys([*props, source.event_time, *key_fields,
                                    *(a.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations if a.field),
                                    *(w.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations for w in a.where)]))
         fields = {name: _Field(name, f"{i}_{name}") for i, name in enumerate(used)}
-        parsed_sql, parsed_cols = self._parsed_view(source, scan, fields, props, required, key_fields, types)
-        statements = [self._source_ddl(), self._fields_view(fields), parsed_sql,
+        read = {*(k for v in views for k in v.entity.key_names),
+                *(a.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations if a.field),
+                *(w.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations for w in a.where)}
+        spec, typed = self._admission_spec(source, doc, {n: f for n, f in fields.items() if n in read}, key_fields, types)
+        parsed_sql, parsed_cols = self._parsed_view(scan, fields, spec, typed)
+        statements = [self._function_ddl(), self._source_ddl(), parsed_sql,
                       self._ordered_view(scan, parsed_cols), self._admitted_view(parsed_cols)]
         outputs, tile_queries = [], []
         for vp, view in zip(view_plans, views):
@@ -305,7 +274,10 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         parts = tile_queries + [self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)]
         changelog = "\nUNION ALL\n".join(parts)
         return FlinkSourceJob(source.name, source.topic, tuple(v.name for v in views), tuple(statements), changelog,
-                              tuple(outputs), key_width, value_width)
+                              tuple(outputs), key_width, value_width, spec, tuple(typed))
+
+    def _function_ddl(self) -> str:
+        return f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {FUNCTION_NAME} AS {q(FUNCTION_CLASS)} LANGUAGE JAVA"
 
     def _source_ddl(self) -> str:
         return (
@@ -321,128 +293,40 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             ")"
         )
 
-    def _fields_view(self, fields: dict[str, _Field]) -> str:
-        # Each CROSS JOIN UNNEST(ARRAY[...]) is a barrier the planner does not inline: the UTF-8 decode and
-        # every JSON function run once per record (a plain view would be copied into every use).
-        decoded = (
-            "SELECT kafka_partition AS p, kafka_offset AS o,\n"
-            "    EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms, pt, bytes_value, v\n"
-            "  FROM `${ns}_raw`\n"
-            "  CROSS JOIN UNNEST(ARRAY[DECODE(bytes_value, 'UTF-8')]) AS d(v_decoded)\n"
-            "  CROSS JOIN UNNEST(ARRAY[CASE WHEN bytes_value IS NOT NULL AND (POSITION(U&'\\FFFD' IN v_decoded) = 0\n"
-            "    OR ENCODE(v_decoded, 'UTF-8') = bytes_value) THEN v_decoded END]) AS e(v)"
-        )
-        exprs, names = ["v IS JSON OBJECT"], ["is_object"]
-        for f in fields.values():  # one parse per field: its JSON text tells the type and holds the scalar
-            exprs.append(f"JSON_QUERY(v, {q('$.' + f.name)} WITH ARRAY WRAPPER)")
-            names.append(f.w)
-        scalars = []
-        for f in fields.values():  # the scalar text from the JSON text; JSON_VALUE only to unescape strings
-            scalars.append(
-                f"CASE WHEN {f.w} LIKE '[\"%' AND POSITION('\\' IN {f.w}) = 0 THEN SUBSTRING({f.w}, 3, CHAR_LENGTH({f.w}) - 4)\n"
-                f"    WHEN {f.w} LIKE '[\"%' THEN JSON_VALUE(v, {q('$.' + f.name)})\n"
-                f"    WHEN {f.w} IN ('[null]') THEN NULL ELSE SUBSTRING({f.w}, 2, CHAR_LENGTH({f.w}) - 2) END")
-        all_names = names + [f.s for f in fields.values()]
-        return (
-            "CREATE TEMPORARY VIEW `${ns}_fields` AS\n"
-            f"SELECT p, o, record_ms, pt, bytes_value, v, {', '.join(all_names)}\n"
-            f"FROM (\n  {decoded})\n"
-            "CROSS JOIN UNNEST(ARRAY[ROW(\n  " + ",\n  ".join(exprs) + f")]) AS j({', '.join(names)})\n"
-            "CROSS JOIN UNNEST(ARRAY[ROW(\n  " + ",\n  ".join(scalars) + f")]) AS k({', '.join(f.s for f in fields.values())})"
-        )
+    def _admission_spec(self, source: EventSource, doc: dict[str, Any], fields: dict[str, _Field],
+                        key_fields: list[str], types: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
+        """The spec of ``skewless_admit`` (JSON) and the typed fields it returns after the event time and id."""
+        props = {name: {k: v for k, v in prop.items() if k in _PROPERTY_KEYWORDS}
+                 for name, prop in doc.get("properties", {}).items()}
+        out = [(f.name, vt) for f in fields.values()
+               if f.name != source.event_time and (vt := self._value_type(source, types, f.name)) is not None]
+        spec = {"required": list(doc.get("required", ())), "properties": props, "event_time": source.event_time,
+                "ids": [[name, "event id" if name == source.event_id else "key"] for name in key_fields],
+                "out": [list(o) for o in out]}
+        return json.dumps(spec, separators=(",", ":"), ensure_ascii=False), out
 
-    def _type_ok(self, jtype: str, f: _Field) -> str:
-        if jtype == "string":
-            return _is_string_json(f.w)
-        if jtype == "integer":  # as jsonschema: a number whose value is integral
-            return f"(REGEXP({f.w}, '^\\[-?[0-9]') AND TRY_CAST({f.s} AS DOUBLE) = FLOOR(TRY_CAST({f.s} AS DOUBLE)))"
-        if jtype == "number":
-            return f"REGEXP({f.w}, '^\\[-?[0-9]')"
-        if jtype == "boolean":
-            return f"{f.w} IN ('[true]', '[false]')"
-        if jtype == "object":
-            return f"{f.w} LIKE '[{{%'"
-        if jtype == "array":
-            return f"{f.w} LIKE '[[%'"
-        raise UnsupportedFeatureError([Unsupported(ENGINE, "?", f.name, f"JSON type {jtype!r}", "use a JSON type")])
-
-    def _property_violation(self, f: _Field, prop: dict[str, Any], required: bool) -> tuple[str, str]:
-        """(SQL condition true when the property violates the schema, detail text)."""
-        declared = prop.get("type")
-        jtypes = [declared] if isinstance(declared, str) else list(declared or [])
-        nullable = "null" in jtypes
-        jtypes = [t for t in jtypes if t != "null"]
-        if required and not nullable:
-            absent = "TRUE"
-        elif not required and not nullable:  # present as null violates; absent is fine
-            absent = "REGEXP(v, " + q('"' + f.name + r'"\s*:\s*null') + ")"
-        elif required:  # nullable: absent violates, null is fine
-            absent = "NOT REGEXP(v, " + q('"' + f.name + r'"\s*:') + ")"
-        else:
-            absent = "FALSE"
-        checks = []
-        if jtypes:
-            checks.append("(" + " OR ".join(self._type_ok(t, f) for t in jtypes) + ")")
-        if "minLength" in prop:
-            checks.append(f"(NOT {_is_string_json(f.w)} OR CHAR_LENGTH({f.s}) >= {int(prop['minLength'])})")
-        if "maxLength" in prop:
-            checks.append(f"(NOT {_is_string_json(f.w)} OR CHAR_LENGTH({f.s}) <= {int(prop['maxLength'])})")
-        if "pattern" in prop:
-            checks.append(f"(NOT {_is_string_json(f.w)} OR REGEXP({f.s}, {q(prop['pattern'])}))")
-        if "enum" in prop:
-            checks.append(f"({_is_string_json(f.w)} AND {f.s} IN ({', '.join(q(e) for e in prop['enum'])}))")
-        number = f"REGEXP({f.w}, '^\\[-?[0-9]')"
-        if "minimum" in prop:
-            checks.append(f"(NOT {number} OR TRY_CAST({f.s} AS DOUBLE) >= {float(prop['minimum'])!r})")
-        if "maximum" in prop:
-            checks.append(f"(NOT {number} OR TRY_CAST({f.s} AS DOUBLE) <= {float(prop['maximum'])!r})")
-        if prop.get("format") == "date-time":
-            checks.append(f"(NOT {_is_string_json(f.w)} OR (REGEXP({f.s}, {q(_SCHEMA_TS_RE)}) AND {_valid_datetime(f.s)}))")
-        if prop.get("format") == "decimal":
-            checks.append(f"(NOT {_is_string_json(f.w)} OR REGEXP({f.s}, '^-?[0-9]+(\\.[0-9]+)?$'))")
-        ok = " AND ".join(checks) or "TRUE"
-        return f"CASE WHEN {f.w} IS NULL THEN {absent} ELSE NOT ({ok}) END", f"schema: {f.name}"
-
-    def _parsed_view(self, source: EventSource, scan: Scan, fields: dict[str, _Field], props: dict[str, dict[str, Any]],
-                     required: set[str], key_fields: list[str], types: dict[str, str]) -> tuple[str, list[str]]:
-        et = fields[source.event_time]
-        ts = _event_time_ms(et)
-        malformed: list[tuple[str, str]] = [
-            ("v IS NULL", "value is not UTF-8 (or empty)"),
-            ("NOT is_object", "not a JSON object"),
-            (f"REGEXP(v, {q(_FLAT_RE)}) AND REGEXP(v, {q(_DUP_KEY_RE)})", "duplicate JSON key"),
-            (f"REGEXP(v, {q(_BIG_INT_RE)})", "integer outside int64"),
-        ]
-        for name, prop in props.items():
-            malformed.append(self._property_violation(fields[name], prop, name in required))
-        for name in (r for r in required if r not in props):
-            malformed.append((f"{fields[name].w} IS NULL" if name in fields else "FALSE", f"schema: {name} is required"))
-        malformed.append(("ts IS NULL", f"event time {source.event_time}: missing, null or not epoch ms / ISO-8601 with a zone in 1970..9999"))
-        for name in key_fields:
-            f = fields[name]
-            malformed.append((f"NOT (({_is_string_json(f.w)} AND {f.s} <> '') OR {_is_int_json(f.w)})",
-                              f"key field {name}: missing, null, empty or not a string/integer"))
-        # reason1 = "<reason>|<detail>" (one CASE, so each check is evaluated once per record)
-        reason = "CASE\n" + "".join(f"    WHEN {c} THEN {q('malformed|' + d)}\n" for c, d in malformed)
-        reason += (f"    WHEN ts > record_ms + {scan.clock_skew_tolerance_ms} THEN "
-                   f"{q(f'future|event time > record timestamp + {scan.clock_skew_tolerance_ms} ms')}\n  END")
-        eid = fields[source.event_id]
-        cols = ["p", "o", "record_ms", "pt", "bytes_value", "ts",
-                f"CASE WHEN {_is_string_json(eid.w)} THEN CONCAT('s', {eid.s}) ELSE CONCAT('i', {eid.s}) END AS idk"]
-        for name, f in fields.items():
-            vt = self._value_type(source, types, name)
-            if name == source.event_time or vt is None:
-                continue
-            cols.append(f"{_typed(f, vt)} AS f_{f.col}")
-        cols.append(f"{reason} AS reason1")
+    def _parsed_view(self, scan: Scan, fields: dict[str, _Field], spec: str,
+                     out: list[tuple[str, str]]) -> tuple[str, list[str]]:
+        """Rules 1-2: the Java function classifies the record once (behind an UNNEST barrier, so the planner
+        does not copy the call into each use), then the future check against the record timestamp."""
+        cols = ["p", "o", "record_ms", "pt", "bytes_value", "CAST(r[2] AS BIGINT) AS ts", "r[3] AS idk"]
+        for i, (name, vt) in enumerate(out):
+            cols.append(f"{_cast(f'r[{4 + i}]', vt)} AS f_{fields[name].col}")
+        skew = scan.clock_skew_tolerance_ms
+        cols.append("CASE WHEN r[1] IS NOT NULL THEN CONCAT('malformed|', r[1])\n"
+                    f"    WHEN CAST(r[2] AS BIGINT) > record_ms + {skew} THEN {q(f'future|event time > record timestamp + {skew} ms')} END AS reason1")
         names = [c.rsplit(" AS ", 1)[-1] for c in cols if c != "pt"]
-        return ("CREATE TEMPORARY VIEW `${ns}_parsed` AS\nSELECT\n  " + ",\n  ".join(cols)
-                + f"\nFROM `${{ns}}_fields`\nCROSS JOIN UNNEST(ARRAY[{ts}]) AS t(ts)"), names
+        return ("CREATE TEMPORARY VIEW `${ns}_parsed` AS\nSELECT\n  " + ",\n  ".join(cols) + "\nFROM (\n"
+                "  SELECT kafka_partition AS p, kafka_offset AS o,\n"
+                "    EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms, pt, bytes_value, r\n"
+                "  FROM `${ns}_raw`\n"
+                f"  CROSS JOIN UNNEST(ARRAY[ROW({FUNCTION_NAME}(bytes_value, {q(spec)}))]) AS a(r))"), names
 
     def _ordered_view(self, scan: Scan, cols: list[str]) -> str:
         return (
             "CREATE TEMPORARY VIEW `${ns}_ordered` AS\n"
-            f"SELECT {', '.join(c for c in cols if c != 'reason1')},\n"
+            f"SELECT {', '.join(c for c in cols if c not in ('reason1', 'bytes_value'))},\n"
+            f"  CASE WHEN reason1 IS NOT NULL OR ts < m - {scan.allowed_lateness_ms} THEN bytes_value END AS bytes_value,\n"
             f"  COALESCE(reason1, CASE WHEN ts < m - {scan.allowed_lateness_ms} THEN "
             f"'late|event time < partition max - {scan.allowed_lateness_ms} ms' END) AS reason\n"
             "FROM (\n"
@@ -528,37 +412,11 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
 # --- expression builders ---------------------------------------------------------------------------------------
 
 
-def _valid_datetime(s: str) -> str:
-    """The first 19 characters are a real date-time (no Feb 30, no leap second): parse + format round trip."""
-    head = f"SUBSTRING({s}, 1, 19)"
-    return f"DATE_FORMAT(TO_TIMESTAMP({head}, '{_TS_FMT}'), '{_TS_FMT}') = {head}"
+def _cast(text: str, vt: str) -> str:
+    """A typed field from the Java function's text (NULL when the value is not of the field's kind)."""
+    return {"string": text, "int64": f"CAST({text} AS BIGINT)", "float64": f"CAST({text} AS DOUBLE)",
+            "bool": f"CAST({text} AS BOOLEAN)"}[vt]
 
-
-def _event_time_ms(f: _Field) -> str:
-    """The contract's event time in epoch ms (admission.parse_event_time), NULL when malformed."""
-    s = f.s
-    zone = (f"CASE WHEN {s} LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING({s}, CHAR_LENGTH({s}) - 5, 1) = '-' THEN -1 ELSE 1 END)"
-            f" * (CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 4, 2) AS BIGINT) * 3600000"
-            f" + CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 1, 2) AS BIGINT) * 60000) END")
-    zone_ok = (f"({s} LIKE '%Z' OR (CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 4, 2) AS INT) <= 23"
-               f" AND CAST(SUBSTRING({s}, CHAR_LENGTH({s}) - 1, 2) AS INT) <= 59))")
-    millis = f"COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT({s}, '\\.([0-9]{{1,9}})', 1), 1, 3), 3, '0') AS BIGINT), 0)"
-    iso = (f"CASE WHEN {_is_string_json(f.w)} AND REGEXP({s}, {q(_ISO_RE)}) AND {zone_ok} AND {_valid_datetime(s)} "
-           f"THEN UNIX_TIMESTAMP(SUBSTRING({s}, 1, 19), '{_TS_FMT}') * 1000 + {millis} - ({zone}) END")
-    raw = f"CASE WHEN {_is_int_json(f.w)} THEN TRY_CAST({s} AS BIGINT) ELSE {iso} END"
-    return f"CASE WHEN ({raw}) BETWEEN {MIN_EVENT_MS} AND {MAX_EVENT_MS} THEN ({raw}) END"
-
-
-def _typed(f: _Field, vt: str) -> str:
-    if vt == "string":
-        return f"CASE WHEN {_is_string_json(f.w)} THEN {f.s} END"
-    if vt == "int64":
-        return f"CASE WHEN {_is_int_json(f.w)} THEN TRY_CAST({f.s} AS BIGINT) END"
-    if vt == "float64":
-        return f"CASE WHEN REGEXP({f.w}, '^\\[-?[0-9]') THEN TRY_CAST({f.s} AS DOUBLE) END"
-    if vt == "bool":
-        return f"CASE WHEN {f.w} = '[true]' THEN TRUE WHEN {f.w} = '[false]' THEN FALSE END"
-    raise ValueError(vt)
 
 
 def _literal(value: Any, vt: str | None) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
 from streaming_jobs.sink import SinkConfig, bucket_of, make_process_function
+from streaming_jobs.udf import udf_jar
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
 
@@ -59,6 +60,17 @@ def share_view(t_env: Any, name: str) -> None:
     t_env.create_temporary_view(f"`{name}{SHARED_SUFFIX}`", table)
 
 
+def add_udf_jar(env: Any, t_env: Any) -> None:
+    """Ship the jar of ``skewless_admit`` with the job (``pipeline.jars`` of the stream and table configs:
+    the table config's value is the one a job submitted from the table environment carries)."""
+    uri = udf_jar().resolve().as_uri()
+    config = t_env.get_config()
+    jars = [j for j in (config.get_configuration().get_string("pipeline.jars", "") or "").split(";") if j]
+    if uri not in jars:
+        config.set("pipeline.jars", ";".join([*jars, uri]))
+        env.add_jars(uri)
+
+
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
     """Register the job's SQL and attach its changelog to the Redis sink (``env.execute`` runs it)."""
     from pyflink.common import Types
@@ -75,6 +87,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     statements, query = job.render(ns=ns, topic=topic, bootstrap=options.bootstrap,
                                    group=options.group or f"skewless-{job.source}", startup_mode=_STARTUP[options.starting_offsets],
                                    extra_source_options=extra)
+    add_udf_jar(env, t_env)
     for statement in statements:
         t_env.execute_sql(statement)
         for name in SHARED_VIEWS:

@@ -293,3 +293,91 @@ def test_recovery_from_checkpoint_keeps_values_exact(
             version, _, _ = layout.decode_tile_vector(value, daily.aggs)
             n = sum(1 for e in admitted if e["user_id"] == user and e["event_time"] // daily.tile_ms * daily.tile_ms == int(start_ms))
             assert version == n, (user, start_ms)
+
+
+# --- skewless_admit (the job's Java function) against admission.py, payload by payload ---------------------
+
+_BASE = {"event_id": "e-1", "user_id": "u-1", "order_id": "o-1", "amount": 1250, "currency": "EUR", "status": "placed",
+         "event_time": "2024-05-01T12:30:00.123Z"}
+
+
+def _with(**changes: Any) -> bytes:
+    event = {**_BASE, **changes}
+    return json.dumps({k: v for k, v in event.items() if v is not _DROP}).encode()
+
+
+_DROP = object()
+_CANON = json.dumps(_BASE, separators=(",", ":"))
+ADMIT_CASES: list[bytes | None] = [
+    _CANON.encode(), json.dumps(_BASE).encode(), json.dumps(_BASE, indent=2).encode(),
+    b" \t\r\n" + _CANON.encode() + b"\n ", b"\x0b" + _CANON.encode(), "\u00a0".encode() + _CANON.encode(),
+    b"\xef\xbb\xbf" + _CANON.encode(), b"\xff\xfe" + _CANON.encode(), _CANON.encode().replace(b"u-1", b"u-\xc0\xaf"),
+    _CANON.encode().replace(b"u-1", b"u-\xed\xa0\x80"), b"", None, b"null", b"[]", b'"x"', b"42",
+    _CANON.encode()[:-1], _CANON.encode()[:-1] + b",}", _CANON.encode() + b" x", _CANON.encode().replace(b'"', b"'"),
+    _with(extra={"nested": [1, 2, {"a": None}]}), _with(extra=[]), _with(extra="a\\u0000b"),
+    _CANON.encode()[:-1] + b',"user_id":"u-2"}', _CANON.encode()[:-1] + b',"x":{"a":1,"a":2}}',
+    _CANON.encode()[:-1] + b',"user\\u005fid":"u-2"}', _CANON.encode()[:-1] + b',"x":{"a":1},"y":{"a":1}}',
+    _with(amount=2**63 - 1), _with(amount=2**63), _with(extra=-(2**63)), _with(extra=[-(2**63) - 1]),
+    _CANON.encode().replace(b"1250", b"01250"), _CANON.encode().replace(b"1250", b"1250."),
+    _CANON.encode().replace(b"1250", b"NaN"), _CANON.encode().replace(b"1250", b"-Infinity"),
+    _CANON.encode().replace(b"1250", b"1e2"), _CANON.encode().replace(b"1250", b"1E400"),
+    _CANON.encode().replace(b"1250", b"-0"), _CANON.encode().replace(b"1250", b"0.0"),
+    _CANON.encode().replace(b"1250", b"-1"), _CANON.encode().replace(b"1250", b"1.5"), _with(amount="100"),
+    _with(amount=True), _with(amount=None), _with(currency="eur"), _with(currency="EURO"), _with(currency="EUR\n"),
+    _with(currency="EUR\r"), _with(status="shipped"), _with(status=1), _with(status="Placed"),
+    *(_with(**{name: _DROP}) for name in _BASE), *(_with(**{name: None}) for name in _BASE),
+    _with(event_time="2024-02-30T10:00:00.000Z"), _with(event_time="2024-02-29T10:00:00.000Z"),
+    _with(event_time="2023-02-29T10:00:00.000Z"), _with(event_time="2024-01-01T00:00:00Z"),
+    _with(event_time="2024-01-01T00:00:00.000+01:00"), _with(event_time=1714566600123),
+    _with(event_time="0000-01-01T00:00:00.000Z"), _with(event_time="1969-12-31T23:59:59.999Z"),
+    _with(event_time="1970-01-01T00:00:00.000Z"), _with(event_time="9999-12-31T23:59:59.999Z"),
+    _with(event_time="2024-01-01T23:59:60.000Z"), _with(event_time="2024-01-01T24:00:00.000Z"),
+    _with(event_time="2024-13-01T00:00:00.000Z"), _with(event_time="2024-01-01T00:00:00.000Z\n"),
+    _with(event_time="2024-01-01T00:00:00.000z"), _with(event_time=" 2024-01-01T00:00:00.000Z"),
+    _with(event_id=""), _with(event_id=5), _with(user_id=""), _with(user_id=7), _with(order_id=""),
+    _with(user_id="u\u00e9"), _CANON.encode().replace(b"u-1", b"u\\u00e9"), _with(user_id="\U0001F600"),
+    _CANON.encode().replace(b"u-1", b"\\ud83d\\ude00"), _CANON.encode().replace(b"o-1", b"\\ud800"),
+    _CANON.encode().replace(b"u-1", b"u\x01"), _CANON.encode().replace(b"u-1", b"u\\u0001"),
+    _CANON.encode().replace(b"u-1", b'u\\"x'), _CANON.encode().replace(b"u-1", b"u\\x"),
+    _CANON.encode().replace(b"u-1", b"u\\u12"), _CANON.encode().replace(b"u-1", b"u\\/\\b\\f\\n\\r\\t"),
+]
+
+
+def _typed_like_java(value: Any, value_type: str) -> str | None:
+    """What the job reads from an admitted payload's field (the compiler's typed columns)."""
+    if value_type == "string":
+        return value if isinstance(value, str) else None
+    if value_type == "int64":
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    if value_type == "bool":
+        return str(value).lower() if isinstance(value, bool) else None
+    raise AssertionError(value_type)
+
+
+def test_admit_function_classifies_like_admission_py(repo: Any) -> None:
+    """skewless_admit (Java, in a plain JVM) and admission.admit + the schema validator agree on every case:
+    malformed or not, and for the others the event time, typed event id and the typed fields the job reads."""
+    from streaming_jobs.flink_compiler import compile_repository
+    from streaming_jobs.udf import classify
+
+    (job,) = compile_repository(repo, [VIEW])
+    view = repo.view(VIEW)
+    source = view.source
+    validate = validator(source.schema)
+    got = classify(job.admission_spec, ADMIT_CASES)
+    assert len(got) == len(ADMIT_CASES)
+    malformed = 0
+    for value, java in zip(ADMIT_CASES, got):
+        record = {"partition": 0, "offset": 0, "timestamp_ms": admission.MAX_EVENT_MS, "value": value}
+        result = admission.admit([record], source, validate, key_fields=view.entity.key_names)
+        if result.dead_letters:
+            assert result.dead_letters[0].reason == admission.MALFORMED and java[0] is not None, (value, java)
+            malformed += 1
+            continue
+        (event,) = result.admitted
+        assert java[0] is None, (value, java)
+        event_id = event[source.event_id]
+        want = [None, str(event[source.event_time]), ("s" if isinstance(event_id, str) else "i") + str(event_id),
+                *(_typed_like_java(event.get(name), vt) for name, vt in job.typed_fields)]
+        assert java == want, value
+    assert 20 < malformed < len(ADMIT_CASES) - 10

@@ -18,7 +18,7 @@ from skewless.core.compiler import UnsupportedFeatureError
 from skewless.core.dsl import Agg, Aggregation, Where, Window
 from skewless.core.plan import build_plan, plan_view
 from skewless.core.repo import Repository, load_repository
-from streaming_jobs.flink_compiler import AggColumn, FlinkCompiler, _above_regex, compile_repository, dead_letter_topic
+from streaming_jobs.flink_compiler import AggColumn, FlinkCompiler, compile_repository, dead_letter_topic
 from streaming_jobs.sink import decode_acc
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "flink"
@@ -47,7 +47,7 @@ def test_render_fills_every_placeholder(repo: Repository) -> None:
     (job,) = compile_repository(repo)
     statements, query = job.render(ns="x1", bootstrap="127.0.0.1:1", group="g", startup_mode="earliest-offset")
     assert all("${" not in s for s in statements + [query])
-    assert "'topic' = 'orders'" in statements[0]
+    assert any("'topic' = 'orders'" in s for s in statements)
     assert dead_letter_topic("orders") == "orders.dead-letters"
     with pytest.raises(ValueError, match="render needs"):
         job.render(ns="x")
@@ -77,15 +77,6 @@ def test_unsupported_aggregations_are_listed(repo: Repository) -> None:
     with pytest.raises(UnsupportedFeatureError) as err:
         FlinkCompiler(replace(repo, views=(new_view,))).compile(plan_view(new_view))
     assert {i.feature for i in err.value.items} == {"sum_status", "max_currency"}
-
-
-def test_int64_bound_regex_is_exact() -> None:
-    pattern = re.compile("^" + _above_regex("9223372036854775807") + "$")
-    assert not pattern.match("9223372036854775807")
-    assert pattern.match("9223372036854775808")
-    assert pattern.match("10000000000000000000")
-    assert not pattern.match("999999999999999999")
-    assert pattern.match("9300000000000000000")
 
 
 def test_sink_decodes_changelog_text_to_intermediates() -> None:

@@ -1,6 +1,8 @@
 -- skewless flink job: source orders, topic orders, views user_order_stats
 -- tiles user_order_stats v1 H=300000 ms retention=7800000 ms: c0=user_orders_last_1h:count
 -- tiles user_order_stats v1 H=86400000 ms retention=345600000 ms: c0=max_order_amount_7d:max, c1=cancelled_orders_30d:count, c2=refunded_orders_90d:count, c3=user_total_orders_365d:count, c4=completed_orders_365d:count, c5=customer_ltv_365d:sum, c6=last_order_ts:max, c7=last_order_status:last
+CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS skewless_admit AS 'dev.skewless.flink.AdmitFunction' LANGUAGE JAVA;
+
 CREATE TEMPORARY TABLE `${ns}_raw` (
   `bytes_value` BYTES,
   `kafka_partition` INT METADATA FROM 'partition' VIRTUAL,
@@ -12,47 +14,6 @@ CREATE TEMPORARY TABLE `${ns}_raw` (
   'properties.group.id' = '${group}', 'scan.startup.mode' = '${startup_mode}', 'format' = 'raw'${extra_source_options}
 );
 
-CREATE TEMPORARY VIEW `${ns}_fields` AS
-SELECT p, o, record_ms, pt, bytes_value, v, is_object, w_0_event_id, w_1_user_id, w_2_order_id, w_3_amount, w_4_currency, w_5_status, w_6_event_time, s_0_event_id, s_1_user_id, s_2_order_id, s_3_amount, s_4_currency, s_5_status, s_6_event_time
-FROM (
-  SELECT kafka_partition AS p, kafka_offset AS o,
-    EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms, pt, bytes_value, v
-  FROM `${ns}_raw`
-  CROSS JOIN UNNEST(ARRAY[DECODE(bytes_value, 'UTF-8')]) AS d(v_decoded)
-  CROSS JOIN UNNEST(ARRAY[CASE WHEN bytes_value IS NOT NULL AND (POSITION(U&'\FFFD' IN v_decoded) = 0
-    OR ENCODE(v_decoded, 'UTF-8') = bytes_value) THEN v_decoded END]) AS e(v))
-CROSS JOIN UNNEST(ARRAY[ROW(
-  v IS JSON OBJECT,
-  JSON_QUERY(v, '$.event_id' WITH ARRAY WRAPPER),
-  JSON_QUERY(v, '$.user_id' WITH ARRAY WRAPPER),
-  JSON_QUERY(v, '$.order_id' WITH ARRAY WRAPPER),
-  JSON_QUERY(v, '$.amount' WITH ARRAY WRAPPER),
-  JSON_QUERY(v, '$.currency' WITH ARRAY WRAPPER),
-  JSON_QUERY(v, '$.status' WITH ARRAY WRAPPER),
-  JSON_QUERY(v, '$.event_time' WITH ARRAY WRAPPER))]) AS j(is_object, w_0_event_id, w_1_user_id, w_2_order_id, w_3_amount, w_4_currency, w_5_status, w_6_event_time)
-CROSS JOIN UNNEST(ARRAY[ROW(
-  CASE WHEN w_0_event_id LIKE '["%' AND POSITION('\' IN w_0_event_id) = 0 THEN SUBSTRING(w_0_event_id, 3, CHAR_LENGTH(w_0_event_id) - 4)
-    WHEN w_0_event_id LIKE '["%' THEN JSON_VALUE(v, '$.event_id')
-    WHEN w_0_event_id IN ('[null]') THEN NULL ELSE SUBSTRING(w_0_event_id, 2, CHAR_LENGTH(w_0_event_id) - 2) END,
-  CASE WHEN w_1_user_id LIKE '["%' AND POSITION('\' IN w_1_user_id) = 0 THEN SUBSTRING(w_1_user_id, 3, CHAR_LENGTH(w_1_user_id) - 4)
-    WHEN w_1_user_id LIKE '["%' THEN JSON_VALUE(v, '$.user_id')
-    WHEN w_1_user_id IN ('[null]') THEN NULL ELSE SUBSTRING(w_1_user_id, 2, CHAR_LENGTH(w_1_user_id) - 2) END,
-  CASE WHEN w_2_order_id LIKE '["%' AND POSITION('\' IN w_2_order_id) = 0 THEN SUBSTRING(w_2_order_id, 3, CHAR_LENGTH(w_2_order_id) - 4)
-    WHEN w_2_order_id LIKE '["%' THEN JSON_VALUE(v, '$.order_id')
-    WHEN w_2_order_id IN ('[null]') THEN NULL ELSE SUBSTRING(w_2_order_id, 2, CHAR_LENGTH(w_2_order_id) - 2) END,
-  CASE WHEN w_3_amount LIKE '["%' AND POSITION('\' IN w_3_amount) = 0 THEN SUBSTRING(w_3_amount, 3, CHAR_LENGTH(w_3_amount) - 4)
-    WHEN w_3_amount LIKE '["%' THEN JSON_VALUE(v, '$.amount')
-    WHEN w_3_amount IN ('[null]') THEN NULL ELSE SUBSTRING(w_3_amount, 2, CHAR_LENGTH(w_3_amount) - 2) END,
-  CASE WHEN w_4_currency LIKE '["%' AND POSITION('\' IN w_4_currency) = 0 THEN SUBSTRING(w_4_currency, 3, CHAR_LENGTH(w_4_currency) - 4)
-    WHEN w_4_currency LIKE '["%' THEN JSON_VALUE(v, '$.currency')
-    WHEN w_4_currency IN ('[null]') THEN NULL ELSE SUBSTRING(w_4_currency, 2, CHAR_LENGTH(w_4_currency) - 2) END,
-  CASE WHEN w_5_status LIKE '["%' AND POSITION('\' IN w_5_status) = 0 THEN SUBSTRING(w_5_status, 3, CHAR_LENGTH(w_5_status) - 4)
-    WHEN w_5_status LIKE '["%' THEN JSON_VALUE(v, '$.status')
-    WHEN w_5_status IN ('[null]') THEN NULL ELSE SUBSTRING(w_5_status, 2, CHAR_LENGTH(w_5_status) - 2) END,
-  CASE WHEN w_6_event_time LIKE '["%' AND POSITION('\' IN w_6_event_time) = 0 THEN SUBSTRING(w_6_event_time, 3, CHAR_LENGTH(w_6_event_time) - 4)
-    WHEN w_6_event_time LIKE '["%' THEN JSON_VALUE(v, '$.event_time')
-    WHEN w_6_event_time IN ('[null]') THEN NULL ELSE SUBSTRING(w_6_event_time, 2, CHAR_LENGTH(w_6_event_time) - 2) END)]) AS k(s_0_event_id, s_1_user_id, s_2_order_id, s_3_amount, s_4_currency, s_5_status, s_6_event_time);
-
 CREATE TEMPORARY VIEW `${ns}_parsed` AS
 SELECT
   p,
@@ -60,36 +21,22 @@ SELECT
   record_ms,
   pt,
   bytes_value,
-  ts,
-  CASE WHEN w_0_event_id LIKE '["%' THEN CONCAT('s', s_0_event_id) ELSE CONCAT('i', s_0_event_id) END AS idk,
-  CASE WHEN w_0_event_id LIKE '["%' THEN s_0_event_id END AS f_0_event_id,
-  CASE WHEN w_1_user_id LIKE '["%' THEN s_1_user_id END AS f_1_user_id,
-  CASE WHEN w_2_order_id LIKE '["%' THEN s_2_order_id END AS f_2_order_id,
-  CASE WHEN REGEXP(w_3_amount, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_3_amount AS BIGINT) END AS f_3_amount,
-  CASE WHEN w_4_currency LIKE '["%' THEN s_4_currency END AS f_4_currency,
-  CASE WHEN w_5_status LIKE '["%' THEN s_5_status END AS f_5_status,
-  CASE
-    WHEN v IS NULL THEN 'malformed|value is not UTF-8 (or empty)'
-    WHEN NOT is_object THEN 'malformed|not a JSON object'
-    WHEN REGEXP(v, '^\s*\{[^{\[]*\}\s*$') AND REGEXP(v, '"([^"\\]*)"\s*:[\s\S]*"\1"\s*:') THEN 'malformed|duplicate JSON key'
-    WHEN REGEXP(v, '[:\[,]\s*(?:(?:[1-9][0-9]{19,}|9[3-9][0-9]{17}|92[3-9][0-9]{16}|922[4-9][0-9]{15}|9223[4-9][0-9]{14}|92233[8-9][0-9]{13}|922337[3-9][0-9]{12}|9223372[1-9][0-9]{11}|92233720[4-9][0-9]{10}|922337203[7-9][0-9]{9}|9223372036[9-9][0-9]{8}|92233720368[6-9][0-9]{7}|922337203685[5-9][0-9]{6}|9223372036854[8-9][0-9]{5}|92233720368547[8-9][0-9]{4}|922337203685477[6-9][0-9]{3}|9223372036854775[9-9][0-9]{2}|92233720368547758[1-9][0-9]{1}|922337203685477580[8-9][0-9]{0})|-(?:[1-9][0-9]{19,}|9[3-9][0-9]{17}|92[3-9][0-9]{16}|922[4-9][0-9]{15}|9223[4-9][0-9]{14}|92233[8-9][0-9]{13}|922337[3-9][0-9]{12}|9223372[1-9][0-9]{11}|92233720[4-9][0-9]{10}|922337203[7-9][0-9]{9}|9223372036[9-9][0-9]{8}|92233720368[6-9][0-9]{7}|922337203685[5-9][0-9]{6}|9223372036854[8-9][0-9]{5}|92233720368547[8-9][0-9]{4}|922337203685477[6-9][0-9]{3}|9223372036854775[9-9][0-9]{2}|92233720368547758[1-9][0-9]{1}|922337203685477580[9-9][0-9]{0}))\s*[,}\]]') THEN 'malformed|integer outside int64'
-    WHEN CASE WHEN w_0_event_id IS NULL THEN TRUE ELSE NOT ((w_0_event_id LIKE '["%') AND (NOT w_0_event_id LIKE '["%' OR CHAR_LENGTH(s_0_event_id) >= 1)) END THEN 'malformed|schema: event_id'
-    WHEN CASE WHEN w_1_user_id IS NULL THEN TRUE ELSE NOT ((w_1_user_id LIKE '["%') AND (NOT w_1_user_id LIKE '["%' OR CHAR_LENGTH(s_1_user_id) >= 1)) END THEN 'malformed|schema: user_id'
-    WHEN CASE WHEN w_2_order_id IS NULL THEN TRUE ELSE NOT ((w_2_order_id LIKE '["%') AND (NOT w_2_order_id LIKE '["%' OR CHAR_LENGTH(s_2_order_id) >= 1)) END THEN 'malformed|schema: order_id'
-    WHEN CASE WHEN w_3_amount IS NULL THEN TRUE ELSE NOT (((REGEXP(w_3_amount, '^\[-?[0-9]') AND TRY_CAST(s_3_amount AS DOUBLE) = FLOOR(TRY_CAST(s_3_amount AS DOUBLE)))) AND (NOT REGEXP(w_3_amount, '^\[-?[0-9]') OR TRY_CAST(s_3_amount AS DOUBLE) >= 0.0)) END THEN 'malformed|schema: amount'
-    WHEN CASE WHEN w_4_currency IS NULL THEN TRUE ELSE NOT ((w_4_currency LIKE '["%') AND (NOT w_4_currency LIKE '["%' OR REGEXP(s_4_currency, '^[A-Z]{3}$'))) END THEN 'malformed|schema: currency'
-    WHEN CASE WHEN w_5_status IS NULL THEN TRUE ELSE NOT ((w_5_status LIKE '["%') AND (w_5_status LIKE '["%' AND s_5_status IN ('placed', 'completed', 'cancelled', 'refunded'))) END THEN 'malformed|schema: status'
-    WHEN CASE WHEN w_6_event_time IS NULL THEN TRUE ELSE NOT ((w_6_event_time LIKE '["%') AND (NOT w_6_event_time LIKE '["%' OR REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$')) AND (NOT w_6_event_time LIKE '["%' OR (REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\z') AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19)))) END THEN 'malformed|schema: event_time'
-    WHEN ts IS NULL THEN 'malformed|event time event_time: missing, null or not epoch ms / ISO-8601 with a zone in 1970..9999'
-    WHEN NOT ((w_0_event_id LIKE '["%' AND s_0_event_id <> '') OR REGEXP(w_0_event_id, '^\[-?[0-9]+\]$')) THEN 'malformed|key field event_id: missing, null, empty or not a string/integer'
-    WHEN NOT ((w_1_user_id LIKE '["%' AND s_1_user_id <> '') OR REGEXP(w_1_user_id, '^\[-?[0-9]+\]$')) THEN 'malformed|key field user_id: missing, null, empty or not a string/integer'
-    WHEN ts > record_ms + 300000 THEN 'future|event time > record timestamp + 300000 ms'
-  END AS reason1
-FROM `${ns}_fields`
-CROSS JOIN UNNEST(ARRAY[CASE WHEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) BETWEEN 0 AND 253402300799999 THEN (CASE WHEN REGEXP(w_6_event_time, '^\[-?[0-9]+\]$') THEN TRY_CAST(s_6_event_time AS BIGINT) ELSE CASE WHEN w_6_event_time LIKE '["%' AND REGEXP(s_6_event_time, '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z') AND (s_6_event_time LIKE '%Z' OR (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS INT) <= 23 AND CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS INT) <= 59)) AND DATE_FORMAT(TO_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss'), 'yyyy-MM-dd''T''HH:mm:ss') = SUBSTRING(s_6_event_time, 1, 19) THEN UNIX_TIMESTAMP(SUBSTRING(s_6_event_time, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss') * 1000 + COALESCE(CAST(RPAD(SUBSTRING(REGEXP_EXTRACT(s_6_event_time, '\.([0-9]{1,9})', 1), 1, 3), 3, '0') AS BIGINT), 0) - (CASE WHEN s_6_event_time LIKE '%Z' THEN 0 ELSE (CASE WHEN SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 5, 1) = '-' THEN -1 ELSE 1 END) * (CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 4, 2) AS BIGINT) * 3600000 + CAST(SUBSTRING(s_6_event_time, CHAR_LENGTH(s_6_event_time) - 1, 2) AS BIGINT) * 60000) END) END END) END]) AS t(ts);
+  CAST(r[2] AS BIGINT) AS ts,
+  r[3] AS idk,
+  r[4] AS f_1_user_id,
+  CAST(r[5] AS BIGINT) AS f_3_amount,
+  r[6] AS f_5_status,
+  CASE WHEN r[1] IS NOT NULL THEN CONCAT('malformed|', r[1])
+    WHEN CAST(r[2] AS BIGINT) > record_ms + 300000 THEN 'future|event time > record timestamp + 300000 ms' END AS reason1
+FROM (
+  SELECT kafka_partition AS p, kafka_offset AS o,
+    EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts) AS record_ms, pt, bytes_value, r
+  FROM `${ns}_raw`
+  CROSS JOIN UNNEST(ARRAY[ROW(skewless_admit(bytes_value, '{"required":["event_id","user_id","order_id","amount","currency","status","event_time"],"properties":{"event_id":{"type":"string","minLength":1},"user_id":{"type":"string","minLength":1},"order_id":{"type":"string","minLength":1},"amount":{"type":"integer","minimum":0},"currency":{"type":"string","pattern":"^[A-Z]{3}$"},"status":{"type":"string","enum":["placed","completed","cancelled","refunded"]},"event_time":{"type":"string","format":"date-time","pattern":"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$"}},"event_time":"event_time","ids":[["event_id","event id"],["user_id","key"]],"out":[["user_id","string"],["amount","int64"],["status","string"]]}'))]) AS a(r));
 
 CREATE TEMPORARY VIEW `${ns}_ordered` AS
-SELECT p, o, record_ms, bytes_value, ts, idk, f_0_event_id, f_1_user_id, f_2_order_id, f_3_amount, f_4_currency, f_5_status,
+SELECT p, o, record_ms, ts, idk, f_1_user_id, f_3_amount, f_5_status,
+  CASE WHEN reason1 IS NOT NULL OR ts < m - 3600000 THEN bytes_value END AS bytes_value,
   COALESCE(reason1, CASE WHEN ts < m - 3600000 THEN 'late|event time < partition max - 3600000 ms' END) AS reason
 FROM (
   SELECT *, MAX(CASE WHEN reason1 IS NULL THEN ts END) OVER (
@@ -97,7 +44,7 @@ FROM (
   FROM `${ns}_parsed`);
 
 CREATE TEMPORARY VIEW `${ns}_admitted` AS
-SELECT p, o, ts, idk, f_0_event_id, f_1_user_id, f_2_order_id, f_3_amount, f_4_currency, f_5_status FROM (
+SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status FROM (
   SELECT *, ROW_NUMBER() OVER (PARTITION BY p, idk, ts ORDER BY pt ASC) AS rn
   FROM `${ns}_ordered_shared` WHERE reason IS NULL)
 WHERE rn = 1;
