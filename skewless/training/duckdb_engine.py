@@ -26,13 +26,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Op, Ref, Where
 from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY
-from skewless.training import sources
+from skewless.training import duckdb_sources, sources
 from skewless.training.compiler import TrainingCompiler
 from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
 from skewless.training.requests import RID, T
@@ -84,6 +83,8 @@ def keys_equal(left: str, right: str, keys: Sequence[str]) -> str:
 
 
 FLOORDIV = "CREATE OR REPLACE MACRO __floordiv(a, b) AS (a - (((a % b) + b) % b)) // b"
+# DuckDB's epoch_ms rounds to the nearest ms; the contract floors (docs/semantics.md §1)
+EPOCH_MS = "CREATE OR REPLACE MACRO __epoch_ms(t) AS __floordiv(epoch_us(t), 1000)"
 
 
 # --- the compiler ---------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         if field_name == self.pit.plan.scan.event_time:
             return "__ts"
         if self.pit.field_types.get(field_name) == "timestamp":
-            return f"epoch_ms({q(field_name)})"
+            return f"__epoch_ms({q(field_name)})"
         return q(field_name)
 
     def _predicate(self, where: Where) -> str:
@@ -168,19 +169,19 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             raw_cols += [w.field for w in a.spec.where if w.field != scan.event_time]
         if batch_only:
             position = f"0 AS __partition, {eid} AS __offset"
-            rank = f"row_number() OVER (PARTITION BY {eid}, epoch_ms({et}) ORDER BY to_json(raw_row)) AS __rank"
+            rank = f"row_number() OVER (PARTITION BY {eid}, __epoch_ms({et}) ORDER BY to_json(raw_row)) AS __rank"
             guard = ""
             src = "(SELECT *, {raw} AS raw_row FROM {raw})"
         else:
             raw_cols += ["_kafka_partition", "_offset", "_kafka_ts"]
             position = "_kafka_partition AS __partition, _offset AS __offset"
-            rank = f"row_number() OVER (PARTITION BY _kafka_partition, {eid}, epoch_ms({et}) ORDER BY _offset) AS __rank"
-            guard = f"WHERE epoch_ms({et}) <= epoch_ms(_kafka_ts) + {scan.clock_skew_tolerance_ms}"
+            rank = f"row_number() OVER (PARTITION BY _kafka_partition, {eid}, __epoch_ms({et}) ORDER BY _offset) AS __rank"
+            guard = f"WHERE __epoch_ms({et}) <= __epoch_ms(_kafka_ts) + {scan.clock_skew_tolerance_ms}"
             src = "{raw}"
         contributions = ",\n  ".join(f"{self._contribution(a)} AS {q('c__' + a.name)}" for a in pit.aggregations)
         offline = (
             f"SELECT {kcols}, __ts, __floordiv(__ts, {MS_PER_DAY}) AS __day, __partition, __offset,\n  {contributions}\n"
-            f"FROM (SELECT *, epoch_ms({et}) AS __ts, {position}, {rank} FROM {src} {guard}) AS d\n"
+            f"FROM (SELECT *, __epoch_ms({et}) AS __ts, {position}, {rank} FROM {src} {guard}) AS d\n"
             "WHERE __rank = 1"
         )
         batch = pit.batch_aggregations
@@ -343,11 +344,11 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         kcols = ", ".join(q(k) for k in keys)
         fields = [name for name, _ in lookup.fields]
         wanted = [o.feature for o in pit.outputs]
-        ts = f"epoch_ms({q(scan.event_time)})"
+        ts = f"__epoch_ms({q(scan.event_time)})"
         row_cols = list(keys) + [scan.event_time] + ([scan.created_at] if scan.created_at else []) + fields
         fcols = ", ".join(q(f) for f in dict.fromkeys(wanted))
         if scan.created_at:
-            created = f"epoch_ms({q(scan.created_at)})"
+            created = f"__epoch_ms({q(scan.created_at)})"
             order = f"(PARTITION BY {kcols} ORDER BY __v, __ts, __c)"
             rows_sql = (
                 f"SELECT {kcols}, __v, __ts, {fcols} FROM (\n"
@@ -359,8 +360,7 @@ class DuckDBCompiler(TrainingCompiler[Any]):
                 "AND (__next_v IS NULL OR __next_v <> __v)")
             null_created = f"SELECT count(*) FROM {{rows}} WHERE {q(scan.created_at)} IS NULL"
         else:
-            rows_sql = f"SELECT {kcols}, {ts} AS __v, {ts} AS __ts, {fcols} FROM {{rows}}"
-            null_created = None
+            return self._plain_snapshot(plan, row_cols, fcols)
         ttl, memory = lookup.ttl_ms, SNAPSHOT_EXPIRED_MEMORY_MS
         fresh = f"s.__ts >= r.{T} - {ttl}"
         cols = [f"CASE WHEN {fresh} THEN s.{q(o.feature)} END AS {q(o.column)}" for o in pit.outputs]
@@ -369,6 +369,30 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         result = (f"SELECT r.{RID}, {', '.join(cols)} FROM {{req}} AS r ASOF LEFT JOIN {{rows}} AS s "
                   f"ON {keys_equal('s', 'r', keys)} AND r.{T} >= s.__v")
         return DuckDBSnapshotSql(pit, tuple(dict.fromkeys(row_cols)), rows_sql, null_created, result)
+
+    def _plain_snapshot(self, plan: ViewPlan, row_cols: list[str], fcols: str) -> DuckDBSnapshotSql:
+        """Without created_at every row is visible from its own timestamp: a projection of the rows and one
+        ASOF join, in the column's own timestamp type (``{ts_type}``, filled in by the runner) so the rows
+        are read as stored; the request instants move instead. For ms-floored timestamps (docs/semantics.md
+        §1): ``floor_ms(ts) <= T`` is ``ts < T + 1 ms`` and ``floor_ms(ts) >= T - ttl`` is ``ts >= T - ttl``."""
+        pit, scan, lookup = self.pit, plan.scan, plan.snapshot
+        assert lookup is not None
+        keys = pit.key_names
+        kcols = ", ".join(q(k) for k in keys)
+        ttl, memory = lookup.ttl_ms, SNAPSHOT_EXPIRED_MEMORY_MS
+
+        def at(ms: str) -> str:
+            return f"CAST(make_timestamp(({ms}) * 1000) AS {{ts_type}})"
+
+        rows_sql = f"SELECT {kcols}, CAST({q(scan.event_time)} AS {{ts_type}}) AS __v, {fcols} FROM {{rows}}"
+        req = (f"(SELECT {RID}, {kcols}, {at(f'{T} + 1')} AS __visible, {at(f'{T} - {ttl}')} AS __fresh, "
+               f"{at(f'{T} - {ttl + memory}')} AS __remembered FROM {{req}})")
+        cols = [f"CASE WHEN s.__v >= r.__fresh THEN s.{q(o.feature)} END AS {q(o.column)}" for o in pit.outputs]
+        cols.append(f"CASE WHEN s.__v < r.__fresh AND s.__v >= r.__remembered THEN '{EXPIRED}' ELSE '{PRESENT}' "
+                    f"END AS {q(pit.status_column)}")
+        result = (f"SELECT r.{RID}, {', '.join(cols)} FROM {req} AS r ASOF LEFT JOIN {{rows}} AS s "
+                  f"ON {keys_equal('s', 'r', keys)} AND r.__visible > s.__v")
+        return DuckDBSnapshotSql(pit, tuple(dict.fromkeys(row_cols)), rows_sql, None, result)
 
 
 def _zero(expr: str) -> str:
@@ -441,6 +465,7 @@ def connect(options: DuckDBOptions) -> Any:
         con.execute(f"SET temp_directory = {sql_string(options.temp_directory)}")
     con.execute("SET preserve_insertion_order = false")
     con.execute(FLOORDIV)
+    con.execute(EPOCH_MS)
     return con
 
 
@@ -449,12 +474,13 @@ def _ident(table: str) -> str:
 
 
 class _PreparedFeatureView:
-    """A feature view's tiles and prefix loaded once; offline events loaded per request chunk."""
+    """A feature view's tiles and prefix loaded once; offline events loaded per request chunk (a view over
+    the raw rows when there is one chunk, else a table per chunk)."""
 
-    def __init__(self, con: Any, catalog: Any, compiled: DuckDBFeatureViewSql, n: int):
+    def __init__(self, con: Any, catalog: Any, compiled: DuckDBFeatureViewSql, n: int, materialize: bool):
         from skewless.training.plan import batch_run_fingerprint
 
-        self.con, self.catalog, self.c, self.n = con, catalog, compiled, n
+        self.con, self.catalog, self.c, self.n, self.materialize = con, catalog, compiled, n, materialize
         pit = compiled.pit
         self.tables = _view_tables(pit)
         self.coverage = sources.BatchCoverage(None, None, None)
@@ -467,11 +493,8 @@ class _PreparedFeatureView:
                     f"({', '.join(a.name for a in pit.batch_aggregations)}) but no batch run with its current "
                     "definition: run a backfill first (`skewless backfill --start ... --end ...`)")
             self.raw_snapshot = self.coverage.raw_snapshot_id
-            tiles = sources.read_daily_tiles(catalog, self.tables.ident("daily_tiles"), pit.key_names,
-                                             compiled.tile_columns, self.coverage.first_day, self.coverage.last_day)
-            con.register(f"__tiles_arrow_{n}", tiles)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE __tiles_{n} AS SELECT * FROM __tiles_arrow_{n}")
-            con.unregister(f"__tiles_arrow_{n}")
+            duckdb_sources.daily_tiles(con, f"__tiles_{n}", catalog, self.tables.ident("daily_tiles"), pit.key_names,
+                                       compiled.tile_columns, self.coverage.first_day, self.coverage.last_day)
             if compiled.prefix_sql:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE __prefix_{n} AS "
                             + compiled.prefix_sql.format(tiles=f"__tiles_{n}"))
@@ -484,11 +507,15 @@ class _PreparedFeatureView:
         c = self.c
         span = c.max_stream_span_ms
         start = ((t_min - span) // MS_PER_DAY) * MS_PER_DAY
-        raw = sources.read_raw_events(self.catalog, _ident(c.pit.view.source.table), self.raw_snapshot, c.raw_columns,
-                                      c.pit.plan.scan.event_time, start, t_max)
-        self.con.register(f"__raw_{self.n}", raw)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __offline_{self.n} AS " + c.offline_sql.format(raw=f"__raw_{self.n}"))
-        self.con.unregister(f"__raw_{self.n}")
+        raw, con = f"__raw_{self.n}", self.con
+        con.execute(f"DROP VIEW IF EXISTS __offline_{self.n}")
+        duckdb_sources.drop(con, raw)
+        duckdb_sources.raw_events(con, raw, self.catalog, _ident(c.pit.view.source.table), self.raw_snapshot,
+                                  c.raw_columns, c.pit.plan.scan.event_time, start, t_max)
+        kind = "TABLE" if self.materialize else "VIEW"
+        con.execute(f"CREATE OR REPLACE TEMP {kind} __offline_{self.n} AS " + c.offline_sql.format(raw=raw))
+        if self.materialize:
+            duckdb_sources.drop(con, raw)
 
     def result_sql(self, req: str) -> str:
         cov = self.coverage
@@ -499,24 +526,30 @@ class _PreparedFeatureView:
 
 
 class _PreparedSnapshotView:
-    def __init__(self, con: Any, catalog: Any, compiled: DuckDBSnapshotSql, n: int):
+    """A snapshot source's candidate rows: a view over the source rows (one chunk, or no created_at rule:
+    a projection), else a table computed once for every chunk."""
+
+    def __init__(self, con: Any, catalog: Any, compiled: DuckDBSnapshotSql, n: int, materialize: bool):
         self.con, self.c, self.n = con, compiled, n
         pit = compiled.pit
-        table = sources.read_table(catalog, _ident(pit.view.source.table), compiled.row_columns, "snapshot source")
-        con.register(f"__rows_arrow_{n}", table)
+        src = f"__rows_src_{n}"
+        duckdb_sources.snapshot_rows(con, src, catalog, _ident(pit.view.source.table), compiled.row_columns)
         if compiled.null_created_sql:
-            nulls = con.execute(compiled.null_created_sql.format(rows=f"__rows_arrow_{n}")).fetchone()[0]
+            nulls = con.execute(compiled.null_created_sql.format(rows=src)).fetchone()[0]
             if nulls:
                 raise sources.TrainingDataError(f"snapshot source {pit.view.source.table} of {pit.name!r} has {nulls} "
                                                 f"row(s) with a null {pit.plan.scan.created_at}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE __rows_{n} AS " + compiled.rows_sql.format(rows=f"__rows_arrow_{n}"))
-        con.unregister(f"__rows_arrow_{n}")
+        ts_type = con.execute(f"DESCRIBE SELECT {q(pit.plan.scan.event_time)} FROM {src}").fetchone()[1]
+        self.ts_type = ts_type if ts_type == "TIMESTAMP WITH TIME ZONE" else "TIMESTAMP"
+        kind = "TABLE" if materialize and compiled.null_created_sql else "VIEW"
+        con.execute(f"CREATE OR REPLACE TEMP {kind} __rows_{n} AS " + compiled.rows_sql.format(rows=src,
+                                                                                                   ts_type=self.ts_type))
 
     def load_events(self, t_min: int, t_max: int) -> None:
         pass
 
     def result_sql(self, req: str) -> str:
-        return self.c.result_sql.format(req=req, rows=f"__rows_{self.n}")
+        return self.c.result_sql.format(req=req, rows=f"__rows_{self.n}", ts_type=self.ts_type)
 
 
 def _view_tables(pit: ViewPit) -> Any:
@@ -536,19 +569,18 @@ def run(plan: PitPlan, requests: pa.Table, catalog: Any, options: DuckDBOptions 
     con = connect(options)
     t0 = time.monotonic()
     try:
-        prepared = []
-        for n, c in enumerate(compiled):
-            prepared.append(_PreparedSnapshotView(con, catalog, c, n) if isinstance(c, DuckDBSnapshotSql)
-                            else _PreparedFeatureView(con, catalog, c, n))
-        # chunks of requests close in time, so each chunk loads only the raw days it needs
-        order = np.argsort(requests.column(T).to_numpy(), kind="stable")
         total = requests.num_rows
         size = max(1, options.chunk_rows)
-        parts = []
         n_chunks = (total + size - 1) // size
+        prepared = []
+        for n, c in enumerate(compiled):
+            prepared.append(_PreparedSnapshotView(con, catalog, c, n, n_chunks > 1) if isinstance(c, DuckDBSnapshotSql)
+                            else _PreparedFeatureView(con, catalog, c, n, n_chunks > 1))
+        # chunks of requests close in time, so each chunk loads only the raw days it needs
+        order = np.argsort(requests.column(T).to_numpy(), kind="stable") if n_chunks > 1 else None
+        parts = []
         for i in range(n_chunks):
-            idx = order[i * size:(i + 1) * size]
-            chunk = requests.take(pa.array(idx)) if n_chunks > 1 else requests
+            chunk = requests if order is None else requests.take(pa.array(order[i * size:(i + 1) * size]))
             ts = chunk.column(T).to_numpy()
             for p in prepared:
                 p.load_events(int(ts.min()), int(ts.max()))
@@ -561,12 +593,26 @@ def run(plan: PitPlan, requests: pa.Table, catalog: Any, options: DuckDBOptions 
                 options.log(f"training set (duckdb): chunk {i + 1}/{n_chunks}, {done:,}/{total:,} rows, "
                             f"{time.monotonic() - t0:.1f} s")
         result = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        return result.take(pc.sort_indices(result.column(RID)))
+        return result.take(_input_order(result.column(RID), total))
     finally:
         con.close()
 
 
+def _input_order(rid: pa.ChunkedArray, total: int) -> pa.Array:
+    """Positions that put rows with ``__rid`` 0..total-1 (each exactly once) in ``__rid`` order: the
+    inverse permutation, O(n) (no sort)."""
+    rids = rid.to_numpy()
+    inverse = np.full(total, -1, dtype=np.int64)
+    if len(rids) == total:
+        inverse[rids] = np.arange(total, dtype=np.int64)
+    if len(rids) != total or (inverse < 0).any():
+        raise AssertionError(f"engine returned {len(rids)} rows, not one per request ({total})")
+    return pa.array(inverse)
+
+
 def _chunk_sql(plan: PitPlan, prepared: Sequence[Any]) -> str:
+    if len(prepared) == 1:  # the view's own query has one row per request, with the output columns
+        return prepared[0].result_sql("__req")
     ctes = [f"v{n} AS ({p.result_sql('__req')})" for n, p in enumerate(prepared)]
     cols = []
     for n, v in enumerate(plan.views):

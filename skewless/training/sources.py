@@ -3,6 +3,9 @@
 - the batch path's runs log (which days the daily tiles cover, and the raw snapshot they were computed
   from), its daily tiles, and the raw events at that snapshot (batch_jobs/tables.py);
 - a snapshot view's table source.
+
+:func:`parquet_files` lists a scan's data files when an engine may read them directly (no delete files,
+local Parquet, one schema in the table's history) with the same rows as the PyIceberg scan.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Sequence
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from skewless.core.timeutil import MS_PER_DAY
 
@@ -78,7 +81,7 @@ def batch_coverage(catalog: Any, runs_ident: str, fingerprint: str) -> BatchCove
 
 def read_daily_tiles(catalog: Any, tiles_ident: str, key_names: Sequence[str], columns: Sequence[str],
                      first_day: int, last_day: int) -> pa.Table:
-    """Daily tiles of ``first_day..last_day``: keys, ``__day`` (int day number) and the intermediate columns."""
+    """Daily tiles of ``first_day..last_day``: keys, ``day`` (date) and the intermediate columns."""
     from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
 
     table = _load(catalog, tiles_ident)
@@ -86,10 +89,7 @@ def read_daily_tiles(catalog: Any, tiles_ident: str, key_names: Sequence[str], c
         raise TrainingDataError(f"daily tiles table {tiles_ident} does not exist: run a backfill first "
                                 "(`skewless backfill --start ... --end ...`)")
     flt = And(GreaterThanOrEqual("day", day_of(first_day).isoformat()), LessThanOrEqual("day", day_of(last_day).isoformat()))
-    data = table.scan(row_filter=flt, selected_fields=tuple(key_names) + ("day",) + tuple(columns)).to_arrow()
-    day_numbers = pc.cast(data.column("day"), pa.int32()) if data.num_rows else pa.array([], pa.int32())
-    data = data.drop_columns(["day"]).append_column("__day", day_numbers)
-    return data
+    return table.scan(row_filter=flt, selected_fields=tuple(key_names) + ("day",) + tuple(columns)).to_arrow()
 
 
 def read_raw_events(catalog: Any, table_ident: str, snapshot_id: int | None, columns: Sequence[str], event_time: str,
@@ -124,3 +124,30 @@ def read_table(catalog: Any, table_ident: str, columns: Sequence[str], what: str
 
 def day_range_ms(first_day: int, last_day: int) -> tuple[int, int]:
     return first_day * MS_PER_DAY, (last_day + 1) * MS_PER_DAY
+
+
+def parquet_files(catalog: Any, table_ident: str, *, snapshot_id: int | None = None,
+                  row_filter: Any = None) -> list[str] | None:
+    """Local paths of the Parquet data files a scan reads (pruned by ``row_filter``'s manifest and
+    partition statistics), or None when reading them directly could differ from the PyIceberg scan: a
+    missing table, delete files, non-local or non-Parquet files, a schema that ever changed (column names
+    in older files), or no file at all. The caller still applies ``row_filter`` to the rows."""
+    from pyiceberg.manifest import FileFormat
+
+    table = _load(catalog, table_ident)
+    if table is None or len(table.schemas()) != 1:
+        return None
+    kwargs: dict[str, Any] = {"snapshot_id": snapshot_id} if snapshot_id is not None else {}
+    if row_filter is not None:
+        kwargs["row_filter"] = row_filter
+    files = []
+    for task in table.scan(**kwargs).plan_files():
+        path = task.file.file_path
+        if task.delete_files or task.file.file_format != FileFormat.PARQUET:
+            return None
+        if path.startswith("file:"):
+            path = unquote(urlparse(path).path)
+        elif "://" in path:
+            return None
+        files.append(path)
+    return files or None

@@ -95,15 +95,22 @@ def test_spine_is_entities_times_instants(repo: Repository) -> None:
 # --- the embedded engine on a snapshot view, against the oracle (PyIceberg only) -------------------------
 
 
-def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any) -> None:
+@pytest.mark.parametrize("created_at,evolved", [(True, False), (False, False), (False, True), (True, True)],
+                         ids=["created_at", "plain", "plain-evolved-schema", "created_at-evolved-schema"])
+def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any, created_at: bool, evolved: bool) -> None:
+    """Rows at sub-millisecond instants (floored, §1), T at and around every row, TTL and forgotten edges.
+    A table whose schema changed is read through PyIceberg; otherwise DuckDB reads its Parquet files."""
+    from pyiceberg.types import StringType
+
     from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.training.sources import parquet_files
 
     catalog = load_catalog(catalog_db=tmp_path / "c.db", warehouse=tmp_path / "wh")
     catalog.create_namespace("crm")
     user = Entity("user", {"user_id": "string"})
     view = SnapshotView(name="profile", entity=user, ttl=timedelta(days=1),
                         source=TableSource(name="p", schema="customer_profile", table="crm.p", timestamp="event_time",
-                                           created_at="created_at"),
+                                           created_at="created_at" if created_at else None),
                         fields=[Field("credit_score", "int64"), Field("segment", "string")])
     rng = random.Random(3)
     base = 1704067200000
@@ -112,15 +119,23 @@ def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any) -> None:
         u = f"u{rng.randrange(5)}"
         ts = base + rng.randrange(20) * MS_PER_DAY + rng.choice([0, 1, -1, rng.randrange(MS_PER_DAY)])
         created = ts + rng.choice([0, 60_000, 2 * MS_PER_HOUR, 3 * MS_PER_DAY, -MS_PER_HOUR])
-        if (u, ts, created) not in seen:
-            seen.add((u, ts, created))
+        ident = (u, ts, created) if created_at else (u, ts)
+        if ident not in seen:  # the contract's one row per (entity, ts[, created_at]) in ms
+            seen.add(ident)
             rows.append({"user_id": u, "credit_score": rng.choice([None, rng.randrange(300, 851)]),
-                         "segment": rng.choice(["new", "vip"]), "event_time": ts, "created_at": created})
+                         "segment": rng.choice(["new", "vip"]), "event_time": ts, "created_at": created,
+                         "us": rng.choice([0, 0, 1, 999])})  # sub-ms part of the stored timestamps
     schema = pa.schema([("user_id", pa.string()), ("credit_score", pa.int64()), ("segment", pa.string()),
                         ("event_time", pa.timestamp("us", tz="UTC")), ("created_at", pa.timestamp("us", tz="UTC"))])
     data = {k: [r[k] for r in rows] for k in ("user_id", "credit_score", "segment")}
-    data.update({k: [from_epoch_ms(r[k]) for r in rows] for k in ("event_time", "created_at")})
-    catalog.create_table("crm.p", schema=schema).append(pa.table(data, schema=schema))
+    data.update({k: [from_epoch_ms(r[k]) + timedelta(microseconds=r["us"]) for r in rows]
+                 for k in ("event_time", "created_at")})
+    table = catalog.create_table("crm.p", schema=schema)
+    table.append(pa.table(data, schema=schema))
+    if evolved:
+        with table.update_schema() as update:
+            update.add_column("note", StringType())
+    assert (parquet_files(catalog, "crm.p") is None) == evolved
     instants = set()
     for r in rng.sample(rows, 60):
         ttl = MS_PER_DAY
@@ -132,10 +147,15 @@ def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any) -> None:
                        "event_timestamp": pd.to_datetime(np.array([t for _, t in req]), unit="ms", utc=True)})
     store = FeatureStore(Repository.of([view]), catalog=catalog)
     got = store.get_historical_features(df, "profile", progress=False)
+    oracle_rows = [{**r, "event_time": data["event_time"][i], "created_at": data["created_at"][i]}
+                   for i, r in enumerate(rows)]
+    statuses = set()
     for (u, t), score, seg, status in zip(req, got["credit_score"], got["segment"], got["profile__status"]):
-        want = oracle.snapshot_row(view, rows, (u,), t)
+        want = oracle.snapshot_row(view, oracle_rows, (u,), t)
         assert (None if score is pd.NA else score, None if seg is pd.NA else seg, status) == \
             (want["credit_score"][0], want["segment"][0], want["segment"][1]), (u, t)
+        statuses.add((status, seg is pd.NA))
+    assert statuses == {("present", True), ("present", False), ("expired", True)}
     # Arrow in, Arrow out; chunked runs give the same rows in input order
     arrow = store.get_historical_features(pa.Table.from_pandas(df), "profile", progress=False)
     from skewless.training import historical_features
