@@ -198,6 +198,7 @@ class RecordConverter:
         self.event_schema = event_schema
         self.validate: Validate = validator(event_schema.name, schemas_dir or event_schema.path.parent)
         doc = json.loads(event_schema.path.read_text(encoding="utf-8"))
+        self.doc: Mapping[str, Any] = doc
         self.fast = FastValidator(doc)
         self.scales = dict(scales or {})
         self.fields = [(f.name, f.type) for f in event_schema.fields]

@@ -13,6 +13,8 @@ consumer-group offsets are committed after the table, for lag monitoring only.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -21,9 +23,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
 
 from skewless.archive import progress as P
+from skewless.archive.columnar import Chunk, ColumnarConverter
 from skewless.archive.records import RecordConverter
 from skewless.archive.tables import (
     INGESTED_AT_COL,
@@ -49,6 +54,24 @@ CRASH_ENV = "SKEWLESS_ARCHIVE_CRASH_AT"  # test hook: "<point>:<n>" -> os._exit(
 CRASH_EXIT_CODE = 86
 FAULT_POINTS = ("after-dead-letter-commit", "after-raw-commit")
 FaultHook = Callable[[str, int], None]
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector around a fetch and its conversion.
+
+    A fetch allocates ~10,000 Message objects and as many parsed dicts, all freed by reference counting; with
+    the collector on, those allocations trigger collections that scan the whole heap (PyIceberg, pyarrow
+    ...) again and again: a third of the archive's CPU time. Pausing it (nested or from several threads
+    alike: each restores what it found) leaves the collector to run between fetches.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class ArchiveError(Exception):
@@ -90,16 +113,24 @@ class ArchiveConfig:
 
 @dataclass
 class RunStats:
+    """Counts, and where the time went: Kafka fetches, conversion, commits (seconds, wall clock)."""
+
     records: int = 0
     dead_letters: int = 0
     commits: int = 0
     skipped: int = 0
+    columnar: int = 0  # records converted by the columnar path (the rest went record by record)
+    consume_s: float = 0.0
+    convert_s: float = 0.0
+    commit_s: float = 0.0
 
 
 class _Batch:
-    """Records consumed since the last commit, as columns."""
+    """Records consumed since the last commit, as columns: Arrow chunks (the columnar path) plus lists (the
+    per-record path)."""
 
     def __init__(self) -> None:
+        self.chunks: list[dict[str, Any]] = []
         self.rows: dict[str, list[Any]] = defaultdict(list)
         self.n_rows = 0
         self.dead: dict[str, list[Any]] = defaultdict(list)
@@ -149,9 +180,13 @@ class SourceArchiver:
         self.partitions = P.parse_partitions(props.get(P.PROGRESS_PROP), self.raw_next)
         doc = props.get(P.PROGRESS_PROP)
         self.complete_until_ms = json.loads(doc).get("complete_until_ms") if doc else None
-        self.converter = RecordConverter(self.source, self.event_schema, decimal_scales(self.event_schema), self.config.schemas_dir)
+        self._converters(self.event_schema)
         log.info("archive %s: resuming %s at offsets %s (dead letters at %s)", self.source.name, self.source.table,
                  self.raw_next or "{} (earliest)", self.dl_next or "{}")
+
+    def _converters(self, event_schema: EventSchema) -> None:
+        self.converter = RecordConverter(self.source, event_schema, decimal_scales(event_schema), self.config.schemas_dir)
+        self.columnar = ColumnarConverter(self.converter)
 
     def _evolve(self, event_schema: EventSchema) -> None:
         try:
@@ -234,24 +269,97 @@ class SourceArchiver:
 
     # -- records -----------------------------------------------------------------------------------
 
-    def _add(self, batch: _Batch, msg: Any) -> None:
-        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+    def _kafka_error(self, err: Any) -> None:
+        from confluent_kafka import KafkaError, KafkaException
 
-        p, o = msg.partition(), msg.offset()
-        if o < self.raw_next.get(p, 0):
-            self.stats.skipped += 1  # already archived (cannot happen after the seek; kept as a guard)
+        if err.code() == KafkaError._PARTITION_EOF:
             return
-        ts_type, ts_ms = msg.timestamp()
-        kafka_ts_ms = None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts_ms
-        value = msg.value()
+        if err.code() == KafkaError._AUTO_OFFSET_RESET:
+            raise ArchiveError(
+                f"source {self.source.name!r}: {err.str()}: the recorded offsets {self.raw_next} are no longer in "
+                f"topic {self.topic!r} (retention deleted them before they were archived). Those records are lost "
+                f"to the archive; to go on, set {P.OFFSETS_PROP} on {self.source.table} to the topic's earliest "
+                "offsets deliberately"
+            )
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("archive %s: kafka: %s", self.source.name, err.str())
+
+    def _add_all(self, batch: _Batch, msgs: list[Any]) -> None:
+        """Add one fetch: the columnar converter takes what it can certify, the rest goes record by record."""
+        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
+
+        errors = list(map(Message.error, msgs))
+        if errors.count(None) != len(msgs):
+            for err in errors:
+                if err is not None:
+                    self._kafka_error(err)
+            msgs = [m for m, err in zip(msgs, errors) if err is None]
+        parts: list[int] = list(map(Message.partition, msgs))
+        offsets: list[int] = list(map(Message.offset, msgs))
+        below = self.raw_next
+        if any(o < below.get(p, 0) for p, o in self._firsts(parts, offsets)):
+            keep = [i for i, (p, o) in enumerate(zip(parts, offsets)) if o >= below.get(p, 0)]
+            self.stats.skipped += len(parts) - len(keep)  # already archived (cannot happen after the seek; a guard)
+            msgs = [msgs[i] for i in keep]
+            parts, offsets = [parts[i] for i in keep], [offsets[i] for i in keep]
+        if not msgs:
+            return
+        values: list[Any] = list(map(Message.value, msgs))
+        kinds, stamps = zip(*map(Message.timestamp, msgs))
+        kafka_ms = np.array(stamps, np.int64)
+        no_ts = np.array(kinds) == TIMESTAMP_NOT_AVAILABLE
+        chunk = self.columnar.convert(values)
+        self.stats.columnar += len(chunk.rows)
+        for i in chunk.rest:
+            self._add(batch, parts[i], offsets[i], None if no_ts[i] else stamps[i], values[i])
+        if len(chunk.rows):
+            self._add_chunk(batch, chunk, parts, offsets, kafka_ms, no_ts)
+        next_offsets = batch.next_offsets
+        for p, o in zip(parts, offsets):
+            next_offsets[p] = o + 1
+        if batch.first_at is None:
+            batch.first_at = time.monotonic()
+
+    @staticmethod
+    def _firsts(parts: list[int], offsets: list[int]) -> set[tuple[int, int]]:
+        """The lowest offset of each partition in a fetch (offsets rise within a partition)."""
+        lowest: dict[int, int] = {}
+        for p in set(parts):
+            lowest[p] = offsets[parts.index(p)]
+        return set(lowest.items())
+
+    def _add_chunk(self, batch: _Batch, chunk: Chunk, parts: list[int], offsets: list[int], kafka_ms: np.ndarray,
+                   no_ts: np.ndarray) -> None:
+        """Rows the columnar converter made: Arrow columns, and each partition's max (non-future) event time."""
+        import pyarrow as pa
+
+        rows = chunk.rows
+        p_arr = np.asarray(parts, np.int64)[rows]
+        missing, kafka_ms = no_ts[rows], kafka_ms[rows]
+        arrays = dict(chunk.arrays)
+        arrays[PARTITION_COL] = pa.array(p_arr, pa.int32())
+        arrays[OFFSET_COL] = pa.array(np.asarray(offsets, np.int64)[rows])
+        arrays[KAFKA_TS_COL] = pa.array(kafka_ms * 1000, pa.int64(), mask=missing)
+        batch.chunks.append(arrays)
+        batch.n_rows += len(rows)
+        et = chunk.event_ms
+        counted = missing | (et <= kafka_ms + self._skew_ms)  # 'future' never advances progress
+        for p in np.unique(p_arr[counted]).tolist():
+            top = int(et[counted & (p_arr == p)].max())
+            if top > batch.max_event_ms.get(p, -(2**63)):
+                batch.max_event_ms[p] = top
+
+    def _add(self, batch: _Batch, p: int, o: int, kafka_ts_ms: int | None, value: Any) -> None:
+        """One record through :meth:`RecordConverter.convert`: a row, or a dead letter."""
         converted = self.converter.convert(value)
         if converted.row is not None:
             rows = batch.rows
             for k, v in zip(self.converter.columns, converted.row):
                 rows[k].append(v)
-            batch.rows[PARTITION_COL].append(p)
-            batch.rows[OFFSET_COL].append(o)
-            batch.rows[KAFKA_TS_COL].append(None if kafka_ts_ms is None else kafka_ts_ms * 1000)
+            rows[PARTITION_COL].append(p)
+            rows[OFFSET_COL].append(o)
+            rows[KAFKA_TS_COL].append(None if kafka_ts_ms is None else kafka_ts_ms * 1000)
             batch.n_rows += 1
             et = converted.event_time_ms
             if et is not None and (kafka_ts_ms is None or et <= kafka_ts_ms + self._skew_ms):  # 'future' never advances progress
@@ -264,22 +372,26 @@ class SourceArchiver:
             batch.dead[REASON_COL].append(converted.reason)
             batch.dead[PAYLOAD_COL].append(value)
             batch.n_dead += 1
-        batch.next_offsets[p] = o + 1
-        if batch.first_at is None:
-            batch.first_at = time.monotonic()
 
     @staticmethod
-    def _arrow(table: Any, columns: Mapping[str, list[Any]], n: int, ingested_us: int) -> Any:
+    def _arrow(table: Any, columns: Mapping[str, list[Any]], n: int, ingested_us: int,
+               chunks: list[dict[str, Any]] | None = None) -> Any:
+        """The table's rows: the Arrow ``chunks`` followed by the ``n`` rows held as lists in ``columns``."""
         import pyarrow as pa
 
         schema = table.schema().as_arrow()
+        chunks = chunks or []
+        sizes = [len(c[OFFSET_COL]) for c in chunks]
+        total = sum(sizes) + n
         arrays = []
         for f in schema:
             if f.name == INGESTED_AT_COL:
-                values: list[Any] = [ingested_us] * n
-            else:
-                values = columns.get(f.name) or [None] * n
-            arrays.append(pa.array(values, type=f.type))
+                arrays.append(pa.repeat(pa.scalar(ingested_us, pa.int64()).cast(f.type), total))
+                continue
+            pieces = [c[f.name].cast(f.type) if f.name in c else pa.nulls(size, f.type) for c, size in zip(chunks, sizes)]
+            if n or not pieces:
+                pieces.append(pa.array(columns.get(f.name) or [None] * n, type=f.type))
+            arrays.append(pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0])
         return pa.Table.from_arrays(arrays, schema=schema)
 
     # -- commits -----------------------------------------------------------------------------------
@@ -325,6 +437,13 @@ class SourceArchiver:
     def _commit(self, batch: _Batch) -> None:
         if not batch.next_offsets:
             return
+        t0 = time.perf_counter()
+        try:
+            self._commit_batch(batch)
+        finally:
+            self.stats.commit_s += time.perf_counter() - t0
+
+    def _commit_batch(self, batch: _Batch) -> None:
         ingested_us = time.time_ns() // 1000
         target = {**self.raw_next, **batch.next_offsets}
 
@@ -353,7 +472,8 @@ class SourceArchiver:
             parts[p] = P.PartitionProgress(position, max_et, position >= high)
         complete = P.complete_until(parts, self._lateness_ms, self.complete_until_ms)
         committed_at = time.time_ns() // 1_000_000
-        raw_rows = self._arrow(self.raw, batch.rows, batch.n_rows, ingested_us)
+        n_listed = batch.n_rows - sum(len(c[OFFSET_COL]) for c in batch.chunks)
+        raw_rows = self._arrow(self.raw, batch.rows, n_listed, ingested_us, batch.chunks)
         offsets_json = P.dump_offsets(target)
         recorded_parts = {p: pp for p, pp in parts.items() if p in target}
         props = {
@@ -406,7 +526,7 @@ class SourceArchiver:
         batch = _Batch()
         self._evolve(current)
         self.event_schema = current
-        self.converter = RecordConverter(self.source, current, decimal_scales(current), self.config.schemas_dir)
+        self._converters(current)
         return batch
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -424,8 +544,6 @@ class SourceArchiver:
 
         The batch in hand is committed on the way out; an error leaves it uncommitted (it is re-read on resume).
         """
-        from confluent_kafka import KafkaError, KafkaException
-
         stop = stop or threading.Event()
         self._open()
         self._consumer = self._make_consumer()
@@ -435,26 +553,18 @@ class SourceArchiver:
             batch = _Batch()
             while not stop.is_set():
                 room = max(1, min(self.config.poll_records, self.config.max_records - batch.n_rows - batch.n_dead))
-                msgs = self._consumer.consume(num_messages=room, timeout=0.2) if self._assigned else []
+                t0 = time.perf_counter()
+                with _no_cyclic_gc():
+                    msgs = self._consumer.consume(num_messages=room, timeout=0.2) if self._assigned else []
+                    t1 = time.perf_counter()
+                    if msgs:
+                        self._add_all(batch, msgs)
+                n_msgs = len(msgs)
+                del msgs  # the Message objects go now, by reference counting
                 if not self._assigned:
                     stop.wait(1.0)
-                for msg in msgs:
-                    err = msg.error()
-                    if err is None:
-                        self._add(batch, msg)
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    elif err.code() == KafkaError._AUTO_OFFSET_RESET:
-                        raise ArchiveError(
-                            f"source {self.source.name!r}: {err.str()}: the recorded offsets {self.raw_next} are no longer in "
-                            f"topic {self.topic!r} (retention deleted them before they were archived). Those records are lost "
-                            f"to the archive; to go on, set {P.OFFSETS_PROP} on {self.source.table} to the topic's earliest "
-                            "offsets deliberately"
-                        )
-                    elif err.fatal():
-                        raise KafkaException(err)
-                    else:
-                        log.warning("archive %s: kafka: %s", self.source.name, err.str())
+                self.stats.consume_s += t1 - t0
+                self.stats.convert_s += time.perf_counter() - t1
                 now = time.monotonic()
                 size = batch.n_rows + batch.n_dead
                 if size and (size >= self.config.max_records or now - (batch.first_at or now) >= self.config.max_interval_s):
@@ -464,7 +574,7 @@ class SourceArchiver:
                     batch = self._check_schema(batch)
                     self._refresh_partitions()
                     next_refresh = now + self.config.metadata_refresh_s
-                if drain and not msgs:
+                if drain and not n_msgs:
                     if batch.next_offsets:
                         self._commit(batch)
                         batch = _Batch()

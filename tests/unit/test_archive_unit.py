@@ -262,3 +262,86 @@ def test_fast_parse_matches_parse_payload() -> None:
             except MalformedError as exc:
                 outcomes.append(("malformed", str(exc)))
         assert outcomes[0] == outcomes[1], v
+
+
+def _columnar_vs_per_record(converter: RecordConverter, values: list) -> list:
+    """Run the columnar converter; every row it makes must equal the per-record converter's row, and every
+    record must be either converted or handed back. Returns the handed-back values."""
+    from skewless.archive.columnar import ColumnarConverter
+
+    chunk = ColumnarConverter(converter).convert(values)
+    assert sorted(chunk.rows.tolist() + chunk.rest) == list(range(len(values)))
+    for j, i in enumerate(chunk.rows.tolist()):
+        expected = converter.convert(values[i])
+        assert expected.row is not None, (values[i], expected.reason)
+        got = tuple(chunk.arrays[c][j].as_py() for c in converter.columns)
+        assert got == expected.row and int(chunk.event_ms[j]) == expected.event_time_ms, values[i]
+        assert all(type(g) is type(e) for g, e in zip(got, expected.row)), values[i]
+    return [values[i] for i in chunk.rest]
+
+
+def test_columnar_converter_equals_per_record_path() -> None:
+    converter = RecordConverter(ORDERS, load_schema("orders"))
+    good = [json.dumps(_event(i)).encode() for i in range(300)]
+    good.append(json.dumps(_event(7, order_id="caf\u00e9 \U0001f600"), ensure_ascii=False).encode())
+    odd = MALFORMED_VALUES + [
+        b'{"event_id": "e1", "user_id": "u", "order_id": "o", "amount": 1, "amount": 2, "currency": "EUR", '
+        b'"status": "placed", "event_time": "2024-05-01T12:00:00.000Z"}',  # a duplicate key orjson would hide
+        json.dumps(_event(9, amount=2**64)).encode(),  # orjson reads it as a float
+        json.dumps(_event(10, amount=5.0)).encode(),  # valid, but the per-record path converts it
+        json.dumps({**_event(11), "extra": 1}).encode(),  # an undeclared field
+        json.dumps(_event(12, order_id='q"uote')).encode(),  # an escape
+        json.dumps(_event(13, user_id="")).encode(), json.dumps(_event(14, user_id=3)).encode(),
+        json.dumps(_event(15, event_time="2024-05-01T24:00:00.000Z")).encode(),
+        json.dumps(_event(16, event_time="1969-12-31T23:59:59.999Z")).encode(),
+        json.dumps(_event(17, currency="EUR\n")).encode(), json.dumps(_event(18, status=None)).encode(),
+        json.dumps({k: v for k, v in _event(19).items() if k != "amount"}).encode(), b"\xef\xbb\xbf{}",
+    ]
+    values = good + odd
+    random.Random(5).shuffle(values)
+    rest = _columnar_vs_per_record(converter, values)
+    assert len(rest) == len(odd)  # every good record is certified; the odd ones go record by record
+
+
+def test_columnar_converter_fuzz_other_types(tmp_path: Path) -> None:
+    """A schema with every column type, optional and nullable fields and bounds; random payload texts."""
+    doc = {"type": "object", "required": ["id", "ts"], "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 4}, "ts": {"type": "string", "format": "date-time"},
+        "n": {"type": ["integer", "null"], "minimum": -5, "exclusiveMaximum": 2**62},
+        "x": {"type": "number", "maximum": 1e300}, "b": {"type": "boolean"},
+        "d": {"type": "string", "format": "decimal", "x-skewless-scale": 2},
+        "code": {"type": "string", "pattern": "^\\w+$", "enum": ["ab", "c", "d"]},
+        "t2": {"type": ["string", "null"], "format": "date-time"}}}
+    (tmp_path / "things.schema.json").write_text(json.dumps(doc))
+    source = EventSource(name="things", schema="things", topic="t", table="raw.things", event_time="ts", event_id="id")
+    converter = RecordConverter(source, load_schema("things", tmp_path), {"d": 2}, tmp_path)
+    pools = {"id": ["a", "abcd", "abcde", "", 7, True, "\u00e9", None],
+             "ts": ["2024-05-01T12:00:00.000Z", "2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z", "2024-05-01T12:00:00Z",
+                    "2024-05-01T12:60:00.000Z", 5, None],
+             "n": [0, -5, -6, 2**62, 2**62 - 1, 2**63, -(2**63) - 1, 2**64 + 1, None, 1.0, "1", False],
+             "x": [1.5, 0, -2, 1e300, 1e301, 2**63, 1e19, True, None, "x"],
+             "b": [True, False, 0, None], "d": ["1.25", "1.255", "-3", "x", 3, 1.5, None],
+             "code": ["ab", "c", "zz", "ab\n", 1], "t2": ["2024-05-01T00:00:00.001Z", None, "nope"]}
+    rng = random.Random(17)
+    values = []
+    for _ in range(3000):
+        payload = {k: v[0] if rng.random() < 0.8 else rng.choice(v) for k, v in pools.items() if rng.random() < 0.95}
+        text = json.dumps(payload)
+        roll = rng.random()
+        if roll < 0.05 and payload:
+            key = rng.choice(list(payload))
+            text = text[:-1] + f', "{key}": {json.dumps(rng.choice(pools[key]))}}}'  # a duplicate key
+        elif roll < 0.08:
+            text = text.replace(": ", " :  ").replace(", ", " ,\n")  # other whitespace
+        elif roll < 0.1:
+            text = text[:-1] + ', "other": {"n": [1, 2]}}'
+        values.append(text.encode())
+    rest = _columnar_vs_per_record(converter, values)
+    assert len(values) * 0.05 < len(rest) < len(values) * 0.95
+
+
+def test_safe_patterns() -> None:
+    from skewless.archive.columnar import _safe_pattern
+
+    assert _safe_pattern("^[A-Z]{3}$") and _safe_pattern(r"^[0-9]{4}-[0-9]{2}\.x$") and _safe_pattern(r"^\d+(\.\d+)?$")
+    assert not _safe_pattern(r"\bx") and not _safe_pattern(r"(?i)eur") and not _safe_pattern(r"[^\d]") and not _safe_pattern(r"\D")
