@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from math import lcm
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from skewless.core import laws, layout
-from skewless.core.dsl import Aggregation, Derived, FeatureService, FeatureView, KeyType, SnapshotView
+from skewless.core.dsl import (Aggregation, BinOp, DaysSince, Derived, FeatureService, FeatureView, KeyType, Ref,
+                               SnapshotView)
 from skewless.core.repo import Repository, UnknownFeatureError
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS, is_stream_served
 from skewless.core.timeutil import floor_ms, td_ms, to_epoch_ms
@@ -59,6 +61,14 @@ class AsOfNotAligned(OnlineRequestError, AsOfNotAlignedError):
 
 
 # --- plans (built once per feature selection) --------------------------------------------------------------
+
+_HGETALL, _GET = b"HGETALL", b"GET"
+_K_GET, _K_HASH, _K_TILES = 0, 1, 2  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis gives it
+
+
+def _pack(cmd: bytes, key: bytes) -> bytes:
+    return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(cmd), cmd, len(key), key)
+
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,34 @@ class _ViewPlan:
     sla_ms: int = 0  # freshness SLA (stream views)
     batch_aggs: dict = field(default_factory=dict)  # batch field -> needed _AggSpecs reading it
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names it in the store's caches
+    # derived features split by whether their value depends on the read instant (DaysSince somewhere below):
+    static_derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # evaluated once per memoised entity state
+    dynamic_derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # evaluated on every read
+    out_dynamic: tuple[tuple[int, str], ...] = ()  # (position in outputs, name) of instant-dependent outputs
+    # the window starts at T of the last read and the instants they hold for: (T_lo, T_hi, now_lo, now_hi, as_of,
+    # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
+    window: tuple | None = None
+    key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
+    kinds: tuple[int, ...] = ()  # reply kind (_K_*) per key of an entity
+    pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
+
+    def __post_init__(self) -> None:
+        if self.snapshot:
+            self.key_suffixes, self.kinds = ((_GET, b"}:s"),), (_K_GET,)
+        else:
+            self.key_suffixes = tuple([(_HGETALL, g.suffix) for g in self.groups]
+                                      + ([(_HGETALL, b"}:b")] if self.batch_fields else []))
+            self.kinds = (_K_TILES,) * len(self.groups) + ((_K_HASH,) if self.batch_fields else ())
+        esc = self.prefix.replace(b"%", b"%%")
+        self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
+                             len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
+        dynamic: set[str] = set()
+        for name, expr, _ in self.derived:  # dependency order: inputs are classified before their users
+            if _instant_dependent(expr, dynamic):
+                dynamic.add(name)
+        self.static_derived = tuple(d for d in self.derived if d[0] not in dynamic)
+        self.dynamic_derived = tuple(d for d in self.derived if d[0] in dynamic)
+        self.out_dynamic = tuple((i, f) for i, (f, _) in enumerate(self.outputs) if f in dynamic)
 
     def key_count(self) -> int:
         return 1 if self.snapshot else len(self.groups) + (1 if self.batch_fields else 0)
@@ -168,9 +206,27 @@ class _Plan:
     join_keys: tuple[str, ...]  # every join key a request must give
     views: tuple[_ViewPlan, ...]
     sources: tuple[tuple[str, bytes], ...]  # (source name, progress key) of streaming sources
+    head_names: tuple[tuple[bytes, bytes], ...] = ()  # the shared commands: epoch, progress hashes, view metas
+    head_kinds: tuple[int, ...] = ()
+    head_packed: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.head_kinds = tuple(_K_GET if cmd == _GET else _K_HASH for cmd, _ in self.head_names)
+        self.head_packed = b"".join([_pack(cmd, key) for cmd, key in self.head_names])
 
 
 _ESCAPE_TABLE = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"})
+
+
+def _instant_dependent(expr: Any, dynamic: set[str]) -> bool:
+    """Whether a derived expression's value depends on the read instant (a DaysSince, or a Ref to such a feature)."""
+    if isinstance(expr, DaysSince):
+        return True
+    if isinstance(expr, Ref):
+        return expr.feature in dynamic
+    if isinstance(expr, BinOp):
+        return _instant_dependent(expr.left, dynamic) or _instant_dependent(expr.right, dynamic)
+    return False
 
 
 def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -284,9 +340,11 @@ def build_plan(repo: Repository, project: str, features: Any) -> _Plan:
         for k, _ in e.keys:
             if k not in join_keys:
                 join_keys.append(k)
-    sources = sorted({p.view.source.name for p in plans if p.stream})
+    sources = tuple((s, layout.progress_key(project, s).encode()) for s in sorted({p.view.source.name for p in plans if p.stream}))
+    head = [(_GET, layout.epoch_key(project).encode())] + [(_HGETALL, pk) for _, pk in sources] \
+        + [(_HGETALL, p.meta_key) for p in plans if not p.snapshot]
     return _Plan(tuple(f"{v}:{f}" for v, f in pairs), tuple(columns), tuple(entities), tuple(join_keys), tuple(plans),
-                 tuple((s, layout.progress_key(project, s).encode()) for s in sources))
+                 sources, tuple(head))
 
 
 # --- the response --------------------------------------------------------------------------------------------
@@ -347,11 +405,6 @@ class OnlineResponse:
 # --- the store -------------------------------------------------------------------------------------------------
 
 
-def _pack(cmd: bytes, key: bytes) -> bytes:
-    return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(cmd), cmd, len(key), key)
-
-
-_HGETALL, _GET = b"HGETALL", b"GET"
 
 
 class OnlineStore:
@@ -374,6 +427,8 @@ class OnlineStore:
         self._lock = threading.Lock()
         self._epoch_key = layout.epoch_key(self.project).encode()
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
+        self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call
+        self._pid = os.getpid()
         from batch_jobs.pit import evaluate_derived
         from skewless.monitoring.freshness import newest_applied_ms, parse_progress, stream_status
 
@@ -382,6 +437,7 @@ class OnlineStore:
         self._parse_progress: Callable[..., Any] = parse_progress
         self._newest_applied: Callable[..., int | None] = newest_applied_ms
         self._progress_cache: dict[Any, tuple] = {}
+        self._ctx_ids: dict[tuple, int] = {}  # call context of the entity memo -> a number never used for another
         # bounded caches shared by every plan of this store (keys start with the plan's group/view serial):
         self._memo: dict[Any, tuple] = {}  # (view serial, call context, raw replies) -> an entity's aggregations
         self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
@@ -413,6 +469,16 @@ class OnlineStore:
     # -- entities ------------------------------------------------------------------------------------------
 
     def _entity_columns(self, plan: _Plan, entity_rows: Any) -> tuple[dict[str, list[Any]], int]:
+        t = type(entity_rows)
+        if (t is list or t is tuple) and len(entity_rows) == 1 and type(entity_rows[0]) is dict \
+                and len(plan.join_keys) == 1 and plan.join_keys[0] in entity_rows[0]:  # the common one-entity call
+            key = plan.join_keys[0]
+            return {key: [entity_rows[0][key]]}, 1
+        if t is dict and len(entity_rows) == 1 and len(plan.join_keys) == 1 and plan.join_keys[0] in entity_rows:
+            key = plan.join_keys[0]
+            v = entity_rows[key]
+            if type(v) is list and (self.max_entities is None or len(v) <= self.max_entities):
+                return {key: list(v)}, len(v)
         if hasattr(entity_rows, "columns") and hasattr(entity_rows, "to_dict"):  # pandas
             cols = {str(c): entity_rows[c].tolist() for c in entity_rows.columns}
         elif isinstance(entity_rows, Mapping):
@@ -486,24 +552,24 @@ class OnlineStore:
         tags = [self._tags(spec, cols, n) for spec in plan.entities]
 
         # one pipeline: epoch, progress per streaming source, meta per feature view, then the entities' keys
-        commands: list[bytes] = [_pack(_GET, self._epoch_key)]
-        names: list[tuple[bytes, bytes]] = [(_GET, self._epoch_key)]
-        for _, pk in plan.sources:
-            names.append((_HGETALL, pk))
+        kinds = list(plan.head_kinds)
         for vp in plan.views:
-            if not vp.snapshot:
-                names.append((_HGETALL, vp.meta_key))
-        for vp in plan.views:
-            for tag in tags[vp.entity_index]:
-                head = vp.prefix + tag
-                if vp.snapshot:
-                    names.append((_GET, head + b"}:s"))
-                    continue
-                for g in vp.groups:
-                    names.append((_HGETALL, head + g.suffix))
-                if vp.batch_fields:
-                    names.append((_HGETALL, head + b"}:b"))
-        replies = self._execute(names)
+            kinds += vp.kinds * n
+        if self._fast:
+            packed = [plan.head_packed]
+            for vp in plan.views:
+                pieces = vp.pieces
+                if len(pieces) == 1:
+                    piece, c = pieces[0]
+                    packed += [piece % (c + len(t), t) for t in tags[vp.entity_index]]
+                else:
+                    packed += [piece % (c + len(t), t) for t in tags[vp.entity_index] for piece, c in pieces]
+            replies = self._send(b"".join(packed), kinds)
+        else:
+            names = list(plan.head_names)
+            for vp in plan.views:
+                names += [(cmd, vp.prefix + t + suffix) for t in tags[vp.entity_index] for cmd, suffix in vp.key_suffixes]
+            replies = self._execute(names)
         pos = 0
         epoch = replies[0]
         pos = 1
@@ -519,9 +585,9 @@ class OnlineStore:
 
         T = now if as_of_ms is None else as_of_ms
         ncol = len(plan.columns)
-        values: list[list[Any]] = [[None] * n for _ in range(ncol)]
-        statuses: list[list[str]] = [[PRESENT] * n for _ in range(ncol)]
-        ages: list[list[int | None]] = [[None] * n for _ in range(ncol)]
+        values: list[list[Any]] = [_NO_LIST] * ncol  # every column is set by its view below
+        statuses: list[list[str]] = [_NO_LIST] * ncol
+        ages: list[list[int | None]] = [_NO_LIST] * ncol
         epoch_text = None if epoch is None else epoch.decode()
         progress = {}
         newest_event = {}
@@ -549,28 +615,40 @@ class OnlineStore:
                     age = None if newest is None else max(0, T - newest)
                 meta = _meta(metas[vp.view.name])
                 runs: dict[str, int] = {}
-                starts = [[floor_ms(T - a.width_ms, g.tile_ms) if a.stream_served else None for a in g.aggs]  # type: ignore[operator]
-                          for g in vp.groups]
-                ctx = (vp.serial, epoch, meta, as_of_ms, tuple(tuple(x) for x in starts),
-                       tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
+                starts, ctx = _window(vp, T, now, as_of_ms, epoch, meta)
+                ctx_ids = self._ctx_ids  # the context named by a number: memo keys hash one int, not its tuples
+                ctx_id = ctx_ids.get(ctx)
+                if ctx_id is None:
+                    if len(ctx_ids) >= 4096:
+                        ctx_ids.clear()
+                    ctx_id = ctx_ids[ctx] = next(_SERIALS)  # never reused: an old number names no other context
                 windowed = self._windowed
                 mstats = self._memo_stats
                 use_memo = mstats[2] <= 0
                 if not use_memo:
                     mstats[2] -= n
-                rows = [windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx,
-                                 use_memo) for i in range(n)]
+                if k == 1:
+                    rows = [windowed(vp, (r,), epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id, use_memo)
+                            for r in chunk]
+                else:
+                    rows = [windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs, starts,
+                                     ctx_id, use_memo) for i in range(n)]
                 if runs:
                     batch_runs[vp.view.name] = runs
-            for feature, j in vp.outputs:
-                vcol, scol, acol = values[j], statuses[j], ages[j]
-                for i, (vals, sts, age_i) in enumerate(rows):
-                    vcol[i] = vals[feature]
-                    scol[i] = sts[feature]
-                    acol[i] = age_i
+            if n == 1:
+                row_vals, row_sts, row_age = rows[0]
+                for jo, (_, j) in enumerate(vp.outputs):
+                    values[j] = [row_vals[jo]]
+                    statuses[j] = [row_sts[jo]]
+                    ages[j] = [row_age]
+            else:
+                for jo, (_, j) in enumerate(vp.outputs):
+                    values[j] = [r[0][jo] for r in rows]
+                    statuses[j] = [r[1][jo] for r in rows]
+                    ages[j] = [r[2] for r in rows]
             if sampler is not None:
-                for vals, _, _ in rows:
-                    sampler.observe(vp.view.name, {f: vals[f] for f, _ in vp.outputs})
+                for row_vals, _, _ in rows:
+                    sampler.observe(vp.view.name, {f: row_vals[jo] for jo, (f, _) in enumerate(vp.outputs)})
         return OnlineResponse(
             columns=plan.columns, refs=plan.refs, entities=cols,
             values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
@@ -596,48 +674,66 @@ class OnlineStore:
     # -- transport -----------------------------------------------------------------------------------------
 
     def _execute(self, names: list[tuple[bytes, bytes]]) -> list[Any]:
-        """One round trip; GET -> bytes|None, HGETALL -> dict[bytes, bytes]."""
-        if not self._fast:
-            pipe = self.client.pipeline(transaction=False)
-            for cmd, key in names:
-                (pipe.get if cmd == _GET else pipe.hgetall)(key.decode())
-            out = []
-            for (cmd, _), r in zip(names, pipe.execute()):
-                if cmd == _GET:
-                    out.append(r.encode() if isinstance(r, str) else r)
-                else:
-                    out.append({(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
-                                for k, v in (r or {}).items()})
-            return out
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
+        """One round trip through the client's own pipeline (Redis Cluster, other clients); GET -> bytes|None,
+        HGETALL -> dict[bytes, bytes]."""
+        pipe = self.client.pipeline(transaction=False)
+        for cmd, key in names:
+            (pipe.get if cmd == _GET else pipe.hgetall)(key.decode())
+        out = []
+        for (cmd, _), r in zip(names, pipe.execute()):
+            if cmd == _GET:
+                out.append(r.encode() if isinstance(r, str) else r)
+            else:
+                out.append({(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
+                            for k, v in (r or {}).items()})
+        return out
+
+    def _send(self, packed: bytes, kinds: list[int]) -> list[Any]:
+        """One round trip on a connection of a plain ``redis.Redis``: the packed commands in one write, replies per
+        ``kinds`` (``_K_GET`` bytes|None, ``_K_HASH`` dict, ``_K_TILES`` dict or hiredis's flat list).
+
+        The store keeps the connections it took from the client's pool (one per concurrent caller, taken once):
+        every call reads all its replies or disconnects, so the pool's per-checkout "unread data?" probe (a
+        syscall) and its locking are not needed on every read. A kept connection the server closed meanwhile
+        (restart, idle timeout) is retried once on a fresh socket, as the pool's probe would have reconnected."""
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._conns, self._pid = [], os.getpid()
+        conns = self._conns
         try:
-            conn.send_packed_command([b"".join([_pack(c, k) for c, k in names])], check_health=False)
+            conn, kept = conns.pop(), True
+        except IndexError:
+            conn, kept = self.client.connection_pool.get_connection(), False
+        try:
+            try:
+                return self._round_trip(conn, packed, kinds)
+            except _RedisConnectionError:
+                if not kept:
+                    raise
+                return self._round_trip(conn, packed, kinds)  # disconnected above: this one connects anew
+        finally:
+            conns.append(conn)
+
+    @staticmethod
+    def _round_trip(conn: Any, packed: bytes, kinds: list[int]) -> list[Any]:
+        try:
+            conn.send_packed_command([packed], check_health=False)
             parser = getattr(conn, "_parser", None)
             if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
                     and parser._next_response is _NOT_ENOUGH_DATA):
-                return _read_hiredis(conn, parser, names)
+                return _read_hiredis(conn, parser, kinds)
             out = []
             error = None
-            for cmd, _ in names:
+            for kind in kinds:
                 r = conn.read_response(disable_decoding=True)
                 if isinstance(r, Exception):
                     error = error or r
                     r = None
-                if cmd == _HGETALL:
-                    if isinstance(r, dict):
-                        pass
-                    elif r:
-                        it = iter(r)
-                        r = dict(zip(it, it))
-                    else:
-                        r = {}
+                if kind != _K_GET:
+                    r = _as_dict(r)
                 out.append(r)
         except BaseException:
-            conn.disconnect()  # unread replies must not leak into the next command
+            conn.disconnect()  # unread replies must not leak into the next command (it reconnects on next use)
             raise
-        finally:
-            pool.release(conn)
         if error is not None:
             raise error
         return out
@@ -645,10 +741,11 @@ class OnlineStore:
     # -- evaluation ------------------------------------------------------------------------------------------
 
     def _snapshot(self, vp: _ViewPlan, raw: bytes | None, epoch: bytes | None,
-                  T: int) -> tuple[dict[str, Any], dict[str, str], int | None]:
-        names = [f for _, f in vp.snapshot_fields]
+                  T: int) -> tuple[Sequence[Any], Sequence[str], int | None]:
+        """One entity of a snapshot view: ``(values, statuses, age)`` in the order of ``vp.snapshot_fields``."""
+        k = len(vp.snapshot_fields)
         if raw is None:  # no row (or forgotten); without the epoch marker Redis may have lost it
-            return dict.fromkeys(names), dict.fromkeys(names, PRESENT if epoch is not None else INCOMPLETE), None
+            return (None,) * k, (PRESENT if epoch is not None else INCOMPLETE,) * k, None
         cache = self._decoded  # (view serial, raw row) -> [ts, created_at, epoch, data, decoded values]
         row = cache.get((vp.serial, raw))
         if row is None:
@@ -659,7 +756,7 @@ class OnlineStore:
             cache[(vp.serial, raw)] = row
         ts, created, row_epoch = row[0], row[1], row[2]
         if epoch is None or row_epoch != epoch.decode() or ts > T or (created is not None and created > T):
-            return dict.fromkeys(names), dict.fromkeys(names, INCOMPLETE), None
+            return (None,) * k, (INCOMPLETE,) * k, None
         age = T - ts
         if ts >= T - vp.ttl_ms:
             decoded = row[4]
@@ -668,25 +765,28 @@ class OnlineStore:
                 decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
                 if _frozen(decoded):
                     row[4] = decoded
-            return dict(zip(names, decoded)), dict.fromkeys(names, PRESENT), age
+            return decoded, (PRESENT,) * k, age
         status = EXPIRED if ts >= T - vp.ttl_ms - SNAPSHOT_EXPIRED_MEMORY_MS else PRESENT
-        return dict.fromkeys(names), dict.fromkeys(names, status), age
+        return (None,) * k, (status,) * k, age
 
     def _windowed(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
                   now: int, as_of_ms: int | None, stale: bool, age: int | None,
-                  runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: tuple,
-                  use_memo: bool = True) -> tuple[dict[str, Any], dict[str, str], int | None]:
-        """One entity of one feature view: :func:`layout.evaluate_read` + the reader's rules.
+                  runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: int,
+                  use_memo: bool = True) -> tuple[Sequence[Any], Sequence[str], int | None]:
+        """One entity of one feature view: :func:`layout.evaluate_read` + the reader's rules; ``(values, statuses,
+        age)`` in the order of ``vp.outputs``.
 
-        The aggregations' values and statuses are a function of the entity's raw replies and of ``ctx`` (epoch,
-        view meta, as_of, the window starts at T and the current tile of each group, from the call) plus, for a
+        The aggregations' values and statuses are a function of the entity's raw replies and of the call context
+        ``ctx`` (a number naming: epoch, view meta, as_of, the window starts at T and the current tile of each
+        group) plus, for a
         batch part, whether its cut-off is after T and how many days late it is; they are memoised on that key
-        (bounded, per view plan). Staleness, derived features (which may depend on T) and the age are applied
-        after, on every read."""
+        (bounded, per view plan) together with the derived features that do not depend on T. Staleness, the
+        derived features that depend on T (``DaysSince``) and the age are applied after, on every read."""
         T = now if as_of_ms is None else as_of_ms
         memo = self._memo
         if not use_memo:
-            hit = self._aggregate(vp, raws, epoch, meta, now, as_of_ms, stream_starts)
+            hit = self._prepare(vp, self._aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms,
+                                                    stream_starts))
             return self._finish(vp, hit, T, stale, age, runs)
         try:
             cutoff = None
@@ -697,15 +797,16 @@ class OnlineStore:
                 if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and meta[3] == epoch:
                     cutoff = run_cutoff
             key: Any = (ctx, None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS),
-                        *[tuple(r.items()) for r in raws])
+                        *[tuple(r) if type(r) is list else tuple(r.items()) for r in raws])
             hit = memo.get(key)
         except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
             key, hit = None, None
         mstats = self._memo_stats
         mstats[0] += 1
         if hit is None:
-            hit = self._aggregate(vp, raws, epoch, meta, now, as_of_ms, stream_starts)
-            if key is not None and _frozen(tuple(hit[0].values())):
+            agg = self._aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts)
+            hit = self._prepare(vp, agg)
+            if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                 if len(memo) >= _MEMO_MAX:
                     memo.clear()
                 memo[key] = hit
@@ -717,28 +818,51 @@ class OnlineStore:
             mstats[0] = mstats[1] = 0
         return self._finish(vp, hit, T, stale, age, runs)
 
+    def _prepare(self, vp: _ViewPlan, agg: tuple) -> tuple:
+        """``(output values, output statuses before staleness, run, batch cut-off, values, statuses)`` of an
+        entity's evaluated aggregations plus the derived features that do not depend on T (instant-dependent
+        outputs are placeholders here, filled by :meth:`_finish`)."""
+        agg_vals, agg_sts, run, batch_cutoff = agg
+        vals, sts = agg_vals, agg_sts
+        if vp.static_derived:
+            vals, sts = dict(agg_vals), dict(agg_sts)
+            for name, expr, inputs in vp.static_derived:
+                in_status = [sts[i] for i in inputs]
+                if INCOMPLETE in in_status:
+                    vals[name], sts[name] = None, INCOMPLETE
+                else:
+                    vals[name] = self._evaluate_derived(expr, {i: vals[i] for i in inputs}, 0)  # T is not read
+                    sts[name] = STALE if STALE in in_status else PRESENT
+        return (tuple([vals.get(f) for f, _ in vp.outputs]), tuple([sts.get(f) for f, _ in vp.outputs]),
+                run, batch_cutoff, vals, sts)
+
     def _finish(self, vp: _ViewPlan, hit: tuple, T: int, stale: bool, age: int | None,
-                runs: dict[str, int]) -> tuple[dict[str, Any], dict[str, str], int | None]:
-        """Run, age, staleness and derived features of an entity's evaluated aggregations (every read)."""
-        agg_vals, agg_sts, run, batch_cutoff = hit
+                runs: dict[str, int]) -> tuple[Sequence[Any], Sequence[str], int | None]:
+        """Run, age, staleness and the instant-dependent derived features of a prepared entity (every read).
+
+        Staleness is applied after the derived statuses: a derived feature's status from its inputs' statuses
+        before (incomplete if any is, else stale if any is) turned stale with them is the same as from after."""
+        out_vals, out_sts, run, batch_cutoff, vals, sts = hit
         if run is not None:
             runs[run[0]] = run[1]
         if batch_cutoff is not None and age is None and not vp.stream:
             age = max(0, T - batch_cutoff)
-        vals = dict(agg_vals)
-        sts = dict(agg_sts)
+        if vp.dynamic_derived:
+            dv: dict[str, Any] = {}
+            ds: dict[str, str] = {}
+            for name, expr, inputs in vp.dynamic_derived:
+                in_status = [ds[i] if i in ds else sts[i] for i in inputs]
+                if INCOMPLETE in in_status:
+                    dv[name], ds[name] = None, INCOMPLETE
+                else:
+                    dv[name] = self._evaluate_derived(expr, {i: dv[i] if i in dv else vals[i] for i in inputs}, T)
+                    ds[name] = STALE if STALE in in_status else PRESENT
+            out_vals, out_sts = list(out_vals), list(out_sts)
+            for pos, name in vp.out_dynamic:
+                out_vals[pos], out_sts[pos] = dv[name], ds[name]
         if stale:
-            for name, st in sts.items():
-                if st == PRESENT:
-                    sts[name] = STALE
-        for name, expr, inputs in vp.derived:
-            in_status = [sts[i] for i in inputs]
-            if INCOMPLETE in in_status:
-                vals[name], sts[name] = None, INCOMPLETE
-            else:
-                vals[name] = self._evaluate_derived(expr, {i: vals[i] for i in inputs}, T)
-                sts[name] = STALE if STALE in in_status else PRESENT
-        return vals, sts, age
+            out_sts = [STALE if st == PRESENT else st for st in out_sts]
+        return out_vals, out_sts, age
 
     def _aggregate(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
                    now: int, as_of_ms: int | None, stream_starts: Sequence[list[int | None]],
@@ -858,6 +982,29 @@ class OnlineStore:
 
 
 _MISSING = object()
+_NO_LIST: list = []
+_I64_LOW = -(1 << 63)
+
+
+def _window(vp: _ViewPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
+            meta: tuple[Any, ...]) -> tuple[list[list[int | None]], tuple]:
+    """``(starts, memo context)`` of a feature view's read: per group, each needed aggregation's window start at T
+    (None for batch-served ones), and the call context of the entity memo. The starts are a function of T and
+    ``as_of`` and the tile floors of ``now``; they are kept with the range of instants they hold for."""
+    w = vp.window
+    if w is None or not (w[0] <= T < w[1] and w[2] <= now < w[3] and w[4] == as_of_ms):
+        starts = [[floor_ms(T - a.width_ms, g.tile_ms) if a.stream_served else None for a in g.aggs]  # type: ignore[operator]
+                  for g in vp.groups]
+        t_lo, t_hi, n_lo, n_hi = _I64_LOW, -_I64_LOW, _I64_LOW, -_I64_LOW
+        for g, st in zip(vp.groups, starts):
+            for a, x in zip(g.aggs, st):
+                if x is not None:  # floor(T - width, tile) == x  <=>  x + width <= T < x + width + tile
+                    t_lo, t_hi = max(t_lo, x + a.width_ms), min(t_hi, x + a.width_ms + g.tile_ms)  # type: ignore[operator]
+            c = floor_ms(now, g.tile_ms)
+            n_lo, n_hi = max(n_lo, c), min(n_hi, c + g.tile_ms)
+        tail = (tuple(tuple(x) for x in starts), tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
+        w = vp.window = (t_lo, t_hi, n_lo, n_hi, as_of_ms, starts, tail)
+    return w[5], (vp.serial, epoch, meta, as_of_ms) + w[6]
 _MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see _memo_stats)
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
 _CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
@@ -891,25 +1038,37 @@ def _decode_tile(g: _GroupSpec, body: bytes, cache: dict) -> tuple | None:
     return dec
 
 
+from redis.exceptions import ConnectionError as _RedisConnectionError  # noqa: E402 - with the reader below
+from redis.exceptions import TimeoutError as _RedisTimeoutError  # noqa: E402
+
 try:  # redis-py's hiredis parser: replies are taken from its reader directly (what Connection.read_response does)
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
     from redis._parsers.hiredis import _HiredisParser
-    from redis.exceptions import ConnectionError as _RedisConnectionError
-    from redis.exceptions import ResponseError as _ResponseError
-    from redis.exceptions import TimeoutError as _RedisTimeoutError
 except ImportError:  # pragma: no cover - another redis-py layout: the generic path
     _HiredisParser = None  # type: ignore[assignment,misc]
 
 
-def _read_hiredis(conn: Any, parser: Any, names: list[tuple[bytes, bytes]]) -> list[Any]:
-    """The replies of ``names`` (already sent on ``conn``) read straight from the hiredis reader: the same
-    parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its per-reply Python layers.
-    An error reply raises (the caller disconnects, so unread replies never reach another command)."""
+def _as_dict(r: Any) -> dict:
+    """A hash reply as a dict (RESP2 gives a flat list of fields and values, RESP3 a dict, a missing key nothing)."""
+    if isinstance(r, dict):
+        return r
+    if not r:
+        return {}
+    it = iter(r)
+    return dict(zip(it, it))
+
+
+def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
+    """The replies of the commands already sent on ``conn`` (one ``_K_*`` kind each) read straight from the
+    hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
+    per-reply Python layers; ``_K_TILES`` hashes stay flat lists. An error reply raises (the caller
+    disconnects, so unread replies never reach another command)."""
     import socket
 
     gets = parser._reader.gets
     out = []
-    for cmd, _ in names:
+    append = out.append
+    for kind in kinds:
         r = gets(False)
         while r is _NOT_ENOUGH_DATA:
             try:
@@ -919,21 +1078,19 @@ def _read_hiredis(conn: Any, parser: Any, names: list[tuple[bytes, bytes]]) -> l
             except OSError as exc:
                 raise _RedisConnectionError(f"Error while reading from {conn._host_error()} : {exc.args}") from None
             r = gets(False)
-        if isinstance(r, (_ResponseError, _RedisConnectionError)):
-            raise r
-        if cmd == _HGETALL:
-            if isinstance(r, dict):
-                pass
-            elif r:
-                if isinstance(r, list) and r and isinstance(r[0], _RedisConnectionError):
-                    raise r[0]
+        t = type(r)
+        if t is list:
+            if r and isinstance(r[0], _RedisConnectionError):
+                raise r[0]
+            if kind == _K_HASH:
                 it = iter(r)
                 r = dict(zip(it, it))
-            else:
+        elif t is not bytes and t is not dict:
+            if isinstance(r, Exception):
+                raise r
+            if r is None and kind != _K_GET:
                 r = {}
-        elif isinstance(r, Exception):
-            raise r
-        out.append(r)
+        append(r)
     if conn.health_check_interval:
         conn.next_health_check = time.time() + conn.health_check_interval
     return out

@@ -220,3 +220,32 @@ def test_push_is_all_or_none_and_lands_in_kafka(repo: Any, kafka_bootstrap: str,
     for r in records:
         by_user.setdefault(r["key"], set()).add(r["partition"])
     assert all(len(p) == 1 for p in by_user.values())  # one entity, one partition
+
+
+def _conn_id(conn: Any) -> int:
+    conn.send_command("CLIENT", "ID")
+    return int(conn.read_response())
+
+
+def test_a_kept_connection_closed_by_the_server_is_reconnected(redis_url: str, repo: Any, events: tuple) -> None:
+    """The store keeps its pooled connections between reads; when Redis closes one (restart, idle timeout,
+    CLIENT KILL here) the next read still answers, with the same values."""
+    import redis
+
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    setup_store(client, repo, admitted, offline, project)
+    store = OnlineStore(repo, client, project)
+    users = sorted({e["user_id"] for e in admitted})[:5]
+    now_ms = max(e["event_time"] for e in admitted) + 1
+    before = store.get_online_features({"user_id": users}, "churn_model", now_ms=now_ms).to_dict()
+    assert len(store._conns) == 1
+    store_id = _conn_id(store._conns[0])
+    killer = redis.Redis.from_url(redis_url)
+    assert killer.client_kill_filter(_id=store_id) == 1
+    after = store.get_online_features({"user_id": users}, "churn_model", now_ms=now_ms).to_dict()
+    assert after == before
+    assert _conn_id(store._conns[0]) != store_id  # a new connection answered
+    client.close()
+    killer.close()
