@@ -11,8 +11,13 @@ Starts its own Kafka and Redis as local processes on free 127.0.0.1 ports, then 
   record, produce time -> the job's progress hash covering its offset (written after its tiles, in the
   same flush, so the online read shows it).
 
+  Samples count only once the job is live (its first progress write + 5 s): job start-up is not freshness.
+- with ``SKEWLESS_BENCH_PROFILE=1``, ``stream_profile``: bounded runs of growing prefixes of the compiled job
+  (raw read, + admission function, + running-max OVER, + the whole changelog) into blackhole sinks, one
+  slot, seconds each (start-up included; the differences are the stages' cost).
+
 Environment: ``SKEWLESS_BENCH_EVENTS`` (default 400000), ``SKEWLESS_BENCH_PARALLELISM`` (2),
-``SKEWLESS_BENCH_FRESH_RATE`` (2000 events/s), ``SKEWLESS_BENCH_FRESH_S`` (30).
+``SKEWLESS_BENCH_FRESH_RATE`` (2000 events/s), ``SKEWLESS_BENCH_FRESH_S`` (30), ``SKEWLESS_BENCH_PROFILE`` (0).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ FRESH_RATE = float(os.environ.get("SKEWLESS_BENCH_FRESH_RATE", "2000"))
 FRESH_S = float(os.environ.get("SKEWLESS_BENCH_FRESH_S", "30"))
 MINI_BATCH = os.environ.get("SKEWLESS_BENCH_MINI_BATCH", "5 s")  # throughput phase
 FRESH_MINI_BATCH = os.environ.get("SKEWLESS_BENCH_FRESH_MINI_BATCH", "500 ms")  # freshness phase
+FRESH_FLUSH_MS = int(os.environ.get("SKEWLESS_BENCH_FRESH_FLUSH_MS", "200"))  # sink flush timer, freshness phase
+PROFILE = os.environ.get("SKEWLESS_BENCH_PROFILE", "0") == "1"
+LIVE_GRACE_S = 5.0  # after the first progress write, before freshness samples count
 PARTITIONS = 4
 PROJECT = "bench"
 # Measured on 2 cores: Python workers as processes (not loopback threads in the driver) and a capped
@@ -101,7 +109,8 @@ def _progress(r: Any) -> dict[int, dict]:
                                                     r.hgetall(layout.progress_key(PROJECT, "orders")).items())}
 
 
-def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, mini_batch: str) -> Any:
+def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, mini_batch: str,
+               flush_ms: int = 200) -> Any:
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
@@ -112,13 +121,116 @@ def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, 
     conf = stream_conf(mini_batch, 1_000_000)
     env, t_env = create_stream_env(parallelism=PARALLELISM, checkpoint_dir=ckpt, checkpoint_interval="10 s", extra_conf=conf)
     add_source_job(env, t_env, job, JobOptions(bootstrap=bootstrap, redis_url=url, project=PROJECT, repo_path="feature_defs",
-                                               topic=topic, starting_offsets=starting, ns=f"b{uuid.uuid4().hex[:6]}"))
+                                               topic=topic, starting_offsets=starting, ns=f"b{uuid.uuid4().hex[:6]}",
+                                               flush_ms=flush_ms))
     return env.execute_async(f"bench-stream-{topic}")
+
+
+def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
+    """Seconds of bounded one-slot runs of growing prefixes of the job into blackhole sinks."""
+    from pyflink.table import Schema, TableDescriptor
+    from pyflink.table.expressions import col
+    from skewless.core.repo import load_repository
+    from skewless.engines.flink_env import create_stream_env
+    from streaming_jobs.flink_compiler import compile_repository
+    from streaming_jobs.job import add_udf_jar, share_view
+    from streaming_jobs.run_view import stream_conf
+
+    (job,) = compile_repository(load_repository(), ["user_order_stats"])
+    env, t_env = create_stream_env(parallelism=1, extra_conf=stream_conf(MINI_BATCH, 1_000_000))
+    add_udf_jar(env, t_env)
+    statements, query = job.render(ns="prof", topic=topic, bootstrap=bootstrap, group="prof", startup_mode="earliest-offset",
+                                   extra_source_options=", 'scan.bounded.mode' = 'latest-offset'")
+    for statement in statements:
+        t_env.execute_sql(statement)
+        if statement.startswith("CREATE TEMPORARY VIEW `prof_ordered`"):
+            share_view(t_env, "prof_ordered")
+    out = {}
+    for stage in ("raw", "parsed", "ordered", "changelog"):
+        table = t_env.sql_query(query) if stage == "changelog" else t_env.from_path(f"`prof_{stage}`")
+        table = table.select(*[col(n) for n in table.get_schema().get_field_names() if n != "pt"])
+        t_env.create_temporary_table(f"bh_{stage}", TableDescriptor.for_connector("blackhole").schema(
+            Schema.new_builder().from_row_data_type(table.get_schema().to_row_data_type()).build()).build())
+        t0 = time.monotonic()
+        table.execute_insert(f"bh_{stage}").wait()
+        out[f"{stage}_s"] = round(time.monotonic() - t0, 1)
+    out["events"] = events
+    return out
+
+
+def _throughput(r: Any, events: int) -> float:
+    """events/s of the running job over the pre-filled topic, from its progress hash (first to last write)."""
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        done = sum(p.get("records", 0) for p in _progress(r).values())
+        if done:
+            samples.append((time.monotonic(), done))
+        if done >= events:
+            break
+        time.sleep(0.25)
+    first, last = samples[0], samples[-1]
+    return (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
+
+
+def _freshness(bootstrap: str, topic: str, r: Any) -> list[float]:
+    """Produce at FRESH_RATE into the running job; per sampled record, produce time -> progress write covering
+    it. Runs until FRESH_S seconds of samples after the job is live (first progress write + grace)."""
+    from skewless.producer.kafka_producer import make_producer
+
+    fresh = _records(int(FRESH_RATE * (FRESH_S + 150)), 2, int(time.time() * 1000), FRESH_RATE)
+    sent: dict[tuple[int, int], float] = {}
+    lags: list[tuple[float, float]] = []  # (produce time, lag)
+    live: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        pending: dict[tuple[int, int], float] = {}
+        while not stop.is_set() or pending:
+            for key in list(sent):
+                pending[key] = sent.pop(key)
+            prog = _progress(r)
+            if prog and not live:
+                live.append(min(p["written_ms"] for p in prog.values()) / 1000.0 + LIVE_GRACE_S)
+            for (p, o), t in list(pending.items()):
+                if p in prog and prog[p]["offset"] >= o:
+                    lags.append((t, prog[p]["written_ms"] / 1000.0 - t))
+                    del pending[(p, o)]
+            if stop.is_set() and time.time() - max(pending.values(), default=time.time()) > 60:
+                break
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    producer = make_producer(bootstrap, **{"linger.ms": 1})
+
+    def make_cb(t: float):
+        def cb(err, msg):
+            if err is None:
+                sent[(msg.partition(), msg.offset())] = t
+        return cb
+
+    t_start = time.monotonic()
+    for i, rec in enumerate(fresh):  # every 50th record is a sample (its delivery report gives the offset)
+        ahead = i / FRESH_RATE - (time.monotonic() - t_start)
+        if ahead > 0.001:
+            time.sleep(ahead)
+        if live and time.time() > live[0] + FRESH_S:
+            break
+        cb = make_cb(time.time()) if i % 50 == 0 else None
+        producer.produce(topic, value=rec.value, key=rec.key, partition=rec.partition, timestamp=int(time.time() * 1000),
+                         on_delivery=cb)
+        producer.poll(0)
+    producer.flush(60)
+    time.sleep(5)
+    stop.set()
+    watcher.join(90)
+    return sorted(lag for t, lag in lags if live and t >= live[0])
 
 
 def run() -> dict[str, Any]:
     import redis
-    from skewless.producer.kafka_producer import make_producer, produce_records
+    from skewless.producer.kafka_producer import produce_records
     from skewless.stack.kafka import create_topics
 
     root = Path(tempfile.mkdtemp(prefix="skewless-bench-stream-"))
@@ -133,89 +245,36 @@ def run() -> dict[str, Any]:
         produce_records(bootstrap, topic, records)
         produce_rate = EVENTS / (time.perf_counter() - t0)
         floor = floor_consumer(bootstrap, topic, url, EVENTS)
+        profile = profile_stages(bootstrap, topic, EVENTS) if PROFILE else None
 
-        # throughput: the job over the pre-filled topic, measured from its progress hash
         r = redis.Redis.from_url(url)
         client = _start_job(bootstrap, url, topic, root / "ckpt", "earliest", MINI_BATCH)
-        samples: list[tuple[float, int]] = []
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            prog = _progress(r)
-            done = sum(p.get("records", 0) for p in prog.values())
-            if done:
-                samples.append((time.monotonic(), done))
-            if done >= EVENTS:
-                break
-            time.sleep(0.25)
-        first = next(s for s in samples if s[1] > 0)
-        last = samples[-1]
-        events_per_s = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
-
+        events_per_s = _throughput(r, EVENTS)
         client.cancel().result()
+        client = None
         time.sleep(3)
-        if FRESH_S <= 0:
-            return {"stream_events_per_s": {"value": round(events_per_s), "unit": "events/s"},
-                    "stream_floor_events_per_s": {"value": round(floor), "unit": "events/s"}}
-        # freshness: steady production into a job with a short mini-batch, started at the topic's end
-        client = _start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH)
-        time.sleep(20)  # job start
-        fresh = _records(int(FRESH_RATE * FRESH_S), 2, int(time.time() * 1000), FRESH_RATE)
-        sent: dict[tuple[int, int], float] = {}
-        producer = make_producer(bootstrap, **{"linger.ms": 1})
-        lags: list[float] = []
-        stop = threading.Event()
-
-        def watch() -> None:
-            pending = {}
-            while not stop.is_set() or pending:
-                for (p, o), t in list(sent.items()):
-                    pending[(p, o)] = t
-                    sent.pop((p, o), None)
-                prog = _progress(r)
-                now_s = time.time()
-                for (p, o), t in list(pending.items()):
-                    if p in prog and prog[p]["offset"] >= o:
-                        lags.append(prog[p]["written_ms"] / 1000.0 - t)
-                        del pending[(p, o)]
-                if stop.is_set() and time.time() - max(pending.values(), default=now_s) > 60:
-                    break
-                time.sleep(0.02)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        # record produce time of every 50th record (delivery report gives its offset)
-        def make_cb(t: float):
-            def cb(err, msg):
-                if err is None:
-                    sent[(msg.partition(), msg.offset())] = t
-            return cb
-
-        t_start = time.monotonic()
-        for i, rec in enumerate(fresh):
-            ahead = i / FRESH_RATE - (time.monotonic() - t_start)
-            if ahead > 0.001:
-                time.sleep(ahead)
-            ts = int(time.time() * 1000)
-            cb = make_cb(time.time()) if i % 50 == 0 else None
-            producer.produce(topic, value=rec.value, key=rec.key, partition=rec.partition, timestamp=ts, on_delivery=cb)
-            producer.poll(0)
-        producer.flush(60)
-        time.sleep(5)
-        stop.set()
-        watcher.join(90)
-        lags.sort()
-        p50 = statistics.median(lags) if lags else float("nan")
-        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
         peer = {"name": f"parallelism {PARALLELISM}, mini-batch {MINI_BATCH}, {EVENTS} events, {PARTITIONS} partitions"}
-        return {
+        result: dict[str, Any] = {
             "stream_events_per_s": {"value": round(events_per_s), "unit": "events/s", "goal": ">= 50000",
+                                    "ratio_to_floor": round(events_per_s / floor, 3),
                                     "peer": {**peer, "value": round(produce_rate), "unit": "events/s (producer)"}},
             "stream_floor_events_per_s": {"value": round(floor), "unit": "events/s",
                                           "note": "plain confluent-kafka consumer -> Redis pipeline, same run"},
-            "stream_freshness_p50_s": {"value": round(p50, 3), "unit": "s",
-                                       "note": f"{len(lags)} samples at {FRESH_RATE:.0f} events/s, mini-batch {FRESH_MINI_BATCH}"},
-            "stream_freshness_p99_s": {"value": round(p99, 3), "unit": "s", "goal": "< 2"},
         }
+        if profile is not None:
+            result["stream_profile"] = {"value": profile["changelog_s"], "unit": "s", "stages": profile,
+                                        "note": "bounded one-slot runs into blackhole sinks, start-up included"}
+        if FRESH_S <= 0:
+            return result
+        # freshness: steady production into a job with a short mini-batch, started at the topic's end
+        client = _start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH, FRESH_FLUSH_MS)
+        lags = _freshness(bootstrap, topic, r)
+        p50 = statistics.median(lags) if lags else float("nan")
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
+        note = f"{len(lags)} samples at {FRESH_RATE:.0f} events/s, mini-batch {FRESH_MINI_BATCH}, flush {FRESH_FLUSH_MS} ms"
+        result["stream_freshness_p50_s"] = {"value": round(p50, 3), "unit": "s", "note": note}
+        result["stream_freshness_p99_s"] = {"value": round(p99, 3), "unit": "s", "goal": "< 2"}
+        return result
     finally:
         if client is not None:
             try:

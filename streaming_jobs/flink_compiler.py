@@ -255,7 +255,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         parsed_sql, parsed_cols = self._parsed_view(scan, fields, spec, typed)
         statements = [self._function_ddl(), self._source_ddl(), parsed_sql,
                       self._ordered_view(scan, parsed_cols), self._admitted_view(parsed_cols)]
-        outputs, tile_queries = [], []
+        outputs = []
         for vp, view in zip(view_plans, views):
             groups = {g.tile_ms: g for g in layout.tile_groups(view)}
             for st in vp.stream.tiles:
@@ -269,9 +269,8 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
                 outputs.append(out)
         key_width = max(1, *(len(o.key_names) for o in outputs))
         value_width = max(len(PROGRESS_COLUMNS), len(DEAD_COLUMNS), *(len(o.columns) for o in outputs))
-        for out, agg_node in zip(outputs, [t.aggregate for vp in view_plans for t in vp.stream.tiles]):
-            tile_queries.append(self._tile_query(source, out, agg_node, fields, types, key_width, value_width))
-        parts = tile_queries + [self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)]
+        nodes = [t.aggregate for vp in view_plans for t in vp.stream.tiles]
+        parts = [self._tiles_query(source, outputs, nodes, fields, types, key_width, value_width), self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)]
         changelog = "\nUNION ALL\n".join(parts)
         return FlinkSourceJob(source.name, source.topic, tuple(v.name for v in views), tuple(statements), changelog,
                               tuple(outputs), key_width, value_width, spec, tuple(typed))
@@ -345,24 +344,40 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             "WHERE rn = 1"
         )
 
-    def _tile_query(self, source: EventSource, out: TileOutput, node: TileAggregate, fields: dict[str, _Field],
-                    types: dict[str, str], key_width: int, value_width: int) -> str:
-        keys = [f"f_{fields[k].col}" for k in out.key_names]
-        key_cols = [f"CAST({k} AS STRING) AS k{i}" for i, k in enumerate(keys)]
-        key_cols += [f"'' AS k{i}" for i in range(len(keys), key_width)]
-        tile = f"ts - MOD(ts, {out.tile_ms})"
+    def _tiles_query(self, source: EventSource, outputs: list[TileOutput], nodes: list[TileAggregate],
+                     fields: dict[str, _Field], types: dict[str, str], key_width: int, value_width: int) -> str:
+        """Every tile output in ONE aggregate: each admitted row is expanded once per output (``out_id``), so
+        the keep-first Deduplicate and its exchange run once whatever the number of tile sizes and views."""
+        n = len(outputs)
+
+        def per_output(exprs: list[str]) -> str:
+            if len(set(exprs)) == 1:
+                return exprs[0]
+            return "CASE out_id " + " ".join(f"WHEN {j} THEN {e}" for j, e in enumerate(exprs)) + " END"
+
+        keys = [[f"CAST(f_{fields[k].col} AS STRING)" for k in o.key_names] for o in outputs]
+        key_cols = [per_output([ks[i] if i < len(ks) else "''" for ks in keys]) + f" AS k{i}" for i in range(key_width)]
+        tiles = [f"ts - MOD(ts, {o.tile_ms})" for o in outputs]
         vals = []
-        for i, (a, col) in enumerate(zip(node.aggregations, out.columns)):
-            vals.append(f"{self._agg_sql(source, a, col, fields, types)} AS c{i}")
-        vals += [f"CAST(NULL AS STRING) AS c{i}" for i in range(len(vals), value_width)]
+        for i in range(value_width):
+            exprs = [self._agg_sql(source, node.aggregations[i], fields, types, f"out_id = {j}" if n > 1 else None)
+                     if i < len(o.columns) else "CAST(NULL AS STRING)" for j, (o, node) in enumerate(zip(outputs, nodes))]
+            vals.append(f"{per_output(exprs)} AS c{i}")
+        # the expansion must use the row (here: ts), else the planner turns it into a regular cross join
+        expand = ("\n  CROSS JOIN UNNEST(ARRAY[" + ", ".join(f"ROW({j}, {t})" for j, t in enumerate(tiles))
+                  + "]) AS x(out_id, tile_start)") if n > 1 else ""
+        tile = "" if n > 1 else f", {tiles[0]} AS tile_start"
         return (
-            f"SELECT '{KIND_TILE}' AS kind, {q(out.view)} AS view_name, CAST({out.tile_ms} AS BIGINT) AS tile_ms,\n  "
-            + ", ".join(key_cols) + f",\n  {tile} AS tile_start, COUNT(*) AS version,\n  " + ",\n  ".join(vals)
-            + "\nFROM `${ns}_admitted`\nGROUP BY " + ", ".join(keys) + f", {tile}"
+            f"SELECT '{KIND_TILE}' AS kind, {per_output([q(o.view) for o in outputs])} AS view_name, "
+            f"CAST({per_output([str(o.tile_ms) for o in outputs])} AS BIGINT) AS tile_ms,\n  "
+            + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start, COUNT(*) AS version,\n  " + ",\n  ".join(vals)
+            + "\nFROM (\n  SELECT *, " + ", ".join(key_cols) + f"{tile}\n  FROM `${{ns}}_admitted`{expand})\n"
+            + "GROUP BY " + ("out_id, " if n > 1 else "") + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start"
         )
 
-    def _agg_sql(self, source: EventSource, a: TileAgg, col: AggColumn, fields: dict[str, _Field], types: dict[str, str]) -> str:
-        conds = [_where_sql(w, self._column(source, fields, w.field), self._value_type(source, types, w.field)) for w in a.where]
+    def _agg_sql(self, source: EventSource, a: TileAgg, fields: dict[str, _Field], types: dict[str, str],
+                 only: str | None) -> str:
+        conds = ([only] if only else []) + [_where_sql(w, self._column(source, fields, w.field), self._value_type(source, types, w.field)) for w in a.where]
         value = self._column(source, fields, a.field) if a.field else None
         if value is not None:
             conds.append(f"{value} IS NOT NULL")

@@ -66,7 +66,9 @@ def test_a_new_feature_needs_no_compiler_change(repo: Repository) -> None:
     assert tiles[300_000] == ["user_orders_last_1h", "avg_completed_amount_30m", "last_currency_2h"]
     assert tiles[60_000] == ["min_amount_10m"]
     assert "(f_5_status IN ('completed', 'refunded'))" in job.changelog_query
-    assert "GROUP BY f_1_user_id, ts - MOD(ts, 60000)" in job.changelog_query
+    assert "ROW(0, ts - MOD(ts, 60000))" in job.changelog_query  # the 1-minute tiles: a third expansion
+    assert "GROUP BY out_id, k0, tile_start" in job.changelog_query  # one aggregate (one Deduplicate) for all
+    assert job.changelog_query.count("`${ns}_admitted`") == 1
 
 
 def test_unsupported_aggregations_are_listed(repo: Repository) -> None:

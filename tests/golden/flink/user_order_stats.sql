@@ -50,33 +50,21 @@ SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status FROM (
 WHERE rn = 1;
 
 -- changelog (upsert) to the Redis sink
-SELECT 'T' AS kind, 'user_order_stats' AS view_name, CAST(300000 AS BIGINT) AS tile_ms,
-  CAST(f_1_user_id AS STRING) AS k0,
-  ts - MOD(ts, 300000) AS tile_start, COUNT(*) AS version,
-  CAST(COUNT(*) FILTER (WHERE (f_5_status = 'placed')) AS STRING) AS c0,
-  CAST(NULL AS STRING) AS c1,
-  CAST(NULL AS STRING) AS c2,
-  CAST(NULL AS STRING) AS c3,
-  CAST(NULL AS STRING) AS c4,
-  CAST(NULL AS STRING) AS c5,
-  CAST(NULL AS STRING) AS c6,
-  CAST(NULL AS STRING) AS c7
-FROM `${ns}_admitted`
-GROUP BY f_1_user_id, ts - MOD(ts, 300000)
-UNION ALL
-SELECT 'T' AS kind, 'user_order_stats' AS view_name, CAST(86400000 AS BIGINT) AS tile_ms,
-  CAST(f_1_user_id AS STRING) AS k0,
-  ts - MOD(ts, 86400000) AS tile_start, COUNT(*) AS version,
-  CAST(MAX(f_3_amount) FILTER (WHERE (f_5_status = 'placed') AND f_3_amount IS NOT NULL) AS STRING) AS c0,
-  CAST(COUNT(*) FILTER (WHERE (f_5_status = 'cancelled')) AS STRING) AS c1,
-  CAST(COUNT(*) FILTER (WHERE (f_5_status = 'refunded')) AS STRING) AS c2,
-  CAST(COUNT(*) FILTER (WHERE (f_5_status = 'placed')) AS STRING) AS c3,
-  CAST(COUNT(*) FILTER (WHERE (f_5_status = 'completed')) AS STRING) AS c4,
-  CAST(SUM(CAST(f_3_amount AS DECIMAL(38, 0))) FILTER (WHERE (f_5_status = 'completed') AND f_3_amount IS NOT NULL) AS STRING) AS c5,
-  CAST(MAX(ts) FILTER (WHERE (f_5_status = 'placed') AND ts IS NOT NULL) AS STRING) AS c6,
-  MAX(CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), LPAD(CAST(o AS STRING), 19, '0'), CAST(f_5_status AS STRING))) FILTER (WHERE f_5_status IS NOT NULL) AS c7
-FROM `${ns}_admitted`
-GROUP BY f_1_user_id, ts - MOD(ts, 86400000)
+SELECT 'T' AS kind, 'user_order_stats' AS view_name, CAST(CASE out_id WHEN 0 THEN 300000 WHEN 1 THEN 86400000 END AS BIGINT) AS tile_ms,
+  k0, tile_start, COUNT(*) AS version,
+  CASE out_id WHEN 0 THEN CAST(COUNT(*) FILTER (WHERE out_id = 0 AND (f_5_status = 'placed')) AS STRING) WHEN 1 THEN CAST(MAX(f_3_amount) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed') AND f_3_amount IS NOT NULL) AS STRING) END AS c0,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'cancelled')) AS STRING) END AS c1,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'refunded')) AS STRING) END AS c2,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed')) AS STRING) END AS c3,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'completed')) AS STRING) END AS c4,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(SUM(CAST(f_3_amount AS DECIMAL(38, 0))) FILTER (WHERE out_id = 1 AND (f_5_status = 'completed') AND f_3_amount IS NOT NULL) AS STRING) END AS c5,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(MAX(ts) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed') AND ts IS NOT NULL) AS STRING) END AS c6,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN MAX(CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), LPAD(CAST(o AS STRING), 19, '0'), CAST(f_5_status AS STRING))) FILTER (WHERE out_id = 1 AND f_5_status IS NOT NULL) END AS c7
+FROM (
+  SELECT *, CAST(f_1_user_id AS STRING) AS k0
+  FROM `${ns}_admitted`
+  CROSS JOIN UNNEST(ARRAY[ROW(0, ts - MOD(ts, 300000)), ROW(1, ts - MOD(ts, 86400000))]) AS x(out_id, tile_start))
+GROUP BY out_id, k0, tile_start
 UNION ALL
 SELECT 'P' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,
   CAST(p AS STRING) AS k0,
