@@ -25,7 +25,9 @@ Why the shortcuts are exact:
 
 from __future__ import annotations
 
+import operator
 import re
+from itertools import repeat
 from operator import itemgetter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -45,6 +47,17 @@ _BIG_FLOAT = float(2**63)
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 _PY = {"string": str, "integer": int, "number": float, "boolean": bool}
 _MISSING = object()
+
+
+_BOUNDS = {"minimum": (pc.greater_equal, operator.ge), "maximum": (pc.less_equal, operator.le),
+           "exclusiveMinimum": (pc.greater, operator.gt), "exclusiveMaximum": (pc.less, operator.lt)}
+
+
+def _exact_bound(bound: Any, py: type) -> bool:
+    """True if the bound converts exactly to the column's Arrow type (int64 / float64)."""
+    if type(bound) is int:
+        return INT64_MIN <= bound <= INT64_MAX if py is int else abs(bound) <= 2**53
+    return type(bound) is float and py is float
 
 
 def _safe_pattern(pattern: str) -> bool:
@@ -133,9 +146,9 @@ class ColumnarConverter:
         m = len(cand)
         if not m:
             return Chunk(np.empty(0, np.int64), {}, np.empty(0, np.int64), rest)
-        raw = pa.array([values[i] for i in cand], pa.binary())
-        ok = np.array(pc.equal(pc.count_substring(raw, "\\"), 0).to_numpy(zero_copy_only=False))
-        quotes = pc.count_substring(raw, '"').to_numpy(zero_copy_only=False).astype(np.int64)
+        raw = [values[i] for i in cand]
+        ok = np.fromiter(map(bytes.find, raw, repeat(b"\\")), np.int64, m) < 0
+        quotes = np.fromiter(map(bytes.count, raw, repeat(b'"')), np.int64, m)
         strings = np.fromiter(map(len, dicts), np.int64, m)
         arrays: dict[str, pa.Array] = {}
         event_ms = np.zeros(m, np.int64)
@@ -147,7 +160,7 @@ class ColumnarConverter:
             if col.py is None:
                 arr, good, is_str = self._per_value(col, vals)
             else:
-                arr, good, is_str = self._vector(col, vals, dicts)
+                arr, good, is_str = self._vector(col, vals)
             ok &= good
             strings += is_str
             if col.ftype == "timestamp":
@@ -184,17 +197,19 @@ class ColumnarConverter:
     # -- columns -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _presence(col: _Column, vals: list[Any], dicts: list[dict[str, Any]]) -> tuple[list[Any], np.ndarray]:
-        """Missing/null values as None, and whether each row's missing/null is allowed."""
+    def _presence(col: _Column, vals: list[Any]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """Missing/null values as None, whether each row's missing/null is allowed, and which rows miss it."""
         good = np.ones(len(vals), bool)
+        missing = np.zeros(len(vals), bool)
         if None in vals or _MISSING in vals:
             for i, v in enumerate(vals):
                 if v is _MISSING:
                     vals[i] = None
                     good[i] = not col.required
+                    missing[i] = True
                 elif v is None:
                     good[i] = col.null_ok
-        return vals, good
+        return vals, good, missing
 
     def _per_value(self, col: _Column, vals: list[Any]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         """Any column the vectorised path does not cover: FastValidator's check and the converter's conversion."""
@@ -222,8 +237,8 @@ class ColumnarConverter:
             arrow_type = pa.decimal128(38, scale)
         return pa.array([o if g else None for o, g in zip(out, good)], arrow_type), good, is_str
 
-    def _vector(self, col: _Column, vals: list[Any], dicts: list[dict[str, Any]]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-        vals, good = self._presence(col, vals, dicts)
+    def _vector(self, col: _Column, vals: list[Any]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        vals, good, missing = self._presence(col, vals)
         py = col.py
         types = set(map(type, vals))
         types.discard(type(None))
@@ -249,12 +264,13 @@ class ColumnarConverter:
             if int in types:
                 vals = [float(v) if type(v) is int else v for v in vals]
         arr = pa.array(vals, pa.string() if col.ftype == "timestamp" else _ARROW[col.ftype])
-        good &= self._constraints(col, vals, arr)
+        good &= self._constraints(col, vals, arr) | missing  # a missing optional field has no constraints
         is_str = arr.is_valid().to_numpy(zero_copy_only=False).astype(np.int64) if py is str else np.zeros(len(vals), np.int64)
         return arr, good, is_str
 
     def _constraints(self, col: _Column, vals: list[Any], arr: pa.Array) -> np.ndarray:
-        """The schema keywords of one single-typed column (nulls pass: presence is checked apart)."""
+        """The schema keywords of one single-typed column. Nulls pass all but ``enum`` (which lists null or not);
+        missing values are the caller's."""
         prop = col.prop
         masks: list[Any] = []
         if col.py is str:
@@ -271,13 +287,19 @@ class ColumnarConverter:
                     search = re.compile(prop["pattern"]).search
                     masks.append(pa.array([v is None or search(v) is not None for v in vals]))
         if "enum" in prop:
-            members = frozenset((type(e), e) for e in prop["enum"] if isinstance(e, (str, int, float, bool)))
-            masks.append(pa.array([v is None or (type(v), v) in members for v in vals]))
-        for key, test in (("minimum", lambda v, b: v >= b), ("maximum", lambda v, b: v <= b),
-                          ("exclusiveMinimum", lambda v, b: v > b), ("exclusiveMaximum", lambda v, b: v < b)):
+            enum = prop["enum"]
+            if col.py is str and all(e is None or type(e) is str for e in enum):
+                masks.append(pc.is_in(arr, value_set=pa.array(enum, pa.string())))  # null only if listed
+            else:
+                members = frozenset((type(e), e) for e in enum if e is None or isinstance(e, (str, int, float, bool)))
+                masks.append(pa.array([(type(v), v) in members for v in vals]))
+        for key, (arrow_op, py_op) in _BOUNDS.items():
             if key in prop and col.py in (int, float):
                 bound = prop[key]
-                masks.append(pa.array([v is None or test(v, bound) for v in vals]))
+                if _exact_bound(bound, col.py):  # Arrow compares as Python does
+                    masks.append(arrow_op(arr, pa.scalar(bound, arr.type)))
+                else:
+                    masks.append(pa.array([v is None or py_op(v, bound) for v in vals]))
         good = np.ones(len(vals), bool)
         for mask in masks:
             good &= pc.fill_null(mask, True).to_numpy(zero_copy_only=False)

@@ -103,7 +103,8 @@ class FastValidator:
             if key in prop:
                 bound = prop[key]
                 checks.append(lambda v, b=bound, t=test: type(v) not in numeric or t(v, b))
-        none_ok = type(None) in py_types
+        # enum (like type) applies to null too: null passes only if the enum lists it
+        none_ok = type(None) in py_types and ("enum" not in prop or any(e is None for e in prop["enum"]))
 
         def check(v: Any) -> bool:
             if type(v) not in frozen_types:

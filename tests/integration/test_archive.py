@@ -123,6 +123,7 @@ def _check_exactly_once(catalog: Any, source: EventSource, stored: list[tuple[in
     want_raw = sorted((json.loads(v)["event_id"], p, o) for p, o, v in stored if not _is_malformed(v))
     assert len(got_raw) == len(set(got_raw)), "a raw row is doubled"
     assert got_raw == want_raw
+    _check_values(catalog, source, stored)
     got_dead = sorted(zip(dead["_kafka_partition"].to_pylist(), dead["_offset"].to_pylist(), dead["payload"].to_pylist()))
     want_dead = sorted((p, o, v) for p, o, v in stored if _is_malformed(v))
     assert len(got_dead) == len(set(got_dead)), f"a dead letter is doubled: {sorted(k for k in got_dead if got_dead.count(k) > 1)}"
@@ -132,6 +133,20 @@ def _check_exactly_once(catalog: Any, source: EventSource, stored: list[tuple[in
     for p, o, _ in stored:
         ends[p] = max(ends.get(p, 0), o + 1)
     assert P.parse_offsets(catalog.load_table(source.table).properties[P.OFFSETS_PROP]) == ends
+
+
+def _check_values(catalog: Any, source: EventSource, stored: list[tuple[int, int, bytes | None]]) -> None:
+    """Every raw row holds exactly the per-record converter's values (the columnar path included)."""
+    import pyarrow as pa
+
+    columns = _converter().columns
+    table = catalog.load_table(source.table).scan(selected_fields=(*columns, "_kafka_partition", "_offset")).to_arrow()
+    as_py = {name: (table[name].cast(pa.int64()) if pa.types.is_timestamp(table[name].type) else table[name]).to_pylist()
+             for name in table.column_names}
+    got = {(p, o): tuple(as_py[c][i] for c in columns)
+           for i, (p, o) in enumerate(zip(as_py["_kafka_partition"], as_py["_offset"]))}
+    want = {(p, o): _converter().convert(v).row for p, o, v in stored if not _is_malformed(v)}
+    assert got == want
 
 
 def _archiver(catalog: Any, source: EventSource, bootstrap: str, schemas: Path, **kw: Any):

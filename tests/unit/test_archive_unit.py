@@ -129,6 +129,9 @@ def test_fast_validator_is_never_more_lenient() -> None:
             e[field] = value
         if fast.certainly_valid(e):
             assert full(e) is None, e
+    nullable_enum = {**doc, "properties": {**doc["properties"], "status": {"type": ["string", "null"], "enum": ["placed"]}}}
+    assert not FastValidator(nullable_enum).certainly_valid(_event(1, status=None))  # enum applies to null too
+    assert FastValidator(nullable_enum).certainly_valid(_event(1))
     unsupported = {**doc, "properties": {**doc["properties"], "x": {"type": "object"}}}
     assert not FastValidator(unsupported).supported
 
@@ -311,7 +314,8 @@ def test_columnar_converter_fuzz_other_types(tmp_path: Path) -> None:
         "x": {"type": "number", "maximum": 1e300}, "b": {"type": "boolean"},
         "d": {"type": "string", "format": "decimal", "x-skewless-scale": 2},
         "code": {"type": "string", "pattern": "^\\w+$", "enum": ["ab", "c", "d"]},
-        "t2": {"type": ["string", "null"], "format": "date-time"}}}
+        "t2": {"type": ["string", "null"], "format": "date-time"},
+        "s": {"type": ["string", "null"], "enum": ["a", "b"]}, "s2": {"type": ["string", "null"], "enum": ["a", None]}}}
     (tmp_path / "things.schema.json").write_text(json.dumps(doc))
     source = EventSource(name="things", schema="things", topic="t", table="raw.things", event_time="ts", event_id="id")
     converter = RecordConverter(source, load_schema("things", tmp_path), {"d": 2}, tmp_path)
@@ -321,7 +325,8 @@ def test_columnar_converter_fuzz_other_types(tmp_path: Path) -> None:
              "n": [0, -5, -6, 2**62, 2**62 - 1, 2**63, -(2**63) - 1, 2**64 + 1, None, 1.0, "1", False],
              "x": [1.5, 0, -2, 1e300, 1e301, 2**63, 1e19, True, None, "x"],
              "b": [True, False, 0, None], "d": ["1.25", "1.255", "-3", "x", 3, 1.5, None],
-             "code": ["ab", "c", "zz", "ab\n", 1], "t2": ["2024-05-01T00:00:00.001Z", None, "nope"]}
+             "code": ["ab", "c", "zz", "ab\n", 1], "t2": ["2024-05-01T00:00:00.001Z", None, "nope"],
+             "s": ["a", None, "c"], "s2": [None, "a", "b"]}
     rng = random.Random(17)
     values = []
     for _ in range(3000):
