@@ -12,16 +12,19 @@ Starts its own Redis (a local process on a free 127.0.0.1 port), fills it the wa
   ``online_p99_ms_100_entities_uncached``: the same with the store's memo and decode caches emptied before
   every call (every entity evaluated from its bytes);
 - ``http_p99_ms_1_entity`` / ``http_rps``: ``skewless serve --workers 2`` driven by a load generator in a second
-  process (asyncio, keep-alive connections, bounded time): p99 of sequential requests, then requests/s with
-  ``SKEWLESS_BENCH_HTTP_CONNS`` concurrent connections (and that run's p99).
+  process (asyncio, keep-alive connections, bounded time, reconnecting if the server closes one): p99 of
+  sequential requests, then requests/s with ``SKEWLESS_BENCH_HTTP_CONNS`` concurrent connections (and their p99).
 
-The peer, Feast 0.67 (``bench/peer/feast_online.py`` in ``.venv-peer/``, see :mod:`bench._peer`), runs in the
-same run on the SAME Redis: 1 view x 4 features, ``get_online_features`` of 1 and 100 entities, and ``feast serve
--w 2`` under the same load generator; its figures are each metric's ``peer``. If it cannot run, ``peer`` says why.
+The peer, Feast 0.67 (``bench/peer/feast_online.py --session`` in ``.venv-peer/``, see :mod:`bench._peer`), runs
+in the same run on the SAME Redis: 1 view x 4 features, ``get_online_features`` of 1 and 100 entities in blocks
+alternating with ours (5 blocks each), and ``feast serve -w 2`` driven by the same load generator in turn with
+ours (3 rounds each of sequential, then concurrent load); its figures are each metric's ``peer``. If it cannot
+run, ``peer`` says why.
 
-Cores: the machine has 2; the SDK reads, Redis and the peer's reads run one at a time (never overlapping). For
-HTTP the server's 2 workers, Redis and the single-process load generator share both cores unpinned (the same for
-the peer's server); ``http_rps.loadgen_cpu_share`` is the load generator's CPU time over the run's wall time.
+Cores: the machine has 2, shared with whatever else runs. The SDK reads, Redis and the peer's reads run one at
+a time (never overlapping). For HTTP the server's 2 workers, Redis and the single-process load generator share
+both cores unpinned (the same for the peer's server, driven while ours idles); ``loadgen_cpu_share`` is the
+load generator's CPU seconds per wall second.
 Environment: ``SKEWLESS_BENCH_USERS`` (2000), ``SKEWLESS_BENCH_READS`` (3000), ``SKEWLESS_BENCH_HTTP_S`` (10),
 ``SKEWLESS_BENCH_HTTP_CONNS`` (16).
 """
@@ -42,6 +45,8 @@ USERS = int(os.environ.get("SKEWLESS_BENCH_USERS", "2000"))
 READS = int(os.environ.get("SKEWLESS_BENCH_READS", "3000"))
 HTTP_S = float(os.environ.get("SKEWLESS_BENCH_HTTP_S", "10"))
 HTTP_CONNS = int(os.environ.get("SKEWLESS_BENCH_HTTP_CONNS", "16"))
+BLOCKS = 5  # SDK reads: ours and the peer's alternate in this many blocks
+HTTP_ROUNDS = 3  # HTTP: each server driven in turn, this many rounds of HTTP_S / HTTP_ROUNDS seconds
 PROJECT = "bench"
 SERVICE = "churn_model"
 
@@ -129,26 +134,79 @@ def _loadgen(port: int, body: str, conns: int, seconds: float, sequential: int =
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _peer(redis_port: int, root: Path) -> dict[str, Any]:
-    """The peer's figures on the same Redis (or ``{"error": why}``)."""
-    from bench._peer import PeerError, run_peer
+class _Peer:
+    """The peer (``bench/peer/feast_online.py --session`` in its venv) on the same Redis, answering timed blocks
+    on request, so its reads alternate with ours in blocks and meet the same bursts of load."""
 
-    loadgen = root / "loadgen.py"
-    loadgen.write_text(_LOADGEN)
-    try:
-        return run_peer("feast_online.py", ["--redis", f"127.0.0.1:{redis_port}", "--users", str(USERS),
-                                            "--reads", str(READS), "--loadgen", str(loadgen),
-                                            "--http-seconds", str(HTTP_S), "--http-conns", str(HTTP_CONNS)])
-    except (PeerError, OSError, subprocess.SubprocessError) as exc:
-        return {"error": "peer not measured: " + str(exc)[-800:]}
+    def __init__(self, redis_port: int, root: Path) -> None:
+        from bench._peer import PEER_DIR, peer_python
+
+        self.error: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.lat: dict[str, list[float]] = {"1": [], "100": []}
+        try:
+            py = peer_python()
+            self.log = open(root / "peer.log", "w+")
+            self.proc = subprocess.Popen([str(py), str(PEER_DIR / "feast_online.py"), "--redis", f"127.0.0.1:{redis_port}",
+                                          "--users", str(USERS), "--session"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+            self.info = self._answer()
+        except Exception as exc:  # noqa: BLE001 - reported as "peer not measured: why"
+            self._fail(exc)
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.log.seek(0)
+                raise RuntimeError(f"peer exited {self.proc.poll()}: {self.log.read()[-1500:]}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = f"peer not measured: {type(exc).__name__}: {str(exc)[-800:]}"
+        self.close()
+
+    def ask(self, **cmd: Any) -> dict[str, Any] | None:
+        if self.error is not None or self.proc is None or self.proc.stdin is None:
+            return None
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+            return self._answer()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+
+    def sdk(self, entities: int, n: int, offset: int, warmup: int) -> None:
+        answer = self.ask(op="sdk", entities=entities, n=n, offset=offset, warmup=warmup)
+        if answer is not None:
+            self.lat[str(entities)] += answer["lat"]
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(60)
+            except Exception:  # noqa: BLE001 - then by force (its process group: feast serve's workers too)
+                os.killpg(self.proc.pid, 9)
+        self.proc = None
+
+    def figure(self, key: str, stats: dict[str, Any] | None, unit: str, name: str) -> dict[str, Any]:
+        if self.error is not None or stats is None:
+            return {"value": None, "unit": unit, "name": name, "error": self.error or "peer not measured"}
+        return {"value": stats[key], "unit": unit, "name": f"{self.info['peer']}: {name}",
+                **({"p50": stats["p50"]} if key == "p99" else {})}
 
 
-def _peer_figure(peer: dict[str, Any], part: str, key: str, unit: str, name: str) -> dict[str, Any]:
-    if "error" in peer:
-        return {"value": None, "unit": unit, "name": name, "error": peer["error"]}
-    fig = peer[part]
-    return {"value": fig[key], "unit": unit, "name": f"{peer['peer']}: {name}",
-            **({"p50": fig["p50"]} if key == "p99" else {})}
+def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Load generator runs as one: all latencies, summed elapsed time, CPU, errors and reconnects."""
+    return {"latencies": [x for r in runs for x in r["latencies"]], "elapsed": sum(r["elapsed"] for r in runs),
+            "cpu": sum(r.get("cpu", 0.0) for r in runs), "errors": sum(r["errors"] for r in runs),
+            "reconnects": sum(r.get("reconnects", 0) for r in runs)}
 
 
 def _ratio(a: float, b: float | None) -> float | None:
@@ -170,6 +228,7 @@ def run() -> dict:
     server = RedisServer(port=free_port())
     started = server.start(root / "state", root / "logs")
     serve_proc = None
+    peer: _Peer | None = None
     try:
         wait_until(server.healthy, 60, "bench redis")
         client = redis.Redis(host="127.0.0.1", port=server.port)
@@ -195,25 +254,42 @@ def run() -> dict:
                 p.hmget(k, "cutoff", "run")
             return p.execute()
 
-        raw1, sdk1 = _timed_pair(lambda i: client.hmget(batch_keys[i % len(users)], "cutoff", "run"),
-                                 lambda i: store.get_online_features([{"user_id": users[i % len(users)]}], SERVICE), READS)
-        raw100, sdk100 = _timed_pair(pipe100, lambda i: store.get_online_features(
-            {"user_id": users[(i * 100) % max(1, len(users) - 100):][:100]}, SERVICE), max(300, READS // 6), warmup=30)
+        peer = _Peer(server.port, root)
+        n100 = max(300, READS // 6)
+        raw1: list[float] = []
+        sdk1: list[float] = []
+        raw100: list[float] = []
+        sdk100: list[float] = []
+        for b in range(BLOCKS):  # ours (interleaved with the floor) and the peer's alternate in blocks
+            per, off, warm = READS // BLOCKS, b * (READS // BLOCKS), 200 if b == 0 else 20
+            r, o = _timed_pair(lambda i: client.hmget(batch_keys[(i + off) % len(users)], "cutoff", "run"),
+                               lambda i: store.get_online_features([{"user_id": users[(i + off) % len(users)]}], SERVICE),
+                               per, warmup=warm)
+            raw1 += r
+            sdk1 += o
+            peer.sdk(1, per, off, warm)
+        for b in range(BLOCKS):
+            per, off, warm = n100 // BLOCKS, b * (n100 // BLOCKS), 30 if b == 0 else 5
+            r, o = _timed_pair(lambda i: pipe100(i + off), lambda i: store.get_online_features(
+                {"user_id": users[((i + off) * 100) % max(1, len(users) - 100):][:100]}, SERVICE), per, warmup=warm)
+            raw100 += r
+            sdk100 += o
+            peer.sdk(100, per, off, warm)
 
         def cold100(i: int) -> Any:  # every entity evaluated from its bytes: the store's memo and decode caches emptied
             store._memo.clear()
             store._decoded.clear()
             return store.get_online_features({"user_id": users[(i * 100) % max(1, len(users) - 100):][:100]}, SERVICE)
 
-        sdk100_cold = _timed(cold100, max(300, READS // 6), warmup=30)
-        peer = _peer(server.port, root)
+        sdk100_cold = _timed(cold100, n100, warmup=30)
 
-        # HTTP: `skewless serve` with 2 workers, load from a second process
+        # HTTP: `skewless serve` with 2 workers and `feast serve -w 2`, the same load generator (a second process)
+        # driving each in turn, in rounds
         port = free_port()
         env = {**os.environ, "SKEWLESS_PROJECT": PROJECT}
         serve_proc = subprocess.Popen([sys.executable, "-m", "skewless.cli", "serve", "--port", str(port), "--workers", "2",
                                        "--redis-url", redis_url(server.port), "--project", PROJECT],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         import urllib.request
 
         def up() -> bool:
@@ -224,12 +300,28 @@ def run() -> dict:
 
         wait_until(up, 120, "feature server")
         body = json.dumps({"feature_service": SERVICE, "entities": {"user_id": [users[7 % len(users)]]}})
-        _loadgen(port, body, 2, 2.0)  # warm both workers
-        seq = _loadgen(port, body, 1, HTTP_S, sequential=READS)
-        load = _loadgen(port, body, HTTP_CONNS, HTTP_S)
+        peer_port = (peer.ask(op="serve") or {}).get("port")
+        targets = {"ours": (port, body)} | ({"peer": (peer_port, peer.info["body"])} if peer_port else {})
+        for p_, b_ in targets.values():
+            _loadgen(p_, b_, 2, 2.0)  # warm both workers
+        seqs: dict[str, list[dict]] = {t: [] for t in targets}
+        loads: dict[str, list[dict]] = {t: [] for t in targets}
+        for _ in range(HTTP_ROUNDS):
+            for t, (p_, b_) in targets.items():
+                seqs[t].append(_loadgen(p_, b_, 1, HTTP_S / HTTP_ROUNDS, sequential=READS // HTTP_ROUNDS))
+            for t, (p_, b_) in targets.items():
+                loads[t].append(_loadgen(p_, b_, HTTP_CONNS, HTTP_S / HTTP_ROUNDS))
+        seq, load = _merged(seqs["ours"]), _merged(loads["ours"])
+        peer_seq = _merged(seqs["peer"]) if "peer" in seqs else None
+        peer_load = _merged(loads["peer"]) if "peer" in loads else None
+        peer.close()
         rps = len(load["latencies"]) / load["elapsed"]
         errors = seq["errors"] + load["errors"]
+        if serve_proc.poll() is not None:
+            raise RuntimeError(f"skewless serve exited {serve_proc.returncode} during the run")
     finally:
+        if peer is not None:
+            peer.close()
         if serve_proc is not None:
             serve_proc.terminate()
             try:
@@ -242,18 +334,25 @@ def run() -> dict:
     s_raw1, s_sdk1, s_raw100, s_sdk100 = _stats(raw1), _stats(sdk1), _stats(raw100), _stats(sdk100)
     s_cold100 = _stats(sdk100_cold)
     s_seq, s_load = _stats(seq["latencies"]), _stats(load["latencies"])
-    p1 = _peer_figure(peer, "sdk_1_entity", "p99", "ms", "get_online_features 1 entity x 4 features of 1 view")
-    p100 = _peer_figure(peer, "sdk_100_entities", "p99", "ms", "get_online_features 100 entities x 4 features")
-    phttp = _peer_figure(peer, "http_1_entity", "p99", "ms", "feast serve -w 2, 1 entity, sequential")
-    prps = _peer_figure(peer, "http_load", "rps", "req/s", f"feast serve -w 2, {HTTP_CONNS} connections")
-    if "error" not in peer:
-        prps["p99_ms"] = peer["http_load"]["p99"]
-        prps["reconnects"] = peer.get("http_reconnects", 0)  # feast serve recycles workers (--max-requests 1000)
+    p1 = peer.figure("p99", _stats(peer.lat["1"]) if peer.lat["1"] else None, "ms",
+                     "get_online_features 1 entity x 4 features of 1 view")
+    p100 = peer.figure("p99", _stats(peer.lat["100"]) if peer.lat["100"] else None, "ms",
+                       "get_online_features 100 entities x 4 features")
+    phttp = peer.figure("p99", _stats(peer_seq["latencies"]) if peer_seq else None, "ms",
+                        "feast serve -w 2, 1 entity, sequential")
+    prps = peer.figure("rps", {"rps": round(len(peer_load["latencies"]) / peer_load["elapsed"], 0)} if peer_load else None,
+                       "req/s", f"feast serve -w 2, {HTTP_CONNS} connections")
+    if peer_load:
+        prps["p99_ms"] = _stats(peer_load["latencies"])["p99"]
+        prps["p50_ms"] = _stats(peer_load["latencies"])["p50"]
+        prps["errors"] = peer_load["errors"]
+        prps["reconnects"] = peer_load["reconnects"]  # feast serve recycles its workers (--max-requests 1000)
+        prps["loadgen_cpu_share"] = round(peer_load["cpu"] / peer_load["elapsed"], 2)
     floor1 = {"value": s_raw1["p99"], "unit": "ms", "name": "redis-py HMGET one key", "p50": s_raw1["p50"]}
     floor100 = {"value": s_raw100["p99"], "unit": "ms", "name": "redis-py 100-key pipeline", "p50": s_raw100["p50"]}
     note = (f"{USERS} users, {events} generated order events, {SERVICE} ({len(sample.columns)} features, 2 views); "
             f"fill {fill_s:.0f} s; statuses seen {sorted(statuses)}"
-            + (f"; {peer['error']}" if "error" in peer else ""))
+            + (f"; {peer.error}" if peer.error else ""))
     cpu_share = round(load.get("cpu", 0.0) / load["elapsed"], 2)
     return {
         "online_p99_ms_1_entity": {"value": s_sdk1["p99"], "unit": "ms", "p50": s_sdk1["p50"], "n": s_sdk1["n"],

@@ -1,17 +1,14 @@
-"""The peer's online reads (Feast 0.67, run in `.venv-peer/` by :func:`bench._peer.run_peer`), for bench/online.py.
+"""The peer's online reads (Feast 0.67, run in `.venv-peer/`, see :mod:`bench._peer`), for bench/online.py.
 
-    python bench/peer/feast_online.py --redis 127.0.0.1:6390 [--users 2000] [--reads 3000]
-           [--loadgen FILE --http-seconds 10 --http-conns 16]
+    python bench/peer/feast_online.py --redis 127.0.0.1:6390 [--users 2000] [--reads 3000] [--session]
 
 A Feast repository in a temporary folder with a Redis online store on the given Redis (the one the skewless
 bench started; Feast's keys are its own, they do not touch skewless's), one entity ``user_id`` and ONE feature
 view of 4 features (int64, float64, int64, string), filled with ``write_to_online_store`` for ``--users`` users.
 Timed: ``FeatureStore.get_online_features`` for 1 entity and for 100 entities (``to_dict()``, what a caller
-uses), then, with ``--loadgen``, ``feast serve`` (2 workers, access log off, its other defaults) driven by the
-SAME load generator skewless's server gets (the file is the bench's own generator, run with this interpreter):
-p99 of sequential requests on one connection, then requests/s with ``--http-conns`` connections.
-
-Prints one JSON object (last stdout line): p50/p99 in ms per read shape, HTTP p50/p99 and requests/s.
+uses). Without ``--session`` it prints one JSON object (p50/p99 in ms per read shape). With ``--session`` it
+answers commands on stdin (:func:`session`), so the bench interleaves the peer's reads with its own in blocks
+and drives ``feast serve`` (2 workers, access log off, its other defaults) with its own load generator.
 """
 
 from __future__ import annotations
@@ -94,51 +91,88 @@ def _repo(root: Path, redis: str, users: list[str]) -> Any:
     return fs
 
 
-def _loadgen(loadgen: str, port: int, body: str, conns: int, seconds: float, sequential: int = 0) -> dict:
-    proc = subprocess.run([sys.executable, loadgen, "127.0.0.1", str(port), body, str(conns), str(seconds),
-                           str(sequential)], capture_output=True, text=True, timeout=seconds + 120)
-    if proc.returncode:
-        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def http_body(users: list[str]) -> str:
+    """The HTTP request of 1 entity x the view's 4 features."""
+    return json.dumps({"features": [f"{VIEW}:{f}" for f in FEATURES], "entities": {"user_id": [users[7]]}})
 
 
-def _http(root: Path, users: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def _serve(root: Path, users: list[str]) -> tuple[subprocess.Popen, int]:
+    """``feast serve`` (2 workers, access log off, its other defaults) on a free port, answering."""
     port = _free_port()
     feast = Path(sys.executable).parent / "feast"
     proc = subprocess.Popen([str(feast), "-c", str(root), "serve", "-h", "127.0.0.1", "-p", str(port), "-w", "2",
                              "--no-access-log"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"feast serve did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-            time.sleep(0.2)
-        body = json.dumps({"features": [f"{VIEW}:{f}" for f in FEATURES], "entities": {"user_id": [users[7]]}})
-        check = json.loads(urllib.request.urlopen(urllib.request.Request(
-            f"http://127.0.0.1:{port}/get-online-features", data=body.encode(),
-            headers={"Content-Type": "application/json"}), timeout=10).read())
-        if "results" not in check:
-            raise RuntimeError(f"unexpected feast serve answer: {str(check)[:300]}")
-        _loadgen(args.loadgen, port, body, 2, 2.0)  # warm both workers
-        seq = _loadgen(args.loadgen, port, body, 1, args.http_seconds, sequential=args.reads)
-        load = _loadgen(args.loadgen, port, body, args.http_conns, args.http_seconds)
-    finally:
+    deadline = time.monotonic() + 120
+    while True:
         try:
-            os.killpg(proc.pid, 15)  # gunicorn master and its workers
-            proc.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            raise RuntimeError(f"feast serve did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        time.sleep(0.2)
+    check = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{port}/get-online-features", data=http_body(users).encode(),
+        headers={"Content-Type": "application/json"}), timeout=10).read())
+    if "results" not in check:
+        _stop(proc)
+        raise RuntimeError(f"unexpected feast serve answer: {str(check)[:300]}")
+    return proc, port
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 15)  # gunicorn master and its workers
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
             os.killpg(proc.pid, 9)
-    s_seq, s_load = _stats(seq["latencies"]), _stats(load["latencies"])
-    return {"http_1_entity": s_seq, "http_load": {**s_load, "rps": round(len(load["latencies"]) / load["elapsed"], 1),
-                                                  "connections": args.http_conns, "seconds": args.http_seconds},
-            "http_errors": seq["errors"] + load["errors"],
-            "http_reconnects": seq.get("reconnects", 0) + load.get("reconnects", 0)}
+        except ProcessLookupError:
+            pass
+
+
+def _reader(fs: Any, users: list[str]) -> Callable[[int, int], Callable[[int], Any]]:
+    """``make(entities, offset)`` -> a timed read of 1 or ``entities`` users (``to_dict()``)."""
+    refs = [f"{VIEW}:{f}" for f in FEATURES]
+    n = len(users)
+
+    def make(entities: int, offset: int) -> Callable[[int], Any]:
+        if entities == 1:
+            return lambda i: fs.get_online_features(features=refs,
+                                                    entity_rows=[{"user_id": users[(offset + i) % n]}]).to_dict()
+        return lambda i: fs.get_online_features(features=refs, entity_rows=[
+            {"user_id": u} for u in users[((offset + i) * entities) % max(1, n - entities):][:entities]]).to_dict()
+    return make
+
+
+def session(fs: Any, root: Path, users: list[str]) -> None:
+    """Line protocol on stdin/stdout, one JSON object per line: first ``{"ready": true, "peer", "body"}``; then
+    ``{"op": "sdk", "entities": 1|100, "n": N, "offset": K, "warmup": W}`` -> ``{"lat": [seconds, ...]}``;
+    ``{"op": "serve"}`` -> ``{"port": P}`` (feast serve running until quit); ``{"op": "quit"}``."""
+    import feast
+
+    make = _reader(fs, users)
+    server = None
+    print(json.dumps({"ready": True, "peer": f"feast {feast.__version__}", "features": len(FEATURES), "views": 1,
+                      "body": http_body(users)}), flush=True)
+    try:
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd["op"] == "sdk":
+                lat = _timed(make(cmd["entities"], cmd.get("offset", 0)), cmd["n"], cmd.get("warmup", 0))
+                print(json.dumps({"lat": lat}), flush=True)
+            elif cmd["op"] == "serve":
+                if server is None:
+                    server = _serve(root, users)
+                print(json.dumps({"port": server[1]}), flush=True)
+            else:
+                break
+    finally:
+        if server is not None:
+            _stop(server[0])
 
 
 def main() -> None:
@@ -146,9 +180,7 @@ def main() -> None:
     ap.add_argument("--redis", required=True, help="host:port of the Redis to use as Feast's online store")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--reads", type=int, default=3000)
-    ap.add_argument("--loadgen", default=None, help="the bench's HTTP load generator (a Python file); no HTTP without it")
-    ap.add_argument("--http-seconds", type=float, default=10.0)
-    ap.add_argument("--http-conns", type=int, default=16)
+    ap.add_argument("--session", action="store_true", help="answer commands on stdin (see session())")
     args = ap.parse_args()
     import feast
 
@@ -159,20 +191,16 @@ def main() -> None:
         refs = [f"{VIEW}:{f}" for f in FEATURES]
         sample = fs.get_online_features(features=refs, entity_rows=[{"user_id": users[1]}]).to_dict()
         assert sample["orders_7d"] == [1] and sample["last_status"] == ["cancelled"], sample
-        n = len(users)
-        one = _timed(lambda i: fs.get_online_features(features=refs, entity_rows=[{"user_id": users[i % n]}]).to_dict(),
-                     args.reads, warmup=200)
-        reads100 = max(300, args.reads // 6)
-        hundred = _timed(lambda i: fs.get_online_features(
-            features=refs, entity_rows=[{"user_id": u} for u in users[(i * 100) % max(1, n - 100):][:100]]).to_dict(),
-            reads100, warmup=30)
-        out: dict[str, Any] = {"peer": f"feast {feast.__version__}", "features": len(FEATURES), "views": 1,
-                               "sdk_1_entity": _stats(one), "sdk_100_entities": _stats(hundred)}
-        if args.loadgen:
-            out.update(_http(root, users, args))
+        if args.session:
+            session(fs, root, users)
+            return
+        make = _reader(fs, users)
+        one = _timed(make(1, 0), args.reads, warmup=200)
+        hundred = _timed(make(100, 0), max(300, args.reads // 6), warmup=30)
+        print(json.dumps({"peer": f"feast {feast.__version__}", "features": len(FEATURES), "views": 1,
+                          "sdk_1_entity": _stats(one), "sdk_100_entities": _stats(hundred)}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -160,7 +160,6 @@ class _ViewPlan:
     batch_aggs: dict = field(default_factory=dict)  # batch field -> needed _AggSpecs reading it
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names it in the store's caches
     # derived features split by whether their value depends on the read instant (DaysSince somewhere below):
-    static_derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # evaluated once per memoised entity state
     dynamic_derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # evaluated on every read
     out_dynamic: tuple[tuple[int, str], ...] = ()  # (position in outputs, name) of instant-dependent outputs
     # the window starts at T of the last read and the instants they hold for: (T_lo, T_hi, now_lo, now_hi, as_of,
@@ -184,7 +183,6 @@ class _ViewPlan:
         for name, expr, _ in self.derived:  # dependency order: inputs are classified before their users
             if _instant_dependent(expr, dynamic):
                 dynamic.add(name)
-        self.static_derived = tuple(d for d in self.derived if d[0] not in dynamic)
         self.dynamic_derived = tuple(d for d in self.derived if d[0] in dynamic)
         self.out_dynamic = tuple((i, f) for i, (f, _) in enumerate(self.outputs) if f in dynamic)
 
@@ -602,7 +600,8 @@ class OnlineStore:
             chunk = replies[pos:pos + k * n]
             pos += k * n
             if vp.snapshot:
-                rows = [self._snapshot(vp, chunk[i], epoch, T) for i in range(n)]
+                snapshot = self._snapshot
+                rows = [snapshot(vp, r, epoch_text, T) for r in chunk]
             else:
                 stale = False
                 age: int | None = None
@@ -622,17 +621,12 @@ class OnlineStore:
                     if len(ctx_ids) >= 4096:
                         ctx_ids.clear()
                     ctx_id = ctx_ids[ctx] = next(_SERIALS)  # never reused: an old number names no other context
-                windowed = self._windowed
                 mstats = self._memo_stats
                 use_memo = mstats[2] <= 0
                 if not use_memo:
                     mstats[2] -= n
-                if k == 1:
-                    rows = [windowed(vp, (r,), epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id, use_memo)
-                            for r in chunk]
-                else:
-                    rows = [windowed(vp, chunk[i * k:(i + 1) * k], epoch, meta, now, as_of_ms, stale, age, runs, starts,
-                                     ctx_id, use_memo) for i in range(n)]
+                rows = self._windowed(vp, chunk, n, k, epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
+                                      use_memo)
                 if runs:
                     batch_runs[vp.view.name] = runs
             if n == 1:
@@ -740,7 +734,7 @@ class OnlineStore:
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
-    def _snapshot(self, vp: _ViewPlan, raw: bytes | None, epoch: bytes | None,
+    def _snapshot(self, vp: _ViewPlan, raw: bytes | None, epoch: str | None,
                   T: int) -> tuple[Sequence[Any], Sequence[str], int | None]:
         """One entity of a snapshot view: ``(values, statuses, age)`` in the order of ``vp.snapshot_fields``."""
         k = len(vp.snapshot_fields)
@@ -755,7 +749,7 @@ class OnlineStore:
                 cache.clear()
             cache[(vp.serial, raw)] = row
         ts, created, row_epoch = row[0], row[1], row[2]
-        if epoch is None or row_epoch != epoch.decode() or ts > T or (created is not None and created > T):
+        if epoch is None or row_epoch != epoch or ts > T or (created is not None and created > T):
             return (None,) * k, (INCOMPLETE,) * k, None
         age = T - ts
         if ts >= T - vp.ttl_ms:
@@ -769,100 +763,110 @@ class OnlineStore:
         status = EXPIRED if ts >= T - vp.ttl_ms - SNAPSHOT_EXPIRED_MEMORY_MS else PRESENT
         return (None,) * k, (status,) * k, age
 
-    def _windowed(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
-                  now: int, as_of_ms: int | None, stale: bool, age: int | None,
+    def _windowed(self, vp: _ViewPlan, chunk: Sequence[Any], n: int, k: int, epoch: bytes | None,
+                  meta: tuple[Any, ...], now: int, as_of_ms: int | None, stale: bool, age: int | None,
                   runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: int,
-                  use_memo: bool = True) -> tuple[Sequence[Any], Sequence[str], int | None]:
-        """One entity of one feature view: :func:`layout.evaluate_read` + the reader's rules; ``(values, statuses,
-        age)`` in the order of ``vp.outputs``.
+                  use_memo: bool = True) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+        """The ``n`` entities of one feature view (``k`` replies each in ``chunk``): :func:`layout.evaluate_read` +
+        the reader's rules; per entity ``(values, statuses, age)`` in the order of ``vp.outputs``.
 
-        The aggregations' values and statuses are a function of the entity's raw replies and of the call context
+        An entity's aggregation values and statuses are a function of its raw replies and of the call context
         ``ctx`` (a number naming: epoch, view meta, as_of, the window starts at T and the current tile of each
-        group) plus, for a
-        batch part, whether its cut-off is after T and how many days late it is; they are memoised on that key
-        (bounded, per view plan) together with the derived features that do not depend on T. Staleness, the
-        derived features that depend on T (``DaysSince``) and the age are applied after, on every read."""
+        group) plus, for a batch part, whether its cut-off is after T and how many days late it is; they are
+        memoised on that key (bounded) together with the derived features that do not depend on T. Staleness,
+        the derived features that depend on T (``DaysSince``) and the age are applied after, on every read."""
         T = now if as_of_ms is None else as_of_ms
         memo = self._memo
-        if not use_memo:
-            hit = self._prepare(vp, self._aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms,
-                                                    stream_starts))
-            return self._finish(vp, hit, T, stale, age, runs)
-        try:
-            cutoff = None
-            if vp.batch_fields:
-                braw = raws[-1]
-                cutoff = int(braw[b"cutoff"]) if braw else None
-                run_cutoff = meta[2]
-                if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and meta[3] == epoch:
-                    cutoff = run_cutoff
-            key: Any = (ctx, None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS),
-                        *[tuple(r) if type(r) is list else tuple(r.items()) for r in raws])
-            hit = memo.get(key)
-        except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
-            key, hit = None, None
         mstats = self._memo_stats
-        mstats[0] += 1
-        if hit is None:
-            agg = self._aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts)
-            hit = self._prepare(vp, agg)
-            if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
-                if len(memo) >= _MEMO_MAX:
-                    memo.clear()
-                memo[key] = hit
-        else:
-            mstats[1] += 1
-        if mstats[0] >= _MEMO_PROBE:
-            if mstats[1] < _MEMO_MIN_HITS:
-                mstats[2] = _MEMO_PAUSE
-            mstats[0] = mstats[1] = 0
-        return self._finish(vp, hit, T, stale, age, runs)
+        has_batch = bool(vp.batch_fields)
+        run_cutoff, run_epoch_ok = meta[2], meta[3] == epoch
+        dynamic = self._dynamic if vp.dynamic_derived else None
+        batch_age = not vp.stream and age is None
+        rows = []
+        append = rows.append
+        for i in range(n):
+            raws = (chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k]
+            hit = key = None
+            if use_memo:
+                try:
+                    cutoff = None
+                    if has_batch:
+                        braw = raws[-1]
+                        cutoff = int(braw[b"cutoff"]) if braw else None
+                        if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch_ok:
+                            cutoff = run_cutoff
+                    key = (ctx, None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS),
+                           *[tuple(r) if type(r) is list else tuple(r.items()) for r in raws])
+                    hit = memo.get(key)
+                except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
+                    key = hit = None
+                mstats[0] += 1
+                if hit is not None:
+                    mstats[1] += 1
+            if hit is None:
+                agg = self._aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts)
+                hit = self._prepare(vp, agg)
+                if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
+                    if len(memo) >= _MEMO_MAX:
+                        memo.clear()
+                    memo[key] = hit
+            if use_memo and mstats[0] >= _MEMO_PROBE:
+                if mstats[1] < _MEMO_MIN_HITS:
+                    mstats[2] = _MEMO_PAUSE
+                mstats[0] = mstats[1] = 0
+            out_vals, out_sts, run, batch_cutoff = hit[0], hit[1], hit[2], hit[3]
+            if run is not None:
+                runs[run[0]] = run[1]
+            if dynamic is not None:
+                out_vals = dynamic(vp, hit, T)
+            if stale:
+                out_sts = [STALE if st == PRESENT else st for st in out_sts]
+            append((out_vals, out_sts, max(0, T - batch_cutoff) if batch_age and batch_cutoff is not None else age))
+        return rows
 
     def _prepare(self, vp: _ViewPlan, agg: tuple) -> tuple:
-        """``(output values, output statuses before staleness, run, batch cut-off, values, statuses)`` of an
-        entity's evaluated aggregations plus the derived features that do not depend on T (instant-dependent
-        outputs are placeholders here, filled by :meth:`_finish`)."""
+        """``(output values, output statuses before staleness, run, batch cut-off, values, to evaluate at T)`` of an
+        entity's evaluated aggregations: every derived status (a function of the input statuses, never of T) and
+        the values of the derived features that do not depend on T; the instant-dependent ones not incomplete are
+        listed ``(name, expr, inputs, their values if all are known now)`` for :meth:`_dynamic`.
+
+        Staleness is applied later to the outputs (PRESENT -> STALE): a derived status computed from its inputs'
+        statuses before that (incomplete if any is, else stale if any is) then equals the one from after."""
         agg_vals, agg_sts, run, batch_cutoff = agg
         vals, sts = agg_vals, agg_sts
-        if vp.static_derived:
+        pending: list[tuple[str, Any, tuple[str, ...], dict[str, Any] | None]] = []
+        if vp.derived:
             vals, sts = dict(agg_vals), dict(agg_sts)
-            for name, expr, inputs in vp.static_derived:
+            later = {d[0] for d in vp.dynamic_derived}
+            for name, expr, inputs in vp.derived:  # dependency order
                 in_status = [sts[i] for i in inputs]
                 if INCOMPLETE in in_status:
                     vals[name], sts[name] = None, INCOMPLETE
+                    continue
+                sts[name] = STALE if STALE in in_status else PRESENT
+                if name in later:
+                    vals[name] = None  # evaluated at T on every read
+                    known = None if any(i in later for i in inputs) else {i: vals[i] for i in inputs}
+                    pending.append((name, expr, inputs, known))
                 else:
                     vals[name] = self._evaluate_derived(expr, {i: vals[i] for i in inputs}, 0)  # T is not read
-                    sts[name] = STALE if STALE in in_status else PRESENT
         return (tuple([vals.get(f) for f, _ in vp.outputs]), tuple([sts.get(f) for f, _ in vp.outputs]),
-                run, batch_cutoff, vals, sts)
+                run, batch_cutoff, vals, tuple(pending))
 
-    def _finish(self, vp: _ViewPlan, hit: tuple, T: int, stale: bool, age: int | None,
-                runs: dict[str, int]) -> tuple[Sequence[Any], Sequence[str], int | None]:
-        """Run, age, staleness and the instant-dependent derived features of a prepared entity (every read).
-
-        Staleness is applied after the derived statuses: a derived feature's status from its inputs' statuses
-        before (incomplete if any is, else stale if any is) turned stale with them is the same as from after."""
-        out_vals, out_sts, run, batch_cutoff, vals, sts = hit
-        if run is not None:
-            runs[run[0]] = run[1]
-        if batch_cutoff is not None and age is None and not vp.stream:
-            age = max(0, T - batch_cutoff)
-        if vp.dynamic_derived:
-            dv: dict[str, Any] = {}
-            ds: dict[str, str] = {}
-            for name, expr, inputs in vp.dynamic_derived:
-                in_status = [ds[i] if i in ds else sts[i] for i in inputs]
-                if INCOMPLETE in in_status:
-                    dv[name], ds[name] = None, INCOMPLETE
-                else:
-                    dv[name] = self._evaluate_derived(expr, {i: dv[i] if i in dv else vals[i] for i in inputs}, T)
-                    ds[name] = STALE if STALE in in_status else PRESENT
-            out_vals, out_sts = list(out_vals), list(out_sts)
-            for pos, name in vp.out_dynamic:
-                out_vals[pos], out_sts[pos] = dv[name], ds[name]
-        if stale:
-            out_sts = [STALE if st == PRESENT else st for st in out_sts]
-        return out_vals, out_sts, age
+    def _dynamic(self, vp: _ViewPlan, hit: tuple, T: int) -> list[Any]:
+        """A prepared entity's output values with the derived features that depend on T evaluated at T."""
+        out_vals, vals, pending = hit[0], hit[4], hit[5]
+        if not pending:
+            return out_vals
+        evaluate = self._evaluate_derived
+        dv: dict[str, Any] = {}
+        for name, expr, inputs, known in pending:
+            dv[name] = evaluate(expr, known if known is not None else {i: dv[i] if i in dv else vals[i] for i in inputs}, T)
+        out_vals = list(out_vals)
+        for pos, name in vp.out_dynamic:
+            if name in dv:
+                out_vals[pos] = dv[name]
+        return out_vals
 
     def _aggregate(self, vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
                    now: int, as_of_ms: int | None, stream_starts: Sequence[list[int | None]],
