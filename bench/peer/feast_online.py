@@ -27,28 +27,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: bench.online's timing (stdlib only)
+from bench.online import _stats, _timed  # noqa: E402
+
 FEATURES = ["orders_7d", "amount_7d", "cancelled_30d", "last_status"]
 VIEW = "user_stats"
-
-
-def _p(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(q * len(s)))] * 1000.0, 3)
-
-
-def _stats(lat: list[float]) -> dict[str, float]:
-    return {"p50": _p(lat, 0.5), "p99": _p(lat, 0.99), "n": len(lat)}
-
-
-def _timed(fn: Callable[[int], Any], n: int, warmup: int) -> list[float]:
-    for i in range(warmup):
-        fn(i)
-    out = []
-    for i in range(n):
-        t = time.perf_counter()
-        fn(i)
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def _free_port() -> int:
