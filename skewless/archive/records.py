@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Callable, Mapping
 
-from skewless.core.admission import INT64_MAX, INT64_MIN, MalformedError, parse_event_time, parse_payload
+from skewless.core.admission import INT64_MAX, INT64_MIN, MalformedError, _to_decimal, parse_event_time, parse_payload
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema, _check_timestamp, validator
 from skewless.core.timeutil import MS_PER_DAY
@@ -273,14 +273,9 @@ class RecordConverter:
         raise MalformedError(f"field {name!r}: {value!r} is not a {ftype} (the raw table column type)")
 
     def _decimal(self, name: str, value: Any) -> Decimal:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise MalformedError(f"decimal field {name!r} must be a JSON string like \"12.50\" (or an integer), got {value!r}")
-        try:
-            result = Decimal(value)
-        except InvalidOperation:
-            raise MalformedError(f"decimal field {name!r}: {value!r} is not a decimal number") from None
-        if not result.is_finite():
-            raise MalformedError(f"decimal field {name!r}: {value!r} is not finite")
+        """The contract's decimal reading (``admission._to_decimal``), then the column's scale and precision."""
+        result = _to_decimal(value, name)
+        assert result is not None  # _column handles null
         scale = self.scales.get(name, 9)
         exponent = result.as_tuple().exponent
         if isinstance(exponent, int) and -exponent > scale:
