@@ -64,6 +64,7 @@ class AsOfNotAligned(OnlineRequestError, AsOfNotAlignedError):
 
 _HGETALL, _GET = b"HGETALL", b"GET"
 _K_GET, _K_HASH, _K_TILES = 0, 1, 2  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis gives it
+_SEP = b"\0"
 
 
 def _pack(cmd: bytes, key: bytes) -> bytes:
@@ -175,7 +176,7 @@ class _ViewPlan:
         else:
             self.key_suffixes = tuple([(_HGETALL, g.suffix) for g in self.groups]
                                       + ([(_HGETALL, b"}:b")] if self.batch_fields else []))
-            self.kinds = (_K_TILES,) * len(self.groups) + ((_K_HASH,) if self.batch_fields else ())
+            self.kinds = (_K_TILES,) * (len(self.groups) + (1 if self.batch_fields else 0))
         esc = self.prefix.replace(b"%", b"%%")
         self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
                              len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
@@ -792,11 +793,25 @@ class OnlineStore:
                     cutoff = None
                     if has_batch:
                         braw = raws[-1]
-                        cutoff = int(braw[b"cutoff"]) if braw else None
+                        if type(braw) is list:  # flat [field, value, ...]: the field at an even position
+                            if braw:
+                                ci = braw.index(b"cutoff")  # missing: no memo; the evaluation raises the reference's error
+                                if ci & 1:
+                                    raise ValueError("a value equals 'cutoff': no memo for this entity")
+                                cutoff = int(braw[ci + 1])
+                        else:
+                            cutoff = int(braw[b"cutoff"]) if braw else None
                         if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch_ok:
                             cutoff = run_cutoff
-                    key = (ctx, None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS),
-                           *[tuple(r) if type(r) is list else tuple(r.items()) for r in raws])
+                    parts: list[Any] = [ctx, None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)]
+                    for r in raws:  # a flat reply as ONE bytes (fields and values joined by NUL: one hash, one compare)
+                        if type(r) is list:
+                            joined = _SEP.join(r)
+                            # injective only when no element holds a NUL itself; otherwise the elements as they are
+                            parts.append(joined if joined.count(_SEP) == len(r) - 1 or not r else tuple(r))
+                        else:
+                            parts.append(tuple(r.items()))
+                    key = tuple(parts)
                     hit = memo.get(key)
                 except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
                     key = hit = None
