@@ -49,6 +49,15 @@ _PY = {"string": str, "integer": int, "number": float, "boolean": bool}
 _MISSING = object()
 
 
+def _parse(value: Any, loads: Callable[[Any], Any] = orjson.loads,
+           refused: tuple[type[Exception], ...] = (orjson.JSONDecodeError, TypeError)) -> Any:
+    """orjson's reading of a record value, or None where it refuses it (the per-record path then decides)."""
+    try:
+        return loads(value)
+    except refused:
+        return None
+
+
 _BOUNDS = {"minimum": (pc.greater_equal, operator.ge), "maximum": (pc.less_equal, operator.le),
            "exclusiveMinimum": (pc.greater, operator.gt), "exclusiveMaximum": (pc.less, operator.lt)}
 
@@ -100,7 +109,6 @@ class ColumnarConverter:
         doc = converter.doc
         fast = converter.fast
         self.enabled = fast.supported
-        self.declared = frozenset(converter.columns)
         source = converter.source
         self.event_time, self.keys = source.event_time, [source.event_id] + ([source.partition_key] if source.partition_key else [])
         checks = dict(fast.checks)
@@ -127,29 +135,19 @@ class ColumnarConverter:
         n = len(values)
         if not self.enabled:
             return Chunk(np.empty(0, np.int64), {}, np.empty(0, np.int64), list(range(n)))
-        loads, declared = orjson.loads, self.declared
-        cand: list[int] = []
-        dicts: list[dict[str, Any]] = []
-        rest: list[int] = []
-        for i, v in enumerate(values):
-            if type(v) is bytes:
-                try:
-                    d = loads(v)
-                except orjson.JSONDecodeError:
-                    rest.append(i)
-                    continue
-                if type(d) is dict and d.keys() <= declared:
-                    cand.append(i)
-                    dicts.append(d)
-                    continue
-            rest.append(i)
+        parsed = list(map(_parse, values))
+        cand = [i for i, d in enumerate(parsed) if type(d) is dict]
+        rest = [i for i, d in enumerate(parsed) if type(d) is not dict] if len(cand) < n else []
         m = len(cand)
         if not m:
             return Chunk(np.empty(0, np.int64), {}, np.empty(0, np.int64), rest)
-        raw = [values[i] for i in cand]
+        dicts = [parsed[i] for i in cand] if m < n else parsed
+        raw = [values[i] for i in cand] if m < n else values
         ok = np.fromiter(map(bytes.find, raw, repeat(b"\\")), np.int64, m) < 0
         quotes = np.fromiter(map(bytes.count, raw, repeat(b'"')), np.int64, m)
-        strings = np.fromiter(map(len, dicts), np.int64, m)
+        keys = np.fromiter(map(len, dicts), np.int64, m)
+        strings = keys.copy()
+        declared = np.zeros(m, np.int64)  # declared fields present: fewer than keys -> undeclared fields
         arrays: dict[str, pa.Array] = {}
         event_ms = np.zeros(m, np.int64)
         for col in self.columns:
@@ -157,12 +155,16 @@ class ColumnarConverter:
                 vals = list(map(itemgetter(col.name), dicts))
             except KeyError:
                 vals = [d.get(col.name, _MISSING) for d in dicts]
+            missing = np.zeros(m, bool)
+            if _MISSING in vals:
+                missing = np.fromiter((v is _MISSING for v in vals), bool, m)
             if col.py is None:
                 arr, good, is_str = self._per_value(col, vals)
             else:
                 arr, good, is_str = self._vector(col, vals)
             ok &= good
             strings += is_str
+            declared += ~missing
             if col.ftype == "timestamp":
                 ms, good = self._timestamps(arr)
                 ok &= good
@@ -174,7 +176,7 @@ class ColumnarConverter:
             if col.name in self.keys:
                 ok &= self._key_ok(col, arr, dicts)
             arrays[col.name] = arr
-        ok &= quotes == 2 * strings  # no duplicate keys (module doc)
+        ok &= (quotes == 2 * strings) & (declared == keys)  # no duplicate keys (module doc), no undeclared field
         idx = np.flatnonzero(ok)
         if len(idx) < m:
             rest.extend(cand[i] for i in np.flatnonzero(~ok))
@@ -240,6 +242,14 @@ class ColumnarConverter:
     def _vector(self, col: _Column, vals: list[Any]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         vals, good, missing = self._presence(col, vals)
         py = col.py
+        if py is str:
+            try:  # refuses every non-str value orjson can produce (it makes no bytes)
+                arr = pa.array(vals, pa.string())
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                pass
+            else:
+                good &= self._constraints(col, vals, arr) | missing  # a missing optional field has no constraints
+                return arr, good, arr.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
         types = set(map(type, vals))
         types.discard(type(None))
         allowed = {int, float} if py is float else {py}
