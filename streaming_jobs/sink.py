@@ -88,12 +88,25 @@ def bucket_of(row: Sequence[Any], buckets: int) -> int:
 class TileWriter:
     """Turns changelog rows into Redis writes (used by the Flink sink and by tests without Flink)."""
 
+    KEY_CACHE = 200_000  # tile keys remembered (entity, tile size) -> key; cleared when full
+
     def __init__(self, job: FlinkSourceJob, config: SinkConfig, views: dict[str, Any], epoch: str) -> None:
         self.job, self.config, self.epoch = job, config, epoch
         self.outputs = {(o.view, o.tile_ms): o for o in job.outputs}
         self.groups = {(name, g.tile_ms): g for name, v in views.items() for g in layout.tile_groups(v)}
+        self.aggs = {k: g.aggs for k, g in self.groups.items()}  # computed once: a property builds Agg enums
         self.views = views
         self.kw, self.vw = job.key_width, job.value_width
+        self._keys: dict[tuple, str] = {}
+
+    def _tile_key(self, view: str, out: TileOutput, keys: Sequence[str | None], tile_ms: int) -> tuple[tuple, str]:
+        cached = self._keys.get((view, tile_ms, *keys))
+        if cached is None:
+            if len(self._keys) >= self.KEY_CACHE:
+                self._keys.clear()
+            ek = entity_key(out, keys[:len(out.key_names)])
+            cached = self._keys[(view, tile_ms, *keys)] = (ek, layout.tile_key(self.config.project, self.views[view], ek, tile_ms))
+        return cached
 
     def split(self, row: Sequence[Any]) -> tuple[str, str, int, list, int, int, list]:
         kind, view, tile_ms = row[0], row[1], row[2]
@@ -114,12 +127,10 @@ class TileWriter:
             kind, view, tile_ms, keys, start, version, values = self.split(row)
             if kind == KIND_TILE:
                 out = self.outputs[(view, tile_ms)]
-                ek = entity_key(out, keys[:len(out.key_names)])
-                group = self.groups[(view, tile_ms)]
+                ek, key = self._tile_key(view, out, keys, tile_ms)
                 accs = [decode_acc(c, values[i]) for i, c in enumerate(out.columns)]
-                key = layout.tile_key(self.config.project, self.views[view], ek, tile_ms)
-                fields = tiles.setdefault((view, ek), {}).setdefault(key, (group, {}))[1]
-                fields[int(start)] = layout.encode_tile_vector(int(version), self.epoch, accs, group.aggs)
+                fields = tiles.setdefault((view, ek), {}).setdefault(key, (self.groups[(view, tile_ms)], {}))[1]
+                fields[int(start)] = layout.encode_tile_vector(int(version), self.epoch, accs, self.aggs[(view, tile_ms)])
             elif kind == KIND_PROGRESS:
                 max_event, records, admitted, malformed, future, late = values[:6]
                 progress[f"p:{keys[0]}"] = laws.dumps({

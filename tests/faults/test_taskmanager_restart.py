@@ -1,0 +1,75 @@
+"""Fault test (`make test-faults`, marked slow, outside `make test`): the `make up` cluster's TaskManager is
+restarted cleanly (SIGTERM, then a new one) while the streaming job is busy with a backlog, twice.
+
+The job must restart from its last completed checkpoint each time, resume applying records, and end exact
+(the parity run compares every value with the oracle: nothing lost, nothing counted twice). The restart
+timings (stop, new TaskManager to records applied again) are printed for docs/streaming.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.harness import Stack, applied, job_exceptions, parity, run_job, wait
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+EVENTS = 12_000  # a backlog the job needs a while for, so both restarts land mid-stream
+RESTARTS = 2
+
+
+def _restart_taskmanager(stack: Stack, ctx: Any) -> dict[str, float]:
+    """SIGTERM the TaskManager (and its group), start a new one the way `stack up` does, and wait until the
+    job applies records again. Returns the timings in seconds."""
+    from skewless.stack.flink import FlinkSessionCluster, flink_home
+    from skewless.stack.procs import pid_alive, stop_pids
+
+    tm = stack.entry("flink")["pids"][1]["pid"]
+    before = applied(ctx)
+    t0 = time.monotonic()
+    stop_pids([tm], timeout_s=60.0)
+    assert not pid_alive(tm), f"TaskManager {tm} still alive"
+    stopped = time.monotonic()
+    cluster = FlinkSessionCluster(rest_port=int(stack.env["SKEWLESS_FLINK_REST_PORT"]), state_dir=stack.state,
+                                  log_dir=stack.state / "logs")
+    with open(stack.state / "logs" / "flink" / "taskmanager.restart.log", "ab") as out:
+        proc = subprocess.Popen(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start-foreground"],
+                                env=cluster._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    stack.replace_pid("flink", tm, proc.pid)
+    # after a restore the progress counts go back to the checkpoint, then pass the pre-stop count again
+    wait(lambda: applied(ctx) > before or applied(ctx) >= ctx.records, 600, "records applied after the restart",
+         interval_s=0.2)
+    return {"stop_s": round(stopped - t0, 1), "resumed_s": round(time.monotonic() - stopped, 1), "applied_before": before}
+
+
+def test_taskmanager_restarted_under_load(stack: Stack, tmp_path: Path) -> None:
+    from skewless.e2e.parity import Faults
+
+    timings: list[dict[str, float]] = []
+    failures: list[str] = []
+
+    class RestartTaskManager(Faults):
+        def during_stream(self, ctx: Any) -> None:
+            checkpoints = ctx.targets.workdir / "checkpoints" / ctx.project
+            for i in range(RESTARTS):
+                wait(lambda: applied(ctx) >= ctx.records * (i + 1) // (RESTARTS + 2), 900, "the job busy mid-stream")
+                done = len(list(checkpoints.glob("*/chk-*/_metadata")))
+                wait(lambda: len(list(checkpoints.glob("*/chk-*/_metadata"))) > done, 60, "a completed checkpoint")
+                if applied(ctx) >= ctx.records:
+                    return
+                timings.append(_restart_taskmanager(stack, ctx))
+            job = run_job(stack, ctx)
+            if job is not None:
+                failures.extend(job_exceptions(stack, job["jid"]))
+
+    parity(stack, tmp_path, seed=202, faults=RestartTaskManager(), events=EVENTS)
+    print("TaskManager restarts:", timings, "job failures recorded:", failures)
+    assert len(timings) == RESTARTS, f"the stream ended before {RESTARTS} restarts: {timings}"
+    assert all(t["applied_before"] < EVENTS for t in timings), timings  # each restart landed mid-stream
+    assert len(failures) >= RESTARTS, failures  # the job really lost its TaskManager each time and recovered
