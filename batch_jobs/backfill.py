@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from batch_jobs.runner import DEFAULT_CHUNK_DAYS
+
     parser.add_argument("--view", action="append", default=None,
                         help="feature view to compute (repeatable; default: every feature view with batch-served windows)")
     parser.add_argument("--start", required=True, help="first day YYYY-MM-DD (UTC)")
@@ -23,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder")
     parser.add_argument("--namespace", default="features", help="Iceberg namespace of the output tables")
-    parser.add_argument("--chunk-days", type=int, default=92, help="days per Spark job and Iceberg commit (default 92)")
+    parser.add_argument("--chunk-days", type=int, default=DEFAULT_CHUNK_DAYS,
+                        help=f"days per Spark job and Iceberg commit (default {DEFAULT_CHUNK_DAYS})")
     parser.add_argument("--rerun", action="store_true", help="recompute days already done with the same fingerprint")
     parser.add_argument("--force", action="store_true",
                         help="skip the archive-completeness gate (closed history, static test data)")

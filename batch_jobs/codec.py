@@ -57,3 +57,94 @@ def encode_serving_batches(batches: Iterator[Any], entity: Entity, key_names: Se
         for w in windows:
             out[w.column] = [encode_window(r, w) for r in rows]
         yield pa.RecordBatch.from_pydict(out)
+
+
+# --- the same encoding with Spark SQL built-ins (no Python on the serving hot path) ---------------------
+
+_JSON_SHORT = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"}
+_NEEDS_JSON_ESCAPE = '[\\x00-\\x1f"\\\\]'
+
+
+def _json_string(col: Any) -> Any:
+    """``json.dumps(text, ensure_ascii=False)`` as a Column: quotes, backslashes and control characters
+    escaped exactly as Python does (``\\n``-style short forms, else ``\\u00xx`` in lower-case hex)."""
+    from pyspark.sql import functions as F
+
+    escaped = F.replace(F.replace(col, F.lit("\\"), F.lit("\\\\")), F.lit('"'), F.lit('\\"'))
+    for code in range(0x20):
+        escaped = F.replace(escaped, F.lit(chr(code)), F.lit(_JSON_SHORT.get(code, f"\\u{code:04x}")))
+    return F.concat(F.lit('"'), F.when(col.rlike(_NEEDS_JSON_ESCAPE), escaped).otherwise(col), F.lit('"'))
+
+
+def _json_value(col: Any, dtype: Any) -> Any | None:
+    """The laws' JSON of a Spark value of type ``dtype`` (``null`` when null); None when the type has no
+    exact SQL encoding here (floats and decimals keep Python's text via :func:`encode_serving_batches`)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, (T.LongType, T.IntegerType, T.ShortType, T.ByteType)):
+        text = col.cast("string")
+    elif isinstance(dtype, T.BooleanType):
+        text = F.when(col, F.lit("true")).otherwise(F.lit("false"))
+    elif isinstance(dtype, T.StringType):
+        text = _json_string(col)
+    elif isinstance(dtype, T.StructType):
+        parts = [_json_value(col.getField(f.name), f.dataType) for f in dtype.fields]
+        if any(p is None for p in parts):
+            return None
+        text = F.when(col.isNotNull(), F.concat(F.lit("["), F.concat_ws(",", *parts), F.lit("]")))
+    else:
+        return None
+    return F.coalesce(text, F.lit("null"))
+
+
+def _entity_tag(entity: Entity, key_names: Sequence[str]) -> Any:
+    """:func:`layout.encode_entity_key` as a Column (``s=`` %-escaped strings, ``i=`` int64s, joined by ',')."""
+    from pyspark.sql import functions as F
+
+    from skewless.core.dsl import KeyType
+
+    parts = []
+    for (_, ktype), name in zip(entity.join_keys, key_names):
+        col = F.col(name)
+        if KeyType(ktype) is KeyType.STRING:
+            for ch, esc in layout._ESCAPES.items():  # '%' first: the escapes themselves hold '%'
+                col = F.replace(col, F.lit(ch), F.lit(esc))
+            parts.append(F.concat(F.lit("s="), col))
+        else:
+            parts.append(F.concat(F.lit("i="), col.cast("string")))
+    return F.concat_ws(",", *parts)
+
+
+def sql_window_column(schema: Any, window: BatchWindowSpec) -> Any | None:
+    """:func:`encode_window` as a Column over the structured serving row (None: not SQL-encodable)."""
+    from pyspark.sql import functions as F
+
+    vectors = []
+    for part in window.parts:
+        items = []
+        for a in window.aggregations:
+            name = serving_part_column(window, a, part)
+            item = _json_value(F.col(name), schema[name].dataType)
+            if item is None:
+                return None
+            items.append(item)
+        vectors.append(F.concat(F.lit("["), F.concat_ws(",", *items), F.lit("]")))
+    return F.concat(F.lit("["), F.concat_ws(",", *vectors), F.lit("]"))
+
+
+def encode_serving_sql(structured: Any, entity: Entity, key_names: Sequence[str],
+                       windows: Sequence[BatchWindowSpec], cutoff_ms: int, run_id: str) -> Any | None:
+    """The output of :func:`encode_serving_batches` computed by Spark built-ins, or None when a window holds
+    a float or decimal (their text is Python's: encoded by :func:`encode_serving_batches`)."""
+    from pyspark.sql import functions as F
+
+    if set(layout._ESCAPES) != {"%", ":", "{", "}", ","} or next(iter(layout._ESCAPES)) != "%":
+        return None  # the key escaping changed: only the layout's own function knows it
+    encoded = [sql_window_column(structured.schema, w) for w in windows]
+    if any(c is None for c in encoded):
+        return None
+    return structured.select(
+        *[F.col(k) for k in key_names], _entity_tag(entity, key_names).alias("entity_tag"),
+        F.lit(cutoff_ms).cast("bigint").alias("cutoff_ms"), F.lit(run_id).alias("run_id"),
+        *[c.alias(w.column) for c, w in zip(encoded, windows)])

@@ -212,14 +212,23 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
     conn = client.connection_pool.get_connection()
     try:
         step = max(1, batch_size)
-        for lo in range(0, n, step):
+        replies = _IntegerReplies(conn)
+        in_flight = 0  # one batch's replies stay unread while the next is packed and sent, so packing and
+        for lo in range(0, n, step):  # sending overlap Redis executing the previous batch
             if lo:
                 lease()  # renew (and stop if another writer took the view over)
             hi = min(lo + step, n)
             data = packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa)
             conn.send_packed_command([data], check_health=False)
-            _read_integer_replies(conn, 2 * (hi - lo))
-            report.written += hi - lo
+            if in_flight:
+                replies.read(2 * in_flight)
+                report.written += in_flight
+            in_flight = hi - lo
+        if in_flight:
+            replies.read(2 * in_flight)
+            if replies.credit:
+                raise BatchError(f"unexpected Redis replies to the batch writes ({replies.credit} more than commands)")
+            report.written += in_flight
     except BaseException:
         conn.disconnect()  # unread replies must not leak into the next command
         raise
@@ -348,30 +357,37 @@ class _BatchPacker:
         return joined.buffers()[2].to_pybytes()[o[0]:o[-1]]
 
 
-def _read_integer_replies(conn: Any, n: int) -> None:
-    """Read ``n`` replies, raising the first error. HSET and PEXPIREAT answer integers (``:<n>\\r\\n``) and
-    errors are ``-<message>\\r\\n``: one line each, so the raw reply stream is counted by lines (no per-reply
-    parsing); an error line is handed to the client's parser to raise the usual exception."""
-    sock = getattr(conn, "_sock", None)
-    if sock is None:
-        for _ in range(n):
-            reply = conn.read_response()
-            if isinstance(reply, Exception):
-                raise reply
-        return
-    buf = bytearray()
-    lines = 0
-    while lines < n:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("Redis closed the connection during materialization")
-        lines += chunk.count(b"\r\n")
-        buf += chunk
-    if lines != n or buf[:1] == b"-" or b"\n-" in buf:
-        for line in bytes(buf).split(b"\r\n"):
-            if line.startswith(b"-"):
-                raise BatchError(f"Redis refused a batch write: {line[1:].decode(errors='replace')}")
-        raise BatchError(f"unexpected Redis replies to the batch writes ({lines} lines for {n} commands)")
+class _IntegerReplies:
+    """Counts the replies of pipelined HSET/PEXPIREAT on one connection without parsing them one by one: both
+    answer integers (``:<n>\\r\\n``) and errors are ``-<message>\\r\\n``, one line each, so the raw reply stream
+    is counted by lines. Replies of commands sent later may arrive in the same read: they are kept as credit."""
+
+    def __init__(self, conn: Any):
+        self.conn, self.sock = conn, getattr(conn, "_sock", None)
+        self.credit = 0  # replies already read that belong to the next ``read``
+        self.last = b""  # last byte read (a CRLF split across reads)
+
+    def read(self, n: int) -> None:
+        """Consume ``n`` replies, raising the first error."""
+        if self.sock is None:
+            for _ in range(n):
+                reply = self.conn.read_response()
+                if isinstance(reply, Exception):
+                    raise reply
+            return
+        lines = self.credit
+        while lines < n:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection during materialization")
+            lines += chunk.count(b"\r\n") + (self.last == b"\r" and chunk[:1] == b"\n")
+            self.last = chunk[-1:]
+            if chunk[:1] == b"-" or b"\n-" in chunk:
+                for line in chunk.split(b"\r\n"):
+                    if line.startswith(b"-"):
+                        raise BatchError(f"Redis refused a batch write: {line[1:].decode(errors='replace')}")
+                raise BatchError("Redis refused a batch write (error reply split across reads)")
+        self.credit = lines - n
 
 
 def _pack_command(args: Iterable[str]) -> bytes:

@@ -38,11 +38,12 @@ from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan,
 from skewless.core.routing import BATCH_TAIL_DAYS, is_stream_served
 from skewless.core.timeutil import MS_PER_DAY
 
-COMPILER_VERSION = "spark-1"  # part of every run fingerprint: a compiler change recomputes on resume
+COMPILER_VERSION = "spark-2"  # part of every run fingerprint: a compiler change recomputes on resume
 TS = "__ts"  # event time, epoch ms
 DAY = "day"  # UTC day of the event / tile (DATE)
 PARTITION = "__partition"
 OFFSET = "__offset"
+RAW_DAY = "__day"  # the event's UTC day inside the offline statement (the raw table may have a `day` column)
 
 
 def contribution_column(feature: str) -> str:
@@ -317,23 +318,26 @@ class SparkCompiler(Compiler[SparkBatchJob]):
         et, eid = quote(scan.event_time), quote(scan.event_id)  # type: ignore[arg-type]
         key_cols = ", ".join(quote(k) for k, _ in keys)
         time_filter = f"{et} >= timestamp_millis({{start_ms}}L) AND {et} < timestamp_millis({{end_ms}}L)"
+        # The copies of an event share its time, hence its day: the one shuffle (by day) serves the de-duplication,
+        # the daily tiles' GROUP BY (keys, day) and the day-partitioned write alike.
         if batch_only:
             # batch-only sources: one row per (event id, event time); differing copies: smallest JSON wins
             position = f"0 AS {PARTITION}, {eid} AS {OFFSET}"
-            ranked = (f"row_number() OVER (PARTITION BY {eid}, unix_millis({et}) "
-                      f"ORDER BY to_json(struct(*))) AS __rank")
+            ranked = f"row_number() OVER (PARTITION BY {RAW_DAY}, {eid}, {TS} ORDER BY __json) AS __rank"
+            extra = ", to_json(struct(*)) AS __json"  # the raw columns only: `*` of the raw table
             where = time_filter
         else:
-            position = f"_kafka_partition AS {PARTITION}, _offset AS {OFFSET}"
-            ranked = f"row_number() OVER (PARTITION BY _kafka_partition, {eid}, unix_millis({et}) ORDER BY _offset) AS __rank"
+            position, extra = f"_kafka_partition AS {PARTITION}, _offset AS {OFFSET}", ""
+            ranked = f"row_number() OVER (PARTITION BY {RAW_DAY}, _kafka_partition, {eid}, {TS} ORDER BY _offset) AS __rank"
             where = (f"{time_filter}\n    AND unix_millis({et}) <= unix_millis(_kafka_ts) + "
                      f"{scan.clock_skew_tolerance_ms}L")
         contributions = ",\n  ".join(f"{self._contribution(a)} AS {quote(contribution_column(a.name))}" for a in aggs)
         return (
-            f"SELECT {key_cols}, {TS}, date_from_unix_date(CAST(floor({TS} / {MS_PER_DAY}) AS INT)) AS {DAY}, "
-            f"{PARTITION}, {OFFSET},\n  {_escape_braces(contributions)}\n"
-            f"FROM (\n  SELECT *, unix_millis({et}) AS {TS}, {_escape_braces(position)},\n    {_escape_braces(ranked)}\n"
-            f"  FROM {{raw}}\n  WHERE {where}\n) AS deduped\nWHERE __rank = 1"
+            f"SELECT {key_cols}, {TS}, {RAW_DAY} AS {DAY}, {PARTITION}, {OFFSET},\n  {_escape_braces(contributions)}\n"
+            f"FROM (\n  SELECT *, {_escape_braces(position)},\n    {_escape_braces(ranked)}\n  FROM (\n"
+            f"    SELECT *, unix_millis({et}) AS {TS}, "
+            f"date_from_unix_date(CAST(floor(unix_millis({et}) / {MS_PER_DAY}) AS INT)) AS {RAW_DAY}{extra}\n"
+            f"    FROM {{raw}}\n    WHERE {where}\n    DISTRIBUTE BY {RAW_DAY}\n  ) AS by_day\n) AS deduped\nWHERE __rank = 1"
         )
 
     def _tiles_sql(self, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg]) -> str:

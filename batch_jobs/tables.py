@@ -178,6 +178,13 @@ def ensure_table(spark: Any, name: str, df: Any, partition_col: str) -> None:
         )
 
 
+def partition_counts(spark: Any, name: str, where: str) -> dict[Any, int]:
+    """Rows per partition value of a single-column-partitioned table at its current snapshot, from Iceberg's
+    ``partitions`` metadata table (manifests only, no data files read); ``where`` filters ``partition.<col>``."""
+    rows = spark.sql(f"SELECT partition, record_count FROM {name}.partitions WHERE {where}").collect()
+    return {r[0][0]: int(r[1]) for r in rows}
+
+
 RUNS_DDL = """CREATE TABLE IF NOT EXISTS {name} (
   day DATE, cutoff_ms BIGINT, fingerprint STRING, run_id STRING, raw_table STRING, raw_snapshot_id BIGINT,
   tile_rows BIGINT, serving_rows BIGINT, seconds DOUBLE, finished_at TIMESTAMP

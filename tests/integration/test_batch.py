@@ -378,6 +378,49 @@ def test_backfill_twice_is_identical_and_a_killed_backfill_resumes_to_the_same_t
     assert _table_rows(spark, "bt_b", ds.name) == clean
 
 
+def test_sql_serving_encoding_is_byte_identical_to_the_python_encoder(spark: Any) -> None:
+    """Spark built-ins encode serving rows exactly as ``layout``/``laws`` do (JSON escapes, key escapes, nulls,
+    structs, booleans, int64 edges); a float window is left to the Python encoder."""
+    from batch_jobs.codec import encode_serving_sql, encode_window
+
+    src = EventSource(name="s_enc", schema="orders", table="raw.enc", topic="t_enc", partition_key="user_id")
+    types = {**FIELD_TYPES, "flag": "bool", "price": "float64"}
+    weird = ["plain", 'q"uote', "back\\slash", "nl\nx\r\t\b\f", "".join(map(chr, range(32))) + "\x7f\u2028é😀",
+             "\\u001A", "a:b{c}d,e%f%25", ""]
+    for entity, keys in ((USER, weird), (Entity("acct", {"acct": "int64"}), [-2**63, 2**63 - 1, 0, 7])):
+        key = entity.key_names[0]
+        view = FeatureView(name="enc", entity=entity, source=src, features=[
+            Aggregation("n", Agg.COUNT, None, Window.days(30)), Aggregation("s", Agg.SUM, "amount", Window.days(30)),
+            Aggregation("avg", Agg.AVG, "amount", Window.days(30)), Aggregation("mx", Agg.MAX, "amount", Window.days(3)),
+            Aggregation("mn", Agg.MIN, "event_time", Window.days(3)), Aggregation("last", Agg.LAST, "status", Window.lifetime()),
+            Aggregation("lastb", Agg.LAST, "flag", Window.lifetime())])
+        job = compile_feature_view(view, {**types, key: entity.join_keys[0][1]})
+        ktype = "string" if key == "user_id" else "bigint"
+        tiles = []
+        for i, k in enumerate(keys):
+            status = weird[i % len(weird)]
+            for back in (1, 2, 10, 40):
+                tiles.append((k, END - timedelta(days=back - 1), i, -2**60 + i, (i * 7, i), None if i % 2 else 2**63 - 1,
+                              -i, None if i == 3 else (i, 2, 2**40, status), (5, 0, 1, bool(i % 2))))
+        spark.createDataFrame(tiles, f"{key} {ktype}, day date, n bigint, s bigint, avg struct<sum:bigint,count:bigint>, "
+                              "mx bigint, mn bigint, last struct<ts:bigint,partition:int,offset:bigint,value:string>, "
+                              "lastb struct<ts:bigint,partition:int,offset:bigint,value:boolean>").createOrReplaceTempView("enc_tiles")
+        structured = spark.sql(job.serving_sql("enc_tiles", C))
+        encoded = {r[key]: r for r in encode_serving_sql(structured, entity, job.key_names, job.windows, C, "r").collect()}
+        assert len(encoded) == len(keys)
+        for row in structured.collect():
+            d = row.asDict(recursive=True)
+            got = encoded[d[key]]
+            assert got["entity_tag"] == layout.encode_entity_key(entity, (d[key],))
+            assert (got["cutoff_ms"], got["run_id"]) == (C, "r")
+            for w in job.windows:
+                assert got[w.column] == encode_window(d, w), (d[key], w.field)
+    floats = FeatureView(name="encf", entity=USER, source=src, features=[Aggregation("p", Agg.MAX, "price", Window.days(3))])
+    fjob = compile_feature_view(floats, types)
+    spark.createDataFrame([("u", END, 1.5)], "user_id string, day date, p double").createOrReplaceTempView("encf_tiles")
+    assert encode_serving_sql(spark.sql(fjob.serving_sql("encf_tiles", C)), USER, ("user_id",), fjob.windows, C, "r") is None
+
+
 def test_bad_input_is_refused_before_anything_is_written(spark: Any, iceberg_catalog: Any) -> None:
     from batch_jobs.runner import parse_day
 

@@ -123,3 +123,29 @@ def test_only_batch_served_windows_get_tiles_and_lifetime_reads_all_history() ->
     assert [a.name for a in job.aggregations] == ["h", "w"]
     assert job.serving_min_day_ms(86_400_000 * 10) == 86_400_000 * 3
     assert job.tile_ms == {"h": 300_000, "w": 86_400_000}
+
+
+def test_reply_counting_keeps_replies_of_the_next_batch_and_raises_errors() -> None:
+    import socket
+
+    from batch_jobs.materialize import _IntegerReplies
+
+    a, b = socket.socketpair()
+    try:
+        conn = type("Conn", (), {"_sock": a})()
+        replies = _IntegerReplies(conn)
+        import threading
+
+        b.sendall(b":1\r\n:1\r")  # a CRLF split across reads; the next batch's replies arrive with the rest
+        later = threading.Timer(0.2, b.sendall, args=(b"\n:0\r\n:1\r\n",))
+        later.start()
+        replies.read(2)
+        later.join()
+        replies.read(2)
+        assert replies.credit == 0
+        b.sendall(b":1\r\n-ERR wrong type\r\n")
+        with pytest.raises(BatchError, match="wrong type"):
+            replies.read(2)
+    finally:
+        a.close()
+        b.close()

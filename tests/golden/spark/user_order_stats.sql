@@ -1,8 +1,8 @@
--- user_order_stats v1 (spark-1, fingerprint 733ee0b78a975a62)
+-- user_order_stats v1 (spark-2, fingerprint 733ee0b78a975a62)
 
 -- offline event set of the run day
 CREATE OR REPLACE TEMP VIEW offline AS
-SELECT `user_id`, __ts, date_from_unix_date(CAST(floor(__ts / 86400000) AS INT)) AS day, __partition, __offset,
+SELECT `user_id`, __ts, __day AS day, __partition, __offset,
   CASE WHEN (`status` = 'placed') THEN 1 END AS `c__user_orders_last_1h`,
   CASE WHEN (`status` = 'placed') THEN `amount` END AS `c__max_order_amount_7d`,
   CASE WHEN (`status` = 'cancelled') THEN 1 END AS `c__cancelled_orders_30d`,
@@ -13,11 +13,15 @@ SELECT `user_id`, __ts, date_from_unix_date(CAST(floor(__ts / 86400000) AS INT))
   CASE WHEN (`status` = 'placed') THEN __ts END AS `c__last_order_ts`,
   `status` AS `c__last_order_status`
 FROM (
-  SELECT *, unix_millis(`event_time`) AS __ts, _kafka_partition AS __partition, _offset AS __offset,
-    row_number() OVER (PARTITION BY _kafka_partition, `event_id`, unix_millis(`event_time`) ORDER BY _offset) AS __rank
-  FROM raw
-  WHERE `event_time` >= timestamp_millis(1704067200000L) AND `event_time` < timestamp_millis(1704153600000L)
+  SELECT *, _kafka_partition AS __partition, _offset AS __offset,
+    row_number() OVER (PARTITION BY __day, _kafka_partition, `event_id`, __ts ORDER BY _offset) AS __rank
+  FROM (
+    SELECT *, unix_millis(`event_time`) AS __ts, date_from_unix_date(CAST(floor(unix_millis(`event_time`) / 86400000) AS INT)) AS __day
+    FROM raw
+    WHERE `event_time` >= timestamp_millis(1704067200000L) AND `event_time` < timestamp_millis(1704153600000L)
     AND unix_millis(`event_time`) <= unix_millis(_kafka_ts) + 300000L
+    DISTRIBUTE BY __day
+  ) AS by_day
 ) AS deduped
 WHERE __rank = 1
 
