@@ -1,7 +1,9 @@
 """Fault test (`make test-faults`, marked slow, outside `make test`): the `make up` cluster's TaskManager is
-restarted cleanly (SIGTERM, then a new one) while the streaming job is busy with a backlog, twice.
+restarted cleanly (SIGTERM, then a new one) while the streaming job is busy with a backlog, twice: as soon
+as records flow, and again as soon as they flow after the first restart.
 
-The job must restart from its last completed checkpoint each time, resume applying records, and end exact
+The job must restart from its last completed checkpoint (offset 0 when none completed yet) each time,
+resume applying records, and end exact
 (the parity run compares every value with the oracle: nothing lost, nothing counted twice). The restart
 timings (stop, new TaskManager to records applied again) are printed for docs/streaming.md.
 """
@@ -19,7 +21,7 @@ from tests.faults.harness import Stack, applied, job_exceptions, parity, run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-EVENTS = 12_000  # a backlog the job needs a while for, so both restarts land mid-stream
+EVENTS = 24_000  # a backlog the job needs a while for, so both restarts land mid-stream
 RESTARTS = 2
 
 
@@ -56,11 +58,9 @@ def test_taskmanager_restarted_under_load(stack: Stack, tmp_path: Path) -> None:
 
     class RestartTaskManager(Faults):
         def during_stream(self, ctx: Any) -> None:
-            checkpoints = ctx.targets.workdir / "checkpoints" / ctx.project
-            for i in range(RESTARTS):
-                wait(lambda: applied(ctx) >= ctx.records * (i + 1) // (RESTARTS + 2), 900, "the job busy mid-stream")
-                done = len(list(checkpoints.glob("*/chk-*/_metadata")))
-                wait(lambda: len(list(checkpoints.glob("*/chk-*/_metadata"))) > done, 60, "a completed checkpoint")
+            # the first restart as soon as records flow, the second as soon as they flow again after it
+            wait(lambda: applied(ctx) >= 1, 900, "the job applying records")
+            for _ in range(RESTARTS):
                 if applied(ctx) >= ctx.records:
                     return
                 timings.append(_restart_taskmanager(stack, ctx))
