@@ -10,6 +10,7 @@ tail, so a benchmark can report "peer not measured: <why>" instead of a number i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -27,21 +28,27 @@ class PeerError(RuntimeError):
 
 
 def peer_python() -> Path:
-    """The peer venv's interpreter, creating the venv (pinned Feast) if it is missing."""
+    """The peer venv's interpreter, creating the venv (pinned Feast) if it is missing.
+
+    Benchmarks may ask at the same moment: creation is serialised by a file lock beside the venv, and the
+    venv counts as ready only once the marker is written after a successful install."""
     py = PEER_VENV / "bin" / "python"
     marker = PEER_VENV / ".skewless-peer-ok"
-    if marker.exists() and py.exists():
-        return py
-    try:
-        if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(PEER_VENV)], check=True)
-            subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "pip"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(PEER_DIR / "constraints.txt"),
-                        PEER_REQUIREMENT], check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        raise PeerError(f"installing {PEER_REQUIREMENT} into {PEER_VENV} failed: "
-                        f"{(exc.stderr or '')[-2000:]}") from exc
-    marker.write_text(PEER_REQUIREMENT + "\n")
+    PEER_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{PEER_VENV}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and py.exists():
+            return py
+        try:
+            if not (PEER_VENV / "bin" / "pip").exists():
+                subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEER_VENV)], check=True,
+                               capture_output=True, text=True)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(PEER_DIR / "constraints.txt"),
+                            PEER_REQUIREMENT], check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            raise PeerError(f"installing {PEER_REQUIREMENT} into {PEER_VENV} failed: "
+                            f"{(exc.stderr or '')[-2000:]}") from exc
+        marker.write_text(PEER_REQUIREMENT + "\n")
     return py
 
 
