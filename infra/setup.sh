@@ -16,7 +16,7 @@ done_phase() { echo "setup: $1 done in $(( $(date +%s) - PHASE_T0 )) s"; }
 
 # --- 1. Debian packages -------------------------------------------------------------------------
 APT_PKGS=(redis-server redis-tools maven debootstrap docker.io chromium)
-command -v java >/dev/null 2>&1 || APT_PKGS+=(openjdk-17-jdk-headless)
+command -v javac >/dev/null 2>&1 || APT_PKGS+=(openjdk-17-jdk-headless)  # javac: the streaming job's Java function
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
