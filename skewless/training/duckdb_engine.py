@@ -37,6 +37,8 @@ from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
 from skewless.training.requests import RID, T
 
 DEFAULT_CHUNK_ROWS = 2_000_000
+COMBINED_PREFIX_LOOKUP = True  # one ASOF join for every prefix lookup (the prefix sorted once)
+UNNEST_MAX_DAYS = 31  # windowed MIN/MAX/LAST over tiles: up to this many days per request, one row per day
 PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
 
 
@@ -249,27 +251,37 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             f"{keys_equal('e', 'r', keys)} AND e.__day = r.__d AND e.__ts < r.{T} GROUP BY r.{RID})")
         joins.append(f"LEFT JOIN hd ON hd.{RID} = r.{RID}")
         # whole days from the daily tiles
-        if has_prefix:
-            ctes.append(f"pe AS (SELECT r.{RID}, p.* EXCLUDE ({kcols}, __day) FROM r ASOF LEFT JOIN {{prefix}} AS p "
-                        f"ON {keys_equal('p', 'r', keys)} AND r.__tday > p.__day)")
-            joins.append(f"LEFT JOIN pe ON pe.{RID} = r.{RID}")
+        if has_prefix:  # prefix before the head day, and before each window's first day: one ASOF join
             widths = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
-            for w in widths:
-                first = next(a for a in batch if a.width_ms == w)
-                ctes.append(
-                    f"ps_{w} AS (SELECT r.{RID}, p.* EXCLUDE ({kcols}, __day) FROM r ASOF LEFT JOIN {{prefix}} AS p "
-                    f"ON {keys_equal('p', 'r', keys)} AND r.{q('a__' + first.name)} > p.__day)")
-                joins.append(f"LEFT JOIN ps_{w} ON ps_{w}.{RID} = r.{RID}")
+            before = ["__tday"] + [q("a__" + next(a for a in batch if a.width_ms == w).name) for w in widths]
+            names = ["pe"] + [f"ps_{w}" for w in widths]
+            if COMBINED_PREFIX_LOOKUP and len(names) > 1:
+                probes = " UNION ALL ".join(f"SELECT {RID}, {kcols}, {k} AS __k, {b} AS __before FROM r"
+                                            for k, b in enumerate(before))
+                ctes.append(f"pl AS MATERIALIZED (SELECT r.{RID}, r.__k, p.* EXCLUDE ({kcols}, __day) FROM ({probes}) AS r "
+                            f"ASOF LEFT JOIN {{prefix}} AS p ON {keys_equal('p', 'r', keys)} AND r.__before > p.__day)")
+                ctes += [f"{name} AS (SELECT * EXCLUDE (__k) FROM pl WHERE __k = {k})" for k, name in enumerate(names)]
+            else:
+                ctes += [f"{name} AS (SELECT r.{RID}, p.* EXCLUDE ({kcols}, __day) FROM r ASOF LEFT JOIN {{prefix}} AS p "
+                         f"ON {keys_equal('p', 'r', keys)} AND r.{b} > p.__day)" for name, b in zip(names, before)]
+            joins += [f"LEFT JOIN {name} ON {name}.{RID} = r.{RID}" for name in names]
         ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
         if ranged:
             aggs = []
             for a in ranged:
                 fn = "min" if a.agg is Agg.MIN else "max"
                 aggs.append(f"{fn}(CASE WHEN t.__day >= r.{q('a__' + a.name)} THEN t.{q(a.name)} END) AS {q('w__' + a.name)}")
-            lo_day = "least(" + ", ".join(f"r.{q('a__' + a.name)}" for a in ranged) + ")" if len(ranged) > 1 \
-                else f"r.{q('a__' + ranged[0].name)}"
-            ctes.append(f"rj AS (SELECT r.{RID}, {', '.join(aggs)} FROM r JOIN {{tiles}} AS t ON "
-                        f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID})")
+            starts = [q("a__" + a.name) for a in ranged]
+            lo = f"least({', '.join(starts)})" if len(starts) > 1 else starts[0]
+            lo_day = f"least({', '.join('r.' + c for c in starts)})" if len(starts) > 1 else "r." + starts[0]
+            if max(a.width_days or 0 for a in ranged) <= UNNEST_MAX_DAYS:  # each request's days, equi-joined
+                ctes.append(f"rw AS (SELECT {RID}, {kcols}, {', '.join(starts)}, "
+                            f"unnest(range({lo}, __tday)) AS __d FROM r)")
+                ctes.append(f"rj AS (SELECT r.{RID}, {', '.join(aggs)} FROM rw AS r JOIN {{tiles}} AS t ON "
+                            f"{keys_equal('t', 'r', keys)} AND t.__day = r.__d GROUP BY r.{RID})")
+            else:  # a range join on the keys: every tile of the entity is compared
+                ctes.append(f"rj AS (SELECT r.{RID}, {', '.join(aggs)} FROM r JOIN {{tiles}} AS t ON "
+                            f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID})")
             joins.append(f"LEFT JOIN rj ON rj.{RID} = r.{RID}")
         # final values
         values: dict[str, str] = {}
@@ -474,13 +486,12 @@ def _ident(table: str) -> str:
 
 
 class _PreparedFeatureView:
-    """A feature view's tiles and prefix loaded once; offline events loaded per request chunk (a view over
-    the raw rows when there is one chunk, else a table per chunk)."""
+    """A feature view's tiles and prefix loaded once; offline events loaded per request chunk."""
 
-    def __init__(self, con: Any, catalog: Any, compiled: DuckDBFeatureViewSql, n: int, materialize: bool):
+    def __init__(self, con: Any, catalog: Any, compiled: DuckDBFeatureViewSql, n: int):
         from skewless.training.plan import batch_run_fingerprint
 
-        self.con, self.catalog, self.c, self.n, self.materialize = con, catalog, compiled, n, materialize
+        self.con, self.catalog, self.c, self.n = con, catalog, compiled, n
         pit = compiled.pit
         self.tables = _view_tables(pit)
         self.coverage = sources.BatchCoverage(None, None, None)
@@ -495,7 +506,7 @@ class _PreparedFeatureView:
             self.raw_snapshot = self.coverage.raw_snapshot_id
             duckdb_sources.daily_tiles(con, f"__tiles_{n}", catalog, self.tables.ident("daily_tiles"), pit.key_names,
                                        compiled.tile_columns, self.coverage.first_day, self.coverage.last_day)
-            if compiled.prefix_sql:
+            if compiled.prefix_sql:  # running sums, computed once
                 con.execute(f"CREATE OR REPLACE TEMP TABLE __prefix_{n} AS "
                             + compiled.prefix_sql.format(tiles=f"__tiles_{n}"))
         else:
@@ -508,14 +519,11 @@ class _PreparedFeatureView:
         span = c.max_stream_span_ms
         start = ((t_min - span) // MS_PER_DAY) * MS_PER_DAY
         raw, con = f"__raw_{self.n}", self.con
-        con.execute(f"DROP VIEW IF EXISTS __offline_{self.n}")
         duckdb_sources.drop(con, raw)
         duckdb_sources.raw_events(con, raw, self.catalog, _ident(c.pit.view.source.table), self.raw_snapshot,
                                   c.raw_columns, c.pit.plan.scan.event_time, start, t_max)
-        kind = "TABLE" if self.materialize else "VIEW"
-        con.execute(f"CREATE OR REPLACE TEMP {kind} __offline_{self.n} AS " + c.offline_sql.format(raw=raw))
-        if self.materialize:
-            duckdb_sources.drop(con, raw)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __offline_{self.n} AS " + c.offline_sql.format(raw=raw))
+        duckdb_sources.drop(con, raw)
 
     def result_sql(self, req: str) -> str:
         cov = self.coverage
@@ -575,7 +583,7 @@ def run(plan: PitPlan, requests: pa.Table, catalog: Any, options: DuckDBOptions 
         prepared = []
         for n, c in enumerate(compiled):
             prepared.append(_PreparedSnapshotView(con, catalog, c, n, n_chunks > 1) if isinstance(c, DuckDBSnapshotSql)
-                            else _PreparedFeatureView(con, catalog, c, n, n_chunks > 1))
+                            else _PreparedFeatureView(con, catalog, c, n))
         # chunks of requests close in time, so each chunk loads only the raw days it needs
         order = np.argsort(requests.column(T).to_numpy(), kind="stable") if n_chunks > 1 else None
         parts = []

@@ -67,7 +67,8 @@ def raw_events(con: Any, name: str, catalog: Any, ident: str, snapshot_id: int |
 
 def daily_tiles(con: Any, name: str, catalog: Any, ident: str, key_names: Sequence[str], columns: Sequence[str],
                 first_day: int, last_day: int) -> str:
-    """Daily tiles of ``first_day..last_day`` as keys, ``__day`` (day number) and the tile columns."""
+    """Daily tiles of ``first_day..last_day`` as keys, ``__day`` (day number) and the tile columns (a view:
+    Parquet files are read again by each query that uses them, cheaper than a copy in DuckDB)."""
     from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
 
     lo, hi = sources.day_of(first_day).isoformat(), sources.day_of(last_day).isoformat()
@@ -78,8 +79,7 @@ def daily_tiles(con: Any, name: str, catalog: Any, ident: str, key_names: Sequen
                    read_arrow=lambda: sources.read_daily_tiles(catalog, ident, key_names, columns, first_day, last_day))
     keys = ", ".join(_q(k) for k in key_names)
     rest = "".join(", " + _q(c) for c in columns)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {keys}, CAST(day - DATE '1970-01-01' AS INTEGER) "
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {keys}, CAST(day - DATE '1970-01-01' AS INTEGER) "
                 f"AS __day{rest} FROM {src}")
-    drop(con, src)
     return how
 
