@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
-from streaming_jobs.sink import SinkConfig, bucket_of, make_process_function
-from streaming_jobs.udf import udf_jar
+from streaming_jobs.sink import SinkConfig, make_process_function
+from streaming_jobs.udf import BUCKET_KEY_CLASS, udf_jar
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
 
@@ -71,6 +71,25 @@ def add_udf_jar(env: Any, t_env: Any) -> None:
         env.add_jars(uri)
 
 
+def key_by_bucket(changelog: Any, buckets: int) -> Any:
+    """The changelog keyed by the sink bucket (``sink.bucket_of``) computed in the JVM (``BucketKey``): the
+    same ``Row(key, row)`` stream PyFlink's ``key_by`` builds, without its Python key-selector operator."""
+    from pyflink.common import Types, typeinfo
+    from pyflink.datastream.data_stream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    gateway = get_gateway()
+    j_stream = changelog._j_data_stream
+    row_type = typeinfo._from_java_type(j_stream.getTransformation().getOutputType())
+    bucket_key = gateway.jvm
+    for part in BUCKET_KEY_CLASS.split("."):  # the class from the job's jar (pipeline.jars)
+        bucket_key = getattr(bucket_key, part)
+    keyed = j_stream.map(bucket_key(buckets), Types.ROW([Types.INT(), row_type]).get_java_type_info()) \
+        .name("sink-bucket")
+    j_keyed = keyed.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
+    return KeyedStream(j_keyed, row_type, changelog)
+
+
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
     """Register the job's SQL and attach its changelog to the Redis sink (``env.execute`` runs it)."""
     from pyflink.common import Types
@@ -114,6 +133,6 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         else applied_from(options.bootstrap, topic, options.starting_offsets),
         flush_rows=options.flush_rows, flush_ms=options.flush_ms)
     buckets = config.buckets
-    written = (changelog.key_by(lambda row: bucket_of(row, buckets), key_type=Types.INT())
+    written = (key_by_bucket(changelog, buckets)
                .process(make_process_function(job, config), output_type=Types.STRING()).name(f"redis-sink-{job.source}"))
     written.print()  # the sink emits nothing; a terminal operator makes Flink keep the chain in the job

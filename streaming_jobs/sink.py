@@ -26,6 +26,8 @@ from skewless.core.dsl import Agg, KeyType
 from streaming_jobs.flink_compiler import KIND_DEAD, KIND_PROGRESS, KIND_TILE, AggColumn, FlinkSourceJob, TileOutput
 
 DEFAULT_PROJECT = "skewless"
+# laws.dumps with its encoder built once (json.dumps builds one per call with these options)
+_DUMPS = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False).encode
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class TileWriter:
     """Turns changelog rows into Redis writes (used by the Flink sink and by tests without Flink)."""
 
     KEY_CACHE = 200_000  # tile keys remembered (entity, tile size) -> key; cleared when full
+    # tile keys per TILE_CAS_LUA call: the script loops over its KEYS, so one call serves many entities on a
+    # standalone Redis (the stack's); bounded so one call does not block Redis for long
+    CAS_KEYS = 256
 
     def __init__(self, job: FlinkSourceJob, config: SinkConfig, views: dict[str, Any], epoch: str) -> None:
         self.job, self.config, self.epoch = job, config, epoch
@@ -98,6 +103,7 @@ class TileWriter:
         self.views = views
         self.kw, self.vw = job.key_width, job.value_width
         self._keys: dict[tuple, str] = {}
+        self._encoders: dict[tuple[str, int], tuple[TileOutput, Any, list]] = {}
 
     def _tile_key(self, view: str, out: TileOutput, keys: Sequence[str | None], tile_ms: int) -> tuple[tuple, str]:
         cached = self._keys.get((view, tile_ms, *keys))
@@ -115,23 +121,49 @@ class TileWriter:
         values = list(row[5 + self.kw:5 + self.kw + self.vw])
         return kind, view, tile_ms, keys, tile_start, version, values
 
+    def _encoder(self, view: str, tile_ms: int) -> tuple[TileOutput, Any, list[tuple[int, AggColumn, Any]]]:
+        """Per tile output, computed once: its group and (column, changelog column, law encoder) triples."""
+        enc = self._encoders.get((view, tile_ms))
+        if enc is None:
+            out = self.outputs[(view, tile_ms)]
+            group = self.groups[(view, tile_ms)]
+            aggs = self.aggs[(view, tile_ms)]
+            if tuple(c.agg for c in out.columns) != tuple(Agg(a) for a in aggs):
+                raise AssertionError(f"changelog and layout disagree on the tile vector of {view} H={tile_ms}")
+            enc = self._encoders[(view, tile_ms)] = (out, group, [(i, c, laws.LAWS[c.agg].encode) for i, c in enumerate(out.columns)])
+        return enc
+
+    def tile_value(self, view: str, tile_ms: int, version: int, values: Sequence[str | None]) -> str:
+        """``layout.encode_tile_vector`` of one changelog row (same text; encoders and JSON encoder bound once,
+        the unit test compares the two)."""
+        _, _, cols = self._encoder(view, tile_ms)
+        body = _DUMPS([encode(decode_acc(c, values[i])) for i, c, encode in cols])
+        return f"{version}|{self.epoch}|{body}"
+
     def apply(self, redis_client: Any, rows: Iterable[Sequence[Any]], producer: Any = None) -> int:
-        """Write a batch of changelog rows (+I/+U images) in one pipeline; returns the number of rows."""
-        tiles: dict[tuple, dict[str, tuple]] = {}  # (view, entity) -> {tile key: (group, {start: value})}
+        """Write a batch of changelog rows (+I/+U images): the tiles in ``TILE_CAS_LUA`` calls of up to
+        ``CAS_KEYS`` keys (many entities per call), then the progress fields, in one pipeline; dead letters
+        to Kafka first. Returns the number of rows."""
+        tiles: dict[str, tuple[Any, dict[int, str]]] = {}  # tile key -> (group, {start: value})
         progress: dict[str, str] = {}
         dead: list[tuple[str, str]] = []
         n = 0
+        kw, vw = self.kw, self.vw
         now = int(time.time() * 1000)
         for row in rows:
             n += 1
-            kind, view, tile_ms, keys, start, version, values = self.split(row)
+            kind, view, tile_ms = row[0], row[1], row[2]
             if kind == KIND_TILE:
-                out = self.outputs[(view, tile_ms)]
-                ek, key = self._tile_key(view, out, keys, tile_ms)
-                accs = [decode_acc(c, values[i]) for i, c in enumerate(out.columns)]
-                fields = tiles.setdefault((view, ek), {}).setdefault(key, (self.groups[(view, tile_ms)], {}))[1]
-                fields[int(start)] = layout.encode_tile_vector(int(version), self.epoch, accs, self.aggs[(view, tile_ms)])
-            elif kind == KIND_PROGRESS:
+                out, group, _ = self._encoder(view, tile_ms)
+                keys = row[3:3 + kw]
+                _, key = self._tile_key(view, out, keys, tile_ms)
+                entry = tiles.get(key)
+                if entry is None:
+                    entry = tiles[key] = (group, {})
+                entry[1][int(row[3 + kw])] = self.tile_value(view, tile_ms, int(row[4 + kw]), row[5 + kw:5 + kw + vw])
+                continue
+            _, _, _, keys, start, version, values = self.split(row)
+            if kind == KIND_PROGRESS:
                 max_event, records, admitted, malformed, future, late = values[:6]
                 progress[f"p:{keys[0]}"] = laws.dumps({
                     "offset": int(version), "max_event_ms": None if max_event is None else int(max_event),
@@ -155,9 +187,10 @@ class TileWriter:
             if producer.flush(60) > 0:
                 raise RuntimeError(f"dead letters not acknowledged by Kafka topic {self.config.dead_letter_topic}")
         pipe = redis_client.pipeline(transaction=False)
-        for (_, _), by_key in tiles.items():
-            keys_argv = layout.tile_cas_args([(k, g, f) for k, (g, f) in by_key.items()])
-            pipe.evalsha(self._sha, len(keys_argv[0]), *keys_argv[0], *keys_argv[1])
+        writes = [(k, g, f) for k, (g, f) in tiles.items()]
+        for i in range(0, len(writes), self.CAS_KEYS):
+            cas_keys, argv = layout.tile_cas_args(writes[i:i + self.CAS_KEYS])
+            pipe.evalsha(self._sha, len(cas_keys), *cas_keys, *argv)
         if progress:
             pipe.hset(layout.progress_key(self.config.project, self.config.source), mapping=progress)
         if len(pipe):
@@ -194,12 +227,16 @@ def make_process_function(job: FlinkSourceJob, config: SinkConfig):
     from pyflink.datastream import KeyedProcessFunction, RuntimeContext
     from pyflink.datastream.state import MapStateDescriptor
 
+    upsert_width = 4 + job.key_width  # kind, view, tile size, keys, tile start: the changelog's upsert key
+
     class RedisTileSink(KeyedProcessFunction):
         def open(self, runtime_context: RuntimeContext) -> None:
             import redis
             from confluent_kafka import Producer
 
-            self.pending = runtime_context.get_map_state(MapStateDescriptor("pending", Types.STRING(), Types.STRING()))
+            # pending rows by upsert key, values pickled by PyFlink (no JSON text per row)
+            self.pending = runtime_context.get_map_state(
+                MapStateDescriptor("pending-rows", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
             self.client = redis.Redis.from_url(config.redis_url)
             views = load_views(config.repo_path, job.views)
             epoch = init_store(self.client, config.project, views.values(), config.applied_from_ms)
@@ -215,9 +252,9 @@ def make_process_function(job: FlinkSourceJob, config: SinkConfig):
                 return []  # upsert changelog: only +I/+U images carry values; tiles are never deleted
             bucket = ctx.get_current_key()
             rows = self._rows(bucket)
-            field = "|".join(str(x) for x in row[:4 + job.key_width])
             values = list(row)
-            self.pending.put(field, json.dumps(values, separators=(",", ":")))
+            field = "|".join(map(str, values[:upsert_width]))
+            self.pending.put(field, values)
             rows[field] = values
             if len(rows) == 1:
                 now = ctx.timer_service().current_processing_time()
@@ -234,7 +271,7 @@ def make_process_function(job: FlinkSourceJob, config: SinkConfig):
             """This bucket's pending rows; on first touch after a restore, those in the checkpoint."""
             rows = self.mirror.get(bucket)
             if rows is None:
-                rows = self.mirror[bucket] = {k: json.loads(v) for k, v in self.pending.items()}
+                rows = self.mirror[bucket] = dict(self.pending.items())
             return rows
 
         def _flush(self, bucket: int) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 JAVA_SRC = Path(__file__).resolve().parent / "java" / "src"
 FUNCTION_CLASS = "dev.skewless.flink.AdmitFunction"
 ADMISSION_CLASS = "dev.skewless.flink.Admission"
+BUCKET_KEY_CLASS = "dev.skewless.flink.BucketKey"  # the sink key (streaming_jobs.job.key_by_bucket)
 FUNCTION_NAME = "skewless_admit"
 JAR_DIR = Path(__file__).resolve().parent.parent / "infra" / ".cache" / "udf"
 

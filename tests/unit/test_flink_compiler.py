@@ -91,3 +91,29 @@ def test_sink_decodes_changelog_text_to_intermediates() -> None:
     assert decode_acc(AggColumn("l", Agg.LAST, "string"), text) == (1704067200000, 2, 43, "shipped")
     with pytest.raises(OverflowError):
         decode_acc(AggColumn("s", Agg.SUM, "int64"), str(2**63))
+
+
+def test_sink_tile_value_is_layouts_encoding(repo: Repository) -> None:
+    """The sink's bound encoder writes exactly ``layout.encode_tile_vector`` (the stored format is layout's)."""
+    from skewless.core import layout
+    from streaming_jobs.sink import SinkConfig, TileWriter
+
+    (job,) = compile_repository(repo, ["user_order_stats"])
+    views = {name: repo.view(name) for name in job.views}
+    config = SinkConfig("redis://unused", "p", "feature_defs", "unused:9092", "t.dead-letters", job.source, 0)
+    writer = TileWriter(job, config, views, "epoch1")
+    samples = {Agg.COUNT: ["0", "7", None], Agg.SUM: ["-12", "9007199254740993", None], Agg.AVG: ["30,2", None],
+               Agg.MAX: ["1704067200123", "-5", None], Agg.MIN: ["3", None],
+               Agg.LAST: ["0001704067200000" + "0000000002" + "0000000000000000043" + "caf\u00e9 \"x\"", None]}
+    checked = 0
+    for out in job.outputs:
+        aggs = layout.tile_groups(views[out.view])
+        group = next(g for g in aggs if g.tile_ms == out.tile_ms)
+        for k in range(3):
+            values = [samples[c.agg][k % len(samples[c.agg])] if c.value_type in (None, "int64", "timestamp", "string")
+                      else None for c in out.columns]
+            accs = [decode_acc(c, v) for c, v in zip(out.columns, values)]
+            expected = layout.encode_tile_vector(5 + k, "epoch1", accs, group.aggs)
+            assert writer.tile_value(out.view, out.tile_ms, 5 + k, values) == expected
+            checked += 1
+    assert checked == 3 * len(job.outputs) > 0
