@@ -197,6 +197,10 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             elif a.agg is Agg.AVG:
                 prefix_cols.append(f"sum(struct_extract({col}, 'sum')) OVER {window} AS {q('ps__' + a.name)}")
                 prefix_cols.append(f"sum(struct_extract({col}, 'count')) OVER {window} AS {q('pn__' + a.name)}")
+            elif a.width_ms is None and a.agg is Agg.LAST:
+                # a day's LAST has a greater (ts, ...) than every earlier day's (its ts lies in that day), so
+                # the running greatest is the latest non-null tile: cheaper than a running max of structs
+                prefix_cols.append(f"last_value({col} IGNORE NULLS) OVER {window} AS {q('p__' + a.name)}")
             elif a.width_ms is None:
                 fn = "min" if a.agg is Agg.MIN else "max"
                 prefix_cols.append(f"{fn}({col}) OVER {window} AS {q('p__' + a.name)}")
