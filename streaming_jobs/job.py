@@ -28,6 +28,7 @@ class JobOptions:
     applied_from_ms: int | None = None  # default: from the topic's low watermarks (see applied_from)
     flush_rows: int = 2000
     flush_ms: int = 200
+    sink_buckets: int = 8  # flush units of the sink (see docs/streaming.md: fewer = larger Redis batches)
 
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group": "group-offsets"}
@@ -131,7 +132,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         dead_letter_topic=dl_topic, source=job.source,
         applied_from_ms=options.applied_from_ms if options.applied_from_ms is not None
         else applied_from(options.bootstrap, topic, options.starting_offsets),
-        flush_rows=options.flush_rows, flush_ms=options.flush_ms)
+        flush_rows=options.flush_rows, flush_ms=options.flush_ms, buckets=options.sink_buckets)
     buckets = config.buckets
     written = (key_by_bucket(changelog, buckets)
                .process(make_process_function(job, config), output_type=Types.STRING()).name(f"redis-sink-{job.source}"))

@@ -43,7 +43,7 @@ class SinkConfig:
     applied_from_ms: int
     flush_rows: int = 2000
     flush_ms: int = 200
-    buckets: int = 64
+    buckets: int = 8
 
 
 # --- decoding one changelog row (pure; unit-tested) ---------------------------------------------------------------
