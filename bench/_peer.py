@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PEER_DIR = ROOT / "bench" / "peer"
 PEER_VENV = Path(os.environ.get("SKEWLESS_PEER_VENV", ROOT / ".venv-peer"))
-PEER_REQUIREMENT = "feast[redis]==0.67.0"
+PEER_REQUIREMENT = "feast[redis,duckdb]==0.67.0"
 
 
 class PeerError(RuntimeError):
