@@ -28,7 +28,7 @@ class PeerError(RuntimeError):
 
 
 def peer_python() -> Path:
-    """The peer venv's interpreter, creating the venv (pinned Feast) if it is missing.
+    """The peer venv's interpreter, creating or updating the venv (pinned Feast) unless it matches the pins.
 
     Benchmarks may ask at the same moment: creation is serialised by a file lock beside the venv, and the
     venv counts as ready only once the marker is written after a successful install."""
@@ -37,7 +37,8 @@ def peer_python() -> Path:
     PEER_VENV.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{PEER_VENV}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and py.exists():
+        want = PEER_REQUIREMENT + " " + (PEER_DIR / "constraints.txt").read_text().strip().replace("\n", " ")
+        if py.exists() and marker.exists() and marker.read_text() == want:
             return py
         try:
             if not (PEER_VENV / "bin" / "pip").exists():
@@ -48,7 +49,7 @@ def peer_python() -> Path:
         except subprocess.CalledProcessError as exc:
             raise PeerError(f"installing {PEER_REQUIREMENT} into {PEER_VENV} failed: "
                             f"{(exc.stderr or '')[-2000:]}") from exc
-        marker.write_text(PEER_REQUIREMENT + "\n")
+        marker.write_text(want)
     return py
 
 
