@@ -33,7 +33,7 @@ from skewless.core.dsl import (Aggregation, BinOp, DaysSince, Derived, FeatureSe
                                SnapshotView)
 from skewless.core.repo import Repository, UnknownFeatureError
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS, is_stream_served
-from skewless.core.timeutil import floor_ms, td_ms, to_epoch_ms
+from skewless.core.timeutil import MS_PER_DAY, floor_ms, td_ms, to_epoch_ms
 from skewless.online.reader import AsOfNotAlignedError
 
 try:
@@ -438,7 +438,9 @@ class OnlineStore:
         self._progress_cache: dict[Any, tuple] = {}
         self._ctx_ids: dict[tuple, int] = {}  # call context of the entity memo -> a number never used for another
         # bounded caches shared by every plan of this store (keys start with the plan's group/view serial):
-        self._memo: dict[Any, tuple] = {}  # (view serial, call context, raw replies) -> an entity's aggregations
+        self._memo: dict[Any, list] = {}  # (view serial, entity tag) -> [call context, raw replies, cut-off, its day part,
+        # the entity's prepared aggregations, their stale statuses, the outputs at T for a range of T (_days_span)]:
+        # a hit compares the replies as they are (no key bytes)
         self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
         # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
         # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
@@ -627,7 +629,7 @@ class OnlineStore:
                 if not use_memo:
                     mstats[2] -= n
                 rows = self._windowed(vp, chunk, n, k, epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
-                                      use_memo)
+                                      tags[vp.entity_index], use_memo)
                 if runs:
                     batch_runs[vp.view.name] = runs
             if n == 1:
@@ -636,11 +638,15 @@ class OnlineStore:
                     values[j] = [row_vals[jo]]
                     statuses[j] = [row_sts[jo]]
                     ages[j] = [row_age]
-            else:
+            else:  # rows -> columns by transposing (C loops), each column its own list
+                nout = len(vp.outputs)
+                val_cols = list(zip(*[r[0] for r in rows])) or [()] * nout  # no entities: empty columns
+                st_cols = list(zip(*[r[1] for r in rows])) or [()] * nout
+                age_col = [r[2] for r in rows]
                 for jo, (_, j) in enumerate(vp.outputs):
-                    values[j] = [r[0][jo] for r in rows]
-                    statuses[j] = [r[1][jo] for r in rows]
-                    ages[j] = [r[2] for r in rows]
+                    values[j] = list(val_cols[jo])
+                    statuses[j] = list(st_cols[jo])
+                    ages[j] = age_col[:]
             if sampler is not None:
                 for row_vals, _, _ in rows:
                     sampler.observe(vp.view.name, {f: row_vals[jo] for jo, (f, _) in enumerate(vp.outputs)})
@@ -767,7 +773,7 @@ class OnlineStore:
     def _windowed(self, vp: _ViewPlan, chunk: Sequence[Any], n: int, k: int, epoch: bytes | None,
                   meta: tuple[Any, ...], now: int, as_of_ms: int | None, stale: bool, age: int | None,
                   runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: int,
-                  use_memo: bool = True) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+                  tags: Sequence[bytes], use_memo: bool = True) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
         """The ``n`` entities of one feature view (``k`` replies each in ``chunk``): :func:`layout.evaluate_read` +
         the reader's rules; per entity ``(values, statuses, age)`` in the order of ``vp.outputs``.
 
@@ -785,46 +791,47 @@ class OnlineStore:
         batch_age = not vp.stream and age is None
         rows = []
         append = rows.append
+        serial = vp.serial
         for i in range(n):
             raws = (chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k]
-            hit = key = None
+            hit = key = entry = None
             if use_memo:
-                try:
-                    cutoff = None
-                    if has_batch:
-                        braw = raws[-1]
-                        if type(braw) is list:  # flat [field, value, ...]: the field at an even position
-                            if braw:
-                                ci = braw.index(b"cutoff")  # missing: no memo; the evaluation raises the reference's error
-                                if ci & 1:
-                                    raise ValueError("a value equals 'cutoff': no memo for this entity")
-                                cutoff = int(braw[ci + 1])
-                        else:
-                            cutoff = int(braw[b"cutoff"]) if braw else None
-                        if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch_ok:
-                            cutoff = run_cutoff
-                    parts: list[Any] = [ctx, None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)]
-                    for r in raws:  # a flat reply as ONE bytes (fields and values joined by NUL: one hash, one compare)
-                        if type(r) is list:
-                            joined = _SEP.join(r)
-                            # injective only when no element holds a NUL itself; otherwise the elements as they are
-                            parts.append(joined if joined.count(_SEP) == len(r) - 1 or not r else tuple(r))
-                        else:
-                            parts.append(tuple(r.items()))
-                    key = tuple(parts)
-                    hit = memo.get(key)
-                except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
-                    key = hit = None
+                key = (serial, tags[i])
+                entry = memo.get(key)
+                if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
+                    cutoff = entry[2]
+                    if cutoff is None or entry[3] == (cutoff > T, (T - cutoff) // BATCH_TILE_MS):
+                        hit = entry[4]
                 mstats[0] += 1
                 if hit is not None:
                     mstats[1] += 1
             if hit is None:
+                part: Any = None
+                if key is not None:
+                    try:
+                        cutoff = None
+                        if has_batch:
+                            braw = raws[-1]
+                            if type(braw) is list:  # flat [field, value, ...]: the field at an even position
+                                if braw:
+                                    ci = braw.index(b"cutoff")  # missing: no memo; the evaluation raises the reference's error
+                                    if ci & 1:
+                                        raise ValueError("a value equals 'cutoff': no memo for this entity")
+                                    cutoff = int(braw[ci + 1])
+                            else:
+                                cutoff = int(braw[b"cutoff"]) if braw else None
+                            if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch_ok:
+                                cutoff = run_cutoff
+                        part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
+                    except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
+                        key = None
                 agg = self._aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts)
                 hit = self._prepare(vp, agg)
+                entry = None
                 if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                     if len(memo) >= _MEMO_MAX:
                         memo.clear()
-                    memo[key] = hit
+                    entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None]
             if use_memo and mstats[0] >= _MEMO_PROBE:
                 if mstats[1] < _MEMO_MIN_HITS:
                     mstats[2] = _MEMO_PAUSE
@@ -833,9 +840,20 @@ class OnlineStore:
             if run is not None:
                 runs[run[0]] = run[1]
             if dynamic is not None:
-                out_vals = dynamic(vp, hit, T)
+                span = None if entry is None else entry[6]
+                if span is not None and span[0] <= T < span[1]:
+                    out_vals = span[2]
+                else:
+                    out_vals = dynamic(vp, hit, T)
+                    if entry is not None:
+                        entry[6] = _days_span(hit[5], T, out_vals)
             if stale:
-                out_sts = [STALE if st == PRESENT else st for st in out_sts]
+                stale_sts = None if entry is None else entry[5]
+                if stale_sts is None:
+                    stale_sts = tuple([STALE if st == PRESENT else st for st in out_sts])
+                    if entry is not None:
+                        entry[5] = stale_sts
+                out_sts = stale_sts
             append((out_vals, out_sts, max(0, T - batch_cutoff) if batch_age and batch_cutoff is not None else age))
         return rows
 
@@ -1041,6 +1059,24 @@ def _frozen(x: Any) -> bool:
         if type(y) not in _FROZEN and not (type(y) is tuple and _frozen(y)):
             return False
     return True
+
+
+def _days_span(pending: Sequence[tuple], T: int, out_vals: Sequence[Any]) -> tuple[int, int, tuple] | None:
+    """``(lo, hi, out_vals)``: the instants ``lo <= T' < hi`` at which the instant-dependent outputs of an entity
+    equal ``out_vals`` (computed at ``T``), when each is ``DaysSince(Ref)`` of a known int timestamp or None
+    (their value ``(T - ts) // day`` is constant within a day from ``ts``); None for any other expression."""
+    lo, hi = _I64_LOW, -_I64_LOW
+    for _, expr, _, known in pending:
+        if known is None or type(expr) is not DaysSince or type(expr.ts) is not Ref:
+            return None
+        ts = known[expr.ts.feature]
+        if ts is None:
+            continue
+        if type(ts) is not int:
+            return None
+        start = ts + (T - ts) // MS_PER_DAY * MS_PER_DAY
+        lo, hi = max(lo, start), min(hi, start + MS_PER_DAY)
+    return lo, hi, tuple(out_vals)
 
 
 def _decode_tile(g: _GroupSpec, body: bytes, cache: dict) -> tuple | None:

@@ -235,3 +235,25 @@ def test_one_store_across_instants_equals_evaluate_read(repo: Any, filled: Any) 
                 want = reference(data, view, user, now, as_of)
                 for name in view.feature_names:
                     assert (got.values[name][i], got.statuses[name][i]) == want[name], (now, as_of, user, name)
+
+
+def test_days_since_across_its_day_boundary_on_memo_hits(repo: Any, filled: Any) -> None:
+    """An entity read again (memo hit) just before, at and after a whole number of days since its last order
+    gets the reference's ``days_since_last_order`` each time (the memo keeps that value only within its day)."""
+    view = repo.view("user_order_stats")
+    base = CUTOFF + 2 * MS_PER_DAY
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    first = store.get_online_features({"user_id": filled.users}, ["user_order_stats"], now_ms=base)
+    checked = 0
+    for i, user in enumerate(filled.users):
+        ts = first.values["last_order_ts"][i]
+        if ts is None:
+            continue
+        boundary = ts + ((base - ts) // MS_PER_DAY + 1) * MS_PER_DAY
+        for now in (boundary - 1, boundary, boundary + 1, boundary - 1):
+            got = store.get_online_features([{"user_id": user}], ["user_order_stats"], now_ms=now)
+            want = reference(filled.data, view, user, now, None)
+            for name in view.feature_names:
+                assert (got.values[name][0], got.statuses[name][0]) == want[name], (user, now, name)
+        checked += 1
+    assert checked
