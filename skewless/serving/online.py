@@ -441,6 +441,7 @@ class OnlineStore:
         self._memo: dict[Any, list] = {}  # (view serial, entity tag) -> [call context, raw replies, cut-off, its day part,
         # the entity's prepared aggregations, their stale statuses, the outputs at T for a range of T (_days_span)]:
         # a hit compares the replies as they are (no key bytes)
+        self._packed: dict[tuple[int, bytes], bytes] = {}  # (view serial, entity tag) -> its packed commands
         self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
         # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
         # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
@@ -558,13 +559,16 @@ class OnlineStore:
             kinds += vp.kinds * n
         if self._fast:
             packed = [plan.head_packed]
+            cache = self._packed  # (view serial, tag) -> the entity's packed commands of that view
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
             for vp in plan.views:
-                pieces = vp.pieces
-                if len(pieces) == 1:
-                    piece, c = pieces[0]
-                    packed += [piece % (c + len(t), t) for t in tags[vp.entity_index]]
-                else:
-                    packed += [piece % (c + len(t), t) for t in tags[vp.entity_index] for piece, c in pieces]
+                pieces, serial = vp.pieces, vp.serial
+                for t in tags[vp.entity_index]:
+                    one = cache.get((serial, t))
+                    if one is None:
+                        one = cache[(serial, t)] = b"".join([piece % (c + len(t), t) for piece, c in pieces])
+                    packed.append(one)
             replies = self._send(b"".join(packed), kinds)
         else:
             names = list(plan.head_names)
