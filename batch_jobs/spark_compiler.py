@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
-from skewless.core.compiler import Compiler
+from skewless.core.compiler import Compiler, offline_nodes
 from skewless.core.dsl import Agg, Op, Where
 from skewless.core.layout import LIFETIME_FIELD
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan, WindowMerge
@@ -200,11 +200,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
         self.field_types = dict(field_types)
 
     def select(self, view_plan: ViewPlan) -> list[PlanNode]:
-        nodes: list[PlanNode] = [view_plan.scan]
-        nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
-        if view_plan.batch:
-            nodes.append(view_plan.batch.aggregate)
-        return nodes
+        return offline_nodes(view_plan)
 
     def supports(self, node: PlanNode) -> bool:
         if isinstance(node, Scan):

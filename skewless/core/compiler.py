@@ -85,6 +85,16 @@ def describe_node(node: PlanNode) -> str:
     return type(node).__name__
 
 
+def offline_nodes(view_plan: ViewPlan) -> list[PlanNode]:
+    """What the offline engines (batch, training sets) compile for a view: its scan, every streaming tile
+    aggregate (whose tiles they recompute) and the batch aggregate."""
+    nodes: list[PlanNode] = [view_plan.scan]
+    nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
+    if view_plan.batch:
+        nodes.append(view_plan.batch.aggregate)
+    return nodes
+
+
 class Compiler(abc.ABC, Generic[T]):
     """Base of the engine compilers. Subclasses set ``engine``, override the ``supports`` hooks and
     ``hint``, optionally ``select`` (which nodes they compile), and implement ``emit``."""

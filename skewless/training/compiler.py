@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from typing import TypeVar
 
-from skewless.core.compiler import Compiler
+from skewless.core.compiler import Compiler, offline_nodes
 from skewless.core.plan import PlanNode, Scan, TileAggregate, ViewPlan
 from skewless.training.plan import ViewPit
 
@@ -20,11 +20,7 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
         self.pit = pit
 
     def select(self, view_plan: ViewPlan) -> list[PlanNode]:
-        nodes: list[PlanNode] = [view_plan.scan]
-        nodes += [t.aggregate for t in (view_plan.stream.tiles if view_plan.stream else ())]
-        if view_plan.batch:
-            nodes.append(view_plan.batch.aggregate)
-        return nodes
+        return offline_nodes(view_plan)
 
     def supports(self, node: PlanNode) -> bool:
         if isinstance(node, Scan) and not self.pit.is_snapshot:
