@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from skewless.core import admission, laws, layout, oracle
+from skewless.core import laws, layout, oracle
 from skewless.core.repo import load_repository
-from skewless.core.schemas import validator
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
 from skewless.online import AsOfNotAlignedError, read_windowed
-from skewless.producer import GeneratorConfig, generate
+from skewless.serving.fill import order_events
 
 PROJECT = "p"
 EPOCH = "e1"
@@ -50,14 +49,7 @@ def setup() -> tuple[Any, Any, MemRedis, list, int]:
     repo = load_repository()
     view = repo.view(VIEW)
     start = 1_704_067_200_000 + 10 * MS_PER_DAY
-    records, _ = generate(GeneratorConfig(count=600, rate=0.2, seed=5, users=15, start_ms=start))
-    offsets: dict[int, int] = {}
-    raw = []
-    for r in records:
-        o = offsets.get(r.partition, 0)
-        offsets[r.partition] = o + 1
-        raw.append({"partition": r.partition, "offset": o, "timestamp_ms": r.timestamp_ms, "value": r.value})
-    admitted = list(admission.admit(raw, view.source, validator("orders"), key_fields=("user_id",)).admitted)
+    admitted, _ = order_events(count=600, users=15, start_ms=start, rate=0.2, seed=5)
     redis = MemRedis()
     redis.data[layout.epoch_key(PROJECT)] = EPOCH
     redis.data[layout.view_meta_key(PROJECT, view)] = {"applied_from_ms": "0", "epoch": EPOCH}
