@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from skewless.core.repo import Repository, UnknownFeatureError
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS, is_stream_served
 from skewless.core.timeutil import MS_PER_DAY, floor_ms, td_ms, to_epoch_ms
 from skewless.online.reader import AsOfNotAlignedError
+from skewless.serving.reply_stream import ReplyStream, open_stream
 
 try:
     import orjson
@@ -215,6 +217,7 @@ class _Plan:
 
 
 _ESCAPE_TABLE = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"})
+_NEEDS_ESCAPE = re.compile("[%:{},]").search  # no match: the text is its own escaped form
 
 
 def _instant_dependent(expr: Any, dynamic: set[str]) -> bool:
@@ -442,6 +445,7 @@ class OnlineStore:
         # the entity's prepared aggregations, their stale statuses, the outputs at T for a range of T (_days_span)]:
         # a hit compares the replies as they are (no key bytes)
         self._packed: dict[tuple[int, bytes], bytes] = {}  # (view serial, entity tag) -> its packed commands
+        self._snap_raw: dict[tuple[int, bytes], tuple] = {}  # (snapshot view serial, tag) -> (raw GET reply, value)
         self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
         # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
         # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
@@ -518,13 +522,17 @@ class OnlineStore:
         parts_per_key = []
         for name, ktype in spec.keys:
             values = cols[name]
-            out = []
             if ktype is KeyType.STRING:
-                for i, v in enumerate(values):
-                    if type(v) is not str:
-                        raise OnlineRequestError(f"join key {name!r} is a string; entity {i} has {v!r} ({type(v).__name__})")
-                    out.append("s=" + v.translate(_ESCAPE_TABLE))
+                if set(map(type, values)) - {str}:
+                    for i, v in enumerate(values):
+                        if type(v) is not str:
+                            raise OnlineRequestError(f"join key {name!r} is a string; entity {i} has {v!r} ({type(v).__name__})")
+                joined = "\0".join(values)
+                if len(spec.keys) == 1 and _NEEDS_ESCAPE(joined) is None and joined.count("\0") == len(values) - 1:
+                    return ("s=" + "\0s=".join(values)).encode().split(b"\0") if values else []  # one encode, one split
+                out = ["s=" + v.translate(_ESCAPE_TABLE) for v in values]
             else:
+                out = []
                 for i, v in enumerate(values):
                     if type(v) is not int or not laws.INT64_MIN <= v <= laws.INT64_MAX:
                         raise OnlineRequestError(f"join key {name!r} is an int64; entity {i} has {v!r} ({type(v).__name__})")
@@ -569,12 +577,16 @@ class OnlineStore:
                     if one is None:
                         one = cache[(serial, t)] = b"".join([piece % (c + len(t), t) for piece, c in pieces])
                     packed.append(one)
-            replies = self._send(b"".join(packed), kinds)
-        else:
-            names = list(plan.head_names)
-            for vp in plan.views:
-                names += [(cmd, vp.prefix + t + suffix) for t in tags[vp.entity_index] for cmd, suffix in vp.key_suffixes]
-            replies = self._execute(names)
+            return self._send(b"".join(packed), kinds, plan, cols, n, tags, now, as_of_ms)
+        names = list(plan.head_names)
+        for vp in plan.views:
+            names += [(cmd, vp.prefix + t + suffix) for t in tags[vp.entity_index] for cmd, suffix in vp.key_suffixes]
+        return self._evaluate(self._execute(names), None, plan, cols, n, tags, now, as_of_ms)
+
+    def _evaluate(self, replies: list[Any], stream: ReplyStream | None, plan: _Plan, cols: dict[str, list[Any]], n: int,
+                  tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
+        """The response from the replies: all of them in ``replies``, or the shared ones there and the entities'
+        still in ``stream`` (consumed view by view, entity by entity)."""
         pos = 0
         epoch = replies[0]
         pos = 1
@@ -604,11 +616,16 @@ class OnlineStore:
         sampler = self.sampler
         for vp in plan.views:
             k = vp.key_count()
-            chunk = replies[pos:pos + k * n]
-            pos += k * n
+            chunk = None
+            if stream is None:
+                chunk = replies[pos:pos + k * n]
+                pos += k * n
             if vp.snapshot:
                 snapshot = self._snapshot
-                rows = [snapshot(vp, r, epoch_text, T) for r in chunk]
+                if chunk is not None:
+                    rows = [snapshot(vp, r, epoch_text, T) for r in chunk]
+                else:
+                    rows = [snapshot(vp, r, epoch_text, T) for r in self._snapshot_replies(vp, stream, tags[vp.entity_index])]
             else:
                 stale = False
                 age: int | None = None
@@ -633,7 +650,7 @@ class OnlineStore:
                 if not use_memo:
                     mstats[2] -= n
                 rows = self._windowed(vp, chunk, n, k, epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
-                                      tags[vp.entity_index], use_memo)
+                                      tags[vp.entity_index], use_memo, stream)
                 if runs:
                     batch_runs[vp.view.name] = runs
             if n == 1:
@@ -654,6 +671,8 @@ class OnlineStore:
             if sampler is not None:
                 for row_vals, _, _ in rows:
                     sampler.observe(vp.view.name, {f: row_vals[jo] for jo, (f, _) in enumerate(vp.outputs)})
+        if stream is not None:
+            stream.finish()
         return OnlineResponse(
             columns=plan.columns, refs=plan.refs, entities=cols,
             values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
@@ -693,9 +712,12 @@ class OnlineStore:
                             for k, v in (r or {}).items()})
         return out
 
-    def _send(self, packed: bytes, kinds: list[int]) -> list[Any]:
-        """One round trip on a connection of a plain ``redis.Redis``: the packed commands in one write, replies per
-        ``kinds`` (``_K_GET`` bytes|None, ``_K_HASH`` dict, ``_K_TILES`` dict or hiredis's flat list).
+    def _send(self, packed: bytes, kinds: list[int], plan: _Plan, cols: dict[str, list[Any]], n: int,
+              tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
+        """One round trip on a connection of a plain ``redis.Redis``, evaluated as the replies arrive: the packed
+        commands in one write, replies per ``kinds`` (``_K_GET`` bytes|None, ``_K_HASH`` dict, ``_K_TILES`` dict or
+        hiredis's flat list). On redis-py's hiredis parser the shared replies are parsed and the entities' are
+        left in a :class:`ReplyStream`, where the memo passes over an entity whose raw replies are the kept ones.
 
         The store keeps the connections it took from the client's pool (one per concurrent caller, taken once):
         every call reads all its replies or disconnects, so the pool's per-checkout "unread data?" probe (a
@@ -709,23 +731,43 @@ class OnlineStore:
         except IndexError:
             conn, kept = self.client.connection_pool.get_connection(), False
         try:
+            nhead = len(plan.head_kinds)
             try:
-                return self._round_trip(conn, packed, kinds)
+                replies, stream = self._round_trip(conn, packed, kinds, nhead)
             except _RedisConnectionError:
                 if not kept:
                     raise
-                return self._round_trip(conn, packed, kinds)  # disconnected above: this one connects anew
+                replies, stream = self._round_trip(conn, packed, kinds, nhead)  # disconnected: connects anew
+            if stream is None:
+                return self._evaluate(replies, None, plan, cols, n, tags, now, as_of_ms)
+            try:
+                response = self._evaluate(replies, stream, plan, cols, n, tags, now, as_of_ms)
+            except BaseException:
+                conn.disconnect()  # replies left unread must not reach the next command
+                raise
+            if conn.health_check_interval:
+                conn.next_health_check = time.time() + conn.health_check_interval
+            return response
         finally:
             conns.append(conn)
 
     @staticmethod
-    def _round_trip(conn: Any, packed: bytes, kinds: list[int]) -> list[Any]:
+    def _round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int) -> tuple[list[Any], ReplyStream | None]:
+        """Send; then ``(the nhead shared replies, a stream of the rest)`` or ``(all replies, None)``."""
         try:
             conn.send_packed_command([packed], check_health=False)
+            stream = open_stream(conn, _HiredisParser, _NOT_ENOUGH_DATA)
+            if stream is not None:
+                head = stream.parse(nhead)
+                for i in range(nhead):
+                    r = head[i]
+                    if kinds[i] != _K_GET:
+                        head[i] = _as_dict(r)
+                return head, stream
             parser = getattr(conn, "_parser", None)
             if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
                     and parser._next_response is _NOT_ENOUGH_DATA):
-                return _read_hiredis(conn, parser, kinds)
+                return _read_hiredis(conn, parser, kinds), None
             out = []
             error = None
             for kind in kinds:
@@ -741,6 +783,27 @@ class OnlineStore:
             raise
         if error is not None:
             raise error
+        return out, None
+
+    def _snapshot_replies(self, vp: _ViewPlan, stream: ReplyStream, tags: Sequence[bytes]) -> list[bytes | None]:
+        """The GET reply of each entity of a snapshot view from ``stream``: the kept value when its raw reply is the
+        one kept for that entity (no parsing), else parsed (and kept)."""
+        memo = self._snap_raw  # (view serial, tag) -> (raw reply, value)
+        if len(memo) + len(tags) > _MEMO_MAX:
+            memo.clear()
+        serial = vp.serial
+        skip, parse = stream.skip, stream.parse
+        out = []
+        append = out.append
+        for t in tags:
+            key = (serial, t)
+            kept = memo.get(key)
+            if kept is not None and skip(kept[0]):
+                append(kept[1])
+            else:
+                raw = parse(1)[0]
+                memo[key] = (stream.span(), raw)
+                append(raw)
         return out
 
     # -- evaluation ------------------------------------------------------------------------------------------
@@ -777,7 +840,8 @@ class OnlineStore:
     def _windowed(self, vp: _ViewPlan, chunk: Sequence[Any], n: int, k: int, epoch: bytes | None,
                   meta: tuple[Any, ...], now: int, as_of_ms: int | None, stale: bool, age: int | None,
                   runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: int,
-                  tags: Sequence[bytes], use_memo: bool = True) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+                  tags: Sequence[bytes], use_memo: bool = True, stream: ReplyStream | None = None,
+                  ) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
         """The ``n`` entities of one feature view (``k`` replies each in ``chunk``): :func:`layout.evaluate_read` +
         the reader's rules; per entity ``(values, statuses, age)`` in the order of ``vp.outputs``.
 
@@ -785,7 +849,10 @@ class OnlineStore:
         ``ctx`` (a number naming: epoch, view meta, as_of, the window starts at T and the current tile of each
         group) plus, for a batch part, whether its cut-off is after T and how many days late it is; they are
         memoised on that key (bounded) together with the derived features that do not depend on T. Staleness,
-        the derived features that depend on T (``DaysSince``) and the age are applied after, on every read."""
+        the derived features that depend on T (``DaysSince``) and the age are applied after, on every read.
+
+        From a ``stream`` (``chunk`` None) an entity's replies are parsed, or passed over when their raw bytes are the
+        ones its memo entry kept (then they are that entry's replies, compared by identity)."""
         T = now if as_of_ms is None else as_of_ms
         memo = self._memo
         mstats = self._memo_stats
@@ -796,12 +863,20 @@ class OnlineStore:
         rows = []
         append = rows.append
         serial = vp.serial
+        span = None
         for i in range(n):
-            raws = (chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k]
             hit = key = entry = None
             if use_memo:
                 key = (serial, tags[i])
                 entry = memo.get(key)
+            if stream is None:
+                raws = (chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k]  # type: ignore[index]
+            elif entry is not None and entry[7] is not None and stream.skip(entry[7]):
+                raws, span = entry[1], entry[7]
+            else:
+                raws = stream.parse(k)
+                span = stream.span()
+            if use_memo:
                 if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
                     cutoff = entry[2]
                     if cutoff is None or entry[3] == (cutoff > T, (T - cutoff) // BATCH_TILE_MS):
@@ -835,7 +910,7 @@ class OnlineStore:
                 if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                     if len(memo) >= _MEMO_MAX:
                         memo.clear()
-                    entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None]
+                    entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, span]
             if use_memo and mstats[0] >= _MEMO_PROBE:
                 if mstats[1] < _MEMO_MIN_HITS:
                     mstats[2] = _MEMO_PAUSE

@@ -249,3 +249,51 @@ def test_a_kept_connection_closed_by_the_server_is_reconnected(redis_url: str, r
     assert _conn_id(store._conns[0]) != store_id  # a new connection answered
     client.close()
     killer.close()
+
+
+def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client: Any, repo: Any, events: tuple) -> None:
+    """The plain-client read (replies consumed from the socket, an entity passed over when its raw replies are the
+    ones its memo kept) equals the generic pipeline read of the same store, read after read, while tiles,
+    batch records and snapshot rows change in place (same length, longer, shorter, deleted)."""
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    setup_store(redis_client, repo, admitted, offline, project)
+    view, profile = repo.view("user_order_stats"), repo.view("customer_profile")
+    streamed, generic = OnlineStore(repo, redis_client, project), OnlineStore(repo, redis_client, project)
+    generic._fast = False  # the client's own pipeline (the Redis Cluster path): every reply parsed
+    users = sorted({e["user_id"] for e in admitted})
+    now = max(e["event_time"] for e in admitted) + 1
+    T = now // MS_PER_DAY * MS_PER_DAY
+    day = layout.tile_key(project, view, (users[0],), MS_PER_DAY)
+
+    def same() -> None:
+        for kwargs in ({"now_ms": now}, {"now_ms": now, "as_of": T}):
+            for _ in range(2):  # the second read hits the memo
+                got = streamed.get_online_features({"user_id": users}, "churn_model", **kwargs).to_dict()
+                assert got == generic.get_online_features({"user_id": users}, "churn_model", **kwargs).to_dict()
+        assert streamed._conns and streamed._conns[0]._sock is not None  # every reply consumed: connection kept
+
+    same()
+    start, value = next(iter(redis_client.hgetall(day).items()))
+    version, rest = value.split(b"|", 1)
+    redis_client.hset(day, start, b"%d|%s" % (int(version) ^ 1, rest))
+    same()  # one byte differs, same length
+    other = redis_client.hgetall(layout.tile_key(project, view, (users[-1],), MS_PER_DAY))
+    redis_client.hset(day, start, next(iter(other.values())))
+    same()  # another tile vector
+    redis_client.hset(day, str(T - 2 * MS_PER_DAY), value)
+    same()  # one more tile
+    redis_client.hdel(day, start)
+    same()
+    batch = layout.batch_key(project, view, (users[1],))
+    redis_client.hset(batch, "run", "run-x")
+    redis_client.delete(layout.batch_key(project, view, (users[2],)))
+    same()
+    row = {"user_id": users[3], "event_time": T - MS_PER_DAY, "created_at": T - MS_PER_DAY, "credit_score": 700,
+           "segment": "vip"}
+    redis_client.set(layout.snapshot_key(project, profile, (users[3],)),
+                     layout.encode_snapshot(profile, row["event_time"], row["created_at"], row, "e-other"))
+    redis_client.delete(layout.snapshot_key(project, profile, (users[4],)))
+    same()
+    redis_client.delete(*[layout.tile_key(project, view, (u,), MS_PER_DAY) for u in users[5:8]])
+    same()
