@@ -792,18 +792,16 @@ class OnlineStore:
         if len(memo) + len(tags) > _MEMO_MAX:
             memo.clear()
         serial = vp.serial
-        skip, parse = stream.skip, stream.parse
+        keys = [(serial, t) for t in tags]
+        kept = list(map(memo.get, keys))
+        parsed, spans = stream.take([None if e is None else e[0] for e in kept], 1)
         out = []
-        append = out.append
-        for t in tags:
-            key = (serial, t)
-            kept = memo.get(key)
-            if kept is not None and skip(kept[0]):
-                append(kept[1])
+        for key, e, p, raw in zip(keys, kept, parsed, spans):
+            if p is None:
+                out.append(e[1])  # type: ignore[index]
             else:
-                raw = parse(1)[0]
-                memo[key] = (stream.span(), raw)
-                append(raw)
+                memo[key] = (raw, p[0])
+                out.append(p[0])
         return out
 
     # -- evaluation ------------------------------------------------------------------------------------------
@@ -863,29 +861,36 @@ class OnlineStore:
         rows = []
         append = rows.append
         serial = vp.serial
-        span = None
+        keys = [(serial, t) for t in tags]
+        entries: list[Any] = list(map(memo.get, keys)) if use_memo else [None] * n
+        spans: Sequence[bytes | None]
+        if stream is not None:  # replies passed over (None: the entry's) or parsed, and their raw bytes
+            parsed, spans = stream.take([None if e is None else e[7] for e in entries], k)
+            raws_list = [e[1] if p is None else p for e, p in zip(entries, parsed)]
+        else:
+            raws_list = [(chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k] for i in range(n)]  # type: ignore[index]
+            spans = [None] * n
+        parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
+        hits = 0
         for i in range(n):
-            hit = key = entry = None
-            if use_memo:
-                key = (serial, tags[i])
-                entry = memo.get(key)
-            if stream is None:
-                raws = (chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k]  # type: ignore[index]
-            elif entry is not None and entry[7] is not None and stream.skip(entry[7]):
-                raws, span = entry[1], entry[7]
-            else:
-                raws = stream.parse(k)
-                span = stream.span()
-            if use_memo:
-                if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
-                    cutoff = entry[2]
-                    if cutoff is None or entry[3] == (cutoff > T, (T - cutoff) // BATCH_TILE_MS):
+            entry, raws = entries[i], raws_list[i]
+            hit = key = None
+            if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
+                cutoff = entry[2]
+                if cutoff is None:
+                    hit = entry[4]
+                else:
+                    part = parts.get(cutoff)
+                    if part is None:
+                        part = parts[cutoff] = (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
+                    if entry[3] == part:
                         hit = entry[4]
-                mstats[0] += 1
-                if hit is not None:
-                    mstats[1] += 1
+            if hit is not None:
+                hits += 1
+            elif use_memo:
+                key = keys[i]
             if hit is None:
-                part: Any = None
+                part = None
                 if key is not None:
                     try:
                         cutoff = None
@@ -910,11 +915,7 @@ class OnlineStore:
                 if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                     if len(memo) >= _MEMO_MAX:
                         memo.clear()
-                    entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, span]
-            if use_memo and mstats[0] >= _MEMO_PROBE:
-                if mstats[1] < _MEMO_MIN_HITS:
-                    mstats[2] = _MEMO_PAUSE
-                mstats[0] = mstats[1] = 0
+                    entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i]]
             out_vals, out_sts, run, batch_cutoff = hit[0], hit[1], hit[2], hit[3]
             if run is not None:
                 runs[run[0]] = run[1]
@@ -934,6 +935,13 @@ class OnlineStore:
                         entry[5] = stale_sts
                 out_sts = stale_sts
             append((out_vals, out_sts, max(0, T - batch_cutoff) if batch_age and batch_cutoff is not None else age))
+        if use_memo:
+            mstats[0] += n
+            mstats[1] += hits
+            if mstats[0] >= _MEMO_PROBE:
+                if mstats[1] < _MEMO_MIN_HITS:
+                    mstats[2] = _MEMO_PAUSE
+                mstats[0] = mstats[1] = 0
         return rows
 
     def _prepare(self, vp: _ViewPlan, agg: tuple) -> tuple:

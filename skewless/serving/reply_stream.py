@@ -132,6 +132,24 @@ class ReplyStream:
         self.pos = end
         return out
 
+    def take(self, kept: list[bytes | None], k: int) -> tuple[list[list[Any] | None], list[bytes]]:
+        """For a run of entities of ``k`` replies each: per entity None when its raw replies are ``kept[i]`` (passed
+        over), else its parsed replies; and per entity those raw bytes. When every entity has kept bytes, the run
+        is first compared whole (one ``startswith``)."""
+        if kept and None not in kept and self.skip(b"".join(kept)):  # type: ignore[arg-type]
+            return [None] * len(kept), kept  # type: ignore[return-value]
+        parsed: list[list[Any] | None] = []
+        spans: list[bytes] = []
+        skip, parse = self.skip, self.parse
+        for raw in kept:
+            if raw is not None and skip(raw):
+                parsed.append(None)
+                spans.append(raw)
+            else:
+                parsed.append(parse(k))
+                spans.append(self.buf[self.start:self.pos])
+        return parsed, spans
+
     def span(self) -> bytes:
         """The raw bytes of the replies the last ``parse`` returned."""
         return self.buf[self.start:self.pos]
