@@ -65,7 +65,8 @@ class AsOfNotAligned(OnlineRequestError, AsOfNotAlignedError):
 # --- plans (built once per feature selection) --------------------------------------------------------------
 
 _HGETALL, _GET = b"HGETALL", b"GET"
-_K_GET, _K_HASH, _K_TILES = 0, 1, 2  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis gives it
+_K_GET, _K_HASH, _K_TILES, _K_MGET = 0, 1, 2, 3  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis
+# gives it; an MGET (the snapshot rows of a view, one per entity: expanded into one GET-like reply each)
 _SEP = b"\0"
 
 
@@ -180,8 +181,11 @@ class _ViewPlan:
                                       + ([(_HGETALL, b"}:b")] if self.batch_fields else []))
             self.kinds = (_K_TILES,) * (len(self.groups) + (1 if self.batch_fields else 0))
         esc = self.prefix.replace(b"%", b"%%")
-        self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
-                             len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
+        if self.snapshot:  # one MGET per view on a plain client: each entity's piece is its key
+            self.pieces = ((b"$%%d\r\n%s%%s}:s\r\n" % esc, len(self.prefix) + 3),)
+        else:
+            self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
+                                 len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
         dynamic: set[str] = set()
         for name, expr, _ in self.derived:  # dependency order: inputs are classified before their users
             if _instant_dependent(expr, dynamic):
@@ -444,7 +448,7 @@ class OnlineStore:
         self._memo: dict[Any, list] = {}  # (view serial, entity tag) -> [call context, raw replies, cut-off, its day part,
         # the entity's prepared aggregations, their stale statuses, the outputs at T for a range of T (_days_span)]:
         # a hit compares the replies as they are (no key bytes)
-        self._packed: dict[tuple[int, bytes], bytes] = {}  # (view serial, entity tag) -> its packed commands
+        self._packed: dict[int, dict[bytes, bytes]] = {}  # view serial -> entity tag -> its packed commands
         self._snap_raw: dict[tuple[int, bytes], tuple] = {}  # (snapshot view serial, tag) -> (raw GET reply, value)
         self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
         # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
@@ -562,21 +566,27 @@ class OnlineStore:
         tags = [self._tags(spec, cols, n) for spec in plan.entities]
 
         # one pipeline: epoch, progress per streaming source, meta per feature view, then the entities' keys
-        kinds = list(plan.head_kinds)
-        for vp in plan.views:
-            kinds += vp.kinds * n
         if self._fast:
+            kinds = list(plan.head_kinds)
             packed = [plan.head_packed]
-            cache = self._packed  # (view serial, tag) -> the entity's packed commands of that view
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
             for vp in plan.views:
-                pieces, serial = vp.pieces, vp.serial
-                for t in tags[vp.entity_index]:
-                    one = cache.get((serial, t))
-                    if one is None:
-                        one = cache[(serial, t)] = b"".join([piece % (c + len(t), t) for piece, c in pieces])
-                    packed.append(one)
+                if vp.snapshot:
+                    if not n:
+                        continue
+                    kinds.append(_K_MGET)
+                    packed.append(b"*%d\r\n$4\r\nMGET\r\n" % (n + 1))
+                else:
+                    kinds += vp.kinds * n
+                cache = self._packed.get(vp.serial)  # entity tag -> the entity's packed commands of that view
+                if cache is None or len(cache) >= _CACHE_MAX:
+                    cache = self._packed[vp.serial] = {}
+                pieces = vp.pieces
+                ones = list(map(cache.get, tags[vp.entity_index]))
+                if None in ones:
+                    for i, t in enumerate(tags[vp.entity_index]):
+                        if ones[i] is None:
+                            ones[i] = cache[t] = b"".join([piece % (c + len(t), t) for piece, c in pieces])
+                packed += ones
             return self._send(b"".join(packed), kinds, plan, cols, n, tags, now, as_of_ms)
         names = list(plan.head_names)
         for vp in plan.views:
@@ -622,10 +632,9 @@ class OnlineStore:
                 pos += k * n
             if vp.snapshot:
                 snapshot = self._snapshot
-                if chunk is not None:
-                    rows = [snapshot(vp, r, epoch_text, T) for r in chunk]
-                else:
-                    rows = [snapshot(vp, r, epoch_text, T) for r in self._snapshot_replies(vp, stream, tags[vp.entity_index])]
+                if chunk is None:
+                    chunk = self._snapshot_replies(vp, stream, tags[vp.entity_index])  # type: ignore[arg-type]
+                rows = [snapshot(vp, r, epoch_text, T) for r in chunk]
             else:
                 stale = False
                 age: int | None = None
@@ -775,6 +784,9 @@ class OnlineStore:
                 if isinstance(r, Exception):
                     error = error or r
                     r = None
+                if kind == _K_MGET:
+                    out += r if isinstance(r, list) else []  # an error reply: raised below
+                    continue
                 if kind != _K_GET:
                     r = _as_dict(r)
                 out.append(r)
@@ -792,6 +804,9 @@ class OnlineStore:
         if len(memo) + len(tags) > _MEMO_MAX:
             memo.clear()
         serial = vp.serial
+        if tags and not stream.skip(b"*%d\r\n" % len(tags)):  # the MGET's array
+            stream.parse(1)  # an error reply raises
+            raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
         keys = [(serial, t) for t in tags]
         kept = list(map(memo.get, keys))
         parsed, spans = stream.take([None if e is None else e[0] for e in kept], 1)
@@ -1181,6 +1196,7 @@ def _decode_tile(g: _GroupSpec, body: bytes, cache: dict) -> tuple | None:
 
 
 from redis.exceptions import ConnectionError as _RedisConnectionError  # noqa: E402 - with the reader below
+from redis.exceptions import InvalidResponse  # noqa: E402
 from redis.exceptions import TimeoutError as _RedisTimeoutError  # noqa: E402
 
 try:  # redis-py's hiredis parser: replies are taken from its reader directly (what Connection.read_response does)
@@ -1227,6 +1243,9 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
             if kind == _K_HASH:
                 it = iter(r)
                 r = dict(zip(it, it))
+            if kind == _K_MGET:
+                out += r
+                continue
         elif t is not bytes and t is not dict:
             if isinstance(r, Exception):
                 raise r

@@ -261,6 +261,12 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
     view, profile = repo.view("user_order_stats"), repo.view("customer_profile")
     streamed, generic = OnlineStore(repo, redis_client, project), OnlineStore(repo, redis_client, project)
     generic._fast = False  # the client's own pipeline (the Redis Cluster path): every reply parsed
+    import redis
+    from redis._parsers import _RESP2Parser
+
+    kwargs = redis_client.connection_pool.connection_kwargs
+    others = [OnlineStore(repo, redis.Redis(connection_pool=redis.ConnectionPool(**{**kwargs, **extra})), project)
+              for extra in ({"parser_class": _RESP2Parser}, {"protocol": 3})]  # packed, replies read without a stream
     users = sorted({e["user_id"] for e in admitted})
     now = max(e["event_time"] for e in admitted) + 1
     T = now // MS_PER_DAY * MS_PER_DAY
@@ -271,6 +277,8 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
             for _ in range(2):  # the second read hits the memo
                 got = streamed.get_online_features({"user_id": users}, "churn_model", **kwargs).to_dict()
                 assert got == generic.get_online_features({"user_id": users}, "churn_model", **kwargs).to_dict()
+                for other in others:
+                    assert other.get_online_features({"user_id": users}, "churn_model", **kwargs).to_dict() == got
         assert streamed._conns and streamed._conns[0]._sock is not None  # every reply consumed: connection kept
 
     same()
