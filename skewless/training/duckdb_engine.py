@@ -98,7 +98,8 @@ class DuckDBFeatureViewSql:
 
     pit: ViewPit
     raw_columns: tuple[str, ...]
-    offline_sql: str  # over {raw}
+    offline_sql: str  # over {raw} and {need}
+    need_sql: str  # over {req}: the (keys, __day) pairs whose events the requests read
     prefix_sql: str  # over {tiles}
     result_sql: str  # over {req}, {offline}, {prefix}, {tiles}; placeholders {first_day}, {last_day}
     tile_columns: tuple[str, ...]
@@ -171,20 +172,28 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             raw_cols += [w.field for w in a.spec.where if w.field != scan.event_time]
         if batch_only:
             position = f"0 AS __partition, {eid} AS __offset"
-            rank = f"row_number() OVER (PARTITION BY {eid}, __epoch_ms({et}) ORDER BY to_json(raw_row)) AS __rank"
+            order = "to_json(raw_row)"
             guard = ""
             src = "(SELECT *, {raw} AS raw_row FROM {raw})"
         else:
             raw_cols += ["_kafka_partition", "_offset", "_kafka_ts"]
             position = "_kafka_partition AS __partition, _offset AS __offset"
-            rank = f"row_number() OVER (PARTITION BY _kafka_partition, {eid}, __epoch_ms({et}) ORDER BY _offset) AS __rank"
+            order = "_offset"
             guard = f"WHERE __epoch_ms({et}) <= __epoch_ms(_kafka_ts) + {scan.clock_skew_tolerance_ms}"
             src = "{raw}"
         contributions = ",\n  ".join(f"{self._contribution(a)} AS {q('c__' + a.name)}" for a in pit.aggregations)
+        # Only the (keys, day) pairs the requests read ({need}) are kept, but a copy group (partition,
+        # event id, ts) is ranked whole: a copy of a needed event may carry another key (first in order wins).
+        same = " AND ".join(f"x.{c} IS NOT DISTINCT FROM k.{c}" for c in ("__partition", eid, "__ts"))
+        needed = f"{keys_equal('n', 'x', keys)} AND n.__day = x.__day"
         offline = (
-            f"SELECT {kcols}, __ts, __floordiv(__ts, {MS_PER_DAY}) AS __day, __partition, __offset,\n  {contributions}\n"
-            f"FROM (SELECT *, __epoch_ms({et}) AS __ts, {position}, {rank} FROM {src} {guard}) AS d\n"
-            "WHERE __rank = 1"
+            f"WITH g AS (SELECT *, __epoch_ms({et}) AS __ts, __floordiv(__epoch_ms({et}), {MS_PER_DAY}) AS __day, "
+            f"{position} FROM {src} {guard}),\n"
+            f"k AS (SELECT DISTINCT __partition, {eid}, __ts FROM g AS x SEMI JOIN {{need}} AS n ON {needed}),\n"
+            f"d AS (SELECT *, row_number() OVER (PARTITION BY __partition, {eid}, __ts ORDER BY {order}) AS __rank "
+            f"FROM g AS x SEMI JOIN k ON {same})\n"
+            f"SELECT {kcols}, __ts, __day, __partition, __offset,\n  {contributions}\n"
+            f"FROM d AS x SEMI JOIN {{need}} AS n ON {needed} WHERE x.__rank = 1"
         )
         batch = pit.batch_aggregations
         tile_cols = tuple(a.name for a in batch)
@@ -207,26 +216,40 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         prefix = (f"SELECT {kcols}, __day{''.join(', ' + c for c in prefix_cols)} FROM {{tiles}}"
                   if prefix_cols else "")
         span = max((a.width_ms + a.tile_ms for a in pit.stream_aggregations), default=0)  # type: ignore[operator]
-        return DuckDBFeatureViewSql(pit, tuple(dict.fromkeys(raw_cols)), offline, prefix,
+        return DuckDBFeatureViewSql(pit, tuple(dict.fromkeys(raw_cols)), offline, self._need_sql(), prefix,
                                     self._result_sql(bool(prefix_cols)), tile_cols, span)
+
+    def _request_ctes(self) -> tuple[list[str], str]:
+        """CTEs ``r0``, ``r`` (requests with head day and window starts: ms for stream-served, day numbers
+        for batch-served) and the first instant any part of a request reads from the events."""
+        pit, D = self.pit, MS_PER_DAY
+        kcols = ", ".join(q(k) for k in pit.key_names)
+        starts = []
+        for a in pit.stream_aggregations:
+            starts.append(f"__floordiv(__t - {a.width_ms}, {a.tile_ms}) * {a.tile_ms} AS {q('s__' + a.name)}")
+        for a in pit.batch_aggregations:
+            if a.width_ms is not None:
+                starts.append(f"__floordiv(__t - {a.width_ms}, {D}) AS {q('a__' + a.name)}")
+        lo_parts = [f"__tday * {D}"] if pit.batch_aggregations else []
+        lo_parts += [q("s__" + a.name) for a in pit.stream_aggregations]
+        ctes = [f"r0 AS (SELECT {RID}, {kcols}, {T}, __floordiv({T}, {D}) AS __tday FROM {{req}})",
+                f"r AS (SELECT *{''.join(', ' + s for s in starts)} FROM r0)"]
+        return ctes, (lo_parts[0] if len(lo_parts) == 1 else f"least({', '.join(lo_parts)})")
+
+    def _need_sql(self) -> str:
+        """The distinct (keys, day) pairs whose events the requests read (over {req})."""
+        ctes, lo = self._request_ctes()
+        kcols = ", ".join(q(k) for k in self.pit.key_names)
+        return (f"WITH {', '.join(ctes)} SELECT DISTINCT {kcols}, __day FROM (SELECT {kcols}, "
+                f"unnest(range(__floordiv({lo}, {MS_PER_DAY}), __tday + 1)) AS __day FROM r) AS d")
 
     def _result_sql(self, has_prefix: bool) -> str:
         pit = self.pit
         keys = pit.key_names
         kcols = ", ".join(q(k) for k in keys)
-        batch, stream = pit.batch_aggregations, pit.stream_aggregations
+        batch = pit.batch_aggregations
         D = MS_PER_DAY
-        # request columns: head day, window starts (ms for stream-served, day numbers for batch-served)
-        starts = []
-        for a in stream:
-            starts.append(f"__floordiv(__t - {a.width_ms}, {a.tile_ms}) * {a.tile_ms} AS {q('s__' + a.name)}")
-        for a in batch:
-            if a.width_ms is not None:
-                starts.append(f"__floordiv(__t - {a.width_ms}, {D}) AS {q('a__' + a.name)}")
-        lo_parts = [f"__tday * {D}"] if batch else []
-        lo_parts += [q("s__" + a.name) for a in stream]
-        ctes = [f"r0 AS (SELECT {RID}, {kcols}, {T}, __floordiv({T}, {D}) AS __tday FROM {{req}})",
-                f"r AS (SELECT *{''.join(', ' + s for s in starts)} FROM r0)"]
+        ctes, lo = self._request_ctes()
         joins = []
         # head + stream-served windows: the requests' days equi-joined with the offline events
         head_aggs = []
@@ -247,7 +270,6 @@ class DuckDBCompiler(TrainingCompiler[Any]):
                 head_aggs.append(
                     f"max(CASE WHEN {cond} AND {c} IS NOT NULL THEN struct_pack(ts := e.__ts, \"partition\" := "
                     f"CAST(e.__partition AS INTEGER), \"offset\" := e.__offset, \"value\" := {c}) END) AS {q('h__' + a.name)}")
-        lo = lo_parts[0] if len(lo_parts) == 1 else f"least({', '.join(lo_parts)})"
         ctes.append(f"rd AS (SELECT {RID}, {kcols}, {T}, __tday{''.join(', ' + q(s) for s in self._start_cols())}, "
                     f"unnest(range(__floordiv({lo}, {D}), __tday + 1)) AS __d FROM r)")
         ctes.append(
@@ -517,16 +539,18 @@ class _PreparedFeatureView:
             self.raw_snapshot = sources.current_snapshot_id(catalog, _ident(pit.view.source.table))
             con.execute(f"CREATE OR REPLACE TEMP TABLE __tiles_{n} AS SELECT 1 AS __day WHERE false")
 
-    def load_events(self, t_min: int, t_max: int) -> None:
-        """Offline events that any request with ``t_min <= T <= t_max`` may need."""
+    def load_events(self, req: str, t_min: int, t_max: int) -> None:
+        """Offline events of the (keys, days) the requests in ``req`` (``t_min <= T <= t_max``) read."""
         c = self.c
         span = c.max_stream_span_ms
         start = ((t_min - span) // MS_PER_DAY) * MS_PER_DAY
-        raw, con = f"__raw_{self.n}", self.con
+        raw, need, con = f"__raw_{self.n}", f"__need_{self.n}", self.con
         duckdb_sources.drop(con, raw)
         duckdb_sources.raw_events(con, raw, self.catalog, _ident(c.pit.view.source.table), self.raw_snapshot,
                                   c.raw_columns, c.pit.plan.scan.event_time, start, t_max)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE __offline_{self.n} AS " + c.offline_sql.format(raw=raw))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {need} AS " + c.need_sql.format(req=req))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __offline_{self.n} AS " + c.offline_sql.format(raw=raw, need=need))
+        con.execute(f"DROP TABLE {need}")
         duckdb_sources.drop(con, raw)
 
     def result_sql(self, req: str) -> str:
@@ -557,7 +581,7 @@ class _PreparedSnapshotView:
         con.execute(f"CREATE OR REPLACE TEMP {kind} __rows_{n} AS " + compiled.rows_sql.format(rows=src,
                                                                                                    ts_type=self.ts_type))
 
-    def load_events(self, t_min: int, t_max: int) -> None:
+    def load_events(self, req: str, t_min: int, t_max: int) -> None:
         pass
 
     def result_sql(self, req: str) -> str:
@@ -594,9 +618,9 @@ def run(plan: PitPlan, requests: pa.Table, catalog: Any, options: DuckDBOptions 
         for i in range(n_chunks):
             chunk = requests if order is None else requests.take(pa.array(order[i * size:(i + 1) * size]))
             ts = chunk.column(T).to_numpy()
-            for p in prepared:
-                p.load_events(int(ts.min()), int(ts.max()))
             con.register("__req", chunk)
+            for p in prepared:
+                p.load_events("__req", int(ts.min()), int(ts.max()))
             sql = _chunk_sql(plan, prepared)
             parts.append(con.sql(sql).to_arrow_table())
             con.unregister("__req")
