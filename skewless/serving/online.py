@@ -804,6 +804,11 @@ class OnlineStore:
         if len(memo) + len(tags) > _MEMO_MAX:
             memo.clear()
         serial = vp.serial
+        if stream.pending:  # replies parsed unmeasured before (no memo): the MGET parsed whole, its end found for free
+            values = stream.parse(1, False)[0] if tags else []
+            if type(values) is not list or len(values) != len(tags):
+                raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
+            return values
         if tags and not stream.skip(b"*%d\r\n" % len(tags)):  # the MGET's array
             stream.parse(1)  # an error reply raises
             raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
@@ -880,7 +885,7 @@ class OnlineStore:
         entries: list[Any] = list(map(memo.get, keys)) if use_memo else [None] * n
         spans: Sequence[bytes | None]
         if stream is not None:  # replies passed over (None: the entry's) or parsed, and their raw bytes
-            parsed, spans = stream.take([None if e is None else e[7] for e in entries], k)
+            parsed, spans = stream.take([None if e is None else e[7] for e in entries], k, use_memo)
             raws_list = [e[1] if p is None else p for e, p in zip(entries, parsed)]
         else:
             raws_list = [(chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k] for i in range(n)]  # type: ignore[index]
@@ -930,7 +935,7 @@ class OnlineStore:
                 if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                     if len(memo) >= _MEMO_MAX:
                         memo.clear()
-                    entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i]]
+                    entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
             out_vals, out_sts, run, batch_cutoff = hit[0], hit[1], hit[2], hit[3]
             if run is not None:
                 runs[run[0]] = run[1]

@@ -27,23 +27,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 _RECV = 1 << 16
 _FEED = 1 << 13  # bytes handed to hiredis at a time (a miss parses a few hundred bytes, not the whole remainder)
 _BULK_OVERHEAD = [len(b"$%d\r\n\r\n" % n) for n in range(1 << 12)]  # framing bytes of a bulk string of length n
+_BYTES = frozenset((bytes,))
 
 
 def _resp_len(r: Any) -> int:
-    """Length of the RESP2 encoding Redis sends for a parsed reply (bulk strings, nil, arrays of them)."""
+    """Length of the RESP2 encoding Redis sends for a parsed reply (bulk strings, nil, integers, arrays of them)."""
     t = type(r)
+    if t is list and _BYTES.issuperset(map(type, r)):  # an array of bulk strings (a hash): in C loops
+        lens = list(map(len, r))
+        try:
+            return len(b"*%d\r\n" % len(lens)) + sum(lens) + sum(map(_BULK_OVERHEAD.__getitem__, lens))
+        except IndexError:  # a value of 4 KiB or more
+            pass
     if t is bytes:
         n = len(r)
         return n + (_BULK_OVERHEAD[n] if n < 4096 else len(b"$%d\r\n\r\n" % n))
     if t is list:
-        total = len(b"*%d\r\n" % len(r))
-        for x in r:
-            if type(x) is bytes:
-                n = len(x)
-                total += n + (_BULK_OVERHEAD[n] if n < 4096 else len(b"$%d\r\n\r\n" % n))
-            else:
-                total += _resp_len(x)
-        return total
+        return len(b"*%d\r\n" % len(r)) + sum([_resp_len(x) for x in r])
     if r is None:
         return 5  # $-1\r\n
     if t is int:
@@ -54,7 +54,7 @@ def _resp_len(r: Any) -> int:
 class ReplyStream:
     """Replies of commands already sent on ``conn`` (see the module doc); one per read, not shared."""
 
-    __slots__ = ("conn", "sock", "buf", "pos", "reader", "fed", "start", "parse_error")
+    __slots__ = ("conn", "sock", "buf", "pos", "reader", "fed", "start", "parse_error", "pending")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -65,6 +65,7 @@ class ReplyStream:
         self.reader: Any = None  # a hiredis reader positioned at ``pos`` (None after a skip)
         self.fed = 0  # the reader holds buf[..fed]
         self.start = 0  # where the replies of the last parse() began
+        self.pending: list[Any] = []  # replies parsed after ``pos`` whose length is not counted yet
 
     def _recv(self) -> None:
         try:
@@ -84,8 +85,21 @@ class ReplyStream:
         else:
             self.buf += data
 
+    def _settle(self) -> None:
+        """Move ``pos`` past the replies parsed without measuring them: to the end of what the reader was fed when
+        it holds nothing more, else by their encoded lengths."""
+        if self.reader is not None and not self.reader.has_data():
+            self.pos = self.fed
+        else:
+            self.pos += sum([_resp_len(r) for r in self.pending])
+        self.pending = []
+        if self.pos > self.fed or self.buf[self.pos - 2:self.pos] != b"\r\n":
+            raise InvalidResponse("reply framing differs from RESP2 (a proxy or another protocol?)")
+
     def skip(self, expected: bytes) -> bool:
         """Pass over the next replies if their raw bytes are ``expected`` (True); else consume nothing (False)."""
+        if self.pending:
+            self._settle()
         n = len(expected)
         while True:
             buf, pos = self.buf, self.pos
@@ -99,8 +113,9 @@ class ReplyStream:
                 return False
             self._recv()
 
-    def parse(self, k: int) -> list[Any]:
-        """The next ``k`` replies, parsed; ``span()`` is then their raw bytes."""
+    def parse(self, k: int, measure: bool = True) -> list[Any]:
+        """The next ``k`` replies, parsed; ``span()`` is then their raw bytes (``measure=False``: no ``span()``, their
+        length is counted when the position is next needed, usually for free)."""
         reader = self.reader
         if reader is None:
             reader = self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=self.parse_error)
@@ -125,6 +140,11 @@ class ReplyStream:
             elif t is not bytes and r is not None and isinstance(r, Exception):
                 raise r
             append(r)
+        if not measure:
+            self.pending += out
+            return out
+        if self.pending:
+            self._settle()
         start = self.start = self.pos
         end = start + sum([_resp_len(r) for r in out])
         if end > self.fed or self.buf[end - 2:end] != b"\r\n":
@@ -132,10 +152,13 @@ class ReplyStream:
         self.pos = end
         return out
 
-    def take(self, kept: list[bytes | None], k: int) -> tuple[list[list[Any] | None], list[bytes]]:
+    def take(self, kept: list[bytes | None], k: int, spans: bool = True) -> tuple[list[list[Any] | None], list[bytes]]:
         """For a run of entities of ``k`` replies each: per entity None when its raw replies are ``kept[i]`` (passed
-        over), else its parsed replies; and per entity those raw bytes. When every entity has kept bytes, the run
-        is first compared whole (one ``startswith``)."""
+        over), else its parsed replies; and per entity those raw bytes (``spans=False``: none kept, none wanted:
+        the replies are only parsed). When every entity has kept bytes, the run is first compared whole."""
+        if not spans:
+            parse = self.parse
+            return [parse(k, False) for _ in kept], []
         if kept and None not in kept and self.skip(b"".join(kept)):  # type: ignore[arg-type]
             return [None] * len(kept), kept  # type: ignore[return-value]
         parsed: list[list[Any] | None] = []
@@ -156,6 +179,11 @@ class ReplyStream:
 
     def finish(self) -> None:
         """Every reply consumed: nothing may be left over (else the connection is out of step)."""
+        if self.pending:
+            if self.fed < len(self.buf) and self.reader is not None:
+                self.reader.feed(self.buf, self.fed, len(self.buf) - self.fed)  # has_data() then sees any leftover
+                self.fed = len(self.buf)
+            self._settle()
         if self.pos != len(self.buf):
             raise InvalidResponse(f"{len(self.buf) - self.pos} bytes after the last expected reply")
 

@@ -123,3 +123,24 @@ def test_leftover_bytes_error_replies_and_a_closed_socket_raise() -> None:
     assert stream.parse(1) == [12] and stream.span() == b":12\r\n"
     with pytest.raises(InvalidResponse, match="framing"):  # a status reply (+OK): not what GET/HGETALL send
         stream.parse(1)
+
+
+@pytest.mark.parametrize("piece", [1, 5, 1 << 16])
+def test_unmeasured_parses_settle_before_a_skip_and_at_finish(piece: int) -> None:
+    rng = random.Random(piece + 1)
+    rs = replies(rng, 30)
+    tail = [b"k1", b"v1"]
+    data = b"".join(encode(r) for r in rs) + encode(tail) + encode(None)
+    stream = stream_of(data, piece)
+    parsed, spans = stream.take([None] * 10, 3, spans=False)
+    assert [x for p in parsed for x in p] == rs and spans == []  # type: ignore[union-attr]
+    assert stream.skip(encode(tail))  # the position is settled first
+    assert stream.parse(1, False) == [None]
+    stream.finish()
+    leftover = stream_of(encode(b"a") + encode(b"b"), 1 << 16)
+    assert leftover.parse(1, False) == [b"a"]
+    with pytest.raises(InvalidResponse, match="after the last expected reply"):
+        for _ in range(1000):  # until the second reply has arrived
+            if len(leftover.buf) < len(encode(b"a") + encode(b"b")):
+                leftover._recv()
+            leftover.finish()
