@@ -527,6 +527,9 @@ class OnlineStore:
         for name, ktype in spec.keys:
             values = cols[name]
             if ktype is KeyType.STRING:
+                if n == 1 and len(spec.keys) == 1 and type(values[0]) is str:
+                    v = values[0]
+                    return [("s=" + (v.translate(_ESCAPE_TABLE) if _NEEDS_ESCAPE(v) else v)).encode()]
                 if set(map(type, values)) - {str}:
                     for i, v in enumerate(values):
                         if type(v) is not str:
@@ -631,10 +634,9 @@ class OnlineStore:
                 chunk = replies[pos:pos + k * n]
                 pos += k * n
             if vp.snapshot:
-                snapshot = self._snapshot
                 if chunk is None:
                     chunk = self._snapshot_replies(vp, stream, tags[vp.entity_index])  # type: ignore[arg-type]
-                rows = [snapshot(vp, r, epoch_text, T) for r in chunk]
+                rows = self._snapshots(vp, chunk, epoch_text, T)
             else:
                 stale = False
                 age: int | None = None
@@ -742,11 +744,11 @@ class OnlineStore:
         try:
             nhead = len(plan.head_kinds)
             try:
-                replies, stream = self._round_trip(conn, packed, kinds, nhead)
+                replies, stream = self._round_trip(conn, packed, kinds, nhead, n >= _STREAM_MIN)
             except _RedisConnectionError:
                 if not kept:
                     raise
-                replies, stream = self._round_trip(conn, packed, kinds, nhead)  # disconnected: connects anew
+                replies, stream = self._round_trip(conn, packed, kinds, nhead, n >= _STREAM_MIN)  # connects anew
             if stream is None:
                 return self._evaluate(replies, None, plan, cols, n, tags, now, as_of_ms)
             try:
@@ -761,11 +763,13 @@ class OnlineStore:
             conns.append(conn)
 
     @staticmethod
-    def _round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int) -> tuple[list[Any], ReplyStream | None]:
-        """Send; then ``(the nhead shared replies, a stream of the rest)`` or ``(all replies, None)``."""
+    def _round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed: bool
+                    ) -> tuple[list[Any], ReplyStream | None]:
+        """Send; then ``(the nhead shared replies, a stream of the rest)`` if ``streamed`` and the connection allows
+        it, else ``(all replies, None)``."""
         try:
             conn.send_packed_command([packed], check_health=False)
-            stream = open_stream(conn, _HiredisParser, _NOT_ENOUGH_DATA)
+            stream = open_stream(conn, _HiredisParser, _NOT_ENOUGH_DATA) if streamed else None
             if stream is not None:
                 head = stream.parse(nhead)
                 for i in range(nhead):
@@ -826,34 +830,46 @@ class OnlineStore:
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
-    def _snapshot(self, vp: _ViewPlan, raw: bytes | None, epoch: str | None,
-                  T: int) -> tuple[Sequence[Any], Sequence[str], int | None]:
-        """One entity of a snapshot view: ``(values, statuses, age)`` in the order of ``vp.snapshot_fields``."""
+    def _snapshots(self, vp: _ViewPlan, raws: Sequence[bytes | None], epoch: str | None,
+                   T: int) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+        """The entities of a snapshot view: per stored row (or None) ``(values, statuses, age)`` in the order of
+        ``vp.snapshot_fields``."""
         k = len(vp.snapshot_fields)
-        if raw is None:  # no row (or forgotten); without the epoch marker Redis may have lost it
-            return (None,) * k, (PRESENT if epoch is not None else INCOMPLETE,) * k, None
+        nones = (None,) * k
+        absent = (nones, (PRESENT if epoch is not None else INCOMPLETE,) * k, None)  # no row (or forgotten); without
+        incomplete = (nones, (INCOMPLETE,) * k, None)  # the epoch marker Redis may have lost it
+        present, expired = (PRESENT,) * k, (EXPIRED,) * k
+        live_from = T - vp.ttl_ms  # rows from here are within the TTL; from remembered_from: expired
+        remembered_from = live_from - SNAPSHOT_EXPIRED_MEMORY_MS
         cache = self._decoded  # (view serial, raw row) -> [ts, created_at, epoch, data, decoded values]
-        row = cache.get((vp.serial, raw))
-        if row is None:
-            data = _loads(raw)
-            row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[(vp.serial, raw)] = row
-        ts, created, row_epoch = row[0], row[1], row[2]
-        if epoch is None or row_epoch != epoch or ts > T or (created is not None and created > T):
-            return (None,) * k, (INCOMPLETE,) * k, None
-        age = T - ts
-        if ts >= T - vp.ttl_ms:
-            decoded = row[4]
-            if decoded is None:
-                stored = row[3]["values"]
-                decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
-                if _frozen(decoded):
-                    row[4] = decoded
-            return decoded, (PRESENT,) * k, age
-        status = EXPIRED if ts >= T - vp.ttl_ms - SNAPSHOT_EXPIRED_MEMORY_MS else PRESENT
-        return (None,) * k, (status,) * k, age
+        serial = vp.serial
+        out = []
+        append = out.append
+        for raw in raws:
+            if raw is None:
+                append(absent)
+                continue
+            row = cache.get((serial, raw))
+            if row is None:
+                data = _loads(raw)
+                row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[(serial, raw)] = row
+            ts, created = row[0], row[1]
+            if epoch is None or row[2] != epoch or ts > T or (created is not None and created > T):
+                append(incomplete)
+            elif ts >= live_from:
+                decoded = row[4]
+                if decoded is None:
+                    stored = row[3]["values"]
+                    decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
+                    if _frozen(decoded):
+                        row[4] = decoded
+                append((decoded, present, T - ts))
+            else:
+                append((nones, expired if ts >= remembered_from else present, T - ts))
+        return out
 
     def _windowed(self, vp: _ViewPlan, chunk: Sequence[Any], n: int, k: int, epoch: bytes | None,
                   meta: tuple[Any, ...], now: int, as_of_ms: int | None, stale: bool, age: int | None,
@@ -1150,6 +1166,7 @@ def _window(vp: _ViewPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes 
         w = vp.window = (t_lo, t_hi, n_lo, n_hi, as_of_ms, starts, tail)
     return w[5], (vp.serial, epoch, meta, as_of_ms) + w[6]
 _MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see _memo_stats)
+_STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (fewer: parsed at once, cheaper)
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
 _CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
 _FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
