@@ -208,18 +208,35 @@ def test_stream_job_equals_oracle_and_dead_letters(
     assert sum(info["late"] for info in progress.values()) == result.counts()["late"]
 
 
-def _latest_checkpoint(root: Path) -> Path | None:
-    done = [p.parent for p in root.glob("*/chk-*/_metadata")]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+def _latest_checkpoint(root: Path, settled: bool = False) -> Path | None:
+    """The newest checkpoint with its metadata; ``settled``: the newest one that a later checkpoint followed
+    (certainly complete: a checkpoint being finalised when the job is cancelled may still be discarded)."""
+    done = sorted((p.parent for p in root.glob("*/chk-*/_metadata")), key=lambda p: int(p.name.split("-")[1]))
+    if settled:
+        done = done[:-1]
+    return done[-1] if done else None
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, client: Any = None,
+          describe: Callable[[], str] | None = None) -> None:
+    """Poll ``predicate``; fail early if the Flink job (``client``) has ended, and say where things stood."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
+        if client is not None:
+            status = str(client.get_job_status().result())
+            if any(s in status for s in ("FAILED", "CANCELED", "FINISHED")):
+                try:
+                    client.get_job_execution_result().result()
+                    cause = "no error"
+                except Exception as exc:  # the job's own failure, reported as the test's
+                    cause = repr(exc)[:4000]
+                raise AssertionError(f"the job ended ({status}) while waiting for {what}: {cause}")
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    state = f"; {describe()}" if describe is not None else ""
+    job = f"; job {client.get_job_status().result()}" if client is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{job}{state}")
 
 
 def test_recovery_from_checkpoint_keeps_values_exact(
@@ -247,6 +264,7 @@ def test_recovery_from_checkpoint_keeps_values_exact(
 
     def start(savepoint: Path | None) -> Any:
         conf = stream_conf("300 ms", 10_000)
+        conf["execution.checkpointing.num-retained"] = "3"
         if savepoint is not None:
             conf["execution.savepoint.path"] = savepoint.resolve().as_uri()
         env, t_env = create_stream_env(parallelism=1, checkpoint_dir=ckpt, checkpoint_interval="1 s", extra_conf=conf)
@@ -259,20 +277,27 @@ def test_recovery_from_checkpoint_keeps_values_exact(
         raw = redis_client.hgetall(layout.progress_key(project, source.name))
         return sum(json.loads(v)["records"] for v in raw.values())
 
+    def where() -> str:
+        progress = {k.decode(): json.loads(v) for k, v in redis_client.hgetall(layout.progress_key(project, source.name)).items()}
+        produced = {p: sum(1 for r in records if r.partition == p) for p in range(3)}
+        checkpoints = sorted(str(c.relative_to(ckpt)) for c in ckpt.glob("*/chk-*/_metadata"))
+        return f"produced per partition {produced}, progress {progress}, checkpoints {checkpoints}, restored from {restore_from}"
+
     produce_records(kafka_bootstrap, topic, phases[0])
     client = start(None)
-    _wait(lambda: consumed() >= len(phases[0]), 180, "phase 1 in Redis")
-    first = _latest_checkpoint(ckpt)
-    _wait(lambda: _latest_checkpoint(ckpt) not in (None, first), 60, "a checkpoint after phase 1")
+    restore_from: Path | None = None
+    _wait(lambda: consumed() >= len(phases[0]), 180, "phase 1 in Redis", client, where)
+    first = _latest_checkpoint(ckpt, settled=True)
+    _wait(lambda: _latest_checkpoint(ckpt, settled=True) not in (None, first), 60, "a checkpoint after phase 1", client)
     produce_records(kafka_bootstrap, topic, phases[1])
     time.sleep(0.5)  # some of phase 2 is applied after the checkpoint: replayed after the restore
     client.cancel().result()
-    restore_from = _latest_checkpoint(ckpt)
+    restore_from = _latest_checkpoint(ckpt, settled=True)
     assert restore_from is not None
     produce_records(kafka_bootstrap, topic, phases[2])
     client = start(restore_from)
     try:
-        _wait(lambda: consumed() >= len(records), 240, "every record after the restore")
+        _wait(lambda: consumed() >= len(records), 240, "every record after the restore", client, where)
         time.sleep(1.5)  # the last flush timer
     finally:
         client.cancel().result()

@@ -117,3 +117,71 @@ def test_sink_tile_value_is_layouts_encoding(repo: Repository) -> None:
             assert writer.tile_value(out.view, out.tile_ms, 5 + k, values) == expected
             checked += 1
     assert checked == 3 * len(job.outputs) > 0
+
+
+class _FakeTimers:
+    def __init__(self) -> None:
+        self.processing: list[int] = []
+        self.event: list[int] = []
+
+    def current_processing_time(self) -> int:
+        return 1_000_000
+
+    def register_processing_time_timer(self, t: int) -> None:
+        self.processing.append(t)
+
+    def register_event_time_timer(self, t: int) -> None:
+        self.event.append(t)
+
+
+class _FakeCtx:
+    def __init__(self, bucket: int, timers: _FakeTimers) -> None:
+        self.bucket, self.timers = bucket, timers
+
+    def get_current_key(self) -> int:
+        return self.bucket
+
+    def timer_service(self) -> _FakeTimers:
+        return self.timers
+
+
+class _FakeMapState(dict):
+    def put(self, k: str, v: list) -> None:
+        self[k] = v
+
+
+def test_sink_arms_a_flush_after_restore_and_an_end_of_input_flush(repo: Repository) -> None:
+    """A fresh worker whose bucket holds checkpointed pending rows still arms a flush timer on the first new
+    row (it once waited for ``flush_rows`` rows instead), arms the end-of-input timer once per bucket, and
+    a timer writes every pending row (restored + new) and re-arms on the next row."""
+    from pyflink.common import Row
+    from pyflink.common.types import RowKind
+
+    from streaming_jobs.sink import END_OF_INPUT_MS, SinkConfig, make_process_function
+
+    (job,) = compile_repository(repo, ["user_order_stats"])
+    config = SinkConfig("redis://unused", "p", "feature_defs", "unused:9092", "t.dead-letters", job.source, 0, flush_ms=100)
+    sink = make_process_function(job, config)
+    written: list[list[list]] = []
+
+    class _Writer:
+        def apply(self, client: object, rows: object, producer: object) -> int:
+            batch = [list(r) for r in rows]  # type: ignore[attr-defined]
+            written.append(batch)
+            return len(batch)
+
+    restored = ["T", "user_order_stats", 300000, "u1", "0", 0, 1]
+    sink.pending = _FakeMapState({"restored": restored})  # what the checkpoint held for bucket 3
+    sink.writer, sink.client, sink.producer, sink.rows_written = _Writer(), None, None, 0
+    sink.mirror, sink.armed, sink.drain_armed = {}, set(), set()
+    timers = _FakeTimers()
+    row = Row("T", "user_order_stats", 300000, "u2", "0", 0, 1)
+    row.set_row_kind(RowKind.INSERT)
+    sink.process_element(row, _FakeCtx(3, timers))
+    assert timers.processing == [1_000_000 + 100] and timers.event == [END_OF_INPUT_MS]
+    sink.process_element(row, _FakeCtx(3, timers))  # armed already: no second registration
+    assert len(timers.processing) == 1 and len(timers.event) == 1
+    sink.on_timer(1_000_100, _FakeCtx(3, timers))
+    assert len(written) == 1 and sorted(r[3] for r in written[0]) == ["u1", "u2"]
+    sink.process_element(row, _FakeCtx(3, timers))  # after the flush the next row arms again
+    assert len(timers.processing) == 2 and len(timers.event) == 1
