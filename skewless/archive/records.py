@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Mapping
 
-from skewless.core.admission import INT64_MAX, INT64_MIN, MalformedError, _to_decimal, parse_event_time, parse_payload
+from skewless.core.admission import (
+    INT64_MAX, INT64_MIN, MalformedError, _to_decimal, key_value, parse_event_time, parse_payload,
+)
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema, _check_timestamp, validator
 from skewless.core.timeutil import MS_PER_DAY
@@ -240,15 +242,6 @@ class RecordConverter:
                     return ms
         return parse_event_time(value)
 
-    def _key(self, payload: Mapping[str, Any], field: str, what: str) -> None:
-        value = payload.get(field)
-        if value is None:
-            raise MalformedError(f"{what} field {field!r} is missing or null")
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise MalformedError(f"{what} field {field!r} must be a string or an integer, got {value!r}")
-        if isinstance(value, str) and value == "":
-            raise MalformedError(f"{what} field {field!r} is empty")
-
     def _column(self, name: str, ftype: str, value: Any) -> Any:
         if value is None:
             return None
@@ -298,9 +291,9 @@ class RecordConverter:
                 if problem:
                     raise MalformedError(f"schema: {problem}")
             event_ms = self.event_time_ms(payload.get(source.event_time))
-            self._key(payload, source.event_id, "event id")
+            key_value(payload, source.event_id, "event id")
             if source.partition_key:
-                self._key(payload, source.partition_key, "key")
+                key_value(payload, source.partition_key, "key")
             get = payload.get
             if certain:
                 values = [get(name) for name in self.columns]

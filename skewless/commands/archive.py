@@ -72,17 +72,24 @@ def _event_sources(repo: Any, which: str) -> list[Any] | None:
     return [s for s in sources if not s.is_batch_only]
 
 
+def _load_sources(args: argparse.Namespace) -> tuple[Any, Any, list[Any]] | None:
+    """The repository, its catalog factory and the chosen event sources (None: an error was printed)."""
+    loaded = _load(args)
+    if loaded is None:
+        return None
+    repo, catalog_factory = loaded
+    sources = _event_sources(repo, args.source)
+    return None if sources is None else (repo, catalog_factory, sources)
+
+
 def _run(args: argparse.Namespace) -> int:
     from skewless.archive.runner import ArchiveConfig, RunStats, env_fault_hook, run_archives
     from skewless.config import HOST, ports
 
-    loaded = _load(args)
+    loaded = _load_sources(args)
     if loaded is None:
         return 1
-    repo, catalog_factory = loaded
-    sources = _event_sources(repo, args.source)
-    if sources is None:
-        return 1
+    repo, catalog_factory, sources = loaded
     if not sources:
         print("skewless archive: no source with a topic; nothing to do", file=sys.stderr)
         return 0
@@ -112,13 +119,10 @@ def _run(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     from skewless.archive.maintenance import compact
 
-    loaded = _load(args)
+    loaded = _load_sources(args)
     if loaded is None:
         return 1
-    repo, catalog_factory = loaded
-    sources = _event_sources(repo, args.source)
-    if sources is None:
-        return 1
+    repo, catalog_factory, sources = loaded
     catalog = catalog_factory()
     for source in sources:
         for r in compact(catalog, source, min_files=args.min_files, keep_snapshots=args.keep_snapshots, min_age_s=args.min_age):

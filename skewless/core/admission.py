@@ -140,7 +140,8 @@ def parse_payload(raw: bytes | str) -> dict[str, Any]:
     return payload
 
 
-def _key_value(payload: Mapping[str, Any], field: str, what: str) -> str | int:
+def key_value(payload: Mapping[str, Any], field: str, what: str) -> str | int:
+    """An event id or key field: a non-empty string or an integer (§6 rule 1), else MalformedError."""
     value = payload.get(field)
     if value is None:
         raise MalformedError(f"{what} field {field!r} is missing or null")
@@ -206,9 +207,9 @@ def normalise_event(
     ``_kafka_partition`` and ``_offset``), or :class:`MalformedError`."""
     event = dict(payload)
     event[source.event_time] = parse_event_time(payload.get(source.event_time))
-    _key_value(payload, source.event_id, "event id")
+    key_value(payload, source.event_id, "event id")
     for field in ([source.partition_key] if source.partition_key else []) + list(key_fields):
-        _key_value(payload, field, "key")
+        key_value(payload, field, "key")
     for field in decimal_fields:
         if field in event:
             event[field] = _to_decimal(event[field], field)
@@ -305,7 +306,7 @@ def dedupe_batch_only(rows: Iterable[Mapping[str, Any]], source: EventSource) ->
         event = dict(row)
         event[source.event_time] = to_epoch_ms(event[source.event_time]) if not isinstance(
             event[source.event_time], str) else parse_event_time(event[source.event_time])
-        event_id = _key_value(event, source.event_id, "event id")
+        event_id = key_value(event, source.event_id, "event id")
         identity = (type(event_id).__name__, event_id, event[source.event_time])
         canonical = json.dumps(event, sort_keys=True, default=str)
         if identity not in chosen or canonical < chosen[identity][0]:
