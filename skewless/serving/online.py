@@ -923,6 +923,8 @@ class OnlineStore:
                         hit = entry[4]
             if hit is not None:
                 hits += 1
+                if entry[7] is None and spans:  # an entry made without the stream: its raw bytes kept from now on
+                    entry[7] = spans[i]
             elif use_memo:
                 key = keys[i]
             if hit is None:

@@ -284,6 +284,10 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
                     assert other.get_online_features({"user_id": users}, "churn_model", **kwargs).to_dict() == got
         assert streamed._conns and streamed._conns[0]._sock is not None  # every reply consumed: connection kept
 
+    for u in users:  # memo entries made by one-entity reads (parsed at once, no raw bytes kept) ...
+        streamed.get_online_features({"user_id": [u]}, "churn_model", now_ms=now)
+    streamed.get_online_features({"user_id": users}, "churn_model", now_ms=now)
+    assert all(e[7] is not None for e in streamed._memo.values())  # ... keep their raw bytes once streamed
     same()
     start, value = next(iter(redis_client.hgetall(day).items()))
     version, rest = value.split(b"|", 1)
