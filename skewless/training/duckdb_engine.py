@@ -34,10 +34,11 @@ from skewless.core.timeutil import MS_PER_DAY
 from skewless.training import duckdb_sources, sources
 from skewless.training.compiler import TrainingCompiler
 from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
+from skewless.training.prefix import PrefixColumn, TilePrefix
 from skewless.training.requests import RID, T
 
 DEFAULT_CHUNK_ROWS = 2_000_000
-COMBINED_PREFIX_LOOKUP = True  # one ASOF join for every prefix lookup (the prefix sorted once)
+VECTORISED_PREFIX = True  # prefix sums and lookups with numpy when exact (skewless.training.prefix), else SQL
 UNNEST_MAX_DAYS = 31  # windowed MIN/MAX/LAST over tiles: up to this many days per request, one row per day
 PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
 
@@ -101,9 +102,13 @@ class DuckDBFeatureViewSql:
     offline_sql: str  # over {raw} and {need}
     need_sql: str  # over {req}: the (keys, __day) pairs whose events the requests read
     prefix_sql: str  # over {tiles}
-    result_sql: str  # over {req}, {offline}, {prefix}, {tiles}; placeholders {first_day}, {last_day}
+    result_sql: str  # over {req}, {offline}, {tiles}, {pl} (the prefix lookups); {first_day}, {last_day}
     tile_columns: tuple[str, ...]
     max_stream_span_ms: int
+    probe_sql: str = ""  # over {req}: (__rid, keys, __k, __before) of each prefix lookup
+    prefix_specs: tuple[PrefixColumn, ...] = ()  # non-empty: the vectorised path applies
+    prefix_input_sql: str = ""  # over {tiles}: its input
+    asof_sql: str = ""  # over {prefix}: {pl} as an ASOF join on the SQL prefix table
 
 
 @dataclass(frozen=True)
@@ -198,26 +203,37 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         batch = pit.batch_aggregations
         tile_cols = tuple(a.name for a in batch)
         window = f"(PARTITION BY {kcols} ORDER BY __day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
-        prefix_cols = []
+        prefix_cols: list[str] = []
+        specs: list[PrefixColumn] | None = []
         for a in batch:
             col = q(a.name)
             if a.agg in (Agg.COUNT, Agg.SUM):
-                prefix_cols.append(f"sum({col}) OVER {window} AS {q('p__' + a.name)}")
+                parts = [("p__", "sum", col)]
             elif a.agg is Agg.AVG:
-                prefix_cols.append(f"sum(struct_extract({col}, 'sum')) OVER {window} AS {q('ps__' + a.name)}")
-                prefix_cols.append(f"sum(struct_extract({col}, 'count')) OVER {window} AS {q('pn__' + a.name)}")
+                parts = [("ps__", "sum", f"struct_extract({col}, 'sum')"), ("pn__", "sum", f"struct_extract({col}, 'count')")]
             elif a.width_ms is None and a.agg is Agg.LAST:
                 # a day's LAST has a greater (ts, ...) than every earlier day's (its ts lies in that day), so
                 # the running greatest is the latest non-null tile: cheaper than a running max of structs
-                prefix_cols.append(f"last_value({col} IGNORE NULLS) OVER {window} AS {q('p__' + a.name)}")
+                parts = [("p__", "last", col)]
             elif a.width_ms is None:
-                fn = "min" if a.agg is Agg.MIN else "max"
-                prefix_cols.append(f"{fn}({col}) OVER {window} AS {q('p__' + a.name)}")
+                parts, specs = [("p__", "min" if a.agg is Agg.MIN else "max", col)], None
+            else:
+                continue
+            for prefix_name, kind, source in parts:
+                fn = {"sum": "sum({})", "last": "last_value({} IGNORE NULLS)"}.get(kind, kind + "({})")
+                prefix_cols.append(f"{fn.format(source)} OVER {window} AS {q(prefix_name + a.name)}")
+                if specs is not None:
+                    specs.append(PrefixColumn(prefix_name + a.name, kind, source))
         prefix = (f"SELECT {kcols}, __day{''.join(', ' + c for c in prefix_cols)} FROM {{tiles}}"
                   if prefix_cols else "")
+        if specs and len(keys) == 1:  # the vectorised path's input
+            prefix_input = f"SELECT {kcols}, __day{''.join(f', {x.source} AS {q(x.name)}' for x in specs)} FROM {{tiles}}"
+        else:
+            specs, prefix_input = None, ""
         span = max((a.width_ms + a.tile_ms for a in pit.stream_aggregations), default=0)  # type: ignore[operator]
+        result, probes, asof = self._result_sql(bool(prefix_cols))
         return DuckDBFeatureViewSql(pit, tuple(dict.fromkeys(raw_cols)), offline, self._need_sql(), prefix,
-                                    self._result_sql(bool(prefix_cols)), tile_cols, span)
+                                    result, tile_cols, span, probes, tuple(specs or ()), prefix_input, asof)
 
     def _request_ctes(self) -> tuple[list[str], str]:
         """CTEs ``r0``, ``r`` (requests with head day and window starts: ms for stream-served, day numbers
@@ -243,7 +259,9 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         return (f"WITH {', '.join(ctes)} SELECT DISTINCT {kcols}, __day FROM (SELECT {kcols}, "
                 f"unnest(range(__floordiv({lo}, {MS_PER_DAY}), __tday + 1)) AS __day FROM r) AS d")
 
-    def _result_sql(self, has_prefix: bool) -> str:
+    def _result_sql(self, has_prefix: bool) -> tuple[str, str, str]:
+        """The view's query (one row per request) and, with a prefix, the lookups' probes (over {req}) and
+        the lookups ``{pl}`` as an ASOF join on the SQL prefix table."""
         pit = self.pit
         keys = pit.key_names
         kcols = ", ".join(q(k) for k in keys)
@@ -277,20 +295,20 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             f"{keys_equal('e', 'r', keys)} AND e.__day = r.__d AND e.__ts < r.{T} GROUP BY r.{RID})")
         joins.append(f"LEFT JOIN hd ON hd.{RID} = r.{RID}")
         # whole days from the daily tiles
-        if has_prefix:  # prefix before the head day, and before each window's first day: one ASOF join
+        probe_sql = asof_sql = ""
+        if has_prefix:  # prefix before the head day, and before each window's first day: one lookup ({pl})
             widths = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
             before = ["__tday"] + [q("a__" + next(a for a in batch if a.width_ms == w).name) for w in widths]
             names = ["pe"] + [f"ps_{w}" for w in widths]
-            if COMBINED_PREFIX_LOOKUP and len(names) > 1:
-                probes = " UNION ALL ".join(f"SELECT {RID}, {kcols}, {k} AS __k, {b} AS __before FROM r"
-                                            for k, b in enumerate(before))
-                ctes.append(f"pl AS MATERIALIZED (SELECT r.{RID}, r.__k, p.* EXCLUDE ({kcols}, __day) FROM ({probes}) AS r "
-                            f"ASOF LEFT JOIN {{prefix}} AS p ON {keys_equal('p', 'r', keys)} AND r.__before > p.__day)")
-                ctes += [f"{name} AS (SELECT * EXCLUDE (__k) FROM pl WHERE __k = {k})" for k, name in enumerate(names)]
-            else:
-                ctes += [f"{name} AS (SELECT r.{RID}, p.* EXCLUDE ({kcols}, __day) FROM r ASOF LEFT JOIN {{prefix}} AS p "
-                         f"ON {keys_equal('p', 'r', keys)} AND r.{b} > p.__day)" for name, b in zip(names, before)]
+            # no tile lies before first_day: such a probe finds nothing (its window is incomplete anyway)
+            probes = " UNION ALL ".join(f"SELECT {RID}, {kcols}, {k} AS __k, {b} AS __before FROM r "
+                                        f"WHERE {b} > {{first_day}}" for k, b in enumerate(before))
+            probe_sql = f"WITH {', '.join(self._request_ctes()[0])} {probes}"
+            ctes.append("pl AS MATERIALIZED ({pl})")
+            ctes += [f"{name} AS (SELECT * EXCLUDE (__k) FROM pl WHERE __k = {k})" for k, name in enumerate(names)]
             joins += [f"LEFT JOIN {name} ON {name}.{RID} = r.{RID}" for name in names]
+            asof_sql = (f"SELECT r.{RID}, r.__k, p.* EXCLUDE ({kcols}, __day) FROM ({probes}) AS r "
+                          f"ASOF LEFT JOIN {{prefix}} AS p ON {keys_equal('p', 'r', keys)} AND r.__before > p.__day")
         ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
         if ranged:
             aggs = []
@@ -363,7 +381,8 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         status = (f"CASE WHEN {' AND '.join(all_cov)} THEN '{PRESENT}' ELSE '{INCOMPLETE}' END" if all_cov
                   else f"'{PRESENT}'")
         cols.append(f"{status} AS {q(pit.status_column)}")
-        return ("WITH " + ",\n".join(ctes) + f"\nSELECT r.{RID}, " + ", ".join(cols) + "\nFROM r " + " ".join(joins))
+        return ("WITH " + ",\n".join(ctes) + f"\nSELECT r.{RID}, " + ", ".join(cols) + "\nFROM r " + " ".join(joins),
+                probe_sql, asof_sql)
 
     def _start_cols(self) -> list[str]:
         return ["s__" + a.name for a in self.pit.stream_aggregations]
@@ -522,6 +541,7 @@ class _PreparedFeatureView:
         self.tables = _view_tables(pit)
         self.coverage = sources.BatchCoverage(None, None, None)
         self.raw_snapshot: int | None = None
+        self.vector: TilePrefix | None = None
         if pit.batch_aggregations:
             self.coverage = sources.batch_coverage(catalog, self.tables.ident("runs"), batch_run_fingerprint(pit))
             if self.coverage.empty:
@@ -532,7 +552,10 @@ class _PreparedFeatureView:
             self.raw_snapshot = self.coverage.raw_snapshot_id
             duckdb_sources.daily_tiles(con, f"__tiles_{n}", catalog, self.tables.ident("daily_tiles"), pit.key_names,
                                        compiled.tile_columns, self.coverage.first_day, self.coverage.last_day)
-            if compiled.prefix_sql:  # running sums, computed once
+            if compiled.prefix_specs and VECTORISED_PREFIX:  # running sums, computed once
+                tiles = con.sql(compiled.prefix_input_sql.format(tiles=f"__tiles_{n}")).to_arrow_table()
+                self.vector = TilePrefix.build(tiles, pit.key_names[0], compiled.prefix_specs)
+            if compiled.prefix_sql and self.vector is None:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE __prefix_{n} AS "
                             + compiled.prefix_sql.format(tiles=f"__tiles_{n}"))
         else:
@@ -552,12 +575,20 @@ class _PreparedFeatureView:
         con.execute(f"CREATE OR REPLACE TEMP TABLE __offline_{self.n} AS " + c.offline_sql.format(raw=raw, need=need))
         con.execute(f"DROP TABLE {need}")
         duckdb_sources.drop(con, raw)
+        if self.vector is not None:  # this chunk's prefix lookups
+            probes = con.sql(c.probe_sql.format(req=req, first_day=self._days()[0])).to_arrow_table()
+            con.register(f"__pl_{self.n}", self.vector.prefix_rows(probes, c.pit.key_names[0]))
+
+    def _days(self) -> tuple[int, int]:
+        cov = self.coverage
+        return (cov.first_day if cov.first_day is not None else 0,
+                cov.last_day if cov.last_day is not None else -(10**9))
 
     def result_sql(self, req: str) -> str:
-        cov = self.coverage
-        first = cov.first_day if cov.first_day is not None else 0
-        last = cov.last_day if cov.last_day is not None else -(10**9)
-        return self.c.result_sql.format(req=req, offline=f"__offline_{self.n}", prefix=f"__prefix_{self.n}",
+        first, last = self._days()
+        pl = (f"SELECT * FROM __pl_{self.n}" if self.vector is not None
+              else self.c.asof_sql.format(prefix=f"__prefix_{self.n}", first_day=first))
+        return self.c.result_sql.format(req=req, offline=f"__offline_{self.n}", pl=pl,
                                         tiles=f"__tiles_{self.n}", first_day=first, last_day=last)
 
 

@@ -165,3 +165,24 @@ def test_engines_agree_and_report_incomplete_outside_the_tiles(ds: Dataset) -> N
     # lifetime windows count from the first tile day: on that day they are the head alone
     assert a.column("last_status").to_pylist()[3] == oracle.feature_value(ds.view, "last_status", ds.events,
                                                                           (ds.users[0],), ts[3])
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_prefix_paths_equal_the_oracle(ds: Dataset, vectorised: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a lifetime MIN/MAX the embedded engine computes prefixes with numpy (skewless.training.prefix);
+    that path and the SQL one (window + ASOF join) both give the oracle's values."""
+    from skewless.training import duckdb_engine
+
+    monkeypatch.setattr(duckdb_engine, "VECTORISED_PREFIX", vectorised)
+    used = []
+    build = duckdb_engine.TilePrefix.build
+    monkeypatch.setattr(duckdb_engine.TilePrefix, "build", lambda *a: used.append(1) or build(*a))
+    df = _entity_df(ds)
+    names = [f.name for f in ds.view.features if f.name not in ("last_ts", "days_since_last")]
+    got = ds.store.get_historical_features(df, [f"{ds.view.name}:{n}" for n in names], progress=False)
+    assert bool(used) == vectorised
+    expected = _expected(ds, df)
+    columns = names + [f"{ds.view.name}__status"]
+    rows = _as_python(got, columns)
+    for i, (g, w) in enumerate(zip(rows, expected)):
+        assert g == {k: w[k] for k in columns}, (i, {k: (g[k], w[k]) for k in columns if g[k] != w[k]})

@@ -1,0 +1,103 @@
+"""Per-entity running prefixes of daily tiles and their lookups, vectorised (the embedded engine's fast path).
+
+The SQL path computes ``sum(...) OVER (PARTITION BY key ORDER BY day)`` and finds each request's
+"prefix before day X" with an ASOF join; both sort by the (string) key. Here an entity is its position
+in the key's dictionary, so (entity, day) is one int64: the tiles are sorted by it once and every
+lookup is a binary search (``np.searchsorted``). Running sums are a cumulative sum minus the entity's
+base, the lifetime LAST the latest non-null tile of the entity.
+
+Exactness: only for int64 sums whose absolute values add up to less than 2**62 (no partial sum can
+overflow, the result is the integer the SQL path gives) and one key column; otherwise
+:func:`supported` is false and the engine uses the SQL path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SAFE_ABS_TOTAL = float(2**62)
+_DAY_BIAS = 2**31
+
+
+@dataclass(frozen=True)
+class PrefixColumn:
+    """An output prefix column: ``kind`` "sum" (running sum of ``source``) or "last" (latest non-null)."""
+
+    name: str
+    kind: str
+    source: str  # SQL expression over the tiles
+
+
+class TilePrefix:
+    """Tiles ordered by (entity, day) with their running prefixes, ready for lookups. An entity is its
+    position in the key's dictionary; (entity, day) is one sorted int64, ``sorted_key``."""
+
+    def __init__(self, entities: pa.Array, sorted_key: np.ndarray, columns: dict[str, Any]):
+        self.entities, self.sorted_key, self.columns = entities, sorted_key, columns
+
+    @classmethod
+    def build(cls, table: pa.Table, key: str, specs: Sequence[PrefixColumn]) -> "TilePrefix | None":
+        """From ``table`` (key, ``__day``, one column per spec named as the spec, any order, one row per
+        (key, day)); None when a sum is not an integer or could overflow int64. Tiles of a null key are
+        left out (no request matches them)."""
+        encoded = pc.dictionary_encode(table.column(key).combine_chunks())
+        codes = encoded.indices
+        rows = np.flatnonzero(codes.is_valid().to_numpy(zero_copy_only=False))
+        code = codes.to_numpy(zero_copy_only=False)[rows].astype(np.int64)
+        days = table.column("__day").to_numpy()[rows].astype(np.int64)
+        combined = (code << 32) | (days + _DAY_BIAS)
+        order = np.argsort(combined)
+        sorted_key, rows = combined[order], rows[order]
+        n = len(rows)
+        start = np.zeros(n, dtype=np.int64)  # first row of each row's entity
+        if n:
+            change = np.ones(n, dtype=bool)
+            change[1:] = (sorted_key[1:] >> 32) != (sorted_key[:-1] >> 32)
+            start = np.flatnonzero(change)[np.cumsum(change) - 1]
+        out: dict[str, Any] = {}
+        for spec in specs:
+            col = table.column(spec.name).combine_chunks()
+            if spec.kind == "sum":
+                if not pa.types.is_integer(col.type):
+                    return None
+                values = pc.fill_null(col, 0).to_numpy().astype(np.int64, copy=False)[rows]
+                if np.abs(values, dtype=np.float64).sum() >= SAFE_ABS_TOTAL:
+                    return None
+                run = np.cumsum(values)
+                out[spec.name] = run - (run[start] - values[start])
+            else:  # latest non-null row of the entity so far (positions in sorted order, read from the input)
+                idx = np.where(col.is_valid().to_numpy(zero_copy_only=False)[rows], np.arange(n), -1)
+                latest = np.maximum.accumulate(idx) if n else idx
+                ok = latest >= start
+                out[spec.name] = col.take(pa.array(rows[np.where(ok, latest, 0)], mask=~ok))
+        return cls(encoded.dictionary, sorted_key, out)
+
+    def lookup(self, keys: pa.Array, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For probes (key, day X): (probe positions that found a tile, index of the latest tile with
+        day < X of that entity)."""
+        code = pc.index_in(keys.cast(self.entities.type), value_set=self.entities, skip_nulls=True)
+        pos = np.flatnonzero(code.is_valid().to_numpy(zero_copy_only=False))
+        seg = code.to_numpy(zero_copy_only=False)[pos].astype(np.int64)
+        wanted = (seg << 32) | (before[pos].astype(np.int64) + _DAY_BIAS)
+        order = np.argsort(wanted)  # sorted queries: a cache-friendly binary search
+        pos, seg, wanted = pos[order], seg[order], wanted[order]
+        idx = np.searchsorted(self.sorted_key, wanted, side="left") - 1
+        hit = idx >= 0
+        hit[hit] = (self.sorted_key[idx[hit]] >> 32) == seg[hit]
+        return pos[hit], idx[hit]
+
+    def prefix_rows(self, probes: pa.Table, key: str) -> pa.Table:
+        """``probes`` (``__rid``, key, ``__k``, ``__before``) -> ``__rid``, ``__k`` and the prefix columns of
+        every probe that found a tile (the rows an ASOF LEFT JOIN would fill), in no particular order."""
+        pos, idx = self.lookup(probes.column(key).combine_chunks(), probes.column("__before").to_numpy())
+        take = pa.array(pos)
+        cols = {"__rid": probes.column("__rid").take(take), "__k": probes.column("__k").take(take)}
+        at = pa.array(idx)
+        for name, values in self.columns.items():
+            cols[name] = pa.array(values[idx]) if isinstance(values, np.ndarray) else values.take(at)
+        return pa.table(cols)
