@@ -16,7 +16,10 @@ rows, E entity rows); times are medians of ``SKEWLESS_BENCH_PIT_REPEAT`` (defaul
 
 Every side reads the same Iceberg tables (their Parquet files) inside the timed section.
 ``SKEWLESS_BENCH_PIT_PEER=0`` skips Feast, ``SKEWLESS_BENCH_PIT_SNAPSHOT=0`` / ``..._WINDOWED=0`` the
-snapshot / windowed metrics.
+snapshot / windowed metrics, ``SKEWLESS_BENCH_PIT_SNAPSHOT_CASES=1m,skew`` runs only those snapshot cases.
+The windowed data (raw events and the backfill's tiles) is kept in ``SKEWLESS_BENCH_PIT_CACHE`` (default
+``.skewless/bench-pit-cache``, ``0`` = none) and reused by later runs; the Spark driver gets
+``SKEWLESS_BENCH_PIT_SPARK_MEMORY`` (default 8g).
 Run alone: ``.venv/bin/python -m bench.pit``.
 """
 
@@ -361,17 +364,22 @@ def _windowed(root: Path, events: int, users: int, requests: int) -> dict:
 
 
 def _snapshot_cases(catalog: Any, root: Path) -> dict[str, Any]:
-    """The four snapshot-view metrics (goals: the issue's)."""
-    out: dict[str, Any] = {}
-    out["pit_snapshot_100k_s"] = _snapshot_case(catalog, root, "snap_100k", _n(1_000_000), _n(100_000),
-                                                _n(100_000), goal=1.3)
-    out["pit_snapshot_created_at_100k_s"] = _snapshot_case(catalog, root, "snap_c_100k", _n(1_000_000),
-                                                           _n(100_000), _n(100_000), created_at=True)
-    out["pit_snapshot_1m_s"] = _snapshot_case(catalog, root, "snap_1m", _n(10_000_000), _n(1_000_000),
-                                              _n(1_000_000), goal=1.3)
-    out["pit_snapshot_skew_s"] = _snapshot_case(catalog, root, "snap_skew", _n(1_000_000), 2_000, _n(100_000),
-                                                goal=2.0)
-    return out
+    """The snapshot-view metrics (goals: the issue's); ``SKEWLESS_BENCH_PIT_SNAPSHOT_CASES`` (comma list of
+    100k, created_at, 1m, skew; default all) selects some."""
+    cases: dict[str, Callable[[], dict]] = {
+        "100k": lambda: _snapshot_case(catalog, root, "snap_100k", _n(1_000_000), _n(100_000), _n(100_000), goal=1.3),
+        "created_at": lambda: _snapshot_case(catalog, root, "snap_c_100k", _n(1_000_000), _n(100_000), _n(100_000),
+                                             created_at=True),
+        "1m": lambda: _snapshot_case(catalog, root, "snap_1m", _n(10_000_000), _n(1_000_000), _n(1_000_000), goal=1.3),
+        "skew": lambda: _snapshot_case(catalog, root, "snap_skew", _n(1_000_000), 2_000, _n(100_000), goal=2.0),
+    }
+    metric = {"100k": "pit_snapshot_100k_s", "created_at": "pit_snapshot_created_at_100k_s", "1m": "pit_snapshot_1m_s",
+              "skew": "pit_snapshot_skew_s"}
+    chosen = os.environ.get("SKEWLESS_BENCH_PIT_SNAPSHOT_CASES", ",".join(cases)).split(",")
+    unknown = sorted(set(chosen) - set(cases))
+    if unknown:
+        raise SystemExit(f"SKEWLESS_BENCH_PIT_SNAPSHOT_CASES: unknown {unknown}; choose from {', '.join(cases)}")
+    return {metric[c]: cases[c]() for c in cases if c in chosen}
 
 
 def run() -> dict[str, Any]:
