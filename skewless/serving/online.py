@@ -908,26 +908,19 @@ class OnlineStore:
             spans = [None] * n
         parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
         hits = 0
-        for i in range(n):
-            entry, raws = entries[i], raws_list[i]
-            hit = key = None
+        i = -1
+        for entry, raws in zip(entries, raws_list):
+            i += 1
+            hit = None
             if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
                 cutoff = entry[2]
-                if cutoff is None:
+                if cutoff is None or entry[3] == (parts.get(cutoff) or _cutoff_part(parts, cutoff, T)):
                     hit = entry[4]
-                else:
-                    part = parts.get(cutoff)
-                    if part is None:
-                        part = parts[cutoff] = (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
-                    if entry[3] == part:
-                        hit = entry[4]
-            if hit is not None:
-                hits += 1
-                if entry[7] is None and spans:  # an entry made without the stream: its raw bytes kept from now on
-                    entry[7] = spans[i]
-            elif use_memo:
-                key = keys[i]
+                    hits += 1
+                    if entry[7] is None and spans:  # an entry made without the stream: its raw bytes kept from now on
+                        entry[7] = spans[i]
             if hit is None:
+                key = keys[i] if use_memo else None
                 part = None
                 if key is not None:
                     try:
@@ -954,7 +947,7 @@ class OnlineStore:
                     if len(memo) >= _MEMO_MAX:
                         memo.clear()
                     entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
-            out_vals, out_sts, run, batch_cutoff = hit[0], hit[1], hit[2], hit[3]
+            out_vals, out_sts, run = hit[0], hit[1], hit[2]
             if run is not None:
                 runs[run[0]] = run[1]
             if dynamic is not None:
@@ -972,7 +965,7 @@ class OnlineStore:
                     if entry is not None:
                         entry[5] = stale_sts
                 out_sts = stale_sts
-            append((out_vals, out_sts, max(0, T - batch_cutoff) if batch_age and batch_cutoff is not None else age))
+            append((out_vals, out_sts, max(0, T - hit[3]) if batch_age and hit[3] is not None else age))
         if use_memo:
             mstats[0] += n
             mstats[1] += hits
@@ -1185,6 +1178,12 @@ def _frozen(x: Any) -> bool:
         if type(y) not in _FROZEN and not (type(y) is tuple and _frozen(y)):
             return False
     return True
+
+
+def _cutoff_part(parts: dict[int, tuple[bool, int]], cutoff: int, T: int) -> tuple[bool, int]:
+    """``(cut-off after T?, days late at T)`` of a batch cut-off, kept in ``parts`` for the rest of the read."""
+    part = parts[cutoff] = (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
+    return part
 
 
 def _days_span(pending: Sequence[tuple], T: int, out_vals: Sequence[Any]) -> tuple[int, int, tuple] | None:
