@@ -445,11 +445,12 @@ class OnlineStore:
         self._progress_cache: dict[Any, tuple] = {}
         self._ctx_ids: dict[tuple, int] = {}  # call context of the entity memo -> a number never used for another
         # bounded caches shared by every plan of this store (keys start with the plan's group/view serial):
-        self._memo: dict[Any, list] = {}  # (view serial, entity tag) -> [call context, raw replies, cut-off, its day part,
-        # the entity's prepared aggregations, their stale statuses, the outputs at T for a range of T (_days_span)]:
-        # a hit compares the replies as they are (no key bytes)
+        self._memo: dict[int, dict[bytes, list]] = {}  # view serial -> entity tag -> [call context, raw replies, cut-off,
+        # its day part, the entity's prepared aggregations, their stale statuses, the outputs at T for a range of T
+        # (_days_span), the replies' raw bytes]: a hit compares the replies as they are (no key bytes)
         self._packed: dict[int, dict[bytes, bytes]] = {}  # view serial -> entity tag -> its packed commands
-        self._snap_raw: dict[tuple[int, bytes], tuple] = {}  # (snapshot view serial, tag) -> (raw GET reply, value)
+        self._snap_raw: dict[int, dict[bytes, tuple]] = {}  # snapshot view serial -> tag -> (raw GET reply, value)
+        self._kept = [0, 0]  # entries added to _memo, to _snap_raw since they were last emptied (bounds both)
         self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
         # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
         # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
@@ -804,9 +805,6 @@ class OnlineStore:
     def _snapshot_replies(self, vp: _ViewPlan, stream: ReplyStream, tags: Sequence[bytes]) -> list[bytes | None]:
         """The GET reply of each entity of a snapshot view from ``stream``: the kept value when its raw reply is the
         one kept for that entity (no parsing), else parsed (and kept)."""
-        memo = self._snap_raw  # (view serial, tag) -> (raw reply, value)
-        if len(memo) + len(tags) > _MEMO_MAX:
-            memo.clear()
         serial = vp.serial
         if stream.pending:  # replies parsed unmeasured before (no memo): the MGET parsed whole, its end found for free
             values = stream.parse(1, False)[0] if tags else []
@@ -816,15 +814,16 @@ class OnlineStore:
         if tags and not stream.skip(b"*%d\r\n" % len(tags)):  # the MGET's array
             stream.parse(1)  # an error reply raises
             raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
-        keys = [(serial, t) for t in tags]
-        kept = list(map(memo.get, keys))
+        memo = _view_cache(self._snap_raw, self._kept, 1, serial)
+        kept = list(map(memo.get, tags))
         parsed, spans = stream.take([None if e is None else e[0] for e in kept], 1)
         out = []
-        for key, e, p, raw in zip(keys, kept, parsed, spans):
+        for t, e, p, raw in zip(tags, kept, parsed, spans):
             if p is None:
                 out.append(e[1])  # type: ignore[index]
             else:
-                memo[key] = (raw, p[0])
+                memo[t] = (raw, p[0])
+                self._kept[1] += 1
                 out.append(p[0])
         return out
 
@@ -888,7 +887,7 @@ class OnlineStore:
         From a ``stream`` (``chunk`` None) an entity's replies are parsed, or passed over when their raw bytes are the
         ones its memo entry kept (then they are that entry's replies, compared by identity)."""
         T = now if as_of_ms is None else as_of_ms
-        memo = self._memo
+        memo = _view_cache(self._memo, self._kept, 0, vp.serial) if use_memo else {}
         mstats = self._memo_stats
         has_batch = bool(vp.batch_fields)
         run_cutoff, run_epoch_ok = meta[2], meta[3] == epoch
@@ -897,8 +896,7 @@ class OnlineStore:
         rows = []
         append = rows.append
         serial = vp.serial
-        keys = [(serial, t) for t in tags]
-        entries: list[Any] = list(map(memo.get, keys)) if use_memo else [None] * n
+        entries: list[Any] = list(map(memo.get, tags)) if use_memo else [None] * n
         spans: Sequence[bytes | None]
         if stream is not None:  # replies passed over (None: the entry's) or parsed, and their raw bytes
             parsed, spans = stream.take([None if e is None else e[7] for e in entries], k, use_memo)
@@ -920,7 +918,7 @@ class OnlineStore:
                     if entry[7] is None and spans:  # an entry made without the stream: its raw bytes kept from now on
                         entry[7] = spans[i]
             if hit is None:
-                key = keys[i] if use_memo else None
+                key = tags[i] if use_memo else None
                 part = None
                 if key is not None:
                     try:
@@ -944,9 +942,8 @@ class OnlineStore:
                 hit = self._prepare(vp, agg)
                 entry = None
                 if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
-                    if len(memo) >= _MEMO_MAX:
-                        memo.clear()
                     entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
+                    self._kept[0] += 1
             out_vals, out_sts, run = hit[0], hit[1], hit[2]
             if run is not None:
                 runs[run[0]] = run[1]
@@ -1178,6 +1175,18 @@ def _frozen(x: Any) -> bool:
         if type(y) not in _FROZEN and not (type(y) is tuple and _frozen(y)):
             return False
     return True
+
+
+def _view_cache(caches: dict[int, dict], added: list[int], which: int, serial: int) -> dict:
+    """The per-view dict of a bounded cache of entity entries (``caches``: view serial -> tag -> entry; ``added[which]``
+    counts the entries added): all views' entries are dropped once ``_MEMO_MAX`` were added since the last time."""
+    if added[which] >= _MEMO_MAX:
+        caches.clear()
+        added[which] = 0
+    cache = caches.get(serial)
+    if cache is None:
+        cache = caches[serial] = {}
+    return cache
 
 
 def _cutoff_part(parts: dict[int, tuple[bool, int]], cutoff: int, T: int) -> tuple[bool, int]:
