@@ -102,13 +102,16 @@ class DuckDBFeatureViewSql:
     offline_sql: str  # over {raw} and {need}
     need_sql: str  # over {req}: the (keys, __day) pairs whose events the requests read
     prefix_sql: str  # over {tiles}
-    result_sql: str  # over {req}, {offline}, {tiles}, {pl} (the prefix lookups); {first_day}, {last_day}
+    result_sql: str  # over {req}, {offline}, {pl} (prefix lookups), {rj} (windowed MIN/MAX/LAST); {first_day}, {last_day}
     tile_columns: tuple[str, ...]
     max_stream_span_ms: int
     probe_sql: str = ""  # over {req}: (__rid, keys, __k, __before) of each prefix lookup
     prefix_specs: tuple[PrefixColumn, ...] = ()  # non-empty: the vectorised path applies
     prefix_input_sql: str = ""  # over {tiles}: its input
     asof_sql: str = ""  # over {prefix}: {pl} as an ASOF join on the SQL prefix table
+    range_specs: tuple[PrefixColumn, ...] = ()  # windowed MIN/MAX the vectorised path may compute
+    range_input_sql: str = ""  # over {req}: __rid, key, __tday and each one's first day
+    rj_sql: str = ""  # over {tiles}: {rj}, the windowed MIN/MAX/LAST in SQL
 
 
 @dataclass(frozen=True)
@@ -226,14 +229,23 @@ class DuckDBCompiler(TrainingCompiler[Any]):
                     specs.append(PrefixColumn(prefix_name + a.name, kind, source))
         prefix = (f"SELECT {kcols}, __day{''.join(', ' + c for c in prefix_cols)} FROM {{tiles}}"
                   if prefix_cols else "")
-        if specs and len(keys) == 1:  # the vectorised path's input
-            prefix_input = f"SELECT {kcols}, __day{''.join(f', {x.source} AS {q(x.name)}' for x in specs)} FROM {{tiles}}"
-        else:
-            specs, prefix_input = None, ""
+        ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
+        ranges = [PrefixColumn(a.name, "min" if a.agg is Agg.MIN else "max", q(a.name)) for a in ranged]
+        if len(keys) != 1 or any(a.agg is Agg.LAST for a in ranged):
+            ranges = []
+        specs = (specs or []) if len(keys) == 1 else []
+        vector = specs + ranges
+        prefix_input = (f"SELECT {kcols}, __day{''.join(f', {x.source} AS {q(x.name)}' for x in vector)} FROM {{tiles}}"
+                        if vector else "")
         span = max((a.width_ms + a.tile_ms for a in pit.stream_aggregations), default=0)  # type: ignore[operator]
-        result, probes, asof = self._result_sql(bool(prefix_cols))
+        result, probes, asof, rj = self._result_sql(bool(prefix_cols))
+        range_input = ""
+        if ranges:
+            cols = "".join(f", {q('a__' + a.name)}" for a in ranged)
+            range_input = f"WITH {', '.join(self._request_ctes()[0])} SELECT {RID}, {kcols}, __tday{cols} FROM r"
         return DuckDBFeatureViewSql(pit, tuple(dict.fromkeys(raw_cols)), offline, self._need_sql(), prefix,
-                                    result, tile_cols, span, probes, tuple(specs or ()), prefix_input, asof)
+                                    result, tile_cols, span, probes, tuple(specs), prefix_input, asof,
+                                    tuple(ranges), range_input, rj)
 
     def _request_ctes(self) -> tuple[list[str], str]:
         """CTEs ``r0``, ``r`` (requests with head day and window starts: ms for stream-served, day numbers
@@ -259,9 +271,10 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         return (f"WITH {', '.join(ctes)} SELECT DISTINCT {kcols}, __day FROM (SELECT {kcols}, "
                 f"unnest(range(__floordiv({lo}, {MS_PER_DAY}), __tday + 1)) AS __day FROM r) AS d")
 
-    def _result_sql(self, has_prefix: bool) -> tuple[str, str, str]:
-        """The view's query (one row per request) and, with a prefix, the lookups' probes (over {req}) and
-        the lookups ``{pl}`` as an ASOF join on the SQL prefix table."""
+    def _result_sql(self, has_prefix: bool) -> tuple[str, str, str, str]:
+        """The view's query (one row per request); with a prefix, the lookups' probes (over {req}) and the
+        lookups ``{pl}`` as an ASOF join on the SQL prefix table; with windowed MIN/MAX/LAST their SQL
+        ``{rj}`` over the tiles."""
         pit = self.pit
         keys = pit.key_names
         kcols = ", ".join(q(k) for k in keys)
@@ -295,7 +308,7 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             f"{keys_equal('e', 'r', keys)} AND e.__day = r.__d AND e.__ts < r.{T} GROUP BY r.{RID})")
         joins.append(f"LEFT JOIN hd ON hd.{RID} = r.{RID}")
         # whole days from the daily tiles
-        probe_sql = asof_sql = ""
+        probe_sql = asof_sql = rj_sql = ""
         if has_prefix:  # prefix before the head day, and before each window's first day: one lookup ({pl})
             widths = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
             before = ["__tday"] + [q("a__" + next(a for a in batch if a.width_ms == w).name) for w in widths]
@@ -319,13 +332,13 @@ class DuckDBCompiler(TrainingCompiler[Any]):
             lo = f"least({', '.join(starts)})" if len(starts) > 1 else starts[0]
             lo_day = f"least({', '.join('r.' + c for c in starts)})" if len(starts) > 1 else "r." + starts[0]
             if max(a.width_days or 0 for a in ranged) <= UNNEST_MAX_DAYS:  # each request's days, equi-joined
-                ctes.append(f"rw AS (SELECT {RID}, {kcols}, {', '.join(starts)}, "
-                            f"unnest(range({lo}, __tday)) AS __d FROM r)")
-                ctes.append(f"rj AS (SELECT r.{RID}, {', '.join(aggs)} FROM rw AS r JOIN {{tiles}} AS t ON "
-                            f"{keys_equal('t', 'r', keys)} AND t.__day = r.__d GROUP BY r.{RID})")
+                rj_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM (SELECT {RID}, {kcols}, {', '.join(starts)}, "
+                          f"unnest(range({lo}, __tday)) AS __d FROM r) AS r JOIN {{tiles}} AS t ON "
+                          f"{keys_equal('t', 'r', keys)} AND t.__day = r.__d GROUP BY r.{RID}")
             else:  # a range join on the keys: every tile of the entity is compared
-                ctes.append(f"rj AS (SELECT r.{RID}, {', '.join(aggs)} FROM r JOIN {{tiles}} AS t ON "
-                            f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID})")
+                rj_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM r JOIN {{tiles}} AS t ON "
+                          f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
+            ctes.append("rj AS ({rj})")
             joins.append(f"LEFT JOIN rj ON rj.{RID} = r.{RID}")
         # final values
         values: dict[str, str] = {}
@@ -382,7 +395,7 @@ class DuckDBCompiler(TrainingCompiler[Any]):
                   else f"'{PRESENT}'")
         cols.append(f"{status} AS {q(pit.status_column)}")
         return ("WITH " + ",\n".join(ctes) + f"\nSELECT r.{RID}, " + ", ".join(cols) + "\nFROM r " + " ".join(joins),
-                probe_sql, asof_sql)
+                probe_sql, asof_sql, rj_sql)
 
     def _start_cols(self) -> list[str]:
         return ["s__" + a.name for a in self.pit.stream_aggregations]
@@ -542,6 +555,7 @@ class _PreparedFeatureView:
         self.coverage = sources.BatchCoverage(None, None, None)
         self.raw_snapshot: int | None = None
         self.vector: TilePrefix | None = None
+        self.vector_prefix = self.vector_ranges = False
         if pit.batch_aggregations:
             self.coverage = sources.batch_coverage(catalog, self.tables.ident("runs"), batch_run_fingerprint(pit))
             if self.coverage.empty:
@@ -552,10 +566,14 @@ class _PreparedFeatureView:
             self.raw_snapshot = self.coverage.raw_snapshot_id
             duckdb_sources.daily_tiles(con, f"__tiles_{n}", catalog, self.tables.ident("daily_tiles"), pit.key_names,
                                        compiled.tile_columns, self.coverage.first_day, self.coverage.last_day)
-            if compiled.prefix_specs and VECTORISED_PREFIX:  # running sums, computed once
+            if compiled.prefix_input_sql and VECTORISED_PREFIX:  # running sums, computed once
                 tiles = con.sql(compiled.prefix_input_sql.format(tiles=f"__tiles_{n}")).to_arrow_table()
-                self.vector = TilePrefix.build(tiles, pit.key_names[0], compiled.prefix_specs)
-            if compiled.prefix_sql and self.vector is None:
+                self.vector = TilePrefix.build(tiles, pit.key_names[0], compiled.prefix_specs + compiled.range_specs)
+                self.vector_ranges = self.vector is not None and bool(compiled.range_specs)
+                if self.vector is None and compiled.range_specs and compiled.prefix_specs:  # the sums alone
+                    self.vector = TilePrefix.build(tiles, pit.key_names[0], compiled.prefix_specs)
+            self.vector_prefix = self.vector is not None and bool(compiled.prefix_specs)
+            if compiled.prefix_sql and not self.vector_prefix:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE __prefix_{n} AS "
                             + compiled.prefix_sql.format(tiles=f"__tiles_{n}"))
         else:
@@ -575,9 +593,14 @@ class _PreparedFeatureView:
         con.execute(f"CREATE OR REPLACE TEMP TABLE __offline_{self.n} AS " + c.offline_sql.format(raw=raw, need=need))
         con.execute(f"DROP TABLE {need}")
         duckdb_sources.drop(con, raw)
-        if self.vector is not None:  # this chunk's prefix lookups
+        key = c.pit.key_names[0]
+        if self.vector_prefix:  # this chunk's prefix lookups
             probes = con.sql(c.probe_sql.format(req=req, first_day=self._days()[0])).to_arrow_table()
-            con.register(f"__pl_{self.n}", self.vector.prefix_rows(probes, c.pit.key_names[0]))
+            con.register(f"__pl_{self.n}", self.vector.prefix_rows(probes, key))  # type: ignore[union-attr]
+        if self.vector_ranges:  # and windowed MIN/MAX
+            rows = con.sql(c.range_input_sql.format(req=req)).to_arrow_table()
+            starts = {x.name: "a__" + x.name for x in c.range_specs}
+            con.register(f"__rj_{self.n}", self.vector.range_rows(rows, key, starts))  # type: ignore[union-attr]
 
     def _days(self) -> tuple[int, int]:
         cov = self.coverage
@@ -586,10 +609,12 @@ class _PreparedFeatureView:
 
     def result_sql(self, req: str) -> str:
         first, last = self._days()
-        pl = (f"SELECT * FROM __pl_{self.n}" if self.vector is not None
+        tiles = f"__tiles_{self.n}"
+        pl = (f"SELECT * FROM __pl_{self.n}" if self.vector_prefix
               else self.c.asof_sql.format(prefix=f"__prefix_{self.n}", first_day=first))
-        return self.c.result_sql.format(req=req, offline=f"__offline_{self.n}", pl=pl,
-                                        tiles=f"__tiles_{self.n}", first_day=first, last_day=last)
+        rj = f"SELECT * FROM __rj_{self.n}" if self.vector_ranges else self.c.rj_sql.format(tiles=tiles)
+        return self.c.result_sql.format(req=req, offline=f"__offline_{self.n}", pl=pl, rj=rj, tiles=tiles,
+                                        first_day=first, last_day=last)
 
 
 class _PreparedSnapshotView:

@@ -29,7 +29,7 @@ class PrefixColumn:
     """An output prefix column: ``kind`` "sum" (running sum of ``source``) or "last" (latest non-null)."""
 
     name: str
-    kind: str
+    kind: str  # "sum", "last"; "min"/"max": a windowed MIN/MAX over a day range (no running prefix)
     source: str  # SQL expression over the tiles
 
 
@@ -62,7 +62,15 @@ class TilePrefix:
         out: dict[str, Any] = {}
         for spec in specs:
             col = table.column(spec.name).combine_chunks()
-            if spec.kind == "sum":
+            if spec.kind in ("min", "max"):  # values in sorted order (nulls as the neutral value), non-null counts
+                if not pa.types.is_integer(col.type):
+                    return None
+                info = np.iinfo(np.int64)
+                neutral = info.min if spec.kind == "max" else info.max
+                values = np.append(pc.fill_null(col, neutral).to_numpy().astype(np.int64, copy=False)[rows], neutral)
+                counts = np.concatenate(([0], np.cumsum(col.is_valid().to_numpy(zero_copy_only=False)[rows])))
+                out[spec.name] = (spec.kind, values, counts)
+            elif spec.kind == "sum":
                 if not pa.types.is_integer(col.type):
                     return None
                 values = pc.fill_null(col, 0).to_numpy().astype(np.int64, copy=False)[rows]
@@ -99,5 +107,33 @@ class TilePrefix:
         cols = {"__rid": probes.column("__rid").take(take), "__k": probes.column("__k").take(take)}
         at = pa.array(idx)
         for name, values in self.columns.items():
-            cols[name] = pa.array(values[idx]) if isinstance(values, np.ndarray) else values.take(at)
+            if isinstance(values, np.ndarray):
+                cols[name] = pa.array(values[idx])
+            elif not isinstance(values, tuple):
+                cols[name] = values.take(at)
+        return pa.table(cols)
+
+    def range_rows(self, requests: pa.Table, key: str, starts: dict[str, str]) -> pa.Table:
+        """``requests`` (``__rid``, key, ``__tday`` and per windowed MIN/MAX ``name`` its first day column
+        ``starts[name]``) -> ``__rid`` and ``w__<name>``: the MIN/MAX of the tiles of days
+        ``[start, __tday)`` (null when none has a value)."""
+        keys = requests.column(key).combine_chunks()
+        code = pc.index_in(keys.cast(self.entities.type), value_set=self.entities, skip_nulls=True)
+        known = code.is_valid().to_numpy(zero_copy_only=False)
+        seg = np.where(known, code.to_numpy(zero_copy_only=False), -1).astype(np.int64)
+        hi_day = requests.column("__tday").to_numpy().astype(np.int64)
+        hi = np.searchsorted(self.sorted_key, (seg << 32) | (hi_day + _DAY_BIAS), side="left")
+        cols: dict[str, Any] = {"__rid": requests.column("__rid")}
+        for name, start in starts.items():
+            kind, values, counts = self.columns[name]
+            lo_day = requests.column(start).to_numpy().astype(np.int64)
+            lo = np.searchsorted(self.sorted_key, (seg << 32) | (lo_day + _DAY_BIAS), side="left")
+            some = known & (hi > lo) & (counts[hi] - counts[np.minimum(lo, hi)] > 0)
+            pairs = np.empty(2 * int(some.sum()), dtype=np.int64)
+            pairs[0::2], pairs[1::2] = lo[some], hi[some]
+            reduce = np.maximum if kind == "max" else np.minimum
+            result = np.zeros(len(some), dtype=np.int64)
+            if len(pairs):
+                result[some] = reduce.reduceat(values, pairs)[0::2]
+            cols["w__" + name] = pa.array(result, mask=~some)
         return pa.table(cols)
