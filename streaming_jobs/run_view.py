@@ -61,6 +61,9 @@ def stream_conf(mini_batch_latency: str = DEFAULT_MINI_BATCH, mini_batch_size: i
         "table.exec.source.idle-timeout": "0 ms",
         # the sink is idempotent (CAS on the tile version): no upsert materializer state in front of it
         "table.exec.sink.upsert-materialize": "NONE",
+        # chained operators pass rows without a serializer copy (the SQL runtime is reuse-safe; the sink's
+        # bucket key only reads the row): 0.31 -> 0.49 of the plain-consumer floor, medians of 2 A/B runs each
+        "pipeline.object-reuse": "true",
     }
     if buffer_timeout_ms is not None:
         conf["execution.buffer-timeout"] = f"{buffer_timeout_ms} ms"
