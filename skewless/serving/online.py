@@ -172,6 +172,7 @@ class _ViewPlan:
     key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
     kinds: tuple[int, ...] = ()  # reply kind (_K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
+    snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
 
     def __post_init__(self) -> None:
         if self.snapshot:
@@ -182,6 +183,8 @@ class _ViewPlan:
             self.kinds = (_K_TILES,) * (len(self.groups) + (1 if self.batch_fields else 0))
         esc = self.prefix.replace(b"%", b"%%")
         if self.snapshot:  # one MGET per view on a plain client: each entity's piece is its key
+            k = len(self.snapshot_fields)
+            self.snap_outputs = ((None,) * k, (INCOMPLETE,) * k, (PRESENT,) * k, (EXPIRED,) * k)
             self.pieces = ((b"$%%d\r\n%s%%s}:s\r\n" % esc, len(self.prefix) + 3),)
         else:
             self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
@@ -833,11 +836,9 @@ class OnlineStore:
                    T: int) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
         """The entities of a snapshot view: per stored row (or None) ``(values, statuses, age)`` in the order of
         ``vp.snapshot_fields``."""
-        k = len(vp.snapshot_fields)
-        nones = (None,) * k
-        absent = (nones, (PRESENT if epoch is not None else INCOMPLETE,) * k, None)  # no row (or forgotten); without
-        incomplete = (nones, (INCOMPLETE,) * k, None)  # the epoch marker Redis may have lost it
-        present, expired = (PRESENT,) * k, (EXPIRED,) * k
+        nones, incomplete_sts, present, expired = vp.snap_outputs
+        absent = (nones, present if epoch is not None else incomplete_sts, None)  # no row (or forgotten); without
+        incomplete = (nones, incomplete_sts, None)  # the epoch marker Redis may have lost it
         live_from = T - vp.ttl_ms  # rows from here are within the TTL; from remembered_from: expired
         remembered_from = live_from - SNAPSHOT_EXPIRED_MEMORY_MS
         cache = self._decoded  # (view serial, raw row) -> [ts, created_at, epoch, data, decoded values]
@@ -903,7 +904,7 @@ class OnlineStore:
             raws_list = [e[1] if p is None else p for e, p in zip(entries, parsed)]
         else:
             raws_list = [(chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k] for i in range(n)]  # type: ignore[index]
-            spans = [None] * n
+            spans = ()  # no raw bytes
         parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
         hits = 0
         i = -1
