@@ -129,11 +129,13 @@ class TilePrefix:
             lo_day = requests.column(start).to_numpy().astype(np.int64)
             lo = np.searchsorted(self.sorted_key, (seg << 32) | (lo_day + _DAY_BIAS), side="left")
             some = known & (hi > lo) & (counts[hi] - counts[np.minimum(lo, hi)] > 0)
-            pairs = np.empty(2 * int(some.sum()), dtype=np.int64)
-            pairs[0::2], pairs[1::2] = lo[some], hi[some]
+            which = np.flatnonzero(some)
+            which = which[np.argsort(lo[which], kind="stable")]  # by start: reduceat's in-between spans stay short
+            pairs = np.empty(2 * len(which), dtype=np.int64)
+            pairs[0::2], pairs[1::2] = lo[which], hi[which]
             reduce = np.maximum if kind == "max" else np.minimum
             result = np.zeros(len(some), dtype=np.int64)
             if len(pairs):
-                result[some] = reduce.reduceat(values, pairs)[0::2]
+                result[which] = reduce.reduceat(values, pairs)[0::2]
             cols["w__" + name] = pa.array(result, mask=~some)
         return pa.table(cols)
