@@ -1,0 +1,16 @@
+"""Errors of online reads (re-exported by :mod:`skewless.serving.online`)."""
+
+from __future__ import annotations
+
+from skewless.online.reader import AsOfNotAlignedError
+
+
+class OnlineRequestError(ValueError):
+    """Bad input of an online read; the message says what is wrong (the HTTP server answers 400)."""
+
+
+class AsOfNotAligned(OnlineRequestError, AsOfNotAlignedError):
+    """``as_of`` is not a multiple of a tile size stored for a requested view."""
+
+
+__all__ = ["AsOfNotAligned", "OnlineRequestError"]

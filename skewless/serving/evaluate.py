@@ -1,0 +1,449 @@
+"""Evaluation of an online read's replies: per feature view and entity the values, statuses and ages, exactly
+:func:`skewless.core.layout.evaluate_read` + the reader's rules (docs/semantics.md §10-§11), with the store's
+bounded caches (entity memo, decoded tiles / batch parts / snapshot rows).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from skewless.core import laws, layout
+from skewless.core.dsl import DaysSince, Ref
+from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS
+from skewless.core.timeutil import MS_PER_DAY, floor_ms
+from skewless.serving.read_plan import INCOMPLETE, PRESENT, STALE, _GroupSpec, _ViewPlan
+from skewless.serving.reply_stream import ReplyStream
+
+if TYPE_CHECKING:
+    from skewless.serving.online import OnlineStore
+
+try:
+    import orjson
+
+    def _loads(data: bytes) -> Any:
+        """JSON text -> value (orjson when it can: several times faster; json for what it refuses)."""
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)
+except ImportError:  # pragma: no cover - orjson is a dependency
+    _loads = json.loads
+
+_MISSING = object()
+_I64_LOW = -(1 << 63)
+_MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see _memo_stats)
+_MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
+_CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
+_FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
+
+
+def _window(vp: _ViewPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
+            meta: tuple[Any, ...]) -> tuple[list[list[int | None]], tuple]:
+    """``(starts, memo context)`` of a feature view's read: per group, each needed aggregation's window start at T
+    (None for batch-served ones), and the call context of the entity memo. The starts are a function of T and
+    ``as_of`` and the tile floors of ``now``; they are kept with the range of instants they hold for."""
+    w = vp.window
+    if w is None or not (w[0] <= T < w[1] and w[2] <= now < w[3] and w[4] == as_of_ms):
+        starts = [[floor_ms(T - a.width_ms, g.tile_ms) if a.stream_served else None for a in g.aggs]  # type: ignore[operator]
+                  for g in vp.groups]
+        t_lo, t_hi, n_lo, n_hi = _I64_LOW, -_I64_LOW, _I64_LOW, -_I64_LOW
+        for g, st in zip(vp.groups, starts):
+            for a, x in zip(g.aggs, st):
+                if x is not None:  # floor(T - width, tile) == x  <=>  x + width <= T < x + width + tile
+                    t_lo, t_hi = max(t_lo, x + a.width_ms), min(t_hi, x + a.width_ms + g.tile_ms)  # type: ignore[operator]
+            c = floor_ms(now, g.tile_ms)
+            n_lo, n_hi = max(n_lo, c), min(n_hi, c + g.tile_ms)
+        tail = (tuple(tuple(x) for x in starts), tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
+        w = vp.window = (t_lo, t_hi, n_lo, n_hi, as_of_ms, starts, tail)
+    return w[5], (vp.serial, epoch, meta, as_of_ms) + w[6]
+
+
+def _frozen(x: Any) -> bool:
+    """Immutable all the way down (safe to share between responses)."""
+    t = type(x)
+    if t in _FROZEN:
+        return True
+    if t is not tuple:
+        return False
+    for y in x:
+        if type(y) not in _FROZEN and not (type(y) is tuple and _frozen(y)):
+            return False
+    return True
+
+
+def _view_cache(caches: dict[int, dict], added: list[int], which: int, serial: int) -> dict:
+    """The per-view dict of a bounded cache of entity entries (``caches``: view serial -> tag -> entry; ``added[which]``
+    counts the entries added): all views' entries are dropped once ``_MEMO_MAX`` were added since the last time."""
+    if added[which] >= _MEMO_MAX:
+        caches.clear()
+        added[which] = 0
+    cache = caches.get(serial)
+    if cache is None:
+        cache = caches[serial] = {}
+    return cache
+
+
+def _cutoff_part(parts: dict[int, tuple[bool, int]], cutoff: int, T: int) -> tuple[bool, int]:
+    """``(cut-off after T?, days late at T)`` of a batch cut-off, kept in ``parts`` for the rest of the read."""
+    part = parts[cutoff] = (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
+    return part
+
+
+def _days_span(pending: Sequence[tuple], T: int, out_vals: Sequence[Any]) -> tuple[int, int, tuple] | None:
+    """``(lo, hi, out_vals)``: the instants ``lo <= T' < hi`` at which the instant-dependent outputs of an entity
+    equal ``out_vals`` (computed at ``T``), when each is ``DaysSince(Ref)`` of a known int timestamp or None
+    (their value ``(T - ts) // day`` is constant within a day from ``ts``); None for any other expression."""
+    lo, hi = _I64_LOW, -_I64_LOW
+    for _, expr, _, known in pending:
+        if known is None or type(expr) is not DaysSince or type(expr.ts) is not Ref:
+            return None
+        ts = known[expr.ts.feature]
+        if ts is None:
+            continue
+        if type(ts) is not int:
+            return None
+        start = ts + (T - ts) // MS_PER_DAY * MS_PER_DAY
+        lo, hi = max(lo, start), min(hi, start + MS_PER_DAY)
+    return lo, hi, tuple(out_vals)
+
+
+def _decode_tile(g: _GroupSpec, body: bytes, cache: dict) -> tuple | None:
+    """The decoded intermediates of ``g.aggs`` in a tile body, cached; None if any of them fails to decode."""
+    try:
+        vec = _loads(body)
+        dec = tuple([a.decode(vec[a.index]) for a in g.aggs])
+    except Exception:  # noqa: BLE001 - the caller decodes lazily and raises where the reference does
+        return None
+    if _frozen(dec):
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[(g.serial, body)] = dec
+    return dec
+
+
+def _as_dict(r: Any) -> dict:
+    """A hash reply as a dict (RESP2 gives a flat list of fields and values, RESP3 a dict, a missing key nothing)."""
+    if isinstance(r, dict):
+        return r
+    if not r:
+        return {}
+    it = iter(r)
+    return dict(zip(it, it))
+
+
+def _meta(raw: Mapping[bytes, bytes] | None) -> tuple[int | None, bytes | None, int | None, bytes | None]:
+    """``(applied_from_ms, epoch, batch_cutoff_ms, batch_epoch)`` of a view meta hash."""
+    raw = raw or {}
+    af = raw.get(b"applied_from_ms")
+    bc = raw.get(layout.META_BATCH_CUTOFF.encode())
+    return (None if af is None else int(af)), raw.get(b"epoch"), (None if bc is None else int(bc)), raw.get(b"batch_epoch")
+
+
+def snapshots(vp: _ViewPlan, raws: Sequence[bytes | None], epoch: str | None, T: int,
+              cache: dict) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+    """The entities of a snapshot view: per stored row (or None) ``(values, statuses, age)`` in the order of
+    ``vp.snapshot_fields``; ``cache`` holds the decoded rows (the store's decode cache)."""
+    nones, incomplete_sts, present, expired = vp.snap_outputs
+    absent = (nones, present if epoch is not None else incomplete_sts, None)  # no row (or forgotten); without
+    incomplete = (nones, incomplete_sts, None)  # the epoch marker Redis may have lost it
+    live_from = T - vp.ttl_ms  # rows from here are within the TTL; from remembered_from: expired
+    remembered_from = live_from - SNAPSHOT_EXPIRED_MEMORY_MS
+    # cache: (view serial, raw row) -> [ts, created_at, epoch, data, decoded values]
+    serial = vp.serial
+    out = []
+    append = out.append
+    for raw in raws:
+        if raw is None:
+            append(absent)
+            continue
+        row = cache.get((serial, raw))
+        if row is None:
+            data = _loads(raw)
+            row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[(serial, raw)] = row
+        ts, created = row[0], row[1]
+        if epoch is None or row[2] != epoch or ts > T or (created is not None and created > T):
+            append(incomplete)
+        elif ts >= live_from:
+            decoded = row[4]
+            if decoded is None:
+                stored = row[3]["values"]
+                decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
+                if _frozen(decoded):
+                    row[4] = decoded
+            append((decoded, present, T - ts))
+        else:
+            append((nones, expired if ts >= remembered_from else present, T - ts))
+    return out
+
+
+def windowed(store: OnlineStore, vp: _ViewPlan, chunk: Sequence[Any], n: int, k: int, epoch: bytes | None,
+             meta: tuple[Any, ...], now: int, as_of_ms: int | None, stale: bool, age: int | None,
+             runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: int,
+             tags: Sequence[bytes], use_memo: bool = True, stream: ReplyStream | None = None,
+             ) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+    """The ``n`` entities of one feature view (``k`` replies each in ``chunk``): :func:`layout.evaluate_read` +
+    the reader's rules; per entity ``(values, statuses, age)`` in the order of ``vp.outputs``. ``store``'s
+    caches are used: its entity memo (``_memo``, ``_kept``, ``_memo_stats``) and decode cache (``_decoded``).
+
+    An entity's aggregation values and statuses are a function of its raw replies and of the call context
+    ``ctx`` (a number naming: epoch, view meta, as_of, the window starts at T and the current tile of each
+    group) plus, for a batch part, whether its cut-off is after T and how many days late it is; they are
+    memoised on that key (bounded) together with the derived features that do not depend on T. Staleness,
+    the derived features that depend on T (``DaysSince``) and the age are applied after, on every read.
+
+    From a ``stream`` (``chunk`` None) an entity's replies are parsed, or passed over when their raw bytes are the
+    ones its memo entry kept (then they are that entry's replies, compared by identity)."""
+    T = now if as_of_ms is None else as_of_ms
+    memo = _view_cache(store._memo, store._kept, 0, vp.serial) if use_memo else {}
+    mstats = store._memo_stats
+    has_batch = bool(vp.batch_fields)
+    run_cutoff, run_epoch_ok = meta[2], meta[3] == epoch
+    dyn = dynamic if vp.dynamic_derived else None
+    evaluate_derived = store._evaluate_derived
+    decoded = store._decoded
+    batch_age = not vp.stream and age is None
+    rows = []
+    append = rows.append
+    serial = vp.serial
+    entries: list[Any] = list(map(memo.get, tags)) if use_memo else [None] * n
+    spans: Sequence[bytes | None]
+    if stream is not None:  # replies passed over (None: the entry's) or parsed, and their raw bytes
+        parsed, spans = stream.take([None if e is None else e[7] for e in entries], k, use_memo)
+        raws_list = [e[1] if p is None else p for e, p in zip(entries, parsed)]
+    else:
+        raws_list = [(chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k] for i in range(n)]  # type: ignore[index]
+        spans = ()  # no raw bytes
+    parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
+    hits = 0
+    i = -1
+    for entry, raws in zip(entries, raws_list):
+        i += 1
+        hit = None
+        if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
+            cutoff = entry[2]
+            if cutoff is None or entry[3] == (parts.get(cutoff) or _cutoff_part(parts, cutoff, T)):
+                hit = entry[4]
+                hits += 1
+                if entry[7] is None and spans:  # an entry made without the stream: its raw bytes kept from now on
+                    entry[7] = spans[i]
+        if hit is None:
+            key = tags[i] if use_memo else None
+            part = None
+            if key is not None:
+                try:
+                    cutoff = None
+                    if has_batch:
+                        braw = raws[-1]
+                        if type(braw) is list:  # flat [field, value, ...]: the field at an even position
+                            if braw:
+                                ci = braw.index(b"cutoff")  # missing: no memo; the evaluation raises the reference's error
+                                if ci & 1:
+                                    raise ValueError("a value equals 'cutoff': no memo for this entity")
+                                cutoff = int(braw[ci + 1])
+                        else:
+                            cutoff = int(braw[b"cutoff"]) if braw else None
+                        if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch_ok:
+                            cutoff = run_cutoff
+                    part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
+                except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
+                    key = None
+            agg = aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, decoded)
+            hit = prepare(vp, agg, evaluate_derived)
+            entry = None
+            if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
+                entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
+                store._kept[0] += 1
+        out_vals, out_sts, run = hit[0], hit[1], hit[2]
+        if run is not None:
+            runs[run[0]] = run[1]
+        if dyn is not None:
+            span = None if entry is None else entry[6]
+            if span is not None and span[0] <= T < span[1]:
+                out_vals = span[2]
+            else:
+                out_vals = dyn(vp, hit, T, evaluate_derived)
+                if entry is not None:
+                    entry[6] = _days_span(hit[5], T, out_vals)
+        if stale:
+            stale_sts = None if entry is None else entry[5]
+            if stale_sts is None:
+                stale_sts = tuple([STALE if st == PRESENT else st for st in out_sts])
+                if entry is not None:
+                    entry[5] = stale_sts
+            out_sts = stale_sts
+        append((out_vals, out_sts, max(0, T - hit[3]) if batch_age and hit[3] is not None else age))
+    if use_memo:
+        mstats[0] += n
+        mstats[1] += hits
+        if mstats[0] >= _MEMO_PROBE:
+            if mstats[1] < _MEMO_MIN_HITS:
+                mstats[2] = _MEMO_PAUSE
+            mstats[0] = mstats[1] = 0
+    return rows
+
+
+def prepare(vp: _ViewPlan, agg: tuple, evaluate_derived: Callable[..., Any]) -> tuple:
+    """``(output values, output statuses before staleness, run, batch cut-off, values, to evaluate at T)`` of an
+    entity's evaluated aggregations: every derived status (a function of the input statuses, never of T) and
+    the values of the derived features that do not depend on T; the instant-dependent ones not incomplete are
+    listed ``(name, expr, inputs, their values if all are known now)`` for :func:`dynamic`.
+
+    Staleness is applied later to the outputs (PRESENT -> STALE): a derived status computed from its inputs'
+    statuses before that (incomplete if any is, else stale if any is) then equals the one from after."""
+    agg_vals, agg_sts, run, batch_cutoff = agg
+    vals, sts = agg_vals, agg_sts
+    pending: list[tuple[str, Any, tuple[str, ...], dict[str, Any] | None]] = []
+    if vp.derived:
+        vals, sts = dict(agg_vals), dict(agg_sts)
+        later = {d[0] for d in vp.dynamic_derived}
+        for name, expr, inputs in vp.derived:  # dependency order
+            in_status = [sts[i] for i in inputs]
+            if INCOMPLETE in in_status:
+                vals[name], sts[name] = None, INCOMPLETE
+                continue
+            sts[name] = STALE if STALE in in_status else PRESENT
+            if name in later:
+                vals[name] = None  # evaluated at T on every read
+                known = None if any(i in later for i in inputs) else {i: vals[i] for i in inputs}
+                pending.append((name, expr, inputs, known))
+            else:
+                vals[name] = evaluate_derived(expr, {i: vals[i] for i in inputs}, 0)  # T is not read
+    return (tuple([vals.get(f) for f, _ in vp.outputs]), tuple([sts.get(f) for f, _ in vp.outputs]),
+            run, batch_cutoff, vals, tuple(pending))
+
+
+def dynamic(vp: _ViewPlan, hit: tuple, T: int, evaluate_derived: Callable[..., Any]) -> list[Any]:
+    """A prepared entity's output values with the derived features that depend on T evaluated at T."""
+    out_vals, vals, pending = hit[0], hit[4], hit[5]
+    if not pending:
+        return out_vals
+    evaluate = evaluate_derived
+    dv: dict[str, Any] = {}
+    for name, expr, inputs, known in pending:
+        dv[name] = evaluate(expr, known if known is not None else {i: dv[i] if i in dv else vals[i] for i in inputs}, T)
+    out_vals = list(out_vals)
+    for pos, name in vp.out_dynamic:
+        if name in dv:
+            out_vals[pos] = dv[name]
+    return out_vals
+
+
+def aggregate(vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
+              now: int, as_of_ms: int | None, stream_starts: Sequence[list[int | None]], decoded: dict,
+              ) -> tuple[dict[str, Any], dict[str, str], tuple[str, int] | None, int | None]:
+    """``(values, statuses, (run id, cut-off) | None, batch cut-off | None)`` of the view's aggregations for one
+    entity, exactly :func:`layout.evaluate_read`, as tight loops.
+
+    ``stream_starts[g]`` holds, per needed aggregation of group g, its window start at T when stream-served
+    (None for batch-served ones: their start is the entity's cut-off). Decoded tile vectors and batch parts
+    are cached in ``decoded`` by their raw bytes (identical bytes = identical value); anything a cache cannot take (an
+    error, a mutable value) goes through the reference order of decoding, so errors are raised exactly
+    where they were."""
+    applied_from, meta_epoch, run_cutoff, run_epoch = meta
+    T = now if as_of_ms is None else as_of_ms
+    epoch_ok = epoch is not None and meta_epoch == epoch
+    vals: dict[str, Any] = {}
+    sts: dict[str, str] = {}
+    groups = vp.groups
+    tiles_per_group = []
+    for raw in raws[:len(groups)]:
+        tiles: dict[int, bytes] = {}
+        for fld, value in raw.items():
+            _, tile_epoch, body = value.split(b"|", 2)
+            if tile_epoch != epoch:
+                epoch_ok = False
+            tiles[int(fld)] = body
+        tiles_per_group.append(tiles)
+    batch = None
+    cutoff = None
+    empty_batch = False  # the newest run did not list the entity: identity parts (layout.empty_batch_record)
+    if vp.batch_fields:
+        raw = raws[len(groups)]
+        if raw:
+            batch, cutoff = raw, int(raw[b"cutoff"])
+        if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch == epoch:
+            batch, cutoff, empty_batch = {b"epoch": epoch}, run_cutoff, True
+        if batch is not None and batch.get(b"epoch") != epoch:
+            epoch_ok = False
+    run: tuple[str, int] | None = None
+    if not epoch_ok:
+        for g in groups:
+            for a in g.aggs:
+                vals[a.name], sts[a.name] = None, INCOMPLETE
+    else:
+        if batch is not None and not empty_batch:
+            run = (batch[b"run"].decode(), cutoff)  # type: ignore[assignment]
+        parsed_batch: dict[str, Any] = {}
+        batch_start = None if batch is None or cutoff > T else cutoff  # type: ignore[operator]
+        for g, tiles, call_starts in zip(groups, tiles_per_group, stream_starts):
+            aggs = g.aggs
+            if not aggs:
+                continue
+            newest = max(tiles) if tiles else floor_ms(now, g.tile_ms)
+            oldest_kept = newest - g.retention_ms
+            starts = call_starts
+            if None in starts:  # batch-served aggregations start at the cut-off (None: incomplete)
+                starts = [batch_start if st is None else st for st in starts]
+            accs = [a.law.init() for a in aggs]
+            known = [x for x in starts if x is not None]
+            if known:
+                lo = min(known)
+                merges = g.merges
+                cache = decoded
+                serial = g.serial
+                na = len(aggs)
+                for s, body in tiles.items():  # each tile's vector decoded once, merged into every aggregation
+                    if s < lo or (as_of_ms is not None and s >= as_of_ms):
+                        continue
+                    dec = cache.get((serial, body))
+                    if dec is None:
+                        dec = _decode_tile(g, body, cache)
+                    if dec is not None:
+                        for j in range(na):
+                            st = starts[j]
+                            if st is not None and s >= st:
+                                accs[j] = merges[j](accs[j], dec[j])
+                    else:  # the reference order: decode only what is merged (same errors)
+                        vec = _loads(body)
+                        for j, a in enumerate(aggs):
+                            st = starts[j]
+                            if st is not None and s >= st:
+                                accs[j] = a.merge(accs[j], a.decode(vec[a.index]))
+            for j, a in enumerate(aggs):
+                lw, st, stream_acc = a.law, starts[j], accs[j]
+                if st is None:
+                    vals[a.name], sts[a.name] = None, INCOMPLETE
+                    continue
+                ok = applied_from is not None and applied_from <= st and st >= oldest_kept
+                if a.stream_served:
+                    vals[a.name], sts[a.name] = (lw.finalize(stream_acc), PRESENT) if ok else (None, INCOMPLETE)
+                    continue
+                days_late = (T - cutoff) // BATCH_TILE_MS  # type: ignore[operator]
+                parts = None  # the batch field's parts (body, tail0, tail1), decoded as used (the reference order)
+                if not empty_batch:
+                    parts = parsed_batch.get(a.batch_field, _MISSING)  # type: ignore[arg-type]
+                    if parts is _MISSING:
+                        parts = parsed_batch[a.batch_field] = _loads(batch[a.batch_field.encode()])  # type: ignore[index,union-attr]
+                bi = a.batch_index
+                body = lw.init() if parts is None else a.decode(parts[0][bi])
+                if a.width_ms is None:
+                    if not ok:
+                        vals[a.name], sts[a.name] = None, INCOMPLETE
+                    else:
+                        vals[a.name] = lw.finalize(a.merge(body, stream_acc))
+                        sts[a.name] = STALE if days_late > BATCH_TAIL_DAYS else PRESENT
+                    continue
+                if days_late > BATCH_TAIL_DAYS or not ok:
+                    vals[a.name], sts[a.name] = None, INCOMPLETE
+                    continue
+                acc = body
+                if parts is not None:
+                    for t in range(days_late, BATCH_TAIL_DAYS):
+                        acc = a.merge(acc, a.decode(parts[1 + t][bi]))
+                vals[a.name], sts[a.name] = lw.finalize(a.merge(acc, stream_acc)), PRESENT
+    return vals, sts, run, (cutoff if batch is not None else None)

@@ -1,0 +1,312 @@
+"""The read plan of a feature selection: what one online read sends (keys, packed commands) and how it evaluates
+(laws, tile groups, batch fields, derived order), built once per selection and cached by the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from math import lcm
+from typing import Any, Callable, Sequence
+
+from skewless.core import laws, layout
+from skewless.core.dsl import (Aggregation, BinOp, DaysSince, Derived, FeatureService, FeatureView, KeyType, Ref,
+                               SnapshotView)
+from skewless.core.repo import Repository, UnknownFeatureError
+from skewless.core.routing import is_stream_served
+from skewless.core.timeutil import td_ms
+from skewless.serving.errors import OnlineRequestError
+
+PRESENT, STALE, INCOMPLETE, EXPIRED = "present", "stale", "incomplete", "expired"
+
+_HGETALL, _GET = b"HGETALL", b"GET"
+_K_GET, _K_HASH, _K_TILES, _K_MGET = 0, 1, 2, 3  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis
+# gives it; an MGET (the snapshot rows of a view, one per entity: expanded into one GET-like reply each)
+_SEP = b"\0"
+
+
+def _pack(cmd: bytes, key: bytes) -> bytes:
+    return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(cmd), cmd, len(key), key)
+
+
+
+@dataclass(frozen=True)
+class _AggSpec:
+    name: str
+    law: laws.Law
+    index: int  # in the tile vector of its group
+    width_ms: int | None
+    stream_served: bool
+    batch_field: str | None
+    batch_index: int
+    decode: Callable[[Any], Any]  # law.decode with a fast path for plain JSON ints/strings (same result)
+    merge: Callable[[Any, Any], Any]  # law.merge with a fast path for two ints (same result, same overflow error)
+
+
+_I64_MIN, _I64_MAX = laws.INT64_MIN, laws.INT64_MAX
+_SERIALS = itertools.count()
+_PLAIN = (int, str, float, bool)
+
+
+def _fast_law(agg: layout.Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
+    """Decode/merge equal to the law's, skipping its generic type checks for the common plain-JSON cases."""
+    law = laws.LAWS[agg]
+    slow_decode, slow_merge = law.decode, law.merge
+    if agg in (layout.Agg.COUNT, layout.Agg.SUM):
+        def decode(d: Any) -> Any:
+            return d if type(d) is int else slow_decode(d)
+
+        def merge(a: Any, b: Any) -> Any:
+            if type(a) is int and type(b) is int:
+                c = a + b
+                if _I64_MIN <= c <= _I64_MAX:
+                    return c
+            return slow_merge(a, b)
+        return decode, merge
+    if agg in (layout.Agg.MIN, layout.Agg.MAX):
+        pick_max = agg is layout.Agg.MAX
+
+        def decode(d: Any) -> Any:
+            return d if d is None or type(d) is int or type(d) is str else slow_decode(d)
+
+        def merge(a: Any, b: Any) -> Any:
+            if a is None:
+                return b
+            if b is None:
+                return a
+            if type(a) is int and type(b) is int:
+                return (a if a >= b else b) if pick_max else (a if a <= b else b)
+            return slow_merge(a, b)
+        return decode, merge
+    if agg is layout.Agg.LAST:
+        def decode(d: Any) -> Any:
+            if d is None:
+                return None
+            if type(d) is list and len(d) == 4 and type(d[0]) is int and (d[3] is None or type(d[3]) in _PLAIN):
+                return (d[0], d[1], d[2], d[3])
+            return slow_decode(d)
+        return decode, slow_merge
+    return slow_decode, slow_merge
+
+
+@dataclass(frozen=True)
+class _GroupSpec:
+    tile_ms: int
+    retention_ms: int
+    suffix: bytes  # b"}:t:{H}"
+    aggs: tuple[_AggSpec, ...]  # needed aggregations of this tile hash
+    indexes: tuple[int, ...]
+    merges: tuple[Callable[[Any, Any], Any], ...] = ()  # aggs[j].merge
+    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)  # names it in the store's caches
+
+
+@dataclass
+class _ViewPlan:
+    view: FeatureView | SnapshotView
+    entity_index: int  # into _Plan.entities
+    prefix: bytes  # view prefix + ":{"
+    outputs: tuple[tuple[str, int], ...]  # (feature, column index)
+    snapshot: bool
+    groups: tuple[_GroupSpec, ...] = ()
+    batch_fields: tuple[str, ...] = ()
+    derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # (name, expr, inputs) in dependency order
+    meta_key: bytes = b""
+    step_ms: int = 1  # as_of must be a multiple (lcm of stored tile sizes)
+    stream: bool = False  # the source has a topic (progress, staleness)
+    snapshot_fields: tuple[tuple[int, str], ...] = ()  # (position in stored values, name)
+    ttl_ms: int = 0
+    sla_ms: int = 0  # freshness SLA (stream views)
+    batch_aggs: dict = field(default_factory=dict)  # batch field -> needed _AggSpecs reading it
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # names it in the store's caches
+    # derived features split by whether their value depends on the read instant (DaysSince somewhere below):
+    dynamic_derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # evaluated on every read
+    out_dynamic: tuple[tuple[int, str], ...] = ()  # (position in outputs, name) of instant-dependent outputs
+    # the window starts at T of the last read and the instants they hold for: (T_lo, T_hi, now_lo, now_hi, as_of,
+    # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
+    window: tuple | None = None
+    key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
+    kinds: tuple[int, ...] = ()  # reply kind (_K_*) per key of an entity
+    pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
+    snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
+
+    def __post_init__(self) -> None:
+        if self.snapshot:
+            self.key_suffixes, self.kinds = ((_GET, b"}:s"),), (_K_GET,)
+        else:
+            self.key_suffixes = tuple([(_HGETALL, g.suffix) for g in self.groups]
+                                      + ([(_HGETALL, b"}:b")] if self.batch_fields else []))
+            self.kinds = (_K_TILES,) * (len(self.groups) + (1 if self.batch_fields else 0))
+        esc = self.prefix.replace(b"%", b"%%")
+        if self.snapshot:  # one MGET per view on a plain client: each entity's piece is its key
+            k = len(self.snapshot_fields)
+            self.snap_outputs = ((None,) * k, (INCOMPLETE,) * k, (PRESENT,) * k, (EXPIRED,) * k)
+            self.pieces = ((b"$%%d\r\n%s%%s}:s\r\n" % esc, len(self.prefix) + 3),)
+        else:
+            self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
+                                 len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
+        dynamic: set[str] = set()
+        for name, expr, _ in self.derived:  # dependency order: inputs are classified before their users
+            if _instant_dependent(expr, dynamic):
+                dynamic.add(name)
+        self.dynamic_derived = tuple(d for d in self.derived if d[0] in dynamic)
+        self.out_dynamic = tuple((i, f) for i, (f, _) in enumerate(self.outputs) if f in dynamic)
+
+    def key_count(self) -> int:
+        return 1 if self.snapshot else len(self.groups) + (1 if self.batch_fields else 0)
+
+
+@dataclass(frozen=True)
+class _EntitySpec:
+    name: str
+    keys: tuple[tuple[str, KeyType], ...]
+
+
+@dataclass
+class _Plan:
+    refs: tuple[str, ...]  # "view:feature" per column
+    columns: tuple[str, ...]  # output names (feature, or view__feature when two views share a name)
+    entities: tuple[_EntitySpec, ...]
+    join_keys: tuple[str, ...]  # every join key a request must give
+    views: tuple[_ViewPlan, ...]
+    sources: tuple[tuple[str, bytes], ...]  # (source name, progress key) of streaming sources
+    head_names: tuple[tuple[bytes, bytes], ...] = ()  # the shared commands: epoch, progress hashes, view metas
+    head_kinds: tuple[int, ...] = ()
+    head_packed: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.head_kinds = tuple(_K_GET if cmd == _GET else _K_HASH for cmd, _ in self.head_names)
+        self.head_packed = b"".join([_pack(cmd, key) for cmd, key in self.head_names])
+
+
+_ESCAPE_TABLE = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"})
+_NEEDS_ESCAPE = re.compile("[%:{},]").search  # no match: the text is its own escaped form
+
+
+def _instant_dependent(expr: Any, dynamic: set[str]) -> bool:
+    """Whether a derived expression's value depends on the read instant (a DaysSince, or a Ref to such a feature)."""
+    if isinstance(expr, DaysSince):
+        return True
+    if isinstance(expr, Ref):
+        return expr.feature in dynamic
+    if isinstance(expr, BinOp):
+        return _instant_dependent(expr.left, dynamic) or _instant_dependent(expr.right, dynamic)
+    return False
+
+
+def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    counts: dict[str, int] = {}
+    for _, f in pairs:
+        counts[f] = counts.get(f, 0) + 1
+    return [f if counts[f] == 1 else f"{v}__{f}" for v, f in pairs]
+
+
+def _refs(expr: Any) -> set[str]:
+    from skewless.online.reader import _refs as refs
+
+    return refs(expr)
+
+
+def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, int]], entity_index: int) -> _ViewPlan:
+    by_name = {f.name: f for f in view.features}
+    needed: set[str] = set()
+    stack = [f for f, _ in wanted]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        feat = by_name[name]
+        if isinstance(feat, Derived):
+            stack.extend(_refs(feat.expr))
+    groups = []
+    batch = layout.batch_windows(view)
+    for g in layout.tile_groups(view):
+        specs = []
+        for index, a in enumerate(g.aggregations):
+            if a.name not in needed:
+                continue
+            width = layout.width_ms_of(a)
+            served = is_stream_served(width)
+            bfield = None if served else (layout.LIFETIME_FIELD if width is None else f"w:{width}")
+            specs.append(_AggSpec(a.name, laws.LAWS[layout.Agg(a.agg)], index, width, served, bfield,
+                                  batch[bfield].index(a) if bfield else -1, *_fast_law(layout.Agg(a.agg))))
+        groups.append(_GroupSpec(g.tile_ms, g.retention_ms, f"}}:t:{g.tile_ms}".encode(), tuple(specs),
+                                 tuple(s.index for s in specs), tuple(s.merge for s in specs)))
+    derived = []
+    done = {f.name for f in view.features if isinstance(f, Aggregation)}
+    pending = [f for f in view.features if isinstance(f, Derived) and f.name in needed]
+    while pending:
+        ready = [f for f in pending if _refs(f.expr) <= done]
+        if not ready:
+            raise ValueError(f"{view.name}: derived features {[f.name for f in pending]} reference unknown features")
+        for f in ready:
+            derived.append((f.name, f.expr, tuple(sorted(_refs(f.expr)))))
+            done.add(f.name)
+            pending.remove(f)
+    step = 1
+    for g in layout.tile_groups(view):
+        step = lcm(step, g.tile_ms)
+    batch_aggs: dict[str, list[_AggSpec]] = {}
+    for gs in groups:
+        for a in gs.aggs:
+            if a.batch_field is not None:
+                batch_aggs.setdefault(a.batch_field, []).append(a)
+    return _ViewPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
+                     outputs=tuple(wanted), snapshot=False, groups=tuple(groups),
+                     batch_fields=tuple(batch) if batch else (), derived=tuple(derived),
+                     meta_key=layout.view_meta_key(project, view).encode(), step_ms=step,
+                     stream=not view.source.is_batch_only, sla_ms=td_ms(view.freshness_sla),
+                     batch_aggs={k: tuple(v) for k, v in batch_aggs.items()})
+
+
+def _plan_snapshot_view(project: str, view: SnapshotView, wanted: list[tuple[str, int]], entity_index: int) -> _ViewPlan:
+    positions = {f.name: i for i, f in enumerate(view.fields)}
+    return _ViewPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
+                     outputs=tuple(wanted), snapshot=True,
+                     snapshot_fields=tuple((positions[f], f) for f, _ in wanted), ttl_ms=td_ms(view.ttl))
+
+
+def build_plan(repo: Repository, project: str, features: Any) -> _Plan:
+    """The read plan of a feature selection (``view:feature`` refs, view names, a service or its name)."""
+    if isinstance(features, (str, FeatureService)):
+        refs_in: Any = features
+    else:
+        refs_in = list(features)
+        if not all(isinstance(r, str) for r in refs_in):
+            raise OnlineRequestError("features must be 'view:feature' references, view names or a service name (strings)")
+    if not refs_in:
+        raise OnlineRequestError("no features requested: pass 'view:feature' references, view names or a feature service")
+    try:
+        resolved = repo.resolve_features(refs_in)
+    except UnknownFeatureError as exc:
+        raise OnlineRequestError(str(exc)) from None
+    pairs = [(v.name, f) for v, f in resolved]
+    columns = _column_names(pairs)
+    by_view: dict[str, list[tuple[str, int]]] = {}
+    views: dict[str, Any] = {}
+    for i, (v, f) in enumerate(resolved):
+        views[v.name] = v
+        by_view.setdefault(v.name, []).append((f, i))
+    entities: list[_EntitySpec] = []
+    plans = []
+    for name, wanted in by_view.items():
+        view = views[name]
+        spec = _EntitySpec(view.entity.name, tuple((k, KeyType(t)) for k, t in view.entity.join_keys))
+        if spec not in entities:
+            entities.append(spec)
+        idx = entities.index(spec)
+        if isinstance(view, FeatureView):
+            plans.append(_plan_feature_view(project, view, wanted, idx))
+        else:
+            plans.append(_plan_snapshot_view(project, view, wanted, idx))
+    join_keys: list[str] = []
+    for e in entities:
+        for k, _ in e.keys:
+            if k not in join_keys:
+                join_keys.append(k)
+    sources = tuple((s, layout.progress_key(project, s).encode()) for s in sorted({p.view.source.name for p in plans if p.stream}))
+    head = [(_GET, layout.epoch_key(project).encode())] + [(_HGETALL, pk) for _, pk in sources] \
+        + [(_HGETALL, p.meta_key) for p in plans if not p.snapshot]
+    return _Plan(tuple(f"{v}:{f}" for v, f in pairs), tuple(columns), tuple(entities), tuple(join_keys), tuple(plans),
+                 sources, tuple(head))

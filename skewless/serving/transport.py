@@ -1,0 +1,147 @@
+"""Transport of an online read: one round trip to Redis, its replies parsed at once (straight from redis-py's hiredis
+reader when it can) or left in a :class:`~skewless.serving.reply_stream.ReplyStream` for the evaluation to consume.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from redis.exceptions import ConnectionError as _RedisConnectionError
+from redis.exceptions import InvalidResponse
+from redis.exceptions import TimeoutError as _RedisTimeoutError
+
+from skewless.serving.evaluate import _as_dict, _view_cache
+from skewless.serving.read_plan import _GET, _K_GET, _K_HASH, _K_MGET, _ViewPlan
+from skewless.serving.reply_stream import ReplyStream, open_stream
+
+try:  # redis-py's hiredis parser: replies are taken from its reader directly (what Connection.read_response does)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _HiredisParser
+except ImportError:  # pragma: no cover - another redis-py layout: the generic path
+    _HiredisParser = None  # type: ignore[assignment,misc]
+
+_STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (fewer: parsed at once, cheaper)
+
+
+def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
+    """The replies of the commands already sent on ``conn`` (one ``_K_*`` kind each) read straight from the
+    hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
+    per-reply Python layers; ``_K_TILES`` hashes stay flat lists. An error reply raises (the caller
+    disconnects, so unread replies never reach another command)."""
+    import socket
+
+    gets = parser._reader.gets
+    out = []
+    append = out.append
+    for kind in kinds:
+        r = gets(False)
+        while r is _NOT_ENOUGH_DATA:
+            try:
+                parser.read_from_socket()
+            except socket.timeout:
+                raise _RedisTimeoutError(f"Timeout reading from {conn._host_error()}") from None
+            except OSError as exc:
+                raise _RedisConnectionError(f"Error while reading from {conn._host_error()} : {exc.args}") from None
+            r = gets(False)
+        t = type(r)
+        if t is list:
+            if r and isinstance(r[0], _RedisConnectionError):
+                raise r[0]
+            if kind == _K_HASH:
+                it = iter(r)
+                r = dict(zip(it, it))
+            if kind == _K_MGET:
+                out += r
+                continue
+        elif t is not bytes and t is not dict:
+            if isinstance(r, Exception):
+                raise r
+            if r is None and kind != _K_GET:
+                r = {}
+        append(r)
+    if conn.health_check_interval:
+        conn.next_health_check = time.time() + conn.health_check_interval
+    return out
+
+
+def execute(client: Any, names: list[tuple[bytes, bytes]]) -> list[Any]:
+    """One round trip through ``client``'s own pipeline (Redis Cluster, other clients); GET -> bytes|None,
+    HGETALL -> dict[bytes, bytes]."""
+    pipe = client.pipeline(transaction=False)
+    for cmd, key in names:
+        (pipe.get if cmd == _GET else pipe.hgetall)(key.decode())
+    out = []
+    for (cmd, _), r in zip(names, pipe.execute()):
+        if cmd == _GET:
+            out.append(r.encode() if isinstance(r, str) else r)
+        else:
+            out.append({(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
+                        for k, v in (r or {}).items()})
+    return out
+
+
+def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed: bool
+               ) -> tuple[list[Any], ReplyStream | None]:
+    """Send; then ``(the nhead shared replies, a stream of the rest)`` if ``streamed`` and the connection allows
+    it, else ``(all replies, None)``."""
+    try:
+        conn.send_packed_command([packed], check_health=False)
+        stream = open_stream(conn, _HiredisParser, _NOT_ENOUGH_DATA) if streamed else None
+        if stream is not None:
+            head = stream.parse(nhead)
+            for i in range(nhead):
+                r = head[i]
+                if kinds[i] != _K_GET:
+                    head[i] = _as_dict(r)
+            return head, stream
+        parser = getattr(conn, "_parser", None)
+        if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
+                and parser._next_response is _NOT_ENOUGH_DATA):
+            return _read_hiredis(conn, parser, kinds), None
+        out = []
+        error = None
+        for kind in kinds:
+            r = conn.read_response(disable_decoding=True)
+            if isinstance(r, Exception):
+                error = error or r
+                r = None
+            if kind == _K_MGET:
+                out += r if isinstance(r, list) else []  # an error reply: raised below
+                continue
+            if kind != _K_GET:
+                r = _as_dict(r)
+            out.append(r)
+    except BaseException:
+        conn.disconnect()  # unread replies must not leak into the next command (it reconnects on next use)
+        raise
+    if error is not None:
+        raise error
+    return out, None
+
+
+def snapshot_replies(vp: _ViewPlan, stream: ReplyStream, tags: Sequence[bytes], snap_raw: dict[int, dict[bytes, tuple]],
+                     added: list[int]) -> list[bytes | None]:
+    """The GET reply of each entity of a snapshot view from ``stream``: the kept value when its raw reply is the
+    one kept for that entity in ``snap_raw`` (no parsing), else parsed (and kept; ``added[1]`` counts them)."""
+    serial = vp.serial
+    if stream.pending:  # replies parsed unmeasured before (no memo): the MGET parsed whole, its end found for free
+        values = stream.parse(1, False)[0] if tags else []
+        if type(values) is not list or len(values) != len(tags):
+            raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
+        return values
+    if tags and not stream.skip(b"*%d\r\n" % len(tags)):  # the MGET's array
+        stream.parse(1)  # an error reply raises
+        raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
+    memo = _view_cache(snap_raw, added, 1, serial)
+    kept = list(map(memo.get, tags))
+    parsed, spans = stream.take([None if e is None else e[0] for e in kept], 1)
+    out = []
+    for t, e, p, raw in zip(tags, kept, parsed, spans):
+        if p is None:
+            out.append(e[1])  # type: ignore[index]
+        else:
+            memo[t] = (raw, p[0])
+            added[1] += 1
+            out.append(p[0])
+    return out
