@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from batch_jobs.tables import BatchError
+from batch_jobs.tables import BatchError, read_table
 
 ICEBERG_RESERVED = {"_partition", "_file", "_pos", "_deleted", "_spec_id", "_row_id", "_last_updated_sequence_number"}
 
@@ -53,13 +53,12 @@ def raw_dataframe(spark: Any, table: str, snapshot_id: int, first_day: date | No
     """The raw rows of ``table`` at ``snapshot_id`` (optionally only files of days ``first_day..last_day``,
     or only the given ``files``): a DataFrame with the table's columns."""
     if not has_reserved_columns(spark, table) and files is None:
-        conds = []
+        df = read_table(spark, table, snapshot_id)
         if first_day is not None:
-            conds.append(f"event_time >= TIMESTAMP '{first_day.isoformat()} 00:00:00 UTC'")
+            df = df.where(f"event_time >= TIMESTAMP '{first_day.isoformat()} 00:00:00 UTC'")
         if last_day is not None:
-            conds.append(f"event_time < TIMESTAMP '{last_day.isoformat()} 00:00:00 UTC' + INTERVAL 1 DAY")
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        return spark.sql(f"SELECT * FROM {table} VERSION AS OF {snapshot_id}{where}")
+            df = df.where(f"event_time < TIMESTAMP '{last_day.isoformat()} 00:00:00 UTC' + INTERVAL 1 DAY")
+        return df
     schema = spark.table(table).schema
     if files is None:
         files = []

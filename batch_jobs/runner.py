@@ -231,7 +231,7 @@ def write_serving(spark: Any, view: FeatureView, job: SparkBatchJob, tables: T.V
 
     cut = cutoff_ms(day)
     tiles_view = f"__tiles_{tables.base}"
-    spark.table(tables.tiles).createOrReplaceTempView(tiles_view)
+    T.read_table(spark, tables.tiles).createOrReplaceTempView(tiles_view)
     structured = spark.sql(job.serving_sql(tiles_view, cut))
     key_fields = [structured.schema[k] for k in job.key_names]
     schema = StructType([StructField(f.name, f.dataType) for f in key_fields] + [

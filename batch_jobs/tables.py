@@ -91,6 +91,20 @@ _TYPE_OK = {
 }
 
 
+# Iceberg's read.split.target-size default, given explicitly: Iceberg then does not adapt the split size down
+# to the cluster's parallelism, which cuts a small day-partitioned table into a task per 2-4 small files
+# (the serving step read 365 tile files in 92 tasks; with this, 12: 10.7-16.4 s -> 6.8-8.1 s at 1M events)
+READ_SPLIT_BYTES = 128 << 20
+
+
+def read_table(spark: Any, name: str, snapshot_id: int | None = None) -> Any:
+    """An Iceberg table (optionally at a snapshot) as a DataFrame, split by :data:`READ_SPLIT_BYTES`."""
+    reader = spark.read.option("split-size", str(READ_SPLIT_BYTES))
+    if snapshot_id is not None:
+        reader = reader.option("versionAsOf", str(snapshot_id))
+    return reader.table(name)
+
+
 def table_exists(spark: Any, name: str) -> bool:
     return bool(spark.catalog.tableExists(name))
 
