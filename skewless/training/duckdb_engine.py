@@ -2,14 +2,17 @@
 
 Per feature view (docs/training.md, "Algorithm"):
 
-- ``offline``: the offline event set (docs/semantics.md §6) of the raw rows of the requests' time range,
-  at the raw snapshot the daily tiles were computed from, with one contribution column per aggregation;
+- ``offline``: the offline event set (docs/semantics.md §6) of the raw rows of the (keys, days) the
+  chunk's requests read, at the raw snapshot the daily tiles were computed from, with one contribution
+  column per aggregation (copy groups ranked whole);
 - ``prefix``: per entity and covered day, running sums of the COUNT/SUM/AVG tiles and running
-  MIN/MAX/LAST of lifetime tiles (window functions);
-- per request chunk: whole days by ASOF joins on the prefix table (value = prefix before the head day
-  minus prefix before the window's first day), windowed MIN/MAX/LAST by a range join over at most W
-  days of tiles, and the head ``[floor(T, 1d), T)`` plus every stream-served window by one equi-join of
-  the requests' 1-3 days with the offline events, then merged with the laws (add, least, greatest).
+  MIN/MAX/LAST of lifetime tiles: vectorised (:mod:`skewless.training.prefix`) when exact, else window
+  functions;
+- per request chunk: whole days by prefix lookups (binary searches, or one ASOF join on the prefix
+  table; value = prefix before the head day minus prefix before the window's first day), windowed
+  MIN/MAX over at most W days of tiles (``reduceat`` over the sorted tiles, or a join), and the head
+  ``[floor(T, 1d), T)`` plus every stream-served window by one equi-join of the requests' 1-3 days with
+  the offline events, then merged with the laws (add, least, greatest).
 
 Per snapshot view: the rows that can ever be the latest visible one (``visible_from = max(ts,
 created_at)``; a row dominated in ``(ts, created_at)`` by a row visible earlier is dropped), then one
