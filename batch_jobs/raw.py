@@ -3,11 +3,12 @@
 The archive keeps the Kafka position as ``_kafka_partition`` / ``_offset``. (It once used ``_partition``,
 which Iceberg's Spark runtime reserves for its metadata column: any scan projecting it fails with
 ``ValidationException: Table column names conflict with names reserved for Iceberg metadata columns``.)
-Normally Iceberg's own ``VERSION AS OF`` scan is used, pruned to the requested event days by a filter on
-``event_time`` (the tables are partitioned by ``day(event_time)``). For a table that still has a reserved
-column name, or when the caller names the data files (incremental runs read only what was appended), the
-rows are read from the snapshot's live data files directly as Parquet by column name. That is exact for
-append-only tables (the archive only appends and compacts); a snapshot with delete files is refused.
+Normally Iceberg's own snapshot scan is used (``versionAsOf``, split by ``tables.read_table``), pruned to
+the requested event days by a filter on ``event_time`` (the tables are partitioned by ``day(event_time)``).
+For a table that still has a reserved column name, or when the caller names the data files (incremental
+runs read only what was appended), the rows are read from the snapshot's live data files directly as
+Parquet by column name. That is exact for append-only tables (the archive only appends and compacts); a
+snapshot with delete files is refused.
 """
 
 from __future__ import annotations
