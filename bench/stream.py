@@ -12,13 +12,12 @@ Starts its own Kafka and Redis as local processes on free 127.0.0.1 ports, then 
   same flush, so the online read shows it).
 
   Samples count only once the job is live (its first progress write + 5 s): job start-up is not freshness.
-- ``stream_sink_apply_us_per_row``: the sink's Redis writer alone (decode, encode, CAS calls) per changelog row.
 - with ``SKEWLESS_BENCH_PROFILE=1``, ``stream_profile``: bounded runs of growing prefixes of the compiled job
   (raw read, + admission function, + running-max OVER, + the whole changelog) into blackhole sinks, one
   slot, seconds each (start-up included; the differences are the stages' cost).
 
 Environment: ``SKEWLESS_BENCH_EVENTS`` (default 400000), ``SKEWLESS_BENCH_PARALLELISM`` (2),
-``SKEWLESS_BENCH_FRESH_RATE`` (1000 events/s), ``SKEWLESS_BENCH_SINK_BUCKETS`` (8), ``SKEWLESS_BENCH_FRESH_S`` (30), ``SKEWLESS_BENCH_PROFILE`` (0).
+``SKEWLESS_BENCH_FRESH_RATE`` (1000 events/s), ``SKEWLESS_BENCH_FRESH_S`` (30), ``SKEWLESS_BENCH_PROFILE`` (0).
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ FRESH_MINI_BATCH = os.environ.get("SKEWLESS_BENCH_FRESH_MINI_BATCH", "200 ms")
 FRESH_FLUSH_MS = int(os.environ.get("SKEWLESS_BENCH_FRESH_FLUSH_MS", "50"))
 FRESH_BUNDLE_MS = int(os.environ.get("SKEWLESS_BENCH_FRESH_BUNDLE_MS", "50"))
 FRESH_BUFFER_TIMEOUT_MS = int(os.environ.get("SKEWLESS_BENCH_FRESH_BUFFER_TIMEOUT_MS", "10"))
-SINK_BUCKETS = int(os.environ.get("SKEWLESS_BENCH_SINK_BUCKETS", "8"))  # the sink's flush units (JobOptions)
 PROFILE = os.environ.get("SKEWLESS_BENCH_PROFILE", "0") == "1"
 LIVE_GRACE_S = 5.0  # after the first progress write, before freshness samples count
 PARTITIONS = 4
@@ -108,46 +106,6 @@ def floor_consumer(bootstrap: str, topic: str, url: str, count: int) -> float:
     return seen / took
 
 
-def sink_apply_us_per_row(url: str, rows: int = 40_000) -> float:
-    """µs per changelog row of the sink's Redis writer alone (``TileWriter.apply``: decode, encode, CAS calls),
-    over synthetic tile rows of ``user_order_stats`` (2 000-row flushes, 20 000 users, 4 progress rows each)."""
-    import random
-
-    import redis
-    from skewless.core.dsl import Agg
-    from skewless.core.repo import load_repository
-    from streaming_jobs.flink_compiler import compile_repository
-    from streaming_jobs.sink import SinkConfig, TileWriter, init_store, load_views
-
-    (job,) = compile_repository(load_repository(), ["user_order_stats"])
-    config = SinkConfig(url, PROJECT + "-sink", "feature_defs", "unused", "unused", job.source, 0)
-    client = redis.Redis.from_url(url)
-    views = load_views(config.repo_path, job.views)
-    writer = TileWriter(job, config, views, init_store(client, config.project, views.values(), 0))
-    writer.prepare(client)
-    rnd, base = random.Random(1), 1_700_000_000_000
-    text = {Agg.COUNT: lambda: str(rnd.randrange(1, 9)), Agg.SUM: lambda: str(rnd.randrange(99_999)),
-            Agg.MAX: lambda: str(base + rnd.randrange(99_999)), Agg.MIN: lambda: str(rnd.randrange(99_999)),
-            Agg.AVG: lambda: f"{rnd.randrange(9_999)},{rnd.randrange(1, 9)}",
-            Agg.LAST: lambda: "%016d%010d%019d%s" % (base, 1, rnd.randrange(10**6), "completed")}
-    batches = []
-    for b in range(0, rows, 2000):
-        batch = []
-        for i in range(2000):
-            out = job.outputs[i % len(job.outputs)]
-            values = [text[c.agg]() for c in out.columns] + [None] * (job.value_width - len(out.columns))
-            batch.append(["T", out.view, out.tile_ms, f"u{rnd.randrange(20_000)}", *[""] * (job.key_width - 1),
-                          base - base % out.tile_ms, b + i + 1, *values])
-        batch += [["P", "", 0, str(p), *[""] * (job.key_width - 1), 0, b, str(base), "9", "9", "0", "0", "0",
-                   *[None] * (job.value_width - 6)] for p in range(PARTITIONS)]
-        batches.append(batch)
-    t0 = time.perf_counter()
-    n = sum(writer.apply(client, batch) for batch in batches)
-    took = time.perf_counter() - t0
-    client.close()
-    return took / n * 1e6
-
-
 def _progress(r: Any) -> dict[int, dict]:
     from skewless.core import layout
 
@@ -169,7 +127,7 @@ def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, 
     env, t_env = create_stream_env(parallelism=PARALLELISM, checkpoint_dir=ckpt, checkpoint_interval="10 s", extra_conf=conf)
     add_source_job(env, t_env, job, JobOptions(bootstrap=bootstrap, redis_url=url, project=PROJECT, repo_path="feature_defs",
                                                topic=topic, starting_offsets=starting, ns=f"b{uuid.uuid4().hex[:6]}",
-                                               flush_ms=flush_ms, sink_buckets=SINK_BUCKETS))
+                                               flush_ms=flush_ms))
     return env.execute_async(f"bench-stream-{topic}")
 
 
@@ -294,7 +252,6 @@ def run() -> dict[str, Any]:
         produce_rate = EVENTS / (time.perf_counter() - t0)
         floor = floor_consumer(bootstrap, topic, url, EVENTS)
         profile = profile_stages(bootstrap, topic, EVENTS) if PROFILE else None
-        sink_us = sink_apply_us_per_row(url)
 
         r = redis.Redis.from_url(url)
         client = _start_job(bootstrap, url, topic, root / "ckpt", "earliest", MINI_BATCH)
@@ -311,8 +268,6 @@ def run() -> dict[str, Any]:
             "stream_floor_events_per_s": {"value": round(floor), "unit": "events/s",
                                           "note": "plain confluent-kafka consumer -> Redis pipeline, same run"},
         }
-        result["stream_sink_apply_us_per_row"] = {"value": round(sink_us, 1), "unit": "us/row",
-                                                  "note": "TileWriter.apply alone, synthetic 2 000-row flushes"}
         if profile is not None:
             result["stream_profile"] = {"value": profile["changelog_s"], "unit": "s", "stages": profile,
                                         "note": "bounded one-slot runs into blackhole sinks, start-up included"}

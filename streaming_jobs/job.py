@@ -1,5 +1,5 @@
 """Builds a compiled source job into a PyFlink environment: SQL views -> one upsert changelog -> the
-Redis sink. Used by ``run_view.py`` (MiniCluster or ``flink run -py``) and by the integration tests."""
+Java Redis and dead-letter sinks. Used by ``run_view.py`` (MiniCluster or ``flink run -py``) and by the integration tests."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
-from streaming_jobs.sink import SinkConfig, make_process_function
-from streaming_jobs.udf import BUCKET_KEY_CLASS, udf_jar
+from streaming_jobs.sink import SinkConfig, attach_sinks
+from streaming_jobs.udf import udf_jar
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
 
@@ -28,7 +28,6 @@ class JobOptions:
     applied_from_ms: int | None = None  # default: from the topic's low watermarks (see applied_from)
     flush_rows: int = 2000
     flush_ms: int = 200
-    sink_buckets: int = 8  # flush units of the sink (see docs/streaming.md: fewer = larger Redis batches)
 
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group": "group-offsets"}
@@ -72,28 +71,8 @@ def add_udf_jar(env: Any, t_env: Any) -> None:
         env.add_jars(uri)
 
 
-def key_by_bucket(changelog: Any, buckets: int) -> Any:
-    """The changelog keyed by the sink bucket (``sink.bucket_of``) computed in the JVM (``BucketKey``): the
-    same ``Row(key, row)`` stream PyFlink's ``key_by`` builds, without its Python key-selector operator."""
-    from pyflink.common import Types, typeinfo
-    from pyflink.datastream.data_stream import KeyedStream
-    from pyflink.java_gateway import get_gateway
-
-    gateway = get_gateway()
-    j_stream = changelog._j_data_stream
-    row_type = typeinfo._from_java_type(j_stream.getTransformation().getOutputType())
-    bucket_key = gateway.jvm
-    for part in BUCKET_KEY_CLASS.split("."):  # the class from the job's jar (pipeline.jars)
-        bucket_key = getattr(bucket_key, part)
-    keyed = j_stream.map(bucket_key(buckets), Types.ROW([Types.INT(), row_type]).get_java_type_info()) \
-        .name("sink-bucket")
-    j_keyed = keyed.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
-    return KeyedStream(j_keyed, row_type, changelog)
-
-
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
-    """Register the job's SQL and attach its changelog to the Redis sink (``env.execute`` runs it)."""
-    from pyflink.common import Types
+    """Register the job's SQL and attach its changelog to the sinks (``env.execute`` runs it)."""
     from pyflink.table import DataTypes, Schema
     from pyflink.table.changelog_mode import ChangelogMode
     from skewless.stack.kafka import admin_client, create_topics
@@ -128,12 +107,16 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     builder.primary_key(*key_cols)
     changelog = t_env.to_changelog_stream(table, builder.build(), ChangelogMode.upsert())
     config = SinkConfig(
-        redis_url=options.redis_url, project=options.project, repo_path=options.repo_path, bootstrap=options.bootstrap,
-        dead_letter_topic=dl_topic, source=job.source,
+        redis_url=options.redis_url, project=options.project, source=job.source, dead_letter_topic=dl_topic,
+        bootstrap=options.bootstrap,
         applied_from_ms=options.applied_from_ms if options.applied_from_ms is not None
         else applied_from(options.bootstrap, topic, options.starting_offsets),
-        flush_rows=options.flush_rows, flush_ms=options.flush_ms, buckets=options.sink_buckets)
-    buckets = config.buckets
-    written = (key_by_bucket(changelog, buckets)
-               .process(make_process_function(job, config), output_type=Types.STRING()).name(f"redis-sink-{job.source}"))
-    written.print()  # the sink emits nothing; a terminal operator makes Flink keep the chain in the job
+        flush_rows=options.flush_rows, flush_ms=options.flush_ms)
+    attach_sinks(changelog, job, load_views(options.repo_path, job.views), config)
+
+
+def load_views(repo_path: str, names: tuple[str, ...]) -> dict[str, Any]:
+    from skewless.core.repo import load_repository
+
+    repo = load_repository(repo_path)
+    return {n: repo.view(n) for n in names}

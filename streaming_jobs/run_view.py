@@ -38,7 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mini-batch-size", type=int, default=100_000)
     p.add_argument("--bounded", action="store_true", help="stop at the offsets that were latest at start")
     p.add_argument("--flush-ms", type=int, default=200)
-    p.add_argument("--sink-buckets", type=int, default=8, help="the sink's flush units (fewer = larger Redis batches)")
     p.add_argument("--bundle-ms", type=int, default=200, help="Python bundle time (50 for freshness)")
     p.add_argument("--buffer-timeout-ms", type=int, default=None, help="network buffer timeout (10 for freshness)")
     p.add_argument("--applied-from-ms", type=int, default=None)
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         add_source_job(env, t_env, job, JobOptions(
             bootstrap=args.bootstrap, redis_url=args.redis, project=args.project, repo_path=args.repo, topic=args.topic,
             starting_offsets=args.starting_offsets, group=args.group, bounded=args.bounded,
-            applied_from_ms=args.applied_from_ms, flush_ms=args.flush_ms, sink_buckets=args.sink_buckets))
+            applied_from_ms=args.applied_from_ms, flush_ms=args.flush_ms))
     env.execute(args.name or f"skewless-stream-{'-'.join(v for j in jobs for v in j.views)}")
     return 0
 

@@ -1,9 +1,10 @@
-"""The job's one Java function (``streaming_jobs/java/``): admission rule 1 as a Flink SQL scalar function.
+"""The job's Java code (``streaming_jobs/java/``): admission rule 1 as a Flink SQL scalar function, and the sinks.
 
 ``skewless_admit(bytes_value, spec)`` parses a record value with Python ``json`` semantics and checks it
 against the source's JSON Schema, event time and id/key fields exactly as ``skewless.core.admission`` does
-(see docs/streaming.md); the spec is written by the compiler. The jar is built from the sources with the
-JDK's ``javac`` against PyFlink's own jars, named by the sources' hash (``infra/.cache/udf/``): ``make setup``
+(see docs/streaming.md); the spec is written by the compiler. The Redis and dead-letter sinks are
+:mod:`streaming_jobs.sink`'s. The jar is built from the sources with the
+JDK's ``javac`` against PyFlink's own jars and the pinned Kafka connector, named by the sources' hash (``infra/.cache/udf/``): ``make setup``
 builds it, and :func:`udf_jar` builds it on first use when the sources changed.
 """
 
@@ -21,7 +22,6 @@ from pathlib import Path
 JAVA_SRC = Path(__file__).resolve().parent / "java" / "src"
 FUNCTION_CLASS = "dev.skewless.flink.AdmitFunction"
 ADMISSION_CLASS = "dev.skewless.flink.Admission"
-BUCKET_KEY_CLASS = "dev.skewless.flink.BucketKey"  # the sink key (streaming_jobs.job.key_by_bucket)
 FUNCTION_NAME = "skewless_admit"
 JAR_DIR = Path(__file__).resolve().parent.parent / "infra" / ".cache" / "udf"
 
@@ -56,7 +56,10 @@ def udf_jar() -> Path:
     javac = shutil.which("javac")
     if javac is None:
         raise UdfBuildError("javac not found: install a JDK 17 (`make setup` installs openjdk-17-jdk-headless)")
-    classpath = os.pathsep.join(str(p) for p in sorted(flink_lib().glob("*.jar")))
+    from skewless.engines.flink_env import kafka_connector_jar
+
+    # the sink's dead letters use the Kafka connector's KafkaSink (shipped in pipeline.jars at runtime too)
+    classpath = os.pathsep.join([*(str(p) for p in sorted(flink_lib().glob("*.jar"))), str(kafka_connector_jar())])
     JAR_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=JAR_DIR) as tmp:
         classes = Path(tmp) / "classes"
