@@ -382,20 +382,26 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         if value is not None:
             conds.append(f"{value} IS NOT NULL")
         flt = f" FILTER (WHERE {' AND '.join(conds)})" if conds else ""
+
+        def only_passing(expr: str) -> str:
+            # the aggregate's argument is computed for every expanded row (the FILTER is applied after it):
+            # a costly one (DECIMAL cast, the LAST string) only for the rows the FILTER lets through
+            return f"CASE WHEN {' AND '.join(conds)} THEN {expr} END" if conds else expr
+
         agg = Agg(a.agg)
         if agg is Agg.COUNT:
             return f"CAST(COUNT(*){flt} AS STRING)"
         if agg is Agg.SUM:
-            return f"CAST(SUM(CAST({value} AS DECIMAL(38, 0))){flt} AS STRING)"
+            return f"CAST(SUM({only_passing(f'CAST({value} AS DECIMAL(38, 0))')}){flt} AS STRING)"
         if agg is Agg.AVG:
-            return (f"CONCAT(COALESCE(CAST(SUM(CAST({value} AS DECIMAL(38, 0))){flt} AS STRING), '0'), ',', "
+            return (f"CONCAT(COALESCE(CAST(SUM({only_passing(f'CAST({value} AS DECIMAL(38, 0))')}){flt} AS STRING), '0'), ',', "
                     f"CAST(COUNT(*){flt} AS STRING))")
         if agg in (Agg.MIN, Agg.MAX):
             return f"CAST({agg.value.upper()}({value}){flt} AS STRING)"
         if agg is Agg.LAST:  # order-preserving (ts, partition, offset) prefix, then the value's text
             enc = (f"CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), "
                    f"LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING))")
-            return f"MAX({enc}){flt}"
+            return f"MAX({only_passing(enc)}){flt}"
         raise ValueError(f"aggregation {agg!r}")
 
     def _column(self, source: EventSource, fields: dict[str, _Field], name: str) -> str:

@@ -57,9 +57,9 @@ SELECT 'T' AS kind, 'user_order_stats' AS view_name, CAST(CASE out_id WHEN 0 THE
   CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'refunded')) AS STRING) END AS c2,
   CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed')) AS STRING) END AS c3,
   CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'completed')) AS STRING) END AS c4,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(SUM(CAST(f_3_amount AS DECIMAL(38, 0))) FILTER (WHERE out_id = 1 AND (f_5_status = 'completed') AND f_3_amount IS NOT NULL) AS STRING) END AS c5,
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(SUM(CASE WHEN out_id = 1 AND (f_5_status = 'completed') AND f_3_amount IS NOT NULL THEN CAST(f_3_amount AS DECIMAL(38, 0)) END) FILTER (WHERE out_id = 1 AND (f_5_status = 'completed') AND f_3_amount IS NOT NULL) AS STRING) END AS c5,
   CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(MAX(ts) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed') AND ts IS NOT NULL) AS STRING) END AS c6,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN MAX(CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), LPAD(CAST(o AS STRING), 19, '0'), CAST(f_5_status AS STRING))) FILTER (WHERE out_id = 1 AND f_5_status IS NOT NULL) END AS c7
+  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN MAX(CASE WHEN out_id = 1 AND f_5_status IS NOT NULL THEN CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), LPAD(CAST(o AS STRING), 19, '0'), CAST(f_5_status AS STRING)) END) FILTER (WHERE out_id = 1 AND f_5_status IS NOT NULL) END AS c7
 FROM (
   SELECT *, CAST(f_1_user_id AS STRING) AS k0
   FROM `${ns}_admitted`
