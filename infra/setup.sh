@@ -3,7 +3,7 @@
 #   1. Debian packages (as root): redis-server, maven, a JDK if missing, docker.io + debootstrap for test images,
 #      chromium (headless: the drift report is rendered and checked in a real browser)
 #   2. the project venv (.venv) from infra/constraints.txt
-#   3. the pinned JVM artifacts of infra/pom.xml into infra/.cache/jars, and the streaming job's Java function
+#   3. the pinned JVM artifacts of infra/pom.xml into infra/.cache/jars, and the streaming job's Java code
 #   4. the Docker engine and the locally built test images (infra/docker/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,8 +52,8 @@ if [ "$(cat "$STAMPS/jars" 2>/dev/null)" != "$want" ]; then
   done_phase jars
 fi
 
-# --- 3b. the streaming job's Java function (streaming_jobs/java -> infra/.cache/udf, named by source hash) --
-phase "streaming Java function (javac streaming_jobs/java against PyFlink's jars)"
+# --- 3b. the streaming job's Java code: admission function and sinks (streaming_jobs/java -> infra/.cache/udf) --
+phase "streaming Java code (javac streaming_jobs/java against PyFlink's jars and the Kafka connector)"
 .venv/bin/python -m streaming_jobs.udf >/dev/null
 done_phase udf
 
