@@ -138,19 +138,32 @@ public final class Admission {
         return out;
     }
 
+    private static boolean ascii(byte[] raw) {
+        for (byte b : raw) {
+            if (b < 0) {
+                return false;
+            }
+        }
+        return true;
+    }
+
     @SuppressWarnings("unchecked")
     private static Map<String, Object> payload(byte[] raw) throws Json.Malformed {
         if (raw == null) {
             throw new Json.Malformed("value is missing (null record value)");
         }
-        CharsetDecoder dec = StandardCharsets.UTF_8.newDecoder()
-            .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT);
         String text;
-        try {
-            CharBuffer chars = dec.decode(ByteBuffer.wrap(raw));
-            text = chars.toString();
-        } catch (CharacterCodingException e) {
-            throw new Json.Malformed("value is not UTF-8");
+        if (ascii(raw)) {  // the common case: ASCII is valid UTF-8 and decodes byte for byte (a copy, no decoder)
+            text = new String(raw, StandardCharsets.ISO_8859_1);
+        } else {
+            CharsetDecoder dec = StandardCharsets.UTF_8.newDecoder()
+                .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT);
+            try {
+                CharBuffer chars = dec.decode(ByteBuffer.wrap(raw));
+                text = chars.toString();
+            } catch (CharacterCodingException e) {
+                throw new Json.Malformed("value is not UTF-8");
+            }
         }
         if (text.startsWith("\uFEFF")) {
             throw new Json.Malformed("not JSON: unexpected UTF-8 BOM");
