@@ -103,6 +103,13 @@ class RunReport:
     seconds: float = 0.0
     serving_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step (profile: checks, tiles, serving, ...)
+
+    def step(self, name: str, since: float) -> float:
+        """Add the time since ``since`` (``time.monotonic()``) to step ``name``; returns now."""
+        now = time.monotonic()
+        self.steps[name] = self.steps.get(name, 0.0) + now - since
+        return now
 
 
 def _days(start: date, end: date) -> list[date]:
@@ -149,7 +156,9 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
     T.ensure_runs_table(spark, tables.runs)
     fingerprint = run_fingerprint(job)
     report = RunReport(view.name, start, end, sid)
+    t = report.step("checks", t_start)
     done = {} if opts.rerun else T.done_days(spark, tables.runs, fingerprint)
+    t = report.step("runs_log_read", t)
     wanted = _days(start, end)
     todo = [d for d in wanted if d not in done]
     report.skipped_days = [d for d in wanted if d in done]
@@ -158,6 +167,7 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
                  f"{job.fingerprint[:12]} (skipped; --rerun recomputes them)")
     late = _late_days(spark, raw, view.source.event_time, done, sid, set(wanted), opts, report) if done else []
     report.late_days = late
+    t = report.step("late_days", t)
 
     raw_view = f"__raw_{tables.base}"
     chunks: list[list[date]] = []
@@ -174,10 +184,13 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
         spark.sql(job.offline_sql(raw_view, day_start_ms(d0), cutoff_ms(d1))).createOrReplaceTempView(offline_view)
         tiles = spark.sql(job.tiles_sql(offline_view)).withColumn("raw_snapshot_id", F.lit(sid).cast("bigint"))
         T.ensure_table(spark, tables.tiles, tiles, "day")
-        # already clustered by day (the offline statement's one shuffle): no second shuffle or sort for the write
-        (tiles.writeTo(tables.tiles).option("distribution-mode", "none").option("fanout-enabled", "true")
+        # already clustered by day (the offline statement's one shuffle) and sorted by day (the tiles' GROUP BY):
+        # no second shuffle or sort, and one open file per write task
+        (tiles.writeTo(tables.tiles).option("distribution-mode", "none")
          .overwrite((F.col("day") >= F.lit(d0)) & (F.col("day") <= F.lit(d1))))
+        t = report.step("tiles", t0)
         counts = T.partition_counts(spark, tables.tiles, f"partition.day >= DATE'{d0}' AND partition.day <= DATE'{d1}'")
+        t = report.step("tile_counts", t)
         seconds = time.monotonic() - t0
         rows = []
         for d in chunk:
@@ -192,6 +205,7 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
             deferred = rows
         else:
             T.append_runs(spark, tables.runs, rows)
+            t = report.step("runs_log_append", t)
         report.computed_days += chunk
         if opts.after_chunk is not None:
             opts.after_chunk(chunk)
@@ -206,6 +220,7 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
         report.run_id = _run_id(view, end, sid)
         report.serving_rows = write_serving(spark, view, job, tables, end, report.run_id)
         seconds = report.serving_seconds = time.monotonic() - t0
+        report.step("serving", t0)
         opts.log(f"{view.name} v{view.version} serving for cut-off {end + timedelta(days=1)}T00:00Z: "
                  f"{report.serving_rows} entities, {seconds:.2f} s")
         mark = {"day": end, "cutoff_ms": cutoff_ms(end), "fingerprint": fingerprint, "run_id": report.run_id,
@@ -216,7 +231,9 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
             ends[0]["serving_rows"] = report.serving_rows
         else:
             deferred.append({**mark, "serving_rows": report.serving_rows})
+        t = time.monotonic()
         T.append_runs(spark, tables.runs, deferred)
+        report.step("runs_log_append", t)
     report.seconds = time.monotonic() - t_start
     return report
 

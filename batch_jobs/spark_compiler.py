@@ -339,8 +339,10 @@ class SparkCompiler(Compiler[SparkBatchJob]):
     def _tiles_sql(self, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg]) -> str:
         key_cols = ", ".join(quote(k) for k, _ in keys)
         cols = [f"{_tile_expr(a)} AS {quote(a.name)}" for a in aggs]
+        # day first: a sort-based aggregate (LAST's struct buffer) then emits rows sorted by day, so each write
+        # task writes its days one file at a time (no fan-out writer holding a file per day open)
         return (f"SELECT {key_cols}, {DAY},\n  " + _escape_braces(",\n  ".join(cols))
-                + f"\nFROM {{offline}}\nGROUP BY {key_cols}, {DAY}")
+                + f"\nFROM {{offline}}\nGROUP BY {DAY}, {key_cols}")
 
     def _serving_sql(self, keys: Sequence[tuple[str, str]], windows: Sequence[BatchWindowSpec]) -> str:
         key_cols = ", ".join(quote(k) for k, _ in keys)
@@ -357,8 +359,11 @@ class SparkCompiler(Compiler[SparkBatchJob]):
                     }
                 for part, pred in ranges.items():
                     cols.append(f"{_merge_expr(a, pred)} AS {quote(serving_part_column(w, a, part))}")
+        # the tile rows go to the entity's task once (DISTRIBUTE BY): an entity has few tiles per read split, so a
+        # partial aggregate before the shuffle would sort the rows without reducing them
         return (f"SELECT {key_cols},\n  " + ",\n  ".join(cols)
-                + f"\nFROM {{tiles}}\nWHERE {{min_day_filter}}{DAY} < {{cutoff_day}}\nGROUP BY {key_cols}")
+                + f"\nFROM (\n  SELECT * FROM {{tiles}}\n  WHERE {{min_day_filter}}{DAY} < {{cutoff_day}}\n"
+                f"  DISTRIBUTE BY {key_cols}\n) AS by_entity\nGROUP BY {key_cols}")
 
 
 def serving_part_column(window: BatchWindowSpec, a: TileAgg, part: str) -> str:

@@ -36,7 +36,7 @@ SELECT `user_id`, day,
   max(`c__last_order_ts`) AS `last_order_ts`,
   max(CASE WHEN `c__last_order_status` IS NOT NULL THEN named_struct('ts', __ts, 'partition', __partition, 'offset', __offset, 'value', `c__last_order_status`) END) AS `last_order_status`
 FROM offline
-GROUP BY `user_id`, day
+GROUP BY day, `user_id`
 
 -- serving rows for cut-off 1704153600000
 SELECT `user_id`,
@@ -60,6 +60,9 @@ SELECT `user_id`,
   coalesce(sum(CASE WHEN day = DATE'2023-01-03' THEN `customer_ltv_365d` END), 0) AS `w_31536000000__tail1__customer_ltv_365d`,
   max(CASE WHEN true THEN `last_order_ts` END) AS `w_life__body__last_order_ts`,
   max(CASE WHEN true THEN `last_order_status` END) AS `w_life__body__last_order_status`
-FROM tiles
-WHERE day < DATE'2024-01-02'
+FROM (
+  SELECT * FROM tiles
+  WHERE day < DATE'2024-01-02'
+  DISTRIBUTE BY `user_id`
+) AS by_entity
 GROUP BY `user_id`
