@@ -13,12 +13,14 @@ Starts its own Kafka and Redis as local processes on free 127.0.0.1 ports, then 
   same flush, so the online read shows it).
 
   Samples count only once the job is live (its first progress write + 5 s): job start-up is not freshness.
+- with ``SKEWLESS_BENCH_JFR=1``, ``stream_cpu_share_pct``: where the CPU goes during the throughput run (a JDK
+  Flight Recording of the gateway JVM, started and stopped with ``jcmd``; execution samples per operator chain).
 - with ``SKEWLESS_BENCH_PROFILE=1``, ``stream_profile``: bounded runs of growing prefixes of the compiled job
   (raw read, + admission function, + running-max OVER, + the whole changelog) into blackhole sinks, one
   slot, seconds each (start-up included; the differences are the stages' cost).
 
 Environment: ``SKEWLESS_BENCH_EVENTS`` (default 1000000), ``SKEWLESS_BENCH_PARALLELISM`` (2),
-``SKEWLESS_BENCH_FRESH_RATE`` (1000 events/s), ``SKEWLESS_BENCH_FRESH_S`` (30), ``SKEWLESS_BENCH_PROFILE`` (0).
+``SKEWLESS_BENCH_FRESH_RATE`` (1000 events/s), ``SKEWLESS_BENCH_FRESH_S`` (30), ``SKEWLESS_BENCH_PROFILE`` (0), ``SKEWLESS_BENCH_JFR`` (0).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -39,19 +42,17 @@ PARALLELISM = int(os.environ.get("SKEWLESS_BENCH_PARALLELISM", "2"))
 FRESH_RATE = float(os.environ.get("SKEWLESS_BENCH_FRESH_RATE", "1000"))
 FRESH_S = float(os.environ.get("SKEWLESS_BENCH_FRESH_S", "30"))
 MINI_BATCH = os.environ.get("SKEWLESS_BENCH_MINI_BATCH", "5 s")  # throughput phase
-# freshness phase: mini-batch, sink flush timer, Python bundle time, network buffer timeout (throughput
-# settings: 5 s, 200 ms, 200 ms, Flink's 100 ms)
+# freshness phase: mini-batch, sink flush timer, network buffer timeout (throughput settings: 5 s, 200 ms,
+# Flink's 100 ms)
 FRESH_MINI_BATCH = os.environ.get("SKEWLESS_BENCH_FRESH_MINI_BATCH", "200 ms")
 FRESH_FLUSH_MS = int(os.environ.get("SKEWLESS_BENCH_FRESH_FLUSH_MS", "50"))
-FRESH_BUNDLE_MS = int(os.environ.get("SKEWLESS_BENCH_FRESH_BUNDLE_MS", "50"))
 FRESH_BUFFER_TIMEOUT_MS = int(os.environ.get("SKEWLESS_BENCH_FRESH_BUFFER_TIMEOUT_MS", "10"))
 PROFILE = os.environ.get("SKEWLESS_BENCH_PROFILE", "0") == "1"
 LIVE_GRACE_S = 5.0  # after the first progress write, before freshness samples count
 PARTITIONS = 4
 PROJECT = "bench"
-# Measured on 2 cores: Python workers as processes (not loopback threads in the driver) and a capped
-# gateway heap (docs/streaming.md).
-os.environ.setdefault("_python_worker_execution_mode", "process")
+JFR = os.environ.get("SKEWLESS_BENCH_JFR", "0") == "1"
+# a capped heap for the gateway JVM, which runs the MiniCluster (docs/streaming.md)
 os.environ.setdefault("JVM_ARGS", "-Xmx1536m")
 
 
@@ -116,7 +117,7 @@ def _progress(r: Any) -> dict[int, dict]:
 
 
 def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, mini_batch: str,
-               flush_ms: int = 200, bundle_ms: int = 200, buffer_timeout_ms: int | None = None,
+               flush_ms: int = 200, buffer_timeout_ms: int | None = None,
                bounded: bool = False) -> Any:
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
@@ -125,7 +126,7 @@ def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, 
     from streaming_jobs.run_view import stream_conf
 
     (job,) = compile_repository(load_repository(), ["user_order_stats"])
-    conf = stream_conf(mini_batch, 1_000_000, bundle_ms, buffer_timeout_ms)
+    conf = stream_conf(mini_batch, 1_000_000, buffer_timeout_ms)
     env, t_env = create_stream_env(parallelism=PARALLELISM, checkpoint_dir=ckpt, checkpoint_interval="10 s", extra_conf=conf)
     add_source_job(env, t_env, job, JobOptions(bootstrap=bootstrap, redis_url=url, project=PROJECT, repo_path="feature_defs",
                                                topic=topic, starting_offsets=starting, ns=f"b{uuid.uuid4().hex[:6]}", bounded=bounded,
@@ -163,6 +164,49 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
         out[f"{stage}_s"] = round(time.monotonic() - t0, 1)
     out["events"] = events
     return out
+
+
+# thread-name prefixes of the compiled job's operator chains -> what they do (JFR breakdown)
+_STAGES = (("Source Data Fetcher", "Kafka fetcher thread"), ("Source: ", "Kafka source + admission + parse (chain)"),
+           ("OverAggregate", "late check (running-max OVER) + shared view"),
+           ("Deduplicate", "dedup + tile expansion + local aggregates"),
+           ("GlobalGroupAggregate", "global aggregates (tiles, progress)"),
+           ("ConstraintEnforcer", "sinks (Redis tiles/progress, dead letters)"),
+           ("kafka-producer", "dead-letter producer thread"))
+
+
+def _gateway_pid() -> int | None:
+    """The PyFlink gateway JVM (runs the MiniCluster): a java child of this process."""
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+                exe = os.readlink(f"/proc/{d}/exe")
+            except OSError:
+                continue
+            if int(stat[1]) == os.getpid() and exe.endswith("java"):
+                return int(d)
+    return None
+
+
+def _jfr(pid: int | None, action: str, path: Path) -> bool:
+    if pid is None or shutil.which("jcmd") is None:
+        return False
+    args = ["name=bench", "settings=profile"] if action == "start" else ["name=bench", f"filename={path}"]
+    return subprocess.run(["jcmd", str(pid), f"JFR.{action}", *args], capture_output=True).returncode == 0
+
+
+def jfr_breakdown(path: Path) -> dict[str, float]:
+    """Share of JFR execution samples per stage of the job (thread names of its operator chains), percent."""
+    done = subprocess.run(["jfr", "print", "--json", "--events", "jdk.ExecutionSample", str(path)],
+                          capture_output=True, text=True, check=True)
+    counts: dict[str, int] = {}
+    for e in json.loads(done.stdout)["recording"]["events"]:
+        name = (e["values"].get("sampledThread") or {}).get("javaName") or ""
+        stage = next((label for prefix, label in _STAGES if name.startswith(prefix)), "other (runtime, JIT, GC-side)")
+        counts[stage] = counts.get(stage, 0) + 1
+    total = sum(counts.values()) or 1
+    return {k: round(100 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 def _throughput(r: Any, events: int) -> float:
@@ -259,8 +303,10 @@ def run() -> dict[str, Any]:
         # bounded: the end of the input flushes the last mini-batch at once (no wait for its timer), so the
         # measured span ends when the last record is applied
         client = _start_job(bootstrap, url, topic, root / "ckpt", "earliest", MINI_BATCH, bounded=True)
+        recording = JFR and _jfr(_gateway_pid(), "start", root / "bench.jfr")
         events_per_s = _throughput(r, EVENTS)
         client.get_job_execution_result().result()
+        breakdown = jfr_breakdown(root / "bench.jfr") if recording and _jfr(_gateway_pid(), "stop", root / "bench.jfr") else None
         client = None
         time.sleep(3)
         r.delete(layout.progress_key(PROJECT, "orders"))  # the freshness job's progress starts empty
@@ -272,6 +318,9 @@ def run() -> dict[str, Any]:
             "stream_floor_events_per_s": {"value": round(floor), "unit": "events/s",
                                           "note": "plain confluent-kafka consumer -> Redis pipeline, same run"},
         }
+        if breakdown is not None:
+            result["stream_cpu_share_pct"] = {"value": max(breakdown.values()), "unit": "% of samples", "stages": breakdown,
+                                              "note": "JFR execution samples of the throughput run, by operator chain"}
         if profile is not None:
             result["stream_profile"] = {"value": profile["changelog_s"], "unit": "s", "stages": profile,
                                         "note": "bounded one-slot runs into blackhole sinks, start-up included"}
@@ -279,12 +328,12 @@ def run() -> dict[str, Any]:
             return result
         # freshness: steady production into a job with a short mini-batch, started at the topic's end
         client = _start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH, FRESH_FLUSH_MS,
-                            FRESH_BUNDLE_MS, FRESH_BUFFER_TIMEOUT_MS)
+                            FRESH_BUFFER_TIMEOUT_MS)
         lags = _freshness(bootstrap, topic, r)
         p50 = statistics.median(lags) if lags else float("nan")
         p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
         note = (f"{len(lags)} samples at {FRESH_RATE:.0f} events/s, mini-batch {FRESH_MINI_BATCH}, flush {FRESH_FLUSH_MS} ms, "
-                f"Python bundle {FRESH_BUNDLE_MS} ms, buffer timeout {FRESH_BUFFER_TIMEOUT_MS} ms")
+                f"buffer timeout {FRESH_BUFFER_TIMEOUT_MS} ms")
         result["stream_freshness_p50_s"] = {"value": round(p50, 3), "unit": "s", "note": note}
         result["stream_freshness_p99_s"] = {"value": round(p99, 3), "unit": "s", "goal": "< 2"}
         return result

@@ -38,23 +38,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mini-batch-size", type=int, default=100_000)
     p.add_argument("--bounded", action="store_true", help="stop at the offsets that were latest at start")
     p.add_argument("--flush-ms", type=int, default=200)
-    p.add_argument("--bundle-ms", type=int, default=200, help="Python bundle time (50 for freshness)")
     p.add_argument("--buffer-timeout-ms", type=int, default=None, help="network buffer timeout (10 for freshness)")
     p.add_argument("--applied-from-ms", type=int, default=None)
     p.add_argument("--name", default=None, help="Flink job name (default skewless-stream-<views>)")
     return p.parse_args(argv)
 
 
-def stream_conf(mini_batch_latency: str = DEFAULT_MINI_BATCH, mini_batch_size: int = 100_000, bundle_ms: int = 200,
+def stream_conf(mini_batch_latency: str = DEFAULT_MINI_BATCH, mini_batch_size: int = 100_000,
                 buffer_timeout_ms: int | None = None) -> dict[str, str]:
     """Table/Python settings of the streaming job (measured on 2 cores, see docs/streaming.md). For freshness
-    rather than throughput: a short mini-batch, ``bundle_ms`` 50 and ``buffer_timeout_ms`` 10."""
+    rather than throughput: a short mini-batch and ``buffer_timeout_ms`` 10."""
     conf = {
         "table.exec.mini-batch.enabled": "true",
         "table.exec.mini-batch.allow-latency": mini_batch_latency,
         "table.exec.mini-batch.size": str(mini_batch_size),
-        "python.fn-execution.bundle.size": "10000",
-        "python.fn-execution.bundle.time": str(bundle_ms),
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "table.exec.source.idle-timeout": "0 ms",
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env, t_env = create_stream_env(parallelism=args.parallelism, checkpoint_dir=args.checkpoint_dir,
                                    checkpoint_interval=args.checkpoint_interval,
-                                   extra_conf=stream_conf(args.mini_batch_latency, args.mini_batch_size, args.bundle_ms,
+                                   extra_conf=stream_conf(args.mini_batch_latency, args.mini_batch_size,
                                                           args.buffer_timeout_ms))
     for job in jobs:
         add_source_job(env, t_env, job, JobOptions(
