@@ -73,7 +73,17 @@ def raw_dataframe(spark: Any, table: str, snapshot_id: int, first_day: date | No
     return spark.read.schema(schema).parquet(*files)
 
 
-def added_files(spark: Any, table: str, since_snapshot: int, snapshot_id: int) -> list[str]:
-    """Data files live at ``snapshot_id`` that were not live at ``since_snapshot`` (appends in between)."""
+def event_day(part: Any, event_time: str) -> date | None:
+    """The UTC day of ``event_time`` a data file holds, when its partition is exactly Iceberg's
+    ``day(event_time)`` (the archive's layout: one field ``<event_time>_day``); else None."""
+    fields = part.asDict() if hasattr(part, "asDict") else {}
+    value = fields.get(f"{event_time}_day") if len(fields) == 1 else None
+    # before 1970 older Iceberg versions truncated instead of flooring: those files are read instead
+    return value if isinstance(value, date) and value >= date(1970, 1, 1) else None
+
+
+def added_files(spark: Any, table: str, since_snapshot: int, snapshot_id: int) -> list[tuple[str, Any]]:
+    """Data files live at ``snapshot_id`` that were not live at ``since_snapshot`` (appends in between), with
+    their partition struct."""
     before = {p for p, _ in data_files(spark, table, since_snapshot)}
-    return [p for p, _ in data_files(spark, table, snapshot_id) if p not in before]
+    return [(p, part) for p, part in data_files(spark, table, snapshot_id) if p not in before]

@@ -28,7 +28,7 @@ from skewless.core.repo import Repository
 from skewless.core.timeutil import MS_PER_DAY, to_epoch_ms
 
 from batch_jobs import tables as T
-from batch_jobs.raw import added_files, raw_dataframe
+from batch_jobs.raw import added_files, event_day, raw_dataframe
 from batch_jobs.spark_compiler import COMPILER_VERSION, SparkBatchJob, SparkCompiler
 
 DEFAULT_CHUNK_DAYS = 366  # days per Spark job and Iceberg commit (resume granularity): a year in one pass
@@ -283,10 +283,13 @@ def _late_days(spark: Any, raw: str, event_time: str, done: dict[date, dict[str,
     if last is None or last == sid:
         return []
     try:
-        files = added_files(spark, raw, last, sid)
-        df = raw_dataframe(spark, raw, sid, files=files)
-        days = {r[0] for r in df.selectExpr(
-            f"date_from_unix_date(CAST(floor(unix_millis({_q(event_time)}) / {MS_PER_DAY}) AS INT))").distinct().collect()}
+        files = [(path, event_day(part, event_time)) for path, part in added_files(spark, raw, last, sid)]
+        days = {d for _, d in files if d is not None}  # partitioned by day(event time): the day from the manifests
+        unknown = [p for p, d in files if d is None]  # other layouts: the days of their rows
+        if unknown:
+            df = raw_dataframe(spark, raw, sid, files=unknown)
+            days |= {r[0] for r in df.selectExpr(
+                f"date_from_unix_date(CAST(floor(unix_millis({_q(event_time)}) / {MS_PER_DAY}) AS INT))").distinct().collect()}
     except Exception as exc:  # noqa: BLE001 - e.g. an expired snapshot: say so, do not guess
         msg = (f"WARNING: cannot list raw rows added since snapshot {last} ({type(exc).__name__}: {exc}); days before "
                "this run are not re-checked for late events: run a backfill with --rerun over them")

@@ -1,4 +1,4 @@
-"""The Spark compiler's generated SQL (golden files), the serving encoding and the Redis command packing."""
+"""The Spark compiler's generated SQL (golden files), the serving encoding, the Redis command packing and the raw files' day."""
 
 from __future__ import annotations
 
@@ -149,3 +149,19 @@ def test_reply_counting_keeps_replies_of_the_next_batch_and_raises_errors() -> N
     finally:
         a.close()
         b.close()
+
+
+def test_event_day_reads_only_the_archive_day_partition() -> None:
+    """Late-event days come from a file's ``day(event_time)`` partition only; any other layout reads the rows."""
+    from datetime import date
+
+    from pyspark.sql import Row
+
+    from batch_jobs.raw import event_day
+
+    assert event_day(Row(event_time_day=date(2025, 3, 1)), "event_time") == date(2025, 3, 1)
+    assert event_day(Row(ts_day=date(2025, 3, 1)), "event_time") is None  # another column's day
+    assert event_day(Row(event_time_day=date(2025, 3, 1), bucket=3), "event_time") is None  # a second field
+    assert event_day(Row(event_time_day=20000), "event_time") is None  # not a date
+    assert event_day(Row(event_time_day=date(1969, 12, 31)), "event_time") is None  # pre-1970: read the rows
+    assert event_day(None, "event_time") is None
