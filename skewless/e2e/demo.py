@@ -315,11 +315,15 @@ class Demo:
             for name in self.view.feature_names:
                 value, status = got[name][i]
                 report.add(name, "online-now", value if status in ("present", "stale") else f"<{status}>", want[name])
-        T = before_live_ms
+        # a training row at T needs the daily tiles of every day before T's day: the run of day D (cut-off D+1)
+        # covers T < D+2 00:00 UTC. Just after midnight UTC "now" is on D+2 (D is the last day the archive is
+        # complete for, allowed lateness included), where the contract answers `incomplete`: check just before.
+        T = min(before_live_ms, cutoff + MS_PER_DAY - 1)
         for u, row in zip(users, historical(self.repo, load_catalog(), [(u, T) for u in users])):
             want = exp.offline_row(u, T)
+            status = row.get(f"{self.view.name}__status")
             for name in self.view.feature_names:
-                report.add(name, "training-duckdb", row.get(name), want[name])
+                report.add(name, "training-duckdb", row.get(name) if status == "present" else f"<{status}>", want[name])
 
         def total(path: str) -> tuple[int, int]:
             cells = [v for (_, p), v in report.tally.items() if p == path]
