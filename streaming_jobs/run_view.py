@@ -68,6 +68,9 @@ def stream_conf(mini_batch_latency: str = DEFAULT_MINI_BATCH, mini_batch_size: i
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # a local MiniCluster runs in the PyFlink gateway JVM started below: the throughput collector, as the
+    # session cluster's TaskManager (infra/flink/config.yaml); ignored when submitted with `flink run`
+    os.environ.setdefault("JVM_ARGS", "-XX:+UseParallelGC")
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
