@@ -147,23 +147,29 @@ public final class Admission {
         return true;
     }
 
+    /** The text of strict UTF-8 bytes (as Python's {@code bytes.decode("utf-8")}), or null if they are not. */
+    public static String strictUtf8(byte[] raw) {
+        if (ascii(raw)) {  // the common case: ASCII is valid UTF-8 and decodes byte for byte (a copy, no decoder)
+            return new String(raw, StandardCharsets.ISO_8859_1);
+        }
+        CharsetDecoder dec = StandardCharsets.UTF_8.newDecoder()
+            .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT);
+        try {
+            CharBuffer chars = dec.decode(ByteBuffer.wrap(raw));
+            return chars.toString();
+        } catch (CharacterCodingException e) {
+            return null;
+        }
+    }
+
     @SuppressWarnings("unchecked")
     private static Map<String, Object> payload(byte[] raw) throws Json.Malformed {
         if (raw == null) {
             throw new Json.Malformed("value is missing (null record value)");
         }
-        String text;
-        if (ascii(raw)) {  // the common case: ASCII is valid UTF-8 and decodes byte for byte (a copy, no decoder)
-            text = new String(raw, StandardCharsets.ISO_8859_1);
-        } else {
-            CharsetDecoder dec = StandardCharsets.UTF_8.newDecoder()
-                .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT);
-            try {
-                CharBuffer chars = dec.decode(ByteBuffer.wrap(raw));
-                text = chars.toString();
-            } catch (CharacterCodingException e) {
-                throw new Json.Malformed("value is not UTF-8");
-            }
+        String text = strictUtf8(raw);
+        if (text == null) {
+            throw new Json.Malformed("value is not UTF-8");
         }
         if (text.startsWith("\uFEFF")) {
             throw new Json.Malformed("not JSON: unexpected UTF-8 BOM");

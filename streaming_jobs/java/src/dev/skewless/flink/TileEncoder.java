@@ -5,11 +5,6 @@ import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.io.Serializable;
 import java.math.BigInteger;
-import java.nio.ByteBuffer;
-import java.nio.CharBuffer;
-import java.nio.charset.CharacterCodingException;
-import java.nio.charset.CharsetDecoder;
-import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.util.Base64;
 import java.util.HashMap;
@@ -234,16 +229,7 @@ public final class TileEncoder implements Serializable {
         String detail = (String) f[v + 1];
         String b64 = (String) f[v + 2];
         String recordMs = (String) f[v + 3];
-        String payload = null;
-        byte[] raw = b64 == null ? new byte[0] : Base64.getDecoder().decode(b64);
-        CharsetDecoder dec = StandardCharsets.UTF_8.newDecoder()
-            .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT);
-        try {
-            CharBuffer chars = dec.decode(ByteBuffer.wrap(raw));
-            payload = chars.toString();
-        } catch (CharacterCodingException e) {
-            payload = null;
-        }
+        String payload = Admission.strictUtf8(b64 == null ? new byte[0] : Base64.getDecoder().decode(b64));
         StringBuilder b = new StringBuilder(256).append("{\"detail\":");
         optString(b, detail);
         b.append(",\"offset\":").append((Long) f[3 + keyWidth]);
