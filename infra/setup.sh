@@ -3,7 +3,8 @@
 #   1. Debian packages (as root): redis-server, maven, a JDK if missing, docker.io + debootstrap for test images,
 #      chromium (headless: the drift report is rendered and checked in a real browser)
 #   2. the project venv (.venv) from infra/constraints.txt
-#   3. the pinned JVM artifacts of infra/pom.xml into infra/.cache/jars, and the streaming job's Java code
+#   3. the pinned JVM artifacts of infra/pom.xml into infra/.cache/jars, the streaming job's and the batch
+#      path's Java code
 #   4. the Docker engine and the locally built test images (infra/docker/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ done_phase() { echo "setup: $1 done in $(( $(date +%s) - PHASE_T0 )) s"; }
 
 # --- 1. Debian packages -------------------------------------------------------------------------
 APT_PKGS=(redis-server redis-tools maven debootstrap docker.io chromium)
-command -v javac >/dev/null 2>&1 || APT_PKGS+=(openjdk-17-jdk-headless)  # javac: the streaming job's Java function
+command -v javac >/dev/null 2>&1 || APT_PKGS+=(openjdk-17-jdk-headless)  # javac: the streaming and batch Java code
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -56,6 +57,11 @@ fi
 phase "streaming Java code (javac streaming_jobs/java against PyFlink's jars and the Kafka connector)"
 .venv/bin/python -m streaming_jobs.udf >/dev/null
 done_phase udf
+
+# --- 3c. the batch path's Java code: fork-free local file system (batch_jobs/java -> infra/.cache/spark-java) ----
+phase "batch Java code (javac batch_jobs/java against pyspark's jars)"
+.venv/bin/python -m batch_jobs.jvm >/dev/null
+done_phase batch-jvm
 
 # --- 4. Docker engine and test images -----------------------------------------------------------
 if [ -f infra/docker/setup-docker.sh ]; then

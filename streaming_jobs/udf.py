@@ -10,14 +10,13 @@ builds it, and :func:`udf_jar` builds it on first use when the sources changed.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
+from typing import Iterator
+
+from skewless.engines.javabuild import JavaBuildError, JavaProject
 
 JAVA_SRC = Path(__file__).resolve().parent / "java" / "src"
 FUNCTION_CLASS = "dev.skewless.flink.AdmitFunction"
@@ -26,12 +25,8 @@ FUNCTION_NAME = "skewless_admit"
 JAR_DIR = Path(__file__).resolve().parent.parent / "infra" / ".cache" / "udf"
 
 
-class UdfBuildError(RuntimeError):
+class UdfBuildError(JavaBuildError):
     """The Java function could not be built (no JDK, or a compile error)."""
-
-
-def _sources() -> list[Path]:
-    return sorted(JAVA_SRC.rglob("*.java"))
 
 
 def flink_lib() -> Path:
@@ -41,39 +36,18 @@ def flink_lib() -> Path:
     return Path(pyflink.__file__).resolve().parent / "lib"
 
 
-def jar_path() -> Path:
-    digest = hashlib.sha256()
-    for src in _sources():
-        digest.update(src.relative_to(JAVA_SRC).as_posix().encode() + b"\0" + src.read_bytes())
-    return JAR_DIR / f"skewless-flink-udf-{digest.hexdigest()[:12]}.jar"
-
-
-def udf_jar() -> Path:
-    """The jar of the current sources, compiled now if it is missing."""
-    jar = jar_path()
-    if jar.exists():
-        return jar
-    javac = shutil.which("javac")
-    if javac is None:
-        raise UdfBuildError("javac not found: install a JDK 17 (`make setup` installs openjdk-17-jdk-headless)")
+def _classpath() -> Iterator[Path]:
+    """PyFlink's jars and the Kafka connector (the dead letters use its KafkaSink; shipped in pipeline.jars too)."""
     from skewless.engines.flink_env import kafka_connector_jar
 
-    # the sink's dead letters use the Kafka connector's KafkaSink (shipped in pipeline.jars at runtime too)
-    classpath = os.pathsep.join([*(str(p) for p in sorted(flink_lib().glob("*.jar"))), str(kafka_connector_jar())])
-    JAR_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=JAR_DIR) as tmp:
-        classes = Path(tmp) / "classes"
-        cmd = [javac, "-nowarn", "--release", "11", "-cp", classpath, "-d", str(classes), *map(str, _sources())]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise UdfBuildError(f"javac failed for {JAVA_SRC}:\n{done.stdout}{done.stderr}")
-        part = Path(tmp) / jar.name
-        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: skewless\n")
-            for f in sorted(classes.rglob("*.class")):
-                z.write(f, f.relative_to(classes).as_posix())
-        os.replace(part, jar)  # atomic: concurrent builders write the same content
-    return jar
+    yield from sorted(flink_lib().glob("*.jar"))
+    yield kafka_connector_jar()
+
+
+PROJECT = JavaProject(JAVA_SRC, JAR_DIR, "skewless-flink-udf", release="11", classpath=_classpath, error=UdfBuildError)
+_sources = PROJECT.sources
+jar_path = PROJECT.jar_path
+udf_jar = PROJECT.jar  # the jar of the current sources, compiled now if it is missing
 
 
 def classify(spec: str, values: list[bytes | None]) -> list[list[str | None]]:
@@ -93,8 +67,4 @@ def classify(spec: str, values: list[bytes | None]) -> list[list[str | None]]:
 
 
 if __name__ == "__main__":  # `make setup`: build the jar, print its path
-    try:
-        print(udf_jar())
-    except UdfBuildError as exc:
-        print(f"udf: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(PROJECT.main("udf"))

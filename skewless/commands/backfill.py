@@ -30,12 +30,15 @@ def spark_submit() -> Path:
 
 
 def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
-    """``spark-submit --master M --driver-memory X --jars <iceberg,sqlite> batch_jobs/backfill.py <args>``."""
-    from skewless.engines.spark_session import spark_jars
+    """``spark-submit --master M --driver-memory X --conf <batch jar, fs.file.impl> --jars <iceberg,sqlite,batch>
+    batch_jobs/backfill.py <args>`` (the session's JVM settings of :func:`skewless.engines.spark_session.jvm_conf`)."""
+    from skewless.engines.spark_session import jvm_conf, session_jars
 
     cmd = [str(spark_submit()), "--master", args.master, "--driver-memory", args.driver_memory,
-           "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
-           "--jars", ",".join(str(j) for j in spark_jars()), str(script)]
+           "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1"]
+    for key, value in jvm_conf().items():
+        cmd += ["--conf", f"{key}={value}"]
+    cmd += ["--jars", ",".join(str(j) for j in session_jars()), str(script)]
     for name in ("start", "end", "master", "repo", "namespace", "chunk_days", "driver_memory"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for view in args.view or ():

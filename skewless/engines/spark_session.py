@@ -2,6 +2,10 @@
 
 The catalog is named :data:`skewless.config.ICEBERG_CATALOG_NAME` and is the same sqlite file and
 warehouse that :func:`skewless.engines.iceberg_catalog.load_catalog` opens with PyIceberg.
+
+Every session also gets the batch path's jar (:mod:`batch_jobs.jvm`) on the driver's and executors' class path,
+and ``file:`` paths go through its fork-free local file system (:data:`batch_jobs.jvm.LOCAL_FS_CLASS`: no
+``chmod`` process per written file); ``SKEWLESS_SPARK_NIO_FS=0`` keeps Hadoop's own (for A/B runs).
 """
 
 from __future__ import annotations
@@ -16,11 +20,44 @@ from skewless.engines import find_jar
 
 ICEBERG_RUNTIME_PREFIX = "iceberg-spark-runtime-4.1_2.13-"
 SQLITE_JDBC_PREFIX = "sqlite-jdbc-"
+NIO_FS_ENV = "SKEWLESS_SPARK_NIO_FS"
 
 
 def spark_jars() -> list[Path]:
     """The Iceberg Spark runtime and the sqlite JDBC driver (infra/.cache/jars/spark/)."""
     return [find_jar("spark", ICEBERG_RUNTIME_PREFIX), find_jar("spark", SQLITE_JDBC_PREFIX)]
+
+
+def nio_fs_enabled() -> bool:
+    """Whether ``file:`` uses the fork-free file system (``SKEWLESS_SPARK_NIO_FS``, default on; ``0`` turns it off)."""
+    value = os.environ.get(NIO_FS_ENV, "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "off", "on"):
+        raise ValueError(f"{NIO_FS_ENV}={value!r}: use 1 (the fork-free local file system, default) or 0 (Hadoop's)")
+    return value in ("1", "true", "on")
+
+
+def jvm_conf() -> dict[str, str]:
+    """The batch jar on the driver's and executors' class path, and ``spark.hadoop.fs.file.impl`` (unless off).
+
+    The driver needs ``spark.driver.extraClassPath`` (set when its JVM starts): ``spark-submit`` resolves the
+    ``spark.jars`` paths through Hadoop's ``file:`` file system before it loads any of them. Executors find the
+    class through ``spark.executor.extraClassPath`` on this machine and through ``spark.jars`` elsewhere, so the
+    jar belongs in ``spark.jars`` too (see :func:`session_jars`).
+    """
+    from batch_jobs.jvm import LOCAL_FS_CLASS, batch_jar
+
+    jar = str(batch_jar())
+    conf = {"spark.driver.extraClassPath": jar, "spark.executor.extraClassPath": jar}
+    if nio_fs_enabled():
+        conf["spark.hadoop.fs.file.impl"] = LOCAL_FS_CLASS
+    return conf
+
+
+def session_jars() -> list[Path]:
+    """What every session ships in ``spark.jars``: :func:`spark_jars` and the batch jar."""
+    from batch_jobs.jvm import batch_jar
+
+    return [*spark_jars(), batch_jar()]
 
 
 def catalog_conf(warehouse: str | Path | None = None, catalog_db: str | Path | None = None) -> dict[str, str]:
@@ -52,13 +89,13 @@ def spark_session(
 
     ``driver_memory`` only takes effect if this call starts the JVM (the first session in a process).
     """
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    jars = ",".join(str(j) for j in spark_jars())
     conf: dict[str, str] = {
-        "spark.jars": jars,
+        "spark.jars": ",".join(str(j) for j in session_jars()),
         "spark.driver.memory": driver_memory,
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.driver.host": "127.0.0.1",
@@ -72,6 +109,11 @@ def spark_session(
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
+    conf.update(jvm_conf())
+    if SparkContext._gateway is not None and "spark.hadoop.fs.file.impl" in conf:
+        # this process's JVM is already up: it has the class only if it was started with the jar
+        if not SparkContext._jvm.org.apache.spark.util.Utils.classIsLoadable(conf["spark.hadoop.fs.file.impl"]):
+            del conf["spark.hadoop.fs.file.impl"]
     conf.update(catalog_conf(warehouse, catalog_db))
     conf.update({k: str(v) for k, v in (extra_conf or {}).items()})
     builder = SparkSession.builder.appName(app_name).master(master)
