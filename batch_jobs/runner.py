@@ -189,7 +189,7 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
         (tiles.writeTo(tables.tiles).option("distribution-mode", "none")
          .overwrite((F.col("day") >= F.lit(d0)) & (F.col("day") <= F.lit(d1))))
         t = report.step("tiles", t0)
-        counts = T.partition_counts(spark, tables.tiles, f"partition.day >= DATE'{d0}' AND partition.day <= DATE'{d1}'")
+        counts = T.partition_counts(spark, tables.tiles, d0, d1)
         t = report.step("tile_counts", t)
         seconds = time.monotonic() - t0
         rows = []
@@ -262,7 +262,7 @@ def write_serving(spark: Any, view: FeatureView, job: SparkBatchJob, tables: T.V
     T.ensure_table(spark, tables.serving, encoded, "cutoff_ms")
     # one partition (the cut-off): hash distribution would funnel every row through one writer task
     encoded.writeTo(tables.serving).option("distribution-mode", "none").overwrite(F.col("cutoff_ms") == F.lit(cut))
-    return int(T.partition_counts(spark, tables.serving, f"partition.cutoff_ms = {cut}").get(cut, 0))
+    return int(T.partition_counts(spark, tables.serving, cut).get(cut, 0))
 
 
 def _run_id(view: FeatureView, day: date, sid: int) -> str:

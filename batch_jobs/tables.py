@@ -130,8 +130,19 @@ def check_raw_schema(spark: Any, table: str, needed: Mapping[str, str]) -> None:
 
 
 def current_snapshot_id(spark: Any, table: str) -> int | None:
-    rows = spark.sql(f"SELECT snapshot_id FROM {table}.refs WHERE name = 'main'").collect()
-    return int(rows[0][0]) if rows else None
+    """The table's current snapshot, read from the catalog now (the archive commits with PyIceberg); Spark's cached
+    copy of the table is refreshed, so a ``VERSION AS OF`` read of this snapshot finds it."""
+    sid = pyiceberg_catalog(spark).load_table(_ident(table)).metadata.current_snapshot_id
+    spark.catalog.refreshTable(table)
+    return None if sid is None else int(sid)
+
+
+def _ident(table: str) -> str:
+    """``skewless.features.x`` -> ``features.x`` (PyIceberg identifier)."""
+    return table.removeprefix(CATALOG + ".")
+
+
+_PYICEBERG: dict[tuple[str, str], Any] = {}
 
 
 def pyiceberg_catalog(spark: Any) -> Any:
@@ -140,7 +151,11 @@ def pyiceberg_catalog(spark: Any) -> Any:
 
     uri = spark.conf.get(f"spark.sql.catalog.{CATALOG}.uri")
     warehouse = spark.conf.get(f"spark.sql.catalog.{CATALOG}.warehouse")
-    return load_catalog(catalog_db=uri.removeprefix("jdbc:sqlite:"), warehouse=warehouse.removeprefix("file://"))
+    key = (uri, warehouse)
+    if key not in _PYICEBERG:
+        _PYICEBERG[key] = load_catalog(catalog_db=uri.removeprefix("jdbc:sqlite:"),
+                                       warehouse=warehouse.removeprefix("file://"))
+    return _PYICEBERG[key]
 
 
 def check_archive(spark: Any, source: EventSource, cutoff: int, catalog: Any | None = None) -> str:
@@ -192,11 +207,26 @@ def ensure_table(spark: Any, name: str, df: Any, partition_col: str) -> None:
         )
 
 
-def partition_counts(spark: Any, name: str, where: str) -> dict[Any, int]:
-    """Rows per partition value of a single-column-partitioned table at its current snapshot, from Iceberg's
-    ``partitions`` metadata table (manifests only, no data files read); ``where`` filters ``partition.<col>``."""
-    rows = spark.sql(f"SELECT partition, record_count FROM {name}.partitions WHERE {where}").collect()
-    return {r[0][0]: int(r[1]) for r in rows}
+def partition_counts(spark: Any, name: str, first: Any, last: Any | None = None) -> dict[Any, int]:
+    """Rows per partition value in ``[first, last]`` (``last`` None: only ``first``) of a single-column-partitioned
+    table at its current snapshot, summed from the data files' record counts in the manifests (PyIceberg: no
+    data file read, no Spark job)."""
+    import pyiceberg.expressions as E
+
+    table = pyiceberg_catalog(spark).load_table(_ident(name))
+    col = table.spec().fields[0].name
+    hi = first if last is None else last
+    counts: dict[Any, int] = {}
+    def lit(v: Any) -> Any:  # PyIceberg takes dates as ISO text
+        return v.isoformat() if isinstance(v, date) else v
+
+    for task in table.scan(row_filter=E.And(E.GreaterThanOrEqual(col, lit(first)), E.LessThanOrEqual(col, lit(hi)))).plan_files():
+        value = task.file.partition[0]
+        if isinstance(first, date) and isinstance(value, int):
+            value = date.fromordinal(date(1970, 1, 1).toordinal() + value)  # day partitions are days since epoch
+        if (value >= first) and value <= hi:
+            counts[value] = counts.get(value, 0) + int(task.file.record_count)
+    return counts
 
 
 RUNS_DDL = """CREATE TABLE IF NOT EXISTS {name} (
@@ -206,32 +236,42 @@ RUNS_DDL = """CREATE TABLE IF NOT EXISTS {name} (
 
 
 def ensure_runs_table(spark: Any, name: str) -> None:
-    spark.sql(RUNS_DDL.format(name=name))
+    if not pyiceberg_catalog(spark).table_exists(_ident(name)):
+        spark.sql(RUNS_DDL.format(name=name))
 
 
 def done_days(spark: Any, runs_table: str, fingerprint: str) -> dict[date, dict[str, Any]]:
-    """Latest runs-log row per day computed with ``fingerprint``."""
-    if not table_exists(spark, runs_table):
+    """Latest runs-log row per day computed with ``fingerprint`` (read with PyIceberg: the log is small, and a
+    Spark job for it costs a cold JVM about a second)."""
+    import pyiceberg.expressions as E
+
+    catalog = pyiceberg_catalog(spark)
+    if not catalog.table_exists(_ident(runs_table)):
         return {}
-    rows = spark.sql(
-        f"SELECT day, max_by(named_struct('raw_snapshot_id', raw_snapshot_id, 'serving_rows', serving_rows, "
-        f"'run_id', run_id, 'tile_rows', tile_rows, 'finished_at', finished_at), finished_at) AS last FROM {runs_table} WHERE fingerprint = '{fingerprint}' GROUP BY day"
-    ).collect()
-    return {r["day"]: r["last"].asDict() for r in rows}
+    cols = ("day", "raw_snapshot_id", "serving_rows", "run_id", "tile_rows", "finished_at")
+    rows = catalog.load_table(_ident(runs_table)).scan(
+        row_filter=E.EqualTo("fingerprint", fingerprint), selected_fields=cols).to_arrow().to_pylist()
+    latest: dict[date, dict[str, Any]] = {}
+    for r in rows:
+        r["finished_at"] = r["finished_at"].replace(tzinfo=None)  # UTC, as Spark's session time zone gave it
+        if r["day"] not in latest or r["finished_at"] >= latest[r["day"]]["finished_at"]:
+            latest[r["day"]] = r
+    return {d: {k: v for k, v in r.items() if k != "day"} for d, r in latest.items()}
 
 
 def append_runs(spark: Any, runs_table: str, rows: list[dict[str, Any]]) -> None:
-    from pyspark.sql.types import (DateType, DoubleType, LongType, StringType, StructField, StructType,
-                                   TimestampType)
+    """Append runs-log rows (one PyIceberg commit); Spark's cached copy of the table is refreshed after."""
+    import pyarrow as pa
 
-    schema = StructType([
-        StructField("day", DateType()), StructField("cutoff_ms", LongType()), StructField("fingerprint", StringType()),
-        StructField("run_id", StringType()), StructField("raw_table", StringType()),
-        StructField("raw_snapshot_id", LongType()), StructField("tile_rows", LongType()),
-        StructField("serving_rows", LongType()), StructField("seconds", DoubleType()),
-        StructField("finished_at", TimestampType()),
-    ])
+    table = pyiceberg_catalog(spark).load_table(_ident(runs_table))
     now = datetime.now(timezone.utc)
-    data = [(r["day"], r["cutoff_ms"], r["fingerprint"], r["run_id"], r["raw_table"], r["raw_snapshot_id"],
-             r["tile_rows"], r.get("serving_rows"), float(r["seconds"]), now) for r in rows]
-    spark.createDataFrame(data, schema).writeTo(runs_table).append()
+    cols: dict[str, list[Any]] = {
+        "day": [r["day"] for r in rows], "cutoff_ms": [r["cutoff_ms"] for r in rows],
+        "fingerprint": [r["fingerprint"] for r in rows], "run_id": [r["run_id"] for r in rows],
+        "raw_table": [r["raw_table"] for r in rows], "raw_snapshot_id": [r["raw_snapshot_id"] for r in rows],
+        "tile_rows": [r["tile_rows"] for r in rows], "serving_rows": [r.get("serving_rows") for r in rows],
+        "seconds": [float(r["seconds"]) for r in rows], "finished_at": [now] * len(rows),
+    }
+    schema = table.schema().as_arrow()
+    table.append(pa.Table.from_pydict(cols, schema=schema))
+    spark.catalog.refreshTable(runs_table)

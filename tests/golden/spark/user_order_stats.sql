@@ -14,7 +14,7 @@ SELECT `user_id`, __ts, __day AS day, __partition, __offset,
   `status` AS `c__last_order_status`
 FROM (
   SELECT *, _kafka_partition AS __partition, _offset AS __offset,
-    row_number() OVER (PARTITION BY __day, _kafka_partition, `event_id`, __ts ORDER BY _offset) AS __rank
+    row_number() OVER (PARTITION BY __ts, __day, _kafka_partition, `event_id` ORDER BY _offset) AS __rank
   FROM (
     SELECT *, unix_millis(`event_time`) AS __ts, date_from_unix_date(CAST(floor(unix_millis(`event_time`) / 86400000) AS INT)) AS __day
     FROM raw
