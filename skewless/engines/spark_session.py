@@ -39,10 +39,11 @@ def nio_fs_enabled() -> bool:
 def jvm_conf() -> dict[str, str]:
     """The batch jar on the driver's and executors' class path, and ``spark.hadoop.fs.file.impl`` (unless off).
 
-    The driver needs ``spark.driver.extraClassPath`` (set when its JVM starts): ``spark-submit`` resolves the
-    ``spark.jars`` paths through Hadoop's ``file:`` file system before it loads any of them. Executors find the
-    class through ``spark.executor.extraClassPath`` on this machine and through ``spark.jars`` elsewhere, so the
-    jar belongs in ``spark.jars`` too (see :func:`session_jars`).
+    Both must be there when the driver's JVM starts (a ``spark-submit`` passes them as ``--conf``): spark-submit
+    resolves the ``spark.jars`` paths through Hadoop's ``file:`` file system, which Hadoop then caches, before it
+    loads any jar, so ``spark.jars`` alone fails to find the class and a later ``fs.file.impl`` is not used.
+    Executors find the class through ``spark.executor.extraClassPath`` on this machine and through ``spark.jars``
+    elsewhere, so the jar is in ``spark.jars`` too (see :func:`session_jars`).
     """
     from batch_jobs.jvm import LOCAL_FS_CLASS, batch_jar
 
@@ -89,7 +90,6 @@ def spark_session(
 
     ``driver_memory`` only takes effect if this call starts the JVM (the first session in a process).
     """
-    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -110,10 +110,6 @@ def spark_session(
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
     conf.update(jvm_conf())
-    if SparkContext._gateway is not None and "spark.hadoop.fs.file.impl" in conf:
-        # this process's JVM is already up: it has the class only if it was started with the jar
-        if not SparkContext._jvm.org.apache.spark.util.Utils.classIsLoadable(conf["spark.hadoop.fs.file.impl"]):
-            del conf["spark.hadoop.fs.file.impl"]
     conf.update(catalog_conf(warehouse, catalog_db))
     conf.update({k: str(v) for k, v in (extra_conf or {}).items()})
     builder = SparkSession.builder.appName(app_name).master(master)

@@ -76,3 +76,21 @@ def test_iceberg_write_forks_no_chmod_per_file(tmp_path: Path) -> None:
     # Hadoop's: a chmod per data file, its .crc and each new partition directory
     assert len(hadoop_calls) >= 3 * N_PARTITIONS, hadoop_calls
     assert len(ours_calls) < N_PARTITIONS // 2, ours_calls
+
+
+def test_spark_submit_with_only_the_iceberg_jars_still_writes(tmp_path: Path) -> None:
+    """A hand-made ``spark-submit --jars <iceberg,sqlite>`` (README) of a script using ``spark_session``: its driver
+    JVM lacks the batch jar, and spark-submit made (and Hadoop cached) the ``file:`` file system before the session
+    set ``fs.file.impl``, so the write runs on Hadoop's file system instead of failing on a missing class."""
+    from skewless.commands.backfill import spark_submit
+    from skewless.engines.spark_session import spark_jars
+
+    script = tmp_path / "write.py"
+    script.write_text(WRITE)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SKEWLESS_SPARK_NIO_FS="1")
+    done = subprocess.run([str(spark_submit()), "--master", "local[1]", "--conf", "spark.driver.host=127.0.0.1",
+                           "--conf", "spark.driver.bindAddress=127.0.0.1", "--jars",
+                           ",".join(str(j) for j in spark_jars()), str(script), str(tmp_path), "4"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("(4, 12)") and "NioLocalFileSystem" not in done.stdout, done.stdout
