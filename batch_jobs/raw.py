@@ -25,27 +25,49 @@ def has_reserved_columns(spark: Any, table: str) -> bool:
     return any(f.name in ICEBERG_RESERVED for f in spark.table(table).schema.fields)
 
 
-def data_files(spark: Any, table: str, snapshot_id: int) -> list[tuple[str, Any]]:
-    """``(path, partition struct)`` of the live data files of ``table`` at ``snapshot_id``."""
-    rows = spark.sql(f"SELECT file_path, content, partition FROM {table}.files VERSION AS OF {snapshot_id}").collect()
-    deletes = [r[0] for r in rows if r[1] != 0]
+def data_files(spark: Any, table: str, snapshot_id: int) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, {partition field: value})`` of the live data files of ``table`` at ``snapshot_id``, from the
+    manifests (PyIceberg: no Spark job; dates as ``date``)."""
+    from pyiceberg.types import DateType
+
+    from batch_jobs.tables import iceberg_table
+
+    t = iceberg_table(spark, table)
+    specs, schema = t.specs(), t.schema()
+    files, deletes = [], 0
+    for task in t.scan(snapshot_id=snapshot_id).plan_files():
+        deletes += len(task.delete_files)
+        ptype = specs[task.file.spec_id].partition_type(schema)
+        part = {}
+        for i, f in enumerate(ptype.fields):
+            v = task.file.partition[i]
+            part[f.name] = date.fromordinal(_EPOCH + v) if isinstance(f.field_type, DateType) and isinstance(v, int) else v
+        files.append((task.file.file_path, part))
     if deletes:
-        raise BatchError(f"{table} has {len(deletes)} delete file(s) at snapshot {snapshot_id}: the raw archive is "
+        raise BatchError(f"{table} has {deletes} delete file(s) at snapshot {snapshot_id}: the raw archive is "
                          "append-only; rewrite the table (compaction) before running the batch")
-    return [(r[0], r[2]) for r in rows]
+    return files
+
+
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def _fields(part: Any) -> dict[str, Any]:
+    """A partition as a dict (a Spark ``Row`` or a mapping)."""
+    if part is None:
+        return {}
+    return part.asDict() if hasattr(part, "asDict") else dict(part)
 
 
 def _partition_day(part: Any) -> date | None:
-    if part is None:
-        return None
-    values = list(part.asDict().values()) if hasattr(part, "asDict") else list(part)
+    values = list(_fields(part).values())
     if len(values) != 1:
         return None
     v = values[0]
     if isinstance(v, date):
         return v
     if isinstance(v, int):
-        return date.fromordinal(date(1970, 1, 1).toordinal() + v)
+        return date.fromordinal(_EPOCH + v)
     return None
 
 
@@ -76,7 +98,7 @@ def raw_dataframe(spark: Any, table: str, snapshot_id: int, first_day: date | No
 def event_day(part: Any, event_time: str) -> date | None:
     """The UTC day of ``event_time`` a data file holds, when its partition is exactly Iceberg's
     ``day(event_time)`` (the archive's layout: one field ``<event_time>_day``); else None."""
-    fields = part.asDict() if hasattr(part, "asDict") else {}
+    fields = _fields(part)
     value = fields.get(f"{event_time}_day") if len(fields) == 1 else None
     # before 1970 older Iceberg versions truncated instead of flooring: those files are read instead
     return value if isinstance(value, date) and value >= date(1970, 1, 1) else None

@@ -132,9 +132,14 @@ def check_raw_schema(spark: Any, table: str, needed: Mapping[str, str]) -> None:
 def current_snapshot_id(spark: Any, table: str) -> int | None:
     """The table's current snapshot, read from the catalog now (the archive commits with PyIceberg); Spark's cached
     copy of the table is refreshed, so a ``VERSION AS OF`` read of this snapshot finds it."""
-    sid = pyiceberg_catalog(spark).load_table(_ident(table)).metadata.current_snapshot_id
+    sid = iceberg_table(spark, table).metadata.current_snapshot_id
     spark.catalog.refreshTable(table)
     return None if sid is None else int(sid)
+
+
+def iceberg_table(spark: Any, table: str) -> Any:
+    """The PyIceberg table behind a Spark name (``skewless.raw.orders``), loaded from the catalog now."""
+    return pyiceberg_catalog(spark).load_table(_ident(table))
 
 
 def _ident(table: str) -> str:
@@ -213,7 +218,7 @@ def partition_counts(spark: Any, name: str, first: Any, last: Any | None = None)
     data file read, no Spark job)."""
     import pyiceberg.expressions as E
 
-    table = pyiceberg_catalog(spark).load_table(_ident(name))
+    table = iceberg_table(spark, name)
     col = table.spec().fields[0].name
     hi = first if last is None else last
     counts: dict[Any, int] = {}
@@ -263,7 +268,7 @@ def append_runs(spark: Any, runs_table: str, rows: list[dict[str, Any]]) -> None
     """Append runs-log rows (one PyIceberg commit); Spark's cached copy of the table is refreshed after."""
     import pyarrow as pa
 
-    table = pyiceberg_catalog(spark).load_table(_ident(runs_table))
+    table = iceberg_table(spark, runs_table)
     now = datetime.now(timezone.utc)
     cols: dict[str, list[Any]] = {
         "day": [r["day"] for r in rows], "cutoff_ms": [r["cutoff_ms"] for r in rows],
