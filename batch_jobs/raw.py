@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from batch_jobs.tables import BatchError, read_table
+from batch_jobs.tables import EPOCH_ORDINAL, BatchError, read_table
 
 ICEBERG_RESERVED = {"_partition", "_file", "_pos", "_deleted", "_spec_id", "_row_id", "_last_updated_sequence_number"}
 
@@ -41,15 +41,12 @@ def data_files(spark: Any, table: str, snapshot_id: int) -> list[tuple[str, dict
         part = {}
         for i, f in enumerate(ptype.fields):
             v = task.file.partition[i]
-            part[f.name] = date.fromordinal(_EPOCH + v) if isinstance(f.field_type, DateType) and isinstance(v, int) else v
+            part[f.name] = date.fromordinal(EPOCH_ORDINAL + v) if isinstance(f.field_type, DateType) and isinstance(v, int) else v
         files.append((task.file.file_path, part))
     if deletes:
         raise BatchError(f"{table} has {deletes} delete file(s) at snapshot {snapshot_id}: the raw archive is "
                          "append-only; rewrite the table (compaction) before running the batch")
     return files
-
-
-_EPOCH = date(1970, 1, 1).toordinal()
 
 
 def _fields(part: Any) -> dict[str, Any]:
@@ -67,7 +64,7 @@ def _partition_day(part: Any) -> date | None:
     if isinstance(v, date):
         return v
     if isinstance(v, int):
-        return date.fromordinal(_EPOCH + v)
+        return date.fromordinal(EPOCH_ORDINAL + v)
     return None
 
 

@@ -221,17 +221,18 @@ def partition_counts(spark: Any, name: str, first: Any, last: Any | None = None)
     table = iceberg_table(spark, name)
     col = table.spec().fields[0].name
     hi = first if last is None else last
+    bounds = [v.isoformat() if isinstance(v, date) else v for v in (first, hi)]  # PyIceberg takes dates as text
     counts: dict[Any, int] = {}
-    def lit(v: Any) -> Any:  # PyIceberg takes dates as ISO text
-        return v.isoformat() if isinstance(v, date) else v
-
-    for task in table.scan(row_filter=E.And(E.GreaterThanOrEqual(col, lit(first)), E.LessThanOrEqual(col, lit(hi)))).plan_files():
+    for task in table.scan(row_filter=E.And(E.GreaterThanOrEqual(col, bounds[0]),
+                                            E.LessThanOrEqual(col, bounds[1]))).plan_files():
         value = task.file.partition[0]
         if isinstance(first, date) and isinstance(value, int):
-            value = date.fromordinal(date(1970, 1, 1).toordinal() + value)  # day partitions are days since epoch
-        if (value >= first) and value <= hi:
-            counts[value] = counts.get(value, 0) + int(task.file.record_count)
+            value = date.fromordinal(EPOCH_ORDINAL + value)  # a date partition holds days since 1970-01-01
+        counts[value] = counts.get(value, 0) + int(task.file.record_count)
     return counts
+
+
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 RUNS_DDL = """CREATE TABLE IF NOT EXISTS {name} (
