@@ -227,6 +227,30 @@ def test_daily_tiles_equal_the_laws_over_the_oracle_offline_set(spark: Any, ds: 
     assert got == dict(expected)
 
 
+def test_output_files_are_written_without_parquet_dictionaries(spark: Any, iceberg_catalog: Any, ds: Dataset,
+                                                                backfilled: Any) -> None:
+    """Tiles and serving files carry no dictionary pages (the writer only fell back from them); a table made
+    before the property existed gets it on its next run."""
+    import pyarrow.parquet as pq
+
+    tables = T.ViewTables("features", ds.name, 1)
+    for kind in ("daily_tiles", "serving"):
+        table = iceberg_catalog.load_table(tables.ident(kind))
+        assert table.properties.get("parquet.enable.dictionary") == "false"
+        paths = [t.file.file_path.removeprefix("file:") for t in table.scan().plan_files()]
+        assert paths
+        for path in paths:
+            meta = pq.ParquetFile(path).metadata
+            chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+            assert chunks and not any(c.has_dictionary_page for c in chunks), (kind, path)
+    # an older table: the property removed, then a one-day run puts it back before writing
+    table = iceberg_catalog.load_table(tables.ident("daily_tiles"))
+    table.transaction().remove_properties("parquet.enable.dictionary").commit_transaction()
+    assert "parquet.enable.dictionary" not in iceberg_catalog.load_table(tables.ident("daily_tiles")).properties
+    run_range(spark, ds.view, ds.job, END, END, RunOptions(rerun=True, catalog=iceberg_catalog, log=_quiet))
+    assert iceberg_catalog.load_table(tables.ident("daily_tiles")).properties.get("parquet.enable.dictionary") == "false"
+
+
 def _sample_instants(ds: Dataset) -> list[int]:
     rng = random.Random(3)
     ts = sorted({e["event_time"] for e in ds.events if e["event_time"] < C + 2 * MS_PER_DAY})
