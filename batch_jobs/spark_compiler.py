@@ -27,6 +27,7 @@ LAST     ``struct<ts: bigint, partition: int, offset: bigint, value: T>``; null 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
@@ -43,6 +44,7 @@ TS = "__ts"  # event time, epoch ms
 DAY = "day"  # UTC day of the event / tile (DATE)
 PARTITION = "__partition"
 OFFSET = "__offset"
+LAST_DAY = "__last_day"  # serving state: the entity's newest tile day before the cut-off
 RAW_DAY = "__day"  # the event's UTC day inside the offline statement (the raw table may have a `day` column)
 
 
@@ -91,6 +93,9 @@ class SparkBatchJob:
     tiles_sql_template: str
     serving_sql_template: str
     raw_columns: Mapping[str, str]  # raw column -> feature type it must have (schema check)
+    # the serving rows of C from the serving state of C - 1 day plus a few days of tiles; None when a SUM/AVG
+    # is not over an int64 field (floating-point and decimal(38, s) additions are not exact in every order)
+    serving_incremental_sql_template: str | None = None
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -108,6 +113,17 @@ class SparkBatchJob:
             raise ValueError(f"cut-off {cutoff_ms} is not at 00:00 UTC")
         return self.serving_sql_template.format(tiles=tiles, **_serving_params(self.windows, cutoff_ms))
 
+    def serving_incremental_sql(self, state: str, tiles: str, cutoff_ms: int) -> str:
+        """Serving rows of ``cutoff_ms`` from the serving state of ``cutoff_ms - 1 day`` (view ``state``) and the
+        tiles of the days that entered or left a window, or feed a non-invertible window's body (view ``tiles``)."""
+        if self.serving_incremental_sql_template is None:
+            raise ValueError(f"view {self.view!r} has a SUM/AVG over a field that is not int64: no incremental serving")
+        if cutoff_ms % MS_PER_DAY:
+            raise ValueError(f"cut-off {cutoff_ms} is not at 00:00 UTC")
+        return self.serving_incremental_sql_template.format(
+            state=state, tiles=tiles, prev_cutoff_ms=cutoff_ms - MS_PER_DAY,
+            run_day=_day_literal(cutoff_ms - MS_PER_DAY), **_serving_params(self.windows, cutoff_ms))
+
     def serving_min_day_ms(self, cutoff_ms: int) -> int | None:
         """First tile day the serving statement reads (None: all history, for lifetime windows)."""
         widths = [w.width_ms for w in self.windows]
@@ -124,7 +140,9 @@ class SparkBatchJob:
             + self.offline_sql("raw", day_start_ms, cutoff),
             "-- daily tiles\n" + self.tiles_sql("offline"),
             f"-- serving rows for cut-off {cutoff}\n" + self.serving_sql("tiles", cutoff),
-        ]) + "\n"
+        ] + ([] if self.serving_incremental_sql_template is None else [
+            f"-- serving rows for cut-off {cutoff} from the serving state of the cut-off before\n"
+            + self.serving_incremental_sql("state", "tiles", cutoff)])) + "\n"
 
 
 def _serving_params(windows: Sequence[BatchWindowSpec], cutoff_ms: int) -> dict[str, str]:
@@ -138,6 +156,8 @@ def _serving_params(windows: Sequence[BatchWindowSpec], cutoff_ms: int) -> dict[
         params[f"w{i}_body"] = _day_literal(start + BATCH_TAIL_DAYS * MS_PER_DAY)
     min_day = None if any(w.width_ms is None for w in windows) else min(cutoff_ms - w.width_ms for w in windows)  # type: ignore[operator]
     params["min_day_filter"] = "" if min_day is None else f"{DAY} >= {_day_literal(min_day)} AND "
+    if min_day is not None:
+        params["min_day"] = _day_literal(min_day)
     return params
 
 
@@ -248,6 +268,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
             offline_sql_template=self._offline_sql(scan, keys, aggregations, batch_only),
             tiles_sql_template=self._tiles_sql(keys, tile_aggs),
             serving_sql_template=self._serving_sql(keys, windows),
+            serving_incremental_sql_template=self._serving_incremental_sql(keys, windows),
             raw_columns=self._raw_columns(scan, keys, aggregations, batch_only),
         )
         return job
@@ -364,9 +385,76 @@ class SparkCompiler(Compiler[SparkBatchJob]):
                     cols.append(f"{_merge_expr(a, pred)} AS {quote(serving_part_column(w, a, part))}")
         # the tile rows go to the entity's task once (DISTRIBUTE BY): an entity has few tiles per read split, so a
         # partial aggregate before the shuffle would sort the rows without reducing them
+        cols.append(f"max({DAY}) AS {LAST_DAY}")  # the entity's newest tile day: the serving state keeps it
         return (f"SELECT {key_cols},\n  " + ",\n  ".join(cols)
                 + f"\nFROM (\n  SELECT * FROM {{tiles}}\n  WHERE {{min_day_filter}}{DAY} < {{cutoff_day}}\n"
                 f"  DISTRIBUTE BY {key_cols}\n) AS by_entity\nGROUP BY {key_cols}")
+
+
+    def _invertible(self, a: TileAgg) -> bool:
+        """COUNT, and SUM/AVG of an int64 field: a window's body can drop its oldest day by subtraction."""
+        agg = Agg(a.agg)
+        return agg is Agg.COUNT or (agg in (Agg.SUM, Agg.AVG) and self._field_type(a) == "int64")
+
+    def _field_type(self, a: TileAgg) -> str | None:
+        if a.field is None:
+            return None
+        return "timestamp" if a.field == self._event_time else self.field_types.get(a.field)
+
+    def _serving_incremental_sql(self, keys: Sequence[tuple[str, str]],
+                                 windows: Sequence[BatchWindowSpec]) -> str | None:
+        """Serving rows of C from the state of C' = C - 1 day (the structured serving rows of C') and the tiles of
+        the run day D = C' (docs/batch.md §4). Per window and aggregation:
+
+        - lifetime body: ``merge(state body, tile D)``;
+        - bounded body, invertible law: ``state body - tile(body start of C') + tile D`` (the body of C' is
+          ``[C'-W+2d, C')``, the body of C ``[C-W+2d, C)``: one day leaves, one enters);
+        - bounded body, MIN/MAX/LAST: merged from its own days of tiles (the body is ``W - 2`` days);
+        - tails: the two tail days' tiles, read directly.
+
+        Entities are the state's plus those with a tile on D; without a lifetime window an entity stays only while
+        it has a tile in the widest window, as in the full statement."""
+        sums = [a for w in windows for a in w.aggregations if Agg(a.agg) in (Agg.SUM, Agg.AVG)]
+        if any(self._field_type(a) != "int64" for a in sums):
+            return None
+        key_cols = ", ".join(quote(k) for k, _ in keys)
+        days = [f"{DAY} = {{run_day}}"]
+        inner: list[str] = []
+        outer: list[str] = [f"coalesce(s.{quote(k)}, t.{quote(k)}) AS {quote(k)}" for k, _ in keys]
+        for i, w in enumerate(windows):
+            for a in w.aggregations:
+                part = functools.partial(serving_part_column, w, a)
+                if w.width_ms is None:
+                    inner.append(f"{_merge_expr(a, f'{DAY} = {{run_day}}')} AS {quote('d__' + part('body'))}")
+                    body = _merge_pair(a, f"s.{quote(part('body'))}", f"t.{quote('d__' + part('body'))}")
+                    outer.append(f"{body} AS {quote(part('body'))}")
+                    continue
+                for tail in ("tail0", "tail1"):
+                    inner.append(f"{_merge_expr(a, f'{DAY} = {{w{i}_{tail}}}')} AS {quote('t__' + part(tail))}")
+                if self._invertible(a):
+                    inner.append(f"{_merge_expr(a, f'{DAY} = {{run_day}}')} AS {quote('d__' + part('body'))}")
+                    # the day leaving the body is the body start of C', which is C's second tail day
+                    body = _merge_pair(a, _subtract(a, f"s.{quote(part('body'))}", f"t.{quote('t__' + part('tail1'))}"),
+                                       f"t.{quote('d__' + part('body'))}", x_null=False)
+                else:
+                    inner.append(f"{_merge_expr(a, f'{DAY} >= {{w{i}_body}}')} AS {quote('b__' + part('body'))}")
+                    body = _or_empty(a, f"t.{quote('b__' + part('body'))}")
+                    days.append(f"{DAY} >= {{w{i}_body}}")
+                outer.append(f"{body} AS {quote(part('body'))}")
+                for tail in ("tail0", "tail1"):
+                    outer.append(f"{_or_empty(a, 't.' + quote('t__' + part(tail)))} AS {quote(part(tail))}")
+                    days.append(f"{DAY} = {{w{i}_{tail}}}")
+        inner.append(f"max(CASE WHEN {DAY} = {{run_day}} THEN {DAY} END) AS {LAST_DAY}")
+        outer.append(f"greatest(s.{LAST_DAY}, t.{LAST_DAY}) AS {LAST_DAY}")
+        lifetime = any(w.width_ms is None for w in windows)
+        keep = "" if lifetime else f"\nWHERE greatest(s.{LAST_DAY}, t.{LAST_DAY}) >= {{min_day}}"
+        on = " AND ".join(f"s.{quote(k)} = t.{quote(k)}" for k, _ in keys)
+        day_set = " OR ".join(dict.fromkeys(days))  # each day condition once
+        return (f"SELECT " + ",\n  ".join(outer)
+                + f"\nFROM (SELECT * FROM {{state}} WHERE cutoff_ms = {{prev_cutoff_ms}}L) AS s\nFULL OUTER JOIN (\n"
+                + f"  SELECT {key_cols},\n    " + ",\n    ".join(inner)
+                + f"\n  FROM (\n    SELECT * FROM {{tiles}}\n    WHERE ({day_set}) AND {DAY} < {{cutoff_day}}\n"
+                f"    DISTRIBUTE BY {key_cols}\n  ) AS by_entity\n  GROUP BY {key_cols}\n) AS t ON {on}{keep}")
 
 
 def serving_part_column(window: BatchWindowSpec, a: TileAgg, part: str) -> str:
@@ -404,6 +492,40 @@ def _merge_expr(a: TileAgg, pred: str) -> str:
                 f"'count', coalesce(sum(CASE WHEN {pred} THEN {t}.count END), 0L))")
     fn = "min" if agg is Agg.MIN else "max"  # LAST: the greatest (ts, partition, offset) struct
     return f"{fn}(CASE WHEN {pred} THEN {t} END)"
+
+
+def _empty(a: TileAgg) -> str:
+    """The merged value of no tiles, as the full serving statement gives it."""
+    agg = Agg(a.agg)
+    if agg in (Agg.COUNT, Agg.SUM):
+        return "0L"
+    if agg is Agg.AVG:
+        return "named_struct('sum', 0L, 'count', 0L)"
+    return "NULL"
+
+
+def _or_empty(a: TileAgg, x: str) -> str:
+    empty = _empty(a)
+    return x if empty == "NULL" else f"coalesce({x}, {empty})"
+
+
+def _merge_pair(a: TileAgg, x: str, y: str, x_null: bool = True) -> str:
+    """The laws' merge of two intermediates, either of which may be null (no tiles; ``x_null`` False: not ``x``)."""
+    agg = Agg(a.agg)
+    if agg in (Agg.COUNT, Agg.SUM):
+        return f"{_or_empty(a, x) if x_null else x} + {_or_empty(a, y)}"
+    if agg is Agg.AVG:
+        return (f"named_struct('sum', coalesce({x}.sum, 0L) + coalesce({y}.sum, 0L), "
+                f"'count', coalesce({x}.count, 0L) + coalesce({y}.count, 0L))")
+    return f"{'least' if agg is Agg.MIN else 'greatest'}({x}, {y})"  # skip nulls; LAST: the greatest struct
+
+
+def _subtract(a: TileAgg, x: str, y: str) -> str:
+    """``x`` without the tile ``y`` (invertible laws only: COUNT, int64 SUM/AVG)."""
+    if Agg(a.agg) is Agg.AVG:
+        return (f"named_struct('sum', coalesce({x}.sum, 0L) - coalesce({y}.sum, 0L), "
+                f"'count', coalesce({x}.count, 0L) - coalesce({y}.count, 0L))")
+    return f"({_or_empty(a, x)} - {_or_empty(a, y)})"
 
 
 def _all_aggregations(view_plan: ViewPlan) -> tuple[TileAgg, ...]:

@@ -71,6 +71,11 @@ class ViewTables:
     def runs(self) -> str:
         return self.spark("runs")
 
+    @property
+    def state(self) -> str:
+        """The serving state: the structured serving rows (intermediates) per cut-off, for the next daily run."""
+        return self.spark("serving_state")
+
 
 def spark_name(table: str) -> str:
     """A source table (``raw.orders``) in the shared catalog (``skewless.raw.orders``)."""
@@ -135,6 +140,28 @@ def current_snapshot_id(spark: Any, table: str) -> int | None:
     sid = iceberg_table(spark, table).metadata.current_snapshot_id
     spark.catalog.refreshTable(table)
     return None if sid is None else int(sid)
+
+
+def snapshot_id(spark: Any, table: str) -> int | None:
+    """A table's current snapshot (None: no table, or no snapshot yet), from the catalog (PyIceberg)."""
+    catalog = pyiceberg_catalog(spark)
+    if not catalog.table_exists(_ident(table)):
+        return None
+    sid = catalog.load_table(_ident(table)).metadata.current_snapshot_id
+    return None if sid is None else int(sid)
+
+
+def serving_state_info(spark: Any, table: str, cutoff_ms: int) -> dict[str, Any] | None:
+    """Fingerprint and tiles snapshot of the serving state of ``cutoff_ms`` (None: no such state)."""
+    import pyiceberg.expressions as E
+
+    catalog = pyiceberg_catalog(spark)
+    if not catalog.table_exists(_ident(table)):
+        return None
+    rows = catalog.load_table(_ident(table)).scan(
+        row_filter=E.EqualTo("cutoff_ms", cutoff_ms), selected_fields=("fingerprint", "tiles_snapshot_id"),
+        limit=1).to_arrow().to_pylist()
+    return rows[0] if rows else None
 
 
 def iceberg_table(spark: Any, table: str) -> Any:

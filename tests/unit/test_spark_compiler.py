@@ -165,3 +165,28 @@ def test_event_day_reads_only_the_archive_day_partition() -> None:
     assert event_day(Row(event_time_day=20000), "event_time") is None  # not a date
     assert event_day(Row(event_time_day=date(1969, 12, 31)), "event_time") is None  # pre-1970: read the rows
     assert event_day(None, "event_time") is None
+
+
+@pytest.mark.parametrize("agg, field, incremental", [
+    (Agg.SUM, "amount", True), (Agg.AVG, "amount", True), (Agg.COUNT, None, True), (Agg.MAX, "price", True),
+    (Agg.LAST, "status", True), (Agg.SUM, "price", False), (Agg.AVG, "price", False),
+])
+def test_incremental_serving_only_where_every_merge_is_exact_in_sql(agg: Agg, field: str | None,
+                                                                    incremental: bool) -> None:
+    """Float and decimal sums change with the order of additions (decimal(38, s) additions may also drop scale
+    digits), so their views always merge every tile day; int64 sums, counts and MIN/MAX/LAST do not."""
+    view = _view([Aggregation("x", agg, field, Window.days(30)), Aggregation("n", Agg.COUNT, None, Window.days(7))])
+    job = compile_feature_view(view, TYPES)
+    assert (job.serving_incremental_sql_template is not None) is incremental
+    if not incremental:
+        with pytest.raises(ValueError, match="not int64"):
+            job.serving_incremental_sql("state", "tiles", 86_400_000 * 40)
+        return
+    sql = job.serving_incremental_sql("state", "tiles", 86_400_000 * 40)
+    assert "WHERE cutoff_ms = 3369600000L" in sql  # the state of the cut-off before
+    if agg in (Agg.SUM, Agg.AVG, Agg.COUNT):  # invertible: the day leaving is subtracted, no body range is read
+        assert "`t__w_2592000000__tail1__x`" in sql and "`b__w_2592000000__body__x`" not in sql
+    else:  # MAX/LAST: the body is merged from its own days
+        assert "max(CASE WHEN day >= DATE'1970-01-13' THEN `x` END) AS `b__w_2592000000__body__x`" in sql
+    with pytest.raises(ValueError, match="00:00 UTC"):
+        job.serving_incremental_sql("state", "tiles", 86_400_000 * 40 + 1)
