@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="skip the archive-completeness gate (closed history, static test data)")
     parser.add_argument("--no-serving", action="store_true", help="only daily tiles, no serving rows")
+    parser.add_argument("--full-serving", action="store_true",
+                        help="merge every tile day for the serving rows, even when the state of the day before allows "
+                             "the incremental path (docs/batch.md §4)")
     parser.add_argument("--explain", action="store_true", help="print the compiled Spark SQL and exit (no Spark)")
     parser.add_argument("--driver-memory", default="4g", help="driver memory when this process starts the JVM")
 
@@ -95,14 +98,14 @@ def run(args: argparse.Namespace) -> int:
             try:
                 report = run_range(spark, view, job, start, end, RunOptions(
                     namespace=args.namespace, force=args.force, rerun=args.rerun, chunk_days=args.chunk_days,
-                    write_serving=not args.no_serving, log=lambda line: print(line, flush=True)))
+                    write_serving=not args.no_serving, incremental_serving=not args.full_serving, log=lambda line: print(line, flush=True)))
             except BatchError as exc:
                 print(f"backfill: {view.name}: {exc}", file=sys.stderr)
                 status = 2
                 continue
             print(f"{view.name} v{view.version}: done in {time.monotonic() - t0:.1f} s: "
                   f"{len(report.computed_days)} day(s) computed, {len(report.skipped_days)} skipped, "
-                  f"{report.tile_rows} tile rows, serving rows {report.serving_rows}, run {report.run_id}", flush=True)
+                  f"{report.tile_rows} tile rows, serving rows {report.serving_rows} ({report.serving_mode}), run {report.run_id}", flush=True)
     finally:
         spark.stop()
     return status

@@ -1,6 +1,6 @@
 """The Spark compiler: a feature view's :class:`~skewless.core.plan.ViewPlan` as Spark SQL.
 
-Three statements, each over a temporary view the runner registers:
+Four statements, each over a temporary view the runner registers:
 
 ``offline``  (over ``{raw}``: the raw Iceberg table pinned at one snapshot)
     The offline event set of docs/semantics.md §6 for event times in ``[start, end)``: future records
@@ -13,6 +13,9 @@ Three statements, each over a temporary view the runner registers:
 ``serving``  (over ``{tiles}``, for one cut-off C)
     Per entity and batch-served window: the body ``[C-W+2d, C)`` and the tail tiles ``[C-W, C-W+1d)``,
     ``[C-W+1d, C-W+2d)`` (lifetime: one body ``[-inf, C)``), merged with the laws' merge in SQL.
+``serving incremental``  (over ``{state}`` and ``{tiles}``, for one cut-off C)
+    The same rows from the serving state of ``C - 1 day`` plus the tiles of the days entering or leaving each
+    window (MIN/MAX/LAST bodies: their own days); None for views with a float or decimal SUM/AVG.
 
 Intermediates (columns of the tiles table, and the structured serving columns):
 
@@ -132,7 +135,7 @@ class SparkBatchJob:
         return cutoff_ms - max(widths)  # type: ignore[type-var]
 
     def explain(self, day_start_ms: int = 1704067200000) -> str:
-        """The three statements for a run day (golden files, ``--explain``)."""
+        """The statements for a run day (golden files, ``--explain``)."""
         cutoff = day_start_ms + MS_PER_DAY
         return "\n\n".join([
             f"-- {self.view} v{self.version} ({COMPILER_VERSION}, fingerprint {self.fingerprint[:16]})",

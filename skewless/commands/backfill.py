@@ -43,7 +43,7 @@ def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for view in args.view or ():
         cmd += ["--view", view]
-    for flag in ("rerun", "force", "no_serving", "explain"):
+    for flag in ("rerun", "force", "no_serving", "full_serving", "explain"):
         if getattr(args, flag):
             cmd.append(f"--{flag.replace('_', '-')}")
     return cmd

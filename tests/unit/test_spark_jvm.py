@@ -110,8 +110,9 @@ def test_every_spark_entry_point_gets_the_jar_and_the_switch(monkeypatch: pytest
     assert session_jars()[-1] == batch_jar()
     args = argparse.Namespace(master="local[2]", driver_memory="1g", start="2025-01-01", end="2025-01-02",
                               repo="feature_defs", namespace="features", chunk_days=366, view=None, rerun=False,
-                              force=False, no_serving=False, explain=False)
+                              force=False, no_serving=False, full_serving=True, explain=False)
     cmd = submit_command(args, Path("batch_jobs/backfill.py"))
+    assert "--full-serving" in cmd and "--rerun" not in cmd
     for key, value in conf.items():
         assert f"{key}={value}" in cmd
     assert jar in cmd[cmd.index("--jars") + 1].split(",")
