@@ -429,16 +429,17 @@ class SparkCompiler(Compiler[SparkBatchJob]):
                 part = functools.partial(serving_part_column, w, a)
                 if w.width_ms is None:
                     inner.append(f"{_merge_expr(a, f'{DAY} = {{run_day}}')} AS {quote('d__' + part('body'))}")
-                    body = _merge_pair(a, f"s.{quote(part('body'))}", f"t.{quote('d__' + part('body'))}")
+                    body = _law_sql(a).pair.format(x=f"s.{quote(part('body'))}", y=f"t.{quote('d__' + part('body'))}")
                     outer.append(f"{body} AS {quote(part('body'))}")
                     continue
                 for tail in ("tail0", "tail1"):
                     inner.append(f"{_merge_expr(a, f'{DAY} = {{w{i}_{tail}}}')} AS {quote('t__' + part(tail))}")
-                if self._invertible(a):
+                slide = _law_sql(a).slide if self._invertible(a) else None
+                if slide is not None:
                     inner.append(f"{_merge_expr(a, f'{DAY} = {{run_day}}')} AS {quote('d__' + part('body'))}")
                     # the day leaving the body is the body start of C', which is C's second tail day
-                    body = _merge_pair(a, _subtract(a, f"s.{quote(part('body'))}", f"t.{quote('t__' + part('tail1'))}"),
-                                       f"t.{quote('d__' + part('body'))}", x_null=False)
+                    body = slide.format(x=f"s.{quote(part('body'))}", out=f"t.{quote('t__' + part('tail1'))}",
+                                        inc=f"t.{quote('d__' + part('body'))}")
                 else:
                     inner.append(f"{_merge_expr(a, f'{DAY} >= {{w{i}_body}}')} AS {quote('b__' + part('body'))}")
                     body = _or_empty(a, f"t.{quote('b__' + part('body'))}")
@@ -468,67 +469,59 @@ def _escape_braces(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+@dataclass(frozen=True)
+class _LawSql:
+    """One law's SQL: ``tile`` aggregates contributions ``{c}``; ``merge`` aggregates tiles ``{t}`` where ``{p}``;
+    ``empty`` is the merge of no tiles; ``pair`` merges two values ``{x}``, ``{y}`` (either may be null); ``slide``
+    (invertible laws only) is ``{x}`` without the tile ``{out}`` and with the tile ``{inc}``."""
+
+    tile: str
+    merge: str
+    empty: str
+    pair: str
+    slide: str | None = None
+
+
+_SUM_MERGE = "coalesce(sum(CASE WHEN {p} THEN {t} END), 0)"
+_SUM_PAIR = "coalesce({x}, 0L) + coalesce({y}, 0L)"
+_SUM_SLIDE = "coalesce({x}, 0L) - coalesce({out}, 0L) + coalesce({inc}, 0L)"
+_LAST_TILE = (f"max(CASE WHEN {{c}} IS NOT NULL THEN named_struct('ts', {TS}, 'partition', {PARTITION}, "
+              f"'offset', {OFFSET}, 'value', {{c}}) END)")
+_LAW_SQL = {
+    Agg.COUNT: _LawSql("count({c})", _SUM_MERGE, "0L", _SUM_PAIR, _SUM_SLIDE),
+    Agg.SUM: _LawSql("coalesce(sum({c}), 0)", _SUM_MERGE, "0L", _SUM_PAIR, _SUM_SLIDE),
+    Agg.AVG: _LawSql(
+        "named_struct('sum', coalesce(sum({c}), 0), 'count', count({c}))",
+        "named_struct('sum', coalesce(sum(CASE WHEN {p} THEN {t}.sum END), 0), "
+        "'count', coalesce(sum(CASE WHEN {p} THEN {t}.count END), 0L))",
+        "named_struct('sum', 0L, 'count', 0L)",
+        "named_struct('sum', coalesce({x}.sum, 0L) + coalesce({y}.sum, 0L), "
+        "'count', coalesce({x}.count, 0L) + coalesce({y}.count, 0L))",
+        "named_struct('sum', coalesce({x}.sum, 0L) - coalesce({out}.sum, 0L) + coalesce({inc}.sum, 0L), "
+        "'count', coalesce({x}.count, 0L) - coalesce({out}.count, 0L) + coalesce({inc}.count, 0L))"),
+    Agg.MIN: _LawSql("min({c})", "min(CASE WHEN {p} THEN {t} END)", "NULL", "least({x}, {y})"),  # skip nulls
+    Agg.MAX: _LawSql("max({c})", "max(CASE WHEN {p} THEN {t} END)", "NULL", "greatest({x}, {y})"),
+    # LAST: the greatest (ts, partition, offset) struct
+    Agg.LAST: _LawSql(_LAST_TILE, "max(CASE WHEN {p} THEN {t} END)", "NULL", "greatest({x}, {y})"),
+}
+
+
+def _law_sql(a: TileAgg) -> _LawSql:
+    return _LAW_SQL[Agg(a.agg)]
+
+
 def _tile_expr(a: TileAgg) -> str:
-    c = quote(contribution_column(a.name))
-    agg = Agg(a.agg)
-    if agg is Agg.COUNT:
-        return f"count({c})"
-    if agg is Agg.SUM:
-        return f"coalesce(sum({c}), 0)"
-    if agg is Agg.AVG:
-        return f"named_struct('sum', coalesce(sum({c}), 0), 'count', count({c}))"
-    if agg is Agg.MIN:
-        return f"min({c})"
-    if agg is Agg.MAX:
-        return f"max({c})"
-    return (f"max(CASE WHEN {c} IS NOT NULL THEN named_struct('ts', {TS}, 'partition', {PARTITION}, "
-            f"'offset', {OFFSET}, 'value', {c}) END)")
+    return _law_sql(a).tile.format(c=quote(contribution_column(a.name)))
 
 
 def _merge_expr(a: TileAgg, pred: str) -> str:
-    t = quote(a.name)
-    agg = Agg(a.agg)
-    if agg in (Agg.COUNT, Agg.SUM):
-        return f"coalesce(sum(CASE WHEN {pred} THEN {t} END), 0)"
-    if agg is Agg.AVG:
-        return (f"named_struct('sum', coalesce(sum(CASE WHEN {pred} THEN {t}.sum END), 0), "
-                f"'count', coalesce(sum(CASE WHEN {pred} THEN {t}.count END), 0L))")
-    fn = "min" if agg is Agg.MIN else "max"  # LAST: the greatest (ts, partition, offset) struct
-    return f"{fn}(CASE WHEN {pred} THEN {t} END)"
-
-
-def _empty(a: TileAgg) -> str:
-    """The merged value of no tiles, as the full serving statement gives it."""
-    agg = Agg(a.agg)
-    if agg in (Agg.COUNT, Agg.SUM):
-        return "0L"
-    if agg is Agg.AVG:
-        return "named_struct('sum', 0L, 'count', 0L)"
-    return "NULL"
+    return _law_sql(a).merge.format(p=pred, t=quote(a.name))
 
 
 def _or_empty(a: TileAgg, x: str) -> str:
-    empty = _empty(a)
+    """``x``, or the merge of no tiles (as the full serving statement gives it) when ``x`` is null."""
+    empty = _law_sql(a).empty
     return x if empty == "NULL" else f"coalesce({x}, {empty})"
-
-
-def _merge_pair(a: TileAgg, x: str, y: str, x_null: bool = True) -> str:
-    """The laws' merge of two intermediates, either of which may be null (no tiles; ``x_null`` False: not ``x``)."""
-    agg = Agg(a.agg)
-    if agg in (Agg.COUNT, Agg.SUM):
-        return f"{_or_empty(a, x) if x_null else x} + {_or_empty(a, y)}"
-    if agg is Agg.AVG:
-        return (f"named_struct('sum', coalesce({x}.sum, 0L) + coalesce({y}.sum, 0L), "
-                f"'count', coalesce({x}.count, 0L) + coalesce({y}.count, 0L))")
-    return f"{'least' if agg is Agg.MIN else 'greatest'}({x}, {y})"  # skip nulls; LAST: the greatest struct
-
-
-def _subtract(a: TileAgg, x: str, y: str) -> str:
-    """``x`` without the tile ``y`` (invertible laws only: COUNT, int64 SUM/AVG)."""
-    if Agg(a.agg) is Agg.AVG:
-        return (f"named_struct('sum', coalesce({x}.sum, 0L) - coalesce({y}.sum, 0L), "
-                f"'count', coalesce({x}.count, 0L) - coalesce({y}.count, 0L))")
-    return f"({_or_empty(a, x)} - {_or_empty(a, y)})"
 
 
 def _all_aggregations(view_plan: ViewPlan) -> tuple[TileAgg, ...]:
