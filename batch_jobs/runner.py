@@ -83,6 +83,7 @@ class RunOptions:
     chunk_days: int = DEFAULT_CHUNK_DAYS
     write_serving: bool = True
     incremental_serving: bool = True  # serving rows from the previous cut-off's state when valid (docs/batch.md §4)
+    serving_state_days: int = 7  # cut-offs of serving state kept (the next daily run reads only the newest)
     catalog: Any = None  # PyIceberg catalog, for skewless.archive's progress when installed
     after_chunk: Callable[[list[date]], None] | None = None  # called after each committed chunk (tests)
     log: Callable[[str], None] = print
@@ -224,7 +225,7 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
         incremental = opts.incremental_serving and all(d >= end for d in report.computed_days)
         report.serving_rows, report.serving_mode = write_serving(
             spark, view, job, tables, end, report.run_id, fingerprint,
-            incremental_from=tiles_before if incremental else None)
+            incremental_from=tiles_before if incremental else None, state_days=opts.serving_state_days)
         seconds = report.serving_seconds = time.monotonic() - t0
         report.step("serving", t0)
         opts.log(f"{view.name} v{view.version} serving for cut-off {end + timedelta(days=1)}T00:00Z: "
@@ -245,13 +246,15 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
 
 
 def write_serving(spark: Any, view: FeatureView, job: SparkBatchJob, tables: T.ViewTables, day: date,
-                  run_id: str, fingerprint: str, incremental_from: int | None = None) -> tuple[int, str]:
+                  run_id: str, fingerprint: str, incremental_from: int | None = None,
+                  state_days: int = 7) -> tuple[int, str]:
     """Serving rows and serving state for the cut-off of ``day`` (one overwrite each); returns (rows, mode).
 
     ``incremental_from``: the tiles snapshot before this run, whose only tile changes are on ``day`` or later.
     When the serving state of the cut-off before was built on that snapshot with the same fingerprint, the rows
     come from that state plus the tiles of the days entering and leaving each window (mode ``incremental``);
-    otherwise from every tile day (``full``). Both give the same rows (tested)."""
+    otherwise from every tile day (``full``). Both give the same rows (tested). The state keeps the newest
+    ``state_days`` cut-offs up to this one (older partitions are deleted, whole files)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
@@ -275,6 +278,7 @@ def write_serving(spark: Any, view: FeatureView, job: SparkBatchJob, tables: T.V
                               F.lit(tiles_sid).cast("bigint").alias("tiles_snapshot_id"))
     T.ensure_table(spark, tables.state, state, "cutoff_ms")
     state.writeTo(tables.state).option("distribution-mode", "none").overwrite(F.col("cutoff_ms") == F.lit(cut))
+    T.delete_partitions_before(spark, tables.state, "cutoff_ms", cut - (max(1, state_days) - 1) * MS_PER_DAY)
     key_fields = [structured.schema[k] for k in job.key_names]
     schema = StructType([StructField(f.name, f.dataType) for f in key_fields] + [
         StructField("entity_tag", StringType()), StructField("cutoff_ms", LongType()), StructField("run_id", StringType()),

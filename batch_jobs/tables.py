@@ -151,6 +151,20 @@ def snapshot_id(spark: Any, table: str) -> int | None:
     return None if sid is None else int(sid)
 
 
+def delete_partitions_before(spark: Any, table: str, column: str, value: int) -> int:
+    """Delete the rows with ``column < value`` from a table partitioned by ``column`` (whole data files: nothing is
+    rewritten; no commit when nothing matches). Returns the rows deleted."""
+    import pyiceberg.expressions as E
+
+    t = iceberg_table(spark, table)
+    older = E.LessThan(column, value)
+    rows = sum(int(task.file.record_count) for task in t.scan(row_filter=older).plan_files())
+    if rows:
+        t.delete(delete_filter=older)
+        spark.catalog.refreshTable(table)
+    return rows
+
+
 def serving_state_info(spark: Any, table: str, cutoff_ms: int) -> dict[str, Any] | None:
     """Fingerprint and tiles snapshot of the serving state of ``cutoff_ms`` (None: no such state)."""
     import pyiceberg.expressions as E

@@ -406,11 +406,11 @@ STATE_COLUMNS = ("cutoff_ms", "fingerprint", "tiles_snapshot_id")
 
 
 def _daily_runs_match_full_merges(spark: Any, catalog: Any, view: FeatureView, job: Any, ns: str,
-                                  days: int) -> tuple[list, list[set]]:
+                                  days: int, keep: int = 7) -> tuple[list, list[set]]:
     """History up to END - days (full serving), then one daily run per day to END, each served from the state of
     the day before: every state equals the full statement over the same tiles. Returns the last serving rows and
-    the entities served each day."""
-    opts = dict(namespace=ns, catalog=catalog, log=_quiet)
+    the entities served each day. The state keeps the newest ``keep`` cut-offs."""
+    opts = dict(namespace=ns, catalog=catalog, log=_quiet, serving_state_days=keep)
     first = run_range(spark, view, job, START, END - timedelta(days=days), RunOptions(**opts))
     assert first.serving_mode == "full"
     tables = T.ViewTables(ns, view.name, 1)
@@ -427,6 +427,9 @@ def _daily_runs_match_full_merges(spark: Any, catalog: Any, view: FeatureView, j
         assert sorted(got, key=key) == sorted(want, key=key), d
         assert len(got) == daily.serving_rows
         entities.append({r["user_id"] for r in got})
+    cutoffs = [cutoff_ms(END - timedelta(days=k)) for k in range(days, -1, -1)]
+    kept = sorted(r[0] for r in spark.sql(f"SELECT DISTINCT cutoff_ms FROM {tables.state}").collect())
+    assert kept == cutoffs[-keep:]
     return _rows(spark, tables.serving, "user_id"), entities
 
 
@@ -457,7 +460,7 @@ def test_daily_runs_without_a_lifetime_window_drop_and_add_entities_as_a_full_me
     ])
     job = compile_feature_view(view, FIELD_TYPES)
     write_raw(spark, iceberg_catalog, view, make_records(23, day_start_ms(END), users=40, n=200))
-    _, entities = _daily_runs_match_full_merges(spark, iceberg_catalog, view, job, "bt_short", days=6)
+    _, entities = _daily_runs_match_full_merges(spark, iceberg_catalog, view, job, "bt_short", days=6, keep=3)
     assert any(a - b for a, b in zip(entities, entities[1:])), entities  # someone left
     assert any(b - a for a, b in zip(entities, entities[1:])), entities  # someone (re-)entered
 
