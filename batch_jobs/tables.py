@@ -137,17 +137,19 @@ def check_raw_schema(spark: Any, table: str, needed: Mapping[str, str]) -> None:
 def current_snapshot_id(spark: Any, table: str) -> int | None:
     """The table's current snapshot, read from the catalog now (the archive commits with PyIceberg); Spark's cached
     copy of the table is refreshed, so a ``VERSION AS OF`` read of this snapshot finds it."""
-    sid = iceberg_table(spark, table).metadata.current_snapshot_id
+    sid = _snapshot_of(iceberg_table(spark, table))
     spark.catalog.refreshTable(table)
-    return None if sid is None else int(sid)
+    return sid
 
 
 def snapshot_id(spark: Any, table: str) -> int | None:
     """A table's current snapshot (None: no table, or no snapshot yet), from the catalog (PyIceberg)."""
     catalog = pyiceberg_catalog(spark)
-    if not catalog.table_exists(_ident(table)):
-        return None
-    sid = catalog.load_table(_ident(table)).metadata.current_snapshot_id
+    return _snapshot_of(catalog.load_table(_ident(table))) if catalog.table_exists(_ident(table)) else None
+
+
+def _snapshot_of(table: Any) -> int | None:
+    sid = table.metadata.current_snapshot_id
     return None if sid is None else int(sid)
 
 
