@@ -394,11 +394,6 @@ class SparkCompiler(Compiler[SparkBatchJob]):
                 f"  DISTRIBUTE BY {key_cols}\n) AS by_entity\nGROUP BY {key_cols}")
 
 
-    def _invertible(self, a: TileAgg) -> bool:
-        """COUNT, and SUM/AVG of an int64 field: a window's body can drop its oldest day by subtraction."""
-        agg = Agg(a.agg)
-        return agg is Agg.COUNT or (agg in (Agg.SUM, Agg.AVG) and self._field_type(a) == "int64")
-
     def _field_type(self, a: TileAgg) -> str | None:
         if a.field is None:
             return None
@@ -434,7 +429,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
                     continue
                 for tail in ("tail0", "tail1"):
                     inner.append(f"{_merge_expr(a, f'{DAY} = {{w{i}_{tail}}}')} AS {quote('t__' + part(tail))}")
-                slide = _law_sql(a).slide if self._invertible(a) else None
+                slide = _law_sql(a).slide  # COUNT, SUM, AVG (all int64 here): the body drops its oldest day
                 if slide is not None:
                     inner.append(f"{_merge_expr(a, f'{DAY} = {{run_day}}')} AS {quote('d__' + part('body'))}")
                     # the day leaving the body is the body start of C', which is C's second tail day
