@@ -215,7 +215,8 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
             opts.after_chunk(chunk)
 
     if chunks and report.tile_rows == 0:
-        msg = f"WARNING: raw table {raw} has no events in the computed days ({start}..{end}): their tiles are empty"
+        msg = (f"WARNING: raw table {raw} has no events in the computed days ({start}..{end}) that an aggregation of "
+               f"{view.name} counts: their tiles are empty")
         report.warnings.append(msg)
         opts.log(msg)
     if serving_due:

@@ -366,10 +366,15 @@ class SparkCompiler(Compiler[SparkBatchJob]):
     def _tiles_sql(self, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg]) -> str:
         key_cols = ", ".join(quote(k) for k, _ in keys)
         cols = [f"{_tile_expr(a)} AS {quote(a.name)}" for a in aggs]
+        # Only events some aggregation counts make a tile: an (entity, day) whose every contribution is null would
+        # give every law's identity, which readers already take for a missing row (a day without events), so it is
+        # not written. The filter comes after the de-duplication (the offline statement): the first copy of an
+        # event decides, whatever it holds. Spark folds it away when a contribution is never null (COUNT(*)).
+        counted = " OR ".join(f"{quote(contribution_column(a.name))} IS NOT NULL" for a in aggs)
         # day first: a sort-based aggregate (LAST's struct buffer) then emits rows sorted by day, so each write
         # task writes its days one file at a time (no fan-out writer holding a file per day open)
         return (f"SELECT {key_cols}, {DAY},\n  " + _escape_braces(",\n  ".join(cols))
-                + f"\nFROM {{offline}}\nGROUP BY {DAY}, {key_cols}")
+                + f"\nFROM {{offline}}\nWHERE {_escape_braces(counted)}\nGROUP BY {DAY}, {key_cols}")
 
     def _serving_sql(self, keys: Sequence[tuple[str, str]], windows: Sequence[BatchWindowSpec]) -> str:
         key_cols = ", ".join(quote(k) for k, _ in keys)

@@ -203,28 +203,39 @@ def _rows(spark: Any, table: str, order: str) -> list[dict[str, Any]]:
     return [r.asDict(recursive=True) for r in spark.sql(f"SELECT * FROM {table} ORDER BY {order}").collect()]
 
 
+def _expected_tiles(view: FeatureView, events: list[dict[str, Any]]) -> tuple[dict[tuple, dict[str, Any]], int]:
+    """The laws' daily tiles of ``view``'s batch aggregations over the offline ``events`` in [START, C), keyed by
+    (user, day ms), for the (user, day)s with an event some aggregation counts; and how many (user, day)s have
+    events at all."""
+    batch_aggs = [f for f in view.features if isinstance(f, Aggregation) and not is_stream_served(layout.width_ms_of(f))]
+    by_key: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        if day_start_ms(START) <= e["event_time"] < C:
+            by_key[(e["user_id"], floor_ms(e["event_time"], MS_PER_DAY))].append(e)
+    expected: dict[tuple, dict[str, Any]] = {}
+    for key, evs in by_key.items():
+        if all(laws.contribution(f, e) is None for f in batch_aggs for e in evs):
+            continue  # nothing counted: every law's identity, no tile row
+        expected[key] = {f.name: laws.law(f.agg).aggregate(
+            (laws.contribution(f, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in evs)
+            for f in batch_aggs}
+    return expected, len(by_key)
+
+
+def _tiles_by_key(spark: Any, view: FeatureView) -> dict[tuple, dict[str, Any]]:
+    from batch_jobs.codec import to_intermediate
+
+    batch_aggs = [f for f in view.features if isinstance(f, Aggregation) and not is_stream_served(layout.width_ms_of(f))]
+    return {(r["user_id"], day_start_ms(r["day"])): {f.name: to_intermediate(f.agg, r[f.name]) for f in batch_aggs}
+            for r in _rows(spark, T.ViewTables("features", view.name, view.version).tiles, "user_id, day")}
+
+
 def test_daily_tiles_equal_the_laws_over_the_oracle_offline_set(spark: Any, ds: Dataset, backfilled: Any) -> None:
     report, lines = backfilled
     assert report.serving_rows and report.tile_rows > 0
     assert any("tile rows" in line for line in lines)
-    tables = T.ViewTables("features", ds.name, 1)
-    expected: dict[tuple, dict[str, Any]] = defaultdict(dict)
-    batch_aggs = [f for f in ds.view.features if isinstance(f, Aggregation) and not is_stream_served(layout.width_ms_of(f))]
-    by_key: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for e in ds.events:
-        if day_start_ms(START) <= e["event_time"] < C:
-            by_key[(e["user_id"], floor_ms(e["event_time"], MS_PER_DAY))].append(e)
-    for key, evs in by_key.items():
-        for f in batch_aggs:
-            lw = laws.law(f.agg)
-            expected[key][f.name] = lw.aggregate(
-                (laws.contribution(f, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in evs)
-    from batch_jobs.codec import to_intermediate
-
-    got = {}
-    for r in _rows(spark, tables.tiles, "user_id, day"):
-        got[(r["user_id"], day_start_ms(r["day"]))] = {f.name: to_intermediate(f.agg, r[f.name]) for f in batch_aggs}
-    assert got == dict(expected)
+    expected, _ = _expected_tiles(ds.view, ds.events)
+    assert _tiles_by_key(spark, ds.view) == expected
 
 
 def test_output_files_are_written_without_parquet_dictionaries(spark: Any, iceberg_catalog: Any, ds: Dataset,
@@ -252,8 +263,12 @@ def test_output_files_are_written_without_parquet_dictionaries(spark: Any, icebe
 
 
 def _sample_instants(ds: Dataset) -> list[int]:
+    return _sample_instants_of(ds.events)
+
+
+def _sample_instants_of(events: list[dict[str, Any]]) -> list[int]:
     rng = random.Random(3)
-    ts = sorted({e["event_time"] for e in ds.events if e["event_time"] < C + 2 * MS_PER_DAY})
+    ts = sorted({e["event_time"] for e in events if e["event_time"] < C + 2 * MS_PER_DAY})
     out = {C, C - 1, C + 1, C - MS_PER_DAY, C - 5 * MS_PER_MINUTE, C - 365 * MS_PER_DAY, C - 364 * MS_PER_DAY + 1}
     for t in rng.sample(ts, 25):
         out |= {t, t + 1, floor_ms(t, MS_PER_DAY), floor_ms(t, MS_PER_DAY) + MS_PER_DAY, floor_ms(t, 5 * MS_PER_MINUTE),
@@ -273,29 +288,91 @@ def test_point_in_time_values_equal_the_oracle_to_the_ms(spark: Any, ds: Dataset
         assert values == want, (key, t)
 
 
-def test_serving_rows_hold_body_and_tails_as_the_layout_encodes_them(spark: Any, ds: Dataset, backfilled: Any) -> None:
-    tables = T.ViewTables("features", ds.name, 1)
-    rows = _rows(spark, tables.serving, "user_id")
+def _assert_serving_rows_equal_the_laws(view: FeatureView, events: list[dict[str, Any]],
+                                        rows: list[dict[str, Any]], users: list[str]) -> None:
+    """Each of ``users``' serving row (body and tails of every window, decoded as the layout does) equals the laws
+    over its offline events; a user without a row has nothing counted in any of them (the identity)."""
     assert {r["cutoff_ms"] for r in rows} == {C}
-    windows = layout.batch_windows(ds.view)
-    history = [e for e in ds.events if e["event_time"] >= day_start_ms(START)]
-    for r in rows[:6]:
-        key = (r["user_id"],)
-        fields = {"cutoff": str(C), "run": r["run_id"], "epoch": "E"}
-        fields.update({f: r[f.replace(":", "_")] for f in windows})
-        record = layout.decode_batch_record(ds.view, fields)
+    windows = layout.batch_windows(view)
+    history = [e for e in events if e["event_time"] >= day_start_ms(START)]
+    by_user = {r["user_id"]: r for r in rows}
+    for user in users:
+        r = by_user.get(user)
+        record = None
+        if r is not None:
+            fields = {"cutoff": str(C), "run": r["run_id"], "epoch": "E"}
+            fields.update({f: r[f.replace(":", "_")] for f in windows})
+            record = layout.decode_batch_record(view, fields)
         for fname, aggs in windows.items():
             width = None if fname == layout.LIFETIME_FIELD else int(fname[2:])
             spans = [(None, C)] if width is None else [
                 (C - width + 2 * MS_PER_DAY, C), (C - width, C - width + MS_PER_DAY),
                 (C - width + MS_PER_DAY, C - width + 2 * MS_PER_DAY)]
-            for part, (lo, hi) in zip(record.windows[fname], spans):
-                for acc, f in zip(part, aggs):
-                    evs = [e for e in history if e["user_id"] == key[0] and (lo is None or e["event_time"] >= lo)
+            for i, (lo, hi) in enumerate(spans):
+                for j, f in enumerate(aggs):
+                    evs = [e for e in history if e["user_id"] == user and (lo is None or e["event_time"] >= lo)
                            and e["event_time"] < hi]
-                    want = laws.law(f.agg).aggregate(
+                    lw = laws.law(f.agg)
+                    want = lw.aggregate(
                         (laws.contribution(f, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in evs)
-                    assert acc == want, (key, fname, f.name)
+                    got = record.windows[fname][i][j] if record is not None else lw.aggregate([])
+                    assert got == want, (user, fname, f.name, r is not None)
+
+
+def test_serving_rows_hold_body_and_tails_as_the_layout_encodes_them(spark: Any, ds: Dataset, backfilled: Any) -> None:
+    rows = _rows(spark, T.ViewTables("features", ds.name, 1).serving, "user_id")
+    _assert_serving_rows_equal_the_laws(ds.view, ds.events, rows, [r["user_id"] for r in rows[:6]])
+
+
+def test_only_events_some_aggregation_counts_make_tiles(spark: Any, iceberg_catalog: Any) -> None:
+    """A view whose every aggregation filters: (user, day)s without a counted event get no tile row, and users
+    without one in a window no serving row; tiles, serving rows and point-in-time values still equal the oracle.
+    Later copies that *would* count, of events that do not, change nothing: the filter follows the
+    de-duplication (the first copy decides)."""
+    from batch_jobs.pit import point_in_time
+
+    uid = uuid.uuid4().hex[:8]
+    completed = Where("status", "==", "completed")
+    view = FeatureView(
+        name=f"bf_{uid}", entity=USER, source=make_view(f"bf_{uid}", f"raw.orders_f{uid}").source, version=1,
+        features=[
+            Aggregation("ltv_365d", Agg.SUM, "amount", Window.days(365), where=completed),
+            Aggregation("avg_7d", Agg.AVG, "amount", Window.days(7), where=completed),
+            Aggregation("max_refund_30d", Agg.MAX, "amount", Window.days(30), where=Where("status", "==", "refunded")),
+            Aggregation("last_cancelled", Agg.LAST, "order_id", Window.lifetime(),
+                        where=Where("status", "==", "cancelled")),
+        ])
+    job = compile_feature_view(view, FIELD_TYPES)
+    records = make_records(11, day_start_ms(END), users=12, n=300)
+    next_offset: dict[int, int] = {}
+    for r in records:
+        next_offset[r["partition"]] = max(next_offset.get(r["partition"], 0), r["offset"] + 1)
+    placed = [r for r in records if json.loads(r["value"])["status"] == "placed"
+              and _ms(json.loads(r["value"])["event_time"]) < C][:12]
+    for r in placed:  # same (id, time, partition), later offset: a duplicate, whatever it holds
+        copy = dict(json.loads(r["value"]), status="completed", amount=123)
+        records.append({"partition": r["partition"], "offset": next_offset[r["partition"]],
+                        "timestamp_ms": r["timestamp_ms"], "value": json.dumps(copy)})
+        next_offset[r["partition"]] += 1
+    records.sort(key=lambda r: (r["partition"], r["offset"]))
+    events = offline_events(records, view)
+    write_raw(spark, iceberg_catalog, view, records)
+    report = run_range(spark, view, job, START, END, RunOptions(chunk_days=200, log=_quiet, catalog=iceberg_catalog))
+
+    expected, active = _expected_tiles(view, events)
+    assert 0 < len(expected) < active  # some (user, day)s had events, none counted
+    assert report.tile_rows == len(expected)
+    assert _tiles_by_key(spark, view) == expected
+    users = sorted({e["user_id"] for e in events})
+    rows = _rows(spark, T.ViewTables("features", view.name, 1).serving, "user_id")
+    assert 0 < len(rows) < len(users)  # users with events but nothing counted in any window have no row
+    _assert_serving_rows_equal_the_laws(view, events, rows, users)
+    instants = _sample_instants_of(events)
+    requests = [((u,), t) for u in users for t in instants[::3]]
+    got = point_in_time(spark, view, job, requests)
+    history = [e for e in events if e["event_time"] >= day_start_ms(START)]
+    for (key, t), values in zip(requests, got):
+        assert values == oracle.feature_row(view, history, key, t), (key, t)
 
 
 def _fetch(client: Any, plan: Any) -> dict[str, Any]:

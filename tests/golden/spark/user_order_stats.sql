@@ -36,6 +36,7 @@ SELECT `user_id`, day,
   max(`c__last_order_ts`) AS `last_order_ts`,
   max(CASE WHEN `c__last_order_status` IS NOT NULL THEN named_struct('ts', __ts, 'partition', __partition, 'offset', __offset, 'value', `c__last_order_status`) END) AS `last_order_status`
 FROM offline
+WHERE `c__max_order_amount_7d` IS NOT NULL OR `c__cancelled_orders_30d` IS NOT NULL OR `c__refunded_orders_90d` IS NOT NULL OR `c__user_total_orders_365d` IS NOT NULL OR `c__completed_orders_365d` IS NOT NULL OR `c__customer_ltv_365d` IS NOT NULL OR `c__last_order_ts` IS NOT NULL OR `c__last_order_status` IS NOT NULL
 GROUP BY day, `user_id`
 
 -- serving rows for cut-off 1704153600000
