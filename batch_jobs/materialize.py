@@ -209,26 +209,43 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
     n = len(tags)
     if n:
         packer.verify(tags[0].as_py(), [v[0].as_py() for v in values])
-    conn = client.connection_pool.get_connection()
-    try:
-        step = max(1, batch_size)
-        replies = _IntegerReplies(conn)
-        in_flight = 0  # one batch's replies stay unread while the next is packed and sent, so packing and
-        for lo in range(0, n, step):  # sending overlap Redis executing the previous batch
+    step = max(1, batch_size)
+
+    def batches() -> Iterable[tuple[bytes, int]]:
+        for lo in range(0, n, step):
             if lo:
                 lease()  # renew (and stop if another writer took the view over)
             hi = min(lo + step, n)
-            data = packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa)
+            yield packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa), hi - lo
+
+    send_pipelined(client, batches(), report)
+
+
+def send_pipelined(client: Any, batches: Iterable[tuple[bytes, int]], report: MaterializeReport | None = None) -> int:
+    """Send ``(packed HSET + PEXPIREAT commands, entities)`` batches on one connection; returns the entities
+    written. One batch's replies stay unread while the next is produced and sent, so packing and sending overlap
+    Redis executing the previous batch. ``report.written`` counts the entities whose replies were read."""
+    conn = client.connection_pool.get_connection()
+    written = 0
+    try:
+        replies = _IntegerReplies(conn)
+        in_flight = 0
+        for data, count in batches:
             conn.send_packed_command([data], check_health=False)
             if in_flight:
                 replies.read(2 * in_flight)
-                report.written += in_flight
-            in_flight = hi - lo
+                written += in_flight
+                if report is not None:
+                    report.written += in_flight
+            in_flight = count
         if in_flight:
             replies.read(2 * in_flight)
             if replies.credit:
                 raise BatchError(f"unexpected Redis replies to the batch writes ({replies.credit} more than commands)")
-            report.written += in_flight
+            written += in_flight
+            if report is not None:
+                report.written += in_flight
+        return written
     except BaseException:
         conn.disconnect()  # unread replies must not leak into the next command
         raise
