@@ -188,6 +188,39 @@ def describe_metadata_change(old: dict[str, Any], new: dict[str, Any]) -> list[s
 # --- the registry --------------------------------------------------------------------------------
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def state_shape_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of a state document (None: the shape :meth:`Registry.apply` writes)."""
+    views, services, history = doc.get("views", {}), doc.get("services", {}), doc.get("history", {})
+    if not isinstance(views, dict):
+        return f"'views' is a {type(views).__name__}, not an object"
+    for name, rec in views.items():
+        if not isinstance(rec, dict):
+            return f"views.{name} is a {type(rec).__name__}, not an object"
+        if not _is_int(rec.get("version")):
+            return f"views.{name}.version is {rec.get('version')!r}, not an integer"
+        if not isinstance(rec.get("fingerprint"), str):
+            return f"views.{name}.fingerprint is {rec.get('fingerprint')!r}, not a string"
+        for key in ("canonical", "metadata"):
+            if not isinstance(rec.get(key, {}), dict):
+                return f"views.{name}.{key} is not an object"
+    if not isinstance(services, dict):
+        return f"'services' is a {type(services).__name__}, not an object"
+    for name, feats in services.items():
+        if not (isinstance(feats, list) and all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in feats)):
+            return f"services.{name} is not a list of [view, feature] pairs"
+    if not isinstance(history, dict):
+        return f"'history' is a {type(history).__name__}, not an object"
+    for name, versions in history.items():
+        if not (isinstance(versions, dict) and all(k.isdigit() and isinstance(v, str) for k, v in versions.items())):
+            return f"history.{name} is not an object of version -> fingerprint"
+    return None
+
+
 class Registry:
     """The state file at ``path``; ``diff`` compares a plan with it, ``apply`` records a plan."""
 
@@ -203,6 +236,10 @@ class Registry:
             raise RegistryError(f"cannot read registry state {self.path}: {exc}; fix or remove the file") from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise RegistryError(f"registry state {self.path} has an unknown format; expected format {STATE_FORMAT}")
+        problem = state_shape_problem(doc)
+        if problem:
+            raise RegistryError(f"registry state {self.path} is damaged: {problem}; fix or remove the file "
+                                "(`skewless apply` writes it again)")
         return RegistryState(doc.get("views", {}), doc.get("services", {}), doc.get("history", {}), True)
 
     def diff(self, plan: RepositoryPlan, state: RegistryState | None = None) -> RegistryDiff:
