@@ -132,10 +132,18 @@ class RedisTarget:
 
     url: str
     password: str | None = field(repr=False)
+    tls_ca_file: str | None = None  # rediss://: trust exactly this CA (PEM) instead of the system's
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``redis.Redis.from_url(self.url, **kwargs)`` (a password in the URL wins)."""
-        return {} if self.password is None else {"password": self.password}
+        out: dict[str, Any] = {} if self.password is None else {"password": self.password}
+        if self.tls and self.tls_ca_file:
+            out["ssl_ca_certs"] = self.tls_ca_file
+        return out
 
     @property
     def redacted(self) -> str:
@@ -153,9 +161,12 @@ def check_redis_url(url: str) -> str:
 
 def redis_target(url: str | None = None) -> RedisTarget:
     """The online store at ``url`` (default: ``redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0``) with the
-    configured password."""
+    configured password and, for ``rediss://``, ``SKEWLESS_REDIS_TLS_CA_FILE``."""
     url = check_redis_url(url) if url else f"redis://{HOST}:{ports().redis}/0"
-    return RedisTarget(url, secret("REDIS_PASSWORD"))
+    ca_file = os.environ.get("SKEWLESS_REDIS_TLS_CA_FILE") or None
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ConfigError(f"SKEWLESS_REDIS_TLS_CA_FILE={ca_file}: no such file; point it at the CA certificate (PEM)")
+    return RedisTarget(url, secret("REDIS_PASSWORD"), ca_file)
 
 
 # --- Kafka client security (SASL / TLS) -------------------------------------------------------------
