@@ -10,9 +10,14 @@ Progress: one line per day (tile rows, seconds). Exit status 0 on success, 2 on 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from typing import Any, Sequence
+
+MASTER_RE = re.compile(r"^(local(\[(\d+|\*)(,\d+)?\])?|(spark|k8s|mesos)://\S+|yarn)$")
+MEMORY_RE = re.compile(r"^\d+[kmgt]?b?$", re.IGNORECASE)
+NAMESPACE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +73,12 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[Any, Any]], 
         raise BatchError(f"--start {start} is after --end {end}")
     if args.chunk_days < 1:
         raise BatchError(f"--chunk-days {args.chunk_days} must be at least 1")
+    if not MASTER_RE.match(args.master):
+        raise BatchError(f"--master {args.master!r} is not a Spark master URL; use local[*], local[N] or spark://HOST:PORT")
+    if not MEMORY_RE.match(args.driver_memory):
+        raise BatchError(f"--driver-memory {args.driver_memory!r} is not a JVM memory size; use e.g. 4g or 512m")
+    if not NAMESPACE_RE.match(args.namespace):
+        raise BatchError(f"--namespace {args.namespace!r} is not an Iceberg namespace name (lower snake case)")
     repo = load_repository(args.repo)
     jobs, skipped = [], []
     for view in _views(repo, args.view):

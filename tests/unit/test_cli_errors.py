@@ -136,6 +136,9 @@ def test_backfill_validates_every_argument_before_spark_submit(monkeypatch: pyte
         (["--start", "2024-01-01", "--end", "2024-01-02", "--view", "customer_profile"], "snapshot view"),
         (["--start", "2024-01-01", "--end", "2024-01-02", "--repo", "/no/such/repo"], "not found"),
         (["--start", "2024-01-01", "--end", "2024-01-02", "--chunk-days", "0"], "must be at least 1"),
+        (["--start", "2024-01-01", "--end", "2024-01-02", "--master", "local[two]"], "is not a Spark master URL"),
+        (["--start", "2024-01-01", "--end", "2024-01-02", "--driver-memory", "lots"], "is not a JVM memory size"),
+        (["--start", "2024-01-01", "--end", "2024-01-02", "--namespace", "a; DROP"], "is not an Iceberg namespace"),
     ]:
         rc = main(["backfill", "--repo", REPO, *argv]) if "--repo" not in argv else main(["backfill", *argv])
         err = capsys.readouterr().err
