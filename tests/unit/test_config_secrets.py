@@ -201,3 +201,21 @@ def test_a_bad_secret_file_is_one_line(tmp_path: Path) -> None:
 def test_config_errors_in_port_variables_are_one_line() -> None:
     done = run_cli("plan", env={"SKEWLESS_KAFKA_PORT": "ninety"})
     assert done.returncode == 2 and "Traceback" not in done.stderr and "SKEWLESS_KAFKA_PORT='ninety'" in done.stderr
+
+
+def test_submit_passes_no_secret_to_the_job_command_line(sasl_ssl: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The job reads the Redis password and the Kafka credentials from the environment it inherits."""
+    import skewless.stack.flink as flink
+    import skewless.stack.kafka as kafka
+    from skewless.cli import main
+
+    monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD", "redis-hunter2")
+    submitted: list[list[str]] = []
+    monkeypatch.setattr(kafka, "create_topics", lambda *a, **k: None)
+    monkeypatch.setattr(flink.FlinkSessionCluster, "submit_python_job",
+                        lambda self, script, args, **kw: submitted.append([str(script), *args]) or "job-1")
+    assert main(["submit", "--repo", str(ROOT / "feature_defs")]) == 0
+    (argv,) = submitted
+    assert "--redis" in argv and not any("hunter2" in a or PASSWORD in a for a in argv)
+    assert "hunter2" not in capsys.readouterr().out
