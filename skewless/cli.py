@@ -65,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except USER_ERRORS as exc:
-        print(f"skewless {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"skewless {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"skewless {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
-def _one_line(exc: BaseException) -> str:
+def _message(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
 
 

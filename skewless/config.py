@@ -96,9 +96,11 @@ def secret(name: str) -> str | None:
         return value
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file_var}={path}: cannot read the secret file ({type(exc).__name__}: "
-                          f"{exc.strerror if isinstance(exc, OSError) else exc}); point it at a readable file") from None
+    except OSError as exc:
+        raise ConfigError(f"{file_var}={path}: cannot read the secret file ({exc.strerror}); "
+                          "point it at a readable file") from None
+    except UnicodeDecodeError:  # the message would quote a byte of the secret
+        raise ConfigError(f"{file_var}={path}: the secret file is not UTF-8 text") from None
     text = text[:-1] if text.endswith("\n") else text
     if not text:
         raise ConfigError(f"{file_var}={path}: the secret file is empty; write the secret into it")
