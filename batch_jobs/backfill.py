@@ -10,9 +10,14 @@ Progress: one line per day (tile rows, seconds). Exit status 0 on success, 2 on 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from typing import Any, Sequence
+
+MASTER_RE = re.compile(r"^(local(\[(\d+|\*)(,\d+)?\])?|(spark|k8s|mesos)://\S+|yarn)$")
+MEMORY_RE = re.compile(r"^\d+[kmgt]?b?$", re.IGNORECASE)
+NAMESPACE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,29 +59,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
+def prepare(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[Any, Any]], list[str]]:
+    """``(start, end, [(view, job), ...], [view without a batch-served window, ...])`` from the arguments, every
+    one checked (no Spark): raises :class:`~batch_jobs.tables.BatchError` (or the repository's load errors)
+    naming what is wrong."""
+    from skewless.core.repo import load_repository
+
+    from batch_jobs.runner import compile_view, parse_day
+    from batch_jobs.tables import BatchError
+
+    start, end = parse_day(args.start, "--start"), parse_day(args.end, "--end")
+    if start > end:
+        raise BatchError(f"--start {start} is after --end {end}")
+    if args.chunk_days < 1:
+        raise BatchError(f"--chunk-days {args.chunk_days} must be at least 1")
+    if not MASTER_RE.match(args.master):
+        raise BatchError(f"--master {args.master!r} is not a Spark master URL; use local[*], local[N] or spark://HOST:PORT")
+    if not MEMORY_RE.match(args.driver_memory):
+        raise BatchError(f"--driver-memory {args.driver_memory!r} is not a JVM memory size; use e.g. 4g or 512m")
+    if not NAMESPACE_RE.match(args.namespace):
+        raise BatchError(f"--namespace {args.namespace!r} is not an Iceberg namespace name (lower snake case)")
+    repo = load_repository(args.repo)
+    jobs, skipped = [], []
+    for view in _views(repo, args.view):
+        job = compile_view(repo, view)
+        if job.tile_aggregations:
+            jobs.append((view, job))
+        else:
+            skipped.append(view.name)
+    return start, end, jobs, skipped
+
+
 def run(args: argparse.Namespace) -> int:
-    from skewless.core.repo import RepositoryLoadError, load_repository
+    from skewless.core.repo import RepositoryLoadError
     from skewless.core.validation import DefinitionError
 
-    from batch_jobs.runner import RunOptions, compile_view, parse_day, run_range
+    from batch_jobs.runner import RunOptions, run_range
     from batch_jobs.tables import BatchError
 
     try:
-        start, end = parse_day(args.start, "--start"), parse_day(args.end, "--end")
-        if start > end:
-            raise BatchError(f"--start {start} is after --end {end}")
-        repo = load_repository(args.repo)
-        views = _views(repo, args.view)
-        jobs = []
-        for view in views:
-            job = compile_view(repo, view)
-            if not job.tile_aggregations:
-                print(f"{view.name}: no batch-served window, skipped")
-                continue
-            jobs.append((view, job))
+        start, end, jobs, skipped = prepare(args)
     except (BatchError, DefinitionError, RepositoryLoadError) as exc:
         print(f"backfill: {exc}", file=sys.stderr)
         return 2
+    for name in skipped:
+        print(f"{name}: no batch-served window, skipped")
     if args.explain:
         for _, job in jobs:
             print(job.explain())

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from skewless.config import kafka_client_properties
 from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
 from streaming_jobs.sink import SinkConfig, attach_sinks
 from streaming_jobs.udf import udf_jar
@@ -39,7 +40,8 @@ def applied_from(bootstrap: str, topic: str, starting_offsets: str) -> int:
     if starting_offsets == "earliest":
         from confluent_kafka import Consumer, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "skewless-probe", "enable.auto.commit": False})
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "skewless-probe", "enable.auto.commit": False,
+                             **kafka_client_properties()})
         try:
             meta = consumer.list_topics(topic, timeout=30).topics[topic]
             lows = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[0] for p in meta.partitions]
@@ -48,6 +50,13 @@ def applied_from(bootstrap: str, topic: str, starting_offsets: str) -> int:
         if all(low == 0 for low in lows):
             return 0
     return int(time.time() * 1000)
+
+
+def kafka_source_options(properties: dict[str, str]) -> str:
+    """Kafka client properties as options of the Kafka table source (``, 'properties.K' = 'V'``, quotes doubled):
+    the job's consumer gets the same security settings as every other client (Flink masks option values whose
+    key names a password or JAAS config in its logs)."""
+    return "".join(f", 'properties.{k}' = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in properties.items())
 
 
 def share_view(t_env: Any, name: str) -> None:
@@ -82,7 +91,8 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     partitions = len(admin_client(options.bootstrap).list_topics(topic, timeout=30).topics[topic].partitions)
     dl_topic = dead_letter_topic(topic)
     create_topics(options.bootstrap, {dl_topic: max(1, partitions)})
-    extra = ", 'scan.bounded.mode' = 'latest-offset'" if options.bounded else ""
+    extra = kafka_source_options(kafka_client_properties("flink"))
+    extra += ", 'scan.bounded.mode' = 'latest-offset'" if options.bounded else ""
     statements, query = job.render(ns=ns, topic=topic, bootstrap=options.bootstrap,
                                    group=options.group or f"skewless-{job.source}", startup_mode=_STARTUP[options.starting_offsets],
                                    extra_source_options=extra)

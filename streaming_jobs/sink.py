@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 
+from skewless.config import kafka_client_properties, redact_url, redis_target
 from skewless.core import layout
 
 from streaming_jobs.flink_compiler import FlinkSourceJob
@@ -48,20 +49,25 @@ class SinkConfig:
 
 
 def redis_endpoint(url: str) -> dict[str, Any]:
-    """Host, port, db and credentials of a ``redis://[user:password@]host:port[/db]`` URL."""
+    """Host, port, db, credentials and TLS of a ``redis[s]://[user[:password]@]host:port[/db]`` URL; the password
+    comes from the URL or else from the configuration (``SKEWLESS_REDIS_PASSWORD[_FILE]``), the CA of a
+    ``rediss://`` URL from ``SKEWLESS_REDIS_TLS_CA_FILE`` (else the JVM's trust store)."""
     u = urlparse(url)
-    if u.scheme != "redis" or not u.hostname:
-        raise ValueError(f"the streaming sink needs a redis://host:port[/db] URL, got {url!r}")
+    if u.scheme not in ("redis", "rediss") or not u.hostname:
+        raise ValueError(f"the streaming sink needs a redis[s]://host:port[/db] URL, got {redact_url(url)!r}")
     db = (u.path or "/0").strip("/") or "0"
     if not db.isdigit():
-        raise ValueError(f"redis URL {url!r}: database {db!r} is not a number")
+        raise ValueError(f"redis URL {redact_url(url)!r}: database {db!r} is not a number")
+    target = redis_target(url)
     return {"host": u.hostname, "port": u.port or 6379, "db": int(db),
             "username": unquote(u.username) if u.username else None,
-            "password": unquote(u.password) if u.password else None}
+            "password": unquote(u.password) if u.password else target.password,
+            "tls": target.tls, "tls_ca_file": target.tls_ca_file}
 
 
 def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) -> str:
-    """The JSON the Java sink is built from: every key part and constant it needs, from layout."""
+    """The JSON the Java sink is built from: every key part and constant it needs, from layout, and the Redis and
+    Kafka credentials (the spec travels inside the job graph, never in argv or a log)."""
     outputs = []
     for out in job.outputs:
         view = views[out.view]
@@ -76,6 +82,7 @@ def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) ->
     return json.dumps({
         "source": job.source, "key_width": job.key_width, "value_width": job.value_width, "outputs": outputs,
         "redis": redis_endpoint(config.redis_url), "progress_key": layout.progress_key(config.project, job.source),
+        "kafka_properties": kafka_client_properties("flink"),
         "epoch_key": layout.epoch_key(config.project),
         "meta_keys": [layout.view_meta_key(config.project, views[n]) for n in job.views],
         "applied_from_ms": config.applied_from_ms, "cas_script": layout.TILE_CAS_LUA, "cas_keys": CAS_KEYS,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from skewless.commands import CommandError
+
 NAME = "backfill"
 HELP = "recompute feature views over a date range with spark-submit (idempotent, resumable, archive-gated)"
 
@@ -51,9 +53,17 @@ def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from batch_jobs import backfill
+    from batch_jobs.tables import BatchError
 
     if args.in_process or args.explain:
         return backfill.run(args)
+    try:  # every argument is checked here, before spark-submit starts a JVM
+        _, _, jobs, _ = backfill.prepare(args)
+    except BatchError as exc:
+        raise CommandError(str(exc)) from None
+    if not jobs:
+        raise CommandError("nothing to compute: no chosen view has a batch-served window (wider than 1 day)",
+                           "pass --view NAME of a feature view with such a window")
     script = Path(backfill.__file__).resolve()
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     return subprocess.call(submit_command(args, script), env=env)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from skewless.commands import CommandError, redis_url
+
 NAME = "materialize"
 HELP = "write a batch run's serving rows (feature views) or latest rows (snapshot views) into Redis via the layout"
 
@@ -14,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--day", required=True, help="run day YYYY-MM-DD (its cut-off is the next 00:00 UTC)")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder")
     parser.add_argument("--namespace", default="features", help="Iceberg namespace of the batch tables")
-    parser.add_argument("--redis-url", default=None, help="default redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0")
+    parser.add_argument("--redis-url", type=redis_url, default=None,
+                        help="default redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0 (rediss:// for TLS); the password comes "
+                             "from $SKEWLESS_REDIS_PASSWORD or $SKEWLESS_REDIS_PASSWORD_FILE")
     parser.add_argument("--project", default=None, help="key prefix (default $SKEWLESS_PROJECT or skewless)")
     parser.add_argument("--no-quality-gate", action="store_true", help="skip the data-quality checks")
     parser.add_argument("--init-epoch", action="store_true", help="initialise the store's epoch if missing")
@@ -26,7 +30,7 @@ def materialize(args: argparse.Namespace) -> int:
     from batch_jobs.materialize import materialize_feature_view, materialize_snapshot_view
     from batch_jobs.runner import find_view, parse_day
     from batch_jobs.tables import BatchError
-    from skewless.config import HOST, ports
+    from skewless.config import redis_target
     from skewless.core.dsl import FeatureView
     from skewless.core.repo import RepositoryLoadError, load_repository
     from skewless.core.validation import DefinitionError
@@ -40,7 +44,8 @@ def materialize(args: argparse.Namespace) -> int:
         print(f"skewless {NAME}: {exc}", file=sys.stderr)
         return 2
     catalog = load_catalog()
-    client = redis.Redis.from_url(args.redis_url or f"redis://{HOST}:{ports().redis}/0")
+    target = redis_target(args.redis_url)
+    client = redis.Redis.from_url(target.url, **target.client_kwargs())
     gate = None
     if not args.no_quality_gate:
         try:
@@ -68,6 +73,10 @@ def materialize(args: argparse.Namespace) -> int:
             print(f"skewless {NAME}: {view.name}: {exc}", file=sys.stderr)
             status = 2
             continue
+        except redis.RedisError as exc:
+            raise CommandError(f"Redis at {target.redacted}: {type(exc).__name__}: {exc}",
+                               "start the stack (`make up`) or pass --redis-url; the password comes from "
+                               "SKEWLESS_REDIS_PASSWORD or SKEWLESS_REDIS_PASSWORD_FILE") from None
         for w in report.warnings:
             print(w, file=sys.stderr)
         print(f"{view.name} v{view.version} day {day}: {report.rows} rows, {report.written} written, "

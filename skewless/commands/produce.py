@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from skewless.commands import CommandError, existing_file, fraction, non_negative_float, positive_int
 
 NAME = "produce"
 HELP = "produce realistic (and deliberately bad) events of a source to Kafka; --replay FILE re-sends a saved run"
+KAFKA_PROBE_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from skewless import config
 
     parser.add_argument("--source", default="orders", help="event source (only 'orders' has a generator)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="records per second (0 = as fast as possible)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of records to produce")
+    parser.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
+    parser.add_argument("--rate", type=non_negative_float, default=1000.0, help="records per second (0 = as fast as possible)")
+    parser.add_argument("--duration", type=non_negative_float, default=10.0, help="seconds of records to produce")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--partitions", type=int, default=3, help="partitions of the topic (created if missing)")
-    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--partitions", type=positive_int, default=3, help="partitions of the topic (created if missing)")
+    parser.add_argument("--users", type=positive_int, default=1000)
     parser.add_argument("--bootstrap", default=f"{config.HOST}:{config.ports().kafka}")
     parser.add_argument("--topic", default=None, help="default: the source's topic")
-    parser.add_argument("--replay", default=None, help="JSON-lines file of records (written by --save)")
+    parser.add_argument("--replay", type=existing_file, default=None, help="JSON-lines file of records (written by --save)")
     parser.add_argument("--save", default=None, help="also write the records as JSON lines (for --replay)")
     parser.add_argument("--manifest", default=None, help="write what was injected (JSON) here")
     for kind in ("duplicate", "late", "future", "malformed"):
-        parser.add_argument(f"--{kind}", type=float, default=None, help=f"fraction of {kind} records")
+        parser.add_argument(f"--{kind}", type=fraction, default=None, help=f"fraction of {kind} records (0..1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,18 +37,22 @@ def run(args: argparse.Namespace) -> int:
     from skewless.core.repo import load_repository
     from skewless.core.timeutil import td_ms
     from skewless.producer import GeneratorConfig, generate
-    from skewless.producer.kafka_producer import load_records, produce_records, save_records
-    from skewless.stack.kafka import create_topics
+    from skewless.producer.kafka_producer import (ProduceError, ReplayFileError, load_records, produce_records,
+                                                  save_records)
+    from skewless.stack.kafka import create_topics, metadata_ok
 
-    repo = load_repository()
+    repo = load_repository(args.repo)
     source = repo.sources_by_name.get(args.source)
     if source is None or getattr(source, "topic", None) is None:
-        print(f"skewless produce: {args.source!r} is not an event source with a topic", file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.source!r} is not an event source with a topic",
+                           "pass --source NAME of an event source with a topic")
     topic = args.topic or source.topic
     manifest = None
     if args.replay:
-        records = load_records(args.replay)
+        try:
+            records = load_records(args.replay)
+        except ReplayFileError as exc:
+            raise CommandError(str(exc)) from None
     else:
         overrides = {f"{k}_fraction": getattr(args, k) for k in ("duplicate", "late", "future", "malformed")
                      if getattr(args, k) is not None}
@@ -54,12 +61,22 @@ def run(args: argparse.Namespace) -> int:
                               partitions=args.partitions, users=args.users, start_ms=int(time.time() * 1000),
                               allowed_lateness_ms=td_ms(source.allowed_lateness),
                               clock_skew_ms=td_ms(source.clock_skew_tolerance), **overrides)
-        records, manifest = generate(cfg)
+        try:
+            records, manifest = generate(cfg)
+        except ValueError as exc:  # the generator's own checks (e.g. fractions adding up to more than 1)
+            raise CommandError(str(exc)) from None
+    if not metadata_ok(args.bootstrap, timeout_s=KAFKA_PROBE_TIMEOUT_S):
+        raise CommandError(f"cannot reach Kafka at {args.bootstrap} (no answer within {KAFKA_PROBE_TIMEOUT_S:g} s)",
+                           "start the stack (`make up`) or pass --bootstrap HOST:PORT")
     if args.save:
         save_records(args.save, records)
     create_topics(args.bootstrap, {topic: args.partitions})
     t0 = time.monotonic()
-    report = produce_records(args.bootstrap, topic, records, rate=args.rate or None, wall_clock_timestamps=True)
+    try:
+        report = produce_records(args.bootstrap, topic, records, rate=args.rate or None, wall_clock_timestamps=True)
+    except ProduceError as exc:
+        raise CommandError(f"Kafka at {args.bootstrap} did not acknowledge every record: {exc}",
+                           "check the broker (`skewless stack status`) and run again") from None
     took = time.monotonic() - t0
     if args.manifest and manifest is not None:
         with open(args.manifest, "w") as f:

@@ -12,6 +12,8 @@ import os
 import sys
 import uuid
 
+from skewless.commands import CommandError, existing_file
+
 NAME = "training-set"
 HELP = "point-in-time correct features for entity rows (or a spine of entities x timestamps) to Parquet"
 
@@ -19,7 +21,7 @@ HELP = "point-in-time correct features for entity rows (or a spine of entities x
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", nargs="+", required=True, help="view:feature, view or feature service names")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--entities", help="Parquet file with the entity keys and a timestamp column")
+    src.add_argument("--entities", type=existing_file, help="Parquet file with the entity keys and a timestamp column")
     src.add_argument("--spine", action="store_true", help="entities x timestamps from --start to --end every --every")
     parser.add_argument("--start", help="spine: first instant (ISO, UTC)")
     parser.add_argument("--end", help="spine: end instant, exclusive (ISO, UTC)")
@@ -33,10 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from skewless.core.repo import RepositoryLoadError, UnknownFeatureError
-    from skewless.core.validation import DefinitionError
     from skewless.store import FeatureStore
     from skewless.training import TrainingDataError, TrainingInputError
     from skewless.training.plan import build_pit_plan
@@ -51,14 +52,15 @@ def run(args: argparse.Namespace) -> int:
             entity_df = build_spine(plan, args.start, args.end, args.every, entities=args.entity_ids or None,
                                     catalog=store.catalog, timestamp_column=args.timestamp_column)
         else:
-            if not os.path.exists(args.entities):
-                raise TrainingInputError(f"entity file {args.entities} does not exist")
-            entity_df = pq.read_table(args.entities)
+            try:
+                entity_df = pq.read_table(args.entities)
+            except (pa.ArrowException, OSError) as exc:
+                raise TrainingInputError(f"{args.entities} is not a Parquet file ({exc}); give the entity rows as "
+                                         "Parquet (e.g. pandas DataFrame.to_parquet)") from None
         result = store.get_historical_features(entity_df, args.features, timestamp_column=args.timestamp_column,
                                                engine=args.engine, progress=not args.quiet)
-    except (TrainingInputError, TrainingDataError, UnknownFeatureError, DefinitionError, RepositoryLoadError) as exc:
-        print(f"skewless {NAME}: {exc}", file=sys.stderr)
-        return 2
+    except (TrainingInputError, TrainingDataError) as exc:
+        raise CommandError(str(exc)) from None
     tmp = f"{args.out}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         pq.write_table(result, tmp)

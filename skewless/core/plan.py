@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Mapping, Union
 
 from skewless.core.dsl import (
     Agg,
@@ -310,7 +310,17 @@ def _keys(view: Any) -> list[list[str]]:
     return [[k, _value(t)] for k, t in view.entity.join_keys]
 
 
-def _canonical_feature_view(v: FeatureView) -> dict[str, Any]:
+def read_fields(v: FeatureView) -> list[str]:
+    """Every source field a feature view reads: join keys, event time and id, aggregated and filtered fields."""
+    names = [*v.entity.key_names, v.source.event_time, v.source.event_id]
+    for f in v.features:
+        if isinstance(f, Aggregation):
+            names += [f.field] if f.field else []
+            names += [w.field for w in f.where]
+    return sorted(set(names))
+
+
+def _canonical_feature_view(v: FeatureView, field_types: Mapping[str, str] | None) -> dict[str, Any]:
     s = v.source
     features: dict[str, Any] = {}
     for f in v.features:
@@ -324,7 +334,7 @@ def _canonical_feature_view(v: FeatureView) -> dict[str, Any]:
             }
         else:
             features[f.name] = {"derived": canonical_expr(f.expr)}
-    return {
+    canonical = {
         "kind": "feature view",
         "keys": _keys(v),
         "source": {
@@ -335,6 +345,9 @@ def _canonical_feature_view(v: FeatureView) -> dict[str, Any]:
         },
         "features": features,
     }
+    if field_types is not None:  # e.g. amount int64 -> decimal changes what a SUM means
+        canonical["field_types"] = {name: field_types.get(name) for name in read_fields(v)}
+    return canonical
 
 
 def _canonical_snapshot_view(v: SnapshotView) -> dict[str, Any]:
@@ -397,7 +410,7 @@ def _toposort_derived(v: FeatureView) -> list[Derived]:
     return out
 
 
-def _plan_feature_view(v: FeatureView) -> ViewPlan:
+def _plan_feature_view(v: FeatureView, field_types: Mapping[str, str] | None) -> ViewPlan:
     s: EventSource = v.source
     keys = v.entity.key_names
     aggs = [f for f in v.features if isinstance(f, Aggregation)]
@@ -445,7 +458,7 @@ def _plan_feature_view(v: FeatureView) -> ViewPlan:
                 f"batch more than {BATCH_TAIL_DAYS} days late: the window start moved past the tail ({', '.join(bounded)})",
             )
         )
-    canonical = _canonical_feature_view(v)
+    canonical = _canonical_feature_view(v, field_types)
     return ViewPlan(
         name=v.name,
         kind="feature view",
@@ -491,14 +504,22 @@ def _plan_snapshot_view(v: SnapshotView) -> ViewPlan:
     )
 
 
-def plan_view(view: FeatureView | SnapshotView) -> ViewPlan:
-    """The plan of one (valid) view."""
-    return _plan_feature_view(view) if isinstance(view, FeatureView) else _plan_snapshot_view(view)
+def plan_view(view: FeatureView | SnapshotView, field_types: Mapping[str, str] | None = None) -> ViewPlan:
+    """The plan of one (valid) view. ``field_types`` (source field name -> type) puts the types of the fields
+    a feature view reads into its fingerprint (:func:`build_plan` and the batch compiler give them; a snapshot
+    view's dtypes are part of it anyway)."""
+    return _plan_feature_view(view, field_types) if isinstance(view, FeatureView) else _plan_snapshot_view(view)
+
+
+def source_field_types(repo: Repository, view: FeatureView | SnapshotView) -> dict[str, str] | None:
+    """Field name -> type of the view's source schema (None if it cannot be read)."""
+    schema = repo.try_schema(view.source.schema)
+    return None if schema is None else {f.name: f.type for f in schema.fields}
 
 
 def build_plan(repo: Repository) -> RepositoryPlan:
     """The plan of a validated repository (see :func:`skewless.core.repo.load_repository`)."""
-    views = tuple(plan_view(v) for v in sorted(repo.views, key=lambda v: v.name))
+    views = tuple(plan_view(v, source_field_types(repo, v)) for v in sorted(repo.views, key=lambda v: v.name))
     services = tuple(
         ServicePlan(s.name, tuple((v.name, f) for v, f in repo.resolve_features(s)))
         for s in sorted(repo.services, key=lambda s: s.name)

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from skewless.core.plan import RepositoryPlan, ViewPlan
+from skewless.core.plan import RepositoryPlan, ViewPlan, semantic_fingerprint
 from skewless.core.validation import format_duration
 
 STATE_FORMAT = 1
@@ -149,6 +149,10 @@ def describe_semantic_change(old: dict[str, Any], new: dict[str, Any]) -> list[s
         a, b = old.get("source", {}).get(k), new.get("source", {}).get(k)
         if a != b:
             out.append(f"source {k.removesuffix('_ms')} {_dur(a) if k.endswith('_ms') else a} -> {_dur(b) if k.endswith('_ms') else b}")
+    ot, nt = old.get("field_types"), new.get("field_types")
+    if ot is not None and nt is not None:
+        out += [f"type of source field '{f}' {ot.get(f)} -> {nt.get(f)}" for f in sorted(set(ot) | set(nt))
+                if f in ot and f in nt and ot[f] != nt[f]]
     if old.get("ttl_ms") != new.get("ttl_ms"):
         out.append(f"ttl {_dur(old.get('ttl_ms'))} -> {_dur(new.get('ttl_ms'))}")
     of, nf = old.get("features", {}), new.get("features", {})
@@ -187,6 +191,59 @@ def describe_metadata_change(old: dict[str, Any], new: dict[str, Any]) -> list[s
 
 # --- the registry --------------------------------------------------------------------------------
 
+UNTYPED_NOTE = "the fingerprint now covers the types of the source fields the view reads (recorded by the next apply)"
+
+
+def _untyped(canonical: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in canonical.items() if k != "field_types"}
+
+
+def _fingerprints(v: ViewPlan) -> tuple[str, str]:
+    """The view's fingerprint and the one a state written before field types were covered recorded for it."""
+    return v.semantic_fingerprint, semantic_fingerprint(_untyped(v.canonical_form()))
+
+
+def _same_semantics(record: dict[str, Any], v: ViewPlan) -> bool:
+    """The applied record has the plan's semantics: the same fingerprint, or (a record from before field types
+    were covered) the same canonical form apart from the types."""
+    if record.get("fingerprint") == v.semantic_fingerprint:
+        return True
+    canonical = record.get("canonical", {})
+    return "field_types" not in canonical and record.get("fingerprint") == _fingerprints(v)[1]
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def state_shape_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of a state document (None: the shape :meth:`Registry.apply` writes)."""
+    views, services, history = doc.get("views", {}), doc.get("services", {}), doc.get("history", {})
+    if not isinstance(views, dict):
+        return f"'views' is a {type(views).__name__}, not an object"
+    for name, rec in views.items():
+        if not isinstance(rec, dict):
+            return f"views.{name} is a {type(rec).__name__}, not an object"
+        if not _is_int(rec.get("version")):
+            return f"views.{name}.version is {rec.get('version')!r}, not an integer"
+        if not isinstance(rec.get("fingerprint"), str):
+            return f"views.{name}.fingerprint is {rec.get('fingerprint')!r}, not a string"
+        for key in ("canonical", "metadata"):
+            if not isinstance(rec.get(key, {}), dict):
+                return f"views.{name}.{key} is not an object"
+    if not isinstance(services, dict):
+        return f"'services' is a {type(services).__name__}, not an object"
+    for name, feats in services.items():
+        if not (isinstance(feats, list) and all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in feats)):
+            return f"services.{name} is not a list of [view, feature] pairs"
+    if not isinstance(history, dict):
+        return f"'history' is a {type(history).__name__}, not an object"
+    for name, versions in history.items():
+        if not (isinstance(versions, dict) and all(k.isdigit() and isinstance(v, str) for k, v in versions.items())):
+            return f"history.{name} is not an object of version -> fingerprint"
+    return None
+
 
 class Registry:
     """The state file at ``path``; ``diff`` compares a plan with it, ``apply`` records a plan."""
@@ -203,6 +260,10 @@ class Registry:
             raise RegistryError(f"cannot read registry state {self.path}: {exc}; fix or remove the file") from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise RegistryError(f"registry state {self.path} has an unknown format; expected format {STATE_FORMAT}")
+        problem = state_shape_problem(doc)
+        if problem:
+            raise RegistryError(f"registry state {self.path} is damaged: {problem}; fix or remove the file "
+                                "(`skewless apply` writes it again)")
         return RegistryState(doc.get("views", {}), doc.get("services", {}), doc.get("history", {}), True)
 
     def diff(self, plan: RepositoryPlan, state: RegistryState | None = None) -> RegistryDiff:
@@ -233,16 +294,18 @@ class Registry:
         before = seen.get(str(v.version))
         old = state.views.get(v.name)
         if old is None:
-            if before is not None and before != v.semantic_fingerprint:
+            if before is not None and before not in _fingerprints(v):
                 nxt = max(int(k) for k in seen) + 1
                 return ViewChange(v.name, "refused", None, v.version, (), (
                     f"feature view '{v.name}' version {v.version} was applied before with other semantics; "
                     f"bump version={nxt} (versions are never reused)"))
             return ViewChange(v.name, "added", None, v.version, (f"fingerprint {v.semantic_fingerprint[:16]}",))
         old_version = int(old.get("version", 0))
-        semantic = old.get("fingerprint") != v.semantic_fingerprint
+        semantic = not _same_semantics(old, v)
         sem = describe_semantic_change(old.get("canonical", {}), v.canonical_form()) if semantic else []
         details = sem + describe_metadata_change(old.get("metadata", {}), v.metadata_form())
+        if not semantic and old.get("fingerprint") != v.semantic_fingerprint:
+            details.append(UNTYPED_NOTE)
         if v.version < old_version:
             return ViewChange(v.name, "refused", old_version, v.version, tuple(details), (
                 f"{v.kind} '{v.name}' went back from version {old_version} to {v.version}; "
@@ -254,7 +317,7 @@ class Registry:
                     f"bump version={old_version + 1} (the new version is backfilled and materialized next to the old one) "
                     "or revert the change"))
             return ViewChange(v.name, "updated" if details else "unchanged", old_version, v.version, tuple(details))
-        if before is not None and before != v.semantic_fingerprint:
+        if before is not None and before not in _fingerprints(v):
             nxt = max(int(k) for k in seen) + 1
             return ViewChange(v.name, "refused", old_version, v.version, tuple(details), (
                 f"{v.kind} '{v.name}' version {v.version} was applied before with other semantics; bump version={nxt}"))

@@ -51,6 +51,11 @@ ORDERED = frozenset({"int64", "float64", "decimal", "timestamp"})
 # LAST takes the value of the latest event, so any scalar type works.
 LAST_TYPES = frozenset(TYPES)
 _KEY_TO_SCHEMA = {KeyType.STRING: "string", KeyType.INT64: "int64"}
+# The longest duration a definition may give (windows, tiles, lateness, skew, SLA, TTL): 100 years. Event
+# times run from 1970 to 9999, so every instant minus such a duration stays a valid date in Python, Spark,
+# DuckDB and Flink, and every sum of instants and durations stays far inside int64 milliseconds.
+MAX_DURATION_DAYS = 36_500
+MAX_DURATION_MS = MAX_DURATION_DAYS * MS_PER_DAY
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,11 @@ def _check_duration(c: _Checker, code: str, kind: str, owner: str, where: str, a
     if ok and td_ms(value) * 1000 != value // timedelta(microseconds=1):
         c.add("duration.ms", kind, owner, where, f"{attr} {value!r} is not a whole number of milliseconds",
               "round it to milliseconds")
+    elif ok and td_ms(value) > MAX_DURATION_MS:
+        c.add("duration.max", kind, owner, where,
+              f"{attr} {_td(value)} is longer than the longest duration skewless accepts, {MAX_DURATION_DAYS}d "
+              "(100 years: beyond it the engines' date arithmetic overflows)",
+              f"use at most {MAX_DURATION_DAYS}d" + (", or Window.lifetime() for all history" if attr == "window width" else ""))
     elif not ok:
         c.add(code, kind, owner, where,
               f"{attr} must be a timedelta {'> 0' if positive else '>= 0'}, got {_td(value)}", fix)

@@ -9,11 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from skewless.config import kafka_client_properties
 from skewless.producer.generator import GeneratedRecord
 
 
 class ProduceError(RuntimeError):
     """Records were not acknowledged by Kafka."""
+
+
+class ReplayFileError(ValueError):
+    """A ``--replay`` file is not a run written by :func:`save_records`; the message names the file and line."""
 
 
 @dataclass
@@ -26,11 +31,13 @@ class DeliveryReport:
 
 
 def make_producer(bootstrap: str, **overrides: object):
-    """A confluent-kafka Producer tuned for throughput (batching, lz4, idempotence)."""
+    """A confluent-kafka Producer tuned for throughput (batching, lz4, idempotence), with the configured
+    security settings (:func:`skewless.config.kafka_client_properties`)."""
     from confluent_kafka import Producer
 
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
-            "batch.num.messages": 10000, "compression.type": "lz4", "queue.buffering.max.messages": 500000}
+            "batch.num.messages": 10000, "compression.type": "lz4", "queue.buffering.max.messages": 500000,
+            **kafka_client_properties()}
     conf.update(overrides)
     return Producer(conf)
 
@@ -96,6 +103,19 @@ def save_records(path: str | Path, records: Iterable[GeneratedRecord]) -> None:
 
 
 def load_records(path: str | Path) -> list[GeneratedRecord]:
-    """Records from a JSON-lines file written by :func:`save_records`."""
-    with open(path, encoding="utf-8") as f:
-        return [GeneratedRecord.from_json(json.loads(line)) for line in f if line.strip()]
+    """Records from a JSON-lines file written by :func:`save_records` (:class:`ReplayFileError` names the first
+    line that is not one)."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(GeneratedRecord.from_json(json.loads(line)))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise ReplayFileError(f"{path} line {number} is not a saved record ({type(exc).__name__}: {exc}); "
+                                          "give a file written by `skewless produce --save`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReplayFileError(f"cannot read {path}: {exc}") from None
+    return records

@@ -9,9 +9,10 @@ Endpoints (docs/serving.md; the spec is :mod:`skewless.serving.openapi`):
 - ``GET /health``, ``GET /metrics`` (Prometheus: requests and latency per endpoint, freshness of every view),
   ``GET /openapi.json``.
 
-Every bad input is a 4xx JSON ``{"error": {"code", "message", ...}}``; an unavailable Redis/Kafka is 503.
-Settings travel to the workers in ``SKEWLESS_SERVE_*`` environment variables (uvicorn starts workers from an
-import string), see :class:`ServerSettings`.
+Every bad input is a 4xx JSON ``{"error": {"code", "message", ...}}`` (also the 400 uvicorn answers itself to a
+request it cannot parse, see :class:`JsonErrorHttpProtocol`); an unavailable Redis/Kafka is 503. Settings travel
+to the workers in ``SKEWLESS_SERVE_*`` environment variables (uvicorn starts workers from an import string), see
+:class:`ServerSettings`; the secrets (API token, Redis password) come from :mod:`skewless.config`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
 import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from skewless import config
 from skewless.config import HOST
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -42,21 +45,22 @@ Receive = Callable[[], Awaitable[dict]]
 
 @dataclass
 class ServerSettings:
-    """What a worker needs; ``redis_password``/``api_token`` may also come from the environment."""
+    """What a worker needs. Secrets are not settings: the API token and the Redis password come from
+    :func:`skewless.config.api_token` / :func:`skewless.config.redis_target` (``api_token`` here serves an
+    in-process server, e.g. tests; :meth:`to_env` leaves it out)."""
 
     repo: str = "feature_defs"
     redis_url: str | None = None
-    redis_password: str | None = None
     redis_tls: bool = False
     project: str | None = None
     kafka_bootstrap: str | None = None
-    api_token: str | None = None
+    api_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_entities: int = DEFAULT_MAX_ENTITIES
     sample_rate: float = 0.0
 
     def to_env(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "api_token"})
 
     @staticmethod
     def from_env() -> "ServerSettings":
@@ -139,8 +143,8 @@ class FeatureServer:
         self._init_lock = threading.Lock()
         self.metrics = _Metrics()
         self._freshness: tuple[float, str] | None = None
-        token = settings.api_token or os.environ.get("SKEWLESS_API_TOKEN") or None
-        self._auth = None if not token else ("Bearer " + token).encode()
+        token = settings.api_token or config.api_token()
+        self._token = None if not token else token.encode()
 
     # -- lazy dependencies ------------------------------------------------------------------------------
 
@@ -153,8 +157,8 @@ class FeatureServer:
                     from skewless.serving.online import open_store
 
                     s = self.settings
-                    self._store = open_store(s.repo, s.redis_url, project=s.project,
-                                             password=s.redis_password or os.environ.get("SKEWLESS_REDIS_PASSWORD"),
+                    target = config.redis_target(s.redis_url)
+                    self._store = open_store(s.repo, target.url, project=s.project, password=target.password,
                                              tls=s.redis_tls, max_entities=s.max_entities,
                                              sampler=ValueSampler(s.sample_rate) if s.sample_rate else None)
         return self._store
@@ -262,10 +266,8 @@ class FeatureServer:
             raise HttpError(404, "not_found", f"no endpoint {path!r}; endpoints: {sorted(_ROUTES)}")
         if method != want and not (want == "GET" and method == "HEAD"):
             raise HttpError(405, "method_not_allowed", f"{path} takes {want}, got {method}")
-        if self._auth is not None and path not in _OPEN:
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._auth):
-                raise HttpError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
+        if self._token is not None and path not in _OPEN and not self._authorized(scope):
+            raise HttpError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
         if path == "/get-online-features":
             return 200, self._features(await self._body(scope, receive)), b"application/json"
         if path == "/push":
@@ -280,6 +282,13 @@ class FeatureServer:
         from skewless.serving.openapi import spec
 
         return 200, dumps(spec(self.settings.max_entities, self.settings.max_body_bytes)), b"application/json"
+
+    def _authorized(self, scope: dict) -> bool:
+        """``Authorization: <scheme> <token>`` with the scheme ``Bearer`` in any case (RFC 7235) and our token."""
+        assert self._token is not None
+        parts = dict(scope.get("headers") or []).get(b"authorization", b"").split(None, 1)
+        return (len(parts) == 2 and parts[0].lower() == b"bearer"
+                and hmac.compare_digest(parts[1].strip(), self._token))
 
     def _features(self, raw: bytes) -> bytes:
         import redis
@@ -352,6 +361,20 @@ class FeatureServer:
         return text
 
 
+class JsonErrorHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except that the 400 it answers itself (a request it cannot parse: bad request
+    line, bad header, bad chunking) is JSON like every other error of the server, not text/plain."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = dumps({"error": {"code": "bad_request", "message": msg}})
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json\r\n", b"content-length: " + str(len(body)).encode() + b"\r\n",
+                 b"connection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
 def create_app() -> FeatureServer:
     """uvicorn factory: the app of one worker, from :data:`SKEWLESS_SERVE_SETTINGS`."""
     return FeatureServer(ServerSettings.from_env())
@@ -362,9 +385,11 @@ def serve(settings: ServerSettings, host: str = HOST, port: int = 6566, workers:
     import uvicorn
 
     os.environ[_ENV] = settings.to_env()
+    if settings.api_token:  # secrets reach the workers through the environment, never argv
+        os.environ["SKEWLESS_API_TOKEN"] = settings.api_token
     workers = workers or os.cpu_count() or 1
     uvicorn.run("skewless.serving.server:create_app", factory=True, host=host, port=port, workers=workers,
-                loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level="warning",
+                loop="uvloop", http=JsonErrorHttpProtocol, lifespan="on", access_log=False, log_level="warning",
                 timeout_keep_alive=30, backlog=2048)
 
 
@@ -381,7 +406,7 @@ class ThreadedServer:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
         self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, loop="asyncio", http="httptools",
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, loop="asyncio", http=JsonErrorHttpProtocol,
                                                     lifespan="on", access_log=False, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, name="skewless-serve", daemon=True)
 
@@ -399,4 +424,4 @@ class ThreadedServer:
         self.thread.join(30)
 
 
-__all__ = ["FeatureServer", "HttpError", "ServerSettings", "ThreadedServer", "create_app", "serve"]
+__all__ = ["FeatureServer", "HttpError", "JsonErrorHttpProtocol", "ServerSettings", "ThreadedServer", "create_app", "serve"]

@@ -25,12 +25,14 @@ _quiet.propagate = False
 
 
 def admin_client(bootstrap: str, timeout_s: float = 5.0):  # -> confluent_kafka.admin.AdminClient
-    """An AdminClient that fails fast and logs nothing while the broker is down."""
+    """An AdminClient that fails fast and logs nothing while the broker is down (with the configured security
+    settings, :func:`skewless.config.kafka_client_properties`)."""
     from confluent_kafka.admin import AdminClient
 
     ms = int(timeout_s * 1000)
     return AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": ms, "socket.connection.setup.timeout.ms": ms, "logger": _quiet}
+        {"bootstrap.servers": bootstrap, "socket.timeout.ms": ms, "socket.connection.setup.timeout.ms": ms, "logger": _quiet,
+         **config.kafka_client_properties()}
     )
 
 

@@ -168,9 +168,25 @@ def test_refuses_a_sum_outside_int64_and_an_unknown_output(repo: Repository) -> 
     assert got[1][0] == "E" and "unknown tile output w" in got[1][1]
 
 
-def test_redis_endpoint_parses_urls() -> None:
-    assert redis_endpoint("redis://127.0.0.1:6390/2") == {"host": "127.0.0.1", "port": 6390, "db": 2,
-                                                          "username": None, "password": None}
+def test_redis_endpoint_parses_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.delenv("SKEWLESS_REDIS_PASSWORD", raising=False)
+    monkeypatch.delenv("SKEWLESS_REDIS_PASSWORD_FILE", raising=False)
+    monkeypatch.delenv("SKEWLESS_REDIS_TLS_CA_FILE", raising=False)
+    assert redis_endpoint("redis://127.0.0.1:6390/2") == {"host": "127.0.0.1", "port": 6390, "db": 2, "username": None,
+                                                          "password": None, "tls": False, "tls_ca_file": None}
     assert redis_endpoint("redis://u:p%40ss@localhost")["password"] == "p@ss"
-    with pytest.raises(ValueError, match="redis://host:port"):
-        redis_endpoint("rediss://x:1")
+    assert redis_endpoint("rediss://x:1")["tls"] is True
+    with pytest.raises(ValueError, match="redis\\[s\\]://host:port") as info:
+        redis_endpoint("http://u:hunter2@x:1")
+    assert "hunter2" not in str(info.value) and "u:***@x:1" in str(info.value)
+    with pytest.raises(ValueError, match="database 'x' is not a number") as info:
+        redis_endpoint("redis://:hunter2@h:1/x")
+    assert "hunter2" not in str(info.value)
+    monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD", "from-env")
+    assert redis_endpoint("redis://u@h:1/0")["password"] == "from-env"
+    assert redis_endpoint("redis://u:in-url@h:1/0")["password"] == "in-url"
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    monkeypatch.delenv("SKEWLESS_REDIS_PASSWORD")
+    monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD_FILE", str(secret))
+    assert redis_endpoint("redis://h:1/0")["password"] == "from-file"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from skewless import Expectation, Window
-from skewless.core.plan import RepositoryPlan, build_plan, plan_view
+from skewless.core.plan import RepositoryPlan, build_plan, plan_view, source_field_types
 from skewless.core.registry import RefusedChangeError, Registry, RegistryError
 from skewless.core.repo import load_repository
 
@@ -29,7 +29,8 @@ def registry(tmp_path: Path) -> Registry:
 
 def plan_with(repo, **changed_views) -> RepositoryPlan:
     base = build_plan(repo)
-    views = tuple(plan_view(changed_views[v.name]) if v.name in changed_views else v for v in base.views)
+    views = tuple(plan_view(changed_views[v.name], source_field_types(repo, changed_views[v.name]))
+                  if v.name in changed_views else v for v in base.views)
     return replace(base, views=views)
 
 
@@ -153,3 +154,45 @@ def test_unreadable_state(registry: Registry) -> None:
     registry.path.write_text('{"format": 99}')
     with pytest.raises(RegistryError, match="unknown format"):
         registry.load()
+
+
+def test_a_field_type_change_is_a_semantic_change(repo, registry: Registry, tmp_path: Path) -> None:
+    import shutil
+
+    registry.apply(build_plan(repo))
+    schemas = tmp_path / "schemas"
+    shutil.copytree(ROOT / "schemas", schemas)
+    path = schemas / "orders.schema.json"
+    doc = json.loads(path.read_text())
+    assert doc["properties"]["amount"]["type"] == "integer"
+    doc["properties"]["amount"] = {"type": "string", "format": "decimal"}
+    path.write_text(json.dumps(doc))
+    changed = build_plan(load_repository(ROOT / "feature_defs", schemas_dir=schemas))
+    diff = registry.diff(changed)
+    (reason,) = diff.refused
+    assert reason.startswith("feature view 'user_order_stats' changed its semantics (type of source field 'amount' "
+                             "int64 -> decimal) without a new version; bump version=2"), reason
+    with pytest.raises(RefusedChangeError):
+        registry.apply(changed)
+
+
+def test_a_state_applied_before_field_types_were_fingerprinted_is_not_refused(repo, registry: Registry) -> None:
+    """States written before the fingerprint covered field types keep working: same semantics otherwise is
+    'updated' (the next apply records the new fingerprint), and a real change is still refused."""
+    from skewless.core.plan import semantic_fingerprint
+
+    plan = build_plan(repo)
+    registry.apply(plan)
+    doc = json.loads(registry.path.read_text())
+    for name, rec in doc["views"].items():  # what an older skewless wrote
+        rec["canonical"].pop("field_types", None)
+        rec["fingerprint"] = semantic_fingerprint(rec["canonical"])
+        doc["history"][name] = {str(rec["version"]): rec["fingerprint"]}
+    registry.path.write_text(json.dumps(doc))
+    diff = registry.diff(plan)
+    assert not diff.refused
+    (change,) = [c for c in diff.views if c.view == "user_order_stats"]
+    assert change.action == "updated" and any("now covers the types" in d for d in change.details)
+    assert registry.diff(plan_with(repo, user_order_stats=widen_7d(repo.view("user_order_stats")))).refused
+    registry.apply(plan)
+    assert not registry.diff(plan).has_changes

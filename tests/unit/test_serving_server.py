@@ -227,3 +227,56 @@ def test_fuzz_every_answer_is_json_2xx_or_4xx_and_the_server_stays_up(server: An
     if path != "/metrics" or status != 200:
         json.loads(raw)
     assert call(server, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(server: Any, scheme: str) -> None:
+    status, _, body = call(server, "GET", "/metrics", headers={"Authorization": f"{scheme} {TOKEN}"}, token=False)
+    assert status == 200, body
+    assert call(server, "GET", "/metrics", headers={"Authorization": f"{scheme} wrong"}, token=False)[0] == 401
+    assert call(server, "GET", "/metrics", headers={"Authorization": f"Basic {TOKEN}"}, token=False)[0] == 401
+    assert call(server, "GET", "/metrics", headers={"Authorization": TOKEN}, token=False)[0] == 401
+
+
+def raw_request(server: Any, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes that are not a valid HTTP request; the answer is parsed by hand."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("data", [
+    b"THIS IS NOT HTTP\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n",
+    b"POST /push HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n",
+])
+def test_requests_uvicorn_cannot_parse_get_a_json_400(server: Any, data: bytes) -> None:
+    status, headers, body = raw_request(server, data)
+    assert status == 400 and headers["content-type"] == "application/json", (headers, body)
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    assert call(server, "GET", "/health")[0] == 200
+
+
+def test_api_token_from_the_environment_or_a_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skewless.config import ConfigError
+
+    monkeypatch.setenv("SKEWLESS_API_TOKEN", "from-env")
+    assert FeatureServer(ServerSettings(), store=object())._token == b"from-env"
+    monkeypatch.delenv("SKEWLESS_API_TOKEN")
+    secret_file = tmp_path / "token"
+    secret_file.write_text("from-file\n")
+    monkeypatch.setenv("SKEWLESS_API_TOKEN_FILE", str(secret_file))
+    assert FeatureServer(ServerSettings(), store=object())._token == b"from-file"
+    monkeypatch.setenv("SKEWLESS_API_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="SKEWLESS_API_TOKEN_FILE=.*cannot read the secret file"):
+        FeatureServer(ServerSettings(), store=object())
+    assert "from-file" not in ServerSettings(api_token="from-file").to_env()

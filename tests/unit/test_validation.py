@@ -203,6 +203,9 @@ CASES: list[tuple[str, Callable[[], list[Any]], str, str]] = [
     ("table timestamp", lambda: [snapshot_view(source=replace(PROFILES, timestamp="label"))], "source.field_type", "timestamp 'label' has type string"),
     ("table created_at", lambda: [snapshot_view(source=replace(PROFILES, created_at="made_at"))], "source.field", "created_at 'made_at'"),
     # windows
+    ("window too wide", lambda: [with_feature(Aggregation("c_huge", Agg.COUNT, None, Window.days(999999999)))], "duration.max", "window width 999999999d is longer than the longest duration skewless accepts, 36500d"),
+    ("lateness too long", lambda: [feature_view(source=replace(EVENTS, allowed_lateness=timedelta(days=40_000)))], "duration.max", "allowed_lateness 40000d"),
+    ("ttl too long", lambda: [snapshot_view(ttl=timedelta(days=36_501))], "duration.max", "ttl 36501d"),
     ("window type", lambda: [with_feature(Aggregation("c_1h", Agg.COUNT, None, timedelta(hours=1)))], "window.type", "is not a Window"),
     ("width positive", lambda: [with_feature(Aggregation("c_0", Agg.COUNT, None, Window(timedelta(0))))], "window.width", "window width must be a timedelta > 0, got 0s"),
     ("tile positive", lambda: [with_feature(Aggregation("c_1h", Agg.COUNT, None, Window.hours(1).with_tile(timedelta(minutes=-5))))], "window.tile", "window tile must be a timedelta > 0"),
@@ -304,6 +307,7 @@ VALID_VARIANTS: list[tuple[str, Callable[[], list[Any]]]] = [
     ("decimal and timestamp where", lambda: [with_feature(Aggregation("c_1h", Agg.COUNT, None, Window.hours(1), where=[
         Where("tax", ">=", Decimal("1.5")), Where("shipped_at", "<", datetime(2024, 1, 1, tzinfo=timezone.utc))]))]),
     ("float compare with int", lambda: [with_feature(Aggregation("c_1h", Agg.COUNT, None, Window.hours(1), where=Where("price", ">", 3)))]),
+    ("a 100-year window", lambda: [with_feature(Aggregation("c_100y", Agg.COUNT, None, Window.days(36_500)))]),
     ("default daily tile on 2d", lambda: [with_feature(Aggregation("c_2d", Agg.COUNT, None, Window.days(2)))]),
     ("explicit daily tile on 7d", lambda: [with_feature(Aggregation("c_7d", Agg.COUNT, None, Window.days(7).with_tile(DAY)))]),
     ("sub-day tiles", lambda: [with_feature(Aggregation("c_30m", Agg.COUNT, None, Window.minutes(30).with_tile(timedelta(minutes=1))))]),

@@ -93,20 +93,7 @@ public final class RedisTileSink implements Sink<Row> {
         }
 
         private void connect() throws IOException {
-            redis = new Resp((String) redisSpec.get("host"), ((Long) redisSpec.get("port")).intValue(), 60_000);
-            Object password = redisSpec.get("password");
-            if (password instanceof String) {
-                Object user = redisSpec.get("username");
-                if (user instanceof String) {
-                    redis.call("AUTH", (String) user, (String) password);
-                } else {
-                    redis.call("AUTH", (String) password);
-                }
-            }
-            long db = (Long) redisSpec.get("db");
-            if (db != 0) {
-                redis.call("SELECT", Long.toString(db));
-            }
+            redis = Resp.open(redisSpec, 60_000);
             sha = (String) redis.call("SCRIPT", "LOAD", casScript);
         }
 

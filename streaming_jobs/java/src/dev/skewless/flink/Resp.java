@@ -3,20 +3,34 @@ package dev.skewless.flink;
 import java.io.BufferedInputStream;
 import java.io.BufferedOutputStream;
 import java.io.EOFException;
+import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
+import java.io.PrintStream;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.nio.charset.StandardCharsets;
+import java.security.GeneralSecurityException;
+import java.security.KeyStore;
+import java.security.cert.Certificate;
+import java.security.cert.CertificateFactory;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.SSLParameters;
+import javax.net.ssl.SSLSocket;
+import javax.net.ssl.SSLSocketFactory;
+import javax.net.ssl.TrustManagerFactory;
 
 /**
  * A minimal Redis client for the sink: RESP2 commands written back to back (a pipeline), then their replies
  * read in order. Error replies are returned as {@link Error} values so a caller can react per command
  * (e.g. {@code NOSCRIPT}); a broken connection raises {@link IOException} and the job restarts from its
- * checkpoint (the writes are idempotent).
+ * checkpoint (the writes are idempotent). Over TLS ({@code rediss://}) the server's certificate and host name
+ * are verified against the JVM's trust store, or against the CA file the spec names.
  */
 public final class Resp implements AutoCloseable {
     /** An error reply ({@code -ERR ...}). */
@@ -40,12 +54,82 @@ public final class Resp implements AutoCloseable {
     private int pending;
 
     public Resp(String host, int port, int timeoutMs) throws IOException {
-        socket = new Socket();
-        socket.setTcpNoDelay(true);
-        socket.setSoTimeout(timeoutMs);
-        socket.connect(new InetSocketAddress(host, port), timeoutMs);
+        this(host, port, timeoutMs, null);
+    }
+
+    /** {@code tls}: null for plain TCP, else the factory of the TLS session (host name verified). */
+    public Resp(String host, int port, int timeoutMs, SSLSocketFactory tls) throws IOException {
+        Socket plain = new Socket();
+        plain.setTcpNoDelay(true);
+        plain.setSoTimeout(timeoutMs);
+        plain.connect(new InetSocketAddress(host, port), timeoutMs);
+        if (tls == null) {
+            socket = plain;
+        } else {
+            SSLSocket s = (SSLSocket) tls.createSocket(plain, host, port, true);
+            SSLParameters params = s.getSSLParameters();
+            params.setEndpointIdentificationAlgorithm("HTTPS");
+            s.setSSLParameters(params);
+            s.startHandshake();
+            socket = s;
+        }
         out = new BufferedOutputStream(socket.getOutputStream(), 1 << 16);
         in = new BufferedInputStream(socket.getInputStream(), 1 << 16);
+    }
+
+    /**
+     * A logged-in connection as the sink spec's {@code redis} object describes it ({@code host}, {@code port},
+     * {@code db}, {@code username}, {@code password}, {@code tls}, {@code tls_ca_file}; streaming_jobs.sink).
+     */
+    public static Resp open(Map<String, Object> spec, int timeoutMs) throws IOException {
+        SSLSocketFactory tls = Boolean.TRUE.equals(spec.get("tls")) ? tlsFactory((String) spec.get("tls_ca_file")) : null;
+        Resp redis = new Resp((String) spec.get("host"), ((Long) spec.get("port")).intValue(), timeoutMs, tls);
+        Object password = spec.get("password");
+        if (password instanceof String) {
+            Object user = spec.get("username");
+            if (user instanceof String) {
+                redis.call("AUTH", (String) user, (String) password);
+            } else {
+                redis.call("AUTH", (String) password);
+            }
+        }
+        long db = (Long) spec.get("db");
+        if (db != 0) {
+            redis.call("SELECT", Long.toString(db));
+        }
+        return redis;
+    }
+
+    /** The JVM's default TLS factory, or one that trusts exactly the certificates of {@code caFile} (PEM). */
+    static SSLSocketFactory tlsFactory(String caFile) throws IOException {
+        if (caFile == null) {
+            return (SSLSocketFactory) SSLSocketFactory.getDefault();
+        }
+        try (InputStream pem = new FileInputStream(caFile)) {
+            KeyStore trusted = KeyStore.getInstance(KeyStore.getDefaultType());
+            trusted.load(null, null);
+            int i = 0;
+            for (Certificate c : CertificateFactory.getInstance("X.509").generateCertificates(pem)) {
+                trusted.setCertificateEntry("ca" + i++, c);
+            }
+            TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+            tmf.init(trusted);
+            SSLContext context = SSLContext.getInstance("TLS");
+            context.init(null, tmf.getTrustManagers(), null);
+            return context.getSocketFactory();
+        } catch (GeneralSecurityException e) {
+            throw new IOException("redis TLS: cannot use the CA file " + caFile + ": " + e.getMessage(), e);
+        }
+    }
+
+    /** Tests: {@code Resp <redis spec JSON> COMMAND [ARG...]} prints the reply (an error reply exits 1). */
+    public static void main(String[] args) throws Exception {
+        @SuppressWarnings("unchecked")
+        Map<String, Object> spec = (Map<String, Object>) Json.parse(args[0]);
+        PrintStream out = new PrintStream(System.out, true, StandardCharsets.UTF_8);
+        try (Resp redis = open(spec, 10_000)) {
+            out.println(redis.call(Arrays.copyOfRange(args, 1, args.length)));
+        }
     }
 
     /** Queue one command (its reply is read by {@link #replies()}). */

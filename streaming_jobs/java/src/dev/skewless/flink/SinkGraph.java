@@ -1,5 +1,6 @@
 package dev.skewless.flink;
 
+import java.util.Map;
 import java.util.Properties;
 import org.apache.flink.api.common.functions.FilterFunction;
 import org.apache.flink.connector.base.DeliveryGuarantee;
@@ -11,7 +12,8 @@ import org.apache.flink.types.RowKind;
 /**
  * Attaches the job's sinks to its changelog stream (called from Python, streaming_jobs.job): tile and
  * progress rows to {@link RedisTileSink}, dead-letter rows to a Kafka sink (at least once, flushed at every
- * checkpoint). No Python operator is left in the job: every record stays in the JVM.
+ * checkpoint). No Python operator is left in the job: every record stays in the JVM. The Kafka client's security
+ * settings (SASL, TLS) come from the spec's {@code kafka_properties} (skewless.config.kafka_client_properties).
  */
 public final class SinkGraph {
     private SinkGraph() {
@@ -34,6 +36,15 @@ public final class SinkGraph {
         Properties producer = new Properties();
         producer.setProperty("acks", "all");
         producer.setProperty("linger.ms", "5");
+        try {
+            @SuppressWarnings("unchecked")
+            Map<String, Object> security = (Map<String, Object>) ((Map<String, Object>) Json.parse(spec)).get("kafka_properties");
+            if (security != null) {
+                security.forEach((k, v) -> producer.setProperty(k, (String) v));
+            }
+        } catch (Json.Malformed e) {
+            throw new IllegalArgumentException("bad sink spec: " + e.getMessage(), e);
+        }
         KafkaSink<Row> dead = KafkaSink.<Row>builder()
             .setBootstrapServers(bootstrap)
             .setRecordSerializer(new DeadLetterSerializer(spec, deadLetterTopic))
