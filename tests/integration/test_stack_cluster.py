@@ -117,6 +117,7 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     with urllib.request.urlopen(f"{rest}/taskmanagers", timeout=10) as r:
         tms = json.loads(r.read())["taskmanagers"]
     assert [tm["slotsNumber"] for tm in tms] == [2, 2]
+    assert len(list((state / "logs" / "flink").glob("flink-skewless-taskexecutor-*.log"))) == 2  # one log each
 
     # loopback only: every listening socket of every started process (and its children)
     ours = every_pid | {d for p in every_pid for d in descendants(p)}

@@ -312,3 +312,14 @@ def test_kafka_template_placeholders_are_all_filled_by_the_launcher() -> None:
     placeholders = set(re.findall(r"@[A-Z_]+@", settings))
     assert {"@KAFKA_NODE_ID@", "@KAFKA_QUORUM_VOTERS@", "@KAFKA_REPLICATION_FACTOR@", "@KAFKA_MIN_INSYNC_REPLICAS@"} <= placeholders
     assert all(f"s|{p}|" in script for p in placeholders)
+
+
+def test_a_redis_cluster_node_that_exits_fails_up_naming_it(state: Path) -> None:
+    env = free_cluster_ports_env()
+    svc = RedisCluster(port=int(env["SKEWLESS_REDIS_PORT"]), binary="false")  # every "node" exits at once
+    out = io.StringIO()
+    assert manager.up([svc], out=out) == 1
+    text = out.getvalue()
+    named = re.search(r"redis-cluster: could not start: redis-cluster nodes: node :(\d+) exited; see \S+redis-\1.log", text)
+    assert named and int(named.group(1)) in svc.node_ports, text
+    assert "fix:" in text and not (state / "stack.json").exists()
