@@ -172,9 +172,9 @@ class FlinkCluster(FlinkSessionCluster, NodeService):
     name = "flink-cluster"
     start_timeout_s = 240.0
 
-    def __init__(self, rest_port: int | None = None, **kwargs: object) -> None:
-        super().__init__(rest_port=rest_port, slots=FLINK_SLOTS_PER_TASKMANAGER,
-                         taskmanagers=FLINK_TASKMANAGERS, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, rest_port: int | None = None, state_dir: Path | None = None, log_dir: Path | None = None) -> None:
+        super().__init__(rest_port=rest_port, state_dir=state_dir, log_dir=log_dir, slots=FLINK_SLOTS_PER_TASKMANAGER,
+                         taskmanagers=FLINK_TASKMANAGERS)
 
     def nodes(self) -> list[Node]:
         return [Node("jobmanager (REST)", self.rest_port),

@@ -254,7 +254,12 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout, topo
     paths = config.paths()
     record = read_record()
     if record and any(live_pids(e) for e in record["services"]):
-        print(f"stack: already running, topology {record.get('topology', 'single')} (run `skewless stack down` first to restart):", file=out)
+        running = record.get("topology", "single")
+        if services is None and running != topology:
+            print(f"stack: the {running} topology is running; to start the {topology} topology run "
+                  "`skewless stack down` first", file=out)
+            return 1
+        print(f"stack: already running, topology {running} (run `skewless stack down` first to restart):", file=out)
         status(out=out)
         return 0 if _all_healthy(record) else 1
     with_archive = services is None  # the default stack also runs the raw archive (docs/infra.md)

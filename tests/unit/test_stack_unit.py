@@ -323,3 +323,17 @@ def test_a_redis_cluster_node_that_exits_fails_up_naming_it(state: Path) -> None
     named = re.search(r"redis-cluster: could not start: redis-cluster nodes: node :(\d+) exited; see \S+redis-\1.log", text)
     assert named and int(named.group(1)) in svc.node_ports, text
     assert "fix:" in text and not (state / "stack.json").exists()
+
+
+def test_up_of_another_topology_while_one_runs_is_refused(state: Path) -> None:
+    svc = Sleeper("alpha", free_port())
+    out = io.StringIO()
+    assert manager.up([svc], out=out) == 0
+    try:
+        again = io.StringIO()
+        assert manager.up(out=again, topology="cluster") == 1
+        assert again.getvalue().strip() == ("stack: the single topology is running; to start the cluster topology run "
+                                            "`skewless stack down` first")
+        assert all(pid_alive(p) for p in svc.pids)
+    finally:
+        assert manager.down(out=out) == 0
