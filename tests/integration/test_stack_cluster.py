@@ -132,3 +132,33 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     assert not any(pid_alive(p) for p in ours)
     assert not (state / "stack.json").exists()
     assert not any(port_in_use(p) for p in expected)
+
+
+def test_redis_cluster_rejoins_on_kept_data_and_refuses_a_partial_one(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from skewless.stack import manager
+    from skewless.stack.cluster import RedisCluster
+
+    monkeypatch.setenv("SKEWLESS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("SKEWLESS_LOG_DIR", raising=False)
+    base = int(free_cluster_ports_env()["SKEWLESS_REDIS_PORT"])
+    out = io.StringIO()
+    try:
+        assert manager.up([RedisCluster(port=base)], out=out) == 0, out.getvalue()
+        first = RedisCluster(port=base).cluster_nodes()
+        assert manager.down(out=out) == 0
+
+        assert manager.up([RedisCluster(port=base)], out=out) == 0, out.getvalue()  # same nodes, no new create
+        assert {n.node_id for n in RedisCluster(port=base).cluster_nodes()} == {n.node_id for n in first}
+        assert manager.down(out=out) == 0
+
+        data = tmp_path / "state" / "redis-cluster"
+        (data / str(base + 5) / "nodes.conf").unlink()  # one node forgot the cluster
+        failed = io.StringIO()
+        assert manager.up([RedisCluster(port=base)], out=failed) == 1
+        assert "holds a partly formed cluster" in failed.getvalue() and f"rm -rf {data}" in failed.getvalue()
+        assert not any(port_in_use(base + i) for i in range(6))  # the failed start stopped its nodes
+    finally:
+        manager.down(out=out)
