@@ -10,10 +10,10 @@ PYTEST_ARGS ?=
 setup:            ## install apt packages, the venv, pinned JVM jars and test images (idempotent)
 	@bash infra/setup.sh
 
-up: setup         ## start Kafka (KRaft), a Flink session cluster and Redis on 127.0.0.1; wait until healthy
-	@$(SKEWLESS) stack up
+up: setup         ## start Kafka (KRaft), a Flink session cluster and Redis on 127.0.0.1; wait until healthy [TOPOLOGY=cluster]
+	@$(SKEWLESS) stack up $(if $(TOPOLOGY),--topology $(TOPOLOGY),)
 
-down:             ## stop exactly what `make up` started (by pid)
+down:             ## stop exactly what `make up` started (by pid), whatever its topology
 	@$(SKEWLESS) stack down
 
 status:           ## what runs, where, and its memory

@@ -7,6 +7,7 @@ import sys
 
 from skewless.stack import manager
 from skewless.stack.base import StackError
+from skewless.stack.cluster import TOPOLOGIES
 
 NAME = "stack"
 HELP = "start, stop or inspect the local stack (Kafka KRaft, Flink session cluster, Redis) on 127.0.0.1"
@@ -14,7 +15,10 @@ HELP = "start, stop or inspect the local stack (Kafka KRaft, Flink session clust
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("up", help="check prerequisites and ports, start every service, wait until healthy")
+    up = sub.add_parser("up", help="check prerequisites and ports, start every service, wait until healthy")
+    up.add_argument("--topology", choices=TOPOLOGIES, default="single",
+                    help="single (default): one node per service; cluster: 3 Kafka brokers (RF 3, min ISR 2), "
+                         "Flink with 2 TaskManagers x 2 slots, Redis Cluster of 3 masters + 3 replicas (docs/infra.md)")
     sub.add_parser("down", help="stop exactly the processes `up` recorded (by pid); idempotent")
     status = sub.add_parser("status", help="per service: running/healthy, pid, RSS, endpoints (exit 1 if a recorded service is not healthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -23,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
-            return manager.up()
+            return manager.up(topology=args.topology)
         if args.action == "down":
             return manager.down()
         return manager.status(as_json=args.json)

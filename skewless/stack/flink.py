@@ -1,4 +1,4 @@
-"""A standalone Flink session cluster (one JobManager, one TaskManager) from the apache-flink wheel.
+"""A standalone Flink session cluster (one JobManager, one or more TaskManagers) from the apache-flink wheel.
 
 FLINK_HOME is the ``pyflink`` package of the venv (it ships bin/, lib/, conf/); the wheel is never
 edited: the config is rendered from ``infra/flink/config.yaml`` into ``<state>/flink/conf`` and passed
@@ -56,11 +56,13 @@ class FlinkSessionCluster(Service):
         tm_memory: str = "2048m",
         slots: int = 2,
         python: str | None = None,
+        taskmanagers: int = 1,
     ) -> None:
         self.rest_port = rest_port if rest_port is not None else ports().flink_rest
         self.state_dir = Path(state_dir or paths().state)
         self.log_dir = Path(log_dir or paths().logs)
         self.jm_memory, self.tm_memory, self.slots = jm_memory, tm_memory, slots
+        self.taskmanagers = taskmanagers
         self.python = python or sys.executable
 
     # --- Service -------------------------------------------------------------------------------
@@ -168,8 +170,8 @@ class FlinkSessionCluster(Service):
             stale.unlink()
         pids: list[int] = []
         env = self._env()
-        for script in ("jobmanager.sh", "taskmanager.sh"):
-            launcher_log = flink_logs / f"{script.removesuffix('.sh')}.launcher.log"
+        for script in ("jobmanager.sh", *["taskmanager.sh"] * self.taskmanagers):
+            launcher_log = flink_logs / f"{script.removesuffix('.sh')}.launcher.log"  # TaskManagers share one (O_APPEND)
             with open(launcher_log, "ab") as out:
                 proc = subprocess.Popen(
                     ["bash", str(bin_dir / script), "start-foreground"],

@@ -1,5 +1,8 @@
 """`skewless stack up|down|status`: the local stack (Kafka, Flink session cluster, Redis) as processes.
 
+Two topologies: ``single`` (the default: one node each) and ``cluster`` (skewless/stack/cluster.py: three
+Kafka nodes, a JobManager with two TaskManagers, a six-node Redis Cluster); the record says which runs.
+
 ``up`` checks everything before starting anything (Java, jars, free ports), starts all services,
 waits until each answers its protocol, and records ``(pid, start time)`` per service in
 ``<state>/stack.json``. ``down`` stops exactly those processes. On any failure ``up`` stops what it
@@ -25,6 +28,8 @@ from skewless import config
 from skewless.stack.archive import PREFIX as ARCHIVE_PREFIX
 from skewless.stack.archive import ArchiveProcess, archive_services, ensure_source_topics, is_archive_service
 from skewless.stack.base import Service, StackError, Started, port_in_use
+from skewless.stack.cluster import SERVICE_NAMES as CLUSTER_SERVICE_NAMES
+from skewless.stack.cluster import NodeService, check_topology, cluster_service, cluster_services
 from skewless.stack.kafka import KafkaBroker, kafka_jars
 from skewless.stack.procs import fmt_mib, log_tail, pid_alive, rss_bytes, same_process, start_time, stop_pids
 from skewless.stack.redis import RedisServer
@@ -52,6 +57,8 @@ def flink_available() -> bool:
 def make_service(name: str, ports: dict[str, int] | None = None) -> Service:
     """The service called ``name``; Kafka/Redis take recorded ``ports`` (from stack.json) over the config."""
     ports = ports or {}
+    if name in CLUSTER_SERVICE_NAMES:
+        return cluster_service(name, ports)
     if name == "kafka":
         return KafkaBroker(port=ports.get("broker"), controller_port=ports.get("controller"))
     if name == "redis":
@@ -67,8 +74,10 @@ def make_service(name: str, ports: dict[str, int] | None = None) -> Service:
     raise StackError(f"unknown service {name!r}")
 
 
-def stack_services() -> list[Service]:
+def stack_services(topology: str = "single") -> list[Service]:
     """What `stack up` starts, in order: Kafka, Flink (when skewless/stack/flink.py exists), Redis."""
+    if check_topology(topology) == "cluster":
+        return list(cluster_services())
     names = ["kafka", *(["flink"] if flink_available() else []), "redis"]
     return [make_service(n) for n in names]
 
@@ -98,7 +107,8 @@ def port_problems(services: Sequence[Service]) -> list[str]:
     claimed: dict[int, str] = {}
     for svc in services:
         for role, port in svc.ports().items():
-            var = env_vars.get(port, "the service's port setting in skewless/config.py")
+            var = env_vars.get(port) or (svc.port_setting(role) if isinstance(svc, NodeService)
+                                         else "the service's port setting in skewless/config.py")
             fix = f"stop what holds it (ss -ltnp 'sport = :{port}') or set {var} to a free port"
             if port in claimed:
                 problems.append(f"{svc.name} ({role}): port {port} is also configured for {claimed[port]}; set {var} to another port")
@@ -142,11 +152,11 @@ def read_record() -> dict[str, Any] | None:
         raise StackError(f"{record_path()} is corrupt ({exc}); stop the processes listed in it by hand, then delete it") from exc
 
 
-def write_record(entries: list[dict[str, Any]]) -> None:
+def write_record(entries: list[dict[str, Any]], topology: str = "single") -> None:
     path = record_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"services": entries, "updated": time.time()}, indent=2))
+    tmp.write_text(json.dumps({"services": entries, "topology": topology, "updated": time.time()}, indent=2))
     tmp.replace(path)
 
 
@@ -154,9 +164,13 @@ def record_entry(svc: Service, started: Started) -> dict[str, Any]:
     ports = svc.ports()
     if isinstance(svc, ArchiveProcess):  # listens on nothing; remembers which broker it reads
         ports = {"kafka": svc.kafka_port}
+    pids = [{"pid": p, "start_time": start_time(p)} for p in started.pids]
+    if isinstance(svc, NodeService):  # one pid per node: remember each node's role and port
+        for pid, node in zip(pids, svc.nodes()):
+            pid.update(role=node.role, port=node.port)
     return {
         "name": started.name,
-        "pids": [{"pid": p, "start_time": start_time(p)} for p in started.pids],
+        "pids": pids,
         "ports": ports,
         "endpoints": started.endpoints,
         "log_file": str(started.log_file),
@@ -227,20 +241,33 @@ def fix_hint(name: str) -> str:
         "kafka": f"read the log above; a stale or foreign data dir can be removed: rm -rf {p.state / 'kafka'} (or make clean)",
         "flink": f"read the log above and {p.logs / 'flink'}/; check free memory (free -m) and the Flink ports",
         "redis": f"read the log above; check infra/redis/redis.conf and that {p.state / 'redis'} is a writable directory",
+        "kafka-cluster": f"read the log above and {p.logs}/kafka-<n>.log; stale data can be removed: rm -rf {p.state / 'kafka-cluster'}",
+        "flink-cluster": f"read the log above and {p.logs / 'flink'}/; check free memory (free -m): 3 JVMs",
+        "redis-cluster": f"read {p.logs}/redis-<port>.log and redis-cluster-create.log; stale data: rm -rf {p.state / 'redis-cluster'}",
     }.get(name, "read the log above; `skewless archive status` shows why an archive stopped"
           if is_archive_service(name) else "read the log above")
 
 
-def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> int:
-    """Start the stack; 0 when every service is healthy, 1 (with everything stopped again) otherwise."""
+def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout, topology: str = "single") -> int:
+    """Start the stack (``topology`` when ``services`` is None); 0 when every service is healthy, 1 (with
+    everything stopped again) otherwise."""
     paths = config.paths()
     record = read_record()
     if record and any(live_pids(e) for e in record["services"]):
-        print("stack: already running (run `skewless stack down` first to restart):", file=out)
+        running = record.get("topology", "single")
+        if services is None and running != topology:
+            print(f"stack: the {running} topology is running; to start the {topology} topology run "
+                  "`skewless stack down` first", file=out)
+            return 1
+        print(f"stack: already running, topology {running} (run `skewless stack down` first to restart):", file=out)
         status(out=out)
         return 0 if _all_healthy(record) else 1
     with_archive = services is None  # the default stack also runs the raw archive (docs/infra.md)
-    services = list(services) if services is not None else stack_services()
+    try:
+        services = list(services) if services is not None else stack_services(topology)
+    except StackError as exc:
+        print(f"stack: {exc}", file=out)
+        return 1
     t0 = time.monotonic()
     try:
         preflight(services)
@@ -257,7 +284,7 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout) -> i
             except (StackError, OSError) as exc:
                 raise _ServiceFailed(svc, None, f"could not start: {exc}") from exc
             pairs.append((svc, started))
-            write_record([record_entry(s, st) for s, st in pairs])  # recorded at once: `down` works mid-up
+            write_record([record_entry(s, st) for s, st in pairs], topology)  # recorded at once: `down` works mid-up
             print(f"stack: started {svc.name} (pid {', '.join(map(str, started.pids))}, log {started.log_file})", file=out)
         _await_healthy(pairs, out)
         kafka = next((s for s in services if isinstance(s, KafkaBroker)), None)
@@ -350,8 +377,26 @@ def _entry_healthy(entry: dict[str, Any]) -> bool:
         return False
 
 
+def node_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per node of a multi-node service (cluster topology): role (live, where it can change), port, pid,
+    running, rss; empty for a single-node service."""
+    if not any("role" in p for p in entry["pids"]):
+        return []
+    try:
+        svc = make_service(entry["name"], entry["ports"])
+        live = svc.live_roles() if isinstance(svc, NodeService) and live_pids(entry) else {}
+    except StackError:
+        live = {}
+    rows = []
+    for p in entry["pids"]:
+        running = same_process(p["pid"], p.get("start_time"))
+        rows.append({"role": live.get(p.get("port"), p.get("role")), "port": p.get("port"), "pid": p["pid"],
+                     "running": running, "rss": rss_bytes([p["pid"]]) if running else 0})
+    return rows
+
+
 def status_rows() -> list[dict[str, Any]]:
-    """Per recorded service: name, running, healthy, pids, rss (bytes), endpoints, log."""
+    """Per recorded service: name, running, healthy, pids, rss (bytes), endpoints, log, nodes (cluster)."""
     record = read_record()
     rows = []
     for entry in (record or {"services": []})["services"]:
@@ -365,6 +410,7 @@ def status_rows() -> list[dict[str, Any]]:
                 "rss": rss_bytes(pids),
                 "endpoints": entry["endpoints"],
                 "log_file": entry["log_file"],
+                "nodes": node_rows(entry),
             }
         )
     return rows
@@ -378,6 +424,9 @@ def status(out: TextIO = sys.stdout, as_json: bool = False) -> int:
     elif not rows:
         print("stack: not running (nothing recorded in " f"{record_path()})", file=out)
     else:
+        topology = (read_record() or {}).get("topology", "single")
+        if topology != "single":
+            print(f"topology: {topology}", file=out)
         print(_table(rows), file=out)
         total = sum(r["rss"] for r in rows)
         print(f"total RSS: {fmt_mib(total)}", file=out)
@@ -391,6 +440,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
         state = "healthy" if r["healthy"] else ("running, not healthy" if r["running"] else "stopped")
         endpoints = "  ".join(f"{k}={v}" for k, v in r["endpoints"].items())
         lines.append((r["name"], state, ",".join(map(str, r["pids"])) or "-", fmt_mib(r["rss"]), endpoints))
+        for i, n in enumerate(r.get("nodes", []), start=1):
+            where = f" on {config.HOST}:{n['port']}" if n["port"] else " (ephemeral ports)"
+            lines.append((f"  node {i}", "running" if n["running"] else "stopped", str(n["pid"]), fmt_mib(n["rss"]),
+                          f"{n['role']}{where}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + line[-1] for line in lines
