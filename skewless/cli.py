@@ -11,11 +11,11 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from skewless import __version__
 from skewless import commands as _commands_pkg
-from skewless.commands import CommandError
+from skewless.commands import CommandError, DefaultsHelpFormatter
 from skewless.config import ConfigError
 from skewless.core.registry import RegistryError
 from skewless.core.repo import RepositoryLoadError, UnknownFeatureError
@@ -34,19 +34,89 @@ def _command_modules():
         yield importlib.import_module(f"{_commands_pkg.__name__}.{info.name}")
 
 
+DESCRIPTION = """\
+skewless is a streaming-first feature pipeline. Declare entities, event sources
+and windowed aggregations once in feature_defs/; skewless compiles them into
+Flink jobs that keep the online store (Redis) fresh and Spark jobs that fill
+the offline store (Iceberg), so a model is served the same value its training
+set saw."""
+
+EPILOG = """\
+Run 'skewless COMMAND --help' for a command's options. New here? 'make demo'
+starts the local stack and runs the whole pipeline on sample data; README.md
+has the tour."""
+
+# the top-level help's overview: (heading, [(command, one-line summary)]), in the order a newcomer meets them;
+# every command appears exactly once (tests/unit/test_cli_help.py)
+OVERVIEW: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("get started", (
+        ("demo", "start the stack and run the whole pipeline on sample data"),
+        ("doctor", "check the tools, jars and ports skewless needs"),
+    )),
+    ("define features (feature_defs/)", (
+        ("plan", "validate the definitions; show what stream and batch compute"),
+        ("apply", "record the definitions as the applied state"),
+    )),
+    ("stream", (
+        ("stack", "start, stop or inspect Kafka, Flink, Redis and the archive"),
+        ("produce", "send generated (or saved) events of a source to Kafka"),
+        ("submit", "start the streaming job of a feature view on Flink"),
+        ("jobs", "list (or cancel) the Flink jobs of the local cluster"),
+    )),
+    ("batch", (
+        ("archive", "archive Kafka sources into raw Iceberg tables; show progress"),
+        ("backfill", "recompute feature views over a date range with Spark"),
+        ("materialize", "load a batch run's feature rows into the online store"),
+    )),
+    ("serve and train", (
+        ("serve", "HTTP feature server (online features, push, metrics)"),
+        ("training-set", "point-in-time correct training data to Parquet"),
+        ("online", "online store maintenance (rebuild after Redis lost data)"),
+    )),
+    ("check", (
+        ("monitor", "freshness, quality, drift and consistency of the views"),
+        ("parity", "prove stream, batch and the oracle agree, end to end"),
+    )),
+)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error: ``skewless <command>: error: ... (see --help)``, exit status 2."""
+    """argparse with a one-line error: ``skewless <command>: error: ... (see --help)``, exit status 2; every
+    (sub)command's help shows its options' defaults."""
+
+    def __init__(self, *args: Any, formatter_class: type[argparse.HelpFormatter] = DefaultsHelpFormatter,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def overview(helps: dict[str, str]) -> str:
+    """The command list of ``skewless --help``: one line per command of ``helps`` (name -> HELP), grouped as
+    :data:`OVERVIEW` says; a command missing there is listed under "other" with its HELP."""
+    listed = [(heading, [(n, summary) for n, summary in commands if n in helps]) for heading, commands in OVERVIEW]
+    named = {n for _, commands in listed for n, _ in commands}
+    listed.append(("other", [(n, text) for n, text in sorted(helps.items()) if n not in named]))
+    width = max(map(len, helps))
+    lines = ["commands:"]
+    for heading, commands in listed:
+        if commands:
+            lines.append(f"  {heading}:")
+            lines += [f"    {n:{width}}  {summary}" for n, summary in commands]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="skewless", description=__doc__.splitlines()[0])
+    modules = list(_command_modules())
+    parser = ArgumentParser(prog="skewless", usage="skewless [-h] [--version] COMMAND [ARGS ...]",
+                            description=f"{DESCRIPTION}\n\n{overview({m.NAME: m.HELP for m in modules})}",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"skewless {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
-        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+    # the overview lists the commands; argparse's own list (wrapped mid-summary) is suppressed
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS, prog=parser.prog)
+    for module in modules:
+        p = sub.add_parser(module.NAME, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

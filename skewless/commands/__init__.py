@@ -1,7 +1,8 @@
 """Subcommands of the ``skewless`` CLI; one module per command (see skewless.cli), and what they share:
 :class:`CommandError` (bad input: one line saying what is wrong and the fix; :func:`skewless.cli.main` prints
-it as ``skewless <command>: error: ... (fix: ...)`` and exits 2) and argparse types that refuse a bad value
-before the command starts (argparse prints their message the same way)."""
+it as ``skewless <command>: error: ... (fix: ...)`` and exits 2), argparse types that refuse a bad value
+before the command starts (argparse prints their message the same way) and the help formatter of every
+command (:class:`DefaultsHelpFormatter`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ import os
 from urllib.parse import urlsplit
 
 from skewless.config import ConfigError, check_redis_url
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option's text with ``(default: X)`` when it has a default and does not name one itself
+    (unlike :class:`argparse.ArgumentDefaultsHelpFormatter`: no ``(default: None)``, ``False`` or doubled default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if not text or text == argparse.SUPPRESS or "default" in text.lower():
+            return text
+        default = action.default
+        if default is None or default is argparse.SUPPRESS or isinstance(default, bool) or default in ("", [], ()):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)"
+        return text
 
 
 class CommandError(Exception):

@@ -5,9 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 NAME = "jobs"
 HELP = "list the Flink jobs of the local cluster; --cancel ID cancels one (ID 'all' cancels every running job)"
+# job states (Flink's JobStatus) of a job that is running or will run again: listed by default, and what
+# `skewless submit` refuses to duplicate
+ACTIVE_STATES = frozenset({"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "RECONCILING"})
+
+
+def started_utc(job: dict[str, Any]) -> str:
+    """A ``/jobs/overview`` entry's start time as ``YYYY-MM-DD HH:MM:SS`` (UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(job.get("start-time", 0) / 1000))
+
+
+def describe(job: dict[str, Any]) -> str:
+    """One ``/jobs/overview`` entry for a sentence: ``Flink job <id> '<name>' (RUNNING since ... UTC)``."""
+    return f"Flink job {job['jid']} '{job.get('name', '')}' ({job.get('state', '?')} since {started_utc(job)} UTC)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         jobs = cluster.list_jobs()
         if args.cancel:
-            running = [j["jid"] for j in jobs if j.get("state") == "RUNNING"]
+            running = [j["jid"] for j in jobs if j.get("state") in ACTIVE_STATES]
             targets = running if args.cancel == "all" else [args.cancel]
             for jid in targets:
                 cluster.cancel_job(jid)
@@ -32,12 +46,11 @@ def run(args: argparse.Namespace) -> int:
     except StackError as exc:
         print(f"skewless jobs: {exc}", file=sys.stderr)
         return 1
-    shown = [j for j in jobs if args.all or j.get("state") in ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING")]
+    shown = [j for j in jobs if args.all or j.get("state") in ACTIVE_STATES]
     if not shown:
         print("skewless jobs: no running jobs" + ("" if args.all else " (--all shows finished ones)"))
         return 0
     print(f"{'JOB ID':34} {'STATE':10} {'STARTED (UTC)':20} NAME")
     for j in sorted(shown, key=lambda j: j.get("start-time", 0)):
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(j.get("start-time", 0) / 1000))
-        print(f"{j['jid']:34} {j.get('state', '?'):10} {started:20} {j.get('name', '')}")
+        print(f"{j['jid']:34} {j.get('state', '?'):10} {started_utc(j):20} {j.get('name', '')}")
     return 0

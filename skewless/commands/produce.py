@@ -14,21 +14,43 @@ KAFKA_PROBE_TIMEOUT_S = 5.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from skewless import config
+    from skewless.producer import GeneratorConfig
 
     parser.add_argument("--source", default="orders", help="event source (only 'orders' has a generator)")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
     parser.add_argument("--rate", type=non_negative_float, default=1000.0, help="records per second (0 = as fast as possible)")
     parser.add_argument("--duration", type=non_negative_float, default=10.0, help="seconds of records to produce")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=GeneratorConfig.seed,
+                        help="generator seed: the same seed and options give the same records")
     parser.add_argument("--partitions", type=positive_int, default=3, help="partitions of the topic (created if missing)")
-    parser.add_argument("--users", type=positive_int, default=1000)
-    parser.add_argument("--bootstrap", default=f"{config.HOST}:{config.ports().kafka}")
-    parser.add_argument("--topic", default=None, help="default: the source's topic")
-    parser.add_argument("--replay", type=existing_file, default=None, help="JSON-lines file of records (written by --save)")
-    parser.add_argument("--save", default=None, help="also write the records as JSON lines (for --replay)")
-    parser.add_argument("--manifest", default=None, help="write what was injected (JSON) here")
+    parser.add_argument("--users", type=positive_int, default=1000,
+                        help="distinct users (entity ids) the orders come from")
+    parser.add_argument("--bootstrap", default=f"{config.HOST}:{config.ports().kafka}", metavar="HOST:PORT",
+                        help="Kafka bootstrap servers")
+    parser.add_argument("--topic", default=None, help="topic to write to (default: the source's topic)")
+    parser.add_argument("--replay", type=existing_file, default=None, metavar="FILE",
+                        help="send the records of this JSON-lines file (written by --save) instead of generating")
+    parser.add_argument("--save", default=None, metavar="FILE", help="also write the records as JSON lines (for --replay)")
+    parser.add_argument("--manifest", default=None, metavar="FILE",
+                        help="write what was injected (counts and sequence numbers, JSON) here")
     for kind in ("duplicate", "late", "future", "malformed"):
-        parser.add_argument(f"--{kind}", type=fraction, default=None, help=f"fraction of {kind} records (0..1)")
+        parser.add_argument(f"--{kind}", type=fraction, default=getattr(GeneratorConfig, f"{kind}_fraction"),
+                            metavar="FRACTION", help=f"share of {kind} records, 0..1")
+
+
+def summary(delivered: int, topic: str, seconds: float, counts: dict[str, int], replayed: str | None = None,
+            manifest: str | None = None) -> list[str]:
+    """The lines ``produce`` prints: what reached which topic how fast, then what was injected."""
+    rate = delivered / max(seconds, 1e-9)
+    lines = [f"skewless produce: {delivered:,} records to topic {topic} in {seconds:.1f} s ({rate:,.0f}/s)"]
+    if replayed:
+        lines.append(f"  replayed from {replayed}")
+    if counts:
+        kinds = ", ".join(f"{n:,} {kind}" for kind, n in counts.items())
+        lines.append(f"  generated: {kinds}")
+        if manifest:
+            lines.append(f"  which records were injected: {manifest}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
         except ReplayFileError as exc:
             raise CommandError(str(exc)) from None
     else:
-        overrides = {f"{k}_fraction": getattr(args, k) for k in ("duplicate", "late", "future", "malformed")
-                     if getattr(args, k) is not None}
+        overrides = {f"{k}_fraction": getattr(args, k) for k in ("duplicate", "late", "future", "malformed")}
         rate = args.rate or 10_000.0
         cfg = GeneratorConfig(count=max(1, int(rate * args.duration)), rate=rate, seed=args.seed,
                               partitions=args.partitions, users=args.users, start_ms=int(time.time() * 1000),
@@ -81,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     if args.manifest and manifest is not None:
         with open(args.manifest, "w") as f:
             json.dump(manifest.to_json(), f, indent=1)
-    counts = manifest.counts if manifest else {}
-    print(f"skewless produce: {report.delivered} records to {topic} in {took:.1f} s "
-          f"({report.delivered / max(took, 1e-9):,.0f}/s) {counts}")
+    print("\n".join(summary(report.delivered, topic, took, manifest.counts if manifest else {}, args.replay,
+                           args.manifest if manifest else None)))
     return 0

@@ -1,22 +1,58 @@
-"""``skewless submit <view|all>``: the compiled streaming job on the `make up` Flink cluster."""
+"""``skewless submit <view|all>``: the compiled streaming job on the `make up` Flink cluster.
+
+A view computed by a job that is still active is not submitted twice (two jobs computing the same features,
+double the work and two writers on the same online keys): submit refuses, naming the job, unless
+``--replace`` cancels it first.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from skewless.commands import CommandError, positive_int
+from skewless.commands.jobs import ACTIVE_STATES, describe
+
+if TYPE_CHECKING:
+    from skewless.stack.flink import FlinkSessionCluster
 
 NAME = "submit"
 HELP = "submit the streaming job of a feature view (or all) to the local Flink session cluster"
+# streaming_jobs/run_view.py names its job "skewless-stream-" + the view names joined by "-" (view names never
+# contain "-": skewless.core.validation.NAME_RE)
+JOB_NAME_PREFIX = "skewless-stream-"
+CANCEL_TIMEOUT_S = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("view", nargs="?", default="all", help="feature view name, or 'all' (default)")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
-    parser.add_argument("--starting-offsets", default="earliest", choices=("earliest", "latest", "group"))
-    parser.add_argument("--parallelism", type=positive_int, default=None)
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more run_view.py arguments")
+    parser.add_argument("--starting-offsets", default="earliest", choices=("earliest", "latest", "group"),
+                        help="where the job starts reading the topic: from the start (rebuilds every window), "
+                             "new records only, or the consumer group's committed offsets")
+    parser.add_argument("--parallelism", type=positive_int, default=None,
+                        help="parallelism of the job (default: the cluster's)")
+    parser.add_argument("--replace", action="store_true",
+                        help="cancel a running job that computes the same view(s) before submitting, instead of "
+                             "refusing")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], metavar="ARG",
+                        help="more run_view.py arguments (everything after --extra)")
+
+
+def views_of_job(name: str) -> frozenset[str]:
+    """The feature views a streaming job computes, from its Flink job name (empty if not a skewless stream job)."""
+    if not name.startswith(JOB_NAME_PREFIX):
+        return frozenset()
+    return frozenset(v for v in name.removeprefix(JOB_NAME_PREFIX).split("-") if v)
+
+
+def conflicting_jobs(jobs: Iterable[dict[str, Any]], views: Sequence[str]) -> list[dict[str, Any]]:
+    """The active jobs (``/jobs/overview`` entries) that already compute any of ``views``, oldest first."""
+    wanted = set(views)
+    return sorted((j for j in jobs if j.get("state") in ACTIVE_STATES and views_of_job(j.get("name", "")) & wanted),
+                  key=lambda j: j.get("start-time", 0))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +67,19 @@ def run(args: argparse.Namespace) -> int:
         jobs = compile_repository(repo, None if args.view == "all" else [args.view])
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    views = [v for j in jobs for v in j.views]
+    cluster = FlinkSessionCluster()
+    running = conflicting_jobs(cluster.list_jobs(), views)
+    if running and not args.replace:
+        first = running[0]
+        more = f" (and {len(running) - 1} more)" if len(running) > 1 else ""
+        raise CommandError(
+            f"{describe(first)}{more} already computes {', '.join(sorted(views_of_job(first['name']) & set(views)))}; "
+            "a second job would compute the same features again (two writers on the same online keys)",
+            f"`skewless submit {args.view} --replace` cancels it and submits again; `skewless jobs --cancel "
+            f"{first['jid']}` only cancels it")
+    for job in running:
+        replace(cluster, job, views, args.starting_offsets)
     bootstrap = f"{config.HOST}:{config.ports().kafka}"
     create_topics(bootstrap, {j.topic: 3 for j in jobs})
     script = config.PROJECT_ROOT / "streaming_jobs" / "run_view.py"
@@ -40,7 +89,23 @@ def run(args: argparse.Namespace) -> int:
                 *args.extra]
     if args.parallelism:
         job_args += ["--parallelism", str(args.parallelism)]
-    job_id = FlinkSessionCluster().submit_python_job(script, job_args, detached=True, parallelism=args.parallelism)
-    print(f"skewless submit: {args.view} -> Flink job {job_id} (views {', '.join(v for j in jobs for v in j.views)}); "
+    job_id = cluster.submit_python_job(script, job_args, detached=True, parallelism=args.parallelism)
+    print(f"skewless submit: {args.view} -> Flink job {job_id} (views {', '.join(views)}); "
           "`skewless jobs` lists, `skewless jobs --cancel ID` cancels")
     return 0
+
+
+def replace(cluster: FlinkSessionCluster, job: dict[str, Any], views: Sequence[str], starting_offsets: str) -> None:
+    """Cancel ``job`` (which computes some of ``views``) and wait until Flink reports it gone.
+
+    A plain cancel: the cluster client has no stop-with-savepoint and the new job cannot be started from a
+    savepoint, so the new job rebuilds its windows from Kafka (``--starting-offsets``) instead.
+    """
+    others = sorted(views_of_job(job["name"]) - set(views))
+    restart = ("rebuilds its windows from the start of the topic" if starting_offsets == "earliest" else
+               f"starts at the {starting_offsets} offsets without the old job's window state")
+    print(f"skewless submit: --replace: cancelling {describe(job)}; a plain cancel, not stop-with-savepoint: the "
+          f"new job {restart} (--starting-offsets {starting_offsets})"
+          + (f"; it also computed {', '.join(others)}, which stop until submitted again" if others else ""))
+    cluster.cancel_job(job["jid"])
+    cluster.wait_job(job["jid"], states=("CANCELED",), timeout_s=CANCEL_TIMEOUT_S)  # StackError if still there

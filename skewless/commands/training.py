@@ -27,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", help="spine: end instant, exclusive (ISO, UTC)")
     parser.add_argument("--every", default="1h", help="spine: cadence, e.g. 15m, 1h, 1d (default 1h)")
     parser.add_argument("--entity-ids", nargs="*", help="spine: these entity ids (default: every entity in the source)")
-    parser.add_argument("--timestamp-column", default="event_timestamp")
-    parser.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb")
+    parser.add_argument("--timestamp-column", default="event_timestamp",
+                        help="the instant column of the entity rows (--entities; with --spine, the name it gets)")
+    parser.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                        help="engine of the point-in-time join (same values either way)")
     parser.add_argument("--out", required=True, help="output Parquet file (written to a temporary file, then renamed)")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

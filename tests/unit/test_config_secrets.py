@@ -213,6 +213,7 @@ def test_submit_passes_no_secret_to_the_job_command_line(sasl_ssl: Path, monkeyp
     monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD", "redis-hunter2")
     submitted: list[list[str]] = []
     monkeypatch.setattr(kafka, "create_topics", lambda *a, **k: None)
+    monkeypatch.setattr(flink.FlinkSessionCluster, "list_jobs", lambda self: [])
     monkeypatch.setattr(flink.FlinkSessionCluster, "submit_python_job",
                         lambda self, script, args, **kw: submitted.append([str(script), *args]) or "job-1")
     assert main(["submit", "--repo", str(ROOT / "feature_defs")]) == 0
