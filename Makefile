@@ -28,8 +28,8 @@ test-unit: setup  ## unit tests only: no JVM, no services
 plan: setup       ## validate feature_defs/ and print what streaming and batch compute
 	@$(SKEWLESS) plan
 
-submit: setup     ## submit a compiled PyFlink job to the `make up` cluster: make submit JOB=<view|all>
-	@$(SKEWLESS) submit $(or $(JOB),all)
+submit: setup     ## submit a compiled PyFlink job to the `make up` cluster: make submit JOB=<view|all> [REPLACE=1]
+	@$(SKEWLESS) submit $(or $(JOB),all) $(if $(REPLACE),--replace,)
 
 backfill: setup   ## spark-submit a backfill: make backfill START=YYYY-MM-DD END=YYYY-MM-DD [VIEW=v]
 	@$(SKEWLESS) backfill --start "$(START)" --end "$(END)" $(if $(VIEW),--view $(VIEW),)
