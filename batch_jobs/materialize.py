@@ -18,15 +18,16 @@ Re-running is idempotent: the same rows give the same hashes.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from skewless.core import layout
-from skewless.core.dsl import FeatureView, SnapshotView
+from skewless.config import default_project
+from skewless.core import laws, layout
+from skewless.core.dsl import Agg, Derived, FeatureView, SnapshotView
+from skewless.core.expr import evaluate
 from skewless.core.timeutil import to_epoch_ms
 
 from batch_jobs.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
@@ -70,11 +71,6 @@ class MaterializeReport:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-def default_project() -> str:
-    """Key prefix of the online store: ``$SKEWLESS_PROJECT`` or ``skewless`` (as monitoring uses)."""
-    return os.environ.get("SKEWLESS_PROJECT") or "skewless"
 
 
 def store_epoch(client: Any, project: str, init: bool = False) -> str:
@@ -258,11 +254,6 @@ def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
     inputs are all batch-served too), one row per entity, as a PyArrow table for data-quality checks."""
     import pyarrow as pa
 
-    from skewless.core import laws
-    from skewless.core.dsl import Agg, Derived
-
-    from batch_jobs.pit import evaluate_derived
-
     windows = layout.batch_windows(view)
     keys = view.entity.key_names
     cols = {k: rows.column(k).to_pylist() for k in keys}
@@ -280,7 +271,7 @@ def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
     for f in derived:
         try:
             for v in values_per_row:
-                v[f.name] = evaluate_derived(f.expr, v, cutoff)
+                v[f.name] = evaluate(f.expr, v, cutoff)
             names.append(f.name)
         except KeyError:  # reads a stream-served feature: not known from the batch alone
             for v in values_per_row:

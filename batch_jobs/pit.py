@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from skewless.core import laws
-from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Derived, FeatureView, Ref
+from skewless.core.dsl import Agg, Derived, FeatureView
+from skewless.core.expr import evaluate
 from skewless.core.routing import is_stream_served
-from skewless.core.timeutil import MS_PER_DAY, floor_ms
+from skewless.core.timeutil import MS_PER_DAY, day_start_ms, floor_ms
 
 from batch_jobs import tables as T
 from batch_jobs.codec import to_intermediate
-from batch_jobs.runner import day_start_ms, run_fingerprint
+from batch_jobs.runner import run_fingerprint
 from batch_jobs.spark_compiler import DAY, OFFSET, PARTITION, TS, SparkBatchJob, contribution_column
 
 
@@ -101,7 +102,7 @@ def point_in_time(spark: Any, view: FeatureView, job: SparkBatchJob, requests: S
             values[a.name] = law.finalize(acc)
         for f in view.features:
             if isinstance(f, Derived):
-                values[f.name] = evaluate_derived(f.expr, values, t)
+                values[f.name] = evaluate(f.expr, values, t)
         out.append({name: values[name] for name in view.feature_names})
     return out
 
@@ -114,27 +115,3 @@ def _lit(v: Any) -> str:
     from batch_jobs.spark_compiler import sql_literal
 
     return sql_literal(v)
-
-
-def evaluate_derived(expr: Any, values: Mapping[str, Any], t: int) -> Any:
-    """A derived expression over already computed feature values (docs/semantics.md §8)."""
-    if isinstance(expr, Ref):
-        return values[expr.feature]
-    if isinstance(expr, Const):
-        return expr.value
-    if isinstance(expr, DaysSince):
-        ts = evaluate_derived(expr.ts, values, t)
-        return None if ts is None else (t - ts) // MS_PER_DAY
-    if isinstance(expr, BinOp):
-        left, right = evaluate_derived(expr.left, values, t), evaluate_derived(expr.right, values, t)
-        if left is None or right is None:
-            return None
-        if expr.op == "/":
-            return None if right == 0 else float(left) / float(right)
-        if isinstance(left, float) or isinstance(right, float):
-            left, right = float(left), float(right)
-        result = left + right if expr.op == "+" else left - right if expr.op == "-" else left * right
-        if isinstance(result, int):
-            laws.check_int64(result, "result")
-        return result
-    raise TypeError(f"not an expression: {expr!r}")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from skewless.core.dsl import FeatureView, SnapshotView
 from skewless.core.plan import plan_view
 from skewless.core.repo import Repository
-from skewless.core.timeutil import MS_PER_DAY, to_epoch_ms
+from skewless.core.timeutil import MS_PER_DAY, day_start_ms, to_epoch_ms
 
 from batch_jobs import tables as T
 from batch_jobs.raw import added_files, event_day, raw_dataframe
@@ -40,10 +40,6 @@ def parse_day(text: str, what: str = "date") -> date:
         return date.fromisoformat(text)
     except (TypeError, ValueError):
         raise T.BatchError(f"{what} {text!r} is not a date YYYY-MM-DD") from None
-
-
-def day_start_ms(day: date) -> int:
-    return to_epoch_ms(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
 
 
 def cutoff_ms(day: date) -> int:

@@ -277,7 +277,8 @@ def run() -> dict[str, Any]:
     import redis
 
     from batch_jobs.materialize import materialize_feature_view
-    from batch_jobs.runner import cutoff_ms, day_start_ms
+    from batch_jobs.runner import cutoff_ms
+    from skewless.core.timeutil import day_start_ms
     from skewless.core.schemas import load_schema
     from skewless.engines.iceberg_catalog import load_catalog
     from skewless.stack.base import free_port

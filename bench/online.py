@@ -1,7 +1,7 @@
 """Online serving benchmark (not a test): SDK and HTTP reads of the example feature service vs raw Redis floors.
 
 Starts its own Redis (a local process on a free 127.0.0.1 port), fills it the way the pipelines do
-(:mod:`skewless.serving.fill`: 5-minute and daily tiles within retention, batch records, profile snapshots) for
+(:mod:`tests.support.fill`: 5-minute and daily tiles within retention, batch records, profile snapshots) for
 ``SKEWLESS_BENCH_USERS`` users, then measures in one run:
 
 - ``online_p99_ms_1_entity``: ``OnlineStore.get_online_features`` of 1 entity x ``churn_model`` (9 features,
@@ -218,11 +218,12 @@ def run() -> dict:
 
     from skewless.core.repo import load_repository
     from skewless.core.timeutil import MS_PER_DAY
-    from skewless.serving.fill import fill, write
+    from tests.support.fill import fill, write
     from skewless.serving.online import OnlineStore
     from skewless.stack.base import free_port
     from skewless.stack.procs import wait_until
-    from skewless.stack.redis import RedisServer, redis_url
+    from skewless.config import redis_url
+    from skewless.stack.redis import RedisServer
 
     root = Path(tempfile.mkdtemp(prefix="bench-online-"))
     server = RedisServer(port=free_port())

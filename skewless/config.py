@@ -69,3 +69,14 @@ def paths() -> Paths:
 
 HOST = "127.0.0.1"  # every server we start listens on loopback only
 ICEBERG_CATALOG_NAME = "skewless"  # same name for Spark's JdbcCatalog and PyIceberg's SqlCatalog
+DEFAULT_PROJECT = "skewless"
+
+
+def default_project() -> str:
+    """Key prefix of the online store (the project): ``$SKEWLESS_PROJECT`` or ``skewless``."""
+    return os.environ.get("SKEWLESS_PROJECT") or DEFAULT_PROJECT
+
+
+def redis_url(port: int | None = None, db: int = 0) -> str:
+    """The URL of the project's Redis on loopback (``port`` default: :func:`ports`' redis)."""
+    return f"redis://{HOST}:{ports().redis if port is None else port}/{db}"

@@ -38,7 +38,7 @@ from skewless.core.dsl import (
 )
 from skewless.core.routing import BATCH_TILE_MS, is_stream_served
 from skewless.core.schemas import NUMERIC_TYPES, TYPES, EventSchema, SchemaError
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, MS_PER_SECOND, default_tile_ms, td_ms
+from skewless.core.timeutil import MS_PER_DAY, default_tile_ms, format_duration, td_ms
 
 if TYPE_CHECKING:
     from skewless.core.repo import Repository
@@ -78,21 +78,6 @@ class DefinitionError(Exception):
         lines = [f"{n} problem{'s' if n != 1 else ''} in the feature definitions:"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
-
-
-def format_duration(ms: int | None) -> str:
-    """Compact duration: ``365d``, ``1h``, ``5m``, ``1d12h``, ``lifetime`` for None."""
-    if ms is None:
-        return "lifetime"
-    if ms == 0:
-        return "0s"
-    sign, ms = ("-", -ms) if ms < 0 else ("", ms)
-    parts = []
-    for unit, size in (("d", MS_PER_DAY), ("h", MS_PER_HOUR), ("m", MS_PER_MINUTE), ("s", MS_PER_SECOND), ("ms", 1)):
-        if ms >= size:
-            parts.append(f"{ms // size}{unit}")
-            ms %= size
-    return sign + "".join(parts)
 
 
 def _td(value: Any) -> str:

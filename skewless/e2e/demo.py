@@ -266,7 +266,7 @@ class Demo:
 
     def _produce_live(self, users: Sequence[str], stop: threading.Event, sent: list[int]) -> None:
         from skewless.producer.generator import GeneratedRecord, partition_for
-        from skewless.producer.kafka_producer import make_producer
+        from skewless.engines.kafka import make_producer
 
         rng = random.Random()
         producer = make_producer(self.bootstrap, **{"linger.ms": 5})

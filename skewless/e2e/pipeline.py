@@ -96,7 +96,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int, retention_ms: int 
     """Create ``topic`` (existing: left as is); ``retention_ms=-1`` keeps old-stamped history."""
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
-    from skewless.stack.kafka import admin_client, create_topics
+    from skewless.engines.kafka import admin_client, create_topics
 
     create_topics(bootstrap, {topic: partitions})
     if retention_ms is not None:

@@ -148,7 +148,7 @@ class Pusher:
     def _producer_for(self) -> Any:
         with self._lock:
             if self._producer is None:
-                from skewless.producer.kafka_producer import make_producer
+                from skewless.engines.kafka import make_producer
 
                 self._producer = make_producer(self.bootstrap, **{"linger.ms": 1})
             return self._producer

@@ -14,7 +14,7 @@ from typing import Any
 
 from skewless import config
 from skewless.stack.base import Service, StackError, Started
-from skewless.stack.kafka import metadata_ok
+from skewless.engines.kafka import metadata_ok
 from skewless.stack.procs import spawn
 
 PREFIX = "archive-"

@@ -28,11 +28,12 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Ref
+from skewless.core.expr import closure
 from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY
 from skewless.training.compiler import TrainingCompiler
-from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, _refs, batch_run_fingerprint
+from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, batch_run_fingerprint
 from skewless.training.requests import RID, T
 
 PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
@@ -157,7 +158,7 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
         cols = []
         batch_names = {a.name for a in batch}
         for o in pit.outputs:
-            deps = sorted(n for n in _deps(pit, o.feature) if n in batch_names)
+            deps = sorted(n for n in closure([o.feature], {d.feature: d.expr for d in pit.derives}) if n in batch_names)
             expr = values[o.feature]
             if deps:
                 expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
@@ -208,18 +209,6 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
 
 def _zero(expr: str) -> str:
     return f"-coalesce({expr[1:]}, 0)" if expr.startswith("-") else f"coalesce({expr}, 0)"
-
-
-def _deps(pit: ViewPit, feature: str) -> set[str]:
-    derives = {d.feature: d.expr for d in pit.derives}
-    out, stack = set(), [feature]
-    while stack:
-        name = stack.pop()
-        if name not in out:
-            out.add(name)
-            if name in derives:
-                stack.extend(_refs(derives[name]))
-    return out
 
 
 def _derived(expr: Any, values: dict[str, str]) -> str:

