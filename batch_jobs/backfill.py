@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from skewless.core.validation import DefinitionError
 
     from batch_jobs.runner import RunOptions, compile_view, parse_day, run_range
-    from batch_jobs.tables import BatchError
+    from skewless.offline.tables import BatchError
 
     try:
         start, end = parse_day(args.start, "--start"), parse_day(args.end, "--end")

@@ -13,8 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from skewless.core import laws, layout
 from skewless.core.dsl import Agg, Entity
-
-from batch_jobs.spark_compiler import BatchWindowSpec, serving_part_column
+from skewless.offline.spark_compiler import BatchWindowSpec, serving_part_column
 
 
 def to_intermediate(agg: Agg | str, value: Any) -> Any:

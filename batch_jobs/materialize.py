@@ -29,8 +29,7 @@ from skewless.core import laws, layout
 from skewless.core.dsl import Agg, Derived, FeatureView, SnapshotView
 from skewless.core.expr import evaluate
 from skewless.core.timeutil import to_epoch_ms
-
-from batch_jobs.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
+from skewless.offline.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
 DEFAULT_BATCH = 10_000  # entities per pipelined send
 DEFAULT_GROUP = 20  # kept for callers; the HSET protocol needs no grouping

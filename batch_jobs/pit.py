@@ -23,11 +23,11 @@ from skewless.core.dsl import Agg, Derived, FeatureView
 from skewless.core.expr import evaluate
 from skewless.core.routing import is_stream_served
 from skewless.core.timeutil import MS_PER_DAY, day_start_ms, floor_ms
+from skewless.offline import tables as T
+from skewless.offline.spark_compiler import (DAY, OFFSET, PARTITION, TS, SparkBatchJob, contribution_column,
+                                             run_fingerprint)
 
-from batch_jobs import tables as T
 from batch_jobs.codec import to_intermediate
-from batch_jobs.runner import run_fingerprint
-from batch_jobs.spark_compiler import DAY, OFFSET, PARTITION, TS, SparkBatchJob, contribution_column
 
 
 def _day_ms(d: date) -> int:
@@ -36,7 +36,7 @@ def _day_ms(d: date) -> int:
 
 def raw_snapshot_of_tiles(spark: Any, job: SparkBatchJob, tables: T.ViewTables) -> int:
     """The raw snapshot the current tiles were computed from (the newest in the runs log)."""
-    fp = run_fingerprint(job)
+    fp = run_fingerprint(job.fingerprint)
     row = spark.sql(f"SELECT max_by(raw_snapshot_id, finished_at) FROM {tables.runs} WHERE fingerprint = '{fp}'").collect()[0]
     if row[0] is None:
         raise T.BatchError(f"no batch run of {job.view} v{job.version} with this definition: run a backfill first")
@@ -69,7 +69,7 @@ def point_in_time(spark: Any, view: FeatureView, job: SparkBatchJob, requests: S
     events: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     if head_days:
         raw_view = f"__pit_raw_{tables.base}"
-        from batch_jobs.raw import raw_dataframe
+        from skewless.offline.raw import raw_dataframe
 
         first = date.fromordinal(date(1970, 1, 1).toordinal() + min(head_days) // MS_PER_DAY)
         last = date.fromordinal(date(1970, 1, 1).toordinal() + max(head_days) // MS_PER_DAY)
@@ -112,6 +112,6 @@ def _tile(job: SparkBatchJob, feature: str) -> int:
 
 
 def _lit(v: Any) -> str:
-    from batch_jobs.spark_compiler import sql_literal
+    from skewless.offline.spark_compiler import sql_literal
 
     return sql_literal(v)

@@ -278,8 +278,7 @@ def run() -> dict:
             peer.sdk(100, per, off, warm)
 
         def cold100(i: int) -> Any:  # every entity evaluated from its bytes: the store's memo and decode caches emptied
-            store._memo.clear()
-            store._decoded.clear()
+            store.caches.forget_entities()
             return store.get_online_features({"user_id": users[(i * 100) % max(1, len(users) - 100):][:100]}, SERVICE)
 
         sdk100_cold = _timed(cold100, n100, warmup=30)

@@ -634,7 +634,7 @@ class _PreparedSnapshotView:
 
 
 def _view_tables(pit: ViewPit) -> Any:
-    from batch_jobs.tables import DEFAULT_NAMESPACE, ViewTables
+    from skewless.offline.tables import DEFAULT_NAMESPACE, ViewTables
 
     return ViewTables(DEFAULT_NAMESPACE, pit.name, pit.view.version)
 

@@ -21,6 +21,7 @@ from skewless.core.dsl import Agg, FeatureView, SnapshotView
 from skewless.core.expr import closure
 from skewless.core.plan import Derive, Serving, TileAgg, ViewPlan, plan_view
 from skewless.core.repo import Repository
+from skewless.offline.spark_compiler import run_fingerprint
 
 STATUS_SUFFIX = "__status"
 INVERTIBLE = (Agg.COUNT, Agg.SUM, Agg.AVG)  # tiles merge by subtraction of prefix sums
@@ -190,7 +191,5 @@ def build_pit_plan(repo: Repository, features: Any) -> PitPlan:
 
 
 def batch_run_fingerprint(pit: ViewPit) -> str:
-    """The fingerprint the batch path's runs log records for this view's tiles (batch_jobs.runner.run_fingerprint)."""
-    from batch_jobs.spark_compiler import COMPILER_VERSION
-
-    return f"{pit.plan.semantic_fingerprint}:{COMPILER_VERSION}"
+    """The fingerprint the batch path's runs log records for this view's tiles."""
+    return run_fingerprint(pit.plan.semantic_fingerprint)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batch_jobs import tables as T
+from skewless.offline import tables as T
 from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, run_range
 from skewless.core.timeutil import day_start_ms
 from skewless.core import laws, layout, oracle

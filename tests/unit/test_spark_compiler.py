@@ -12,8 +12,8 @@ import pytest
 from batch_jobs.codec import encode_window, to_intermediate
 from batch_jobs.materialize import _BatchPacker, _pack_command
 from batch_jobs.runner import compile_feature_view, compile_view, find_view
-from batch_jobs.spark_compiler import SparkCompiler, serving_part_column
-from batch_jobs.tables import BatchError
+from skewless.offline.spark_compiler import SparkCompiler, serving_part_column
+from skewless.offline.tables import BatchError
 from skewless.core import layout
 from skewless.core.dsl import Agg, Aggregation, Entity, EventSource, FeatureView, Where, Window
 from skewless.core.plan import plan_view
@@ -157,7 +157,7 @@ def test_event_day_reads_only_the_archive_day_partition() -> None:
 
     from pyspark.sql import Row
 
-    from batch_jobs.raw import event_day
+    from skewless.offline.raw import event_day
 
     assert event_day(Row(event_time_day=date(2025, 3, 1)), "event_time") == date(2025, 3, 1)
     assert event_day(Row(ts_day=date(2025, 3, 1)), "event_time") is None  # another column's day

@@ -51,6 +51,12 @@ LAST_DAY = "__last_day"  # serving state: the entity's newest tile day before th
 RAW_DAY = "__day"  # the event's UTC day inside the offline statement (the raw table may have a `day` column)
 
 
+def run_fingerprint(plan_fingerprint: str) -> str:
+    """What the runs log records for a view's tiles: the plan's semantic fingerprint and :data:`COMPILER_VERSION`
+    (resumed backfills recompute days logged with another; training reads only tiles logged with it)."""
+    return f"{plan_fingerprint}:{COMPILER_VERSION}"
+
+
 def contribution_column(feature: str) -> str:
     return f"c__{feature}"
 
