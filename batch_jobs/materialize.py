@@ -200,7 +200,7 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
 
     tags = rows.column("entity_tag").combine_chunks()
     values = [rows.column(columns[f]).combine_chunks() for f in fields]
-    packer = _BatchPacker(*packer_args)
+    packer = BatchPacker(*packer_args)
     n = len(tags)
     if n:
         packer.verify(tags[0].as_py(), [v[0].as_py() for v in values])
@@ -223,7 +223,7 @@ def send_pipelined(client: Any, batches: Iterable[tuple[bytes, int]], report: Ma
     conn = client.connection_pool.get_connection()
     written = 0
     try:
-        replies = _IntegerReplies(conn)
+        replies = IntegerReplies(conn)
         in_flight = 0
         for data, count in batches:
             conn.send_packed_command([data], check_health=False)
@@ -284,7 +284,7 @@ def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
-class _BatchPacker:
+class BatchPacker:
     """RESP of ``HSET <batch key> <fields...>`` + ``PEXPIREAT <batch key> <at>`` per entity
     (:func:`skewless.core.layout.batch_write_commands`), constant parts packed once."""
 
@@ -308,7 +308,7 @@ class _BatchPacker:
         """The packed commands of one row equal the layout's own ``batch_write_commands`` (guards the template)."""
         key = self.key_head.decode() + tag + self.key_tail.decode()
         rec = {"cutoff": str(self.cutoff), "run": self.run_id, "epoch": self.epoch, **dict(zip(self.fields, values))}
-        expected = b"".join(_pack_command(c) for c in layout.batch_write_commands(key, rec))
+        expected = b"".join(pack_command(c) for c in layout.batch_write_commands(key, rec))
         import pyarrow as pa
 
         if self.pack([tag], [[v] for v in values]) != expected or self.pack_arrow(
@@ -364,7 +364,7 @@ class _BatchPacker:
         return joined.buffers()[2].to_pybytes()[o[0]:o[-1]]
 
 
-class _IntegerReplies:
+class IntegerReplies:
     """Counts the replies of pipelined HSET/PEXPIREAT on one connection without parsing them one by one: both
     answer integers (``:<n>\\r\\n``) and errors are ``-<message>\\r\\n``, one line each, so the raw reply stream
     is counted by lines. Replies of commands sent later may arrive in the same read: they are kept as credit."""
@@ -397,7 +397,7 @@ class _IntegerReplies:
         self.credit = lines - n
 
 
-def _pack_command(args: Iterable[str]) -> bytes:
+def pack_command(args: Iterable[str]) -> bytes:
     items = [a.encode() for a in args]
     return b"*%d\r\n" % len(items) + b"".join(_bulk(a) for a in items)
 

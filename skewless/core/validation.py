@@ -43,6 +43,10 @@ from skewless.core.timeutil import MS_PER_DAY, default_tile_ms, format_duration,
 if TYPE_CHECKING:
     from skewless.core.repo import Repository
 
+class UnknownFeatureError(LookupError):
+    """A feature reference names no view, feature or service of the repository."""
+
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
@@ -621,8 +625,6 @@ def _check_expectations(c: _Checker, kind: str, v: Any, type_of: Any) -> None:
 
 
 def _check_service(c: _Checker, s: FeatureService) -> None:
-    from skewless.core.repo import UnknownFeatureError
-
     kind = "feature service"
     _check_name(c, kind, s.name)
     if s.name in c.repo.views_by_name:

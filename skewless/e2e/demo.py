@@ -265,7 +265,8 @@ class Demo:
         return text if status == "present" else f"{text} ({status})"
 
     def _produce_live(self, users: Sequence[str], stop: threading.Event, sent: list[int]) -> None:
-        from skewless.producer.generator import GeneratedRecord, partition_for
+        from skewless.engines.kafka import partition_for
+        from skewless.producer.generator import GeneratedRecord
         from skewless.engines.kafka import make_producer
 
         rng = random.Random()

@@ -4,6 +4,7 @@ AdminClient, explicit topic creation (brokers run with ``auto.create.topics.enab
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +55,11 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaAdminError(f"kafka: cannot create topic {name!r} on {bootstrap}: {exc}") from exc
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of a message key: CRC32 of the key modulo the partition count (stable, explicit)."""
+    return zlib.crc32(key) % partitions
 
 
 def make_producer(bootstrap: str, **overrides: object) -> Any:  # -> confluent_kafka.Producer

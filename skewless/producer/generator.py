@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import random
-import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from skewless.engines.kafka import partition_for
 
 CLEAN = "clean"
 DUPLICATE = "duplicate"
@@ -33,11 +34,6 @@ FUTURE = "future"
 MALFORMED = "malformed"
 KINDS = (CLEAN, DUPLICATE, LATE, FUTURE, MALFORMED)
 CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP", "CHF")
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition of a message key: CRC32 of the key modulo the partition count (stable, explicit)."""
-    return zlib.crc32(key) % partitions
 
 
 def iso_ms(ms: int) -> str:
