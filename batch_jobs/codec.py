@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping, Sequence
 
 from skewless.core import laws, layout
-from skewless.core.dsl import Agg, Entity
+from skewless.core.dsl import Agg, Entity, KeyType
 from skewless.offline.spark_compiler import BatchWindowSpec, serving_part_column
 
 
@@ -100,8 +100,6 @@ def _json_value(col: Any, dtype: Any) -> Any | None:
 def _entity_tag(entity: Entity, key_names: Sequence[str]) -> Any:
     """:func:`layout.encode_entity_key` as a Column (``s=`` %-escaped strings, ``i=`` int64s, joined by ',')."""
     from pyspark.sql import functions as F
-
-    from skewless.core.dsl import KeyType
 
     parts = []
     for (_, ktype), name in zip(entity.join_keys, key_names):

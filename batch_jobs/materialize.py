@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from skewless.config import default_project
 from skewless.core import laws, layout
+from skewless.core.admission import parse_event_time
 from skewless.core.dsl import Agg, Derived, FeatureView, SnapshotView
 from skewless.core.expr import evaluate
 from skewless.core.timeutil import to_epoch_ms
@@ -461,7 +462,5 @@ def _ms(value: Any) -> int:
     if isinstance(value, datetime):
         return to_epoch_ms(value)
     if isinstance(value, str):
-        from skewless.core.admission import parse_event_time
-
         return parse_event_time(value)
     return int(value)

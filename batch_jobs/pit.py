@@ -24,8 +24,9 @@ from skewless.core.expr import evaluate
 from skewless.core.routing import is_stream_served
 from skewless.core.timeutil import MS_PER_DAY, day_start_ms, floor_ms
 from skewless.offline import tables as T
+from skewless.offline.raw import raw_dataframe
 from skewless.offline.spark_compiler import (DAY, OFFSET, PARTITION, TS, SparkBatchJob, contribution_column,
-                                             run_fingerprint)
+                                             run_fingerprint, sql_literal)
 
 from batch_jobs.codec import to_intermediate
 
@@ -69,8 +70,6 @@ def point_in_time(spark: Any, view: FeatureView, job: SparkBatchJob, requests: S
     events: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     if head_days:
         raw_view = f"__pit_raw_{tables.base}"
-        from skewless.offline.raw import raw_dataframe
-
         first = date.fromordinal(date(1970, 1, 1).toordinal() + min(head_days) // MS_PER_DAY)
         last = date.fromordinal(date(1970, 1, 1).toordinal() + max(head_days) // MS_PER_DAY)
         raw_dataframe(spark, T.spark_name(view.source.table), sid, first, last).createOrReplaceTempView(raw_view)
@@ -112,6 +111,4 @@ def _tile(job: SparkBatchJob, feature: str) -> int:
 
 
 def _lit(v: Any) -> str:
-    from skewless.offline.spark_compiler import sql_literal
-
     return sql_literal(v)

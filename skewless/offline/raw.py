@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from skewless.offline.tables import EPOCH_ORDINAL, BatchError, read_table
+from skewless.offline.tables import EPOCH_ORDINAL, BatchError, iceberg_table, read_table
 
 ICEBERG_RESERVED = {"_partition", "_file", "_pos", "_deleted", "_spec_id", "_row_id", "_last_updated_sequence_number"}
 
@@ -29,8 +29,6 @@ def data_files(spark: Any, table: str, snapshot_id: int) -> list[tuple[str, dict
     """``(path, {partition field: value})`` of the live data files of ``table`` at ``snapshot_id``, from the
     manifests (PyIceberg: no Spark job; dates as ``date``)."""
     from pyiceberg.types import DateType
-
-    from skewless.offline.tables import iceberg_table
 
     t = iceberg_table(spark, table)
     specs, schema = t.specs(), t.schema()

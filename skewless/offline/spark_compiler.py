@@ -40,7 +40,7 @@ from skewless.core.dsl import Agg, Op, Where
 from skewless.core.layout import LIFETIME_FIELD
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan, WindowMerge
 from skewless.core.routing import BATCH_TAIL_DAYS, is_stream_served
-from skewless.core.timeutil import MS_PER_DAY
+from skewless.core.timeutil import MS_PER_DAY, from_epoch_ms
 
 COMPILER_VERSION = "spark-2"  # part of every run fingerprint: a compiler change recomputes on resume
 TS = "__ts"  # event time, epoch ms
@@ -171,8 +171,6 @@ def _serving_params(windows: Sequence[BatchWindowSpec], cutoff_ms: int) -> dict[
 
 
 def _day_literal(ms: int) -> str:
-    from skewless.core.timeutil import from_epoch_ms
-
     return f"DATE'{from_epoch_ms(ms).date().isoformat()}'"
 
 
