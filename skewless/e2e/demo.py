@@ -75,7 +75,7 @@ class Demo:
         self.state = config.paths().state / "demo"
         ports = config.ports()
         self.bootstrap = f"{config.HOST}:{ports.kafka}"
-        self.redis_url = f"redis://{config.HOST}:{ports.redis}/0"
+        self.redis_url = config.redis_url(ports.redis)
 
     # --- phases -------------------------------------------------------------------------------------
     def stack(self) -> str:

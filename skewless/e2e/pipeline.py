@@ -59,7 +59,7 @@ class Targets:
     def local_stack(workdir: Path) -> Targets:
         """The `make up` stack's Kafka, Redis and Flink, with a private catalog under ``workdir``."""
         ports = config.ports()
-        return Targets(bootstrap=f"{config.HOST}:{ports.kafka}", redis_url=f"redis://{config.HOST}:{ports.redis}/0",
+        return Targets(bootstrap=f"{config.HOST}:{ports.kafka}", redis_url=config.redis_url(ports.redis),
                        catalog_db=workdir / "catalog.db", warehouse=workdir / "warehouse", flink="session",
                        flink_rest_port=ports.flink_rest, workdir=workdir)
 
