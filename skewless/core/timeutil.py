@@ -64,6 +64,11 @@ def window_start_ms(as_of_ms: int, width_ms: int | None, tile_ms: int) -> int | 
     return floor_ms(as_of_ms - width_ms, tile_ms)
 
 
+def iso_ms(ms: int) -> str:
+    """Epoch ms as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the example schemas' event-time format)."""
+    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
 def now_ms() -> int:
     """The wall clock as epoch ms."""
     return time.time_ns() // 1_000_000

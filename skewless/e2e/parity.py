@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from skewless.core import layout, oracle
 from skewless.core.dsl import Aggregation, Derived, FeatureView, SnapshotView
 from skewless.core.expr import refs
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, td_ms
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, iso_ms, td_ms
 from skewless.e2e.pipeline import (
     Log,
     Phases,
@@ -44,7 +44,6 @@ from skewless.e2e.pipeline import (
     create_topic,
     day_of,
     delete_project_keys,
-    iso,
     materialize,
     read_topic,
     run_stream_bounded,
@@ -537,7 +536,7 @@ def format_report(report: ParityReport, view: FeatureView, snap: SnapshotView) -
     if report.mismatches:
         lines.append(f"\n{len(report.mismatches)} MISMATCHES; smallest reproducing cases:")
         for m in report.mismatches[:5]:
-            lines.append(f"  {m.path} {m.feature} entity={m.entity!r} T={m.instant_ms} ({iso(m.instant_ms)}): "
+            lines.append(f"  {m.path} {m.feature} entity={m.entity!r} T={m.instant_ms} ({iso_ms(m.instant_ms)}): "
                          f"got {m.got!r}, contract {m.want!r} {m.alone}")
             for e in m.window_events[:20]:
                 lines.append(f"      {e}")

@@ -85,10 +85,6 @@ def day_of(ms: int) -> date:
     return from_epoch_ms(ms).date()
 
 
-def iso(ms: int) -> str:
-    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
 # --- Kafka ---------------------------------------------------------------------------------------------
 
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from skewless.core.timeutil import iso_ms
 from skewless.engines.kafka import partition_for
 
 CLEAN = "clean"
@@ -34,11 +34,6 @@ FUTURE = "future"
 MALFORMED = "malformed"
 KINDS = (CLEAN, DUPLICATE, LATE, FUTURE, MALFORMED)
 CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP", "CHF")
-
-
-def iso_ms(ms: int) -> str:
-    """Epoch ms as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the orders schema's event-time format)."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 @dataclass(frozen=True)
