@@ -18,10 +18,10 @@ from batch_jobs.materialize import materialize_feature_view, store_epoch
 from skewless.core import layout, oracle
 from skewless.core.repo import load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
-from tests.support.fill import batch_record, order_events, tiles
 from skewless.serving.online import OnlineStore
 from skewless.serving.push import PushError, Pusher
 from skewless.store import FeatureStore
+from tests.support.fill import batch_record, order_events, tiles
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import pytest
 from batch_jobs.codec import encode_window, to_intermediate
 from batch_jobs.materialize import BatchPacker, pack_command
 from batch_jobs.runner import compile_feature_view, compile_view, find_view
-from skewless.offline.spark_compiler import SparkCompiler, serving_part_column
-from skewless.offline.tables import BatchError
 from skewless.core import layout
 from skewless.core.dsl import Agg, Aggregation, Entity, EventSource, FeatureView, Where, Window
 from skewless.core.plan import plan_view
 from skewless.core.repo import load_repository
+from skewless.offline.spark_compiler import SparkCompiler, serving_part_column
+from skewless.offline.tables import BatchError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "spark"
 REPO = Path(__file__).resolve().parents[2] / "feature_defs"
