@@ -27,9 +27,10 @@ def _pack(cmd: bytes, key: bytes) -> bytes:
     return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(cmd), cmd, len(key), key)
 
 
-
 @dataclass(frozen=True)
 class AggSpec:
+    """One needed aggregation of a tile group: its law, where it sits in the tile vector and the batch record."""
+
     name: str
     law: laws.Law
     index: int  # in the tile vector of its group
@@ -89,6 +90,8 @@ def _fast_law(agg: Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]
 
 @dataclass(frozen=True)
 class GroupSpec:
+    """One tile hash of a feature view (one tile size) and the needed aggregations it holds."""
+
     tile_ms: int
     retention_ms: int
     suffix: bytes  # b"}:t:{H}"
@@ -100,6 +103,9 @@ class GroupSpec:
 
 @dataclass
 class ViewReadPlan:
+    """What a read sends and evaluates for one view of a selection: keys and packed commands per entity, tile
+    groups, batch fields, derived features in dependency order (or the snapshot fields and TTL)."""
+
     view: FeatureView | SnapshotView
     entity_index: int  # into ReadPlan.entities
     prefix: bytes  # view prefix + ":{"
@@ -114,7 +120,7 @@ class ViewReadPlan:
     snapshot_fields: tuple[tuple[int, str], ...] = ()  # (position in stored values, name)
     ttl_ms: int = 0
     sla_ms: int = 0  # freshness SLA (stream views)
-    batch_aggs: dict = field(default_factory=dict)  # batch field -> needed _AggSpecs reading it
+    batch_aggs: dict = field(default_factory=dict)  # batch field -> needed AggSpecs reading it
     serial: int = field(default_factory=lambda: next(SERIALS))  # names it in the store's caches
     # derived features split by whether their value depends on the read instant (DaysSince somewhere below):
     dynamic_derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # evaluated on every read
@@ -123,7 +129,7 @@ class ViewReadPlan:
     # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
     window: tuple | None = None
     key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
-    kinds: tuple[int, ...] = ()  # reply kind (_K_*) per key of an entity
+    kinds: tuple[int, ...] = ()  # reply kind (K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
     snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
 
@@ -155,12 +161,17 @@ class ViewReadPlan:
 
 @dataclass(frozen=True)
 class EntitySpec:
+    """An entity of the selection and its typed join keys."""
+
     name: str
     keys: tuple[tuple[str, KeyType], ...]
 
 
 @dataclass
 class ReadPlan:
+    """The plan of one feature selection: output columns, entities, per-view plans and the shared commands
+    (epoch, progress hashes, view metas) every read sends first."""
+
     refs: tuple[str, ...]  # "view:feature" per column
     columns: tuple[str, ...]  # output names (feature, or view__feature when two views share a name)
     entities: tuple[EntitySpec, ...]

@@ -25,7 +25,7 @@ STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (f
 
 
 def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
-    """The replies of the commands already sent on ``conn`` (one ``_K_*`` kind each) read straight from the
+    """The replies of the commands already sent on ``conn`` (one ``K_*`` kind each) read straight from the
     hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
     per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply raises (the caller
     disconnects, so unread replies never reach another command)."""
