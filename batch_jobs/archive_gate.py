@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from skewless.archive.progress import archive_progress
+from skewless.offline.archive_progress import archive_progress
 from skewless.core.dsl import EventSource
 from skewless.offline.tables import ArchiveNotCompleteError, pyiceberg_catalog
 
 
 def check_archive(spark: Any, source: EventSource, cutoff: int, catalog: Any | None = None) -> str:
     """Raise :class:`ArchiveNotCompleteError` unless the archive of ``source`` is complete past the cut-off
-    plus the allowed lateness (``skewless.archive.progress``: ``complete_until_ms`` already subtracts the
+    plus the allowed lateness (``skewless.offline.archive_progress``: ``complete_until_ms`` already subtracts the
     lateness, so the rule is ``complete_until_ms >= C``). Returns a short note for the log."""
     progress = archive_progress(catalog if catalog is not None else pyiceberg_catalog(spark), source)
     when = datetime.fromtimestamp(cutoff / 1000, timezone.utc).isoformat()

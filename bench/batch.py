@@ -111,7 +111,7 @@ def _generate(spark: Any, table: str, first_day_ms: int, days: int, n: int, user
 
 
 def _set_progress(spark: Any, table: str, complete_until_ms: int) -> None:
-    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.offline.archive_progress import OFFSETS_PROP, PROGRESS_PROP
 
     doc = json.dumps({"complete_until_ms": complete_until_ms, "committed_at_ms": 0, "partitions": {}})
     spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('{OFFSETS_PROP}' = '{{\"0\": 1}}', '{PROGRESS_PROP}' = '{doc}')")

@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from skewless.archive import progress as P
 from skewless.archive.columnar import Chunk, ColumnarConverter
 from skewless.archive.records import RecordConverter
 from skewless.archive.tables import (
@@ -47,6 +46,7 @@ from skewless.archive.tables import (
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema, SchemaError, load_schema
 from skewless.core.timeutil import td_ms
+from skewless.offline import archive_progress as P
 
 log = logging.getLogger("skewless.archive")
 

@@ -151,7 +151,7 @@ class Demo:
         return rows
 
     def archive_caught_up(self, timeout_s: float = 300.0) -> str:
-        from skewless.archive.progress import archive_progress
+        from skewless.offline.archive_progress import archive_progress
         from skewless.engines.iceberg_catalog import load_catalog
 
         ends = end_offsets(self.bootstrap, self.source.topic)

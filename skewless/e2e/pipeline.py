@@ -207,7 +207,7 @@ def archive_drain(targets: Targets, source: Any, topic: str) -> Any:
 
 def batch_day(catalog: Any, source: Any) -> date:
     """The newest day D whose batch run the archive gate admits (cut-off D+1 <= complete_until)."""
-    from skewless.archive.progress import archive_progress
+    from skewless.offline.archive_progress import archive_progress
 
     until = archive_progress(catalog, source).complete_until_ms
     if until is None:

@@ -68,7 +68,7 @@ class ArchiveProcess(Service):
         if not metadata_ok(self.bootstrap, timeout_s=3.0):
             return False
         try:
-            from skewless.archive.progress import archive_progress
+            from skewless.offline.archive_progress import archive_progress
             from skewless.engines.iceberg_catalog import load_catalog
 
             source = next((s for s in kafka_fed_sources() if s.name == self.source), None)

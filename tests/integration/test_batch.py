@@ -120,7 +120,7 @@ def write_raw(spark: Any, catalog: Any, view: FeatureView, records: list[dict[st
     then record the archive progress as the archive does (table properties). Malformed records never land here."""
     from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.offline.archive_progress import OFFSETS_PROP, PROGRESS_PROP
     from skewless.archive.tables import ensure_tables
     from skewless.core.schemas import load_schema
 
@@ -677,7 +677,7 @@ def test_spark_submit_backfill_on_a_standalone_cluster(tmp_path: Any) -> None:
 
     import pyarrow as pa
 
-    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.offline.archive_progress import OFFSETS_PROP, PROGRESS_PROP
     from skewless.archive.tables import ensure_tables
     from skewless.core.repo import load_repository
     from skewless.core.schemas import load_schema

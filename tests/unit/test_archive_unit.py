@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from skewless.archive import progress as P
 from skewless.archive.records import FastValidator, RecordConverter
 from skewless.archive.tables import (
     IncompatibleSchemaError,
@@ -24,6 +23,7 @@ from skewless.archive.tables import (
 from skewless.core.admission import MALFORMED, admit
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import load_schema, validator
+from skewless.offline import archive_progress as P
 
 ORDERS = EventSource(name="orders", schema="orders", topic="orders", table="raw.orders", partition_key="user_id")
 
