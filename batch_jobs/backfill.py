@@ -61,12 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def prepare(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[Any, Any]], list[str]]:
     """``(start, end, [(view, job), ...], [view without a batch-served window, ...])`` from the arguments, every
-    one checked (no Spark): raises :class:`~batch_jobs.tables.BatchError` (or the repository's load errors)
+    one checked (no Spark): raises :class:`~skewless.offline.tables.BatchError` (or the repository's load errors)
     naming what is wrong."""
     from skewless.core.repo import load_repository
 
     from batch_jobs.runner import compile_view, parse_day
-    from batch_jobs.tables import BatchError
+    from skewless.offline.tables import BatchError
 
     start, end = parse_day(args.start, "--start"), parse_day(args.end, "--end")
     if start > end:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from skewless.core.validation import DefinitionError
 
     from batch_jobs.runner import RunOptions, run_range
-    from batch_jobs.tables import BatchError
+    from skewless.offline.tables import BatchError
 
     try:
         start, end, jobs, skipped = prepare(args)

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping, Sequence
 
 from skewless.core import laws, layout
-from skewless.core.dsl import Agg, Entity
-
-from batch_jobs.spark_compiler import BatchWindowSpec, serving_part_column
+from skewless.core.dsl import Agg, Entity, KeyType
+from skewless.offline.spark_compiler import BatchWindowSpec, serving_part_column
 
 
 def to_intermediate(agg: Agg | str, value: Any) -> Any:
@@ -102,13 +101,11 @@ def _entity_tag(entity: Entity, key_names: Sequence[str]) -> Any:
     """:func:`layout.encode_entity_key` as a Column (``s=`` %-escaped strings, ``i=`` int64s, joined by ',')."""
     from pyspark.sql import functions as F
 
-    from skewless.core.dsl import KeyType
-
     parts = []
     for (_, ktype), name in zip(entity.join_keys, key_names):
         col = F.col(name)
         if KeyType(ktype) is KeyType.STRING:
-            for ch, esc in layout._ESCAPES.items():  # '%' first: the escapes themselves hold '%'
+            for ch, esc in layout.ESCAPES.items():  # '%' first: the escapes themselves hold '%'
                 col = F.replace(col, F.lit(ch), F.lit(esc))
             parts.append(F.concat(F.lit("s="), col))
         else:
@@ -139,7 +136,7 @@ def encode_serving_sql(structured: Any, entity: Entity, key_names: Sequence[str]
     a float or decimal (their text is Python's: encoded by :func:`encode_serving_batches`)."""
     from pyspark.sql import functions as F
 
-    if set(layout._ESCAPES) != {"%", ":", "{", "}", ","} or next(iter(layout._ESCAPES)) != "%":
+    if set(layout.ESCAPES) != {"%", ":", "{", "}", ","} or next(iter(layout.ESCAPES)) != "%":
         return None  # the key escaping changed: only the layout's own function knows it
     encoded = [sql_window_column(structured.schema, w) for w in windows]
     if any(c is None for c in encoded):

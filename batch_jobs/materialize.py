@@ -18,18 +18,19 @@ Re-running is idempotent: the same rows give the same hashes.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from skewless.core import layout
-from skewless.core.dsl import FeatureView, SnapshotView
+from skewless.config import default_project
+from skewless.core import laws, layout
+from skewless.core.admission import parse_event_time
+from skewless.core.dsl import Agg, Derived, FeatureView, SnapshotView
+from skewless.core.expr import evaluate
 from skewless.core.timeutil import to_epoch_ms
-
-from batch_jobs.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
+from skewless.offline.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
 DEFAULT_BATCH = 10_000  # entities per pipelined send
 DEFAULT_GROUP = 20  # kept for callers; the HSET protocol needs no grouping
@@ -70,11 +71,6 @@ class MaterializeReport:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-def default_project() -> str:
-    """Key prefix of the online store: ``$SKEWLESS_PROJECT`` or ``skewless`` (as monitoring uses)."""
-    return os.environ.get("SKEWLESS_PROJECT") or "skewless"
 
 
 def store_epoch(client: Any, project: str, init: bool = False) -> str:
@@ -205,7 +201,7 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
 
     tags = rows.column("entity_tag").combine_chunks()
     values = [rows.column(columns[f]).combine_chunks() for f in fields]
-    packer = _BatchPacker(*packer_args)
+    packer = BatchPacker(*packer_args)
     n = len(tags)
     if n:
         packer.verify(tags[0].as_py(), [v[0].as_py() for v in values])
@@ -228,7 +224,7 @@ def send_pipelined(client: Any, batches: Iterable[tuple[bytes, int]], report: Ma
     conn = client.connection_pool.get_connection()
     written = 0
     try:
-        replies = _IntegerReplies(conn)
+        replies = IntegerReplies(conn)
         in_flight = 0
         for data, count in batches:
             conn.send_packed_command([data], check_health=False)
@@ -258,11 +254,6 @@ def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
     inputs are all batch-served too), one row per entity, as a PyArrow table for data-quality checks."""
     import pyarrow as pa
 
-    from skewless.core import laws
-    from skewless.core.dsl import Agg, Derived
-
-    from batch_jobs.pit import evaluate_derived
-
     windows = layout.batch_windows(view)
     keys = view.entity.key_names
     cols = {k: rows.column(k).to_pylist() for k in keys}
@@ -280,7 +271,7 @@ def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
     for f in derived:
         try:
             for v in values_per_row:
-                v[f.name] = evaluate_derived(f.expr, v, cutoff)
+                v[f.name] = evaluate(f.expr, v, cutoff)
             names.append(f.name)
         except KeyError:  # reads a stream-served feature: not known from the batch alone
             for v in values_per_row:
@@ -294,7 +285,7 @@ def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
-class _BatchPacker:
+class BatchPacker:
     """RESP of ``HSET <batch key> <fields...>`` + ``PEXPIREAT <batch key> <at>`` per entity
     (:func:`skewless.core.layout.batch_write_commands`), constant parts packed once."""
 
@@ -318,7 +309,7 @@ class _BatchPacker:
         """The packed commands of one row equal the layout's own ``batch_write_commands`` (guards the template)."""
         key = self.key_head.decode() + tag + self.key_tail.decode()
         rec = {"cutoff": str(self.cutoff), "run": self.run_id, "epoch": self.epoch, **dict(zip(self.fields, values))}
-        expected = b"".join(_pack_command(c) for c in layout.batch_write_commands(key, rec))
+        expected = b"".join(pack_command(c) for c in layout.batch_write_commands(key, rec))
         import pyarrow as pa
 
         if self.pack([tag], [[v] for v in values]) != expected or self.pack_arrow(
@@ -374,7 +365,7 @@ class _BatchPacker:
         return joined.buffers()[2].to_pybytes()[o[0]:o[-1]]
 
 
-class _IntegerReplies:
+class IntegerReplies:
     """Counts the replies of pipelined HSET/PEXPIREAT on one connection without parsing them one by one: both
     answer integers (``:<n>\\r\\n``) and errors are ``-<message>\\r\\n``, one line each, so the raw reply stream
     is counted by lines. Replies of commands sent later may arrive in the same read: they are kept as credit."""
@@ -407,7 +398,7 @@ class _IntegerReplies:
         self.credit = lines - n
 
 
-def _pack_command(args: Iterable[str]) -> bytes:
+def pack_command(args: Iterable[str]) -> bytes:
     items = [a.encode() for a in args]
     return b"*%d\r\n" % len(items) + b"".join(_bulk(a) for a in items)
 
@@ -471,7 +462,5 @@ def _ms(value: Any) -> int:
     if isinstance(value, datetime):
         return to_epoch_ms(value)
     if isinstance(value, str):
-        from skewless.core.admission import parse_event_time
-
         return parse_event_time(value)
     return int(value)

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from skewless.core import laws
-from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Derived, FeatureView, Ref
+from skewless.core.dsl import Agg, Derived, FeatureView
+from skewless.core.expr import evaluate
 from skewless.core.routing import is_stream_served
-from skewless.core.timeutil import MS_PER_DAY, floor_ms
+from skewless.core.timeutil import MS_PER_DAY, day_start_ms, floor_ms
+from skewless.offline import tables as T
+from skewless.offline.raw import raw_dataframe
+from skewless.offline.spark_compiler import (DAY, OFFSET, PARTITION, TS, SparkBatchJob, contribution_column,
+                                             run_fingerprint, sql_literal)
 
-from batch_jobs import tables as T
 from batch_jobs.codec import to_intermediate
-from batch_jobs.runner import day_start_ms, run_fingerprint
-from batch_jobs.spark_compiler import DAY, OFFSET, PARTITION, TS, SparkBatchJob, contribution_column
 
 
 def _day_ms(d: date) -> int:
@@ -35,7 +37,7 @@ def _day_ms(d: date) -> int:
 
 def raw_snapshot_of_tiles(spark: Any, job: SparkBatchJob, tables: T.ViewTables) -> int:
     """The raw snapshot the current tiles were computed from (the newest in the runs log)."""
-    fp = run_fingerprint(job)
+    fp = run_fingerprint(job.fingerprint)
     row = spark.sql(f"SELECT max_by(raw_snapshot_id, finished_at) FROM {tables.runs} WHERE fingerprint = '{fp}'").collect()[0]
     if row[0] is None:
         raise T.BatchError(f"no batch run of {job.view} v{job.version} with this definition: run a backfill first")
@@ -68,8 +70,6 @@ def point_in_time(spark: Any, view: FeatureView, job: SparkBatchJob, requests: S
     events: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     if head_days:
         raw_view = f"__pit_raw_{tables.base}"
-        from batch_jobs.raw import raw_dataframe
-
         first = date.fromordinal(date(1970, 1, 1).toordinal() + min(head_days) // MS_PER_DAY)
         last = date.fromordinal(date(1970, 1, 1).toordinal() + max(head_days) // MS_PER_DAY)
         raw_dataframe(spark, T.spark_name(view.source.table), sid, first, last).createOrReplaceTempView(raw_view)
@@ -101,7 +101,7 @@ def point_in_time(spark: Any, view: FeatureView, job: SparkBatchJob, requests: S
             values[a.name] = law.finalize(acc)
         for f in view.features:
             if isinstance(f, Derived):
-                values[f.name] = evaluate_derived(f.expr, values, t)
+                values[f.name] = evaluate(f.expr, values, t)
         out.append({name: values[name] for name in view.feature_names})
     return out
 
@@ -111,30 +111,4 @@ def _tile(job: SparkBatchJob, feature: str) -> int:
 
 
 def _lit(v: Any) -> str:
-    from batch_jobs.spark_compiler import sql_literal
-
     return sql_literal(v)
-
-
-def evaluate_derived(expr: Any, values: Mapping[str, Any], t: int) -> Any:
-    """A derived expression over already computed feature values (docs/semantics.md §8)."""
-    if isinstance(expr, Ref):
-        return values[expr.feature]
-    if isinstance(expr, Const):
-        return expr.value
-    if isinstance(expr, DaysSince):
-        ts = evaluate_derived(expr.ts, values, t)
-        return None if ts is None else (t - ts) // MS_PER_DAY
-    if isinstance(expr, BinOp):
-        left, right = evaluate_derived(expr.left, values, t), evaluate_derived(expr.right, values, t)
-        if left is None or right is None:
-            return None
-        if expr.op == "/":
-            return None if right == 0 else float(left) / float(right)
-        if isinstance(left, float) or isinstance(right, float):
-            left, right = float(left), float(right)
-        result = left + right if expr.op == "+" else left - right if expr.op == "-" else left * right
-        if isinstance(result, int):
-            laws.check_int64(result, "result")
-        return result
-    raise TypeError(f"not an expression: {expr!r}")

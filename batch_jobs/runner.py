@@ -25,25 +25,22 @@ from typing import Any, Callable, Sequence
 from skewless.core.dsl import FeatureView, SnapshotView
 from skewless.core.plan import plan_view
 from skewless.core.repo import Repository
-from skewless.core.timeutil import MS_PER_DAY, to_epoch_ms
+from skewless.core.timeutil import MS_PER_DAY, day_start_ms, to_epoch_ms
+from skewless.offline import tables as T
+from skewless.offline.raw import added_files, event_day, raw_dataframe
+from skewless.offline.spark_compiler import SparkBatchJob, SparkCompiler, run_fingerprint
 
-from batch_jobs import tables as T
-from batch_jobs.raw import added_files, event_day, raw_dataframe
-from batch_jobs.spark_compiler import COMPILER_VERSION, SparkBatchJob, SparkCompiler
+from batch_jobs.archive_gate import check_archive
 
 DEFAULT_CHUNK_DAYS = 366  # days per Spark job and Iceberg commit (resume granularity): a year in one pass
 
 
 def parse_day(text: str, what: str = "date") -> date:
-    """``YYYY-MM-DD`` as a date, or a :class:`~batch_jobs.tables.BatchError` naming the bad value."""
+    """``YYYY-MM-DD`` as a date, or a :class:`~skewless.offline.tables.BatchError` naming the bad value."""
     try:
         return date.fromisoformat(text)
     except (TypeError, ValueError):
         raise T.BatchError(f"{what} {text!r} is not a date YYYY-MM-DD") from None
-
-
-def day_start_ms(day: date) -> int:
-    return to_epoch_ms(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
 
 
 def cutoff_ms(day: date) -> int:
@@ -69,10 +66,6 @@ def compile_feature_view(view: FeatureView, field_types: dict[str, str]) -> Spar
     if not isinstance(view, FeatureView):
         raise T.BatchError(f"{view.name!r} is a snapshot view: it has no batch job; `skewless materialize` loads its table")
     return SparkCompiler(field_types).compile(plan_view(view))
-
-
-def run_fingerprint(job: SparkBatchJob) -> str:
-    return f"{job.fingerprint}:{COMPILER_VERSION}"
 
 
 @dataclass
@@ -152,12 +145,12 @@ def run_range(spark: Any, view: FeatureView, job: SparkBatchJob, start: date, en
     if cut_end > now_ms and not opts.force:
         raise T.ArchiveNotCompleteError(f"day {end} has not ended yet (cut-off {datetime.fromtimestamp(cut_end / 1000, timezone.utc)})")
     if not opts.force:
-        opts.log(T.check_archive(spark, view.source, cut_end, opts.catalog))
+        opts.log(check_archive(spark, view.source, cut_end, opts.catalog))
 
     tables = T.ViewTables(opts.namespace, view.name, view.version)
     T.ensure_namespace(spark, opts.namespace)
     T.ensure_runs_table(spark, tables.runs)
-    fingerprint = run_fingerprint(job)
+    fingerprint = run_fingerprint(job.fingerprint)
     report = RunReport(view.name, start, end, sid)
     tiles_before = T.snapshot_id(spark, tables.tiles)  # what the serving state of C - 1 day may have been built on
     t = report.step("checks", t_start)

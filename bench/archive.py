@@ -239,7 +239,7 @@ def run() -> dict[str, Any]:
 
 
 def archiver_offsets(catalog: Any, source: EventSource) -> dict[int, int]:
-    from skewless.archive.progress import OFFSETS_PROP, parse_offsets
+    from skewless.offline.archive_progress import OFFSETS_PROP, parse_offsets
 
     return parse_offsets(catalog.load_table(source.table).properties.get(OFFSETS_PROP))
 

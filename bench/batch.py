@@ -111,7 +111,7 @@ def _generate(spark: Any, table: str, first_day_ms: int, days: int, n: int, user
 
 
 def _set_progress(spark: Any, table: str, complete_until_ms: int) -> None:
-    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.offline.archive_progress import OFFSETS_PROP, PROGRESS_PROP
 
     doc = json.dumps({"complete_until_ms": complete_until_ms, "committed_at_ms": 0, "partitions": {}})
     spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('{OFFSETS_PROP}' = '{{\"0\": 1}}', '{PROGRESS_PROP}' = '{doc}')")
@@ -210,7 +210,7 @@ def _phase(name: str, root: Path, arg: str = "") -> dict[str, Any]:
 def _run_phase(name: str, root: Path, arg: str) -> None:
     """The body of a phase process (see :func:`_phase`)."""
     from batch_jobs.runner import DEFAULT_CHUNK_DAYS, RunOptions, cutoff_ms, run_range
-    from batch_jobs.tables import ViewTables, read_table
+    from skewless.offline.tables import ViewTables, read_table
     from skewless.engines.iceberg_catalog import load_catalog
 
     view, job = _view_and_job(only_floor_feature=name == "backfill_sum")
@@ -277,7 +277,8 @@ def run() -> dict[str, Any]:
     import redis
 
     from batch_jobs.materialize import materialize_feature_view
-    from batch_jobs.runner import cutoff_ms, day_start_ms
+    from batch_jobs.runner import cutoff_ms
+    from skewless.core.timeutil import day_start_ms
     from skewless.core.schemas import load_schema
     from skewless.engines.iceberg_catalog import load_catalog
     from skewless.stack.base import free_port
@@ -412,7 +413,7 @@ def _served_365d_sums(catalog: Any, view: Any, job: Any, cut: int) -> dict[str, 
     left out as the floor's query has no row for them."""
     import pyiceberg.expressions as E
 
-    from batch_jobs.tables import ViewTables
+    from skewless.offline.tables import ViewTables
     from skewless.core import laws
 
     tables = ViewTables("features", view.name, view.version)
@@ -428,8 +429,8 @@ def _served_365d_sums(catalog: Any, view: Any, job: Any, cut: int) -> dict[str, 
 
 
 def _raw_sql(spark: Any, raw: str) -> str:
-    from batch_jobs.raw import raw_dataframe
-    from batch_jobs.tables import current_snapshot_id
+    from skewless.offline.raw import raw_dataframe
+    from skewless.offline.tables import current_snapshot_id
 
     raw_dataframe(spark, raw, current_snapshot_id(spark, raw)).createOrReplaceTempView("__bench_raw")
     return "__bench_raw"

@@ -2,7 +2,7 @@
 
 A simulated online read loop against a real Redis on 127.0.0.1 (started here on a free port, stopped by
 pid at the end): per read one pipeline of GET epoch + HGETALL meta + HGETALL tiles of one entity of a
-stream-served view (12 five-minute tiles of COUNT/SUM/MAX over 1 h), then ``layout.evaluate_read``.
+stream-served view (12 five-minute tiles of COUNT/SUM/MAX over 1 h), then ``reference_reader.evaluate_read``.
 Modes alternate read by read so machine noise (JVMs of colleagues) hits them alike:
 
 - ``none``: no sampling; ``1pct``: :class:`ValueSampler` at rate 0.01 (the default to run with);
@@ -31,6 +31,7 @@ from skewless import Agg, Aggregation, Entity, EventSource, FeatureView, Window 
 from skewless.core import layout  # noqa: E402
 from skewless.core.timeutil import MS_PER_MINUTE, floor_ms  # noqa: E402
 from skewless.monitoring.sampling import ValueSampler  # noqa: E402
+from tests.support import reference_reader  # noqa: E402
 
 PROJECT = "bench"
 ENTITIES = 2_000
@@ -64,7 +65,7 @@ def _seed(client: Any, now: int) -> None:
 
 
 def _read(client: Any, entity: str, now: int) -> dict:
-    plan = layout.read_plan(PROJECT, VIEW, (entity,))
+    plan = reference_reader.read_plan(PROJECT, VIEW, (entity,))
     pipe = client.pipeline(transaction=False)
     pipe.get(plan.epoch_key)
     pipe.hgetall(plan.meta_key)
@@ -73,7 +74,7 @@ def _read(client: Any, entity: str, now: int) -> dict:
     res = pipe.execute()
     fetched = {plan.epoch_key: res[0], plan.meta_key: res[1]}
     fetched.update({key: r for (_, key), r in zip(plan.tile_keys, res[2:])})
-    return layout.evaluate_read(plan, fetched, now)
+    return reference_reader.evaluate_read(plan, fetched, now)
 
 
 def _p(values: list[int], q: float) -> float:

@@ -1,7 +1,7 @@
 """Online serving benchmark (not a test): SDK and HTTP reads of the example feature service vs raw Redis floors.
 
 Starts its own Redis (a local process on a free 127.0.0.1 port), fills it the way the pipelines do
-(:mod:`skewless.serving.fill`: 5-minute and daily tiles within retention, batch records, profile snapshots) for
+(:mod:`tests.support.fill`: 5-minute and daily tiles within retention, batch records, profile snapshots) for
 ``SKEWLESS_BENCH_USERS`` users, then measures in one run:
 
 - ``online_p99_ms_1_entity``: ``OnlineStore.get_online_features`` of 1 entity x ``churn_model`` (9 features,
@@ -94,7 +94,7 @@ def _p(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
 
 
-def _timed(fn: Callable[[int], Any], n: int, warmup: int = 200) -> list[float]:
+def timed_calls(fn: Callable[[int], Any], n: int, warmup: int = 200) -> list[float]:
     for i in range(warmup):
         fn(i)
     out = []
@@ -122,7 +122,7 @@ def _timed_pair(fa: Callable[[int], Any], fb: Callable[[int], Any], n: int, warm
     return la, lb
 
 
-def _stats(lat: list[float]) -> dict[str, float]:
+def latency_stats(lat: list[float]) -> dict[str, float]:
     return {"p50": round(_p(lat, 0.5), 3), "p99": round(_p(lat, 0.99), 3), "n": len(lat)}
 
 
@@ -218,11 +218,12 @@ def run() -> dict:
 
     from skewless.core.repo import load_repository
     from skewless.core.timeutil import MS_PER_DAY
-    from skewless.serving.fill import fill, write
+    from tests.support.fill import fill, write
     from skewless.serving.online import OnlineStore
     from skewless.stack.base import free_port
     from skewless.stack.procs import wait_until
-    from skewless.stack.redis import RedisServer, redis_url
+    from skewless.config import redis_url
+    from skewless.stack.redis import RedisServer
 
     root = Path(tempfile.mkdtemp(prefix="bench-online-"))
     server = RedisServer(port=free_port())
@@ -277,11 +278,10 @@ def run() -> dict:
             peer.sdk(100, per, off, warm)
 
         def cold100(i: int) -> Any:  # every entity evaluated from its bytes: the store's memo and decode caches emptied
-            store._memo.clear()
-            store._decoded.clear()
+            store.caches.forget_entities()
             return store.get_online_features({"user_id": users[(i * 100) % max(1, len(users) - 100):][:100]}, SERVICE)
 
-        sdk100_cold = _timed(cold100, n100, warmup=30)
+        sdk100_cold = timed_calls(cold100, n100, warmup=30)
 
         # HTTP: `skewless serve` with 2 workers and `feast serve -w 2`, the same load generator (a second process)
         # driving each in turn, in rounds
@@ -331,20 +331,20 @@ def run() -> dict:
         server.stop(started)
         shutil.rmtree(root, ignore_errors=True)
 
-    s_raw1, s_sdk1, s_raw100, s_sdk100 = _stats(raw1), _stats(sdk1), _stats(raw100), _stats(sdk100)
-    s_cold100 = _stats(sdk100_cold)
-    s_seq, s_load = _stats(seq["latencies"]), _stats(load["latencies"])
-    p1 = peer.figure("p99", _stats(peer.lat["1"]) if peer.lat["1"] else None, "ms",
+    s_raw1, s_sdk1, s_raw100, s_sdk100 = latency_stats(raw1), latency_stats(sdk1), latency_stats(raw100), latency_stats(sdk100)
+    s_cold100 = latency_stats(sdk100_cold)
+    s_seq, s_load = latency_stats(seq["latencies"]), latency_stats(load["latencies"])
+    p1 = peer.figure("p99", latency_stats(peer.lat["1"]) if peer.lat["1"] else None, "ms",
                      "get_online_features 1 entity x 4 features of 1 view")
-    p100 = peer.figure("p99", _stats(peer.lat["100"]) if peer.lat["100"] else None, "ms",
+    p100 = peer.figure("p99", latency_stats(peer.lat["100"]) if peer.lat["100"] else None, "ms",
                        "get_online_features 100 entities x 4 features")
-    phttp = peer.figure("p99", _stats(peer_seq["latencies"]) if peer_seq else None, "ms",
+    phttp = peer.figure("p99", latency_stats(peer_seq["latencies"]) if peer_seq else None, "ms",
                         "feast serve -w 2, 1 entity, sequential")
     prps = peer.figure("rps", {"rps": round(len(peer_load["latencies"]) / peer_load["elapsed"], 0)} if peer_load else None,
                        "req/s", f"feast serve -w 2, {HTTP_CONNS} connections")
     if peer_load:
-        prps["p99_ms"] = _stats(peer_load["latencies"])["p99"]
-        prps["p50_ms"] = _stats(peer_load["latencies"])["p50"]
+        prps["p99_ms"] = latency_stats(peer_load["latencies"])["p99"]
+        prps["p50_ms"] = latency_stats(peer_load["latencies"])["p50"]
         prps["errors"] = peer_load["errors"]
         prps["reconnects"] = peer_load["reconnects"]  # feast serve recycles its workers (--max-requests 1000)
         prps["loadgen_cpu_share"] = round(peer_load["cpu"] / peer_load["elapsed"], 2)

@@ -61,7 +61,8 @@ def _services(root: Path) -> tuple[str, str, list]:
     from skewless.stack.base import free_port
     from skewless.stack.kafka import KafkaBroker
     from skewless.stack.procs import wait_until
-    from skewless.stack.redis import RedisServer, redis_url
+    from skewless.config import redis_url
+    from skewless.stack.redis import RedisServer
 
     stops = []
     broker = KafkaBroker(port=free_port(), controller_port=free_port())
@@ -229,7 +230,7 @@ def _throughput(r: Any, events: int) -> float:
 def _freshness(bootstrap: str, topic: str, r: Any) -> list[float]:
     """Produce at FRESH_RATE into the running job; per sampled record, produce time -> progress write covering
     it. Runs until FRESH_S seconds of samples after the job is live (first progress write + grace)."""
-    from skewless.producer.kafka_producer import make_producer
+    from skewless.engines.kafka import make_producer
 
     fresh = _records(int(FRESH_RATE * (FRESH_S + 150)), 2, int(time.time() * 1000), FRESH_RATE)
     sent: dict[tuple[int, int], float] = {}

@@ -60,7 +60,7 @@ done_phase udf
 
 # --- 3c. the batch path's Java code: fork-free local file system (batch_jobs/java -> infra/.cache/spark-java) ----
 phase "batch Java code (javac batch_jobs/java against pyspark's jars)"
-.venv/bin/python -m batch_jobs.jvm >/dev/null
+.venv/bin/python -m skewless.engines.spark_jar >/dev/null
 done_phase batch-jvm
 
 # --- 4. Docker engine and test images -----------------------------------------------------------

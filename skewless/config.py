@@ -79,6 +79,17 @@ def paths() -> Paths:
 
 HOST = "127.0.0.1"  # every server we start listens on loopback only
 ICEBERG_CATALOG_NAME = "skewless"  # same name for Spark's JdbcCatalog and PyIceberg's SqlCatalog
+DEFAULT_PROJECT = "skewless"
+
+
+def default_project() -> str:
+    """Key prefix of the online store (the project): ``$SKEWLESS_PROJECT`` or ``skewless``."""
+    return os.environ.get("SKEWLESS_PROJECT") or DEFAULT_PROJECT
+
+
+def redis_url(port: int | None = None, db: int = 0) -> str:
+    """The URL of the project's Redis on loopback (``port`` default: :func:`ports`' redis)."""
+    return f"redis://{HOST}:{ports().redis if port is None else port}/{db}"
 
 
 # --- secrets: from the environment or a file, never from argv -------------------------------------
@@ -164,7 +175,7 @@ def check_redis_url(url: str) -> str:
 def redis_target(url: str | None = None) -> RedisTarget:
     """The online store at ``url`` (default: ``redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0``) with the
     configured password and, for ``rediss://``, ``SKEWLESS_REDIS_TLS_CA_FILE``."""
-    url = check_redis_url(url) if url else f"redis://{HOST}:{ports().redis}/0"
+    url = check_redis_url(url) if url else redis_url()
     ca_file = os.environ.get("SKEWLESS_REDIS_TLS_CA_FILE") or None
     if ca_file is not None and not Path(ca_file).is_file():
         raise ConfigError(f"SKEWLESS_REDIS_TLS_CA_FILE={ca_file}: no such file; point it at the CA certificate (PEM)")

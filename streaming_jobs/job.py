@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skewless.config import kafka_client_properties
+from skewless.engines.kafka import admin_client, create_topics
 from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
 from streaming_jobs.sink import SinkConfig, attach_sinks
 from streaming_jobs.udf import udf_jar
@@ -84,7 +85,6 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     """Register the job's SQL and attach its changelog to the sinks (``env.execute`` runs it)."""
     from pyflink.table import DataTypes, Schema
     from pyflink.table.changelog_mode import ChangelogMode
-    from skewless.stack.kafka import admin_client, create_topics
 
     topic = options.topic or job.topic
     ns = options.ns or f"sk_{job.source}"

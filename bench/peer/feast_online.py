@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: bench.online's timing (stdlib only)
-from bench.online import _stats, _timed  # noqa: E402
+from bench.online import latency_stats, timed_calls  # noqa: E402
 
 FEATURES = ["orders_7d", "amount_7d", "cancelled_30d", "last_status"]
 VIEW = "user_stats"
@@ -145,7 +145,7 @@ def session(fs: Any, root: Path, users: list[str]) -> None:
         for line in sys.stdin:
             cmd = json.loads(line)
             if cmd["op"] == "sdk":
-                lat = _timed(make(cmd["entities"], cmd.get("offset", 0)), cmd["n"], cmd.get("warmup", 0))
+                lat = timed_calls(make(cmd["entities"], cmd.get("offset", 0)), cmd["n"], cmd.get("warmup", 0))
                 print(json.dumps({"lat": lat}), flush=True)
             elif cmd["op"] == "serve":
                 if server is None:
@@ -178,10 +178,10 @@ def main() -> None:
             session(fs, root, users)
             return
         make = _reader(fs, users)
-        one = _timed(make(1, 0), args.reads, warmup=200)
-        hundred = _timed(make(100, 0), max(300, args.reads // 6), warmup=30)
+        one = timed_calls(make(1, 0), args.reads, warmup=200)
+        hundred = timed_calls(make(100, 0), max(300, args.reads // 6), warmup=30)
         print(json.dumps({"peer": f"feast {feast.__version__}", "features": len(FEATURES), "views": 1,
-                          "sdk_1_entity": _stats(one), "sdk_100_entities": _stats(hundred)}))
+                          "sdk_1_entity": latency_stats(one), "sdk_100_entities": latency_stats(hundred)}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,10 +1,10 @@
 """The raw archive: every record of every Kafka-fed event source in Iceberg, exactly once (docs/archive.md).
 
-Batch reads :func:`archive_progress` to decide whether a day may run, and the table builders in
-:mod:`skewless.archive.tables` for the layout.
+The progress it publishes (:mod:`skewless.offline.archive_progress`) and the raw tables' names
+(:mod:`skewless.offline.raw`) belong to the offline store, where the batch job (its archive gate) and training
+read them; the table builders are :mod:`skewless.archive.tables`.
 """
 
-from skewless.archive.progress import ArchiveProgress, PartitionProgress, archive_progress
 from skewless.archive.tables import (
     ArchiveTableError,
     IncompatibleSchemaError,
@@ -13,6 +13,7 @@ from skewless.archive.tables import (
     ensure_tables,
     raw_table_schema,
 )
+from skewless.offline.archive_progress import ArchiveProgress, PartitionProgress, archive_progress
 
 __all__ = [
     "ArchiveProgress",

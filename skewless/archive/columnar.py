@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from skewless.archive.records import INT64_MAX, INT64_MIN, RecordConverter
 from skewless.core.admission import MalformedError
-from skewless.core.schemas import _check_timestamp
+from skewless.core.schemas import check_timestamp
 
 _TS_FORM = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
 _SAFE_PATTERN = re.compile(r"(?:[^\\(]|\((?!\?)|\\[dws.\-+*?()\[\]{}|^$/:])*")
@@ -69,7 +69,7 @@ def _exact_bound(bound: Any, py: type) -> bool:
     return type(bound) is float and py is float
 
 
-def _safe_pattern(pattern: str) -> bool:
+def safe_pattern(pattern: str) -> bool:
     """True if RE2 matches a subset of what Python's ``re.search`` matches for this pattern."""
     if _SAFE_PATTERN.fullmatch(pattern) is None:
         return False
@@ -126,7 +126,7 @@ class ColumnarConverter:
             vector = len(json_types) == 1 and (json_types[0], ftype) in natural and "x-skewless-type" not in prop
             self.columns.append(_Column(name, ftype, _PY[json_types[0]] if vector else None, name in required,
                                         "null" in declared, prop, checks[name]))
-        self._patterns = {c.name: _safe_pattern(c.prop["pattern"]) for c in self.columns if "pattern" in c.prop}
+        self._patterns = {c.name: safe_pattern(c.prop["pattern"]) for c in self.columns if "pattern" in c.prop}
 
     # -- the chunk ---------------------------------------------------------------------------------
 
@@ -341,7 +341,7 @@ class ColumnarConverter:
     def _day_ms(self, day: str) -> int:
         """Epoch ms of a day's midnight, or -1 if the day is not valid for the schema or the event time."""
         text = day + "T00:00:00.000Z"
-        if not _check_timestamp(text):
+        if not check_timestamp(text):
             return -1
         try:
             ms = self.converter.event_time_ms(text)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from skewless.archive import progress as P
 from skewless.archive.tables import OFFSET_COL, PARTITION_COL
+from skewless.offline import archive_progress as P
 
 log = logging.getLogger("skewless.archive")
 

@@ -21,10 +21,10 @@ from decimal import Decimal
 from typing import Any, Callable, Mapping
 
 from skewless.core.admission import (
-    INT64_MAX, INT64_MIN, MalformedError, _to_decimal, key_value, parse_event_time, parse_payload,
+    INT64_MAX, INT64_MIN, MalformedError, to_decimal, key_value, parse_event_time, parse_payload,
 )
 from skewless.core.dsl import EventSource
-from skewless.core.schemas import EventSchema, _check_timestamp, validator
+from skewless.core.schemas import EventSchema, check_timestamp, validator
 from skewless.core.timeutil import MS_PER_DAY
 
 Validate = Callable[[Mapping[str, Any]], "str | None"]
@@ -95,7 +95,7 @@ class FastValidator:
             search = re.compile(prop["pattern"]).search
             checks.append(lambda v: type(v) is not str or search(v) is not None)
         if prop.get("format") == "date-time":
-            checks.append(lambda v: type(v) is not str or _timestamp_ok(v))
+            checks.append(lambda v: type(v) is not str or timestamp_ok(v))
         elif prop.get("format") == "decimal":
             full = _DECIMAL_RE.fullmatch
             checks.append(lambda v: type(v) is not str or full(v) is not None)
@@ -138,14 +138,14 @@ _MISSING = object()
 _VALID_DAYS: dict[str, bool] = {}
 
 
-def _timestamp_ok(v: str) -> bool:
-    """``_check_timestamp`` (the schema's date-time format) with the day's validity cached."""
+def timestamp_ok(v: str) -> bool:
+    """``check_timestamp`` (the schema's date-time format) with the day's validity cached."""
     if len(v) != 24 or _TS_RE.match(v) is None:
-        return _check_timestamp(v)
+        return check_timestamp(v)
     day = v[:10]
     ok = _VALID_DAYS.get(day)
     if ok is None:
-        ok = _check_timestamp(day + "T00:00:00.000Z")
+        ok = check_timestamp(day + "T00:00:00.000Z")
         if len(_VALID_DAYS) > 10_000:
             _VALID_DAYS.clear()
         _VALID_DAYS[day] = ok
@@ -267,7 +267,7 @@ class RecordConverter:
 
     def _decimal(self, name: str, value: Any) -> Decimal:
         """The contract's decimal reading (``admission._to_decimal``), then the column's scale and precision."""
-        result = _to_decimal(value, name)
+        result = to_decimal(value, name)
         assert result is not None  # _column handles null
         scale = self.scales.get(name, 9)
         exponent = result.as_tuple().exponent

@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from skewless.archive import progress as P
 from skewless.archive.columnar import Chunk, ColumnarConverter
 from skewless.archive.records import RecordConverter
 from skewless.archive.tables import (
@@ -48,6 +47,7 @@ from skewless.config import kafka_client_properties
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema, SchemaError, load_schema
 from skewless.core.timeutil import td_ms
+from skewless.offline import archive_progress as P
 
 log = logging.getLogger("skewless.archive")
 

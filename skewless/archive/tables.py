@@ -1,6 +1,7 @@
 """The raw archive's Iceberg tables: one raw table per Kafka-fed event source, plus its dead letters.
 
-This layout is a contract with the batch engine (docs/archive.md, "Tables"); batch imports these builders.
+This layout is a contract with the batch engine (docs/archive.md, "Tables"): the tables' names live with the
+offline store (:mod:`skewless.offline.raw`), which the batch job and training read.
 
 Raw table ``<source.table>`` (e.g. ``raw.orders``), partitioned by ``day(<event_time>)``:
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema
+from skewless.offline.raw import ArchiveTableError, dead_letter_table_name, table_identifier
 
 PARTITION_COL = "_kafka_partition"
 OFFSET_COL = "_offset"
@@ -32,13 +34,8 @@ INGESTED_AT_COL = "_ingested_at"
 REASON_COL = "reason"
 PAYLOAD_COL = "payload"
 METADATA_COLUMNS = (PARTITION_COL, OFFSET_COL, KAFKA_TS_COL, INGESTED_AT_COL)
-DEAD_LETTER_SUFFIX = "_dead_letters"
 DEFAULT_DECIMAL_SCALE = 9
 DECIMAL_PRECISION = 38
-
-
-class ArchiveTableError(Exception):
-    """A source cannot be archived into its table (bad table name, existing table of another layout)."""
 
 
 class IncompatibleSchemaError(ArchiveTableError):
@@ -53,20 +50,6 @@ class IncompatibleSchemaError(ArchiveTableError):
             "archive is stopped (others continue). Fix: revert the field's type in the schema, or add the new "
             "type as a new field name (compatible), or point the source at a new table and re-archive."
         )
-
-
-def table_identifier(table: str) -> tuple[str, str]:
-    """``"namespace.table"`` as ``(namespace, table)``; :class:`ArchiveTableError` if not of that form."""
-    parts = table.split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ArchiveTableError(f"table {table!r} must be 'namespace.table' (e.g. 'raw.orders')")
-    return parts[0], parts[1]
-
-
-def dead_letter_table_name(source: EventSource) -> str:
-    """``<namespace>.<table>_dead_letters`` for the source's raw table."""
-    namespace, name = table_identifier(source.table)
-    return f"{namespace}.{name}{DEAD_LETTER_SUFFIX}"
 
 
 def decimal_scales(event_schema: EventSchema) -> dict[str, int]:

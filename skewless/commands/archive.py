@@ -140,7 +140,7 @@ def _iso(ms: int | None) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from skewless.archive.progress import archive_progress
+    from skewless.offline.archive_progress import archive_progress
     from skewless.core.dsl import EventSource
 
     loaded = _load(args)

@@ -53,7 +53,7 @@ def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from batch_jobs import backfill
-    from batch_jobs.tables import BatchError
+    from skewless.offline.tables import BatchError
 
     if args.in_process or args.explain:
         return backfill.run(args)

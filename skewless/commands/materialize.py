@@ -29,7 +29,7 @@ def materialize(args: argparse.Namespace) -> int:
 
     from batch_jobs.materialize import materialize_feature_view, materialize_snapshot_view
     from batch_jobs.runner import find_view, parse_day
-    from batch_jobs.tables import BatchError
+    from skewless.offline.tables import BatchError
     from skewless.config import redis_target
     from skewless.core.dsl import FeatureView
     from skewless.core.repo import RepositoryLoadError, load_repository

@@ -90,13 +90,13 @@ def _redis_client(args: argparse.Namespace) -> Any:
     import redis
 
     from skewless import config
-    from skewless.stack.redis import redis_url
+    from skewless.config import redis_url
 
     return redis.Redis.from_url(args.redis_url or redis_url(config.ports().redis), socket_timeout=5, socket_connect_timeout=5)
 
 
 def _project(args: argparse.Namespace) -> str:
-    from skewless.monitoring.common import default_project
+    from skewless.config import default_project
 
     return args.project or default_project()
 

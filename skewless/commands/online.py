@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from skewless.config import HOST, ports
     from skewless.core import layout
     from skewless.commands import materialize as m
-    from batch_jobs.materialize import default_project
+    from skewless.config import default_project
 
     client = redis.Redis.from_url(args.redis_url or f"redis://{HOST}:{ports().redis}/0")
     key = layout.epoch_key(args.project or default_project())

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from skewless.core.repo import load_repository
     from skewless.e2e.parity import FEATURE_VIEW, SNAPSHOT_VIEW, ParityConfig, Targets, format_report, run_parity
     from skewless.stack.flink import FlinkSessionCluster
-    from skewless.stack.kafka import metadata_ok
+    from skewless.engines.kafka import metadata_ok
 
     if args.days <= 2:
         print("skewless parity: --days must be > 2 (batch and stream parts must both matter)", file=sys.stderr)

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from skewless.producer import GeneratorConfig, generate
     from skewless.producer.kafka_producer import (ProduceError, ReplayFileError, load_records, produce_records,
                                                   save_records)
-    from skewless.stack.kafka import create_topics, metadata_ok
+    from skewless.engines.kafka import metadata_ok
+    from skewless.stack.kafka import create_topics
 
     repo = load_repository(args.repo)
     source = repo.sources_by_name.get(args.source)

@@ -152,7 +152,7 @@ def key_value(payload: Mapping[str, Any], field: str, what: str) -> str | int:
     return value
 
 
-def _to_decimal(value: Any, field: str) -> Decimal | None:
+def to_decimal(value: Any, field: str) -> Decimal | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -212,7 +212,7 @@ def normalise_event(
         key_value(payload, field, "key")
     for field in decimal_fields:
         if field in event:
-            event[field] = _to_decimal(event[field], field)
+            event[field] = to_decimal(event[field], field)
     event[PARTITION_FIELD] = partition
     event[OFFSET_FIELD] = offset
     return event

@@ -28,7 +28,7 @@ from skewless.core.plan import (
     render_expr,
 )
 from skewless.core.dsl import Where
-from skewless.core.validation import format_duration
+from skewless.core.timeutil import format_duration
 
 T = TypeVar("T")
 

@@ -26,13 +26,13 @@ from skewless.core.dsl import (
     BinOp,
     Const,
     DaysSince,
-    Derived,
     EventSource,
     FeatureView,
     Ref,
     SnapshotView,
     Where,
 )
+from skewless.core.expr import derived_order
 from skewless.core.repo import Repository
 from skewless.core.routing import (
     BATCH_TAIL_DAYS,
@@ -40,8 +40,8 @@ from skewless.core.routing import (
     STREAM_DAILY_TILE_RETENTION_MS,
     is_stream_served,
 )
-from skewless.core.timeutil import MS_PER_DAY, td_ms, to_epoch_ms
-from skewless.core.validation import effective_tile_ms, format_duration, iter_notes
+from skewless.core.timeutil import MS_PER_DAY, format_duration, td_ms, to_epoch_ms
+from skewless.core.validation import effective_tile_ms, iter_notes
 
 Expr = Union[Ref, Const, BinOp, DaysSince]
 
@@ -382,34 +382,6 @@ def _metadata(v: Any) -> dict[str, Any]:
 # --- building ------------------------------------------------------------------------------------
 
 
-def _toposort_derived(v: FeatureView) -> list[Derived]:
-    derived = {f.name: f for f in v.features if isinstance(f, Derived)}
-    out: list[Derived] = []
-    done: set[str] = set()
-
-    def deps(expr: Any) -> Iterator[str]:
-        if isinstance(expr, Ref):
-            yield expr.feature
-        elif isinstance(expr, BinOp):
-            yield from deps(expr.left)
-            yield from deps(expr.right)
-        elif isinstance(expr, DaysSince):
-            yield from deps(expr.ts)
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        for d in deps(derived[name].expr):
-            if d in derived:
-                visit(d)
-        out.append(derived[name])
-
-    for name in derived:
-        visit(name)
-    return out
-
-
 def _plan_feature_view(v: FeatureView, field_types: Mapping[str, str] | None) -> ViewPlan:
     s: EventSource = v.source
     keys = v.entity.key_names
@@ -469,7 +441,7 @@ def _plan_feature_view(v: FeatureView, field_types: Mapping[str, str] | None) ->
         stream=stream,
         batch=batch,
         merges=tuple(merges),
-        derives=tuple(Derive(d.name, d.expr) for d in _toposort_derived(v)),
+        derives=tuple(Derive(d.name, d.expr) for d in derived_order(v)),
         snapshot=None,
         statuses=tuple(statuses),
         semantic_fingerprint=semantic_fingerprint(canonical),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from skewless.core.plan import RepositoryPlan, ViewPlan, semantic_fingerprint
-from skewless.core.validation import format_duration
+from skewless.core.timeutil import format_duration
 
 STATE_FORMAT = 1
 

@@ -27,6 +27,7 @@ from skewless.core.dsl import (
     View,
 )
 from skewless.core.schemas import DEFAULT_SCHEMAS_DIR, EventSchema, SchemaError, load_schema
+from skewless.core.validation import DefinitionError, UnknownFeatureError, validate_repository
 
 Source = EventSource | TableSource
 _DEFINITION_TYPES = (Entity, EventSource, TableSource, FeatureView, SnapshotView, FeatureService)
@@ -34,10 +35,6 @@ _DEFINITION_TYPES = (Entity, EventSource, TableSource, FeatureView, SnapshotView
 
 class RepositoryLoadError(Exception):
     """The repository folder cannot be imported (missing folder, syntax error, failing import)."""
-
-
-class UnknownFeatureError(LookupError):
-    """A feature reference names no view, feature or service of the repository."""
 
 
 def _unique(objs: Iterable[Any]) -> tuple[Any, ...]:
@@ -104,7 +101,7 @@ class Repository:
         try:
             return self.views_by_name[name]
         except KeyError:
-            raise UnknownFeatureError(_unknown("feature view", name, self.views_by_name)) from None
+            raise UnknownFeatureError(unknown_message("feature view", name, self.views_by_name)) from None
 
     def schema(self, name: str) -> EventSchema:
         """The typed fields of schema ``name`` from this repository's schemas folder."""
@@ -144,7 +141,7 @@ class Repository:
         if ":" in ref:
             view_name, _, feature = ref.partition(":")
             if view_name not in views:
-                raise UnknownFeatureError(f"feature reference {ref!r}: " + _unknown("feature view", view_name, views))
+                raise UnknownFeatureError(f"feature reference {ref!r}: " + unknown_message("feature view", view_name, views))
             view = views[view_name]
             if feature not in _names(view):
                 raise UnknownFeatureError(
@@ -165,7 +162,7 @@ class Repository:
                 "(features are referenced as 'view:feature')"
             )
         raise UnknownFeatureError(
-            f"feature reference {ref!r}: " + _unknown("feature view or service", ref, [*views, *services, *qualified])
+            f"feature reference {ref!r}: " + unknown_message("feature view or service", ref, [*views, *services, *qualified])
         )
 
 
@@ -189,7 +186,7 @@ def _close(name: str, known: Iterable[str], what: str) -> str:
     return f"{hint} ({what}: {shown})" if names else f" (no {what} defined)"
 
 
-def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+def unknown_message(kind: str, name: str, known: Iterable[str]) -> str:
     return f"unknown {kind} {name!r}" + _close(name, known, "known")
 
 
@@ -271,8 +268,6 @@ def load_repository(
         definitions.extend(v for k, v in vars(module).items() if not k.startswith("__") and isinstance(v, _DEFINITION_TYPES))
     repo = Repository.of(definitions, schemas_dir=schemas, path=folder)
     if validate:
-        from skewless.core.validation import DefinitionError, validate_repository
-
         problems = validate_repository(repo)
         if problems:
             raise DefinitionError(problems)

@@ -146,7 +146,7 @@ def load_schema(name: str, schemas_dir: Path | str | None = None) -> EventSchema
     return _read(name, schemas_dir)[1]
 
 
-def _check_timestamp(value: object) -> bool:
+def check_timestamp(value: object) -> bool:
     if not isinstance(value, str):
         return True  # type errors are reported by "type"
     if not _TIMESTAMP_RE.match(value):
@@ -167,7 +167,7 @@ def validator(name: str, schemas_dir: Path | str | None = None) -> Callable[[dic
 
     doc, _ = _read(name, schemas_dir)
     checker = jsonschema.FormatChecker(formats=())
-    checker.checks("date-time")(_check_timestamp)
+    checker.checks("date-time")(check_timestamp)
     checker.checks("decimal")(lambda v: not isinstance(v, str) or re.fullmatch(r"-?\d+(\.\d+)?", v) is not None)
     cls = jsonschema.validators.validator_for(doc, default=jsonschema.Draft202012Validator)
     cls.check_schema(doc)

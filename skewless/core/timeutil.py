@@ -6,7 +6,8 @@ Every engine adapter converts through these functions, so all paths agree on the
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import time
+from datetime import date, datetime, timedelta, timezone
 
 MS_PER_SECOND = 1000
 MS_PER_MINUTE = 60 * MS_PER_SECOND
@@ -61,3 +62,33 @@ def window_start_ms(as_of_ms: int, width_ms: int | None, tile_ms: int) -> int | 
     if width_ms is None:
         return None
     return floor_ms(as_of_ms - width_ms, tile_ms)
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch ms as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the example schemas' event-time format)."""
+    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def now_ms() -> int:
+    """The wall clock as epoch ms."""
+    return time.time_ns() // 1_000_000
+
+
+def day_start_ms(day: date) -> int:
+    """00:00 UTC of ``day`` as epoch ms."""
+    return to_epoch_ms(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+
+
+def format_duration(ms: int | None) -> str:
+    """Compact duration: ``365d``, ``1h``, ``5m``, ``1d12h``, ``lifetime`` for None."""
+    if ms is None:
+        return "lifetime"
+    if ms == 0:
+        return "0s"
+    sign, ms = ("-", -ms) if ms < 0 else ("", ms)
+    parts = []
+    for unit, size in (("d", MS_PER_DAY), ("h", MS_PER_HOUR), ("m", MS_PER_MINUTE), ("s", MS_PER_SECOND), ("ms", 1)):
+        if ms >= size:
+            parts.append(f"{ms // size}{unit}")
+            ms %= size
+    return sign + "".join(parts)

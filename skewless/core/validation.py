@@ -38,10 +38,14 @@ from skewless.core.dsl import (
 )
 from skewless.core.routing import BATCH_TILE_MS, is_stream_served
 from skewless.core.schemas import NUMERIC_TYPES, TYPES, EventSchema, SchemaError
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, MS_PER_SECOND, default_tile_ms, td_ms
+from skewless.core.timeutil import MS_PER_DAY, default_tile_ms, format_duration, td_ms
 
 if TYPE_CHECKING:
     from skewless.core.repo import Repository
+
+class UnknownFeatureError(LookupError):
+    """A feature reference names no view, feature or service of the repository."""
+
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -83,21 +87,6 @@ class DefinitionError(Exception):
         lines = [f"{n} problem{'s' if n != 1 else ''} in the feature definitions:"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
-
-
-def format_duration(ms: int | None) -> str:
-    """Compact duration: ``365d``, ``1h``, ``5m``, ``1d12h``, ``lifetime`` for None."""
-    if ms is None:
-        return "lifetime"
-    if ms == 0:
-        return "0s"
-    sign, ms = ("-", -ms) if ms < 0 else ("", ms)
-    parts = []
-    for unit, size in (("d", MS_PER_DAY), ("h", MS_PER_HOUR), ("m", MS_PER_MINUTE), ("s", MS_PER_SECOND), ("ms", 1)):
-        if ms >= size:
-            parts.append(f"{ms // size}{unit}")
-            ms %= size
-    return sign + "".join(parts)
 
 
 def _td(value: Any) -> str:
@@ -646,8 +635,6 @@ def _check_expectations(c: _Checker, kind: str, v: Any, type_of: Any) -> None:
 
 
 def _check_service(c: _Checker, s: FeatureService) -> None:
-    from skewless.core.repo import UnknownFeatureError
-
     kind = "feature service"
     _check_name(c, kind, s.name)
     if s.name in c.repo.views_by_name:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from skewless import config
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, td_ms
-from skewless.e2e.pipeline import Log, Phases, create_topic, day_of, end_offsets, iso, read_topic, stream_progress
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, iso_ms, td_ms
+from skewless.e2e.pipeline import Log, Phases, create_topic, day_of, end_offsets, read_topic, stream_progress
 
 HISTORY_EVENTS = 24_000
 USERS = 400
@@ -75,7 +75,7 @@ class Demo:
         self.state = config.paths().state / "demo"
         ports = config.ports()
         self.bootstrap = f"{config.HOST}:{ports.kafka}"
-        self.redis_url = f"redis://{config.HOST}:{ports.redis}/0"
+        self.redis_url = config.redis_url(ports.redis)
 
     # --- phases -------------------------------------------------------------------------------------
     def stack(self) -> str:
@@ -126,7 +126,7 @@ class Demo:
         snap = self.repo.view("customer_profile")
         write_snapshot_rows(load_catalog(), snap.source.table, rows)
         self.log(f"    {len(rows):,} CRM profile rows -> Iceberg table {snap.source.table}")
-        info = {"loaded_at": iso(now), "end_ms": now, "records": len(records), "top_users": users[:3],
+        info = {"loaded_at": iso_ms(now), "end_ms": now, "records": len(records), "top_users": users[:3],
                 "users": users}
         self.state.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(info))
@@ -151,7 +151,7 @@ class Demo:
         return rows
 
     def archive_caught_up(self, timeout_s: float = 300.0) -> str:
-        from skewless.archive.progress import archive_progress
+        from skewless.offline.archive_progress import archive_progress
         from skewless.engines.iceberg_catalog import load_catalog
 
         ends = end_offsets(self.bootstrap, self.source.topic)
@@ -160,7 +160,7 @@ class Demo:
             p = archive_progress(load_catalog(), self.source)
             done = {k: v.last_offset + 1 for k, v in p.partitions.items()}
             if all(done.get(k, 0) >= n for k, n in ends.items()):
-                return f"{sum(ends.values()):,} records archived; complete until {iso(p.complete_until_ms or 0)}"
+                return f"{sum(ends.values()):,} records archived; complete until {iso_ms(p.complete_until_ms or 0)}"
             if time.monotonic() > deadline:
                 raise SystemExit(f"demo: the archive did not catch up within {timeout_s:.0f} s ({done} of {ends}); "
                                  f"see {config.paths().logs / 'archive-orders.log'}")
@@ -265,8 +265,9 @@ class Demo:
         return text if status == "present" else f"{text} ({status})"
 
     def _produce_live(self, users: Sequence[str], stop: threading.Event, sent: list[int]) -> None:
-        from skewless.producer.generator import GeneratedRecord, partition_for
-        from skewless.producer.kafka_producer import make_producer
+        from skewless.engines.kafka import partition_for
+        from skewless.producer.generator import GeneratedRecord
+        from skewless.engines.kafka import make_producer
 
         rng = random.Random()
         producer = make_producer(self.bootstrap, **{"linger.ms": 5})
@@ -281,7 +282,7 @@ class Demo:
                 order = {"user_id": rng.choice(users), "order_id": f"live-{uuid.uuid4().hex[:10]}",
                          "amount": int(rng.lognormvariate(8.0, 1.0)) + 1, "currency": "EUR", "status": "placed"}
                 open_orders.append(order)
-            payload = {"event_id": f"live-{uuid.uuid4().hex}", **order, "event_time": iso(now)}
+            payload = {"event_id": f"live-{uuid.uuid4().hex}", **order, "event_time": iso_ms(now)}
             key = order["user_id"].encode()
             rec = GeneratedRecord(seq, "clean", key, json.dumps(payload, separators=(",", ":")).encode(), now,
                                   partition_for(key, 3), payload["event_id"])
@@ -332,9 +333,9 @@ class Demo:
         (n_on, bad_on), (n_tr, bad_tr) = total("online-now"), total("training-duckdb")
         late = sum(1 for d in result.dead_letters if d.reason == "late")
         self.log(f"    {len(users)} users x {len(self.view.feature_names)} features of user_order_stats:")
-        self.log(f"      online (Redis) at now {iso(now)} vs the contract over the admitted events: "
+        self.log(f"      online (Redis) at now {iso_ms(now)} vs the contract over the admitted events: "
                  f"{n_on} values, {bad_on} mismatches")
-        self.log(f"      training set (DuckDB) at {iso(T)} vs the contract over the offline set: "
+        self.log(f"      training set (DuckDB) at {iso_ms(T)} vs the contract over the offline set: "
                  f"{n_tr} values, {bad_tr} mismatches")
         self.log(f"      the two sets differ by design only by the {late} late events (kept offline, dead-lettered "
                  "online, docs/semantics.md §6)")

@@ -6,8 +6,8 @@ every path compared with the contract's oracle.
 2. the compiled Flink job (bounded) -> Redis under a private key prefix; the raw archive -> Iceberg;
    snapshot rows -> the CRM table; backfill (Spark, archive gate on) + materialization;
 3. compare for sampled entities and every feature of the example repository:
-   - ``online-now``: `read_windowed` at "now" after the stream drained (and 7 / 61 minutes later),
-   - ``online-asof``: `read_windowed` at the tile-aligned instants the store answers (day edges),
+   - ``online-now``: `OnlineStore.get_online_features` at "now" after the stream drained (and 7 / 61 minutes later),
+   - ``online-asof``: `OnlineStore.get_online_features` at the tile-aligned instants the store answers (day edges),
    - ``training-duckdb`` / ``training-spark``: `get_historical_features` at instants on events, tile
      edges, day edges and TTL edges,
    against the oracle over the offline set (offline paths) and over the admitted events (online; batch
@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from skewless.core import layout, oracle
 from skewless.core.dsl import Aggregation, Derived, FeatureView, SnapshotView
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, td_ms
+from skewless.core.expr import refs
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, iso_ms, td_ms
 from skewless.e2e.pipeline import (
     Log,
     Phases,
@@ -43,13 +44,13 @@ from skewless.e2e.pipeline import (
     create_topic,
     day_of,
     delete_project_keys,
-    iso,
     materialize,
     read_topic,
     run_stream_bounded,
     stream_progress,
     write_snapshot_rows,
 )
+from skewless.serving.online import OnlineStore
 
 ONLINE_NOW, ONLINE_ASOF, TRAIN_DUCKDB, TRAIN_SPARK = "online-now", "online-asof", "training-duckdb", "training-spark"
 PATHS = (ONLINE_NOW, ONLINE_ASOF, TRAIN_DUCKDB, TRAIN_SPARK)
@@ -273,9 +274,7 @@ class Expected:
             newest = max([e["event_time"] // tile * tile for e in self.admitted.get(user, [])] + [now_ms // tile * tile])
             if (T - width) // tile * tile < newest - groups[tile].retention_ms:
                 out.add(f.name)
-        from skewless.online.reader import _refs
-
-        return out | {f.name for f in self.view.features if isinstance(f, Derived) and _refs(f.expr) & out}
+        return out | {f.name for f in self.view.features if isinstance(f, Derived) and set(refs(f.expr)) & out}
 
     def window_events(self, feature: str, user: str, T: int, events: str) -> list[dict[str, Any]]:
         """The entity's events the feature's window holds at T (the shrunk reproducing case)."""
@@ -378,29 +377,14 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
 
 def online_reader(client: Any, project: str, repo: Any) -> Callable[..., dict[str, list[tuple[Any, str]]]]:
     """``read(users, as_of, now_ms) -> {feature: [(value, status) per user]}`` for both views, through
-    ``FeatureStore.get_online_features`` (skewless.serving) when installed, else ``read_windowed`` (feature
-    view only)."""
-    try:
-        from skewless.serving.online import OnlineStore
-    except ImportError:
-        OnlineStore = None  # noqa: N806
+    ``OnlineStore.get_online_features`` (skewless.serving)."""
+    store = OnlineStore(repo, client, project)
 
-    if OnlineStore is not None:
-        store = OnlineStore(repo, client, project)
-
-        def read(users: Sequence[str], as_of: int | None, now_ms: int) -> dict[str, list[tuple[Any, str]]]:
-            r = store.get_online_features([{"user_id": u} for u in users], [FEATURE_VIEW, SNAPSHOT_VIEW], as_of=as_of,
-                                          now_ms=now_ms)
-            return {c: list(zip(r.values[c], r.statuses[c])) for c in r.columns}
-        return read
-
-    from skewless.online import read_windowed
-
-    def read_fv(users: Sequence[str], as_of: int | None, now_ms: int) -> dict[str, list[tuple[Any, str]]]:
-        got = read_windowed(client, project, [FEATURE_VIEW], list(users), as_of=as_of, repo=repo, now_ms=now_ms)
-        rows = got.entities[FEATURE_VIEW]
-        return {name: [ev.features[name] for ev in rows] for name in rows[0].features} if rows else {}
-    return read_fv
+    def read(users: Sequence[str], as_of: int | None, now_ms: int) -> dict[str, list[tuple[Any, str]]]:
+        r = store.get_online_features([{"user_id": u} for u in users], [FEATURE_VIEW, SNAPSHOT_VIEW], as_of=as_of,
+                                      now_ms=now_ms)
+        return {c: list(zip(r.values[c], r.statuses[c])) for c in r.columns}
+    return read
 
 
 def _compare_online(report: ParityReport, expected: Expected, client: Any, project: str, repo: Any,
@@ -552,7 +536,7 @@ def format_report(report: ParityReport, view: FeatureView, snap: SnapshotView) -
     if report.mismatches:
         lines.append(f"\n{len(report.mismatches)} MISMATCHES; smallest reproducing cases:")
         for m in report.mismatches[:5]:
-            lines.append(f"  {m.path} {m.feature} entity={m.entity!r} T={m.instant_ms} ({iso(m.instant_ms)}): "
+            lines.append(f"  {m.path} {m.feature} entity={m.entity!r} T={m.instant_ms} ({iso_ms(m.instant_ms)}): "
                          f"got {m.got!r}, contract {m.want!r} {m.alone}")
             for e in m.window_events[:20]:
                 lines.append(f"      {e}")

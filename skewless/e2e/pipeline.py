@@ -59,7 +59,7 @@ class Targets:
     def local_stack(workdir: Path) -> Targets:
         """The `make up` stack's Kafka, Redis and Flink, with a private catalog under ``workdir``."""
         ports = config.ports()
-        return Targets(bootstrap=f"{config.HOST}:{ports.kafka}", redis_url=f"redis://{config.HOST}:{ports.redis}/0",
+        return Targets(bootstrap=f"{config.HOST}:{ports.kafka}", redis_url=config.redis_url(ports.redis),
                        catalog_db=workdir / "catalog.db", warehouse=workdir / "warehouse", flink="session",
                        flink_rest_port=ports.flink_rest, workdir=workdir)
 
@@ -85,10 +85,6 @@ def day_of(ms: int) -> date:
     return from_epoch_ms(ms).date()
 
 
-def iso(ms: int) -> str:
-    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
 # --- Kafka ---------------------------------------------------------------------------------------------
 
 
@@ -96,7 +92,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int, retention_ms: int 
     """Create ``topic`` (existing: left as is); ``retention_ms=-1`` keeps old-stamped history."""
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
-    from skewless.stack.kafka import admin_client, create_topics
+    from skewless.engines.kafka import admin_client, create_topics
 
     create_topics(bootstrap, {topic: partitions})
     if retention_ms is not None:
@@ -211,7 +207,7 @@ def archive_drain(targets: Targets, source: Any, topic: str) -> Any:
 
 def batch_day(catalog: Any, source: Any) -> date:
     """The newest day D whose batch run the archive gate admits (cut-off D+1 <= complete_until)."""
-    from skewless.archive.progress import archive_progress
+    from skewless.offline.archive_progress import archive_progress
 
     until = archive_progress(catalog, source).complete_until_ms
     if until is None:

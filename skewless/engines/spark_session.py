@@ -3,8 +3,8 @@
 The catalog is named :data:`skewless.config.ICEBERG_CATALOG_NAME` and is the same sqlite file and
 warehouse that :func:`skewless.engines.iceberg_catalog.load_catalog` opens with PyIceberg.
 
-Every session also gets the batch path's jar (:mod:`batch_jobs.jvm`) on the driver's and executors' class path,
-and ``file:`` paths go through its fork-free local file system (:data:`batch_jobs.jvm.LOCAL_FS_CLASS`: no
+Every session also gets the batch path's jar (:mod:`skewless.engines.spark_jar`) on the driver's and executors' class path,
+and ``file:`` paths go through its fork-free local file system (:data:`skewless.engines.spark_jar.LOCAL_FS_CLASS`: no
 ``chmod`` process per written file); ``SKEWLESS_SPARK_NIO_FS=0`` keeps Hadoop's own (for A/B runs).
 """
 
@@ -17,6 +17,7 @@ from typing import Mapping
 
 from skewless.config import ICEBERG_CATALOG_NAME, paths
 from skewless.engines import find_jar
+from skewless.engines.spark_jar import LOCAL_FS_CLASS, batch_jar
 
 ICEBERG_RUNTIME_PREFIX = "iceberg-spark-runtime-4.1_2.13-"
 SQLITE_JDBC_PREFIX = "sqlite-jdbc-"
@@ -45,8 +46,6 @@ def jvm_conf() -> dict[str, str]:
     Executors find the class through ``spark.executor.extraClassPath`` on this machine and through ``spark.jars``
     elsewhere, so the jar is in ``spark.jars`` too (see :func:`session_jars`).
     """
-    from batch_jobs.jvm import LOCAL_FS_CLASS, batch_jar
-
     jar = str(batch_jar())
     conf = {"spark.driver.extraClassPath": jar, "spark.executor.extraClassPath": jar}
     if nio_fs_enabled():
@@ -56,8 +55,6 @@ def jvm_conf() -> dict[str, str]:
 
 def session_jars() -> list[Path]:
     """What every session ships in ``spark.jars``: :func:`spark_jars` and the batch jar."""
-    from batch_jobs.jvm import batch_jar
-
     return [*spark_jars(), batch_jar()]
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from typing import Any, Callable, TypeVar
 
 log = logging.getLogger("skewless.monitoring")
@@ -22,18 +20,7 @@ FAILED = "failed"
 MISSING = "missing"
 ERROR = "error"
 
-DEFAULT_PROJECT = "skewless"
-
 T = TypeVar("T")
-
-
-def default_project() -> str:
-    """Project prefix of the online store keys: ``$SKEWLESS_PROJECT`` or ``skewless``."""
-    return os.environ.get("SKEWLESS_PROJECT") or DEFAULT_PROJECT
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def describe(exc: BaseException) -> str:

@@ -22,23 +22,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from skewless.core import layout
 from skewless.core.dsl import FeatureView, SnapshotView, View
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, td_ms
-from skewless.monitoring.common import (
-    ERROR,
-    MISSING,
-    OK,
-    STALE,
-    WARN,
-    fmt_duration_ms,
-    format_table,
-    guarded,
-    now_ms as _now_ms,
-)
+from skewless.core.staleness import as_int, as_text, is_stale, newest_applied_ms, parse_progress
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, now_ms as _now_ms, td_ms
+from skewless.monitoring.common import ERROR, MISSING, OK, STALE, WARN, fmt_duration_ms, format_table, guarded
 
 BATCH_GRACE_MS = 6 * MS_PER_HOUR  # time a daily batch run may take after its start (cut-off + lateness)
 DEFAULT_SCAN_LIMIT = 200
@@ -61,61 +52,6 @@ class FreshnessRow:
     @property
     def breach(self) -> bool:
         return self.status in (STALE, MISSING)
-
-
-@dataclass(frozen=True)
-class Progress:
-    partition: str
-    offset: int | None
-    max_event_ms: int | None
-    written_ms: int | None
-    epoch: str | None
-
-
-def _text(v: Any) -> Any:
-    return v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else v
-
-
-def _int(v: Any) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def parse_progress(fields: Mapping[Any, Any]) -> list[Progress]:
-    """Decode a progress hash (HGETALL) into one :class:`Progress` per partition field ``p:{n}``.
-
-    Values are JSON objects; unparsable entries are skipped (a bad writer must not break monitoring).
-    """
-    out = []
-    for key, value in (fields or {}).items():
-        key = _text(key)
-        if not isinstance(key, str) or not key.startswith("p:"):
-            continue
-        try:
-            data = json.loads(_text(value))
-        except (TypeError, ValueError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        epoch = data.get("epoch")
-        out.append(Progress(key[2:], _int(data.get("offset")), _int(data.get("max_event_ms")),
-                            _int(data.get("written_ms")), None if epoch is None else str(epoch)))
-    return sorted(out, key=lambda p: p.partition)
-
-
-def newest_applied_ms(progress: Iterable[Progress], epoch: str | None) -> int | None:
-    """Newest applied event time over partitions of the current ``epoch`` (any epoch if None)."""
-    times = [p.max_event_ms for p in progress if p.max_event_ms is not None and (epoch is None or p.epoch == epoch)]
-    return max(times, default=None)
-
-
-def stream_status(view: FeatureView, progress_fields: Mapping[Any, Any], epoch: str | None, now: int) -> str:
-    """``present`` or ``stale`` for a value of ``view`` read at ``now`` (for online readers): stale when the
-    newest applied event of the source is older than the view's freshness SLA, or none is known."""
-    newest = newest_applied_ms(parse_progress(progress_fields), epoch)
-    return "stale" if newest is None or now - newest > td_ms(view.freshness_sla) else "present"
 
 
 def _scan_pattern(prefix: str, suffix: str) -> str:
@@ -149,7 +85,7 @@ def _stream_row(client: Any, project: str, view: FeatureView, epoch: str | None,
     lag = now - newest
     written = max((p.written_ms for p in progress if p.written_ms is not None and p.epoch == epoch), default=None)
     detail = f"{len(progress)} partition(s)" + (f", progress written {fmt_duration_ms(now - written)} ago" if written else "")
-    return FreshnessRow(**base, lag_ms=lag, status=STALE if lag > sla else OK, detail=detail, newest_ms=newest,
+    return FreshnessRow(**base, lag_ms=lag, status=STALE if is_stale(newest, now, sla) else OK, detail=detail, newest_ms=newest,
                         progress_age_ms=None if written is None else now - written)
 
 
@@ -161,11 +97,11 @@ def batch_sla_ms(view: FeatureView) -> int:
 def _batch_row(client: Any, project: str, view: FeatureView, meta: dict, now: int, scan_limit: int) -> FreshnessRow:
     sla = batch_sla_ms(view)
     base = dict(view=view.name, version=int(view.version), part="batch", sla_ms=sla)
-    cutoff = _int(meta.get("batch_cutoff_ms"))
+    cutoff = as_int(meta.get("batch_cutoff_ms"))
     source = "meta"
     if cutoff is None:
         keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view), "b"), scan_limit)
-        cutoffs = [c for c in (_int(_text(client.hget(k, "cutoff"))) for k in keys) if c is not None]
+        cutoffs = [c for c in (as_int(as_text(client.hget(k, "cutoff"))) for k in keys) if c is not None]
         cutoff = max(cutoffs, default=None)
         source = f"{len(keys)} batch record(s) sampled"
     if cutoff is None:
@@ -185,14 +121,14 @@ def _batch_row(client: Any, project: str, view: FeatureView, meta: dict, now: in
 def _snapshot_row(client: Any, project: str, view: SnapshotView, meta: dict, now: int, scan_limit: int) -> FreshnessRow:
     sla = td_ms(view.freshness_sla)
     base = dict(view=view.name, version=int(view.version), part="snapshot", sla_ms=sla)
-    newest = _int(meta.get("snapshot_ts_ms"))
+    newest = as_int(meta.get("snapshot_ts_ms"))
     source = "meta"
     if newest is None:
         keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view), "s"), scan_limit)
         stamps = []
         for raw in client.mget(keys) if keys else []:
             try:
-                stamps.append(int(json.loads(_text(raw))["ts"]))
+                stamps.append(int(json.loads(as_text(raw))["ts"]))
             except (TypeError, ValueError, KeyError):
                 continue
         newest = max(stamps, default=None)
@@ -209,8 +145,8 @@ def view_freshness(client: Any, project: str, view: View, now: int | None = None
     now = _now_ms() if now is None else int(now)
 
     def compute() -> list[FreshnessRow]:
-        epoch = _text(client.get(layout.epoch_key(project)))
-        meta = {_text(k): _text(v) for k, v in (client.hgetall(layout.view_meta_key(project, view)) or {}).items()}
+        epoch = as_text(client.get(layout.epoch_key(project)))
+        meta = {as_text(k): as_text(v) for k, v in (client.hgetall(layout.view_meta_key(project, view)) or {}).items()}
         if isinstance(view, SnapshotView):
             return [_snapshot_row(client, project, view, meta, now, scan_limit)]
         rows = []

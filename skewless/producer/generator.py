@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import random
-import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any
+
+from skewless.core.timeutil import iso_ms
+from skewless.engines.kafka import partition_for
 
 CLEAN = "clean"
 DUPLICATE = "duplicate"
@@ -33,16 +34,6 @@ FUTURE = "future"
 MALFORMED = "malformed"
 KINDS = (CLEAN, DUPLICATE, LATE, FUTURE, MALFORMED)
 CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP", "CHF")
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition of a message key: CRC32 of the key modulo the partition count (stable, explicit)."""
-    return zlib.crc32(key) % partitions
-
-
-def iso_ms(ms: int) -> str:
-    """Epoch ms as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the orders schema's event-time format)."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from skewless.config import kafka_client_properties
+from skewless.engines.kafka import make_producer
 from skewless.producer.generator import GeneratedRecord
 
 
@@ -28,18 +28,6 @@ class DeliveryReport:
     delivered: int = 0
     failed: list[str] = field(default_factory=list)
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-
-def make_producer(bootstrap: str, **overrides: object):
-    """A confluent-kafka Producer tuned for throughput (batching, lz4, idempotence), with the configured
-    security settings (:func:`skewless.config.kafka_client_properties`)."""
-    from confluent_kafka import Producer
-
-    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
-            "batch.num.messages": 10000, "compression.type": "lz4", "queue.buffering.max.messages": 500000,
-            **kafka_client_properties()}
-    conf.update(overrides)
-    return Producer(conf)
 
 
 def produce_records(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from skewless.online.reader import AsOfNotAlignedError
-
 
 class OnlineRequestError(ValueError):
     """Bad input of an online read; the message says what is wrong (the HTTP server answers 400)."""
 
 
-class AsOfNotAligned(OnlineRequestError, AsOfNotAlignedError):
+class AsOfNotAligned(OnlineRequestError):
     """``as_of`` is not a multiple of a tile size stored for a requested view."""
 
 

@@ -1,45 +1,69 @@
-"""Evaluation of an online read's replies: per feature view and entity the values, statuses and ages, exactly
-:func:`skewless.core.layout.evaluate_read` + the reader's rules (docs/semantics.md §10-§11), with the store's
-bounded caches (entity memo, decoded tiles / batch parts / snapshot rows).
+"""Evaluation of an online read's replies: per feature view and entity the values, statuses and ages
+(docs/semantics.md §10-§11; the tests hold it equal to the reference reader, ``tests/support/reference_reader.py``),
+with the store's bounded caches (:class:`ReadCaches`: entity memo, decoded tiles / batch parts / snapshot rows).
 """
 
 from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 from skewless.core import laws, layout
 from skewless.core.dsl import DaysSince, Ref
+from skewless.core.expr import evaluate
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS
+from skewless.core.staleness import INCOMPLETE, PRESENT, STALE
 from skewless.core.timeutil import MS_PER_DAY, floor_ms
-from skewless.serving.read_plan import INCOMPLETE, PRESENT, STALE, _GroupSpec, _ViewPlan
+from skewless.serving.read_plan import GroupSpec, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream
-
-if TYPE_CHECKING:
-    from skewless.serving.online import OnlineStore
 
 try:
     import orjson
 
-    def _loads(data: bytes) -> Any:
+    def loads(data: bytes) -> Any:
         """JSON text -> value (orjson when it can: several times faster; json for what it refuses)."""
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             return json.loads(data)
 except ImportError:  # pragma: no cover - orjson is a dependency
-    _loads = json.loads
+    loads = json.loads
 
 _MISSING = object()
 _I64_LOW = -(1 << 63)
-_MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see _memo_stats)
+_MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see ReadCaches.memo_stats)
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
-_CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
+CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
 _FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
 
 
-def _window(vp: _ViewPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
+@dataclass
+class ReadCaches:
+    """The bounded caches one store shares between its reads (keys start with a plan's group/view serial)."""
+
+    memo: dict[int, dict[bytes, list]] = field(default_factory=dict)  # view serial -> entity tag -> [call context,
+    # raw replies, cut-off, its day part, the entity's prepared aggregations, their stale statuses, the outputs at T
+    # for a range of T (_days_span), the replies' raw bytes]: a hit compares the replies as they are (no key bytes)
+    packed: dict[int, dict[bytes, bytes]] = field(default_factory=dict)  # view serial -> entity tag -> its commands
+    snap_raw: dict[int, dict[bytes, tuple]] = field(default_factory=dict)  # snapshot view serial -> tag -> (raw, value)
+    kept: list[int] = field(default_factory=lambda: [0, 0])  # entries added to memo, to snap_raw since last emptied
+    decoded: dict[Any, Any] = field(default_factory=dict)  # (serial, raw bytes) -> decoded tile vector / parts / row
+    # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
+    # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
+    memo_stats: list[int] = field(default_factory=lambda: [0, 0, 0])
+    contexts: dict[tuple, int] = field(default_factory=dict)  # call context of the entity memo -> a number never
+    # used for another
+    progress: dict[Any, tuple] = field(default_factory=dict)  # (raw progress fields, epoch) -> what they say
+
+    def forget_entities(self) -> None:
+        """Empty the entity memo and the decode cache (every entity evaluated from its bytes on the next read)."""
+        self.memo.clear()
+        self.decoded.clear()
+
+
+def window_starts(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
             meta: tuple[Any, ...]) -> tuple[list[list[int | None]], tuple]:
     """``(starts, memo context)`` of a feature view's read: per group, each needed aggregation's window start at T
     (None for batch-served ones), and the call context of the entity memo. The starts are a function of T and
@@ -73,7 +97,7 @@ def _frozen(x: Any) -> bool:
     return True
 
 
-def _view_cache(caches: dict[int, dict], added: list[int], which: int, serial: int) -> dict:
+def view_cache(caches: dict[int, dict], added: list[int], which: int, serial: int) -> dict:
     """The per-view dict of a bounded cache of entity entries (``caches``: view serial -> tag -> entry; ``added[which]``
     counts the entries added): all views' entries are dropped once ``_MEMO_MAX`` were added since the last time."""
     if added[which] >= _MEMO_MAX:
@@ -109,21 +133,21 @@ def _days_span(pending: Sequence[tuple], T: int, out_vals: Sequence[Any]) -> tup
     return lo, hi, tuple(out_vals)
 
 
-def _decode_tile(g: _GroupSpec, body: bytes, cache: dict) -> tuple | None:
+def _decode_tile(g: GroupSpec, body: bytes, cache: dict) -> tuple | None:
     """The decoded intermediates of ``g.aggs`` in a tile body, cached; None if any of them fails to decode."""
     try:
-        vec = _loads(body)
+        vec = loads(body)
         dec = tuple([a.decode(vec[a.index]) for a in g.aggs])
     except Exception:  # noqa: BLE001 - the caller decodes lazily and raises where the reference does
         return None
     if _frozen(dec):
-        if len(cache) >= _CACHE_MAX:
+        if len(cache) >= CACHE_MAX:
             cache.clear()
         cache[(g.serial, body)] = dec
     return dec
 
 
-def _as_dict(r: Any) -> dict:
+def as_dict(r: Any) -> dict:
     """A hash reply as a dict (RESP2 gives a flat list of fields and values, RESP3 a dict, a missing key nothing)."""
     if isinstance(r, dict):
         return r
@@ -133,7 +157,7 @@ def _as_dict(r: Any) -> dict:
     return dict(zip(it, it))
 
 
-def _meta(raw: Mapping[bytes, bytes] | None) -> tuple[int | None, bytes | None, int | None, bytes | None]:
+def view_meta(raw: Mapping[bytes, bytes] | None) -> tuple[int | None, bytes | None, int | None, bytes | None]:
     """``(applied_from_ms, epoch, batch_cutoff_ms, batch_epoch)`` of a view meta hash."""
     raw = raw or {}
     af = raw.get(b"applied_from_ms")
@@ -141,7 +165,7 @@ def _meta(raw: Mapping[bytes, bytes] | None) -> tuple[int | None, bytes | None, 
     return (None if af is None else int(af)), raw.get(b"epoch"), (None if bc is None else int(bc)), raw.get(b"batch_epoch")
 
 
-def snapshots(vp: _ViewPlan, raws: Sequence[bytes | None], epoch: str | None, T: int,
+def snapshots(vp: ViewReadPlan, raws: Sequence[bytes | None], epoch: str | None, T: int,
               cache: dict) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
     """The entities of a snapshot view: per stored row (or None) ``(values, statuses, age)`` in the order of
     ``vp.snapshot_fields``; ``cache`` holds the decoded rows (the store's decode cache)."""
@@ -160,9 +184,9 @@ def snapshots(vp: _ViewPlan, raws: Sequence[bytes | None], epoch: str | None, T:
             continue
         row = cache.get((serial, raw))
         if row is None:
-            data = _loads(raw)
+            data = loads(raw)
             row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
-            if len(cache) >= _CACHE_MAX:
+            if len(cache) >= CACHE_MAX:
                 cache.clear()
             cache[(serial, raw)] = row
         ts, created = row[0], row[1]
@@ -181,14 +205,14 @@ def snapshots(vp: _ViewPlan, raws: Sequence[bytes | None], epoch: str | None, T:
     return out
 
 
-def windowed(store: OnlineStore, vp: _ViewPlan, chunk: Sequence[Any], n: int, k: int, epoch: bytes | None,
+def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int, k: int, epoch: bytes | None,
              meta: tuple[Any, ...], now: int, as_of_ms: int | None, stale: bool, age: int | None,
              runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: int,
              tags: Sequence[bytes], use_memo: bool = True, stream: ReplyStream | None = None,
              ) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
-    """The ``n`` entities of one feature view (``k`` replies each in ``chunk``): :func:`layout.evaluate_read` +
-    the reader's rules; per entity ``(values, statuses, age)`` in the order of ``vp.outputs``. ``store``'s
-    caches are used: its entity memo (``_memo``, ``_kept``, ``_memo_stats``) and decode cache (``_decoded``).
+    """The ``n`` entities of one feature view (``k`` replies each in ``chunk``): the reference reader's
+    ``evaluate_read`` + its rules; per entity ``(values, statuses, age)`` in the order of ``vp.outputs``. The store's
+    ``caches`` are used: its entity memo (``memo``, ``kept``, ``memo_stats``) and decode cache (``decoded``).
 
     An entity's aggregation values and statuses are a function of its raw replies and of the call context
     ``ctx`` (a number naming: epoch, view meta, as_of, the window starts at T and the current tile of each
@@ -199,13 +223,12 @@ def windowed(store: OnlineStore, vp: _ViewPlan, chunk: Sequence[Any], n: int, k:
     From a ``stream`` (``chunk`` None) an entity's replies are parsed, or passed over when their raw bytes are the
     ones its memo entry kept (then they are that entry's replies, compared by identity)."""
     T = now if as_of_ms is None else as_of_ms
-    memo = _view_cache(store._memo, store._kept, 0, vp.serial) if use_memo else {}
-    mstats = store._memo_stats
+    memo = view_cache(caches.memo, caches.kept, 0, vp.serial) if use_memo else {}
+    mstats = caches.memo_stats
     has_batch = bool(vp.batch_fields)
     run_cutoff, run_epoch_ok = meta[2], meta[3] == epoch
     dyn = dynamic if vp.dynamic_derived else None
-    evaluate_derived = store._evaluate_derived
-    decoded = store._decoded
+    decoded = caches.decoded
     batch_age = not vp.stream and age is None
     rows = []
     append = rows.append
@@ -252,12 +275,12 @@ def windowed(store: OnlineStore, vp: _ViewPlan, chunk: Sequence[Any], n: int, k:
                     part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
                 except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
                     key = None
-            agg = aggregate(vp, [_as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, decoded)
-            hit = prepare(vp, agg, evaluate_derived)
+            agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, decoded)
+            hit = prepare(vp, agg)
             entry = None
             if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                 entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
-                store._kept[0] += 1
+                caches.kept[0] += 1
         out_vals, out_sts, run = hit[0], hit[1], hit[2]
         if run is not None:
             runs[run[0]] = run[1]
@@ -266,7 +289,7 @@ def windowed(store: OnlineStore, vp: _ViewPlan, chunk: Sequence[Any], n: int, k:
             if span is not None and span[0] <= T < span[1]:
                 out_vals = span[2]
             else:
-                out_vals = dyn(vp, hit, T, evaluate_derived)
+                out_vals = dyn(vp, hit, T)
                 if entry is not None:
                     entry[6] = _days_span(hit[5], T, out_vals)
         if stale:
@@ -287,7 +310,7 @@ def windowed(store: OnlineStore, vp: _ViewPlan, chunk: Sequence[Any], n: int, k:
     return rows
 
 
-def prepare(vp: _ViewPlan, agg: tuple, evaluate_derived: Callable[..., Any]) -> tuple:
+def prepare(vp: ViewReadPlan, agg: tuple) -> tuple:
     """``(output values, output statuses before staleness, run, batch cut-off, values, to evaluate at T)`` of an
     entity's evaluated aggregations: every derived status (a function of the input statuses, never of T) and
     the values of the derived features that do not depend on T; the instant-dependent ones not incomplete are
@@ -312,17 +335,16 @@ def prepare(vp: _ViewPlan, agg: tuple, evaluate_derived: Callable[..., Any]) -> 
                 known = None if any(i in later for i in inputs) else {i: vals[i] for i in inputs}
                 pending.append((name, expr, inputs, known))
             else:
-                vals[name] = evaluate_derived(expr, {i: vals[i] for i in inputs}, 0)  # T is not read
+                vals[name] = evaluate(expr, {i: vals[i] for i in inputs}, 0)  # T is not read
     return (tuple([vals.get(f) for f, _ in vp.outputs]), tuple([sts.get(f) for f, _ in vp.outputs]),
             run, batch_cutoff, vals, tuple(pending))
 
 
-def dynamic(vp: _ViewPlan, hit: tuple, T: int, evaluate_derived: Callable[..., Any]) -> list[Any]:
+def dynamic(vp: ViewReadPlan, hit: tuple, T: int) -> list[Any]:
     """A prepared entity's output values with the derived features that depend on T evaluated at T."""
     out_vals, vals, pending = hit[0], hit[4], hit[5]
     if not pending:
         return out_vals
-    evaluate = evaluate_derived
     dv: dict[str, Any] = {}
     for name, expr, inputs, known in pending:
         dv[name] = evaluate(expr, known if known is not None else {i: dv[i] if i in dv else vals[i] for i in inputs}, T)
@@ -333,11 +355,11 @@ def dynamic(vp: _ViewPlan, hit: tuple, T: int, evaluate_derived: Callable[..., A
     return out_vals
 
 
-def aggregate(vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
+def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
               now: int, as_of_ms: int | None, stream_starts: Sequence[list[int | None]], decoded: dict,
               ) -> tuple[dict[str, Any], dict[str, str], tuple[str, int] | None, int | None]:
     """``(values, statuses, (run id, cut-off) | None, batch cut-off | None)`` of the view's aggregations for one
-    entity, exactly :func:`layout.evaluate_read`, as tight loops.
+    entity, exactly the reference reader's ``evaluate_read``, as tight loops.
 
     ``stream_starts[g]`` holds, per needed aggregation of group g, its window start at T when stream-served
     (None for batch-served ones: their start is the entity's cut-off). Decoded tile vectors and batch parts
@@ -409,7 +431,7 @@ def aggregate(vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tup
                             if st is not None and s >= st:
                                 accs[j] = merges[j](accs[j], dec[j])
                     else:  # the reference order: decode only what is merged (same errors)
-                        vec = _loads(body)
+                        vec = loads(body)
                         for j, a in enumerate(aggs):
                             st = starts[j]
                             if st is not None and s >= st:
@@ -428,7 +450,7 @@ def aggregate(vp: _ViewPlan, raws: Sequence[Any], epoch: bytes | None, meta: tup
                 if not empty_batch:
                     parts = parsed_batch.get(a.batch_field, _MISSING)  # type: ignore[arg-type]
                     if parts is _MISSING:
-                        parts = parsed_batch[a.batch_field] = _loads(batch[a.batch_field.encode()])  # type: ignore[index,union-attr]
+                        parts = parsed_batch[a.batch_field] = loads(batch[a.batch_field.encode()])  # type: ignore[index,union-attr]
                 bi = a.batch_index
                 body = lw.init() if parts is None else a.decode(parts[0][bi])
                 if a.width_ms is None:

@@ -2,10 +2,10 @@
 
 Reads follow docs/semantics.md §10-§11 with the keys of :mod:`skewless.core.layout`:
 
-- feature views: stream tiles and batch parts merged through the shared laws, exactly as
-  :func:`skewless.core.layout.evaluate_read` (a test checks equality on generated stores), derived features
-  on the merged values at the same instant; ``stale`` for a read at "now" when the source's newest applied
-  event is older than the view's SLA (:func:`skewless.monitoring.freshness.stream_status`, the monitor's rule);
+- feature views: stream tiles and batch parts merged through the shared laws (tests check equality with the
+  reference reader, ``tests/support/reference_reader.py``, on generated stores), derived features on the merged
+  values at the same instant (:mod:`skewless.core.expr`); ``stale`` for a read at "now" when the source's newest
+  applied event is older than the view's SLA (:mod:`skewless.core.staleness`, the monitor's rule too);
 - snapshot views: the stored latest row, TTL enforced exactly as offline (``expired`` -> null); a stored row
   not yet visible at the instant read (``ts`` or ``created_at`` after it) is ``incomplete``;
 - ``incomplete`` for every value when the store's epoch is missing or differs from the record's.
@@ -14,8 +14,9 @@ Everything a call needs (keys, laws, derived order) is planned once per feature 
 packs one pipeline (epoch, progress, view metas, then per entity its tile/batch/snapshot keys: one entity's
 keys share a hash tag, so Redis Cluster pipelines split per node) and evaluates only requested features.
 
-The plan is :mod:`skewless.serving.read_plan`, the evaluation of the replies :mod:`skewless.serving.evaluate`, the
-round trip :mod:`skewless.serving.transport` (and :mod:`skewless.serving.reply_stream`).
+The store's public parts: the plan :mod:`skewless.serving.read_plan`, the evaluation of the replies
+:mod:`skewless.serving.evaluate` (with the store's :class:`~skewless.serving.evaluate.ReadCaches`), the round trip
+:mod:`skewless.serving.transport` (and :mod:`skewless.serving.reply_stream`).
 """
 
 from __future__ import annotations
@@ -25,20 +26,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from redis.exceptions import ConnectionError as _RedisConnectionError
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from skewless.config import default_project, redis_url as project_redis_url
 from skewless.core import laws, layout
+from skewless.core.admission import MalformedError, parse_event_time
 from skewless.core.dsl import FeatureService, KeyType
-from skewless.core.repo import Repository
+from skewless.core.repo import Repository, load_repository
+from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT, STALE, is_stale, newest_applied_ms, parse_progress
 from skewless.core.timeutil import to_epoch_ms
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
-from skewless.serving.evaluate import _CACHE_MAX, _loads, _meta, _window, snapshots, windowed
-from skewless.serving.read_plan import (_ESCAPE_TABLE, _K_MGET, _NEEDS_ESCAPE, _SERIALS, EXPIRED, INCOMPLETE, PRESENT,
-                                        STALE, _EntitySpec, _Plan, build_plan)
+from skewless.serving.evaluate import CACHE_MAX, ReadCaches, loads, snapshots, view_meta, windowed, window_starts
+from skewless.serving.read_plan import SERIALS, EntitySpec, K_MGET, ReadPlan, build_plan
 from skewless.serving.reply_stream import ReplyStream
-from skewless.serving.transport import _STREAM_MIN, execute, round_trip, snapshot_replies
+from skewless.serving.transport import STREAM_MIN, execute, round_trip, snapshot_replies
 
 DEFAULT_MAX_ENTITIES = 1000
 
@@ -109,43 +113,22 @@ class OnlineStore:
 
     def __init__(self, repo: Repository, redis_client: Any, project: str | None = None, *,
                  max_entities: int | None = None, sampler: Any = None) -> None:
-        from batch_jobs.materialize import default_project
-
         self.repo = repo
         self.client = redis_client
         self.project = project or default_project()
         self.max_entities = max_entities
         self.sampler = sampler
-        self._plans: dict[Any, _Plan] = {}
+        self._plans: dict[Any, ReadPlan] = {}
         self._lock = threading.Lock()
         self._epoch_key = layout.epoch_key(self.project).encode()
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
         self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call
         self._pid = os.getpid()
-        from batch_jobs.pit import evaluate_derived
-        from skewless.monitoring.freshness import newest_applied_ms, parse_progress, stream_status
-
-        self._evaluate_derived: Callable[..., Any] = evaluate_derived
-        self._stream_status: Callable[..., str] = stream_status  # its rule, with the parsed progress cached:
-        self._parse_progress: Callable[..., Any] = parse_progress
-        self._newest_applied: Callable[..., int | None] = newest_applied_ms
-        self._progress_cache: dict[Any, tuple] = {}
-        self._ctx_ids: dict[tuple, int] = {}  # call context of the entity memo -> a number never used for another
-        # bounded caches shared by every plan of this store (keys start with the plan's group/view serial):
-        self._memo: dict[int, dict[bytes, list]] = {}  # view serial -> entity tag -> [call context, raw replies, cut-off,
-        # its day part, the entity's prepared aggregations, their stale statuses, the outputs at T for a range of T
-        # (_days_span), the replies' raw bytes]: a hit compares the replies as they are (no key bytes)
-        self._packed: dict[int, dict[bytes, bytes]] = {}  # view serial -> entity tag -> its packed commands
-        self._snap_raw: dict[int, dict[bytes, tuple]] = {}  # snapshot view serial -> tag -> (raw GET reply, value)
-        self._kept = [0, 0]  # entries added to _memo, to _snap_raw since they were last emptied (bounds both)
-        self._decoded: dict[Any, Any] = {}  # (serial, raw bytes) -> decoded tile vector / batch parts / snapshot row
-        # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
-        # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
-        self._memo_stats = [0, 0, 0]
+        self.caches = ReadCaches()
 
     # -- planning ------------------------------------------------------------------------------------------
 
-    def plan(self, features: Any) -> _Plan:
+    def plan(self, features: Any) -> ReadPlan:
         """The cached plan of a feature selection."""
         key = features.name if isinstance(features, FeatureService) else (
             features if isinstance(features, str) else tuple(features) if isinstance(features, (list, tuple)) else None)
@@ -166,7 +149,7 @@ class OnlineStore:
 
     # -- entities ------------------------------------------------------------------------------------------
 
-    def _entity_columns(self, plan: _Plan, entity_rows: Any) -> tuple[dict[str, list[Any]], int]:
+    def _entity_columns(self, plan: ReadPlan, entity_rows: Any) -> tuple[dict[str, list[Any]], int]:
         t = type(entity_rows)
         if (t is list or t is tuple) and len(entity_rows) == 1 and type(entity_rows[0]) is dict \
                 and len(plan.join_keys) == 1 and plan.join_keys[0] in entity_rows[0]:  # the common one-entity call
@@ -210,22 +193,22 @@ class OnlineStore:
         return {k: cols[k] for k in plan.join_keys}, n
 
     @staticmethod
-    def _tags(spec: _EntitySpec, cols: Mapping[str, list[Any]], n: int) -> list[bytes]:
+    def _tags(spec: EntitySpec, cols: Mapping[str, list[Any]], n: int) -> list[bytes]:
         parts_per_key = []
         for name, ktype in spec.keys:
             values = cols[name]
             if ktype is KeyType.STRING:
                 if n == 1 and len(spec.keys) == 1 and type(values[0]) is str:
                     v = values[0]
-                    return [("s=" + (v.translate(_ESCAPE_TABLE) if _NEEDS_ESCAPE(v) else v)).encode()]
+                    return [("s=" + (v.translate(layout.ESCAPE_TABLE) if layout.needs_escape(v) else v)).encode()]
                 if set(map(type, values)) - {str}:
                     for i, v in enumerate(values):
                         if type(v) is not str:
                             raise OnlineRequestError(f"join key {name!r} is a string; entity {i} has {v!r} ({type(v).__name__})")
                 joined = "\0".join(values)
-                if len(spec.keys) == 1 and _NEEDS_ESCAPE(joined) is None and joined.count("\0") == len(values) - 1:
+                if len(spec.keys) == 1 and layout.needs_escape(joined) is None and joined.count("\0") == len(values) - 1:
                     return ("s=" + "\0s=".join(values)).encode().split(b"\0") if values else []  # one encode, one split
-                out = ["s=" + v.translate(_ESCAPE_TABLE) for v in values]
+                out = ["s=" + v.translate(layout.ESCAPE_TABLE) for v in values]
             else:
                 out = []
                 for i, v in enumerate(values):
@@ -258,19 +241,20 @@ class OnlineStore:
 
         # one pipeline: epoch, progress per streaming source, meta per feature view, then the entities' keys
         if self._fast:
+            packed_cache = self.caches.packed
             kinds = list(plan.head_kinds)
             packed = [plan.head_packed]
             for vp in plan.views:
                 if vp.snapshot:
                     if not n:
                         continue
-                    kinds.append(_K_MGET)
+                    kinds.append(K_MGET)
                     packed.append(b"*%d\r\n$4\r\nMGET\r\n" % (n + 1))
                 else:
                     kinds += vp.kinds * n
-                cache = self._packed.get(vp.serial)  # entity tag -> the entity's packed commands of that view
-                if cache is None or len(cache) >= _CACHE_MAX:
-                    cache = self._packed[vp.serial] = {}
+                cache = packed_cache.get(vp.serial)  # entity tag -> the entity's packed commands of that view
+                if cache is None or len(cache) >= CACHE_MAX:
+                    cache = packed_cache[vp.serial] = {}
                 pieces = vp.pieces
                 ones = list(map(cache.get, tags[vp.entity_index]))
                 if None in ones:
@@ -284,7 +268,7 @@ class OnlineStore:
             names += [(cmd, vp.prefix + t + suffix) for t in tags[vp.entity_index] for cmd, suffix in vp.key_suffixes]
         return self._evaluate(execute(self.client, names), None, plan, cols, n, tags, now, as_of_ms)
 
-    def _evaluate(self, replies: list[Any], stream: ReplyStream | None, plan: _Plan, cols: dict[str, list[Any]], n: int,
+    def _evaluate(self, replies: list[Any], stream: ReplyStream | None, plan: ReadPlan, cols: dict[str, list[Any]], n: int,
                   tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
         """The response from the replies: all of them in ``replies``, or the shared ones there and the entities'
         still in ``stream`` (consumed view by view, entity by entity)."""
@@ -315,6 +299,7 @@ class OnlineStore:
             progress[src] = {p: dict(v) for p, v in parts.items()}  # the response's own copy
         batch_runs: dict[str, dict[str, int]] = {}
         sampler = self.sampler
+        caches = self.caches
         for vp in plan.views:
             k = vp.key_count()
             chunk = None
@@ -323,33 +308,32 @@ class OnlineStore:
                 pos += k * n
             if vp.snapshot:
                 if chunk is None:
-                    chunk = snapshot_replies(vp, stream, tags[vp.entity_index], self._snap_raw,  # type: ignore[arg-type]
-                                             self._kept)
-                rows = snapshots(vp, chunk, epoch_text, T, self._decoded)
+                    chunk = snapshot_replies(vp, stream, tags[vp.entity_index], caches.snap_raw,  # type: ignore[arg-type]
+                                             caches.kept)
+                rows = snapshots(vp, chunk, epoch_text, T, caches.decoded)
             else:
                 stale = False
                 age: int | None = None
                 if vp.stream:
                     src = vp.view.source.name
-                    if as_of_ms is None:  # freshness.stream_status: stale without a newest event or past the SLA
-                        applied = newest_applied[src]
-                        stale = applied is None or now - applied > vp.sla_ms
+                    if as_of_ms is None:
+                        stale = is_stale(newest_applied[src], now, vp.sla_ms)
                     newest = newest_event.get(src)
                     age = None if newest is None else max(0, T - newest)
-                meta = _meta(metas[vp.view.name])
+                meta = view_meta(metas[vp.view.name])
                 runs: dict[str, int] = {}
-                starts, ctx = _window(vp, T, now, as_of_ms, epoch, meta)
-                ctx_ids = self._ctx_ids  # the context named by a number: memo keys hash one int, not its tuples
+                starts, ctx = window_starts(vp, T, now, as_of_ms, epoch, meta)
+                ctx_ids = caches.contexts  # the context named by a number: memo keys hash one int, not its tuples
                 ctx_id = ctx_ids.get(ctx)
                 if ctx_id is None:
                     if len(ctx_ids) >= 4096:
                         ctx_ids.clear()
-                    ctx_id = ctx_ids[ctx] = next(_SERIALS)  # never reused: an old number names no other context
-                mstats = self._memo_stats
+                    ctx_id = ctx_ids[ctx] = next(SERIALS)  # never reused: an old number names no other context
+                mstats = caches.memo_stats
                 use_memo = mstats[2] <= 0
                 if not use_memo:
                     mstats[2] -= n
-                rows = windowed(self, vp, chunk, n, k, epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
+                rows = windowed(caches, vp, chunk, n, k, epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
                                 tags[vp.entity_index], use_memo, stream)
                 if runs:
                     batch_runs[vp.view.name] = runs
@@ -381,26 +365,27 @@ class OnlineStore:
 
     def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
                        ) -> tuple[dict[int, dict[str, Any]], int | None, int | None]:
-        """``(partitions, newest event of the epoch, freshness.newest_applied_ms)`` of a progress hash, cached
+        """``(partitions, newest event of the epoch, staleness.newest_applied_ms)`` of a progress hash, cached
         by its raw fields and the epoch (the same bytes give the same answer)."""
         key = (tuple(raw.items()) if raw else (), epoch_text)
-        hit = self._progress_cache.get(key)
+        cache = self.caches.progress
+        hit = cache.get(key)
         if hit is None:
             parts = _progress(raw)
             newest = max((p.get("max_event_ms") for p in parts.values()
                           if p.get("max_event_ms") is not None and p.get("epoch") == epoch_text), default=None)
-            hit = (parts, newest, self._newest_applied(self._parse_progress(raw or {}), epoch_text))
-            if len(self._progress_cache) >= 256:
-                self._progress_cache.clear()
-            self._progress_cache[key] = hit
+            hit = (parts, newest, newest_applied_ms(parse_progress(raw or {}), epoch_text))
+            if len(cache) >= 256:
+                cache.clear()
+            cache[key] = hit
         return hit
 
     # -- transport (one round trip on a kept connection; the rest in skewless.serving.transport) ----------------
 
-    def _send(self, packed: bytes, kinds: list[int], plan: _Plan, cols: dict[str, list[Any]], n: int,
+    def _send(self, packed: bytes, kinds: list[int], plan: ReadPlan, cols: dict[str, list[Any]], n: int,
               tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
         """One round trip on a connection of a plain ``redis.Redis``, evaluated as the replies arrive: the packed
-        commands in one write, replies per ``kinds`` (``_K_GET`` bytes|None, ``_K_HASH`` dict, ``_K_TILES`` dict or
+        commands in one write, replies per ``kinds`` (``K_GET`` bytes|None, ``K_HASH`` dict, ``K_TILES`` dict or
         hiredis's flat list). On redis-py's hiredis parser the shared replies are parsed and the entities' are
         left in a :class:`ReplyStream`, where the memo passes over an entity whose raw replies are the kept ones.
 
@@ -418,11 +403,11 @@ class OnlineStore:
         try:
             nhead = len(plan.head_kinds)
             try:
-                replies, stream = round_trip(conn, packed, kinds, nhead, n >= _STREAM_MIN)
-            except _RedisConnectionError:
+                replies, stream = round_trip(conn, packed, kinds, nhead, n >= STREAM_MIN)
+            except RedisConnectionError:
                 if not kept:
                     raise
-                replies, stream = round_trip(conn, packed, kinds, nhead, n >= _STREAM_MIN)  # connects anew
+                replies, stream = round_trip(conn, packed, kinds, nhead, n >= STREAM_MIN)  # connects anew
             if stream is None:
                 return self._evaluate(replies, None, plan, cols, n, tags, now, as_of_ms)
             try:
@@ -444,8 +429,6 @@ def _as_of_ms(as_of: Any) -> int:
     if isinstance(as_of, bool):
         raise OnlineRequestError(f"as_of must be epoch ms, an ISO-8601 string with a zone or a datetime, got {as_of!r}")
     if isinstance(as_of, str):
-        from skewless.core.admission import MalformedError, parse_event_time
-
         try:
             return parse_event_time(as_of)
         except MalformedError as exc:
@@ -465,7 +448,7 @@ def _progress(raw: Mapping[bytes, bytes] | None) -> dict[int, dict[str, Any]]:
     for k, v in (raw or {}).items():
         if k.startswith(b"p:"):
             try:
-                out[int(k[2:])] = _loads(v)
+                out[int(k[2:])] = loads(v)
             except ValueError:
                 continue
     return out
@@ -474,17 +457,10 @@ def _progress(raw: Mapping[bytes, bytes] | None) -> dict[int, dict[str, Any]]:
 def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = None, *, project: str | None = None,
                password: str | None = None, tls: bool = False, **kwargs: Any) -> OnlineStore:
     """An :class:`OnlineStore` on ``redis_url`` (default: the project's Redis)."""
-    import redis
-
-    from skewless.core.repo import load_repository
-
     if not isinstance(repo, Repository):
         repo = load_repository(repo)
     if redis_url is None:
-        from skewless import config
-        from skewless.stack.redis import redis_url as make_url
-
-        redis_url = make_url(config.ports().redis)
+        redis_url = project_redis_url()
     opts: dict[str, Any] = {}
     if password:
         opts["password"] = password

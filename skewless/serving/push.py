@@ -6,7 +6,7 @@ event time that parses (§1) and is not beyond ``now + clock_skew_tolerance`` (i
 event id and key fields (partition key and the join keys of the views reading the source: non-empty
 strings or integers), decimal fields as strings of a finite decimal. One bad event refuses the whole batch
 (:class:`PushError` lists each bad event's index and reason) and nothing is sent. Valid batches are produced
-keyed by the partition key, to the partition :func:`skewless.producer.generator.partition_for` gives (the
+keyed by the partition key, to the partition :func:`skewless.engines.kafka.partition_for` gives (the
 same as every other producer of the project, so one entity's events share a partition), then flushed.
 """
 
@@ -82,14 +82,14 @@ class Pusher:
         cached = self._rules.get(name)
         if cached is not None:
             return cached
-        from skewless.core.repo import _unknown
+        from skewless.core.repo import unknown_message
         from skewless.core.schemas import validator
 
         sources = self.repo.sources_by_name
         src = sources.get(name) if isinstance(name, str) else None
         if not isinstance(src, EventSource):
             known = [n for n, s in sources.items() if isinstance(s, EventSource) and not s.is_batch_only]
-            raise PushError(_unknown("event source", str(name), known) if src is None else
+            raise PushError(unknown_message("event source", str(name), known) if src is None else
                             f"source {name!r} is a table source: only event sources with a topic take pushes")
         if src.is_batch_only:
             raise PushError(f"source {name!r} has no topic (batch-only): push produces to a source's Kafka topic")
@@ -148,7 +148,7 @@ class Pusher:
     def _producer_for(self) -> Any:
         with self._lock:
             if self._producer is None:
-                from skewless.producer.kafka_producer import make_producer
+                from skewless.engines.kafka import make_producer
 
                 self._producer = make_producer(self.bootstrap, **{"linger.ms": 1})
             return self._producer
@@ -166,7 +166,7 @@ class Pusher:
 
     def push(self, source: str | EventSource, events: Iterable[Mapping[str, Any]]) -> PushResult:
         """Validate every event, then produce all of them and flush; see the module docstring."""
-        from skewless.producer.generator import partition_for
+        from skewless.engines.kafka import partition_for
 
         events = list(events) if not isinstance(events, (list, tuple)) and isinstance(events, Iterable) else events
         rules, messages = self.check(source, events)

@@ -5,34 +5,32 @@
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 from math import lcm
 from typing import Any, Callable, Sequence
 
 from skewless.core import laws, layout
-from skewless.core.dsl import (Aggregation, BinOp, DaysSince, Derived, FeatureService, FeatureView, KeyType, Ref,
-                               SnapshotView)
+from skewless.core.dsl import Agg, Derived, FeatureService, FeatureView, KeyType, SnapshotView
+from skewless.core.expr import closure, derived_order, instant_dependent, refs
 from skewless.core.repo import Repository, UnknownFeatureError
 from skewless.core.routing import is_stream_served
+from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT
 from skewless.core.timeutil import td_ms
 from skewless.serving.errors import OnlineRequestError
 
-PRESENT, STALE, INCOMPLETE, EXPIRED = "present", "stale", "incomplete", "expired"
-
-_HGETALL, _GET = b"HGETALL", b"GET"
-_K_GET, _K_HASH, _K_TILES, _K_MGET = 0, 1, 2, 3  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis
+HGETALL, GET = b"HGETALL", b"GET"
+K_GET, K_HASH, K_TILES, K_MGET = 0, 1, 2, 3  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis
 # gives it; an MGET (the snapshot rows of a view, one per entity: expanded into one GET-like reply each)
-_SEP = b"\0"
 
 
 def _pack(cmd: bytes, key: bytes) -> bytes:
     return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(cmd), cmd, len(key), key)
 
 
-
 @dataclass(frozen=True)
-class _AggSpec:
+class AggSpec:
+    """One needed aggregation of a tile group: its law, where it sits in the tile vector and the batch record."""
+
     name: str
     law: laws.Law
     index: int  # in the tile vector of its group
@@ -45,15 +43,15 @@ class _AggSpec:
 
 
 _I64_MIN, _I64_MAX = laws.INT64_MIN, laws.INT64_MAX
-_SERIALS = itertools.count()
+SERIALS = itertools.count()
 _PLAIN = (int, str, float, bool)
 
 
-def _fast_law(agg: layout.Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
+def _fast_law(agg: Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
     """Decode/merge equal to the law's, skipping its generic type checks for the common plain-JSON cases."""
     law = laws.LAWS[agg]
     slow_decode, slow_merge = law.decode, law.merge
-    if agg in (layout.Agg.COUNT, layout.Agg.SUM):
+    if agg in (Agg.COUNT, Agg.SUM):
         def decode(d: Any) -> Any:
             return d if type(d) is int else slow_decode(d)
 
@@ -64,8 +62,8 @@ def _fast_law(agg: layout.Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any
                     return c
             return slow_merge(a, b)
         return decode, merge
-    if agg in (layout.Agg.MIN, layout.Agg.MAX):
-        pick_max = agg is layout.Agg.MAX
+    if agg in (Agg.MIN, Agg.MAX):
+        pick_max = agg is Agg.MAX
 
         def decode(d: Any) -> Any:
             return d if d is None or type(d) is int or type(d) is str else slow_decode(d)
@@ -79,7 +77,7 @@ def _fast_law(agg: layout.Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any
                 return (a if a >= b else b) if pick_max else (a if a <= b else b)
             return slow_merge(a, b)
         return decode, merge
-    if agg is layout.Agg.LAST:
+    if agg is Agg.LAST:
         def decode(d: Any) -> Any:
             if d is None:
                 return None
@@ -91,24 +89,29 @@ def _fast_law(agg: layout.Agg) -> tuple[Callable[[Any], Any], Callable[[Any, Any
 
 
 @dataclass(frozen=True)
-class _GroupSpec:
+class GroupSpec:
+    """One tile hash of a feature view (one tile size) and the needed aggregations it holds."""
+
     tile_ms: int
     retention_ms: int
     suffix: bytes  # b"}:t:{H}"
-    aggs: tuple[_AggSpec, ...]  # needed aggregations of this tile hash
+    aggs: tuple[AggSpec, ...]  # needed aggregations of this tile hash
     indexes: tuple[int, ...]
     merges: tuple[Callable[[Any, Any], Any], ...] = ()  # aggs[j].merge
-    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)  # names it in the store's caches
+    serial: int = field(default_factory=lambda: next(SERIALS), compare=False)  # names it in the store's caches
 
 
 @dataclass
-class _ViewPlan:
+class ViewReadPlan:
+    """What a read sends and evaluates for one view of a selection: keys and packed commands per entity, tile
+    groups, batch fields, derived features in dependency order (or the snapshot fields and TTL)."""
+
     view: FeatureView | SnapshotView
-    entity_index: int  # into _Plan.entities
+    entity_index: int  # into ReadPlan.entities
     prefix: bytes  # view prefix + ":{"
     outputs: tuple[tuple[str, int], ...]  # (feature, column index)
     snapshot: bool
-    groups: tuple[_GroupSpec, ...] = ()
+    groups: tuple[GroupSpec, ...] = ()
     batch_fields: tuple[str, ...] = ()
     derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # (name, expr, inputs) in dependency order
     meta_key: bytes = b""
@@ -117,8 +120,8 @@ class _ViewPlan:
     snapshot_fields: tuple[tuple[int, str], ...] = ()  # (position in stored values, name)
     ttl_ms: int = 0
     sla_ms: int = 0  # freshness SLA (stream views)
-    batch_aggs: dict = field(default_factory=dict)  # batch field -> needed _AggSpecs reading it
-    serial: int = field(default_factory=lambda: next(_SERIALS))  # names it in the store's caches
+    batch_aggs: dict = field(default_factory=dict)  # batch field -> needed AggSpecs reading it
+    serial: int = field(default_factory=lambda: next(SERIALS))  # names it in the store's caches
     # derived features split by whether their value depends on the read instant (DaysSince somewhere below):
     dynamic_derived: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()  # evaluated on every read
     out_dynamic: tuple[tuple[int, str], ...] = ()  # (position in outputs, name) of instant-dependent outputs
@@ -126,17 +129,17 @@ class _ViewPlan:
     # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
     window: tuple | None = None
     key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
-    kinds: tuple[int, ...] = ()  # reply kind (_K_*) per key of an entity
+    kinds: tuple[int, ...] = ()  # reply kind (K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
     snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
 
     def __post_init__(self) -> None:
         if self.snapshot:
-            self.key_suffixes, self.kinds = ((_GET, b"}:s"),), (_K_GET,)
+            self.key_suffixes, self.kinds = ((GET, b"}:s"),), (K_GET,)
         else:
-            self.key_suffixes = tuple([(_HGETALL, g.suffix) for g in self.groups]
-                                      + ([(_HGETALL, b"}:b")] if self.batch_fields else []))
-            self.kinds = (_K_TILES,) * (len(self.groups) + (1 if self.batch_fields else 0))
+            self.key_suffixes = tuple([(HGETALL, g.suffix) for g in self.groups]
+                                      + ([(HGETALL, b"}:b")] if self.batch_fields else []))
+            self.kinds = (K_TILES,) * (len(self.groups) + (1 if self.batch_fields else 0))
         esc = self.prefix.replace(b"%", b"%%")
         if self.snapshot:  # one MGET per view on a plain client: each entity's piece is its key
             k = len(self.snapshot_fields)
@@ -147,7 +150,7 @@ class _ViewPlan:
                                  len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
         dynamic: set[str] = set()
         for name, expr, _ in self.derived:  # dependency order: inputs are classified before their users
-            if _instant_dependent(expr, dynamic):
+            if instant_dependent(expr, dynamic):
                 dynamic.add(name)
         self.dynamic_derived = tuple(d for d in self.derived if d[0] in dynamic)
         self.out_dynamic = tuple((i, f) for i, (f, _) in enumerate(self.outputs) if f in dynamic)
@@ -157,41 +160,31 @@ class _ViewPlan:
 
 
 @dataclass(frozen=True)
-class _EntitySpec:
+class EntitySpec:
+    """An entity of the selection and its typed join keys."""
+
     name: str
     keys: tuple[tuple[str, KeyType], ...]
 
 
 @dataclass
-class _Plan:
+class ReadPlan:
+    """The plan of one feature selection: output columns, entities, per-view plans and the shared commands
+    (epoch, progress hashes, view metas) every read sends first."""
+
     refs: tuple[str, ...]  # "view:feature" per column
     columns: tuple[str, ...]  # output names (feature, or view__feature when two views share a name)
-    entities: tuple[_EntitySpec, ...]
+    entities: tuple[EntitySpec, ...]
     join_keys: tuple[str, ...]  # every join key a request must give
-    views: tuple[_ViewPlan, ...]
+    views: tuple[ViewReadPlan, ...]
     sources: tuple[tuple[str, bytes], ...]  # (source name, progress key) of streaming sources
     head_names: tuple[tuple[bytes, bytes], ...] = ()  # the shared commands: epoch, progress hashes, view metas
     head_kinds: tuple[int, ...] = ()
     head_packed: bytes = b""
 
     def __post_init__(self) -> None:
-        self.head_kinds = tuple(_K_GET if cmd == _GET else _K_HASH for cmd, _ in self.head_names)
+        self.head_kinds = tuple(K_GET if cmd == GET else K_HASH for cmd, _ in self.head_names)
         self.head_packed = b"".join([_pack(cmd, key) for cmd, key in self.head_names])
-
-
-_ESCAPE_TABLE = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"})
-_NEEDS_ESCAPE = re.compile("[%:{},]").search  # no match: the text is its own escaped form
-
-
-def _instant_dependent(expr: Any, dynamic: set[str]) -> bool:
-    """Whether a derived expression's value depends on the read instant (a DaysSince, or a Ref to such a feature)."""
-    if isinstance(expr, DaysSince):
-        return True
-    if isinstance(expr, Ref):
-        return expr.feature in dynamic
-    if isinstance(expr, BinOp):
-        return _instant_dependent(expr.left, dynamic) or _instant_dependent(expr.right, dynamic)
-    return False
 
 
 def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -201,24 +194,8 @@ def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [f if counts[f] == 1 else f"{v}__{f}" for v, f in pairs]
 
 
-def _refs(expr: Any) -> set[str]:
-    from skewless.online.reader import _refs as refs
-
-    return refs(expr)
-
-
-def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, int]], entity_index: int) -> _ViewPlan:
-    by_name = {f.name: f for f in view.features}
-    needed: set[str] = set()
-    stack = [f for f, _ in wanted]
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        feat = by_name[name]
-        if isinstance(feat, Derived):
-            stack.extend(_refs(feat.expr))
+def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, int]], entity_index: int) -> ViewReadPlan:
+    needed = closure((f for f, _ in wanted), {f.name: f.expr for f in view.features if isinstance(f, Derived)})
     groups = []
     batch = layout.batch_windows(view)
     for g in layout.tile_groups(view):
@@ -229,30 +206,18 @@ def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, 
             width = layout.width_ms_of(a)
             served = is_stream_served(width)
             bfield = None if served else (layout.LIFETIME_FIELD if width is None else f"w:{width}")
-            specs.append(_AggSpec(a.name, laws.LAWS[layout.Agg(a.agg)], index, width, served, bfield,
-                                  batch[bfield].index(a) if bfield else -1, *_fast_law(layout.Agg(a.agg))))
-        groups.append(_GroupSpec(g.tile_ms, g.retention_ms, f"}}:t:{g.tile_ms}".encode(), tuple(specs),
+            specs.append(AggSpec(a.name, laws.LAWS[Agg(a.agg)], index, width, served, bfield,
+                                  batch[bfield].index(a) if bfield else -1, *_fast_law(Agg(a.agg))))
+        groups.append(GroupSpec(g.tile_ms, g.retention_ms, f"}}:t:{g.tile_ms}".encode(), tuple(specs),
                                  tuple(s.index for s in specs), tuple(s.merge for s in specs)))
-    derived = []
-    done = {f.name for f in view.features if isinstance(f, Aggregation)}
-    pending = [f for f in view.features if isinstance(f, Derived) and f.name in needed]
-    while pending:
-        ready = [f for f in pending if _refs(f.expr) <= done]
-        if not ready:
-            raise ValueError(f"{view.name}: derived features {[f.name for f in pending]} reference unknown features")
-        for f in ready:
-            derived.append((f.name, f.expr, tuple(sorted(_refs(f.expr)))))
-            done.add(f.name)
-            pending.remove(f)
-    step = 1
-    for g in layout.tile_groups(view):
-        step = lcm(step, g.tile_ms)
-    batch_aggs: dict[str, list[_AggSpec]] = {}
+    derived = [(f.name, f.expr, tuple(sorted(refs(f.expr)))) for f in derived_order(view) if f.name in needed]
+    step = lcm(1, *(g.tile_ms for g in layout.tile_groups(view)))
+    batch_aggs: dict[str, list[AggSpec]] = {}
     for gs in groups:
         for a in gs.aggs:
             if a.batch_field is not None:
                 batch_aggs.setdefault(a.batch_field, []).append(a)
-    return _ViewPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
+    return ViewReadPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
                      outputs=tuple(wanted), snapshot=False, groups=tuple(groups),
                      batch_fields=tuple(batch) if batch else (), derived=tuple(derived),
                      meta_key=layout.view_meta_key(project, view).encode(), step_ms=step,
@@ -260,14 +225,14 @@ def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, 
                      batch_aggs={k: tuple(v) for k, v in batch_aggs.items()})
 
 
-def _plan_snapshot_view(project: str, view: SnapshotView, wanted: list[tuple[str, int]], entity_index: int) -> _ViewPlan:
+def _plan_snapshot_view(project: str, view: SnapshotView, wanted: list[tuple[str, int]], entity_index: int) -> ViewReadPlan:
     positions = {f.name: i for i, f in enumerate(view.fields)}
-    return _ViewPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
+    return ViewReadPlan(view=view, entity_index=entity_index, prefix=(layout.view_prefix(project, view) + ":{").encode(),
                      outputs=tuple(wanted), snapshot=True,
                      snapshot_fields=tuple((positions[f], f) for f, _ in wanted), ttl_ms=td_ms(view.ttl))
 
 
-def build_plan(repo: Repository, project: str, features: Any) -> _Plan:
+def build_plan(repo: Repository, project: str, features: Any) -> ReadPlan:
     """The read plan of a feature selection (``view:feature`` refs, view names, a service or its name)."""
     if isinstance(features, (str, FeatureService)):
         refs_in: Any = features
@@ -288,11 +253,11 @@ def build_plan(repo: Repository, project: str, features: Any) -> _Plan:
     for i, (v, f) in enumerate(resolved):
         views[v.name] = v
         by_view.setdefault(v.name, []).append((f, i))
-    entities: list[_EntitySpec] = []
+    entities: list[EntitySpec] = []
     plans = []
     for name, wanted in by_view.items():
         view = views[name]
-        spec = _EntitySpec(view.entity.name, tuple((k, KeyType(t)) for k, t in view.entity.join_keys))
+        spec = EntitySpec(view.entity.name, tuple((k, KeyType(t)) for k, t in view.entity.join_keys))
         if spec not in entities:
             entities.append(spec)
         idx = entities.index(spec)
@@ -306,7 +271,7 @@ def build_plan(repo: Repository, project: str, features: Any) -> _Plan:
             if k not in join_keys:
                 join_keys.append(k)
     sources = tuple((s, layout.progress_key(project, s).encode()) for s in sorted({p.view.source.name for p in plans if p.stream}))
-    head = [(_GET, layout.epoch_key(project).encode())] + [(_HGETALL, pk) for _, pk in sources] \
-        + [(_HGETALL, p.meta_key) for p in plans if not p.snapshot]
-    return _Plan(tuple(f"{v}:{f}" for v, f in pairs), tuple(columns), tuple(entities), tuple(join_keys), tuple(plans),
+    head = [(GET, layout.epoch_key(project).encode())] + [(HGETALL, pk) for _, pk in sources] \
+        + [(HGETALL, p.meta_key) for p in plans if not p.snapshot]
+    return ReadPlan(tuple(f"{v}:{f}" for v, f in pairs), tuple(columns), tuple(entities), tuple(join_keys), tuple(plans),
                  sources, tuple(head))

@@ -30,7 +30,7 @@ _BULK_OVERHEAD = [len(b"$%d\r\n\r\n" % n) for n in range(1 << 12)]  # framing by
 _BYTES = frozenset((bytes,))
 
 
-def _resp_len(r: Any) -> int:
+def resp_len(r: Any) -> int:
     """Length of the RESP2 encoding Redis sends for a parsed reply (bulk strings, nil, integers, arrays of them)."""
     t = type(r)
     if t is list and _BYTES.issuperset(map(type, r)):  # an array of bulk strings (a hash): in C loops
@@ -43,7 +43,7 @@ def _resp_len(r: Any) -> int:
         n = len(r)
         return n + (_BULK_OVERHEAD[n] if n < 4096 else len(b"$%d\r\n\r\n" % n))
     if t is list:
-        return len(b"*%d\r\n" % len(r)) + sum([_resp_len(x) for x in r])
+        return len(b"*%d\r\n" % len(r)) + sum([resp_len(x) for x in r])
     if r is None:
         return 5  # $-1\r\n
     if t is int:
@@ -91,7 +91,7 @@ class ReplyStream:
         if self.reader is not None and not self.reader.has_data():
             self.pos = self.fed
         else:
-            self.pos += sum([_resp_len(r) for r in self.pending])
+            self.pos += sum([resp_len(r) for r in self.pending])
         self.pending = []
         if self.pos > self.fed or self.buf[self.pos - 2:self.pos] != b"\r\n":
             raise InvalidResponse("reply framing differs from RESP2 (a proxy or another protocol?)")
@@ -146,7 +146,7 @@ class ReplyStream:
         if self.pending:
             self._settle()
         start = self.start = self.pos
-        end = start + sum([_resp_len(r) for r in out])
+        end = start + sum([resp_len(r) for r in out])
         if end > self.fed or self.buf[end - 2:end] != b"\r\n":
             raise InvalidResponse("reply framing differs from RESP2 (a proxy or another protocol?)")
         self.pos = end

@@ -11,8 +11,8 @@ from redis.exceptions import ConnectionError as _RedisConnectionError
 from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as _RedisTimeoutError
 
-from skewless.serving.evaluate import _as_dict, _view_cache
-from skewless.serving.read_plan import _GET, _K_GET, _K_HASH, _K_MGET, _ViewPlan
+from skewless.serving.evaluate import as_dict, view_cache
+from skewless.serving.read_plan import GET, K_GET, K_HASH, K_MGET, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream, open_stream
 
 try:  # redis-py's hiredis parser: replies are taken from its reader directly (what Connection.read_response does)
@@ -21,13 +21,13 @@ try:  # redis-py's hiredis parser: replies are taken from its reader directly (w
 except ImportError:  # pragma: no cover - another redis-py layout: the generic path
     _HiredisParser = None  # type: ignore[assignment,misc]
 
-_STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (fewer: parsed at once, cheaper)
+STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (fewer: parsed at once, cheaper)
 
 
 def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
-    """The replies of the commands already sent on ``conn`` (one ``_K_*`` kind each) read straight from the
+    """The replies of the commands already sent on ``conn`` (one ``K_*`` kind each) read straight from the
     hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
-    per-reply Python layers; ``_K_TILES`` hashes stay flat lists. An error reply raises (the caller
+    per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply raises (the caller
     disconnects, so unread replies never reach another command)."""
     import socket
 
@@ -48,16 +48,16 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
         if t is list:
             if r and isinstance(r[0], _RedisConnectionError):
                 raise r[0]
-            if kind == _K_HASH:
+            if kind == K_HASH:
                 it = iter(r)
                 r = dict(zip(it, it))
-            if kind == _K_MGET:
+            if kind == K_MGET:
                 out += r
                 continue
         elif t is not bytes and t is not dict:
             if isinstance(r, Exception):
                 raise r
-            if r is None and kind != _K_GET:
+            if r is None and kind != K_GET:
                 r = {}
         append(r)
     if conn.health_check_interval:
@@ -70,10 +70,10 @@ def execute(client: Any, names: list[tuple[bytes, bytes]]) -> list[Any]:
     HGETALL -> dict[bytes, bytes]."""
     pipe = client.pipeline(transaction=False)
     for cmd, key in names:
-        (pipe.get if cmd == _GET else pipe.hgetall)(key.decode())
+        (pipe.get if cmd == GET else pipe.hgetall)(key.decode())
     out = []
     for (cmd, _), r in zip(names, pipe.execute()):
-        if cmd == _GET:
+        if cmd == GET:
             out.append(r.encode() if isinstance(r, str) else r)
         else:
             out.append({(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
@@ -92,8 +92,8 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
             head = stream.parse(nhead)
             for i in range(nhead):
                 r = head[i]
-                if kinds[i] != _K_GET:
-                    head[i] = _as_dict(r)
+                if kinds[i] != K_GET:
+                    head[i] = as_dict(r)
             return head, stream
         parser = getattr(conn, "_parser", None)
         if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
@@ -106,11 +106,11 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
             if isinstance(r, Exception):
                 error = error or r
                 r = None
-            if kind == _K_MGET:
+            if kind == K_MGET:
                 out += r if isinstance(r, list) else []  # an error reply: raised below
                 continue
-            if kind != _K_GET:
-                r = _as_dict(r)
+            if kind != K_GET:
+                r = as_dict(r)
             out.append(r)
     except BaseException:
         conn.disconnect()  # unread replies must not leak into the next command (it reconnects on next use)
@@ -120,7 +120,7 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
     return out, None
 
 
-def snapshot_replies(vp: _ViewPlan, stream: ReplyStream, tags: Sequence[bytes], snap_raw: dict[int, dict[bytes, tuple]],
+def snapshot_replies(vp: ViewReadPlan, stream: ReplyStream, tags: Sequence[bytes], snap_raw: dict[int, dict[bytes, tuple]],
                      added: list[int]) -> list[bytes | None]:
     """The GET reply of each entity of a snapshot view from ``stream``: the kept value when its raw reply is the
     one kept for that entity in ``snap_raw`` (no parsing), else parsed (and kept; ``added[1]`` counts them)."""
@@ -133,7 +133,7 @@ def snapshot_replies(vp: _ViewPlan, stream: ReplyStream, tags: Sequence[bytes], 
     if tags and not stream.skip(b"*%d\r\n" % len(tags)):  # the MGET's array
         stream.parse(1)  # an error reply raises
         raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
-    memo = _view_cache(snap_raw, added, 1, serial)
+    memo = view_cache(snap_raw, added, 1, serial)
     kept = list(map(memo.get, tags))
     parsed, spans = stream.take([None if e is None else e[0] for e in kept], 1)
     out = []

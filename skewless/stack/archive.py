@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from skewless import config
+from skewless.engines.kafka import metadata_ok
 from skewless.stack.base import Service, StackError, Started
-from skewless.stack.kafka import metadata_ok
+from skewless.stack.kafka import create_topics
 from skewless.stack.procs import spawn
 
 PREFIX = "archive-"
@@ -67,7 +68,7 @@ class ArchiveProcess(Service):
         if not metadata_ok(self.bootstrap, timeout_s=3.0):
             return False
         try:
-            from skewless.archive.progress import archive_progress
+            from skewless.offline.archive_progress import archive_progress
             from skewless.engines.iceberg_catalog import load_catalog
 
             source = next((s for s in kafka_fed_sources() if s.name == self.source), None)
@@ -87,8 +88,6 @@ def archive_services(kafka_port: int | None = None) -> list[ArchiveProcess]:
 
 def ensure_source_topics(bootstrap: str, partitions: int = DEFAULT_PARTITIONS) -> list[str]:
     """Create every Kafka-fed source's topic that does not exist yet; return the topic names."""
-    from skewless.stack.kafka import create_topics
-
     topics = sorted({s.topic for s in kafka_fed_sources()})
     if topics:
         create_topics(bootstrap, {t: partitions for t in topics})

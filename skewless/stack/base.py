@@ -7,9 +7,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class StackError(RuntimeError):
-    """A service could not start or stop; the message names the service and the fix."""
+from skewless.stack.procs import StackError, stop_pids  # noqa: F401 - StackError: every service's error, named here
 
 
 @dataclass(frozen=True)
@@ -38,8 +36,6 @@ class Service(abc.ABC):
         """True when the service answers its protocol (not just an open port)."""
 
     def stop(self, started: Started, timeout_s: float = 20.0) -> None:
-        from skewless.stack.procs import stop_pids
-
         stop_pids(started.pids, timeout_s)
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from skewless import config
 from skewless.stack.base import Service, StackError, Started, port_in_use
 from skewless.stack.flink import FlinkSessionCluster
-from skewless.stack.kafka import LAUNCH_SCRIPT, DEFAULT_HEAP, KafkaBroker, admin_client
+from skewless.engines.kafka import admin_client
+from skewless.stack.kafka import DEFAULT_HEAP, LAUNCH_SCRIPT, KafkaBroker
 from skewless.stack.procs import log_tail, pid_alive, spawn, stop_pids, wait_until
 from skewless.stack.redis import REDIS_CONF, ping, redis_args
 

@@ -27,7 +27,7 @@ from skewless.config import HOST, PROJECT_ROOT, paths, ports
 from skewless.stack.base import Service, Started, StackError, free_port, port_in_use
 
 TEMPLATE = PROJECT_ROOT / "infra" / "flink" / "config.yaml"
-_JOB_ID = re.compile(r"JobID\s+([0-9a-f]{32})")
+JOB_ID_PATTERN = re.compile(r"JobID\s+([0-9a-f]{32})")
 
 
 def flink_home() -> Path:
@@ -258,7 +258,7 @@ class FlinkSessionCluster(Service):
         out = res.stdout + res.stderr
         log = self.log_dir / "flink" / f"submit-{script.stem}.log"
         log.write_text(f"$ {' '.join(cmd)}\n{out}")
-        m = _JOB_ID.search(out)
+        m = JOB_ID_PATTERN.search(out)
         if res.returncode != 0 or not m:
             causes = [ln.strip() for ln in out.splitlines() if "Error" in ln or "Caused by" in ln][:12]
             raise StackError(

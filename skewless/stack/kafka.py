@@ -6,66 +6,25 @@ in ``infra/.cache/jars/kafka``. Health is a real metadata request, not an open p
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from skewless import config
+from skewless.engines import kafka as kafka_clients
+from skewless.engines.kafka import metadata_ok
 from skewless.stack.base import Service, StackError, Started, port_in_use
 from skewless.stack.procs import spawn
 
 LAUNCH_SCRIPT = config.PROJECT_ROOT / "infra" / "kafka" / "run-kafka.sh"
 DEFAULT_HEAP = "-Xms128m -Xmx512m"
 
-# librdkafka logs every refused connection while the broker starts; keep health probes quiet.
-_quiet = logging.getLogger("skewless.kafka.client")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
-
-
-def admin_client(bootstrap: str, timeout_s: float = 5.0):  # -> confluent_kafka.admin.AdminClient
-    """An AdminClient that fails fast and logs nothing while the broker is down (with the configured security
-    settings, :func:`skewless.config.kafka_client_properties`)."""
-    from confluent_kafka.admin import AdminClient
-
-    ms = int(timeout_s * 1000)
-    return AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": ms, "socket.connection.setup.timeout.ms": ms, "logger": _quiet,
-         **config.kafka_client_properties()}
-    )
-
-
-def metadata_ok(bootstrap: str, timeout_s: float = 5.0) -> bool:
-    """True if a metadata request to ``bootstrap`` returns at least one broker."""
-    from confluent_kafka import KafkaException
-
-    try:
-        return bool(admin_client(bootstrap, timeout_s).list_topics(timeout=timeout_s).brokers)
-    except KafkaException:
-        return False
-
-
 def create_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 30.0) -> None:
-    """Create ``{name: partitions}`` (replication 1); existing topics are left as they are.
-
-    The broker has ``auto.create.topics.enable=false``: every topic is created explicitly.
-    """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic
-
-    admin = admin_client(bootstrap, timeout_s)
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()],
-        operation_timeout=timeout_s,
-        request_timeout=timeout_s,
-    )
-    for name, fut in futures.items():
-        try:
-            fut.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise StackError(f"kafka: cannot create topic {name!r} on {bootstrap}: {exc}") from exc
+    """:func:`skewless.engines.kafka.create_topics`, failing as the dev stack does (a StackError)."""
+    try:
+        kafka_clients.create_topics(bootstrap, topics, timeout_s)
+    except kafka_clients.KafkaAdminError as exc:
+        raise StackError(str(exc)) from exc
 
 
 def kafka_jars(jars_dir: Path | None = None) -> Path:

@@ -13,7 +13,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from skewless.stack.base import StackError
+
+class StackError(RuntimeError):
+    """A service could not start or stop; the message names the service and the fix."""
+
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -20,10 +20,6 @@ def redis_args(port: int, data_dir: str | Path) -> list[str]:
     return ["--port", str(port), "--dir", str(data_dir)]
 
 
-def redis_url(port: int, db: int = 0) -> str:
-    return f"redis://{config.HOST}:{port}/{db}"
-
-
 def ping(port: int, timeout_s: float = 2.0) -> bool:
     """True if Redis on 127.0.0.1:``port`` answers PING."""
     import redis
@@ -49,7 +45,7 @@ class RedisServer(Service):
 
     @property
     def url(self) -> str:
-        return redis_url(self.port)
+        return config.redis_url(self.port)
 
     def ports(self) -> dict[str, int]:
         return {"redis": self.port}

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Op, Ref, Where
+from skewless.core.expr import closure
 from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY
@@ -477,22 +478,7 @@ def _zero(expr: str) -> str:
 def _batch_deps(pit: ViewPit, feature: str) -> list[str]:
     """Batch-served aggregations a feature depends on (itself, or a derived feature's inputs)."""
     batch = {a.name for a in pit.batch_aggregations}
-    derives = {d.feature: d.expr for d in pit.derives}
-    out: list[str] = []
-    stack = [feature]
-    seen: set[str] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in batch:
-            out.append(name)
-        elif name in derives:
-            from skewless.training.plan import _refs
-
-            stack.extend(_refs(derives[name]))
-    return sorted(out)
+    return sorted(n for n in closure([feature], {d.feature: d.expr for d in pit.derives}) if n in batch)
 
 
 def _derived_sql(expr: Any, values: dict[str, str]) -> str:
@@ -648,7 +634,7 @@ class _PreparedSnapshotView:
 
 
 def _view_tables(pit: ViewPit) -> Any:
-    from batch_jobs.tables import DEFAULT_NAMESPACE, ViewTables
+    from skewless.offline.tables import DEFAULT_NAMESPACE, ViewTables
 
     return ViewTables(DEFAULT_NAMESPACE, pit.name, pit.view.version)
 

@@ -15,11 +15,13 @@ Per snapshot view it keeps the lookup (table, timestamp, created_at, ttl). Engin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from skewless.core.dsl import Agg, BinOp, DaysSince, FeatureView, Ref, SnapshotView
+from skewless.core.dsl import Agg, FeatureView, SnapshotView
+from skewless.core.expr import closure
 from skewless.core.plan import Derive, Serving, TileAgg, ViewPlan, plan_view
 from skewless.core.repo import Repository
+from skewless.offline.spark_compiler import run_fingerprint
 
 STATUS_SUFFIX = "__status"
 INVERTIBLE = (Agg.COUNT, Agg.SUM, Agg.AVG)  # tiles merge by subtraction of prefix sums
@@ -130,16 +132,6 @@ class PitPlan:
         return tuple(o.column for o in self.outputs) + tuple(v.status_column for v in self.views)
 
 
-def _refs(expr: Any) -> Iterator[str]:
-    if isinstance(expr, Ref):
-        yield expr.feature
-    elif isinstance(expr, BinOp):
-        yield from _refs(expr.left)
-        yield from _refs(expr.right)
-    elif isinstance(expr, DaysSince):
-        yield from _refs(expr.ts)
-
-
 def _aggregation_specs(plan: ViewPlan) -> dict[str, TileAgg]:
     specs: dict[str, TileAgg] = {}
     for tiles in (plan.stream.tiles if plan.stream else ()):
@@ -153,16 +145,7 @@ def _aggregation_specs(plan: ViewPlan) -> dict[str, TileAgg]:
 
 def _feature_view_pit(view: FeatureView, plan: ViewPlan, outputs: tuple[OutputColumn, ...],
                       field_types: dict[str, str]) -> ViewPit:
-    derives = {d.feature: d for d in plan.derives}
-    needed: set[str] = set()
-    stack = [o.feature for o in outputs]
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        if name in derives:
-            stack.extend(_refs(derives[name].expr))
+    needed = closure((o.feature for o in outputs), {d.feature: d.expr for d in plan.derives})
     specs = _aggregation_specs(plan)
     aggs = tuple(
         AggregationPit(specs[m.feature], m.width_ms, m.tile_ms, m.serving is Serving.BATCH_AND_STREAM)
@@ -208,7 +191,5 @@ def build_pit_plan(repo: Repository, features: Any) -> PitPlan:
 
 
 def batch_run_fingerprint(pit: ViewPit) -> str:
-    """The fingerprint the batch path's runs log records for this view's tiles (batch_jobs.runner.run_fingerprint)."""
-    from batch_jobs.spark_compiler import COMPILER_VERSION
-
-    return f"{pit.plan.semantic_fingerprint}:{COMPILER_VERSION}"
+    """The fingerprint the batch path's runs log records for this view's tiles."""
+    return run_fingerprint(pit.plan.semantic_fingerprint)

@@ -1,7 +1,7 @@
 """Reading the Iceberg tables a training set needs with PyIceberg scans (to Arrow), pruned by time.
 
 - the batch path's runs log (which days the daily tiles cover, and the raw snapshot they were computed
-  from), its daily tiles, and the raw events at that snapshot (batch_jobs/tables.py);
+  from), its daily tiles, and the raw events at that snapshot (skewless/offline/tables.py);
 - a snapshot view's table source.
 
 :func:`parquet_files` lists a scan's data files when an engine may read them directly (no delete files,

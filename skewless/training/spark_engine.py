@@ -1,7 +1,7 @@
 """The Spark engine: the same point-in-time plan as Spark SQL, for training sets that outgrow one machine.
 
 Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the offline events are the
-batch path's compiled ``offline`` statement (:class:`batch_jobs.spark_compiler.SparkBatchJob`) over the
+batch path's compiled ``offline`` statement (:class:`skewless.offline.spark_compiler.SparkBatchJob`) over the
 raw table pinned at the tiles' raw snapshot; whole days come from prefix aggregates of the daily tiles,
 looked up "as of" a day with a union + ``last(..., true)`` window (Spark has no ASOF join); windowed
 MIN/MAX/LAST tiles by a range join over the window's days; head and stream-served windows by an
@@ -28,11 +28,12 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Ref
+from skewless.core.expr import closure
 from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY
 from skewless.training.compiler import TrainingCompiler
-from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, _refs, batch_run_fingerprint
+from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, batch_run_fingerprint
 from skewless.training.requests import RID, T
 
 PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
@@ -58,7 +59,7 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
     # --- feature views ---------------------------------------------------------------------------------
 
     def _feature_view(self, plan: ViewPlan) -> dict:
-        from batch_jobs.spark_compiler import SparkCompiler
+        from skewless.offline.spark_compiler import SparkCompiler
 
         pit = self.pit
         job = SparkCompiler(pit.field_types).compile(plan)  # the batch path's offline statement and contributions
@@ -157,7 +158,7 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
         cols = []
         batch_names = {a.name for a in batch}
         for o in pit.outputs:
-            deps = sorted(n for n in _deps(pit, o.feature) if n in batch_names)
+            deps = sorted(n for n in closure([o.feature], {d.feature: d.expr for d in pit.derives}) if n in batch_names)
             expr = values[o.feature]
             if deps:
                 expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
@@ -210,20 +211,8 @@ def _zero(expr: str) -> str:
     return f"-coalesce({expr[1:]}, 0)" if expr.startswith("-") else f"coalesce({expr}, 0)"
 
 
-def _deps(pit: ViewPit, feature: str) -> set[str]:
-    derives = {d.feature: d.expr for d in pit.derives}
-    out, stack = set(), [feature]
-    while stack:
-        name = stack.pop()
-        if name not in out:
-            out.add(name)
-            if name in derives:
-                stack.extend(_refs(derives[name]))
-    return out
-
-
 def _derived(expr: Any, values: dict[str, str]) -> str:
-    from batch_jobs.spark_compiler import sql_literal
+    from skewless.offline.spark_compiler import sql_literal
 
     if isinstance(expr, Ref):
         return f"({values[expr.feature]})"
@@ -257,7 +246,7 @@ def _asof(spark: Any, requests: Any, rows: Any, keys: Sequence[str], req_pos: st
 
 
 def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None, int | None, int | None]:
-    from batch_jobs.tables import table_exists
+    from skewless.offline.tables import table_exists
 
     if not table_exists(spark, runs_table):
         return None, None, None
@@ -276,8 +265,8 @@ def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None
 def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
     from pyspark.sql import functions as F
 
-    from batch_jobs import tables as BT
-    from batch_jobs.raw import raw_dataframe
+    from skewless.offline import tables as BT
+    from skewless.offline.raw import raw_dataframe
 
     name = f"__tr{n}_{uuid.uuid4().hex[:6]}"
     req.createOrReplaceTempView(f"{name}_req")

@@ -63,7 +63,7 @@ def test_redis_restarted_without_persistence(stack: Stack, tmp_path: Path) -> No
     materialize) + replaying the stream restore exact values."""
     from skewless.e2e.parity import Faults
     from skewless.e2e.pipeline import materialize, run_stream_bounded
-    from skewless.online import read_windowed
+    from tests.support.reference_reader import read_windowed
     from skewless.stack.procs import pid_alive, spawn
 
     seen: dict[str, Any] = {}

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import pytest
 
-from skewless.archive import progress as P
 from skewless.archive.tables import dead_letter_table_name
 from skewless.config import PROJECT_ROOT
 from skewless.core.dsl import EventSource
+from skewless.offline import archive_progress as P
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,7 @@ class Crash(Exception):
 def test_exactly_once_with_crashes_and_compaction(kafka_bootstrap: str, kafka_topic: Callable[..., str],
                                                  iceberg_catalog: Any, tmp_path: Path) -> None:
     from skewless.archive.maintenance import compact
-    from skewless.archive.progress import archive_progress
+    from skewless.offline.archive_progress import archive_progress
 
     topic = kafka_topic(partitions=3, prefix="archive")
     ns = f"arch_{uuid.uuid4().hex[:8]}"

@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
-from batch_jobs import tables as T
-from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, day_start_ms, run_range
+from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, run_range
 from skewless.core import laws, layout, oracle
 from skewless.core.admission import admit
 from skewless.core.dsl import (Agg, Aggregation, DaysSince, Derived, Entity, EventSource, FeatureView, Ref, Where,
                                Window)
 from skewless.core.routing import is_stream_served
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, floor_ms, from_epoch_ms
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, day_start_ms, floor_ms, from_epoch_ms, iso_ms
+from skewless.offline import tables as T
+from tests.support import reference_reader
 
 pytestmark = pytest.mark.integration
 
@@ -54,10 +55,6 @@ def make_view(name: str, table: str, version: int = 1) -> FeatureView:
     )
 
 
-def iso(ms: int) -> str:
-    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
 def make_records(seed: int, end_day_ms: int, users: int = 8, n: int = 500) -> list[dict[str, Any]]:
     """Kafka records ``{partition, offset, timestamp_ms, value}`` of order events ending on day ``end_day_ms``."""
     rng = random.Random(seed)
@@ -68,7 +65,7 @@ def make_records(seed: int, end_day_ms: int, users: int = 8, n: int = 500) -> li
             amount: int | None = None, status: str | None = None) -> dict[str, Any]:
         payload = {"event_id": event_id or f"e{len(raw)}", "user_id": f"u{user}", "order_id": f"o{rng.randrange(10**6)}",
                    "amount": amount if amount is not None else rng.choice([0, 1, 99, 1250, 10**12, 2**40 + 7]),
-                   "currency": "EUR", "status": status or rng.choice(STATUSES), "event_time": iso(ts)}
+                   "currency": "EUR", "status": status or rng.choice(STATUSES), "event_time": iso_ms(ts)}
         raw.append((user % 3, kafka_ts if kafka_ts is not None else ts, payload))
         return payload
 
@@ -123,7 +120,7 @@ def write_raw(spark: Any, catalog: Any, view: FeatureView, records: list[dict[st
     then record the archive progress as the archive does (table properties). Malformed records never land here."""
     from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.offline.archive_progress import OFFSETS_PROP, PROGRESS_PROP
     from skewless.archive.tables import ensure_tables
     from skewless.core.schemas import load_schema
 
@@ -420,9 +417,9 @@ def test_materialize_then_online_read_equals_the_oracle_up_to_two_days_late(
     for days_late in range(4):
         t = C + days_late * MS_PER_DAY
         for user in ds.users[:6] + ["u99"]:
-            plan = layout.read_plan(project, ds.view, (user,), as_of_ms=t)
+            plan = reference_reader.read_plan(project, ds.view, (user,), as_of_ms=t)
             fetched = _fetch(redis_client, plan)
-            got = layout.evaluate_read(plan, fetched, now_ms=t)
+            got = reference_reader.evaluate_read(plan, fetched, now_ms=t)
             for name in batch_features:
                 want = oracle.feature_value(ds.view, name, before_cutoff, (user,), t)
                 value, status = got[name]
@@ -622,7 +619,7 @@ def test_archive_gate_late_events_and_empty_ranges(spark: Any, iceberg_catalog: 
     late = {"partition": 0, "offset": 10_000, "timestamp_ms": C - MS_PER_HOUR,
             "value": json.dumps({"event_id": "late-1", "user_id": "u0", "order_id": "o", "amount": 5,
                                                 "currency": "EUR", "status": "completed",
-                                                "event_time": iso(late_ms)})}
+                                                "event_time": iso_ms(late_ms)})}
     write_raw(spark, iceberg_catalog, view, [late], complete_until_ms=C)
     report = run_range(spark, view, job, END, END, RunOptions(catalog=iceberg_catalog, log=_quiet))
     assert report.late_days == [d1] and set(report.computed_days) == {d1, END}
@@ -680,7 +677,7 @@ def test_spark_submit_backfill_on_a_standalone_cluster(tmp_path: Any) -> None:
 
     import pyarrow as pa
 
-    from skewless.archive.progress import OFFSETS_PROP, PROGRESS_PROP
+    from skewless.offline.archive_progress import OFFSETS_PROP, PROGRESS_PROP
     from skewless.archive.tables import ensure_tables
     from skewless.core.repo import load_repository
     from skewless.core.schemas import load_schema

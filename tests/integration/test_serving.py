@@ -18,10 +18,10 @@ from batch_jobs.materialize import materialize_feature_view, store_epoch
 from skewless.core import layout, oracle
 from skewless.core.repo import load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
-from skewless.serving.fill import batch_record, order_events, tiles
 from skewless.serving.online import OnlineStore
 from skewless.serving.push import PushError, Pusher
 from skewless.store import FeatureStore
+from tests.support.fill import batch_record, order_events, tiles
 
 pytestmark = pytest.mark.integration
 
@@ -268,7 +268,7 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
     others = [OnlineStore(repo, redis.Redis(connection_pool=redis.ConnectionPool(**{**kwargs, **extra})), project)
               for extra in ({"parser_class": _RESP2Parser}, {"protocol": 3})]  # packed, replies read without a stream
     paused = OnlineStore(repo, redis_client, project)
-    paused._memo_stats[2] = 1 << 40  # the memo skipped (as after many misses): every reply parsed, none measured
+    paused.caches.memo_stats[2] = 1 << 40  # the memo skipped (as after many misses): every reply parsed, none measured
     others.append(paused)
     users = sorted({e["user_id"] for e in admitted})
     now = max(e["event_time"] for e in admitted) + 1
@@ -287,7 +287,7 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
     for u in users:  # memo entries made by one-entity reads (parsed at once, no raw bytes kept) ...
         streamed.get_online_features({"user_id": [u]}, "churn_model", now_ms=now)
     streamed.get_online_features({"user_id": users}, "churn_model", now_ms=now)
-    assert all(e[7] is not None for view in streamed._memo.values() for e in view.values())  # ... keep their raw bytes
+    assert all(e[7] is not None for view in streamed.caches.memo.values() for e in view.values())  # ... keep their raw bytes
     same()
     start, value = next(iter(redis_client.hgetall(day).items()))
     version, rest = value.split(b"|", 1)

@@ -1,5 +1,5 @@
 """The streaming path end to end: generated orders (skew, disorder, duplicates, late, future, malformed)
--> Kafka -> the compiled Flink job (MiniCluster) -> Redis -> skewless.online, against the oracle over the
+-> Kafka -> the compiled Flink job (MiniCluster) -> Redis -> the reference reader, against the oracle over the
 admitted events (stream-served windows) and a laws-built batch record + admitted events after the cut-off
 (batch-served windows). Dead letters are checked against admission.py record by record."""
 
@@ -15,12 +15,14 @@ import pytest
 
 from skewless.core import admission, laws, layout, oracle
 from skewless.core.dsl import Aggregation, Derived
+from skewless.core.expr import refs
 from skewless.core.repo import load_repository
 from skewless.core.routing import BATCH_TAIL_DAYS
 from skewless.core.schemas import validator
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
+from tests.support.reference_reader import AsOfNotAlignedError, read_windowed
 
 pytestmark = pytest.mark.integration
 
@@ -136,9 +138,7 @@ def allowed_incomplete(view: Any, admitted: list, user: str, T: int) -> set[str]
                 out.add(f.name)
         elif T < CUTOFF:
             out.add(f.name)
-    from skewless.online.reader import _refs
-
-    out |= {f.name for f in view.features if isinstance(f, Derived) and _refs(f.expr) & out}
+    out |= {f.name for f in view.features if isinstance(f, Derived) and set(refs(f.expr)) & out}
     return out
 
 
@@ -146,7 +146,6 @@ def test_stream_job_equals_oracle_and_dead_letters(
     flink_stream_env: Any, kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any,
     repo: Any, tmp_path: Path,
 ) -> None:
-    from skewless.online import AsOfNotAlignedError, read_windowed
     from streaming_jobs.flink_compiler import dead_letter_topic
 
     view = repo.view(VIEW)
@@ -246,7 +245,6 @@ def test_recovery_from_checkpoint_keeps_values_exact(
     """Cancel the running job after a checkpoint while more records arrive, restore from the retained
     checkpoint, finish the stream: the online values still equal the oracle (no loss, no double count)."""
     from skewless.engines.flink_env import create_stream_env
-    from skewless.online import read_windowed
     from streaming_jobs.flink_compiler import compile_repository
     from streaming_jobs.job import JobOptions, add_source_job
     from streaming_jobs.run_view import stream_conf

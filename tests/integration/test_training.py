@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, day_start_ms, run_range
+from batch_jobs.runner import RunOptions, compile_feature_view, cutoff_ms, run_range
+from skewless.core.timeutil import day_start_ms
 from skewless.core import oracle
 from skewless.core.dsl import Field, SnapshotView, TableSource
 from skewless.core.repo import Repository

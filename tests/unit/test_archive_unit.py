@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from skewless.archive import progress as P
 from skewless.archive.records import FastValidator, RecordConverter
 from skewless.archive.tables import (
     IncompatibleSchemaError,
@@ -24,6 +23,7 @@ from skewless.archive.tables import (
 from skewless.core.admission import MALFORMED, admit
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import load_schema, validator
+from skewless.offline import archive_progress as P
 
 ORDERS = EventSource(name="orders", schema="orders", topic="orders", table="raw.orders", partition_key="user_id")
 
@@ -93,9 +93,9 @@ def test_converter_agrees_with_admission_on_malformed() -> None:
 
 
 def test_event_time_fast_path_matches_contract() -> None:
-    from skewless.archive.records import _timestamp_ok
+    from skewless.archive.records import timestamp_ok
     from skewless.core.admission import MalformedError, parse_event_time
-    from skewless.core.schemas import _check_timestamp
+    from skewless.core.schemas import check_timestamp
 
     converter = RecordConverter(ORDERS, load_schema("orders"))
     rng = random.Random(3)
@@ -112,7 +112,7 @@ def test_event_time_fast_path_matches_contract() -> None:
         except MalformedError:
             got = MalformedError
         assert got == expected, text
-        assert _timestamp_ok(text) == _check_timestamp(text), text
+        assert timestamp_ok(text) == check_timestamp(text), text
 
 
 def test_fast_validator_is_never_more_lenient() -> None:
@@ -346,7 +346,7 @@ def test_columnar_converter_fuzz_other_types(tmp_path: Path) -> None:
 
 
 def test_safe_patterns() -> None:
-    from skewless.archive.columnar import _safe_pattern
+    from skewless.archive.columnar import safe_pattern
 
-    assert _safe_pattern("^[A-Z]{3}$") and _safe_pattern(r"^[0-9]{4}-[0-9]{2}\.x$") and _safe_pattern(r"^\d+(\.\d+)?$")
-    assert not _safe_pattern(r"\bx") and not _safe_pattern(r"(?i)eur") and not _safe_pattern(r"[^\d]") and not _safe_pattern(r"\D")
+    assert safe_pattern("^[A-Z]{3}$") and safe_pattern(r"^[0-9]{4}-[0-9]{2}\.x$") and safe_pattern(r"^\d+(\.\d+)?$")
+    assert not safe_pattern(r"\bx") and not safe_pattern(r"(?i)eur") and not safe_pattern(r"[^\d]") and not safe_pattern(r"\D")

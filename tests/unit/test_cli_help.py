@@ -96,10 +96,11 @@ def test_produce_prints_a_readable_summary(monkeypatch: pytest.MonkeyPatch, caps
                                            tmp_path: Path) -> None:
     """Kafka replaced by fakes: what `produce` prints once every record is acknowledged."""
     import skewless.producer.kafka_producer as kafka_producer
+    import skewless.engines.kafka as kafka_clients
     import skewless.stack.kafka as kafka
     from skewless.producer.kafka_producer import DeliveryReport
 
-    monkeypatch.setattr(kafka, "metadata_ok", lambda *a, **k: True)
+    monkeypatch.setattr(kafka_clients, "metadata_ok", lambda *a, **k: True)
     monkeypatch.setattr(kafka, "create_topics", lambda *a, **k: None)
     monkeypatch.setattr(kafka_producer, "produce_records",
                         lambda bootstrap, topic, records, **kw: DeliveryReport(delivered=len(records)))

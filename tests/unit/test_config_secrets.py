@@ -133,7 +133,7 @@ def test_every_confluent_kafka_client_gets_the_security_properties(sasl_ssl: Pat
     import confluent_kafka.admin
 
     from skewless.producer.kafka_producer import make_producer
-    from skewless.stack.kafka import admin_client
+    from skewless.engines.kafka import admin_client
     from streaming_jobs.job import applied_from
 
     seen: list[dict] = []

@@ -12,7 +12,7 @@ from skewless.engines import EngineSetupError, find_jar
 from skewless.engines.flink_env import flink_settings, kafka_connector_jar
 from skewless.engines.spark_session import catalog_conf, spark_jars
 from skewless.stack.base import StackError, free_port
-from skewless.stack.flink import _JOB_ID, FlinkSessionCluster
+from skewless.stack.flink import JOB_ID_PATTERN, FlinkSessionCluster
 
 
 @pytest.fixture()
@@ -113,5 +113,5 @@ def test_cluster_not_healthy_when_nothing_listens(tmp_path: Path) -> None:
 
 def test_job_id_is_parsed_from_flink_run_output() -> None:
     out = "Job has been submitted with JobID e513c8320cbbb9a5b36a6506458b4616\n"
-    m = _JOB_ID.search(out)
+    m = JOB_ID_PATTERN.search(out)
     assert m and m.group(1) == "e513c8320cbbb9a5b36a6506458b4616"

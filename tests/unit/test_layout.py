@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skewless.core import laws, layout, oracle
+from tests.support import reference_reader
 from skewless.core.dsl import Agg, Aggregation, Entity, EventSource, FeatureView, Field, SnapshotView, TableSource, Where, Window
 from skewless.core.routing import STREAM_DAILY_TILE_RETENTION_MS
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
@@ -140,7 +141,7 @@ class FakeRedis:
             else:
                 raise AssertionError(name)
 
-    def fetch(self, plan: layout.ReadPlan) -> dict:
+    def fetch(self, plan: reference_reader.ReadPlan) -> dict:
         keys = [plan.epoch_key, plan.meta_key] + [k for _, k in plan.tile_keys] + ([plan.batch_key] if plan.batch_key else [])
         return {k: self.data.get(k) for k in keys}
 
@@ -225,8 +226,8 @@ def test_read_path_equals_oracle(spec, days_late, hour, now_read) -> None:
     r.data[layout.view_meta_key("p", VIEW)] = {"applied_from_ms": str(D0), "epoch": EPOCH}
     write_stream(r, applied, D0)
     write_batch(r, applied, "u", cutoff)
-    plan = layout.read_plan("p", VIEW, ("u",), None if now_read else T)
-    got = layout.evaluate_read(plan, r.fetch(plan), now_ms=T)
+    plan = reference_reader.read_plan("p", VIEW, ("u",), None if now_read else T)
+    got = reference_reader.evaluate_read(plan, r.fetch(plan), now_ms=T)
     for name, (value, status) in got.items():
         f = VIEW.feature(name)
         if f.window.width is not None and f.window.width > timedelta(days=1) and days_late > 2:
@@ -238,13 +239,13 @@ def test_read_path_equals_oracle(spec, days_late, hour, now_read) -> None:
 
 def test_read_is_incomplete_without_epoch_or_before_stream_start() -> None:
     r = FakeRedis()
-    plan = layout.read_plan("p", VIEW, ("u",))
-    assert set(layout.evaluate_read(plan, r.fetch(plan), now_ms=D0).values()) == {(None, "incomplete")}
+    plan = reference_reader.read_plan("p", VIEW, ("u",))
+    assert set(reference_reader.evaluate_read(plan, r.fetch(plan), now_ms=D0).values()) == {(None, "incomplete")}
     r.data[layout.epoch_key("p")] = EPOCH
     r.data[layout.view_meta_key("p", VIEW)] = {"applied_from_ms": str(D0), "epoch": EPOCH}
-    got = layout.evaluate_read(plan, r.fetch(plan), now_ms=D0 + 30 * MS_PER_MINUTE)
+    got = reference_reader.evaluate_read(plan, r.fetch(plan), now_ms=D0 + 30 * MS_PER_MINUTE)
     assert got["n_1h"] == (None, "incomplete")  # window starts before the stream started
-    got = layout.evaluate_read(plan, r.fetch(plan), now_ms=D0 + 2 * MS_PER_HOUR)
+    got = reference_reader.evaluate_read(plan, r.fetch(plan), now_ms=D0 + 2 * MS_PER_HOUR)
     assert got["n_1h"] == (0, "present") and got["amt_30d"] == (None, "incomplete")  # no batch yet
 
 
@@ -253,21 +254,21 @@ def test_entity_missing_from_the_newest_run_reads_as_empty_batch_part() -> None:
     r.data[layout.epoch_key("p")] = EPOCH
     cutoff = D0 + 38 * MS_PER_DAY
     r.data[layout.view_meta_key("p", VIEW)] = {"applied_from_ms": str(D0), "epoch": EPOCH}
-    plan = layout.read_plan("p", VIEW, ("nobody",), cutoff + MS_PER_DAY)
-    assert layout.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)["amt_30d"] == (None, "incomplete")
+    plan = reference_reader.read_plan("p", VIEW, ("nobody",), cutoff + MS_PER_DAY)
+    assert reference_reader.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)["amt_30d"] == (None, "incomplete")
     # the run is recorded for the view: an entity it did not list had no events before the cut-off
     r.data[layout.view_meta_key("p", VIEW)] |= {layout.META_BATCH_CUTOFF: str(cutoff), "batch_epoch": EPOCH}
-    got = layout.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)
+    got = reference_reader.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)
     assert got["amt_30d"] == (oracle.feature_value(VIEW, "amt_30d", [], ("nobody",), cutoff + MS_PER_DAY), "present")
     # an epoch change (store rebuilt) voids the recorded run
     r.data[layout.view_meta_key("p", VIEW)]["batch_epoch"] = "other"
-    assert layout.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)["amt_30d"] == (None, "incomplete")
+    assert reference_reader.evaluate_read(plan, r.fetch(plan), now_ms=cutoff + MS_PER_DAY)["amt_30d"] == (None, "incomplete")
 
 
 def test_as_of_read_must_be_tile_aligned() -> None:
     with pytest.raises(ValueError, match="training-set path"):
-        layout.read_plan("p", VIEW, ("u",), D0 + MS_PER_HOUR)
-    layout.read_plan("p", VIEW, ("u",), D0 + MS_PER_DAY)
+        reference_reader.read_plan("p", VIEW, ("u",), D0 + MS_PER_HOUR)
+    reference_reader.read_plan("p", VIEW, ("u",), D0 + MS_PER_DAY)
 
 
 def test_snapshot_codec_and_expiry() -> None:

@@ -10,7 +10,8 @@ from datetime import timedelta
 from skewless import Agg, Aggregation, Entity, EventSource, Field, FeatureView, SnapshotView, TableSource, Window
 from skewless.core import layout
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
-from skewless.monitoring.freshness import freshness, parse_progress, render_table, stream_status, view_freshness
+from skewless.core.staleness import parse_progress, stream_status
+from skewless.monitoring.freshness import freshness, render_table, view_freshness
 
 P = "shop"
 USER = Entity("user", {"user_id": "string"})

@@ -1,4 +1,4 @@
-"""skewless.online.read_windowed on an in-memory Redis: one round trip, values equal the oracle over the
+"""The reference reader (tests/support/reference_reader.read_windowed) on an in-memory Redis: one round trip, values equal the oracle over the
 events written as tiles, derived features, statuses, progress, and refusal of non-aligned instants."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from skewless.core import laws, layout, oracle
 from skewless.core.repo import load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
-from skewless.online import AsOfNotAlignedError, read_windowed
-from skewless.serving.fill import order_events
+from tests.support.fill import order_events
+from tests.support.reference_reader import AsOfNotAlignedError, read_windowed
 
 PROJECT = "p"
 EPOCH = "e1"

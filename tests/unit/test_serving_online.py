@@ -1,4 +1,4 @@
-"""OnlineStore on an in-memory Redis: equal to layout.evaluate_read + the reader's derived/staleness rules
+"""OnlineStore on an in-memory Redis: equal to the reference reader (tests/support/reference_reader.py)
 feature by feature, equal to the oracle, one round trip, snapshot TTL edges, statuses, and input errors."""
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from skewless.core import layout, oracle
 from skewless.core.repo import load_repository
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
-from skewless.monitoring.freshness import stream_status
-from skewless.online.reader import _derived
 from skewless.serving import OnlineRequestError, OnlineStore
-from skewless.serving.fill import fill
 from skewless.serving.online import AsOfNotAligned
+from tests.support.fill import batch_record, fill
+from tests.support.reference_reader import read_windowed
 
 P = "p"
 EPOCH = "e1"
@@ -57,15 +56,8 @@ def filled(repo: Any) -> Any:
 
 
 def reference(data: dict[str, Any], view: Any, user: str, now: int, as_of: int | None) -> dict[str, tuple]:
-    plan = layout.read_plan(P, view, (user,), as_of)
-    keys = [plan.epoch_key, plan.meta_key, plan.batch_key, *(k for _, k in plan.tile_keys)]
-    values = layout.evaluate_read(plan, {k: data.get(k) for k in keys if k}, now)
-    if as_of is None:
-        progress = data.get(layout.progress_key(P, "orders")) or {}
-        if stream_status(view, progress, data.get(layout.epoch_key(P)), now) == "stale":
-            values = {f: (v, "stale" if s == "present" else s) for f, (v, s) in values.items()}
-    values.update(_derived(view, values, now if as_of is None else as_of))
-    return values
+    """Every feature's ``(value, status)`` by the reference reader."""
+    return read_windowed(MemRedis(data), P, [view], [user], as_of, now_ms=now).entities[view.name][0].features
 
 
 def instants() -> list[tuple[int, int | None]]:
@@ -83,8 +75,6 @@ def with_newer_run(filled: Any, repo: Any) -> dict[str, Any]:
     data = dict(filled.data)
     data[layout.view_meta_key(P, view)] = {**data[layout.view_meta_key(P, view)],
                                            layout.META_BATCH_CUTOFF: str(CUTOFF + MS_PER_DAY), "batch_epoch": EPOCH}
-    from skewless.serving.fill import batch_record
-
     for user in filled.users[::2]:
         data[layout.batch_key(P, view, (user,))] = batch_record(view, filled.offline, user, CUTOFF + MS_PER_DAY, "run-2", EPOCH)
     return data
@@ -92,7 +82,7 @@ def with_newer_run(filled: Any, repo: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("newer_run", [False, True])
 @pytest.mark.parametrize("now,as_of", instants())
-def test_equals_evaluate_read_and_the_reader_rules(repo: Any, filled: Any, now: int, as_of: int | None,
+def test_equals_the_reference_reader(repo: Any, filled: Any, now: int, as_of: int | None,
                                                    newer_run: bool) -> None:
     view = repo.view("user_order_stats")
     data = with_newer_run(filled, repo) if newer_run else filled.data
@@ -217,7 +207,7 @@ def test_bad_input_says_what_is_wrong(repo: Any, filled: Any) -> None:
     assert store.get_online_features({"user_id": []}, "churn_model").values["segment"] == []
 
 
-def test_one_store_across_instants_equals_evaluate_read(repo: Any, filled: Any) -> None:
+def test_one_store_across_instants_equals_the_reference_reader(repo: Any, filled: Any) -> None:
     """The per-entity memo and the decode caches are keyed so that one store, read at many instants (both
     sides of tile and day boundaries, now and as_of, repeated, with and without a newer run), answers exactly
     what a fresh evaluation does."""

@@ -14,7 +14,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 
-from skewless.serving.reply_stream import ReplyStream, _resp_len
+from skewless.serving.reply_stream import ReplyStream, resp_len
 
 
 def encode(r: Any) -> bytes:
@@ -87,7 +87,7 @@ def test_parse_equals_hiredis_and_span_is_the_bytes(piece: int) -> None:
         got += part
     assert got == rs
     stream.finish()
-    assert all(_resp_len(r) == len(encode(r)) for r in rs)
+    assert all(resp_len(r) == len(encode(r)) for r in rs)
 
 
 @pytest.mark.parametrize("piece", [1, 3, 1 << 16])

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from skewless.core import layout
 from skewless.core.repo import load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR
-from skewless.serving.fill import fill
 from skewless.serving.online import OnlineStore
 from skewless.serving.push import Pusher
 from skewless.serving.server import FeatureServer, ServerSettings, ThreadedServer
+from tests.support.fill import fill
 
 P = "p"
 START = 1_704_067_200_000 + 10 * MS_PER_DAY + 7 * MS_PER_HOUR

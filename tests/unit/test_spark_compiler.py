@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from batch_jobs.codec import encode_window, to_intermediate
-from batch_jobs.materialize import _BatchPacker, _pack_command
+from batch_jobs.materialize import BatchPacker, pack_command
 from batch_jobs.runner import compile_feature_view, compile_view, find_view
-from batch_jobs.spark_compiler import SparkCompiler, serving_part_column
-from batch_jobs.tables import BatchError
 from skewless.core import layout
 from skewless.core.dsl import Agg, Aggregation, Entity, EventSource, FeatureView, Where, Window
 from skewless.core.plan import plan_view
 from skewless.core.repo import load_repository
+from skewless.offline.spark_compiler import SparkCompiler, serving_part_column
+from skewless.offline.tables import BatchError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "spark"
 REPO = Path(__file__).resolve().parents[2] / "feature_defs"
@@ -99,7 +99,7 @@ def test_serving_encoding_is_the_layouts_batch_record() -> None:
 def test_packed_commands_equal_the_layouts_batch_write_commands() -> None:
     view = _view([Aggregation("n", Agg.COUNT, None, Window.days(30)), Aggregation("l", Agg.COUNT, None, Window.lifetime())])
     fields = sorted(layout.batch_windows(view))
-    packer = _BatchPacker(view, "p", 86_400_000 * 20_000, "run:1", "E", fields)
+    packer = BatchPacker(view, "p", 86_400_000 * 20_000, "run:1", "E", fields)
     tags = ["s=alice", "s=b%3Ab"]
     values = [["[[1],[0],[2]]", "[[3],[4],[5]]"], ["[[7]]", "[[8]]"]]
     packer.verify(tags[0], [v[0] for v in values])
@@ -109,7 +109,7 @@ def test_packed_commands_equal_the_layouts_batch_write_commands() -> None:
         rec = {"cutoff": str(86_400_000 * 20_000), "run": "run:1", "epoch": "E", **{f: v[i] for f, v in zip(fields, values)}}
         commands = layout.batch_write_commands(key, rec)
         assert [c[0] for c in commands] == ["HSET", "PEXPIREAT"]  # one HSET replaces every field
-        expected += b"".join(_pack_command(c) for c in commands)
+        expected += b"".join(pack_command(c) for c in commands)
     assert packer.pack(tags, values) == expected
     import pyarrow as pa
 
@@ -128,12 +128,12 @@ def test_only_batch_served_windows_get_tiles_and_lifetime_reads_all_history() ->
 def test_reply_counting_keeps_replies_of_the_next_batch_and_raises_errors() -> None:
     import socket
 
-    from batch_jobs.materialize import _IntegerReplies
+    from batch_jobs.materialize import IntegerReplies
 
     a, b = socket.socketpair()
     try:
         conn = type("Conn", (), {"_sock": a})()
-        replies = _IntegerReplies(conn)
+        replies = IntegerReplies(conn)
         import threading
 
         b.sendall(b":1\r\n:1\r")  # a CRLF split across reads; the next batch's replies arrive with the rest
@@ -157,7 +157,7 @@ def test_event_day_reads_only_the_archive_day_partition() -> None:
 
     from pyspark.sql import Row
 
-    from batch_jobs.raw import event_day
+    from skewless.offline.raw import event_day
 
     assert event_day(Row(event_time_day=date(2025, 3, 1)), "event_time") == date(2025, 3, 1)
     assert event_day(Row(ts_day=date(2025, 3, 1)), "event_time") is None  # another column's day

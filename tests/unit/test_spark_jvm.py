@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from batch_jobs.jvm import LOCAL_FS_CLASS, batch_jar
+from skewless.engines.spark_jar import LOCAL_FS_CLASS, batch_jar
 from skewless.engines.javabuild import JavaBuildError, build_jar, hashed_jar_path
 
 pytestmark = pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK")
@@ -131,7 +131,7 @@ def test_the_jar_is_rebuilt_from_the_sources(tmp_path: Path) -> None:
 
     import dataclasses
 
-    from batch_jobs import jvm as jvm_mod
+    from skewless.engines import spark_jar as jvm_mod
 
     project = dataclasses.replace(jvm_mod.PROJECT, jar_dir=tmp_path)
     jar = project.jar()

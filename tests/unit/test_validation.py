@@ -32,7 +32,8 @@ from skewless import (
     Window,
 )
 from skewless.core.repo import Repository
-from skewless.core.validation import DefinitionError, Problem, check_repository, format_duration, iter_notes, validate_repository
+from skewless.core.timeutil import format_duration
+from skewless.core.validation import DefinitionError, Problem, check_repository, iter_notes, validate_repository
 
 TS = {"type": "string", "format": "date-time"}
 EVENTS_SCHEMA = {

@@ -1,4 +1,4 @@
-"""An online store filled the way the pipelines fill it, from generated order events (tests and bench/online.py).
+"""An online store filled the way the pipelines fill it, from generated order events (tests and ``bench/online.py``; not shipped).
 
 Tiles are the laws over the admitted events (what the streaming job writes, every tile size of the view),
 the batch record is the laws over the offline set before the cut-off (body + tails, what materialization
@@ -14,9 +14,11 @@ from typing import Any
 
 from skewless.core import admission, laws, layout
 from skewless.core.dsl import Aggregation, FeatureView, SnapshotView
+from skewless.core.repo import load_repository
 from skewless.core.routing import BATCH_TAIL_DAYS
 from skewless.core.schemas import validator
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR
+from skewless.producer import GeneratorConfig, generate
 
 
 @dataclass
@@ -32,8 +34,6 @@ class FilledStore:
 
 def order_events(count: int, users: int, start_ms: int, rate: float, seed: int) -> tuple[list, list]:
     """``(admitted, offline)`` events of generated ``orders`` records (admission applied)."""
-    from skewless.producer import GeneratorConfig, generate
-
     records, _ = generate(GeneratorConfig(count=count, rate=rate, seed=seed, users=users, start_ms=start_ms))
     offsets: dict[int, int] = {}
     raw = []
@@ -41,8 +41,6 @@ def order_events(count: int, users: int, start_ms: int, rate: float, seed: int) 
         o = offsets.get(r.partition, 0)
         offsets[r.partition] = o + 1
         raw.append({"partition": r.partition, "offset": o, "timestamp_ms": r.timestamp_ms, "value": r.value})
-    from skewless.core.repo import load_repository
-
     source = load_repository().sources_by_name["orders"]
     result = admission.admit(raw, source, validator("orders"), key_fields=("user_id",))
     return list(result.admitted), list(result.offline)

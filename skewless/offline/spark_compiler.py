@@ -40,7 +40,7 @@ from skewless.core.dsl import Agg, Op, Where
 from skewless.core.layout import LIFETIME_FIELD
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan, WindowMerge
 from skewless.core.routing import BATCH_TAIL_DAYS, is_stream_served
-from skewless.core.timeutil import MS_PER_DAY
+from skewless.core.timeutil import MS_PER_DAY, from_epoch_ms
 
 COMPILER_VERSION = "spark-2"  # part of every run fingerprint: a compiler change recomputes on resume
 TS = "__ts"  # event time, epoch ms
@@ -49,6 +49,12 @@ PARTITION = "__partition"
 OFFSET = "__offset"
 LAST_DAY = "__last_day"  # serving state: the entity's newest tile day before the cut-off
 RAW_DAY = "__day"  # the event's UTC day inside the offline statement (the raw table may have a `day` column)
+
+
+def run_fingerprint(plan_fingerprint: str) -> str:
+    """What the runs log records for a view's tiles: the plan's semantic fingerprint and :data:`COMPILER_VERSION`
+    (resumed backfills recompute days logged with another; training reads only tiles logged with it)."""
+    return f"{plan_fingerprint}:{COMPILER_VERSION}"
 
 
 def contribution_column(feature: str) -> str:
@@ -165,8 +171,6 @@ def _serving_params(windows: Sequence[BatchWindowSpec], cutoff_ms: int) -> dict[
 
 
 def _day_literal(ms: int) -> str:
-    from skewless.core.timeutil import from_epoch_ms
-
     return f"DATE'{from_epoch_ms(ms).date().isoformat()}'"
 
 

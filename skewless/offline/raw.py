@@ -1,4 +1,5 @@
-"""Reading a raw archive table at one snapshot, as a Spark DataFrame.
+"""The raw tables the archive writes: their names (the raw table of a source and its dead letters) and reading
+one at a snapshot, as a Spark DataFrame.
 
 The archive keeps the Kafka position as ``_kafka_partition`` / ``_offset``. (It once used ``_partition``,
 which Iceberg's Spark runtime reserves for its metadata column: any scan projecting it fails with
@@ -16,7 +17,28 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from batch_jobs.tables import EPOCH_ORDINAL, BatchError, read_table
+from skewless.core.dsl import EventSource
+from skewless.offline.tables import EPOCH_ORDINAL, BatchError, iceberg_table, read_table
+
+DEAD_LETTER_SUFFIX = "_dead_letters"
+
+
+class ArchiveTableError(Exception):
+    """A source cannot be archived into its table (bad table name, existing table of another layout)."""
+
+
+def table_identifier(table: str) -> tuple[str, str]:
+    """``"namespace.table"`` as ``(namespace, table)``; :class:`ArchiveTableError` if not of that form."""
+    parts = table.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ArchiveTableError(f"table {table!r} must be 'namespace.table' (e.g. 'raw.orders')")
+    return parts[0], parts[1]
+
+
+def dead_letter_table_name(source: EventSource) -> str:
+    """``<namespace>.<table>_dead_letters`` for the source's raw table."""
+    namespace, name = table_identifier(source.table)
+    return f"{namespace}.{name}{DEAD_LETTER_SUFFIX}"
 
 ICEBERG_RESERVED = {"_partition", "_file", "_pos", "_deleted", "_spec_id", "_row_id", "_last_updated_sequence_number"}
 
@@ -29,8 +51,6 @@ def data_files(spark: Any, table: str, snapshot_id: int) -> list[tuple[str, dict
     """``(path, {partition field: value})`` of the live data files of ``table`` at ``snapshot_id``, from the
     manifests (PyIceberg: no Spark job; dates as ``date``)."""
     from pyiceberg.types import DateType
-
-    from batch_jobs.tables import iceberg_table
 
     t = iceberg_table(spark, table)
     specs, schema = t.specs(), t.schema()

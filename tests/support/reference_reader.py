@@ -1,9 +1,12 @@
-"""``read_windowed``: windowed feature values for entities in ONE Redis round trip per call.
+"""The reference online reader: slow and plainly written from docs/semantics.md §10-§11, the second opinion the
+tests hold :class:`skewless.serving.OnlineStore` (and the stream and batch writers) to.
 
-For each requested view and entity the keys of :func:`skewless.core.layout.read_plan` are fetched in one
-pipeline (plus the epoch, each view's meta and each source's progress hash); values and statuses come from
-:func:`skewless.core.layout.evaluate_read` (tiles merged with the shared laws); derived features are
-evaluated on the merged values at the same instant (a derived feature is ``incomplete`` if an input is).
+:func:`read_windowed` answers windowed feature values for entities in ONE Redis round trip per call: for each
+requested view and entity the keys of :func:`read_plan` are fetched in one pipeline (plus the epoch, each view's
+meta and each source's progress hash); values and statuses come from :func:`evaluate_read` (tiles merged with
+the shared laws); derived features are evaluated on the merged values at the same instant
+(:func:`skewless.core.expr.evaluate`; a derived feature is ``incomplete`` if an input is) and staleness is
+:mod:`skewless.core.staleness`'s rule.
 
 ``as_of`` None reads at "now" (docs/semantics.md §10: applied events stamped at or after now count);
 an explicit ``as_of`` must be a multiple of every tile size stored for the view (and within what Redis
@@ -17,13 +20,129 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from math import lcm
 from typing import Any, Iterable, Mapping, Sequence
 
-from skewless.core import layout
-from skewless.core.dsl import Derived, FeatureView
-from skewless.core.timeutil import to_epoch_ms
+from skewless.core import laws, layout
+from skewless.core.dsl import Agg, Derived, FeatureView
+from skewless.core.expr import evaluate, refs
+from skewless.core.repo import load_repository
+from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, is_stream_served
+from skewless.core.staleness import INCOMPLETE, PRESENT, STALE, stream_status
+from skewless.core.timeutil import floor_ms, to_epoch_ms
 
-PRESENT, STALE, INCOMPLETE = layout.PRESENT, layout.STALE, layout.INCOMPLETE
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """What to fetch for one entity of one feature view, and the instant it answers.
+
+    Fetch: GET ``epoch_key``; HGETALL each of ``tile_keys`` and ``batch_key``; HGETALL ``meta_key``.
+    ``as_of_ms`` None means "now" (the caller passes the read instant to :func:`evaluate_read`).
+    """
+
+    view: FeatureView
+    epoch_key: str
+    meta_key: str
+    tile_keys: tuple[tuple[layout.TileGroup, str], ...]
+    batch_key: str | None
+    as_of_ms: int | None
+
+
+def read_plan(project: str, view: FeatureView, entity_key: Sequence[Any], as_of_ms: int | None = None) -> ReadPlan:
+    """The keys one entity's read of a view needs. An as-of read (``as_of_ms`` given) is exact only at an
+    instant that is a multiple of every stored tile size of the view; other instants raise (use the
+    training-set path)."""
+    groups = layout.tile_groups(view)
+    if as_of_ms is not None:
+        for g in groups:
+            if as_of_ms % g.tile_ms:
+                raise ValueError(
+                    f"as_of {as_of_ms} is not a multiple of tile {g.tile_ms} ms of {view.name}: online as-of reads are "
+                    "exact only at tile-aligned instants; use the training-set path"
+                )
+    return ReadPlan(
+        view=view,
+        epoch_key=layout.epoch_key(project),
+        meta_key=layout.view_meta_key(project, view),
+        tile_keys=tuple((g, layout.tile_key(project, view, entity_key, g.tile_ms)) for g in groups),
+        batch_key=layout.batch_key(project, view, entity_key) if layout.batch_windows(view) else None,
+        as_of_ms=as_of_ms,
+    )
+
+
+def _text(v: Any) -> Any:
+    return v.decode("utf-8") if isinstance(v, bytes) else v
+
+
+def evaluate_read(plan: ReadPlan, fetched: Mapping[str, Any], now_ms: int) -> dict[str, tuple[Any, str]]:
+    """Aggregation values ``{name: (value, status)}`` from what :func:`read_plan` fetched (``fetched`` maps
+    each key to GET/HGETALL output). Statuses: ``incomplete`` (null) when the epoch is missing or differs,
+    the stream started after the window start, a needed tile is past retention, or the batch part is too
+    late; ``stale`` (value kept) for a lifetime window whose batch is older than the tail allows."""
+    view = plan.view
+    T = now_ms if plan.as_of_ms is None else plan.as_of_ms
+    epoch = _text(fetched.get(plan.epoch_key))
+    meta = {_text(k): _text(v) for k, v in (fetched.get(plan.meta_key) or {}).items()}
+    applied_from = int(meta["applied_from_ms"]) if "applied_from_ms" in meta else None
+    tiles: dict[int, dict[int, tuple]] = {}
+    newest: dict[int, int] = {}
+    epoch_ok = epoch is not None and meta.get("epoch") == epoch
+    for group, key in plan.tile_keys:
+        decoded = {}
+        for field, value in (fetched.get(key) or {}).items():
+            _, tile_epoch, accs = layout.decode_tile_vector(value, group.aggs)
+            epoch_ok = epoch_ok and tile_epoch == epoch
+            decoded[int(_text(field))] = accs
+        tiles[group.tile_ms] = decoded
+        newest[group.tile_ms] = max(decoded, default=floor_ms(now_ms, group.tile_ms))
+    batch = layout.decode_batch_record(view, fetched.get(plan.batch_key) or {}) if plan.batch_key else None
+    run_cutoff = int(meta[layout.META_BATCH_CUTOFF]) if plan.batch_key and layout.META_BATCH_CUTOFF in meta else None
+    if run_cutoff is not None and (batch is None or batch.cutoff_ms < run_cutoff) and meta.get("batch_epoch") == epoch:
+        batch = layout.empty_batch_record(view, run_cutoff, epoch)  # not in the newest run: no events before its cut-off
+    if batch is not None and batch.epoch != epoch:
+        epoch_ok = False
+
+    out: dict[str, tuple[Any, str]] = {}
+    for group, _ in plan.tile_keys:
+        for index, f in enumerate(group.aggregations):
+            lw = laws.LAWS[Agg(f.agg)]
+            width = layout.width_ms_of(f)
+            end = None if plan.as_of_ms is None else T
+
+            def stream_part(start: int) -> tuple[Any, bool]:
+                ok = applied_from is not None and applied_from <= start
+                ok = ok and start >= newest[group.tile_ms] - group.retention_ms
+                parts = [accs[index] for s, accs in tiles[group.tile_ms].items() if s >= start and (end is None or s < end)]
+                return lw.merge_all(parts), ok
+
+            if not epoch_ok:
+                out[f.name] = (None, INCOMPLETE)
+                continue
+            if is_stream_served(width):
+                start = floor_ms(T - width, group.tile_ms)
+                acc, ok = stream_part(start)
+                out[f.name] = (lw.finalize(acc), PRESENT) if ok else (None, INCOMPLETE)
+                continue
+            if batch is None or batch.cutoff_ms > T:
+                out[f.name] = (None, INCOMPLETE)
+                continue
+            field = layout.LIFETIME_FIELD if width is None else f"w:{width}"
+            vec_index = layout.batch_windows(view)[field].index(f)
+            parts = batch.windows[field]
+            days_late = (T - batch.cutoff_ms) // BATCH_TILE_MS
+            stream_acc, ok = stream_part(batch.cutoff_ms)
+            if width is None:
+                acc = lw.merge(parts[0][vec_index], stream_acc)
+                status = STALE if days_late > BATCH_TAIL_DAYS else PRESENT
+                out[f.name] = (lw.finalize(acc), status) if ok else (None, INCOMPLETE)
+                continue
+            if days_late > BATCH_TAIL_DAYS or not ok:
+                out[f.name] = (None, INCOMPLETE)
+                continue
+            tails = [parts[1 + i][vec_index] for i in range(days_late, BATCH_TAIL_DAYS)]
+            acc = lw.merge_all([parts[0][vec_index], *tails, stream_acc])
+            out[f.name] = (lw.finalize(acc), PRESENT)
+    return {name: out[name] for name in view.feature_names if name in out}
 
 
 class AsOfNotAlignedError(ValueError):
@@ -61,8 +180,6 @@ class WindowedRead:
 
 @lru_cache(maxsize=4)
 def _default_repo(path: str) -> Any:
-    from skewless.core.repo import load_repository
-
     return load_repository(path)
 
 
@@ -89,25 +206,9 @@ def _resolve(features: Iterable[Any] | str, repo: Any) -> dict[str, tuple[Featur
     return {n: (v, [f for f in v.feature_names if names is None or f in names]) for n, (v, names) in wanted.items()}
 
 
-def _refs(expr: Any) -> set[str]:
-    from skewless.core.dsl import BinOp, DaysSince, Ref
-
-    if isinstance(expr, Ref):
-        return {expr.feature}
-    if isinstance(expr, BinOp):
-        return _refs(expr.left) | _refs(expr.right)
-    if isinstance(expr, DaysSince):
-        return _refs(expr.ts)
-    return set()
-
-
 def _check_aligned(plan_view: FeatureView, as_of_ms: int) -> None:
     groups = layout.tile_groups(plan_view)
-    step = 1
-    for g in groups:
-        from math import lcm
-
-        step = lcm(step, g.tile_ms)
+    step = lcm(1, *(g.tile_ms for g in groups))
     if as_of_ms % step:
         before, after = as_of_ms - as_of_ms % step, as_of_ms - as_of_ms % step + step
         raise AsOfNotAlignedError(
@@ -136,11 +237,11 @@ def read_windowed(
     now = int(time.time() * 1000) if now_ms is None else int(now_ms)
     as_of_ms = None if as_of is None else to_epoch_ms(as_of)
     keys = [tuple(k) if isinstance(k, (tuple, list)) else (k,) for k in entity_keys]
-    plans: dict[str, list[layout.ReadPlan]] = {}
+    plans: dict[str, list[ReadPlan]] = {}
     for name, (view, _) in views.items():
         if as_of_ms is not None:
             _check_aligned(view, as_of_ms)
-        plans[name] = [layout.read_plan(project, view, key, as_of_ms) for key in keys]
+        plans[name] = [read_plan(project, view, key, as_of_ms) for key in keys]
 
     fetch: list[tuple[str, str]] = []  # (command, key), deduplicated, in pipeline order
     seen: set[str] = set()
@@ -172,7 +273,7 @@ def read_windowed(
         stale = as_of_ms is None and _is_stale(view, fetched, project, now)
         rows = []
         for key, plan in zip(keys, plans[name]):
-            values = layout.evaluate_read(plan, fetched, now)
+            values = evaluate_read(plan, fetched, now)
             if stale:
                 values = {f: (v, STALE if s == PRESENT else s) for f, (v, s) in values.items()}
             values.update(_derived(view, values, T))
@@ -182,21 +283,19 @@ def read_windowed(
 
 
 def _derived(view: FeatureView, values: Mapping[str, tuple[Any, str]], t: int) -> dict[str, tuple[Any, str]]:
-    from batch_jobs.pit import evaluate_derived  # the shared evaluator of derived expressions (§8)
-
     done: dict[str, tuple[Any, str]] = dict(values)
     pending = [f for f in view.features if isinstance(f, Derived)]
     while pending:
         progressed = False
         for f in list(pending):
-            inputs = _refs(f.expr)
+            inputs = set(refs(f.expr))
             if not inputs <= set(done):
                 continue
             statuses = [done[i][1] for i in inputs]
             if INCOMPLETE in statuses:
                 done[f.name] = (None, INCOMPLETE)
             else:
-                value = evaluate_derived(f.expr, {i: done[i][0] for i in inputs}, t)
+                value = evaluate(f.expr, {i: done[i][0] for i in inputs}, t)
                 done[f.name] = (value, STALE if STALE in statuses else PRESENT)
             pending.remove(f)
             progressed = True
@@ -215,10 +314,8 @@ def _progress(fields: Mapping[Any, Any]) -> dict[int, dict[str, Any]]:
 
 
 def _is_stale(view: FeatureView, fetched: Mapping[str, Any], project: str, now: int) -> bool:
-    """Older than the view's freshness SLA by the monitor's rule (one rule for reader and monitor):
-    :func:`skewless.monitoring.freshness.stream_status` over the source's progress hash and the store epoch."""
-    from skewless.monitoring.freshness import stream_status
-
+    """Older than the view's freshness SLA: :func:`skewless.core.staleness.stream_status` over the source's
+    progress hash and the store epoch."""
     if view.source.is_batch_only:
         return False
     epoch = fetched.get(layout.epoch_key(project))
@@ -226,4 +323,4 @@ def _is_stale(view: FeatureView, fetched: Mapping[str, Any], project: str, now: 
     return stream_status(view, fetched.get(layout.progress_key(project, view.source.name)) or {}, epoch, now) == STALE
 
 
-__all__ = ["AsOfNotAlignedError", "EntityValues", "WindowedRead", "read_windowed"]
+__all__ = ["AsOfNotAlignedError", "EntityValues", "ReadPlan", "WindowedRead", "evaluate_read", "read_plan", "read_windowed"]

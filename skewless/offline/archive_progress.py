@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 from skewless.core.dsl import EventSource
 from skewless.core.timeutil import MS_PER_DAY, td_ms, to_epoch_ms
+from skewless.offline.raw import dead_letter_table_name
 
 OFFSETS_PROP = "skewless.archive.offsets"
 PROGRESS_PROP = "skewless.archive.progress"
@@ -162,8 +163,6 @@ def archive_progress(catalog: Any, source: EventSource) -> ArchiveProgress:
     Batch-only sources answer ``state="batch-only"``; a source whose tables do not exist yet ``not-started``.
     """
     from pyiceberg.exceptions import NoSuchTableError
-
-    from skewless.archive.tables import dead_letter_table_name
 
     if source.is_batch_only:
         return ArchiveProgress(source.name, source.table, "batch-only")

@@ -1,4 +1,4 @@
-"""The batch path's Java code (``batch_jobs/java/src``), built into one jar for the Spark driver and executors.
+"""The Spark jar: the batch path's Java code (``batch_jobs/java/src``), built into one jar for the Spark driver and executors.
 
 It holds :data:`LOCAL_FS_CLASS`, a ``file:`` file system that sets permissions without forking ``chmod``
 (see ``NioRawLocalFileSystem.java``). The jar is compiled with the JDK's ``javac --release 17`` against
@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from skewless.config import PROJECT_ROOT
 from skewless.engines.javabuild import JavaProject
 
-JAVA_SRC = Path(__file__).resolve().parent / "java" / "src"
-JAR_DIR = Path(__file__).resolve().parent.parent / "infra" / ".cache" / "spark-java"
+JAVA_SRC = PROJECT_ROOT / "batch_jobs" / "java" / "src"
+JAR_DIR = PROJECT_ROOT / "infra" / ".cache" / "spark-java"
 LOCAL_FS_CLASS = "dev.skewless.spark.NioLocalFileSystem"
 
 

@@ -1,9 +1,9 @@
-"""Iceberg tables of the batch path: names, creation, schema checks, the runs log and the archive gate.
+"""Iceberg tables of the offline store (batch job and training): names, creation, schema checks and the runs log.
 
 Per feature view version ``<view>_v<n>`` in namespace ``features`` (all in catalog ``skewless``):
 
 - ``<view>_v<n>_daily_tiles``  keys, ``day`` DATE, one intermediate column per batch-served aggregation
-  (see :mod:`batch_jobs.spark_compiler`), ``raw_snapshot_id``; partitioned by ``day``.
+  (see :mod:`skewless.offline.spark_compiler`), ``raw_snapshot_id``; partitioned by ``day``.
 - ``<view>_v<n>_serving``      keys, ``entity_tag``, ``cutoff_ms``, ``run_id``, one string column per batch
   field of the layout (``w_<W ms>``, ``w_life``) holding the exact Redis hash value; partitioned by
   ``cutoff_ms``.
@@ -18,7 +18,6 @@ from datetime import date, datetime, timezone
 from typing import Any, Mapping
 
 from skewless.config import ICEBERG_CATALOG_NAME
-from skewless.core.dsl import EventSource
 
 DEFAULT_NAMESPACE = "features"
 CATALOG = ICEBERG_CATALOG_NAME
@@ -204,31 +203,6 @@ def pyiceberg_catalog(spark: Any) -> Any:
         _PYICEBERG[key] = load_catalog(catalog_db=uri.removeprefix("jdbc:sqlite:"),
                                        warehouse=warehouse.removeprefix("file://"))
     return _PYICEBERG[key]
-
-
-def check_archive(spark: Any, source: EventSource, cutoff: int, catalog: Any | None = None) -> str:
-    """Raise :class:`ArchiveNotCompleteError` unless the archive of ``source`` is complete past the cut-off
-    plus the allowed lateness (``skewless.archive.progress``: ``complete_until_ms`` already subtracts the
-    lateness, so the rule is ``complete_until_ms >= C``). Returns a short note for the log."""
-    from skewless.archive.progress import archive_progress
-
-    progress = archive_progress(catalog if catalog is not None else pyiceberg_catalog(spark), source)
-    when = datetime.fromtimestamp(cutoff / 1000, timezone.utc).isoformat()
-    if progress.state == "batch-only":
-        return f"{source.name} is batch-only: no archive gate"
-    if progress.state == "stopped":
-        raise ArchiveNotCompleteError(f"the archive of {source.name} is stopped ({progress.stopped_reason}); "
-                                      "fix it before running the batch")
-    if progress.state == "not-started" or progress.complete_until_ms is None:
-        raise ArchiveNotCompleteError(f"the archive of {source.name} has no progress yet ({progress.state}): "
-                                      f"cannot tell whether events before {when} are all in {source.table}")
-    if not progress.is_complete_until(cutoff):
-        until = datetime.fromtimestamp(progress.complete_until_ms / 1000, timezone.utc).isoformat()
-        raise ArchiveNotCompleteError(
-            f"the archive of {source.name} is complete until {until} (newest event time minus the allowed lateness "
-            f"{source.allowed_lateness}); the run needs {when}. Wait for the archive, or pass --force for closed "
-            "history / static data")
-    return f"archive complete until {progress.complete_until_ms} >= cut-off {cutoff}"
 
 
 # --- output tables -----------------------------------------------------------------------------------

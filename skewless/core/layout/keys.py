@@ -1,0 +1,173 @@
+"""Key names of the online store and which aggregation lives in which key (see :mod:`skewless.core.layout`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from skewless.core import laws
+from skewless.core.dsl import Agg, Aggregation, Entity, FeatureView, KeyType, SnapshotView
+from skewless.core.routing import BATCH_TILE_MS, STREAM_DAILY_TILE_RETENTION_MS, is_stream_served
+from skewless.core.timeutil import MS_PER_HOUR, default_tile_ms, td_ms
+
+LAYOUT_VERSION = 1
+TILE_RETENTION_SLACK_MS = MS_PER_HOUR  # beyond W + H (+ the source's clock-skew tolerance)
+LIFETIME_FIELD = "w:life"
+# The view-level record of the newest fully materialized batch run (a field of the view meta hash): written after
+# every entity's batch hash of that run, so a reader that finds no hash (or an older one) for an entity knows the
+# run had no events of it.
+META_BATCH_CUTOFF = "batch_cutoff_ms"
+ESCAPES = {"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"}  # in entity key text; "%" first (the escapes hold it)
+ESCAPE_TABLE = str.maketrans(ESCAPES)
+needs_escape = re.compile("[%:{},]").search  # no match: the text is its own escaped form
+_FORBIDDEN_IN_NAMES = set(":{}%, \t\r\n")
+
+
+# --- names and entity keys -------------------------------------------------------------------------------
+
+
+def check_name(name: str, what: str) -> str:
+    """A project, view or source name usable in keys: non-empty, without ``: { } % ,`` or whitespace."""
+    if not isinstance(name, str) or not name or set(name) & _FORBIDDEN_IN_NAMES:
+        raise ValueError(f"{what} name {name!r} must be non-empty without ':', '{{', '}}', '%', ',' or whitespace")
+    return name
+
+
+def encode_entity_key(entity: Entity, key: Sequence[Any]) -> str:
+    """Stable typed text of an entity key: ``s=<escaped string>`` or ``i=<int64>`` per join key, joined by
+    ',' (so the string "7" and the integer 7 differ; ':', '{', '}', ',' and '%' are %-escaped)."""
+    key = tuple(key)
+    if len(key) != len(entity.join_keys):
+        raise ValueError(f"entity {entity.name} has {len(entity.join_keys)} join keys, got {len(key)} values: {key!r}")
+    parts = []
+    for (name, ktype), value in zip(entity.join_keys, key):
+        if KeyType(ktype) is KeyType.STRING:
+            if not isinstance(value, str):
+                raise TypeError(f"join key {name} is a string, got {value!r}")
+            parts.append("s=" + value.translate(ESCAPE_TABLE))
+        else:
+            if isinstance(value, bool) or not isinstance(value, int) or not laws.INT64_MIN <= value <= laws.INT64_MAX:
+                raise TypeError(f"join key {name} is an int64, got {value!r}")
+            parts.append(f"i={value}")
+    return ",".join(parts)
+
+
+def decode_entity_key(text: str) -> tuple[str | int, ...]:
+    """Inverse of :func:`encode_entity_key`."""
+    out: list[str | int] = []
+    for part in text.split(","):
+        kind, _, body = part.partition("=")
+        if kind == "i":
+            out.append(int(body))
+        elif kind == "s":
+            value, i = [], 0
+            while i < len(body):
+                if body[i] == "%":
+                    value.append(chr(int(body[i + 1:i + 3], 16)))
+                    i += 3
+                else:
+                    value.append(body[i])
+                    i += 1
+            out.append("".join(value))
+        else:
+            raise ValueError(f"not an encoded entity key: {text!r}")
+    return tuple(out)
+
+
+# --- keys --------------------------------------------------------------------------------------------------
+
+
+def store_prefix(project: str) -> str:
+    return f"{check_name(project, 'project')}:v{LAYOUT_VERSION}"
+
+
+def view_prefix(project: str, view: FeatureView | SnapshotView) -> str:
+    return f"{store_prefix(project)}:{check_name(view.name, 'view')}:v{int(view.version)}"
+
+
+def entity_prefix(project: str, view: FeatureView | SnapshotView, entity_key: Sequence[Any]) -> str:
+    return f"{view_prefix(project, view)}:{{{encode_entity_key(view.entity, entity_key)}}}"
+
+
+def epoch_key(project: str) -> str:
+    return f"{store_prefix(project)}:epoch"
+
+
+def progress_key(project: str, source_name: str) -> str:
+    return f"{store_prefix(project)}:progress:{check_name(source_name, 'source')}"
+
+
+def view_meta_key(project: str, view: FeatureView | SnapshotView) -> str:
+    return f"{view_prefix(project, view)}:meta"
+
+
+def tile_key(project: str, view: FeatureView, entity_key: Sequence[Any], tile_ms: int) -> str:
+    return f"{entity_prefix(project, view, entity_key)}:t:{int(tile_ms)}"
+
+
+def batch_key(project: str, view: FeatureView, entity_key: Sequence[Any]) -> str:
+    return f"{entity_prefix(project, view, entity_key)}:b"
+
+
+def snapshot_key(project: str, view: SnapshotView, entity_key: Sequence[Any]) -> str:
+    return f"{entity_prefix(project, view, entity_key)}:s"
+
+
+# --- which aggregation lives where ---------------------------------------------------------------------------
+
+
+def width_ms_of(aggregation: Aggregation) -> int | None:
+    return None if aggregation.window.width is None else td_ms(aggregation.window.width)
+
+
+def tile_ms_of(aggregation: Aggregation) -> int:
+    """The aggregation's stream tile: its window's H when stream-served, else the daily tile."""
+    width = width_ms_of(aggregation)
+    if not is_stream_served(width):
+        return BATCH_TILE_MS
+    return td_ms(aggregation.window.tile) if aggregation.window.tile is not None else default_tile_ms(width)
+
+
+@dataclass(frozen=True)
+class TileGroup:
+    """The aggregations stored in one tile hash (one tile size), in vector order, and its retention."""
+
+    tile_ms: int
+    aggregations: tuple[Aggregation, ...]
+    retention_ms: int
+
+    @property
+    def aggs(self) -> tuple[Agg, ...]:
+        return tuple(Agg(a.agg) for a in self.aggregations)
+
+
+def stream_tile_retention_ms(width_ms: int | None, tile_ms: int, clock_skew_ms: int) -> int:
+    """How far behind the newest tile of a hash a tile is kept: W + H + slack + clock-skew tolerance for
+    stream-served windows, :data:`STREAM_DAILY_TILE_RETENTION_MS` for daily tiles after a batch cut-off."""
+    if is_stream_served(width_ms):
+        return width_ms + tile_ms + TILE_RETENTION_SLACK_MS + clock_skew_ms  # type: ignore[operator]
+    return STREAM_DAILY_TILE_RETENTION_MS
+
+
+def tile_groups(view: FeatureView) -> tuple[TileGroup, ...]:
+    """The view's tile hashes, by tile size ascending."""
+    skew = td_ms(view.source.clock_skew_tolerance)
+    groups: dict[int, list[Aggregation]] = {}
+    for f in view.features:
+        if isinstance(f, Aggregation):
+            groups.setdefault(tile_ms_of(f), []).append(f)
+    return tuple(
+        TileGroup(tile, tuple(aggs), max(stream_tile_retention_ms(width_ms_of(a), tile, skew) for a in aggs))
+        for tile, aggs in sorted(groups.items())
+    )
+
+
+def batch_windows(view: FeatureView) -> dict[str, tuple[Aggregation, ...]]:
+    """Batch-hash field -> aggregations (vector order) for the view's batch-served windows."""
+    out: dict[str, list[Aggregation]] = {}
+    for f in view.features:
+        if isinstance(f, Aggregation) and not is_stream_served(width_ms_of(f)):
+            width = width_ms_of(f)
+            out.setdefault(LIFETIME_FIELD if width is None else f"w:{width}", []).append(f)
+    return {k: tuple(v) for k, v in out.items()}
