@@ -36,6 +36,22 @@ from skewless.core.repo import Repository
 from skewless.core.schemas import schema_path
 from streaming_jobs.udf import FUNCTION_CLASS, FUNCTION_NAME
 
+# A streaming job's Flink name: this prefix + the names of the views it computes, joined by "-" (view names
+# never contain "-": skewless.core.validation.NAME_RE). `skewless submit` reads the views back from it.
+STREAM_JOB_PREFIX = "skewless-stream-"
+
+
+def stream_job_name(views: Iterable[str]) -> str:
+    """The Flink job name of a streaming job computing ``views``."""
+    return STREAM_JOB_PREFIX + "-".join(views)
+
+
+def views_of_stream_job(name: str) -> frozenset[str]:
+    """The feature views a streaming job computes, from its Flink job name (empty if not a skewless stream job)."""
+    if not name.startswith(STREAM_JOB_PREFIX):
+        return frozenset()
+    return frozenset(v for v in name.removeprefix(STREAM_JOB_PREFIX).split("-") if v)
+
 ENGINE = "flink"
 # Views the job materialises once (Table -> DataStream -> Table, all in the JVM) so that every consumer
 # shares one copy: within one query the planner would otherwise copy them per consumer. The shared copy is

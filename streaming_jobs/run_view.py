@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JVM_ARGS", "-XX:+UseParallelGC")
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
-    from streaming_jobs.flink_compiler import compile_repository
+    from streaming_jobs.flink_compiler import compile_repository, stream_job_name
     from streaming_jobs.job import JobOptions, add_source_job
 
     repo = load_repository(args.repo)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap=args.bootstrap, redis_url=args.redis, project=args.project, repo_path=args.repo, topic=args.topic,
             starting_offsets=args.starting_offsets, group=args.group, bounded=args.bounded,
             applied_from_ms=args.applied_from_ms, flush_ms=args.flush_ms))
-    env.execute(args.name or f"skewless-stream-{'-'.join(v for j in jobs for v in j.views)}")
+    env.execute(args.name or stream_job_name(v for j in jobs for v in j.views))
     return 0
 
 

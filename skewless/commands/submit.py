@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from skewless.commands import CommandError, positive_int
 from skewless.commands.jobs import ACTIVE_STATES, describe
+from streaming_jobs.flink_compiler import views_of_stream_job
 
 if TYPE_CHECKING:
     from skewless.stack.flink import FlinkSessionCluster
 
 NAME = "submit"
 HELP = "submit the streaming job of a feature view (or all) to the local Flink session cluster"
-# streaming_jobs/run_view.py names its job "skewless-stream-" + the view names joined by "-" (view names never
-# contain "-": skewless.core.validation.NAME_RE)
-JOB_NAME_PREFIX = "skewless-stream-"
 CANCEL_TIMEOUT_S = 120.0
 
 
@@ -41,17 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="more run_view.py arguments (everything after --extra)")
 
 
-def views_of_job(name: str) -> frozenset[str]:
-    """The feature views a streaming job computes, from its Flink job name (empty if not a skewless stream job)."""
-    if not name.startswith(JOB_NAME_PREFIX):
-        return frozenset()
-    return frozenset(v for v in name.removeprefix(JOB_NAME_PREFIX).split("-") if v)
-
-
 def conflicting_jobs(jobs: Iterable[dict[str, Any]], views: Sequence[str]) -> list[dict[str, Any]]:
     """The active jobs (``/jobs/overview`` entries) that already compute any of ``views``, oldest first."""
     wanted = set(views)
-    return sorted((j for j in jobs if j.get("state") in ACTIVE_STATES and views_of_job(j.get("name", "")) & wanted),
+    return sorted((j for j in jobs if j.get("state") in ACTIVE_STATES and views_of_stream_job(j.get("name", "")) & wanted),
                   key=lambda j: j.get("start-time", 0))
 
 
@@ -74,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         first = running[0]
         more = f" (and {len(running) - 1} more)" if len(running) > 1 else ""
         raise CommandError(
-            f"{describe(first)}{more} already computes {', '.join(sorted(views_of_job(first['name']) & set(views)))}; "
+            f"{describe(first)}{more} already computes {', '.join(sorted(views_of_stream_job(first['name']) & set(views)))}; "
             "a second job would compute the same features again (two writers on the same online keys)",
             f"`skewless submit {args.view} --replace` cancels it and submits again; `skewless jobs --cancel "
             f"{first['jid']}` only cancels it")
@@ -101,7 +92,7 @@ def replace(cluster: FlinkSessionCluster, job: dict[str, Any], views: Sequence[s
     A plain cancel: the cluster client has no stop-with-savepoint and the new job cannot be started from a
     savepoint, so the new job rebuilds its windows from Kafka (``--starting-offsets``) instead.
     """
-    others = sorted(views_of_job(job["name"]) - set(views))
+    others = sorted(views_of_stream_job(job["name"]) - set(views))
     restart = ("rebuilds its windows from the start of the topic" if starting_offsets == "earliest" else
                f"starts at the {starting_offsets} offsets without the old job's window state")
     print(f"skewless submit: --replace: cancelling {describe(job)}; a plain cancel, not stop-with-savepoint: the "

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from skewless import config
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, iso_ms, td_ms
 from skewless.e2e.pipeline import Log, Phases, create_topic, day_of, end_offsets, read_topic, stream_progress
+from streaming_jobs.flink_compiler import views_of_stream_job
 
 HISTORY_EVENTS = 24_000
 USERS = 400
@@ -170,7 +171,7 @@ class Demo:
         from skewless.stack.flink import FlinkSessionCluster
 
         running = [j for j in FlinkSessionCluster().list_jobs()
-                   if j.get("state") == "RUNNING" and j.get("name", "").startswith("skewless-stream-user_order_stats")]
+                   if j.get("state") == "RUNNING" and "user_order_stats" in views_of_stream_job(j.get("name", ""))]
         if running:
             return f"already running: job {running[0]['jid']}"
         if _skewless("submit", "user_order_stats", log=self.log) != 0:

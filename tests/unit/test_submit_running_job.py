@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from skewless.cli import main
-from skewless.commands.submit import conflicting_jobs, views_of_job
+from skewless.commands.submit import conflicting_jobs
+from streaming_jobs.flink_compiler import views_of_stream_job as views_of_job
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = str(ROOT / "feature_defs")
