@@ -29,7 +29,7 @@ from skewless.stack.archive import PREFIX as ARCHIVE_PREFIX
 from skewless.stack.archive import ArchiveProcess, archive_services, ensure_source_topics, is_archive_service
 from skewless.stack.base import Service, StackError, Started, port_in_use
 from skewless.stack.cluster import SERVICE_NAMES as CLUSTER_SERVICE_NAMES
-from skewless.stack.cluster import NodeService, check_topology, cluster_service, cluster_services
+from skewless.stack.cluster import KafkaCluster, NodeService, check_topology, cluster_service, cluster_services
 from skewless.stack.kafka import KafkaBroker, kafka_jars
 from skewless.stack.procs import fmt_mib, log_tail, pid_alive, rss_bytes, same_process, start_time, stop_pids
 from skewless.stack.redis import RedisServer
@@ -288,8 +288,9 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout, topo
             print(f"stack: started {svc.name} (pid {', '.join(map(str, started.pids))}, log {started.log_file})", file=out)
         _await_healthy(pairs, out)
         kafka = next((s for s in services if isinstance(s, KafkaBroker)), None)
-        if with_archive and kafka is not None:
-            _start_archives(kafka, pairs, paths.state, paths.logs, out)
+        kafka = kafka or next((s.brokers[0] for s in services if isinstance(s, KafkaCluster)), None)
+        if with_archive and kafka is not None:  # on the cluster, archives bootstrap from its first broker
+            _start_archives(kafka, pairs, paths.state, paths.logs, out, topology)
     except _ServiceFailed as failure:
         print(f"stack: FAILED: {failure}", file=out)
         if failure.started is not None:
@@ -311,7 +312,7 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout, topo
 
 
 def _start_archives(kafka: KafkaBroker, pairs: list[tuple[Service, Started]], state: Path, logs: Path,
-                    out: TextIO) -> None:
+                    out: TextIO, topology: str = "single") -> None:
     """After Kafka is healthy: create the Kafka-fed sources' topics, start one archive process per source,
     record each at once and wait until they are healthy (raises _ServiceFailed like any service)."""
     try:
@@ -329,7 +330,7 @@ def _start_archives(kafka: KafkaBroker, pairs: list[tuple[Service, Started]], st
             raise _ServiceFailed(svc, None, f"could not start: {exc}") from exc
         pairs.append((svc, started))
         started_now.append((svc, started))
-        write_record([record_entry(s, st) for s, st in pairs])
+        write_record([record_entry(s, st) for s, st in pairs], topology)
         print(f"stack: started {svc.name} (pid {', '.join(map(str, started.pids))}, log {started.log_file})", file=out)
     _await_healthy(started_now, out)
 
