@@ -72,6 +72,9 @@ class ParityConfig:
     sample: int = 30  # entities compared (plus one never seen)
     instants: int = 12  # training instants per entity (plus the day edges and "now")
     keep: bool = False  # keep the Redis keys (the topic and catalog always stay for inspection)
+    # records/s produced while the stream runs (fault tests: the job writes while records still arrive);
+    # None: every record is produced before the stream starts
+    produce_rate: float | None = None
 
 
 @dataclass
@@ -85,6 +88,7 @@ class RunContext:
     records: int
     log: Log
     day: Any = None
+    produced: int = 0  # records sent so far (grows during the stream with ``produce_rate``)
 
 
 class Faults:
@@ -320,20 +324,35 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     records, manifest = phases.run("generate", lambda: generate_stream(cfg, source, now0),
                                    lambda r: json.dumps(r[1].counts))
     create_topic(targets.bootstrap, topic, cfg.partitions)
-    delivery = phases.run("produce -> Kafka", lambda: produce_records(targets.bootstrap, topic, records),
-                          lambda d: f"{d.delivered} records")
+    client = targets.redis()
+    faults = faults or Faults()
+    ctx = RunContext(targets, repo, topic, project, len(records), log)
+    stop_offsets = None
+    if cfg.produce_rate is None:
+        delivery = phases.run("produce -> Kafka", lambda: produce_records(targets.bootstrap, topic, records),
+                              lambda d: f"{d.delivered} records")
+        ctx.produced = len(records)
+    else:  # the job stops at the offsets the whole run will reach (a fresh topic, one producer, no transactions)
+        stop_offsets = {p: sum(1 for r in records if r.partition == p) for p in range(cfg.partitions)}
+        production: dict[str, Any] = {}
+        producer = threading.Thread(target=_produce_during_stream, name="parity-producer", daemon=True,
+                                    args=(ctx, records, cfg.produce_rate, source.name, production))
+        producer.start()
+    injector = threading.Thread(target=faults.during_stream, args=(ctx,), name="fault-during-stream", daemon=True)
+    injector.start()
+    phases.run(f"stream (Flink {targets.flink}) -> Redis", lambda: run_stream_bounded(
+        targets, FEATURE_VIEW, topic, project, log, stop_offsets=stop_offsets))
+    injector.join(600)
+    if cfg.produce_rate is not None:
+        producer.join(600)
+        if "report" not in production:
+            raise RuntimeError(f"producing during the stream failed: {production.get('error', 'timed out')}")
+        delivery = production["report"]
+        log(f"produced {delivery.delivered} records during the stream ({cfg.produce_rate:g}/s after the job's first write)")
     raw = read_topic(targets.bootstrap, topic)
     result = admit(raw, source, validator(source.schema), key_fields=view.entity.key_names)
     admitted, offline = list(result.admitted), list(result.offline)
     report.counts = {"records": len(raw), **result.counts(), "offline": len(offline)}
-
-    client = targets.redis()
-    faults = faults or Faults()
-    ctx = RunContext(targets, repo, topic, project, len(raw), log)
-    injector = threading.Thread(target=faults.during_stream, args=(ctx,), name="fault-during-stream", daemon=True)
-    injector.start()
-    phases.run(f"stream (Flink {targets.flink}) -> Redis", lambda: run_stream_bounded(targets, FEATURE_VIEW, topic, project, log))
-    injector.join(600)
     progress = stream_progress(client, project, source.name)
     consumed = sum(p.get("records", 0) for p in progress.values())
     report.checks.append(Check("stream consumed every record", consumed == len(raw),
@@ -384,6 +403,36 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
         delete_project_keys(client, project)
     report.timings = phases.timings
     return report
+
+
+def _produce_during_stream(ctx: RunContext, records: Sequence[Any], rate: float, source: str, out: dict[str, Any]) -> None:
+    """Produce the first 5% of ``records`` at once, then, once the streaming job wrote its first records (its
+    progress in Redis), the rest at ``rate`` records/s: the job keeps writing while records arrive, so a fault
+    injected after its first write lands before its last. ``out["report"]`` (or ``out["error"]``)."""
+    from skewless.producer.kafka_producer import produce_records
+
+    def sent(_: Any, __: int) -> None:
+        ctx.produced += 1
+
+    try:
+        head = max(1, len(records) // 20)
+        report = produce_records(ctx.targets.bootstrap, ctx.topic, records[:head], on_sent=sent)
+        client, deadline = ctx.targets.redis(), time.monotonic() + 900
+
+        def written() -> bool:
+            try:
+                return any(p.get("records", 0) for p in stream_progress(client, ctx.project, source).values())
+            except Exception:  # noqa: BLE001 - Redis restarting (a fault test): not yet
+                return False
+
+        while time.monotonic() < deadline and not written():
+            time.sleep(0.2)
+        rest = produce_records(ctx.targets.bootstrap, ctx.topic, records[head:], rate=rate, on_sent=sent)
+        report.delivered += rest.delivered
+        report.positions.update(rest.positions)
+        out["report"] = report
+    except Exception as exc:  # noqa: BLE001 - reported by the run
+        out["error"] = exc
 
 
 def _records_after_backfill(cfg: ParityConfig, offline: Sequence[Mapping[str, Any]], users: Sequence[str], cutoff: int,
