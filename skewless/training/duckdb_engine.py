@@ -577,7 +577,6 @@ def _ident(table: str) -> str:
     return table.removeprefix("skewless.")
 
 
-
 class _PreparedFeatureView:
     """A feature view's tiles and prefix loaded once; offline events loaded per request chunk."""
 

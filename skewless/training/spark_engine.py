@@ -3,8 +3,9 @@
 Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the offline events are the
 batch path's compiled ``offline`` statement (:class:`batch_jobs.spark_compiler.SparkBatchJob`) over the
 raw table pinned at its current snapshot (the tiles of days that received rows after the newest run's
-snapshot are computed again from it with the batch job's ``tiles`` statement); whole days come from prefix aggregates of the daily tiles,
-looked up "as of" a day with a union + ``last(..., true)`` window (Spark has no ASOF join); windowed
+snapshot are computed again from it with the batch job's ``tiles`` statement); whole days come from
+prefix aggregates of the daily tiles, looked up "as of" a day with a union + ``last(..., true)`` window
+(Spark has no ASOF join); windowed
 MIN/MAX/LAST tiles by a range join over the window's days; head and stream-served windows by an
 equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
