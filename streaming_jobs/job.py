@@ -26,6 +26,8 @@ class JobOptions:
     starting_offsets: str = "earliest"  # earliest | latest | group
     group: str | None = None
     bounded: bool = False  # stop at the offsets that were latest at start (tests)
+    # stop once every partition reached its offset here (tests; records may still be produced after the start)
+    stop_offsets: dict[int, int] | None = None
     ns: str | None = None  # table-name namespace (unique per job in a shared MiniCluster)
     applied_from_ms: int | None = None  # default: from the topic's low watermarks (see applied_from)
     flush_rows: int = 2000
@@ -93,6 +95,11 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     create_topics(options.bootstrap, {dl_topic: max(1, partitions)})
     extra = kafka_source_options(kafka_client_properties("flink"))
     extra += ", 'scan.bounded.mode' = 'latest-offset'" if options.bounded else ""
+    if options.stop_offsets is not None:
+        if set(options.stop_offsets) != set(range(partitions)):
+            raise ValueError(f"stop offsets name partitions {sorted(options.stop_offsets)}; {topic} has {partitions}")
+        offsets = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(options.stop_offsets.items()))
+        extra += f", 'scan.bounded.mode' = 'specific-offsets', 'scan.bounded.specific-offsets' = '{offsets}'"
     statements, query = job.render(ns=ns, topic=topic, bootstrap=options.bootstrap,
                                    group=options.group or f"skewless-{job.source}", startup_mode=_STARTUP[options.starting_offsets],
                                    extra_source_options=extra)

@@ -37,11 +37,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mini-batch-latency", default=DEFAULT_MINI_BATCH)
     p.add_argument("--mini-batch-size", type=int, default=100_000)
     p.add_argument("--bounded", action="store_true", help="stop at the offsets that were latest at start")
+    p.add_argument("--stop-offsets", default=None, type=parse_stop_offsets,
+                   help="stop at these offsets, 'PARTITION:OFFSET,...' for every partition (records may arrive later)")
     p.add_argument("--flush-ms", type=int, default=200)
     p.add_argument("--buffer-timeout-ms", type=int, default=None, help="network buffer timeout (10 for freshness)")
     p.add_argument("--applied-from-ms", type=int, default=None)
     p.add_argument("--name", default=None, help="Flink job name (default skewless-stream-<views>)")
     return p.parse_args(argv)
+
+
+def parse_stop_offsets(text: str) -> dict[int, int]:
+    """``"0:120,1:300"`` as ``{0: 120, 1: 300}``."""
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        out = {int(p): int(o) for p, o in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--stop-offsets {text!r}: expected PARTITION:OFFSET,... (integers)") from None
+    if not out or any(p < 0 or o < 0 for p, o in out.items()):
+        raise argparse.ArgumentTypeError(f"--stop-offsets {text!r}: expected PARTITION:OFFSET,... (non-negative)")
+    return out
 
 
 def stream_conf(mini_batch_latency: str = DEFAULT_MINI_BATCH, mini_batch_size: int = 100_000,
@@ -93,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         add_source_job(env, t_env, job, JobOptions(
             bootstrap=args.bootstrap, redis_url=args.redis, project=args.project, repo_path=args.repo, topic=args.topic,
             starting_offsets=args.starting_offsets, group=args.group, bounded=args.bounded,
-            applied_from_ms=args.applied_from_ms, flush_ms=args.flush_ms))
+            stop_offsets=args.stop_offsets, applied_from_ms=args.applied_from_ms, flush_ms=args.flush_ms))
     env.execute(args.name or stream_job_name(v for j in jobs for v in j.views))
     return 0
 

@@ -12,6 +12,9 @@ every path compared with the contract's oracle.
      edges, day edges and TTL edges,
    against the oracle over the offline set (offline paths) and over the admitted events (online; batch
    windows: offline before the cut-off + admitted after it, docs/semantics.md §9-10);
+   training paths after more records were archived (a raw snapshot newer than the backfill's, never
+   streamed): new orders after the cut-off, late events for days the backfill covered, a copy of an
+   archived event; the training sets must count them (all but the copy) like the oracle;
 4. the dead-letter sinks: the Kafka dead-letter topic and the archive's dead-letter table hold exactly the
    injected malformed / late / future records.
 
@@ -70,6 +73,9 @@ class ParityConfig:
     sample: int = 30  # entities compared (plus one never seen)
     instants: int = 12  # training instants per entity (plus the day edges and "now")
     keep: bool = False  # keep the Redis keys (the topic and catalog always stay for inspection)
+    # records/s produced while the stream runs (fault tests: the job writes while records still arrive);
+    # None: every record is produced before the stream starts
+    produce_rate: float | None = None
 
 
 @dataclass
@@ -83,6 +89,7 @@ class RunContext:
     records: int
     log: Log
     day: Any = None
+    produced: int = 0  # records sent so far (grows during the stream with ``produce_rate``)
 
 
 class Faults:
@@ -316,20 +323,35 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     records, manifest = phases.run("generate", lambda: generate_stream(cfg, source, now0),
                                    lambda r: json.dumps(r[1].counts))
     create_topic(targets.bootstrap, topic, cfg.partitions)
-    delivery = phases.run("produce -> Kafka", lambda: produce_records(targets.bootstrap, topic, records),
-                          lambda d: f"{d.delivered} records")
+    client = targets.redis()
+    faults = faults or Faults()
+    ctx = RunContext(targets, repo, topic, project, len(records), log)
+    stop_offsets = None
+    if cfg.produce_rate is None:
+        delivery = phases.run("produce -> Kafka", lambda: produce_records(targets.bootstrap, topic, records),
+                              lambda d: f"{d.delivered} records")
+        ctx.produced = len(records)
+    else:  # the job stops at the offsets the whole run will reach (a fresh topic, one producer, no transactions)
+        stop_offsets = {p: sum(1 for r in records if r.partition == p) for p in range(cfg.partitions)}
+        production: dict[str, Any] = {}
+        producer = threading.Thread(target=_produce_during_stream, name="parity-producer", daemon=True,
+                                    args=(ctx, records, cfg.produce_rate, source.name, production))
+        producer.start()
+    injector = threading.Thread(target=faults.during_stream, args=(ctx,), name="fault-during-stream", daemon=True)
+    injector.start()
+    phases.run(f"stream (Flink {targets.flink}) -> Redis", lambda: run_stream_bounded(
+        targets, FEATURE_VIEW, topic, project, log, stop_offsets=stop_offsets))
+    injector.join(600)
+    if cfg.produce_rate is not None:
+        producer.join(600)
+        if "report" not in production:
+            raise RuntimeError(f"producing during the stream failed: {production.get('error', 'timed out')}")
+        delivery = production["report"]
+        log(f"produced {delivery.delivered} records during the stream ({cfg.produce_rate:g}/s after the job's first write)")
     raw = read_topic(targets.bootstrap, topic)
     result = admit(raw, source, validator(source.schema), key_fields=view.entity.key_names)
     admitted, offline = list(result.admitted), list(result.offline)
     report.counts = {"records": len(raw), **result.counts(), "offline": len(offline)}
-
-    client = targets.redis()
-    faults = faults or Faults()
-    ctx = RunContext(targets, repo, topic, project, len(raw), log)
-    injector = threading.Thread(target=faults.during_stream, args=(ctx,), name="fault-during-stream", daemon=True)
-    injector.start()
-    phases.run(f"stream (Flink {targets.flink}) -> Redis", lambda: run_stream_bounded(targets, FEATURE_VIEW, topic, project, log))
-    injector.join(600)
     progress = stream_progress(client, project, source.name)
     consumed = sum(p.get("records", 0) for p in progress.values())
     report.checks.append(Check("stream consumed every record", consumed == len(raw),
@@ -360,19 +382,122 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     sample = heavy + rng.sample(rest, min(len(rest), cfg.sample - len(heavy))) + [UNKNOWN_USER]
 
     phases.run("compare online", lambda: _compare_online(report, expected, client, project, repo, sample, end_ms, cutoff))
+    # records archived after the backfill's raw snapshot (never streamed, not in the materialized run): training
+    # sets count them (docs/semantics.md §10), also those for days the run's tiles cover (issue 19)
+    late_records = _records_after_backfill(cfg, offline, heavy[:2], cutoff, end_ms, len(records))
+    late_offline = phases.run("archive after the backfill", lambda: _archive_after_backfill(
+        report, targets, source, topic, view, late_records, len(offline)), lambda o: f"{len(late_records)} records")
+    expected.offline = _by_user(late_offline)
     requests = _training_requests(expected, sample, rng, cfg.instants, first_day, end_ms, cutoff, snap)
+    requests += _requests_around(late_records, first_day, cutoff)
     for engine, path in (("duckdb", TRAIN_DUCKDB), ("spark", TRAIN_SPARK)):
         phases.run(f"compare training ({engine})",
                    lambda: _compare_training(report, expected, repo, targets, catalog, requests, engine, path),
                    lambda _: f"{len(requests)} rows")
     phases.run("dead-letter sinks", lambda: _check_dead_letters(report, targets, catalog, source, topic, records, manifest,
-                                                                delivery.positions, result))
+                                                                delivery.positions, result, len(late_records)))
     if report.mismatches:
         _shrink(report, expected, repo, targets, catalog)
     if not cfg.keep:
         delete_project_keys(client, project)
     report.timings = phases.timings
     return report
+
+
+def _produce_during_stream(ctx: RunContext, records: Sequence[Any], rate: float, source: str, out: dict[str, Any]) -> None:
+    """Produce the first 5% of ``records`` at once, then, once the streaming job wrote its first records (its
+    progress in Redis), the rest at ``rate`` records/s: the job keeps writing while records arrive, so a fault
+    injected after its first write lands before its last. ``out["report"]`` (or ``out["error"]``)."""
+    from skewless.producer.kafka_producer import produce_records
+
+    def sent(_: Any, __: int) -> None:
+        ctx.produced += 1
+
+    try:
+        head = max(1, len(records) // 20)
+        report = produce_records(ctx.targets.bootstrap, ctx.topic, records[:head], on_sent=sent)
+        client, deadline = ctx.targets.redis(), time.monotonic() + 900
+
+        def written() -> bool:
+            try:
+                return any(p.get("records", 0) for p in stream_progress(client, ctx.project, source).values())
+            except Exception:  # noqa: BLE001 - Redis restarting (a fault test): not yet
+                return False
+
+        while time.monotonic() < deadline and not written():
+            time.sleep(0.2)
+        rest = produce_records(ctx.targets.bootstrap, ctx.topic, records[head:], rate=rate, on_sent=sent)
+        report.delivered += rest.delivered
+        report.positions.update(rest.positions)
+        out["report"] = report
+    except Exception as exc:  # noqa: BLE001 - reported by the run
+        out["error"] = exc
+
+
+def _records_after_backfill(cfg: ParityConfig, offline: Sequence[Mapping[str, Any]], users: Sequence[str], cutoff: int,
+                            end_ms: int, first_seq: int) -> list[Any]:
+    """Records to archive after the backfill: per user, three `placed` orders just after the stream's last
+    event (the day after the cut-off), one late event on each of the two last days the backfill covered,
+    and a copy (same id and event time, another amount) of the user's first event (dropped offline)."""
+    from skewless.producer import generator
+
+    head = min(end_ms, cutoff + MS_PER_DAY - 30 * MS_PER_MINUTE) + MS_PER_MINUTE
+    out: list[Any] = []
+
+    def add(user: str, ts: int, status: str, amount: int, event_id: str | None = None) -> None:
+        key = user.encode()
+        seq = first_seq + len(out)
+        event_id = event_id or f"after-{cfg.seed}-{seq}"
+        payload = {"event_id": event_id, "user_id": user, "order_id": f"oa{cfg.seed}-{seq}", "amount": amount,
+                   "currency": "EUR", "status": status, "event_time": generator.iso_ms(ts)}
+        out.append(generator.GeneratedRecord(seq, generator.CLEAN, key, json.dumps(payload, separators=(",", ":")).encode(),
+                                             int(time.time() * 1000), generator.partition_for(key, cfg.partitions),
+                                             event_id))
+
+    for i, user in enumerate(u for u in users if any(e["user_id"] == u for e in offline)):
+        for k in range(3):
+            add(user, head + (3 * i + k) * MS_PER_MINUTE, "placed", 100 + k)
+        add(user, cutoff - MS_PER_DAY + 5 * MS_PER_HOUR + i * MS_PER_MINUTE, "completed", 2500)
+        add(user, cutoff - 2 * MS_PER_DAY + 13 * MS_PER_HOUR + i * MS_PER_MINUTE, "placed", 700)
+        first = min((e for e in offline if e["user_id"] == user), key=lambda e: (e["event_time"], e["event_id"]))
+        add(user, first["event_time"], first["status"], 999_999, first["event_id"])
+    return out
+
+
+def _archive_after_backfill(report: ParityReport, targets: Targets, source: Any, topic: str, view: FeatureView,
+                            late_records: Sequence[Any], offline_before: int) -> list[dict[str, Any]]:
+    """Produce ``late_records`` into the topic and archive them (a raw snapshot newer than the backfill's);
+    returns the offline set of the whole topic now."""
+    from skewless.core.admission import admit
+    from skewless.core.schemas import validator
+    from skewless.producer.kafka_producer import produce_records
+
+    produce_records(targets.bootstrap, topic, late_records)
+    archive_drain(targets, source, topic)
+    result = admit(read_topic(targets.bootstrap, topic), source, validator(source.schema),
+                   key_fields=view.entity.key_names)
+    offline = list(result.offline)
+    copies = sum(1 for r in late_records if not r.event_id.startswith("after-"))
+    added = len(offline) - offline_before
+    report.checks.append(Check("records archived after the backfill enter the offline set (copies dropped)",
+                               added == len(late_records) - copies,
+                               f"{added} of {len(late_records)} records ({copies} copies of archived events)"))
+    return offline
+
+
+def _requests_around(late_records: Sequence[Any], first_day: Any, cutoff: int) -> list[tuple[str, int]]:
+    """Training instants around the records archived after the backfill: at and 1 ms after each, and the start
+    of the next day (within the days the batch run serves)."""
+    from skewless.core.admission import parse_event_time
+
+    lo = (first_day.toordinal() - day_of(0).toordinal()) * MS_PER_DAY
+    out: set[tuple[str, int]] = set()
+    for r in late_records:
+        p = json.loads(r.value)
+        ts = parse_event_time(p["event_time"])
+        out |= {(p["user_id"], t) for t in (ts, ts + 1, ts // MS_PER_DAY * MS_PER_DAY + MS_PER_DAY)
+                if lo <= t < cutoff + MS_PER_DAY}
+    return sorted(out)
 
 
 def online_reader(client: Any, project: str, repo: Any) -> Callable[..., dict[str, list[tuple[Any, str]]]]:
@@ -489,7 +614,7 @@ def _shrink(report: ParityReport, expected: Expected, repo: Any, targets: Target
 
 
 def _check_dead_letters(report: ParityReport, targets: Targets, catalog: Any, source: Any, topic: str, records: Sequence[Any],
-                        manifest: Any, positions: Mapping[int, tuple[int, int]], result: Any) -> None:
+                        manifest: Any, positions: Mapping[int, tuple[int, int]], result: Any, archived_after: int = 0) -> None:
     from skewless.archive.tables import dead_letter_table_name
     from streaming_jobs.flink_compiler import dead_letter_topic
 
@@ -518,9 +643,10 @@ def _check_dead_letters(report: ParityReport, targets: Targets, catalog: Any, so
                                + ("" if archived == injected["malformed"] else
                                   f"; missing {sorted(injected['malformed'] - archived)[:5]}, extra {sorted(archived - injected['malformed'])[:5]}")))
     raw_rows = catalog.load_table(source.table).scan(selected_fields=("_kafka_partition",)).to_arrow().num_rows
-    want_rows = len(records) - len(injected["malformed"])
+    want_rows = len(records) - len(injected["malformed"]) + archived_after
     report.checks.append(Check("archive raw table = every other record, once", raw_rows == want_rows,
-                               f"{raw_rows} rows, {want_rows} well-formed records produced"))
+                               f"{raw_rows} rows, {want_rows} well-formed records produced "
+                               f"({archived_after} of them after the backfill)"))
 
 
 def format_report(report: ParityReport, view: FeatureView, snap: SnapshotView) -> str:

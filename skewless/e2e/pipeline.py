@@ -158,8 +158,10 @@ def stream_progress(client: Any, project: str, source: str) -> dict[int, dict[st
     return out
 
 
-def run_stream_bounded(targets: Targets, view: str, topic: str, project: str, log: Log) -> None:
-    """The compiled streaming job of ``view`` over ``topic`` from offset 0 to its current end (bounded)."""
+def run_stream_bounded(targets: Targets, view: str, topic: str, project: str, log: Log,
+                       stop_offsets: dict[int, int] | None = None) -> None:
+    """The compiled streaming job of ``view`` over ``topic`` from offset 0 to its current end (bounded), or to
+    ``stop_offsets`` per partition (records produced while the job runs)."""
     ckpt = targets.workdir / "checkpoints" / project
     group = f"e2e-{project}"
     if targets.flink == "session":
@@ -170,6 +172,8 @@ def run_stream_bounded(targets: Targets, view: str, topic: str, project: str, lo
                 "--redis", targets.redis_url, "--checkpoint-dir", str(ckpt), "--checkpoint-interval", "5 s",
                 "--applied-from-ms", "0", "--group", group, "--flush-ms", "100", "--mini-batch-latency", "500 ms",
                 "--name", f"skewless-e2e-{project}"]
+        if stop_offsets is not None:
+            args += ["--stop-offsets", ",".join(f"{p}:{o}" for p, o in sorted(stop_offsets.items()))]
         cluster = FlinkSessionCluster(rest_port=targets.flink_rest_port)
         cluster.submit_python_job(script, args, detached=False, timeout_s=1800)
         return
@@ -185,7 +189,7 @@ def run_stream_bounded(targets: Targets, view: str, topic: str, project: str, lo
     add_source_job(env, t_env, job, JobOptions(
         bootstrap=targets.bootstrap, redis_url=targets.redis_url, project=project,
         repo_path=str(config.PROJECT_ROOT / "feature_defs"), topic=topic, bounded=True, group=group,
-        ns=f"sk_{project}", applied_from_ms=0, flush_ms=100))
+        ns=f"sk_{project}", applied_from_ms=0, flush_ms=100, stop_offsets=stop_offsets))
     env.execute(f"skewless-e2e-{project}")
 
 

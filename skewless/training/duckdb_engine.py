@@ -3,8 +3,9 @@
 Per feature view (docs/training.md, "Algorithm"):
 
 - ``offline``: the offline event set (docs/semantics.md §6) of the raw rows of the (keys, days) the
-  chunk's requests read, at the raw snapshot the daily tiles were computed from, with one contribution
-  column per aggregation (copy groups ranked whole);
+  chunk's requests read, at the raw table's current snapshot, with one contribution column per
+  aggregation (copy groups ranked whole); daily tiles of days that received raw rows after the newest
+  run's snapshot are computed again from that snapshot's rows (``retile``);
 - ``prefix``: per entity and covered day, running sums of the COUNT/SUM/AVG tiles and running
   MIN/MAX/LAST of lifetime tiles: vectorised (:mod:`skewless.training.prefix`) when exact, else window
   functions;
@@ -116,6 +117,8 @@ class DuckDBFeatureViewSql:
     range_specs: tuple[PrefixColumn, ...] = ()  # windowed MIN/MAX the vectorised path may compute
     range_input_sql: str = ""  # over {req}: __rid, key, __tday and each one's first day
     rj_sql: str = ""  # over {tiles}: {rj}, the windowed MIN/MAX/LAST in SQL
+    raw_days_sql: str = ""  # over {raw}: every (keys, __day) of the raw rows (a {need} of whole days)
+    retile_sql: str = ""  # over {offline}: daily tiles of the batch-served aggregations, as the batch job makes them
 
 
 @dataclass(frozen=True)
@@ -247,9 +250,37 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         if ranges:
             cols = "".join(f", {q('a__' + a.name)}" for a in ranged)
             range_input = f"WITH {', '.join(self._request_ctes()[0])} SELECT {RID}, {kcols}, __tday{cols} FROM r"
+        raw_days = f"SELECT DISTINCT {kcols}, __floordiv(__epoch_ms({et}), {MS_PER_DAY}) AS __day FROM {{raw}}"
         return DuckDBFeatureViewSql(pit, tuple(dict.fromkeys(raw_cols)), offline, self._need_sql(), prefix,
                                     result, tile_cols, span, probes, tuple(specs), prefix_input, asof,
-                                    tuple(ranges), range_input, rj)
+                                    tuple(ranges), range_input, rj, raw_days, self._retile_sql())
+
+    def _retile_sql(self) -> str:
+        """Daily tiles of the batch-served aggregations over offline events ({offline}), in the tiles table's
+        intermediate form (skewless/offline/spark_compiler.py): only (entity, day)s with an event some aggregation counts."""
+        pit = self.pit
+        if not pit.batch_aggregations:
+            return ""
+        kcols = ", ".join(q(k) for k in pit.key_names)
+        cols, counted = [], []
+        for a in pit.batch_aggregations:
+            c = q("c__" + a.name)
+            counted.append(f"{c} IS NOT NULL")
+            total = self._exact_sum(a, f"coalesce(sum({c}), 0)")
+            if a.agg is Agg.COUNT:
+                expr = f"count({c})"
+            elif a.agg is Agg.SUM:
+                expr = total
+            elif a.agg is Agg.AVG:
+                expr = f"struct_pack(sum := {total}, count := count({c}))"
+            elif a.agg in (Agg.MIN, Agg.MAX):
+                expr = f"{a.agg.value.lower()}({c})"
+            else:
+                expr = (f"max(CASE WHEN {c} IS NOT NULL THEN struct_pack(ts := __ts, \"partition\" := "
+                        f"CAST(__partition AS INTEGER), \"offset\" := __offset, \"value\" := {c}) END)")
+            cols.append(f"{expr} AS {q(a.name)}")
+        return (f"SELECT {kcols}, __day, {', '.join(cols)} FROM {{offline}} WHERE {' OR '.join(counted)} "
+                f"GROUP BY {kcols}, __day")
 
     def _request_ctes(self) -> tuple[list[str], str]:
         """CTEs ``r0``, ``r`` (requests with head day and window starts: ms for stream-served, day numbers
@@ -543,6 +574,7 @@ class _PreparedFeatureView:
         self.tables = _view_tables(pit)
         self.coverage = sources.BatchCoverage(None, None, None)
         self.raw_snapshot: int | None = None
+        self.late_days: list[int] = []
         self.vector: TilePrefix | None = None
         self.vector_prefix = self.vector_ranges = False
         if pit.batch_aggregations:
@@ -552,9 +584,19 @@ class _PreparedFeatureView:
                     f"view {pit.name!r} v{pit.view.version} has batch-served windows "
                     f"({', '.join(a.name for a in pit.batch_aggregations)}) but no batch run with its current "
                     "definition: run a backfill first (`skewless backfill --start ... --end ...`)")
-            self.raw_snapshot = self.coverage.raw_snapshot_id
-            duckdb_sources.daily_tiles(con, f"__tiles_{n}", catalog, self.tables.ident("daily_tiles"), pit.key_names,
-                                       compiled.tile_columns, self.coverage.first_day, self.coverage.last_day)
+            # every event archived so far counts (docs/semantics.md §10: the full offline set), also those
+            # appended after the newest run's raw snapshot: the days the run covered that received rows since
+            # are tiled again from the raw table (batch_jobs/runner.py does the same on its next run)
+            raw_ident = _ident(pit.view.source.table)
+            self.raw_snapshot = sources.current_snapshot_id(catalog, raw_ident)
+            duckdb_sources.daily_tiles(con, f"__run_tiles_{n}", catalog, self.tables.ident("daily_tiles"),
+                                       pit.key_names, compiled.tile_columns, self.coverage.first_day,
+                                       self.coverage.last_day)
+            self.late_days = self._late_days(raw_ident)
+            if self.late_days:
+                self._retile(raw_ident)
+            else:
+                con.execute(f"CREATE OR REPLACE TEMP VIEW __tiles_{n} AS SELECT * FROM __run_tiles_{n}")
             if compiled.prefix_input_sql and VECTORISED_PREFIX:  # running sums, computed once
                 tiles = con.sql(compiled.prefix_input_sql.format(tiles=f"__tiles_{n}")).to_arrow_table()
                 self.vector = TilePrefix.build(tiles, pit.key_names[0], compiled.prefix_specs + compiled.range_specs)
@@ -568,6 +610,39 @@ class _PreparedFeatureView:
         else:
             self.raw_snapshot = sources.current_snapshot_id(catalog, _ident(pit.view.source.table))
             con.execute(f"CREATE OR REPLACE TEMP TABLE __tiles_{n} AS SELECT 1 AS __day WHERE false")
+
+    def _late_days(self, raw_ident: str) -> list[int]:
+        """Days the tiles cover whose raw rows changed since the newest run's snapshot (all of them when that
+        cannot be told, e.g. the run's snapshot expired)."""
+        cov = self.coverage
+        assert cov.first_day is not None and cov.last_day is not None
+        if self.raw_snapshot is None:  # no raw table: reading the events says so
+            return []
+        table = self.catalog.load_table(raw_ident)
+        added = sources.days_added_since(table, cov.raw_snapshot_id, self.raw_snapshot, self.c.pit.plan.scan.event_time)
+        covered = range(cov.first_day, cov.last_day + 1)
+        return list(covered) if added is None else sorted(d for d in added if d in covered)
+
+    def _retile(self, raw_ident: str) -> None:
+        """``__tiles_{n}``: the run's tiles, with those of the late days computed again from the raw table at the
+        current snapshot (the offline set of those whole days, every entity)."""
+        c, con, n = self.c, self.con, self.n
+        scan = c.pit.plan.scan
+        con.register(f"__late_days_{n}", pa.table({"__day": pa.array(self.late_days, pa.int64())}))
+        fresh = f"__fresh_tiles_{n}"
+        for i, (d0, d1) in enumerate(sources.day_segments(self.late_days)):
+            raw, need = f"__late_raw_{n}", f"__late_need_{n}"
+            duckdb_sources.raw_events(con, raw, self.catalog, raw_ident, self.raw_snapshot, c.raw_columns,
+                                      scan.event_time, d0 * MS_PER_DAY, (d1 + 1) * MS_PER_DAY)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {need} AS " + c.raw_days_sql.format(raw=raw))
+            tiles = c.retile_sql.format(offline=f"({c.offline_sql.format(raw=raw, need=need)})")
+            con.execute((f"CREATE OR REPLACE TEMP TABLE {fresh} AS " if i == 0 else f"INSERT INTO {fresh} ") + tiles)
+            con.execute(f"DROP TABLE {need}")
+            duckdb_sources.drop(con, raw)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __tiles_{n} AS SELECT * FROM __run_tiles_{n} WHERE __day NOT IN "
+                    f"(SELECT __day FROM __late_days_{n}) UNION ALL BY NAME SELECT * FROM {fresh}")
+        con.execute(f"DROP TABLE {fresh}")
+        con.unregister(f"__late_days_{n}")
 
     def load_events(self, req: str, t_min: int, t_max: int) -> None:
         """Offline events of the (keys, days) the requests in ``req`` (``t_min <= T <= t_max``) read."""

@@ -1,7 +1,8 @@
 """Reading the Iceberg tables a training set needs with PyIceberg scans (to Arrow), pruned by time.
 
 - the batch path's runs log (which days the daily tiles cover, and the raw snapshot they were computed
-  from), its daily tiles, and the raw events at that snapshot (skewless/offline/tables.py);
+  from), its daily tiles, the days whose raw rows changed since that snapshot, and the raw events
+  (skewless/offline/tables.py);
 - a snapshot view's table source.
 
 :func:`parquet_files` lists a scan's data files when an engine may read them directly (no delete files,
@@ -58,25 +59,71 @@ def _load(catalog: Any, ident: str) -> Any | None:
 
 
 def batch_coverage(catalog: Any, runs_ident: str, fingerprint: str) -> BatchCoverage:
-    """Days logged with ``fingerprint``: the contiguous run of days ending at the newest one, and the newest
-    raw snapshot id (the one every current tile was computed from or is consistent with, batch_jobs/pit.py)."""
+    """Days logged with ``fingerprint``: the contiguous run of days ending at the newest one, and the raw
+    snapshot of the newest run (the latest finished: snapshot ids are random), the one every current tile
+    was computed from or is consistent with (a run recomputes the days that received rows since the run
+    before, batch_jobs/runner.py)."""
     from pyiceberg.expressions import EqualTo
 
     table = _load(catalog, runs_ident)
     if table is None:
         return BatchCoverage(None, None, None)
     rows = table.scan(row_filter=EqualTo("fingerprint", fingerprint),
-                      selected_fields=("day", "raw_snapshot_id")).to_arrow()
+                      selected_fields=("day", "raw_snapshot_id", "finished_at")).to_arrow()
     if rows.num_rows == 0:
         return BatchCoverage(None, None, None)
     days = sorted({(d - EPOCH_DATE).days for d in rows.column("day").to_pylist() if d is not None})
-    sids = [s for s in rows.column("raw_snapshot_id").to_pylist() if s is not None]
+    runs = [(f, s) for f, s in zip(rows.column("finished_at").to_pylist(), rows.column("raw_snapshot_id").to_pylist())
+            if s is not None and f is not None]
     last = days[-1]
     first = last
     present = set(days)
     while first - 1 in present:
         first -= 1
-    return BatchCoverage(max(sids) if sids else None, first, last)
+    return BatchCoverage(max(runs)[1] if runs else None, first, last)
+
+
+def days_added_since(table: Any, since_snapshot: int | None, snapshot_id: int | None, event_time: str) -> set[int] | None:
+    """Day numbers (of ``event_time``) of the raw rows live at ``snapshot_id`` but not at ``since_snapshot``:
+    the days of the data files appended (or rewritten by compaction) in between, from the manifests of the
+    PyIceberg ``table`` (the archive partitions by ``day(event_time)``). None when that cannot be told: the
+    older snapshot is gone (expired), or a file's partition is not the event day (another layout, or a day
+    before 1970, which older Iceberg versions truncated instead of flooring)."""
+    from pyiceberg.transforms import DayTransform
+
+    if since_snapshot == snapshot_id:
+        return set()
+    if since_snapshot is None or snapshot_id is None or table.snapshot_by_id(since_snapshot) is None:
+        return None
+    before = {task.file.file_path for task in table.scan(snapshot_id=since_snapshot).plan_files()}
+    schema, specs = table.schema(), table.specs()
+    source_id = schema.find_field(event_time).field_id
+    days: set[int] = set()
+    for task in table.scan(snapshot_id=snapshot_id).plan_files():
+        if task.file.file_path in before:
+            continue
+        spec = specs[task.file.spec_id]
+        fields = spec.fields
+        if len(fields) != 1 or fields[0].source_id != source_id or not isinstance(fields[0].transform, DayTransform):
+            return None
+        day = task.file.partition[0]
+        if isinstance(day, date):
+            day = (day - EPOCH_DATE).days
+        if not isinstance(day, int) or day < 0:
+            return None
+        days.add(day)
+    return days
+
+
+def day_segments(days: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted day numbers as ``(first, last)`` of each run of consecutive days."""
+    out: list[tuple[int, int]] = []
+    for d in days:
+        if out and d == out[-1][1] + 1:
+            out[-1] = (out[-1][0], d)
+        else:
+            out.append((d, d))
+    return out
 
 
 def read_daily_tiles(catalog: Any, tiles_ident: str, key_names: Sequence[str], columns: Sequence[str],

@@ -2,8 +2,10 @@
 
 Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the offline events are the
 batch path's compiled ``offline`` statement (:class:`skewless.offline.spark_compiler.SparkBatchJob`) over the
-raw table pinned at the tiles' raw snapshot; whole days come from prefix aggregates of the daily tiles,
-looked up "as of" a day with a union + ``last(..., true)`` window (Spark has no ASOF join); windowed
+raw table pinned at its current snapshot (the tiles of days that received rows after the newest run's
+snapshot are computed again from it with the batch job's ``tiles`` statement); whole days come from
+prefix aggregates of the daily tiles, looked up "as of" a day with a union + ``last(..., true)`` window
+(Spark has no ASOF join); windowed
 MIN/MAX/LAST tiles by a range join over the window's days; head and stream-served windows by an
 equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
@@ -250,8 +252,8 @@ def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None
 
     if not table_exists(spark, runs_table):
         return None, None, None
-    rows = spark.sql(f"SELECT DISTINCT datediff(day, DATE'1970-01-01') AS d, raw_snapshot_id FROM {runs_table} "
-                     f"WHERE fingerprint = '{fingerprint}'").collect()
+    rows = spark.sql(f"SELECT DISTINCT datediff(day, DATE'1970-01-01') AS d, raw_snapshot_id, finished_at "
+                     f"FROM {runs_table} WHERE fingerprint = '{fingerprint}'").collect()
     if not rows:
         return None, None, None
     days = {r[0] for r in rows}
@@ -259,7 +261,41 @@ def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None
     first = last
     while first - 1 in days:
         first -= 1
-    return max(r[1] for r in rows if r[1] is not None), first, last
+    # the newest run's snapshot (the latest finished: snapshot ids are random)
+    runs = [(r[2], r[1]) for r in rows if r[1] is not None and r[2] is not None]
+    return (max(runs)[1] if runs else None), first, last
+
+
+def _late_days(spark: Any, raw_table: str, event_time: str, run_sid: int | None, sid: int | None, first: int,
+               last: int) -> list[int]:
+    """Days ``first..last`` (the tiles') whose raw rows changed between the newest run's snapshot and ``sid``
+    (all of them when that cannot be told, e.g. the run's snapshot expired)."""
+    from skewless.offline.tables import iceberg_table
+    from skewless.training.sources import days_added_since
+
+    if sid is None:  # no raw table: reading the events says so
+        return []
+    added = days_added_since(iceberg_table(spark, raw_table), run_sid, sid, event_time)
+    return list(range(first, last + 1)) if added is None else sorted(d for d in added if first <= d <= last)
+
+
+def _tiles_of_days(spark: Any, job: Any, raw_table: str, sid: int, days: Sequence[int], columns: Sequence[Any],
+                   name: str) -> Any:
+    """The daily tiles of ``days`` computed again from the raw table at ``sid`` with the batch job's own
+    statements (every entity), projected to ``columns`` (keys, ``__day``, the tile columns)."""
+    from functools import reduce
+
+    from skewless.offline.raw import raw_dataframe
+    from skewless.training.sources import day_of, day_segments
+
+    parts = []
+    for i, (d0, d1) in enumerate(day_segments(days)):
+        raw_dataframe(spark, raw_table, sid, day_of(d0), day_of(d1)).createOrReplaceTempView(f"{name}_late_raw{i}")
+        spark.sql(job.offline_sql(f"{name}_late_raw{i}", d0 * MS_PER_DAY, (d1 + 1) * MS_PER_DAY)) \
+            .createOrReplaceTempView(f"{name}_late_offline{i}")
+        parts.append(spark.sql(job.tiles_sql(f"{name}_late_offline{i}")).select(*columns))
+    return reduce(lambda a, b: a.unionByName(b), parts)
+
 
 
 def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
@@ -278,16 +314,17 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
         return spark.sql(program["final"].format(req=f"{name}_req", looked=f"{name}_looked"))
     tables = BT.ViewTables(BT.DEFAULT_NAMESPACE, pit.name, pit.view.version)
     raw_table = BT.spark_name(pit.view.source.table)
-    sid, first, last = None, None, None
+    run_sid, first, last = None, None, None
     if pit.batch_aggregations:
-        sid, first, last = _coverage(spark, tables.runs, batch_run_fingerprint(pit))
+        run_sid, first, last = _coverage(spark, tables.runs, batch_run_fingerprint(pit))
         if first is None:
             from skewless.training.sources import TrainingDataError
 
             raise TrainingDataError(f"view {pit.name!r} v{pit.view.version} has batch-served windows but no batch run "
                                     "with its current definition: run a backfill first")
-    else:
-        sid = BT.current_snapshot_id(spark, raw_table)
+    # every event archived so far counts (docs/semantics.md §10), also those appended after the newest run's raw
+    # snapshot: the days its tiles cover that received rows since are tiled again below
+    sid = BT.current_snapshot_id(spark, raw_table)
     r = spark.sql(program["requests"].format(req=f"{name}_req"))
     r.createOrReplaceTempView(f"{name}_r")
     bounds = r.agg(F.min(T), F.max(T)).collect()[0]
@@ -307,6 +344,10 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
         cols += [F.col(a.name) for a in pit.batch_aggregations]
         tiles = spark.table(tables.tiles).where(
             (F.col("day") >= F.lit(day_of(first))) & (F.col("day") <= F.lit(day_of(last)))).select(*cols)
+        late = _late_days(spark, raw_table, pit.plan.scan.event_time, run_sid, sid, first, last)  # type: ignore[arg-type]
+        if late:
+            tiles = tiles.where(~F.col("__day").isin(late)).unionByName(
+                _tiles_of_days(spark, program["job"], raw_table, sid, late, cols, name))
         tiles.createOrReplaceTempView(f"{name}_tiles")
         if program["prefix"]:
             prefix = spark.sql(program["prefix"].format(tiles=f"{name}_tiles")).withColumn("__pos", F.col("__day"))

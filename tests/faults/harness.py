@@ -14,6 +14,9 @@ from typing import Any
 from skewless.stack.base import free_port
 
 CFG = dict(events=900, entities=25, days=2.5, sample=12, instants=8)
+# records/s produced while the streaming job runs, after its first write (ParityConfig.produce_rate): a fault
+# injected once the job wrote lands before its last write (3,000 records: ~70 s of writes after the first)
+STREAM_RATE = 40.0
 
 
 class Stack:
@@ -127,6 +130,22 @@ def applied(ctx: Any) -> int:
     from skewless.e2e.pipeline import stream_progress
 
     return sum(p.get("records", 0) for p in stream_progress(ctx.targets.redis(), ctx.project, "orders").values())
+
+
+def raw_rows(ctx: Any) -> int:
+    """Rows of the run's raw archive table now (0 before its first commit)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    table = ctx.repo.view("user_order_stats").source.table
+    try:
+        return ctx.targets.catalog().load_table(table).scan(selected_fields=("_kafka_partition",)).to_arrow().num_rows
+    except NoSuchTableError:
+        return 0
+
+
+def well_formed(report: Any) -> int:
+    """Records of a parity run the raw table holds once archived (all but the malformed)."""
+    return report.counts["records"] - report.counts.get("malformed", 0)
 
 
 def flink(stack: Stack) -> Any:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import Stack, applied, archive_worker, job_exceptions, parity, run_job, wait
+from tests.faults.harness import (STREAM_RATE, Stack, applied, archive_worker, job_exceptions, parity, raw_rows, run_job,
+                                  wait, well_formed)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -33,18 +34,18 @@ def _users(ctx: Any, n: int = 15) -> list[str]:
 
 
 def test_redis_restarted_with_persistence(stack: Stack, tmp_path: Path) -> None:
-    """SIGTERM Redis mid-stream and again after the values are served, start it on the same port and dir with
-    the stack's config (AOF, everysec): nothing is lost (progress and values survive, reads stay `present`),
-    the streaming job keeps writing after the restart, and every value is exact after the stream drains."""
+    """SIGTERM Redis mid-stream (after the job's first write, before its last: records still arrive) and again
+    after the values are served, start it on the same port and dir with the stack's config (AOF, everysec):
+    nothing is lost (progress and values survive, reads stay `present`), the streaming job keeps writing after
+    the restart, and every value is exact after the stream drains."""
     from skewless.e2e.parity import Faults, online_reader
 
     seen: dict[str, Any] = {}
 
     class RestartRedis(Faults):
         def during_stream(self, ctx: Any) -> None:
-            # the job applies all its records in one flush once it reads (progress jumps 0 -> all): restart
-            # Redis as soon as the job runs, so that its first writes meet a Redis that is down / restarting
-            wait(lambda: (run_job(stack, ctx) or {}).get("state") == "RUNNING", 900, "the job running", interval_s=0.1)
+            # the producer is throttled after the job's first write: restart Redis while the job writes
+            wait(lambda: applied(ctx) >= 1, 900, "the job's first write", interval_s=0.1)
             client = ctx.targets.redis()
             before = (applied(ctx), client.dbsize())
             seen["stream"] = stack.restart("redis", down_s=3)
@@ -68,10 +69,10 @@ def test_redis_restarted_with_persistence(stack: Stack, tmp_path: Path) -> None:
             seen["statuses"] = ({s for col in before.values() for _, s in col}, {s for col in after.values() for _, s in col})
             seen["same"] = before == after
 
-    parity(stack, tmp_path, seed=404, faults=RestartRedis(), events=3000)
+    parity(stack, tmp_path, seed=404, faults=RestartRedis(), events=3000, produce_rate=STREAM_RATE)
     print(seen)
     before, after = seen["applied"]
-    assert before < 3000 and after >= before, seen  # restarted while the job ran, no applied write lost
+    assert 1 <= before <= after < 3000, seen  # after the job's first write, before its last; no applied write lost
     assert seen["dbsize"][1] >= seen["dbsize"][0], seen  # no key lost by the restart
     assert seen["same"], seen  # every value and status read back identically
     assert seen["served_dbsize"][0] > 0 and seen["served_dbsize"][1] == seen["served_dbsize"][0], seen
@@ -79,9 +80,10 @@ def test_redis_restarted_with_persistence(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_kafka_broker_restarted(stack: Stack, tmp_path: Path) -> None:
-    """SIGTERM the broker while a producer sends and the streaming job reads, start it again on the same port
-    and data dir; again while the archive is between commits. Producer, Flink source and archive reconnect:
-    every record delivered once, archived once, and every value exact after the stream drains."""
+    """SIGTERM the broker while producers send and the streaming job reads (after its first write, before its
+    last), start it again on the same port and data dir; again while the archive is between commits (after
+    its first, before its last). Producers, Flink source and archive reconnect: every record delivered once,
+    archived once, and every value exact after the stream drains."""
     from skewless.e2e.parity import Faults, ParityConfig, generate_stream
     from skewless.e2e.pipeline import archive_drain, create_topic, read_topic
     from skewless.producer.kafka_producer import produce_records
@@ -105,9 +107,9 @@ def test_kafka_broker_restarted(stack: Stack, tmp_path: Path) -> None:
 
             producer = threading.Thread(target=produce, name="side-producer", daemon=True)
             producer.start()
-            # the job applies all its records in one flush once it reads: stop the broker as soon as the job
-            # runs, so that its source (and dead-letter sink) meet a broker that is down / restarting
-            wait(lambda: (run_job(stack, ctx) or {}).get("state") == "RUNNING", 900, "the job running", interval_s=0.1)
+            # the parity producer is throttled after the job's first write: stop the broker while the job writes
+            # and the records still arrive (its source, dead-letter sink and both producers meet it down)
+            wait(lambda: applied(ctx) >= 1, 900, "the job's first write", interval_s=0.1)
             before = applied(ctx)
             seen["stream"] = stack.restart("kafka", down_s=10)
             seen["applied"] = (before, applied(ctx))
@@ -130,7 +132,8 @@ def test_kafka_broker_restarted(stack: Stack, tmp_path: Path) -> None:
             lines = []
             for line in worker.stdout:
                 lines.append(line)
-                if line.startswith("commit"):
+                if line.startswith("commit"):  # the worker pauses 5 s after each commit
+                    seen["archive_rows"] = raw_rows(ctx)
                     seen["archive"] = stack.restart("kafka", down_s=5)
                     break
             lines.extend(worker.stdout)  # the worker reconnects and drains on its own
@@ -141,10 +144,11 @@ def test_kafka_broker_restarted(stack: Stack, tmp_path: Path) -> None:
             seen["rerun_records"] = stats.records
             return True
 
-    parity(stack, tmp_path, seed=405, faults=RestartKafka(), events=3000)
+    report = parity(stack, tmp_path, seed=405, faults=RestartKafka(), events=3000, produce_rate=STREAM_RATE)
     print(seen)
-    before, _ = seen["applied"]
-    assert before < 3000, seen  # restarted mid-stream
+    before, after = seen["applied"]
+    assert 1 <= before and after < 3000, seen  # after the job's first write, before its last
+    assert 0 < seen["archive_rows"] < well_formed(report), seen  # after the archive's first commit, before its last
     n, delivered, read, positions, same = seen["side"]
     assert n == delivered == read == positions and same, seen  # the producer lost nothing and wrote no copy
     assert seen["archive_rc"] == 0 and seen["rerun_records"] == 0, seen  # the worker resumed and drained alone

@@ -1,6 +1,7 @@
 """Fault test (`make test-faults`, marked slow, outside `make test`): the `make up` cluster's TaskManager is
-restarted cleanly (SIGTERM, then a new one) while the streaming job is busy with a backlog, twice: as soon
-as records flow, and again as soon as they flow after the first restart.
+restarted cleanly (SIGTERM, then a new one) while the streaming job writes and records still arrive (the
+producer is throttled after the job's first write), twice: as soon as records flow, and again as soon as they
+flow after the first restart. Each restart must land after the job's first write and before its last.
 
 The job must restart from its last completed checkpoint (offset 0 when none completed yet) each time,
 resume applying records, and end exact
@@ -21,7 +22,8 @@ from tests.faults.harness import Stack, applied, job_exceptions, parity, run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-EVENTS = 24_000  # a backlog the job needs a while for, so both restarts land mid-stream
+EVENTS = 6_000
+RATE = 50.0  # records/s after the job's first write: ~115 s of writes, room for both restarts
 RESTARTS = 2
 
 
@@ -37,6 +39,7 @@ def _restart_taskmanager(stack: Stack, ctx: Any) -> dict[str, float]:
     stop_pids([tm], timeout_s=60.0)
     assert not pid_alive(tm), f"TaskManager {tm} still alive"
     stopped = time.monotonic()
+    at_stop = applied(ctx)  # only the TaskManager writes: the count at the fault
     cluster = FlinkSessionCluster(rest_port=int(stack.env["SKEWLESS_FLINK_REST_PORT"]), state_dir=stack.state,
                                   log_dir=stack.state / "logs")
     with open(stack.state / "logs" / "flink" / "taskmanager.restart.log", "ab") as out:
@@ -47,7 +50,8 @@ def _restart_taskmanager(stack: Stack, ctx: Any) -> dict[str, float]:
     # after a restore the progress counts go back to the checkpoint, then pass the pre-stop count again
     wait(lambda: applied(ctx) > before or applied(ctx) >= ctx.records, 600, "records applied after the restart",
          interval_s=0.2)
-    return {"stop_s": round(stopped - t0, 1), "resumed_s": round(time.monotonic() - stopped, 1), "applied_before": before}
+    return {"stop_s": round(stopped - t0, 1), "resumed_s": round(time.monotonic() - stopped, 1), "applied_before": before,
+            "applied_at_stop": at_stop, "produced": ctx.produced}
 
 
 def test_taskmanager_restarted_under_load(stack: Stack, tmp_path: Path) -> None:
@@ -68,8 +72,9 @@ def test_taskmanager_restarted_under_load(stack: Stack, tmp_path: Path) -> None:
             if job is not None:
                 failures.extend(job_exceptions(stack, job["jid"]))
 
-    parity(stack, tmp_path, seed=202, faults=RestartTaskManager(), events=EVENTS)
+    parity(stack, tmp_path, seed=202, faults=RestartTaskManager(), events=EVENTS, produce_rate=RATE)
     print("TaskManager restarts:", timings, "job failures recorded:", failures)
     assert len(timings) == RESTARTS, f"the stream ended before {RESTARTS} restarts: {timings}"
-    assert all(t["applied_before"] < EVENTS for t in timings), timings  # each restart landed mid-stream
+    # each restart after the job's first write and before its last
+    assert all(1 <= t["applied_before"] and t["applied_at_stop"] < EVENTS for t in timings), timings
     assert len(failures) >= RESTARTS, failures  # the job really lost its TaskManager each time and recovered

@@ -3,6 +3,7 @@ snapshot table written with PyIceberg; both engines equal the oracle row for row
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -19,7 +20,7 @@ from skewless.core.dsl import Field, SnapshotView, TableSource
 from skewless.core.repo import Repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, floor_ms, from_epoch_ms
 from skewless.store import FeatureStore
-from tests.integration.test_batch import FIELD_TYPES, USER, make_records, make_view, offline_events, write_raw
+from tests.integration.test_batch import FIELD_TYPES, USER, iso, make_records, make_view, offline_events, write_raw
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +188,106 @@ def test_prefix_paths_equal_the_oracle(ds: Dataset, vectorised: bool, monkeypatc
     rows = _as_python(got, columns)
     for i, (g, w) in enumerate(zip(rows, expected)):
         assert g == {k: w[k] for k in columns}, (i, {k: (g[k], w[k]) for k in columns if g[k] != w[k]})
+
+
+# --- events archived after the newest backfill (issue 19, item 1) ----------------------------------------
+
+
+def _record(partition: int, offset: int, ts: int, kafka_ts: int, event_id: str, user: str, status: str,
+            amount: int) -> dict[str, Any]:
+    return {"partition": partition, "offset": offset, "timestamp_ms": kafka_ts,
+            "value": json.dumps({"event_id": event_id, "user_id": user, "order_id": f"o-{event_id}", "amount": amount,
+                                 "currency": "EUR", "status": status, "event_time": iso(ts)})}
+
+
+class ArchivedAfter:
+    """A backfill through END (raw snapshot S1), then records archived in a second commit (S2): three `placed`
+    orders of one user on END+1 12:00-12:02, late events for days the run covered (one on END, one 3 days
+    before, one 200 days before), and a re-sent copy of an archived event (same id and time: not counted)."""
+
+    def __init__(self, spark: Any, catalog: Any, seed: int):
+        uid = uuid.uuid4().hex[:8]
+        self.view = make_view(f"aa_{uid}", f"raw.orders_aa_{uid}")
+        job = compile_feature_view(self.view, FIELD_TYPES)
+        base = make_records(seed, day_start_ms(END))
+        write_raw(spark, catalog, self.view, base)
+        run_range(spark, self.view, job, START, END, RunOptions(chunk_days=200, log=lambda _: None, force=True))
+        nxt = {p: 1 + max(r["offset"] for r in base if r["partition"] == p) for p in {r["partition"] for r in base}}
+
+        def at(user: int) -> tuple[int, int]:
+            p = user % 3
+            nxt[p] += 1
+            return p, nxt[p] - 1
+
+        head = C + 12 * MS_PER_HOUR  # END+1 12:00, after the run's cut-off
+        extra = [_record(*at(1), head + i * MS_PER_MINUTE, head + i * MS_PER_MINUTE + 1000, f"new-{i}", "u1",
+                         "placed", 100 + i) for i in range(3)]
+        self.late_days = [END, END - timedelta(days=3), END - timedelta(days=200)]
+        for i, (d, user) in enumerate(zip(self.late_days, (2, 1, 3))):
+            ts = day_start_ms(d) + MS_PER_DAY - 1 if i == 0 else day_start_ms(d) + 10 * MS_PER_HOUR
+            extra.append(_record(*at(user), ts, head + 5 * MS_PER_MINUTE, f"late-{i}", f"u{user}",
+                                 "placed" if i != 1 else "completed", 1000 + i))
+        copied = next(r for r in base if json.loads(r["value"])["user_id"] == "u1"
+                      and json.loads(r["value"])["event_time"] < iso_day(END))
+        p = json.loads(copied["value"])
+        extra.append(_record(*at(1), _ms_of(p["event_time"]), head + 6 * MS_PER_MINUTE, p["event_id"], "u1",
+                             p["status"], 77777))
+        write_raw(spark, catalog, self.view, extra, complete_until_ms=head)
+        self.events = [e for e in offline_events(base + extra, self.view) if e["event_time"] >= day_start_ms(START)]
+        self.extra_times = sorted(_ms_of(json.loads(r["value"])["event_time"]) for r in extra)
+        self.store = FeatureStore(Repository.of([self.view]), catalog=catalog, spark=spark)
+
+
+def iso_day(d: date) -> str:
+    return d.isoformat() + "T00:00:00.000Z"
+
+
+def _ms_of(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+@pytest.fixture(scope="module")
+def archived_after(spark: Any, iceberg_catalog: Any) -> ArchivedAfter:
+    return ArchivedAfter(spark, iceberg_catalog, seed=23)
+
+
+def _request(rows: list[tuple[str, int]]) -> pa.Table:
+    return pa.table({"user_id": [u for u, _ in rows],
+                     "event_timestamp": pa.array([from_epoch_ms(t) for _, t in rows], pa.timestamp("ms", tz="UTC"))})
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_events_archived_after_the_newest_backfill_are_counted(archived_after: ArchivedAfter, engine: str) -> None:
+    """The issue's repro: `n_1h` at END+1 12:30 is 3 alone and 3 with a batch-served feature in the request."""
+    aa, view = archived_after, archived_after.view.name
+    t = C + 12 * MS_PER_HOUR + 30 * MS_PER_MINUTE
+    alone = aa.store.get_historical_features(_request([("u1", t)]), [f"{view}:n_1h"], engine=engine, progress=False)
+    both = aa.store.get_historical_features(_request([("u1", t)]), [f"{view}:n_1h", f"{view}:n_365d"], engine=engine,
+                                            progress=False)
+    assert alone.column("n_1h").to_pylist() == [3]
+    assert both.column("n_1h").to_pylist() == [3], both.to_pylist()
+    assert both.column("n_365d").to_pylist() == [oracle.feature_value(aa.view, "n_365d", aa.events, ("u1",), t)]
+    assert both.column(f"{view}__status").to_pylist() == ["present"]
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_late_events_for_covered_days_archived_after_the_backfill_equal_the_oracle(archived_after: ArchivedAfter,
+                                                                                  engine: str) -> None:
+    """Every feature, around every record archived after the run and on the days after them, equals the oracle
+    over the whole offline set (late events in days the run's tiles cover included)."""
+    aa = archived_after
+    instants = set()
+    for ts in aa.extra_times:
+        day = floor_ms(ts, MS_PER_DAY)
+        instants |= {ts, ts + 1, day + MS_PER_DAY, day + MS_PER_DAY + 1, day + 2 * MS_PER_DAY + 5 * MS_PER_HOUR, C,
+                     C + 12 * MS_PER_HOUR + 30 * MS_PER_MINUTE}
+    rows = [(u, t) for t in sorted(x for x in instants if FIRST_FULL <= x < C + MS_PER_DAY) for u in ("u0", "u1", "u2", "u3")]
+    got = aa.store.get_historical_features(_request(rows), [aa.view.name], engine=engine, progress=False).to_pylist()
+    bad = []
+    for (u, t), g in zip(rows, got, strict=True):
+        want = dict(oracle.feature_row(aa.view, aa.events, (u,), t))
+        assert g[f"{aa.view.name}__status"] == "present", (u, t, g)
+        diff = {k: (g[k], w) for k, w in want.items() if g[k] != w}
+        if diff:
+            bad.append((u, t, diff))
+    assert not bad, bad[:10]

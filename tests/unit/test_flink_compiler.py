@@ -79,3 +79,15 @@ def test_unsupported_aggregations_are_listed(repo: Repository) -> None:
     assert {i.feature for i in err.value.items} == {"sum_status", "max_currency"}
 
 
+
+
+def test_run_view_stop_offsets_parse_and_refuse_bad_text() -> None:
+    """`run_view.py --stop-offsets` (a bounded job whose records may still be produced after its start)."""
+    import argparse
+
+    from streaming_jobs.run_view import parse_stop_offsets
+
+    assert parse_stop_offsets("0:120,1:0,2:7") == {0: 120, 1: 0, 2: 7}
+    for bad in ("", "0", "0:x", "0:-1", "a:1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="PARTITION:OFFSET"):
+            parse_stop_offsets(bad)
