@@ -191,7 +191,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     repo = _load_repo(args)
     if repo is None:
         return 2
-    server, thread = prometheus.serve_in_thread(lambda: prometheus.render(freshness=_freshness_rows(args, repo)), args.port)
+    try:
+        server, thread = prometheus.serve_in_thread(lambda: prometheus.render(freshness=_freshness_rows(args, repo)), args.port)
+    except OSError as exc:
+        print(f"skewless monitor serve: cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc}); "
+              "pass a free --port, or stop what listens there", file=sys.stderr)
+        return 2
     host, port = server.server_address[:2]
     print(f"serving http://{host}:{port}/metrics (Ctrl-C to stop)", flush=True)
     try:
