@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from skewless.core import layout
 from skewless.core.dsl import FeatureView, SnapshotView
-from skewless.core.timeutil import to_epoch_ms
+from skewless.core.timeutil import iso_utc, to_epoch_ms
 
 from batch_jobs.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
@@ -127,7 +127,7 @@ def read_serving(catalog: Any, view: FeatureView, day: date, namespace: str = DE
                          f"--start {day} --end {day}` first") from None
     rows = table.scan(row_filter=EqualTo("cutoff_ms", cut)).to_arrow()
     if rows.num_rows == 0:
-        raise BatchError(f"no serving rows of {view.name} v{view.version} for day {day} (cut-off {cut}): run "
+        raise BatchError(f"no serving rows of {view.name} v{view.version} for day {day} (cut-off {iso_utc(cut)}): run "
                          f"`skewless backfill --view {view.name} --start {day} --end {day}` first")
     return rows
 
@@ -157,7 +157,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         raise BatchError(f"serving table lacks {missing}: it was written by another definition of {view.name}")
     runs = set(rows.column("run_id").unique().to_pylist())
     if len(runs) != 1:
-        raise BatchError(f"serving rows for cut-off {cut} mix runs {sorted(runs)}")
+        raise BatchError(f"serving rows for cut-off {iso_utc(cut)} mix runs {sorted(runs)}")
     run_id = runs.pop()
     report.run_id = run_id
     t0 = time.monotonic()
@@ -170,7 +170,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         detail = detail.decode() if isinstance(detail, bytes) else detail
         if int(code) == 0:
             raise NewerRunMaterializedError(
-                f"Redis already serves a newer run of {view.name} v{view.version} (cut-off {detail} > {cut}): "
+                f"Redis already serves a newer run of {view.name} v{view.version} (cut-off {iso_utc(int(detail)) if str(detail).isdigit() else detail} > {iso_utc(cut)}): "
                 f"the run of {day} is refused as a whole; nothing of it was written")
         if int(code) < 0:
             raise ConcurrentMaterializationError(

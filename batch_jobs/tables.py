@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from skewless.config import ICEBERG_CATALOG_NAME
 from skewless.core.dsl import EventSource
+from skewless.core.timeutil import iso_utc
 
 DEFAULT_NAMESPACE = "features"
 CATALOG = ICEBERG_CATALOG_NAME
@@ -213,7 +214,7 @@ def check_archive(spark: Any, source: EventSource, cutoff: int, catalog: Any | N
     from skewless.archive.progress import archive_progress
 
     progress = archive_progress(catalog if catalog is not None else pyiceberg_catalog(spark), source)
-    when = datetime.fromtimestamp(cutoff / 1000, timezone.utc).isoformat()
+    when = iso_utc(cutoff)
     if progress.state == "batch-only":
         return f"{source.name} is batch-only: no archive gate"
     if progress.state == "stopped":
@@ -223,12 +224,12 @@ def check_archive(spark: Any, source: EventSource, cutoff: int, catalog: Any | N
         raise ArchiveNotCompleteError(f"the archive of {source.name} has no progress yet ({progress.state}): "
                                       f"cannot tell whether events before {when} are all in {source.table}")
     if not progress.is_complete_until(cutoff):
-        until = datetime.fromtimestamp(progress.complete_until_ms / 1000, timezone.utc).isoformat()
+        until = iso_utc(progress.complete_until_ms)
         raise ArchiveNotCompleteError(
             f"the archive of {source.name} is complete until {until} (newest event time minus the allowed lateness "
             f"{source.allowed_lateness}); the run needs {when}. Wait for the archive, or pass --force for closed "
             "history / static data")
-    return f"archive complete until {progress.complete_until_ms} >= cut-off {cutoff}"
+    return f"archive complete until {iso_utc(progress.complete_until_ms)} >= cut-off {when}"
 
 
 # --- output tables -----------------------------------------------------------------------------------

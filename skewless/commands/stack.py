@@ -1,4 +1,4 @@
-"""`skewless stack up|down|status`: the local Kafka + Flink + Redis stack (see docs/infra.md)."""
+"""`skewless stack up|down|status`: the local Kafka + Flink + Redis stack and the raw archive (see docs/infra.md)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from skewless.stack import manager
 from skewless.stack.base import StackError
 
 NAME = "stack"
-HELP = "start, stop or inspect the local stack (Kafka KRaft, Flink session cluster, Redis) on 127.0.0.1"
+HELP = ("start, stop or inspect the local stack on 127.0.0.1: Kafka (KRaft), a Flink session cluster, Redis, and the "
+        "raw archive (one `skewless archive run` per Kafka-fed source, Kafka -> Iceberg)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("up", help="check prerequisites and ports, start every service, wait until healthy")
+    sub.add_parser("up", help="check prerequisites and ports, start every service and the archive, wait until healthy")
     sub.add_parser("down", help="stop exactly the processes `up` recorded (by pid); idempotent")
-    status = sub.add_parser("status", help="per service: running/healthy, pid, RSS, endpoints (exit 1 if a recorded service is not healthy)")
+    status = sub.add_parser("status", help="per service (archive included): running/healthy, pid, RSS, endpoints; then the running "
+                                               "Flink jobs (exit 1 if a recorded service is not healthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -74,3 +74,101 @@ def test_sample_entities_decodes_ids_through_the_layout():
     assert sample_entities(_ScanOnly(keys), "p", view, n=10) == [("u1",), ("a:b}c",)]
     assert sample_entities(_ScanOnly(keys), "p", view, n=1) == [("u1",)]
     assert sample_entities(_ScanOnly([]), "p", view, n=3) == []
+
+
+def test_iso_utc_for_people():
+    from skewless.core.timeutil import iso_utc
+
+    assert iso_utc(1796515200000) == "2026-12-06T00:00:00Z"
+    assert iso_utc(1796559442671) == "2026-12-06T12:17:22.671Z"
+    assert iso_utc(-1) == "1969-12-31T23:59:59.999Z"
+    assert iso_utc(None) == "-"
+
+
+def test_archive_gate_names_instants_in_iso_utc(monkeypatch):
+    """The archive gate's note and refusal read as ISO-8601 UTC, not epoch milliseconds."""
+    import pytest
+
+    from batch_jobs import tables
+    from skewless.archive import progress
+
+    source = load_repository(REPO).view("user_order_stats").source
+    state = {"until": 1796559442671}
+    monkeypatch.setattr(progress, "archive_progress", lambda catalog, src: progress.ArchiveProgress(
+        src.name, src.table, "running", src.topic, complete_until_ms=state["until"]))
+    note = tables.check_archive(None, source, 1796515200000, catalog=object())
+    assert note == "archive complete until 2026-12-06T12:17:22.671Z >= cut-off 2026-12-06T00:00:00Z"
+    state["until"] = 1796515199999
+    with pytest.raises(tables.ArchiveNotCompleteError, match="complete until 2026-12-05T23:59:59.999Z .*needs "
+                                                             "2026-12-06T00:00:00Z"):
+        tables.check_archive(None, source, 1796515200000, catalog=object())
+
+
+def test_backfill_runs_spark_at_warn():
+    """spark-submit gets infra/spark/log4j2.properties (root logger at WARN) for its driver."""
+    import argparse
+
+    from skewless.commands.backfill import SPARK_LOG4J, submit_command
+
+    args = argparse.Namespace(master="local[1]", driver_memory="1g", start="2026-01-01", end="2026-01-01",
+                              repo="feature_defs", namespace="features", chunk_days=1, view=None, rerun=False,
+                              force=False, no_serving=False, full_serving=False, explain=False)
+    cmd = submit_command(args, PROJECT_ROOT / "batch_jobs" / "backfill.py")
+    assert f"spark.driver.extraJavaOptions=-Dlog4j2.configurationFile={SPARK_LOG4J.as_uri()}" in cmd
+    settings = dict(line.split(" = ", 1) for line in SPARK_LOG4J.read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    assert settings["rootLogger.level"] == "warn"
+
+
+def test_archive_status_explains_complete_until(tmp_path, capsys):
+    assert main(["archive", "status", "--repo", REPO, "--catalog-db", str(tmp_path / "c.db"),
+                 "--warehouse", str(tmp_path / "wh")]) == 0
+    out = capsys.readouterr().out
+    assert "orders: not-started" in out
+    assert ("complete_until = the newest archived event time minus the allowed lateness (1:00:00), so it trails the "
+            "stream by that much") in out
+
+
+def test_stack_help_names_the_archive(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["stack", "--help"])
+    assert "raw archive" in " ".join(capsys.readouterr().out.split())
+
+
+def test_stack_status_lists_flink_jobs():
+    """`make status` lists the session cluster's running jobs from Flink's REST API, or says none / unreachable."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from skewless.stack.manager import flink_job_lines
+
+    jobs: list[dict[str, Any]] = []
+
+    class Overview(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps({"jobs": jobs}).encode() if self.path == "/jobs/overview" else b"{}"
+            self.send_response(200 if self.path == "/jobs/overview" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Overview)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert flink_job_lines(port) == ["flink jobs: none running (`skewless submit <view>` starts one)"]
+        jobs += [{"jid": "a" * 32, "name": "skewless-user_order_stats", "state": "RUNNING", "start-time": 1796515200000},
+                 {"jid": "b" * 32, "name": "old", "state": "CANCELED", "start-time": 1}]
+        assert flink_job_lines(port) == [
+            "flink jobs:", f"  RUNNING      skewless-user_order_stats  id={'a' * 32}  since 2026-12-06T00:00:00Z"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    (line,) = flink_job_lines(_closed_port())
+    assert line.startswith("flink jobs: Flink unreachable (")
