@@ -1,7 +1,7 @@
 """README.md's tour runs as written (issue 26): its ```bash and ```python blocks, taken from the README (not
 copied here), run in order in one shell on a fresh `skewless stack up` (free ports, its own state dir: the fault
-tests' harness); each command must exit 0 and print the line this test expects of it. Marked slow (`make
-test-faults`): a Flink job, a Spark backfill and a stack start take minutes."""
+tests' harness); each command must exit 0 and print the line this test expects of it. About a minute here (stack
+start, a Flink job, a Spark backfill), so it runs with the integration tests (`make test`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from skewless.config import PROJECT_ROOT
 from tests.faults.harness import Stack
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 README = PROJECT_ROOT / "README.md"
 RC_MARK = "@@tour-rc"
