@@ -124,11 +124,16 @@ def psi_from_counts(reference: Sequence[float], current: Sequence[float], eps: f
 
 
 def quantile_edges(reference: Sequence[float], bins: int = 10) -> np.ndarray:
-    """Inner bin edges: the reference's ``i/bins`` quantiles (linear interpolation), duplicates merged."""
+    """Inner bin edges: the reference's ``i/bins`` quantiles (linear interpolation), duplicates merged. A
+    reference of one value v gets the bins below v, v itself and above v (quantiles alone would merge v with
+    everything above it, and a current sample of other values would show no drift)."""
     ref = np.asarray(reference, dtype=float)
     if len(ref) == 0 or bins < 2:
         return np.array([], dtype=float)
-    return np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]))
+    edges = np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]))
+    if len(edges) == 1 and ref.min() == ref.max():
+        edges = np.append(edges, np.nextafter(edges[0], np.inf))
+    return edges
 
 
 def bin_counts(values: Sequence[float], edges: np.ndarray) -> np.ndarray:
@@ -258,12 +263,13 @@ def date_label(ms: float, span_ms: float) -> str:
     return when.strftime("%Y-%m-%d") if span_ms > 2 * 86_400_000 else when.strftime("%m-%d %H:%M")
 
 
-def display_numeric(ref: np.ndarray, cur: np.ndarray, kind: str = NUMERIC) -> Histogram:
+def display_numeric(ref: np.ndarray, cur: np.ndarray, kind: str = NUMERIC, nulls: tuple[int, int] = (0, 0)) -> Histogram:
     """Bars over both samples' range: one per value for small integer ranges; dates for timestamps; log-spaced
-    1-2-5 bins when equal-width bars would put most values in one bar; else equal-width bins."""
+    1-2-5 bins when equal-width bars would put most values in one bar; else equal-width bins. With ``nulls``
+    (reference, current) a last ``(null)`` bar; fractions are of each side's rows, nulls included."""
     both = np.concatenate([ref, cur])
     if len(both) == 0:
-        return Histogram((), (), ())
+        return Histogram((NULL_BIN,), (1.0,), (1.0,)) if all(nulls) else Histogram((), (), ())
     lo, hi = float(both.min()), float(both.max())
     integral = bool(np.all(np.floor(both) == both))
     scale = LINEAR
@@ -288,7 +294,9 @@ def display_numeric(ref: np.ndarray, cur: np.ndarray, kind: str = NUMERIC) -> Hi
             labels = tuple(compact(float(e)) for e in edges[:-1])
     rc, _ = np.histogram(ref, bins=edges)
     cc, _ = np.histogram(cur, bins=edges)
-    return Histogram(labels, tuple((rc / max(len(ref), 1)).tolist()), tuple((cc / max(len(cur), 1)).tolist()), scale)
+    if any(nulls):
+        labels, rc, cc = (*labels, NULL_BIN), np.append(rc, nulls[0]), np.append(cc, nulls[1])
+    return Histogram(labels, tuple((rc / max(rc.sum(), 1)).tolist()), tuple((cc / max(cc.sum(), 1)).tolist()), scale)
 
 
 def _display_categorical(ref: list[Any], cur: list[Any]) -> Histogram:
@@ -332,7 +340,7 @@ def feature_drift(feature: str, reference: Any, current: Any, threshold: DriftTh
             psi = psi_numeric(ref, cur, bins=th.bins, eps=eps, null_counts=(ref_null, cur_null))
             if ref and cur:
                 ks_d, ks_p = ks_2samp(ref, cur)
-            hist = display_numeric(np.asarray(ref, dtype=float), np.asarray(cur, dtype=float), k)
+            hist = display_numeric(np.asarray(ref, dtype=float), np.asarray(cur, dtype=float), k, (ref_null, cur_null))
         else:
             refv = ref + [None] * ref_null
             curv = cur + [None] * cur_null

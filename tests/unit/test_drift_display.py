@@ -99,3 +99,21 @@ def test_drift_needs_files_or_the_stack(capsys):
 def test_render_html_lists_left_out_features():
     report = drift.DriftReport("v", (), left_out=(("ts", "a timestamp"),))
     assert "<li>ts: a timestamp</li>" in render_html(report)
+
+
+def test_psi_sees_drift_from_a_single_valued_reference():
+    """A reference of only zeros (no orders in the last hour at every training instant) against served counts
+    of 1-2: quantile bins alone merged 0 with everything above it (PSI 0 while KS D was 0.58)."""
+    ref, cur = [0] * 100, [0] * 40 + [1] * 40 + [2] * 20
+    assert drift.quantile_edges(ref, 10).tolist() == [0.0, np.nextafter(0.0, 1.0)]
+    assert drift.psi_numeric(ref, cur) > 0.25
+    assert drift.psi_numeric(ref, ref) == 0.0
+
+
+def test_nulls_get_their_own_bar():
+    """A training set whose values are all null (incomplete) against served values: the (null) bar shows why."""
+    report = drift.feature_drift("x", pd.Series([None] * 10, dtype="Int64"), pd.Series([1, 2, 2, None]))
+    hist = report.histogram
+    assert hist.labels == ("(null)",) or hist.labels[-1] == "(null)"
+    assert hist.reference[-1] == 1.0 and hist.current[-1] == 0.25
+    assert abs(sum(hist.current) - 1.0) < 1e-9
