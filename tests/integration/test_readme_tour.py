@@ -39,6 +39,7 @@ EXPECTED = [
     ("online sample --view user_order_stats -n 3", "user_order_stats  user_id=u"),
     ("export USER_ID=", ""),
     ("get_online_features(", "customer_ltv_365d"),
+    ("skewless training-set", "skewless training-set: "),
     ("skewless serve", ""),
     ("/health", '"status":"ok"'),
     ("/get-online-features", '"statuses"'),
