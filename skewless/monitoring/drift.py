@@ -125,15 +125,15 @@ def psi_from_counts(reference: Sequence[float], current: Sequence[float], eps: f
 
 def quantile_edges(reference: Sequence[float], bins: int = 10) -> np.ndarray:
     """Inner bin edges: the reference's ``i/bins`` quantiles (linear interpolation), duplicates merged. A
-    reference of one value v gets the bins below v, v itself and above v (quantiles alone would merge v with
-    everything above it, and a current sample of other values would show no drift)."""
+    reference of at most ``bins`` distinct values (counts that are mostly 0) gets one bin per value and one
+    above its largest (quantiles would merge its values, and a current sample of larger ones would not show)."""
     ref = np.asarray(reference, dtype=float)
     if len(ref) == 0 or bins < 2:
         return np.array([], dtype=float)
-    edges = np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]))
-    if len(edges) == 1 and ref.min() == ref.max():
-        edges = np.append(edges, np.nextafter(edges[0], np.inf))
-    return edges
+    distinct = np.unique(ref)
+    if len(distinct) <= bins:
+        return np.append(distinct, np.nextafter(distinct[-1], np.inf))
+    return np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]))
 
 
 def bin_counts(values: Sequence[float], edges: np.ndarray) -> np.ndarray:

@@ -101,13 +101,14 @@ def test_render_html_lists_left_out_features():
     assert "<li>ts: a timestamp</li>" in render_html(report)
 
 
-def test_psi_sees_drift_from_a_single_valued_reference():
-    """A reference of only zeros (no orders in the last hour at every training instant) against served counts
-    of 1-2: quantile bins alone merged 0 with everything above it (PSI 0 while KS D was 0.58)."""
-    ref, cur = [0] * 100, [0] * 40 + [1] * 40 + [2] * 20
-    assert drift.quantile_edges(ref, 10).tolist() == [0.0, np.nextafter(0.0, 1.0)]
+def test_psi_sees_drift_from_a_reference_of_few_values():
+    """Counts that are mostly 0 in the reference (orders in the last hour at training instants) against served
+    counts of 1-2: quantile bins merged 0 and 1 with everything above (PSI 0 while KS D was 0.56)."""
+    ref, cur = [0] * 96 + [1] * 4, [0] * 40 + [1] * 40 + [2] * 20
+    assert drift.quantile_edges(ref, 10).tolist() == [0.0, 1.0, np.nextafter(1.0, 2.0)]
     assert drift.psi_numeric(ref, cur) > 0.25
     assert drift.psi_numeric(ref, ref) == 0.0
+    assert drift.quantile_edges([0] * 10, 10).tolist() == [0.0, np.nextafter(0.0, 1.0)]
 
 
 def test_nulls_get_their_own_bar():
