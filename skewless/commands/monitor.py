@@ -272,8 +272,14 @@ def run(args: argparse.Namespace) -> int:
     if handler is None:
         print("usage: skewless monitor {freshness|quality|drift|consistency|serve} ... (see --help)", file=sys.stderr)
         return 2
+    import redis
+
     try:
         return handler(args)
     except (FileNotFoundError, ValueError, LookupError, ImportError) as exc:
         print(f"skewless monitor {args.monitor_command}: {exc}", file=sys.stderr)
         return 2
+    except redis.RedisError as exc:
+        print(f"skewless monitor {args.monitor_command}: Redis unreachable ({exc}); is the stack up (`make up`)?",
+              file=sys.stderr)
+        return 1

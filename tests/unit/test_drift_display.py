@@ -118,3 +118,15 @@ def test_nulls_get_their_own_bar():
     assert hist.labels == ("(null)",) or hist.labels[-1] == "(null)"
     assert hist.reference[-1] == 1.0 and hist.current[-1] == 0.25
     assert abs(sum(hist.current) - 1.0) < 1e-9
+
+
+def test_drift_from_the_stack_without_redis_is_one_line(capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["monitor", "drift", "--from-stack", "--view", "user_order_stats", "--repo", REPO,
+                 "--redis-url", f"redis://127.0.0.1:{port}/0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skewless monitor drift: Redis unreachable (")
