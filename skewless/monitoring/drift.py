@@ -124,16 +124,18 @@ def psi_from_counts(reference: Sequence[float], current: Sequence[float], eps: f
 
 
 def quantile_edges(reference: Sequence[float], bins: int = 10) -> np.ndarray:
-    """Inner bin edges: the reference's ``i/bins`` quantiles (linear interpolation), duplicates merged. A
-    reference of at most ``bins`` distinct values (counts that are mostly 0) gets one bin per value and one
-    above its largest (quantiles would merge its values, and a current sample of larger ones would not show)."""
+    """Inner bin edges: the reference's ``i/bins`` quantiles (linear interpolation), duplicates merged; a
+    quantile that repeats (a value holding over ``1/bins`` of the reference, e.g. the 0 of mostly-0 counts)
+    also closes its own bin, so the values above it are not merged with it. A reference of at most ``bins``
+    distinct values gets one bin per value and one above its largest."""
     ref = np.asarray(reference, dtype=float)
     if len(ref) == 0 or bins < 2:
         return np.array([], dtype=float)
     distinct = np.unique(ref)
     if len(distinct) <= bins:
         return np.append(distinct, np.nextafter(distinct[-1], np.inf))
-    return np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]))
+    edges, repeats = np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]), return_counts=True)
+    return np.unique(np.concatenate([edges, np.nextafter(edges[repeats > 1], np.inf)]))
 
 
 def bin_counts(values: Sequence[float], edges: np.ndarray) -> np.ndarray:

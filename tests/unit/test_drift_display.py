@@ -109,6 +109,11 @@ def test_psi_sees_drift_from_a_reference_of_few_values():
     assert drift.psi_numeric(ref, cur) > 0.25
     assert drift.psi_numeric(ref, ref) == 0.0
     assert drift.quantile_edges([0] * 10, 10).tolist() == [0.0, np.nextafter(0.0, 1.0)]
+    # many distinct values but 95% zeros (the tour's training set): the deciles are all 0; 0 gets its own bin
+    ref = [0] * 950 + list(range(1, 51))
+    cur = [0] * 400 + list(range(1, 601))
+    assert drift.quantile_edges(ref, 10).tolist() == [0.0, np.nextafter(0.0, 1.0)]
+    assert drift.psi_numeric(ref, cur) > 0.25
 
 
 def test_nulls_get_their_own_bar():
