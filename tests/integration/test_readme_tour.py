@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,10 @@ def test_tour_commands_are_known():
 
 
 def test_readme_tour_runs_as_written(tmp_path: Path):
+    now = datetime.now(timezone.utc)
+    if now.hour == 0 or now.hour == 23 and now.minute >= 55:
+        pytest.skip("the tour backfills yesterday, which needs the archive complete past today 00:00 UTC plus the "
+                    "1 h allowed lateness (the README says: after 01:00 UTC)")
     commands = tour_commands(README.read_text())
     stack = Stack(tmp_path)
     env = dict(stack.env, PATH=f"{PROJECT_ROOT / '.venv' / 'bin'}:{stack.env.get('PATH', '')}")
