@@ -29,7 +29,7 @@ from skewless.core import laws, layout
 from skewless.core.admission import parse_event_time
 from skewless.core.dsl import Agg, Derived, FeatureView, SnapshotView
 from skewless.core.expr import evaluate
-from skewless.core.timeutil import to_epoch_ms
+from skewless.core.timeutil import iso_utc, to_epoch_ms
 from skewless.offline.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
 DEFAULT_BATCH = 10_000  # entities per pipelined send
@@ -123,7 +123,7 @@ def read_serving(catalog: Any, view: FeatureView, day: date, namespace: str = DE
                          f"--start {day} --end {day}` first") from None
     rows = table.scan(row_filter=EqualTo("cutoff_ms", cut)).to_arrow()
     if rows.num_rows == 0:
-        raise BatchError(f"no serving rows of {view.name} v{view.version} for day {day} (cut-off {cut}): run "
+        raise BatchError(f"no serving rows of {view.name} v{view.version} for day {day} (cut-off {iso_utc(cut)}): run "
                          f"`skewless backfill --view {view.name} --start {day} --end {day}` first")
     return rows
 
@@ -153,7 +153,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         raise BatchError(f"serving table lacks {missing}: it was written by another definition of {view.name}")
     runs = set(rows.column("run_id").unique().to_pylist())
     if len(runs) != 1:
-        raise BatchError(f"serving rows for cut-off {cut} mix runs {sorted(runs)}")
+        raise BatchError(f"serving rows for cut-off {iso_utc(cut)} mix runs {sorted(runs)}")
     run_id = runs.pop()
     report.run_id = run_id
     t0 = time.monotonic()
@@ -166,7 +166,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         detail = detail.decode() if isinstance(detail, bytes) else detail
         if int(code) == 0:
             raise NewerRunMaterializedError(
-                f"Redis already serves a newer run of {view.name} v{view.version} (cut-off {detail} > {cut}): "
+                f"Redis already serves a newer run of {view.name} v{view.version} (cut-off {iso_utc(int(detail)) if str(detail).isdigit() else detail} > {iso_utc(cut)}): "
                 f"the run of {day} is refused as a whole; nothing of it was written")
         if int(code) < 0:
             raise ConcurrentMaterializationError(

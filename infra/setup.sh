@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make setup`: install everything skewless needs on this machine, idempotently, printing each phase's time.
+# `make setup`: install everything skewless needs on this machine, idempotently. Silent when every phase is
+# already up to date; a phase that does work prints its name and its time.
 #   1. Debian packages (as root): redis-server, maven, a JDK if missing, docker.io + debootstrap for test images,
 #      chromium (headless: the drift report is rendered and checked in a real browser)
 #   2. the project venv (.venv) from infra/constraints.txt
@@ -12,8 +13,18 @@ ROOT=$(pwd)
 STAMPS="$ROOT/infra/.cache/stamps"
 mkdir -p "$STAMPS"
 
-phase() { echo "setup: $1"; PHASE_T0=$(date +%s); }
+WORKED=0  # 1 once a phase did something (then "setup: ok" closes the output)
+phase() { echo "setup: $1"; PHASE_T0=$(date +%s); WORKED=1; }
 done_phase() { echo "setup: $1 done in $(( $(date +%s) - PHASE_T0 )) s"; }
+# header_on_output NAME: pass stdin through, printing "setup: NAME" before its first line; fails if it was empty
+header_on_output() {
+  local line printed=0
+  while IFS= read -r line; do
+    [ "$printed" -eq 1 ] || { echo "setup: $1"; printed=1; }
+    echo "$line"
+  done
+  [ "$printed" -eq 1 ]
+}
 
 # --- 1. Debian packages -------------------------------------------------------------------------
 APT_PKGS=(redis-server redis-tools maven debootstrap docker.io chromium)
@@ -53,20 +64,23 @@ if [ "$(cat "$STAMPS/jars" 2>/dev/null)" != "$want" ]; then
   done_phase jars
 fi
 
-# --- 3b. the streaming job's Java code: admission function and sinks (streaming_jobs/java -> infra/.cache/udf) --
-phase "streaming Java code (javac streaming_jobs/java against PyFlink's jars and the Kafka connector)"
-.venv/bin/python -m streaming_jobs.udf >/dev/null
-done_phase udf
+# --- 3b/3c. the streaming job's Java code (admission function and sinks: streaming_jobs/java -> infra/.cache/udf)
+# and the batch path's (fork-free local file system: batch_jobs/java -> infra/.cache/spark-java); each jar is
+# named by its sources' hash, so an existing one is current
+stale=$(.venv/bin/python -c 'import streaming_jobs.udf as u, skewless.engines.spark_jar as b
+print(*(m for m, j in (("streaming_jobs.udf", u.jar_path), ("skewless.engines.spark_jar", b.jar_path)) if not j().exists()))')
+for module in $stale; do
+  phase "Java code of $module (javac $([ "$module" = streaming_jobs.udf ] && echo streaming_jobs || echo batch_jobs)/java)"
+  .venv/bin/python -m "$module" >/dev/null
+  done_phase "$module"
+done
 
-# --- 3c. the batch path's Java code: fork-free local file system (batch_jobs/java -> infra/.cache/spark-java) ----
-phase "batch Java code (javac batch_jobs/java against pyspark's jars)"
-.venv/bin/python -m skewless.engines.spark_jar >/dev/null
-done_phase batch-jvm
-
-# --- 4. Docker engine and test images -----------------------------------------------------------
+# --- 4. Docker engine and test images (setup-docker.sh prints only when it does something) --------
 if [ -f infra/docker/setup-docker.sh ]; then
-  phase "docker engine and test images"
-  bash infra/docker/setup-docker.sh
-  done_phase docker
+  PHASE_T0=$(date +%s)
+  if bash infra/docker/setup-docker.sh | header_on_output "docker engine and test images"; then
+    WORKED=1
+    done_phase docker
+  fi
 fi
-echo "setup: ok"
+[ "$WORKED" -eq 0 ] || echo "setup: ok"

@@ -7,6 +7,7 @@
 #      jars, base image id), so a change rebuilds and an unchanged tree skips.
 #   4. infra/.cache/docker/images.env names the current tags (read by tests/fixtures/services.py).
 # If no engine can run, prints a loud warning and exits 0: the tests fall back to local processes.
+# Prints nothing when everything is already up to date.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -28,7 +29,8 @@ warn() {
   rm -f "$MANIFEST"
   exit 0
 }
-took() { echo "docker: $1 in $(( $(date +%s) - $2 )) s"; }
+WORKED=0  # 1 once something was started or built (then the closing summary is printed)
+took() { echo "docker: $1 in $(( $(date +%s) - $2 )) s"; WORKED=1; }
 
 # --- 1. engine ----------------------------------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
@@ -83,8 +85,6 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   rm -rf "$rootfs"
   [ "$rc" -eq 0 ] || warn "docker import of the debootstrap rootfs failed"
   took "base image $BASE built" "$t"
-else
-  echo "docker: base image $BASE present"
 fi
 BASE_ID=$(docker image inspect -f '{{.Id}}' "$BASE")
 
@@ -103,9 +103,7 @@ build_image() {
   hash=$( { echo "$BASE_ID"; cd "$ctx" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } |
           sha256sum | cut -c1-12)
   tag=skewless/$name:$hash
-  if docker image inspect "$tag" >/dev/null 2>&1; then
-    echo "docker: $tag up to date"
-  else
+  if ! docker image inspect "$tag" >/dev/null 2>&1; then
     echo "docker: building $tag (log: $CACHE/build-$name.log)"
     if ! docker build --network host -t "$tag" -t "skewless/$name:latest" "$ctx" >"$CACHE/build-$name.log" 2>&1; then
       tail -n 30 "$CACHE/build-$name.log" >&2
@@ -125,4 +123,4 @@ rm -f "$MANIFEST.tmp"
 build_image redis infra/docker/redis.Dockerfile infra/redis/redis.conf redis.conf
 build_image kafka infra/docker/kafka.Dockerfile infra/.cache/jars/kafka jars infra/kafka kafka
 mv "$MANIFEST.tmp" "$MANIFEST"
-took "engine and images ready ($(tr '\n' ' ' <"$MANIFEST"))" "$T_ALL"
+[ "$WORKED" -eq 0 ] || took "engine and images ready ($(tr '\n' ' ' <"$MANIFEST"))" "$T_ALL"

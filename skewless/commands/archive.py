@@ -8,9 +8,10 @@ import logging
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from skewless.core.timeutil import iso_utc
 
 NAME = "archive"
 HELP = "archive every Kafka-fed source into its raw Iceberg table exactly once (run), compact it, show progress"
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compact.add_argument("--min-files", type=int, default=2, help="rewrite a day holding at least this many files (default 2)")
     compact.add_argument("--keep-snapshots", type=int, default=5, help="snapshots to keep (default 5)")
     compact.add_argument("--min-age", type=float, default=600.0, help="never expire snapshots younger than this many seconds (default 600)")
-    status = sub.add_parser("status", help="per source: offsets, max event time, complete-until, state")
+    status = sub.add_parser("status", help="per source: offsets, max event time, state and complete-until (the newest "
+                                          "event time minus the allowed lateness: what a backfill may read)")
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -133,12 +135,6 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def _iso(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def _status(args: argparse.Namespace) -> int:
     from skewless.offline.archive_progress import archive_progress
     from skewless.core.dsl import EventSource
@@ -148,9 +144,8 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     repo, catalog_factory = loaded
     catalog = catalog_factory()
-    out = []
-    for source in [s for s in repo.sources if isinstance(s, EventSource)]:
-        out.append(archive_progress(catalog, source))
+    sources = {s.name: s for s in repo.sources if isinstance(s, EventSource)}
+    out = [archive_progress(catalog, source) for source in sources.values()]
     if args.json:
         print(json.dumps([
             {**{k: v for k, v in p.__dict__.items() if k != "partitions" and k != "dead_letter_offsets"},
@@ -165,12 +160,15 @@ def _status(args: argparse.Namespace) -> int:
         if p.state == "batch-only":
             print(f"{p.source}: batch-only (no topic): read in place from {p.table}; the archive does nothing for it")
             continue
-        print(f"{p.source}: {p.state}  topic={p.topic}  table={p.table}  complete_until={_iso(p.complete_until_ms)}  "
-              f"committed_at={_iso(p.committed_at_ms)}")
+        print(f"{p.source}: {p.state}  topic={p.topic}  table={p.table}  complete_until={iso_utc(p.complete_until_ms)}  "
+              f"committed_at={iso_utc(p.committed_at_ms)}")
+        lateness = sources[p.source].allowed_lateness
+        print(f"  complete_until = the newest archived event time minus the allowed lateness ({lateness}), so it "
+              f"trails the stream by that much; a backfill of day D runs once complete_until >= D+1 00:00 UTC")
         if p.stopped_reason:
             print(f"  STOPPED: {p.stopped_reason}")
         for part, pp in sorted(p.partitions.items()):
-            print(f"  partition {part}: last_offset={pp.last_offset} max_event_time={_iso(pp.max_event_time_ms)}"
+            print(f"  partition {part}: last_offset={pp.last_offset} max_event_time={iso_utc(pp.max_event_time_ms)}"
                   f"{' caught-up' if pp.caught_up else ''}  dead-letters-next={p.dead_letter_offsets.get(part, '-')}")
     return 0
 

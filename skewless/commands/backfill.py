@@ -12,6 +12,12 @@ from skewless.commands import CommandError
 
 NAME = "backfill"
 HELP = "recompute feature views over a date range with spark-submit (idempotent, resumable, archive-gated)"
+SPARK_LOG4J = Path(__file__).resolve().parents[2] / "infra" / "spark" / "log4j2.properties"  # Spark at WARN
+
+
+def spark_log4j() -> Path:
+    """The driver's log4j2 configuration: ``$SKEWLESS_SPARK_LOG4J``, else infra/spark/log4j2.properties (WARN)."""
+    return Path(os.environ.get("SKEWLESS_SPARK_LOG4J") or SPARK_LOG4J).resolve()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +38,13 @@ def spark_submit() -> Path:
 
 
 def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
-    """``spark-submit --master M --driver-memory X --conf <batch jar, fs.file.impl> --jars <iceberg,sqlite,batch>
+    """``spark-submit --master M --driver-memory X --conf <batch jar, fs.file.impl, log4j2 file> --jars <iceberg,sqlite,batch>
     batch_jobs/backfill.py <args>`` (the session's JVM settings of :func:`skewless.engines.spark_session.jvm_conf`)."""
     from skewless.engines.spark_session import jvm_conf, session_jars
 
     cmd = [str(spark_submit()), "--master", args.master, "--driver-memory", args.driver_memory,
-           "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1"]
+           "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+           "--conf", f"spark.driver.extraJavaOptions=-Dlog4j2.configurationFile={spark_log4j().as_uri()}"]
     for key, value in jvm_conf().items():
         cmd += ["--conf", f"{key}={value}"]
     cmd += ["--jars", ",".join(str(j) for j in session_jars()), str(script)]

@@ -39,16 +39,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", default=None)
     p.add_argument("--store", action="store_true", help="append results to Iceberg monitoring.quality_results")
 
-    p = sub.add_parser("drift", help="PSI/KS drift between a reference and a current sample; table + HTML report")
+    p = sub.add_parser("drift", help="PSI/KS drift between a reference and a current sample (files, or --from-stack); "
+                                     "table + HTML report")
     _common(p)
-    p.add_argument("--reference", required=True, help="parquet/csv: training set or offline window")
-    p.add_argument("--current", required=True, help="parquet/csv: sampled served values")
+    _redis(p)
+    p.add_argument("--from-stack", action="store_true",
+                   help="reference: a training set of --sample entities over the last --days (every --every); current: "
+                        "those entities' values served now from the online store (needs --view and a running stack)")
+    p.add_argument("--reference", default=None, help="parquet/csv: training set or offline window")
+    p.add_argument("--current", default=None, help="parquet/csv: sampled served values")
     p.add_argument("--view", default=None, help="compare this view's features (default: common columns)")
-    p.add_argument("--feature", action="append", help="only this feature (repeatable)")
+    p.add_argument("--feature", action="append", help="only this feature (repeatable; names a timestamp feature to include it)")
+    p.add_argument("--sample", type=int, default=200, help="--from-stack: entities read from the store (default 200)")
+    p.add_argument("--days", type=float, default=7.0, help="--from-stack: reference window, days back from now (default 7)")
+    p.add_argument("--every", default="6h", help="--from-stack: reference instants' cadence, e.g. 1h, 1d (default 6h)")
     p.add_argument("--threshold", action="append", default=[], metavar="F=WARN,ALERT[,KS]",
                    help="per-feature thresholds, e.g. customer_ltv_365d=0.2,0.4 (default PSI 0.1/0.25)")
     p.add_argument("--bins", type=int, default=10, help="quantile bins for numeric PSI (default 10)")
-    p.add_argument("--html", default=None, help="report path (default: drift-<view>.html)")
+    p.add_argument("--html", default=None, help="report path (default: <state dir>/reports/drift-<view>.html)")
 
     p = sub.add_parser("consistency", help="recompute logged online responses offline; mismatch rate per feature")
     _common(p)
@@ -140,11 +148,49 @@ def _run_quality(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _stack_frames(args: argparse.Namespace, repo: Any, view: Any) -> tuple[Any, Any, str, str]:
+    """(reference, current, their names) from the running stack: ``--sample`` entities that hold online state;
+    their training set at every ``--every`` over the last ``--days``; their values served now."""
+    from datetime import datetime, timedelta, timezone
+
+    from skewless.monitoring.sampling import sample_entities
+    from skewless.store import FeatureStore
+
+    client = _redis_client(args)
+    try:
+        entities = sample_entities(client, _project(args), view, args.sample)
+        if not entities:
+            raise LookupError(f"no entity holds online state of {view.name} yet: run its streaming job and produce "
+                              "events (`skewless submit`, `skewless produce`), or materialize a batch run")
+        store = FeatureStore(repo, redis=client, project=_project(args))
+        keys = [k for k, _ in view.entity.join_keys]
+        features = [f"{view.name}:{f}" for f in view.feature_names]
+        online = store.get_online_features([dict(zip(keys, e)) for e in entities], features)
+        current = [online.row(i) for i in range(len(online))]
+    finally:
+        client.close()
+    end = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    start = end - timedelta(days=args.days)
+    spine = store.spine(features, start, end, args.every, entities=[e[0] for e in entities] if len(keys) == 1 else None)
+    reference = store.get_historical_features(spine, features, progress=False)
+    return (reference, current, f"training set: {len(entities)} entities every {args.every}, "
+            f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", f"online store now: {len(current)} entities")
+
+
 def _run_drift(args: argparse.Namespace) -> int:
-    from skewless.monitoring.drift import DriftThreshold, compare, parse_threshold
+    from skewless import config
+    from skewless.monitoring.drift import TIMESTAMP, DriftThreshold, compare, parse_threshold, timestamp_features
     from skewless.monitoring.report_html import write_html
 
-    view = None
+    files = args.reference is not None or args.current is not None
+    if args.from_stack == files or (files and (args.reference is None or args.current is None)):
+        print("skewless monitor drift: give --from-stack --view V (a running stack), or both --reference and --current "
+              "files", file=sys.stderr)
+        return 2
+    if args.from_stack and not args.view:
+        print("skewless monitor drift: --from-stack needs --view (the view whose features to compare)", file=sys.stderr)
+        return 2
+    view = repo = None
     if args.view:
         repo = _load_repo(args)
         if repo is None:
@@ -157,12 +203,19 @@ def _run_drift(args: argparse.Namespace) -> int:
         return 2
     default = DriftThreshold(bins=args.bins)
     thresholds = {k: DriftThreshold(v.psi_warn, v.psi_alert, v.ks_alert, args.bins) for k, v in thresholds.items()}
-    report = compare(_read_frame(args.reference), _read_frame(args.current), view=view, features=args.feature,
-                     thresholds=thresholds, default=default, reference_name=Path(args.reference).name,
-                     current_name=Path(args.current).name)
+    stamps = timestamp_features(view, repo.try_schema(view.source.schema)) if view is not None else []
+    if args.from_stack:
+        reference, current, ref_name, cur_name = _stack_frames(args, repo, view)
+    else:
+        reference, current = _read_frame(args.reference), _read_frame(args.current)
+        ref_name, cur_name = Path(args.reference).name, Path(args.current).name
+    report = compare(reference, current, view=view, features=args.feature, thresholds=thresholds, default=default,
+                     kinds={f: TIMESTAMP for f in stamps}, reference_name=ref_name, current_name=cur_name,
+                     left_out={f: "a timestamp: it drifts by construction as time moves on; --feature includes it"
+                               for f in stamps})
     print(report.render())
-    out = args.html or f"drift-{args.view or 'features'}.html"
-    write_html(report, out)
+    out = Path(args.html) if args.html else config.paths().state / "reports" / f"drift-{args.view or 'features'}.html"
+    write_html(report, str(out))
     print(f"\nreport: {out} (status {report.status})")
     return 1 if report.status in ("alert", "error") else 0
 
@@ -191,7 +244,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     repo = _load_repo(args)
     if repo is None:
         return 2
-    server, thread = prometheus.serve_in_thread(lambda: prometheus.render(freshness=_freshness_rows(args, repo)), args.port)
+    try:
+        server, thread = prometheus.serve_in_thread(lambda: prometheus.render(freshness=_freshness_rows(args, repo)), args.port)
+    except OSError as exc:
+        print(f"skewless monitor serve: cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc}); "
+              "pass a free --port, or stop what listens there", file=sys.stderr)
+        return 2
     host, port = server.server_address[:2]
     print(f"serving http://{host}:{port}/metrics (Ctrl-C to stop)", flush=True)
     try:
@@ -214,8 +272,14 @@ def run(args: argparse.Namespace) -> int:
     if handler is None:
         print("usage: skewless monitor {freshness|quality|drift|consistency|serve} ... (see --help)", file=sys.stderr)
         return 2
+    import redis
+
     try:
         return handler(args)
     except (FileNotFoundError, ValueError, LookupError, ImportError) as exc:
         print(f"skewless monitor {args.monitor_command}: {exc}", file=sys.stderr)
         return 2
+    except redis.RedisError as exc:
+        print(f"skewless monitor {args.monitor_command}: Redis unreachable ({exc}); is the stack up (`make up`)?",
+              file=sys.stderr)
+        return 1

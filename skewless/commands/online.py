@@ -1,4 +1,6 @@
-"""``skewless online rebuild``: restore the online store after Redis lost data.
+"""``skewless online rebuild|sample``: maintain and inspect the online store.
+
+``rebuild --day D`` restores the online store after Redis lost data:
 
 1. initialise a new epoch (readers answer ``incomplete`` for anything written under the old one);
 2. materialize the batch runs of ``--day`` again (``skewless materialize``);
@@ -6,15 +8,19 @@
    earliest retained offsets (its window start, at least ``W + H`` back) -- ``make submit JOB=<view>`` with a
    fresh checkpoint -- so ``applied_from_ms`` in the view's meta key covers the windows again. This step is
    printed, not run: it restarts production jobs.
+
+``sample [--view V] [-n N]`` lists entity ids that hold online state (a bounded SCAN), to read them back.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 NAME = "online"
-HELP = "online store maintenance: `skewless online rebuild --day D` after Redis lost data"
+HELP = "online store: `online sample` lists real entity ids; `online rebuild --day D` after Redis lost data"
+REDIS_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,26 +29,110 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     rebuild = sub.add_parser("rebuild", help="new epoch, materialize the day's batch runs again, then replay the stream")
     m.add_arguments(rebuild)
+    sample = sub.add_parser("sample", help="entity ids that hold online state (bounded SCAN), one per line")
+    sample.add_argument("--view", action="append", default=None, help="only this view (repeatable; default: every view)")
+    sample.add_argument("-n", type=int, default=5, help="entity ids per view (default 5)")
+    sample.add_argument("--ids", action="store_true", help="print only the ids (join key values, comma-separated)")
+    sample.add_argument("--timeout", type=float, default=REDIS_TIMEOUT_S, help="stop scanning after this many seconds (default 5)")
+    sample.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
+    sample.add_argument("--redis-url", default=None, help="default redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0")
+    sample.add_argument("--project", default=None, help="key prefix (default $SKEWLESS_PROJECT or skewless)")
 
 
-def run(args: argparse.Namespace) -> int:
-    if getattr(args, "action", None) != "rebuild":
-        print("usage: skewless online rebuild --day YYYY-MM-DD [--view V]", file=sys.stderr)
-        return 2
+def _client(url: str | None) -> Any:
+    """Redis at ``url`` (default: the stack's) with the configured password/CA (:func:`skewless.config.redis_target`)
+    and a timeout on every call."""
     import redis
 
-    from skewless.config import HOST, ports
-    from skewless.core import layout
-    from skewless.commands import materialize as m
-    from skewless.config import default_project
+    from skewless.config import redis_target
 
-    client = redis.Redis.from_url(args.redis_url or f"redis://{HOST}:{ports().redis}/0")
+    target = redis_target(url)
+    return redis.Redis.from_url(target.url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+                                **target.client_kwargs())
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from batch_jobs.runner import find_view, parse_day
+    from skewless.config import default_project
+    from skewless.offline.tables import BatchError
+    from skewless.commands import materialize as m
+    from skewless.core import layout
+    from skewless.core.repo import RepositoryLoadError, load_repository
+    from skewless.core.validation import DefinitionError
+
+    try:  # every argument is checked before Redis is touched
+        parse_day(args.day, "--day")
+        repo = load_repository(args.repo)
+        for name in args.view or ():
+            find_view(repo, name)
+    except (BatchError, DefinitionError, RepositoryLoadError) as exc:
+        print(f"skewless online rebuild: {exc}", file=sys.stderr)
+        return 2
+    client = _client(args.redis_url)
     key = layout.epoch_key(args.project or default_project())
     if client.get(key) is None:
         print(f"{key} is missing: Redis lost its data; initialising a new epoch")
     args.init_epoch = True
     status = m.materialize(args)
-    print("next: replay the stream so its tiles cover the windows again: restart each view's streaming job from "
-          "its earliest retained offsets with a fresh checkpoint (`make submit JOB=<view>`); reads answer "
-          "`incomplete` until its applied_from_ms covers the window start")
+    if status == 0:
+        print("next: replay the stream so its tiles cover the windows again: restart each view's streaming job from "
+              "its earliest retained offsets with a fresh checkpoint (`make submit JOB=<view>`); reads answer "
+              "`incomplete` until its applied_from_ms covers the window start")
     return status
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from skewless.core.repo import RepositoryLoadError, load_repository
+    from skewless.core.validation import DefinitionError
+    from skewless.config import default_project
+    from skewless.monitoring.sampling import sample_entities
+
+    if args.n < 1:
+        print("skewless online sample: -n must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        repo = load_repository(args.repo)
+    except (DefinitionError, RepositoryLoadError) as exc:
+        print(f"skewless online sample: {exc}", file=sys.stderr)
+        return 2
+    views = {v.name: v for v in repo.views}
+    unknown = [v for v in args.view or () if v not in views]
+    if unknown:
+        print(f"skewless online sample: unknown view {unknown[0]!r}; the repository has: {', '.join(sorted(views))}",
+              file=sys.stderr)
+        return 2
+    client = _client(args.redis_url)
+    found = 0
+    try:
+        for name in args.view or sorted(views):
+            view = views[name]
+            names = [k for k, _ in view.entity.join_keys]
+            for key in sample_entities(client, args.project or default_project(), view, args.n, args.timeout):
+                found += 1
+                if args.ids:
+                    print(",".join(str(v) for v in key))
+                else:
+                    print(f"{name}  " + ",".join(f"{k}={v}" for k, v in zip(names, key)))
+    finally:
+        client.close()
+    if not found:
+        print("skewless online sample: no entity holds online state yet: produce events (`skewless produce`) with a "
+              "streaming job running (`skewless submit`), or materialize a batch run (`skewless materialize`)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import redis
+
+    handlers = {"rebuild": _rebuild, "sample": _sample}
+    handler = handlers.get(getattr(args, "action", None) or "")
+    if handler is None:
+        print("usage: skewless online {sample [--view V] [-n N] | rebuild --day YYYY-MM-DD [--view V]}", file=sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except redis.RedisError as exc:
+        print(f"skewless online {args.action}: Redis unreachable ({exc}); is the stack up (`make up`)?", file=sys.stderr)
+        return 1

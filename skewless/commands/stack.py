@@ -1,4 +1,4 @@
-"""`skewless stack up|down|status`: the local Kafka + Flink + Redis stack (see docs/infra.md)."""
+"""`skewless stack up|down|status`: the local Kafka + Flink + Redis stack and the raw archive (see docs/infra.md)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ from skewless.stack.base import StackError
 from skewless.stack.cluster import TOPOLOGIES
 
 NAME = "stack"
-HELP = "start, stop or inspect the local stack (Kafka KRaft, Flink session cluster, Redis) on 127.0.0.1"
+HELP = ("start, stop or inspect the local stack on 127.0.0.1: Kafka (KRaft), a Flink session cluster, Redis, and the "
+        "raw archive (one `skewless archive run` per Kafka-fed source, Kafka -> Iceberg)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    up = sub.add_parser("up", help="check prerequisites and ports, start every service, wait until healthy")
+    up = sub.add_parser("up", help="check prerequisites and ports, start every service and the archive, wait until healthy")
     up.add_argument("--topology", choices=TOPOLOGIES, default="single",
                     help="single (default): one node per service; cluster: 3 Kafka brokers (RF 3, min ISR 2), "
                          "Flink with 2 TaskManagers x 2 slots, Redis Cluster of 3 masters + 3 replicas (docs/infra.md)")
     sub.add_parser("down", help="stop exactly the processes `up` recorded (by pid); idempotent")
-    status = sub.add_parser("status", help="per service: running/healthy, pid, RSS, endpoints (exit 1 if a recorded service is not healthy)")
+    status = sub.add_parser("status", help="per service (archive included): running/healthy, pid, RSS, endpoints; then the running "
+                                               "Flink jobs (exit 1 if a recorded service is not healthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -39,6 +39,15 @@ def from_epoch_ms(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
+def iso_utc(ms: int | None) -> str:
+    """Epoch ms as ISO-8601 UTC for a person to read: ``2026-12-01T00:00:00Z``, with ``.mmm`` only when the
+    instant has milliseconds (``2026-12-01T10:17:22.671Z``); ``-`` for None."""
+    if ms is None:
+        return "-"
+    text = from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+
+
 def floor_ms(ms: int, step_ms: int) -> int:
     """Largest multiple of ``step_ms`` (epoch-aligned) that is <= ``ms``; correct for negative ms too."""
     return (ms // step_ms) * step_ms

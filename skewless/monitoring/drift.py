@@ -8,6 +8,11 @@ an edge belongs to the bin above); categorical bins are the categories of either
 more bin when either side has any. KS is ``D = max |F_ref - F_cur|`` with the asymptotic p-value.
 
 Default thresholds: PSI >= 0.1 ``warn``, >= 0.25 ``alert``; per feature overridable, KS optional.
+
+Timestamp-valued features (e.g. ``MAX(event_time)``) drift by construction -- time moves on -- so a view's
+are left out by default (:func:`timestamp_features`); named explicitly they are compared like numbers and
+shown on a date axis. Skewed non-negative numbers (one equal-width bar holding most values) are shown on
+log-spaced 1-2-5 bins, so more than one bar is visible; PSI and KS do not depend on the display bins.
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from skewless.core.dsl import View
+from skewless.core.dsl import FeatureView, View
+from skewless.core.schemas import EventSchema
+from skewless.core.timeutil import from_epoch_ms
+from skewless.core.validation import feature_type
 from skewless.monitoring.common import ALERT, ERROR, OK, WARN, format_table, guarded, to_pandas
 
 DEFAULT_EPS = 1e-4
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+TIMESTAMP = "timestamp"  # epoch ms: compared like numbers, shown on a date axis
+LINEAR, LOG = "linear", "log"  # display bins: equal-width, or log-spaced 1-2-5
+SKEWED_SHARE = 0.6  # an equal-width bar holding more than this share of values: show log bins
 NULL_BIN = "(null)"
 DISPLAY_BINS = 20
 MAX_CATEGORIES_SHOWN = 20
@@ -48,6 +59,7 @@ class Histogram:
     labels: tuple[str, ...]
     reference: tuple[float, ...]
     current: tuple[float, ...]
+    scale: str = LINEAR  # LINEAR: equal-width bins (or one per value); LOG: log-spaced 1-2-5 bins
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class DriftReport:
     features: tuple[FeatureDrift, ...]
     reference_name: str = "reference"
     current_name: str = "current"
+    left_out: tuple[tuple[str, str], ...] = ()  # (feature, why) not compared
 
     @property
     def status(self) -> str:
@@ -82,7 +95,8 @@ class DriftReport:
     def render(self) -> str:
         rows = [[f.feature, f.kind, f.n_reference, f.n_current, _num(f.psi), _num(f.ks_d), _num(f.ks_p),
                  f"{f.threshold.psi_warn:g}/{f.threshold.psi_alert:g}", f.status, f.detail] for f in self.features]
-        return format_table(["feature", "kind", "n_ref", "n_cur", "psi", "ks_d", "ks_p", "psi warn/alert", "status", "detail"], rows)
+        table = format_table(["feature", "kind", "n_ref", "n_cur", "psi", "ks_d", "ks_p", "psi warn/alert", "status", "detail"], rows)
+        return table + "".join(f"\nleft out: {name} ({why})" for name, why in self.left_out)
 
 
 def _num(v: float | None) -> str:
@@ -110,11 +124,18 @@ def psi_from_counts(reference: Sequence[float], current: Sequence[float], eps: f
 
 
 def quantile_edges(reference: Sequence[float], bins: int = 10) -> np.ndarray:
-    """Inner bin edges: the reference's ``i/bins`` quantiles (linear interpolation), duplicates merged."""
+    """Inner bin edges: the reference's ``i/bins`` quantiles (linear interpolation), duplicates merged; a
+    quantile that repeats (a value holding over ``1/bins`` of the reference, e.g. the 0 of mostly-0 counts)
+    also closes its own bin, so the values above it are not merged with it. A reference of at most ``bins``
+    distinct values gets one bin per value and one above its largest."""
     ref = np.asarray(reference, dtype=float)
     if len(ref) == 0 or bins < 2:
         return np.array([], dtype=float)
-    return np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]))
+    distinct = np.unique(ref)
+    if len(distinct) <= bins:
+        return np.append(distinct, np.nextafter(distinct[-1], np.inf))
+    edges, repeats = np.unique(np.quantile(ref, [i / bins for i in range(1, bins)]), return_counts=True)
+    return np.unique(np.concatenate([edges, np.nextafter(edges[repeats > 1], np.inf)]))
 
 
 def bin_counts(values: Sequence[float], edges: np.ndarray) -> np.ndarray:
@@ -206,33 +227,78 @@ def compact(v: float) -> str:
     """Short axis label: 0.25, 13, 1.3k, 2.5M."""
     a = abs(v)
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if a >= size:
+        if a >= size * 0.9995:  # what rounds to 1000 of the smaller unit reads as 1 of this one
             return f"{v / size:.3g}{suffix}"
     return f"{v:.3g}"
 
 
-def _display_numeric(ref: np.ndarray, cur: np.ndarray) -> Histogram:
-    """Equal-width bars over both samples' range (one bar per value for small integer ranges)."""
+def _nice_125(x: float, up: bool) -> float:
+    """The 1-2-5 series value at or above (``up``) or at or below ``x`` (> 0)."""
+    exp = math.floor(math.log10(x))
+    steps = [m * 10.0 ** e for e in (exp - 1, exp, exp + 1) for m in (1, 2, 5)]
+    return min(v for v in steps if v >= x * (1 - 1e-12)) if up else max(v for v in steps if v <= x * (1 + 1e-12))
+
+
+def log_edges(lo: float, hi: float) -> np.ndarray:
+    """Bin edges on the 1-2-5 series covering ``[lo, hi]`` (``lo >= 0``), with ``[0, first)`` when lo < first."""
+    top = max(hi, 1e-12)
+    first = _nice_125(lo, up=False) if lo > 0 else min(1.0, _nice_125(top, up=False))
+    edges = [0.0] if lo < first else []
+    v = first
+    while v <= top:
+        edges.append(v)
+        v = _nice_125(v * 1.5, up=True)
+    edges.append(v)
+    return np.asarray(edges, dtype=float)
+
+
+def _range_label(a: float, b: float, integral: bool) -> str:
+    if integral:
+        lo, hi = math.ceil(a), math.ceil(b) - 1
+        return compact(lo) if hi <= lo else f"{compact(lo)}–{compact(hi)}"
+    return f"{compact(a)}–{compact(b)}"
+
+
+def date_label(ms: float, span_ms: float) -> str:
+    """An epoch-ms axis label: the UTC date for spans over two days, else month-day hour:minute."""
+    when = from_epoch_ms(int(ms))
+    return when.strftime("%Y-%m-%d") if span_ms > 2 * 86_400_000 else when.strftime("%m-%d %H:%M")
+
+
+def display_numeric(ref: np.ndarray, cur: np.ndarray, kind: str = NUMERIC, nulls: tuple[int, int] = (0, 0)) -> Histogram:
+    """Bars over both samples' range: one per value for small integer ranges; dates for timestamps; log-spaced
+    1-2-5 bins when equal-width bars would put most values in one bar; else equal-width bins. With ``nulls``
+    (reference, current) a last ``(null)`` bar; fractions are of each side's rows, nulls included."""
     both = np.concatenate([ref, cur])
     if len(both) == 0:
-        return Histogram((), (), ())
+        return Histogram((NULL_BIN,), (1.0,), (1.0,)) if all(nulls) else Histogram((), (), ())
     lo, hi = float(both.min()), float(both.max())
     integral = bool(np.all(np.floor(both) == both))
-    if integral and hi - lo + 1 <= 2 * DISPLAY_BINS:
+    scale = LINEAR
+    if kind != TIMESTAMP and integral and hi - lo + 1 <= 2 * DISPLAY_BINS:
         edges = np.arange(lo, hi + 2) - 0.5
         labels = tuple(compact(lo + i) for i in range(len(edges) - 1))
     else:
         if hi == lo:
             hi = lo + 1.0
-        if integral:
+        if integral and kind != TIMESTAMP:
             width = math.ceil((hi - lo + 1) / DISPLAY_BINS)
             edges = lo + width * np.arange(DISPLAY_BINS + 1)
         else:
             edges = np.linspace(lo, hi, DISPLAY_BINS + 1)
-        labels = tuple(compact(float(e)) for e in edges[:-1])
+        counts, _ = np.histogram(both, bins=edges)
+        if kind != TIMESTAMP and lo >= 0 and counts.max() > SKEWED_SHARE * len(both):
+            edges, scale = log_edges(lo, hi), LOG
+            labels = tuple(_range_label(a, b, integral) for a, b in zip(edges[:-1], edges[1:]))
+        elif kind == TIMESTAMP:
+            labels = tuple(date_label(float(e), hi - lo) for e in edges[:-1])
+        else:
+            labels = tuple(compact(float(e)) for e in edges[:-1])
     rc, _ = np.histogram(ref, bins=edges)
     cc, _ = np.histogram(cur, bins=edges)
-    return Histogram(labels, tuple((rc / max(len(ref), 1)).tolist()), tuple((cc / max(len(cur), 1)).tolist()))
+    if any(nulls):
+        labels, rc, cc = (*labels, NULL_BIN), np.append(rc, nulls[0]), np.append(cc, nulls[1])
+    return Histogram(labels, tuple((rc / max(rc.sum(), 1)).tolist()), tuple((cc / max(cc.sum(), 1)).tolist()), scale)
 
 
 def _display_categorical(ref: list[Any], cur: list[Any]) -> Histogram:
@@ -272,11 +338,11 @@ def feature_drift(feature: str, reference: Any, current: Any, threshold: DriftTh
         if n_ref == 0 or n_cur == 0:
             return FeatureDrift(kind=k, status=ERROR, detail="no rows in the " + ("reference" if n_ref == 0 else "current"), **base)
         ks_d = ks_p = None
-        if k == NUMERIC:
+        if k in (NUMERIC, TIMESTAMP):
             psi = psi_numeric(ref, cur, bins=th.bins, eps=eps, null_counts=(ref_null, cur_null))
             if ref and cur:
                 ks_d, ks_p = ks_2samp(ref, cur)
-            hist = _display_numeric(np.asarray(ref, dtype=float), np.asarray(cur, dtype=float))
+            hist = display_numeric(np.asarray(ref, dtype=float), np.asarray(cur, dtype=float), k, (ref_null, cur_null))
         else:
             refv = ref + [None] * ref_null
             curv = cur + [None] * cur_null
@@ -295,13 +361,23 @@ def feature_drift(feature: str, reference: Any, current: Any, threshold: DriftTh
                    f"drift of {feature}")
 
 
+def timestamp_features(view: View, schema: EventSchema | None) -> list[str]:
+    """The view's timestamp-valued features (``MAX``/``MIN``/``LAST`` of a timestamp field)."""
+    if not isinstance(view, FeatureView):
+        return []
+    return [f for f in view.feature_names if feature_type(view, f, schema) == "timestamp"]
+
+
 def compare(reference: Any, current: Any, *, view: View | None = None, features: Sequence[str] | None = None,
             thresholds: Mapping[str, DriftThreshold] | None = None, default: DriftThreshold | None = None,
             kinds: Mapping[str, str] | None = None, eps: float = DEFAULT_EPS,
-            reference_name: str = "reference", current_name: str = "current") -> DriftReport:
+            reference_name: str = "reference", current_name: str = "current",
+            left_out: Mapping[str, str] | None = None) -> DriftReport:
     """Drift of each feature between two frames (pandas, Arrow or row dicts). Features: ``features``, else
-    the view's features present in either frame, else the columns common to both. Never raises."""
+    the view's features present in either frame, else the columns common to both; minus ``left_out``
+    (feature -> why, listed in the report) unless named in ``features``. Never raises."""
     name = view.name if view is not None else "-"
+    skipped = dict(left_out or {})
 
     def compute() -> DriftReport:
         ref, cur = to_pandas(reference), to_pandas(current)
@@ -311,6 +387,8 @@ def compare(reference: Any, current: Any, *, view: View | None = None, features:
             names = [f for f in view.feature_names if f in ref.columns or f in cur.columns]
         else:
             names = [c for c in ref.columns if c in cur.columns and not str(c).startswith("__")]
+        shown_left_out = tuple((f, skipped[f]) for f in names if f in skipped and features is None)
+        names = [f for f in names if features is not None or f not in skipped]
         out = []
         for f in names:
             th = (thresholds or {}).get(f, default or DriftThreshold())
@@ -319,7 +397,7 @@ def compare(reference: Any, current: Any, *, view: View | None = None, features:
                 out.append(FeatureDrift(f, "-", ERROR, threshold=th, detail=f"column missing in the {side}"))
                 continue
             out.append(feature_drift(f, ref[f], cur[f], th, (kinds or {}).get(f), eps))
-        return DriftReport(name, tuple(out), reference_name, current_name)
+        return DriftReport(name, tuple(out), reference_name, current_name, shown_left_out)
 
     return guarded(compute, lambda reason: DriftReport(name, (FeatureDrift("*", "-", ERROR, detail=reason),)),
                    f"drift of {name}")

@@ -3,14 +3,21 @@
 The online reader (or feature server) calls :meth:`ValueSampler.observe` after each read; one call in
 ``1/rate`` keeps a shallow copy of the values in a bounded buffer. Drift and quality monitors later take
 a frame of the buffer with :meth:`ValueSampler.frame`, off the read path.
+
+:func:`sample_entities` lists a few entity keys that hold online state of a view (a bounded Redis SCAN), for
+``skewless online sample`` and the drift monitor's sample of the store.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from typing import Any, Mapping
+
+from skewless.core import layout
+from skewless.core.dsl import FeatureView, SnapshotView
 
 
 class ValueSampler:
@@ -60,3 +67,30 @@ class ValueSampler:
 
     def views(self) -> list[str]:
         return sorted(self._buffers)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis SCAN ``MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def sample_entities(client: Any, project: str, view: FeatureView | SnapshotView, n: int = 10,
+                    timeout_s: float = 5.0, count: int = 1000) -> list[tuple[str | int, ...]]:
+    """Up to ``n`` entity keys that hold online state of ``view`` (tiles, batch record or snapshot), read with
+    ``SCAN ... COUNT count`` until ``n`` distinct keys are found, the keyspace is done or ``timeout_s`` passed."""
+    prefix = layout.view_prefix(project, view) + ":{"
+    found: dict[tuple[str | int, ...], None] = {}
+    deadline = time.monotonic() + timeout_s
+    cursor = 0
+    while len(found) < n and time.monotonic() < deadline:
+        cursor, keys = client.scan(cursor=cursor, match=_glob_escape(prefix) + "*", count=count)
+        for key in keys:
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            encoded, closed, _ = text[len(prefix):].partition("}")
+            if closed:
+                found.setdefault(layout.decode_entity_key(encoded), None)
+            if len(found) >= n:
+                break
+        if int(cursor) == 0:
+            break
+    return list(found)

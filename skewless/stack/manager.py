@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from skewless import config
+from skewless.core.timeutil import iso_utc
 from skewless.stack.archive import PREFIX as ARCHIVE_PREFIX
 from skewless.stack.archive import ArchiveProcess, archive_services, ensure_source_topics, is_archive_service
 from skewless.stack.base import Service, StackError, Started, port_in_use
@@ -431,7 +432,30 @@ def status(out: TextIO = sys.stdout, as_json: bool = False) -> int:
         print(_table(rows), file=out)
         total = sum(r["rss"] for r in rows)
         print(f"total RSS: {fmt_mib(total)}", file=out)
+        flink = next((e for e in (read_record() or {"services": []})["services"] if e["name"] == "flink"), None)
+        if flink is not None and live_pids(flink):
+            print("\n".join(flink_job_lines(flink["ports"].get("rest"))), file=out)
     return 0 if all(r["healthy"] for r in rows) else 1
+
+
+FLINK_JOB_STATES = ("RUNNING", "CREATED", "INITIALIZING", "RESTARTING", "FAILING", "CANCELLING")
+
+
+def flink_job_lines(rest_port: int | None) -> list[str]:
+    """The session cluster's running jobs (``GET /jobs/overview``), one line each; ``none`` or why unreachable."""
+    module = importlib.import_module(FLINK_MODULE)
+    cluster = module.FlinkSessionCluster(rest_port=rest_port)
+    try:
+        jobs = [j for j in cluster.list_jobs() if j.get("state") in FLINK_JOB_STATES]
+    except StackError as exc:
+        return [f"flink jobs: Flink unreachable ({exc})"]
+    if not jobs:
+        return ["flink jobs: none running (`skewless submit <view>` starts one)"]
+    lines = ["flink jobs:"]
+    for j in sorted(jobs, key=lambda j: j.get("start-time", 0)):
+        since = iso_utc(int(j["start-time"])) if j.get("start-time") else "-"
+        lines.append(f"  {j.get('state', '?'):<12} {j.get('name', '?')}  id={j.get('jid', '?')}  since {since}")
+    return lines
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -204,7 +204,39 @@ def test_decode_png_roundtrip():
     assert (decode_png(png) == pixels).all()
 
 
+def _screenshot(html: Path, tmp_path: Path, height: int) -> np.ndarray:
+    """RGB pixels of ``html`` rendered by headless chromium in a 1200 x ``height`` window."""
+    png = tmp_path / (html.stem + ".png")
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", f"--window-size=1200,{height}", html.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert png.exists(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    data = png.read_bytes()
+    assert len(data) > 20_000, f"suspiciously small screenshot: {len(data)} bytes"
+    pixels = decode_png(data)
+    assert pixels.shape[:2] == (height, 1200)
+    return pixels[..., :3].astype(np.int32)
+
+
+def _mask(rgb: np.ndarray, color: str, tolerance: int = 6) -> np.ndarray:
+    want = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
+    return np.abs(rgb - want).sum(axis=-1) <= tolerance
+
+
+def _longest_run(row: np.ndarray) -> int:
+    best = run = 0
+    for v in row:
+        run = run + 1 if v else 0
+        best = max(best, run)
+    return best
+
+
 def test_drift_report_renders_in_chromium(tmp_path: Path):
+    """The report renders; its y axes run to at most 100% in round steps (never 27/55/82% or 110%), each
+    chart spans its card, and a skewed count shows several bars (log-spaced bins), not one."""
+    import re
+
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (infra/setup.sh must apt-get install chromium)")
     from skewless.cli import main
@@ -222,19 +254,37 @@ def test_drift_report_renders_in_chromium(tmp_path: Path):
                  "--html", str(html), "--threshold", "n_1h=0.5,0.9"])
     assert code == 1 and html.exists()  # ltv and status drift past the alert threshold
 
-    png = tmp_path / "report.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1200,1600", html.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert png.exists(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    data = png.read_bytes()
-    assert len(data) > 20_000, f"suspiciously small screenshot: {len(data)} bytes"
-    pixels = decode_png(data)
-    assert pixels.shape[:2] == (1600, 1200)
-    rgb = pixels[..., :3].astype(np.int32)
+    rgb = _screenshot(html, tmp_path, 1600)
     assert rgb.std() > 10, "screenshot is blank"
     for color in (REF_COLOR, CUR_COLOR):  # both series of bars are drawn
-        want = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
-        share = (np.abs(rgb - want).sum(axis=-1) <= 6).mean()
+        share = _mask(rgb, color).mean()
         assert share > 0.005, f"{color} covers only {share:.4%} of the page"
+    # y axes: round steps from 0, the top one the first at or above the tallest bar, never past 100%
+    charts = re.findall(r"<svg[^>]*role=\"img\".*?</svg>", html.read_text())
+    assert len(charts) == 3
+    for svg in charts:
+        ticks = [float(t) for t in re.findall(r'font-size="11" text-anchor="end"[^>]*>([0-9.]+)%<', svg)]
+        assert ticks[0] == 0 and ticks[-1] <= 100, ticks
+        step = ticks[1] - ticks[0]
+        mantissa = step / 10 ** np.floor(np.log10(step))
+        assert any(np.isclose(mantissa, m) for m in (1, 2, 2.5, 5)), ticks
+        assert np.allclose(np.diff(ticks), step), ticks
+    # every chart spans its card: its x axis line (#333, anti-aliased over two rows: any grey darker than the
+    # #e3e3e3 grid) runs across most of the page, and the last bars reach its right side
+    axis = (rgb < 200).all(axis=-1)
+    spans = [_longest_run(row) for row in axis]
+    assert sum(1 for s in spans if s >= 960) >= 3, f"longest axis lines: {sorted(spans)[-4:]} px of 1200"
+    assert np.nonzero(_mask(rgb, CUR_COLOR).any(axis=0))[0].max() > 1020, "the bars stop short of the card's right side"
+
+    # a skewed count (most users have 1-2 orders, a few thousands): several bars, not one
+    orders = pd.DataFrame({"orders_365d": rng.zipf(1.8, 2000).clip(1, 20000)})
+    orders.to_parquet(tmp_path / "orders.parquet")
+    skewed = tmp_path / "skewed.html"
+    main(["monitor", "drift", "--reference", str(tmp_path / "orders.parquet"), "--current", str(tmp_path / "orders.parquet"),
+          "--html", str(skewed)])
+    rgb = _screenshot(skewed, tmp_path, 800)
+    bars = _mask(rgb, REF_COLOR)
+    legend_rows = np.nonzero(bars.any(axis=1))[0][:14]  # the legend's swatch comes first, above the chart
+    columns = bars[legend_rows[-1] + 20:].any(axis=0)
+    n_bars = sum(1 for i in range(1, len(columns)) if columns[i] and not columns[i - 1]) + int(columns[0])
+    assert n_bars >= 5, f"only {n_bars} reference bar(s) visible for a skewed count"

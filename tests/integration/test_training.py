@@ -18,9 +18,9 @@ from skewless.core.timeutil import day_start_ms
 from skewless.core import oracle
 from skewless.core.dsl import Field, SnapshotView, TableSource
 from skewless.core.repo import Repository
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, floor_ms, from_epoch_ms
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, floor_ms, from_epoch_ms, iso_ms
 from skewless.store import FeatureStore
-from tests.integration.test_batch import FIELD_TYPES, USER, iso, make_records, make_view, offline_events, write_raw
+from tests.integration.test_batch import FIELD_TYPES, USER, make_records, make_view, offline_events, write_raw
 
 pytestmark = pytest.mark.integration
 
@@ -197,7 +197,7 @@ def _record(partition: int, offset: int, ts: int, kafka_ts: int, event_id: str, 
             amount: int) -> dict[str, Any]:
     return {"partition": partition, "offset": offset, "timestamp_ms": kafka_ts,
             "value": json.dumps({"event_id": event_id, "user_id": user, "order_id": f"o-{event_id}", "amount": amount,
-                                 "currency": "EUR", "status": status, "event_time": iso(ts)})}
+                                 "currency": "EUR", "status": status, "event_time": iso_ms(ts)})}
 
 
 class ArchivedAfter:
