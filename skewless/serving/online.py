@@ -118,12 +118,12 @@ class OnlineResponse:
         }
 
     def to_pandas(self, statuses: str | bool | None = "view", found: bool = False) -> Any:
-        """One row per entity, shaped as a training set (``get_historical_features``): the join keys, each feature
-        column with the dtype of its declared type (``schemas.PANDAS_DTYPES``: ``Int64``, ``Float64``, ``string``,
-        ``boolean``; decimals as objects; null stays null), then one ``<view>__status`` column per view
-        (:meth:`view_statuses`). ``statuses="feature"``: each value's own status in a ``<column>__status`` column
-        after its column instead; ``None`` (or False): no status columns. ``found=True`` adds a boolean
-        ``<view>__found`` column per view."""
+        """One row per entity, shaped as a training set (``get_historical_features``): the join keys, then per view
+        its feature columns and one ``<view>__status`` column (:meth:`view_statuses`); each feature column has the
+        dtype of its declared type (``schemas.PANDAS_DTYPES``: ``Int64``, ``Float64``, ``string``, ``boolean``;
+        decimals as objects; null stays null). ``statuses="feature"``: the columns in request order, each value's
+        own status in a ``<column>__status`` column after its column; ``None`` (or False): no status columns.
+        ``found=True`` adds a boolean ``<view>__found`` column per view."""
         import pandas as pd
 
         if statuses is True:
@@ -133,14 +133,22 @@ class OnlineResponse:
                              "'feature' (one per feature) or None")
         types = dict(zip(self.columns, self.value_types))
         data: dict[str, Any] = dict(self.entities)
-        for c in self.columns:
+
+        def add(c: str) -> None:
             dtype = pandas_dtype(types.get(c))
             data[c] = pd.array(self.values[c], dtype=dtype) if dtype is not None else self.values[c]
             if statuses == "feature":
                 data[f"{c}{STATUS_SUFFIX}"] = pd.array(self.statuses[c], dtype="string")
-        if statuses == "view":
-            for view, sts in self.view_statuses().items():
-                data[f"{view}{STATUS_SUFFIX}"] = pd.array(sts, dtype="string")
+
+        if statuses == "view":  # as a training set: per view (in request order) its columns, then its status
+            view_statuses = self.view_statuses()
+            for view, cols in self.view_columns().items():
+                for c in cols:
+                    add(c)
+                data[f"{view}{STATUS_SUFFIX}"] = pd.array(view_statuses[view], dtype="string")
+        else:
+            for c in self.columns:
+                add(c)
         if found:
             for view, flags in self.found.items():
                 data[f"{view}__found"] = pd.array(flags, dtype="boolean")

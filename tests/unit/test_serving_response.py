@@ -101,7 +101,7 @@ def test_to_pandas_has_the_training_sets_columns_and_dtypes(repo: Any, filled: F
     users = filled.users[:3] + [TYPO]
     got = store.get_online_features({"user_id": users}, "churn_model", now_ms=filled.now)
     df = got.to_pandas()
-    assert list(df.columns) == ["user_id", *got.columns, "user_order_stats__status", "customer_profile__status"]
+    assert list(df.columns) == ["user_id", *got.columns[:-1], "user_order_stats__status", "segment", "customer_profile__status"]
     assert {c: str(df[c].dtype) for c in df.columns if c != "user_id"} == {
         c: str(pd.api.types.pandas_dtype(t)) for c, t in TRAINING_DTYPES.items()}
     typo = df.iloc[3]
@@ -114,6 +114,12 @@ def test_to_pandas_has_the_training_sets_columns_and_dtypes(repo: Any, filled: F
     assert list(got.to_pandas(statuses=None).columns) == ["user_id", *got.columns]
     with pytest.raises(ValueError, match="'view'"):
         got.to_pandas(statuses="value")
+    # views interleaved in the request: grouped per view, as the training set's engines output them
+    mixed = store.get_online_features({"user_id": users}, ["customer_profile:segment", "user_order_stats:user_orders_last_1h",
+                                                           "customer_profile:credit_score"], now_ms=filled.now).to_pandas()
+    assert list(mixed.columns) == ["user_id", "segment", "credit_score", "customer_profile__status", "user_orders_last_1h",
+                                   "user_order_stats__status"]
+    assert str(mixed["credit_score"].dtype) == "Int64"
 
 
 def test_a_views_status_is_its_worst_features_as_in_training_sets(repo: Any, filled: Filled) -> None:
