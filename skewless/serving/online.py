@@ -161,11 +161,12 @@ class OnlineResponse:
         for c in self.columns:
             for st in self.statuses[c]:
                 counts[st] = counts.get(st, 0) + 1
+        n, k = len(self), len(self.columns)
         at = "" if self.as_of_ms is None else f" as_of {iso_ms(self.as_of_ms)}"
-        text = ", ".join(f"{st} {counts[st]}" for st in _STATUS_ORDER[::-1] if st in counts) or "none"
+        text = ", ".join(f"{st} {counts[st]}" for st in sorted(counts, key=_rank, reverse=True)) or "none"
         missing = [f"{view} {flags.count(False)}" for view, flags in self.found.items() if not all(flags)]
-        return (f"<OnlineResponse {len(self)} entities x {len(self.columns)} features{at}; statuses: {text}; "
-                f"not found: {', '.join(missing) if missing else 'none'}>")
+        return (f"<OnlineResponse {n} entit{'y' if n == 1 else 'ies'} x {k} feature{'' if k == 1 else 's'}{at}; "
+                f"statuses: {text}; not found: {', '.join(missing) if missing else 'none'}>")
 
     def _table(self, limit: int = 8) -> tuple[list[str], list[list[str]], int]:
         """``(header, rows, entities left out)``: one row per feature and one column per entity (the first
@@ -202,14 +203,15 @@ class OnlineResponse:
         return f"<p>{html.escape(repr(self))}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{tail}"
 
 
-_STATUS_ORDER = (INCOMPLETE, EXPIRED, STALE, PRESENT)  # a row's status: the first of these any of its values has
+_RANKS = {INCOMPLETE: 0, EXPIRED: 1, STALE: 2, PRESENT: 3}  # a row's status: the lowest rank of its values'
+
+
+def _rank(status: str) -> int:
+    return _RANKS.get(status, -1)  # a status not listed here is never hidden behind a listed one
 
 
 def _row_status(statuses: set[str]) -> str:
-    for st in _STATUS_ORDER:
-        if st in statuses:
-            return st
-    return PRESENT  # no feature requested of the view
+    return min(statuses, key=_rank) if statuses else PRESENT
 
 
 # --- the store -------------------------------------------------------------------------------------------------

@@ -80,9 +80,8 @@ def spec(max_entities: int = 1000, max_body_bytes: int = 1 << 20) -> dict[str, A
                                      "description": "join key -> values, as requested"},
                         "values": {"type": "object", "additionalProperties": {"type": "array"},
                                    "description": "feature -> value per entity"},
-                        "statuses": {"type": "object", "additionalProperties": {"type": "array", "items": {
-                            "enum": ["present", "stale", "expired", "incomplete"]}},
-                            "description": "feature -> status per entity"},
+                        "statuses": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                                     "description": "feature -> status per entity: present|stale|expired|incomplete"},
                         "ages_ms": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": ["integer", "null"]}},
                                     "description": "feature -> read instant minus the newest data time the value reflects"},
                         "now_ms": {"type": "integer"}, "as_of_ms": {"type": ["integer", "null"]},

@@ -147,7 +147,7 @@ def test_repr_is_one_short_line_and_str_a_table(repo: Any, filled: Filled) -> No
                          f"not found: user_order_stats 1, customer_profile {no_profile}>")
     as_of = store.get_online_features({"user_id": users[:1]}, ["user_order_stats:customer_ltv_365d"],
                                       as_of=CUTOFF + 3 * MS_PER_DAY, now_ms=filled.now)
-    assert repr(as_of) == ("<OnlineResponse 1 entities x 1 features as_of 2024-01-15T00:00:00.000Z; "
+    assert repr(as_of) == ("<OnlineResponse 1 entity x 1 feature as_of 2024-01-15T00:00:00.000Z; "
                            "statuses: incomplete 1; not found: none>")
     lines = str(got).splitlines()
     assert lines[0] == repr(got)
