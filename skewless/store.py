@@ -66,7 +66,8 @@ class FeatureStore:
     def get_online_features(self, entity_rows: Any, features: Any, *, as_of: Any = None) -> Any:
         """Online values at "now" (or a tile-aligned ``as_of``) for ``entity_rows`` (list of dicts, dict of
         join key -> list, or DataFrame): an :class:`~skewless.serving.online.OnlineResponse` with per-value
-        status and age and the source progress, from one Redis round trip (docs/serving.md)."""
+        status and age, per view whether the store holds any state of each entity (``found``: False for an
+        unknown id) and the source progress, from one Redis round trip (docs/serving.md)."""
         if self._online is None:
             from skewless.serving.online import OnlineStore, open_store
 

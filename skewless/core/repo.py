@@ -27,7 +27,7 @@ from skewless.core.dsl import (
     View,
 )
 from skewless.core.schemas import DEFAULT_SCHEMAS_DIR, EventSchema, SchemaError, load_schema
-from skewless.core.validation import DefinitionError, UnknownFeatureError, validate_repository
+from skewless.core.validation import DefinitionError, UnknownFeatureError, feature_type, validate_repository
 
 Source = EventSource | TableSource
 _DEFINITION_TYPES = (Entity, EventSource, TableSource, FeatureView, SnapshotView, FeatureService)
@@ -112,6 +112,13 @@ class Repository:
             return self.schema(name)
         except SchemaError:
             return None
+
+    def feature_type(self, view: View, name: str) -> str | None:
+        """The value type (one of ``schemas.TYPES``) of feature ``name`` of ``view``: a snapshot field's declared
+        dtype, else what the aggregation or expression gives over the source's schema; None if unknown."""
+        if isinstance(view, SnapshotView):
+            return next((f.dtype for f in view.fields if f.name == name), None)
+        return feature_type(view, name, self.try_schema(view.source.schema))
 
     # -- feature references -------------------------------------------------------------------------
 

@@ -35,6 +35,16 @@ from skewless.config import PROJECT_ROOT
 
 TYPES = ("string", "int64", "float64", "decimal", "timestamp", "bool")
 NUMERIC_TYPES = frozenset({"int64", "float64", "decimal"})
+# The pandas dtype of a value of each type, for training sets and online responses alike (nullable dtypes: a
+# null stays null, an int stays an int). Timestamp features are epoch ms (docs/semantics.md §1); decimals stay
+# Python ``Decimal`` values (``object``).
+PANDAS_DTYPES = {"int64": "Int64", "timestamp": "Int64", "float64": "Float64", "string": "string", "bool": "boolean",
+                 "decimal": "object"}
+
+
+def pandas_dtype(value_type: str | None) -> str | None:
+    """The pandas dtype name of a value type (:data:`PANDAS_DTYPES`); None for an unknown type (pandas infers)."""
+    return PANDAS_DTYPES.get(value_type) if value_type is not None else None
 DEFAULT_SCHEMAS_DIR = PROJECT_ROOT / "schemas"
 _TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 

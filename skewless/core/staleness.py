@@ -17,6 +17,8 @@ from skewless.core.timeutil import td_ms
 
 # The status of a served value (docs/semantics.md §10-§11).
 PRESENT, STALE, INCOMPLETE, EXPIRED = "present", "stale", "incomplete", "expired"
+# A DataFrame's status column of a view (training sets, online responses): ``<view>__status``.
+STATUS_SUFFIX = "__status"
 
 
 @dataclass(frozen=True)

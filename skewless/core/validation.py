@@ -432,7 +432,7 @@ def feature_type(view: FeatureView, name: str, schema: EventSchema | None, _seen
             return None
         ftype = schema.type_of(f.field) if schema is not None and isinstance(f.field, str) else None
         if f.agg is Agg.AVG:
-            return "decimal" if ftype == "decimal" else "float64"
+            return "float64"  # float64(exact sum) / count, also of decimals (docs/semantics.md §4)
         return ftype
     if isinstance(f, Derived) and name not in _seen:
         return _expr_type(view, f.expr, schema, _seen | {name})

@@ -209,7 +209,7 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
              meta: tuple[Any, ...], now: int, as_of_ms: int | None, stale: bool, age: int | None,
              runs: dict[str, int], stream_starts: Sequence[list[int | None]], ctx: int,
              tags: Sequence[bytes], use_memo: bool = True, stream: ReplyStream | None = None,
-             ) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+             found: list[bool] | None = None) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
     """The ``n`` entities of one feature view (``k`` replies each in ``chunk``): the reference reader's
     ``evaluate_read`` + its rules; per entity ``(values, statuses, age)`` in the order of ``vp.outputs``. The store's
     ``caches`` are used: its entity memo (``memo``, ``kept``, ``memo_stats``) and decode cache (``decoded``).
@@ -221,7 +221,9 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     the derived features that depend on T (``DaysSince``) and the age are applied after, on every read.
 
     From a ``stream`` (``chunk`` None) an entity's replies are parsed, or passed over when their raw bytes are the
-    ones its memo entry kept (then they are that entry's replies, compared by identity)."""
+    ones its memo entry kept (then they are that entry's replies, compared by identity).
+
+    ``found`` gets, per entity, whether any of its keys of this view exists (a missing hash replies empty)."""
     T = now if as_of_ms is None else as_of_ms
     memo = view_cache(caches.memo, caches.kept, 0, vp.serial) if use_memo else {}
     mstats = caches.memo_stats
@@ -241,6 +243,8 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     else:
         raws_list = [(chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k] for i in range(n)]  # type: ignore[index]
         spans = ()  # no raw bytes
+    if found is not None:
+        found += map(any, raws_list)
     parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
     hits = 0
     i = -1

@@ -21,6 +21,7 @@ The store's public parts: the plan :mod:`skewless.serving.read_plan`, the evalua
 
 from __future__ import annotations
 
+import html
 import os
 import threading
 import time
@@ -36,8 +37,9 @@ from skewless.core import laws, layout
 from skewless.core.admission import MalformedError, parse_event_time
 from skewless.core.dsl import FeatureService, KeyType
 from skewless.core.repo import Repository, load_repository
-from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT, STALE, is_stale, newest_applied_ms, parse_progress
-from skewless.core.timeutil import to_epoch_ms
+from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT, STALE, STATUS_SUFFIX, is_stale, newest_applied_ms, parse_progress
+from skewless.core.schemas import pandas_dtype
+from skewless.core.timeutil import iso_ms, to_epoch_ms
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
 from skewless.serving.evaluate import CACHE_MAX, ReadCaches, loads, snapshots, view_meta, windowed, window_starts
 from skewless.serving.read_plan import SERIALS, EntitySpec, K_MGET, ReadPlan, build_plan
@@ -49,14 +51,16 @@ DEFAULT_MAX_ENTITIES = 1000
 # --- the response --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class OnlineResponse:
     """The answer of one read. Column-major: ``values[column][i]`` is entity ``i``'s value of ``column``
     (``columns[j]`` is the output name of ``refs[j]``), with its ``statuses`` and ``ages_ms`` (the read
     instant minus the newest data time the value reflects: newest applied event of the stream, batch cut-off
     of a batch-only source, snapshot row time; None when unknown). ``progress``: per streaming source and
     partition what was applied (offset, max event time, last write); ``batch_runs``: per view the batch runs
-    (run id -> cut-off) the values include."""
+    (run id -> cut-off) the values include. ``found[view][i]``: whether the store holds any key of entity ``i``
+    for ``view`` (False: no state, e.g. a mistyped or never-seen id; its values are still the contract's, such
+    as COUNT 0). ``value_types``: per column its declared value type (``schemas.TYPES``), for :meth:`to_pandas`."""
 
     columns: tuple[str, ...]
     refs: tuple[str, ...]
@@ -68,6 +72,8 @@ class OnlineResponse:
     as_of_ms: int | None
     progress: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     batch_runs: dict[str, dict[str, int]] = field(default_factory=dict)
+    found: dict[str, list[bool]] = field(default_factory=dict)
+    value_types: tuple[str | None, ...] = ()
 
     def __len__(self) -> int:
         return len(next(iter(self.entities.values()), []))
@@ -79,6 +85,28 @@ class OnlineResponse:
     def status(self, column: str, i: int = 0) -> str:
         return self.statuses[column][i]
 
+    def not_found(self, i: int = 0) -> list[str]:
+        """The views for which the store holds no state of entity ``i``."""
+        return [view for view, flags in self.found.items() if not flags[i]]
+
+    def view_columns(self) -> dict[str, list[str]]:
+        """Per view (in request order) its output columns."""
+        out: dict[str, list[str]] = {}
+        for ref, column in zip(self.refs, self.columns):
+            out.setdefault(ref.split(":", 1)[0], []).append(column)
+        return out
+
+    def view_statuses(self) -> dict[str, list[str]]:
+        """Per view, per entity: the status of the entity's row of that view, as a training set's one status column
+        per view reports it: ``incomplete`` if any requested feature of the view is, else ``expired``, else
+        ``stale``, else ``present`` (each value's own status stays in :attr:`statuses`)."""
+        n = len(self)
+        out = {}
+        for view, cols in self.view_columns().items():
+            per_value = [self.statuses[c] for c in cols]
+            out[view] = [_row_status({sts[i] for sts in per_value}) for i in range(n)]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the HTTP server's response body)."""
         return {
@@ -86,19 +114,104 @@ class OnlineResponse:
             "values": self.values, "statuses": self.statuses, "ages_ms": self.ages_ms,
             "now_ms": self.now_ms, "as_of_ms": self.as_of_ms,
             "progress": {s: {str(p): v for p, v in parts.items()} for s, parts in self.progress.items()},
-            "batch_runs": self.batch_runs,
+            "batch_runs": self.batch_runs, "found": self.found,
         }
 
-    def to_pandas(self, statuses: bool = True) -> Any:
-        """One row per entity: the join keys, then each feature column (and ``<column>__status``)."""
+    def to_pandas(self, statuses: str | bool | None = "view", found: bool = False) -> Any:
+        """One row per entity, shaped as a training set (``get_historical_features``): the join keys, then per view
+        its feature columns and one ``<view>__status`` column (:meth:`view_statuses`); each feature column has the
+        dtype of its declared type (``schemas.PANDAS_DTYPES``: ``Int64``, ``Float64``, ``string``, ``boolean``;
+        decimals as objects; null stays null). ``statuses="feature"``: the columns in request order, each value's
+        own status in a ``<column>__status`` column after its column; ``None`` (or False): no status columns.
+        ``found=True`` adds a boolean ``<view>__found`` column per view."""
         import pandas as pd
 
-        data: dict[str, list[Any]] = dict(self.entities)
-        for c in self.columns:
-            data[c] = self.values[c]
-            if statuses:
-                data[f"{c}__status"] = self.statuses[c]
+        if statuses is True:
+            statuses = "view"
+        if statuses not in ("view", "feature", None, False):
+            raise ValueError(f"statuses={statuses!r}: use 'view' (one status column per view, as training sets), "
+                             "'feature' (one per feature) or None")
+        types = dict(zip(self.columns, self.value_types))
+        data: dict[str, Any] = dict(self.entities)
+
+        def add(c: str) -> None:
+            dtype = pandas_dtype(types.get(c))
+            data[c] = pd.array(self.values[c], dtype=dtype) if dtype is not None else self.values[c]
+            if statuses == "feature":
+                data[f"{c}{STATUS_SUFFIX}"] = pd.array(self.statuses[c], dtype="string")
+
+        if statuses == "view":  # as a training set: per view (in request order) its columns, then its status
+            view_statuses = self.view_statuses()
+            for view, cols in self.view_columns().items():
+                for c in cols:
+                    add(c)
+                data[f"{view}{STATUS_SUFFIX}"] = pd.array(view_statuses[view], dtype="string")
+        else:
+            for c in self.columns:
+                add(c)
+        if found:
+            for view, flags in self.found.items():
+                data[f"{view}__found"] = pd.array(flags, dtype="boolean")
         return pd.DataFrame(data)
+
+    # -- for people ----------------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for c in self.columns:
+            for st in self.statuses[c]:
+                counts[st] = counts.get(st, 0) + 1
+        n, k = len(self), len(self.columns)
+        at = "" if self.as_of_ms is None else f" as_of {iso_ms(self.as_of_ms)}"
+        text = ", ".join(f"{st} {counts[st]}" for st in sorted(counts, key=_rank, reverse=True)) or "none"
+        missing = [f"{view} {flags.count(False)}" for view, flags in self.found.items() if not all(flags)]
+        return (f"<OnlineResponse {n} entit{'y' if n == 1 else 'ies'} x {k} feature{'' if k == 1 else 's'}{at}; "
+                f"statuses: {text}; not found: {', '.join(missing) if missing else 'none'}>")
+
+    def _table(self, limit: int = 8) -> tuple[list[str], list[list[str]], int]:
+        """``(header, rows, entities left out)``: one row per feature and one column per entity (the first
+        ``limit``); a value not ``present`` shows its status, a last row names the views without state."""
+        n = len(self)
+        shown = range(min(n, limit))
+        keys = list(self.entities)
+        header = ["feature"] + [",".join(f"{k}={self.entities[k][i]}" for k in keys) for i in shown]
+        rows = []
+        for c in self.columns:
+            cells = [c]
+            for i in shown:
+                v, st = self.values[c][i], self.statuses[c][i]
+                text = "null" if v is None else str(v)
+                cells.append(text if st == PRESENT else f"{text} ({st})")
+            rows.append(cells)
+        rows.append(["not found in"] + [", ".join(self.not_found(i)) or "-" for i in shown])
+        return header, rows, n - len(shown)
+
+    def __str__(self) -> str:
+        header, rows, more = self._table()
+        widths = [min(40, max(len(r[j]) for r in [header] + rows)) for j in range(len(header))]
+        lines = [repr(self)] + ["  ".join(cell[:40].ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
+        if more:
+            lines.append(f"... and {more} more entities (to_pandas() has all)")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        header, rows, more = self._table()
+        cell = "<td>{}</td>".format
+        body = "".join("<tr>" + "".join(cell(html.escape(x)) for x in r) + "</tr>" for r in rows)
+        head = "".join(f"<th>{html.escape(x)}</th>" for x in header)
+        tail = f"<p>... and {more} more entities (to_pandas() has all)</p>" if more else ""
+        return f"<p>{html.escape(repr(self))}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{tail}"
+
+
+_RANKS = {INCOMPLETE: 0, EXPIRED: 1, STALE: 2, PRESENT: 3}  # a row's status: the lowest rank of its values'
+
+
+def _rank(status: str) -> int:
+    return _RANKS.get(status, -1)  # a status not listed here is never hidden behind a listed one
+
+
+def _row_status(statuses: set[str]) -> str:
+    return min(statuses, key=_rank) if statuses else PRESENT
 
 
 # --- the store -------------------------------------------------------------------------------------------------
@@ -298,6 +411,7 @@ class OnlineStore:
             parts, newest_event[src], newest_applied[src] = self._progress_info(raw, epoch_text)
             progress[src] = {p: dict(v) for p, v in parts.items()}  # the response's own copy
         batch_runs: dict[str, dict[str, int]] = {}
+        found: dict[str, list[bool]] = {}  # per view, per entity: does the store hold any key of it
         sampler = self.sampler
         caches = self.caches
         for vp in plan.views:
@@ -311,6 +425,7 @@ class OnlineStore:
                     chunk = snapshot_replies(vp, stream, tags[vp.entity_index], caches.snap_raw,  # type: ignore[arg-type]
                                              caches.kept)
                 rows = snapshots(vp, chunk, epoch_text, T, caches.decoded)
+                found[vp.view.name] = [r is not None for r in chunk]
             else:
                 stale = False
                 age: int | None = None
@@ -333,8 +448,10 @@ class OnlineStore:
                 use_memo = mstats[2] <= 0
                 if not use_memo:
                     mstats[2] -= n
+                view_found: list[bool] = []
+                found[vp.view.name] = view_found
                 rows = windowed(caches, vp, chunk, n, k, epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
-                                tags[vp.entity_index], use_memo, stream)
+                                tags[vp.entity_index], use_memo, stream, view_found)
                 if runs:
                     batch_runs[vp.view.name] = runs
             if n == 1:
@@ -361,7 +478,7 @@ class OnlineStore:
             columns=plan.columns, refs=plan.refs, entities=cols,
             values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
             ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress=progress,
-            batch_runs=batch_runs)
+            batch_runs=batch_runs, found=found, value_types=plan.value_types)
 
     def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
                        ) -> tuple[dict[int, dict[str, Any]], int | None, int | None]:

@@ -70,15 +70,26 @@ def spec(max_entities: int = 1000, max_body_bytes: int = 1 << 20) -> dict[str, A
                 },
                 "FeaturesResponse": {
                     "type": "object",
+                    "required": ["features", "refs", "entities", "values", "statuses", "ages_ms", "now_ms", "as_of_ms",
+                                 "progress", "batch_runs", "found"],
                     "properties": {
                         "features": {"type": "array", "items": {"type": "string"}},
-                        "refs": {"type": "array", "items": {"type": "string"}},
-                        "entities": {"type": "object"},
-                        "values": {"type": "object", "description": "feature -> value per entity"},
-                        "statuses": {"type": "object", "description": "feature -> present|stale|expired|incomplete per entity"},
-                        "ages_ms": {"type": "object"},
+                        "refs": {"type": "array", "items": {"type": "string"},
+                                 "description": "'view:feature' per entry of features"},
+                        "entities": {"type": "object", "additionalProperties": {"type": "array"},
+                                     "description": "join key -> values, as requested"},
+                        "values": {"type": "object", "additionalProperties": {"type": "array"},
+                                   "description": "feature -> value per entity"},
+                        "statuses": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                                     "description": "feature -> status per entity: present|stale|expired|incomplete"},
+                        "ages_ms": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": ["integer", "null"]}},
+                                    "description": "feature -> read instant minus the newest data time the value reflects"},
                         "now_ms": {"type": "integer"}, "as_of_ms": {"type": ["integer", "null"]},
                         "progress": {"type": "object"}, "batch_runs": {"type": "object"},
+                        "found": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "boolean"}},
+                                  "description": "view -> per entity: whether the store holds any state (key) of the entity "
+                                                 "for that view. false: nothing known, e.g. a mistyped or never-seen id; its "
+                                                 "values are still the contract's (a COUNT is 0) and its statuses unchanged"},
                     },
                 },
                 "PushRequest": {

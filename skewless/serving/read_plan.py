@@ -181,6 +181,7 @@ class ReadPlan:
     head_names: tuple[tuple[bytes, bytes], ...] = ()  # the shared commands: epoch, progress hashes, view metas
     head_kinds: tuple[int, ...] = ()
     head_packed: bytes = b""
+    value_types: tuple[str | None, ...] = ()  # per column: its declared value type (schemas.TYPES; None: unknown)
 
     def __post_init__(self) -> None:
         self.head_kinds = tuple(K_GET if cmd == GET else K_HASH for cmd, _ in self.head_names)
@@ -274,4 +275,4 @@ def build_plan(repo: Repository, project: str, features: Any) -> ReadPlan:
     head = [(GET, layout.epoch_key(project).encode())] + [(HGETALL, pk) for _, pk in sources] \
         + [(HGETALL, p.meta_key) for p in plans if not p.snapshot]
     return ReadPlan(tuple(f"{v}:{f}" for v, f in pairs), tuple(columns), tuple(entities), tuple(join_keys), tuple(plans),
-                 sources, tuple(head))
+                 sources, tuple(head), value_types=tuple(repo.feature_type(v, f) for v, f in resolved))

@@ -12,11 +12,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from skewless.core.schemas import PANDAS_DTYPES
 from skewless.training.plan import PitPlan, TrainingInputError, build_pit_plan
 from skewless.training.requests import RID, request_table, to_arrow
 from skewless.training.sources import TrainingDataError
 
 ENGINES = ("duckdb", "spark")
+# the value type of an engine's Arrow output column (timestamps and decimals: see schemas.PANDAS_DTYPES)
+_VALUE_TYPES = {pa.int64(): "int64", pa.int32(): "int64", pa.float64(): "float64", pa.string(): "string",
+                pa.large_string(): "string", pa.bool_(): "bool"}
 
 __all__ = ["ENGINES", "TrainingDataError", "TrainingInputError", "attach", "historical_features"]
 
@@ -40,7 +44,8 @@ def compute(plan: PitPlan, requests: pa.Table, *, catalog: Any, engine: str = "d
 
 def attach(entity_df: Any, table: pa.Table, result: pa.Table, plan: PitPlan) -> Any:
     """The input rows with the output columns appended: pandas in -> pandas out (index kept), Arrow in ->
-    Arrow out. Integer, float, string and bool features use nullable pandas dtypes (null stays null)."""
+    Arrow out. Integer, float, string and bool columns (features and statuses) get the nullable pandas dtype of
+    their value type (``schemas.PANDAS_DTYPES``, the online response's too: null stays null)."""
     if result.num_rows != table.num_rows:
         raise AssertionError(f"engine returned {result.num_rows} rows for {table.num_rows} input rows")
     columns = [c for c in result.column_names if c != RID]
@@ -51,8 +56,7 @@ def attach(entity_df: Any, table: pa.Table, result: pa.Table, plan: PitPlan) -> 
         return out
     import pandas as pd
 
-    mapping = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(),
-               pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype(), pa.bool_(): pd.BooleanDtype()}
+    mapping = {arrow: pd.api.types.pandas_dtype(PANDAS_DTYPES[t]) for arrow, t in _VALUE_TYPES.items()}
     out = entity_df.copy()
     for c in columns:
         series = result.column(c).to_pandas(types_mapper=mapping.get)

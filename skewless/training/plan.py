@@ -21,9 +21,9 @@ from skewless.core.dsl import Agg, FeatureView, SnapshotView
 from skewless.core.expr import closure
 from skewless.core.plan import Derive, Serving, TileAgg, ViewPlan, plan_view
 from skewless.core.repo import Repository
+from skewless.core.staleness import STATUS_SUFFIX
 from skewless.offline.spark_compiler import run_fingerprint
 
-STATUS_SUFFIX = "__status"
 INVERTIBLE = (Agg.COUNT, Agg.SUM, Agg.AVG)  # tiles merge by subtraction of prefix sums
 
 

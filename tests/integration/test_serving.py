@@ -312,3 +312,57 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
     same()
     redis_client.delete(*[layout.tile_key(project, view, (u,), MS_PER_DAY) for u in users[5:8]])
     same()
+
+
+def test_unknown_entities_are_reported_not_found_on_every_read_path(redis_client: Any, repo: Any, events: tuple) -> None:
+    """A never-seen or mistyped id reads the contract's values (COUNT 0, all present) and every read path says the
+    store holds nothing of it (``found[view][i]`` false): the streamed plain-client read and its memo hits, a
+    one-entity read, the client's own pipeline (the Redis Cluster path) and the HTTP server's body; an entity
+    whose keys are deleted is not found on the next read."""
+    import http.client
+
+    from skewless.serving.server import FeatureServer, ServerSettings, ThreadedServer
+
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    view, profile = repo.view("user_order_stats"), repo.view("customer_profile")
+    users = sorted({e["user_id"] for e in admitted})
+    for u in users[:3]:
+        redis_client.set(layout.snapshot_key(project, profile, (u,)), layout.encode_snapshot(
+            profile, NOW - MS_PER_DAY // 2, None, {"credit_score": 700, "segment": "vip"}, epoch))
+    unknown = ["nobody", users[0].upper(), users[0] + " "]
+    asked = users[:6] + unknown + users[6:10]  # more than STREAM_MIN entities: replies consumed as a stream
+    streamed, generic = OnlineStore(repo, redis_client, project), OnlineStore(repo, redis_client, project)
+    generic._fast = False
+    now = max(e["event_time"] for e in admitted) + 1
+
+    def check(gone: tuple[str, ...] = ()) -> None:
+        want = {"user_order_stats": [u in users and u not in gone for u in asked],
+                "customer_profile": [u in users[:3] and u not in gone for u in asked]}
+        for store in (streamed, streamed, generic):  # the second streamed read hits the memo
+            got = store.get_online_features({"user_id": asked}, "churn_model", now_ms=now)
+            assert got.found == want
+            for u in unknown + list(gone):
+                i = asked.index(u)
+                assert got.values["user_orders_last_1h"][i] == 0 and got.values["user_total_orders_365d"][i] == 0
+                assert {got.statuses[c][i] for c in got.columns} == {"present"}, u
+        one = streamed.get_online_features([{"user_id": unknown[1]}], "churn_model", now_ms=now)
+        assert one.found == {"user_order_stats": [False], "customer_profile": [False]}
+
+    check()
+    gone = users[1]
+    redis_client.delete(layout.batch_key(project, view, (gone,)), layout.snapshot_key(project, profile, (gone,)),
+                        *[layout.tile_key(project, view, (gone,), g.tile_ms) for g in layout.tile_groups(view)])
+    check((gone,))
+    app = FeatureServer(ServerSettings(project=project, max_entities=50), store=streamed)
+    with ThreadedServer(app) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("POST", "/get-online-features", body=json.dumps(
+            {"feature_service": "churn_model", "entities": {"user_id": asked}}), headers={"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        body = json.loads(reply.read())
+        conn.close()
+    assert reply.status == 200, body
+    assert body["found"]["user_order_stats"] == [u in users and u != gone for u in asked]

@@ -291,3 +291,21 @@ def test_late_events_for_covered_days_archived_after_the_backfill_equal_the_orac
         if diff:
             bad.append((u, t, diff))
     assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_online_frames_have_the_training_sets_columns_and_dtypes(ds: Dataset, redis_client: Any, engine: str) -> None:
+    """The same features online (``OnlineResponse.to_pandas``) and in a training set: the same output columns
+    (feature columns, then one ``<view>__status`` per view) with the same dtypes — online from each feature's
+    declared type, offline from the engine's columns — for COUNT, SUM, MIN, MAX, AVG, a ratio, a timestamp MAX,
+    DaysSince, LAST of a string and int/string snapshot fields."""
+    features = [ds.view.name, ds.snapshot.name]
+    users = [ds.users[0], "nobody"]
+    df = pd.DataFrame({"user_id": users, "event_timestamp": [from_epoch_ms(C).replace(tzinfo=None)] * 2})
+    offline = ds.store.get_historical_features(df, features, engine=engine, progress=False)
+    online = FeatureStore(ds.repo, redis=redis_client, project=f"t{uuid.uuid4().hex[:8]}").get_online_features(
+        {"user_id": users}, features).to_pandas()
+    columns = [c for c in offline.columns if c not in df.columns]
+    assert list(online.columns) == ["user_id", *columns]
+    assert {c: str(online[c].dtype) for c in columns} == {c: str(offline[c].dtype) for c in columns}
+    assert str(offline["n_365d"].dtype) == "Int64" and str(offline["avg_7d"].dtype) == "Float64"

@@ -130,7 +130,7 @@ def test_progress_age_runs_and_response_forms(repo: Any, filled: Any) -> None:
     assert got.ages_ms["user_orders_last_1h"][0] == now - newest
     d = got.to_dict()
     assert json.dumps(d, default=str) and d["entities"] == {"user_id": [filled.users[0]]}
-    df = got.to_pandas()
+    df = got.to_pandas(statuses="feature")
     assert list(df.columns[:3]) == ["user_id", "user_orders_last_1h", "user_orders_last_1h__status"]
     import pandas as pd
 
