@@ -151,6 +151,7 @@ class FeatureServer:
         self._init_lock = threading.Lock()
         self.metrics = _Metrics()
         self._freshness: tuple[float, str] | None = None
+        self._hung: tuple[float, str] | None = None  # (until when reads answer 503 at once, why): a read timed out
         token = settings.api_token or config.api_token()
         self._token = None if not token else token.encode()
 
@@ -244,23 +245,23 @@ class FeatureServer:
                 raise HttpError(400, "bad_request", "Content-Length is not a number") from None
         chunks, size = [], 0
         timeout = self.settings.body_timeout_s
-        while True:
-            try:
-                async with asyncio.timeout(timeout):
+        try:
+            async with asyncio.timeout(timeout):  # the whole body, however it is split (no slow drip either)
+                while True:
                     message = await receive()
-            except TimeoutError:
-                raise HttpError(408, "request_timeout",
-                                f"the request body did not arrive within {timeout:g} s (SKEWLESS_SERVE_BODY_TIMEOUT_S); "
-                                "send the whole body at once") from None
-            if message["type"] == "http.disconnect":
-                raise HttpError(400, "bad_request", "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
+                    if message["type"] == "http.disconnect":
+                        raise HttpError(400, "bad_request", "client disconnected")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise HttpError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            raise HttpError(408, "request_timeout",
+                            f"the request body did not arrive within {timeout:g} s of its headers "
+                            "(SKEWLESS_SERVE_BODY_TIMEOUT_S); send the whole body at once") from None
         raw = b"".join(chunks)
         if not raw:
             raise HttpError(400, "bad_request", "empty body: send a JSON object")
@@ -331,12 +332,19 @@ class FeatureServer:
         as_of = data.get("as_of")
         if as_of is not None and (isinstance(as_of, bool) or not isinstance(as_of, (int, str))):
             raise HttpError(400, "bad_request", "'as_of' must be epoch ms (integer) or an ISO-8601 string with a zone")
+        hung = self._hung
+        if hung is not None and time.monotonic() < hung[0]:  # don't block the worker on the hung store again at once
+            raise HttpError(503, "store_unavailable", f"online store unavailable: {hung[1]} (not retried for "
+                                                      f"{config.redis_timeouts()[1]:g} s)")
         try:
             response = self.store.get_online_features(entities, features, as_of=as_of)
         except OnlineRequestError as exc:
             raise HttpError(400, "bad_request", str(exc)) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise HttpError(503, "store_unavailable", f"online store unavailable: {type(exc).__name__}: {exc}") from None
+            why = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, redis.TimeoutError):  # a read blocks the worker's loop: the next ones fail fast for a while
+                self._hung = (time.monotonic() + config.redis_timeouts()[1], why)
+            raise HttpError(503, "store_unavailable", f"online store unavailable: {why}") from None
         except redis.RedisError as exc:  # an error reply (e.g. WRONGTYPE on a shared key): the store is up, its data wrong
             raise HttpError(500, "store_error", f"the online store answered an error: {type(exc).__name__}: {exc}") from None
         return dumps(response.to_dict())

@@ -117,7 +117,11 @@ def test_a_hung_redis_gives_503_and_health_still_answers(own_redis: tuple[int, s
             assert status == 503 and answer["status"] == "unavailable"
         finally:
             os.kill(rproc.pid, signal.SIGCONT)
-        assert call(url, "POST", "/get-online-features", body)[0] == 200  # and back
+        statuses = []
+        while 200 not in statuses:  # and back once Redis is (the 30 s guard bounds this)
+            statuses.append(call(url, "POST", "/get-online-features", body)[0])
+            time.sleep(0.2)
+        assert set(statuses) <= {200, 503}
     finally:
         stop(server)
 
