@@ -118,12 +118,16 @@ class ReadCaches:
     progress: dict[Any, tuple] = field(default_factory=dict)  # (raw progress fields, epoch) -> what they say
     max_bytes: int = DEFAULT_CACHE_BYTES  # memo + packed + snap_raw + decoded, estimated from their payloads
     used_bytes: int = 0
+    entity_bytes: int = 0  # the part of used_bytes charged by memo and decoded entries (see forget_entities)
 
-    def charge(self, nbytes: int) -> None:
-        """Count an entry just added to memo, packed, snap_raw or decoded; past ``max_bytes`` all of them restart
-        (the per-view dicts emptied in place, so a read holding one keeps counting into the new budget)."""
+    def charge(self, nbytes: int, entity: bool = False) -> None:
+        """Count an entry just added to memo or decoded (``entity``), packed or snap_raw; past ``max_bytes`` all of
+        them restart (the per-view dicts emptied in place, so a read holding one keeps counting into the new budget)."""
         self.used_bytes += nbytes
+        if entity:
+            self.entity_bytes += nbytes
         if self.used_bytes > self.max_bytes:
+            self.entity_bytes = 0
             for outer in (self.memo, self.packed, self.snap_raw):
                 for inner in outer.values():
                     inner.clear()
@@ -136,6 +140,9 @@ class ReadCaches:
         """Empty the entity memo and the decode cache (every entity evaluated from its bytes on the next read)."""
         self.memo.clear()
         self.decoded.clear()
+        self.kept[0] = 0
+        self.used_bytes -= self.entity_bytes
+        self.entity_bytes = 0
 
 
 def window_starts(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
@@ -220,7 +227,7 @@ def _decode_tile(g: GroupSpec, body: bytes, caches: ReadCaches) -> tuple | None:
         if len(cache) >= CACHE_MAX:
             cache.clear()
         cache[(g.serial, body)] = dec
-        caches.charge(2 * len(body) + ENTRY_OVERHEAD)
+        caches.charge(2 * len(body) + ENTRY_OVERHEAD, True)
     return dec
 
 
@@ -283,7 +290,7 @@ def snapshots(vp: ViewReadPlan, raws: Sequence[bytes | None], epoch: str | None,
                 if len(cache) >= CACHE_MAX:
                     cache.clear()
                 cache[(serial, raw)] = row
-                caches.charge(3 * len(raw) + ENTRY_OVERHEAD)
+                caches.charge(3 * len(raw) + ENTRY_OVERHEAD, True)
             ts, created = row[0], row[1]
             if epoch is None or row[2] != epoch or ts > T or (created is not None and created > T):
                 append(incomplete)
@@ -383,7 +390,7 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
             if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                 entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
                 caches.kept[0] += 1
-                caches.charge(len(key) + (2 * len(spans[i]) if spans else replies_size(raws)) + 4 * ENTRY_OVERHEAD)
+                caches.charge(len(key) + (2 * len(spans[i]) if spans else replies_size(raws)) + 4 * ENTRY_OVERHEAD, True)
         out_vals, out_sts, run = hit[0], hit[1], hit[2]
         if run is not None:
             runs[run[0]] = run[1]

@@ -199,3 +199,13 @@ time.sleep(4)
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert out.returncode == 0, out.stderr
     assert len(lines) <= 2, lines  # "Kafka ... is unavailable" once
+
+
+def test_forgetting_the_entities_gives_back_their_share_of_the_byte_budget(repo: Any, filled: Any) -> None:
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    store.get_online_features({"user_id": filled.users}, FEATURES)
+    store.caches.charge(1000)  # e.g. the packed commands of an entity (kept)
+    rest = store.caches.used_bytes - store.caches.entity_bytes
+    assert store.caches.entity_bytes > 0 and rest >= 1000
+    store.caches.forget_entities()
+    assert store.caches.used_bytes == rest and not store.caches.memo and not store.caches.decoded
