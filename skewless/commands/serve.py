@@ -61,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from skewless.serving.server import ServerSettings, serve
 
     load_repository(args.repo)  # fail here, once, with the loader's message rather than in every worker
-    # a bad secret file or timeout fails here, not in the workers
-    config.api_token(), config.redis_target(args.redis_url), config.kafka_timeout_s()
+    from skewless.serving.online import read_limits
+
+    # a bad secret file, timeout or limit fails here, not in the workers
+    config.api_token(), config.redis_target(args.redis_url), config.kafka_timeout_s(), read_limits()
     check_port_free(args.host, args.port)
     settings = ServerSettings(repo=os.path.abspath(args.repo), redis_url=args.redis_url, redis_tls=args.redis_tls,
                               project=args.project, kafka_bootstrap=args.kafka_bootstrap,

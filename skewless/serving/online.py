@@ -61,6 +61,14 @@ def _env_positive_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={raw!r} is not a positive integer; unset it or give one")
     return value
 
+
+def read_limits() -> tuple[int, int]:
+    """``(max join-key length, cache bytes)`` of a store: ``SKEWLESS_SERVE_MAX_KEY_LENGTH`` (default 1024 characters)
+    and ``SKEWLESS_SERVE_CACHE_BYTES`` (default 128 MiB); :class:`ConfigError` for a value that is not a positive int."""
+    return (_env_positive_int("SKEWLESS_SERVE_MAX_KEY_LENGTH", DEFAULT_MAX_KEY_LENGTH),
+            _env_positive_int("SKEWLESS_SERVE_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+
+
 # --- the response --------------------------------------------------------------------------------------------
 
 
@@ -142,8 +150,11 @@ class OnlineStore:
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
         self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call
         self._pid = os.getpid()
-        self.max_key_length = max_key_length or _env_positive_int("SKEWLESS_SERVE_MAX_KEY_LENGTH", DEFAULT_MAX_KEY_LENGTH)
-        self.caches = ReadCaches(max_bytes=cache_bytes or _env_positive_int("SKEWLESS_SERVE_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+        if max_key_length is None or cache_bytes is None:
+            env_key_length, env_cache_bytes = read_limits()
+            max_key_length, cache_bytes = max_key_length or env_key_length, cache_bytes or env_cache_bytes
+        self.max_key_length = max_key_length
+        self.caches = ReadCaches(max_bytes=cache_bytes)
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -519,4 +530,4 @@ def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = 
 
 
 __all__ = ["EXPIRED", "INCOMPLETE", "PRESENT", "STALE", "AsOfNotAligned", "OnlineRequestError", "OnlineResponse",
-           "OnlineStore", "build_plan", "open_store"]
+           "OnlineStore", "build_plan", "open_store", "read_limits"]

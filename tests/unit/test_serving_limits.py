@@ -209,3 +209,13 @@ def test_forgetting_the_entities_gives_back_their_share_of_the_byte_budget(repo:
     assert store.caches.entity_bytes > 0 and rest >= 1000
     store.caches.forget_entities()
     assert store.caches.used_bytes == rest and not store.caches.memo and not store.caches.decoded
+
+
+@pytest.mark.parametrize("var,value", [("SKEWLESS_SERVE_CACHE_BYTES", "lots"), ("SKEWLESS_SERVE_MAX_KEY_LENGTH", "-1"),
+                                       ("SKEWLESS_SERVE_BODY_TIMEOUT_S", "0"), ("SKEWLESS_REDIS_TIMEOUT_S", "soon"),
+                                       ("SKEWLESS_KAFKA_TIMEOUT_S", "x")])
+def test_serve_refuses_a_bad_limit_or_timeout_in_one_line(tmp_path: Any, var: str, value: str) -> None:
+    from tests.unit.test_cli_errors import REPO, assert_one_line_error, cli
+
+    rc, _, err = cli(tmp_path, "serve", "--repo", REPO, "--port", str(closed_port()), env={var: value})
+    assert_one_line_error(rc, err, "serve", var)
