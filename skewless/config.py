@@ -33,6 +33,20 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={raw!r} is not an integer port; unset it or give a number") from None
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A positive duration in seconds from the environment variable ``name`` (``default`` when unset)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise ConfigError(f"environment variable {name}={raw!r} is not a number of seconds > 0; unset it or give one")
+    return value
+
+
 def _env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).resolve() if raw else default
@@ -136,6 +150,22 @@ def redact_url(url: str) -> str:
 # --- Redis ------------------------------------------------------------------------------------------
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_CONNECT_TIMEOUT_S = 3.0  # default of SKEWLESS_REDIS_CONNECT_TIMEOUT_S
+REDIS_TIMEOUT_S = 5.0  # default of SKEWLESS_REDIS_TIMEOUT_S (every read and write on a Redis socket)
+KAFKA_TIMEOUT_S = 5.0  # default of SKEWLESS_KAFKA_TIMEOUT_S (metadata, delivery of a push)
+
+
+def redis_timeouts() -> tuple[float, float]:
+    """``(connect, read/write)`` timeouts in seconds of every Redis client: ``SKEWLESS_REDIS_CONNECT_TIMEOUT_S``
+    and ``SKEWLESS_REDIS_TIMEOUT_S`` (a hung Redis fails a call after them instead of blocking it forever)."""
+    return (env_seconds("SKEWLESS_REDIS_CONNECT_TIMEOUT_S", REDIS_CONNECT_TIMEOUT_S),
+            env_seconds("SKEWLESS_REDIS_TIMEOUT_S", REDIS_TIMEOUT_S))
+
+
+def kafka_timeout_s() -> float:
+    """How long a Kafka client call of a request (``/push``: metadata, delivery) may take:
+    ``SKEWLESS_KAFKA_TIMEOUT_S``."""
+    return env_seconds("SKEWLESS_KAFKA_TIMEOUT_S", KAFKA_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -146,6 +176,8 @@ class RedisTarget:
     url: str
     password: str | None = field(repr=False)
     tls_ca_file: str | None = None  # rediss://: trust exactly this CA (PEM) instead of the system's
+    connect_timeout_s: float = REDIS_CONNECT_TIMEOUT_S
+    timeout_s: float = REDIS_TIMEOUT_S  # every read and write on the socket
 
     @property
     def tls(self) -> bool:
@@ -153,7 +185,9 @@ class RedisTarget:
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``redis.Redis.from_url(self.url, **kwargs)`` (a password in the URL wins)."""
-        out: dict[str, Any] = {} if self.password is None else {"password": self.password}
+        out: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout_s, "socket_timeout": self.timeout_s}
+        if self.password is not None:
+            out["password"] = self.password
         if self.tls and self.tls_ca_file:
             out["ssl_ca_certs"] = self.tls_ca_file
         return out
@@ -174,12 +208,13 @@ def check_redis_url(url: str) -> str:
 
 def redis_target(url: str | None = None) -> RedisTarget:
     """The online store at ``url`` (default: ``redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0``) with the
-    configured password and, for ``rediss://``, ``SKEWLESS_REDIS_TLS_CA_FILE``."""
+    configured password, timeouts (:func:`redis_timeouts`) and, for ``rediss://``, ``SKEWLESS_REDIS_TLS_CA_FILE``."""
     url = check_redis_url(url) if url else redis_url()
     ca_file = os.environ.get("SKEWLESS_REDIS_TLS_CA_FILE") or None
     if ca_file is not None and not Path(ca_file).is_file():
         raise ConfigError(f"SKEWLESS_REDIS_TLS_CA_FILE={ca_file}: no such file; point it at the CA certificate (PEM)")
-    return RedisTarget(url, secret("REDIS_PASSWORD"), ca_file)
+    connect_s, timeout_s = redis_timeouts()
+    return RedisTarget(url, secret("REDIS_PASSWORD"), ca_file, connect_s, timeout_s)
 
 
 # --- Kafka client security (SASL / TLS) -------------------------------------------------------------

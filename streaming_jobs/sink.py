@@ -51,7 +51,8 @@ class SinkConfig:
 def redis_endpoint(url: str) -> dict[str, Any]:
     """Host, port, db, credentials and TLS of a ``redis[s]://[user[:password]@]host:port[/db]`` URL; the password
     comes from the URL or else from the configuration (``SKEWLESS_REDIS_PASSWORD[_FILE]``), the CA of a
-    ``rediss://`` URL from ``SKEWLESS_REDIS_TLS_CA_FILE`` (else the JVM's trust store)."""
+    ``rediss://`` URL from ``SKEWLESS_REDIS_TLS_CA_FILE`` (else the JVM's trust store), the connect and read timeouts
+    from ``SKEWLESS_REDIS_CONNECT_TIMEOUT_S`` / ``SKEWLESS_REDIS_TIMEOUT_S`` (:func:`skewless.config.redis_timeouts`)."""
     u = urlparse(url)
     if u.scheme not in ("redis", "rediss") or not u.hostname:
         raise ValueError(f"the streaming sink needs a redis[s]://host:port[/db] URL, got {redact_url(url)!r}")
@@ -62,7 +63,8 @@ def redis_endpoint(url: str) -> dict[str, Any]:
     return {"host": u.hostname, "port": u.port or 6379, "db": int(db),
             "username": unquote(u.username) if u.username else None,
             "password": unquote(u.password) if u.password else target.password,
-            "tls": target.tls, "tls_ca_file": target.tls_ca_file}
+            "tls": target.tls, "tls_ca_file": target.tls_ca_file,
+            "connect_timeout_ms": int(target.connect_timeout_s * 1000), "timeout_ms": int(target.timeout_s * 1000)}
 
 
 def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) -> str:

@@ -95,12 +95,13 @@ def _read_frame(path: str) -> Any:
 
 
 def _redis_client(args: argparse.Namespace) -> Any:
+    """The online store with the configured password/CA and connect/read timeouts (:func:`skewless.config.redis_target`)."""
     import redis
 
-    from skewless import config
-    from skewless.config import redis_url
+    from skewless.config import redis_target
 
-    return redis.Redis.from_url(args.redis_url or redis_url(config.ports().redis), socket_timeout=5, socket_connect_timeout=5)
+    target = redis_target(args.redis_url)
+    return redis.Redis.from_url(target.url, **target.client_kwargs())
 
 
 def _project(args: argparse.Namespace) -> str:

@@ -40,15 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(url: str | None) -> Any:
-    """Redis at ``url`` (default: the stack's) with the configured password/CA (:func:`skewless.config.redis_target`)
-    and a timeout on every call."""
+    """Redis at ``url`` (default: the stack's) with the configured password/CA and connect/read timeouts
+    (:func:`skewless.config.redis_target`)."""
     import redis
 
     from skewless.config import redis_target
 
     target = redis_target(url)
-    return redis.Redis.from_url(target.url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
-                                **target.client_kwargs())
+    return redis.Redis.from_url(target.url, **target.client_kwargs())
 
 
 def _rebuild(args: argparse.Namespace) -> int:

@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-token", action=SecretFlag, env="SKEWLESS_API_TOKEN")
     parser.epilog = ("Secrets come from the environment, never from flags: $SKEWLESS_API_TOKEN (or $SKEWLESS_API_TOKEN_FILE) "
                      "requires 'Authorization: Bearer TOKEN' (/health and /openapi.json stay open); "
-                     "$SKEWLESS_REDIS_PASSWORD (or _FILE) logs in to Redis.")
+                     "$SKEWLESS_REDIS_PASSWORD (or _FILE) logs in to Redis. Limits and timeouts (docs/serving.md): "
+                     "$SKEWLESS_REDIS_CONNECT_TIMEOUT_S / $SKEWLESS_REDIS_TIMEOUT_S (3 / 5), $SKEWLESS_KAFKA_TIMEOUT_S (5), "
+                     "$SKEWLESS_SERVE_BODY_TIMEOUT_S (10), $SKEWLESS_SERVE_CACHE_BYTES (128 MiB per worker), "
+                     "$SKEWLESS_SERVE_MAX_KEY_LENGTH (1024).")
 
 
 def check_port_free(host: str, port_number: int) -> None:
@@ -58,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from skewless.serving.server import ServerSettings, serve
 
     load_repository(args.repo)  # fail here, once, with the loader's message rather than in every worker
-    config.api_token(), config.redis_target(args.redis_url)  # a bad secret file fails here, not in the workers
+    from skewless.serving.online import read_limits
+
+    # a bad secret file, timeout or limit fails here, not in the workers
+    config.api_token(), config.redis_target(args.redis_url), config.kafka_timeout_s(), read_limits()
     check_port_free(args.host, args.port)
     settings = ServerSettings(repo=os.path.abspath(args.repo), redis_url=args.redis_url, redis_tls=args.redis_tls,
                               project=args.project, kafka_bootstrap=args.kafka_bootstrap,

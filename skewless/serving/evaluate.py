@@ -6,6 +6,8 @@ with the store's bounded caches (:class:`ReadCaches`: entity memo, decoded tiles
 from __future__ import annotations
 
 import json
+import logging
+import time
 from decimal import Decimal
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -36,7 +38,65 @@ _I64_LOW = -(1 << 63)
 _MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see ReadCaches.memo_stats)
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
 CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
+DEFAULT_CACHE_BYTES = 128 << 20  # all of a store's value caches together (SKEWLESS_SERVE_CACHE_BYTES)
+ENTRY_OVERHEAD = 256  # bytes a cache entry costs beyond its payload (dict slot, list/tuple headers, small objects)
 _FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
+CORRUPT_LOG_EVERY_S = 60.0  # a corrupt key is logged at most once in this many seconds (per process)
+log = logging.getLogger("skewless.serving")
+_corrupt_logged: dict[bytes, float] = {}  # key -> when it was last logged (bounded: emptied past 10,000 keys)
+
+
+def _warn_corrupt(key: bytes, why: str) -> None:
+    """Log that ``key`` holds a value the reader cannot use, at most once a minute per key."""
+    now = time.monotonic()
+    last = _corrupt_logged.get(key)
+    if last is not None and now - last < CORRUPT_LOG_EVERY_S:
+        return
+    if len(_corrupt_logged) >= 10_000:
+        _corrupt_logged.clear()
+    _corrupt_logged[key] = now
+    log.warning("corrupt stored value in %s (%s): the entity's features of this view are served as incomplete",
+                key.decode("utf-8", "replace")[:300], why[:300])
+
+
+def _bad_reply(vp: ViewReadPlan, raws: Sequence[Any]) -> int | None:
+    """The position of the first of an entity's replies (one per ``vp.key_suffixes``) that cannot be read: an error
+    reply, a tile value that is not ``ts|epoch|JSON``, a batch record without a numeric cut-off or with a part that
+    is not JSON; None when each alone reads (then the combination failed)."""
+    ngroups = len(vp.groups)
+    for j, r in enumerate(raws):
+        if isinstance(r, Exception):
+            return j
+        try:
+            d = r if vp.snapshot else as_dict(r)
+            if vp.snapshot:
+                data = loads(r) if r is not None else {"ts": 0}
+                int(data["ts"])
+            elif j < ngroups:
+                for fld, value in d.items():
+                    int(fld)
+                    loads(value.split(b"|", 2)[2])
+            elif d:
+                int(d[b"cutoff"])
+                for fld, value in d.items():
+                    if fld not in (b"cutoff", b"run", b"epoch"):
+                        loads(value)
+        except Exception:  # noqa: BLE001 - this reply is the one that does not read
+            return j
+    return None
+
+
+def corrupt_entity(vp: ViewReadPlan, tag: bytes, raws: Sequence[Any], exc: BaseException) -> tuple:
+    """The prepared result (see :func:`prepare`) of an entity whose stored values cannot be read: every output of the
+    view ``incomplete`` (None), with a warning naming the key (see :func:`_warn_corrupt`)."""
+    j = _bad_reply(vp, raws)
+    suffixes = vp.key_suffixes if j is None else vp.key_suffixes[j:j + 1]
+    keys = b", ".join(vp.prefix + tag + suffix for _, suffix in suffixes)
+    bad = raws[j] if j is not None else None
+    why = f"{type(bad).__name__}: {bad}" if isinstance(bad, Exception) else f"{type(exc).__name__}: {exc}"
+    _warn_corrupt(keys, why)
+    nout = len(vp.outputs)
+    return (None,) * nout, (INCOMPLETE,) * nout, None, None, {}, ()
 
 
 @dataclass
@@ -56,11 +116,33 @@ class ReadCaches:
     contexts: dict[tuple, int] = field(default_factory=dict)  # call context of the entity memo -> a number never
     # used for another
     progress: dict[Any, tuple] = field(default_factory=dict)  # (raw progress fields, epoch) -> what they say
+    max_bytes: int = DEFAULT_CACHE_BYTES  # memo + packed + snap_raw + decoded, estimated from their payloads
+    used_bytes: int = 0
+    entity_bytes: int = 0  # the part of used_bytes charged by memo and decoded entries (see forget_entities)
+
+    def charge(self, nbytes: int, entity: bool = False) -> None:
+        """Count an entry just added to memo or decoded (``entity``), packed or snap_raw; past ``max_bytes`` all of
+        them restart (the per-view dicts emptied in place, so a read holding one keeps counting into the new budget)."""
+        self.used_bytes += nbytes
+        if entity:
+            self.entity_bytes += nbytes
+        if self.used_bytes > self.max_bytes:
+            self.entity_bytes = 0
+            for outer in (self.memo, self.packed, self.snap_raw):
+                for inner in outer.values():
+                    inner.clear()
+                outer.clear()
+            self.decoded.clear()
+            self.kept[0] = self.kept[1] = 0
+            self.used_bytes = 0
 
     def forget_entities(self) -> None:
         """Empty the entity memo and the decode cache (every entity evaluated from its bytes on the next read)."""
         self.memo.clear()
         self.decoded.clear()
+        self.kept[0] = 0
+        self.used_bytes -= self.entity_bytes
+        self.entity_bytes = 0
 
 
 def window_starts(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
@@ -133,7 +215,7 @@ def _days_span(pending: Sequence[tuple], T: int, out_vals: Sequence[Any]) -> tup
     return lo, hi, tuple(out_vals)
 
 
-def _decode_tile(g: GroupSpec, body: bytes, cache: dict) -> tuple | None:
+def _decode_tile(g: GroupSpec, body: bytes, caches: ReadCaches) -> tuple | None:
     """The decoded intermediates of ``g.aggs`` in a tile body, cached; None if any of them fails to decode."""
     try:
         vec = loads(body)
@@ -141,10 +223,26 @@ def _decode_tile(g: GroupSpec, body: bytes, cache: dict) -> tuple | None:
     except Exception:  # noqa: BLE001 - the caller decodes lazily and raises where the reference does
         return None
     if _frozen(dec):
+        cache = caches.decoded
         if len(cache) >= CACHE_MAX:
             cache.clear()
         cache[(g.serial, body)] = dec
+        caches.charge(2 * len(body) + ENTRY_OVERHEAD, True)
     return dec
+
+
+def replies_size(raws: Sequence[Any]) -> int:
+    """Bytes an entity's parsed replies hold (bytes, hashes as dicts or flat lists, None), for the cache budget."""
+    n = 0
+    for r in raws:
+        t = type(r)
+        if t is bytes:
+            n += len(r)
+        elif t is dict:
+            n += sum(map(len, r)) + sum(map(len, r.values())) + 64 * len(r)
+        elif t is list or t is tuple:
+            n += sum([len(x) for x in r if type(x) is bytes]) + 32 * len(r)
+    return n
 
 
 def as_dict(r: Any) -> dict:
@@ -166,9 +264,11 @@ def view_meta(raw: Mapping[bytes, bytes] | None) -> tuple[int | None, bytes | No
 
 
 def snapshots(vp: ViewReadPlan, raws: Sequence[bytes | None], epoch: str | None, T: int,
-              cache: dict) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
+              caches: ReadCaches, tag_of: Any = None) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
     """The entities of a snapshot view: per stored row (or None) ``(values, statuses, age)`` in the order of
-    ``vp.snapshot_fields``; ``cache`` holds the decoded rows (the store's decode cache)."""
+    ``vp.snapshot_fields``; the store's decode cache (``caches.decoded``) holds the decoded rows. A row that does not
+    read is ``incomplete`` with a warning naming its key (``tag_of(i)``: entity i's tag)."""
+    cache = caches.decoded
     nones, incomplete_sts, present, expired = vp.snap_outputs
     absent = (nones, present if epoch is not None else incomplete_sts, None)  # no row (or forgotten); without
     incomplete = (nones, incomplete_sts, None)  # the epoch marker Redis may have lost it
@@ -178,30 +278,37 @@ def snapshots(vp: ViewReadPlan, raws: Sequence[bytes | None], epoch: str | None,
     serial = vp.serial
     out = []
     append = out.append
-    for raw in raws:
+    for i, raw in enumerate(raws):
         if raw is None:
             append(absent)
             continue
-        row = cache.get((serial, raw))
-        if row is None:
-            data = loads(raw)
-            row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
-            if len(cache) >= CACHE_MAX:
-                cache.clear()
-            cache[(serial, raw)] = row
-        ts, created = row[0], row[1]
-        if epoch is None or row[2] != epoch or ts > T or (created is not None and created > T):
+        try:
+            row = cache.get((serial, raw))
+            if row is None:
+                data = loads(raw)
+                row = [data["ts"], data.get("created_at"), data.get("epoch"), data, None]
+                if len(cache) >= CACHE_MAX:
+                    cache.clear()
+                cache[(serial, raw)] = row
+                caches.charge(3 * len(raw) + ENTRY_OVERHEAD, True)
+            ts, created = row[0], row[1]
+            if epoch is None or row[2] != epoch or ts > T or (created is not None and created > T):
+                append(incomplete)
+            elif ts >= live_from:
+                decoded = row[4]
+                if decoded is None:
+                    stored = row[3]["values"]
+                    decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
+                    if _frozen(decoded):
+                        row[4] = decoded
+                append((decoded, present, T - ts))
+            else:
+                append((nones, expired if ts >= remembered_from else present, T - ts))
+        except Exception as exc:  # noqa: BLE001 - a corrupt row: this entity incomplete, the others served
+            if isinstance(raw, bytes):
+                cache.pop((serial, raw), None)
+            corrupt_entity(vp, b"?" if tag_of is None else tag_of(i), [raw], exc)
             append(incomplete)
-        elif ts >= live_from:
-            decoded = row[4]
-            if decoded is None:
-                stored = row[3]["values"]
-                decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
-                if _frozen(decoded):
-                    row[4] = decoded
-            append((decoded, present, T - ts))
-        else:
-            append((nones, expired if ts >= remembered_from else present, T - ts))
     return out
 
 
@@ -230,7 +337,6 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     has_batch = bool(vp.batch_fields)
     run_cutoff, run_epoch_ok = meta[2], meta[3] == epoch
     dyn = dynamic if vp.dynamic_derived else None
-    decoded = caches.decoded
     batch_age = not vp.stream and age is None
     rows = []
     append = rows.append
@@ -279,12 +385,16 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
                 except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
                     key = None
-            agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, decoded)
-            hit = prepare(vp, agg)
+            try:
+                agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, caches)
+                hit = prepare(vp, agg)
+            except Exception as exc:  # noqa: BLE001 - a corrupt stored value: this entity incomplete, the others served
+                hit, key = corrupt_entity(vp, tags[i], raws, exc), None
             entry = None
             if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
                 entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
                 caches.kept[0] += 1
+                caches.charge(len(key) + (2 * len(spans[i]) if spans else replies_size(raws)) + 4 * ENTRY_OVERHEAD, True)
         out_vals, out_sts, run = hit[0], hit[1], hit[2]
         if run is not None:
             runs[run[0]] = run[1]
@@ -360,14 +470,14 @@ def dynamic(vp: ViewReadPlan, hit: tuple, T: int) -> list[Any]:
 
 
 def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: tuple[Any, ...],
-              now: int, as_of_ms: int | None, stream_starts: Sequence[list[int | None]], decoded: dict,
+              now: int, as_of_ms: int | None, stream_starts: Sequence[list[int | None]], caches: ReadCaches,
               ) -> tuple[dict[str, Any], dict[str, str], tuple[str, int] | None, int | None]:
     """``(values, statuses, (run id, cut-off) | None, batch cut-off | None)`` of the view's aggregations for one
     entity, exactly the reference reader's ``evaluate_read``, as tight loops.
 
     ``stream_starts[g]`` holds, per needed aggregation of group g, its window start at T when stream-served
     (None for batch-served ones: their start is the entity's cut-off). Decoded tile vectors and batch parts
-    are cached in ``decoded`` by their raw bytes (identical bytes = identical value); anything a cache cannot take (an
+    are cached in ``caches.decoded`` by their raw bytes (identical bytes = identical value); anything a cache cannot take (an
     error, a mutable value) goes through the reference order of decoding, so errors are raised exactly
     where they were."""
     applied_from, meta_epoch, run_cutoff, run_epoch = meta
@@ -420,7 +530,7 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
             if known:
                 lo = min(known)
                 merges = g.merges
-                cache = decoded
+                cache = caches.decoded
                 serial = g.serial
                 na = len(aggs)
                 for s, body in tiles.items():  # each tile's vector decoded once, merged into every aggregation
@@ -428,7 +538,7 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                         continue
                     dec = cache.get((serial, body))
                     if dec is None:
-                        dec = _decode_tile(g, body, cache)
+                        dec = _decode_tile(g, body, caches)
                     if dec is not None:
                         for j in range(na):
                             st = starts[j]

@@ -31,8 +31,9 @@ from typing import Any, Mapping
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 
-from skewless.config import default_project, redis_url as project_redis_url
+from skewless.config import ConfigError, default_project, redis_target, redis_url as project_redis_url
 from skewless.core import laws, layout
 from skewless.core.admission import MalformedError, parse_event_time
 from skewless.core.dsl import FeatureService, KeyType
@@ -41,12 +42,34 @@ from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT, STALE, STATUS_
 from skewless.core.schemas import pandas_dtype
 from skewless.core.timeutil import iso_ms, to_epoch_ms
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
-from skewless.serving.evaluate import CACHE_MAX, ReadCaches, loads, snapshots, view_meta, windowed, window_starts
+from skewless.serving.evaluate import CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, loads, snapshots, view_meta, windowed, window_starts
 from skewless.serving.read_plan import SERIALS, EntitySpec, K_MGET, ReadPlan, build_plan
 from skewless.serving.reply_stream import ReplyStream
 from skewless.serving.transport import STREAM_MIN, execute, round_trip, snapshot_replies
 
 DEFAULT_MAX_ENTITIES = 1000
+DEFAULT_MAX_KEY_LENGTH = 1024  # characters of a string join key value (SKEWLESS_SERVE_MAX_KEY_LENGTH)
+
+
+def _env_positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"environment variable {name}={raw!r} is not a positive integer; unset it or give one")
+    return value
+
+
+def read_limits() -> tuple[int, int]:
+    """``(max join-key length, cache bytes)`` of a store: ``SKEWLESS_SERVE_MAX_KEY_LENGTH`` (default 1024 characters)
+    and ``SKEWLESS_SERVE_CACHE_BYTES`` (default 128 MiB); :class:`ConfigError` for a value that is not a positive int."""
+    return (_env_positive_int("SKEWLESS_SERVE_MAX_KEY_LENGTH", DEFAULT_MAX_KEY_LENGTH),
+            _env_positive_int("SKEWLESS_SERVE_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+
 
 # --- the response --------------------------------------------------------------------------------------------
 
@@ -220,12 +243,15 @@ def _row_status(statuses: set[str]) -> str:
 class OnlineStore:
     """Online reads of one repository from one Redis (or Redis Cluster) client.
 
-    ``max_entities`` bounds a request (None: unbounded); ``sampler`` (a
-    :class:`skewless.monitoring.sampling.ValueSampler`) observes served values per view.
+    ``max_entities`` bounds a request (None: unbounded); ``max_key_length`` the characters of a string join key
+    value (None: ``SKEWLESS_SERVE_MAX_KEY_LENGTH`` or 1024); ``cache_bytes`` the value caches together (None:
+    ``SKEWLESS_SERVE_CACHE_BYTES`` or 128 MiB); ``sampler`` (a :class:`skewless.monitoring.sampling.ValueSampler`)
+    observes served values per view.
     """
 
     def __init__(self, repo: Repository, redis_client: Any, project: str | None = None, *,
-                 max_entities: int | None = None, sampler: Any = None) -> None:
+                 max_entities: int | None = None, sampler: Any = None, max_key_length: int | None = None,
+                 cache_bytes: int | None = None) -> None:
         self.repo = repo
         self.client = redis_client
         self.project = project or default_project()
@@ -237,7 +263,11 @@ class OnlineStore:
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
         self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call
         self._pid = os.getpid()
-        self.caches = ReadCaches()
+        if max_key_length is None or cache_bytes is None:
+            env_key_length, env_cache_bytes = read_limits()
+            max_key_length, cache_bytes = max_key_length or env_key_length, cache_bytes or env_cache_bytes
+        self.max_key_length = max_key_length
+        self.caches = ReadCaches(max_bytes=cache_bytes)
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -265,7 +295,7 @@ class OnlineStore:
     def _entity_columns(self, plan: ReadPlan, entity_rows: Any) -> tuple[dict[str, list[Any]], int]:
         t = type(entity_rows)
         if (t is list or t is tuple) and len(entity_rows) == 1 and type(entity_rows[0]) is dict \
-                and len(plan.join_keys) == 1 and plan.join_keys[0] in entity_rows[0]:  # the common one-entity call
+                and len(plan.join_keys) == 1 == len(entity_rows[0]) and plan.join_keys[0] in entity_rows[0]:  # the common one-entity call
             key = plan.join_keys[0]
             return {key: [entity_rows[0][key]]}, 1
         if t is dict and len(entity_rows) == 1 and len(plan.join_keys) == 1 and plan.join_keys[0] in entity_rows:
@@ -283,15 +313,20 @@ class OnlineStore:
                 cols[k] = list(v)
         elif isinstance(entity_rows, (list, tuple)):
             cols = {k: [] for k in plan.join_keys}
+            nkeys = len(plan.join_keys)
             for i, row in enumerate(entity_rows):
                 if not isinstance(row, Mapping):
                     raise OnlineRequestError(f"entity row {i} must be a mapping of join key -> value, got {type(row).__name__}")
+                if len(row) != nkeys:
+                    _refuse_extra_keys(plan, row, f"entity row {i}")
                 for k in plan.join_keys:
                     if k not in row:
                         raise OnlineRequestError(f"entity row {i} lacks join key {k!r} (needed: {list(plan.join_keys)})")
                     cols[k].append(row[k])
         else:
             raise OnlineRequestError("entity_rows must be a list of dicts, a dict of join key -> list, or a DataFrame")
+        if len(cols) != len(plan.join_keys):
+            _refuse_extra_keys(plan, cols, "entities")
         missing = [k for k in plan.join_keys if k not in cols]
         if missing:
             raise OnlineRequestError(f"entities lack join key(s) {missing}; the requested views need {list(plan.join_keys)}"
@@ -306,18 +341,22 @@ class OnlineStore:
         return {k: cols[k] for k in plan.join_keys}, n
 
     @staticmethod
-    def _tags(spec: EntitySpec, cols: Mapping[str, list[Any]], n: int) -> list[bytes]:
+    def _tags(spec: EntitySpec, cols: Mapping[str, list[Any]], n: int, max_len: int) -> list[bytes]:
         parts_per_key = []
         for name, ktype in spec.keys:
             values = cols[name]
             if ktype is KeyType.STRING:
-                if n == 1 and len(spec.keys) == 1 and type(values[0]) is str:
+                if n == 1 and len(spec.keys) == 1 and type(values[0]) is str and len(values[0]) <= max_len:
                     v = values[0]
                     return [("s=" + (v.translate(layout.ESCAPE_TABLE) if layout.needs_escape(v) else v)).encode()]
                 if set(map(type, values)) - {str}:
                     for i, v in enumerate(values):
                         if type(v) is not str:
                             raise OnlineRequestError(f"join key {name!r} is a string; entity {i} has {v!r} ({type(v).__name__})")
+                if values and max(map(len, values)) > max_len:
+                    i = next(i for i, v in enumerate(values) if len(v) > max_len)
+                    raise OnlineRequestError(f"join key {name!r} of entity {i} has {len(values[i])} characters; the limit is "
+                                             f"{max_len} (SKEWLESS_SERVE_MAX_KEY_LENGTH)")
                 joined = "\0".join(values)
                 if len(spec.keys) == 1 and layout.needs_escape(joined) is None and joined.count("\0") == len(values) - 1:
                     return ("s=" + "\0s=".join(values)).encode().split(b"\0") if values else []  # one encode, one split
@@ -350,7 +389,11 @@ class OnlineStore:
                         f"as_of {as_of_ms} is not a multiple of {vp.step_ms} ms (the tile sizes stored for {vp.view.name}): "
                         f"online reads are exact at aligned instants such as {before} or {before + vp.step_ms}; "
                         "use the training-set path (get_historical_features) for other instants")
-        tags = [self._tags(spec, cols, n) for spec in plan.entities]
+        try:
+            tags = [self._tags(spec, cols, n, self.max_key_length) for spec in plan.entities]
+        except UnicodeEncodeError as exc:
+            raise OnlineRequestError(f"a join key value is not valid Unicode text ({exc.reason} at position {exc.start}): "
+                                     "send keys as UTF-8 strings") from None
 
         # one pipeline: epoch, progress per streaming source, meta per feature view, then the entities' keys
         if self._fast:
@@ -373,7 +416,8 @@ class OnlineStore:
                 if None in ones:
                     for i, t in enumerate(tags[vp.entity_index]):
                         if ones[i] is None:
-                            ones[i] = cache[t] = b"".join([piece % (c + len(t), t) for piece, c in pieces])
+                            one = ones[i] = cache[t] = b"".join([piece % (c + len(t), t) for piece, c in pieces])
+                            self.caches.charge(len(t) + len(one) + ENTRY_OVERHEAD)
                 packed += ones
             return self._send(b"".join(packed), kinds, plan, cols, n, tags, now, as_of_ms)
         names = list(plan.head_names)
@@ -422,9 +466,8 @@ class OnlineStore:
                 pos += k * n
             if vp.snapshot:
                 if chunk is None:
-                    chunk = snapshot_replies(vp, stream, tags[vp.entity_index], caches.snap_raw,  # type: ignore[arg-type]
-                                             caches.kept)
-                rows = snapshots(vp, chunk, epoch_text, T, caches.decoded)
+                    chunk = snapshot_replies(vp, stream, tags[vp.entity_index], caches)  # type: ignore[arg-type]
+                rows = snapshots(vp, chunk, epoch_text, T, caches, tags[vp.entity_index].__getitem__)
                 found[vp.view.name] = [r is not None for r in chunk]
             else:
                 stale = False
@@ -529,9 +572,14 @@ class OnlineStore:
                 return self._evaluate(replies, None, plan, cols, n, tags, now, as_of_ms)
             try:
                 response = self._evaluate(replies, stream, plan, cols, n, tags, now, as_of_ms)
-            except BaseException:
+            except BaseException as exc:
                 conn.disconnect()  # replies left unread must not reach the next command
-                raise
+                if not isinstance(exc, RedisResponseError):
+                    raise
+                # an error reply in the stream (e.g. WRONGTYPE on one entity's key): read again, parsed whole, where
+                # an entity's error reply marks only that entity incomplete
+                replies, _ = round_trip(conn, packed, kinds, nhead, False)
+                return self._evaluate(replies, None, plan, cols, n, tags, now, as_of_ms)
             if conn.health_check_interval:
                 conn.next_health_check = time.time() + conn.health_check_interval
             return response
@@ -540,6 +588,14 @@ class OnlineStore:
 
 
 _NO_LIST: list = []
+
+
+def _refuse_extra_keys(plan: ReadPlan, given: Mapping[Any, Any], where: str) -> None:
+    """OnlineRequestError naming the keys of ``given`` the requested views do not take (none: returns)."""
+    extra = [k for k in given if k not in plan.join_keys]
+    if extra:
+        raise OnlineRequestError(f"{where} has key(s) {sorted(map(str, extra))} that no requested view takes; "
+                                 f"give only {list(plan.join_keys)}")
 
 
 def _as_of_ms(as_of: Any) -> int:
@@ -573,19 +629,22 @@ def _progress(raw: Mapping[bytes, bytes] | None) -> dict[int, dict[str, Any]]:
 
 def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = None, *, project: str | None = None,
                password: str | None = None, tls: bool = False, **kwargs: Any) -> OnlineStore:
-    """An :class:`OnlineStore` on ``redis_url`` (default: the project's Redis)."""
+    """An :class:`OnlineStore` on ``redis_url`` (default: the project's Redis), connected as
+    :func:`skewless.config.redis_target` says: ``SKEWLESS_REDIS_PASSWORD[_FILE]`` (unless ``password`` is given),
+    ``SKEWLESS_REDIS_TLS_CA_FILE`` and the connect/read timeouts (``SKEWLESS_REDIS_[CONNECT_]TIMEOUT_S``)."""
     if not isinstance(repo, Repository):
         repo = load_repository(repo)
-    if redis_url is None:
-        redis_url = project_redis_url()
-    opts: dict[str, Any] = {}
+    if tls:
+        redis_url = redis_url or project_redis_url()
+        if redis_url.startswith("redis://"):
+            redis_url = "rediss://" + redis_url[len("redis://"):]
+    target = redis_target(redis_url)
+    opts = target.client_kwargs()
     if password:
         opts["password"] = password
-    if tls and redis_url.startswith("redis://"):
-        redis_url = "rediss://" + redis_url[len("redis://"):]
-    client = redis.Redis.from_url(redis_url, **opts)
+    client = redis.Redis.from_url(target.url, **opts)
     return OnlineStore(repo, client, project, **kwargs)
 
 
 __all__ = ["EXPIRED", "INCOMPLETE", "PRESENT", "STALE", "AsOfNotAligned", "OnlineRequestError", "OnlineResponse",
-           "OnlineStore", "build_plan", "open_store"]
+           "OnlineStore", "build_plan", "open_store", "read_limits"]

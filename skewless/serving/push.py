@@ -13,6 +13,7 @@ same as every other producer of the project, so one entity's events share a part
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from skewless.core.dsl import EventSource, FeatureView
 from skewless.core.timeutil import td_ms
 
 MAX_PUSH_EVENTS = 10_000
+log = logging.getLogger("skewless.push")
 
 
 class PushError(ValueError):
@@ -34,7 +36,7 @@ class PushError(ValueError):
 
 
 class PushDeliveryError(RuntimeError):
-    """Kafka did not acknowledge every event (some may have been written)."""
+    """Kafka did not acknowledge every event in time, or is unreachable (some events may have been written)."""
 
 
 @dataclass
@@ -60,22 +62,28 @@ class _SourceRules:
 
 
 class Pusher:
-    """Validated produce for the event sources of one repository (one Kafka producer, created on first use)."""
+    """Validated produce for the event sources of one repository (one Kafka producer, created on first use).
+
+    A push takes at most ``timeout_s`` (default ``SKEWLESS_KAFKA_TIMEOUT_S``) once validated: metadata, waiting for
+    an earlier push and delivery share that deadline, then :class:`PushDeliveryError`. Events not acknowledged by
+    then are dropped by the producer (``message.timeout.ms``), never delivered late behind the caller's back.
+    librdkafka's own log is off; Kafka going down and coming back are logged once each (``skewless.push``)."""
 
     def __init__(self, repo: Any, bootstrap: str | None = None, *, producer: Any = None,
-                 max_events: int = MAX_PUSH_EVENTS, flush_timeout_s: float = 30.0) -> None:
+                 max_events: int = MAX_PUSH_EVENTS, timeout_s: float | None = None) -> None:
+        from skewless import config
+
         self.repo = repo
         if bootstrap is None:
-            from skewless import config
-
             bootstrap = f"{config.HOST}:{config.ports().kafka}"
         self.bootstrap = bootstrap
         self.max_events = max_events
-        self.flush_timeout_s = flush_timeout_s
+        self.timeout_s = config.kafka_timeout_s() if timeout_s is None else timeout_s
         self._producer = producer
         self._rules: dict[str, _SourceRules] = {}
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._down: str | None = None  # why Kafka was last seen unavailable (None: fine or not known)
 
     def rules(self, source: str | EventSource) -> _SourceRules:
         name = source.name if isinstance(source, EventSource) else source
@@ -145,18 +153,38 @@ class Pusher:
             raise PushError(f"{len(problems)} of {len(events)} events refused, none sent: {shown}{more}", problems)
         return rules, out
 
-    def _producer_for(self) -> Any:
-        with self._lock:
-            if self._producer is None:
-                from skewless.engines.kafka import make_producer
+    def _state(self, down: str | None) -> None:
+        """Log Kafka's availability when it changes (one line per change, however often it is seen)."""
+        if (down is None) != (self._down is None):
+            if down is None:
+                log.warning("Kafka at %s is reachable again", self.bootstrap)
+            else:
+                log.warning("Kafka at %s is unavailable: %s", self.bootstrap, down)
+        self._down = down
 
-                self._producer = make_producer(self.bootstrap, **{"linger.ms": 1})
-            return self._producer
+    def _on_error(self, err: Any) -> None:
+        """librdkafka's error callback (from poll/flush): transport errors mark Kafka unavailable."""
+        self._state(str(err))
 
-    def _partition_count(self, topic: str) -> int:
+    def _producer_for(self) -> Any:  # called with self._lock held
+        if self._producer is None:
+            from skewless.engines.kafka import make_producer
+
+            ms = max(1, int(self.timeout_s * 1000))
+            self._producer = make_producer(self.bootstrap, **{
+                "linger.ms": 1, "message.timeout.ms": ms, "socket.connection.setup.timeout.ms": max(1000, ms),
+                "log_level": 0, "error_cb": self._on_error})
+        return self._producer
+
+    def _partition_count(self, topic: str, deadline: float) -> int:
         n = self._partitions.get(topic)
         if n is None:
-            meta = self._producer_for().list_topics(topic, timeout=10)
+            try:
+                meta = self._producer_for().list_topics(topic, timeout=max(0.001, deadline - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - KafkaException (timeout, transport): Kafka is unavailable
+                self._state(str(exc))
+                raise PushDeliveryError(f"Kafka at {self.bootstrap} is unavailable (no metadata within "
+                                        f"{self.timeout_s:g} s: {exc}); nothing was sent, retry later") from None
             t = meta.topics.get(topic)
             if t is None or t.error is not None or not t.partitions:
                 raise PushDeliveryError(f"topic {topic!r} is not available on {self.bootstrap}: "
@@ -166,14 +194,28 @@ class Pusher:
 
     def push(self, source: str | EventSource, events: Iterable[Mapping[str, Any]]) -> PushResult:
         """Validate every event, then produce all of them and flush; see the module docstring."""
-        from skewless.engines.kafka import partition_for
-
         events = list(events) if not isinstance(events, (list, tuple)) and isinstance(events, Iterable) else events
         rules, messages = self.check(source, events)
+        return self.deliver(rules, messages)
+
+    def deliver(self, rules: _SourceRules, messages: list[tuple[bytes, bytes]]) -> PushResult:
+        """Produce a batch :meth:`check` accepted and wait for Kafka's acknowledgements, within ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
         topic = rules.source.topic
         assert topic is not None
+        if not self._lock.acquire(timeout=self.timeout_s):
+            raise PushDeliveryError(f"Kafka at {self.bootstrap} did not take earlier pushes within {self.timeout_s:g} s "
+                                    "(unavailable or overloaded); nothing was sent, retry later")
+        try:
+            return self._deliver(rules, messages, topic, deadline)
+        finally:
+            self._lock.release()
+
+    def _deliver(self, rules: _SourceRules, messages: list[tuple[bytes, bytes]], topic: str, deadline: float) -> PushResult:
+        from skewless.engines.kafka import partition_for
+
         producer = self._producer_for()
-        partitions = self._partition_count(topic)
+        partitions = self._partition_count(topic, deadline)
         result = PushResult(rules.source.name, topic, positions=[None] * len(messages))
         failed: list[str] = []
 
@@ -187,23 +229,29 @@ class Pusher:
             return done
 
         now = int(time.time() * 1000)
-        with self._lock:  # one push's events are produced together, in order
-            for i, (key, value) in enumerate(messages):
-                while True:
-                    try:
-                        producer.produce(topic, value=value, key=key, partition=partition_for(key, partitions),
-                                         timestamp=now, on_delivery=callback(i))
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            remaining = producer.flush(self.flush_timeout_s)
+        for i, (key, value) in enumerate(messages):  # one push's events are produced together, in order (locked)
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, partition=partition_for(key, partitions),
+                                     timestamp=now, on_delivery=callback(i))
+                    break
+                except BufferError:
+                    if time.monotonic() > deadline:
+                        raise PushDeliveryError(f"Kafka at {self.bootstrap} did not take the events within "
+                                                f"{self.timeout_s:g} s; {i} of {len(messages)} queued, retry later") from None
+                    producer.poll(0.05)
+        # the producer drops what it could not deliver after message.timeout.ms: wait a little past it for those reports
+        remaining = producer.flush(max(0.0, deadline - time.monotonic()) + 1.0)
         if remaining or failed:
-            raise PushDeliveryError(f"{remaining} events unflushed, {len(failed)} failed: {failed[:5]}")
+            self._state(failed[0] if failed else f"{remaining} events unacknowledged")
+            raise PushDeliveryError(f"Kafka at {self.bootstrap} did not acknowledge the push within {self.timeout_s:g} s: "
+                                    f"{remaining} events unflushed, {len(failed)} failed: {failed[:5]}; retry later")
+        self._state(None)
         return result
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush(self.flush_timeout_s)
+            self._producer.flush(self.timeout_s)
 
 
 def push_events(repo: Any, source: str | EventSource, events: Iterable[Mapping[str, Any]], *,

@@ -238,8 +238,11 @@ def build_plan(repo: Repository, project: str, features: Any) -> ReadPlan:
     if isinstance(features, (str, FeatureService)):
         refs_in: Any = features
     else:
-        refs_in = list(features)
-        if not all(isinstance(r, str) for r in refs_in):
+        try:
+            refs_in = list(features)
+        except TypeError:
+            refs_in = None
+        if refs_in is None or not all(isinstance(r, str) for r in refs_in):
             raise OnlineRequestError("features must be 'view:feature' references, view names or a service name (strings)")
     if not refs_in:
         raise OnlineRequestError("no features requested: pass 'view:feature' references, view names or a feature service")

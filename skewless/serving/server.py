@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
 import threading
 import time
@@ -32,9 +33,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from skewless import config
 from skewless.config import HOST
+from skewless.core import layout
 
 DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_MAX_ENTITIES = 1000
+DEFAULT_BODY_TIMEOUT_S = 10.0  # a request body not complete this long after its headers: 408
+log = logging.getLogger("skewless.serve")
 _ENV = "SKEWLESS_SERVE_SETTINGS"
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _FRESHNESS_CACHE_S = 10.0
@@ -58,6 +62,10 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_entities: int = DEFAULT_MAX_ENTITIES
     sample_rate: float = 0.0
+    body_timeout_s: float = field(default_factory=lambda: config.env_seconds("SKEWLESS_SERVE_BODY_TIMEOUT_S",
+                                                                             DEFAULT_BODY_TIMEOUT_S))
+    cache_bytes: int | None = None  # the store's value caches (None: SKEWLESS_SERVE_CACHE_BYTES or the default)
+    max_key_length: int | None = None  # characters of a join key value (None: SKEWLESS_SERVE_MAX_KEY_LENGTH or default)
 
     def to_env(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "api_token"})
@@ -143,6 +151,7 @@ class FeatureServer:
         self._init_lock = threading.Lock()
         self.metrics = _Metrics()
         self._freshness: tuple[float, str] | None = None
+        self._hung: tuple[float, str] | None = None  # (until when reads answer 503 at once, why): a read timed out
         token = settings.api_token or config.api_token()
         self._token = None if not token else token.encode()
 
@@ -157,9 +166,9 @@ class FeatureServer:
                     from skewless.serving.online import open_store
 
                     s = self.settings
-                    target = config.redis_target(s.redis_url)
-                    self._store = open_store(s.repo, target.url, project=s.project, password=target.password,
-                                             tls=s.redis_tls, max_entities=s.max_entities,
+                    self._store = open_store(s.repo, s.redis_url, project=s.project, tls=s.redis_tls,
+                                             max_entities=s.max_entities, cache_bytes=s.cache_bytes,
+                                             max_key_length=s.max_key_length,
                                              sampler=ValueSampler(s.sample_rate) if s.sample_rate else None)
         return self._store
 
@@ -189,12 +198,17 @@ class FeatureServer:
         except HttpError as exc:
             status, body, ctype = exc.status, dumps({"error": {"code": exc.code, "message": exc.message, **exc.extra}}), \
                 b"application/json"
+            if status >= 500:
+                log.error("%s %s -> %d %s: %s", scope.get("method"), path, status, exc.code, exc.message)
         except Exception as exc:  # noqa: BLE001 - the server answers, it never dies on a request
             status, ctype = 500, b"application/json"
             body = dumps({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}})
+            log.exception("%s %s -> 500: %s: %s", scope.get("method"), path, type(exc).__name__, exc)
         headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
         if status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
+        elif status == 408:  # the rest of the body may still arrive: never read it as the next request
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.metrics.observe(endpoint, status, time.perf_counter() - t0)
@@ -230,17 +244,24 @@ class FeatureServer:
             except ValueError:
                 raise HttpError(400, "bad_request", "Content-Length is not a number") from None
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise HttpError(400, "bad_request", "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
+        timeout = self.settings.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):  # the whole body, however it is split (no slow drip either)
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise HttpError(400, "bad_request", "client disconnected")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise HttpError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            raise HttpError(408, "request_timeout",
+                            f"the request body did not arrive within {timeout:g} s of its headers "
+                            "(SKEWLESS_SERVE_BODY_TIMEOUT_S); send the whole body at once") from None
         raw = b"".join(chunks)
         if not raw:
             raise HttpError(400, "bad_request", "empty body: send a JSON object")
@@ -274,7 +295,7 @@ class FeatureServer:
             raw = await self._body(scope, receive)
             return 200, await self._push(raw), b"application/json"
         if path == "/health":
-            return self._health()
+            return await self._health()
         if path == "/metrics":
             from skewless.monitoring.prometheus import CONTENT_TYPE
 
@@ -311,12 +332,21 @@ class FeatureServer:
         as_of = data.get("as_of")
         if as_of is not None and (isinstance(as_of, bool) or not isinstance(as_of, (int, str))):
             raise HttpError(400, "bad_request", "'as_of' must be epoch ms (integer) or an ISO-8601 string with a zone")
+        hung = self._hung
+        if hung is not None and time.monotonic() < hung[0]:  # don't block the worker on the hung store again at once
+            raise HttpError(503, "store_unavailable", f"online store unavailable: {hung[1]} (not retried for "
+                                                      f"{config.redis_timeouts()[1]:g} s)")
         try:
             response = self.store.get_online_features(entities, features, as_of=as_of)
         except OnlineRequestError as exc:
             raise HttpError(400, "bad_request", str(exc)) from None
-        except redis.RedisError as exc:
-            raise HttpError(503, "store_unavailable", f"online store unavailable: {type(exc).__name__}: {exc}") from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, redis.TimeoutError):  # a read blocks the worker's loop: the next ones fail fast for a while
+                self._hung = (time.monotonic() + config.redis_timeouts()[1], why)
+            raise HttpError(503, "store_unavailable", f"online store unavailable: {why}") from None
+        except redis.RedisError as exc:  # an error reply (e.g. WRONGTYPE on a shared key): the store is up, its data wrong
+            raise HttpError(500, "store_error", f"the online store answered an error: {type(exc).__name__}: {exc}") from None
         return dumps(response.to_dict())
 
     async def _push(self, raw: bytes) -> bytes:
@@ -328,22 +358,32 @@ class FeatureServer:
             raise HttpError(400, "bad_request", "'source' must be the name of an event source")
         if not isinstance(events, list):
             raise HttpError(400, "bad_request", "'events' must be a list of event objects")
-        try:  # validation and the produce/flush run off the event loop
-            result = await asyncio.get_running_loop().run_in_executor(None, self.pusher.push, source, events)
+        pusher = self.pusher
+        try:  # validation here (CPU only: a 400 never waits behind Kafka); delivery on the push threads
+            rules, messages = pusher.check(source, events)
         except PushError as exc:
             raise HttpError(400, "invalid_events", str(exc), problems=[{"index": i, "reason": r} for i, r in exc.problems]) \
                 from None
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(_pool("push", 4), pusher.deliver, rules, messages)
         except PushDeliveryError as exc:
             raise HttpError(503, "kafka_unavailable", str(exc)) from None
         return dumps(result.to_dict())
 
-    def _health(self) -> tuple[int, bytes, bytes]:
+    async def _health(self) -> tuple[int, bytes, bytes]:
+        """The store's epoch marker read in a thread of its own (never behind a blocked read), bounded by the Redis
+        timeouts: 200, or 503 naming why Redis did not answer."""
+        store = self.store
+        connect_s, timeout_s = config.redis_timeouts()
         try:
-            epoch = self.store.client.get(self.store._epoch_key)
+            epoch = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                _pool("health", 2), store.client.get, layout.epoch_key(store.project)), connect_s + timeout_s)
             body = {"status": "ok", "redis": "ok", "store_initialised": epoch is not None, "pid": os.getpid()}
             return 200, dumps(body), b"application/json"
         except Exception as exc:  # noqa: BLE001 - health reports, never raises
-            return 503, dumps({"status": "unavailable", "redis": f"{type(exc).__name__}: {exc}"}), b"application/json"
+            why = f"no answer within {connect_s + timeout_s:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            log.warning("/health: Redis unavailable: %s", why)
+            return 503, dumps({"status": "unavailable", "redis": why}), b"application/json"
 
     def _freshness_text(self) -> str:
         cached = self._freshness
@@ -359,6 +399,20 @@ class FeatureServer:
             text = render(extra={"skewless_freshness_unavailable": 1.0}) + f"# freshness failed: {type(exc).__name__}\n"
         self._freshness = (time.monotonic(), text)
         return text
+
+
+_POOLS: dict[str, Any] = {}
+
+
+def _pool(name: str, threads: int) -> Any:
+    """The worker's thread pool ``name`` (/health's Redis read and the pushes each have their own: neither waits
+    behind the other)."""
+    pool = _POOLS.get(name)
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = _POOLS.setdefault(name, ThreadPoolExecutor(threads, thread_name_prefix=f"skewless-{name}"))
+    return pool
 
 
 class JsonErrorHttpProtocol(HttpToolsProtocol):

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as _RedisConnectionError
 from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as _RedisTimeoutError
 
-from skewless.serving.evaluate import as_dict, view_cache
+from skewless.serving.evaluate import ENTRY_OVERHEAD, ReadCaches, as_dict, view_cache
 from skewless.serving.read_plan import GET, K_GET, K_HASH, K_MGET, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream, open_stream
 
@@ -24,11 +24,12 @@ except ImportError:  # pragma: no cover - another redis-py layout: the generic p
 STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (fewer: parsed at once, cheaper)
 
 
-def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
+def _read_hiredis(conn: Any, parser: Any, kinds: list[int], nhead: int) -> list[Any]:
     """The replies of the commands already sent on ``conn`` (one ``K_*`` kind each) read straight from the
     hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
-    per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply raises (the caller
-    disconnects, so unread replies never reach another command)."""
+    per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply to one of the ``nhead`` shared
+    commands raises (the caller disconnects, so unread replies never reach another command); one to an entity's
+    command (e.g. WRONGTYPE) is returned in its place, for the evaluation to mark that entity."""
     import socket
 
     gets = parser._reader.gets
@@ -56,7 +57,10 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
                 continue
         elif t is not bytes and t is not dict:
             if isinstance(r, Exception):
-                raise r
+                if len(out) < nhead or kind == K_MGET:
+                    raise r
+                append(r)
+                continue
             if r is None and kind != K_GET:
                 r = {}
         append(r)
@@ -98,12 +102,15 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
         parser = getattr(conn, "_parser", None)
         if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
                 and parser._next_response is _NOT_ENOUGH_DATA):
-            return _read_hiredis(conn, parser, kinds), None
+            return _read_hiredis(conn, parser, kinds, nhead), None
         out = []
         error = None
-        for kind in kinds:
+        for i, kind in enumerate(kinds):
             r = conn.read_response(disable_decoding=True)
             if isinstance(r, Exception):
+                if i >= nhead and kind != K_MGET:  # an entity's error reply: returned in its place (see _read_hiredis)
+                    out.append(r)
+                    continue
                 error = error or r
                 r = None
             if kind == K_MGET:
@@ -120,10 +127,10 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
     return out, None
 
 
-def snapshot_replies(vp: ViewReadPlan, stream: ReplyStream, tags: Sequence[bytes], snap_raw: dict[int, dict[bytes, tuple]],
-                     added: list[int]) -> list[bytes | None]:
+def snapshot_replies(vp: ViewReadPlan, stream: ReplyStream, tags: Sequence[bytes], caches: ReadCaches) -> list[bytes | None]:
     """The GET reply of each entity of a snapshot view from ``stream``: the kept value when its raw reply is the
-    one kept for that entity in ``snap_raw`` (no parsing), else parsed (and kept; ``added[1]`` counts them)."""
+    one kept for that entity in ``caches.snap_raw`` (no parsing), else parsed (and kept; ``caches.kept[1]`` counts them)."""
+    added = caches.kept
     serial = vp.serial
     if stream.pending:  # replies parsed unmeasured before (no memo): the MGET parsed whole, its end found for free
         values = stream.parse(1, False)[0] if tags else []
@@ -133,7 +140,7 @@ def snapshot_replies(vp: ViewReadPlan, stream: ReplyStream, tags: Sequence[bytes
     if tags and not stream.skip(b"*%d\r\n" % len(tags)):  # the MGET's array
         stream.parse(1)  # an error reply raises
         raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
-    memo = view_cache(snap_raw, added, 1, serial)
+    memo = view_cache(caches.snap_raw, added, 1, serial)
     kept = list(map(memo.get, tags))
     parsed, spans = stream.take([None if e is None else e[0] for e in kept], 1)
     out = []
@@ -143,5 +150,6 @@ def snapshot_replies(vp: ViewReadPlan, stream: ReplyStream, tags: Sequence[bytes
         else:
             memo[t] = (raw, p[0])
             added[1] += 1
+            caches.charge(len(t) + 2 * len(raw) + ENTRY_OVERHEAD)
             out.append(p[0])
     return out

@@ -108,6 +108,6 @@ def test_redis_py_clients_get_tls_and_the_password_from_the_configuration(
     monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD", PASSWORD)
     monkeypatch.setenv("SKEWLESS_REDIS_TLS_CA_FILE", str(ca))
     target = redis_target(f"rediss://127.0.0.1:{port}/0")
-    client = redis.Redis.from_url(target.url, socket_timeout=10, **target.client_kwargs())
+    client = redis.Redis.from_url(target.url, **{**target.client_kwargs(), "socket_timeout": 10})
     assert client.ping() is True
     assert client.get("sink-key") in (None, b"written-over-tls")

@@ -67,14 +67,15 @@ def test_redact_url() -> None:
 
 def test_redis_target(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SKEWLESS_REDIS_PORT", "6400")
-    assert redis_target().url == "redis://127.0.0.1:6400/0" and redis_target().client_kwargs() == {}
+    timeouts = {"socket_connect_timeout": 3.0, "socket_timeout": 5.0}
+    assert redis_target().url == "redis://127.0.0.1:6400/0" and redis_target().client_kwargs() == timeouts
     monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD", "hunter2")
     target = redis_target("rediss://h:1/0")
-    assert target.client_kwargs() == {"password": "hunter2"} and target.tls and "hunter2" not in repr(target)
+    assert target.client_kwargs() == {"password": "hunter2", **timeouts} and target.tls and "hunter2" not in repr(target)
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
     monkeypatch.setenv("SKEWLESS_REDIS_TLS_CA_FILE", str(ca))
-    assert redis_target("rediss://h:1/0").client_kwargs() == {"password": "hunter2", "ssl_ca_certs": str(ca)}
+    assert redis_target("rediss://h:1/0").client_kwargs() == {"password": "hunter2", "ssl_ca_certs": str(ca), **timeouts}
     assert "ssl_ca_certs" not in redis_target("redis://h:1/0").client_kwargs()
     with pytest.raises(ConfigError, match="is not a Redis URL") as info:
         redis_target("http://u:hunter2@x")
@@ -220,3 +221,13 @@ def test_submit_passes_no_secret_to_the_job_command_line(sasl_ssl: Path, monkeyp
     (argv,) = submitted
     assert "--redis" in argv and not any("hunter2" in a or PASSWORD in a for a in argv)
     assert "hunter2" not in capsys.readouterr().out
+
+
+def test_redis_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKEWLESS_REDIS_CONNECT_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("SKEWLESS_REDIS_TIMEOUT_S", "1")
+    kwargs = redis_target("redis://h:1/0").client_kwargs()
+    assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (0.5, 1.0)
+    monkeypatch.setenv("SKEWLESS_REDIS_TIMEOUT_S", "soon")
+    with pytest.raises(ConfigError, match="SKEWLESS_REDIS_TIMEOUT_S='soon' is not a number of seconds"):
+        redis_target("redis://h:1/0")

@@ -172,8 +172,11 @@ def test_redis_endpoint_parses_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: A
     monkeypatch.delenv("SKEWLESS_REDIS_PASSWORD", raising=False)
     monkeypatch.delenv("SKEWLESS_REDIS_PASSWORD_FILE", raising=False)
     monkeypatch.delenv("SKEWLESS_REDIS_TLS_CA_FILE", raising=False)
+    monkeypatch.delenv("SKEWLESS_REDIS_CONNECT_TIMEOUT_S", raising=False)
+    monkeypatch.delenv("SKEWLESS_REDIS_TIMEOUT_S", raising=False)
     assert redis_endpoint("redis://127.0.0.1:6390/2") == {"host": "127.0.0.1", "port": 6390, "db": 2, "username": None,
-                                                          "password": None, "tls": False, "tls_ca_file": None}
+                                                          "password": None, "tls": False, "tls_ca_file": None,
+                                                          "connect_timeout_ms": 3000, "timeout_ms": 5000}
     assert redis_endpoint("redis://u:p%40ss@localhost")["password"] == "p@ss"
     assert redis_endpoint("rediss://x:1")["tls"] is True
     with pytest.raises(ValueError, match="redis\\[s\\]://host:port") as info:
@@ -190,3 +193,11 @@ def test_redis_endpoint_parses_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: A
     monkeypatch.delenv("SKEWLESS_REDIS_PASSWORD")
     monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD_FILE", str(secret))
     assert redis_endpoint("redis://h:1/0")["password"] == "from-file"
+
+
+def test_the_sinks_redis_timeouts_come_from_the_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19 item 2: the sink had a fixed 60 s socket timeout; now SKEWLESS_REDIS_[CONNECT_]TIMEOUT_S."""
+    monkeypatch.setenv("SKEWLESS_REDIS_CONNECT_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("SKEWLESS_REDIS_TIMEOUT_S", "2")
+    spec = redis_endpoint("redis://h:1/0")
+    assert (spec["connect_timeout_ms"], spec["timeout_ms"]) == (500, 2000)

@@ -59,10 +59,15 @@ public final class Resp implements AutoCloseable {
 
     /** {@code tls}: null for plain TCP, else the factory of the TLS session (host name verified). */
     public Resp(String host, int port, int timeoutMs, SSLSocketFactory tls) throws IOException {
+        this(host, port, timeoutMs, timeoutMs, tls);
+    }
+
+    /** {@code connectTimeoutMs} bounds the TCP connect, {@code timeoutMs} every read (a hung Redis fails the call). */
+    public Resp(String host, int port, int connectTimeoutMs, int timeoutMs, SSLSocketFactory tls) throws IOException {
         Socket plain = new Socket();
         plain.setTcpNoDelay(true);
         plain.setSoTimeout(timeoutMs);
-        plain.connect(new InetSocketAddress(host, port), timeoutMs);
+        plain.connect(new InetSocketAddress(host, port), connectTimeoutMs);
         if (tls == null) {
             socket = plain;
         } else {
@@ -79,11 +84,14 @@ public final class Resp implements AutoCloseable {
 
     /**
      * A logged-in connection as the sink spec's {@code redis} object describes it ({@code host}, {@code port},
-     * {@code db}, {@code username}, {@code password}, {@code tls}, {@code tls_ca_file}; streaming_jobs.sink).
+     * {@code db}, {@code username}, {@code password}, {@code tls}, {@code tls_ca_file}, {@code connect_timeout_ms},
+     * {@code timeout_ms}; streaming_jobs.sink). {@code defaultTimeoutMs}: both timeouts when the spec has none.
      */
-    public static Resp open(Map<String, Object> spec, int timeoutMs) throws IOException {
+    public static Resp open(Map<String, Object> spec, int defaultTimeoutMs) throws IOException {
         SSLSocketFactory tls = Boolean.TRUE.equals(spec.get("tls")) ? tlsFactory((String) spec.get("tls_ca_file")) : null;
-        Resp redis = new Resp((String) spec.get("host"), ((Long) spec.get("port")).intValue(), timeoutMs, tls);
+        int connectMs = spec.get("connect_timeout_ms") instanceof Long ? ((Long) spec.get("connect_timeout_ms")).intValue() : defaultTimeoutMs;
+        int readMs = spec.get("timeout_ms") instanceof Long ? ((Long) spec.get("timeout_ms")).intValue() : defaultTimeoutMs;
+        Resp redis = new Resp((String) spec.get("host"), ((Long) spec.get("port")).intValue(), connectMs, readMs, tls);
         Object password = spec.get("password");
         if (password instanceof String) {
             Object user = spec.get("username");
