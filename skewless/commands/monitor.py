@@ -30,13 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
     _redis(p)
     p.add_argument("--view", action="append", help="only this view (repeatable)")
-    p.add_argument("--format", choices=["table", "prometheus"], default="table")
+    p.add_argument("--format", choices=["table", "prometheus"], default="table",
+                   help="a table for people, or Prometheus text exposition (default: table)")
 
     p = sub.add_parser("quality", help="check a view's expectations over a parquet/csv file (exit 1 on a failed check)")
     _common(p)
-    p.add_argument("--view", required=True)
+    p.add_argument("--view", required=True, help="the feature view whose expectations are checked")
     p.add_argument("--input", required=True, help="parquet or csv file of feature rows")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", default=None, help="label of the checked run in the stored results (default: a new id)")
     p.add_argument("--store", action="store_true", help="append results to Iceberg monitoring.quality_results")
 
     p = sub.add_parser("drift", help="PSI/KS drift between a reference and a current sample (files, or --from-stack); "
@@ -60,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("consistency", help="recompute logged online responses offline; mismatch rate per feature")
     _common(p)
-    p.add_argument("--view", required=True)
+    p.add_argument("--view", required=True, help="the feature view whose logged responses are recomputed")
     p.add_argument("--logged", required=True, help="parquet/csv of logged responses (join keys, request_ms, features)")
     p.add_argument("--recompute", required=True, metavar="MODULE:FUNCTION",
                    help="callable rows -> frame of offline values at each row's request_ms")
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", help="Prometheus exporter of freshness on 127.0.0.1 (GET /metrics)")
     _common(p)
     _redis(p)
-    p.add_argument("--port", type=int, default=9464)
+    p.add_argument("--port", type=int, default=9464, help="port of the exporter on 127.0.0.1 (default: 9464)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
 
 
