@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
-from skewless.core.dsl import Agg, Op, Where
+from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Op, Ref, Where
+from skewless.core.timeutil import MS_PER_DAY
 
 # --- dialects ----------------------------------------------------------------------------------------------
 
@@ -54,6 +55,7 @@ class Dialect:
     exact_int_sum: str = "CAST({x} AS BIGINT)"  # an int64 sum that fails on overflow (never wraps)
     exact_tile_sums: bool = False  # tiles cast their sums so (else the engine's sum already fails on overflow)
     int32: str = "{x}"  # a Kafka partition number as the intermediates' int
+    floordiv: str = ""  # {a} // {b} rounded towards minus infinity ({b}: a positive int)
     running: Mapping[str, str] = field(default_factory=dict)  # running aggregate kind -> function over {x}
 
     def quote(self, name: str) -> str:
@@ -96,12 +98,12 @@ class Dialect:
 
 SPARK = Dialect("spark", "`", True, "true", "false", "{v}L", "CAST({text} AS DOUBLE)", "{v}BD",
                 epoch_ms="unix_millis({c})", iso_ms="date_format({c}, \"yyyy-MM-dd'T'HH:mm:ss.SSS'Z'\")",
-                struct_open="named_struct", struct_item="'{k}', {v}",
+                struct_open="named_struct", struct_item="'{k}', {v}", floordiv="(({a}) - pmod(({a}), {b}L)) DIV {b}L",
                 running={"sum": "sum({x})", "min": "min({x})", "max": "max({x})", "last": "max({x})"})
 DUCKDB = Dialect("duckdb", '"', False, "true", "false", "CAST({v} AS BIGINT)", "CAST({text} AS DOUBLE)", "{v}",
                  epoch_ms="__epoch_ms({c})", iso_ms="strftime({c}, '%Y-%m-%dT%H:%M:%S.%gZ')",
                  struct_open="struct_pack", struct_item="{qk} := {v}", field_of="struct_extract({x}, '{k}')",
-                 exact_tile_sums=True, int32="CAST({x} AS INTEGER)",
+                 exact_tile_sums=True, int32="CAST({x} AS INTEGER)", floordiv="__floordiv({a}, {b})",
                  # a day's LAST has a greater (ts, ...) than every earlier day's (its ts lies in that day), so the
                  # running greatest is the latest non-null tile: cheaper than a running max of structs
                  running={"sum": "sum({x})", "min": "min({x})", "max": "max({x})",
@@ -156,6 +158,23 @@ def contribution_sql(d: Dialect, agg: Agg, field_name: str | None, wheres: Seque
         conds += [] if value is None else [f"{value} IS NOT NULL"]
         value = "1"
     return f"CASE WHEN {' AND '.join(conds)} THEN {value} END" if conds else value  # type: ignore[return-value]
+
+
+def derived_sql(d: Dialect, expr: Any, values: Mapping[str, str], t: str) -> str:
+    """docs/semantics.md §8 in SQL over the features' SQL ``values`` at the instant ``t`` (epoch ms): null in ->
+    null; '/' in float64 with x/0 = null; DaysSince floors whole days."""
+    if isinstance(expr, Ref):
+        return f"({values[expr.feature]})"
+    if isinstance(expr, Const):
+        return d.literal(expr.value)
+    if isinstance(expr, DaysSince):
+        return d.floordiv.format(a=f"{t} - {derived_sql(d, expr.ts, values, t)}", b=MS_PER_DAY)
+    if isinstance(expr, BinOp):
+        left, right = derived_sql(d, expr.left, values, t), derived_sql(d, expr.right, values, t)
+        if expr.op == "/":
+            return f"(CASE WHEN {right} = 0 THEN NULL ELSE CAST({left} AS DOUBLE) / CAST({right} AS DOUBLE) END)"
+        return f"({left} {expr.op} {right})"
+    raise TypeError(f"not an expression: {expr!r}")
 
 
 # --- per-law fragments ---------------------------------------------------------------------------------------
