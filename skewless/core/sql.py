@@ -15,24 +15,14 @@ from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
 from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Op, Ref, Where
+from skewless.core.laws import value_kind
 from skewless.core.timeutil import MS_PER_DAY
 
 # --- dialects ----------------------------------------------------------------------------------------------
 
 _COMPARISON = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}
-# a field type's kind for filters (laws.where_passes: values of another kind never pass); timestamps: see where_sql
+# a field type's kind for filters (laws.where_passes: values of another kind never pass); timestamps: field_where_sql
 COLUMN_KIND = {"string": "string", "int64": "number", "float64": "number", "decimal": "number", "bool": "bool"}
-
-
-def value_kind(value: Any) -> str:
-    """A filter value's kind: ``bool``, ``number`` (int, float, Decimal), ``string`` or ``other``."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float, Decimal)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "other"
 
 
 @dataclass(frozen=True)
