@@ -191,6 +191,7 @@ class LawSql:
     value: str = ""  # the feature value of the merged parts
     slide: str | None = None  # invertible laws: {x} without the tile {out}, with the tile {inc}
     accepts: frozenset[str] | None = None  # field types the dialect compiles it for (None: every type)
+    sums: bool = False  # its intermediate holds a sum of the field (float/decimal: not exact in every order)
 
     @property
     def invertible(self) -> bool:
@@ -217,7 +218,7 @@ def _offline_laws(d: Dialect) -> dict[Agg, LawSql]:
         Agg.COUNT: LawSql("count({c})", (("h__", counted("count")),), (("p__", "sum", "{t}"),), sum_merge, zero,
                           sum_pair, "CAST({s} AS BIGINT)", sum_slide),
         Agg.SUM: LawSql("{total}", (("h__", counted("sum")),), (("p__", "sum", "{t}"),), sum_merge, zero, sum_pair,
-                        "{exact}", sum_slide),
+                        "{exact}", sum_slide, sums=True),
         Agg.AVG: LawSql(
             d.struct([("sum", "{total}"), ("count", "count({c})")]),
             (("hs__", counted("sum")), ("hn__", counted("count"))),
@@ -229,7 +230,7 @@ def _offline_laws(d: Dialect) -> dict[Agg, LawSql]:
                       for k in ("sum", "count")]),
             "CASE WHEN ({n}) = 0 THEN NULL ELSE CAST({exact} AS DOUBLE) / CAST(({n}) AS DOUBLE) END",
             d.struct([(k, f"coalesce({parts('{x}', k)}, {zero}) - coalesce({parts('{out}', k)}, {zero}) + "
-                          f"coalesce({parts('{inc}', k)}, {zero})") for k in ("sum", "count")])),
+                          f"coalesce({parts('{inc}', k)}, {zero})") for k in ("sum", "count")]), sums=True),
         Agg.MIN: LawSql("min({c})", (("h__", counted("min")),), (("p__", "min", "{t}"),),
                         "min(CASE WHEN {p} THEN {t} END)", "NULL", "least({x}, {y})", "{x}"),  # skip nulls
         Agg.MAX: LawSql("max({c})", (("h__", counted("max")),), (("p__", "max", "{t}"),),

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from skewless.core.compiler import Compiler, offline_nodes
-from skewless.core.dsl import Agg
 from skewless.core.layout import LIFETIME_FIELD
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan, WindowMerge
 from skewless.core.routing import BATCH_TAIL_DAYS, is_stream_served
@@ -347,7 +346,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
 
         Entities are the state's plus those with a tile on D; without a lifetime window an entity stays only while
         it has a tile in the widest window, as in the full statement."""
-        sums = [a for w in windows for a in w.aggregations if Agg(a.agg) in (Agg.SUM, Agg.AVG)]
+        sums = [a for w in windows for a in w.aggregations if _law_sql(a).sums]
         if any(self._field_type(a) != "int64" for a in sums):
             return None
         key_cols = ", ".join(quote(k) for k, _ in keys)
