@@ -143,11 +143,13 @@ def contribution_sql(d: Dialect, agg: Agg, field_name: str | None, wheres: Seque
     """The value an event feeds to ``laws.update`` (``laws.contribution``): null when a filter fails or the field
     is null; 1 for COUNT (of the events whose field, if it names one, is not null)."""
     conds = [" AND ".join(field_where_sql(d, w, field_types.get(w.field), event_time) for w in wheres)] if wheres else []
-    value = None if field_name is None else field_value_sql(d, field_name, field_types.get(field_name), event_time)
-    if Agg(agg) is Agg.COUNT:
-        conds += [] if value is None else [f"{value} IS NOT NULL"]
-        value = "1"
-    return f"CASE WHEN {' AND '.join(conds)} THEN {value} END" if conds else value  # type: ignore[return-value]
+    value = "1"  # COUNT(*)
+    if field_name is not None:
+        value = field_value_sql(d, field_name, field_types.get(field_name), event_time)
+        if Agg(agg) is Agg.COUNT:
+            conds.append(f"{value} IS NOT NULL")
+            value = "1"
+    return f"CASE WHEN {' AND '.join(conds)} THEN {value} END" if conds else value
 
 
 def derived_sql(d: Dialect, expr: Any, values: Mapping[str, str], t: str) -> str:
