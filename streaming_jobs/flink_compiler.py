@@ -30,10 +30,11 @@ from typing import Any, Iterable, Sequence
 
 from skewless.core import layout
 from skewless.core.compiler import Compiler, Unsupported, UnsupportedFeatureError
-from skewless.core.dsl import Agg, EventSource, FeatureView, KeyType, Op, Where
+from skewless.core.dsl import Agg, EventSource, FeatureView, KeyType
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan
 from skewless.core.repo import Repository
 from skewless.core.schemas import schema_path
+from skewless.core.sql import FLINK, law_sql, where_sql
 from streaming_jobs.udf import FUNCTION_CLASS, FUNCTION_NAME
 
 # A streaming job's Flink name: this prefix + the names of the views it computes, joined by "-" (view names
@@ -73,24 +74,13 @@ def dead_letter_topic(topic: str) -> str:
     return topic + DEAD_LETTER_SUFFIX
 
 
-# --- SQL text helpers -------------------------------------------------------------------------------------
+# --- SQL text helpers (core.sql's Flink dialect) -------------------------------------------------------------
 
-
-def q(text: str) -> str:
-    """A SQL string literal."""
-    return "'" + str(text).replace("'", "''") + "'"
-
-
-def ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-@dataclass(frozen=True)
-class _Field:
-    """A payload field as the generated SQL sees it: its typed column ``f_<col>`` (when the job reads it)."""
-
-    name: str
-    col: str
+q = FLINK.string  # a SQL string literal
+ident = FLINK.quote
+# a value type's kind for filters (the event time compares as epoch ms); fields of other types never pass
+_FILTER_KIND = {"string": "string", "int64": "number", "float64": "number", "timestamp": "number", "bool": "bool"}
+# A payload field's typed column in the generated SQL is ``f_<col>``: ``fields`` maps a field name to its col.
 
 
 # --- compiled artifacts -----------------------------------------------------------------------------------
@@ -181,11 +171,11 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         a = node.aggregations[index]
         view = self.repo.view(node.view)
         types = self._types(view.source)
-        if a.field is not None and self._value_type(view.source, types, a.field) is None:
+        value_type = None if a.field is None else self._value_type(view.source, types, a.field)
+        if a.field is not None and value_type is None:
             return False
-        if Agg(a.agg) in (Agg.SUM, Agg.AVG) and types.get(a.field) != "int64":
-            return False
-        if Agg(a.agg) in (Agg.MIN, Agg.MAX) and self._value_type(view.source, types, a.field) not in ("int64", "float64", "timestamp"):
+        accepts = law_sql(FLINK, a.agg).accepts
+        if accepts is not None and value_type not in accepts:
             return False
         return all(self._value_type(view.source, types, w.field) is not None for w in a.where)
 
@@ -263,7 +253,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         used = list(dict.fromkeys([*props, source.event_time, *key_fields,
                                    *(a.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations if a.field),
                                    *(w.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations for w in a.where)]))
-        fields = {name: _Field(name, f"{i}_{name}") for i, name in enumerate(used)}
+        fields = {name: f"{i}_{name}" for i, name in enumerate(used)}
         read = {*(k for v in views for k in v.entity.key_names),
                 *(a.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations if a.field),
                 *(w.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations for w in a.where)}
@@ -308,25 +298,25 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             ")"
         )
 
-    def _admission_spec(self, source: EventSource, doc: dict[str, Any], fields: dict[str, _Field],
+    def _admission_spec(self, source: EventSource, doc: dict[str, Any], fields: dict[str, str],
                         key_fields: list[str], types: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
         """The spec of ``skewless_admit`` (JSON) and the typed fields it returns after the event time and id."""
         props = {name: {k: v for k, v in prop.items() if k in _PROPERTY_KEYWORDS}
                  for name, prop in doc.get("properties", {}).items()}
-        out = [(f.name, vt) for f in fields.values()
-               if f.name != source.event_time and (vt := self._value_type(source, types, f.name)) is not None]
+        out = [(name, vt) for name in fields
+               if name != source.event_time and (vt := self._value_type(source, types, name)) is not None]
         spec = {"required": list(doc.get("required", ())), "properties": props, "event_time": source.event_time,
                 "ids": [[name, "event id" if name == source.event_id else "key"] for name in key_fields],
                 "out": [list(o) for o in out]}
         return json.dumps(spec, separators=(",", ":"), ensure_ascii=False), out
 
-    def _parsed_view(self, scan: Scan, fields: dict[str, _Field], spec: str,
+    def _parsed_view(self, scan: Scan, fields: dict[str, str], spec: str,
                      out: list[tuple[str, str]]) -> tuple[str, list[str]]:
         """Rules 1-2: the Java function classifies the record once (behind an UNNEST barrier, so the planner
         does not copy the call into each use), then the future check against the record timestamp."""
         cols = ["p", "o", "record_ms", "pt", "bytes_value", "CAST(r[2] AS BIGINT) AS ts", "r[3] AS idk"]
         for i, (name, vt) in enumerate(out):
-            cols.append(f"{_cast(f'r[{4 + i}]', vt)} AS f_{fields[name].col}")
+            cols.append(f"{_cast(f'r[{4 + i}]', vt)} AS f_{fields[name]}")
         skew = scan.clock_skew_tolerance_ms
         cols.append("CASE WHEN r[1] IS NOT NULL THEN CONCAT('malformed|', r[1])\n"
                     f"    WHEN CAST(r[2] AS BIGINT) > record_ms + {skew} THEN {q(f'future|event time > record timestamp + {skew} ms')} END AS reason1")
@@ -361,7 +351,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         )
 
     def _tiles_query(self, source: EventSource, outputs: list[TileOutput], nodes: list[TileAggregate],
-                     fields: dict[str, _Field], types: dict[str, str], key_width: int, value_width: int) -> str:
+                     fields: dict[str, str], types: dict[str, str], key_width: int, value_width: int) -> str:
         """Every tile output in ONE aggregate: each admitted row is expanded once per output (``out_id``), so
         the keep-first Deduplicate and its exchange run once whatever the number of tile sizes and views."""
         n = len(outputs)
@@ -371,7 +361,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
                 return exprs[0]
             return "CASE out_id " + " ".join(f"WHEN {j} THEN {e}" for j, e in enumerate(exprs)) + " END"
 
-        keys = [[f"CAST(f_{fields[k].col} AS STRING)" for k in o.key_names] for o in outputs]
+        keys = [[f"CAST(f_{fields[k]} AS STRING)" for k in o.key_names] for o in outputs]
         key_cols = [per_output([ks[i] if i < len(ks) else "''" for ks in keys]) + f" AS k{i}" for i in range(key_width)]
         tiles = [f"ts - MOD(ts, {o.tile_ms})" for o in outputs]
         vals = []
@@ -391,37 +381,23 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             + "GROUP BY " + ("out_id, " if n > 1 else "") + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start"
         )
 
-    def _agg_sql(self, source: EventSource, a: TileAgg, fields: dict[str, _Field], types: dict[str, str],
+    def _agg_sql(self, source: EventSource, a: TileAgg, fields: dict[str, str], types: dict[str, str],
                  only: str | None) -> str:
-        conds = ([only] if only else []) + [_where_sql(w, self._column(source, fields, w.field), self._value_type(source, types, w.field)) for w in a.where]
+        conds = ([only] if only else []) + [
+            where_sql(FLINK, w, self._column(source, fields, w.field),
+                      _FILTER_KIND.get(self._value_type(source, types, w.field) or "", "none")) for w in a.where]
         value = self._column(source, fields, a.field) if a.field else None
         if value is not None:
             conds.append(f"{value} IS NOT NULL")
-        flt = f" FILTER (WHERE {' AND '.join(conds)})" if conds else ""
+        # the aggregate's argument is computed for every expanded row (the FILTER is applied after it): a costly
+        # one (DECIMAL cast, the LAST string) only for the rows the FILTER lets through ({when} ... {end})
+        cond = " AND ".join(conds)
+        return law_sql(FLINK, a.agg).tile.format(value=value, flt=f" FILTER (WHERE {cond})" if conds else "",
+                                                 when=f"CASE WHEN {cond} THEN " if conds else "",
+                                                 end=" END" if conds else "")
 
-        def only_passing(expr: str) -> str:
-            # the aggregate's argument is computed for every expanded row (the FILTER is applied after it):
-            # a costly one (DECIMAL cast, the LAST string) only for the rows the FILTER lets through
-            return f"CASE WHEN {' AND '.join(conds)} THEN {expr} END" if conds else expr
-
-        agg = Agg(a.agg)
-        if agg is Agg.COUNT:
-            return f"CAST(COUNT(*){flt} AS STRING)"
-        if agg is Agg.SUM:
-            return f"CAST(SUM({only_passing(f'CAST({value} AS DECIMAL(38, 0))')}){flt} AS STRING)"
-        if agg is Agg.AVG:
-            return (f"CONCAT(COALESCE(CAST(SUM({only_passing(f'CAST({value} AS DECIMAL(38, 0))')}){flt} AS STRING), '0'), ',', "
-                    f"CAST(COUNT(*){flt} AS STRING))")
-        if agg in (Agg.MIN, Agg.MAX):
-            return f"CAST({agg.value.upper()}({value}){flt} AS STRING)"
-        if agg is Agg.LAST:  # order-preserving (ts, partition, offset) prefix, then the value's text
-            enc = (f"CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), "
-                   f"LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING))")
-            return f"MAX({only_passing(enc)}){flt}"
-        raise ValueError(f"aggregation {agg!r}")
-
-    def _column(self, source: EventSource, fields: dict[str, _Field], name: str) -> str:
-        return "ts" if name == source.event_time else f"f_{fields[name].col}"
+    def _column(self, source: EventSource, fields: dict[str, str], name: str) -> str:
+        return "ts" if name == source.event_time else f"f_{fields[name]}"
 
     def _progress_query(self, key_width: int, value_width: int) -> str:
         keys = ["CAST(p AS STRING) AS k0"] + [f"'' AS k{i}" for i in range(1, key_width)]
@@ -454,32 +430,6 @@ def _cast(text: str, vt: str) -> str:
     return {"string": text, "int64": f"CAST({text} AS BIGINT)", "float64": f"CAST({text} AS DOUBLE)",
             "bool": f"CAST({text} AS BOOLEAN)"}[vt]
 
-
-
-def _literal(value: Any, vt: str | None) -> str | None:
-    """A Where value as a SQL literal of the field's kind, or None when kinds differ (never passes)."""
-    if isinstance(value, bool):
-        return ("TRUE" if value else "FALSE") if vt == "bool" else None
-    if isinstance(value, (int, float)):
-        return repr(value) if vt in ("int64", "float64", "timestamp") else None
-    if isinstance(value, str):
-        return q(value) if vt == "string" else None
-    return None
-
-
-def _where_sql(w: Where, column: str, vt: str | None) -> str:
-    """laws.where_passes as SQL: a null never passes, other kinds never pass."""
-    op = Op(w.op)
-    if op is Op.IN:
-        lits = [lit for lit in (_literal(v, vt) for v in w.value) if lit is not None]
-        return f"({column} IN ({', '.join(lits)}))" if lits else "FALSE"
-    lit = _literal(w.value, vt)
-    if lit is None:
-        return "FALSE"
-    if vt == "bool" and op not in (Op.EQ, Op.NE):
-        return "FALSE"
-    sql_op = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}[op]
-    return f"({column} {sql_op} {lit})"
 
 
 def compile_repository(repo: Repository, view_names: Sequence[str] | None = None) -> list[FlinkSourceJob]:

@@ -210,9 +210,7 @@ def _render_view(v: ViewPlan) -> list[str]:
 
 
 def _render_features(v: ViewPlan) -> list[str]:
-    specs = {a.name: a for t in (v.stream.tiles if v.stream else ()) for a in t.aggregate.aggregations}
-    if v.batch:
-        specs.update({a.name: a for a in v.batch.aggregate.aggregations})
+    specs = v.tile_aggregations()
     rows = [
         (m.feature, _agg_text(specs[m.feature]), format_duration(m.width_ms), f"tile {format_duration(m.tile_ms)}", m.serving.value)
         for m in v.merges

@@ -371,17 +371,19 @@ def where_passes(where: Where, event: Mapping[str, Any]) -> bool:
     return actual >= expected
 
 
-def _same_kind(a: Any, b: Any) -> bool:
-    def kind(v: Any) -> str:
-        if isinstance(v, bool):
-            return "bool"
-        if isinstance(v, (int, float, Decimal)):
-            return "number"
-        if isinstance(v, str):
-            return "string"
-        return type(v).__name__
+def value_kind(v: Any) -> str:
+    """A value's kind for filters: ``bool``, ``number`` (int, float, Decimal), ``string``, else its type's name."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float, Decimal)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    return type(v).__name__
 
-    return kind(a) == kind(b)
+
+def _same_kind(a: Any, b: Any) -> bool:
+    return value_kind(a) == value_kind(b)
 
 
 def contribution(aggregation: Aggregation, event: Mapping[str, Any]) -> Any:

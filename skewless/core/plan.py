@@ -223,6 +223,15 @@ class ViewPlan:
         if self.snapshot:
             yield self.snapshot
 
+    def tile_aggregations(self) -> dict[str, TileAgg]:
+        """Every aggregation's tile spec by feature (the stream's tiles, then the batch's), in that order."""
+        specs: dict[str, TileAgg] = {}
+        aggregates = [t.aggregate for t in (self.stream.tiles if self.stream else ())]
+        for aggregate in aggregates + ([self.batch.aggregate] if self.batch else []):
+            for a in aggregate.aggregations:
+                specs.setdefault(a.name, a)
+        return specs
+
     def canonical_form(self) -> dict[str, Any]:
         return json.loads(self.canonical)
 

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from skewless.core.compiler import Compiler, offline_nodes
-from skewless.core.dsl import Agg, Op, Where
 from skewless.core.layout import LIFETIME_FIELD
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan, WindowMerge
 from skewless.core.routing import BATCH_TAIL_DAYS, is_stream_served
+from skewless.core.sql import SPARK, LawSql, contribution_sql, law_sql, tile_sql
 from skewless.core.timeutil import MS_PER_DAY, from_epoch_ms
 
 COMPILER_VERSION = "spark-2"  # part of every run fingerprint: a compiler change recomputes on resume
@@ -174,43 +173,10 @@ def _day_literal(ms: int) -> str:
     return f"DATE'{from_epoch_ms(ms).date().isoformat()}'"
 
 
-# --- SQL pieces --------------------------------------------------------------------------------------
+# --- SQL pieces (core.sql's Spark dialect) ----------------------------------------------------------------
 
-
-def quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float, Decimal)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "other"
-
-
-_COLUMN_KIND = {"string": "string", "int64": "number", "float64": "number", "decimal": "number", "bool": "bool",
-                "timestamp": "timestamp"}
-
-
-def sql_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value}L"
-    if isinstance(value, float):
-        return f"CAST({sql_string(repr(value))} AS DOUBLE)"
-    if isinstance(value, Decimal):
-        return f"{value}BD"
-    if isinstance(value, str):
-        return sql_string(value)
-    raise TypeError(f"no SQL literal for {value!r}")
+quote = SPARK.quote
+sql_literal = SPARK.literal  # also the batch path's reference reader's (batch_jobs/pit.py)
 
 
 class SparkCompiler(Compiler[SparkBatchJob]):
@@ -293,49 +259,8 @@ class SparkCompiler(Compiler[SparkBatchJob]):
             cols.update({"_kafka_partition": "int32", "_offset": "int64", "_kafka_ts": "timestamp"})
         return cols
 
-    def _value_expr(self, field: str) -> str:
-        """A field's value as the contract sees it: timestamps as epoch ms (the event time as ``__ts``)."""
-        if field == self._event_time:
-            return TS
-        if self.field_types.get(field) == "timestamp":
-            return f"unix_millis({quote(field)})"
-        return quote(field)
-
-    def _predicate(self, where: Where) -> str:
-        op = Op(where.op)
-        ftype = "timestamp" if where.field == self._event_time else self.field_types.get(where.field, "string")
-        col_kind = _COLUMN_KIND.get(ftype, "other")
-        if ftype == "timestamp":
-            # the contract compares the event time as epoch ms and other timestamps as their ISO text
-            col = TS if where.field == self._event_time else \
-                f"date_format({quote(where.field)}, \"yyyy-MM-dd'T'HH:mm:ss.SSS'Z'\")"
-            col_kind = "number" if where.field == self._event_time else "string"
-        else:
-            col = quote(where.field)
-        values = list(where.value) if op is Op.IN else [where.value]
-        ok = [v for v in values if v is not None and _kind(v) == col_kind]
-        if op is Op.IN:
-            if not ok:
-                return "false"
-            return f"({col} IN ({', '.join(sql_literal(v) for v in ok)}))"
-        if not ok:
-            return "false"
-        if col_kind == "bool" and op not in (Op.EQ, Op.NE):
-            return "false"  # booleans have no order
-        sql_op = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}[op]
-        return f"({col} {sql_op} {sql_literal(ok[0])})"
-
     def _contribution(self, a: TileAgg) -> str:
-        cond = " AND ".join(self._predicate(w) for w in a.where)
-        agg = Agg(a.agg)
-        if agg is Agg.COUNT:
-            parts = [cond] if cond else []
-            if a.field is not None:
-                parts.append(f"{self._value_expr(a.field)} IS NOT NULL")
-            value = "1"
-            return f"CASE WHEN {' AND '.join(parts)} THEN {value} END" if parts else value
-        value = self._value_expr(a.field)  # type: ignore[arg-type]
-        return f"CASE WHEN {cond} THEN {value} END" if cond else value
+        return contribution_sql(SPARK, a.agg, a.field, a.where, self.field_types, self._event_time)
 
     def _offline_sql(self, scan: Scan, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg],
                      batch_only: bool) -> str:
@@ -421,7 +346,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
 
         Entities are the state's plus those with a tile on D; without a lifetime window an entity stays only while
         it has a tile in the widest window, as in the full statement."""
-        sums = [a for w in windows for a in w.aggregations if Agg(a.agg) in (Agg.SUM, Agg.AVG)]
+        sums = [a for w in windows for a in w.aggregations if _law_sql(a).sums]
         if any(self._field_type(a) != "int64" for a in sums):
             return None
         key_cols = ", ".join(quote(k) for k, _ in keys)
@@ -473,49 +398,12 @@ def _escape_braces(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-@dataclass(frozen=True)
-class _LawSql:
-    """One law's SQL: ``tile`` aggregates contributions ``{c}``; ``merge`` aggregates tiles ``{t}`` where ``{p}``;
-    ``empty`` is the merge of no tiles; ``pair`` merges two values ``{x}``, ``{y}`` (either may be null); ``slide``
-    (invertible laws only) is ``{x}`` without the tile ``{out}`` and with the tile ``{inc}``."""
-
-    tile: str
-    merge: str
-    empty: str
-    pair: str
-    slide: str | None = None
-
-
-_SUM_MERGE = "coalesce(sum(CASE WHEN {p} THEN {t} END), 0)"
-_SUM_PAIR = "coalesce({x}, 0L) + coalesce({y}, 0L)"
-_SUM_SLIDE = "coalesce({x}, 0L) - coalesce({out}, 0L) + coalesce({inc}, 0L)"
-_LAST_TILE = (f"max(CASE WHEN {{c}} IS NOT NULL THEN named_struct('ts', {TS}, 'partition', {PARTITION}, "
-              f"'offset', {OFFSET}, 'value', {{c}}) END)")
-_LAW_SQL = {
-    Agg.COUNT: _LawSql("count({c})", _SUM_MERGE, "0L", _SUM_PAIR, _SUM_SLIDE),
-    Agg.SUM: _LawSql("coalesce(sum({c}), 0)", _SUM_MERGE, "0L", _SUM_PAIR, _SUM_SLIDE),
-    Agg.AVG: _LawSql(
-        "named_struct('sum', coalesce(sum({c}), 0), 'count', count({c}))",
-        "named_struct('sum', coalesce(sum(CASE WHEN {p} THEN {t}.sum END), 0), "
-        "'count', coalesce(sum(CASE WHEN {p} THEN {t}.count END), 0L))",
-        "named_struct('sum', 0L, 'count', 0L)",
-        "named_struct('sum', coalesce({x}.sum, 0L) + coalesce({y}.sum, 0L), "
-        "'count', coalesce({x}.count, 0L) + coalesce({y}.count, 0L))",
-        "named_struct('sum', coalesce({x}.sum, 0L) - coalesce({out}.sum, 0L) + coalesce({inc}.sum, 0L), "
-        "'count', coalesce({x}.count, 0L) - coalesce({out}.count, 0L) + coalesce({inc}.count, 0L))"),
-    Agg.MIN: _LawSql("min({c})", "min(CASE WHEN {p} THEN {t} END)", "NULL", "least({x}, {y})"),  # skip nulls
-    Agg.MAX: _LawSql("max({c})", "max(CASE WHEN {p} THEN {t} END)", "NULL", "greatest({x}, {y})"),
-    # LAST: the greatest (ts, partition, offset) struct
-    Agg.LAST: _LawSql(_LAST_TILE, "max(CASE WHEN {p} THEN {t} END)", "NULL", "greatest({x}, {y})"),
-}
-
-
-def _law_sql(a: TileAgg) -> _LawSql:
-    return _LAW_SQL[Agg(a.agg)]
+def _law_sql(a: TileAgg) -> LawSql:
+    return law_sql(SPARK, a.agg)
 
 
 def _tile_expr(a: TileAgg) -> str:
-    return _law_sql(a).tile.format(c=quote(contribution_column(a.name)))
+    return tile_sql(SPARK, a.agg, quote(contribution_column(a.name)), ts=TS, partition=PARTITION, offset=OFFSET)
 
 
 def _merge_expr(a: TileAgg, pred: str) -> str:
@@ -529,15 +417,8 @@ def _or_empty(a: TileAgg, x: str) -> str:
 
 
 def _all_aggregations(view_plan: ViewPlan) -> tuple[TileAgg, ...]:
-    found: dict[str, TileAgg] = {}
-    for t in (view_plan.stream.tiles if view_plan.stream else ()):
-        for a in t.aggregate.aggregations:
-            found.setdefault(a.name, a)
-    if view_plan.batch:
-        for a in view_plan.batch.aggregate.aggregations:
-            found.setdefault(a.name, a)
-    order = [m.feature for m in view_plan.merges]
-    return tuple(found[name] for name in order if name in found)
+    found = view_plan.tile_aggregations()
+    return tuple(found[m.feature] for m in view_plan.merges if m.feature in found)
 
 
 def _windows(tile_aggs: Sequence[TileAgg], merges: Sequence[WindowMerge]) -> tuple[BatchWindowSpec, ...]:

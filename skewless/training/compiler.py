@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import abc
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 from skewless.core.compiler import Compiler, offline_nodes
+from skewless.core.expr import closure
 from skewless.core.plan import PlanNode, Scan, TileAggregate, ViewPlan
-from skewless.training.plan import ViewPit
+from skewless.core.sql import Dialect, derived_sql, fold_sql, law_sql
+from skewless.training.plan import AggregationPit, ViewPit
+from skewless.training.requests import T
+
+PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
 
 Out = TypeVar("Out")
 
@@ -38,6 +43,68 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
     def emit(self, view_plan: ViewPlan) -> Out:
         return self._snapshot(view_plan) if self.pit.is_snapshot else self._feature_view(view_plan)
 
+    # --- SQL both engines build the same way (their dialect and the columns' places differ) ---------------
+
+    def _fold_columns(self, d: Dialect, day_start: str) -> list[str]:
+        """Per aggregation, its intermediate's parts over the offline events ``e`` of the request ``r``'s days
+        before ``T`` from the head day (``day_start``, batch-served) or the window's first tile (stream-served)."""
+        cols = []
+        for a in self.pit.aggregations:
+            start = day_start if a.batch_served else f"r.{d.quote('s__' + a.name)}"
+            for prefix, sql in fold_sql(d, a.agg, f"e.{d.quote('c__' + a.name)}", f"e.__ts >= {start}",
+                                        ts="e.__ts", partition="e.__partition", offset="e.__offset"):
+                cols.append(f"{sql} AS {d.quote(prefix + a.name)}")
+        return cols
+
+    def _decimal(self, a: AggregationPit) -> bool:
+        return self.pit.field_types.get(a.spec.field or "") == "decimal"
+
+    def _output_columns(self, d: Dialect, running: Callable[[str, str], str]) -> list[str]:
+        """The output and status columns over the requests ``r``, the event folds ``hd``, the prefix lookups
+        ``pe`` (before the head day) and ``ps_<W>`` (before the window's first day; ``running(alias, column)``
+        reads one) and the windowed MIN/MAX/LAST ``rj`` (docs/training.md, "Algorithm")."""
+        pit = self.pit
+        values: dict[str, str] = {}
+        covered: dict[str, str] = {}
+        for a in pit.aggregations:
+            law = law_sql(d, a.agg)
+            if a.batch_served:
+                lo = "r.__tday >= {first_day}" if a.width_ms is None else f"r.{d.quote('a__' + a.name)} >= {{first_day}}"
+                covered[a.name] = f"(r.__tday <= {{last_day}} + 1 AND {lo})"
+            if law.invertible:  # each part: the head's + the prefix before the head day - the prefix before W
+                parts = []
+                for (fold, _), (prefix, _, _) in zip(law.fold, law.running):
+                    terms = [f"hd.{d.quote(fold + a.name)}"]
+                    if a.batch_served:
+                        terms.append(running("pe", prefix + a.name))
+                        if a.width_ms is not None:
+                            terms.append("-" + running(f"ps_{a.width_ms}", prefix + a.name))
+                    parts.append(" + ".join(_zero(t) for t in terms))
+                total, count = parts[0], parts[-1]
+                values[a.name] = law.value.format(s=total, n=count, exact=d.exact_sum(total, self._decimal(a)))
+            else:
+                merged = f"hd.{d.quote(law.fold[0][0] + a.name)}"
+                if a.batch_served:
+                    other = running("pe", "p__" + a.name) if a.width_ms is None else f"rj.{d.quote('w__' + a.name)}"
+                    merged = law.pair.format(x=merged, y=other)
+                values[a.name] = law.value.format(x=merged)
+        for dv in pit.derives:
+            values[dv.feature] = derived_sql(d, dv.expr, values, f"r.{T}")
+        batch = {a.name for a in pit.batch_aggregations}
+        exprs = {dv.feature: dv.expr for dv in pit.derives}
+        cols = []
+        for o in pit.outputs:
+            deps = sorted(n for n in closure([o.feature], exprs) if n in batch)
+            expr = values[o.feature]
+            if deps:
+                expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
+            cols.append(f"{expr} AS {d.quote(o.column)}")
+        every = [covered[a.name] for a in pit.batch_aggregations]
+        status = (f"CASE WHEN {' AND '.join(every)} THEN '{PRESENT}' ELSE '{INCOMPLETE}' END" if every
+                  else f"'{PRESENT}'")
+        cols.append(f"{status} AS {d.quote(pit.status_column)}")
+        return cols
+
     @abc.abstractmethod
     def _feature_view(self, view_plan: ViewPlan) -> Out:
         """The engine's statements for a windowed feature view."""
@@ -45,3 +112,9 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
     @abc.abstractmethod
     def _snapshot(self, view_plan: ViewPlan) -> Out:
         """The engine's statements for a snapshot (table-source) view."""
+
+
+def _zero(term: str) -> str:
+    """A sum's term with null as 0 (a leading ``-`` stays outside)."""
+    return f"-coalesce({term[1:]}, 0)" if term.startswith("-") else f"coalesce({term}, 0)"
+

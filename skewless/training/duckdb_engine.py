@@ -25,19 +25,17 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Op, Ref, Where
-from skewless.core.expr import closure
 from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
+from skewless.core.sql import DUCKDB, contribution_sql, law_sql, tile_sql
 from skewless.core.timeutil import MS_PER_DAY
 from skewless.training import duckdb_sources, sources
-from skewless.training.compiler import TrainingCompiler
+from skewless.training.compiler import EXPIRED, PRESENT, TrainingCompiler
 from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
 from skewless.training.prefix import PrefixColumn, TilePrefix
 from skewless.training.requests import RID, T
@@ -45,50 +43,15 @@ from skewless.training.requests import RID, T
 DEFAULT_CHUNK_ROWS = 2_000_000
 VECTORISED_PREFIX = True  # prefix sums and lookups with numpy when exact (skewless.training.prefix), else SQL
 UNNEST_MAX_DAYS = 31  # windowed MIN/MAX/LAST over tiles: up to this many days per request, one row per day
-PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
+PREFIX_KINDS = ("sum", "last")  # running aggregates skewless.training.prefix computes (else SQL window functions)
+RANGE_KINDS = ("min", "max")  # windowed aggregates it computes over a day range
 
 
-# --- SQL pieces (DuckDB dialect) ------------------------------------------------------------------------
+# --- SQL pieces (core.sql's DuckDB dialect) --------------------------------------------------------------
 
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def sql_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"CAST({value} AS BIGINT)"
-    if isinstance(value, float):
-        return f"CAST({sql_string(repr(value))} AS DOUBLE)"
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, str):
-        return sql_string(value)
-    raise TypeError(f"no SQL literal for {value!r}")
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float, Decimal)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "other"
-
-
-_COLUMN_KIND = {"string": "string", "int64": "number", "float64": "number", "decimal": "number", "bool": "bool"}
-
-
-def keys_equal(left: str, right: str, keys: Sequence[str]) -> str:
-    return " AND ".join(f"{left}.{q(k)} = {right}.{q(k)}" for k in keys)
-
+q = DUCKDB.quote
+sql_string = DUCKDB.string
+keys_equal = DUCKDB.keys_equal
 
 FLOORDIV = "CREATE OR REPLACE MACRO __floordiv(a, b) AS (a - (((a % b) + b) % b)) // b"
 # DuckDB's epoch_ms rounds to the nearest ms; the contract floors (docs/semantics.md §1)
@@ -137,43 +100,9 @@ class DuckDBCompiler(TrainingCompiler[Any]):
 
     # --- feature views -----------------------------------------------------------------------------
 
-    def _value_expr(self, field_name: str) -> str:
-        if field_name == self.pit.plan.scan.event_time:
-            return "__ts"
-        if self.pit.field_types.get(field_name) == "timestamp":
-            return f"__epoch_ms({q(field_name)})"
-        return q(field_name)
-
-    def _predicate(self, where: Where) -> str:
-        op = Op(where.op)
-        et = self.pit.plan.scan.event_time
-        ftype = "timestamp" if where.field == et else self.pit.field_types.get(where.field, "string")
-        col_kind = _COLUMN_KIND.get(ftype, "other")
-        if ftype == "timestamp":
-            col = "__ts" if where.field == et else f"strftime({q(where.field)}, '%Y-%m-%dT%H:%M:%S.%gZ')"
-            col_kind = "number" if where.field == et else "string"
-        else:
-            col = q(where.field)
-        values = list(where.value) if op is Op.IN else [where.value]
-        ok = [v for v in values if v is not None and _kind(v) == col_kind]
-        if not ok:
-            return "false"
-        if op is Op.IN:
-            return f"({col} IN ({', '.join(sql_literal(v) for v in ok)}))"
-        if col_kind == "bool" and op not in (Op.EQ, Op.NE):
-            return "false"
-        sql_op = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}[op]
-        return f"({col} {sql_op} {sql_literal(ok[0])})"
-
     def _contribution(self, a: AggregationPit) -> str:
-        cond = " AND ".join(self._predicate(w) for w in a.spec.where)
-        if a.agg is Agg.COUNT:
-            parts = [cond] if cond else []
-            if a.spec.field is not None:
-                parts.append(f"{self._value_expr(a.spec.field)} IS NOT NULL")
-            return f"CASE WHEN {' AND '.join(parts)} THEN 1 END" if parts else "1"
-        value = self._value_expr(a.spec.field)  # type: ignore[arg-type]
-        return f"CASE WHEN {cond} THEN {value} END" if cond else value
+        return contribution_sql(DUCKDB, a.agg, a.spec.field, a.spec.where, self.pit.field_types,
+                                self.pit.plan.scan.event_time)
 
     def _feature_view(self, plan: ViewPlan) -> DuckDBFeatureViewSql:
         pit, scan = self.pit, plan.scan
@@ -216,29 +145,21 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         prefix_cols: list[str] = []
         specs: list[PrefixColumn] | None = []
         for a in batch:
-            col = q(a.name)
-            if a.agg in (Agg.COUNT, Agg.SUM):
-                parts = [("p__", "sum", col)]
-            elif a.agg is Agg.AVG:
-                parts = [("ps__", "sum", f"struct_extract({col}, 'sum')"), ("pn__", "sum", f"struct_extract({col}, 'count')")]
-            elif a.width_ms is None and a.agg is Agg.LAST:
-                # a day's LAST has a greater (ts, ...) than every earlier day's (its ts lies in that day), so
-                # the running greatest is the latest non-null tile: cheaper than a running max of structs
-                parts = [("p__", "last", col)]
-            elif a.width_ms is None:
-                parts, specs = [("p__", "min" if a.agg is Agg.MIN else "max", col)], None
-            else:
-                continue
-            for prefix_name, kind, source in parts:
-                fn = {"sum": "sum({})", "last": "last_value({} IGNORE NULLS)"}.get(kind, kind + "({})")
-                prefix_cols.append(f"{fn.format(source)} OVER {window} AS {q(prefix_name + a.name)}")
+            law = law_sql(DUCKDB, a.agg)
+            if a.width_ms is not None and not law.invertible:
+                continue  # windowed MIN/MAX/LAST: over the window's days ({rj})
+            for prefix_name, kind, source in law.running:
+                source = source.format(t=q(a.name))
+                prefix_cols.append(f"{DUCKDB.running[kind].format(x=source)} OVER {window} AS {q(prefix_name + a.name)}")
+                if kind not in PREFIX_KINDS:  # lifetime MIN/MAX: only as window functions
+                    specs = None
                 if specs is not None:
                     specs.append(PrefixColumn(prefix_name + a.name, kind, source))
         prefix = (f"SELECT {kcols}, __day{''.join(', ' + c for c in prefix_cols)} FROM {{tiles}}"
                   if prefix_cols else "")
         ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
-        ranges = [PrefixColumn(a.name, "min" if a.agg is Agg.MIN else "max", q(a.name)) for a in ranged]
-        if len(keys) != 1 or any(a.agg is Agg.LAST for a in ranged):
+        ranges = [PrefixColumn(a.name, law_sql(DUCKDB, a.agg).running[0][1], q(a.name)) for a in ranged]
+        if len(keys) != 1 or any(r.kind not in RANGE_KINDS for r in ranges):
             ranges = []
         specs = (specs or []) if len(keys) == 1 else []
         vector = specs + ranges
@@ -266,19 +187,7 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         for a in pit.batch_aggregations:
             c = q("c__" + a.name)
             counted.append(f"{c} IS NOT NULL")
-            total = self._exact_sum(a, f"coalesce(sum({c}), 0)")
-            if a.agg is Agg.COUNT:
-                expr = f"count({c})"
-            elif a.agg is Agg.SUM:
-                expr = total
-            elif a.agg is Agg.AVG:
-                expr = f"struct_pack(sum := {total}, count := count({c}))"
-            elif a.agg in (Agg.MIN, Agg.MAX):
-                expr = f"{a.agg.value.lower()}({c})"
-            else:
-                expr = (f"max(CASE WHEN {c} IS NOT NULL THEN struct_pack(ts := __ts, \"partition\" := "
-                        f"CAST(__partition AS INTEGER), \"offset\" := __offset, \"value\" := {c}) END)")
-            cols.append(f"{expr} AS {q(a.name)}")
+            cols.append(f"{tile_sql(DUCKDB, a.agg, c, decimal=self._decimal(a))} AS {q(a.name)}")
         return (f"SELECT {kcols}, __day, {', '.join(cols)} FROM {{offline}} WHERE {' OR '.join(counted)} "
                 f"GROUP BY {kcols}, __day")
 
@@ -318,24 +227,7 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         ctes, lo = self._request_ctes()
         joins = []
         # head + stream-served windows: the requests' days equi-joined with the offline events
-        head_aggs = []
-        for a in pit.aggregations:
-            start = "r.__tday * " + str(D) if a.batch_served else "r." + q("s__" + a.name)
-            c = "e." + q("c__" + a.name)
-            cond = f"e.__ts >= {start}"
-            if a.agg is Agg.COUNT:
-                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {q('h__' + a.name)}")
-            elif a.agg is Agg.SUM:
-                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {q('h__' + a.name)}")
-            elif a.agg is Agg.AVG:
-                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {q('hs__' + a.name)}")
-                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {q('hn__' + a.name)}")
-            elif a.agg in (Agg.MIN, Agg.MAX):
-                head_aggs.append(f"{a.agg.value.lower()}(CASE WHEN {cond} THEN {c} END) AS {q('h__' + a.name)}")
-            else:
-                head_aggs.append(
-                    f"max(CASE WHEN {cond} AND {c} IS NOT NULL THEN struct_pack(ts := e.__ts, \"partition\" := "
-                    f"CAST(e.__partition AS INTEGER), \"offset\" := e.__offset, \"value\" := {c}) END) AS {q('h__' + a.name)}")
+        head_aggs = self._fold_columns(DUCKDB, f"r.__tday * {D}")
         ctes.append(f"rd AS (SELECT {RID}, {kcols}, {T}, __tday{''.join(', ' + q(s) for s in self._start_cols())}, "
                     f"unnest(range(__floordiv({lo}, {D}), __tday + 1)) AS __d FROM r)")
         ctes.append(
@@ -361,8 +253,8 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         if ranged:
             aggs = []
             for a in ranged:
-                fn = "min" if a.agg is Agg.MIN else "max"
-                aggs.append(f"{fn}(CASE WHEN t.__day >= r.{q('a__' + a.name)} THEN t.{q(a.name)} END) AS {q('w__' + a.name)}")
+                merged = law_sql(DUCKDB, a.agg).merge.format(p=f"t.__day >= r.{q('a__' + a.name)}", t=f"t.{q(a.name)}")
+                aggs.append(f"{merged} AS {q('w__' + a.name)}")
             starts = [q("a__" + a.name) for a in ranged]
             lo = f"least({', '.join(starts)})" if len(starts) > 1 else starts[0]
             lo_day = f"least({', '.join('r.' + c for c in starts)})" if len(starts) > 1 else "r." + starts[0]
@@ -375,70 +267,12 @@ class DuckDBCompiler(TrainingCompiler[Any]):
                           f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
             ctes.append("rj AS ({rj})")
             joins.append(f"LEFT JOIN rj ON rj.{RID} = r.{RID}")
-        # final values
-        values: dict[str, str] = {}
-        covered: dict[str, str] = {}
-        for a in pit.aggregations:
-            h = f"hd.{q('h__' + a.name)}"
-            if a.batch_served:
-                cov = ["r.__tday <= {last_day} + 1"]
-                cov.append("r.__tday >= {first_day}" if a.width_ms is None else f"r.{q('a__' + a.name)} >= {{first_day}}")
-                covered[a.name] = "(" + " AND ".join(cov) + ")"
-            if a.agg in (Agg.COUNT, Agg.SUM, Agg.AVG):
-                parts_s, parts_n = [], []
-                if a.agg is Agg.AVG:
-                    parts_s.append(f"hd.{q('hs__' + a.name)}")
-                    parts_n.append(f"hd.{q('hn__' + a.name)}")
-                else:
-                    parts_s.append(h)
-                if a.batch_served:
-                    pcol = "ps__" if a.agg is Agg.AVG else "p__"
-                    parts_s.append(f"pe.{q(pcol + a.name)}")
-                    if a.agg is Agg.AVG:
-                        parts_n.append(f"pe.{q('pn__' + a.name)}")
-                    if a.width_ms is not None:
-                        parts_s.append(f"-ps_{a.width_ms}.{q(pcol + a.name)}")
-                        if a.agg is Agg.AVG:
-                            parts_n.append(f"-ps_{a.width_ms}.{q('pn__' + a.name)}")
-                total = " + ".join(_zero(p) for p in parts_s)
-                if a.agg is Agg.COUNT:
-                    values[a.name] = f"CAST({total} AS BIGINT)"
-                elif a.agg is Agg.SUM:
-                    values[a.name] = self._exact_sum(a, total)
-                else:
-                    n = " + ".join(_zero(p) for p in parts_n)
-                    values[a.name] = (f"CASE WHEN ({n}) = 0 THEN NULL ELSE "
-                                      f"CAST({self._exact_sum(a, total)} AS DOUBLE) / CAST(({n}) AS DOUBLE) END")
-            else:
-                other = None
-                if a.batch_served:
-                    other = f"pe.{q('p__' + a.name)}" if a.width_ms is None else f"rj.{q('w__' + a.name)}"
-                fn = {Agg.MIN: "least", Agg.MAX: "greatest", Agg.LAST: "greatest"}[a.agg]
-                merged = h if other is None else f"{fn}({h}, {other})"
-                values[a.name] = f"({merged}).value" if a.agg is Agg.LAST else merged
-        for d in pit.derives:
-            values[d.feature] = _derived_sql(d.expr, values)
-        cols = []
-        for o in pit.outputs:
-            expr = values[o.feature]
-            deps = _batch_deps(pit, o.feature)
-            if deps:
-                expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
-            cols.append(f"{expr} AS {q(o.column)}")
-        all_cov = [covered[a.name] for a in batch]
-        status = (f"CASE WHEN {' AND '.join(all_cov)} THEN '{PRESENT}' ELSE '{INCOMPLETE}' END" if all_cov
-                  else f"'{PRESENT}'")
-        cols.append(f"{status} AS {q(pit.status_column)}")
+        cols = self._output_columns(DUCKDB, lambda alias, column: f"{alias}.{q(column)}")
         return ("WITH " + ",\n".join(ctes) + f"\nSELECT r.{RID}, " + ", ".join(cols) + "\nFROM r " + " ".join(joins),
                 probe_sql, asof_sql, rj_sql)
 
     def _start_cols(self) -> list[str]:
         return ["s__" + a.name for a in self.pit.stream_aggregations]
-
-    def _exact_sum(self, a: AggregationPit, total: str) -> str:
-        if self.pit.field_types.get(a.spec.field or "") == "decimal":
-            return f"({total})"  # DECIMAL(38, s) sums stay exact; more digits fail the query
-        return f"CAST({total} AS BIGINT)"  # an int64 overflow fails the query (never a wrap)
 
     # --- snapshot views ----------------------------------------------------------------------------
 
@@ -498,35 +332,6 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         result = (f"SELECT r.{RID}, {', '.join(cols)} FROM {req} AS r ASOF LEFT JOIN {{rows}} AS s "
                   f"ON {keys_equal('s', 'r', keys)} AND r.__visible > s.__v")
         return DuckDBSnapshotSql(pit, tuple(dict.fromkeys(row_cols)), rows_sql, None, result)
-
-
-def _zero(expr: str) -> str:
-    if expr.startswith("-"):
-        return f"-coalesce({expr[1:]}, 0)"
-    return f"coalesce({expr}, 0)"
-
-
-def _batch_deps(pit: ViewPit, feature: str) -> list[str]:
-    """Batch-served aggregations a feature depends on (itself, or a derived feature's inputs)."""
-    batch = {a.name for a in pit.batch_aggregations}
-    return sorted(n for n in closure([feature], {d.feature: d.expr for d in pit.derives}) if n in batch)
-
-
-def _derived_sql(expr: Any, values: dict[str, str]) -> str:
-    """docs/semantics.md §8 in SQL: null in -> null; '/' in float64 with x/0 = null; DaysSince floors."""
-    if isinstance(expr, Ref):
-        return f"({values[expr.feature]})"
-    if isinstance(expr, Const):
-        return sql_literal(expr.value)
-    if isinstance(expr, DaysSince):
-        ts = _derived_sql(expr.ts, values)
-        return f"__floordiv(r.{T} - {ts}, {MS_PER_DAY})"
-    if isinstance(expr, BinOp):
-        left, right = _derived_sql(expr.left, values), _derived_sql(expr.right, values)
-        if expr.op == "/":
-            return (f"(CASE WHEN {right} = 0 THEN NULL ELSE CAST({left} AS DOUBLE) / CAST({right} AS DOUBLE) END)")
-        return f"({left} {expr.op} {right})"
-    raise TypeError(f"not an expression: {expr!r}")
 
 
 # --- running ----------------------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ from skewless.core.dsl import Agg, FeatureView, SnapshotView
 from skewless.core.expr import closure
 from skewless.core.plan import Derive, Serving, TileAgg, ViewPlan, plan_view
 from skewless.core.repo import Repository
+from skewless.core.sql import invertible_aggs
 from skewless.core.staleness import STATUS_SUFFIX
 from skewless.offline.spark_compiler import run_fingerprint
 
-INVERTIBLE = (Agg.COUNT, Agg.SUM, Agg.AVG)  # tiles merge by subtraction of prefix sums
+INVERTIBLE = invertible_aggs()  # tiles merge by subtraction of prefix sums
 
 
 class TrainingInputError(ValueError):
@@ -132,21 +133,10 @@ class PitPlan:
         return tuple(o.column for o in self.outputs) + tuple(v.status_column for v in self.views)
 
 
-def _aggregation_specs(plan: ViewPlan) -> dict[str, TileAgg]:
-    specs: dict[str, TileAgg] = {}
-    for tiles in (plan.stream.tiles if plan.stream else ()):
-        for a in tiles.aggregate.aggregations:
-            specs.setdefault(a.name, a)
-    if plan.batch:
-        for a in plan.batch.aggregate.aggregations:
-            specs.setdefault(a.name, a)
-    return specs
-
-
 def _feature_view_pit(view: FeatureView, plan: ViewPlan, outputs: tuple[OutputColumn, ...],
                       field_types: dict[str, str]) -> ViewPit:
     needed = closure((o.feature for o in outputs), {d.feature: d.expr for d in plan.derives})
-    specs = _aggregation_specs(plan)
+    specs = plan.tile_aggregations()
     aggs = tuple(
         AggregationPit(specs[m.feature], m.width_ms, m.tile_ms, m.serving is Serving.BATCH_AND_STREAM)
         for m in plan.merges if m.feature in needed

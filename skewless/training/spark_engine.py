@@ -29,28 +29,20 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from skewless.core.dsl import Agg, BinOp, Const, DaysSince, Ref
-from skewless.core.expr import closure
 from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
+from skewless.core.sql import SPARK, law_sql
 from skewless.core.timeutil import MS_PER_DAY
-from skewless.training.compiler import TrainingCompiler
+from skewless.training.compiler import EXPIRED, PRESENT, TrainingCompiler
 from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, batch_run_fingerprint
 from skewless.training.requests import RID, T
 
-PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
-
-
-def bq(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
+bq = SPARK.quote
+keys_equal = SPARK.keys_equal
 
 
 def floordiv(a: str, b: int) -> str:
-    return f"(({a}) - pmod(({a}), {b}L)) DIV {b}L"
-
-
-def keys_equal(left: str, right: str, keys: Sequence[str]) -> str:
-    return " AND ".join(f"{left}.{bq(k)} = {right}.{bq(k)}" for k in keys)
+    return SPARK.floordiv.format(a=a, b=b)
 
 
 class SparkTrainingCompiler(TrainingCompiler[dict]):
@@ -75,99 +67,32 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
                     f"{floordiv(T, D)} AS __tday FROM {{req}}) AS r0")
         lo_parts = ([f"__tday * {D}L"] if batch else []) + [bq("s__" + a.name) for a in stream]
         lo = lo_parts[0] if len(lo_parts) == 1 else f"least({', '.join(lo_parts)})"
-        head_aggs = []
-        for a in pit.aggregations:
-            start = f"r.__tday * {D}L" if a.batch_served else f"r.{bq('s__' + a.name)}"
-            c = f"e.{bq('c__' + a.name)}"
-            cond = f"e.__ts >= {start}"
-            name = bq("h__" + a.name)
-            if a.agg is Agg.COUNT:
-                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {name}")
-            elif a.agg is Agg.SUM:
-                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {name}")
-            elif a.agg is Agg.AVG:
-                head_aggs.append(f"sum(CASE WHEN {cond} THEN {c} END) AS {bq('hs__' + a.name)}")
-                head_aggs.append(f"count(CASE WHEN {cond} THEN {c} END) AS {bq('hn__' + a.name)}")
-            elif a.agg in (Agg.MIN, Agg.MAX):
-                head_aggs.append(f"{a.agg.value}(CASE WHEN {cond} THEN {c} END) AS {name}")
-            else:
-                head_aggs.append(f"max(CASE WHEN {cond} AND {c} IS NOT NULL THEN named_struct('ts', e.__ts, 'partition', "
-                                 f"e.__partition, 'offset', e.__offset, 'value', {c}) END) AS {name}")
+        head_aggs = self._fold_columns(SPARK, f"r.__tday * {D}L")
         head = (f"SELECT r.{RID}, {', '.join(head_aggs)} FROM (SELECT *, explode(sequence({floordiv(lo, D)}, __tday)) AS __d "
                 f"FROM {{r}}) AS r JOIN {{offline}} AS e ON {keys_equal('e', 'r', keys)} AND e.__dnum = r.__d "
                 f"AND e.__ts < r.{T} GROUP BY r.{RID}")
         window = f"PARTITION BY {kcols} ORDER BY __day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
         prefix_cols = []
         for a in batch:
-            col = bq(a.name)
-            if a.agg in (Agg.COUNT, Agg.SUM):
-                prefix_cols.append(f"'p__{a.name}', sum({col}) OVER ({window})")
-            elif a.agg is Agg.AVG:
-                prefix_cols.append(f"'ps__{a.name}', sum({col}.sum) OVER ({window})")
-                prefix_cols.append(f"'pn__{a.name}', sum({col}.count) OVER ({window})")
-            elif a.width_ms is None:
-                prefix_cols.append(f"'p__{a.name}', {'min' if a.agg is Agg.MIN else 'max'}({col}) OVER ({window})")
+            law = law_sql(SPARK, a.agg)
+            if a.width_ms is not None and not law.invertible:
+                continue  # windowed MIN/MAX/LAST: a range join over the window's days
+            for prefix_name, kind, source in law.running:
+                running = SPARK.running[kind].format(x=source.format(t=bq(a.name)))
+                prefix_cols.append(f"'{prefix_name}{a.name}', {running} OVER ({window})")
         prefix = (f"SELECT {kcols}, __day, named_struct({', '.join(prefix_cols)}) AS __p FROM {{tiles}}"
                   if prefix_cols else None)
         prefix_starts = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
         ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
         ranged_sql = None
         if ranged:
-            aggs = [f"{'min' if a.agg is Agg.MIN else 'max'}(CASE WHEN t.__day >= r.{bq('a__' + a.name)} "
-                    f"THEN t.{bq(a.name)} END) AS {bq('w__' + a.name)}" for a in ranged]
+            aggs = [law_sql(SPARK, a.agg).merge.format(p=f"t.__day >= r.{bq('a__' + a.name)}", t=f"t.{bq(a.name)}")
+                    + f" AS {bq('w__' + a.name)}" for a in ranged]
             lo_day = f"least({', '.join('r.' + bq('a__' + a.name) for a in ranged)})" if len(ranged) > 1 \
                 else f"r.{bq('a__' + ranged[0].name)}"
             ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
                           f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
-        # final values
-        values: dict[str, str] = {}
-        covered: dict[str, str] = {}
-        for a in pit.aggregations:
-            h = f"hd.{bq('h__' + a.name)}"
-            if a.batch_served:
-                lo_cov = "r.__tday >= {first_day}" if a.width_ms is None else f"r.{bq('a__' + a.name)} >= {{first_day}}"
-                covered[a.name] = f"(r.__tday <= {{last_day}} + 1 AND {lo_cov})"
-            if a.agg in INVERTIBLE:
-                s_parts = [f"hd.{bq('hs__' + a.name)}"] if a.agg is Agg.AVG else [h]
-                n_parts = [f"hd.{bq('hn__' + a.name)}"] if a.agg is Agg.AVG else []
-                if a.batch_served:
-                    sname = ("ps__" if a.agg is Agg.AVG else "p__") + a.name
-                    s_parts.append(f"pe.__p.{bq(sname)}")
-                    if a.agg is Agg.AVG:
-                        n_parts.append(f"pe.__p.{bq('pn__' + a.name)}")
-                    if a.width_ms is not None:
-                        s_parts.append(f"-ps_{a.width_ms}.__p.{bq(sname)}")
-                        if a.agg is Agg.AVG:
-                            n_parts.append(f"-ps_{a.width_ms}.__p.{bq('pn__' + a.name)}")
-                total = " + ".join(_zero(p) for p in s_parts)
-                exact = f"({total})" if pit.field_types.get(a.spec.field or "") == "decimal" else f"CAST({total} AS BIGINT)"
-                if a.agg is Agg.COUNT:
-                    values[a.name] = f"CAST({total} AS BIGINT)"
-                elif a.agg is Agg.SUM:
-                    values[a.name] = exact
-                else:
-                    n = " + ".join(_zero(p) for p in n_parts)
-                    values[a.name] = f"CASE WHEN ({n}) = 0 THEN NULL ELSE CAST({exact} AS DOUBLE) / CAST(({n}) AS DOUBLE) END"
-            else:
-                other = None
-                if a.batch_served:
-                    other = f"pe.__p.{bq('p__' + a.name)}" if a.width_ms is None else f"rj.{bq('w__' + a.name)}"
-                fn = "least" if a.agg is Agg.MIN else "greatest"
-                merged = h if other is None else f"{fn}({h}, {other})"
-                values[a.name] = f"({merged}).value" if a.agg is Agg.LAST else merged
-        for d in pit.derives:
-            values[d.feature] = _derived(d.expr, values)
-        cols = []
-        batch_names = {a.name for a in batch}
-        for o in pit.outputs:
-            deps = sorted(n for n in closure([o.feature], {d.feature: d.expr for d in pit.derives}) if n in batch_names)
-            expr = values[o.feature]
-            if deps:
-                expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
-            cols.append(f"{expr} AS {bq(o.column)}")
-        all_cov = [covered[a.name] for a in batch]
-        status = f"CASE WHEN {' AND '.join(all_cov)} THEN '{PRESENT}' ELSE '{INCOMPLETE}' END" if all_cov else f"'{PRESENT}'"
-        cols.append(f"{status} AS {bq(pit.status_column)}")
+        cols = self._output_columns(SPARK, lambda alias, column: f"{alias}.__p.{bq(column)}")
         joins = [f"LEFT JOIN {{hd}} AS hd ON hd.{RID} = r.{RID}"]
         if prefix:
             joins.append(f"LEFT JOIN {{pe}} AS pe ON pe.{RID} = r.{RID}")
@@ -207,27 +132,6 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
                     f"THEN '{EXPIRED}' ELSE '{PRESENT}' END AS {bq(pit.status_column)}")
         final = f"SELECT r.{RID}, {', '.join(cols)} FROM {{req}} AS r LEFT JOIN {{looked}} AS l ON l.{RID} = r.{RID}"
         return {"kind": "snapshot", "rows": rows, "fields": ["__ts"] + fields, "final": final, "table": scan.table}
-
-
-def _zero(expr: str) -> str:
-    return f"-coalesce({expr[1:]}, 0)" if expr.startswith("-") else f"coalesce({expr}, 0)"
-
-
-def _derived(expr: Any, values: dict[str, str]) -> str:
-    from skewless.offline.spark_compiler import sql_literal
-
-    if isinstance(expr, Ref):
-        return f"({values[expr.feature]})"
-    if isinstance(expr, Const):
-        return sql_literal(expr.value)
-    if isinstance(expr, DaysSince):
-        return floordiv(f"r.{T} - {_derived(expr.ts, values)}", MS_PER_DAY)
-    if isinstance(expr, BinOp):
-        left, right = _derived(expr.left, values), _derived(expr.right, values)
-        if expr.op == "/":
-            return f"(CASE WHEN {right} = 0 THEN NULL ELSE CAST({left} AS DOUBLE) / CAST({right} AS DOUBLE) END)"
-        return f"({left} {expr.op} {right})"
-    raise TypeError(f"not an expression: {expr!r}")
 
 
 # --- running --------------------------------------------------------------------------------------------
