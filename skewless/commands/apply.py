@@ -6,23 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from skewless.commands import plan as _plan
+from skewless.commands import plan as plan_command
 
 NAME = "apply"
 HELP = "validate feature_defs/ and record it as the applied state; refuses semantic changes without a version bump"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _plan.add_arguments(parser)
+    plan_command.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from skewless.core.registry import RefusedChangeError, Registry, RegistryError
 
-    plan = _plan.load_plan(args)
+    plan = plan_command.load_plan(args)
     if plan is None:
         return 1
-    state_path = Path(args.state) if args.state else _plan.default_state_path()
+    state_path = Path(args.state) if args.state else plan_command.default_state_path()
     try:
         diff = Registry(state_path).apply(plan)
     except RefusedChangeError as exc:

@@ -28,7 +28,7 @@ from skewless.core import layout
 from skewless.core.dsl import FeatureView, SnapshotView, View
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS
 from skewless.core.staleness import as_int, as_text, is_stale, newest_applied_ms, parse_progress
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, now_ms as _now_ms, td_ms
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, now_ms, td_ms
 from skewless.monitoring.common import ERROR, MISSING, OK, STALE, WARN, fmt_duration_ms, format_table, guarded
 
 BATCH_GRACE_MS = 6 * MS_PER_HOUR  # time a daily batch run may take after its start (cut-off + lateness)
@@ -142,7 +142,7 @@ def _snapshot_row(client: Any, project: str, view: SnapshotView, meta: dict, now
 def view_freshness(client: Any, project: str, view: View, now: int | None = None,
                    scan_limit: int = DEFAULT_SCAN_LIMIT) -> list[FreshnessRow]:
     """Freshness rows of one view (one per part). Never raises: a failure is one row with status ``error``."""
-    now = _now_ms() if now is None else int(now)
+    now = now_ms() if now is None else int(now)
 
     def compute() -> list[FreshnessRow]:
         epoch = as_text(client.get(layout.epoch_key(project)))
@@ -163,7 +163,7 @@ def view_freshness(client: Any, project: str, view: View, now: int | None = None
 def freshness(client: Any, project: str, views: Iterable[View], now: int | None = None,
               scan_limit: int = DEFAULT_SCAN_LIMIT) -> list[FreshnessRow]:
     """Freshness rows of every view, in the given order."""
-    now = _now_ms() if now is None else int(now)
+    now = now_ms() if now is None else int(now)
     return [row for v in views for row in view_freshness(client, project, v, now, scan_limit)]
 
 
