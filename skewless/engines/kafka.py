@@ -4,6 +4,7 @@ AdminClient, explicit topic creation (brokers run with ``auto.create.topics.enab
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -60,6 +61,24 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaAdminError(f"kafka: cannot create topic {name!r} on {bootstrap}: {exc}") from exc
+    wait_for_partitions(admin, topics, timeout_s)
+
+
+def wait_for_partitions(admin: Any, topics: Mapping[str, int], timeout_s: float) -> None:
+    """Wait until the metadata lists every partition of ``topics`` with a leader: on several brokers a new
+    topic's metadata reaches the broker that answers a few hundred ms after CreateTopics returns."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+        missing = [name for name, n in topics.items()
+                   if name not in listed or len(listed[name].partitions) < n
+                   or any(p.leader < 0 for p in listed[name].partitions.values())]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise KafkaAdminError(f"kafka: topics {missing} have no leader for every partition after {timeout_s:.0f} s "
+                                  f"(fix: check the brokers' logs)")
+        time.sleep(0.2)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

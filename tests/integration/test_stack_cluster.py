@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from skewless.engines.kafka import wait_for_partitions
 from skewless.stack.base import port_in_use
 from skewless.stack.cluster import free_cluster_ports_env
 from skewless.stack.procs import descendants, pid_alive
@@ -94,6 +95,7 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     assert sorted(b.port for b in metadata.brokers.values()) == [kafka_base, kafka_base + 2, kafka_base + 4]
     topic = f"rf-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(timeout=60)
+    wait_for_partitions(admin, {topic: 3}, timeout_s=30)  # the answering broker may learn of it a moment later
     partitions = admin.list_topics(topic, timeout=30).topics[topic].partitions
     assert len(partitions) == 3 and all(len(p.replicas) == 3 for p in partitions.values()), partitions
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
