@@ -81,6 +81,7 @@ def selected(repo: str | Path | None = None, profile: str | None = None) -> Iter
             os.environ[CONFIG_FILE_ENV] = str(path)
         if profile:
             os.environ[PROFILE_ENV] = profile
+        ports()  # a bad port variable fails here, before the command starts
         yield load_profile()
     finally:
         for name, value in saved.items():
