@@ -357,3 +357,17 @@ def _check_online_store(out: dict[str, Any], where: str, prefix: str) -> None:
         key = "nodes" if out.get("nodes") else "tls"
         raise ConfigError(f"{where}: {prefix}{key} is for type redis_cluster; for one Redis give {prefix}url: "
                           "redis://HOST:PORT/DB (rediss:// for TLS)")
+
+
+def dump_profile_file(profiles: dict[str, dict[str, Any]], default_profile: str | None, header: str = "",
+                      path: Path | None = None) -> str:
+    """The text of a profile file holding ``profiles`` (name -> sections), each checked as the reader checks it
+    (relative paths against ``path``'s folder); ``header`` becomes ``#`` comment lines on top."""
+    import yaml
+
+    for name, body in profiles.items():
+        parse_profile(name, body, path or Path.cwd() / PROFILE_FILE_NAME)
+    doc: dict[str, Any] = {"default_profile": default_profile} if default_profile else {}
+    doc["profiles"] = profiles
+    comments = "".join(f"# {line}\n".replace("# \n", "#\n") for line in header.splitlines())
+    return comments + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
