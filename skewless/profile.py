@@ -162,31 +162,43 @@ def profile_file(repo: str | Path | None = None) -> Path | None:
     return candidate.resolve() if candidate.is_file() else None
 
 
-_CACHE: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}  # path -> ((mtime_ns, size), parsed file)
+@dataclass(frozen=True)
+class ProfileFile:
+    """A checked profile file: its profiles by name and the one used when none is selected."""
+
+    path: Path
+    profiles: dict[str, Profile]
+    default_profile: str | None = None
 
 
-def read_profile_file(path: Path) -> dict[str, Any]:
-    """The validated top level of ``path`` (``{"default_profile": ..., "profiles": {name: mapping}}``), cached
-    until the file changes."""
+MAX_PROFILE_FILE_BYTES = 1 << 20  # bounds the cache below in bytes: 16 files of at most 1 MiB
+_CACHE: dict[Path, tuple[tuple[int, int], ProfileFile]] = {}  # path -> ((mtime_ns, size), the checked file)
+
+
+def read_profile_file(path: Path) -> ProfileFile:
+    """The checked profile file ``path`` (every profile parsed), cached until the file changes."""
     try:
         st = path.stat()
         stamp = (st.st_mtime_ns, st.st_size)
         cached = _CACHE.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
+        if st.st_size > MAX_PROFILE_FILE_BYTES:
+            raise ConfigError(f"{path}: the profile file is {st.st_size} bytes, more than {MAX_PROFILE_FILE_BYTES}; "
+                              "is it the right file?")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the profile file ({exc.strerror}); fix its permissions") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the profile file is not UTF-8 text") from None
-    doc = _parse_yaml(path, text)
+    checked = _parse_yaml(path, text)
     if len(_CACHE) > 16:  # a bound: a process reads one or two files
         _CACHE.clear()
-    _CACHE[path] = (stamp, doc)
-    return doc
+    _CACHE[path] = (stamp, checked)
+    return checked
 
 
-def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
+def _parse_yaml(path: Path, text: str) -> ProfileFile:
     import yaml
 
     try:
@@ -211,9 +223,8 @@ def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     if default is not None and (not isinstance(default, str) or (default not in profiles and default != BUILTIN_PROFILE)):
         raise ConfigError(f"{path}: default_profile {default!r} is not a profile of the file; "
                           f"use one of {', '.join(sorted(profiles)) or BUILTIN_PROFILE}")
-    for name, body in profiles.items():
-        parse_profile(name, body, path)  # every profile is checked, not only the selected one
-    return {"default_profile": default, "profiles": profiles}
+    # every profile is checked, not only the selected one
+    return ProfileFile(path, {name: parse_profile(name, body, path) for name, body in profiles.items()}, default)
 
 
 def load_profile(repo: str | Path | None = None, name: str | None = None) -> Profile:
@@ -227,15 +238,15 @@ def load_profile(repo: str | Path | None = None, name: str | None = None) -> Pro
             raise ConfigError(f"profile {chosen!r} is selected but there is no profile file ({looked} does not exist "
                               f"and {CONFIG_FILE_ENV} is unset); write it or select no profile")
         return Profile()
-    doc = read_profile_file(path)
-    chosen = chosen or doc["default_profile"] or BUILTIN_PROFILE
-    body = doc["profiles"].get(chosen)
-    if body is None:
+    checked = read_profile_file(path)
+    chosen = chosen or checked.default_profile or BUILTIN_PROFILE
+    found = checked.profiles.get(chosen)
+    if found is None:
         if chosen == BUILTIN_PROFILE:
             return Profile(source=path)
         raise ConfigError(f"{path}: no profile {chosen!r}; use one of "
-                          f"{', '.join(sorted({*doc['profiles'], BUILTIN_PROFILE}))}")
-    return parse_profile(chosen, body, path)
+                          f"{', '.join(sorted({*checked.profiles, BUILTIN_PROFILE}))}")
+    return found
 
 
 # --- validation ---------------------------------------------------------------------------------------

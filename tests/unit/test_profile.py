@@ -327,3 +327,28 @@ def test_the_streaming_job_gets_the_profile_by_name_and_no_secret(tmp_path: Path
     assert argv[argv.index("--redis") + 1] == "redis://cache.internal:6380/0"
     assert not any(SECRET in a for a in argv) and SECRET not in capsys.readouterr().out
     assert PROFILE_ENV not in os.environ  # the command's selection ended with it
+
+
+def test_the_sdk_reads_the_profile_of_its_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from skewless.serving.online import open_store
+    from skewless.store import FeatureStore
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo)
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    monkeypatch.setenv("SHOP_REDIS_PASSWORD", SECRET)
+    write(repo, "profiles:\n  prod:\n    project: shop\n"
+                "    online_store: {url: 'redis://cache.internal:6380/3', password: {env: SHOP_REDIS_PASSWORD}}\n"
+                "    kafka: {bootstrap: 'k1.internal:9093'}\n"
+                "    catalog: {path: state/catalog.db, warehouse: state/warehouse}\n")
+    store = open_store(str(repo), profile_name="prod")  # no connection yet: redis-py connects on the first command
+    kwargs = store.client.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"], store.project) == (
+        "cache.internal", 6380, 3, SECRET, "shop")
+    fs = FeatureStore(repo, profile="prod")
+    assert fs.profile.name == "prod" and str(fs.catalog.properties["uri"]).endswith(f"{repo}/state/catalog.db")
+    assert FeatureStore(repo).profile.name == "local"  # the file has no default_profile
+    with pytest.raises(ConfigError, match="no profile 'staging'"):
+        FeatureStore(repo, profile="staging")
