@@ -122,11 +122,12 @@ def paths(profile: Profile | None = None) -> Paths:
     """Paths; the Iceberg catalog and warehouse: ``SKEWLESS_CATALOG_DB`` / ``SKEWLESS_WAREHOUSE``, else the
     profile's ``catalog.path`` / ``catalog.warehouse``, else under the state folder."""
     state = _env_path("SKEWLESS_STATE_DIR", PROJECT_ROOT / ".skewless")
-    catalog = (profile or active_profile()).catalog
+    prof = profile or active_profile()
+    catalog = prof.catalog
     warehouse = catalog.warehouse[len("file://"):] if (catalog.warehouse or "").startswith("file://") else catalog.warehouse
     if warehouse is not None and "://" in warehouse:
-        raise ConfigError(f"catalog.warehouse {warehouse!r}: only a local folder (or file:// URI) is supported; "
-                          "give a folder")
+        raise ConfigError(f"{prof.where}: catalog.warehouse {warehouse!r}: only a local folder (or file:// URI) is "
+                          "supported yet; give a folder")
     return Paths(
         root=PROJECT_ROOT,
         state=state,

@@ -352,3 +352,9 @@ def test_the_sdk_reads_the_profile_of_its_repository(tmp_path: Path, monkeypatch
     assert FeatureStore(repo).profile.name == "local"  # the file has no default_profile
     with pytest.raises(ConfigError, match="no profile 'staging'"):
         FeatureStore(repo, profile="staging")
+
+
+def test_an_object_store_warehouse_is_refused_until_it_is_supported(tmp_path: Path) -> None:
+    write(tmp_path / "feature_defs", "profiles:\n  p: {catalog: {warehouse: 's3://bucket/wh'}}\n")
+    with pytest.raises(ConfigError, match=r"profile 'p' of .*: catalog.warehouse 's3://bucket/wh': only a local folder"):
+        paths(load_profile(name="p"))
