@@ -262,6 +262,14 @@ class RedisTarget:
         """``self.url``, or for a cluster ``redis[s]://`` of its first seed node (a cluster has database 0 only)."""
         return f"{'rediss' if self.tls else 'redis'}://{self.nodes[0]}" if self.cluster else self.url
 
+    def single_node_url(self) -> str:
+        """:attr:`url` for a client of one Redis; a cluster is refused with one line (:class:`ConfigError`) by the
+        readers and writers that do not speak Redis Cluster yet (rather than a MOVED error on some keys)."""
+        if self.cluster:
+            raise ConfigError(f"the online store {self.redacted} is a Redis Cluster, which this command does not "
+                              "read or write yet; select a profile whose online_store is one Redis (url: redis://...)")
+        return self.url
+
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``redis.Redis.from_url(self.url, **kwargs)`` (a password in the URL wins)."""
         out: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout_s, "socket_timeout": self.timeout_s}

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from skewless.serving.online import read_limits
 
     # a bad secret file, timeout or limit fails here, not in the workers
-    config.api_token(), config.redis_target(args.redis_url), config.kafka_timeout_s(), read_limits()
+    config.api_token(), config.redis_target(args.redis_url).single_node_url(), config.kafka_timeout_s(), read_limits()
     check_port_free(args.host, args.port)
     # the workers inherit the selected profile (SKEWLESS_CONFIG / SKEWLESS_PROFILE) and read it again
     settings = ServerSettings(repo=os.path.abspath(args.repo), redis_url=args.redis_url, redis_tls=args.redis_tls,

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     # no credentials in argv: the job reads the Redis password and Kafka security settings from the environment
     # and the same profile (--profile, and SKEWLESS_CONFIG, which the command's environment carries to it)
     job_args = ["--view", args.view, "--starting-offsets", args.starting_offsets, "--bootstrap", bootstrap,
-                "--redis", config.redis_target(profile=profile).url, "--repo", os.path.abspath(args.repo),
+                "--redis", config.redis_target(profile=profile).single_node_url(), "--repo", os.path.abspath(args.repo),
                 "--profile", profile.name, *args.extra]
     if args.parallelism:
         job_args += ["--parallelism", str(args.parallelism)]

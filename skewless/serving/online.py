@@ -644,7 +644,7 @@ def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = 
     opts = target.client_kwargs()
     if password:
         opts["password"] = password
-    client = redis.Redis.from_url(target.url, **opts)
+    client = redis.Redis.from_url(target.single_node_url(), **opts)
     return OnlineStore(repo, client, project or default_project(profile), **kwargs)
 
 
