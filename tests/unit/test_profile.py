@@ -372,3 +372,22 @@ def test_commands_that_do_not_speak_redis_cluster_refuse_one_in_one_line(tmp_pat
         done = run_cli(*argv, "--repo", "repo", "--profile", "c", cwd=tmp_path)
         assert done.returncode == 2 and done.stderr.endswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
     assert redis_target("redis://h:1/0").single_node_url() == "redis://h:1/0"
+
+
+def test_backfill_runs_on_the_profiles_spark_master_unless_a_flag_names_one(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import skewless.commands.backfill as backfill_command
+    from skewless.cli import main
+
+    shutil.copytree(ROOT / "feature_defs", tmp_path / "repo")
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    write(tmp_path / "repo", "profiles:\n  p: {spark: {master: 'spark://spark.internal:7077'}}\n")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(backfill_command.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    base = ["backfill", "--repo", str(tmp_path / "repo"), "--start", "2024-01-01", "--end", "2024-01-02"]
+    assert main([*base, "--profile", "p"]) == 0
+    assert main([*base, "--profile", "p", "--master", "local[1]"]) == 0
+    assert main(base) == 0
+    assert [cmd[cmd.index("--master") + 1] for cmd in calls] == ["spark://spark.internal:7077", "local[1]", "local[*]"]
