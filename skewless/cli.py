@@ -3,6 +3,10 @@
 
 Bad input is one line, never a traceback: argparse types refuse bad values, and :func:`main` turns the
 known error classes (:data:`USER_ERRORS`) into ``skewless <command>: error: ...`` with exit status 2.
+
+Every command runs under one profile (docs/deploy.md): ``--profile NAME`` (before or after the command) or
+``$SKEWLESS_PROFILE``, of the profile file of its ``--repo`` (``feature_defs/skewless.yaml``) or
+``$SKEWLESS_CONFIG``; the file is checked before the command starts.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, NoReturn
 from skewless import __version__
 from skewless import commands as _commands_pkg
 from skewless.commands import CommandError, DefaultsHelpFormatter
-from skewless.config import ConfigError
+from skewless.config import ConfigError, selected
 from skewless.core.registry import RegistryError
 from skewless.core.repo import RepositoryLoadError, UnknownFeatureError
 from skewless.core.validation import DefinitionError
@@ -107,17 +111,33 @@ def overview(helps: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+PROFILE_HELP = ("named profile of the profile file (<repo>/skewless.yaml or $SKEWLESS_CONFIG) saying where Kafka, "
+                "Redis, Flink, the catalog and Spark are (default: $SKEWLESS_PROFILE, else the file's default_profile, "
+                "else local; docs/deploy.md)")
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` if it has no subcommands, else the parsers of its (nested) subcommands."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for p in dict.fromkeys(a.choices.values()) for leaf in leaf_parsers(p)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     modules = list(_command_modules())
-    parser = ArgumentParser(prog="skewless", usage="skewless [-h] [--version] COMMAND [ARGS ...]",
+    parser = ArgumentParser(prog="skewless", usage="skewless [-h] [--version] [--profile NAME] COMMAND [ARGS ...]",
                             description=f"{DESCRIPTION}\n\n{overview({m.NAME: m.HELP for m in modules})}",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"skewless {__version__}")
+    parser.add_argument("--profile", default=None, metavar="NAME", help=PROFILE_HELP)
     # the overview lists the commands; argparse's own list (wrapped mid-summary) is suppressed
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS, prog=parser.prog)
     for module in modules:
         p = sub.add_parser(module.NAME, description=module.HELP)
         module.add_arguments(p)
+        for leaf in leaf_parsers(p):  # SUPPRESS: a leaf without --profile keeps the top level's value
+            leaf.add_argument("--profile", default=argparse.SUPPRESS, metavar="NAME", help=PROFILE_HELP)
         p.set_defaults(_run=module.run)
     return parser
 
@@ -133,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with selected(getattr(args, "repo", None), args.profile):
+            return int(args._run(args) or 0)
     except USER_ERRORS as exc:
         print(f"skewless {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2

@@ -6,21 +6,28 @@ credentials: secrets (Redis password, API token, Kafka SASL password) come only 
 file (:func:`secret`), never from flags, and every printed URL goes through :func:`redact_url`. The Redis
 target (:func:`redis_target`) and the Kafka clients' security properties (:func:`kafka_client_properties`)
 are built here, once, for every command and job (docs/infra.md, "Credentials and TLS").
+
+Where each component is comes from the selected profile of the repository's profile file
+(:mod:`skewless.profile`, docs/deploy.md); each value is, in this order: a command-line flag (a location, never
+a secret), the environment (``SKEWLESS_*``), the profile, the built-in default (the `make up` stack on
+127.0.0.1 at the ``SKEWLESS_*_PORT`` ports).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from skewless.profile import (CONFIG_FILE_ENV, KAFKA_SASL_MECHANISMS, KAFKA_SECURITY_PROTOCOLS, PROFILE_ENV,
+                              ConfigError, ObjectStoreSettings, Profile, SecretRef, check_hostport, load_profile,
+                              profile_file)
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A configuration value (environment variable, secret file) is wrong; the message names it and the fix."""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -52,6 +59,38 @@ def _env_path(name: str, default: Path) -> Path:
     return Path(raw).resolve() if raw else default
 
 
+# --- the profile (skewless.profile): which one is in effect ------------------------------------------
+
+
+def active_profile() -> Profile:
+    """The profile in effect in this process: ``$SKEWLESS_PROFILE`` of ``$SKEWLESS_CONFIG`` or of
+    ``feature_defs/skewless.yaml`` (a command sets both from ``--profile`` and ``--repo``: :func:`selected`)."""
+    return load_profile()
+
+
+@contextmanager
+def selected(repo: str | Path | None = None, profile: str | None = None) -> Iterator[Profile]:
+    """For the duration of a command: the profile ``profile`` (None: as the environment says) of the profile
+    file of ``repo`` (unless ``$SKEWLESS_CONFIG`` names one), checked at once. Both are set as
+    ``SKEWLESS_PROFILE`` / ``SKEWLESS_CONFIG`` so that the processes a command starts (the streaming job,
+    spark-submit) read the same profile; the previous values come back afterwards."""
+    saved = {name: os.environ.get(name) for name in (CONFIG_FILE_ENV, PROFILE_ENV)}
+    try:
+        path = profile_file(repo)
+        if path is not None:
+            os.environ[CONFIG_FILE_ENV] = str(path)
+        if profile:
+            os.environ[PROFILE_ENV] = profile
+        ports()  # a bad port variable fails here, before the command starts
+        yield load_profile()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @dataclass(frozen=True)
 class Ports:
     kafka: int
@@ -79,15 +118,23 @@ def ports() -> Ports:
     )
 
 
-def paths() -> Paths:
+def paths(profile: Profile | None = None) -> Paths:
+    """Paths; the Iceberg catalog and warehouse: ``SKEWLESS_CATALOG_DB`` / ``SKEWLESS_WAREHOUSE``, else the
+    profile's ``catalog.path`` / ``catalog.warehouse``, else under the state folder."""
     state = _env_path("SKEWLESS_STATE_DIR", PROJECT_ROOT / ".skewless")
+    prof = profile or active_profile()
+    catalog = prof.catalog
+    warehouse = catalog.warehouse[len("file://"):] if (catalog.warehouse or "").startswith("file://") else catalog.warehouse
+    if warehouse is not None and "://" in warehouse:
+        raise ConfigError(f"{prof.where}: catalog.warehouse {warehouse!r}: only a local folder (or file:// URI) is "
+                          "supported yet; give a folder")
     return Paths(
         root=PROJECT_ROOT,
         state=state,
         logs=_env_path("SKEWLESS_LOG_DIR", state / "logs"),
         jars=_env_path("SKEWLESS_JARS_DIR", PROJECT_ROOT / "infra" / ".cache" / "jars"),
-        warehouse=_env_path("SKEWLESS_WAREHOUSE", state / "warehouse"),
-        catalog_db=_env_path("SKEWLESS_CATALOG_DB", state / "catalog.db"),
+        warehouse=_env_path("SKEWLESS_WAREHOUSE", Path(warehouse) if warehouse else state / "warehouse"),
+        catalog_db=_env_path("SKEWLESS_CATALOG_DB", Path(catalog.path) if catalog.path else state / "catalog.db"),
     )
 
 
@@ -96,9 +143,10 @@ ICEBERG_CATALOG_NAME = "skewless"  # same name for Spark's JdbcCatalog and PyIce
 DEFAULT_PROJECT = "skewless"
 
 
-def default_project() -> str:
-    """Key prefix of the online store (the project): ``$SKEWLESS_PROJECT`` or ``skewless``."""
-    return os.environ.get("SKEWLESS_PROJECT") or DEFAULT_PROJECT
+def default_project(profile: Profile | None = None) -> str:
+    """Key prefix of the online store (the project): ``$SKEWLESS_PROJECT``, the profile's ``project`` or
+    ``skewless``."""
+    return os.environ.get("SKEWLESS_PROJECT") or (profile or active_profile()).project or DEFAULT_PROJECT
 
 
 def redis_url(port: int | None = None, db: int = 0) -> str:
@@ -109,26 +157,39 @@ def redis_url(port: int | None = None, db: int = 0) -> str:
 # --- secrets: from the environment or a file, never from argv -------------------------------------
 
 
-def secret(name: str) -> str | None:
+def secret(name: str, ref: SecretRef | None = None, where: str = "") -> str | None:
     """The secret ``SKEWLESS_<name>`` from the environment, or read from the file ``SKEWLESS_<name>_FILE``
-    (one trailing newline dropped); None when neither is set. Secrets never come from command-line flags:
-    argv is visible to every user in ``ps``."""
+    (one trailing newline dropped); else from the profile's reference ``ref`` (named ``where`` in errors);
+    None when none is set. Secrets never come from command-line flags (argv is visible to every user in
+    ``ps``) nor from the profile file itself."""
     var, file_var = f"SKEWLESS_{name}", f"SKEWLESS_{name}_FILE"
     value, path = os.environ.get(var) or None, os.environ.get(file_var) or None
     if value is not None and path is not None:
         raise ConfigError(f"both {var} and {file_var} are set; unset one of them")
-    if path is None:
+    if path is not None:
+        return _secret_file(path, f"{file_var}={path}")
+    if value is not None or ref is None:
         return value
+    if ref.file is not None:
+        return _secret_file(ref.file, f"{where}: {{file: {ref.file}}}")
+    value = os.environ.get(ref.env or "") or None
+    if value is None:
+        raise ConfigError(f"{where}: {{env: {ref.env}}} but the environment variable {ref.env} is not set; "
+                          f"export it (or set {var} / {file_var})")
+    return value
+
+
+def _secret_file(path: str, label: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{file_var}={path}: cannot read the secret file ({exc.strerror}); "
+        raise ConfigError(f"{label}: cannot read the secret file ({exc.strerror}); "
                           "point it at a readable file") from None
     except UnicodeDecodeError:  # the message would quote a byte of the secret
-        raise ConfigError(f"{file_var}={path}: the secret file is not UTF-8 text") from None
+        raise ConfigError(f"{label}: the secret file is not UTF-8 text") from None
     text = text[:-1] if text.endswith("\n") else text
     if not text:
-        raise ConfigError(f"{file_var}={path}: the secret file is empty; write the secret into it")
+        raise ConfigError(f"{label}: the secret file is empty; write the secret into it")
     return text
 
 
@@ -155,39 +216,67 @@ REDIS_TIMEOUT_S = 5.0  # default of SKEWLESS_REDIS_TIMEOUT_S (every read and wri
 KAFKA_TIMEOUT_S = 5.0  # default of SKEWLESS_KAFKA_TIMEOUT_S (metadata, delivery of a push)
 
 
-def redis_timeouts() -> tuple[float, float]:
+def redis_timeouts(profile: Profile | None = None) -> tuple[float, float]:
     """``(connect, read/write)`` timeouts in seconds of every Redis client: ``SKEWLESS_REDIS_CONNECT_TIMEOUT_S``
-    and ``SKEWLESS_REDIS_TIMEOUT_S`` (a hung Redis fails a call after them instead of blocking it forever)."""
-    return (env_seconds("SKEWLESS_REDIS_CONNECT_TIMEOUT_S", REDIS_CONNECT_TIMEOUT_S),
-            env_seconds("SKEWLESS_REDIS_TIMEOUT_S", REDIS_TIMEOUT_S))
+    and ``SKEWLESS_REDIS_TIMEOUT_S``, else the profile's ``online_store.connect_timeout_s`` / ``timeout_s`` (a hung
+    Redis fails a call after them instead of blocking it forever)."""
+    store = (profile or active_profile()).online_store
+    return (env_seconds("SKEWLESS_REDIS_CONNECT_TIMEOUT_S", store.connect_timeout_s or REDIS_CONNECT_TIMEOUT_S),
+            env_seconds("SKEWLESS_REDIS_TIMEOUT_S", store.timeout_s or REDIS_TIMEOUT_S))
 
 
-def kafka_timeout_s() -> float:
+def kafka_timeout_s(profile: Profile | None = None) -> float:
     """How long a Kafka client call of a request (``/push``: metadata, delivery) may take:
-    ``SKEWLESS_KAFKA_TIMEOUT_S``."""
-    return env_seconds("SKEWLESS_KAFKA_TIMEOUT_S", KAFKA_TIMEOUT_S)
+    ``SKEWLESS_KAFKA_TIMEOUT_S``, else the profile's ``kafka.timeout_s``."""
+    return env_seconds("SKEWLESS_KAFKA_TIMEOUT_S", (profile or active_profile()).kafka.timeout_s or KAFKA_TIMEOUT_S)
+
+
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # redis+cluster://HOST:PORT[,HOST:PORT...]
 
 
 @dataclass(frozen=True)
 class RedisTarget:
-    """Where the online store is and its password: from ``SKEWLESS_REDIS_PASSWORD`` (or ``_FILE``) unless the
-    URL carries one (an ACL user name goes in the URL: ``redis://USER@HOST:PORT/DB``)."""
+    """Where the online store is and its password: from ``SKEWLESS_REDIS_PASSWORD`` (or ``_FILE``), else the
+    profile's ``online_store.password`` reference, unless the URL carries one (an ACL user name goes in the URL:
+    ``redis://USER@HOST:PORT/DB``, or the profile's ``online_store.username``).
+
+    A Redis Cluster (``cluster``) is named by its seed ``nodes`` (``HOST:PORT``); its ``url`` is then the
+    ``redis+cluster://HOST:PORT,...`` form (``rediss+cluster://`` with TLS), which round-trips through
+    ``--redis-url`` and ``SKEWLESS_REDIS_URL``; :attr:`seed_url` is a plain URL of the first node."""
 
     url: str
     password: str | None = field(repr=False)
     tls_ca_file: str | None = None  # rediss://: trust exactly this CA (PEM) instead of the system's
     connect_timeout_s: float = REDIS_CONNECT_TIMEOUT_S
     timeout_s: float = REDIS_TIMEOUT_S  # every read and write on the socket
+    cluster: bool = False
+    nodes: tuple[str, ...] = ()  # a cluster's seed nodes, HOST:PORT
+    username: str | None = None
 
     @property
     def tls(self) -> bool:
-        return self.url.startswith("rediss://")
+        return self.url.startswith(("rediss://", "rediss+cluster://"))
+
+    @property
+    def seed_url(self) -> str:
+        """``self.url``, or for a cluster ``redis[s]://`` of its first seed node (a cluster has database 0 only)."""
+        return f"{'rediss' if self.tls else 'redis'}://{self.nodes[0]}" if self.cluster else self.url
+
+    def single_node_url(self) -> str:
+        """:attr:`url` for a client of one Redis; a cluster is refused with one line (:class:`ConfigError`) by the
+        readers and writers that do not speak Redis Cluster yet (rather than a MOVED error on some keys)."""
+        if self.cluster:
+            raise ConfigError(f"the online store {self.redacted} is a Redis Cluster, which this command does not "
+                              "read or write yet; select a profile whose online_store is one Redis (url: redis://...)")
+        return self.url
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``redis.Redis.from_url(self.url, **kwargs)`` (a password in the URL wins)."""
         out: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout_s, "socket_timeout": self.timeout_s}
         if self.password is not None:
             out["password"] = self.password
+        if self.username is not None:
+            out["username"] = self.username
         if self.tls and self.tls_ca_file:
             out["ssl_ca_certs"] = self.tls_ca_file
         return out
@@ -198,31 +287,68 @@ class RedisTarget:
 
 
 def check_redis_url(url: str) -> str:
-    """``url`` if it is a Redis URL (redis://, rediss:// or unix://), else :class:`ConfigError`."""
+    """``url`` if it is a Redis URL (redis://, rediss://, unix:// or a cluster's redis+cluster://HOST:PORT,...),
+    else :class:`ConfigError`."""
     scheme = urlsplit(url).scheme
-    if scheme not in REDIS_SCHEMES:
+    if scheme not in REDIS_SCHEMES + REDIS_CLUSTER_SCHEMES:
         raise ConfigError(f"{redact_url(url)!r} is not a Redis URL; use redis://HOST:PORT/DB "
-                          "(rediss:// for TLS, unix:///path/to/socket)")
+                          "(rediss:// for TLS, unix:///path/to/socket, redis+cluster://HOST:PORT,... for a cluster)")
+    if scheme in REDIS_CLUSTER_SCHEMES:
+        cluster_nodes(url)
     return url
 
 
-def redis_target(url: str | None = None) -> RedisTarget:
-    """The online store at ``url`` (default: ``redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0``) with the
-    configured password, timeouts (:func:`redis_timeouts`) and, for ``rediss://``, ``SKEWLESS_REDIS_TLS_CA_FILE``."""
-    url = check_redis_url(url) if url else redis_url()
+def cluster_nodes(url: str) -> tuple[str, ...]:
+    """The seed nodes ``HOST:PORT`` of a ``redis[s]+cluster://HOST:PORT[,HOST:PORT...]`` URL."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    return tuple(check_hostport(n.strip(), f"Redis Cluster URL {redact_url(url)!r}") for n in netloc.split(","))
+
+
+def cluster_url(nodes: tuple[str, ...], tls: bool = False) -> str:
+    """The ``redis[s]+cluster://`` URL of a cluster's seed ``nodes``."""
+    return f"{'rediss' if tls else 'redis'}+cluster://{','.join(nodes)}"
+
+
+def redis_target(url: str | None = None, profile: Profile | None = None) -> RedisTarget:
+    """The online store at ``url`` (a flag), else ``SKEWLESS_REDIS_URL``, else the profile's ``online_store``,
+    else ``redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0``; with the password (:func:`secret`), the timeouts
+    (:func:`redis_timeouts`) and, for TLS, the CA file (``SKEWLESS_REDIS_TLS_CA_FILE``, else the profile's)."""
+    prof = profile or active_profile()
+    store = prof.online_store
+    url = url or os.environ.get("SKEWLESS_REDIS_URL") or None
+    if url is not None:
+        url = check_redis_url(url)
+    elif store.type == "redis_cluster":
+        url = cluster_url(store.nodes, store.tls)
+    else:
+        url = store.url or redis_url()
     ca_file = os.environ.get("SKEWLESS_REDIS_TLS_CA_FILE") or None
     if ca_file is not None and not Path(ca_file).is_file():
         raise ConfigError(f"SKEWLESS_REDIS_TLS_CA_FILE={ca_file}: no such file; point it at the CA certificate (PEM)")
-    connect_s, timeout_s = redis_timeouts()
-    return RedisTarget(url, secret("REDIS_PASSWORD"), ca_file, connect_s, timeout_s)
+    if ca_file is None and store.tls_ca_file is not None:
+        ca_file = store.tls_ca_file
+        if not Path(ca_file).is_file():
+            raise ConfigError(f"{prof.where}: online_store.tls_ca_file {ca_file}: no such file; point it at the CA "
+                              "certificate (PEM)")
+    connect_s, timeout_s = redis_timeouts(prof)
+    cluster = urlsplit(url).scheme in REDIS_CLUSTER_SCHEMES
+    return RedisTarget(url, secret("REDIS_PASSWORD", store.password, f"{prof.where}: online_store.password"), ca_file,
+                       connect_s, timeout_s, cluster, cluster_nodes(url) if cluster else (), store.username)
 
 
-# --- Kafka client security (SASL / TLS) -------------------------------------------------------------
+# --- Kafka: where, and client security (SASL / TLS) ----------------------------------------------------
 
-KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # the Flink Kafka connector jar (flink-sql-connector-kafka) shades the Kafka client under this package
 FLINK_KAFKA_SHADED_PREFIX = "org.apache.flink.kafka.shaded."
+
+
+def kafka_bootstrap(profile: Profile | None = None) -> str:
+    """Kafka's bootstrap servers: ``SKEWLESS_KAFKA_BOOTSTRAP``, else the profile's ``kafka.bootstrap``, else
+    ``127.0.0.1:$SKEWLESS_KAFKA_PORT``."""
+    raw = os.environ.get("SKEWLESS_KAFKA_BOOTSTRAP") or None
+    if raw is not None:
+        return ",".join(check_hostport(h.strip(), "SKEWLESS_KAFKA_BOOTSTRAP") for h in raw.split(","))
+    return (profile or active_profile()).kafka.bootstrap or f"{HOST}:{ports().kafka}"
 
 
 @dataclass(frozen=True)
@@ -236,33 +362,42 @@ class KafkaSecurity:
     ca_file: str | None = None
 
 
-def kafka_security() -> KafkaSecurity:
+def kafka_security(profile: Profile | None = None) -> KafkaSecurity:
     """From ``SKEWLESS_KAFKA_SECURITY_PROTOCOL``, ``_SASL_MECHANISM``, ``_SASL_USERNAME``,
-    ``_SASL_PASSWORD`` (or ``_SASL_PASSWORD_FILE``) and ``_SSL_CA_FILE``; checked together."""
-    protocol = (os.environ.get("SKEWLESS_KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper()
+    ``_SASL_PASSWORD`` (or ``_SASL_PASSWORD_FILE``) and ``_SSL_CA_FILE``, each else the profile's ``kafka``
+    key of the same name; checked together (a message names the variable, or the profile key, that is wrong)."""
+    prof = profile or active_profile()
+    k = prof.kafka
+
+    def pick(var: str, key: str, value: str | None) -> tuple[str | None, str]:
+        env = os.environ.get(var) or None
+        return (env, var) if env is not None or value is None else (value, f"{prof.where}: kafka.{key}")
+
+    protocol_raw, protocol_at = pick("SKEWLESS_KAFKA_SECURITY_PROTOCOL", "security_protocol", k.security_protocol)
+    protocol = (protocol_raw or "PLAINTEXT").upper()
     if protocol not in KAFKA_SECURITY_PROTOCOLS:
-        raise ConfigError(f"SKEWLESS_KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        raise ConfigError(f"{protocol_at}={protocol!r} is not one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
     sasl = protocol.startswith("SASL_")
-    mechanism = os.environ.get("SKEWLESS_KAFKA_SASL_MECHANISM") or None
-    username = os.environ.get("SKEWLESS_KAFKA_SASL_USERNAME") or None
-    password = secret("KAFKA_SASL_PASSWORD")
-    ca_file = os.environ.get("SKEWLESS_KAFKA_SSL_CA_FILE") or None
+    mechanism, mechanism_at = pick("SKEWLESS_KAFKA_SASL_MECHANISM", "sasl_mechanism", k.sasl_mechanism)
+    username, _ = pick("SKEWLESS_KAFKA_SASL_USERNAME", "sasl_username", k.sasl_username)
+    password = secret("KAFKA_SASL_PASSWORD", k.sasl_password, f"{prof.where}: kafka.sasl_password")
+    ca_file, ca_at = pick("SKEWLESS_KAFKA_SSL_CA_FILE", "ssl_ca_file", k.ssl_ca_file)
     if sasl:
         mechanism = (mechanism or "PLAIN").upper()
         if mechanism not in KAFKA_SASL_MECHANISMS:
-            raise ConfigError(f"SKEWLESS_KAFKA_SASL_MECHANISM={mechanism!r} is not one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+            raise ConfigError(f"{mechanism_at}={mechanism!r} is not one of {', '.join(KAFKA_SASL_MECHANISMS)}")
         if username is None or password is None:
-            raise ConfigError(f"SKEWLESS_KAFKA_SECURITY_PROTOCOL={protocol} needs SKEWLESS_KAFKA_SASL_USERNAME and "
-                              "SKEWLESS_KAFKA_SASL_PASSWORD (or SKEWLESS_KAFKA_SASL_PASSWORD_FILE)")
+            raise ConfigError(f"{protocol_at}={protocol} needs SKEWLESS_KAFKA_SASL_USERNAME and "
+                              "SKEWLESS_KAFKA_SASL_PASSWORD (or SKEWLESS_KAFKA_SASL_PASSWORD_FILE), or the profile's "
+                              "kafka.sasl_username and kafka.sasl_password")
     elif mechanism or username or password:
-        raise ConfigError(f"SASL settings are given but SKEWLESS_KAFKA_SECURITY_PROTOCOL={protocol}; "
-                          "set it to SASL_SSL (or SASL_PLAINTEXT) or unset the SKEWLESS_KAFKA_SASL_* variables")
+        raise ConfigError(f"SASL settings are given but {protocol_at}={protocol}; set it to SASL_SSL (or "
+                          "SASL_PLAINTEXT) or unset the SKEWLESS_KAFKA_SASL_* variables (profile: kafka.sasl_*)")
     if ca_file is not None:
         if not protocol.endswith("SSL"):
-            raise ConfigError(f"SKEWLESS_KAFKA_SSL_CA_FILE is set but SKEWLESS_KAFKA_SECURITY_PROTOCOL={protocol}; "
-                              "use SSL or SASL_SSL")
+            raise ConfigError(f"{ca_at} is set but {protocol_at}={protocol}; use SSL or SASL_SSL")
         if not Path(ca_file).is_file():
-            raise ConfigError(f"SKEWLESS_KAFKA_SSL_CA_FILE={ca_file}: no such file; point it at the CA certificate (PEM)")
+            raise ConfigError(f"{ca_at}={ca_file}: no such file; point it at the CA certificate (PEM)")
     return KafkaSecurity(protocol, mechanism if sasl else None, username, password, ca_file)
 
 
@@ -297,3 +432,31 @@ def kafka_client_properties(client: str = "librdkafka", security: KafkaSecurity 
 
 def _jaas_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --- Flink, Spark, object storage ---------------------------------------------------------------------
+
+
+def flink_rest_url(profile: Profile | None = None) -> str:
+    """The Flink session cluster's REST endpoint: ``SKEWLESS_FLINK_REST_URL``, else the profile's
+    ``flink.rest_url``, else ``http://127.0.0.1:$SKEWLESS_FLINK_REST_PORT``."""
+    raw = os.environ.get("SKEWLESS_FLINK_REST_URL") or (profile or active_profile()).flink.rest_url
+    if raw is None:
+        return f"http://{HOST}:{ports().flink_rest}"
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        raise ConfigError(f"Flink REST URL {raw!r} is not http://HOST:PORT; fix SKEWLESS_FLINK_REST_URL or the "
+                          "profile's flink.rest_url")
+    return raw.rstrip("/")
+
+
+def spark_master(default: str, profile: Profile | None = None) -> str:
+    """Where Spark jobs run: ``SKEWLESS_SPARK_MASTER``, else the profile's ``spark.master``, else ``default``
+    (the caller's: ``local[*]`` for a backfill)."""
+    return os.environ.get("SKEWLESS_SPARK_MASTER") or (profile or active_profile()).spark.master or default
+
+
+def object_store(profile: Profile | None = None) -> ObjectStoreSettings:
+    """The profile's ``object_store`` (an S3-compatible endpoint; credentials as references, resolve them with
+    :func:`secret`). Validated, not yet read by any component (docs/deploy.md)."""
+    return (profile or active_profile()).object_store

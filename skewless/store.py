@@ -14,12 +14,17 @@ class FeatureStore:
     """
 
     def __init__(self, repo_path: str | Path | Any = "feature_defs", *, catalog: Any = None, spark: Any = None,
-                 redis: Any = None, project: str | None = None, kafka_bootstrap: str | None = None):
-        """``redis``: a redis-py client or URL for online reads (default: the project's Redis);
-        ``project``: the online store's key prefix; ``kafka_bootstrap``: where :meth:`push` produces."""
+                 redis: Any = None, project: str | None = None, kafka_bootstrap: str | None = None,
+                 profile: str | None = None):
+        """``redis``: a redis-py client or URL for online reads; ``project``: the online store's key prefix;
+        ``kafka_bootstrap``: where :meth:`push` produces. Unset, each comes from the environment, else from the
+        ``profile`` (default ``$SKEWLESS_PROFILE``, else the file's default) of the repository's ``skewless.yaml``
+        (docs/deploy.md), else the local stack; so do the catalog and the secrets."""
         from skewless.core.repo import Repository, load_repository
+        from skewless.profile import load_profile
 
         self.repo = repo_path if isinstance(repo_path, Repository) else load_repository(repo_path)
+        self.profile = load_profile(self.repo.path, profile)
         self._catalog = catalog
         self._spark = spark
         self._redis, self._project, self._kafka = redis, project, kafka_bootstrap
@@ -29,9 +34,11 @@ class FeatureStore:
     @property
     def catalog(self) -> Any:
         if self._catalog is None:
+            from skewless.config import paths
             from skewless.engines.iceberg_catalog import load_catalog
 
-            self._catalog = load_catalog()
+            where = paths(self.profile)
+            self._catalog = load_catalog(where.catalog_db, where.warehouse)
         return self._catalog
 
     def get_historical_features(self, entity_df: Any, features: Any, *, timestamp_column: str = "event_timestamp",
@@ -71,15 +78,17 @@ class FeatureStore:
         if self._online is None:
             from skewless.serving.online import OnlineStore, open_store
 
-            self._online = (open_store(self.repo, self._redis, project=self._project) if self._redis is None or
-                            isinstance(self._redis, str) else OnlineStore(self.repo, self._redis, self._project))
+            self._online = (open_store(self.repo, self._redis, project=self._project, profile_name=self.profile.name)
+                            if self._redis is None or isinstance(self._redis, str)
+                            else OnlineStore(self.repo, self._redis, self._project))
         return self._online.get_online_features(entity_rows, features, as_of=as_of)
 
     def push(self, source: Any, events: Any) -> Any:
         """Validate ``events`` against the source (all or none) and produce them to its topic; returns the
         :class:`~skewless.serving.push.PushResult` (raises :class:`~skewless.serving.push.PushError`)."""
         if self._pusher is None:
+            from skewless.config import kafka_bootstrap
             from skewless.serving.push import Pusher
 
-            self._pusher = Pusher(self.repo, self._kafka)
+            self._pusher = Pusher(self.repo, self._kafka or kafka_bootstrap(self.profile))
         return self._pusher.push(source, events)

@@ -24,10 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="run_view.py", description=__doc__.splitlines()[0])
     p.add_argument("--view", default="all", help="feature view name, comma-separated names, or 'all'")
-    p.add_argument("--bootstrap", default=f"{config.HOST}:{config.ports().kafka}")
-    p.add_argument("--redis", default=config.redis_url())
-    p.add_argument("--project", default=config.default_project())
+    p.add_argument("--bootstrap", default=None, help="Kafka (default: the profile's, else 127.0.0.1:$SKEWLESS_KAFKA_PORT)")
+    p.add_argument("--redis", default=None, help="online store URL (default: the profile's, else the local Redis)")
+    p.add_argument("--project", default=None, help="key prefix (default: $SKEWLESS_PROJECT, the profile's, skewless)")
     p.add_argument("--repo", default=str(ROOT / "feature_defs"))
+    p.add_argument("--profile", default=None, help="profile of <repo>/skewless.yaml or $SKEWLESS_CONFIG (no secrets "
+                                                   "in argv: the job resolves the profile's secret references)")
     p.add_argument("--topic", default=None, help="override the source topic (one source only)")
     p.add_argument("--starting-offsets", default="earliest", choices=("earliest", "latest", "group"))
     p.add_argument("--group", default=None, help="Kafka consumer group (default skewless-<source>)")
@@ -81,7 +83,18 @@ def stream_conf(mini_batch_latency: str = DEFAULT_MINI_BATCH, mini_batch_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skewless import config
+
     args = parse_args(argv)
+    with config.selected(args.repo, args.profile) as profile:  # the sink spec resolves the profile's secrets
+        args.bootstrap = args.bootstrap or config.kafka_bootstrap(profile)
+        args.redis = args.redis or config.redis_target(profile=profile).url
+        args.project = args.project or config.default_project(profile)
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compile the views of ``args`` and execute the job (under the selected profile)."""
     # a local MiniCluster runs in the PyFlink gateway JVM started below: the throughput collector, as the
     # session cluster's TaskManager (infra/flink/config.yaml); ignored when submitted with `flink run`
     os.environ.setdefault("JVM_ARGS", "-XX:+UseParallelGC")

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="archive sources continuously (long-running; SIGTERM/Ctrl-C commits and stops)")
     _common(run)
     run.add_argument("--source", default="all", help="a source name, or 'all' (every source with a topic)")
-    run.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: 127.0.0.1:<SKEWLESS_KAFKA_PORT>)")
+    run.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the profile's kafka.bootstrap, else 127.0.0.1:<SKEWLESS_KAFKA_PORT>)")
     run.add_argument("--max-records", type=int, default=50_000, help="commit after this many records (default 50000)")
     run.add_argument("--max-interval", type=float, default=5.0, help="... or this many seconds after a batch's first record (default 5)")
     run.add_argument("--drain", action="store_true", help="stop once every partition is archived up to its current end")
@@ -86,7 +86,7 @@ def _load_sources(args: argparse.Namespace) -> tuple[Any, Any, list[Any]] | None
 
 def _run(args: argparse.Namespace) -> int:
     from skewless.archive.runner import ArchiveConfig, RunStats, env_fault_hook, run_archives
-    from skewless.config import HOST, ports
+    from skewless.config import kafka_bootstrap
 
     loaded = _load_sources(args)
     if loaded is None:
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         print("skewless archive: no source with a topic; nothing to do", file=sys.stderr)
         return 0
     config = ArchiveConfig(
-        bootstrap=args.bootstrap or f"{HOST}:{ports().kafka}",
+        bootstrap=args.bootstrap or kafka_bootstrap(),
         max_records=args.max_records,
         max_interval_s=args.max_interval,
         schemas_dir=Path(args.schemas).resolve() if args.schemas else Path(repo.schemas_dir),

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     job_arguments(parser)
     parser.add_argument("--in-process", action="store_true", help="run in this Python process instead of spark-submit")
+    # the master's default comes from the profile (spark.master), else the job's own default (local[*])
+    parser.set_defaults(master=None, job_default_master=parser.get_default("master"))
 
 
 def spark_submit() -> Path:
@@ -60,8 +62,10 @@ def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from batch_jobs import backfill
+    from skewless.config import spark_master
     from skewless.offline.tables import BatchError
 
+    args.master = args.master or spark_master(args.job_default_master)
     if args.in_process or args.explain:
         return backfill.run(args)
     try:  # every argument is checked here, before spark-submit starts a JVM

@@ -85,8 +85,17 @@ def _venv() -> Check:
     return Check("venv python", ok, f"{venv_python} (running {sys.executable}, {sys.version.split()[0]})", "" if ok else "make setup (Python 3.11 venv)")
 
 
+def _profile() -> Check:
+    """Which profile this process would use (informational: the CLI checked the file before the command)."""
+    profile = config.active_profile()
+    return Check("profile", True, f"{profile.where}: Kafka {config.kafka_bootstrap(profile)}, online store "
+                                  f"{config.redis_target(profile=profile).redacted}, Flink {config.flink_rest_url(profile)} "
+                                  "(docs/deploy.md)", required=False)
+
+
 def checks() -> list[Check]:
     return [
+        _profile(),
         _java(),
         _binary("mvn", "make setup (apt: maven)"),
         *_jars(),

@@ -30,10 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from skewless.config import flink_rest_url
     from skewless.stack.base import StackError
     from skewless.stack.flink import FlinkSessionCluster
 
-    cluster = FlinkSessionCluster()
+    cluster = FlinkSessionCluster.at(flink_rest_url())
     try:
         jobs = cluster.list_jobs()
         if args.cancel:

@@ -45,7 +45,7 @@ def materialize(args: argparse.Namespace) -> int:
         return 2
     catalog = load_catalog()
     target = redis_target(args.redis_url)
-    client = redis.Redis.from_url(target.url, **target.client_kwargs())
+    client = redis.Redis.from_url(target.single_node_url(), **target.client_kwargs())
     gate = None
     if not args.no_quality_gate:
         try:

@@ -102,7 +102,7 @@ def _redis_client(args: argparse.Namespace) -> Any:
     from skewless.config import redis_target
 
     target = redis_target(args.redis_url)
-    return redis.Redis.from_url(target.url, **target.client_kwargs())
+    return redis.Redis.from_url(target.single_node_url(), **target.client_kwargs())
 
 
 def _project(args: argparse.Namespace) -> str:

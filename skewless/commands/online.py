@@ -47,7 +47,7 @@ def _client(url: str | None) -> Any:
     from skewless.config import redis_target
 
     target = redis_target(url)
-    return redis.Redis.from_url(target.url, **target.client_kwargs())
+    return redis.Redis.from_url(target.single_node_url(), **target.client_kwargs())
 
 
 def _rebuild(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from urllib.parse import urlsplit
 
 NAME = "parity"
 HELP = "the consistency proof: a seeded random stream through Kafka, Flink, Redis, the archive, Spark and both training engines vs the oracle"
@@ -16,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entities", type=int, default=60, help="users (Zipf-skewed; default 60)")
     parser.add_argument("--days", type=float, default=3.0, help="history span ending now, > 2 (default 3)")
     parser.add_argument("--sample", type=int, default=30, help="entities compared (default 30)")
-    parser.add_argument("--bootstrap", default=None, help="Kafka (default: the `make up` stack)")
-    parser.add_argument("--redis-url", default=None, help="Redis (default: the `make up` stack)")
+    parser.add_argument("--bootstrap", default=None, help="Kafka (default: the profile's, else the `make up` stack)")
+    parser.add_argument("--redis-url", default=None, help="Redis (default: the profile's, else the `make up` stack)")
     parser.add_argument("--minicluster", action="store_true", help="run the Flink job in this process instead of the session cluster")
     parser.add_argument("--workdir", default=None, help="private Iceberg catalog + checkpoints (default .skewless/parity/seed-N-<time>)")
     parser.add_argument("--keep", action="store_true", help="keep the run's Redis keys")
@@ -37,10 +38,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     workdir = Path(args.workdir) if args.workdir else config.paths().state / "parity" / f"seed-{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     targets = Targets.local_stack(workdir)
-    if args.bootstrap:
-        targets.bootstrap = args.bootstrap
-    if args.redis_url:
-        targets.redis_url = args.redis_url
+    targets.bootstrap = args.bootstrap or config.kafka_bootstrap()  # a flag, else the profile (docs/deploy.md)
+    targets.redis_url = args.redis_url or config.redis_target().url
+    targets.flink_rest_port = urlsplit(config.flink_rest_url()).port
     if args.minicluster:
         targets.flink = "minicluster"
     problems = []

@@ -13,7 +13,6 @@ KAFKA_PROBE_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from skewless import config
     from skewless.producer import GeneratorConfig
 
     parser.add_argument("--source", default="orders", help="event source (only 'orders' has a generator)")
@@ -25,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=positive_int, default=3, help="partitions of the topic (created if missing)")
     parser.add_argument("--users", type=positive_int, default=1000,
                         help="distinct users (entity ids) the orders come from")
-    parser.add_argument("--bootstrap", default=f"{config.HOST}:{config.ports().kafka}", metavar="HOST:PORT",
-                        help="Kafka bootstrap servers")
+    parser.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
+                        help="Kafka bootstrap servers (default: the profile's kafka.bootstrap, else 127.0.0.1:$SKEWLESS_KAFKA_PORT)")
     parser.add_argument("--topic", default=None, help="topic to write to (default: the source's topic)")
     parser.add_argument("--replay", type=existing_file, default=None, metavar="FILE",
                         help="send the records of this JSON-lines file (written by --save) instead of generating")
@@ -55,6 +54,8 @@ def summary(delivered: int, topic: str, seconds: float, counts: dict[str, int], 
 
 def run(args: argparse.Namespace) -> int:
     import time
+
+    from skewless import config
 
     from skewless.core.repo import load_repository
     from skewless.core.timeutil import td_ms
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             records, manifest = generate(cfg)
         except ValueError as exc:  # the generator's own checks (e.g. fractions adding up to more than 1)
             raise CommandError(str(exc)) from None
+    args.bootstrap = args.bootstrap or config.kafka_bootstrap()
     if not metadata_ok(args.bootstrap, timeout_s=KAFKA_PROBE_TIMEOUT_S):
         raise CommandError(f"cannot reach Kafka at {args.bootstrap} (no answer within {KAFKA_PROBE_TIMEOUT_S:g} s)",
                            "start the stack (`make up`) or pass --bootstrap HOST:PORT")

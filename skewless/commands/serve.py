@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the password comes from $SKEWLESS_REDIS_PASSWORD or $SKEWLESS_REDIS_PASSWORD_FILE")
     parser.add_argument("--redis-tls", action="store_true", help="connect to Redis over TLS (rediss://)")
     parser.add_argument("--project", default=None, help="key prefix of the online store (default: $SKEWLESS_PROJECT or skewless)")
-    parser.add_argument("--kafka-bootstrap", default=None, help="Kafka for /push (default: 127.0.0.1:$SKEWLESS_KAFKA_PORT)")
+    parser.add_argument("--kafka-bootstrap", default=None, help="Kafka for /push (default: the profile's kafka.bootstrap, else 127.0.0.1:$SKEWLESS_KAFKA_PORT)")
     parser.add_argument("--max-entities", type=positive_int, default=1000, help="entities per request (default 1000)")
     parser.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (default 1 MiB)")
     parser.add_argument("--sample-rate", type=fraction, default=0.0, help="share of served values kept for drift/quality (0..1)")
@@ -64,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from skewless.serving.online import read_limits
 
     # a bad secret file, timeout or limit fails here, not in the workers
-    config.api_token(), config.redis_target(args.redis_url), config.kafka_timeout_s(), read_limits()
+    config.api_token(), config.redis_target(args.redis_url).single_node_url(), config.kafka_timeout_s(), read_limits()
     check_port_free(args.host, args.port)
+    # the workers inherit the selected profile (SKEWLESS_CONFIG / SKEWLESS_PROFILE) and read it again
     settings = ServerSettings(repo=os.path.abspath(args.repo), redis_url=args.redis_url, redis_tls=args.redis_tls,
-                              project=args.project, kafka_bootstrap=args.kafka_bootstrap,
+                              project=args.project or config.default_project(),
+                              kafka_bootstrap=args.kafka_bootstrap or config.kafka_bootstrap(),
                               max_body_bytes=args.max_body_bytes, max_entities=args.max_entities, sample_rate=args.sample_rate)
     print(f"skewless serve on http://{args.host}:{args.port} ({args.workers or os.cpu_count()} workers)", flush=True)
     serve(settings, host=args.host, port=args.port, workers=args.workers)

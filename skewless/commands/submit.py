@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     views = [v for j in jobs for v in j.views]
-    cluster = FlinkSessionCluster()
+    cluster = FlinkSessionCluster.at(config.flink_rest_url())
     running = conflicting_jobs(cluster.list_jobs(), views)
     if running and not args.replace:
         first = running[0]
@@ -71,13 +71,15 @@ def run(args: argparse.Namespace) -> int:
             f"{first['jid']}` only cancels it")
     for job in running:
         replace(cluster, job, views, args.starting_offsets)
-    bootstrap = f"{config.HOST}:{config.ports().kafka}"
+    profile = config.active_profile()
+    bootstrap = config.kafka_bootstrap(profile)
     create_topics(bootstrap, {j.topic: 3 for j in jobs})
     script = config.PROJECT_ROOT / "streaming_jobs" / "run_view.py"
     # no credentials in argv: the job reads the Redis password and Kafka security settings from the environment
+    # and the same profile (--profile, and SKEWLESS_CONFIG, which the command's environment carries to it)
     job_args = ["--view", args.view, "--starting-offsets", args.starting_offsets, "--bootstrap", bootstrap,
-                "--redis", f"redis://{config.HOST}:{config.ports().redis}/0", "--repo", os.path.abspath(args.repo),
-                *args.extra]
+                "--redis", config.redis_target(profile=profile).single_node_url(), "--repo", os.path.abspath(args.repo),
+                "--profile", profile.name, *args.extra]
     if args.parallelism:
         job_args += ["--parallelism", str(args.parallelism)]
     job_id = cluster.submit_python_job(script, job_args, detached=True, parallelism=args.parallelism)

@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError as RedisResponseError
 
 from skewless.config import ConfigError, default_project, redis_target, redis_url as project_redis_url
+from skewless.profile import load_profile
 from skewless.core import laws, layout
 from skewless.core.admission import MalformedError, parse_event_time
 from skewless.core.dsl import FeatureService, KeyType
@@ -628,7 +629,7 @@ def _progress(raw: Mapping[bytes, bytes] | None) -> dict[int, dict[str, Any]]:
 
 
 def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = None, *, project: str | None = None,
-               password: str | None = None, tls: bool = False, **kwargs: Any) -> OnlineStore:
+               password: str | None = None, tls: bool = False, profile_name: str | None = None, **kwargs: Any) -> OnlineStore:
     """An :class:`OnlineStore` on ``redis_url`` (default: the project's Redis), connected as
     :func:`skewless.config.redis_target` says: ``SKEWLESS_REDIS_PASSWORD[_FILE]`` (unless ``password`` is given),
     ``SKEWLESS_REDIS_TLS_CA_FILE`` and the connect/read timeouts (``SKEWLESS_REDIS_[CONNECT_]TIMEOUT_S``)."""
@@ -638,12 +639,13 @@ def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = 
         redis_url = redis_url or project_redis_url()
         if redis_url.startswith("redis://"):
             redis_url = "rediss://" + redis_url[len("redis://"):]
-    target = redis_target(redis_url)
+    profile = load_profile(repo.path, profile_name)  # the repository's skewless.yaml (docs/deploy.md)
+    target = redis_target(redis_url, profile)
     opts = target.client_kwargs()
     if password:
         opts["password"] = password
-    client = redis.Redis.from_url(target.url, **opts)
-    return OnlineStore(repo, client, project, **kwargs)
+    client = redis.Redis.from_url(target.single_node_url(), **opts)
+    return OnlineStore(repo, client, project or default_project(profile), **kwargs)
 
 
 __all__ = ["EXPIRED", "INCOMPLETE", "PRESENT", "STALE", "AsOfNotAligned", "OnlineRequestError", "OnlineResponse",

@@ -25,8 +25,10 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from skewless import config
+from skewless.profile import dump_profile_file
 from skewless.stack.base import Service, StackError, Started, port_in_use
 from skewless.stack.flink import FlinkSessionCluster
 from skewless.engines.kafka import admin_client
@@ -435,6 +437,36 @@ def cluster_service(name: str, ports: dict[str, int]) -> NodeService:
     if name == RedisCluster.name:
         return RedisCluster(port=ports.get("node 1"))
     raise StackError(f"unknown cluster service {name!r}; known: {', '.join(SERVICE_NAMES)}")
+
+
+CLUSTER_PROFILE = "cluster"  # the profile `stack up --topology cluster` writes
+
+
+def cluster_profile_path() -> Path:
+    """Where ``stack up --topology cluster`` writes the profile of what it started (removed by ``stack down``)."""
+    return config.paths().state / "cluster-profile.yaml"
+
+
+def write_cluster_profile(services: Sequence[NodeService]) -> Path:
+    """A profile file (docs/deploy.md) with the profile ``cluster``: the started Redis Cluster's nodes, the Kafka
+    brokers, Flink's REST endpoint and the stack's catalog; no secrets (the dev stack has none)."""
+    body: dict[str, Any] = {}
+    for svc in services:
+        if isinstance(svc, RedisCluster):
+            body["online_store"] = {"type": "redis_cluster", "nodes": [f"{config.HOST}:{p}" for p in svc.node_ports]}
+        elif isinstance(svc, KafkaCluster):
+            body["kafka"] = {"bootstrap": svc.bootstrap}
+        elif isinstance(svc, FlinkCluster):
+            body["flink"] = {"rest_url": svc.rest_url}
+    where = config.paths()
+    body["catalog"] = {"type": "sqlite", "path": str(where.catalog_db), "warehouse": str(where.warehouse)}
+    path = cluster_profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_profile_file({CLUSTER_PROFILE: body}, CLUSTER_PROFILE, path=path, header=(
+        "Written by `skewless stack up --topology cluster` for the processes it started; removed by `stack down`.\n"
+        f"Use it: SKEWLESS_CONFIG={path} skewless COMMAND ... (or copy the profile into <repo>/skewless.yaml).\n"
+        "The SKEWLESS_*_URL / _BOOTSTRAP variables, if set, win over it (docs/deploy.md).")))
+    return path
 
 
 def check_topology(topology: str) -> str:

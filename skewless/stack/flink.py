@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from string import Template
 from typing import Any, Sequence
+from urllib.parse import urlsplit
 
 from skewless.config import HOST, PROJECT_ROOT, paths, ports
 from skewless.stack.base import Service, Started, StackError, free_port, port_in_use
@@ -57,8 +58,10 @@ class FlinkSessionCluster(Service):
         slots: int = 2,
         python: str | None = None,
         taskmanagers: int = 1,
+        rest_host: str = HOST,
     ) -> None:
         self.rest_port = rest_port if rest_port is not None else ports().flink_rest
+        self.rest_host = rest_host
         self.state_dir = Path(state_dir or paths().state)
         self.log_dir = Path(log_dir or paths().logs)
         self.jm_memory, self.tm_memory, self.slots = jm_memory, tm_memory, slots
@@ -69,9 +72,16 @@ class FlinkSessionCluster(Service):
     def ports(self) -> dict[str, int]:
         return {"rest": self.rest_port}
 
+    @classmethod
+    def at(cls, rest_url: str) -> FlinkSessionCluster:
+        """A client of the session cluster whose REST endpoint is ``rest_url`` (``http://HOST:PORT``, as
+        :func:`skewless.config.flink_rest_url` gives it)."""
+        parts = urlsplit(rest_url)
+        return cls(rest_port=parts.port, rest_host=parts.hostname or HOST)
+
     @property
     def rest_url(self) -> str:
-        return f"http://{HOST}:{self.rest_port}"
+        return f"http://{self.rest_host}:{self.rest_port}"
 
     @property
     def conf_dir(self) -> Path:
@@ -241,7 +251,7 @@ class FlinkSessionCluster(Service):
             raise StackError(f"flink: job script {script} does not exist")
         if not (self.conf_dir / "config.yaml").exists():
             self.write_conf()
-        cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{HOST}:{self.rest_port}"]
+        cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{self.rest_host}:{self.rest_port}"]
         if detached:
             cmd.append("-d")
         if parallelism is not None:

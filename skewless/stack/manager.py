@@ -30,7 +30,8 @@ from skewless.stack.archive import PREFIX as ARCHIVE_PREFIX
 from skewless.stack.archive import ArchiveProcess, archive_services, ensure_source_topics, is_archive_service
 from skewless.stack.base import Service, StackError, Started, port_in_use
 from skewless.stack.cluster import SERVICE_NAMES as CLUSTER_SERVICE_NAMES
-from skewless.stack.cluster import KafkaCluster, NodeService, check_topology, cluster_service, cluster_services
+from skewless.stack.cluster import (KafkaCluster, NodeService, check_topology, cluster_profile_path, cluster_service,
+                                    cluster_services, write_cluster_profile)
 from skewless.stack.kafka import KafkaBroker, kafka_jars
 from skewless.stack.procs import fmt_mib, log_tail, pid_alive, rss_bytes, same_process, start_time, stop_pids
 from skewless.stack.redis import RedisServer
@@ -309,6 +310,10 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout, topo
         raise
     print(f"stack: up in {time.monotonic() - t0:.1f} s (logs in {paths.logs})", file=out)
     status(out=out)
+    if topology == "cluster":
+        profile = write_cluster_profile([s for s in services if isinstance(s, NodeService)])
+        print(f"stack: the profile of this topology is {profile}; commands read it with SKEWLESS_CONFIG={profile} "
+              "(docs/deploy.md)", file=out)
     return 0
 
 
@@ -365,6 +370,7 @@ def down(out: TextIO = sys.stdout) -> int:
         print(f"stack: some processes could not be stopped; record kept in {record_path()}", file=out)
         return 1
     record_path().unlink(missing_ok=True)
+    cluster_profile_path().unlink(missing_ok=True)  # its ports are no longer served
     return 0
 
 

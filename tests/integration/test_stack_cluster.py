@@ -132,6 +132,18 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     assert [tm["slotsNumber"] for tm in tms] == [2, 2]
     assert len(list((state / "logs" / "flink").glob("flink-skewless-taskexecutor-*.log"))) == 2  # one log each
 
+    # the profile of this topology (docs/deploy.md): with it and no port variable, commands find every node
+    profile = state / "cluster-profile.yaml"
+    assert f"SKEWLESS_CONFIG={profile}" in up.stdout
+    plain = {k: v for k, v in cluster_env.items() if not k.endswith("_PORT")} | {"SKEWLESS_CONFIG": str(profile)}
+    jobs = skewless(plain, "jobs", timeout=120)  # Flink's REST endpoint from the profile
+    assert jobs.returncode == 0, jobs.stdout + jobs.stderr
+    probe = subprocess.run([sys.executable, "-c", "from skewless import config; t = config.redis_target(); "
+                            "print(t.cluster, ','.join(t.nodes)); print(config.kafka_bootstrap())"],
+                           env=plain, capture_output=True, text=True, timeout=60)
+    nodes = ",".join(f"127.0.0.1:{redis_base + i}" for i in range(6))
+    assert probe.stdout.splitlines() == [f"True {nodes}", bootstrap], probe.stderr
+
     # loopback only: every listening socket of every started process (and its children)
     ours = every_pid | {d for p in every_pid for d in descendants(p)}
     sockets = listening(ours)
@@ -143,7 +155,7 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     down = skewless(cluster_env, "stack", "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(pid_alive(p) for p in ours)
-    assert not (state / "stack.json").exists()
+    assert not (state / "stack.json").exists() and not profile.exists()
     assert not any(port_in_use(p) for p in expected)
 
 

@@ -18,7 +18,7 @@ TOP_FOLDERS = ("skewless", "batch_jobs", "streaming_jobs", "feature_defs", "benc
 
 # layer -> the module prefixes it holds (the longest matching prefix decides)
 LAYERS: dict[str, tuple[str, ...]] = {
-    "config": ("skewless.config",),
+    "config": ("skewless.config", "skewless.profile"),
     "core": ("skewless.core",),
     "engines": ("skewless.engines",),
     "offline": ("skewless.offline",),
