@@ -210,3 +210,33 @@ def test_a_corrupt_value_makes_only_its_entity_incomplete(own_redis: tuple[int, 
             assert got.values[f.name][3:] == clean.values[f.name][3:]
             assert got.statuses[f.name][3:] == clean.statuses[f.name][3:]
         assert got.values["segment"] == clean.values["segment"]
+
+
+@pytest.mark.timeout(60)
+def test_health_answers_while_a_read_waits_on_a_hung_redis(own_redis: tuple[int, subprocess.Popen]) -> None:
+    """Before: in a one-worker `skewless serve` a read blocked on a hung Redis held the worker's event loop, so /health
+    answered only after the read's timeout (here 15 s), and then waited on Redis itself."""
+    import threading
+
+    port, rproc = own_redis
+    server, url = serve(port, {"SKEWLESS_REDIS_TIMEOUT_S": "15", "SKEWLESS_REDIS_CONNECT_TIMEOUT_S": "15"})
+    try:
+        body = {"features": ["user_order_stats"], "entities": {"user_id": ["u1"]}}
+        assert call(url, "POST", "/get-online-features", body)[0] == 200
+        os.kill(rproc.pid, signal.SIGSTOP)
+        read: dict[str, Any] = {}
+        try:
+            reader = threading.Thread(target=lambda: read.setdefault("answer", call(url, "POST", "/get-online-features", body)))
+            reader.start()
+            time.sleep(1)  # the read is sent and waits on the paused Redis
+            status, answer = call(url, "GET", "/health")
+            read_done = "answer" in read
+        finally:
+            os.kill(rproc.pid, signal.SIGCONT)
+        reader.join(30)
+        assert status == 503 and answer["status"] == "unavailable", (status, answer)
+        assert not read_done, read  # /health answered while the read still waited
+        assert read["answer"][0] in (200, 503), read
+    finally:
+        stop(server)
+
