@@ -31,14 +31,6 @@ def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKEWLESS_REDIS_CONNECT_TIMEOUT_S", str(TIMEOUT_S))
 
 
-def _client(ctx: Any) -> redis.Redis:
-    """A Redis client of the run's store with the configured timeouts (what `skewless materialize` opens)."""
-    from skewless.config import redis_target
-
-    target = redis_target(ctx.targets.redis_url)
-    return redis.Redis.from_url(target.url, **target.client_kwargs())
-
-
 def _during_stream(stack: Stack, ctx: Any, fault: Callable[[], None], heal: Callable[[], None],
                    seen: dict[str, Any]) -> None:
     """``fault()`` after the job's first write, ``heal()`` FAULT_S later; then wait for every record to be applied
@@ -70,7 +62,7 @@ def _materialize_with_fault(ctx: Any, fault: Callable[[], None], heal: Callable[
     from batch_jobs.materialize import ConcurrentMaterializationError, materialize_feature_view
 
     view = ctx.repo.view("user_order_stats")
-    client = _client(ctx)
+    client = ctx.targets.redis()  # with the configured timeouts, as `skewless materialize` opens it
     leases = [0]
     real = client.register_script
 
@@ -95,7 +87,7 @@ def _materialize_with_fault(ctx: Any, fault: Callable[[], None], heal: Callable[
         seen["materialize_failed_after_s"] = time.monotonic() - t
         heal()
     seen["materialize_leases"] = leases[0]
-    client = _client(ctx)
+    client = ctx.targets.redis()  # with the configured timeouts, as `skewless materialize` opens it
     t, attempts = time.monotonic(), 0
     while True:
         attempts += 1
