@@ -234,6 +234,17 @@ def kafka_timeout_s(profile: Profile | None = None) -> float:
 REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # redis+cluster://HOST:PORT[,HOST:PORT...]
 
 
+def kafka_timeout_properties(client: str = "librdkafka") -> dict[str, str]:
+    """A Kafka client's request and connect timeouts from :func:`kafka_timeout_s` (a broker that does not answer
+    fails the request after it; producers and consumers retry): librdkafka's names (``client="librdkafka"``) or
+    the Java client's (``"flink"``). A producer also takes ``request.timeout.ms`` (librdkafka: producer only)."""
+    ms = max(1, int(kafka_timeout_s() * 1000))
+    if client == "flink":
+        return {"request.timeout.ms": str(ms), "socket.connection.setup.timeout.ms": str(ms),
+                "socket.connection.setup.timeout.max.ms": str(ms)}
+    return {"socket.timeout.ms": str(max(10, ms)), "socket.connection.setup.timeout.ms": str(max(1000, ms))}
+
+
 @dataclass(frozen=True)
 class RedisTarget:
     """Where the online store is and its password: from ``SKEWLESS_REDIS_PASSWORD`` (or ``_FILE``), else the

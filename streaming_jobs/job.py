@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from skewless.config import kafka_client_properties
+from skewless.config import kafka_client_properties, kafka_timeout_properties
 from skewless.engines.kafka import admin_client, create_topics
 from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
 from streaming_jobs.sink import SinkConfig, attach_sinks
@@ -44,7 +44,7 @@ def applied_from(bootstrap: str, topic: str, starting_offsets: str) -> int:
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "skewless-probe", "enable.auto.commit": False,
-                             **kafka_client_properties()})
+                             **kafka_timeout_properties(), **kafka_client_properties()})
         try:
             meta = consumer.list_topics(topic, timeout=30).topics[topic]
             lows = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[0] for p in meta.partitions]
@@ -90,10 +90,10 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
 
     topic = options.topic or job.topic
     ns = options.ns or f"sk_{job.source}"
+    extra = kafka_source_options({**kafka_timeout_properties("flink"), **kafka_client_properties("flink")})
     partitions = len(admin_client(options.bootstrap).list_topics(topic, timeout=30).topics[topic].partitions)
     dl_topic = dead_letter_topic(topic)
     create_topics(options.bootstrap, {dl_topic: max(1, partitions)})
-    extra = kafka_source_options(kafka_client_properties("flink"))
     extra += ", 'scan.bounded.mode' = 'latest-offset'" if options.bounded else ""
     if options.stop_offsets is not None:
         if set(options.stop_offsets) != set(range(partitions)):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 
-from skewless.config import kafka_client_properties, redact_url, redis_target
+from skewless.config import kafka_client_properties, kafka_timeout_properties, redact_url, redis_target
 from skewless.core import layout
 
 from streaming_jobs.flink_compiler import FlinkSourceJob
@@ -84,7 +84,7 @@ def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) ->
     return json.dumps({
         "source": job.source, "key_width": job.key_width, "value_width": job.value_width, "outputs": outputs,
         "redis": redis_endpoint(config.redis_url), "progress_key": layout.progress_key(config.project, job.source),
-        "kafka_properties": kafka_client_properties("flink"),
+        "kafka_properties": {**kafka_timeout_properties("flink"), **kafka_client_properties("flink")},
         "epoch_key": layout.epoch_key(config.project),
         "meta_keys": [layout.view_meta_key(config.project, views[n]) for n in job.views],
         "applied_from_ms": config.applied_from_ms, "cas_script": layout.TILE_CAS_LUA, "cas_keys": CAS_KEYS,

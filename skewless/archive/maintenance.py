@@ -162,19 +162,29 @@ def expire_snapshots(table: Any, name: str, keep_snapshots: int = 5, min_age_s: 
                 pass
         result.snapshots_expired = len(expire)
     # Metadata JSON files: keep the current one and those in the metadata log; delete older ones past min age.
+    # Only versions below the current one as seen here: a newer file is a commit made since (the archive runs
+    # concurrently) and may be the table's current metadata, whatever its mtime says.
     location = _local_path(table.metadata_location)
     import os
 
     meta_dir = os.path.dirname(location)
     logged = {os.path.basename(_local_path(e.metadata_file)) for e in table.metadata.metadata_log}
     logged.add(os.path.basename(location))
-    if os.path.isdir(meta_dir):
+    current = _metadata_version(os.path.basename(location))
+    if os.path.isdir(meta_dir) and current is not None:
         for entry in os.scandir(meta_dir):
-            if entry.name.endswith(".metadata.json") and entry.name not in logged:
+            version = _metadata_version(entry.name)
+            if version is not None and version < current and entry.name not in logged:
                 if now_ms - entry.stat().st_mtime * 1000 >= min_age_s * 1000:
                     os.unlink(entry.path)
                     result.files_deleted += 1
     return result
+
+
+def _metadata_version(name: str) -> int | None:
+    """The version of a table metadata file named ``<version>-<uuid>.metadata.json`` (None: another file)."""
+    head = name.split("-", 1)[0]
+    return int(head) if name.endswith(".metadata.json") and head.isdigit() else None
 
 
 def compact(catalog: Any, source: Any, *, min_files: int = 2, keep_snapshots: int = 5, min_age_s: float = 600.0) -> list[CompactResult]:

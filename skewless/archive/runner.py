@@ -43,7 +43,7 @@ from skewless.archive.tables import (
     ensure_tables,
     evolve_raw_table,
 )
-from skewless.config import kafka_client_properties
+from skewless.config import kafka_client_properties, kafka_timeout_properties
 from skewless.core.dsl import EventSource
 from skewless.core.schemas import EventSchema, SchemaError, load_schema
 from skewless.core.timeutil import td_ms
@@ -221,6 +221,7 @@ class SourceArchiver:
             "fetch.max.bytes": 64 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
             "client.id": f"skewless-archive-{self.source.name}",
+            **kafka_timeout_properties(),
             **kafka_client_properties(),
             **self.config.kafka,
         }

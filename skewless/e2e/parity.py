@@ -102,6 +102,10 @@ class Faults:
         """Archive the topic itself (True) or let the run do it (False)."""
         return False
 
+    def backfill(self, ctx: RunContext, run: Callable[[], Any]) -> Any:
+        """Run the backfill (``run()``, returns its report); a fault may run it twice at once."""
+        return run()
+
     def before_compare(self, ctx: RunContext) -> None:
         """After backfill and materialization, before any value is compared."""
 
@@ -367,7 +371,8 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     day = batch_day(catalog, source)
     first_day = day_of(min(e["event_time"] for e in offline))
     start = first_day - timedelta(days=366)
-    phases.run(f"backfill {start}..{day} (Spark, archive gate on)", lambda: backfill(targets, view, repo, start, day, lambda _: None),
+    phases.run(f"backfill {start}..{day} (Spark, archive gate on)",
+               lambda: faults.backfill(ctx, lambda: backfill(targets, view, repo, start, day, lambda _: None)),
                lambda r: f"{len(r.computed_days)} days, {r.tile_rows} tile rows, run {r.run_id}")
     phases.run(f"materialize day {day} -> Redis", lambda: materialize(targets, repo, day, project),
                lambda rs: ", ".join(f"{r.view} {r.rows} rows" for r in rs))

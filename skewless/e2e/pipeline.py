@@ -42,9 +42,11 @@ class Targets:
         return load_catalog(catalog_db=self.catalog_db, warehouse=self.warehouse)
 
     def redis(self) -> Any:
+        """A client of ``redis_url`` connected as :func:`skewless.config.redis_target` says (password, TLS, timeouts)."""
         import redis
 
-        return redis.Redis.from_url(self.redis_url)
+        target = config.redis_target(self.redis_url)
+        return redis.Redis.from_url(target.url, **target.client_kwargs())
 
     def spark_session(self) -> Any:
         if self.spark is None:

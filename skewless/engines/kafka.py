@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from skewless.config import kafka_client_properties
+from skewless.config import kafka_client_properties, kafka_timeout_properties
 
 # librdkafka logs every refused connection while the broker starts; keep health probes quiet.
 _quiet = logging.getLogger("skewless.kafka.client")
@@ -88,11 +88,13 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 def make_producer(bootstrap: str, **overrides: object) -> Any:  # -> confluent_kafka.Producer
     """A confluent-kafka Producer tuned for throughput (batching, lz4, idempotence), with the configured
-    security settings (:func:`skewless.config.kafka_client_properties`)."""
+    security settings and request timeouts (:func:`skewless.config.kafka_client_properties`,
+    :func:`skewless.config.kafka_timeout_properties`; delivery itself retries until ``message.timeout.ms``)."""
     from confluent_kafka import Producer
 
+    timeouts = kafka_timeout_properties()
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
             "batch.num.messages": 10000, "compression.type": "lz4", "queue.buffering.max.messages": 500000,
-            **kafka_client_properties()}
+            **timeouts, "request.timeout.ms": timeouts["socket.timeout.ms"], **kafka_client_properties()}
     conf.update(overrides)
     return Producer(conf)

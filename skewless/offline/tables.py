@@ -228,8 +228,12 @@ def ensure_table(spark: Any, name: str, df: Any, partition_col: str) -> None:
         writer = df.limit(0).writeTo(name).using("iceberg").partitionedBy(F.col(partition_col))
         for key, value in OUTPUT_TABLE_PROPERTIES.items():
             writer = writer.tableProperty(key, value)
-        writer.create()
-        return
+        try:
+            writer.create()
+            return
+        except Exception:  # noqa: BLE001 - another run of the view created it meanwhile: checked below like any
+            if not table_exists(spark, name):
+                raise
     table = iceberg_table(spark, name)
     missing = {k: v for k, v in OUTPUT_TABLE_PROPERTIES.items() if k != "format-version" and table.properties.get(k) != v}
     if missing:

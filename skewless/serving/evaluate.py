@@ -46,8 +46,8 @@ log = logging.getLogger("skewless.serving")
 _corrupt_logged: dict[bytes, float] = {}  # key -> when it was last logged (bounded: emptied past 10,000 keys)
 
 
-def _warn_corrupt(key: bytes, why: str) -> None:
-    """Log that ``key`` holds a value the reader cannot use, at most once a minute per key."""
+def warn_corrupt(key: bytes, why: str, served: str = "the entity's features of this view") -> None:
+    """Log that ``key`` holds a value the reader cannot use (``served`` incomplete), at most once a minute per key."""
     now = time.monotonic()
     last = _corrupt_logged.get(key)
     if last is not None and now - last < CORRUPT_LOG_EVERY_S:
@@ -55,8 +55,8 @@ def _warn_corrupt(key: bytes, why: str) -> None:
     if len(_corrupt_logged) >= 10_000:
         _corrupt_logged.clear()
     _corrupt_logged[key] = now
-    log.warning("corrupt stored value in %s (%s): the entity's features of this view are served as incomplete",
-                key.decode("utf-8", "replace")[:300], why[:300])
+    log.warning("corrupt stored value in %s (%s): %s served as incomplete", key.decode("utf-8", "replace")[:300],
+                why[:300], served)
 
 
 def _bad_reply(vp: ViewReadPlan, raws: Sequence[Any]) -> int | None:
@@ -88,13 +88,13 @@ def _bad_reply(vp: ViewReadPlan, raws: Sequence[Any]) -> int | None:
 
 def corrupt_entity(vp: ViewReadPlan, tag: bytes, raws: Sequence[Any], exc: BaseException) -> tuple:
     """The prepared result (see :func:`prepare`) of an entity whose stored values cannot be read: every output of the
-    view ``incomplete`` (None), with a warning naming the key (see :func:`_warn_corrupt`)."""
+    view ``incomplete`` (None), with a warning naming the key (see :func:`warn_corrupt`)."""
     j = _bad_reply(vp, raws)
     suffixes = vp.key_suffixes if j is None else vp.key_suffixes[j:j + 1]
     keys = b", ".join(vp.prefix + tag + suffix for _, suffix in suffixes)
     bad = raws[j] if j is not None else None
     why = f"{type(bad).__name__}: {bad}" if isinstance(bad, Exception) else f"{type(exc).__name__}: {exc}"
-    _warn_corrupt(keys, why)
+    warn_corrupt(keys, why)
     nout = len(vp.outputs)
     return (None,) * nout, (INCOMPLETE,) * nout, None, None, {}, ()
 

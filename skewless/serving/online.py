@@ -43,7 +43,8 @@ from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT, STALE, STATUS_
 from skewless.core.schemas import pandas_dtype
 from skewless.core.timeutil import iso_ms, to_epoch_ms
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
-from skewless.serving.evaluate import CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, loads, snapshots, view_meta, windowed, window_starts
+from skewless.serving.evaluate import (CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, loads, snapshots, view_meta,
+                                       warn_corrupt, windowed, window_starts)
 from skewless.serving.read_plan import SERIALS, EntitySpec, K_MGET, ReadPlan, build_plan
 from skewless.serving.reply_stream import ReplyStream
 from skewless.serving.transport import STREAM_MIN, execute, round_trip, snapshot_replies
@@ -430,18 +431,34 @@ class OnlineStore:
                   tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
         """The response from the replies: all of them in ``replies``, or the shared ones there and the entities'
         still in ``stream`` (consumed view by view, entity by entity)."""
-        pos = 0
         epoch = replies[0]
+        unreadable: set[str] = set()  # views read without the epoch (all incomplete): a shared key they need is corrupt
+        if isinstance(epoch, Exception):
+            warn_corrupt(self._epoch_key, f"{type(epoch).__name__}: {epoch}", "every view")
+            epoch = None
         pos = 1
         progress_raw: dict[str, dict] = {}
-        for src, _ in plan.sources:
-            progress_raw[src] = replies[pos]
+        for src, key in plan.sources:
+            raw = replies[pos]
             pos += 1
+            if isinstance(raw, Exception):
+                warn_corrupt(key, f"{type(raw).__name__}: {raw}", f"the views of source {src}")
+                unreadable.update(vp.view.name for vp in plan.views if vp.stream and vp.view.source.name == src)
+                raw = None
+            progress_raw[src] = raw
         metas = {}
         for vp in plan.views:
             if not vp.snapshot:
-                metas[vp.view.name] = replies[pos]
+                raw = replies[pos]
                 pos += 1
+                try:
+                    if isinstance(raw, Exception):
+                        raise raw
+                    metas[vp.view.name] = view_meta(raw)
+                except (ValueError, redis.RedisError) as exc:
+                    warn_corrupt(vp.meta_key, f"{type(exc).__name__}: {exc}", f"view {vp.view.name}")
+                    unreadable.add(vp.view.name)
+                    metas[vp.view.name] = view_meta(None)
 
         T = now if as_of_ms is None else as_of_ms
         ncol = len(plan.columns)
@@ -465,6 +482,7 @@ class OnlineStore:
             if stream is None:
                 chunk = replies[pos:pos + k * n]
                 pos += k * n
+            view_epoch = None if vp.view.name in unreadable else epoch
             if vp.snapshot:
                 if chunk is None:
                     chunk = snapshot_replies(vp, stream, tags[vp.entity_index], caches)  # type: ignore[arg-type]
@@ -479,9 +497,9 @@ class OnlineStore:
                         stale = is_stale(newest_applied[src], now, vp.sla_ms)
                     newest = newest_event.get(src)
                     age = None if newest is None else max(0, T - newest)
-                meta = view_meta(metas[vp.view.name])
+                meta = metas[vp.view.name]
                 runs: dict[str, int] = {}
-                starts, ctx = window_starts(vp, T, now, as_of_ms, epoch, meta)
+                starts, ctx = window_starts(vp, T, now, as_of_ms, view_epoch, meta)
                 ctx_ids = caches.contexts  # the context named by a number: memo keys hash one int, not its tuples
                 ctx_id = ctx_ids.get(ctx)
                 if ctx_id is None:
@@ -494,7 +512,7 @@ class OnlineStore:
                     mstats[2] -= n
                 view_found: list[bool] = []
                 found[vp.view.name] = view_found
-                rows = windowed(caches, vp, chunk, n, k, epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
+                rows = windowed(caches, vp, chunk, n, k, view_epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
                                 tags[vp.entity_index], use_memo, stream, view_found)
                 if runs:
                     batch_runs[vp.view.name] = runs
@@ -563,12 +581,19 @@ class OnlineStore:
             conn, kept = self.client.connection_pool.get_connection(), False
         try:
             nhead = len(plan.head_kinds)
+            streamed = n >= STREAM_MIN
             try:
-                replies, stream = round_trip(conn, packed, kinds, nhead, n >= STREAM_MIN)
+                replies, stream = round_trip(conn, packed, kinds, nhead, streamed)
             except RedisConnectionError:
                 if not kept:
                     raise
-                replies, stream = round_trip(conn, packed, kinds, nhead, n >= STREAM_MIN)  # connects anew
+                replies, stream = round_trip(conn, packed, kinds, nhead, streamed)  # connects anew
+            except RedisResponseError:
+                if not streamed:
+                    raise
+                # an error reply to a shared command (e.g. WRONGTYPE on the epoch key): read again, parsed whole,
+                # where it is returned in its place (round_trip disconnected: nothing unread is left)
+                replies, stream = round_trip(conn, packed, kinds, nhead, False)
             if stream is None:
                 return self._evaluate(replies, None, plan, cols, n, tags, now, as_of_ms)
             try:

@@ -42,6 +42,7 @@ log = logging.getLogger("skewless.serve")
 _ENV = "SKEWLESS_SERVE_SETTINGS"
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _FRESHNESS_CACHE_S = 10.0
+HEALTH_PROBE_S = 2.0  # /health waits at most this long (or the Redis timeouts, if shorter) for Redis, then answers 503
 
 Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]
@@ -152,6 +153,7 @@ class FeatureServer:
         self.metrics = _Metrics()
         self._freshness: tuple[float, str] | None = None
         self._hung: tuple[float, str] | None = None  # (until when reads answer 503 at once, why): a read timed out
+        self._probe: asyncio.Future | None = None  # /health's Redis read in flight (one at a time)
         token = settings.api_token or config.api_token()
         self._token = None if not token else token.encode()
 
@@ -289,8 +291,10 @@ class FeatureServer:
             raise HttpError(405, "method_not_allowed", f"{path} takes {want}, got {method}")
         if self._token is not None and path not in _OPEN and not self._authorized(scope):
             raise HttpError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
-        if path == "/get-online-features":
-            return 200, self._features(await self._body(scope, receive)), b"application/json"
+        if path == "/get-online-features":  # on the reads thread: a read waiting on Redis never holds the loop
+            raw = await self._body(scope, receive)
+            return 200, await asyncio.get_running_loop().run_in_executor(_pool("reads", 1), self._features, raw), \
+                b"application/json"
         if path == "/push":
             raw = await self._body(scope, receive)
             return 200, await self._push(raw), b"application/json"
@@ -333,7 +337,7 @@ class FeatureServer:
         if as_of is not None and (isinstance(as_of, bool) or not isinstance(as_of, (int, str))):
             raise HttpError(400, "bad_request", "'as_of' must be epoch ms (integer) or an ISO-8601 string with a zone")
         hung = self._hung
-        if hung is not None and time.monotonic() < hung[0]:  # don't block the worker on the hung store again at once
+        if hung is not None and time.monotonic() < hung[0]:  # don't queue reads behind the hung store
             raise HttpError(503, "store_unavailable", f"online store unavailable: {hung[1]} (not retried for "
                                                       f"{config.redis_timeouts()[1]:g} s)")
         try:
@@ -342,7 +346,7 @@ class FeatureServer:
             raise HttpError(400, "bad_request", str(exc)) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             why = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, redis.TimeoutError):  # a read blocks the worker's loop: the next ones fail fast for a while
+            if isinstance(exc, redis.TimeoutError):  # reads wait on the one reads thread: the next ones fail fast for a while
                 self._hung = (time.monotonic() + config.redis_timeouts()[1], why)
             raise HttpError(503, "store_unavailable", f"online store unavailable: {why}") from None
         except redis.RedisError as exc:  # an error reply (e.g. WRONGTYPE on a shared key): the store is up, its data wrong
@@ -371,17 +375,21 @@ class FeatureServer:
         return dumps(result.to_dict())
 
     async def _health(self) -> tuple[int, bytes, bytes]:
-        """The store's epoch marker read in a thread of its own (never behind a blocked read), bounded by the Redis
-        timeouts: 200, or 503 naming why Redis did not answer."""
+        """The store's epoch marker read on a thread of its own (reads run on theirs: never behind a blocked read),
+        awaited at most ``HEALTH_PROBE_S`` (or the Redis timeouts): 200, or 503 naming why Redis did not answer.
+        One probe at a time: while one waits on a hung Redis, the next /health awaits it instead of queueing more."""
         store = self.store
-        connect_s, timeout_s = config.redis_timeouts()
+        bound = min(sum(config.redis_timeouts()), HEALTH_PROBE_S)
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.get_running_loop().run_in_executor(
+                _pool("health", 1), store.client.get, layout.epoch_key(store.project))
         try:
-            epoch = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
-                _pool("health", 2), store.client.get, layout.epoch_key(store.project)), connect_s + timeout_s)
+            epoch = await asyncio.wait_for(asyncio.shield(probe), bound)
             body = {"status": "ok", "redis": "ok", "store_initialised": epoch is not None, "pid": os.getpid()}
             return 200, dumps(body), b"application/json"
         except Exception as exc:  # noqa: BLE001 - health reports, never raises
-            why = f"no answer within {connect_s + timeout_s:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            why = f"no answer within {bound:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             log.warning("/health: Redis unavailable: %s", why)
             return 503, dumps({"status": "unavailable", "redis": why}), b"application/json"
 
@@ -405,8 +413,8 @@ _POOLS: dict[str, Any] = {}
 
 
 def _pool(name: str, threads: int) -> Any:
-    """The worker's thread pool ``name`` (/health's Redis read and the pushes each have their own: neither waits
-    behind the other)."""
+    """The worker's thread pool ``name`` (the reads, /health's Redis read and the pushes each have their own: none
+    waits behind another; one reads thread keeps the store's reads serial, as on the event loop before)."""
     pool = _POOLS.get(name)
     if pool is None:
         from concurrent.futures import ThreadPoolExecutor

@@ -24,12 +24,12 @@ except ImportError:  # pragma: no cover - another redis-py layout: the generic p
 STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (fewer: parsed at once, cheaper)
 
 
-def _read_hiredis(conn: Any, parser: Any, kinds: list[int], nhead: int) -> list[Any]:
+def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
     """The replies of the commands already sent on ``conn`` (one ``K_*`` kind each) read straight from the
     hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
-    per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply to one of the ``nhead`` shared
-    commands raises (the caller disconnects, so unread replies never reach another command); one to an entity's
-    command (e.g. WRONGTYPE) is returned in its place, for the evaluation to mark that entity."""
+    per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply (e.g. WRONGTYPE) is returned in its
+    place, for the evaluation to mark what depends on that key ``incomplete`` (an MGET's raises: the caller
+    disconnects, so unread replies never reach another command)."""
     import socket
 
     gets = parser._reader.gets
@@ -57,7 +57,7 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int], nhead: int) -> list[
                 continue
         elif t is not bytes and t is not dict:
             if isinstance(r, Exception):
-                if len(out) < nhead or kind == K_MGET:
+                if kind == K_MGET:
                     raise r
                 append(r)
                 continue
@@ -71,13 +71,15 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int], nhead: int) -> list[
 
 def execute(client: Any, names: list[tuple[bytes, bytes]]) -> list[Any]:
     """One round trip through ``client``'s own pipeline (Redis Cluster, other clients); GET -> bytes|None,
-    HGETALL -> dict[bytes, bytes]."""
+    HGETALL -> dict[bytes, bytes], an error reply in its place."""
     pipe = client.pipeline(transaction=False)
     for cmd, key in names:
         (pipe.get if cmd == GET else pipe.hgetall)(key.decode())
     out = []
-    for (cmd, _), r in zip(names, pipe.execute()):
-        if cmd == GET:
+    for (cmd, _), r in zip(names, pipe.execute(raise_on_error=False)):
+        if isinstance(r, Exception):
+            out.append(r)
+        elif cmd == GET:
             out.append(r.encode() if isinstance(r, str) else r)
         else:
             out.append({(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
@@ -102,13 +104,13 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
         parser = getattr(conn, "_parser", None)
         if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
                 and parser._next_response is _NOT_ENOUGH_DATA):
-            return _read_hiredis(conn, parser, kinds, nhead), None
+            return _read_hiredis(conn, parser, kinds), None
         out = []
         error = None
-        for i, kind in enumerate(kinds):
+        for kind in kinds:
             r = conn.read_response(disable_decoding=True)
             if isinstance(r, Exception):
-                if i >= nhead and kind != K_MGET:  # an entity's error reply: returned in its place (see _read_hiredis)
+                if kind != K_MGET:  # an error reply: returned in its place (see _read_hiredis)
                     out.append(r)
                     continue
                 error = error or r

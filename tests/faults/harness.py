@@ -69,19 +69,29 @@ class Stack:
                                controller_port=int(self.env["SKEWLESS_KAFKA_CONTROLLER_PORT"]))
         raise ValueError(name)
 
-    def restart(self, name: str, down_s: float = 0.0, healthy_timeout_s: float = 180.0) -> dict[str, float]:
-        """Stop service `name` cleanly (SIGTERM, `stop_pids`), keep it down `down_s`, start it again the way
-        `stack up` does (same port, same data dir under the state dir), record the new pid and wait until it
-        is healthy. Returns the timings (stop, down, start-to-healthy) in seconds."""
+    def restart(self, name: str, down_s: float = 0.0, healthy_timeout_s: float = 180.0, hard: bool = False,
+                while_down: Any = None) -> dict[str, float]:
+        """Stop service `name` cleanly (SIGTERM, `stop_pids`; ``hard``: SIGKILL), keep it down `down_s` (calling
+        ``while_down()`` first, if given), start it again the way `stack up` does (same port, same data dir under
+        the state dir), record the new pid and wait until it is healthy. Returns the timings (stop, down,
+        start-to-healthy) in seconds."""
+        import signal
+
         from skewless.stack.procs import pid_alive, stop_pids
 
         svc = self.service(name)
         (old,) = [p["pid"] for p in self.entry(name)["pids"]]
         t0 = time.monotonic()
-        stop_pids([old], timeout_s=60.0)
+        if hard:  # the whole process group (a launch script and its JVM), no shutdown of any kind
+            os.killpg(old, signal.SIGKILL) if os.getpgid(old) == old else os.kill(old, signal.SIGKILL)
+            wait(lambda: not pid_alive(old), 30, f"{name} {old} to die")
+        else:
+            stop_pids([old], timeout_s=60.0)
         assert not pid_alive(old), f"{name} {old} still alive"
         stopped = time.monotonic()
-        time.sleep(down_s)
+        if while_down is not None:
+            while_down()
+        time.sleep(max(0.0, down_s - (time.monotonic() - stopped)))
         restarted = time.monotonic()
         started = svc.start(self.state, self.state / "logs")
         (new,) = started.pids
@@ -172,11 +182,11 @@ def ping(client: Any) -> bool:
         return False
 
 
-def archive_worker(stack: Stack, ctx: Any) -> subprocess.Popen[str]:
-    """The raw archive of the run's topic in a subprocess, 150-record commits, printing `commit <n>` after each
-    raw-table commit and pausing 5 s there (a window to kill it or to fault around it); drains and exits."""
+def archive_worker(stack: Stack, ctx: Any, records: int = 150, pause_s: float = 5.0) -> subprocess.Popen[str]:
+    """The raw archive of the run's topic in a subprocess, `records`-record commits, printing `commit <n>` after
+    each raw-table commit and pausing `pause_s` there (a window to kill it or to fault around it); drains and exits."""
     worker = subprocess.Popen([sys.executable, "-c", ARCHIVE_WORKER, ctx.targets.bootstrap, ctx.topic,
-                               str(ctx.targets.catalog_db), str(ctx.targets.warehouse)],
+                               str(ctx.targets.catalog_db), str(ctx.targets.warehouse), str(records), str(pause_s)],
                               env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert worker.stdout is not None
     return worker
@@ -185,12 +195,12 @@ import dataclasses, sys, threading
 from skewless.archive.runner import ArchiveConfig, SourceArchiver
 from skewless.core.repo import load_repository
 from skewless.engines.iceberg_catalog import load_catalog
-bootstrap, topic, db, wh = sys.argv[1:5]
+bootstrap, topic, db, wh, records, pause = sys.argv[1:7]
 source = dataclasses.replace(load_repository().view("user_order_stats").source, topic=topic)
 def hook(point, n):
     if point == "after-raw-commit":
         print("commit", n, flush=True)
-        threading.Event().wait(5)
-SourceArchiver(source, load_catalog(db, wh), ArchiveConfig(bootstrap=bootstrap, max_records=150, max_interval_s=1.0,
+        threading.Event().wait(float(pause))
+SourceArchiver(source, load_catalog(db, wh), ArchiveConfig(bootstrap=bootstrap, max_records=int(records), max_interval_s=1.0,
                fault=hook)).run(threading.Event(), drain=True)
 """

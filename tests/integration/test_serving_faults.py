@@ -210,3 +210,79 @@ def test_a_corrupt_value_makes_only_its_entity_incomplete(own_redis: tuple[int, 
             assert got.values[f.name][3:] == clean.values[f.name][3:]
             assert got.statuses[f.name][3:] == clean.statuses[f.name][3:]
         assert got.values["segment"] == clean.values["segment"]
+
+
+@pytest.mark.timeout(60)
+def test_health_answers_while_a_read_waits_on_a_hung_redis(own_redis: tuple[int, subprocess.Popen]) -> None:
+    """Before: in a one-worker `skewless serve` a read blocked on a hung Redis held the worker's event loop, so /health
+    answered only after the read's timeout (here 15 s), and then waited on Redis itself."""
+    import threading
+
+    port, rproc = own_redis
+    server, url = serve(port, {"SKEWLESS_REDIS_TIMEOUT_S": "15", "SKEWLESS_REDIS_CONNECT_TIMEOUT_S": "15"})
+    try:
+        body = {"features": ["user_order_stats"], "entities": {"user_id": ["u1"]}}
+        assert call(url, "POST", "/get-online-features", body)[0] == 200
+        os.kill(rproc.pid, signal.SIGSTOP)
+        read: dict[str, Any] = {}
+        try:
+            reader = threading.Thread(target=lambda: read.setdefault("answer", call(url, "POST", "/get-online-features", body)))
+            reader.start()
+            time.sleep(1)  # the read is sent and waits on the paused Redis
+            status, answer = call(url, "GET", "/health")
+            read_done = "answer" in read
+        finally:
+            os.kill(rproc.pid, signal.SIGCONT)
+        reader.join(30)
+        assert status == 503 and answer["status"] == "unavailable", (status, answer)
+        assert not read_done, read  # /health answered while the read still waited
+        assert read["answer"][0] in (200, 503), read
+    finally:
+        stop(server)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("entities", [3, 12])  # parsed whole / streamed replies
+@pytest.mark.parametrize("shared", ["epoch", "progress", "meta"])
+def test_a_shared_key_of_the_wrong_type_reads_incomplete(own_redis: tuple[int, subprocess.Popen], entities: int,
+                                                         shared: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the epoch key, a source's progress hash or a view's meta hash holding another Redis type (WRONGTYPE
+    on GET / HGETALL) failed the whole read, 500 from the server. Now the views that depend on it read
+    `incomplete` (the epoch: every view) with a warning naming the key; the others are served; the server answers 200."""
+    port, _ = own_redis
+    repo = load_repository(ROOT / "feature_defs")
+    project = f"f19w{shared}{entities}"
+    filled = fill(project, repo, users=12, events=600, start_ms=START, rate=0.008, cutoff_ms=CUTOFF)
+    client = redis.Redis(port=port)
+    write(client, filled.data)
+    view = repo.view("user_order_stats")
+    users = filled.users[:entities]
+    features = ["user_order_stats", "customer_profile"]
+    store = open_store(repo, f"redis://127.0.0.1:{port}/0", project=project)
+    clean = store.get_online_features({"user_id": users}, features, now_ms=CUTOFF)
+    assert any(set(clean.statuses[f.name]) != {INCOMPLETE} for f in view.features)
+    key = {"epoch": layout.epoch_key(project), "progress": layout.progress_key(project, view.source.name),
+           "meta": layout.view_meta_key(project, view)}[shared]
+    client.delete(key)
+    if shared == "epoch":
+        client.hset(key, "a", "hash where a string belongs")
+    else:
+        client.set(key, "a string where a hash belongs")
+    fresh = open_store(repo, f"redis://127.0.0.1:{port}/0", project=project)
+    caplog.clear()
+    for reader in (store, fresh):  # with warm caches and without
+        got = reader.get_online_features({"user_id": users}, features, now_ms=CUTOFF)
+        for f in view.features:
+            assert set(got.statuses[f.name]) == {INCOMPLETE}, (f.name, got.statuses[f.name])
+        if shared == "epoch":
+            assert set(got.statuses["segment"]) == {INCOMPLETE}
+        else:
+            assert got.values["segment"] == clean.values["segment"]
+            assert got.statuses["segment"] == clean.statuses["segment"]
+    assert any(key in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    from skewless.serving.server import FeatureServer, ServerSettings, ThreadedServer
+
+    app = FeatureServer(ServerSettings(redis_url=f"redis://127.0.0.1:{port}/0", project=project), store=fresh)
+    with ThreadedServer(app) as s:
+        status, answer = call(s.url, "POST", "/get-online-features", {"features": features, "entities": {"user_id": users}})
+    assert status == 200, answer

@@ -7,6 +7,7 @@ import json
 import random
 from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -350,3 +351,40 @@ def test_safe_patterns() -> None:
 
     assert safe_pattern("^[A-Z]{3}$") and safe_pattern(r"^[0-9]{4}-[0-9]{2}\.x$") and safe_pattern(r"^\d+(\.\d+)?$")
     assert not safe_pattern(r"\bx") and not safe_pattern(r"(?i)eur") and not safe_pattern(r"[^\d]") and not safe_pattern(r"\D")
+
+
+def test_expiry_never_deletes_the_metadata_of_a_commit_it_did_not_see(local_catalog) -> None:
+    """Before: `archive compact` racing the archive deleted the metadata file of an append committed after the
+    compaction's refresh (not in its view of the metadata log) whenever the file's mtime looked older than the
+    minimum age (coarse or lagging file-system clocks; always with `--min-age 0`): the catalog then pointed at a
+    missing file and the raw table could no longer be loaded (found by tests/faults/test_archive_faults.py)."""
+    import os
+    import time
+
+    from skewless.archive.maintenance import expire_snapshots
+
+    raw, _ = ensure_tables(local_catalog, ORDERS, load_schema("orders"))
+    base_us = 1_714_564_800_000_000
+    row = {"event_id": "e", "user_id": "u", "order_id": "o", "amount": 1, "currency": "EUR", "status": "placed",
+           "event_time": base_us, "_kafka_partition": 0, "_offset": 0, "_kafka_ts": base_us, "_ingested_at": base_us}
+    for offset in range(3):
+        _append(raw, [{**row, "_offset": offset, "event_id": f"e{offset}"}])
+    archiver = local_catalog.load_table(ORDERS.table)  # the archive process's own view of the table
+    compactor = local_catalog.load_table(ORDERS.table)
+    refresh = compactor.refresh
+
+    def refresh_then_the_archive_commits() -> object:  # the archive appends right after the compaction looked
+        out = refresh()
+        archiver.refresh()
+        _append(archiver, [{**row, "_offset": 3, "event_id": "e3"}])
+        new = urlparse(archiver.metadata_location).path
+        hour_ago = time.time() - 3600  # the file system's clock lags (or --min-age 0 and a coarse mtime)
+        os.utime(new, (hour_ago, hour_ago))
+        compactor.refresh = refresh  # type: ignore[method-assign]
+        return out
+
+    compactor.refresh = refresh_then_the_archive_commits  # type: ignore[method-assign]
+    expire_snapshots(compactor, ORDERS.table)
+    table = local_catalog.load_table(ORDERS.table)  # its current metadata file still exists
+    assert table.scan().to_arrow().num_rows == 4
+    assert P.parse_offsets(table.properties[P.OFFSETS_PROP]) == {0: 4}

@@ -39,7 +39,7 @@ class MemRedis:
         def hgetall(self, key: str) -> None:
             self.ops.append(lambda: dict(self.r.data.get(key) or {}))
 
-        def execute(self) -> list:
+        def execute(self, raise_on_error: bool = True) -> list:
             self.r.round_trips += 1
             return [op() for op in self.ops]
 

@@ -55,7 +55,7 @@ class MemRedis:
         def hgetall(self, key: str) -> None:
             self.ops.append(lambda: self.r.hgetall(key))
 
-        def execute(self) -> list:
+        def execute(self, raise_on_error: bool = True) -> list:
             return [op() for op in self.ops]
 
 
