@@ -98,7 +98,7 @@ def point_in_time(spark: Any, view: FeatureView, job: SparkBatchJob, requests: S
             for e in events.get(key, ()):
                 if head_from <= e[TS] < t:
                     acc = law.update(acc, e[contribution_column(a.name)], (e[TS], e[PARTITION], e[OFFSET]))
-            values[a.name] = law.finalize(acc)
+            values[a.name] = law.finalize(acc) if law.in_range(acc) else None  # a sum outside int64: no value (§4)
         for f in view.features:
             if isinstance(f, Derived):
                 values[f.name] = evaluate(f.expr, values, t)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from decimal import Decimal
 from dataclasses import dataclass, field
@@ -21,11 +22,17 @@ from skewless.core.timeutil import MS_PER_DAY, floor_ms
 from skewless.serving.read_plan import GroupSpec, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream
 
+# 19 digits in a row: maybe an int outside orjson's exact range (below -2**63 or from 2**64 on, it gives a float)
+_LONG_DIGITS = {bytes: re.compile(rb"[0-9]{19}").search, str: re.compile(r"[0-9]{19}").search}
+
 try:
     import orjson
 
     def loads(data: bytes) -> Any:
-        """JSON text -> value (orjson when it can: several times faster; json for what it refuses)."""
+        """JSON text -> value (orjson when it can: several times faster; json for what it refuses and for text
+        with ints it might not read exactly, e.g. sums beyond int64: docs/semantics.md §4)."""
+        if _LONG_DIGITS[type(data)](data) is not None:
+            return json.loads(data)
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -557,7 +564,8 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                     continue
                 ok = applied_from is not None and applied_from <= st and st >= oldest_kept
                 if a.stream_served:
-                    vals[a.name], sts[a.name] = (lw.finalize(stream_acc), PRESENT) if ok else (None, INCOMPLETE)
+                    vals[a.name], sts[a.name] = ((lw.finalize(stream_acc), PRESENT) if ok and lw.in_range(stream_acc)
+                                                 else (None, INCOMPLETE))
                     continue
                 days_late = (T - cutoff) // BATCH_TILE_MS  # type: ignore[operator]
                 parts = None  # the batch field's parts (body, tail0, tail1), decoded as used (the reference order)
@@ -568,10 +576,11 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                 bi = a.batch_index
                 body = lw.init() if parts is None else a.decode(parts[0][bi])
                 if a.width_ms is None:
-                    if not ok:
+                    acc = a.merge(body, stream_acc) if ok else None
+                    if not ok or not lw.in_range(acc):  # a sum outside int64 has no value (§4)
                         vals[a.name], sts[a.name] = None, INCOMPLETE
                     else:
-                        vals[a.name] = lw.finalize(a.merge(body, stream_acc))
+                        vals[a.name] = lw.finalize(acc)
                         sts[a.name] = STALE if days_late > BATCH_TAIL_DAYS else PRESENT
                     continue
                 if days_late > BATCH_TAIL_DAYS or not ok:
@@ -581,5 +590,6 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                 if parts is not None:
                     for t in range(days_late, BATCH_TAIL_DAYS):
                         acc = a.merge(acc, a.decode(parts[1 + t][bi]))
-                vals[a.name], sts[a.name] = lw.finalize(a.merge(acc, stream_acc)), PRESENT
+                acc = a.merge(acc, stream_acc)
+                vals[a.name], sts[a.name] = (lw.finalize(acc), PRESENT) if lw.in_range(acc) else (None, INCOMPLETE)
     return vals, sts, run, (cutoff if batch is not None else None)
