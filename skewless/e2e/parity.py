@@ -138,6 +138,8 @@ class ParityReport:
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    no_value: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # path -> compared values the
+    # contract has none of (a window sum outside int64: null, incomplete)
 
     @property
     def ok(self) -> bool:
@@ -434,6 +436,9 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
         phases.run(f"compare training ({engine})",
                    lambda: _compare_training(report, expected, repo, targets, catalog, requests, engine, path),
                    lambda _: f"{len(requests)} rows")
+    report.checks.append(Check("windows whose sum leaves int64 were compared as null, incomplete on every path",
+                               all(report.no_value[p] > 0 for p in PATHS),
+                               ", ".join(f"{p} {report.no_value[p]}" for p in PATHS)))
     phases.run("dead-letter sinks", lambda: _check_dead_letters(report, targets, catalog, source, topic, records, manifest,
                                                                 delivery.positions, result, len(late_records)))
     if report.mismatches:
@@ -574,6 +579,7 @@ def _compare_online(report: ParityReport, expected: Expected, client: Any, proje
                     continue
                 shown = value if status in ("present", "stale") else f"<{status}>"
                 wanted = want_value if want_status == "present" else f"<{want_status}>"
+                report.no_value[path] += want_status == "incomplete"
                 if not report.add(name, path, shown, wanted):
                     report.mismatches.append(Mismatch(path, name, user, T, shown, wanted))
             if "segment" in got:
@@ -628,7 +634,8 @@ def _compare_training(report: ParityReport, expected: Expected, repo: Any, targe
         # one status per view: incomplete when a feature has no value (its value, and those of the derived
         # features using it, null; the others keep theirs)
         want_status = "incomplete" if any(st == "incomplete" for _, st in want.values()) else "present"
-        for name, (value, _) in want.items():
+        for name, (value, st) in want.items():
+            report.no_value[path] += st == "incomplete"
             got = row.get(name) if status == want_status else f"<{status}>"
             if not report.add(name, path, got, value):
                 report.mismatches.append(Mismatch(path, name, user, T, got, value))
