@@ -114,7 +114,7 @@ DUCKDB = Dialect("duckdb", '"', False, "true", "false", "CAST({v} AS BIGINT)", "
                  # running greatest is the latest non-null tile: cheaper than a running max of structs
                  running={"sum": "sum({x})", "min": "min({x})", "max": "max({x})",
                           "last": "last_value({x} IGNORE NULLS)"})
-FLINK = Dialect("flink", "`", False, "TRUE", "FALSE", "{v}", "{repr}", "{v}")
+FLINK = Dialect("flink", "`", False, "TRUE", "FALSE", "{v}", "{repr}", "{v}", widen_int_sums=True)
 
 
 # --- the contract's filters and contributions (docs/semantics.md §4) --------------------------------------
@@ -261,22 +261,25 @@ def _offline_laws(d: Dialect) -> dict[Agg, LawSql]:
     }
 
 
-_FLINK_SUM = "CAST(SUM({when}CAST({value} AS DECIMAL(38, 0)){end}){flt} AS STRING)"
+# {summand}: the field as Flink sums it (Dialect.sum_input: int64 widened to DECIMAL(38, 0), decimals as they are)
+_FLINK_SUM = "CAST(SUM({when}{summand}{end}){flt} AS STRING)"
 _FLINK_NUMBERS = frozenset({"int64", "float64", "timestamp"})
+_FLINK_SUMMED = frozenset({"int64", "decimal"})
 LAWS: dict[str, dict[Agg, LawSql]] = {
     SPARK.name: _offline_laws(SPARK),
     DUCKDB.name: _offline_laws(DUCKDB),
     # the changelog's STRING columns (streaming_jobs/sink.py decodes them)
     FLINK.name: {
         Agg.COUNT: LawSql("CAST(COUNT(*){flt} AS STRING)"),
-        Agg.SUM: LawSql(_FLINK_SUM, accepts=frozenset({"int64"})),
+        Agg.SUM: LawSql(_FLINK_SUM, accepts=_FLINK_SUMMED),
         Agg.AVG: LawSql(f"CONCAT(COALESCE({_FLINK_SUM}, '0'), ',', CAST(COUNT(*){{flt}} AS STRING))",
-                        accepts=frozenset({"int64"})),
+                        accepts=_FLINK_SUMMED),
         Agg.MIN: LawSql("CAST(MIN({value}){flt} AS STRING)", accepts=_FLINK_NUMBERS),
         Agg.MAX: LawSql("CAST(MAX({value}){flt} AS STRING)", accepts=_FLINK_NUMBERS),
         # an order-preserving (ts, partition, offset) prefix, then the value's text
         Agg.LAST: LawSql("MAX({when}CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), "
-                         "LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING)){end}){flt}"),
+                         "LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING)){end}){flt}",
+                         accepts=frozenset({"string", "int64", "float64", "bool", "timestamp"})),
     },
 }
 

@@ -126,6 +126,20 @@ def test_every_aggregation_and_value_type(value_type: str) -> None:
     assert encode_rows(spec, EPOCH, rows) == expected
 
 
+def test_decimal_sums_are_the_laws_decimal_strings() -> None:
+    """SUM/AVG of a decimal field (Flink's DECIMAL(38, s) sum as text) encode as laws._encode_sum of the Decimal:
+    Python's str (BigDecimal.toString follows the same rule: 1E-9, 0E-9, 12.500000000); no row: the law's 0."""
+    from decimal import Decimal
+
+    spec = _synthetic_spec([("count", None), ("sum", "decimal"), ("avg", "decimal")], ["string"])
+    texts = ["0.300000000", "-12.500000000", "0.000000001", "0E-9", "0.000000000", "123456789012345678901234567.123456789",
+             "-0.000010000", "7", "0"]
+    rows = [["T", "v", 60000, "u", 0, 2, "2", t, f"{t},3"] for t in texts] + [["T", "v", 60000, "u", 0, 2, "0", None, None]]
+    expected = [layout.encode_tile_vector(2, EPOCH, (2, Decimal(t), (Decimal(t), 3)), [Agg.COUNT, Agg.SUM, Agg.AVG])
+                for t in texts] + [layout.encode_tile_vector(2, EPOCH, (0, 0, (0, 0)), [Agg.COUNT, Agg.SUM, Agg.AVG])]
+    assert [g[3] for g in encode_rows(spec, EPOCH, rows)] == expected
+
+
 def test_float_text_is_pythons_repr() -> None:
     rnd = random.Random(3)
     xs = [0.1, 0.3, 1e16, 1e15, 1e-4, 1e-5, 9.999999999999999e15, 2.0**-1074, 2.0**-1022, 2.0**1023, 1e23,

@@ -4,6 +4,7 @@ import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.io.Serializable;
+import java.math.BigDecimal;
 import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
 import java.util.Base64;
@@ -142,13 +143,23 @@ public final class TileEncoder implements Serializable {
                     b.append(text == null ? 0L : Long.parseLong(text));
                     break;
                 case "sum":
-                    b.append(text == null ? "0" : exactSum(text));
+                    if (text == null) {
+                        b.append('0');
+                    } else {
+                        sum(b, out.valueTypes[i], text);
+                    }
                     break;
                 case "avg": {
                     String t = text == null ? "0,0" : text;
                     int comma = t.indexOf(',');
-                    b.append('[').append(exactSum(t.substring(0, comma))).append(',')
-                        .append(Long.parseLong(t.substring(comma + 1))).append(']');
+                    long count = Long.parseLong(t.substring(comma + 1));
+                    b.append('[');
+                    if (count == 0) {
+                        b.append('0');  // no value summed: the law's identity (0, 0)
+                    } else {
+                        sum(b, out.valueTypes[i], t.substring(0, comma));
+                    }
+                    b.append(',').append(count).append(']');
                     break;
                 }
                 case "min":
@@ -178,11 +189,16 @@ public final class TileEncoder implements Serializable {
     }
 
     /**
-     * A tile's exact int sum (the job's {@code DECIMAL(38, 0)} text) as a JSON integer of any size: partial sums
-     * may leave int64 (docs/semantics.md §4; the reader finalizes the window's value).
+     * {@code laws._encode_sum} of a tile's exact sum: an int64 field's ({@code DECIMAL(38, 0)} text) as a JSON integer
+     * of any size (partial sums may leave int64, docs/semantics.md §4: the reader finalizes the window's value), a
+     * decimal field's as the JSON string Python's {@code str(Decimal)} gives ({@code BigDecimal.toString}: the same
+     * to-scientific-string rule).
      */
-    private static String exactSum(String text) {
-        return new BigInteger(text).toString();
+    private static StringBuilder sum(StringBuilder b, String type, String text) {
+        if ("decimal".equals(type)) {
+            return PyJson.string(b, new BigDecimal(text).toString());
+        }
+        return b.append(new BigInteger(text).toString());
     }
 
     /** {@code laws.encode_value} of the typed changelog text (the sink's {@code _typed_value}). */
