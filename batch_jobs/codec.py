@@ -80,12 +80,14 @@ def _json_string(col: Any) -> Any:
 def _json_value(col: Any, dtype: Any, int_sum: bool = False) -> Any | None:
     """The laws' JSON of a Spark value of type ``dtype`` (``null`` when null); None when the type has no
     exact SQL encoding here (floats and decimals keep Python's text via :func:`encode_serving_batches`). ``int_sum``:
-    the value is (or holds) the exact int sum of an int64 field, a ``decimal(38, 0)`` written as a JSON int."""
+    the value is (or holds) the exact int sum of an int64 field, a ``decimal(38, 0)`` written as the laws write it."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    if isinstance(dtype, (T.LongType, T.IntegerType, T.ShortType, T.ByteType)) or (
-            int_sum and isinstance(dtype, T.DecimalType) and dtype.scale == 0):
+    if int_sum and isinstance(dtype, T.DecimalType) and dtype.scale == 0:  # beyond int64: {"$int": "<digits>"}
+        text = F.when(col.between(laws.INT64_MIN, laws.INT64_MAX), col.cast("string")).otherwise(
+            F.concat(F.lit('{"$int":"'), col.cast("string"), F.lit('"}')))
+    elif isinstance(dtype, (T.LongType, T.IntegerType, T.ShortType, T.ByteType)):
         text = col.cast("string")
     elif isinstance(dtype, T.BooleanType):
         text = F.when(col, F.lit("true")).otherwise(F.lit("false"))

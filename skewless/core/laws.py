@@ -20,7 +20,8 @@ Intermediates:
 Agg          intermediate                            encoding
 ===========  =====================================  ==============================================
 COUNT        ``int``                                 ``int``
-SUM          ``int`` (exact, any size) or ``Decimal``    ``int`` or decimal string ``"12.50"``
+SUM          ``int`` (exact, any size) or ``Decimal``    ``int`` (beyond int64 ``{"$int": "<digits>"}``) or
+                                                     decimal string ``"12.50"``
 AVG          ``(sum, count_nonnull)``                ``[sum, count]``
 MIN / MAX    value or ``None``                       value (decimal as ``{"$decimal": "1.5"}``) or null
 LAST         ``(ts, partition, offset, value)``      ``[ts, partition, offset, value]`` or null
@@ -59,6 +60,8 @@ _DECIMAL_CONTEXT = decimal.Context(
 )
 
 _DECIMAL_TAG = "$decimal"
+# an int sum beyond int64, as text: JSON readers (orjson, JavaScript) turn such integers into floats
+_INT_TAG = "$int"
 
 
 class SumOverflowError(OverflowError):
@@ -171,8 +174,10 @@ def decode_value(data: Any) -> Any:
     raise ValueError(f"not an encoded value: {data!r}")
 
 
-def _encode_sum(total: int | Decimal) -> int | str:
-    return total if _is_int(total) else str(total)
+def _encode_sum(total: int | Decimal) -> int | str | dict[str, str]:
+    if _is_int(total):
+        return total if INT64_MIN <= total <= INT64_MAX else {_INT_TAG: str(total)}
+    return str(total)
 
 
 def _decode_sum(data: Any) -> int | Decimal:
@@ -180,6 +185,8 @@ def _decode_sum(data: Any) -> int | Decimal:
         return data
     if isinstance(data, str):
         return Decimal(data)
+    if isinstance(data, Mapping) and set(data) == {_INT_TAG} and isinstance(data[_INT_TAG], str):
+        return int(data[_INT_TAG])
     raise ValueError(f"not an encoded sum: {data!r}")
 
 

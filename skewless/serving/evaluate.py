@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from decimal import Decimal
 from dataclasses import dataclass, field
@@ -22,17 +21,11 @@ from skewless.core.timeutil import MS_PER_DAY, floor_ms
 from skewless.serving.read_plan import GroupSpec, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream
 
-# 19 digits in a row: maybe an int outside orjson's exact range (below -2**63 or from 2**64 on, it gives a float)
-_LONG_DIGITS = {bytes: re.compile(rb"[0-9]{19}").search, str: re.compile(r"[0-9]{19}").search}
-
 try:
     import orjson
 
     def loads(data: bytes) -> Any:
-        """JSON text -> value (orjson when it can: several times faster; json for what it refuses and for text
-        with ints it might not read exactly, e.g. sums beyond int64: docs/semantics.md §4)."""
-        if _LONG_DIGITS[type(data)](data) is not None:
-            return json.loads(data)
+        """JSON text -> value (orjson when it can: several times faster; json for what it refuses)."""
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -182,7 +182,7 @@ def test_writes_a_tile_sum_outside_int64_and_refuses_an_unknown_output(repo: Rep
     answers null, incomplete for a window whose sum stays outside int64."""
     spec = _synthetic_spec([("sum", "int64")], ["string"])
     got = encode_rows(spec, EPOCH, [["T", "v", 60000, "u", 0, 1, str(2**64 - 2)], ["T", "w", 60000, "u", 0, 1, "1"]])
-    assert got[0] == ["T", "P:{s=u}:t:60000", 0, f"1|{EPOCH}|[{2**64 - 2}]"]
+    assert got[0] == ["T", "P:{s=u}:t:60000", 0, f'1|{EPOCH}|[{{"$int":"{2**64 - 2}"}}]']
     assert layout.decode_tile_vector(got[0][3], [Agg.SUM]) == (1, EPOCH, (2**64 - 2,))
     assert got[1][0] == "E" and "unknown tile output w" in got[1][1]
 

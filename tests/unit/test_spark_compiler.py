@@ -96,7 +96,7 @@ def test_serving_encoding_is_the_layouts_batch_record() -> None:
     fields = layout.encode_batch_record(view, 86_400_000, "r", "E", parts)
     for w in job.windows:
         assert encode_window(row, w) == fields[w.field]
-    assert f"[{2 * (2**63 - 1)},2]" in "".join(fields.values())
+    assert f'[{{"$int":"{2 * (2**63 - 1)}"}},2]' in "".join(fields.values())
 
 
 def test_packed_commands_equal_the_layouts_batch_write_commands() -> None:

@@ -189,16 +189,20 @@ public final class TileEncoder implements Serializable {
     }
 
     /**
-     * {@code laws._encode_sum} of a tile's exact sum: an int64 field's ({@code DECIMAL(38, 0)} text) as a JSON integer
-     * of any size (partial sums may leave int64, docs/semantics.md §4: the reader finalizes the window's value), a
-     * decimal field's as the JSON string Python's {@code str(Decimal)} gives ({@code BigDecimal.toString}: the same
-     * to-scientific-string rule).
+     * {@code laws._encode_sum} of a tile's exact sum: an int64 field's ({@code DECIMAL(38, 0)} text) as a JSON integer,
+     * beyond int64 as {@code {"$int":"<digits>"}} (partial sums may leave int64, docs/semantics.md §4: the reader
+     * finalizes the window's value); a decimal field's as the JSON string Python's {@code str(Decimal)} gives
+     * ({@code BigDecimal.toString}: the same to-scientific-string rule).
      */
     private static StringBuilder sum(StringBuilder b, String type, String text) {
         if ("decimal".equals(type)) {
             return PyJson.string(b, new BigDecimal(text).toString());
         }
-        return b.append(new BigInteger(text).toString());
+        BigInteger v = new BigInteger(text);
+        if (v.bitLength() < 64) {  // fits int64
+            return b.append(v.toString());
+        }
+        return b.append("{\"$int\":\"").append(v.toString()).append("\"}");
     }
 
     /** {@code laws.encode_value} of the typed changelog text (the sink's {@code _typed_value}). */
