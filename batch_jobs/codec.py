@@ -1,7 +1,7 @@
 """Structured Spark/Arrow intermediates <-> the laws' intermediates, and the serving-field encoding.
 
-A tiles or serving row read through Arrow (``to_pylist``) holds COUNT/SUM as ints or Decimals, AVG as
-``{"sum", "count"}``, MIN/MAX as values and LAST as ``{"ts", "partition", "offset", "value"}``. These
+A tiles or serving row read through Arrow (``to_pylist``) holds COUNT/SUM as ints or Decimals (the exact int
+sums of int64 fields as ``decimal(38, 0)``, read back as ints), AVG as ``{"sum", "count"}``, MIN/MAX as values and LAST as ``{"ts", "partition", "offset", "value"}``. These
 helpers turn them into :mod:`skewless.core.laws` intermediates; the serving fields are then encoded by
 :func:`skewless.core.layout.encode_vector` exactly as :func:`skewless.core.layout.encode_batch_record`
 does, so the batch record in Redis is byte-identical to what the layout module would write.
@@ -16,13 +16,14 @@ from skewless.core.dsl import Agg, Entity, KeyType
 from skewless.offline.spark_compiler import BatchWindowSpec, serving_part_column
 
 
-def to_intermediate(agg: Agg | str, value: Any) -> Any:
-    """A structured (Arrow/Spark) intermediate as the laws' intermediate."""
+def to_intermediate(agg: Agg | str, value: Any, int_sum: bool = False) -> Any:
+    """A structured (Arrow/Spark) intermediate as the laws' intermediate (``int_sum``: a SUM/AVG of an int64 field,
+    whose ``decimal(38, 0)`` sum is the law's int)."""
     agg = Agg(agg)
     if agg in (Agg.COUNT, Agg.SUM):
-        return laws.LAWS[agg].init() if value is None else value
+        return laws.LAWS[agg].init() if value is None else int(value) if int_sum else value
     if agg is Agg.AVG:
-        return (0, 0) if value is None else (value["sum"], value["count"])
+        return (0, 0) if value is None else (int(value["sum"]) if int_sum else value["sum"], value["count"])
     if agg is Agg.LAST:
         return None if value is None else (value["ts"], value["partition"], value["offset"], value["value"])
     return value  # MIN / MAX
@@ -31,7 +32,8 @@ def to_intermediate(agg: Agg | str, value: Any) -> Any:
 def window_parts(row: Mapping[str, Any], window: BatchWindowSpec) -> list[tuple]:
     """``[body, tail0, tail1]`` (lifetime: ``[body]``) intermediates of one serving row."""
     return [
-        tuple(to_intermediate(a.agg, row[serving_part_column(window, a, part)]) for a in window.aggregations)
+        tuple(to_intermediate(a.agg, row[serving_part_column(window, a, part)], a.name in window.int_sums)
+              for a in window.aggregations)
         for part in window.parts
     ]
 
@@ -75,20 +77,24 @@ def _json_string(col: Any) -> Any:
     return F.concat(F.lit('"'), F.when(col.rlike(_NEEDS_JSON_ESCAPE), escaped).otherwise(col), F.lit('"'))
 
 
-def _json_value(col: Any, dtype: Any) -> Any | None:
+def _json_value(col: Any, dtype: Any, int_sum: bool = False) -> Any | None:
     """The laws' JSON of a Spark value of type ``dtype`` (``null`` when null); None when the type has no
-    exact SQL encoding here (floats and decimals keep Python's text via :func:`encode_serving_batches`)."""
+    exact SQL encoding here (floats and decimals keep Python's text via :func:`encode_serving_batches`). ``int_sum``:
+    the value is (or holds) the exact int sum of an int64 field, a ``decimal(38, 0)`` written as the laws write it."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    if isinstance(dtype, (T.LongType, T.IntegerType, T.ShortType, T.ByteType)):
+    if int_sum and isinstance(dtype, T.DecimalType) and dtype.scale == 0:  # beyond int64: {"$int": "<digits>"}
+        text = F.when(col.between(laws.INT64_MIN, laws.INT64_MAX), col.cast("string")).otherwise(
+            F.concat(F.lit('{"$int":"'), col.cast("string"), F.lit('"}')))
+    elif isinstance(dtype, (T.LongType, T.IntegerType, T.ShortType, T.ByteType)):
         text = col.cast("string")
     elif isinstance(dtype, T.BooleanType):
         text = F.when(col, F.lit("true")).otherwise(F.lit("false"))
     elif isinstance(dtype, T.StringType):
         text = _json_string(col)
     elif isinstance(dtype, T.StructType):
-        parts = [_json_value(col.getField(f.name), f.dataType) for f in dtype.fields]
+        parts = [_json_value(col.getField(f.name), f.dataType, int_sum) for f in dtype.fields]
         if any(p is None for p in parts):
             return None
         text = F.when(col.isNotNull(), F.concat(F.lit("["), F.concat_ws(",", *parts), F.lit("]")))
@@ -122,7 +128,7 @@ def sql_window_column(schema: Any, window: BatchWindowSpec) -> Any | None:
         items = []
         for a in window.aggregations:
             name = serving_part_column(window, a, part)
-            item = _json_value(F.col(name), schema[name].dataType)
+            item = _json_value(F.col(name), schema[name].dataType, a.name in window.int_sums)
             if item is None:
                 return None
             items.append(item)

@@ -265,7 +265,9 @@ def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
         for i, text in enumerate(encoded[field_name]):
             parts = [layout.decode_vector(p, kinds) for p in laws.loads(text)]
             for j, (a, kind) in enumerate(zip(aggs, kinds)):
-                values_per_row[i][a.name] = laws.LAWS[kind].finalize(laws.LAWS[kind].merge_all(p[j] for p in parts))
+                law = laws.LAWS[kind]
+                acc = law.merge_all(p[j] for p in parts)
+                values_per_row[i][a.name] = law.finalize(acc) if law.in_range(acc) else None  # §4: no value
     names = [a.name for aggs in windows.values() for a in aggs]
     derived = [f for f in view.features if isinstance(f, Derived)]
     for f in derived:

@@ -94,11 +94,11 @@ def point_in_time(spark: Any, view: FeatureView, job: SparkBatchJob, requests: S
                 start = None if width is None else floor_ms(t - width, MS_PER_DAY)
                 for day_ms, row in tiles.get(key, {}).items():
                     if (start is None or day_ms >= start) and day_ms < head_from:
-                        acc = law.merge(acc, to_intermediate(a.agg, row[a.name]))
+                        acc = law.merge(acc, to_intermediate(a.agg, row[a.name], a.name in job.int_sums))
             for e in events.get(key, ()):
                 if head_from <= e[TS] < t:
                     acc = law.update(acc, e[contribution_column(a.name)], (e[TS], e[PARTITION], e[OFFSET]))
-            values[a.name] = law.finalize(acc)
+            values[a.name] = law.finalize(acc) if law.in_range(acc) else None  # a sum outside int64: no value (§4)
         for f in view.features:
             if isinstance(f, Derived):
                 values[f.name] = evaluate(f.expr, values, t)

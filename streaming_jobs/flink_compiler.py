@@ -33,7 +33,7 @@ from skewless.core.compiler import Compiler, Unsupported, UnsupportedFeatureErro
 from skewless.core.dsl import Agg, EventSource, FeatureView, KeyType
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan
 from skewless.core.repo import Repository
-from skewless.core.schemas import schema_path
+from skewless.core.schemas import DECIMAL_PRECISION, DEFAULT_DECIMAL_SCALE, schema_path
 from skewless.core.sql import FLINK, law_sql, where_sql
 from streaming_jobs.udf import FUNCTION_CLASS, FUNCTION_NAME
 
@@ -64,7 +64,8 @@ DEAD_LETTER_SUFFIX = ".dead-letters"
 PROGRESS_COLUMNS = ("max_event_ms", "records", "admitted_or_dup", "malformed", "future", "late")
 DEAD_COLUMNS = ("reason", "detail", "payload_b64", "record_ms")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_IGNORED_KEYWORDS = {"description", "title", "$comment", "examples", "default", "x-skewless-type", "$id", "$schema"}
+_IGNORED_KEYWORDS = {"description", "title", "$comment", "examples", "default", "x-skewless-type", "x-skewless-scale",
+                     "$id", "$schema"}
 _PROPERTY_KEYWORDS = {"type", "minLength", "maxLength", "pattern", "enum", "minimum", "maximum", "format"}
 _TOP_KEYWORDS = {"type", "required", "properties", "additionalProperties"}
 
@@ -79,7 +80,8 @@ def dead_letter_topic(topic: str) -> str:
 q = FLINK.string  # a SQL string literal
 ident = FLINK.quote
 # a value type's kind for filters (the event time compares as epoch ms); fields of other types never pass
-_FILTER_KIND = {"string": "string", "int64": "number", "float64": "number", "timestamp": "number", "bool": "bool"}
+_FILTER_KIND = {"string": "string", "int64": "number", "float64": "number", "decimal": "number", "timestamp": "number",
+                "bool": "bool"}
 # A payload field's typed column in the generated SQL is ``f_<col>``: ``fields`` maps a field name to its col.
 
 
@@ -92,7 +94,7 @@ class AggColumn:
 
     name: str
     agg: Agg
-    value_type: str | None  # the field's type: string/int64/float64/bool/timestamp (None for COUNT(*))
+    value_type: str | None  # the field's type: string/int64/float64/decimal/bool/timestamp (None for COUNT(*))
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,9 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         return all(self._value_type(view.source, types, w.field) is not None for w in a.where)
 
     def hint(self, node: PlanNode) -> str:
-        return ("the Flink compiler handles string/int64/float64/bool fields and the event time; SUM/AVG need an "
-                "int64 field (decimal sums are not compiled yet), MIN/MAX a number or the event time: change the field type or serve it from batch")
+        return ("the Flink compiler handles string/int64/float64/decimal/bool fields and the event time; SUM/AVG need an "
+                "int64 or decimal field, MIN/MAX an int64/float64 field or the event time, LAST no decimal: change the "
+                "field type or serve it from batch")
 
     def check(self, view_plan: ViewPlan) -> list[Unsupported]:
         out = super().check(view_plan)
@@ -219,7 +222,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         t = types.get(name)
         if name == source.event_time:
             return "timestamp"
-        if t in ("string", "int64", "float64", "bool"):
+        if t in ("string", "int64", "float64", "decimal", "bool"):
             return t
         return None
 
@@ -258,7 +261,8 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
                 *(a.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations if a.field),
                 *(w.field for vp in view_plans for t in vp.stream.tiles for a in t.aggregate.aggregations for w in a.where)}
         spec, typed = self._admission_spec(source, doc, {n: f for n, f in fields.items() if n in read}, key_fields, types)
-        parsed_sql, parsed_cols = self._parsed_view(scan, fields, spec, typed)
+        scales = {n: int(p.get("x-skewless-scale", DEFAULT_DECIMAL_SCALE)) for n, p in props.items()}
+        parsed_sql, parsed_cols = self._parsed_view(scan, fields, spec, typed, scales)
         statements = [self._function_ddl(), self._source_ddl(), parsed_sql,
                       self._ordered_view(scan, parsed_cols), self._admitted_view(parsed_cols)]
         outputs = []
@@ -310,13 +314,13 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
                 "out": [list(o) for o in out]}
         return json.dumps(spec, separators=(",", ":"), ensure_ascii=False), out
 
-    def _parsed_view(self, scan: Scan, fields: dict[str, str], spec: str,
-                     out: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    def _parsed_view(self, scan: Scan, fields: dict[str, str], spec: str, out: list[tuple[str, str]],
+                     scales: dict[str, int]) -> tuple[str, list[str]]:
         """Rules 1-2: the Java function classifies the record once (behind an UNNEST barrier, so the planner
         does not copy the call into each use), then the future check against the record timestamp."""
         cols = ["p", "o", "record_ms", "pt", "bytes_value", "CAST(r[2] AS BIGINT) AS ts", "r[3] AS idk"]
         for i, (name, vt) in enumerate(out):
-            cols.append(f"{_cast(f'r[{4 + i}]', vt)} AS f_{fields[name]}")
+            cols.append(f"{_cast(f'r[{4 + i}]', vt, scales.get(name, DEFAULT_DECIMAL_SCALE))} AS f_{fields[name]}")
         skew = scan.clock_skew_tolerance_ms
         cols.append("CASE WHEN r[1] IS NOT NULL THEN CONCAT('malformed|', r[1])\n"
                     f"    WHEN CAST(r[2] AS BIGINT) > record_ms + {skew} THEN {q(f'future|event time > record timestamp + {skew} ms')} END AS reason1")
@@ -392,9 +396,11 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         # the aggregate's argument is computed for every expanded row (the FILTER is applied after it): a costly
         # one (DECIMAL cast, the LAST string) only for the rows the FILTER lets through ({when} ... {end})
         cond = " AND ".join(conds)
+        decimal = a.field is not None and self._value_type(source, types, a.field) == "decimal"
         return law_sql(FLINK, a.agg).tile.format(value=value, flt=f" FILTER (WHERE {cond})" if conds else "",
                                                  when=f"CASE WHEN {cond} THEN " if conds else "",
-                                                 end=" END" if conds else "")
+                                                 end=" END" if conds else "",
+                                                 summand=value and FLINK.sum_input(value, decimal))
 
     def _column(self, source: EventSource, fields: dict[str, str], name: str) -> str:
         return "ts" if name == source.event_time else f"f_{fields[name]}"
@@ -425,9 +431,11 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
 # --- expression builders ---------------------------------------------------------------------------------------
 
 
-def _cast(text: str, vt: str) -> str:
-    """A typed field from the Java function's text (NULL when the value is not of the field's kind)."""
+def _cast(text: str, vt: str, scale: int = DEFAULT_DECIMAL_SCALE) -> str:
+    """A typed field from the Java function's text (NULL when the value is not of the field's kind); decimals as
+    ``DECIMAL(38, s)``, the archive's column type (``x-skewless-scale``), so their sums equal the batch's."""
     return {"string": text, "int64": f"CAST({text} AS BIGINT)", "float64": f"CAST({text} AS DOUBLE)",
+            "decimal": f"CAST({text} AS DECIMAL({DECIMAL_PRECISION}, {scale}))",
             "bool": f"CAST({text} AS BOOLEAN)"}[vt]
 
 

@@ -24,7 +24,7 @@ import json
 from typing import Any
 
 from skewless.core.dsl import EventSource
-from skewless.core.schemas import EventSchema
+from skewless.core.schemas import DECIMAL_PRECISION, DEFAULT_DECIMAL_SCALE, EventSchema
 from skewless.offline.raw import ArchiveTableError, dead_letter_table_name, table_identifier
 
 PARTITION_COL = "_kafka_partition"
@@ -34,8 +34,6 @@ INGESTED_AT_COL = "_ingested_at"
 REASON_COL = "reason"
 PAYLOAD_COL = "payload"
 METADATA_COLUMNS = (PARTITION_COL, OFFSET_COL, KAFKA_TS_COL, INGESTED_AT_COL)
-DEFAULT_DECIMAL_SCALE = 9
-DECIMAL_PRECISION = 38
 
 
 class IncompatibleSchemaError(ArchiveTableError):

@@ -6,6 +6,9 @@ Each :class:`Agg` has an intermediate form (the value of a tile, a batch body or
 - ``update(acc, value, order_key)``: add one event's field value (``None`` = null, skipped);
 - ``merge(a, b)``: combine two intermediates of disjoint event sets (associative, commutative);
 - ``finalize(acc)``: the feature value;
+- ``in_range(acc)``: whether the feature value exists: False for a SUM (or AVG's sum) of int64 values that
+  does not fit int64 (docs/semantics.md §4: the value is null with status ``incomplete``; ``finalize``
+  then raises :class:`SumOverflowError`);
 - ``encode(acc)`` / ``decode(data)``: a stable JSON-able form for Redis and Iceberg (ints stay ints,
   decimals travel as strings, sums never become floats).
 
@@ -17,7 +20,8 @@ Intermediates:
 Agg          intermediate                            encoding
 ===========  =====================================  ==============================================
 COUNT        ``int``                                 ``int``
-SUM          ``int`` or ``Decimal``                  ``int`` or decimal string ``"12.50"``
+SUM          ``int`` (exact, any size) or ``Decimal``    ``int`` (beyond int64 ``{"$int": "<digits>"}``) or
+                                                     decimal string ``"12.50"``
 AVG          ``(sum, count_nonnull)``                ``[sum, count]``
 MIN / MAX    value or ``None``                       value (decimal as ``{"$decimal": "1.5"}``) or null
 LAST         ``(ts, partition, offset, value)``      ``[ts, partition, offset, value]`` or null
@@ -25,6 +29,10 @@ LAST         ``(ts, partition, offset, value)``      ``[ts, partition, offset, v
 ===========  =====================================  ==============================================
 
 The LAST order key is ``(ts, partition, offset)``; for batch-only sources it is ``(ts, 0, event_id)``.
+
+Integer sums never overflow: intermediates (tiles, bodies, merges) are exact Python ints, as the engines
+hold them in 38 digits (``DECIMAL(38, 0)``, 128-bit, ``BigInteger``), which no count of int64 values an
+engine can store exceeds; only the window's value must fit int64 (``in_range``).
 """
 
 from __future__ import annotations
@@ -52,10 +60,12 @@ _DECIMAL_CONTEXT = decimal.Context(
 )
 
 _DECIMAL_TAG = "$decimal"
+# an int sum beyond int64, as text: JSON readers (orjson, JavaScript) turn such integers into floats
+_INT_TAG = "$int"
 
 
 class SumOverflowError(OverflowError):
-    """An exact sum left the int64 range (or 38 decimal digits): an error, never a wrap-around."""
+    """A count left int64, a decimal sum 38 digits, or a window's int sum int64 was finalized: never a wrap-around."""
 
 
 # --- value checks ------------------------------------------------------------------------------------
@@ -88,9 +98,10 @@ def _summable(value: Any) -> int | Decimal:
 
 
 def exact_add(a: int | Decimal, b: int | Decimal) -> int | Decimal:
-    """``a + b`` exactly: int64 stays int64 (overflow is an error); with a decimal, exact to 38 digits."""
+    """``a + b`` exactly: ints as ints of any size (partial sums may leave int64); with a decimal, exact to 38
+    digits."""
     if _is_int(a) and _is_int(b):
-        return check_int64(a + b, "sum")
+        return a + b
     try:
         result = _DECIMAL_CONTEXT.add(Decimal(a), Decimal(b))
     except decimal.DecimalException as exc:
@@ -118,11 +129,23 @@ def value_order_key(value: Any) -> tuple:
     return (value, zero_sign, repr(value))
 
 
+def sum_in_range(total: int | Decimal) -> bool:
+    """Whether a window's sum is a value: decimals always, ints when they fit int64 (docs/semantics.md §4)."""
+    return not _is_int(total) or INT64_MIN <= total <= INT64_MAX
+
+
+def window_sum(total: int | Decimal) -> int | Decimal:
+    """A window's SUM value; :class:`SumOverflowError` when it is an int outside int64 (check ``in_range``)."""
+    if not sum_in_range(total):
+        raise SumOverflowError(f"sum {total} is outside int64: the value is null with status incomplete")
+    return total
+
+
 def avg_of(total: int | Decimal, count: int) -> float | None:
     """The contract's AVG: ``float64(sum) / count`` computed once, or null when nothing was counted."""
     if count == 0:
         return None
-    return float(total) / count
+    return float(window_sum(total)) / count
 
 
 # --- value encoding (for MIN/MAX/LAST values) -----------------------------------------------------------
@@ -151,8 +174,10 @@ def decode_value(data: Any) -> Any:
     raise ValueError(f"not an encoded value: {data!r}")
 
 
-def _encode_sum(total: int | Decimal) -> int | str:
-    return total if _is_int(total) else str(total)
+def _encode_sum(total: int | Decimal) -> int | str | dict[str, str]:
+    if _is_int(total):
+        return total if INT64_MIN <= total <= INT64_MAX else {_INT_TAG: str(total)}
+    return str(total)
 
 
 def _decode_sum(data: Any) -> int | Decimal:
@@ -160,6 +185,8 @@ def _decode_sum(data: Any) -> int | Decimal:
         return data
     if isinstance(data, str):
         return Decimal(data)
+    if isinstance(data, Mapping) and set(data) == {_INT_TAG} and isinstance(data[_INT_TAG], str):
+        return int(data[_INT_TAG])
     raise ValueError(f"not an encoded sum: {data!r}")
 
 
@@ -186,6 +213,7 @@ class Law:
     finalize: Callable[[Any], Any]
     encode: Callable[[Any], Any]
     decode: Callable[[Any], Any]
+    in_range: Callable[[Any], bool] = lambda acc: True  # noqa: E731 - every law but SUM/AVG: always a value
 
     def merge_all(self, tiles: Iterable[Any]) -> Any:
         """Merge any number of intermediates (``init()`` for none)."""
@@ -317,9 +345,10 @@ def _decode_nullable_value(data: Any) -> Any:
 
 LAWS: Mapping[Agg, Law] = {
     Agg.COUNT: Law(Agg.COUNT, lambda: 0, _count_update, _count_merge, _identity, _identity, _decode_count),
-    Agg.SUM: Law(Agg.SUM, lambda: 0, _sum_update, exact_add, _identity, _encode_sum, _decode_sum),
+    Agg.SUM: Law(Agg.SUM, lambda: 0, _sum_update, exact_add, window_sum, _encode_sum, _decode_sum, sum_in_range),
     Agg.AVG: Law(
-        Agg.AVG, lambda: (0, 0), _avg_update, _avg_merge, lambda acc: avg_of(*acc), _avg_encode, _avg_decode
+        Agg.AVG, lambda: (0, 0), _avg_update, _avg_merge, lambda acc: avg_of(*acc), _avg_encode, _avg_decode,
+        lambda acc: sum_in_range(acc[0]),
     ),
     Agg.MIN: Law(Agg.MIN, lambda: None, _min_update, _min_merge, _identity, encode_value, _decode_nullable_value),
     Agg.MAX: Law(Agg.MAX, lambda: None, _max_update, _max_merge, _identity, encode_value, _decode_nullable_value),

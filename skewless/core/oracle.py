@@ -5,6 +5,9 @@ laws in :mod:`skewless.core.laws`, so tests can check every engine path and the 
 
 Events are dicts as :mod:`skewless.core.admission` produces them: the source's event-time field as epoch
 ms (int), ``_kafka_partition`` and ``_offset`` for Kafka sources (batch-only sources order by event id).
+
+A feature has no value when its window's int SUM (or AVG's sum) does not fit int64 (§4): it is null with
+status ``incomplete``, and so is every derived feature using it (:func:`feature_values` gives the statuses).
 """
 
 from __future__ import annotations
@@ -137,14 +140,25 @@ def _min_max_key(v: Any) -> tuple:
     return (v, -1 if negative_zero else 0)
 
 
+class _NoValue:
+    """A window value that does not exist (an int sum outside int64): null with status ``incomplete``."""
+
+    def __repr__(self) -> str:
+        return "<incomplete>"
+
+
+NO_VALUE = _NoValue()
+
+
 def _exact_sum(values: list[Any]) -> int | Decimal:
+    """The exact sum (ints of any size: the window's value is checked against int64 by the caller)."""
     for v in values:
         if isinstance(v, float):
             raise TypeError("SUM/AVG over a float field is not allowed: use integer minor units or decimal")
         if isinstance(v, bool) or not isinstance(v, (int, Decimal)):
             raise TypeError(f"SUM/AVG need int64 or decimal values, got {v!r}")
     if all(_is_int(v) for v in values):
-        return _int64(sum(values), "sum")
+        return sum(values)
     with decimal.localcontext() as ctx:
         ctx.prec = 200
         total = sum((Decimal(v) for v in values), Decimal(0))
@@ -182,10 +196,13 @@ def _aggregate(view: FeatureView, f: Aggregation, events: Iterable[Mapping[str, 
         raise ValueError(f"{f.name}: {agg.value} needs a field")
     present = [(ts, e, e[f.field]) for ts, e in chosen if e.get(f.field) is not None]
     values = [v for _, _, v in present]
-    if agg is Agg.SUM:
-        return _exact_sum(values) if values else 0
-    if agg is Agg.AVG:
-        return float(_exact_sum(values)) / len(values) if values else None
+    if agg in (Agg.SUM, Agg.AVG):
+        total = _exact_sum(values) if values else 0
+        if _is_int(total) and not _INT64_MIN <= total <= _INT64_MAX:
+            return NO_VALUE
+        if agg is Agg.SUM:
+            return total
+        return float(total) / len(values) if values else None
     if agg is Agg.MIN:
         return min(values, key=_min_max_key) if values else None
     if agg is Agg.MAX:
@@ -233,11 +250,13 @@ def _evaluate(view: FeatureView, expr: Any, events: Sequence[Mapping[str, Any]],
     if isinstance(expr, BinOp):
         left = _evaluate(view, expr.left, events, entity_key, as_of_ms, now_read, visiting)
         right = _evaluate(view, expr.right, events, entity_key, as_of_ms, now_read, visiting)
+        if left is NO_VALUE or right is NO_VALUE:
+            return NO_VALUE
         return _arith(expr.op, left, right)
     if isinstance(expr, DaysSince):
         ts = _evaluate(view, expr.ts, events, entity_key, as_of_ms, now_read, visiting)
-        if ts is None:
-            return None
+        if ts is None or ts is NO_VALUE:
+            return ts
         if isinstance(ts, datetime):
             ts = to_epoch_ms(ts)
         if not _is_int(ts):
@@ -263,20 +282,33 @@ def _feature(view: FeatureView, name: str, events: Sequence[Mapping[str, Any]], 
 
 def feature_value(view: FeatureView, feature_name: str, events: Iterable[Mapping[str, Any]], entity_key: tuple,
                   as_of_ms: int, *, now_read: bool = False) -> Any:
-    """The contract's value of one feature of an entity as of T (``as_of_ms``).
+    """The contract's value of one feature of an entity as of T (``as_of_ms``); None also when the feature has
+    no value (status ``incomplete``: see :func:`feature_values`).
 
     ``now_read=True`` is the online read at "now" (T = the read instant): ``events`` are the applied
     events and those stamped at or after T count too (see docs/semantics.md, "Online reads").
     """
-    return _feature(view, feature_name, list(events), tuple(entity_key), as_of_ms, now_read, ())
+    value = _feature(view, feature_name, list(events), tuple(entity_key), as_of_ms, now_read, ())
+    return None if value is NO_VALUE else value
 
 
 def feature_row(view: FeatureView, events: Iterable[Mapping[str, Any]], entity_key: tuple, as_of_ms: int,
                 *, now_read: bool = False) -> dict[str, Any]:
-    """All features of a view for one entity as of T, in declaration order."""
+    """All features of a view for one entity as of T, in declaration order (None where there is no value)."""
+    return {name: value for name, (value, _) in feature_values(view, events, entity_key, as_of_ms,
+                                                               now_read=now_read).items()}
+
+
+def feature_values(view: FeatureView, events: Iterable[Mapping[str, Any]], entity_key: tuple, as_of_ms: int,
+                   *, now_read: bool = False) -> dict[str, tuple[Any, str]]:
+    """All features of a view for one entity as of T as ``(value, status)``: ``present``, or ``(None,
+    incomplete)`` when a window's int sum does not fit int64 (and for derived features using one; §4)."""
     events = list(events)
-    return {name: feature_value(view, name, events, entity_key, as_of_ms, now_read=now_read)
-            for name in view.feature_names}
+    out = {}
+    for name in view.feature_names:
+        value = _feature(view, name, events, tuple(entity_key), as_of_ms, now_read, ())
+        out[name] = (None, INCOMPLETE) if value is NO_VALUE else (value, PRESENT)
+    return out
 
 
 def _snapshot_pick(view: SnapshotView, rows: Iterable[Mapping[str, Any]], entity_key: tuple,

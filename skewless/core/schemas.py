@@ -34,6 +34,9 @@ from typing import Any, Callable
 from skewless.config import PROJECT_ROOT
 
 TYPES = ("string", "int64", "float64", "decimal", "timestamp", "bool")
+# decimal fields are decimal(DECIMAL_PRECISION, s) in every engine; s: "x-skewless-scale" on the property
+DEFAULT_DECIMAL_SCALE = 9
+DECIMAL_PRECISION = 38
 NUMERIC_TYPES = frozenset({"int64", "float64", "decimal"})
 # The pandas dtype of a value of each type, for training sets and online responses alike (nullable dtypes: a
 # null stays null, an int stays an int). Timestamp features are epoch ms (docs/semantics.md §1); decimals stay

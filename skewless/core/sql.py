@@ -20,6 +20,13 @@ from skewless.core.timeutil import MS_PER_DAY
 
 # --- dialects ----------------------------------------------------------------------------------------------
 
+INT_SUM_TYPE = "DECIMAL(38, 0)"  # the partial sums (tiles, bodies, running sums) of int64 values, on every engine
+
+
+def int64_range(total: str) -> str:
+    """A condition: the exact int sum ``total`` fits int64 (else the window's value is null, incomplete)."""
+    return f"(({total}) BETWEEN -9223372036854775808 AND 9223372036854775807)"
+
 _COMPARISON = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}
 # a field type's kind for filters (laws.where_passes: values of another kind never pass); timestamps: field_where_sql
 COLUMN_KIND = {"string": "string", "int64": "number", "float64": "number", "decimal": "number", "bool": "bool"}
@@ -42,8 +49,11 @@ class Dialect:
     struct_open: str = ""  # a struct of named fields: open, one item per field ({k} name, {qk} quoted, {v})
     struct_item: str = ""
     field_of: str = "{x}.{k}"  # a struct's field
-    exact_int_sum: str = "CAST({x} AS BIGINT)"  # an int64 sum that fails on overflow (never wraps)
-    exact_tile_sums: bool = False  # tiles cast their sums so (else the engine's sum already fails on overflow)
+    # int sums accumulate in 38 digits, never overflowing (docs/semantics.md §4): the engine's sum of the field's
+    # int64 values is already wider (DuckDB: HUGEINT), or the values are widened first (Spark: its ANSI bigint sum
+    # fails on overflow); tiles hold DECIMAL(38, 0) on every engine (exact_tile_sums: cast to it)
+    widen_int_sums: bool = False
+    exact_tile_sums: bool = False
     int32: str = "{x}"  # a Kafka partition number as the intermediates' int
     floordiv: str = ""  # {a} // {b} rounded towards minus infinity ({b}: a positive int)
     running: Mapping[str, str] = field(default_factory=dict)  # running aggregate kind -> function over {x}
@@ -78,9 +88,14 @@ class Dialect:
     def field(self, expr: str, name: str) -> str:
         return self.field_of.format(x=expr, k=name)
 
+    def sum_input(self, c: str, decimal: bool) -> str:
+        """The contributions ``c`` of a SUM/AVG as the engine sums them: int64 values widened where it must."""
+        return f"CAST({c} AS {INT_SUM_TYPE})" if self.widen_int_sums and not decimal else c
+
     def exact_sum(self, total: str, decimal: bool) -> str:
-        """A sum's value: decimal(38, s) sums stay exact (more digits fail the query), int64 sums fail on overflow."""
-        return f"({total})" if decimal else self.exact_int_sum.format(x=total)
+        """A window sum's value: decimal(38, s) sums stay exact (more digits fail the query); an int sum is the
+        int64, or null when it does not fit (docs/semantics.md §4: status incomplete, see :func:`int64_range`)."""
+        return f"({total})" if decimal else f"(CASE WHEN {int64_range(total)} THEN CAST(({total}) AS BIGINT) END)"
 
     def keys_equal(self, left: str, right: str, keys: Sequence[str]) -> str:
         return " AND ".join(f"{left}.{self.quote(k)} = {right}.{self.quote(k)}" for k in keys)
@@ -89,6 +104,7 @@ class Dialect:
 SPARK = Dialect("spark", "`", True, "true", "false", "{v}L", "CAST({text} AS DOUBLE)", "{v}BD",
                 epoch_ms="unix_millis({c})", iso_ms="date_format({c}, \"yyyy-MM-dd'T'HH:mm:ss.SSS'Z'\")",
                 struct_open="named_struct", struct_item="'{k}', {v}", floordiv="(({a}) - pmod(({a}), {b}L)) DIV {b}L",
+                widen_int_sums=True,
                 running={"sum": "sum({x})", "min": "min({x})", "max": "max({x})", "last": "max({x})"})
 DUCKDB = Dialect("duckdb", '"', False, "true", "false", "CAST({v} AS BIGINT)", "CAST({text} AS DOUBLE)", "{v}",
                  epoch_ms="__epoch_ms({c})", iso_ms="strftime({c}, '%Y-%m-%dT%H:%M:%S.%gZ')",
@@ -98,7 +114,7 @@ DUCKDB = Dialect("duckdb", '"', False, "true", "false", "CAST({v} AS BIGINT)", "
                  # running greatest is the latest non-null tile: cheaper than a running max of structs
                  running={"sum": "sum({x})", "min": "min({x})", "max": "max({x})",
                           "last": "last_value({x} IGNORE NULLS)"})
-FLINK = Dialect("flink", "`", False, "TRUE", "FALSE", "{v}", "{repr}", "{v}")
+FLINK = Dialect("flink", "`", False, "TRUE", "FALSE", "{v}", "{repr}", "{v}", widen_int_sums=True)
 
 
 # --- the contract's filters and contributions (docs/semantics.md §4) --------------------------------------
@@ -245,22 +261,25 @@ def _offline_laws(d: Dialect) -> dict[Agg, LawSql]:
     }
 
 
-_FLINK_SUM = "CAST(SUM({when}CAST({value} AS DECIMAL(38, 0)){end}){flt} AS STRING)"
+# {summand}: the field as Flink sums it (Dialect.sum_input: int64 widened to DECIMAL(38, 0), decimals as they are)
+_FLINK_SUM = "CAST(SUM({when}{summand}{end}){flt} AS STRING)"
 _FLINK_NUMBERS = frozenset({"int64", "float64", "timestamp"})
+_FLINK_SUMMED = frozenset({"int64", "decimal"})
 LAWS: dict[str, dict[Agg, LawSql]] = {
     SPARK.name: _offline_laws(SPARK),
     DUCKDB.name: _offline_laws(DUCKDB),
     # the changelog's STRING columns (streaming_jobs/sink.py decodes them)
     FLINK.name: {
         Agg.COUNT: LawSql("CAST(COUNT(*){flt} AS STRING)"),
-        Agg.SUM: LawSql(_FLINK_SUM, accepts=frozenset({"int64"})),
+        Agg.SUM: LawSql(_FLINK_SUM, accepts=_FLINK_SUMMED),
         Agg.AVG: LawSql(f"CONCAT(COALESCE({_FLINK_SUM}, '0'), ',', CAST(COUNT(*){{flt}} AS STRING))",
-                        accepts=frozenset({"int64"})),
+                        accepts=_FLINK_SUMMED),
         Agg.MIN: LawSql("CAST(MIN({value}){flt} AS STRING)", accepts=_FLINK_NUMBERS),
         Agg.MAX: LawSql("CAST(MAX({value}){flt} AS STRING)", accepts=_FLINK_NUMBERS),
         # an order-preserving (ts, partition, offset) prefix, then the value's text
         Agg.LAST: LawSql("MAX({when}CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), "
-                         "LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING)){end}){flt}"),
+                         "LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING)){end}){flt}",
+                         accepts=frozenset({"string", "int64", "float64", "bool", "timestamp"})),
     },
 }
 
@@ -271,16 +290,20 @@ def law_sql(d: Dialect, agg: Agg) -> LawSql:
 
 def tile_sql(d: Dialect, agg: Agg, c: str, *, decimal: bool = False, ts: str = "__ts",
              partition: str = "__partition", offset: str = "__offset") -> str:
-    """The intermediate of the contributions in column ``c`` of one (entity, tile) group."""
-    total = f"coalesce(sum({c}), 0)"
-    total = d.exact_sum(total, decimal) if d.exact_tile_sums else total
+    """The intermediate of the contributions in column ``c`` of one (entity, tile) group (``decimal``: a SUM/AVG
+    over a decimal field; else int sums are exact DECIMAL(38, 0))."""
+    total = f"coalesce(sum({d.sum_input(c, decimal)}), 0)"
+    if d.exact_tile_sums:
+        total = f"({total})" if decimal else f"CAST({total} AS {INT_SUM_TYPE})"
     return law_sql(d, agg).tile.format(c=c, total=total, ts=ts, partition=partition, offset=offset)
 
 
-def fold_sql(d: Dialect, agg: Agg, c: str, cond: str, *, ts: str, partition: str, offset: str) -> list[tuple[str, str]]:
+def fold_sql(d: Dialect, agg: Agg, c: str, cond: str, *, ts: str, partition: str, offset: str,
+             decimal: bool = False) -> list[tuple[str, str]]:
     """The intermediate's parts over the events (contributions ``c``) passing ``cond``: (column prefix, SQL)."""
-    return [(prefix, sql.format(c=c, cond=cond, ts=ts, partition=partition, offset=offset))
-            for prefix, sql in law_sql(d, agg).fold]
+    law = law_sql(d, agg)
+    c = d.sum_input(c, decimal) if law.sums else c
+    return [(prefix, sql.format(c=c, cond=cond, ts=ts, partition=partition, offset=offset)) for prefix, sql in law.fold]
 
 
 def invertible_aggs() -> tuple[Agg, ...]:

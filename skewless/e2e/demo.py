@@ -316,7 +316,9 @@ class Demo:
             want = exp.online(u, now, now_read=True)
             for name in self.view.feature_names:
                 value, status = got[name][i]
-                report.add(name, "online-now", value if status in ("present", "stale") else f"<{status}>", want[name])
+                want_value, want_status = want[name]
+                report.add(name, "online-now", value if status in ("present", "stale") else f"<{status}>",
+                           want_value if want_status == "present" else f"<{want_status}>")
         # a training row at T needs the daily tiles of every day before T's day: the run of day D (cut-off D+1)
         # covers T < D+2 00:00 UTC. Just after midnight UTC "now" is on D+2 (D is the last day the archive is
         # complete for, allowed lateness included), where the contract answers `incomplete`: check just before.
@@ -325,7 +327,7 @@ class Demo:
             want = exp.offline_row(u, T)
             status = row.get(f"{self.view.name}__status")
             for name in self.view.feature_names:
-                report.add(name, "training-duckdb", row.get(name) if status == "present" else f"<{status}>", want[name])
+                report.add(name, "training-duckdb", row.get(name) if status == "present" else f"<{status}>", want[name][0])
 
         def total(path: str) -> tuple[int, int]:
             cells = [v for (_, p), v in report.tally.items() if p == path]

@@ -18,17 +18,21 @@ every path compared with the contract's oracle.
 4. the dead-letter sinks: the Kafka dead-letter topic and the archive's dead-letter table hold exactly the
    injected malformed / late / future records.
 
+The generated records carry int64-max amounts for two users (:func:`with_int64_max_amounts`): their
+``customer_ltv_365d`` windows leave int64, which every path answers as null, ``incomplete`` (docs/semantics.md §4).
+
 A mismatch is shrunk to the entity, the instant and the events in its window (training rows are re-run
 alone to show the case reproduces by itself).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -138,6 +142,8 @@ class ParityReport:
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    no_value: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # path -> compared values the
+    # contract has none of (a window sum outside int64: null, incomplete)
 
     @property
     def ok(self) -> bool:
@@ -204,6 +210,39 @@ def generate_stream(cfg: ParityConfig, source: Any, now_ms: int) -> tuple[list[A
     return generate(gen)
 
 
+INT64_MAX = 2**63 - 1
+
+
+def with_int64_max_amounts(records: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """``records`` with ``amount = 2**63 - 1`` (issue 19 item 7) on every ``completed`` event of the user with the
+    most of them (two such events already leave int64) and on the first one of the next user (its window leaves
+    int64 with that user's next completed order); returns the records and those two users."""
+    from skewless.producer.generator import CLEAN
+
+    def payload(r: Any) -> dict[str, Any] | None:
+        try:
+            p = json.loads(r.value)
+        except ValueError:
+            return None
+        return p if isinstance(p, dict) and isinstance(p.get("user_id"), str) else None
+
+    clean = [(r, p) for r in records if r.kind == CLEAN and (p := payload(r)) is not None]
+    counts = Counter(p["user_id"] for _, p in clean if p.get("status") == "completed")
+    users = [u for u, _ in counts.most_common(2)]
+    edit: set[int] = set()
+    for i, user in enumerate(users):
+        mine = [r.seq for r, p in clean if p["user_id"] == user and p.get("status") == "completed"]
+        edit |= set(mine if i == 0 else mine[:1])
+    out = []
+    for r in records:
+        if r.seq in edit:
+            p = json.loads(r.value)
+            p["amount"] = INT64_MAX
+            r = dataclasses.replace(r, value=json.dumps(p, separators=(",", ":")).encode())
+        out.append(r)
+    return out, users
+
+
 def snapshot_rows(seed: int, users: Sequence[str], start_ms: int, end_ms: int) -> list[dict[str, Any]]:
     """CRM rows: around one per user and day, on day edges and within days, ties resolved by created_at,
     some null scores (the latest row decides even when null)."""
@@ -255,13 +294,14 @@ class Expected:
         self.snapshot = _by_user(snapshot)
         self._newest: dict[tuple[str, int], int] = {}
 
-    def online(self, user: str, T: int, now_read: bool) -> dict[str, Any]:
-        stream = oracle.feature_row(self.view, self.admitted.get(user, []), (user,), T, now_read=now_read)
-        batch = oracle.feature_row(self.view, self.mixed.get(user, []), (user,), T, now_read=now_read)
+    def online(self, user: str, T: int, now_read: bool) -> dict[str, tuple[Any, str]]:
+        """Per feature ``(value, status)``: ``present``, or ``(None, incomplete)`` where the contract has no value."""
+        stream = oracle.feature_values(self.view, self.admitted.get(user, []), (user,), T, now_read=now_read)
+        batch = oracle.feature_values(self.view, self.mixed.get(user, []), (user,), T, now_read=now_read)
         return {f.name: stream[f.name] if _served_by_stream(f) else batch[f.name] for f in self.view.features}
 
-    def offline_row(self, user: str, T: int) -> dict[str, Any]:
-        return oracle.feature_row(self.view, self.offline.get(user, []), (user,), T)
+    def offline_row(self, user: str, T: int) -> dict[str, tuple[Any, str]]:
+        return oracle.feature_values(self.view, self.offline.get(user, []), (user,), T)
 
     def snapshot_row(self, user: str, T: int) -> dict[str, tuple[Any, str]]:
         return oracle.snapshot_row(self.snap, self.snapshot.get(user, []), (user,), T)
@@ -326,6 +366,8 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     now0 = int(time.time() * 1000)
     records, manifest = phases.run("generate", lambda: generate_stream(cfg, source, now0),
                                    lambda r: json.dumps(r[1].counts))
+    records, big_users = with_int64_max_amounts(records)
+    log(f"int64-max amounts on the completed orders of {big_users[:1]} and the first one of {big_users[1:]}")
     create_topic(targets.bootstrap, topic, cfg.partitions)
     client = targets.redis()
     faults = faults or Faults()
@@ -399,6 +441,9 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
         phases.run(f"compare training ({engine})",
                    lambda: _compare_training(report, expected, repo, targets, catalog, requests, engine, path),
                    lambda _: f"{len(requests)} rows")
+    report.checks.append(Check("windows whose sum leaves int64 were compared as null, incomplete on every path",
+                               all(report.no_value[p] > 0 for p in PATHS),
+                               ", ".join(f"{p} {report.no_value[p]}" for p in PATHS)))
     phases.run("dead-letter sinks", lambda: _check_dead_letters(report, targets, catalog, source, topic, records, manifest,
                                                                 delivery.positions, result, len(late_records)))
     if report.mismatches:
@@ -534,11 +579,14 @@ def _compare_online(report: ParityReport, expected: Expected, client: Any, proje
             allowed = expected.may_be_incomplete(user, T, now_ms)
             for name in expected.view.feature_names:
                 value, status = got[name][i]
+                want_value, want_status = want[name]
                 if status == "incomplete" and name in allowed:
                     continue
                 shown = value if status in ("present", "stale") else f"<{status}>"
-                if not report.add(name, path, shown, want[name]):
-                    report.mismatches.append(Mismatch(path, name, user, T, shown, want[name]))
+                wanted = want_value if want_status == "present" else f"<{want_status}>"
+                report.no_value[path] += want_status == "incomplete"
+                if not report.add(name, path, shown, wanted):
+                    report.mismatches.append(Mismatch(path, name, user, T, shown, wanted))
             if "segment" in got:
                 for name, (value, st) in expected.online_snapshot(user, T).items():
                     if not report.add(name, path, got[name][i], (value, st)):
@@ -588,8 +636,12 @@ def _compare_training(report: ParityReport, expected: Expected, repo: Any, targe
     for (user, T), row in zip(requests, rows, strict=True):
         want = expected.offline_row(user, T)
         status = row.get(f"{FEATURE_VIEW}__status")
-        for name, value in want.items():
-            got = row.get(name) if status == "present" else f"<{status}>"
+        # one status per view: incomplete when a feature has no value (its value, and those of the derived
+        # features using it, null; the others keep theirs)
+        want_status = "incomplete" if any(st == "incomplete" for _, st in want.values()) else "present"
+        for name, (value, st) in want.items():
+            report.no_value[path] += st == "incomplete"
+            got = row.get(name) if status == want_status else f"<{status}>"
             if not report.add(name, path, got, value):
                 report.mismatches.append(Mismatch(path, name, user, T, got, value))
         snap = expected.snapshot_row(user, T)

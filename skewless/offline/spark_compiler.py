@@ -21,8 +21,8 @@ Intermediates (columns of the tiles table, and the structured serving columns):
 
 =======  ====================================================================
 COUNT    ``bigint``
-SUM      ``bigint`` (int64 field) or ``decimal(38, s)`` (ANSI mode: overflow fails the job)
-AVG      ``struct<sum: bigint|decimal, count: bigint>``
+SUM      ``decimal(38, 0)`` (int64 field: exact, never overflowing, docs/semantics.md §4) or ``decimal(38, s)``
+AVG      ``struct<sum: decimal(38, 0)|decimal(38, s), count: bigint>``
 MIN/MAX  the field's type (timestamps as epoch-ms ``bigint``); null when empty
 LAST     ``struct<ts: bigint, partition: int, offset: bigint, value: T>``; null when empty
 =======  ====================================================================
@@ -41,7 +41,7 @@ from skewless.core.routing import BATCH_TAIL_DAYS, is_stream_served
 from skewless.core.sql import SPARK, LawSql, contribution_sql, law_sql, tile_sql
 from skewless.core.timeutil import MS_PER_DAY, from_epoch_ms
 
-COMPILER_VERSION = "spark-2"  # part of every run fingerprint: a compiler change recomputes on resume
+COMPILER_VERSION = "spark-3"  # spark-3: int sums in decimal(38, 0) tiles and serving columns  # part of every run fingerprint: a compiler change recomputes on resume
 TS = "__ts"  # event time, epoch ms
 DAY = "day"  # UTC day of the event / tile (DATE)
 PARTITION = "__partition"
@@ -72,6 +72,7 @@ class BatchWindowSpec:
     field: str
     width_ms: int | None
     aggregations: tuple[TileAgg, ...]
+    int_sums: frozenset[str] = frozenset()  # SUM/AVG over an int64 field: exact ints held as decimal(38, 0)
 
     @property
     def column(self) -> str:
@@ -104,6 +105,7 @@ class SparkBatchJob:
     # the serving rows of C from the serving state of C - 1 day plus a few days of tiles; None when a SUM/AVG
     # is not over an int64 field (floating-point and decimal(38, s) additions are not exact in every order)
     serving_incremental_sql_template: str | None = None
+    int_sums: frozenset[str] = frozenset()  # SUM/AVG over an int64 field: exact ints held as decimal(38, 0)
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -223,7 +225,8 @@ class SparkCompiler(Compiler[SparkBatchJob]):
         widths = {m.feature: m.width_ms for m in view_plan.merges}
         batch = view_plan.batch
         tile_aggs = batch.aggregate.aggregations if batch else ()
-        windows = _windows(tile_aggs, view_plan.merges)
+        int_sums = frozenset(a.name for a in aggregations if _law_sql(a).sums and self._field_type(a) == "int64")
+        windows = _windows(tile_aggs, view_plan.merges, int_sums)
         keys = tuple((k, t) for k, t in view_plan.keys)
         batch_only = scan.topic is None
         job = SparkBatchJob(
@@ -243,6 +246,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
             serving_sql_template=self._serving_sql(keys, windows),
             serving_incremental_sql_template=self._serving_incremental_sql(keys, windows),
             raw_columns=self._raw_columns(scan, keys, aggregations, batch_only),
+            int_sums=int_sums,
         )
         return job
 
@@ -294,7 +298,7 @@ class SparkCompiler(Compiler[SparkBatchJob]):
 
     def _tiles_sql(self, keys: Sequence[tuple[str, str]], aggs: Sequence[TileAgg]) -> str:
         key_cols = ", ".join(quote(k) for k, _ in keys)
-        cols = [f"{_tile_expr(a)} AS {quote(a.name)}" for a in aggs]
+        cols = [f"{self._tile_expr(a)} AS {quote(a.name)}" for a in aggs]
         # Only events some aggregation counts make a tile: an (entity, day) whose every contribution is null would
         # give every law's identity, which readers already take for a missing row (a day without events), so it is
         # not written. The filter comes after the de-duplication (the offline statement): the first copy of an
@@ -327,6 +331,10 @@ class SparkCompiler(Compiler[SparkBatchJob]):
                 + f"\nFROM (\n  SELECT * FROM {{tiles}}\n  WHERE {{min_day_filter}}{DAY} < {{cutoff_day}}\n"
                 f"  DISTRIBUTE BY {key_cols}\n) AS by_entity\nGROUP BY {key_cols}")
 
+
+    def _tile_expr(self, a: TileAgg) -> str:
+        return tile_sql(SPARK, a.agg, quote(contribution_column(a.name)), decimal=self._field_type(a) == "decimal",
+                        ts=TS, partition=PARTITION, offset=OFFSET)
 
     def _field_type(self, a: TileAgg) -> str | None:
         if a.field is None:
@@ -402,10 +410,6 @@ def _law_sql(a: TileAgg) -> LawSql:
     return law_sql(SPARK, a.agg)
 
 
-def _tile_expr(a: TileAgg) -> str:
-    return tile_sql(SPARK, a.agg, quote(contribution_column(a.name)), ts=TS, partition=PARTITION, offset=OFFSET)
-
-
 def _merge_expr(a: TileAgg, pred: str) -> str:
     return _law_sql(a).merge.format(p=pred, t=quote(a.name))
 
@@ -421,7 +425,8 @@ def _all_aggregations(view_plan: ViewPlan) -> tuple[TileAgg, ...]:
     return tuple(found[m.feature] for m in view_plan.merges if m.feature in found)
 
 
-def _windows(tile_aggs: Sequence[TileAgg], merges: Sequence[WindowMerge]) -> tuple[BatchWindowSpec, ...]:
+def _windows(tile_aggs: Sequence[TileAgg], merges: Sequence[WindowMerge],
+             int_sums: frozenset[str] = frozenset()) -> tuple[BatchWindowSpec, ...]:
     """The layout's batch fields in declaration order (same grouping as ``layout.batch_windows``)."""
     width_of = {m.feature: m.width_ms for m in merges}
     groups: dict[str, list[TileAgg]] = {}
@@ -433,4 +438,5 @@ def _windows(tile_aggs: Sequence[TileAgg], merges: Sequence[WindowMerge]) -> tup
         field = LIFETIME_FIELD if width is None else f"w:{width}"
         groups.setdefault(field, []).append(a)
         widths[field] = width
-    return tuple(BatchWindowSpec(f, widths[f], tuple(aggs)) for f, aggs in groups.items())
+    return tuple(BatchWindowSpec(f, widths[f], tuple(aggs), frozenset(a.name for a in aggs) & int_sums)
+                 for f, aggs in groups.items())

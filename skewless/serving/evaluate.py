@@ -557,7 +557,8 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                     continue
                 ok = applied_from is not None and applied_from <= st and st >= oldest_kept
                 if a.stream_served:
-                    vals[a.name], sts[a.name] = (lw.finalize(stream_acc), PRESENT) if ok else (None, INCOMPLETE)
+                    vals[a.name], sts[a.name] = ((lw.finalize(stream_acc), PRESENT) if ok and lw.in_range(stream_acc)
+                                                 else (None, INCOMPLETE))
                     continue
                 days_late = (T - cutoff) // BATCH_TILE_MS  # type: ignore[operator]
                 parts = None  # the batch field's parts (body, tail0, tail1), decoded as used (the reference order)
@@ -568,10 +569,11 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                 bi = a.batch_index
                 body = lw.init() if parts is None else a.decode(parts[0][bi])
                 if a.width_ms is None:
-                    if not ok:
+                    acc = a.merge(body, stream_acc) if ok else None
+                    if not ok or not lw.in_range(acc):  # a sum outside int64 has no value (§4)
                         vals[a.name], sts[a.name] = None, INCOMPLETE
                     else:
-                        vals[a.name] = lw.finalize(a.merge(body, stream_acc))
+                        vals[a.name] = lw.finalize(acc)
                         sts[a.name] = STALE if days_late > BATCH_TAIL_DAYS else PRESENT
                     continue
                 if days_late > BATCH_TAIL_DAYS or not ok:
@@ -581,5 +583,6 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                 if parts is not None:
                     for t in range(days_late, BATCH_TAIL_DAYS):
                         acc = a.merge(acc, a.decode(parts[1 + t][bi]))
-                vals[a.name], sts[a.name] = lw.finalize(a.merge(acc, stream_acc)), PRESENT
+                acc = a.merge(acc, stream_acc)
+                vals[a.name], sts[a.name] = (lw.finalize(acc), PRESENT) if lw.in_range(acc) else (None, INCOMPLETE)
     return vals, sts, run, (cutoff if batch is not None else None)

@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 from skewless.core.compiler import Compiler, offline_nodes
 from skewless.core.expr import closure
 from skewless.core.plan import PlanNode, Scan, TileAggregate, ViewPlan
-from skewless.core.sql import Dialect, derived_sql, fold_sql, law_sql
+from skewless.core.sql import Dialect, derived_sql, fold_sql, int64_range, law_sql
 from skewless.training.plan import AggregationPit, ViewPit
 from skewless.training.requests import T
 
@@ -52,7 +52,8 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
         for a in self.pit.aggregations:
             start = day_start if a.batch_served else f"r.{d.quote('s__' + a.name)}"
             for prefix, sql in fold_sql(d, a.agg, f"e.{d.quote('c__' + a.name)}", f"e.__ts >= {start}",
-                                        ts="e.__ts", partition="e.__partition", offset="e.__offset"):
+                                        ts="e.__ts", partition="e.__partition", offset="e.__offset",
+                                        decimal=self._decimal(a)):
                 cols.append(f"{sql} AS {d.quote(prefix + a.name)}")
         return cols
 
@@ -66,6 +67,7 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
         pit = self.pit
         values: dict[str, str] = {}
         covered: dict[str, str] = {}
+        in_range: list[str] = []  # the int sums fit int64 (else their value is null, the status incomplete: §4)
         for a in pit.aggregations:
             law = law_sql(d, a.agg)
             if a.batch_served:
@@ -82,6 +84,8 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
                     parts.append(" + ".join(_zero(t) for t in terms))
                 total, count = parts[0], parts[-1]
                 values[a.name] = law.value.format(s=total, n=count, exact=d.exact_sum(total, self._decimal(a)))
+                if law.sums and not self._decimal(a):
+                    in_range.append(int64_range(total))
             else:
                 merged = f"hd.{d.quote(law.fold[0][0] + a.name)}"
                 if a.batch_served:
@@ -99,7 +103,7 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
             if deps:
                 expr = f"CASE WHEN {' AND '.join(covered[n] for n in deps)} THEN {expr} END"
             cols.append(f"{expr} AS {d.quote(o.column)}")
-        every = [covered[a.name] for a in pit.batch_aggregations]
+        every = [covered[a.name] for a in pit.batch_aggregations] + in_range
         status = (f"CASE WHEN {' AND '.join(every)} THEN '{PRESENT}' ELSE '{INCOMPLETE}' END" if every
                   else f"'{PRESENT}'")
         cols.append(f"{status} AS {d.quote(pit.status_column)}")

@@ -6,7 +6,7 @@ in the key's dictionary, so (entity, day) is one int64: the tiles are sorted by 
 lookup is a binary search (``np.searchsorted``). Running sums are a cumulative sum minus the entity's
 base, the lifetime LAST the latest non-null tile of the entity.
 
-Exactness: only for int64 sums whose absolute values add up to less than 2**62 (no partial sum can
+Exactness: only for int sums (int64 or ``decimal(38, 0)`` tiles) of int64 values whose absolute values add up to less than 2**62 (no partial sum can
 overflow, the result is the integer the SQL path gives) and one key column; otherwise
 :func:`supported` is false and the engine uses the SQL path.
 """
@@ -71,6 +71,11 @@ class TilePrefix:
                 counts = np.concatenate(([0], np.cumsum(col.is_valid().to_numpy(zero_copy_only=False)[rows])))
                 out[spec.name] = (spec.kind, values, counts)
             elif spec.kind == "sum":
+                if pa.types.is_decimal(col.type) and col.type.scale == 0:  # exact int sums (decimal(38, 0) tiles)
+                    try:
+                        col = col.cast(pa.int64())  # safe: fails when a value leaves int64 (then the SQL path)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        return None
                 if not pa.types.is_integer(col.type):
                     return None
                 values = pc.fill_null(col, 0).to_numpy().astype(np.int64, copy=False)[rows]

@@ -404,3 +404,98 @@ def test_admit_function_classifies_like_admission_py(repo: Any) -> None:
                 *(_typed_like_java(event.get(name), vt) for name, vt in job.typed_fields)]
         assert java == want, value
     assert 20 < malformed < len(ADMIT_CASES) - 10
+
+
+_PAYMENTS_SCHEMA = {
+    "type": "object", "required": ["event_id", "user_id", "price", "amount", "event_time"],
+    "properties": {
+        "event_id": {"type": "string"}, "user_id": {"type": "string"},
+        "price": {"type": "string", "format": "decimal", "x-skewless-scale": 3},
+        "amount": {"type": "integer"},
+        "event_time": {"type": "string", "format": "date-time"},
+    },
+}
+_PAYMENTS_DEFS = '''
+from datetime import timedelta
+from skewless import Agg, Aggregation, Derived, Entity, EventSource, FeatureView, Ref, Window
+
+payer = Entity("payer", {"user_id": "string"})
+payments = EventSource("payments", "payments", "raw.payments", topic="payments", partition_key="user_id",
+                       allowed_lateness=timedelta(minutes=10))
+payment_stats = FeatureView("payment_stats", payer, payments, [
+    Aggregation("price_1h", Agg.SUM, "price", Window.hours(1)),
+    Aggregation("avg_price_1h", Agg.AVG, "price", Window.hours(1)),
+    Aggregation("price_1d", Agg.SUM, "price", Window.days(1)),
+    Aggregation("amount_1h", Agg.SUM, "amount", Window.hours(1)),
+    Aggregation("avg_amount_1d", Agg.AVG, "amount", Window.days(1)),
+    Aggregation("n_1h", Agg.COUNT, None, Window.hours(1)),
+    Derived("mean_amount_1h", Ref("amount_1h") / Ref("n_1h")),
+])
+'''
+
+
+def test_decimal_and_int64_max_sums_in_the_stream_equal_the_oracle(
+    flink_stream_env: Any, kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any,
+    tmp_path: Path,
+) -> None:
+    """Issue 23: SUM/AVG of a decimal field compiled in the stream (UnsupportedFeatureError before), equal to the
+    oracle (the batch's decimal(38, s) sums: docs/semantics.md §4). Issue 19 item 7: int64-max amounts, whose tile
+    sums leave int64 (the job failed on them), read null, incomplete where the window's sum does; the rest present."""
+    import random
+    from decimal import Decimal
+
+    from skewless.engines.flink_env import create_stream_env
+    from skewless.producer.generator import CLEAN, GeneratedRecord, iso_ms, partition_for
+    from skewless.serving import OnlineStore
+    from streaming_jobs.flink_compiler import compile_repository
+    from streaming_jobs.job import JobOptions, add_source_job
+    from streaming_jobs.run_view import stream_conf
+
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "payments.schema.json").write_text(json.dumps(_PAYMENTS_SCHEMA))
+    (tmp_path / "paydefs").mkdir()
+    (tmp_path / "paydefs" / "payment_defs.py").write_text(_PAYMENTS_DEFS)
+    repo = load_repository(tmp_path / "paydefs")
+    view = repo.view("payment_stats")
+    topic = kafka_topic(partitions=2, prefix="payments")
+    rng = random.Random(5)
+    records = []
+    users = [f"p{i}" for i in range(6)]
+    for seq in range(400):
+        user = rng.choice(users)
+        ts = START + seq * 9_000 + rng.randrange(3_000)
+        price = rng.choice(["0.1", "12.5", "-3.125", "999999999999.999", "0", "7", str(rng.randrange(10**6)) + ".25"])
+        amount = 2**63 - 1 if user in ("p0", "p1") and rng.random() < 0.3 else rng.randrange(-10**6, 10**6)
+        payload = {"event_id": f"e{seq}", "user_id": user, "price": price, "amount": amount, "event_time": iso_ms(ts)}
+        key = user.encode()
+        records.append(GeneratedRecord(seq, CLEAN, key, json.dumps(payload).encode(), ts, partition_for(key, 2), f"e{seq}"))
+    produce_records(kafka_bootstrap, topic, records)
+    raw = read_topic(kafka_bootstrap, topic, len(records))
+    result = admission.admit(raw, view.source, validator("payments", tmp_path / "schemas"),
+                             key_fields=view.entity.key_names, decimal_fields=("price",))
+    admitted = list(result.admitted)
+    assert len(admitted) == len(records)
+
+    (job,) = compile_repository(repo, ["payment_stats"])
+    project = f"t{uuid.uuid4().hex[:8]}"
+    env, t_env = create_stream_env(parallelism=1, checkpoint_dir=tmp_path / "ckpt", checkpoint_interval="2 s",
+                                   extra_conf=stream_conf("500 ms", 10_000))
+    add_source_job(env, t_env, job, JobOptions(
+        bootstrap=kafka_bootstrap, redis_url=redis_url, project=project, repo_path=str(tmp_path / "paydefs"), topic=topic,
+        bounded=True, ns=f"sk_{uuid.uuid4().hex[:8]}", applied_from_ms=0, flush_ms=100))
+    env.execute(f"test-decimal-{project}")
+
+    store = OnlineStore(repo, redis_client, project)
+    end = max(e["event_time"] for e in admitted)
+    seen: set[tuple[str, str]] = set()
+    for now_ms in (START + 30 * MS_PER_MINUTE + 1, START + 47 * MS_PER_MINUTE, end + 1):
+        got = store.get_online_features([{"user_id": u} for u in users], ["payment_stats"], now_ms=now_ms)
+        for i, user in enumerate(users):
+            want = oracle.feature_values(view, admitted, (user,), now_ms, now_read=True)
+            for name, (value, status) in want.items():
+                assert (got.values[name][i], got.statuses[name][i]) == (value, status), (user, name, now_ms)
+                seen.add((name, status))
+                if name == "price_1h" and value is not None:
+                    assert isinstance(got.values[name][i], Decimal)
+    assert {("price_1h", "present"), ("avg_price_1h", "present"), ("amount_1h", "incomplete"),
+            ("mean_amount_1h", "incomplete"), ("amount_1h", "present")} <= seen

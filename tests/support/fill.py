@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from skewless.core import admission, laws, layout
 from skewless.core.dsl import Aggregation, FeatureView, SnapshotView
@@ -88,14 +88,18 @@ def batch_record(view: FeatureView, offline: list[dict[str, Any]], user: str, cu
 
 def fill(project: str, repo: Any, *, users: int = 50, events: int = 5000, start_ms: int, rate: float = 0.05,
          cutoff_ms: int, epoch: str = "e1", seed: int = 7, run_id: str = "run-1", snapshot_every_ms: int = 12 * MS_PER_HOUR,
-         applied_from_ms: int = 0, progress_written_ms: int | None = None) -> FilledStore:
+         applied_from_ms: int = 0, progress_written_ms: int | None = None,
+         edit: Callable[[dict[str, Any]], None] | None = None) -> FilledStore:
     """The example repository's store: ``user_order_stats`` tiles + batch record, ``customer_profile`` rows.
 
-    Events span ``[start_ms, start_ms + events / rate s)``; the batch run has ``cutoff_ms``.
+    Events span ``[start_ms, start_ms + events / rate s)``; the batch run has ``cutoff_ms``; ``edit`` changes
+    each event (admitted and offline alike) before anything is written.
     """
     view: FeatureView = repo.view("user_order_stats")
     profile: SnapshotView = repo.view("customer_profile")
     admitted, offline = order_events(events, users, start_ms, rate, seed)
+    for e in (admitted + offline) if edit is not None else ():
+        edit(e)
     store = FilledStore(admitted=admitted, offline=offline)
     store.users = sorted({e["user_id"] for e in offline})
     store.data[layout.epoch_key(project)] = epoch

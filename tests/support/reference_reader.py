@@ -121,7 +121,7 @@ def evaluate_read(plan: ReadPlan, fetched: Mapping[str, Any], now_ms: int) -> di
             if is_stream_served(width):
                 start = floor_ms(T - width, group.tile_ms)
                 acc, ok = stream_part(start)
-                out[f.name] = (lw.finalize(acc), PRESENT) if ok else (None, INCOMPLETE)
+                out[f.name] = (lw.finalize(acc), PRESENT) if ok and lw.in_range(acc) else (None, INCOMPLETE)
                 continue
             if batch is None or batch.cutoff_ms > T:
                 out[f.name] = (None, INCOMPLETE)
@@ -134,14 +134,14 @@ def evaluate_read(plan: ReadPlan, fetched: Mapping[str, Any], now_ms: int) -> di
             if width is None:
                 acc = lw.merge(parts[0][vec_index], stream_acc)
                 status = STALE if days_late > BATCH_TAIL_DAYS else PRESENT
-                out[f.name] = (lw.finalize(acc), status) if ok else (None, INCOMPLETE)
+                out[f.name] = (lw.finalize(acc), status) if ok and lw.in_range(acc) else (None, INCOMPLETE)
                 continue
             if days_late > BATCH_TAIL_DAYS or not ok:
                 out[f.name] = (None, INCOMPLETE)
                 continue
             tails = [parts[1 + i][vec_index] for i in range(days_late, BATCH_TAIL_DAYS)]
             acc = lw.merge_all([parts[0][vec_index], *tails, stream_acc])
-            out[f.name] = (lw.finalize(acc), PRESENT)
+            out[f.name] = (lw.finalize(acc), PRESENT) if lw.in_range(acc) else (None, INCOMPLETE)
     return {name: out[name] for name in view.feature_names if name in out}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -116,12 +117,29 @@ def test_sum_refuses_floats_and_bools() -> None:
         LAWS[Agg.AVG].update((0, 0), True, None)
 
 
-def test_int64_overflow_is_an_error_not_a_wrap() -> None:
+def test_int_sums_never_overflow_and_a_window_outside_int64_is_no_value() -> None:
+    """docs/semantics.md §4 (issue 19 item 7): partial sums are exact at any size; only the window's value must
+    fit int64, else it is no value (in_range False; the readers answer null, incomplete)."""
+    big = 2**63 - 1
+    total = LAWS[Agg.SUM].aggregate([(big, None), (big, None)])
+    assert total == 2 * big and not LAWS[Agg.SUM].in_range(total)
     with pytest.raises(SumOverflowError):
-        LAWS[Agg.SUM].aggregate([(2**62, None), (2**62, None)])
-    with pytest.raises(SumOverflowError):
-        LAWS[Agg.SUM].merge(2**63 - 1, 1)
+        LAWS[Agg.SUM].finalize(total)
+    assert LAWS[Agg.SUM].merge(total, -big) == big and LAWS[Agg.SUM].in_range(big)
     assert LAWS[Agg.SUM].aggregate([(2**63 - 1, None), (-1, None), (1, None)]) == 2**63 - 1
+    assert LAWS[Agg.SUM].decode(json.loads(laws.dumps(LAWS[Agg.SUM].encode(total)))) == total
+    # beyond int64 as text: JSON readers such as orjson turn integers from 2**64 on (or below -2**63) into floats
+    assert LAWS[Agg.SUM].encode(total) == {"$int": str(total)} and LAWS[Agg.SUM].encode(big) == big
+    assert LAWS[Agg.SUM].decode(orjson.loads(laws.dumps(LAWS[Agg.SUM].encode(-total)))) == -total
+    avg = LAWS[Agg.AVG].aggregate([(big, None), (big, None)])
+    assert avg == (2 * big, 2) and not LAWS[Agg.AVG].in_range(avg)
+    assert LAWS[Agg.AVG].decode(json.loads(laws.dumps(LAWS[Agg.AVG].encode(avg)))) == avg
+    with pytest.raises(SumOverflowError):
+        LAWS[Agg.AVG].finalize(avg)
+    assert LAWS[Agg.AVG].in_range(LAWS[Agg.AVG].merge(avg, (-big, 0)))
+    assert all(LAWS[a].in_range(LAWS[a].init()) for a in Agg)
+    with pytest.raises(SumOverflowError):  # counts stay int64
+        LAWS[Agg.COUNT].merge(2**63 - 1, 1)
 
 
 def test_decimal_sum_is_exact_or_an_error() -> None:

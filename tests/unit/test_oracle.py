@@ -142,13 +142,20 @@ def test_batch_only_last_tie_by_event_id() -> None:
 
 
 def test_example_exact_numbers() -> None:
-    """Example "Exact numbers": int sums exact; AVG once at the end; overflow is an error."""
+    """Example "Exact numbers": int sums exact; AVG once at the end; a window sum outside int64 is no value."""
     big = 2**53 + 1
     events = [ev(at(0, 10, 1), big), ev(at(0, 10, 2), 1)]
     r = row(at(0, 10, 5), events)
     assert r["amount_1h"] == 2**53 + 2 and r["avg_amount_1h"] == float(2**53 + 2) / 2
-    with pytest.raises(OverflowError):
-        row(at(0, 10, 5), [ev(at(0, 10, 1), 2**62), ev(at(0, 10, 2), 2**62)])
+    over = oracle.feature_values(VIEW, [ev(at(0, 10, 1), 2**62), ev(at(0, 10, 2), 2**62)], ("u1",), at(0, 10, 5))
+    assert over["amount_1h"] == over["avg_amount_1h"] == over["avg_order_1h"] == (None, oracle.INCOMPLETE)
+    assert over["n_1h"] == (2, PRESENT) and over["max_amount_1h"] == (2**62, PRESENT)
+    assert row(at(0, 10, 5), [ev(at(0, 10, 1), 2**62), ev(at(0, 10, 2), 2**62)])["amount_1h"] is None
+    # issue 19 item 7: two int64-max events; a later negative one brings the window back into int64
+    big = [ev(at(0, 10, 1), 2**63 - 1), ev(at(0, 10, 2), 2**63 - 1)]
+    assert oracle.feature_values(VIEW, big, ("u1",), at(0, 10, 5))["amount_1h"] == (None, oracle.INCOMPLETE)
+    back = oracle.feature_values(VIEW, big + [ev(at(0, 10, 3), -(2**63))], ("u1",), at(0, 10, 5))
+    assert back["amount_1h"] == (2**63 - 2, PRESENT) and back["avg_amount_1h"] == (float(2**63 - 2) / 3, PRESENT)
     with pytest.raises(TypeError, match="minor units"):
         feature_value(VIEW, "amount_1h", [ev(at(0, 10, 1), 1.5)], ("u1",), at(0, 10, 5))
     dec = [ev(at(0, 10, 1), Decimal("0.10")), ev(at(0, 10, 2), Decimal("0.20"))]

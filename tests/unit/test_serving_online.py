@@ -247,3 +247,35 @@ def test_days_since_across_its_day_boundary_on_memo_hits(repo: Any, filled: Any)
                 assert (got.values[name][0], got.statuses[name][0]) == want[name], (user, now, name)
         checked += 1
     assert checked
+
+
+def test_window_sums_outside_int64_are_incomplete_and_the_read_goes_on(repo: Any) -> None:
+    """Issue 19 item 7: users whose completed orders are int64-max amounts. Tiles and batch bodies hold the exact
+    sums; a window whose sum leaves int64 reads null, incomplete (and the derived feature using it), the rest of
+    the entity's features and every other entity read as usual: equal to the reference reader and the oracle."""
+    big_users: set[str] = set()
+
+    def edit(e: dict[str, Any]) -> None:
+        if e["status"] == "completed" and e["user_id"] < "u4":
+            e["amount"] = 2**63 - 1
+            big_users.add(e["user_id"])
+
+    filled = fill(P, repo, users=8, events=400, start_ms=START, rate=0.004, cutoff_ms=CUTOFF, epoch=EPOCH, edit=edit)
+    view = repo.view("user_order_stats")
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    combined = [e for e in filled.offline if e["event_time"] < CUTOFF] + [e for e in filled.admitted if e["event_time"] >= CUTOFF]
+    seen = set()
+    for now, as_of in instants():
+        T = now if as_of is None else as_of
+        got = store.get_online_features([{"user_id": u} for u in filled.users], ["user_order_stats"], as_of=as_of, now_ms=now)
+        for i, user in enumerate(filled.users):
+            want_ref = reference(filled.data, view, user, now, as_of)
+            want = oracle.feature_values(view, combined, (user,), T, now_read=as_of is None)
+            for name in ("customer_ltv_365d", "avg_order_value_365d", "completed_orders_365d"):
+                value, status = got.values[name][i], got.statuses[name][i]
+                assert (value, status) == want_ref[name], (user, name, T)
+                if status != "incomplete" or want[name][1] == "incomplete":
+                    assert (value, status if status != "stale" else "present") == want[name], (user, name, T)
+                seen.add((name, status, want[name][1]))
+    assert big_users and ("customer_ltv_365d", "incomplete", "incomplete") in seen
+    assert ("avg_order_value_365d", "incomplete", "incomplete") in seen and ("customer_ltv_365d", "present", "present") in seen

@@ -75,6 +75,11 @@ def test_sums_that_could_overflow_int64_use_the_sql_path() -> None:
     assert TilePrefix.build(table, "k", SPECS) is None
     decimals = table.set_column(2, "p__n", pa.array([1, 2], pa.decimal128(10, 2)))
     assert TilePrefix.build(decimals, "k", SPECS) is None
+    # int sums held as decimal(38, 0) (the batch tiles): the fast path when they fit, else the SQL path
+    exact = table.set_column(2, "p__n", pa.array([1, 2], pa.decimal128(38, 0)))
+    assert TilePrefix.build(exact, "k", SPECS[:2]) is not None
+    beyond = table.set_column(2, "p__n", pa.array([2**64, 2], pa.decimal128(38, 0)))
+    assert TilePrefix.build(beyond, "k", SPECS[:2]) is None
     floats = table.set_column(2, "p__n", pa.array([1, 2], pa.int64())).set_column(4, "mx", pa.array([0.0, -0.0]))
     assert TilePrefix.build(floats, "k", SPECS) is None  # float MIN/MAX: the SQL path
     assert TilePrefix.build(floats, "k", SPECS[:2]) is not None

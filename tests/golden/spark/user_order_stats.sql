@@ -1,4 +1,4 @@
--- user_order_stats v1 (spark-2, fingerprint 733ee0b78a975a62)
+-- user_order_stats v1 (spark-3, fingerprint 733ee0b78a975a62)
 
 -- offline event set of the run day
 CREATE OR REPLACE TEMP VIEW offline AS
@@ -32,7 +32,7 @@ SELECT `user_id`, day,
   count(`c__refunded_orders_90d`) AS `refunded_orders_90d`,
   count(`c__user_total_orders_365d`) AS `user_total_orders_365d`,
   count(`c__completed_orders_365d`) AS `completed_orders_365d`,
-  coalesce(sum(`c__customer_ltv_365d`), 0) AS `customer_ltv_365d`,
+  coalesce(sum(CAST(`c__customer_ltv_365d` AS DECIMAL(38, 0))), 0) AS `customer_ltv_365d`,
   max(`c__last_order_ts`) AS `last_order_ts`,
   max(CASE WHEN `c__last_order_status` IS NOT NULL THEN named_struct('ts', __ts, 'partition', __partition, 'offset', __offset, 'value', `c__last_order_status`) END) AS `last_order_status`
 FROM offline

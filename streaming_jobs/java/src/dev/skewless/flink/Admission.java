@@ -37,6 +37,10 @@ public final class Admission {
         "([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\\.([0-9]{1,9}))?(Z|[+-][0-9]{2}:[0-9]{2})");
     private static final Pattern SCHEMA_TS = Pattern.compile("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z");
     private static final Pattern DECIMAL = Pattern.compile("-?[0-9]+(\\.[0-9]+)?");
+    // what Python's Decimal() reads as a finite number (admission.to_decimal): sign, digits with an optional point,
+    // an optional exponent, surrounding whitespace
+    private static final Pattern DECIMAL_VALUE = Pattern.compile(
+        "\\s*[+-]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][+-]?[0-9]+)?\\s*");
 
     /** One declared property and its keywords. */
     private static final class Prop {
@@ -356,8 +360,20 @@ public final class Admission {
             case "int64": return v instanceof Long ? v.toString() : null;
             case "float64": return isNumber(v) ? Double.toString(((Number) v).doubleValue()) : null;
             case "bool": return v instanceof Boolean ? v.toString() : null;
+            case "decimal": return decimalText(v);
             default: throw new IllegalArgumentException("value type " + type);
         }
+    }
+
+    /** admission.to_decimal's reading: a string of a finite decimal, or an integer (else null: not a decimal). */
+    private static String decimalText(Object v) {
+        if (v instanceof Long) {
+            return v.toString();
+        }
+        if (v instanceof String && DECIMAL_VALUE.matcher((String) v).matches()) {
+            return new BigDecimal(((String) v).trim()).toPlainString();
+        }
+        return null;
     }
 
     /** Test entry: {@code java dev.skewless.flink.Admission SPEC_JSON < base64 lines}; prints JSON lines. */

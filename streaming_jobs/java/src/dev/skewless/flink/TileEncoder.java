@@ -4,6 +4,7 @@ import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.io.Serializable;
+import java.math.BigDecimal;
 import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
 import java.util.Base64;
@@ -20,8 +21,6 @@ import java.util.Map;
  */
 public final class TileEncoder implements Serializable {
     private static final long serialVersionUID = 1L;
-    private static final BigInteger INT64_MIN = BigInteger.valueOf(Long.MIN_VALUE);
-    private static final BigInteger INT64_MAX = BigInteger.valueOf(Long.MAX_VALUE);
 
     /** One tile hash of one view (a {@code TileOutput} of the compiler plus its layout key parts). */
     static final class Output implements Serializable {
@@ -144,13 +143,23 @@ public final class TileEncoder implements Serializable {
                     b.append(text == null ? 0L : Long.parseLong(text));
                     break;
                 case "sum":
-                    b.append(text == null ? 0L : int64(text, "tile sum"));
+                    if (text == null) {
+                        b.append('0');
+                    } else {
+                        sum(b, out.valueTypes[i], text);
+                    }
                     break;
                 case "avg": {
                     String t = text == null ? "0,0" : text;
                     int comma = t.indexOf(',');
-                    b.append('[').append(int64(t.substring(0, comma), "tile sum")).append(',')
-                        .append(Long.parseLong(t.substring(comma + 1))).append(']');
+                    long count = Long.parseLong(t.substring(comma + 1));
+                    b.append('[');
+                    if (count == 0) {
+                        b.append('0');  // no value summed: the law's identity (0, 0)
+                    } else {
+                        sum(b, out.valueTypes[i], t.substring(0, comma));
+                    }
+                    b.append(',').append(count).append(']');
                     break;
                 }
                 case "min":
@@ -179,12 +188,21 @@ public final class TileEncoder implements Serializable {
         return b.append(']').toString();
     }
 
-    private static long int64(String text, String what) {
-        BigInteger v = new BigInteger(text);
-        if (v.compareTo(INT64_MIN) < 0 || v.compareTo(INT64_MAX) > 0) {
-            throw new ArithmeticException(what + " " + text + " is outside int64");
+    /**
+     * {@code laws._encode_sum} of a tile's exact sum: an int64 field's ({@code DECIMAL(38, 0)} text) as a JSON integer,
+     * beyond int64 as {@code {"$int":"<digits>"}} (partial sums may leave int64, docs/semantics.md §4: the reader
+     * finalizes the window's value); a decimal field's as the JSON string Python's {@code str(Decimal)} gives
+     * ({@code BigDecimal.toString}: the same to-scientific-string rule).
+     */
+    private static StringBuilder sum(StringBuilder b, String type, String text) {
+        if ("decimal".equals(type)) {
+            return PyJson.string(b, new BigDecimal(text).toString());
         }
-        return v.longValue();
+        BigInteger v = new BigInteger(text);
+        if (v.bitLength() < 64) {  // fits int64
+            return b.append(v.toString());
+        }
+        return b.append("{\"$int\":\"").append(v.toString()).append("\"}");
     }
 
     /** {@code laws.encode_value} of the typed changelog text (the sink's {@code _typed_value}). */
