@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from skewless.config import ICEBERG_CATALOG_NAME, paths, shared_catalog
-from skewless.engines.object_store import check_catalog_db, pyiceberg_properties
+from skewless.engines.object_store import check_shared_catalog, pyiceberg_properties
 
 
 def load_catalog(catalog_db: str | Path | None = None, warehouse: str | Path | None = None):
@@ -16,7 +16,7 @@ def load_catalog(catalog_db: str | Path | None = None, warehouse: str | Path | N
 
     shared = shared_catalog() if catalog_db is None and warehouse is None else None
     if shared is not None:
-        check_catalog_db(shared)  # one line within the timeout, rather than SQLAlchemy's traceback or a hang
+        check_shared_catalog(shared)  # one line within the timeouts, rather than a traceback or a hang
         return SqlCatalog(ICEBERG_CATALOG_NAME, **pyiceberg_properties(shared))
     wh = Path(warehouse or paths().warehouse).resolve()
     db = Path(catalog_db or paths().catalog_db).resolve()

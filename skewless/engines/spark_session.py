@@ -17,7 +17,7 @@ from typing import Mapping
 
 from skewless.config import ICEBERG_CATALOG_NAME, paths, shared_catalog
 from skewless.engines import find_jar
-from skewless.engines.object_store import AWS_CHECKSUM_ENV, spark_catalog_conf
+from skewless.engines.object_store import AWS_CHECKSUM_ENV, check_shared_catalog, spark_catalog_conf
 from skewless.engines.spark_jar import LOCAL_FS_CLASS, batch_jar
 
 ICEBERG_RUNTIME_PREFIX = "iceberg-spark-runtime-4.1_2.13-"
@@ -102,8 +102,11 @@ def spark_session(
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    shared = warehouse is None and catalog_db is None and shared_catalog() is not None
-    if shared:  # the driver's JVM inherits them (executors: spark.executorEnv.*, spark_catalog_conf)
+    catalog = shared_catalog() if warehouse is None and catalog_db is None else None
+    shared = catalog is not None
+    if catalog is not None:  # a wrong endpoint, bucket, credentials or database: one line before the JVM starts
+        check_shared_catalog(catalog)
+        # the driver's JVM inherits these (executors: spark.executorEnv.*, spark_catalog_conf)
         for key, value in AWS_CHECKSUM_ENV.items():
             os.environ.setdefault(key, value)
     conf: dict[str, str] = {
