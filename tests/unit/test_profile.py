@@ -414,3 +414,58 @@ def test_backfill_runs_on_the_profiles_spark_master_unless_a_flag_names_one(tmp_
     assert main([*base, "--profile", "p", "--master", "local[1]"]) == 0
     assert main(base) == 0
     assert [cmd[cmd.index("--master") + 1] for cmd in calls] == ["spark://spark.internal:7077", "local[1]", "local[*]"]
+
+
+POSTGRES_PROFILE = (
+    "profiles:\n  shared:\n"
+    "    catalog: {type: postgres, uri: 'postgresql://127.0.0.1:PORT/iceberg_catalog', user: skewless,\n"
+    "              password: {env: SHOP_CATALOG_PASSWORD}, warehouse: 's3://shop-warehouse/wh', timeout_s: 2}\n"
+    "    object_store: {endpoint: 'http://127.0.0.1:PORT', access_key_id: {env: SHOP_S3_KEY_ID},\n"
+    "                   secret_access_key: {file: s3.key}, path_style_access: true, timeout_s: 2}\n")
+
+
+def test_a_postgres_catalog_reaches_spark_and_pyiceberg_as_settings(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from skewless.engines.object_store import pyiceberg_properties
+    from skewless.engines.spark_session import catalog_conf, spark_jars
+
+    repo = tmp_path / "feature_defs"
+    write(repo, POSTGRES_PROFILE.replace("PORT", "5999"))
+    (repo / "s3.key").write_text(SECRET + "\n")
+    monkeypatch.setenv("SHOP_CATALOG_PASSWORD", "pw-" + SECRET)
+    monkeypatch.setenv("SHOP_S3_KEY_ID", "key-id")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROFILE_ENV, "shared")
+    shared = shared_catalog()
+    assert shared is not None and (shared.bucket, shared.host_port_db) == ("shop-warehouse", ("127.0.0.1", 5999, "iceberg_catalog"))
+    assert SECRET not in repr(shared)
+    conf = catalog_conf()
+    p = "spark.sql.catalog.skewless"
+    assert conf[f"{p}.uri"] == "jdbc:postgresql://127.0.0.1:5999/iceberg_catalog"
+    assert conf[f"{p}.jdbc.password"] == "pw-" + SECRET and conf[f"{p}.s3.secret-access-key"] == SECRET
+    assert conf[f"{p}.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO" and conf[f"{p}.warehouse"] == "s3://shop-warehouse/wh"
+    assert conf["spark.executorEnv.AWS_REQUEST_CHECKSUM_CALCULATION"] == "when_required"
+    assert pyiceberg_properties(shared)["uri"].startswith("postgresql+pg8000://skewless:pw-")
+    names = [j.name for j in spark_jars(shared=True)]
+    assert any(n.startswith("iceberg-aws-bundle-") for n in names) and any(n.startswith("postgresql-") for n in names)
+    assert "://" not in str(paths().warehouse)  # the sqlite paths stay local; the s3:// warehouse is not one of them
+
+
+def test_an_unreachable_postgres_catalog_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skewless.engines import EngineSetupError
+    from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.stack.base import free_port
+
+    port = free_port()
+    repo = tmp_path / "feature_defs"
+    write(repo, POSTGRES_PROFILE.replace("PORT", str(port)))
+    (repo / "s3.key").write_text(SECRET + "\n")
+    monkeypatch.setenv("SHOP_CATALOG_PASSWORD", "pw-" + SECRET)
+    monkeypatch.setenv("SHOP_S3_KEY_ID", "key-id")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROFILE_ENV, "shared")
+    with pytest.raises(EngineSetupError) as info:
+        load_catalog()
+    text = str(info.value)
+    assert text.startswith(f"catalog database postgresql://127.0.0.1:{port}/iceberg_catalog: cannot connect")
+    assert "fix catalog.uri" in text and "\n" not in text and SECRET not in text
