@@ -27,7 +27,7 @@ header_on_output() {
 }
 
 # --- 1. Debian packages -------------------------------------------------------------------------
-APT_PKGS=(redis-server redis-tools maven debootstrap docker.io chromium)
+APT_PKGS=(redis-server redis-tools maven debootstrap docker.io chromium postgresql)  # postgresql: the cluster topology's catalog
 command -v javac >/dev/null 2>&1 || APT_PKGS+=(openjdk-17-jdk-headless)  # javac: the streaming and batch Java code
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -24,11 +24,12 @@ from skewless.config import ConfigError, selected
 from skewless.core.registry import RegistryError
 from skewless.core.repo import RepositoryLoadError, UnknownFeatureError
 from skewless.core.validation import DefinitionError
+from skewless.engines import EngineSetupError
 from skewless.stack.base import StackError
 
 # what a user can cause and fix (input, configuration, environment): printed as one line, exit status 2
 USER_ERRORS: tuple[type[BaseException], ...] = (CommandError, ConfigError, RepositoryLoadError, UnknownFeatureError,
-                                                DefinitionError, RegistryError, StackError)
+                                                DefinitionError, RegistryError, StackError, EngineSetupError)
 
 
 def _command_modules():

@@ -97,6 +97,9 @@ class Ports:
     kafka_controller: int
     flink_rest: int
     redis: int
+    s3: int  # the object store (s3proxy) of the cluster topology
+    postgres: int  # the catalog database (PostgreSQL) of the cluster topology
+    spark_master: int  # the Spark master of the cluster topology (its web UI: +1, the workers' UIs: +2, +3)
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,8 @@ class Paths:
     state: Path  # runtime state of `make up`: pids, data, logs
     logs: Path
     jars: Path  # JVM artifacts fetched by `make setup` from infra/pom.xml
-    warehouse: Path  # Iceberg warehouse (file://)
-    catalog_db: Path  # Iceberg JDBC/SQL catalog (sqlite)
+    warehouse: Path  # Iceberg warehouse (file://) of the sqlite catalog
+    catalog_db: Path  # Iceberg JDBC/SQL catalog (sqlite); a postgres catalog: shared_catalog()
 
 
 def ports() -> Ports:
@@ -115,6 +118,9 @@ def ports() -> Ports:
         kafka_controller=_env_int("SKEWLESS_KAFKA_CONTROLLER_PORT", 9093),
         flink_rest=_env_int("SKEWLESS_FLINK_REST_PORT", 8081),
         redis=_env_int("SKEWLESS_REDIS_PORT", 6379),
+        s3=_env_int("SKEWLESS_S3_PORT", 9000),
+        postgres=_env_int("SKEWLESS_POSTGRES_PORT", 5432),
+        spark_master=_env_int("SKEWLESS_SPARK_MASTER_PORT", 7077),
     )
 
 
@@ -125,6 +131,8 @@ def paths(profile: Profile | None = None) -> Paths:
     prof = profile or active_profile()
     catalog = prof.catalog
     warehouse = catalog.warehouse[len("file://"):] if (catalog.warehouse or "").startswith("file://") else catalog.warehouse
+    if catalog.type != "sqlite":  # its warehouse is on the object store (shared_catalog()); these stay local
+        warehouse = None
     if warehouse is not None and "://" in warehouse:
         raise ConfigError(f"{prof.where}: catalog.warehouse {warehouse!r}: only a local folder (or file:// URI) is "
                           "supported yet; give a folder")
@@ -467,7 +475,74 @@ def spark_master(default: str, profile: Profile | None = None) -> str:
     return os.environ.get("SKEWLESS_SPARK_MASTER") or (profile or active_profile()).spark.master or default
 
 
+@dataclass(frozen=True)
+class S3Target:
+    """An S3-compatible object store with its resolved credentials (never printed: ``repr`` omits them)."""
+
+    endpoint: str
+    region: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    path_style_access: bool
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class SharedCatalog:
+    """The Iceberg JDBC catalog in PostgreSQL (``catalog.type: postgres``) and its ``s3://`` warehouse."""
+
+    uri: str  # postgresql://HOST:PORT/DB, no credentials
+    user: str
+    password: str = field(repr=False)
+    warehouse: str  # s3://BUCKET/PREFIX
+    s3: S3Target
+    timeout_s: float
+
+    @property
+    def host_port_db(self) -> tuple[str, int, str]:
+        parts = urlsplit(self.uri)
+        return parts.hostname or HOST, parts.port or 5432, parts.path.lstrip("/") or "postgres"
+
+    @property
+    def bucket(self) -> str:
+        return self.warehouse[len("s3://"):].split("/")[0]
+
+
+DEFAULT_OBJECT_STORE_TIMEOUT_S = 5.0
+DEFAULT_CATALOG_TIMEOUT_S = 5.0
+
+
 def object_store(profile: Profile | None = None) -> ObjectStoreSettings:
-    """The profile's ``object_store`` (an S3-compatible endpoint; credentials as references, resolve them with
-    :func:`secret`). Validated, not yet read by any component (docs/deploy.md)."""
+    """The profile's ``object_store`` (an S3-compatible endpoint; credentials as references)."""
     return (profile or active_profile()).object_store
+
+
+def s3_target(profile: Profile | None = None) -> S3Target:
+    """The profile's object store with its credentials resolved (``SKEWLESS_S3_ACCESS_KEY_ID`` /
+    ``SKEWLESS_S3_SECRET_ACCESS_KEY`` and their ``_FILE`` forms win over the references)."""
+    prof = profile or active_profile()
+    store = prof.object_store
+    if not store.endpoint:
+        raise ConfigError(f"{prof.where}: object_store.endpoint is not set; a postgres catalog's s3:// warehouse needs "
+                          "it (object_store: {endpoint: http://HOST:PORT, ...})")
+    key_id = secret("S3_ACCESS_KEY_ID", store.access_key_id, f"{prof.where}: object_store.access_key_id")
+    key = secret("S3_SECRET_ACCESS_KEY", store.secret_access_key, f"{prof.where}: object_store.secret_access_key")
+    if not key_id or not key:
+        raise ConfigError(f"{prof.where}: object_store.access_key_id and secret_access_key are needed; write them as "
+                          "{env: VARIABLE} or {file: PATH}")
+    return S3Target(store.endpoint.rstrip("/"), store.region or "us-east-1", key_id, key, store.path_style_access,
+                    store.timeout_s or DEFAULT_OBJECT_STORE_TIMEOUT_S)
+
+
+def shared_catalog(profile: Profile | None = None) -> SharedCatalog | None:
+    """The profile's PostgreSQL catalog with resolved credentials, or None for the sqlite catalog (:func:`paths`)."""
+    prof = profile or active_profile()
+    cat = prof.catalog
+    if cat.type != "postgres":
+        return None
+    assert cat.uri and cat.user and cat.warehouse  # checked when the profile was read
+    password = secret("CATALOG_PASSWORD", cat.password, f"{prof.where}: catalog.password")
+    if not password:
+        raise ConfigError(f"{prof.where}: catalog.password is needed; write it as {{env: VARIABLE}} or {{file: PATH}}")
+    return SharedCatalog(cat.uri, cat.user, password, cat.warehouse.rstrip("/"), s3_target(prof),
+                         cat.timeout_s or DEFAULT_CATALOG_TIMEOUT_S)

@@ -33,7 +33,7 @@ PROFILE_ENV = "SKEWLESS_PROFILE"  # the profile's name (the CLI's --profile sets
 DEFAULT_REPO = "feature_defs"  # the commands' default --repo, relative to the working directory
 BUILTIN_PROFILE = "local"  # the name of the built-in profile (no file, or a file without it)
 ONLINE_STORE_TYPES = ("redis", "redis_cluster")
-CATALOG_TYPES = ("sqlite",)  # Iceberg SQL catalog in a sqlite file (Spark: JDBC, PyIceberg: SqlCatalog)
+CATALOG_TYPES = ("sqlite", "postgres")  # the Iceberg JDBC catalog's database (Spark: JDBC, PyIceberg: SqlCatalog)
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TOP_KEYS = ("default_profile", "profiles")
@@ -98,23 +98,32 @@ class FlinkSettings:
 
 @dataclass(frozen=True)
 class CatalogSettings:
-    """``catalog``: the Iceberg catalog and its warehouse (relative paths: from the profile file's folder)."""
+    """``catalog``: the Iceberg catalog and its warehouse (relative paths: from the profile file's folder).
+
+    ``type: sqlite``: ``path`` (the sqlite file) and a local ``warehouse``. ``type: postgres``: the JDBC catalog
+    in the PostgreSQL database ``uri`` (``postgresql://HOST:PORT/DB``) as ``user`` with ``password``, and an
+    ``s3://BUCKET/PREFIX`` ``warehouse`` on the profile's ``object_store``."""
 
     type: str = _opt("choice", "sqlite", choices=CATALOG_TYPES)
     path: str | None = _opt("path")  # the sqlite file
     warehouse: str | None = _opt("path")
+    uri: str | None = _opt("url", schemes=("postgresql",))
+    user: str | None = _opt("str")
+    password: SecretRef | None = _opt("secret")
+    timeout_s: float | None = _opt("seconds")
 
 
 @dataclass(frozen=True)
 class ObjectStoreSettings:
-    """``object_store``: an S3-compatible endpoint and its credentials (validated here; not read by any
-    component yet)."""
+    """``object_store``: an S3-compatible endpoint and its credentials (read by a ``postgres`` catalog's
+    ``s3://`` warehouse)."""
 
     endpoint: str | None = _opt("url", schemes=("http", "https"))
     region: str | None = _opt("str")
     access_key_id: SecretRef | None = _opt("secret")
     secret_access_key: SecretRef | None = _opt("secret")
     path_style_access: bool = _opt("bool", False)
+    timeout_s: float | None = _opt("seconds")
 
 
 @dataclass(frozen=True)
@@ -288,6 +297,8 @@ def _section(cls: type, body: dict[str, Any], where: str, prefix: str, base: Pat
             out[key] = _value(kind, spec.metadata, raw, f"{where}: {dotted}", key, base)
     if cls is OnlineStoreSettings:
         _check_online_store(out, where, prefix)
+    if cls is CatalogSettings:
+        _check_catalog(out, where, prefix)
     if cls is KafkaSettings and out.get("security_protocol") is not None:
         out["security_protocol"] = out["security_protocol"].upper()
     return out
@@ -368,6 +379,23 @@ def _check_online_store(out: dict[str, Any], where: str, prefix: str) -> None:
         key = "nodes" if out.get("nodes") else "tls"
         raise ConfigError(f"{where}: {prefix}{key} is for type redis_cluster; for one Redis give {prefix}url: "
                           "redis://HOST:PORT/DB (rediss:// for TLS)")
+
+
+def _check_catalog(out: dict[str, Any], where: str, prefix: str) -> None:
+    warehouse = out.get("warehouse") or ""
+    if out.get("type", "sqlite") == "postgres":
+        missing = [k for k in ("uri", "user", "password", "warehouse") if not out.get(k)]
+        if missing:
+            raise ConfigError(f"{where}: {prefix}type postgres needs {', '.join(prefix + k for k in missing)} "
+                              f"(uri: postgresql://HOST:PORT/DB, password: {{env: VARIABLE}}, warehouse: s3://BUCKET/PREFIX)")
+        if not warehouse.startswith("s3://") or not warehouse[len("s3://"):].split("/")[0]:
+            raise ConfigError(f"{where}: {prefix}warehouse {warehouse!r}: a postgres catalog keeps its tables on the "
+                              "object store; give s3://BUCKET/PREFIX")
+        if out.get("path"):
+            raise ConfigError(f"{where}: {prefix}path is the sqlite file of type sqlite; type postgres names {prefix}uri")
+    elif any(out.get(k) for k in ("uri", "user", "password")):
+        key = next(k for k in ("uri", "user", "password") if out.get(k))
+        raise ConfigError(f"{where}: {prefix}{key} is for type postgres; type sqlite names {prefix}path (the sqlite file)")
 
 
 def dump_profile_file(profiles: dict[str, dict[str, Any]], default_profile: str | None, header: str = "",

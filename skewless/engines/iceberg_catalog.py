@@ -1,16 +1,23 @@
-"""PyIceberg view of the shared catalog: a SqlCatalog over the sqlite file Spark's JdbcCatalog uses."""
+"""PyIceberg view of the shared catalog: a SqlCatalog over the database Spark's JdbcCatalog uses (the sqlite file,
+or the profile's PostgreSQL with an ``s3://`` warehouse, :func:`skewless.config.shared_catalog`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from skewless.config import ICEBERG_CATALOG_NAME, paths
+from skewless.config import ICEBERG_CATALOG_NAME, paths, shared_catalog
+from skewless.engines.object_store import check_shared_catalog, pyiceberg_properties
 
 
 def load_catalog(catalog_db: str | Path | None = None, warehouse: str | Path | None = None):
-    """A ``pyiceberg.catalog.sql.SqlCatalog`` named :data:`ICEBERG_CATALOG_NAME` (tables created on first use)."""
+    """A ``pyiceberg.catalog.sql.SqlCatalog`` named :data:`ICEBERG_CATALOG_NAME` (tables created on first use);
+    without arguments, the profile's postgres catalog if it names one."""
     from pyiceberg.catalog.sql import SqlCatalog
 
+    shared = shared_catalog() if catalog_db is None and warehouse is None else None
+    if shared is not None:
+        check_shared_catalog(shared)  # one line within the timeouts, rather than a traceback or a hang
+        return SqlCatalog(ICEBERG_CATALOG_NAME, **pyiceberg_properties(shared))
     wh = Path(warehouse or paths().warehouse).resolve()
     db = Path(catalog_db or paths().catalog_db).resolve()
     wh.mkdir(parents=True, exist_ok=True)

@@ -15,18 +15,25 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-from skewless.config import ICEBERG_CATALOG_NAME, paths
+from skewless.config import ICEBERG_CATALOG_NAME, paths, shared_catalog
 from skewless.engines import find_jar
+from skewless.engines.object_store import AWS_CHECKSUM_ENV, check_shared_catalog, spark_catalog_conf
 from skewless.engines.spark_jar import LOCAL_FS_CLASS, batch_jar
 
 ICEBERG_RUNTIME_PREFIX = "iceberg-spark-runtime-4.1_2.13-"
 SQLITE_JDBC_PREFIX = "sqlite-jdbc-"
+POSTGRES_JDBC_PREFIX = "postgresql-"
+ICEBERG_AWS_PREFIX = "iceberg-aws-bundle-"
 NIO_FS_ENV = "SKEWLESS_SPARK_NIO_FS"
 
 
-def spark_jars() -> list[Path]:
-    """The Iceberg Spark runtime and the sqlite JDBC driver (infra/.cache/jars/spark/)."""
-    return [find_jar("spark", ICEBERG_RUNTIME_PREFIX), find_jar("spark", SQLITE_JDBC_PREFIX)]
+def spark_jars(shared: bool = False) -> list[Path]:
+    """The Iceberg Spark runtime and the sqlite JDBC driver (infra/.cache/jars/spark/); for the ``shared``
+    (postgres) catalog also the PostgreSQL JDBC driver and Iceberg's AWS bundle (S3 FileIO)."""
+    jars = [find_jar("spark", ICEBERG_RUNTIME_PREFIX), find_jar("spark", SQLITE_JDBC_PREFIX)]
+    if shared:
+        jars += [find_jar("spark", POSTGRES_JDBC_PREFIX), find_jar("spark", ICEBERG_AWS_PREFIX)]
+    return jars
 
 
 def nio_fs_enabled() -> bool:
@@ -53,13 +60,17 @@ def jvm_conf() -> dict[str, str]:
     return conf
 
 
-def session_jars() -> list[Path]:
+def session_jars(shared: bool = False) -> list[Path]:
     """What every session ships in ``spark.jars``: :func:`spark_jars` and the batch jar."""
-    return [*spark_jars(), batch_jar()]
+    return [*spark_jars(shared), batch_jar()]
 
 
 def catalog_conf(warehouse: str | Path | None = None, catalog_db: str | Path | None = None) -> dict[str, str]:
-    """``spark.sql.catalog.<name>.*`` settings of the shared JDBC (sqlite, schema V1) catalog."""
+    """``spark.sql.catalog.<name>.*`` settings of the shared JDBC (sqlite, schema V1) catalog; without arguments,
+    the profile's postgres catalog (S3 FileIO) if it names one."""
+    shared = shared_catalog() if warehouse is None and catalog_db is None else None
+    if shared is not None:
+        return spark_catalog_conf(shared)
     wh = Path(warehouse or paths().warehouse).resolve()
     db = Path(catalog_db or paths().catalog_db).resolve()
     wh.mkdir(parents=True, exist_ok=True)
@@ -91,8 +102,15 @@ def spark_session(
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    catalog = shared_catalog() if warehouse is None and catalog_db is None else None
+    shared = catalog is not None
+    if catalog is not None:  # a wrong endpoint, bucket, credentials or database: one line before the JVM starts
+        check_shared_catalog(catalog)
+        # the driver's JVM inherits these (executors: spark.executorEnv.*, spark_catalog_conf)
+        for key, value in AWS_CHECKSUM_ENV.items():
+            os.environ.setdefault(key, value)
     conf: dict[str, str] = {
-        "spark.jars": ",".join(str(j) for j in session_jars()),
+        "spark.jars": ",".join(str(j) for j in session_jars(shared)),
         "spark.driver.memory": driver_memory,
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.driver.host": "127.0.0.1",

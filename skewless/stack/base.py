@@ -1,4 +1,4 @@
-"""The interface every locally started service implements (Kafka, Flink, Redis)."""
+"""The interface every locally started service implements (Kafka, Flink, Redis, and the cluster topology's nodes)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,30 @@ class Service(abc.ABC):
 
     def stop(self, started: Started, timeout_s: float = 20.0) -> None:
         stop_pids(started.pids, timeout_s)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One process of a multi-node service: its role and client port (None: ephemeral ports only)."""
+
+    role: str
+    port: int | None
+
+
+class NodeService(Service):
+    """A service of several processes; ``nodes()`` lists them in the order of ``start()``'s pids."""
+
+    @abc.abstractmethod
+    def nodes(self) -> list[Node]:
+        """One entry per process ``start`` launches, same order as ``Started.pids``."""
+
+    def live_roles(self) -> dict[int, str]:
+        """Client port -> the node's role right now, where it can change (a promoted replica)."""
+        return {}
+
+    def port_setting(self, role: str) -> str:
+        """The setting that moves the port of ``role`` (for the preflight's "port taken" message)."""
+        return "the base port in skewless/config.py"
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -15,7 +15,6 @@ node and ``stack down`` stops exactly those processes.
 
 from __future__ import annotations
 
-import abc
 import base64
 import os
 import random
@@ -29,10 +28,12 @@ from typing import Any
 
 from skewless import config
 from skewless.profile import dump_profile_file
-from skewless.stack.base import Service, StackError, Started, port_in_use
+from skewless.stack.base import Node, NodeService, StackError, Started, port_in_use
 from skewless.stack.flink import FlinkSessionCluster
 from skewless.engines.kafka import admin_client
 from skewless.stack.kafka import DEFAULT_HEAP, LAUNCH_SCRIPT, KafkaBroker
+from skewless.stack.offline import (CATALOG_USER, OBJECT_STORE_REGION, WAREHOUSE_URI, CatalogDatabase, ObjectStore, SparkCluster,
+                                    catalog_password_file, object_store_credentials)
 from skewless.stack.procs import log_tail, pid_alive, spawn, stop_pids, wait_until
 from skewless.stack.redis import REDIS_CONF, ping, redis_args
 
@@ -49,30 +50,6 @@ REDIS_BUS_OFFSET = 10000  # Redis Cluster's bus listens on port + 10000
 REDIS_NODE_TIMEOUT_MS = 5000
 REDIS_CLUSTER_SLOTS = 16384
 CLIENT_TIMEOUT_S = 3.0
-
-
-@dataclass(frozen=True)
-class Node:
-    """One process of a multi-node service: its role and client port (None: ephemeral ports only)."""
-
-    role: str
-    port: int | None
-
-
-class NodeService(Service):
-    """A service of several processes; ``nodes()`` lists them in the order of ``start()``'s pids."""
-
-    @abc.abstractmethod
-    def nodes(self) -> list[Node]:
-        """One entry per process ``start`` launches, same order as ``Started.pids``."""
-
-    def live_roles(self) -> dict[int, str]:
-        """Client port -> the node's role right now, where it can change (a promoted replica)."""
-        return {}
-
-    def port_setting(self, role: str) -> str:
-        """The setting that moves the port of ``role`` (for the preflight's "port taken" message)."""
-        return "the base port in skewless/config.py"
 
 
 # --- Kafka -----------------------------------------------------------------------------------------
@@ -420,12 +397,14 @@ class RedisCluster(NodeService):
 
 # --- the topology ----------------------------------------------------------------------------------
 
-SERVICE_NAMES = (KafkaCluster.name, FlinkCluster.name, RedisCluster.name)
+SERVICE_NAMES = (KafkaCluster.name, FlinkCluster.name, RedisCluster.name, ObjectStore.name, CatalogDatabase.name,
+                 SparkCluster.name)
 
 
 def cluster_services() -> list[NodeService]:
-    """What ``stack up --topology cluster`` starts, in order, on the configured base ports."""
-    return [KafkaCluster(), FlinkCluster(), RedisCluster()]
+    """What ``stack up --topology cluster`` starts, in order, on the configured base ports: the online half
+    (Kafka, Flink, Redis) and the offline half (skewless/stack/offline.py: object store, catalog database, Spark)."""
+    return [KafkaCluster(), FlinkCluster(), RedisCluster(), ObjectStore(), CatalogDatabase(), SparkCluster()]
 
 
 def cluster_service(name: str, ports: dict[str, int]) -> NodeService:
@@ -436,6 +415,12 @@ def cluster_service(name: str, ports: dict[str, int]) -> NodeService:
         return FlinkCluster(rest_port=ports.get("rest"))
     if name == RedisCluster.name:
         return RedisCluster(port=ports.get("node 1"))
+    if name == ObjectStore.name:
+        return ObjectStore(port=ports.get("s3"))
+    if name == CatalogDatabase.name:
+        return CatalogDatabase(port=ports.get("postgres"))
+    if name == SparkCluster.name:
+        return SparkCluster(port=ports.get("master"))
     raise StackError(f"unknown cluster service {name!r}; known: {', '.join(SERVICE_NAMES)}")
 
 
@@ -449,8 +434,11 @@ def cluster_profile_path() -> Path:
 
 def write_cluster_profile(services: Sequence[NodeService]) -> Path:
     """A profile file (docs/deploy.md) with the profile ``cluster``: the started Redis Cluster's nodes, the Kafka
-    brokers, Flink's REST endpoint and the stack's catalog; no secrets (the dev stack has none)."""
+    brokers, Flink's REST endpoint, the object store, the PostgreSQL catalog with its ``s3://`` warehouse (or,
+    without them, the stack's sqlite catalog) and the Spark master; secrets only as ``{file: ...}`` references
+    to the generated files in ``<state>/secrets/``."""
     body: dict[str, Any] = {}
+    state = config.paths().state
     for svc in services:
         if isinstance(svc, RedisCluster):
             body["online_store"] = {"type": "redis_cluster", "nodes": [f"{config.HOST}:{p}" for p in svc.node_ports]}
@@ -458,8 +446,19 @@ def write_cluster_profile(services: Sequence[NodeService]) -> Path:
             body["kafka"] = {"bootstrap": svc.bootstrap}
         elif isinstance(svc, FlinkCluster):
             body["flink"] = {"rest_url": svc.rest_url}
-    where = config.paths()
-    body["catalog"] = {"type": "sqlite", "path": str(where.catalog_db), "warehouse": str(where.warehouse)}
+        elif isinstance(svc, ObjectStore):
+            key_id, key = object_store_credentials(state)
+            body["object_store"] = {"endpoint": svc.endpoint, "region": OBJECT_STORE_REGION,
+                                    "access_key_id": {"file": str(key_id)}, "secret_access_key": {"file": str(key)},
+                                    "path_style_access": True}
+        elif isinstance(svc, CatalogDatabase):
+            body["catalog"] = {"type": "postgres", "uri": svc.uri, "user": CATALOG_USER,
+                               "password": {"file": str(catalog_password_file(state))}, "warehouse": WAREHOUSE_URI}
+        elif isinstance(svc, SparkCluster):
+            body["spark"] = {"master": svc.master_url}
+    if "catalog" not in body:
+        where = config.paths()
+        body["catalog"] = {"type": "sqlite", "path": str(where.catalog_db), "warehouse": str(where.warehouse)}
     path = cluster_profile_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_profile_file({CLUSTER_PROFILE: body}, CLUSTER_PROFILE, path=path, header=(
@@ -497,6 +496,9 @@ def free_cluster_ports_env(attempts: int = 200) -> dict[str, str]:
         "kafka": range(kafka_span),
         "flink": range(1),
         "redis": [*range(redis_nodes), *range(REDIS_BUS_OFFSET, REDIS_BUS_OFFSET + redis_nodes)],
+        "s3": range(1),
+        "postgres": range(1),
+        "spark": range(len(SparkCluster().ports())),
     }
     rng = random.Random()
     bases: dict[str, int] = {}
@@ -516,4 +518,7 @@ def free_cluster_ports_env(attempts: int = 200) -> dict[str, str]:
         "SKEWLESS_KAFKA_CONTROLLER_PORT": str(bases["kafka"] + 1),
         "SKEWLESS_FLINK_REST_PORT": str(bases["flink"]),
         "SKEWLESS_REDIS_PORT": str(bases["redis"]),
+        "SKEWLESS_S3_PORT": str(bases["s3"]),
+        "SKEWLESS_POSTGRES_PORT": str(bases["postgres"]),
+        "SKEWLESS_SPARK_MASTER_PORT": str(bases["spark"]),
     }

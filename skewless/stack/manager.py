@@ -246,6 +246,9 @@ def fix_hint(name: str) -> str:
         "kafka-cluster": f"read the log above and {p.logs}/kafka-<n>.log; stale data can be removed: rm -rf {p.state / 'kafka-cluster'}",
         "flink-cluster": f"read the log above and {p.logs / 'flink'}/; check free memory (free -m): 3 JVMs",
         "redis-cluster": f"read {p.logs}/redis-<port>.log and redis-cluster-create.log; stale data: rm -rf {p.state / 'redis-cluster'}",
+        "object-store": f"read {p.logs}/object-store.log; its data: {p.state / 'object-store'} (make setup fetches the s3proxy jar)",
+        "catalog-db": f"read {p.logs}/catalog-db.log; stale data: rm -rf {p.state / 'catalog-db'} (apt-get install postgresql)",
+        "spark-cluster": f"read {p.logs}/spark-master.log and spark-worker-<n>.log; check free memory (free -m): 3 JVMs",
     }.get(name, "read the log above; `skewless archive status` shows why an archive stopped"
           if is_archive_service(name) else "read the log above")
 

@@ -21,8 +21,11 @@ class StackError(RuntimeError):
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def spawn(argv: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
-    """Start ``argv`` detached (new session, stdin closed, stdout+stderr appended to ``log_file``); return its pid."""
+def spawn(argv: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+          run_as: str | None = None) -> int:
+    """Start ``argv`` detached (new session, stdin closed, stdout+stderr appended to ``log_file``); return its pid.
+
+    ``run_as``: a user to run it as (its own group, no supplementary groups), for a server that refuses root."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     with open(log_file, "ab") as log:
@@ -38,6 +41,7 @@ def spawn(argv: Sequence[str], log_file: Path, env: Mapping[str, str] | None = N
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
+                **({"user": run_as, "group": run_as, "extra_groups": []} if run_as else {}),
             )
         except OSError as exc:
             raise StackError(f"cannot execute {argv[0]!r}: {exc}") from exc

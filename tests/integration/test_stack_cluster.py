@@ -1,13 +1,17 @@
 """`skewless stack up --topology cluster` end to end, on free ports and a temporary state dir: 3 Kafka brokers
 (a topic made with the brokers' defaults has RF 3 and min ISR 2), a Redis Cluster of 3 masters with a replica
-each, Flink with 2 TaskManagers x 2 slots, nothing listening beyond loopback; `stack down` stops every pid."""
+each, Flink with 2 TaskManagers x 2 slots, the offline half (s3proxy, PostgreSQL as the Iceberg JDBC catalog, a
+Spark master with 2 workers: a table written through PyIceberg into s3:// and read back by Spark tasks on both
+workers), nothing listening beyond loopback; `stack down` stops every pid."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import sys
 import urllib.request
 import uuid
@@ -17,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from skewless.engines.kafka import wait_for_partitions
-from skewless.stack.base import port_in_use
+from skewless.stack.base import free_port, port_in_use
 from skewless.stack.cluster import free_cluster_ports_env
 from skewless.stack.procs import descendants, pid_alive
 
@@ -28,12 +32,59 @@ _SS_PID = re.compile(r"pid=(\d+)")
 
 
 @pytest.fixture
-def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A private cluster stack's environment (free port blocks, state under tmp_path); `down` always runs after."""
-    env = {**os.environ, "SKEWLESS_STATE_DIR": str(tmp_path / "state"), **free_cluster_ports_env()}
+def cluster_env() -> Iterator[dict[str, str]]:
+    """A private cluster stack's environment (free port blocks, a fresh state dir); `down` always runs after.
+
+    The state dir is a folder of /tmp that others may traverse (0711), not pytest's tmp_path (0700): PostgreSQL
+    runs as the postgres user and must reach its data dir."""
+    root = Path(tempfile.mkdtemp(prefix="skewless-cluster-"))
+    root.chmod(0o711)
+    env = {**os.environ, "SKEWLESS_STATE_DIR": str(root / "state"), **free_cluster_ports_env()}
     env.pop("SKEWLESS_LOG_DIR", None)
+    for name in ("SKEWLESS_CONFIG", "SKEWLESS_PROFILE", "SKEWLESS_SPARK_MASTER", "SKEWLESS_CATALOG_DB", "SKEWLESS_WAREHOUSE"):
+        env.pop(name, None)
     yield env
     skewless(env, "stack", "down")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# Run in a child process with the written profile: a table through PyIceberg on the PostgreSQL catalog into the
+# s3:// warehouse (four appends: four data files), then a Spark job on the standalone master reading it back
+# through Iceberg's S3 FileIO, one task per file; prints what the test checks as JSON.
+OFFLINE_PROBE = """
+import json, os
+import pyarrow as pa
+from skewless import config
+from skewless.engines.iceberg_catalog import load_catalog
+from skewless.engines.spark_session import spark_session
+
+catalog = load_catalog()
+catalog.create_namespace_if_not_exists("smoke")
+table = catalog.create_table("smoke.events", schema=pa.schema([("id", pa.int64()), ("v", pa.string())]))
+for i in range(4):
+    table.append(pa.table({"id": list(range(100 * i, 100 * (i + 1))), "v": [f"v{i}"] * 100}))
+table = catalog.load_table("smoke.events")
+io = table.io
+paths = [table.metadata_location, table.location(), *(e.metadata_file for e in table.metadata.metadata_log)]
+for snapshot in table.metadata.snapshots:
+    paths.append(snapshot.manifest_list)
+    for manifest in snapshot.manifests(io):
+        paths.append(manifest.manifest_path)
+        paths += [e.data_file.file_path for e in manifest.fetch_manifest_entry(io)]
+
+spark = spark_session("cluster-smoke", master=config.spark_master("local[1]"), driver_memory="512m", extra_conf={
+    "spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",
+    "spark.scheduler.minRegisteredResourcesRatio": "1.0", "spark.scheduler.maxRegisteredResourcesWaitingTime": "90s"})
+frame = spark.read.option("file-open-cost", str(256 << 20)).table("skewless.smoke.events")
+
+def where(rows):
+    yield os.getcwd(), sum(r.id for r in rows)
+
+tasks = frame.rdd.mapPartitions(where).collect()
+print(json.dumps({"paths": paths, "tasks": tasks, "master": spark.sparkContext.master,
+                  "total": spark.sql("SELECT sum(id) FROM skewless.smoke.events").collect()[0][0]}))
+spark.stop()
+"""
 
 
 def skewless(env: dict[str, str], *args: str, timeout: float = UP_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -67,7 +118,7 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     archives = {name for name in pids if name.startswith("archive-")}
     assert archives, f"no raw archive started on the cluster: {sorted(pids)}"  # Kafka-fed sources are archived
     assert {name: len(ps) for name, ps in pids.items() if name not in archives} == {
-        "kafka-cluster": 3, "flink-cluster": 3, "redis-cluster": 6}
+        "kafka-cluster": 3, "flink-cluster": 3, "redis-cluster": 6, "object-store": 1, "catalog-db": 1, "spark-cluster": 3}
     every_pid = {p for ps in pids.values() for p in ps}
     assert all(pid_alive(p) for p in every_pid)
 
@@ -84,7 +135,7 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     redis_roles = sorted(n["role"].split()[0] for n in rows["redis-cluster"]["nodes"])
     assert redis_roles == ["master"] * 3 + ["replica"] * 3
     table = skewless(cluster_env, "stack", "status").stdout
-    assert "topology: cluster" in table and table.count("  node ") == 12, table
+    assert "topology: cluster" in table and table.count("  node ") == 17, table
 
     # Kafka: three brokers; a topic made with the brokers' defaults has RF 3 and min ISR 2
     kafka_base = int(cluster_env["SKEWLESS_KAFKA_PORT"])
@@ -144,12 +195,63 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     nodes = ",".join(f"127.0.0.1:{redis_base + i}" for i in range(6))
     assert probe.stdout.splitlines() == [f"True {nodes}", bootstrap], probe.stderr
 
+    # the offline half, through the same profile: PyIceberg on the PostgreSQL catalog writes into s3:// on s3proxy,
+    # Spark's standalone master runs the read-back on both workers through Iceberg's S3 FileIO
+    spark_base = int(cluster_env["SKEWLESS_SPARK_MASTER_PORT"])
+    offline = subprocess.run([sys.executable, "-c", OFFLINE_PROBE], env=plain, capture_output=True, text=True,
+                             timeout=400)
+    assert offline.returncode == 0, offline.stderr[-4000:]
+    result = json.loads(offline.stdout.strip().splitlines()[-1])
+    assert result["master"] == f"spark://127.0.0.1:{spark_base}"
+    assert len(result["paths"]) > 10 and all(p.startswith("s3://skewless-warehouse/warehouse/") for p in result["paths"])
+    assert result["total"] == sum(range(400))
+    worker_dirs = {Path(cwd).relative_to(state / "spark-cluster").parts[0] for cwd, _ in result["tasks"]}
+    assert worker_dirs == {"worker-1", "worker-2"}, result["tasks"]  # the executors' work dirs: both workers ran tasks
+    assert sorted(total for _, total in result["tasks"]) == sorted(sum(range(100 * i, 100 * (i + 1))) for i in range(4))
+    # the objects are in s3proxy's filesystem backend, and the catalog's rows in PostgreSQL
+    stored = state / "object-store" / "data" / "skewless-warehouse" / "warehouse" / "smoke.db" / "events"
+    assert len(list((stored / "data").glob("*.parquet"))) == 4 and list((stored / "metadata").glob("*.metadata.json"))
+    secrets_dir = state / "secrets"
+    assert all(oct(f.stat().st_mode)[-3:] == "600" for f in secrets_dir.iterdir())
+    secret_values = [f.read_text().strip() for f in secrets_dir.iterdir()]
+    logged = "".join(f.read_text(errors="replace") for f in (state / "logs").glob("*.log")) + up.stdout + offline.stdout
+    assert not any(v in logged for v in secret_values)  # credentials: in 0600 files only, never in logs or output
+    cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace") for p in every_pid if pid_alive(p)]
+    assert not any(v in c for v in secret_values for c in cmdlines)  # nor in any started process's argv
+
+    # bad input on the offline half: one line naming the component and the fix, exit 2, no secret, no hang
+    import yaml
+
+    good = yaml.safe_load(profile.read_text())["profiles"]["cluster"]
+    free = free_port()
+    cases = {
+        "wrong endpoint": ({"object_store": {**good["object_store"], "endpoint": f"http://127.0.0.1:{free}"}}, {},
+                           f"object store http://127.0.0.1:{free}: no S3 server answers"),
+        "missing bucket": ({"catalog": {**good["catalog"], "warehouse": "s3://no-such-bucket/wh"}}, {},
+                           "no bucket 'no-such-bucket'"),
+        "bad credentials": ({"object_store": {**good["object_store"], "secret_access_key": {"env": "WRONG_S3_KEY"}}},
+                            {"WRONG_S3_KEY": "not-the-key"}, "the credentials were refused"),
+        "unreachable catalog": ({"catalog": {**good["catalog"], "uri": f"postgresql://127.0.0.1:{free}/iceberg_catalog"}},
+                                {}, f"catalog database postgresql://127.0.0.1:{free}/iceberg_catalog: cannot connect"),
+        "bad catalog password": ({"catalog": {**good["catalog"], "password": {"env": "WRONG_PG_PASSWORD"}}},
+                                 {"WRONG_PG_PASSWORD": "not-the-password"}, "password authentication failed"),
+    }
+    for case, (override, extra_env, message) in cases.items():
+        bad = state / f"bad-{case.replace(' ', '-')}.yaml"
+        bad.write_text(yaml.safe_dump({"default_profile": "cluster", "profiles": {"cluster": {**good, **override}}}))
+        res = skewless(plain | {"SKEWLESS_CONFIG": str(bad)} | extra_env, "archive", "status", timeout=60)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and message in lines[0] and "fix" in lines[0], (case, res.stderr)
+        assert not any(v in res.stderr + res.stdout for v in secret_values), case
+
     # loopback only: every listening socket of every started process (and its children)
     ours = every_pid | {d for p in every_pid for d in descendants(p)}
     sockets = listening(ours)
     assert sockets and all(address in ("127.0.0.1", "[::ffff:127.0.0.1]") for address, _, _ in sockets), sockets
     expected = {kafka_base + i for i in range(6)} | {redis_base + i for i in range(6)}
     expected |= {redis_base + 10000 + i for i in range(6)} | {int(cluster_env["SKEWLESS_FLINK_REST_PORT"])}
+    expected |= {int(cluster_env["SKEWLESS_S3_PORT"]), int(cluster_env["SKEWLESS_POSTGRES_PORT"])}
+    expected |= {spark_base + i for i in range(4)}  # the master, its web UI, the workers' web UIs
     assert expected <= {port for _, port, _ in sockets}
 
     down = skewless(cluster_env, "stack", "down")

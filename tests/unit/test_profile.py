@@ -8,13 +8,14 @@ import dataclasses
 import os
 import subprocess
 import sys
+import stat
 from pathlib import Path
 
 import pytest
 
 from skewless import config
 from skewless.config import (ConfigError, flink_rest_url, kafka_bootstrap, kafka_client_properties, kafka_security,
-                             paths, redis_target, selected, spark_master)
+                             paths, redis_target, selected, spark_master, shared_catalog)
 from skewless.profile import CONFIG_FILE_ENV, PROFILE_ENV, Profile, dump_profile_file, load_profile, profile_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,7 +187,14 @@ def test_a_redis_cluster_is_carried_to_the_callers_as_data(prod_repo: Path, monk
     ("profiles:\n  p:\n    online_store: {nodes: ['h:1']}\n", "online_store.nodes is for type redis_cluster"),
     ("profiles:\n  p:\n    kafka: {bootstrap: 'k1:9092,k2'}\n", "kafka.bootstrap: 'k2' is not HOST:PORT"),
     ("profiles:\n  p:\n    object_store: {path_style_access: 'yes'}\n", "object_store.path_style_access: expected true or false"),
-    ("profiles:\n  p:\n    catalog: {type: glue}\n", "catalog.type: 'glue' is not one of sqlite"),
+    ("profiles:\n  p:\n    catalog: {type: glue}\n", "catalog.type: 'glue' is not one of sqlite, postgres"),
+    ("profiles:\n  p:\n    catalog: {type: postgres, uri: 'postgresql://h:5432/db'}\n",
+     "catalog.type postgres needs catalog.user, catalog.password, catalog.warehouse"),
+    ("profiles:\n  p:\n    catalog: {type: postgres, uri: 'postgresql://h:5432/db', user: u, password: {env: P}, "
+     "warehouse: /tmp/wh}\n", "catalog.warehouse '/tmp/wh': a postgres catalog keeps its tables on the object store"),
+    ("profiles:\n  p:\n    catalog: {type: postgres, uri: 'postgresql://u:hunter2@h:5432/db', user: u, "
+     "password: {env: P}, warehouse: 's3://b/w'}\n", "catalog.uri: the URL carries a password"),
+    ("profiles:\n  p:\n    catalog: {uri: 'postgresql://h:5432/db'}\n", "catalog.uri is for type postgres"),
     ("profiles:\n  p:\n    kafka: {sasl_password: {vault: x}}\n", "a secret reference has exactly one key, env or file"),
     ("profiles:\n  p: [1]\n", "profile 'p': must be a mapping of sections"),
     ("default_profile: q\nprofiles:\n  p: {}\n", "default_profile 'q' is not a profile of the file"),
@@ -275,6 +283,21 @@ def test_the_cluster_topology_writes_the_profile_of_what_it_started(tmp_path: Pa
     assert target.cluster and target.nodes == tuple(f"127.0.0.1:{27000 + i}" for i in range(6))
     assert kafka_bootstrap() == "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"
     assert paths().catalog_db == tmp_path / "state" / "catalog.db"
+    # the offline half: the PostgreSQL catalog with an s3:// warehouse on the object store, the Spark master;
+    # the generated credentials are files (0600 in a 0700 folder) that the profile names, never their values
+    shared = shared_catalog()
+    assert shared is not None and shared.warehouse == "s3://skewless-warehouse/warehouse"
+    assert shared.uri == "postgresql://127.0.0.1:5432/iceberg_catalog" and shared.user == "skewless"
+    assert shared.s3.endpoint == "http://127.0.0.1:9000" and shared.s3.path_style_access
+    assert spark_master("local[2]") == "spark://127.0.0.1:7077"
+    folder = tmp_path / "state" / "secrets"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = sorted(folder.iterdir())
+    assert len(files) == 3 and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    text = path.read_text()
+    values = [f.read_text().strip() for f in files]
+    assert {shared.password, shared.s3.access_key_id, shared.s3.secret_access_key} == set(values)
+    assert not any(v in text for v in values) and not any(v in repr(shared) for v in values)
 
 
 def test_the_shipped_profile_file_is_valid_and_changes_nothing() -> None:
@@ -391,3 +414,58 @@ def test_backfill_runs_on_the_profiles_spark_master_unless_a_flag_names_one(tmp_
     assert main([*base, "--profile", "p", "--master", "local[1]"]) == 0
     assert main(base) == 0
     assert [cmd[cmd.index("--master") + 1] for cmd in calls] == ["spark://spark.internal:7077", "local[1]", "local[*]"]
+
+
+POSTGRES_PROFILE = (
+    "profiles:\n  shared:\n"
+    "    catalog: {type: postgres, uri: 'postgresql://127.0.0.1:PORT/iceberg_catalog', user: skewless,\n"
+    "              password: {env: SHOP_CATALOG_PASSWORD}, warehouse: 's3://shop-warehouse/wh', timeout_s: 2}\n"
+    "    object_store: {endpoint: 'http://127.0.0.1:PORT', access_key_id: {env: SHOP_S3_KEY_ID},\n"
+    "                   secret_access_key: {file: s3.key}, path_style_access: true, timeout_s: 2}\n")
+
+
+def test_a_postgres_catalog_reaches_spark_and_pyiceberg_as_settings(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from skewless.engines.object_store import pyiceberg_properties
+    from skewless.engines.spark_session import catalog_conf, spark_jars
+
+    repo = tmp_path / "feature_defs"
+    write(repo, POSTGRES_PROFILE.replace("PORT", "5999"))
+    (repo / "s3.key").write_text(SECRET + "\n")
+    monkeypatch.setenv("SHOP_CATALOG_PASSWORD", "pw-" + SECRET)
+    monkeypatch.setenv("SHOP_S3_KEY_ID", "key-id")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROFILE_ENV, "shared")
+    shared = shared_catalog()
+    assert shared is not None and (shared.bucket, shared.host_port_db) == ("shop-warehouse", ("127.0.0.1", 5999, "iceberg_catalog"))
+    assert SECRET not in repr(shared)
+    conf = catalog_conf()
+    p = "spark.sql.catalog.skewless"
+    assert conf[f"{p}.uri"] == "jdbc:postgresql://127.0.0.1:5999/iceberg_catalog"
+    assert conf[f"{p}.jdbc.password"] == "pw-" + SECRET and conf[f"{p}.s3.secret-access-key"] == SECRET
+    assert conf[f"{p}.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO" and conf[f"{p}.warehouse"] == "s3://shop-warehouse/wh"
+    assert conf["spark.executorEnv.AWS_REQUEST_CHECKSUM_CALCULATION"] == "when_required"
+    assert pyiceberg_properties(shared)["uri"].startswith("postgresql+pg8000://skewless:pw-")
+    names = [j.name for j in spark_jars(shared=True)]
+    assert any(n.startswith("iceberg-aws-bundle-") for n in names) and any(n.startswith("postgresql-") for n in names)
+    assert "://" not in str(paths().warehouse)  # the sqlite paths stay local; the s3:// warehouse is not one of them
+
+
+def test_an_unreachable_postgres_catalog_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skewless.engines import EngineSetupError
+    from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.stack.base import free_port
+
+    port = free_port()
+    repo = tmp_path / "feature_defs"
+    write(repo, POSTGRES_PROFILE.replace("PORT", str(port)))
+    (repo / "s3.key").write_text(SECRET + "\n")
+    monkeypatch.setenv("SHOP_CATALOG_PASSWORD", "pw-" + SECRET)
+    monkeypatch.setenv("SHOP_S3_KEY_ID", "key-id")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROFILE_ENV, "shared")
+    with pytest.raises(EngineSetupError) as info:
+        load_catalog()
+    text = str(info.value)
+    assert text.startswith(f"catalog database postgresql://127.0.0.1:{port}/iceberg_catalog: cannot connect")
+    assert "fix catalog.uri" in text and "\n" not in text and SECRET not in text

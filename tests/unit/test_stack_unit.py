@@ -29,7 +29,8 @@ from skewless.stack.kafka import KafkaBroker
 from skewless.stack.procs import log_tail, pid_alive, rss_bytes, spawn, start_time, stop_pids, wait_until
 from skewless.stack.redis import REDIS_CONF, RedisServer, redis_args
 
-PORT_VARS = ("SKEWLESS_KAFKA_PORT", "SKEWLESS_KAFKA_CONTROLLER_PORT", "SKEWLESS_FLINK_REST_PORT", "SKEWLESS_REDIS_PORT")
+PORT_VARS = ("SKEWLESS_KAFKA_PORT", "SKEWLESS_KAFKA_CONTROLLER_PORT", "SKEWLESS_FLINK_REST_PORT", "SKEWLESS_REDIS_PORT",
+             "SKEWLESS_S3_PORT", "SKEWLESS_POSTGRES_PORT", "SKEWLESS_SPARK_MASTER_PORT")
 
 
 @pytest.fixture
