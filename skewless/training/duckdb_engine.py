@@ -35,7 +35,7 @@ from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.sql import DUCKDB, contribution_sql, law_sql, tile_sql
 from skewless.core.timeutil import MS_PER_DAY
 from skewless.training import duckdb_sources, sources
-from skewless.training.compiler import EXPIRED, PRESENT, TrainingCompiler
+from skewless.training.compiler import EXPIRED, PRESENT, UNNEST_MAX_DAYS, TrainingCompiler
 from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
 from skewless.training.prefix import PrefixColumn, TilePrefix
 from skewless.training.requests import RID, T
@@ -43,7 +43,6 @@ from skewless.training.requests import RID, T
 DEFAULT_CHUNK_ROWS = 2_000_000
 SNAPSHOT_JOIN: bool | None = None  # created_at snapshots: join path (True), ASOF path (False), by estimate (None)
 VECTORISED_PREFIX = True  # prefix sums and lookups with numpy when exact (skewless.training.prefix), else SQL
-UNNEST_MAX_DAYS = 31  # windowed MIN/MAX/LAST over tiles: up to this many days per request, one row per day
 PREFIX_KINDS = ("sum", "last")  # running aggregates skewless.training.prefix computes (else SQL window functions)
 RANGE_KINDS = ("min", "max")  # windowed aggregates it computes over a day range
 

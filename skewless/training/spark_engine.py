@@ -33,7 +33,7 @@ from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.sql import SPARK, law_sql
 from skewless.core.timeutil import MS_PER_DAY
-from skewless.training.compiler import EXPIRED, PRESENT, TrainingCompiler
+from skewless.training.compiler import EXPIRED, PRESENT, UNNEST_MAX_DAYS, TrainingCompiler
 from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, batch_run_fingerprint
 from skewless.training.requests import RID, T
 
@@ -90,13 +90,17 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
                     + f" AS {bq('w__' + a.name)}" for a in ranged]
             lo_day = f"least({', '.join('r.' + bq('a__' + a.name) for a in ranged)})" if len(ranged) > 1 \
                 else f"r.{bq('a__' + ranged[0].name)}"
-            ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
-                          f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
-        cols = self._output_columns(SPARK, lambda alias, column: f"{alias}.__p.{bq(column)}")
+            if max(a.width_days or 0 for a in ranged) <= UNNEST_MAX_DAYS:  # each request's days, equi-joined
+                ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM (SELECT *, explode(sequence({lo_day}, r.__tday - 1)) "
+                              f"AS __d FROM {{r}} AS r WHERE {lo_day} < r.__tday) AS r JOIN {{tiles}} AS t ON "
+                              f"{keys_equal('t', 'r', keys)} AND t.__day = r.__d GROUP BY r.{RID}")
+            else:  # a range join on the keys: every tile of the entity is compared
+                ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
+                              f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
+        cols = self._output_columns(SPARK, lambda alias, column: f"lk.{alias}.{bq(column)}")
         joins = [f"LEFT JOIN {{hd}} AS hd ON hd.{RID} = r.{RID}"]
-        if prefix:
-            joins.append(f"LEFT JOIN {{pe}} AS pe ON pe.{RID} = r.{RID}")
-            joins += [f"LEFT JOIN {{ps_{w}}} AS ps_{w} ON ps_{w}.{RID} = r.{RID}" for w in prefix_starts]
+        if prefix:  # every prefix lookup of a request (pe, ps_<W>) in one row of {lk}
+            joins.append(f"LEFT JOIN {{lk}} AS lk ON lk.{RID} = r.{RID}")
         if ranged_sql:
             joins.append(f"LEFT JOIN {{rj}} AS rj ON rj.{RID} = r.{RID}")
         final = f"SELECT r.{RID}, {', '.join(cols)} FROM {{r}} AS r {' '.join(joins)}"
@@ -149,6 +153,20 @@ def _asof(spark: Any, requests: Any, rows: Any, keys: Sequence[str], req_pos: st
     w = Window.partitionBy(*keys).orderBy("__pos", "__kind").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     return (both.withColumn("__v", F.last(value_col, ignorenulls=True).over(w))
             .where(F.col("__kind") == 1).select(RID, F.col("__v").alias(value_col)))
+
+
+def _lookups(spark: Any, requests: Any, rows: Any, keys: Sequence[str], probes: dict[str, str], value_col: str) -> Any:
+    """Per request, for each ``name: req_pos`` of ``probes``, ``value_col`` of the last row with ``__pos <= req_pos``
+    of the same keys, as column ``name``: :func:`_asof` for several positions at once (one row per probe, one
+    union, one sort, then one row per request again)."""
+    from pyspark.sql import functions as F
+
+    names = list(probes)
+    pos = F.array(*[F.expr(p) for p in probes.values()])
+    one = requests.select(*keys, F.col(RID), F.posexplode(pos).alias("__k", "__pos"))
+    found = _asof(spark, one.withColumn(RID, F.struct(F.col(RID), F.col("__k"))), rows, keys, "__pos", value_col)
+    return found.groupBy(F.col(f"{RID}.{RID}").alias(RID)).agg(
+        *[F.max(F.when(F.col(f"{RID}.__k") == k, F.col(value_col))).alias(n) for k, n in enumerate(names)])
 
 
 def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None, int | None, int | None]:
@@ -253,13 +271,11 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
             tiles = tiles.where(~F.col("__day").isin(late)).unionByName(
                 _tiles_of_days(spark, program["job"], raw_table, sid, late, cols, name))
         tiles.createOrReplaceTempView(f"{name}_tiles")
-        if program["prefix"]:
+        if program["prefix"]:  # one sort of tiles + probes for every lookup: the probes of a request are rows
             prefix = spark.sql(program["prefix"].format(tiles=f"{name}_tiles")).withColumn("__pos", F.col("__day"))
-            _asof(spark, r, prefix, keys, "__tday - 1", "__p").createOrReplaceTempView(f"{name}_pe")
-            fmt["pe"] = f"{name}_pe"
-            for w, col in program["prefix_starts"].items():
-                _asof(spark, r, prefix, keys, f"`{col}` - 1", "__p").createOrReplaceTempView(f"{name}_ps_{w}")
-                fmt[f"ps_{w}"] = f"{name}_ps_{w}"
+            probes = {"pe": "__tday - 1"} | {f"ps_{w}": f"`{col}` - 1" for w, col in program["prefix_starts"].items()}
+            _lookups(spark, r, prefix, keys, probes, "__p").createOrReplaceTempView(f"{name}_lk")
+            fmt["lk"] = f"{name}_lk"
         if program["ranged"]:
             spark.sql(program["ranged"].format(**fmt)).createOrReplaceTempView(f"{name}_rj")
             fmt["rj"] = f"{name}_rj"
