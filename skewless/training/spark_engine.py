@@ -4,9 +4,9 @@ Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the
 batch path's compiled ``offline`` statement (:class:`skewless.offline.spark_compiler.SparkBatchJob`) over the
 raw table pinned at its current snapshot (the tiles of days that received rows after the newest run's
 snapshot are computed again from it with the batch job's ``tiles`` statement); whole days come from
-prefix aggregates of the daily tiles, looked up "as of" a day with a union + ``last(..., true)`` window
-(Spark has no ASOF join); windowed
-MIN/MAX/LAST tiles by a range join over the window's days; head and stream-served windows by an
+prefix aggregates of the daily tiles: the tiles and each request's probes (one per window start) in one union,
+one window of running aggregates over it (Spark has no ASOF join); windowed MIN/MAX/LAST tiles by an
+equi-join of each request's window days (a range join beyond 31 days); head and stream-served windows by an
 equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
 
@@ -71,7 +71,9 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
         head = (f"SELECT r.{RID}, {', '.join(head_aggs)} FROM (SELECT *, explode(sequence({floordiv(lo, D)}, __tday)) AS __d "
                 f"FROM {{r}}) AS r JOIN {{offline}} AS e ON {keys_equal('e', 'r', keys)} AND e.__dnum = r.__d "
                 f"AND e.__ts < r.{T} GROUP BY r.{RID}")
-        window = f"PARTITION BY {kcols} ORDER BY __day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+        # the tiles and every prefix probe of the requests in one relation ({both}: tiles first at equal positions),
+        # so one sort gives each probe the running aggregates of the tiles up to its position
+        window = f"PARTITION BY {kcols} ORDER BY __pos, __kind ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
         prefix_cols = []
         for a in batch:
             law = law_sql(SPARK, a.agg)
@@ -80,7 +82,7 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
             for prefix_name, kind, source in law.running:
                 running = SPARK.running[kind].format(x=source.format(t=bq(a.name)))
                 prefix_cols.append(f"'{prefix_name}{a.name}', {running} OVER ({window})")
-        prefix = (f"SELECT {kcols}, __day, named_struct({', '.join(prefix_cols)}) AS __p FROM {{tiles}}"
+        prefix = (f"SELECT {RID}, __k, __kind, named_struct({', '.join(prefix_cols)}) AS __p FROM {{both}}"
                   if prefix_cols else None)
         prefix_starts = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
         ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
@@ -155,18 +157,20 @@ def _asof(spark: Any, requests: Any, rows: Any, keys: Sequence[str], req_pos: st
             .where(F.col("__kind") == 1).select(RID, F.col("__v").alias(value_col)))
 
 
-def _lookups(spark: Any, requests: Any, rows: Any, keys: Sequence[str], probes: dict[str, str], value_col: str) -> Any:
-    """Per request, for each ``name: req_pos`` of ``probes``, ``value_col`` of the last row with ``__pos <= req_pos``
-    of the same keys, as column ``name``: :func:`_asof` for several positions at once (one row per probe, one
-    union, one sort, then one row per request again)."""
+def _prefix_lookups(spark: Any, requests: Any, tiles: Any, keys: Sequence[str], probes: dict[str, str], prefix_sql: str,
+                    name: str) -> Any:
+    """Per request, for each ``name: day expression`` of ``probes``, the running aggregates of the entity's tiles up to
+    that day (the compiled ``prefix`` statement), as struct column ``name``: the tiles and one row per probe in one
+    union, sorted once by (keys, position, tiles before probes), then one row per request again (an ASOF join
+    that needs no separate running-aggregate pass)."""
     from pyspark.sql import functions as F
 
-    names = list(probes)
-    pos = F.array(*[F.expr(p) for p in probes.values()])
-    one = requests.select(*keys, F.col(RID), F.posexplode(pos).alias("__k", "__pos"))
-    found = _asof(spark, one.withColumn(RID, F.struct(F.col(RID), F.col("__k"))), rows, keys, "__pos", value_col)
-    return found.groupBy(F.col(f"{RID}.{RID}").alias(RID)).agg(
-        *[F.max(F.when(F.col(f"{RID}.__k") == k, F.col(value_col))).alias(n) for k, n in enumerate(names)])
+    rows = tiles.withColumn("__pos", F.col("__day")).withColumn("__kind", F.lit(0))
+    asked = requests.select(*keys, F.col(RID), F.posexplode(F.array(*[F.expr(p) for p in probes.values()]))
+                            .alias("__k", "__pos"), F.lit(1).alias("__kind"))
+    rows.unionByName(asked, allowMissingColumns=True).createOrReplaceTempView(f"{name}_both")
+    found = spark.sql(prefix_sql.format(both=f"{name}_both")).where(F.col("__kind") == 1)
+    return found.groupBy(RID).agg(*[F.max(F.when(F.col("__k") == k, F.col("__p"))).alias(n) for k, n in enumerate(probes)])
 
 
 def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None, int | None, int | None]:
@@ -271,10 +275,9 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
             tiles = tiles.where(~F.col("__day").isin(late)).unionByName(
                 _tiles_of_days(spark, program["job"], raw_table, sid, late, cols, name))
         tiles.createOrReplaceTempView(f"{name}_tiles")
-        if program["prefix"]:  # one sort of tiles + probes for every lookup: the probes of a request are rows
-            prefix = spark.sql(program["prefix"].format(tiles=f"{name}_tiles")).withColumn("__pos", F.col("__day"))
+        if program["prefix"]:  # prefix before the head day (pe) and before each window's first day (ps_<W>)
             probes = {"pe": "__tday - 1"} | {f"ps_{w}": f"`{col}` - 1" for w, col in program["prefix_starts"].items()}
-            _lookups(spark, r, prefix, keys, probes, "__p").createOrReplaceTempView(f"{name}_lk")
+            _prefix_lookups(spark, r, tiles, keys, probes, program["prefix"], name).createOrReplaceTempView(f"{name}_lk")
             fmt["lk"] = f"{name}_lk"
         if program["ranged"]:
             spark.sql(program["ranged"].format(**fmt)).createOrReplaceTempView(f"{name}_rj")
