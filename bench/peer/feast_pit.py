@@ -7,7 +7,10 @@ table's data files) and an entity_df Parquet file; prints one JSON object as its
      "rows_with_value": .., "max_rss_mib": ..}
 
     python feast_pit.py --data DIR_OR_FILE --entities entities.parquet --store file|duckdb \
-        [--ttl-days 30] [--created-at created_at] [--repeat 2]
+        [--ttl-days 30] [--created-at created_at [--filter-created]] [--repeat 2]
+
+``--filter-created`` passes ``filter_by_created_timestamp=True``: a row is not visible before its created
+timestamp (skewless's created_at rule, docs/semantics.md §7).
 
 One store per process, so ``max_rss_mib`` (this process's peak resident set, VmHWM) is that store's.
 """
@@ -49,6 +52,7 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--store", choices=("file", "duckdb"), default="file")
     p.add_argument("--ttl-days", type=float, default=30)
     p.add_argument("--created-at", default="")
+    p.add_argument("--filter-created", action="store_true", help="filter_by_created_timestamp=True")
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -71,7 +75,9 @@ def main(argv: list[str]) -> dict:
         for _ in range(max(1, args.repeat)):
             t0 = time.perf_counter()
             out = store.get_historical_features(entity_df=entity_df,
-                                                features=["profile:credit_score", "profile:segment"]).to_df()
+                                                features=["profile:credit_score", "profile:segment"],
+                                                **({"filter_by_created_timestamp": True} if args.filter_created else {})
+                                                ).to_df()
             seconds.append(round(time.perf_counter() - t0, 3))
     assert out is not None
     return {"store": args.store, "seconds": seconds, "best_s": min(seconds), "rows_in": len(entity_df),

@@ -13,6 +13,7 @@ from skewless.training.plan import AggregationPit, ViewPit
 from skewless.training.requests import T
 
 PRESENT, EXPIRED, INCOMPLETE = "present", "expired", "incomplete"
+UNNEST_MAX_DAYS = 31  # windowed MIN/MAX/LAST over tiles: up to this many days per request, one row per day
 
 Out = TypeVar("Out")
 

@@ -15,9 +15,9 @@ Per feature view (docs/training.md, "Algorithm"):
   ``[floor(T, 1d), T)`` plus every stream-served window by one equi-join of the requests' 1-3 days with
   the offline events, then merged with the laws (add, least, greatest).
 
-Per snapshot view: the rows that can ever be the latest visible one (``visible_from = max(ts,
-created_at)``; a row dominated in ``(ts, created_at)`` by a row visible earlier is dropped), then one
-ASOF join on ``visible_from <= T`` and the TTL rules.
+Per snapshot view: one ASOF join on the row timestamp (no created_at), else (docs/training.md) either a join
+of each key's visible rows within ``ttl + 7 d`` of T (sparse rows) or an ASOF join on ``(ts, created_at) <=
+(T, T)`` with the exact visibility rule for the requests whose row found is not visible yet; then the TTL rules.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.sql import DUCKDB, contribution_sql, law_sql, tile_sql
 from skewless.core.timeutil import MS_PER_DAY
 from skewless.training import duckdb_sources, sources
-from skewless.training.compiler import EXPIRED, PRESENT, TrainingCompiler
+from skewless.training.compiler import EXPIRED, PRESENT, UNNEST_MAX_DAYS, TrainingCompiler
 from skewless.training.plan import INVERTIBLE, AggregationPit, PitPlan, ViewPit
 from skewless.training.prefix import PrefixColumn, TilePrefix
 from skewless.training.requests import RID, T
 
 DEFAULT_CHUNK_ROWS = 2_000_000
+SNAPSHOT_JOIN: bool | None = None  # created_at snapshots: join path (True), ASOF path (False), by estimate (None)
 VECTORISED_PREFIX = True  # prefix sums and lookups with numpy when exact (skewless.training.prefix), else SQL
-UNNEST_MAX_DAYS = 31  # windowed MIN/MAX/LAST over tiles: up to this many days per request, one row per day
 PREFIX_KINDS = ("sum", "last")  # running aggregates skewless.training.prefix computes (else SQL window functions)
 RANGE_KINDS = ("min", "max")  # windowed aggregates it computes over a day range
 
@@ -56,6 +56,7 @@ keys_equal = DUCKDB.keys_equal
 FLOORDIV = "CREATE OR REPLACE MACRO __floordiv(a, b) AS (a - (((a % b) + b) % b)) // b"
 # DuckDB's epoch_ms rounds to the nearest ms; the contract floors (docs/semantics.md §1)
 EPOCH_MS = "CREATE OR REPLACE MACRO __epoch_ms(t) AS __floordiv(epoch_us(t), 1000)"
+PAIR_BASE = "CAST(18446744073709551616 AS HUGEINT)"  # 2^64: (a, b) of int64s as a * 2^64 + b, ordered as the pair
 
 
 # --- the compiler ---------------------------------------------------------------------------------------
@@ -88,9 +89,11 @@ class DuckDBFeatureViewSql:
 class DuckDBSnapshotSql:
     pit: ViewPit
     row_columns: tuple[str, ...]
-    rows_sql: str  # over {rows}: the rows that can be the latest visible one
-    null_created_sql: str | None
+    rows_sql: str  # over {rows}: the rows as the result reads them
+    stats_sql: str | None  # created_at: over the source rows, (null created_at count, rows, min ts, max ts)
     result_sql: str  # over {req}, {rows}
+    join_sql: str = ""  # created_at, sparse rows: over {req}, {rows}, the result by a join within ttl + 7 d of T
+    reach_ms: int = 0  # created_at: ttl + 7 d, the time a row can decide an answer
 
 
 class DuckDBCompiler(TrainingCompiler[Any]):
@@ -286,28 +289,57 @@ class DuckDBCompiler(TrainingCompiler[Any]):
         ts = f"__epoch_ms({q(scan.event_time)})"
         row_cols = list(keys) + [scan.event_time] + ([scan.created_at] if scan.created_at else []) + fields
         fcols = ", ".join(q(f) for f in dict.fromkeys(wanted))
-        if scan.created_at:
-            created = f"__epoch_ms({q(scan.created_at)})"
-            order = f"(PARTITION BY {kcols} ORDER BY __v, __ts, __c)"
-            rows_sql = (
-                f"SELECT {kcols}, __v, __ts, {fcols} FROM (\n"
-                f"  SELECT *, max(struct_pack(t := __ts, c := __c)) OVER ({order[1:-1]} ROWS BETWEEN UNBOUNDED PRECEDING "
-                f"AND 1 PRECEDING) AS __prev, lead(__v) OVER {order} AS __next_v\n"
-                f"  FROM (SELECT {kcols}, {ts} AS __ts, {created} AS __c, greatest({ts}, {created}) AS __v, {fcols} "
-                f"FROM {{rows}}) AS s\n"
-                ") AS w WHERE (__prev IS NULL OR struct_pack(t := __ts, c := __c) > __prev) "
-                "AND (__next_v IS NULL OR __next_v <> __v)")
-            null_created = f"SELECT count(*) FROM {{rows}} WHERE {q(scan.created_at)} IS NULL"
-        else:
+        if not scan.created_at:
             return self._plain_snapshot(plan, row_cols, fcols)
         ttl, memory = lookup.ttl_ms, SNAPSHOT_EXPIRED_MEMORY_MS
-        fresh = f"s.__ts >= r.{T} - {ttl}"
+        reach = ttl + memory  # a row older than this at T is forgotten: its key's bucket width below
+        # (ts, created_at) as one HUGEINT ts * 2^64 + created_at: ordered as the pair, one comparison
+        rows_sql = (f"SELECT {kcols}, __ts, __c, CAST(__ts AS HUGEINT) * {PAIR_BASE} + __c AS __k, "
+                    f"__floordiv(__ts, {reach}) AS __b, {fcols} FROM "
+                    f"(SELECT {kcols}, {ts} AS __ts, __epoch_ms({q(scan.created_at)}) AS __c, {fcols} FROM {{rows}}) AS s")
+        stats = (f"SELECT count(*) FILTER (WHERE {q(scan.created_at)} IS NULL), count(*), min({ts}), max({ts}) "
+                 f"FROM {{rows}}")
+        on = keys_equal("s", "r", keys)
+        lkeys = ", ".join(f"r.{q(k)}" for k in keys)
+        field_cols = ", ".join(f"s.{q(f)}" for f in dict.fromkeys(wanted))
+        # Sparse rows (few per key within ttl + 7 d of T): every visible row of the key in [T - ttl - 7 d, T]
+        # (an equi-join on the key and a bucket of that width: T's bucket and the one before), the greatest
+        # (ts, created_at) wins; it decides values and status, and older rows cannot (forgotten).
+        join = (f"WITH r AS (SELECT {RID}, {kcols}, {T}, unnest([__floordiv({T}, {reach}) - 1, __floordiv({T}, {reach})]) "
+                f"AS __b FROM {{req}}), "
+                # arg_max skips a null argument: the row as one struct (never null)
+                f"m AS (SELECT r.{RID}, arg_max(struct_pack(__ts := s.__ts"
+                + "".join(f", {q(f)} := s.{q(f)}" for f in dict.fromkeys(wanted))
+                + f"), s.__k) AS __row FROM r JOIN {{rows}} AS s ON {on} AND s.__b = r.__b AND s.__ts <= r.{T} AND s.__c <= r.{T} "
+                f"AND s.__ts >= r.{T} - {reach} GROUP BY r.{RID}), "
+                f"found AS (SELECT r.{RID}, r.{T}, m.__row.__ts, {', '.join(f'm.__row.{q(f)}' for f in dict.fromkeys(wanted))} "
+                f"FROM {{req}} AS r LEFT JOIN m ON m.{RID} = r.{RID}) ")
+        # Dense rows: 1. one ASOF join on the pair: the greatest (ts, created_at) <= (T, T). Every visible row
+        # (ts <= T and created_at <= T) is <= (T, T), so when the row found is visible it is the answer.
+        # 2. the requests whose row found is not visible yet (created_at > T): the exact rule on their keys' rows
+        #    only (rows dominated in (ts, created_at) by a row visible no later dropped, then ASOF on v <= T).
+        v = "greatest(__ts, __c)"
+        order = f"PARTITION BY {kcols} ORDER BY {v}, __k"
+        ctes = [
+            f"r AS (SELECT {RID}, {kcols}, {T}, CAST({T} AS HUGEINT) * {PAIR_BASE} + {T} AS __kt FROM {{req}})",
+            f"a AS MATERIALIZED (SELECT r.{RID}, {lkeys}, r.{T}, s.__ts, s.__c, {field_cols} FROM r "
+            f"ASOF LEFT JOIN {{rows}} AS s ON {on} AND r.__kt >= s.__k)",
+            f"late AS (SELECT {RID}, {kcols}, {T} FROM a WHERE __c > {T})",
+            f"cand AS (SELECT {kcols}, __ts, __v, {fcols} FROM (SELECT *, {v} AS __v, max(__k) OVER ({order} ROWS "
+            f"BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS __prev, lead({v}) OVER ({order}) AS __next_v "
+            f"FROM {{rows}} AS s SEMI JOIN late AS r ON {on}) AS w "
+            "WHERE (__prev IS NULL OR __k > __prev) AND (__next_v IS NULL OR __next_v <> __v))",
+            f"found AS (SELECT {RID}, {T}, __ts, {fcols} FROM a WHERE __c IS NULL OR __c <= {T} "
+            f"UNION ALL SELECT r.{RID}, r.{T}, s.__ts, {field_cols} FROM late AS r "
+            f"ASOF LEFT JOIN cand AS s ON {on} AND r.{T} >= s.__v)",
+        ]
+        fresh = f"s.__ts >= s.{T} - {ttl}"
         cols = [f"CASE WHEN {fresh} THEN s.{q(o.feature)} END AS {q(o.column)}" for o in pit.outputs]
-        cols.append(f"CASE WHEN s.__ts IS NOT NULL AND NOT ({fresh}) AND s.__ts >= r.{T} - {ttl + memory} "
+        cols.append(f"CASE WHEN s.__ts IS NOT NULL AND NOT ({fresh}) AND s.__ts >= s.{T} - {reach} "
                     f"THEN '{EXPIRED}' ELSE '{PRESENT}' END AS {q(pit.status_column)}")
-        result = (f"SELECT r.{RID}, {', '.join(cols)} FROM {{req}} AS r ASOF LEFT JOIN {{rows}} AS s "
-                  f"ON {keys_equal('s', 'r', keys)} AND r.{T} >= s.__v")
-        return DuckDBSnapshotSql(pit, tuple(dict.fromkeys(row_cols)), rows_sql, null_created, result)
+        final = f"SELECT s.{RID}, {', '.join(cols)} FROM found AS s"
+        result = f"WITH {', '.join(ctes)} {final}"
+        return DuckDBSnapshotSql(pit, tuple(dict.fromkeys(row_cols)), rows_sql, stats, result, join + final, reach)
 
     def _plain_snapshot(self, plan: ViewPlan, row_cols: list[str], fcols: str) -> DuckDBSnapshotSql:
         """Without created_at every row is visible from its own timestamp: a projection of the rows and one
@@ -487,30 +519,45 @@ class _PreparedFeatureView:
 
 
 class _PreparedSnapshotView:
-    """A snapshot source's candidate rows: a view over the source rows (one chunk, or no created_at rule:
-    a projection), else a table computed once for every chunk."""
+    """A snapshot source's rows: a view over the source rows (one chunk, or no created_at rule), else a table
+    computed once for every chunk. With created_at, each chunk picks the join or the ASOF path (:meth:`sparse`)."""
 
     def __init__(self, con: Any, catalog: Any, compiled: DuckDBSnapshotSql, n: int, materialize: bool):
         self.con, self.c, self.n = con, compiled, n
+        self.rows, self.span_ms, self.use_join = 0, 0, False
         pit = compiled.pit
         src = f"__rows_src_{n}"
         duckdb_sources.snapshot_rows(con, src, catalog, _ident(pit.view.source.table), compiled.row_columns)
-        if compiled.null_created_sql:
-            nulls = con.execute(compiled.null_created_sql.format(rows=src)).fetchone()[0]
+        if compiled.stats_sql:
+            nulls, self.rows, lo, hi = con.execute(compiled.stats_sql.format(rows=src)).fetchall()[0]
             if nulls:
                 raise sources.TrainingDataError(f"snapshot source {pit.view.source.table} of {pit.name!r} has {nulls} "
                                                 f"row(s) with a null {pit.plan.scan.created_at}")
+            self.span_ms = 0 if lo is None else hi - lo + 1
         ts_type = con.execute(f"DESCRIBE SELECT {q(pit.plan.scan.event_time)} FROM {src}").fetchone()[1]
         self.ts_type = ts_type if ts_type == "TIMESTAMP WITH TIME ZONE" else "TIMESTAMP"
-        kind = "TABLE" if materialize and compiled.null_created_sql else "VIEW"
+        kind = "TABLE" if materialize and compiled.stats_sql else "VIEW"
         con.execute(f"CREATE OR REPLACE TEMP {kind} __rows_{n} AS " + compiled.rows_sql.format(rows=src,
                                                                                                    ts_type=self.ts_type))
 
+    def sparse(self, requests: int, keys: int) -> bool:
+        """Whether the join path is cheaper: the rows it pairs with the requests (each request meets its key's
+        rows of two ``reach`` buckets; rows per key estimated from the requests' distinct keys, spread evenly in
+        time) are fewer than the rows the ASOF path sorts."""
+        if not self.c.join_sql or not requests or not self.rows or SNAPSHOT_JOIN is not None:
+            return bool(self.c.join_sql) and bool(SNAPSHOT_JOIN)
+        per_key = self.rows / max(1, keys) * min(1.0, 2 * self.c.reach_ms / max(1, self.span_ms))
+        return requests * per_key <= self.rows + requests
+
     def load_events(self, req: str, t_min: int, t_max: int) -> None:
-        pass
+        if self.c.join_sql:
+            kcols = ", ".join(q(k) for k in self.c.pit.key_names)
+            n, keys = self.con.execute(f"SELECT count(*), count(DISTINCT ({kcols})) FROM {req}").fetchall()[0]
+            self.use_join = self.sparse(n, keys)
 
     def result_sql(self, req: str) -> str:
-        return self.c.result_sql.format(req=req, rows=f"__rows_{self.n}", ts_type=self.ts_type)
+        sql = self.c.join_sql if self.use_join else self.c.result_sql
+        return sql.format(req=req, rows=f"__rows_{self.n}", ts_type=self.ts_type)
 
 
 def _view_tables(pit: ViewPit) -> Any:

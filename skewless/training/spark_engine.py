@@ -4,9 +4,9 @@ Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the
 batch path's compiled ``offline`` statement (:class:`skewless.offline.spark_compiler.SparkBatchJob`) over the
 raw table pinned at its current snapshot (the tiles of days that received rows after the newest run's
 snapshot are computed again from it with the batch job's ``tiles`` statement); whole days come from
-prefix aggregates of the daily tiles, looked up "as of" a day with a union + ``last(..., true)`` window
-(Spark has no ASOF join); windowed
-MIN/MAX/LAST tiles by a range join over the window's days; head and stream-served windows by an
+prefix aggregates of the daily tiles: the tiles and each request's probes (one per window start) in one union,
+one window of running aggregates over it (Spark has no ASOF join); windowed MIN/MAX/LAST tiles by an
+equi-join of each request's window days (a range join beyond 31 days); head and stream-served windows by an
 equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
 
@@ -33,7 +33,7 @@ from skewless.core.plan import ViewPlan
 from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.sql import SPARK, law_sql
 from skewless.core.timeutil import MS_PER_DAY
-from skewless.training.compiler import EXPIRED, PRESENT, TrainingCompiler
+from skewless.training.compiler import EXPIRED, PRESENT, UNNEST_MAX_DAYS, TrainingCompiler
 from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, batch_run_fingerprint
 from skewless.training.requests import RID, T
 
@@ -71,7 +71,9 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
         head = (f"SELECT r.{RID}, {', '.join(head_aggs)} FROM (SELECT *, explode(sequence({floordiv(lo, D)}, __tday)) AS __d "
                 f"FROM {{r}}) AS r JOIN {{offline}} AS e ON {keys_equal('e', 'r', keys)} AND e.__dnum = r.__d "
                 f"AND e.__ts < r.{T} GROUP BY r.{RID}")
-        window = f"PARTITION BY {kcols} ORDER BY __day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+        # the tiles and every prefix probe of the requests in one relation ({both}: tiles first at equal positions),
+        # so one sort gives each probe the running aggregates of the tiles up to its position
+        window = f"PARTITION BY {kcols} ORDER BY __pos, __kind ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
         prefix_cols = []
         for a in batch:
             law = law_sql(SPARK, a.agg)
@@ -80,7 +82,7 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
             for prefix_name, kind, source in law.running:
                 running = SPARK.running[kind].format(x=source.format(t=bq(a.name)))
                 prefix_cols.append(f"'{prefix_name}{a.name}', {running} OVER ({window})")
-        prefix = (f"SELECT {kcols}, __day, named_struct({', '.join(prefix_cols)}) AS __p FROM {{tiles}}"
+        prefix = (f"SELECT {RID}, __k, __kind, named_struct({', '.join(prefix_cols)}) AS __p FROM {{both}}"
                   if prefix_cols else None)
         prefix_starts = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
         ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
@@ -90,13 +92,17 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
                     + f" AS {bq('w__' + a.name)}" for a in ranged]
             lo_day = f"least({', '.join('r.' + bq('a__' + a.name) for a in ranged)})" if len(ranged) > 1 \
                 else f"r.{bq('a__' + ranged[0].name)}"
-            ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
-                          f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
-        cols = self._output_columns(SPARK, lambda alias, column: f"{alias}.__p.{bq(column)}")
+            if max(a.width_days or 0 for a in ranged) <= UNNEST_MAX_DAYS:  # each request's days, equi-joined
+                ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM (SELECT *, explode(sequence({lo_day}, r.__tday - 1)) "
+                              f"AS __d FROM {{r}} AS r WHERE {lo_day} < r.__tday) AS r JOIN {{tiles}} AS t ON "
+                              f"{keys_equal('t', 'r', keys)} AND t.__day = r.__d GROUP BY r.{RID}")
+            else:  # a range join on the keys: every tile of the entity is compared
+                ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
+                              f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
+        cols = self._output_columns(SPARK, lambda alias, column: f"lk.{alias}.{bq(column)}")
         joins = [f"LEFT JOIN {{hd}} AS hd ON hd.{RID} = r.{RID}"]
-        if prefix:
-            joins.append(f"LEFT JOIN {{pe}} AS pe ON pe.{RID} = r.{RID}")
-            joins += [f"LEFT JOIN {{ps_{w}}} AS ps_{w} ON ps_{w}.{RID} = r.{RID}" for w in prefix_starts]
+        if prefix:  # every prefix lookup of a request (pe, ps_<W>) in one row of {lk}
+            joins.append(f"LEFT JOIN {{lk}} AS lk ON lk.{RID} = r.{RID}")
         if ranged_sql:
             joins.append(f"LEFT JOIN {{rj}} AS rj ON rj.{RID} = r.{RID}")
         final = f"SELECT r.{RID}, {', '.join(cols)} FROM {{r}} AS r {' '.join(joins)}"
@@ -149,6 +155,22 @@ def _asof(spark: Any, requests: Any, rows: Any, keys: Sequence[str], req_pos: st
     w = Window.partitionBy(*keys).orderBy("__pos", "__kind").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     return (both.withColumn("__v", F.last(value_col, ignorenulls=True).over(w))
             .where(F.col("__kind") == 1).select(RID, F.col("__v").alias(value_col)))
+
+
+def _prefix_lookups(spark: Any, requests: Any, tiles: Any, keys: Sequence[str], probes: dict[str, str], prefix_sql: str,
+                    name: str) -> Any:
+    """Per request, for each ``name: day expression`` of ``probes``, the running aggregates of the entity's tiles up to
+    that day (the compiled ``prefix`` statement), as struct column ``name``: the tiles and one row per probe in one
+    union, sorted once by (keys, position, tiles before probes), then one row per request again (an ASOF join
+    that needs no separate running-aggregate pass)."""
+    from pyspark.sql import functions as F
+
+    rows = tiles.withColumn("__pos", F.col("__day")).withColumn("__kind", F.lit(0))
+    asked = requests.select(*keys, F.col(RID), F.posexplode(F.array(*[F.expr(p) for p in probes.values()]))
+                            .alias("__k", "__pos"), F.lit(1).alias("__kind"))
+    rows.unionByName(asked, allowMissingColumns=True).createOrReplaceTempView(f"{name}_both")
+    found = spark.sql(prefix_sql.format(both=f"{name}_both")).where(F.col("__kind") == 1)
+    return found.groupBy(RID).agg(*[F.max(F.when(F.col("__k") == k, F.col("__p"))).alias(n) for k, n in enumerate(probes)])
 
 
 def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None, int | None, int | None]:
@@ -253,13 +275,10 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
             tiles = tiles.where(~F.col("__day").isin(late)).unionByName(
                 _tiles_of_days(spark, program["job"], raw_table, sid, late, cols, name))
         tiles.createOrReplaceTempView(f"{name}_tiles")
-        if program["prefix"]:
-            prefix = spark.sql(program["prefix"].format(tiles=f"{name}_tiles")).withColumn("__pos", F.col("__day"))
-            _asof(spark, r, prefix, keys, "__tday - 1", "__p").createOrReplaceTempView(f"{name}_pe")
-            fmt["pe"] = f"{name}_pe"
-            for w, col in program["prefix_starts"].items():
-                _asof(spark, r, prefix, keys, f"`{col}` - 1", "__p").createOrReplaceTempView(f"{name}_ps_{w}")
-                fmt[f"ps_{w}"] = f"{name}_ps_{w}"
+        if program["prefix"]:  # prefix before the head day (pe) and before each window's first day (ps_<W>)
+            probes = {"pe": "__tday - 1"} | {f"ps_{w}": f"`{col}` - 1" for w, col in program["prefix_starts"].items()}
+            _prefix_lookups(spark, r, tiles, keys, probes, program["prefix"], name).createOrReplaceTempView(f"{name}_lk")
+            fmt["lk"] = f"{name}_lk"
         if program["ranged"]:
             spark.sql(program["ranged"].format(**fmt)).createOrReplaceTempView(f"{name}_rj")
             fmt["rj"] = f"{name}_rj"

@@ -95,12 +95,20 @@ def test_spine_is_entities_times_instants(repo: Repository) -> None:
 # --- the embedded engine on a snapshot view, against the oracle (PyIceberg only) -------------------------
 
 
-@pytest.mark.parametrize("created_at,evolved", [(True, False), (False, False), (False, True), (True, True)],
-                         ids=["created_at", "plain", "plain-evolved-schema", "created_at-evolved-schema"])
-def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any, created_at: bool, evolved: bool) -> None:
+@pytest.mark.parametrize("created_at,evolved,join", [
+    (True, False, None), (True, False, True), (True, False, False), (False, False, None), (False, True, None),
+    (True, True, None)], ids=["created_at", "created_at-join-path", "created_at-asof-path", "plain",
+                              "plain-evolved-schema", "created_at-evolved-schema"])
+def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any, monkeypatch: Any, created_at: bool, evolved: bool,
+                                                        join: bool | None) -> None:
     """Rows at sub-millisecond instants (floored, §1), T at and around every row, TTL and forgotten edges.
-    A table whose schema changed is read through PyIceberg; otherwise DuckDB reads its Parquet files."""
+    A table whose schema changed is read through PyIceberg; otherwise DuckDB reads its Parquet files. With
+    created_at, both of the embedded engine's paths (a join within ttl + 7 d, or ASOF joins) and its choice."""
     from pyiceberg.types import StringType
+
+    from skewless.training import duckdb_engine
+
+    monkeypatch.setattr(duckdb_engine, "SNAPSHOT_JOIN", join)
 
     from skewless.engines.iceberg_catalog import load_catalog
     from skewless.training.sources import parquet_files
