@@ -17,7 +17,7 @@ from skewless.core import layout
 from skewless.core.repo import load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR
 from skewless.serving.online import OnlineStore
-from tests.integration.test_serving import C1, C2, NOW, _arrow_rows, _day, setup_store
+from tests.integration.test_serving import C1, C2, NOW, arrow_rows, day_of, setup_store
 from tests.support.fill import order_events
 
 pytestmark = pytest.mark.integration
@@ -35,24 +35,30 @@ def events() -> tuple[list, list]:
 
 
 def _drop_tiles(client: Any, project: str, view: Any, user: str, tile_ms: int) -> None:
-    """Lose the entity's stream tiles of one tile size (as an eviction or an operator's DEL would)."""
-    client.delete(layout.tile_key(project, view, (user,), tile_ms))
+    """Lose the entity's stream tiles of one tile size (as an operator's HDEL or a broken replica would)."""
+    key = layout.entity_key(project, view, (user,))
+    fields = [f for f in client.hkeys(key) if f.decode().startswith(f"{layout.TILE_FIELD_PREFIX}{tile_ms}:")]
+    assert fields
+    client.hdel(key, *fields)
 
 
 def _drop_batch(client: Any, project: str, view: Any, user: str) -> None:
-    client.delete(layout.batch_key(project, view, (user,)))
+    key = layout.entity_key(project, view, (user,))
+    fields = [f for f in client.hkeys(key) if f.decode().startswith(layout.BATCH_FIELD_PREFIX)]
+    assert fields
+    client.hdel(key, *fields)
 
 
 def _write_snapshot(client: Any, project: str, view: Any, user: str, ts: int, values: dict, epoch: str) -> None:
-    client.set(layout.snapshot_key(project, view, (user,)), layout.encode_snapshot(view, ts, ts, values, epoch),
-               pxat=layout.snapshot_expire_at_ms(view, ts))
+    keys, args = layout.snapshot_write_args(layout.entity_key(project, view, (user,)), view, C1, 1, ts,
+                                            layout.encode_snapshot(view, ts, ts, values, epoch))
+    assert client.eval(layout.SNAPSHOT_WRITE_LUA, 1, *keys, *args) == 1
 
 
 def _drop_snapshot(client: Any, project: str, view: Any, user: str) -> None:
-    client.delete(layout.snapshot_key(project, view, (user,)))
+    assert client.hdel(layout.entity_key(project, view, (user,)), layout.SNAPSHOT_FIELD) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20: layout v1 reads a lost part as present / lets a late writer win")
 def test_a_lost_tile_or_batch_record_reads_incomplete(redis_client: Any, repo: Any, events: tuple) -> None:
     admitted, offline = events
     project = f"s{uuid.uuid4().hex[:8]}"
@@ -80,7 +86,6 @@ def test_a_lost_tile_or_batch_record_reads_incomplete(redis_client: Any, repo: A
     assert lost.statuses["user_orders_last_1h"][1] == "present"  # the batch record feeds no stream-served window
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20: layout v1 reads a lost part as present / lets a late writer win")
 def test_a_lost_snapshot_row_reads_incomplete(redis_client: Any, repo: Any, events: tuple) -> None:
     admitted, offline = events
     project = f"s{uuid.uuid4().hex[:8]}"
@@ -96,7 +101,6 @@ def test_a_lost_snapshot_row_reads_incomplete(redis_client: Any, repo: Any, even
     assert (got.values["segment"], got.statuses["segment"]) == ([None, None], ["incomplete", "present"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20: layout v1 reads a lost part as present / lets a late writer win")
 def test_a_paused_materializer_never_replaces_a_newer_run(redis_client: Any, repo: Any, events: tuple,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Run A (older cut-off) pauses past its lease between a lease renewal and its next batch; run B (newer cut-off)
@@ -108,8 +112,8 @@ def test_a_paused_materializer_never_replaces_a_newer_run(redis_client: Any, rep
     store = OnlineStore(repo, redis_client, project)
     users = sorted({e["user_id"] for e in offline})
     older, newer = C2, C2 + MS_PER_DAY  # setup_store materialized C1
-    rows_a = _arrow_rows(view, offline, users, older, "run-a", epoch)
-    rows_b = _arrow_rows(view, [{**e, "amount": e["amount"] * 2} for e in offline], users, newer, "run-b", epoch)
+    rows_a = arrow_rows(view, offline, users, older, "run-a", epoch)
+    rows_b = arrow_rows(view, [{**e, "amount": e["amount"] * 2} for e in offline], users, newer, "run-b", epoch)
     batch = 5
     paused_tag = layout.encode_entity_key(view.entity, (users[batch],))
     paused, resume = threading.Event(), threading.Event()
@@ -127,7 +131,7 @@ def test_a_paused_materializer_never_replaces_a_newer_run(redis_client: Any, rep
 
     def run_a() -> None:
         try:
-            materialize_feature_view(None, redis_client, view, _day(older), project=project, rows=rows_a, batch_size=batch)
+            materialize_feature_view(None, redis_client, view, day_of(older), project=project, rows=rows_a, batch_size=batch)
         except Exception as exc:  # noqa: BLE001 - the paused run is expected to fail once it resumes
             writer_a["error"] = exc
 
@@ -138,7 +142,7 @@ def test_a_paused_materializer_never_replaces_a_newer_run(redis_client: Any, rep
         deadline = time.monotonic() + 30
         while True:  # run B waits for A's lease to expire, then completes
             try:
-                materialize_feature_view(None, redis_client, view, _day(newer), project=project, rows=rows_b,
+                materialize_feature_view(None, redis_client, view, day_of(newer), project=project, rows=rows_b,
                                          batch_size=batch)
                 break
             except materialize.ConcurrentMaterializationError:

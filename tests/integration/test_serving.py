@@ -21,7 +21,7 @@ from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
 from skewless.serving.online import OnlineStore
 from skewless.serving.push import PushError, Pusher
 from skewless.store import FeatureStore
-from tests.support.fill import batch_record, order_events, tiles
+from tests.support.fill import batch_record, order_events, tile_writes
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def events() -> tuple[list, list]:
     return order_events(1500, 25, start, 1500 / (4 * MS_PER_DAY / 1000 - 900), seed=11)
 
 
-def _arrow_rows(view: Any, offline: list, users: list[str], cutoff: int, run_id: str, epoch: str) -> Any:
+def arrow_rows(view: Any, offline: list, users: list[str], cutoff: int, run_id: str, epoch: str) -> Any:
     import pyarrow as pa
 
     fields = sorted(layout.batch_windows(view))
@@ -55,7 +55,7 @@ def _arrow_rows(view: Any, offline: list, users: list[str], cutoff: int, run_id:
     return pa.table(cols)
 
 
-def _day(cutoff: int) -> date:
+def day_of(cutoff: int) -> date:
     return datetime.fromtimestamp((cutoff - MS_PER_DAY) / 1000, tz=timezone.utc).date()
 
 
@@ -69,18 +69,12 @@ def setup_store(client: Any, repo: Any, admitted: list, offline: list, project: 
                                       "written_ms": NOW})
                 for p in {e["_kafka_partition"] for e in admitted}}
     client.hset(layout.progress_key(project, "orders"), mapping=progress)
-    groups = {g.tile_ms: g for g in layout.tile_groups(view)}
-    by_user: dict[str, list] = {}
-    for key, fields in tiles(project, view, admitted, epoch).items():
-        tile_ms = int(key.rsplit(":", 1)[1])
-        by_user.setdefault(key.split("{")[1], []).append(
-            (key, groups[tile_ms], {int(s): v for s, v in fields.items()}))
-    for writes in by_user.values():
-        keys, argv = layout.tile_cas_args(writes)
+    for key, writes in tile_writes(project, view, admitted, epoch).items():
+        keys, argv = layout.tile_cas_args([(key, g, fields) for g, fields in writes])
         client.eval(layout.TILE_CAS_LUA, len(keys), *keys, *argv)
     users = sorted({e["user_id"] for e in offline})
-    materialize_feature_view(None, client, view, _day(C1), project=project,
-                             rows=_arrow_rows(view, offline, users, C1, "run-c1", epoch))
+    materialize_feature_view(None, client, view, day_of(C1), project=project,
+                             rows=arrow_rows(view, offline, users, C1, "run-c1", epoch))
     return epoch
 
 
@@ -169,7 +163,7 @@ def test_reads_during_rematerialization_are_one_run(redis_client: Any, repo: Any
     feats = ["user_order_stats"]
     before = store.get_online_features({"user_id": users}, feats, now_ms=T)
     doubled = [{**e, "amount": e["amount"] * 2} for e in offline]  # run 2 differs from run 1 in every amount
-    rows2 = _arrow_rows(view, doubled, users, C2, "run-c2", epoch)
+    rows2 = arrow_rows(view, doubled, users, C2, "run-c2", epoch)
     reads: list = []
     stop = threading.Event()
 
@@ -181,7 +175,7 @@ def test_reads_during_rematerialization_are_one_run(redis_client: Any, repo: Any
     thread.start()
     try:
         for _ in range(3):
-            materialize_feature_view(None, redis_client, view, _day(C2), project=project, rows=rows2, group_size=2)
+            materialize_feature_view(None, redis_client, view, day_of(C2), project=project, rows=rows2, group_size=2)
     finally:
         stop.set()
         thread.join(60)
