@@ -55,6 +55,18 @@ class ConcurrentMaterializationError(BatchError):
     """Another materialization of the same view holds the writer lease (or took it over): retry after it."""
 
 
+class EvictingRedisError(BatchError):
+    """Redis may evict keys (``maxmemory-policy``): materialization refuses to write (see layout.check_eviction_policy)."""
+
+
+def check_redis_policy(client: Any) -> None:
+    """:class:`EvictingRedisError` when Redis may evict keys; a warning where the policy cannot be read."""
+    try:
+        layout.check_eviction_policy(client, "materialize")
+    except layout.EvictingPolicyError as exc:
+        raise EvictingRedisError(str(exc)) from None
+
+
 class StoreNotInitialisedError(BatchError):
     """Redis has no epoch marker: the online store was never initialised or lost its data."""
 
@@ -145,7 +157,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         raise BatchError(f"day {day} is too old to serve: its batch record would expire at once (cut-off + "
                          f"{(expires - cut) // 86_400_000} days, when the stream's daily tiles after it are gone); "
                          "materialize the newest computed day")
-    layout.check_eviction_policy(client, "materialize")
+    check_redis_policy(client)
     rows = rows if rows is not None else read_serving(catalog, view, day, namespace)
     if quality_gate is not None:
         _check_gate(view, day, serving_values(view, rows, cut), quality_gate, report)
@@ -441,7 +453,7 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
         table = catalog.load_table(src.table)
     except NoSuchTableError:
         raise BatchError(f"snapshot source table {src.table} of {view.name} does not exist") from None
-    layout.check_eviction_policy(client, "materialize")
+    check_redis_policy(client)
     arrow = table.scan().to_arrow()
     _check_gate(view, day, arrow, quality_gate, report)
     epoch = store_epoch(client, project, init=init_epoch)
