@@ -235,10 +235,11 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
 
     def batches() -> Iterable[tuple[bytes, int]]:
         for lo in range(0, n, step):
-            if lo:
-                lease()  # renew (and stop if another writer took the view over)
             hi = min(lo + step, n)
-            yield packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa), hi - lo
+            data = packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa)  # while Redis
+            if lo:  # runs the previous batch; then renew (and stop if another writer took the view over) and send
+                lease()
+            yield data, hi - lo
 
     send_pipelined(client, batches(), report)
 

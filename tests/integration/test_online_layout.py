@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+import redis
 
 import batch_jobs.materialize as materialize
 from batch_jobs.materialize import materialize_feature_view
@@ -115,18 +116,19 @@ def test_a_paused_materializer_never_replaces_a_newer_run(redis_client: Any, rep
     rows_a = arrow_rows(view, offline, users, older, "run-a", epoch)
     rows_b = arrow_rows(view, [{**e, "amount": e["amount"] * 2} for e in offline], users, newer, "run-b", epoch)
     batch = 5
-    paused_tag = layout.encode_entity_key(view.entity, (users[batch],))
+    paused_key = layout.entity_key(project, view, (users[batch],)).encode()
     paused, resume = threading.Event(), threading.Event()
     writer_a = {}
-    pack = materialize.BatchPacker.pack_arrow
+    send = redis.connection.Connection.send_packed_command
 
-    def pack_pausing(self: Any, tags: Any, values: Any, pa: Any) -> bytes:
-        if threading.current_thread() is writer_a.get("thread") and len(tags) and tags[0].as_py() == paused_tag:
+    def send_pausing(self: Any, command: Any, check_health: bool = True) -> None:
+        """Run A's batch holding users[batch] waits here: after its lease renewal, before it reaches Redis."""
+        if threading.current_thread() is writer_a.get("thread") and any(paused_key in bytes(c) for c in command):
             paused.set()
             resume.wait(60)
-        return pack(self, tags, values, pa)
+        return send(self, command, check_health)
 
-    monkeypatch.setattr(materialize.BatchPacker, "pack_arrow", pack_pausing)
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", send_pausing)
     monkeypatch.setattr(materialize, "LEASE_MS", 300)
 
     def run_a() -> None:
