@@ -162,3 +162,34 @@ def test_a_paused_materializer_never_replaces_a_newer_run(redis_client: Any, rep
     assert final.batch_runs == after_b.batch_runs == {"user_order_stats": {"run-b": newer}}
     for i, user in enumerate(users):
         assert final.row(i) == after_b.row(i), user
+
+
+def test_a_recorded_tile_loss_covers_only_the_windows_reaching_back_to_it(redis_client: Any, repo: Any,
+                                                                          events: tuple) -> None:
+    """The sink's next write of the size records the loss (lost up to the highest start written, the count made
+    exact): windows starting at or before it stay incomplete, later ones are served again; both readers agree."""
+    from tests.support.reference_reader import read_windowed
+
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    view = repo.view("user_order_stats")
+    group = next(g for g in layout.tile_groups(view) if g.tile_ms < MS_PER_HOUR)
+    newest = max(e["event_time"] for e in admitted)
+    user = [e["user_id"] for e in admitted if e["event_time"] > newest - 30 * 60_000][-1]
+    key = layout.entity_key(project, view, (user,))
+    highest = layout.read_entity_hash(redis_client.hgetall(key)).manifest["t"][str(group.tile_ms)][1]
+    _drop_tiles(redis_client, project, view, user, group.tile_ms)
+    later = highest + group.tile_ms  # a tile after the loss, written by the sink
+    vector = layout.encode_tile_vector(10**9, epoch, [1] * len(group.aggs), group.aggs)
+    keys, argv = layout.tile_cas_args([(key, group, {later: vector})])
+    assert redis_client.eval(layout.TILE_CAS_LUA, len(keys), *keys, *argv) == 1
+    assert layout.read_entity_hash(redis_client.hgetall(key)).tiles_lost(group.tile_ms) == (False, highest)
+    store = OnlineStore(repo, redis_client, project)
+    feature = "user_order_stats:user_orders_last_1h"
+    for now, want in ((highest + MS_PER_HOUR, None), (highest + MS_PER_HOUR + group.tile_ms, 1)):
+        got = store.get_online_features({"user_id": [user]}, [feature], now_ms=now)
+        ref = read_windowed(redis_client, project, [feature], [user], repo=repo, now_ms=now).entities["user_order_stats"][0]
+        assert got.values["user_orders_last_1h"] == [want] == [ref.value("user_orders_last_1h")]
+        assert (got.statuses["user_orders_last_1h"][0] == "incomplete") == (want is None)
+        assert got.statuses["user_orders_last_1h"][0] == ref.status("user_orders_last_1h")
