@@ -2,16 +2,19 @@
 
 Feature views: the run is checked once up front by :data:`skewless.core.layout.BATCH_BEGIN_LUA` (refused when
 the view meta records a newer materialized run, or when another materialization of the view holds the writer
-lease; else the lease is taken), then every row of ``features.<view>_v<n>_serving`` for cut-off
-``C = D+1 00:00 UTC`` becomes the commands of :func:`skewless.core.layout.batch_write_commands`: one ``HSET`` of
-the entity's whole batch hash (cut-off, run, epoch and every window field -- atomic per entity) and
-``PEXPIREAT``. Commands are packed to RESP with the constant parts packed once and sent in large pipelined
-batches, the lease renewed before each batch; the template is checked against ``batch_write_commands`` on the
+lease; else the lease is taken with a new fence), then every row of ``features.<view>_v<n>_serving`` for cut-off
+``C = D+1 00:00 UTC`` becomes one ``EVALSHA`` of :data:`skewless.core.layout.BATCH_WRITE_LUA` on the entity's hash
+(:func:`skewless.core.layout.batch_write_args`: the whole batch record, written only if the hash holds no newer run
+-- fenced, atomic per entity). Commands are packed to RESP with the constant parts packed once and sent in large
+pipelined batches, the lease renewed before each batch; the template is checked against ``batch_write_args`` on the
 first row of every run. Last, :data:`skewless.core.layout.BATCH_END_LUA` moves the view's ``batch_cutoff_ms``
 forward and releases the lease.
 
 Snapshot views: per entity the latest row as of the end of day D (``ts < C`` and ``created_at < C``) as
-:func:`skewless.core.layout.encode_snapshot`, ``SET ... PXAT snapshot_expire_at_ms``.
+:func:`skewless.core.layout.encode_snapshot`, written by :data:`skewless.core.layout.SNAPSHOT_WRITE_LUA` (fenced by
+the cut-off and Redis time at the start of the run).
+
+Both refuse a Redis whose ``maxmemory-policy`` may evict keys (:func:`skewless.core.layout.check_eviction_policy`).
 
 Re-running is idempotent: the same rows give the same hashes.
 """
@@ -50,6 +53,18 @@ class NewerRunMaterializedError(BatchError):
 
 class ConcurrentMaterializationError(BatchError):
     """Another materialization of the same view holds the writer lease (or took it over): retry after it."""
+
+
+class EvictingRedisError(BatchError):
+    """Redis may evict keys (``maxmemory-policy``): materialization refuses to write (see layout.check_eviction_policy)."""
+
+
+def check_redis_policy(client: Any) -> None:
+    """:class:`EvictingRedisError` when Redis may evict keys; a warning where the policy cannot be read."""
+    try:
+        layout.check_eviction_policy(client, "materialize")
+    except layout.EvictingPolicyError as exc:
+        raise EvictingRedisError(str(exc)) from None
 
 
 class StoreNotInitialisedError(BatchError):
@@ -142,6 +157,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         raise BatchError(f"day {day} is too old to serve: its batch record would expire at once (cut-off + "
                          f"{(expires - cut) // 86_400_000} days, when the stream's daily tiles after it are gone); "
                          "materialize the newest computed day")
+    check_redis_policy(client)
     rows = rows if rows is not None else read_serving(catalog, view, day, namespace)
     if quality_gate is not None:
         _check_gate(view, day, serving_values(view, rows, cut), quality_gate, report)
@@ -160,24 +176,34 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
     meta = layout.view_meta_key(project, view)
     token = f"{run_id}#{secrets.token_hex(6)}"
     begin = client.register_script(layout.BATCH_BEGIN_LUA)
+    fence: list[int] = []  # taken with the lease
 
     def lease() -> None:
-        code, detail = begin(keys=[meta], args=[str(cut), token, str(LEASE_MS)])
+        code, detail = begin(keys=[meta], args=[str(cut), token, str(LEASE_MS), "1" if fence else "0"])
         detail = detail.decode() if isinstance(detail, bytes) else detail
         if int(code) == 0:
             raise NewerRunMaterializedError(
                 f"Redis already serves a newer run of {view.name} v{view.version} (cut-off {iso_utc(int(detail)) if str(detail).isdigit() else detail} > {iso_utc(cut)}): "
-                f"the run of {day} is refused as a whole; nothing of it was written")
+                f"the run of {day} is refused as a whole; nothing of it was written" if not fence else
+                f"a newer run of {view.name} v{view.version} was materialized during the run of {day} (cut-off "
+                f"{iso_utc(int(detail)) if str(detail).isdigit() else detail}); the rest of this run is refused, and "
+                "nothing it wrote replaced the newer run's records (fenced writes)")
         if int(code) < 0:
             raise ConcurrentMaterializationError(
                 f"another materialization of {view.name} v{view.version} holds the writer lease ({detail}); "
                 "retry when it has finished (its lease expires after "
-                f"{LEASE_MS // 1000} s if it died)")
+                f"{LEASE_MS // 1000} s if it died)" if not fence else
+                f"the writer lease of {view.name} v{view.version} was taken over during the run of {day} (paused for "
+                f"more than {LEASE_MS // 1000} s?); nothing this run wrote replaced a newer run's records: materialize "
+                "the newest day of the view again")
+        if not fence:
+            fence.append(int(detail))
 
     lease()
     try:
-        _write_rows(client, packer_args=(view, project, cut, run_id, epoch, fields), rows=rows, columns=columns,
-                    batch_size=batch_size, lease=lease, report=report)
+        client.script_load(layout.BATCH_WRITE_LUA)
+        _write_rows(client, packer_args=(view, project, cut, run_id, epoch, fields, fence[0]), rows=rows,
+                    columns=columns, batch_size=batch_size, lease=lease, report=report)
     except BaseException:
         try:
             client.eval(layout.BATCH_ABORT_LUA, 1, meta, token)
@@ -196,7 +222,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
 
 def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str, str], batch_size: int,
                 lease: Callable[[], None], report: MaterializeReport) -> None:
-    fields = packer_args[-1]
+    fields = packer_args[5]
     import pyarrow as pa
 
     tags = rows.column("entity_tag").combine_chunks()
@@ -209,18 +235,20 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
 
     def batches() -> Iterable[tuple[bytes, int]]:
         for lo in range(0, n, step):
-            if lo:
-                lease()  # renew (and stop if another writer took the view over)
             hi = min(lo + step, n)
-            yield packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa), hi - lo
+            data = packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa)  # while Redis
+            if lo:  # runs the previous batch; then renew (and stop if another writer took the view over) and send
+                lease()
+            yield data, hi - lo
 
     send_pipelined(client, batches(), report)
 
 
 def send_pipelined(client: Any, batches: Iterable[tuple[bytes, int]], report: MaterializeReport | None = None) -> int:
-    """Send ``(packed HSET + PEXPIREAT commands, entities)`` batches on one connection; returns the entities
-    written. One batch's replies stay unread while the next is produced and sent, so packing and sending overlap
-    Redis executing the previous batch. ``report.written`` counts the entities whose replies were read."""
+    """Send ``(packed EVALSHA commands, entities)`` batches on one connection; returns the entities whose write was
+    answered. One batch's replies stay unread while the next is produced and sent, so packing and sending overlap
+    Redis executing the previous batch. ``report.written`` counts the entities written, ``report.skipped_newer``
+    those whose hash held a newer run (the script answered 0)."""
     conn = client.connection_pool.get_connection()
     written = 0
     try:
@@ -229,18 +257,17 @@ def send_pipelined(client: Any, batches: Iterable[tuple[bytes, int]], report: Ma
         for data, count in batches:
             conn.send_packed_command([data], check_health=False)
             if in_flight:
-                replies.read(2 * in_flight)
+                replies.read(in_flight)
                 written += in_flight
-                if report is not None:
-                    report.written += in_flight
             in_flight = count
         if in_flight:
-            replies.read(2 * in_flight)
+            replies.read(in_flight)
             if replies.credit:
                 raise BatchError(f"unexpected Redis replies to the batch writes ({replies.credit} more than commands)")
             written += in_flight
-            if report is not None:
-                report.written += in_flight
+        if report is not None:
+            report.written += written - replies.zeros
+            report.skipped_newer += replies.zeros
         return written
     except BaseException:
         conn.disconnect()  # unread replies must not leak into the next command
@@ -288,39 +315,42 @@ def _bulk(b: bytes) -> bytes:
 
 
 class BatchPacker:
-    """RESP of ``HSET <batch key> <fields...>`` + ``PEXPIREAT <batch key> <at>`` per entity
-    (:func:`skewless.core.layout.batch_write_commands`), constant parts packed once."""
+    """RESP of ``EVALSHA <BATCH_WRITE_LUA> 1 <entity hash> <args>`` per entity
+    (:func:`skewless.core.layout.batch_write_args`), constant parts packed once."""
 
     def __init__(self, view: FeatureView, project: str, cutoff: int, run_id: str, epoch: str,
-                 fields: Sequence[str], sha: str | None = None):
+                 fields: Sequence[str], fence: int):
         self.view, self.project, self.fields = view, project, list(fields)
-        self.cutoff, self.run_id, self.epoch = cutoff, run_id, epoch
+        self.cutoff, self.run_id, self.epoch, self.fence = cutoff, run_id, epoch, fence
         self.key_head = (layout.view_prefix(project, view) + ":{").encode()
-        self.key_tail = b"}:b"
+        self.key_tail = b"}"
         consts = {"cutoff": str(cutoff), "run": run_id, "epoch": epoch}
         names = sorted([*consts, *fields])
         if names[:3] != ["cutoff", "epoch", "run"]:
             raise AssertionError(f"unexpected batch field order {names}")
-        self.hset_head = b"*%d\r\n" % (2 + 2 * len(names)) + _bulk(b"HSET")
-        self.middle = b"".join(_bulk(n.encode()) + _bulk(consts[n].encode()) for n in ("cutoff", "epoch", "run"))
-        self.field_heads = [_bulk(f.encode()) for f in self.fields]
-        self.expire_head = b"*3\r\n" + _bulk(b"PEXPIREAT")
-        self.expire_tail = _bulk(str(layout.batch_expire_at_ms(cutoff)).encode())
+        argv_head = [str(cutoff), str(int(fence)), run_id, str(layout.batch_expire_at_ms(cutoff))]
+        nargs = 3 + 1 + len(argv_head) + 2 * len(names)
+        self.hset_head = b"*%d\r\n" % nargs + b"".join(_bulk(x) for x in (
+            b"EVALSHA", layout.script_sha(layout.BATCH_WRITE_LUA).encode(), b"1"))
+        self.middle = b"".join(_bulk(a.encode()) for a in argv_head) + b"".join(
+            _bulk((layout.BATCH_FIELD_PREFIX + n).encode()) + _bulk(consts[n].encode()) for n in ("cutoff", "epoch", "run"))
+        self.field_heads = [_bulk((layout.BATCH_FIELD_PREFIX + f).encode()) for f in self.fields]
 
     def verify(self, tag: str, values: Sequence[str]) -> None:
-        """The packed commands of one row equal the layout's own ``batch_write_commands`` (guards the template)."""
+        """The packed command of one row equals the layout's own ``batch_write_args`` (guards the template)."""
         key = self.key_head.decode() + tag + self.key_tail.decode()
         rec = {"cutoff": str(self.cutoff), "run": self.run_id, "epoch": self.epoch, **dict(zip(self.fields, values))}
-        expected = b"".join(pack_command(c) for c in layout.batch_write_commands(key, rec))
+        keys, argv = layout.batch_write_args(key, rec, self.fence)
+        expected = pack_command(["EVALSHA", layout.script_sha(layout.BATCH_WRITE_LUA), "1", *keys, *argv])
         import pyarrow as pa
 
         if self.pack([tag], [[v] for v in values]) != expected or self.pack_arrow(
                 pa.array([tag], pa.string()), [pa.array([v], pa.string()) for v in values], pa) != expected:
-            raise AssertionError("batch command template differs from layout.batch_write_commands")
+            raise AssertionError("batch command template differs from layout.batch_write_args")
 
     def pack(self, tags: Sequence[str], values: Sequence[Sequence[str]]) -> bytes:
         """The commands of the entities ``tags`` (``values[j][i]``: field j of entity i)."""
-        hset_head, middle, expire_head, expire_tail = self.hset_head, self.middle, self.expire_head, self.expire_tail
+        hset_head, middle = self.hset_head, self.middle
         fheads = self.field_heads
         key_head, key_tail = self.key_head, self.key_tail
         parts: list[bytes] = []
@@ -328,19 +358,14 @@ class BatchPacker:
         columns = list(zip(*values)) if values else [() for _ in tags]
         for tag, row in zip(tags, columns):
             key = key_head + tag.encode() + key_tail
-            kb = b"$%d\r\n%s\r\n" % (len(key), key)
             append(hset_head)
-            append(kb)
+            append(b"$%d\r\n%s\r\n" % (len(key), key))
             append(middle)
             for fh, v in zip(fheads, row):
                 v = v.encode()
                 append(fh)
                 append(b"$%d\r\n%s\r\n" % (len(v), v))
-            append(expire_head)
-            append(kb)
-            append(expire_tail)
         return b"".join(parts)
-
 
     def pack_arrow(self, tags: Any, values: Sequence[Any], pa: Any) -> bytes:
         """:meth:`pack` on Arrow string arrays, vectorised with Arrow compute (no Python per row)."""
@@ -356,7 +381,7 @@ class BatchPacker:
         parts: list[Any] = [self.hset_head.decode(), key, self.middle.decode()]
         for fh, v in zip(self.field_heads, values):
             parts += [fh.decode(), bulk(pc.cast(v, pa.string()))]
-        parts += [self.expire_head.decode(), key, self.expire_tail.decode(), ""]
+        parts.append("")
         joined = pc.binary_join_element_wise(*parts)
         if not isinstance(joined, pa.Array):
             joined = pa.array([joined.as_py()], pa.string())
@@ -368,14 +393,17 @@ class BatchPacker:
 
 
 class IntegerReplies:
-    """Counts the replies of pipelined HSET/PEXPIREAT on one connection without parsing them one by one: both
-    answer integers (``:<n>\\r\\n``) and errors are ``-<message>\\r\\n``, one line each, so the raw reply stream
-    is counted by lines. Replies of commands sent later may arrive in the same read: they are kept as credit."""
+    """Counts the replies of pipelined ``EVALSHA`` batch writes on one connection without parsing them one by one:
+    they answer integers (``:1`` written, ``:0`` a newer run kept) and errors are ``-<message>``, one line each, so the
+    raw reply stream is counted by lines (``zeros``: the ``:0`` ones). Replies of commands sent later may arrive in
+    the same read: they are kept as credit."""
 
     def __init__(self, conn: Any):
         self.conn, self.sock = conn, getattr(conn, "_sock", None)
         self.credit = 0  # replies already read that belong to the next ``read``
         self.last = b""  # last byte read (a CRLF split across reads)
+        self.tail = b""  # the last bytes read (a ``:0`` reply split across reads)
+        self.zeros = 0
 
     def read(self, n: int) -> None:
         """Consume ``n`` replies, raising the first error."""
@@ -384,6 +412,7 @@ class IntegerReplies:
                 reply = self.conn.read_response()
                 if isinstance(reply, Exception):
                     raise reply
+                self.zeros += reply == 0
             return
         lines = self.credit
         while lines < n:
@@ -392,6 +421,9 @@ class IntegerReplies:
                 raise ConnectionError("Redis closed the connection during materialization")
             lines += chunk.count(b"\r\n") + (self.last == b"\r" and chunk[:1] == b"\n")
             self.last = chunk[-1:]
+            data = self.tail + chunk
+            self.zeros += data.count(b":0\r\n") - self.tail.count(b":0\r\n")
+            self.tail = data[-4:]
             if chunk[:1] == b"-" or b"\n-" in chunk:
                 for line in chunk.split(b"\r\n"):
                     if line.startswith(b"-"):
@@ -412,7 +444,8 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
                               project: str | None = None, quality_gate: QualityGate | None = None,
                               batch_size: int = DEFAULT_BATCH, init_epoch: bool = False,
                               now_ms: int | None = None) -> MaterializeReport:
-    """Latest row per entity as of the end of ``day`` -> ``…:s`` keys with TTL (see the module docstring)."""
+    """Latest row per entity as of the end of ``day`` -> the ``s`` field of each entity hash, expiring at the row's
+    TTL + memory, fenced by (cut-off, Redis time at the start) (see the module docstring)."""
     from pyiceberg.exceptions import NoSuchTableError
 
     project = project or default_project()
@@ -423,6 +456,7 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
         table = catalog.load_table(src.table)
     except NoSuchTableError:
         raise BatchError(f"snapshot source table {src.table} of {view.name} does not exist") from None
+    check_redis_policy(client)
     arrow = table.scan().to_arrow()
     _check_gate(view, day, arrow, quality_gate, report)
     epoch = store_epoch(client, project, init=init_epoch)
@@ -439,22 +473,30 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
         if entity not in latest or order > latest[entity][0]:
             latest[entity] = (order, row)
     t0 = time.monotonic()
+    seconds, micros = client.time()
+    fence = int(seconds) * 1000 + int(micros) // 1000  # later runs of the same cut-off win
+    write = client.register_script(layout.SNAPSHOT_WRITE_LUA)
     pipe = client.pipeline(transaction=False)
     pending = 0
+
+    def flush() -> None:
+        done = pipe.execute()
+        report.written += sum(1 for r in done if int(r) == 1)
+        report.skipped_newer += sum(1 for r in done if int(r) == 0)
+
     for entity, ((ts, _), row) in latest.items():
-        expire = layout.snapshot_expire_at_ms(view, ts)
-        if expire <= now:
+        if layout.snapshot_expire_at_ms(view, ts) <= now:
             continue  # forgotten by the contract already
         created = _ms(row[src.created_at]) if src.created_at else None
         value = layout.encode_snapshot(view, ts, created, {f.name: row.get(f.name) for f in view.fields}, epoch)
-        pipe.set(layout.snapshot_key(project, view, entity), value, pxat=expire)
+        keys, args = layout.snapshot_write_args(layout.entity_key(project, view, entity), view, cut, fence, ts, value)
+        write(keys=keys, args=args, client=pipe)
         pending += 1
-        report.written += 1
         if pending >= batch_size:
-            pipe.execute()
+            flush()
             pending = 0
     if pending:
-        pipe.execute()
+        flush()
     report.rows = len(latest)
     report.seconds = time.monotonic() - t0
     return report

@@ -287,6 +287,7 @@ def run() -> dict[str, Any]:
 
     from batch_jobs.materialize import materialize_feature_view
     from batch_jobs.runner import cutoff_ms
+    from skewless.core import layout
     from skewless.core.timeutil import day_start_ms
     from skewless.core.schemas import load_schema
     from skewless.engines.iceberg_catalog import load_catalog
@@ -352,7 +353,7 @@ def run() -> dict[str, Any]:
         started = redis_server.start(root / "redis", root / "redis" / "logs")
         wait_until(redis_server.healthy, 60, "redis")
         client = redis.Redis.from_url(redis_server.url)
-        client.set("skewless:v1:epoch", "bench")
+        client.set(layout.epoch_key("skewless"), "bench")
         m = materialize_feature_view(catalog, client, view, next_day, project="skewless")
         m2 = materialize_feature_view(catalog, client, view, next_day, project="skewless")  # idempotent re-run
         ceiling = _redis_ceiling_rows_per_s(catalog, client, view, next_day, m2.run_id)
@@ -409,8 +410,9 @@ def run() -> dict[str, Any]:
 
 
 def _redis_ceiling_rows_per_s(catalog: Any, client: Any, view: Any, day: Any, run_id: str) -> float:
-    """What Redis itself accepts: the materialization's commands for ``day`` (the same bytes, packed untimed), sent
-    on one connection with every reply read; timed from the first send to the last reply."""
+    """What Redis itself accepts: the materialization's commands for ``day`` (the same bytes, packed untimed: one fenced
+    ``BATCH_WRITE_LUA`` call per entity, fencing included), sent on one connection with every reply read; timed from
+    the first send to the last reply."""
     import pyarrow as pa
 
     from batch_jobs import materialize as M
@@ -420,7 +422,8 @@ def _redis_ceiling_rows_per_s(catalog: Any, client: Any, view: Any, day: Any, ru
     rows = M.read_serving(catalog, view, day)
     fields = sorted(layout.batch_windows(view))
     epoch = client.get(layout.epoch_key("skewless")).decode()
-    packer = M.BatchPacker(view, "skewless", cutoff_ms(day), run_id, epoch, fields)
+    fence = int(client.hget(layout.view_meta_key("skewless", view), layout.BATCH_FENCE))  # the last run's: writes again
+    packer = M.BatchPacker(view, "skewless", cutoff_ms(day), run_id, epoch, fields, fence)
     tags, values = rows.column("entity_tag"), [rows.column(f.replace(":", "_")) for f in fields]
     step = M.DEFAULT_BATCH
     batches = [(packer.pack_arrow(tags.slice(lo, step).combine_chunks(),

@@ -32,6 +32,7 @@ from skewless.core import layout  # noqa: E402
 from skewless.core.timeutil import MS_PER_MINUTE, floor_ms  # noqa: E402
 from skewless.monitoring.sampling import ValueSampler  # noqa: E402
 from tests.support import reference_reader  # noqa: E402
+from tests.support.fill import manifest  # noqa: E402
 
 PROJECT = "bench"
 ENTITIES = 2_000
@@ -57,8 +58,10 @@ def _seed(client: Any, now: int) -> None:
         for k in range(12):
             start = floor_ms(now, 5 * MS_PER_MINUTE) - k * 5 * MS_PER_MINUTE
             n = rng.randint(1, 5)
-            fields[str(start)] = layout.encode_tile_vector(k + 1, "E", [n, n * 100, rng.randint(1, 900)], group.aggs)
-        pipe.hset(layout.tile_key(PROJECT, VIEW, (f"u{i}",), group.tile_ms), mapping=fields)
+            fields[layout.tile_field(group.tile_ms, start)] = layout.encode_tile_vector(
+                k + 1, "E", [n, n * 100, rng.randint(1, 900)], group.aggs)
+        fields[layout.MANIFEST_FIELD] = manifest(fields)
+        pipe.hset(layout.entity_key(PROJECT, VIEW, (f"u{i}",)), mapping=fields)
         if i % 200 == 199:
             pipe.execute()
     pipe.execute()
@@ -69,11 +72,9 @@ def _read(client: Any, entity: str, now: int) -> dict:
     pipe = client.pipeline(transaction=False)
     pipe.get(plan.epoch_key)
     pipe.hgetall(plan.meta_key)
-    for _, key in plan.tile_keys:
-        pipe.hgetall(key)
+    pipe.hgetall(plan.entity_key)
     res = pipe.execute()
-    fetched = {plan.epoch_key: res[0], plan.meta_key: res[1]}
-    fetched.update({key: r for (_, key), r in zip(plan.tile_keys, res[2:])})
+    fetched = {plan.epoch_key: res[0], plan.meta_key: res[1], plan.entity_key: res[2]}
     return reference_reader.evaluate_read(plan, fetched, now)
 
 

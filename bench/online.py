@@ -246,13 +246,17 @@ def run() -> dict:
         sample = store.get_online_features([{"user_id": users[0]}], SERVICE)
         assert len(sample.columns) >= 8 and len({r.split(":")[0] for r in sample.refs}) >= 2
         statuses = {s for c in sample.columns for s in sample.statuses[c]}
-        batch_keys = [f"{PROJECT}:v1:user_order_stats:v1:{{s={u}}}:b" for u in users]
+        from skewless.core import layout
+
+        stats_view = repo.view("user_order_stats")
+        batch_keys = [layout.entity_key(PROJECT, stats_view, (u,)) for u in users]  # the floor: 2 fields of each hash
+        b_cutoff, b_run = layout.BATCH_FIELD_PREFIX + "cutoff", layout.BATCH_FIELD_PREFIX + "run"
 
         def pipe100(i: int) -> Any:
             p = client.pipeline(transaction=False)
             base = (i * 100) % max(1, len(users) - 100)
             for k in batch_keys[base:base + 100]:
-                p.hmget(k, "cutoff", "run")
+                p.hmget(k, b_cutoff, b_run)
             return p.execute()
 
         peer = _Peer(server.port, root)
@@ -263,7 +267,7 @@ def run() -> dict:
         sdk100: list[float] = []
         for b in range(BLOCKS):  # ours (interleaved with the floor) and the peer's alternate in blocks
             per, off, warm = READS // BLOCKS, b * (READS // BLOCKS), 200 if b == 0 else 20
-            r, o = _timed_pair(lambda i: client.hmget(batch_keys[(i + off) % len(users)], "cutoff", "run"),
+            r, o = _timed_pair(lambda i: client.hmget(batch_keys[(i + off) % len(users)], b_cutoff, b_run),
                                lambda i: store.get_online_features([{"user_id": users[(i + off) % len(users)]}], SERVICE),
                                per, warmup=warm)
             raw1 += r

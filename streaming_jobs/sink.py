@@ -9,8 +9,10 @@ layout on generated rows (:func:`encode_rows` runs it in a plain JVM).
 
 Semantics (docs/streaming.md): rows are coalesced per tile field and progress field and written when
 ``flush_rows`` rows are pending, when the ``flush_ms`` timer fires, before every checkpoint and at the end
-of a bounded input; a tile field is replaced only by a version >= the stored one (``TILE_CAS_LUA``), so a
-replay after a restore cannot move a value backwards. Dead letters go to ``<topic>.dead-letters`` through
+of a bounded input; a tile field (``t:{H}:{start}`` of the entity hash) is replaced only by a version >= the stored
+one (``TILE_CAS_LUA``, which also keeps the hash's manifest and prunes old tiles), so a replay after a restore cannot
+move a value backwards. The writer refuses a Redis whose ``maxmemory-policy`` may evict keys (the policies of
+``layout.EVICTING_POLICIES``; where ``CONFIG GET`` is denied it warns and goes on). Dead letters go to ``<topic>.dead-letters`` through
 Flink's Kafka sink (at least once).
 """
 
@@ -77,7 +79,7 @@ def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) ->
         if tuple(c.agg for c in out.columns) != tuple(group.aggs):
             raise AssertionError(f"changelog and layout disagree on the tile vector of {out.view} H={out.tile_ms}")
         prefix = f"{layout.view_prefix(config.project, view)}:{{"
-        suffix = "}" + layout.tile_key(config.project, view, _any_key(out.key_types), out.tile_ms).rsplit("}", 1)[1]
+        suffix = "}" + layout.entity_key(config.project, view, _any_key(out.key_types)).rsplit("}", 1)[1]
         outputs.append({"view": out.view, "tile_ms": out.tile_ms, "retention_ms": group.retention_ms,
                         "key_prefix": prefix, "key_suffix": suffix, "key_types": list(out.key_types),
                         "columns": [[c.agg.value, c.value_type] for c in out.columns]})
@@ -88,6 +90,7 @@ def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) ->
         "epoch_key": layout.epoch_key(config.project),
         "meta_keys": [layout.view_meta_key(config.project, views[n]) for n in job.views],
         "applied_from_ms": config.applied_from_ms, "cas_script": layout.TILE_CAS_LUA, "cas_keys": CAS_KEYS,
+        "evicting_policies": list(layout.EVICTING_POLICIES),
         "flush_rows": config.flush_rows, "flush_ms": config.flush_ms,
     }, sort_keys=True)
 

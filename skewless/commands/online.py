@@ -1,6 +1,8 @@
 """``skewless online rebuild|sample``: maintain and inspect the online store.
 
-``rebuild --day D`` restores the online store after Redis lost data:
+``rebuild --day D`` restores the online store after Redis lost data, and fills a new key layout after an upgrade
+(the layout version is in every key, :data:`skewless.core.layout.LAYOUT_VERSION`; readers never see another
+layout's keys):
 
 1. initialise a new epoch (readers answer ``incomplete`` for anything written under the old one);
 2. materialize the batch runs of ``--day`` again (``skewless materialize``);
@@ -68,9 +70,15 @@ def _rebuild(args: argparse.Namespace) -> int:
         print(f"skewless online rebuild: {exc}", file=sys.stderr)
         return 2
     client = _client(args.redis_url)
-    key = layout.epoch_key(args.project or default_project())
+    project = args.project or default_project()
+    key = layout.epoch_key(project)
     if client.get(key) is None:
-        print(f"{key} is missing: Redis lost its data; initialising a new epoch")
+        print(f"{key} is missing: Redis lost its data (or the store moves to layout v{layout.LAYOUT_VERSION}); "
+              "initialising a new epoch")
+    older = [f"{project}:v{v}:*" for v in range(1, layout.LAYOUT_VERSION)
+             if client.scan(0, match=f"{project}:v{v}:*", count=1000)[1]]
+    if older:
+        print(f"keys of an older layout ({', '.join(older)}) are no longer read; delete them once this layout is filled")
     args.init_epoch = True
     status = m.materialize(args)
     if status == 0:

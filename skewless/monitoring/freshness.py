@@ -9,12 +9,12 @@ Parts of a view and where their age comes from (keys from :mod:`skewless.core.la
   never started it): ``missing``.
 - ``batch`` (feature views with windows wider than a day, or lifetime): ``now - newest batch cut-off``,
   from the view meta field ``batch_cutoff_ms`` if the materializer writes it, else the largest ``cutoff``
-  of up to ``scan_limit`` entity batch hashes. SLA: ``1 day + allowed_lateness +``
+  ``b:cutoff`` of up to ``scan_limit`` entity hashes. SLA: ``1 day + allowed_lateness +``
   :data:`BATCH_GRACE_MS` (the next daily run is overdue: ``warn``); ``stale`` once the batch is more than
   ``BATCH_TAIL_DAYS`` days late, when the contract turns windowed values ``incomplete`` and lifetime ones
   ``stale``.
 - ``snapshot`` (snapshot views): ``now - newest materialized row timestamp``, from the meta field
-  ``snapshot_ts_ms`` if present, else the largest ``ts`` of up to ``scan_limit`` snapshot keys; ``stale``
+  ``snapshot_ts_ms`` if present, else the largest ``ts`` of the rows (field ``s``) of up to ``scan_limit`` entity hashes; ``stale``
   beyond the view's ``freshness_sla``.
 """
 
@@ -54,9 +54,10 @@ class FreshnessRow:
         return self.status in (STALE, MISSING)
 
 
-def _scan_pattern(prefix: str, suffix: str) -> str:
+def _scan_pattern(prefix: str) -> str:
+    """The entity hashes of a view version (layout.entity_key)."""
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
-    return f"{escaped}:{{*}}:{suffix}"
+    return f"{escaped}:{{*}}"
 
 
 def _scan_keys(client: Any, pattern: str, limit: int) -> list[Any]:
@@ -100,8 +101,9 @@ def _batch_row(client: Any, project: str, view: FeatureView, meta: dict, now: in
     cutoff = as_int(meta.get("batch_cutoff_ms"))
     source = "meta"
     if cutoff is None:
-        keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view), "b"), scan_limit)
-        cutoffs = [c for c in (as_int(as_text(client.hget(k, "cutoff"))) for k in keys) if c is not None]
+        keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view)), scan_limit)
+        cutoffs = [c for c in (as_int(as_text(client.hget(k, layout.BATCH_FIELD_PREFIX + "cutoff"))) for k in keys)
+                   if c is not None]
         cutoff = max(cutoffs, default=None)
         source = f"{len(keys)} batch record(s) sampled"
     if cutoff is None:
@@ -124,9 +126,9 @@ def _snapshot_row(client: Any, project: str, view: SnapshotView, meta: dict, now
     newest = as_int(meta.get("snapshot_ts_ms"))
     source = "meta"
     if newest is None:
-        keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view), "s"), scan_limit)
+        keys = _scan_keys(client, _scan_pattern(layout.view_prefix(project, view)), scan_limit)
         stamps = []
-        for raw in client.mget(keys) if keys else []:
+        for raw in (client.hget(k, layout.SNAPSHOT_FIELD) for k in keys):
             try:
                 stamps.append(int(json.loads(as_text(raw))["ts"]))
             except (TypeError, ValueError, KeyError):

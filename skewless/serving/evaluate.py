@@ -62,25 +62,24 @@ def warn_corrupt(key: bytes, why: str, served: str = "the entity's features of t
 def _bad_reply(vp: ViewReadPlan, raws: Sequence[Any]) -> int | None:
     """The position of the first of an entity's replies (one per ``vp.key_suffixes``) that cannot be read: an error
     reply, a tile value that is not ``ts|epoch|JSON``, a batch record without a numeric cut-off or with a part that
-    is not JSON; None when each alone reads (then the combination failed)."""
-    ngroups = len(vp.groups)
+    is not JSON, a manifest that is not JSON; None when each alone reads (then the combination failed)."""
     for j, r in enumerate(raws):
         if isinstance(r, Exception):
             return j
         try:
-            d = r if vp.snapshot else as_dict(r)
             if vp.snapshot:
-                data = loads(r) if r is not None else {"ts": 0}
+                row = r[0] if r else None
+                data = loads(row) if row is not None else {"ts": 0}
                 int(data["ts"])
-            elif j < ngroups:
-                for fld, value in d.items():
-                    int(fld)
+                continue
+            for fld, value in as_dict(r).items():
+                if fld.startswith(b"t:"):
+                    int(fld.split(b":")[2])
                     loads(value.split(b"|", 2)[2])
-            elif d:
-                int(d[b"cutoff"])
-                for fld, value in d.items():
-                    if fld not in (b"cutoff", b"run", b"epoch"):
-                        loads(value)
+                elif fld == b"b:cutoff":
+                    int(value)
+                elif fld.startswith(b"b:w:") or fld == b"m":
+                    loads(value)
         except Exception:  # noqa: BLE001 - this reply is the one that does not read
             return j
     return None
@@ -263,11 +262,12 @@ def view_meta(raw: Mapping[bytes, bytes] | None) -> tuple[int | None, bytes | No
     return (None if af is None else int(af)), raw.get(b"epoch"), (None if bc is None else int(bc)), raw.get(b"batch_epoch")
 
 
-def snapshots(vp: ViewReadPlan, raws: Sequence[bytes | None], epoch: str | None, T: int,
+def snapshots(vp: ViewReadPlan, raws: Sequence[Any], epoch: str | None, T: int,
               caches: ReadCaches, tag_of: Any = None) -> list[tuple[Sequence[Any], Sequence[str], int | None]]:
-    """The entities of a snapshot view: per stored row (or None) ``(values, statuses, age)`` in the order of
-    ``vp.snapshot_fields``; the store's decode cache (``caches.decoded``) holds the decoded rows. A row that does not
-    read is ``incomplete`` with a warning naming its key (``tag_of(i)``: entity i's tag)."""
+    """The entities of a snapshot view: per entity hash read (``[row | None, manifest | None]``) ``(values, statuses,
+    age)`` in the order of ``vp.snapshot_fields``; the store's decode cache (``caches.decoded``) holds the decoded rows.
+    No row and no manifest: no state (read as never seen); one without the other: a part was lost, ``incomplete``. A
+    row that does not read is ``incomplete`` with a warning naming its key (``tag_of(i)``: entity i's tag)."""
     cache = caches.decoded
     nones, incomplete_sts, present, expired = vp.snap_outputs
     absent = (nones, present if epoch is not None else incomplete_sts, None)  # no row (or forgotten); without
@@ -278,9 +278,14 @@ def snapshots(vp: ViewReadPlan, raws: Sequence[bytes | None], epoch: str | None,
     serial = vp.serial
     out = []
     append = out.append
-    for i, raw in enumerate(raws):
-        if raw is None:
-            append(absent)
+    for i, pair in enumerate(raws):
+        if type(pair) is not list or len(pair) != 2:
+            corrupt_entity(vp, b"?" if tag_of is None else tag_of(i), [pair], ValueError(f"not a snapshot hash: {pair!r}"))
+            append(incomplete)
+            continue
+        raw, manifest = pair
+        if raw is None or manifest is None:
+            append(absent if raw is None and manifest is None else incomplete)
             continue
         try:
             row = cache.get((serial, raw))
@@ -307,7 +312,7 @@ def snapshots(vp: ViewReadPlan, raws: Sequence[bytes | None], epoch: str | None,
         except Exception as exc:  # noqa: BLE001 - a corrupt row: this entity incomplete, the others served
             if isinstance(raw, bytes):
                 cache.pop((serial, raw), None)
-            corrupt_entity(vp, b"?" if tag_of is None else tag_of(i), [raw], exc)
+            corrupt_entity(vp, b"?" if tag_of is None else tag_of(i), [pair], exc)
             append(incomplete)
     return out
 
@@ -374,12 +379,12 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                         braw = raws[-1]
                         if type(braw) is list:  # flat [field, value, ...]: the field at an even position
                             if braw:
-                                ci = braw.index(b"cutoff")  # missing: no memo; the evaluation raises the reference's error
+                                ci = braw.index(b"b:cutoff") if b"b:cutoff" in braw else -2  # -2: no batch record
                                 if ci & 1:
-                                    raise ValueError("a value equals 'cutoff': no memo for this entity")
-                                cutoff = int(braw[ci + 1])
+                                    raise ValueError("a value equals 'b:cutoff': no memo for this entity")
+                                cutoff = int(braw[ci + 1]) if ci >= 0 else None
                         else:
-                            cutoff = int(braw[b"cutoff"]) if braw else None
+                            cutoff = int(braw[b"b:cutoff"]) if b"b:cutoff" in braw else None
                         if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch_ok:
                             cutoff = run_cutoff
                     part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
@@ -486,23 +491,54 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
     vals: dict[str, Any] = {}
     sts: dict[str, str] = {}
     groups = vp.groups
-    tiles_per_group = []
-    for raw in raws[:len(groups)]:
-        tiles: dict[int, bytes] = {}
-        for fld, value in raw.items():
+    group_of = vp.group_of
+    tiles_per_group: list[dict[int, bytes]] = [{} for _ in groups]
+    record: dict[bytes, bytes] = {}
+    listed = None  # the manifest (raw)
+    entity = raws[0]
+    for fld, value in entity.items():  # the entity hash: t:{H}:{start}, b:{name}, m
+        head = fld[:2]
+        if head == b"t:":
+            size, _, start = fld[2:].partition(b":")
             _, tile_epoch, body = value.split(b"|", 2)
             if tile_epoch != epoch:
                 epoch_ok = False
-            tiles[int(fld)] = body
-        tiles_per_group.append(tiles)
+            tiles_per_group[group_of[size]][int(start)] = body
+        elif head == b"b:":
+            record[fld[2:]] = value
+        elif fld == b"m":
+            listed = value
+        else:
+            raise ValueError(f"unexpected field {fld!r} in an entity hash")
+    # the manifest: a part it lists that is not in the hash (or the reverse) was lost -> incomplete where it feeds
+    lost_groups: list[bool] = [False] * len(groups)
+    lost_upto: list[int] = [-1] * len(groups)
+    batch_lost = False
+    record_cutoff = int(record[b"cutoff"]) if b"cutoff" in record else None  # a corrupt one raises (corrupt_entity)
+    if entity:
+        manifest = loads(listed) if listed is not None else {}
+        counts = manifest.get("t") or {}
+        for gi, g in enumerate(groups):
+            entry = counts.get(g.size.decode())
+            if entry is None:
+                lost_groups[gi] = len(tiles_per_group[gi]) > 0
+            else:
+                lost_groups[gi] = len(tiles_per_group[gi]) != entry[0]
+                lost_upto[gi] = entry[2]
+        if vp.batch_fields:
+            in_run = manifest.get("b")
+            if in_run is None:
+                batch_lost = bool(record)
+            else:
+                batch_lost = (len(record) != len(vp.batch_names) or not vp.batch_names.issuperset(record)
+                              or record_cutoff != int(in_run[0]))
     batch = None
     cutoff = None
     empty_batch = False  # the newest run did not list the entity: identity parts (layout.empty_batch_record)
     if vp.batch_fields:
-        raw = raws[len(groups)]
-        if raw:
-            batch, cutoff = raw, int(raw[b"cutoff"])
-        if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch == epoch:
+        if record and not batch_lost:
+            batch, cutoff = record, record_cutoff
+        if run_cutoff is not None and (cutoff is None or cutoff < run_cutoff) and run_epoch == epoch and not batch_lost:
             batch, cutoff, empty_batch = {b"epoch": epoch}, run_cutoff, True
         if batch is not None and batch.get(b"epoch") != epoch:
             epoch_ok = False
@@ -516,9 +552,13 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
             run = (batch[b"run"].decode(), cutoff)  # type: ignore[assignment]
         parsed_batch: dict[str, Any] = {}
         batch_start = None if batch is None or cutoff > T else cutoff  # type: ignore[operator]
-        for g, tiles, call_starts in zip(groups, tiles_per_group, stream_starts):
+        for g, tiles, call_starts, g_lost, g_lost_upto in zip(groups, tiles_per_group, stream_starts, lost_groups, lost_upto):
             aggs = g.aggs
             if not aggs:
+                continue
+            if g_lost:  # tiles of this size lost: every aggregation they feed
+                for a in aggs:
+                    vals[a.name], sts[a.name] = None, INCOMPLETE
                 continue
             newest = max(tiles) if tiles else floor_ms(now, g.tile_ms)
             oldest_kept = newest - g.retention_ms
@@ -552,7 +592,7 @@ def aggregate(vp: ViewReadPlan, raws: Sequence[Any], epoch: bytes | None, meta: 
                                 accs[j] = a.merge(accs[j], a.decode(vec[a.index]))
             for j, a in enumerate(aggs):
                 lw, st, stream_acc = a.law, starts[j], accs[j]
-                if st is None:
+                if st is None or st <= g_lost_upto or (batch_lost and not a.stream_served):
                     vals[a.name], sts[a.name] = None, INCOMPLETE
                     continue
                 ok = applied_from is not None and applied_from <= st and st >= oldest_kept

@@ -11,8 +11,11 @@ Reads follow docs/semantics.md §10-§11 with the keys of :mod:`skewless.core.la
 - ``incomplete`` for every value when the store's epoch is missing or differs from the record's.
 
 Everything a call needs (keys, laws, derived order) is planned once per feature selection and cached; a call
-packs one pipeline (epoch, progress, view metas, then per entity its tile/batch/snapshot keys: one entity's
-keys share a hash tag, so Redis Cluster pipelines split per node) and evaluates only requested features.
+packs one pipeline (epoch, progress, view metas, then per view and entity one command on the entity's hash: HGETALL
+for a feature view, HMGET of the row and manifest for a snapshot view; Redis Cluster pipelines split per node) and
+evaluates only requested features. A part of an entity hash that its manifest lists but the hash lacks (a lost tile,
+batch record or snapshot row) reads ``incomplete`` where it feeds; a Redis whose ``maxmemory-policy`` may evict keys is
+refused on the first read (:func:`skewless.core.layout.check_eviction_policy`).
 
 The store's public parts: the plan :mod:`skewless.serving.read_plan`, the evaluation of the replies
 :mod:`skewless.serving.evaluate` (with the store's :class:`~skewless.serving.evaluate.ReadCaches`), the round trip
@@ -45,7 +48,7 @@ from skewless.core.timeutil import iso_ms, to_epoch_ms
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
 from skewless.serving.evaluate import (CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, loads, snapshots, view_meta,
                                        warn_corrupt, windowed, window_starts)
-from skewless.serving.read_plan import SERIALS, EntitySpec, K_MGET, ReadPlan, build_plan
+from skewless.serving.read_plan import SERIALS, EntitySpec, ReadPlan, build_plan
 from skewless.serving.reply_stream import ReplyStream
 from skewless.serving.transport import STREAM_MIN, execute, round_trip, snapshot_replies
 
@@ -270,6 +273,7 @@ class OnlineStore:
             max_key_length, cache_bytes = max_key_length or env_key_length, cache_bytes or env_cache_bytes
         self.max_key_length = max_key_length
         self.caches = ReadCaches(max_bytes=cache_bytes)
+        self._policy_checked = False  # the server's maxmemory-policy, checked on the first read
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -379,6 +383,9 @@ class OnlineStore:
     def get_online_features(self, entity_rows: Any, features: Any, *, as_of: int | datetime | str | None = None,
                             now_ms: int | None = None) -> OnlineResponse:
         """Values of ``features`` for ``entity_rows`` at "now" or at a tile-aligned ``as_of``, in one round trip."""
+        if not self._policy_checked:
+            layout.check_eviction_policy(self.client, "online store")  # an evicting Redis is refused
+            self._policy_checked = True
         plan = self.plan(features)
         cols, n = self._entity_columns(plan, entity_rows)
         now = int(time.time() * 1000) if now_ms is None else int(now_ms)
@@ -403,13 +410,7 @@ class OnlineStore:
             kinds = list(plan.head_kinds)
             packed = [plan.head_packed]
             for vp in plan.views:
-                if vp.snapshot:
-                    if not n:
-                        continue
-                    kinds.append(K_MGET)
-                    packed.append(b"*%d\r\n$4\r\nMGET\r\n" % (n + 1))
-                else:
-                    kinds += vp.kinds * n
+                kinds += vp.kinds * n
                 cache = packed_cache.get(vp.serial)  # entity tag -> the entity's packed commands of that view
                 if cache is None or len(cache) >= CACHE_MAX:
                     cache = packed_cache[vp.serial] = {}
@@ -487,7 +488,7 @@ class OnlineStore:
                 if chunk is None:
                     chunk = snapshot_replies(vp, stream, tags[vp.entity_index], caches)  # type: ignore[arg-type]
                 rows = snapshots(vp, chunk, epoch_text, T, caches, tags[vp.entity_index].__getitem__)
-                found[vp.view.name] = [r is not None for r in chunk]
+                found[vp.view.name] = [type(r) is list and (r[0] is not None or r[1] is not None) for r in chunk]
             else:
                 stale = False
                 age: int | None = None

@@ -18,9 +18,10 @@ from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT
 from skewless.core.timeutil import td_ms
 from skewless.serving.errors import OnlineRequestError
 
-HGETALL, GET = b"HGETALL", b"GET"
-K_GET, K_HASH, K_TILES, K_MGET = 0, 1, 2, 3  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis
-# gives it; an MGET (the snapshot rows of a view, one per entity: expanded into one GET-like reply each)
+HGETALL, GET, HMGET = b"HGETALL", b"GET", b"HMGET"
+SNAPSHOT_FIELDS = (layout.SNAPSHOT_FIELD.encode(), layout.MANIFEST_FIELD.encode())  # what a snapshot read asks (HMGET)
+K_GET, K_HASH, K_TILES, K_PAIR = 0, 1, 2, 3  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis
+# gives it (an entity hash); a list as it is (HMGET of a snapshot entity hash: [row | None, manifest | None])
 
 
 def _pack(cmd: bytes, key: bytes) -> bytes:
@@ -94,7 +95,7 @@ class GroupSpec:
 
     tile_ms: int
     retention_ms: int
-    suffix: bytes  # b"}:t:{H}"
+    size: bytes  # the tile size as text (b"300000"): t:{size}:{start} fields of the entity hash, the manifest's t entry
     aggs: tuple[AggSpec, ...]  # needed aggregations of this tile hash
     indexes: tuple[int, ...]
     merges: tuple[Callable[[Any, Any], Any], ...] = ()  # aggs[j].merge
@@ -132,19 +133,25 @@ class ViewReadPlan:
     kinds: tuple[int, ...] = ()  # reply kind (K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
     snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
+    group_of: dict = field(default_factory=dict)  # tile size text (b"300000") -> index into groups
+    batch_names: frozenset = frozenset()  # the batch record's fields (b"cutoff", b"run", b"epoch", b"w:...")
 
     def __post_init__(self) -> None:
+        # one key per entity: its hash of this view version (layout.entity_key)
         if self.snapshot:
-            self.key_suffixes, self.kinds = ((GET, b"}:s"),), (K_GET,)
+            self.key_suffixes, self.kinds = ((HMGET, b"}"),), (K_PAIR,)
         else:
-            self.key_suffixes = tuple([(HGETALL, g.suffix) for g in self.groups]
-                                      + ([(HGETALL, b"}:b")] if self.batch_fields else []))
-            self.kinds = (K_TILES,) * (len(self.groups) + (1 if self.batch_fields else 0))
+            self.key_suffixes, self.kinds = ((HGETALL, b"}"),), (K_TILES,)
+            self.group_of = {g.size: i for i, g in enumerate(self.groups)}
+            if self.batch_fields:
+                self.batch_names = frozenset([b"cutoff", b"run", b"epoch", *(f.encode() for f in self.batch_fields)])
         esc = self.prefix.replace(b"%", b"%%")
-        if self.snapshot:  # one MGET per view on a plain client: each entity's piece is its key
+        if self.snapshot:
             k = len(self.snapshot_fields)
             self.snap_outputs = ((None,) * k, (INCOMPLETE,) * k, (PRESENT,) * k, (EXPIRED,) * k)
-            self.pieces = ((b"$%%d\r\n%s%%s}:s\r\n" % esc, len(self.prefix) + 3),)
+            tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in SNAPSHOT_FIELDS)
+            self.pieces = ((b"*%d\r\n$5\r\nHMGET\r\n$%%d\r\n%s%%s}\r\n%s" % (2 + len(SNAPSHOT_FIELDS), esc, tail),
+                            len(self.prefix) + 1),)
         else:
             self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
                                  len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
@@ -156,7 +163,7 @@ class ViewReadPlan:
         self.out_dynamic = tuple((i, f) for i, (f, _) in enumerate(self.outputs) if f in dynamic)
 
     def key_count(self) -> int:
-        return 1 if self.snapshot else len(self.groups) + (1 if self.batch_fields else 0)
+        return 1
 
 
 @dataclass(frozen=True)
@@ -209,7 +216,7 @@ def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, 
             bfield = None if served else (layout.LIFETIME_FIELD if width is None else f"w:{width}")
             specs.append(AggSpec(a.name, laws.LAWS[Agg(a.agg)], index, width, served, bfield,
                                   batch[bfield].index(a) if bfield else -1, *_fast_law(Agg(a.agg))))
-        groups.append(GroupSpec(g.tile_ms, g.retention_ms, f"}}:t:{g.tile_ms}".encode(), tuple(specs),
+        groups.append(GroupSpec(g.tile_ms, g.retention_ms, str(g.tile_ms).encode(), tuple(specs),
                                  tuple(s.index for s in specs), tuple(s.merge for s in specs)))
     derived = [(f.name, f.expr, tuple(sorted(refs(f.expr)))) for f in derived_order(view) if f.name in needed]
     step = lcm(1, *(g.tile_ms for g in layout.tile_groups(view)))

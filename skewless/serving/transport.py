@@ -8,11 +8,10 @@ import time
 from typing import Any, Sequence
 
 from redis.exceptions import ConnectionError as _RedisConnectionError
-from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as _RedisTimeoutError
 
 from skewless.serving.evaluate import ENTRY_OVERHEAD, ReadCaches, as_dict, view_cache
-from skewless.serving.read_plan import GET, K_GET, K_HASH, K_MGET, ViewReadPlan
+from skewless.serving.read_plan import GET, HMGET, K_GET, K_HASH, K_PAIR, SNAPSHOT_FIELDS, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream, open_stream
 
 try:  # redis-py's hiredis parser: replies are taken from its reader directly (what Connection.read_response does)
@@ -28,8 +27,7 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
     """The replies of the commands already sent on ``conn`` (one ``K_*`` kind each) read straight from the
     hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
     per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply (e.g. WRONGTYPE) is returned in its
-    place, for the evaluation to mark what depends on that key ``incomplete`` (an MGET's raises: the caller
-    disconnects, so unread replies never reach another command)."""
+    place, for the evaluation to mark what depends on that key ``incomplete``."""
     import socket
 
     gets = parser._reader.gets
@@ -52,13 +50,8 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
             if kind == K_HASH:
                 it = iter(r)
                 r = dict(zip(it, it))
-            if kind == K_MGET:
-                out += r
-                continue
         elif t is not bytes and t is not dict:
             if isinstance(r, Exception):
-                if kind == K_MGET:
-                    raise r
                 append(r)
                 continue
             if r is None and kind != K_GET:
@@ -71,16 +64,21 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
 
 def execute(client: Any, names: list[tuple[bytes, bytes]]) -> list[Any]:
     """One round trip through ``client``'s own pipeline (Redis Cluster, other clients); GET -> bytes|None,
-    HGETALL -> dict[bytes, bytes], an error reply in its place."""
+    HGETALL -> dict[bytes, bytes], HMGET (a snapshot entity hash) -> [row, manifest], an error reply in its place."""
     pipe = client.pipeline(transaction=False)
     for cmd, key in names:
-        (pipe.get if cmd == GET else pipe.hgetall)(key.decode())
+        if cmd == HMGET:
+            pipe.hmget(key.decode(), *SNAPSHOT_FIELDS)
+        else:
+            (pipe.get if cmd == GET else pipe.hgetall)(key.decode())
     out = []
     for (cmd, _), r in zip(names, pipe.execute(raise_on_error=False)):
         if isinstance(r, Exception):
             out.append(r)
         elif cmd == GET:
             out.append(r.encode() if isinstance(r, str) else r)
+        elif cmd == HMGET:
+            out.append([v.encode() if isinstance(v, str) else v for v in r])
         else:
             out.append({(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
                         for k, v in (r or {}).items()})
@@ -106,43 +104,28 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
                 and parser._next_response is _NOT_ENOUGH_DATA):
             return _read_hiredis(conn, parser, kinds), None
         out = []
-        error = None
         for kind in kinds:
             r = conn.read_response(disable_decoding=True)
-            if isinstance(r, Exception):
-                if kind != K_MGET:  # an error reply: returned in its place (see _read_hiredis)
-                    out.append(r)
-                    continue
-                error = error or r
-                r = None
-            if kind == K_MGET:
-                out += r if isinstance(r, list) else []  # an error reply: raised below
+            if isinstance(r, Exception):  # an error reply: returned in its place (see _read_hiredis)
+                out.append(r)
                 continue
-            if kind != K_GET:
+            if kind != K_GET and kind != K_PAIR:
                 r = as_dict(r)
             out.append(r)
     except BaseException:
         conn.disconnect()  # unread replies must not leak into the next command (it reconnects on next use)
         raise
-    if error is not None:
-        raise error
     return out, None
 
 
-def snapshot_replies(vp: ViewReadPlan, stream: ReplyStream, tags: Sequence[bytes], caches: ReadCaches) -> list[bytes | None]:
-    """The GET reply of each entity of a snapshot view from ``stream``: the kept value when its raw reply is the
-    one kept for that entity in ``caches.snap_raw`` (no parsing), else parsed (and kept; ``caches.kept[1]`` counts them)."""
+def snapshot_replies(vp: ViewReadPlan, stream: ReplyStream, tags: Sequence[bytes], caches: ReadCaches) -> list[Any]:
+    """The HMGET reply (``[row, manifest]``) of each entity of a snapshot view from ``stream``: the kept one when its raw
+    reply is the one kept for that entity in ``caches.snap_raw`` (no parsing), else parsed (and kept;
+    ``caches.kept[1]`` counts them)."""
+    if stream.pending:  # replies parsed unmeasured before (no memo)
+        return [r[0] for r in stream.take([None] * len(tags), 1, False)[0]]  # type: ignore[index]
     added = caches.kept
-    serial = vp.serial
-    if stream.pending:  # replies parsed unmeasured before (no memo): the MGET parsed whole, its end found for free
-        values = stream.parse(1, False)[0] if tags else []
-        if type(values) is not list or len(values) != len(tags):
-            raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
-        return values
-    if tags and not stream.skip(b"*%d\r\n" % len(tags)):  # the MGET's array
-        stream.parse(1)  # an error reply raises
-        raise InvalidResponse(f"MGET of {len(tags)} keys did not answer {len(tags)} values")
-    memo = view_cache(caches.snap_raw, added, 1, serial)
+    memo = view_cache(caches.snap_raw, added, 1, vp.serial)
     kept = list(map(memo.get, tags))
     parsed, spans = stream.take([None if e is None else e[0] for e in kept], 1)
     out = []

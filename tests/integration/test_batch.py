@@ -418,10 +418,7 @@ def test_sums_beyond_int64_never_fail_the_backfill(spark: Any, iceberg_catalog: 
 
 def _fetch(client: Any, plan: Any) -> dict[str, Any]:
     fetched: dict[str, Any] = {plan.epoch_key: client.get(plan.epoch_key), plan.meta_key: client.hgetall(plan.meta_key)}
-    for _, key in plan.tile_keys:
-        fetched[key] = client.hgetall(key)
-    if plan.batch_key:
-        fetched[plan.batch_key] = client.hgetall(plan.batch_key)
+    fetched[plan.entity_key] = client.hgetall(plan.entity_key)
     return fetched
 
 
@@ -702,11 +699,15 @@ def test_snapshot_view_materializes_its_latest_rows_with_ttl(spark: Any, iceberg
     redis_client.set(layout.epoch_key("bt"), "E1")
     report = materialize_snapshot_view(iceberg_catalog, redis_client, view, END, project="bt")
     assert report.rows == 2 and report.written == 2
-    ts, created, epoch, values = layout.decode_snapshot(view, redis_client.get(layout.snapshot_key("bt", view, ("u1",))))
+    row = redis_client.hget(layout.entity_key("bt", view, ("u1",)), layout.SNAPSHOT_FIELD)
+    ts, created, epoch, values = layout.decode_snapshot(view, row)
     assert (ts, created, epoch, values) == (C - 10 * MS_PER_HOUR, C - 9 * MS_PER_HOUR, "E1",
                                              {"credit_score": 710, "segment": "vip"})
-    assert redis_client.pttl(layout.snapshot_key("bt", view, ("u2",))) > 0
-    assert redis_client.get(layout.snapshot_key("bt", view, ("u3",))) is None
+    assert redis_client.pttl(layout.entity_key("bt", view, ("u2",))) > 0
+    assert not redis_client.exists(layout.entity_key("bt", view, ("u3",)))
+    stale = report.written
+    report = materialize_snapshot_view(iceberg_catalog, redis_client, view, END - timedelta(days=1), project="bt")
+    assert report.written == 0 and report.skipped_newer == stale  # an older day never replaces a newer one (fenced)
 
 
 @pytest.mark.slow

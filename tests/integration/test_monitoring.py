@@ -54,9 +54,10 @@ def test_freshness_from_redis(redis_client):
         "p:0": json.dumps({"offset": 41, "max_event_ms": now - 90_000, "written_ms": now - 1_000, "epoch": "E1"}),
         "p:1": json.dumps({"offset": 7, "max_event_ms": now - 10 * MS_PER_MINUTE, "written_ms": now - 1_000, "epoch": "E1"}),
     })
-    redis_client.hset(layout.batch_key(P, VIEW, ("u1",)), mapping={"cutoff": today, "run": "r1", "epoch": "E1"})
-    redis_client.set(layout.snapshot_key(P, PROFILE, ("u1",)),
-                     layout.encode_snapshot(PROFILE, now - 30 * MS_PER_HOUR, None, {"score": 700}, "E1"))
+    redis_client.hset(layout.entity_key(P, VIEW, ("u1",)),
+                      mapping=layout.batch_fields({"cutoff": str(today), "run": "r1", "epoch": "E1"}))
+    redis_client.hset(layout.entity_key(P, PROFILE, ("u1",)), layout.SNAPSHOT_FIELD,
+                      layout.encode_snapshot(PROFILE, now - 30 * MS_PER_HOUR, None, {"score": 700}, "E1"))
 
     rows = freshness(redis_client, P, [VIEW, PROFILE], now=now)
     by = {(r.view, r.part): r for r in rows}

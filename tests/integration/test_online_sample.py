@@ -21,9 +21,9 @@ def test_online_sample_lists_ids_from_redis(redis_client, redis_url, capsys):
     assert main(args) == 1
     assert "no entity holds online state yet" in capsys.readouterr().err
     for user in ("u1", "u:2", "u3"):
-        redis_client.hset(layout.batch_key("tour", view, (user,)), "cutoff", "0")
-    redis_client.hset(layout.tile_key("tour", view, ("u1",), 0), "0", "x")
-    redis_client.hset(layout.batch_key("other", view, ("u9",)), "cutoff", "0")
+        redis_client.hset(layout.entity_key("tour", view, (user,)), "b:cutoff", "0")
+    redis_client.hset(layout.entity_key("tour", view, ("u1",)), layout.tile_field(300_000, 0), "x")
+    redis_client.hset(layout.entity_key("other", view, ("u9",)), "b:cutoff", "0")
     assert main([*args, "-n", "10"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert sorted(lines) == ["user_order_stats  user_id=u1", "user_order_stats  user_id=u3", "user_order_stats  user_id=u:2"]

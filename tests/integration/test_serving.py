@@ -21,7 +21,7 @@ from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
 from skewless.serving.online import OnlineStore
 from skewless.serving.push import PushError, Pusher
 from skewless.store import FeatureStore
-from tests.support.fill import batch_record, order_events, tiles
+from tests.support.fill import batch_record, order_events, snapshot_hash, tile_writes
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def events() -> tuple[list, list]:
     return order_events(1500, 25, start, 1500 / (4 * MS_PER_DAY / 1000 - 900), seed=11)
 
 
-def _arrow_rows(view: Any, offline: list, users: list[str], cutoff: int, run_id: str, epoch: str) -> Any:
+def arrow_rows(view: Any, offline: list, users: list[str], cutoff: int, run_id: str, epoch: str) -> Any:
     import pyarrow as pa
 
     fields = sorted(layout.batch_windows(view))
@@ -55,7 +55,7 @@ def _arrow_rows(view: Any, offline: list, users: list[str], cutoff: int, run_id:
     return pa.table(cols)
 
 
-def _day(cutoff: int) -> date:
+def day_of(cutoff: int) -> date:
     return datetime.fromtimestamp((cutoff - MS_PER_DAY) / 1000, tz=timezone.utc).date()
 
 
@@ -69,19 +69,29 @@ def setup_store(client: Any, repo: Any, admitted: list, offline: list, project: 
                                       "written_ms": NOW})
                 for p in {e["_kafka_partition"] for e in admitted}}
     client.hset(layout.progress_key(project, "orders"), mapping=progress)
-    groups = {g.tile_ms: g for g in layout.tile_groups(view)}
-    by_user: dict[str, list] = {}
-    for key, fields in tiles(project, view, admitted, epoch).items():
-        tile_ms = int(key.rsplit(":", 1)[1])
-        by_user.setdefault(key.split("{")[1], []).append(
-            (key, groups[tile_ms], {int(s): v for s, v in fields.items()}))
-    for writes in by_user.values():
-        keys, argv = layout.tile_cas_args(writes)
+    for key, writes in tile_writes(project, view, admitted, epoch).items():
+        keys, argv = layout.tile_cas_args([(key, g, fields) for g, fields in writes])
         client.eval(layout.TILE_CAS_LUA, len(keys), *keys, *argv)
     users = sorted({e["user_id"] for e in offline})
-    materialize_feature_view(None, client, view, _day(C1), project=project,
-                             rows=_arrow_rows(view, offline, users, C1, "run-c1", epoch))
+    materialize_feature_view(None, client, view, day_of(C1), project=project,
+                             rows=arrow_rows(view, offline, users, C1, "run-c1", epoch))
     return epoch
+
+
+def write_snapshot(client: Any, project: str, view: Any, user: str, ts: int, created: int | None, values: dict,
+                   epoch: str) -> None:
+    """The entity hash a snapshot materialization writes (row and manifest), expiring as it does."""
+    key = layout.entity_key(project, view, (user,))
+    client.delete(key)
+    client.hset(key, mapping=snapshot_hash(view, ts, created, values, epoch))
+    client.pexpireat(key, layout.snapshot_expire_at_ms(view, ts))
+
+
+def hdel_prefix(client: Any, key: str, prefix: str) -> None:
+    """Delete the fields of ``key`` starting with ``prefix`` (a part of an entity hash lost)."""
+    fields = [f for f in client.hkeys(key) if f.decode().startswith(prefix)]
+    if fields:
+        client.hdel(key, *fields)
 
 
 def expected(view: Any, admitted: list, offline: list, user: str, T: int, now_read: bool, cutoff: int) -> dict:
@@ -144,9 +154,7 @@ def test_statuses_where_the_contract_says(redis_client: Any, repo: Any, events: 
 
     profile = repo.view("customer_profile")
     ts = NOW - MS_PER_DAY - 10 * MS_PER_MINUTE
-    redis_client.set(layout.snapshot_key(project, profile, (users[0],)),
-                     layout.encode_snapshot(profile, ts, ts, {"credit_score": 700, "segment": "vip"}, epoch),
-                     pxat=layout.snapshot_expire_at_ms(profile, ts))
+    write_snapshot(redis_client, project, profile, users[0], ts, ts, {"credit_score": 700, "segment": "vip"}, epoch)
     ttl_end = ts + MS_PER_DAY
     edge = [store.get_online_features({"user_id": users[:2]}, "customer_profile", now_ms=t) for t in (ttl_end, ttl_end + 1)]
     assert (edge[0].values["credit_score"], edge[0].statuses["credit_score"]) == ([700, None], ["present", "present"])
@@ -169,7 +177,7 @@ def test_reads_during_rematerialization_are_one_run(redis_client: Any, repo: Any
     feats = ["user_order_stats"]
     before = store.get_online_features({"user_id": users}, feats, now_ms=T)
     doubled = [{**e, "amount": e["amount"] * 2} for e in offline]  # run 2 differs from run 1 in every amount
-    rows2 = _arrow_rows(view, doubled, users, C2, "run-c2", epoch)
+    rows2 = arrow_rows(view, doubled, users, C2, "run-c2", epoch)
     reads: list = []
     stop = threading.Event()
 
@@ -181,7 +189,7 @@ def test_reads_during_rematerialization_are_one_run(redis_client: Any, repo: Any
     thread.start()
     try:
         for _ in range(3):
-            materialize_feature_view(None, redis_client, view, _day(C2), project=project, rows=rows2, group_size=2)
+            materialize_feature_view(None, redis_client, view, day_of(C2), project=project, rows=rows2, group_size=2)
     finally:
         stop.set()
         thread.join(60)
@@ -273,7 +281,8 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
     users = sorted({e["user_id"] for e in admitted})
     now = max(e["event_time"] for e in admitted) + 1
     T = now // MS_PER_DAY * MS_PER_DAY
-    day = layout.tile_key(project, view, (users[0],), MS_PER_DAY)
+    day = layout.entity_key(project, view, (users[0],))
+    daily = f"{layout.TILE_FIELD_PREFIX}{MS_PER_DAY}:".encode()
 
     def same() -> None:
         for kwargs in ({"now_ms": now}, {"now_ms": now, "as_of": T}):
@@ -289,28 +298,28 @@ def test_streamed_reads_equal_parsed_reads_while_the_store_changes(redis_client:
     streamed.get_online_features({"user_id": users}, "churn_model", now_ms=now)
     assert all(e[7] is not None for view in streamed.caches.memo.values() for e in view.values())  # ... keep their raw bytes
     same()
-    start, value = next(iter(redis_client.hgetall(day).items()))
+    start, value = next((f, v) for f, v in redis_client.hgetall(day).items() if f.startswith(daily))
     version, rest = value.split(b"|", 1)
     redis_client.hset(day, start, b"%d|%s" % (int(version) ^ 1, rest))
     same()  # one byte differs, same length
-    other = redis_client.hgetall(layout.tile_key(project, view, (users[-1],), MS_PER_DAY))
-    redis_client.hset(day, start, next(iter(other.values())))
+    other = redis_client.hgetall(layout.entity_key(project, view, (users[-1],)))
+    redis_client.hset(day, start, next(v for f, v in other.items() if f.startswith(daily)))
     same()  # another tile vector
-    redis_client.hset(day, str(T - 2 * MS_PER_DAY), value)
-    same()  # one more tile
+    redis_client.hset(day, layout.tile_field(MS_PER_DAY, T - 2 * MS_PER_DAY), value)
+    same()  # one more tile (not in the manifest: lost-part rules)
     redis_client.hdel(day, start)
     same()
-    batch = layout.batch_key(project, view, (users[1],))
-    redis_client.hset(batch, "run", "run-x")
-    redis_client.delete(layout.batch_key(project, view, (users[2],)))
+    batch = layout.entity_key(project, view, (users[1],))
+    redis_client.hset(batch, layout.BATCH_FIELD_PREFIX + "run", "run-x")
+    hdel_prefix(redis_client, layout.entity_key(project, view, (users[2],)), layout.BATCH_FIELD_PREFIX)
     same()
     row = {"user_id": users[3], "event_time": T - MS_PER_DAY, "created_at": T - MS_PER_DAY, "credit_score": 700,
            "segment": "vip"}
-    redis_client.set(layout.snapshot_key(project, profile, (users[3],)),
-                     layout.encode_snapshot(profile, row["event_time"], row["created_at"], row, "e-other"))
-    redis_client.delete(layout.snapshot_key(project, profile, (users[4],)))
+    write_snapshot(redis_client, project, profile, users[3], row["event_time"], row["created_at"], row, "e-other")
+    redis_client.delete(layout.entity_key(project, profile, (users[4],)))
     same()
-    redis_client.delete(*[layout.tile_key(project, view, (u,), MS_PER_DAY) for u in users[5:8]])
+    for u in users[5:8]:
+        hdel_prefix(redis_client, layout.entity_key(project, view, (u,)), daily.decode())
     same()
 
 
@@ -329,8 +338,8 @@ def test_unknown_entities_are_reported_not_found_on_every_read_path(redis_client
     view, profile = repo.view("user_order_stats"), repo.view("customer_profile")
     users = sorted({e["user_id"] for e in admitted})
     for u in users[:3]:
-        redis_client.set(layout.snapshot_key(project, profile, (u,)), layout.encode_snapshot(
-            profile, NOW - MS_PER_DAY // 2, None, {"credit_score": 700, "segment": "vip"}, epoch))
+        write_snapshot(redis_client, project, profile, u, NOW - MS_PER_DAY // 2, None,
+                       {"credit_score": 700, "segment": "vip"}, epoch)
     unknown = ["nobody", users[0].upper(), users[0] + " "]
     asked = users[:6] + unknown + users[6:10]  # more than STREAM_MIN entities: replies consumed as a stream
     streamed, generic = OnlineStore(repo, redis_client, project), OnlineStore(repo, redis_client, project)
@@ -352,8 +361,7 @@ def test_unknown_entities_are_reported_not_found_on_every_read_path(redis_client
 
     check()
     gone = users[1]
-    redis_client.delete(layout.batch_key(project, view, (gone,)), layout.snapshot_key(project, profile, (gone,)),
-                        *[layout.tile_key(project, view, (gone,), g.tile_ms) for g in layout.tile_groups(view)])
+    redis_client.delete(layout.entity_key(project, view, (gone,)), layout.entity_key(project, profile, (gone,)))
     check((gone,))
     app = FeatureServer(ServerSettings(project=project, max_entities=50), store=streamed)
     with ThreadedServer(app) as server:

@@ -194,12 +194,11 @@ def test_a_corrupt_value_makes_only_its_entity_incomplete(own_redis: tuple[int, 
     store = open_store(repo, f"redis://127.0.0.1:{port}/0", project=project)
     clean = store.get_online_features({"user_id": users}, ["user_order_stats", "customer_profile"], now_ms=CUTOFF)
     a, b, c = users[:3]
-    tile_key = next(k for k in filled.data if f"{{s={a}}}" in k and k.startswith(layout.view_prefix(project, view))
-                    and isinstance(filled.data[k], dict) and filled.data[k] and k != layout.batch_key(project, view, (a,)))
-    client.hset(tile_key, next(iter(filled.data[tile_key])), b"\xff\x00garbage")
-    client.hset(layout.batch_key(project, view, (b,)), "cutoff", "not-a-number")
-    c_tile = next(k for k in filled.data if f"{{s={c}}}" in k and k.startswith(layout.view_prefix(project, view))
-                  and isinstance(filled.data[k], dict) and filled.data[k] and k != layout.batch_key(project, view, (c,)))
+    tile_key = layout.entity_key(project, view, (a,))
+    client.hset(tile_key, next(f for f in filled.data[tile_key] if f.startswith(layout.TILE_FIELD_PREFIX)),
+                b"\xff\x00garbage")
+    client.hset(layout.entity_key(project, view, (b,)), layout.BATCH_FIELD_PREFIX + "cutoff", "not-a-number")
+    c_tile = layout.entity_key(project, view, (c,))
     client.delete(c_tile)
     client.set(c_tile, "a string where a hash belongs")  # WRONGTYPE for HGETALL
     fresh = open_store(repo, f"redis://127.0.0.1:{port}/0", project=project)

@@ -97,7 +97,7 @@ def write_batch_record(redis_client: Any, project: str, view: Any, offline: list
                 (cutoff - width + MS_PER_DAY, cutoff - width + 2 * MS_PER_DAY)]
             parts[field] = [[_aggregate(a, mine, lo, hi) for a in aggs] for lo, hi in ranges]
         fields = layout.encode_batch_record(view, cutoff, "test-run", epoch, parts)
-        keys, argv = layout.batch_write_args(layout.batch_key(project, view, (user,)), fields)
+        keys, argv = layout.batch_write_args(layout.entity_key(project, view, (user,)), fields, 1)
         redis_client.eval(layout.BATCH_WRITE_LUA, len(keys), *keys, *argv)
 
 
@@ -311,8 +311,9 @@ def test_recovery_from_checkpoint_keeps_values_exact(
         assert got.entities[VIEW][i].features["user_orders_last_1h"] == (want, "present"), user
     daily = layout.tile_groups(view)[-1]
     for user in users:  # every daily tile's version = the number of admitted events in it (nothing counted twice)
-        stored = redis_client.hgetall(layout.tile_key(project, view, (user,), daily.tile_ms))
-        for start_ms, value in stored.items():
+        stored = layout.read_entity_hash(redis_client.hgetall(layout.entity_key(project, view, (user,))))
+        assert stored.tiles_lost(daily.tile_ms) == (False, -1)  # the sink's manifest counts every tile it keeps
+        for start_ms, value in stored.tiles.get(daily.tile_ms, {}).items():
             version, _, _ = layout.decode_tile_vector(value, daily.aggs)
             n = sum(1 for e in admitted if e["user_id"] == user and e["event_time"] // daily.tile_ms * daily.tile_ms == int(start_ms))
             assert version == n, (user, start_ms)

@@ -23,7 +23,8 @@ from skewless.producer import GeneratorConfig, generate
 
 @dataclass
 class FilledStore:
-    """Keys -> values (``str`` for strings, ``dict`` for hashes) plus the events they were built from."""
+    """Keys -> values (``str`` for strings, ``dict`` for hashes: entity hashes with their manifest) plus the events
+    they were built from."""
 
     data: dict[str, Any] = field(default_factory=dict)
     admitted: list[dict[str, Any]] = field(default_factory=list)
@@ -52,23 +53,49 @@ def aggregate(a: Aggregation, events: list[dict[str, Any]], lo: int | None, hi: 
     return law.aggregate((laws.contribution(a, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in chosen)
 
 
-def tiles(project: str, view: FeatureView, admitted: list[dict[str, Any]], epoch: str) -> dict[str, dict[str, str]]:
-    """Every tile hash of ``view`` over ``admitted`` (per entity, per tile size)."""
-    out: dict[str, dict[str, str]] = {}
+def tile_writes(project: str, view: FeatureView, admitted: list[dict[str, Any]], epoch: str
+                ) -> dict[str, list[tuple[layout.TileGroup, dict[int, str]]]]:
+    """Per entity hash of ``view``: per tile size its tiles over ``admitted`` (start -> encoded value), what
+    TILE_CAS_LUA keeps (retention behind the newest tile)."""
+    out: dict[str, list[tuple[layout.TileGroup, dict[int, str]]]] = {}
     for g in layout.tile_groups(view):
         by_tile: dict[tuple, list] = {}
         for e in admitted:
             by_tile.setdefault((e["user_id"], e["event_time"] // g.tile_ms * g.tile_ms), []).append(e)
+        per_user: dict[str, dict[int, str]] = {}
         for (user, start), events in by_tile.items():
             accs = [aggregate(a, events, None, None) for a in g.aggregations]
             version = max(e["_offset"] for e in events)
-            out.setdefault(layout.tile_key(project, view, (user,), g.tile_ms), {})[str(start)] = \
-                layout.encode_tile_vector(version, epoch, accs, g.aggs)
-        for key, fields in out.items():  # what TILE_CAS_LUA keeps: retention behind the newest tile
-            if key.endswith(f":t:{g.tile_ms}"):
-                newest = max(int(f) for f in fields)
-                out[key] = {f: v for f, v in fields.items() if int(f) >= newest - g.retention_ms}
+            per_user.setdefault(user, {})[start] = layout.encode_tile_vector(version, epoch, accs, g.aggs)
+        for user, fields in per_user.items():
+            newest = max(fields)
+            out.setdefault(layout.entity_key(project, view, (user,)), []).append(
+                (g, {s: v for s, v in fields.items() if s >= newest - g.retention_ms}))
     return out
+
+
+def tiles(project: str, view: FeatureView, admitted: list[dict[str, Any]], epoch: str) -> dict[str, dict[str, str]]:
+    """Every entity hash of ``view`` with the tiles over ``admitted`` (every tile size) and their manifest."""
+    out: dict[str, dict[str, str]] = {}
+    for key, writes in tile_writes(project, view, admitted, epoch).items():
+        fields = out.setdefault(key, {})
+        for g, tiles_of in writes:
+            fields.update({layout.tile_field(g.tile_ms, s): v for s, v in tiles_of.items()})
+        fields[layout.MANIFEST_FIELD] = manifest(fields)
+    return out
+
+
+def manifest(fields: dict[str, str], fence: int = 1) -> str:
+    """The manifest the layout's write scripts keep for an entity hash holding ``fields`` (nothing lost)."""
+    h = layout.read_entity_hash({k: v for k, v in fields.items() if k != layout.MANIFEST_FIELD})
+    man: dict[str, Any] = {}
+    if h.tiles:
+        man["t"] = {str(size): [len(t), max(t), -1] for size, t in h.tiles.items()}
+    if h.batch:
+        man["b"] = [h.batch["cutoff"], str(fence), h.batch["run"]]
+    if h.snapshot is not None:
+        man["s"] = [str(json.loads(h.snapshot)["ts"]), str(fence)]
+    return json.dumps(man)
 
 
 def batch_record(view: FeatureView, offline: list[dict[str, Any]], user: str, cutoff: int, run_id: str,
@@ -116,8 +143,9 @@ def fill(project: str, repo: Any, *, users: int = 50, events: int = 5000, start_
     for e in offline:
         per_user.setdefault(e["user_id"], []).append(e)
     for user in store.users:
-        store.data[layout.batch_key(project, view, (user,))] = batch_record(view, offline, user, cutoff_ms, run_id, epoch,
-                                                                            mine=per_user[user])
+        fields = store.data.setdefault(layout.entity_key(project, view, (user,)), {})
+        fields.update(layout.batch_fields(batch_record(view, offline, user, cutoff_ms, run_id, epoch, mine=per_user[user])))
+        fields[layout.MANIFEST_FIELD] = manifest(fields)
     rng = random.Random(seed)
     end = start_ms + int(events / rate * 1000)
     for user in store.users:
@@ -130,9 +158,15 @@ def fill(project: str, repo: Any, *, users: int = 50, events: int = 5000, start_
             latest = row
             ts += snapshot_every_ms + rng.randrange(MS_PER_HOUR)
         if latest is not None and rng.random() < 0.9:  # some users have no profile
-            store.data[layout.snapshot_key(project, profile, (user,))] = layout.encode_snapshot(
+            store.data[layout.entity_key(project, profile, (user,))] = snapshot_hash(
                 profile, latest["event_time"], latest["created_at"], latest, epoch)
     return store
+
+
+def snapshot_hash(view: SnapshotView, ts: int, created_at: int | None, values: dict[str, Any], epoch: str) -> dict[str, str]:
+    """The entity hash a snapshot materialization writes: the row and its manifest."""
+    row = {layout.SNAPSHOT_FIELD: layout.encode_snapshot(view, ts, created_at, values, epoch)}
+    return {**row, layout.MANIFEST_FIELD: manifest(row)}
 
 
 def write(client: Any, data: dict[str, Any], batch: int = 500) -> None:
@@ -151,4 +185,4 @@ def write(client: Any, data: dict[str, Any], batch: int = 500) -> None:
     pipe.execute()
 
 
-__all__ = ["FilledStore", "aggregate", "batch_record", "fill", "order_events", "tiles", "write"]
+__all__ = ["FilledStore", "aggregate", "batch_record", "fill", "manifest", "order_events", "snapshot_hash", "tile_writes", "tiles", "write"]

@@ -36,15 +36,17 @@ from skewless.core.timeutil import floor_ms, to_epoch_ms
 class ReadPlan:
     """What to fetch for one entity of one feature view, and the instant it answers.
 
-    Fetch: GET ``epoch_key``; HGETALL each of ``tile_keys`` and ``batch_key``; HGETALL ``meta_key``.
-    ``as_of_ms`` None means "now" (the caller passes the read instant to :func:`evaluate_read`).
+    Fetch: GET ``epoch_key``; HGETALL ``entity_key`` (the entity hash: tiles of every size, the batch record and
+    the manifest) and ``meta_key``. ``as_of_ms`` None means "now" (the caller passes the read instant to
+    :func:`evaluate_read`).
     """
 
     view: FeatureView
     epoch_key: str
     meta_key: str
-    tile_keys: tuple[tuple[layout.TileGroup, str], ...]
-    batch_key: str | None
+    entity_key: str
+    groups: tuple[layout.TileGroup, ...]
+    has_batch: bool
     as_of_ms: int | None
 
 
@@ -64,8 +66,9 @@ def read_plan(project: str, view: FeatureView, entity_key: Sequence[Any], as_of_
         view=view,
         epoch_key=layout.epoch_key(project),
         meta_key=layout.view_meta_key(project, view),
-        tile_keys=tuple((g, layout.tile_key(project, view, entity_key, g.tile_ms)) for g in groups),
-        batch_key=layout.batch_key(project, view, entity_key) if layout.batch_windows(view) else None,
+        entity_key=layout.entity_key(project, view, entity_key),
+        groups=groups,
+        has_batch=bool(layout.batch_windows(view)),
         as_of_ms=as_of_ms,
     )
 
@@ -78,7 +81,9 @@ def evaluate_read(plan: ReadPlan, fetched: Mapping[str, Any], now_ms: int) -> di
     """Aggregation values ``{name: (value, status)}`` from what :func:`read_plan` fetched (``fetched`` maps
     each key to GET/HGETALL output). Statuses: ``incomplete`` (null) when the epoch is missing or differs,
     the stream started after the window start, a needed tile is past retention, or the batch part is too
-    late; ``stale`` (value kept) for a lifetime window whose batch is older than the tail allows."""
+    late, or a part of the entity hash its manifest lists is missing (a lost tile: the aggregations of that tile size,
+    for windows reaching back to the loss; a lost batch record: the batch-served ones); ``stale`` (value kept) for a
+    lifetime window whose batch is older than the tail allows."""
     view = plan.view
     T = now_ms if plan.as_of_ms is None else plan.as_of_ms
     epoch = _text(fetched.get(plan.epoch_key))
@@ -87,35 +92,41 @@ def evaluate_read(plan: ReadPlan, fetched: Mapping[str, Any], now_ms: int) -> di
     tiles: dict[int, dict[int, tuple]] = {}
     newest: dict[int, int] = {}
     epoch_ok = epoch is not None and meta.get("epoch") == epoch
-    for group, key in plan.tile_keys:
+    entity = layout.read_entity_hash(fetched.get(plan.entity_key))
+    for group in plan.groups:
         decoded = {}
-        for field, value in (fetched.get(key) or {}).items():
+        for start, value in entity.tiles.get(group.tile_ms, {}).items():
             _, tile_epoch, accs = layout.decode_tile_vector(value, group.aggs)
             epoch_ok = epoch_ok and tile_epoch == epoch
-            decoded[int(_text(field))] = accs
+            decoded[start] = accs
         tiles[group.tile_ms] = decoded
         newest[group.tile_ms] = max(decoded, default=floor_ms(now_ms, group.tile_ms))
-    batch = layout.decode_batch_record(view, fetched.get(plan.batch_key) or {}) if plan.batch_key else None
-    run_cutoff = int(meta[layout.META_BATCH_CUTOFF]) if plan.batch_key and layout.META_BATCH_CUTOFF in meta else None
-    if run_cutoff is not None and (batch is None or batch.cutoff_ms < run_cutoff) and meta.get("batch_epoch") == epoch:
+    batch_lost = plan.has_batch and entity.batch_lost(view)
+    batch = None
+    if plan.has_batch and not batch_lost:
+        batch = layout.decode_batch_record(view, entity.batch or {})
+    run_cutoff = int(meta[layout.META_BATCH_CUTOFF]) if plan.has_batch and layout.META_BATCH_CUTOFF in meta else None
+    if (not batch_lost and run_cutoff is not None and (batch is None or batch.cutoff_ms < run_cutoff)
+            and meta.get("batch_epoch") == epoch):
         batch = layout.empty_batch_record(view, run_cutoff, epoch)  # not in the newest run: no events before its cut-off
     if batch is not None and batch.epoch != epoch:
         epoch_ok = False
 
     out: dict[str, tuple[Any, str]] = {}
-    for group, _ in plan.tile_keys:
+    for group in plan.groups:
+        group_lost, lost_upto = entity.tiles_lost(group.tile_ms)
         for index, f in enumerate(group.aggregations):
             lw = laws.LAWS[Agg(f.agg)]
             width = layout.width_ms_of(f)
             end = None if plan.as_of_ms is None else T
 
             def stream_part(start: int) -> tuple[Any, bool]:
-                ok = applied_from is not None and applied_from <= start
+                ok = applied_from is not None and applied_from <= start and not group_lost and start > lost_upto
                 ok = ok and start >= newest[group.tile_ms] - group.retention_ms
                 parts = [accs[index] for s, accs in tiles[group.tile_ms].items() if s >= start and (end is None or s < end)]
                 return lw.merge_all(parts), ok
 
-            if not epoch_ok:
+            if not epoch_ok or group_lost:
                 out[f.name] = (None, INCOMPLETE)
                 continue
             if is_stream_served(width):
@@ -258,9 +269,7 @@ def read_windowed(
     for ps in plans.values():
         for p in ps:
             want("hgetall", p.meta_key)
-            for _, tk in p.tile_keys:
-                want("hgetall", tk)
-            want("hgetall", p.batch_key)
+            want("hgetall", p.entity_key)
     pipe = redis_client.pipeline(transaction=False)
     for cmd, key in fetch:
         getattr(pipe, cmd)(key)

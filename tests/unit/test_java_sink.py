@@ -95,7 +95,7 @@ def test_tile_keys_and_values_equal_layouts(repo: Repository) -> None:
         rows.append(["T", out.view, out.tile_ms, user, *[""] * (job.key_width - 1), start, version, *values,
                      *[None] * (job.value_width - len(values))])
         accs = [_acc(c.agg, c.value_type, v) for c, v in zip(out.columns, values)]
-        expected.append(["T", layout.tile_key("proj", view, (user,), out.tile_ms), start,
+        expected.append(["T", layout.entity_key("proj", view, (user,)), start,
                          layout.encode_tile_vector(version, EPOCH, accs, group.aggs)])
     assert encode_rows(spec, EPOCH, rows) == expected
 

@@ -3,6 +3,7 @@ the oracle (a dict-backed fake of Redis that mirrors the Lua scripts; no Redis n
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -31,15 +32,16 @@ EPOCH = "ep-1"
 
 
 def test_key_formats_and_hash_tag() -> None:
-    assert layout.tile_key("shop", VIEW, ("alice",), 300_000) == "shop:v1:user_orders:v3:{s=alice}:t:300000"
-    assert layout.batch_key("shop", VIEW, ("alice",)) == "shop:v1:user_orders:v3:{s=alice}:b"
-    assert layout.epoch_key("shop") == "shop:v1:epoch"
-    assert layout.progress_key("shop", "orders") == "shop:v1:progress:orders"
-    assert layout.view_meta_key("shop", VIEW) == "shop:v1:user_orders:v3:meta"
+    assert layout.entity_key("shop", VIEW, ("alice",)) == "shop:v2:user_orders:v3:{s=alice}"
+    assert layout.tile_field(300_000, 600_000) == "t:300000:600000"
+    assert layout.batch_fields({"cutoff": "1"}) == {"b:cutoff": "1"}
+    assert layout.epoch_key("shop") == "shop:v2:epoch"
+    assert layout.progress_key("shop", "orders") == "shop:v2:progress:orders"
+    assert layout.view_meta_key("shop", VIEW) == "shop:v2:user_orders:v3:meta"
     snap = SnapshotView("credit", USER, TableSource("t", "t", "t"), [Field("score", "int64")], ttl=timedelta(days=1))
-    assert layout.snapshot_key("shop", snap, ("a:b",)) == "shop:v1:credit:v1:{s=a%3Ab}:s"
+    assert layout.entity_key("shop", snap, ("a:b",)) == "shop:v2:credit:v1:{s=a%3Ab}"
     with pytest.raises(ValueError):
-        layout.tile_key("sh:op", VIEW, ("a",), 1)
+        layout.entity_key("sh:op", VIEW, ("a",))
 
 
 def hash_tag(key: str) -> str:
@@ -53,7 +55,7 @@ def test_entity_key_typed_escaped_and_round_trips(user: str, merchant: int) -> N
     text = layout.encode_entity_key(PAIR, (user, merchant))
     assert layout.decode_entity_key(text) == (user, merchant)
     assert not set(text) & set(":{}")
-    key = layout.tile_key("p", FeatureView("v", PAIR, SRC, []), (user, merchant), 300_000)
+    key = layout.entity_key("p", FeatureView("v", PAIR, SRC, []), (user, merchant))
     assert hash_tag(key) == text  # whole entity inside the tag, so all its keys share a slot
 
 
@@ -91,16 +93,45 @@ def test_tile_vector_codec() -> None:
 
 def test_lua_sources_are_constants() -> None:
     assert "HSET" in layout.TILE_CAS_LUA and "PEXPIREAT" in layout.TILE_CAS_LUA
-    assert "DEL" in layout.BATCH_WRITE_LUA
+    for script in (layout.TILE_CAS_LUA, layout.BATCH_WRITE_LUA, layout.SNAPSHOT_WRITE_LUA):
+        assert "KEYS[2]" not in script  # one key per call of the materializer's scripts: the entity's slot
+    assert layout.script_sha("return 1") == "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+
+
+def test_an_evicting_policy_is_refused_and_a_denied_check_warns(caplog: pytest.LogCaptureFixture) -> None:
+    class Client:
+        def __init__(self, answer: object) -> None:
+            self.answer = answer
+
+        def config_get(self, name: str) -> object:
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return {name: self.answer}
+
+    layout.check_eviction_policy(Client("noeviction"), "t")
+    for policy in ("allkeys-lru", "volatile-ttl"):
+        with pytest.raises(layout.EvictingPolicyError, match="noeviction"):
+            layout.check_eviction_policy(Client(policy), "t")
+    layout.check_eviction_policy(Client(PermissionError("NOPERM this user has no permissions to run CONFIG")), "t")
+    assert "cannot read Redis maxmemory-policy" in caplog.text
 
 
 # --- a fake Redis that mirrors the Lua scripts ------------------------------------------------------------------
 
 
 class FakeRedis:
+    """The layout's scripts on dicts (no lost parts: the manifest counts what is written)."""
+
     def __init__(self) -> None:
         self.data: dict[str, object] = {}
         self.expire_at: dict[str, int] = {}
+
+    def _manifest(self, h: dict) -> dict:
+        return json.loads(h.get(layout.MANIFEST_FIELD, "{}"))
+
+    def _save(self, key: str, h: dict, man: dict, at: int) -> None:
+        h[layout.MANIFEST_FIELD] = json.dumps(man)
+        self.expire_at[key] = max(self.expire_at.get(key, 0), at)
 
     def tile_cas(self, keys: list[str], argv: list[str]) -> int:
         written, i = 0, 0
@@ -108,55 +139,51 @@ class FakeRedis:
             n, tile, retention = int(argv[i]), int(argv[i + 1]), int(argv[i + 2])
             i += 3
             h = self.data.setdefault(key, {})
+            man = self._manifest(h)
+            g = man.setdefault("t", {}).setdefault(str(tile), [0, -1, -1])
+            pre = f"t:{tile}:"
             for _ in range(n):
-                field, value = argv[i], argv[i + 1]
+                start, value = argv[i], argv[i + 1]
                 i += 2
-                old = h.get(field)
+                old = h.get(pre + start)
                 if old is None or int(value.split("|")[0]) >= int(old.split("|")[0]):
-                    h[field] = value
+                    h[pre + start] = value
                     written += 1
-            newest = max(int(f) for f in h)
-            for f in [f for f in h if int(f) < newest - retention]:
-                del h[f]
-            self.expire_at[key] = newest + tile + retention
+                g[1] = max(g[1], int(start))
+            starts = [int(f[len(pre):]) for f in h if f.startswith(pre)]
+            for s in [s for s in starts if s < max(starts) - retention]:
+                del h[pre + str(s)]
+            g[0] = sum(1 for f in h if f.startswith(pre))
+            self._save(key, h, man, max(starts) + tile + retention)
         return written
 
     def batch_write(self, keys: list[str], argv: list[str]) -> int:
         key = keys[0]
-        old = self.data.get(key)
-        if old and int(old["cutoff"]) > int(argv[1]):
+        h = self.data.setdefault(key, {})
+        man = self._manifest(h)
+        if "b" in man and (int(man["b"][0]), int(man["b"][1])) > (int(argv[0]), int(argv[1])):
             return 0
-        self.data[key] = {argv[i]: argv[i + 1] for i in range(2, len(argv), 2)}
-        self.expire_at[key] = int(argv[0])
+        h.update({argv[i]: argv[i + 1] for i in range(4, len(argv), 2)})
+        man["b"] = argv[:3]
+        self._save(key, h, man, int(argv[3]))
         return 1
 
-    def batch_commands(self, commands: list[list[str]]) -> None:
-        """HSET / PEXPIREAT as Redis executes them (batch_write_commands)."""
-        for name, key, *args in commands:
-            if name == "HSET":
-                h = self.data.setdefault(key, {})
-                h.update({args[i]: args[i + 1] for i in range(0, len(args), 2)})
-            elif name == "PEXPIREAT":
-                self.expire_at[key] = int(args[0])
-            else:
-                raise AssertionError(name)
-
     def fetch(self, plan: reference_reader.ReadPlan) -> dict:
-        keys = [plan.epoch_key, plan.meta_key] + [k for _, k in plan.tile_keys] + ([plan.batch_key] if plan.batch_key else [])
-        return {k: self.data.get(k) for k in keys}
+        return {k: self.data.get(k) for k in (plan.epoch_key, plan.meta_key, plan.entity_key)}
 
 
 def test_tile_cas_keeps_newer_versions_and_drops_old_tiles() -> None:
     r = FakeRedis()
     g = layout.tile_groups(VIEW)[0]
-    key = layout.tile_key("p", VIEW, ("u",), g.tile_ms)
+    key = layout.entity_key("p", VIEW, ("u",))
     v = lambda ver, n: layout.encode_tile_vector(ver, EPOCH, (n, 0), g.aggs)  # noqa: E731
     r.tile_cas(*layout.tile_cas_args([(key, g, {0: v(5, 1)})]))
     assert r.tile_cas(*layout.tile_cas_args([(key, g, {0: v(4, 9)})])) == 0  # older version refused
     assert r.tile_cas(*layout.tile_cas_args([(key, g, {0: v(5, 2)})])) == 1  # same version: idempotent replay
     far = (g.retention_ms // g.tile_ms + 1) * g.tile_ms
     r.tile_cas(*layout.tile_cas_args([(key, g, {far: v(6, 1)})]))
-    assert list(r.data[key]) == [str(far)]
+    assert [f for f in r.data[key] if f != layout.MANIFEST_FIELD] == [layout.tile_field(g.tile_ms, far)]
+    assert layout.read_entity_hash(r.data[key]).tiles_lost(g.tile_ms) == (False, -1)
     assert r.expire_at[key] == far + g.tile_ms + g.retention_ms
     with pytest.raises(ValueError):
         layout.tile_cas_args([(key, g, {1: v(1, 1)})])
@@ -171,7 +198,7 @@ def write_stream(r: FakeRedis, events: list[dict], from_ms: int) -> None:
         for e in events:
             if e["event_time"] < from_ms:
                 continue
-            key = layout.tile_key("p", VIEW, (e["user_id"],), g.tile_ms)
+            key = layout.entity_key("p", VIEW, (e["user_id"],))
             start = e["event_time"] // g.tile_ms * g.tile_ms
             accs = per_key.setdefault(key, {}).setdefault(start, [laws.LAWS[a].init() for a in g.aggs])
             for i, f in enumerate(g.aggregations):
@@ -198,9 +225,10 @@ def write_batch(r: FakeRedis, events: list[dict], user: str, cutoff: int) -> Non
                 (laws.contribution(f, e), (e["event_time"], e["_kafka_partition"], e["_offset"])) for e in mine) for f in aggs])
         windows[field] = parts
     fields = layout.encode_batch_record(VIEW, cutoff, "run-1", EPOCH, windows)
-    key = layout.batch_key("p", VIEW, (user,))
-    r.batch_commands(layout.batch_write_commands(key, fields))
-    assert r.expire_at[key] == layout.batch_expire_at_ms(cutoff)
+    key = layout.entity_key("p", VIEW, (user,))
+    assert r.batch_write(*layout.batch_write_args(key, fields, 1)) == 1
+    assert r.expire_at[key] >= layout.batch_expire_at_ms(cutoff)
+    assert r.batch_write(*layout.batch_write_args(key, {**fields, "cutoff": str(cutoff - MS_PER_DAY)}, 9)) == 0  # fenced
 
 
 @settings(max_examples=60, deadline=None)

@@ -90,7 +90,7 @@ def test_batch_part_from_records_and_meta():
     meta(st, MIXED)
     today = NOW // MS_PER_DAY * MS_PER_DAY
     for i, cutoff in enumerate([today - MS_PER_DAY, today]):
-        st.hashes[layout.batch_key(P, MIXED, (f"u{i}",))] = {"cutoff": str(cutoff), "run": "r", "epoch": "E1"}
+        st.hashes[layout.entity_key(P, MIXED, (f"u{i}",))] = layout.batch_fields({"cutoff": str(cutoff), "run": "r", "epoch": "E1"})
     stream, batch = view_freshness(st, P, MIXED, now=NOW)
     assert stream.status == "ok"
     assert (batch.part, batch.lag_ms, batch.status) == ("batch", 10 * MS_PER_HOUR, "ok")
@@ -104,11 +104,13 @@ def test_batch_part_from_records_and_meta():
 
 def test_snapshot_age():
     st = Store()
-    st.strings[layout.snapshot_key(P, PROFILE, ("u1",))] = layout.encode_snapshot(PROFILE, NOW - 30 * MS_PER_HOUR, None, {"score": 1}, "E1")
-    st.strings[layout.snapshot_key(P, PROFILE, ("u2",))] = layout.encode_snapshot(PROFILE, NOW - 20 * MS_PER_HOUR, None, {"score": 2}, "E1")
+    st.hashes[layout.entity_key(P, PROFILE, ("u1",))] = {
+        layout.SNAPSHOT_FIELD: layout.encode_snapshot(PROFILE, NOW - 30 * MS_PER_HOUR, None, {"score": 1}, "E1")}
+    st.hashes[layout.entity_key(P, PROFILE, ("u2",))] = {
+        layout.SNAPSHOT_FIELD: layout.encode_snapshot(PROFILE, NOW - 20 * MS_PER_HOUR, None, {"score": 2}, "E1")}
     (row,) = view_freshness(st, P, PROFILE, now=NOW)
     assert (row.part, row.lag_ms, row.status) == ("snapshot", 20 * MS_PER_HOUR, "ok")
-    del st.strings[layout.snapshot_key(P, PROFILE, ("u2",))]
+    del st.hashes[layout.entity_key(P, PROFILE, ("u2",))]
     assert view_freshness(st, P, PROFILE, now=NOW)[0].status == "stale"
 
 

@@ -11,7 +11,7 @@ import pytest
 from skewless.core import laws, layout, oracle
 from skewless.core.repo import load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
-from tests.support.fill import order_events
+from tests.support.fill import manifest, order_events
 from tests.support.reference_reader import AsOfNotAlignedError, read_windowed
 
 PROJECT = "p"
@@ -62,8 +62,12 @@ def setup() -> tuple[Any, Any, MemRedis, list, int]:
         for (user, tile_start), events in tiles.items():
             accs = [laws.law(a.agg).aggregate((laws.contribution(a, e), (e["event_time"], e["_kafka_partition"], e["_offset"]))
                                               for e in events) for a in g.aggregations]
-            key = layout.tile_key(PROJECT, view, (user,), g.tile_ms)
-            redis.data.setdefault(key, {})[str(tile_start)] = layout.encode_tile_vector(len(events), EPOCH, accs, g.aggs)
+            key = layout.entity_key(PROJECT, view, (user,))
+            redis.data.setdefault(key, {})[layout.tile_field(g.tile_ms, tile_start)] = layout.encode_tile_vector(
+                len(events), EPOCH, accs, g.aggs)
+    for fields in list(redis.data.values()):
+        if isinstance(fields, dict) and any(f.startswith(layout.TILE_FIELD_PREFIX) for f in fields):
+            fields[layout.MANIFEST_FIELD] = manifest(fields)
     return repo, view, redis, admitted, start
 
 

@@ -123,11 +123,11 @@ def test_a_corrupt_value_makes_only_that_entity_incomplete_and_is_logged_once(
     view = repo.view("user_order_stats")
     a, b, c = filled.users[:3]
     data = dict(filled.data)
-    tile_key = next(k for k in data if k.startswith(layout.view_prefix(P, view)) and "{" in k and f"{{s={a}}}" in k
-                    and isinstance(data[k], dict) and data[k])
-    data[tile_key] = {**data[tile_key], next(iter(data[tile_key])): "\xff\x00garbage"}
-    batch_key = layout.batch_key(P, view, (b,))
-    data[batch_key] = {**data[batch_key], "cutoff": "not-a-number"}
+    tile_key = layout.entity_key(P, view, (a,))
+    tile = next(f for f in data[tile_key] if f.startswith(layout.TILE_FIELD_PREFIX))
+    data[tile_key] = {**data[tile_key], tile: "\xff\x00garbage"}
+    batch_key = layout.entity_key(P, view, (b,))
+    data[batch_key] = {**data[batch_key], layout.BATCH_FIELD_PREFIX + "cutoff": "not-a-number"}
     clean = OnlineStore(repo, MemRedis(filled.data), P).get_online_features({"user_id": [a, b, c]}, FEATURES, now_ms=CUTOFF)
     store = OnlineStore(repo, MemRedis(data), P)
     evaluate._corrupt_logged.clear()

@@ -14,7 +14,7 @@ from skewless.core.routing import SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
 from skewless.serving import OnlineRequestError, OnlineStore
 from skewless.serving.online import AsOfNotAligned
-from tests.support.fill import batch_record, fill
+from tests.support.fill import batch_record, fill, manifest, snapshot_hash
 from tests.support.reference_reader import read_windowed
 
 P = "p"
@@ -39,6 +39,9 @@ class MemRedis:
 
     def hgetall(self, key: str) -> None:
         self.ops.append(lambda: dict(self.data.get(key) or {}))
+
+    def hmget(self, key: str, *fields: Any) -> None:
+        self.ops.append(lambda: [(self.data.get(key) or {}).get(f.decode() if isinstance(f, bytes) else f) for f in fields])
 
     def execute(self, raise_on_error: bool = True) -> list:
         self.round_trips += 1
@@ -76,7 +79,9 @@ def with_newer_run(filled: Any, repo: Any) -> dict[str, Any]:
     data[layout.view_meta_key(P, view)] = {**data[layout.view_meta_key(P, view)],
                                            layout.META_BATCH_CUTOFF: str(CUTOFF + MS_PER_DAY), "batch_epoch": EPOCH}
     for user in filled.users[::2]:
-        data[layout.batch_key(P, view, (user,))] = batch_record(view, filled.offline, user, CUTOFF + MS_PER_DAY, "run-2", EPOCH)
+        key = layout.entity_key(P, view, (user,))
+        fields = {**data[key], **layout.batch_fields(batch_record(view, filled.offline, user, CUTOFF + MS_PER_DAY, "run-2", EPOCH))}
+        data[key] = {**fields, layout.MANIFEST_FIELD: manifest(fields)}
     return data
 
 
@@ -151,7 +156,7 @@ def _snapshot_store(repo: Any, rows: list[tuple[int, int, int]]) -> dict[str, An
     profile = repo.view("customer_profile")
     data: dict[str, Any] = {layout.epoch_key(P): EPOCH}
     for i, (ts, created, score) in enumerate(rows):
-        data[layout.snapshot_key(P, profile, (f"u{i}",))] = layout.encode_snapshot(
+        data[layout.entity_key(P, profile, (f"u{i}",))] = snapshot_hash(
             profile, ts, created, {"credit_score": score, "segment": "vip"}, EPOCH)
     return data
 

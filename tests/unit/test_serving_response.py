@@ -17,7 +17,7 @@ from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
 from skewless.serving.online import OnlineStore
 from skewless.serving.openapi import spec
 from skewless.serving.server import FeatureServer, ServerSettings, ThreadedServer
-from tests.support.fill import fill
+from tests.support.fill import fill, manifest, snapshot_hash
 from tests.unit import test_serving_server as http_support
 from tests.unit.test_serving_online import CUTOFF, EPOCH, P, START, MemRedis
 
@@ -65,11 +65,11 @@ def test_an_unknown_entity_reads_the_contracts_values_and_is_reported_not_found(
     users = filled.users
     store_data = dict(filled.data)
     only_batch, only_profile = users[0], users[1]
-    for g in layout.tile_groups(view):  # tiles gone (expired), the batch record kept: still known
-        store_data.pop(layout.tile_key(P, view, (only_batch,), g.tile_ms), None)
-        store_data.pop(layout.tile_key(P, view, (only_profile,), g.tile_ms), None)
-    store_data.pop(layout.batch_key(P, view, (only_profile,)))
-    store_data[layout.snapshot_key(P, profile, (only_profile,))] = layout.encode_snapshot(
+    kept = {k: v for k, v in store_data[layout.entity_key(P, view, (only_batch,))].items()  # tiles pruned, the batch
+            if k.startswith(layout.BATCH_FIELD_PREFIX)}  # record kept: still known
+    store_data[layout.entity_key(P, view, (only_batch,))] = {**kept, layout.MANIFEST_FIELD: manifest(kept)}
+    store_data.pop(layout.entity_key(P, view, (only_profile,)))
+    store_data[layout.entity_key(P, profile, (only_profile,))] = snapshot_hash(
         profile, filled.now - MS_PER_DAY // 2, None, {"credit_score": 700, "segment": "vip"}, EPOCH)
     store = OnlineStore(repo, MemRedis(store_data), P)
     asked = users + [TYPO]
@@ -83,7 +83,7 @@ def test_an_unknown_entity_reads_the_contracts_values_and_is_reported_not_found(
     # ... and the response says the store holds nothing of it
     assert got.found == {
         "user_order_stats": [u != only_profile for u in users] + [False],
-        "customer_profile": [_has(store_data, layout.snapshot_key(P, profile, (u,))) for u in users] + [False],
+        "customer_profile": [_has(store_data, layout.entity_key(P, profile, (u,))) for u in users] + [False],
     }
     assert got.not_found(i) == ["user_order_stats", "customer_profile"]
     assert got.not_found(asked.index(only_batch)) == [] and got.not_found(asked.index(only_profile)) == ["user_order_stats"]
@@ -142,7 +142,7 @@ def test_repr_is_one_short_line_and_str_a_table(repo: Any, filled: Filled) -> No
     profile = repo.view("customer_profile")
     users = filled.users[:3] + [TYPO]
     got = store.get_online_features({"user_id": users}, "churn_model", now_ms=filled.now)
-    no_profile = sum(not _has(filled.data, layout.snapshot_key(P, profile, (u,))) for u in users)
+    no_profile = sum(not _has(filled.data, layout.entity_key(P, profile, (u,))) for u in users)
     assert repr(got) == ("<OnlineResponse 4 entities x 9 features; statuses: present 36; "
                          f"not found: user_order_stats 1, customer_profile {no_profile}>")
     as_of = store.get_online_features({"user_id": users[:1]}, ["user_order_stats:customer_ltv_365d"],

@@ -55,6 +55,9 @@ class MemRedis:
         def hgetall(self, key: str) -> None:
             self.ops.append(lambda: self.r.hgetall(key))
 
+        def hmget(self, key: str, *fields: Any) -> None:
+            self.ops.append(lambda: [self.r.hgetall(key).get(f if isinstance(f, bytes) else f.encode()) for f in fields])
+
         def execute(self, raise_on_error: bool = True) -> list:
             return [op() for op in self.ops]
 

@@ -99,20 +99,19 @@ def test_serving_encoding_is_the_layouts_batch_record() -> None:
     assert f'[{{"$int":"{2 * (2**63 - 1)}"}},2]' in "".join(fields.values())
 
 
-def test_packed_commands_equal_the_layouts_batch_write_commands() -> None:
+def test_packed_commands_equal_the_layouts_fenced_batch_writes() -> None:
     view = _view([Aggregation("n", Agg.COUNT, None, Window.days(30)), Aggregation("l", Agg.COUNT, None, Window.lifetime())])
     fields = sorted(layout.batch_windows(view))
-    packer = BatchPacker(view, "p", 86_400_000 * 20_000, "run:1", "E", fields)
+    packer = BatchPacker(view, "p", 86_400_000 * 20_000, "run:1", "E", fields, 77)
     tags = ["s=alice", "s=b%3Ab"]
     values = [["[[1],[0],[2]]", "[[3],[4],[5]]"], ["[[7]]", "[[8]]"]]
     packer.verify(tags[0], [v[0] for v in values])
     expected = b""
     for i, tag in enumerate(tags):
-        key = f"p:v1:v:v1:{{{tag}}}:b"
+        key = f"p:v{layout.LAYOUT_VERSION}:v:v1:{{{tag}}}"
         rec = {"cutoff": str(86_400_000 * 20_000), "run": "run:1", "epoch": "E", **{f: v[i] for f, v in zip(fields, values)}}
-        commands = layout.batch_write_commands(key, rec)
-        assert [c[0] for c in commands] == ["HSET", "PEXPIREAT"]  # one HSET replaces every field
-        expected += b"".join(pack_command(c) for c in commands)
+        keys, argv = layout.batch_write_args(key, rec, 77)  # one script call per entity: fenced, the whole record
+        expected += pack_command(["EVALSHA", layout.script_sha(layout.BATCH_WRITE_LUA), "1", *keys, *argv])
     assert packer.pack(tags, values) == expected
     import pyarrow as pa
 

@@ -68,9 +68,8 @@ class _ScanOnly:
 def test_sample_entities_decodes_ids_through_the_layout():
     repo = load_repository(REPO)
     view, other = repo.view("user_order_stats"), repo.view("customer_profile")
-    keys = [layout.tile_key("p", view, ("u1",), 0), layout.batch_key("p", view, ("u1",)),
-            layout.batch_key("p", view, ("a:b}c",)), layout.snapshot_key("p", other, ("u9",)),
-            layout.view_meta_key("p", view), layout.batch_key("q", view, ("u7",))]
+    keys = [layout.entity_key("p", view, ("u1",)), layout.entity_key("p", view, ("a:b}c",)),
+            layout.entity_key("p", other, ("u9",)), layout.view_meta_key("p", view), layout.entity_key("q", view, ("u7",))]
     assert sample_entities(_ScanOnly(keys), "p", view, n=10) == [("u1",), ("a:b}c",)]
     assert sample_entities(_ScanOnly(keys), "p", view, n=1) == [("u1",)]
     assert sample_entities(_ScanOnly([]), "p", view, n=3) == []

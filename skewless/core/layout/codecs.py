@@ -8,7 +8,9 @@ from typing import Any, Mapping, Sequence
 
 from skewless.core import laws
 from skewless.core.dsl import Agg, FeatureView, SnapshotView
-from skewless.core.layout.keys import LIFETIME_FIELD, batch_windows
+from skewless.core.layout.keys import (
+    BATCH_FIELD_PREFIX, LIFETIME_FIELD, MANIFEST_FIELD, SNAPSHOT_FIELD, TILE_FIELD_PREFIX, batch_windows,
+)
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS
 
 
@@ -105,3 +107,64 @@ def decode_snapshot(view: SnapshotView, text: str | bytes) -> tuple[int, int | N
     data = json.loads(text)
     values = {f.name: laws.decode_value(v) for f, v in zip(view.fields, data["values"])}
     return data["ts"], data["created_at"], data["epoch"], values
+
+
+# --- an entity hash as read (HGETALL), and the parts its manifest says are lost ---------------------------------
+
+
+def _text(v: str | bytes) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else v
+
+
+@dataclass(frozen=True)
+class EntityHash:
+    """The parts of one entity hash (see :mod:`skewless.core.layout.writes` for the manifest)."""
+
+    tiles: Mapping[int, Mapping[int, str]]  # tile size -> tile start -> "version|epoch|vector"
+    batch: Mapping[str, str] | None  # the batch record's fields (cutoff, run, epoch, w:...), None: no b:* field
+    snapshot: str | None  # the snapshot row
+    manifest: Mapping[str, Any] | None  # None: no manifest field
+    empty: bool  # the hash does not exist (no state at all: cannot be told from an entity never seen)
+
+    def tiles_lost(self, tile_ms: int) -> tuple[bool, int]:
+        """``(some of these tiles lost now, lost up to)``: the first when the hash holds another number of tiles of
+        this size than its manifest lists; a window of this size starting at or before the second may miss a tile."""
+        entry = ((self.manifest or {}).get("t") or {}).get(str(tile_ms))
+        count = len(self.tiles.get(tile_ms, ()))
+        if entry is None:
+            return count > 0, -1
+        return count != int(entry[0]), int(entry[2])
+
+    def batch_lost(self, view: FeatureView) -> bool:
+        """The manifest lists a batch record that is not (whole) in the hash, or the hash holds batch fields it does
+        not list."""
+        listed = (self.manifest or {}).get("b")
+        if listed is None:
+            return self.batch is not None
+        want = {"cutoff", "run", "epoch", *batch_windows(view)}
+        return self.batch is None or set(self.batch) != want or self.batch["cutoff"] != str(listed[0])
+
+    def snapshot_lost(self) -> bool:
+        """The manifest lists a snapshot row the hash lacks, or the hash holds a row it does not list."""
+        return (self.snapshot is not None) != ("s" in (self.manifest or {}))
+
+
+def read_entity_hash(fields: Mapping[str | bytes, str | bytes] | None) -> EntityHash:
+    """An entity hash as HGETALL returns it (``{}`` or None: no such key), split into its parts."""
+    tiles: dict[int, dict[int, str]] = {}
+    batch: dict[str, str] = {}
+    snapshot = manifest = None
+    for k, v in (fields or {}).items():
+        name, value = _text(k), _text(v)
+        if name.startswith(TILE_FIELD_PREFIX):
+            size, start = name[len(TILE_FIELD_PREFIX):].split(":")
+            tiles.setdefault(int(size), {})[int(start)] = value
+        elif name.startswith(BATCH_FIELD_PREFIX):
+            batch[name[len(BATCH_FIELD_PREFIX):]] = value
+        elif name == SNAPSHOT_FIELD:
+            snapshot = value
+        elif name == MANIFEST_FIELD:
+            manifest = json.loads(value)
+        else:
+            raise ValueError(f"unexpected field {name!r} in an entity hash")
+    return EntityHash(tiles, batch or None, snapshot, manifest, not fields)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from skewless.core import laws
 from skewless.core.dsl import Agg, Aggregation, Entity, FeatureView, KeyType, SnapshotView
 from skewless.core.routing import BATCH_TILE_MS, STREAM_DAILY_TILE_RETENTION_MS, is_stream_served
 from skewless.core.timeutil import MS_PER_HOUR, default_tile_ms, td_ms
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+# Fields of an entity hash (one per entity and view version, see :func:`entity_key`):
+TILE_FIELD_PREFIX = "t:"  # t:{H}:{tile start ms} -> "version|epoch|[acc, ...]"
+BATCH_FIELD_PREFIX = "b:"  # b:cutoff, b:run, b:epoch, b:w:{width ms|life} -> [body, tail0, tail1]
+SNAPSHOT_FIELD = "s"  # the snapshot row {"ts", "created_at", "values", "epoch"}
+MANIFEST_FIELD = "m"  # what the writers put in the hash (see skewless.core.layout.writes): a part it lists that is
+# missing reads ``incomplete``
+EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu", "volatile-random",
+                     "volatile-ttl")
 TILE_RETENTION_SLACK_MS = MS_PER_HOUR  # beyond W + H (+ the source's clock-skew tolerance)
 LIFETIME_FIELD = "w:life"
 # The view-level record of the newest fully materialized batch run (a field of the view meta hash): written after
@@ -86,7 +94,9 @@ def view_prefix(project: str, view: FeatureView | SnapshotView) -> str:
     return f"{store_prefix(project)}:{check_name(view.name, 'view')}:v{int(view.version)}"
 
 
-def entity_prefix(project: str, view: FeatureView | SnapshotView, entity_key: Sequence[Any]) -> str:
+def entity_key(project: str, view: FeatureView | SnapshotView, entity_key: Sequence[Any]) -> str:
+    """The entity's hash of this view version: all of its online state for the view (tiles, batch record or
+    snapshot row, and the manifest), in the slot of its hash tag."""
     return f"{view_prefix(project, view)}:{{{encode_entity_key(view.entity, entity_key)}}}"
 
 
@@ -102,16 +112,14 @@ def view_meta_key(project: str, view: FeatureView | SnapshotView) -> str:
     return f"{view_prefix(project, view)}:meta"
 
 
-def tile_key(project: str, view: FeatureView, entity_key: Sequence[Any], tile_ms: int) -> str:
-    return f"{entity_prefix(project, view, entity_key)}:t:{int(tile_ms)}"
+def tile_field(tile_ms: int, start_ms: int) -> str:
+    """The field of one tile in an entity hash."""
+    return f"{TILE_FIELD_PREFIX}{int(tile_ms)}:{int(start_ms)}"
 
 
-def batch_key(project: str, view: FeatureView, entity_key: Sequence[Any]) -> str:
-    return f"{entity_prefix(project, view, entity_key)}:b"
-
-
-def snapshot_key(project: str, view: SnapshotView, entity_key: Sequence[Any]) -> str:
-    return f"{entity_prefix(project, view, entity_key)}:s"
+def batch_fields(record: Mapping[str, str]) -> dict[str, str]:
+    """A batch record (``encode_batch_record``: cutoff, run, epoch, w:...) as fields of the entity hash."""
+    return {BATCH_FIELD_PREFIX + name: value for name, value in record.items()}
 
 
 # --- which aggregation lives where ---------------------------------------------------------------------------

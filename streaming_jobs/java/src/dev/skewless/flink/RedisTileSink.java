@@ -21,10 +21,12 @@ import org.apache.flink.types.RowKind;
  * per tile field and progress field in memory and written when {@code flush_rows} rows are pending, when the
  * {@code flush_ms} processing-time timer fires, before every checkpoint and at the end of a bounded input
  * ({@link SinkWriter#flush}). So nothing a checkpoint covers is only in memory (no state to restore), and a
- * replay after a restore writes the same tiles again: each tile field is written by {@code TILE_CAS_LUA}
- * only if its version (events applied to the tile) is at least the stored one, so replays are idempotent.
- * One flush is one pipeline: {@code EVALSHA} calls of up to {@code cas_keys} tile keys, then {@code HSET} of
- * the progress fields (after the tiles they cover).
+ * replay after a restore writes the same tiles again: each tile field ({@code t:{H}:{start}} of the entity's
+ * hash) is written by {@code TILE_CAS_LUA} only if its version (events applied to the tile) is at least the stored
+ * one, so replays are idempotent; the script keeps the hash's manifest and prunes old tiles.
+ * One flush is one pipeline: {@code EVALSHA} calls of up to {@code cas_keys} (entity, tile size) entries, then
+ * {@code HSET} of the progress fields (after the tiles they cover). The writer refuses a Redis whose
+ * {@code maxmemory-policy} may evict keys (warns and goes on where {@code CONFIG GET} is denied).
  */
 public final class RedisTileSink implements Sink<Row> {
     private static final long serialVersionUID = 1L;
@@ -47,12 +49,14 @@ public final class RedisTileSink implements Sink<Row> {
         }
     }
 
-    /** Tile fields of one key pending a write: tile start -> encoded value. */
+    /** Tile fields of one entity hash and tile size pending a write: tile start -> encoded value. */
     private static final class PendingKey {
+        final String key;
         final TileEncoder.Output output;
         final TreeMap<Long, String> fields = new TreeMap<>();
 
-        PendingKey(TileEncoder.Output output) {
+        PendingKey(String key, TileEncoder.Output output) {
+            this.key = key;
             this.output = output;
         }
     }
@@ -88,6 +92,7 @@ public final class RedisTileSink implements Sink<Row> {
             this.time = time;
             this.written = written;
             connect();
+            checkEvictionPolicy(TileEncoder.strings(spec.get("evicting_policies")));
             initStore((String) spec.get("epoch_key"), TileEncoder.strings(spec.get("meta_keys")),
                 (Long) spec.get("applied_from_ms"));
         }
@@ -95,6 +100,28 @@ public final class RedisTileSink implements Sink<Row> {
         private void connect() throws IOException {
             redis = Resp.open(redisSpec, 60_000);
             sha = (String) redis.call("SCRIPT", "LOAD", casScript);
+        }
+
+        /** Refuse a Redis that may evict keys (a whole entity hash evicted reads as an entity never seen). */
+        private void checkEvictionPolicy(String[] evicting) throws IOException {
+            Object r;
+            try {
+                r = redis.call("CONFIG", "GET", "maxmemory-policy");
+            } catch (IOException e) {  // denied (managed Redis): cannot check
+                System.err.println("skewless sink: cannot read Redis maxmemory-policy (" + e.getMessage()
+                    + "); make sure it is noeviction, or lost keys read as entities never seen");
+                return;
+            }
+            if (r instanceof List && ((List<?>) r).size() >= 2) {
+                String policy = String.valueOf(((List<?>) r).get(1));
+                for (String p : evicting) {
+                    if (p.equalsIgnoreCase(policy)) {
+                        throw new IOException("Redis maxmemory-policy is " + policy + ": it may evict keys, and an "
+                            + "entity whose online state was evicted whole reads as one never seen. Set "
+                            + "maxmemory-policy noeviction and give Redis enough memory");
+                    }
+                }
+            }
         }
 
         /** The store's epoch (created if missing) and each view's meta ({@code applied_from_ms} set once). */
@@ -139,10 +166,11 @@ public final class RedisTileSink implements Sink<Row> {
             if ("T".equals(k)) {
                 TileEncoder.Output out = enc.output((String) f[1], (Long) f[2]);
                 String key = enc.tileKey(out, f);
-                PendingKey pending = tiles.get(key);
+                String slot = key + "|" + out.tileMs;
+                PendingKey pending = tiles.get(slot);
                 if (pending == null) {
-                    pending = new PendingKey(out);
-                    tiles.put(key, pending);
+                    pending = new PendingKey(key, out);
+                    tiles.put(slot, pending);
                 }
                 pending.fields.put((Long) f[3 + enc.keyWidth], enc.tileValue(out, f, epoch));
             } else if ("P".equals(k)) {
@@ -203,9 +231,8 @@ public final class RedisTileSink implements Sink<Row> {
             List<List<String>> out = new ArrayList<>();
             List<String> keys = new ArrayList<>(casKeys);
             List<String> argv = new ArrayList<>();
-            for (Map.Entry<String, PendingKey> e : tiles.entrySet()) {
-                PendingKey p = e.getValue();
-                keys.add(e.getKey());
+            for (PendingKey p : tiles.values()) {
+                keys.add(p.key);
                 argv.add(Integer.toString(p.fields.size()));
                 argv.add(Long.toString(p.output.tileMs));
                 argv.add(Long.toString(p.output.retentionMs));
