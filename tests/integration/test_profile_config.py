@@ -55,10 +55,10 @@ def test_commands_read_kafka_and_redis_from_the_profile_file_alone(tmp_path: Pat
         consumer.close()
     assert records > 0
 
-    # Redis and the project: `online sample` finds the entity whose tile key the profile's project prefixes
+    # Redis and the project: `online sample` finds the entity whose key the profile's project prefixes
     view = next(v for v in load_repository(repo).views if isinstance(v, FeatureView))
     tile_ms = layout.tile_groups(view)[0].tile_ms
-    redis_client.set(layout.tile_key(project, view, ("u-from-profile",), tile_ms), b"x")
+    redis_client.hset(layout.entity_key(project, view, ("u-from-profile",)), layout.tile_field(tile_ms, 0), b"x")
     done = run_cli("online", "sample", "--repo", "repo", "--profile", "services", "--view", view.name, "--ids",
                    cwd=tmp_path)
     assert (done.returncode, done.stdout) == (0, "u-from-profile\n"), done.stderr
