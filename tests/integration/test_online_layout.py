@@ -15,24 +15,11 @@ import redis
 import batch_jobs.materialize as materialize
 from batch_jobs.materialize import materialize_feature_view
 from skewless.core import layout
-from skewless.core.repo import load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR
 from skewless.serving.online import OnlineStore
-from tests.integration.test_serving import C1, C2, NOW, arrow_rows, day_of, setup_store
-from tests.support.fill import order_events
+from tests.integration.test_serving import C1, C2, NOW, arrow_rows, day_of, events, repo, setup_store  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def repo() -> Any:
-    return load_repository()
-
-
-@pytest.fixture(scope="module")
-def events() -> tuple[list, list]:
-    start = NOW - 4 * MS_PER_DAY
-    return order_events(1500, 25, start, 1500 / (4 * MS_PER_DAY / 1000 - 900), seed=11)
 
 
 def _drop_tiles(client: Any, project: str, view: Any, user: str, tile_ms: int) -> None:
