@@ -21,6 +21,7 @@ from skewless.engines.javabuild import JavaBuildError, JavaProject
 JAVA_SRC = Path(__file__).resolve().parent / "java" / "src"
 FUNCTION_CLASS = "dev.skewless.flink.AdmitFunction"
 ADMISSION_CLASS = "dev.skewless.flink.Admission"
+DEDUP_CLASS = "dev.skewless.flink.Dedup"
 FUNCTION_NAME = "skewless_admit"
 JAR_DIR = Path(__file__).resolve().parent.parent / "infra" / ".cache" / "udf"
 
@@ -50,20 +51,35 @@ jar_path = PROJECT.jar_path
 udf_jar = PROJECT.jar  # the jar of the current sources, compiled now if it is missing
 
 
+def run_main(main_class: str, args: list[str], lines: str) -> list[str]:
+    """A class's ``main`` from the jar in a plain JVM (tests): ``lines`` on stdin, stdout's lines back."""
+    java = shutil.which("java")
+    if java is None:
+        raise UdfBuildError("java not found: install a JDK 17")
+    done = subprocess.run([java, "-cp", str(udf_jar()), main_class, *args], input=lines.encode(),
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise UdfBuildError(f"{main_class} failed: {done.stderr.decode(errors='replace')}")
+    return done.stdout.decode().splitlines()
+
+
 def classify(spec: str, values: list[bytes | None]) -> list[list[str | None]]:
     """:class:`Admission` over payloads in a plain JVM (tests): one result list per value."""
     import base64
     import json
 
-    java = shutil.which("java")
-    if java is None:
-        raise UdfBuildError("java not found: install a JDK 17")
     lines = "".join(("-" if v is None else base64.b64encode(v).decode()) + "\n" for v in values)
-    done = subprocess.run([java, "-cp", str(udf_jar()), ADMISSION_CLASS, spec], input=lines.encode(),
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        raise UdfBuildError(f"{ADMISSION_CLASS} failed: {done.stderr.decode(errors='replace')}")
-    return [json.loads(line) for line in done.stdout.decode().splitlines()]
+    return [json.loads(line) for line in run_main(ADMISSION_CLASS, [spec], lines)]
+
+
+def deduplicate(lateness_ms: int, rows: list[tuple[int, str | None, int]]) -> list[tuple[str, int]]:
+    """:class:`Dedup` (rules 3-4 with its bounded state) over ``(partition, event id, ts)`` rows that passed rules
+    1-2, in offset order per partition (tests): per row ``(late | duplicate | admitted, live entries of its partition)``."""
+    import json
+
+    lines = "".join(json.dumps(list(r)) + "\n" for r in rows)
+    out = [line.split(" ") for line in run_main(DEDUP_CLASS, [str(lateness_ms)], lines)]
+    return [(outcome, int(live)) for outcome, live in out]
 
 
 if __name__ == "__main__":  # `make setup`: build the jar, print its path

@@ -44,10 +44,8 @@ FROM (
   FROM `${ns}_parsed`);
 
 CREATE TEMPORARY VIEW `${ns}_admitted` AS
-SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status FROM (
-  SELECT *, ROW_NUMBER() OVER (PARTITION BY p, idk, ts ORDER BY pt ASC) AS rn
-  FROM `${ns}_ordered_shared` WHERE reason IS NULL)
-WHERE rn = 1;
+SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status
+FROM `${ns}_ordered_shared` WHERE reason IS NULL AND NOT dup;
 
 -- changelog (upsert) to the Redis sink
 SELECT 'T' AS kind, 'user_order_stats' AS view_name, CAST(CASE out_id WHEN 0 THEN 300000 WHEN 1 THEN 86400000 END AS BIGINT) AS tile_ms,
@@ -75,8 +73,8 @@ SELECT 'P' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,
   CAST(COUNT(*) FILTER (WHERE reason LIKE 'malformed|%') AS STRING) AS c3,
   CAST(COUNT(*) FILTER (WHERE reason LIKE 'future|%') AS STRING) AS c4,
   CAST(COUNT(*) FILTER (WHERE reason LIKE 'late|%') AS STRING) AS c5,
-  CAST(NULL AS STRING) AS c6,
-  CAST(NULL AS STRING) AS c7
+  CAST(COUNT(*) FILTER (WHERE dup) AS STRING) AS c6,
+  CAST(LAST_VALUE(dedup_entries) AS STRING) AS c7
 FROM `${ns}_ordered_shared`
 GROUP BY p
 UNION ALL
