@@ -153,7 +153,9 @@ class FlinkSourceJob:
         outs = "".join(
             f"-- tiles {o.view} v{o.view_version} H={o.tile_ms} ms retention={o.retention_ms} ms: "
             f"{', '.join(f'c{i}={c.name}:{c.agg.value}' for i, c in enumerate(o.columns))}\n" for o in self.outputs)
-        return head + outs + "\n".join(s + ";\n" for s in self.statements) + "\n-- changelog (upsert) to the Redis sink\n" + self.changelog_query + ";\n"
+        dedup = (f"-- ${{ns}}_{DEDUP_VIEW}{SHARED_SUFFIX} = ${{ns}}_{DEDUP_VIEW} through the Java Deduplicate (keyed by p; an entry "
+                 f"is dropped once M(p) - {self.allowed_lateness_ms} ms > its ts), plus {DUP_COLUMN}, {DEDUP_ENTRIES_COLUMN}\n")
+        return head + outs + dedup + "\n".join(s + ";\n" for s in self.statements) + "\n-- changelog (upsert) to the Redis sink\n" + self.changelog_query + ";\n"
 
 
 # --- the compiler -------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 -- skewless flink job: source orders, topic orders, views user_order_stats
 -- tiles user_order_stats v1 H=300000 ms retention=7800000 ms: c0=user_orders_last_1h:count
 -- tiles user_order_stats v1 H=86400000 ms retention=345600000 ms: c0=max_order_amount_7d:max, c1=cancelled_orders_30d:count, c2=refunded_orders_90d:count, c3=user_total_orders_365d:count, c4=completed_orders_365d:count, c5=customer_ltv_365d:sum, c6=last_order_ts:max, c7=last_order_status:last
+-- ${ns}_ordered_shared = ${ns}_ordered through the Java Deduplicate (keyed by p; an entry is dropped once M(p) - 3600000 ms > its ts), plus dup, dedup_entries
 CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS skewless_admit AS 'dev.skewless.flink.AdmitFunction' LANGUAGE JAVA;
 
 CREATE TEMPORARY TABLE `${ns}_raw` (
