@@ -92,3 +92,19 @@ def test_negative_lateness_is_refused() -> None:
 
     with pytest.raises(UdfBuildError, match="allowed lateness must be >= 0"):
         deduplicate(-1, [(0, "a", 1)])
+
+
+def test_parity_check_of_the_stream_counters() -> None:
+    from skewless.e2e.parity import stream_counters_check
+
+    records = [{"partition": p, "offset": o, "timestamp_ms": 10_000_000, "value": v} for p, o, v in [
+        (0, 0, b'{"event_id":"a","user_id":"u","event_time":5000000}'), (0, 1, b'{"event_id":"a","user_id":"u","event_time":5000000}'),
+        (0, 2, b"not json"), (1, 0, b'{"event_id":"b","user_id":"u","event_time":9000000}'),
+        (1, 1, b'{"event_id":"c","user_id":"u","event_time":1000}')]]
+    source = load_repository().sources_by_name["orders"]
+    result = admission.admit(records, source, key_fields=("user_id",))
+    good = {0: {"duplicate": 1, "malformed": 1, "late": 0, "future": 0}, 1: {"duplicate": 0, "malformed": 0, "late": 1, "future": 0}}
+    assert stream_counters_check(good, result).ok
+    bad = {**good, 0: {**good[0], "duplicate": 0}}
+    check = stream_counters_check(bad, result)
+    assert not check.ok and "(0, 'duplicate'): (0, 1)" in check.detail
