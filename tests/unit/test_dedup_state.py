@@ -108,3 +108,18 @@ def test_parity_check_of_the_stream_counters() -> None:
     bad = {**good, 0: {**good[0], "duplicate": 0}}
     check = stream_counters_check(bad, result)
     assert not check.ok and "(0, 'duplicate'): (0, 1)" in check.detail
+
+
+def test_partitions_spread_evenly_over_the_subtasks() -> None:
+    from collections import Counter
+
+    from streaming_jobs.udf import dedup_subtasks
+
+    # before: Flink's hash of the Integer partition put partitions 0-3 on one of 2 subtasks (128 key groups)
+    assert [s for _, s in dedup_subtasks(128, 2, 4)] == [0, 1, 0, 1]
+    for parallelism, partitions in ((2, 6), (4, 8), (3, 12), (8, 64)):
+        got = dedup_subtasks(128, parallelism, partitions)
+        counts = Counter(s for _, s in got)
+        assert max(counts.values()) - min(counts.values()) <= 2 and len(counts) == parallelism, (parallelism, counts)
+        assert [k % (1 << 20) for k, _ in got] == list(range(partitions))  # one key per partition, a function of p
+    assert dedup_subtasks(256, 2, 4)[0][0] == dedup_subtasks(256, 4, 4)[0][0]  # the key ignores the parallelism

@@ -1,6 +1,7 @@
 package dev.skewless.flink;
 
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
@@ -12,6 +13,7 @@ import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.functions.KeySelector;
+import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.table.api.DataTypes;
@@ -51,19 +53,57 @@ public final class DedupFunction extends KeyedProcessFunction<Integer, Row, Row>
         this.width = width;
     }
 
-    /** Partition column as the key. */
+    /**
+     * The key of a row: an Integer standing for its partition, chosen so that partitions spread evenly over
+     * the subtasks whatever the parallelism (Flink hashes small Integers into few key groups: with 128 key
+     * groups and 2 subtasks, partitions 0-3 all land on one). Partition p gets the first k = p + j * 2^20 whose
+     * key group is the p-th point of the van der Corput sequence times the max parallelism (0, 1/2, 1/4, 3/4,
+     * ...); it depends only on the max parallelism, which a restore keeps, so the same partition always gets
+     * the same key (and distinct partitions distinct keys).
+     */
     static final class Partition implements KeySelector<Row, Integer> {
         private static final long serialVersionUID = 1L;
         private final int index;
+        private final int maxParallelism;
+        private transient Map<Integer, Integer> keys;
 
-        Partition(int index) {
+        Partition(int index, int maxParallelism) {
             this.index = index;
+            this.maxParallelism = maxParallelism;
         }
 
         @Override
         public Integer getKey(Row row) {
-            return (Integer) row.getField(index);
+            if (keys == null) {
+                keys = new HashMap<>();
+            }
+            return keys.computeIfAbsent((Integer) row.getField(index), p -> spreadKey(p, maxParallelism));
         }
+    }
+
+    static int spreadKey(int partition, int maxParallelism) {
+        double point = (Integer.reverse(partition) >>> 1) / (double) (1L << 31);  // van der Corput, base 2
+        int target = (int) (point * maxParallelism);
+        for (int j = 0; j < 1 << 11; j++) {
+            int key = partition + (j << 20);
+            if (KeyGroupRangeAssignment.assignToKeyGroup(key, maxParallelism) == target) {
+                return key;
+            }
+        }
+        return partition;
+    }
+
+    /** Tests: args {@code <max parallelism> <parallelism> <partitions>}; stdout per partition {@code key subtask}. */
+    public static void main(String[] args) {
+        int maxParallelism = Integer.parseInt(args[0]);
+        int parallelism = Integer.parseInt(args[1]);
+        StringBuilder out = new StringBuilder();
+        for (int p = 0; p < Integer.parseInt(args[2]); p++) {
+            int key = spreadKey(p, maxParallelism);
+            out.append(key).append(' ')
+                .append(KeyGroupRangeAssignment.assignKeyToParallelOperator(key, maxParallelism, parallelism)).append('\n');
+        }
+        System.out.print(out);
     }
 
     /**
@@ -83,8 +123,14 @@ public final class DedupFunction extends KeyedProcessFunction<Integer, Row, Row>
         DataType out = DataTypes.ROW(fields.toArray(new DataTypes.Field[0])).notNull();
         DedupFunction f = new DedupFunction(latenessMs, index(names, "idk"), index(names, "ts"), index(names, "reason"),
                                             names.size());
-        return ordered.keyBy(new Partition(index(names, "p")), Types.INT).process(f, ExternalTypeInfo.of(out))
-            .name("deduplicate-" + source).uid("deduplicate-" + source);
+        int maxParallelism = ordered.getExecutionEnvironment().getMaxParallelism();
+        if (maxParallelism <= 0) {
+            int parallelism = ordered.getExecutionEnvironment().getParallelism();
+            maxParallelism = parallelism > 0 ? KeyGroupRangeAssignment.computeDefaultMaxParallelism(parallelism)
+                : KeyGroupRangeAssignment.DEFAULT_LOWER_BOUND_MAX_PARALLELISM;
+        }
+        return ordered.keyBy(new Partition(index(names, "p"), maxParallelism), Types.INT).process(f, ExternalTypeInfo.of(out))
+            .setMaxParallelism(maxParallelism).name("deduplicate-" + source).uid("deduplicate-" + source);
     }
 
     private static int index(List<String> names, String name) {
