@@ -154,7 +154,7 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
     for statement in statements:
         t_env.execute_sql(statement)
         if statement.startswith("CREATE TEMPORARY VIEW `prof_ordered`"):
-            share_view(t_env, "prof_ordered")
+            share_view(t_env, "prof_ordered", job.allowed_lateness_ms, job.source)
     out = {}
     for stage in ("raw", "parsed", "ordered", "changelog"):
         table = t_env.sql_query(query) if stage == "changelog" else t_env.from_path(f"`prof_{stage}`")
@@ -171,7 +171,7 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
 # thread-name prefixes of the compiled job's operator chains -> what they do (JFR breakdown)
 _STAGES = (("Source Data Fetcher", "Kafka fetcher thread"), ("Source: ", "Kafka source + admission + parse (chain)"),
            ("OverAggregate", "late check (running-max OVER) + shared view"),
-           ("Deduplicate", "dedup + tile expansion + local aggregates"),
+           ("deduplicate-", "dedup (Java, keyed by partition) + tile expansion + local aggregates"),
            ("GlobalGroupAggregate", "global aggregates (tiles, progress)"),
            ("ConstraintEnforcer", "sinks (Redis tiles/progress, dead letters)"),
            ("kafka-producer", "dead-letter producer thread"))

@@ -12,7 +12,9 @@ Redis (:mod:`streaming_jobs.sink`). Per source:
    source's schema / event time, event id and key fields; then future vs record timestamp + skew).
 4. ``<ns>_ordered``: rule 3 (late): a running ``MAX(ts) OVER (PARTITION BY partition ORDER BY proctime)``
    over the records that passed 1-2, exact because one partition is read in offset order.
-5. ``<ns>_admitted``: rule 4 (duplicate): keep the first row per (partition, typed event id, ts).
+5. ``<ns>_admitted``: rule 4 (duplicate): keep the first row per (partition, typed event id, ts). The
+   shared copy of ``<ns>_ordered`` passes through a Java keyed operator (``DedupFunction``) that marks
+   copies (``dup``) and drops an entry once the partition's max event time - lateness passed its ts.
 6. The changelog: per view and tile size ``GROUP BY key, tile_start`` (filters as ``FILTER (WHERE)``,
    version = number of events applied to the tile), ``GROUP BY partition`` progress, and the dead letters.
 
@@ -61,7 +63,11 @@ SHARED_VIEWS = ("ordered",)
 SHARED_SUFFIX = "_shared"
 KIND_TILE, KIND_PROGRESS, KIND_DEAD = "T", "P", "D"
 DEAD_LETTER_SUFFIX = ".dead-letters"
-PROGRESS_COLUMNS = ("max_event_ms", "records", "admitted_or_dup", "malformed", "future", "late")
+PROGRESS_COLUMNS = ("max_event_ms", "records", "admitted_or_dup", "malformed", "future", "late", "duplicate", "dedup_entries")
+# The shared ordered view passes through the Java Deduplicate (dev.skewless.flink.DedupFunction, keyed by
+# partition, state bounded by event time: streaming_jobs.job.share_view), which appends these two columns.
+DEDUP_VIEW = "ordered"
+DUP_COLUMN, DEDUP_ENTRIES_COLUMN = "dup", "dedup_entries"
 DEAD_COLUMNS = ("reason", "detail", "payload_b64", "record_ms")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IGNORED_KEYWORDS = {"description", "title", "$comment", "examples", "default", "x-skewless-type", "x-skewless-scale",
@@ -124,6 +130,7 @@ class FlinkSourceJob:
     value_width: int  # number of c<i> columns
     admission_spec: str = ""  # the spec given to skewless_admit (JSON; tests run it against admission.py)
     typed_fields: tuple[tuple[str, str], ...] = ()  # (field, value type) the function returns after the id
+    allowed_lateness_ms: int = 0  # L of the source (rule 3); the Deduplicate drops entries with ts < M(p) - L
 
     PARAMS = ("ns", "topic", "bootstrap", "group", "startup_mode", "extra_source_options")
 
@@ -148,7 +155,9 @@ class FlinkSourceJob:
         outs = "".join(
             f"-- tiles {o.view} v{o.view_version} H={o.tile_ms} ms retention={o.retention_ms} ms: "
             f"{', '.join(f'c{i}={c.name}:{c.agg.value}' for i, c in enumerate(o.columns))}\n" for o in self.outputs)
-        return head + outs + "\n".join(s + ";\n" for s in self.statements) + "\n-- changelog (upsert) to the Redis sink\n" + self.changelog_query + ";\n"
+        dedup = (f"-- ${{ns}}_{DEDUP_VIEW}{SHARED_SUFFIX} = ${{ns}}_{DEDUP_VIEW} through the Java Deduplicate (keyed by p; an entry "
+                 f"is dropped once M(p) - {self.allowed_lateness_ms} ms > its ts), plus {DUP_COLUMN}, {DEDUP_ENTRIES_COLUMN}\n")
+        return head + outs + dedup + "\n".join(s + ";\n" for s in self.statements) + "\n-- changelog (upsert) to the Redis sink\n" + self.changelog_query + ";\n"
 
 
 # --- the compiler -------------------------------------------------------------------------------------------
@@ -283,7 +292,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         parts = [self._tiles_query(source, outputs, nodes, fields, types, key_width, value_width), self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)]
         changelog = "\nUNION ALL\n".join(parts)
         return FlinkSourceJob(source.name, source.topic, tuple(v.name for v in views), tuple(statements), changelog,
-                              tuple(outputs), key_width, value_width, spec, tuple(typed))
+                              tuple(outputs), key_width, value_width, spec, tuple(typed), scan.allowed_lateness_ms)
 
     def _function_ddl(self) -> str:
         return f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {FUNCTION_NAME} AS {q(FUNCTION_CLASS)} LANGUAGE JAVA"
@@ -348,10 +357,8 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         keep = [c for c in cols if c not in ("reason1", "bytes_value", "record_ms")]
         return (
             "CREATE TEMPORARY VIEW `${ns}_admitted` AS\n"
-            f"SELECT {', '.join(keep)} FROM (\n"
-            "  SELECT *, ROW_NUMBER() OVER (PARTITION BY p, idk, ts ORDER BY pt ASC) AS rn\n"
-            f"  FROM `${{ns}}_ordered{SHARED_SUFFIX}` WHERE reason IS NULL)\n"
-            "WHERE rn = 1"
+            f"SELECT {', '.join(keep)}\n"
+            f"FROM `${{ns}}_ordered{SHARED_SUFFIX}` WHERE reason IS NULL AND NOT {DUP_COLUMN}"
         )
 
     def _tiles_query(self, source: EventSource, outputs: list[TileOutput], nodes: list[TileAggregate],
@@ -414,6 +421,8 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             "CAST(COUNT(*) FILTER (WHERE reason LIKE 'malformed|%') AS STRING) AS c3",
             "CAST(COUNT(*) FILTER (WHERE reason LIKE 'future|%') AS STRING) AS c4",
             "CAST(COUNT(*) FILTER (WHERE reason LIKE 'late|%') AS STRING) AS c5",
+            f"CAST(COUNT(*) FILTER (WHERE {DUP_COLUMN}) AS STRING) AS c6",
+            f"CAST(LAST_VALUE({DEDUP_ENTRIES_COLUMN}) AS STRING) AS c7",
         ] + [f"CAST(NULL AS STRING) AS c{i}" for i in range(len(PROGRESS_COLUMNS), value_width)]
         return (f"SELECT '{KIND_PROGRESS}' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,\n  "
                 + ", ".join(keys) + ",\n  CAST(0 AS BIGINT) AS tile_start, MAX(o) AS version,\n  " + ",\n  ".join(vals)

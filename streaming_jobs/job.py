@@ -9,11 +9,12 @@ from typing import Any
 
 from skewless.config import kafka_client_properties, kafka_timeout_properties
 from skewless.engines.kafka import admin_client, create_topics
-from streaming_jobs.flink_compiler import SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
+from streaming_jobs.flink_compiler import DEDUP_VIEW, SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
 from streaming_jobs.sink import SinkConfig, attach_sinks
 from streaming_jobs.udf import udf_jar
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
+DEDUP_CLASS = "dev.skewless.flink.DedupFunction"
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,21 @@ def kafka_source_options(properties: dict[str, str]) -> str:
     return "".join(f", 'properties.{k}' = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in properties.items())
 
 
-def share_view(t_env: Any, name: str) -> None:
+def share_view(t_env: Any, name: str, dedup_lateness_ms: int | None = None, source: str = "") -> None:
     """Register ``<name>_shared``: the insert-only view as a DataStream and back (JVM only), so every
-    query reading it shares one copy of its operators; it gets a fresh processing-time column ``pt``."""
+    query reading it shares one copy of its operators; it gets a fresh processing-time column ``pt``. With
+    ``dedup_lateness_ms`` the stream passes through the Java Deduplicate (``DedupFunction``, keyed by partition),
+    which appends the ``dup`` and ``dedup_entries`` columns."""
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
     from pyflink.table import Schema
 
     stream = t_env.to_data_stream(t_env.from_path(f"`{name}`"))
+    if dedup_lateness_ms is not None:
+        dedup = get_gateway().jvm
+        for part in DEDUP_CLASS.split("."):
+            dedup = getattr(dedup, part)
+        stream = DataStream(dedup.apply(stream._j_data_stream, dedup_lateness_ms, source))
     table = t_env.from_data_stream(stream, Schema.new_builder().column_by_expression("pt", "PROCTIME()").build())
     t_env.create_temporary_view(f"`{name}{SHARED_SUFFIX}`", table)
 
@@ -108,7 +118,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         t_env.execute_sql(statement)
         for name in SHARED_VIEWS:
             if statement.startswith(f"CREATE TEMPORARY VIEW `{ns}_{name}`"):
-                share_view(t_env, f"{ns}_{name}")
+                share_view(t_env, f"{ns}_{name}", job.allowed_lateness_ms if name == DEDUP_VIEW else None, job.source)
     table = t_env.sql_query(query)
     key_cols = [*KEY_COLUMNS, *(f"k{i}" for i in range(job.key_width)), "tile_start"]
     builder = Schema.new_builder()

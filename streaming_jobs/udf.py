@@ -10,6 +10,7 @@ builds it, and :func:`udf_jar` builds it on first use when the sources changed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from skewless.engines.javabuild import JavaBuildError, JavaProject
 JAVA_SRC = Path(__file__).resolve().parent / "java" / "src"
 FUNCTION_CLASS = "dev.skewless.flink.AdmitFunction"
 ADMISSION_CLASS = "dev.skewless.flink.Admission"
+DEDUP_CLASS = "dev.skewless.flink.Dedup"
+DEDUP_FUNCTION_CLASS = "dev.skewless.flink.DedupFunction"
 FUNCTION_NAME = "skewless_admit"
 JAR_DIR = Path(__file__).resolve().parent.parent / "infra" / ".cache" / "udf"
 
@@ -50,20 +53,43 @@ jar_path = PROJECT.jar_path
 udf_jar = PROJECT.jar  # the jar of the current sources, compiled now if it is missing
 
 
+def run_main(main_class: str, args: list[str], lines: str, with_flink: bool = False) -> list[str]:
+    """A class's ``main`` from the jar in a plain JVM (tests; ``with_flink``: PyFlink's jars on the class path
+    too): ``lines`` on stdin, stdout's lines back."""
+    java = shutil.which("java")
+    if java is None:
+        raise UdfBuildError("java not found: install a JDK 17")
+    classpath = [udf_jar(), *(sorted(flink_lib().glob("*.jar")) if with_flink else ())]
+    done = subprocess.run([java, "-cp", os.pathsep.join(map(str, classpath)), main_class, *args], input=lines.encode(),
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise UdfBuildError(f"{main_class} failed: {done.stderr.decode(errors='replace')}")
+    return done.stdout.decode().splitlines()
+
+
 def classify(spec: str, values: list[bytes | None]) -> list[list[str | None]]:
     """:class:`Admission` over payloads in a plain JVM (tests): one result list per value."""
     import base64
     import json
 
-    java = shutil.which("java")
-    if java is None:
-        raise UdfBuildError("java not found: install a JDK 17")
     lines = "".join(("-" if v is None else base64.b64encode(v).decode()) + "\n" for v in values)
-    done = subprocess.run([java, "-cp", str(udf_jar()), ADMISSION_CLASS, spec], input=lines.encode(),
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        raise UdfBuildError(f"{ADMISSION_CLASS} failed: {done.stderr.decode(errors='replace')}")
-    return [json.loads(line) for line in done.stdout.decode().splitlines()]
+    return [json.loads(line) for line in run_main(ADMISSION_CLASS, [spec], lines)]
+
+
+def deduplicate(lateness_ms: int, rows: list[tuple[int, str | None, int]]) -> list[tuple[str, int]]:
+    """:class:`Dedup` (rules 3-4 with its bounded state) over ``(partition, event id, ts)`` rows that passed rules
+    1-2, in offset order per partition (tests): per row ``(late | duplicate | admitted, live entries of its partition)``."""
+    import json
+
+    lines = "".join(json.dumps(list(r)) + "\n" for r in rows)
+    out = [line.split(" ") for line in run_main(DEDUP_CLASS, [str(lateness_ms)], lines)]
+    return [(outcome, int(live)) for outcome, live in out]
+
+
+def dedup_subtasks(max_parallelism: int, parallelism: int, partitions: int) -> list[tuple[int, int]]:
+    """Per Kafka partition, the Deduplicate's key and the subtask Flink gives it (tests)."""
+    out = run_main(DEDUP_FUNCTION_CLASS, [str(max_parallelism), str(parallelism), str(partitions)], "", with_flink=True)
+    return [(int(k), int(s)) for k, s in (line.split(" ") for line in out)]
 
 
 if __name__ == "__main__":  # `make setup`: build the jar, print its path

@@ -21,6 +21,11 @@ PRESENT, STALE, INCOMPLETE, EXPIRED = "present", "stale", "incomplete", "expired
 STATUS_SUFFIX = "__status"
 
 
+# Per-partition counters of the progress hash (docs/streaming.md): records dropped per reason, and the
+# Deduplicate's live entries.
+RECORD_COUNTERS = ("malformed", "future", "late", "duplicate", "dedup_entries")
+
+
 @dataclass(frozen=True)
 class Progress:
     """One partition of a progress hash (``p:{partition}`` -> ``{offset, max_event_ms, written_ms, epoch}``)."""
@@ -30,6 +35,8 @@ class Progress:
     max_event_ms: int | None
     written_ms: int | None
     epoch: str | None
+    # the stream's exact per-partition counters at ``offset`` (those present): RECORD_COUNTERS -> count
+    counters: tuple[tuple[str, int], ...] = ()
 
 
 def as_text(v: Any) -> Any:
@@ -62,8 +69,9 @@ def parse_progress(fields: Mapping[Any, Any]) -> list[Progress]:
         if not isinstance(data, dict):
             continue
         epoch = data.get("epoch")
+        counters = tuple((name, n) for name in RECORD_COUNTERS if (n := as_int(data.get(name))) is not None)
         out.append(Progress(key[2:], as_int(data.get("offset")), as_int(data.get("max_event_ms")),
-                            as_int(data.get("written_ms")), None if epoch is None else str(epoch)))
+                            as_int(data.get("written_ms")), None if epoch is None else str(epoch), counters))
     return sorted(out, key=lambda p: p.partition)
 
 

@@ -38,6 +38,7 @@ from datetime import timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from skewless.core import layout, oracle
+from skewless.core.admission import DEAD_LETTER_REASONS, AdmissionResult
 from skewless.core.dsl import Aggregation, Derived, FeatureView, SnapshotView
 from skewless.core.expr import refs
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, iso_ms, td_ms
@@ -402,6 +403,7 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     consumed = sum(p.get("records", 0) for p in progress.values())
     report.checks.append(Check("stream consumed every record", consumed == len(raw),
                                f"progress counts {consumed} of {len(raw)} records"))
+    report.checks.append(stream_counters_check(progress, result))
     if not faults.archive(ctx):
         phases.run("archive -> Iceberg", lambda: archive_drain(targets, source, topic),
                    lambda s: f"{s.records} rows, {s.dead_letters} dead letters, {s.commits} commits")
@@ -704,6 +706,20 @@ def _check_dead_letters(report: ParityReport, targets: Targets, catalog: Any, so
     report.checks.append(Check("archive raw table = every other record, once", raw_rows == want_rows,
                                f"{raw_rows} rows, {want_rows} well-formed records produced "
                                f"({archived_after} of them after the backfill)"))
+
+
+def stream_counters_check(progress: dict[int, dict[str, Any]], result: AdmissionResult) -> Check:
+    """The progress hash's per-partition counters of dropped records equal admission.py's, reason by reason."""
+    want: dict[tuple[int, str], int] = {}
+    for d in result.dead_letters:
+        want[(d.partition, d.reason)] = want.get((d.partition, d.reason), 0) + 1
+    for e in result.duplicates:
+        want[(e["_kafka_partition"], "duplicate")] = want.get((e["_kafka_partition"], "duplicate"), 0) + 1
+    reasons = (*DEAD_LETTER_REASONS, "duplicate")
+    wrong = {(p, r): (info.get(r), want.get((p, r), 0)) for p, info in sorted(progress.items()) for r in reasons
+             if info.get(r) != want.get((p, r), 0)}
+    return Check("stream counts malformed/future/late/duplicate per partition exactly", not wrong,
+                 f"{len(progress)} partitions agree" if not wrong else f"(partition, reason): (stream, admission) {wrong}")
 
 
 def format_report(report: ParityReport, view: FeatureView, snap: SnapshotView) -> str:

@@ -48,6 +48,9 @@ class FreshnessRow:
     detail: str = ""
     newest_ms: int | None = None
     progress_age_ms: int | None = None  # stream: now - the last progress write (liveness of the job)
+    source: str = ""  # stream: the event source
+    # stream: the progress counters of the store epoch's partitions, (partition, counter, value)
+    counters: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def breach(self) -> bool:
@@ -86,8 +89,10 @@ def _stream_row(client: Any, project: str, view: FeatureView, epoch: str | None,
     lag = now - newest
     written = max((p.written_ms for p in progress if p.written_ms is not None and p.epoch == epoch), default=None)
     detail = f"{len(progress)} partition(s)" + (f", progress written {fmt_duration_ms(now - written)} ago" if written else "")
+    counters = tuple((p.partition, name, n) for p in progress if p.epoch == epoch for name, n in p.counters)
     return FreshnessRow(**base, lag_ms=lag, status=STALE if is_stale(newest, now, sla) else OK, detail=detail, newest_ms=newest,
-                        progress_age_ms=None if written is None else now - written)
+                        progress_age_ms=None if written is None else now - written, source=view.source.name,
+                        counters=counters)
 
 
 def batch_sla_ms(view: FeatureView) -> int:

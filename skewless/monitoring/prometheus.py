@@ -72,9 +72,17 @@ def freshness_families(rows: Iterable) -> list[Family]:
     breach = Family("skewless_view_freshness_breach", "1 when the view part is stale or missing, else 0.")
     status = Family("skewless_view_freshness_status", "Status code: 0 ok, 1 warn, 2 stale, 3 missing, 4 error.")
     written = Family("skewless_view_progress_age_seconds", "Stream part: now - the streaming job's last progress write.")
+    dropped = Family("skewless_stream_records_dropped", "Stream part: records of a source partition dropped, per reason "
+                     "(malformed, future, late: dead-lettered; duplicate: copies), exact at the partition's progress offset.")
+    entries = Family("skewless_stream_dedup_entries", "Stream part: live de-duplication entries of a source partition.")
     err = Family("skewless_monitor_error", "1 when a monitor failed and reports itself instead of a figure.")
     for r in rows:
         labels = dict(view=r.view, version=r.version, part=r.part)
+        for partition, name, n in r.counters:
+            if name == "dedup_entries":
+                entries.add(n, view=r.view, version=r.version, source=r.source, partition=partition)
+            else:
+                dropped.add(n, view=r.view, version=r.version, source=r.source, partition=partition, reason=name)
         if r.status == ERROR:
             err.add(1, monitor="freshness", view=r.view, reason=r.detail)
             continue
@@ -83,7 +91,7 @@ def freshness_families(rows: Iterable) -> list[Family]:
         breach.add(1 if r.breach else 0, **labels)
         status.add(_STATUS_CODES.get(r.status, 4), **labels)
         written.add(None if r.progress_age_ms is None else r.progress_age_ms / 1000.0, **labels)
-    return [lag, sla, breach, status, written, err]
+    return [lag, sla, breach, status, written, dropped, entries, err]
 
 
 def quality_families(reports: Iterable) -> list[Family]:

@@ -205,6 +205,25 @@ def test_stream_job_equals_oracle_and_dead_letters(
         assert injected <= found, f"{kind}: injected {sorted(injected - found)[:5]} not dead-lettered as {kind}"
     assert sum(info["malformed"] for info in progress.values()) == result.counts()["malformed"]
     assert sum(info["late"] for info in progress.values()) == result.counts()["late"]
+    assert {p: info["duplicate"] for p, info in progress.items()} == duplicates_per_partition(result, progress)
+
+
+def duplicates_per_partition(result: admission.AdmissionResult, partitions: Any) -> dict[int, int]:
+    """admission.py's duplicate count of each partition."""
+    return {p: sum(1 for e in result.duplicates if e["_kafka_partition"] == p) for p in partitions}
+
+
+def assert_last_hour_equals_oracle(redis_client: Any, project: str, repo: Any, admitted: list[dict[str, Any]]) -> list[str]:
+    """Every user's stream-served ``user_orders_last_1h`` read just after the last admitted event equals the
+    oracle over the admitted events; the users read."""
+    view = repo.view(VIEW)
+    users = sorted({e["user_id"] for e in admitted})
+    end = max(e["event_time"] for e in admitted) + 1
+    got = read_windowed(redis_client, project, [f"{VIEW}:user_orders_last_1h"], users, repo=repo, now_ms=end)
+    for i, user in enumerate(users):
+        want = oracle.feature_value(view, "user_orders_last_1h", admitted, (user,), end, now_read=True)
+        assert got.entities[VIEW][i].features["user_orders_last_1h"] == (want, "present"), user
+    return users
 
 
 def _latest_checkpoint(root: Path, settled: bool = False) -> Path | None:
@@ -303,12 +322,9 @@ def test_recovery_from_checkpoint_keeps_values_exact(
     raw = read_topic(kafka_bootstrap, topic, len(records))
     result = admission.admit(raw, source, validator(source.schema), key_fields=view.entity.key_names)
     admitted = list(result.admitted)
-    users = sorted({e["user_id"] for e in admitted})
-    end = max(e["event_time"] for e in admitted) + 1
-    got = read_windowed(redis_client, project, [f"{VIEW}:user_orders_last_1h"], users, repo=repo, now_ms=end)
-    for i, user in enumerate(users):
-        want = oracle.feature_value(view, "user_orders_last_1h", admitted, (user,), end, now_read=True)
-        assert got.entities[VIEW][i].features["user_orders_last_1h"] == (want, "present"), user
+    users = assert_last_hour_equals_oracle(redis_client, project, repo, admitted)
+    progress = {int(k.decode()[2:]): json.loads(v) for k, v in redis_client.hgetall(layout.progress_key(project, source.name)).items()}
+    assert {p: info["duplicate"] for p, info in progress.items()} == duplicates_per_partition(result, progress)  # none twice
     daily = layout.tile_groups(view)[-1]
     for user in users:  # every daily tile's version = the number of admitted events in it (nothing counted twice)
         stored = layout.read_entity_hash(redis_client.hgetall(layout.entity_key(project, view, (user,))))

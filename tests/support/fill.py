@@ -33,15 +33,21 @@ class FilledStore:
     snapshot_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def order_events(count: int, users: int, start_ms: int, rate: float, seed: int) -> tuple[list, list]:
-    """``(admitted, offline)`` events of generated ``orders`` records (admission applied)."""
-    records, _ = generate(GeneratorConfig(count=count, rate=rate, seed=seed, users=users, start_ms=start_ms))
+def topic_records(records: list) -> list[dict[str, Any]]:
+    """Generated records as a topic holds them (offsets in order per partition), as admission.py wants them."""
     offsets: dict[int, int] = {}
     raw = []
     for r in records:
         o = offsets.get(r.partition, 0)
         offsets[r.partition] = o + 1
         raw.append({"partition": r.partition, "offset": o, "timestamp_ms": r.timestamp_ms, "value": r.value})
+    return raw
+
+
+def order_events(count: int, users: int, start_ms: int, rate: float, seed: int) -> tuple[list, list]:
+    """``(admitted, offline)`` events of generated ``orders`` records (admission applied)."""
+    records, _ = generate(GeneratorConfig(count=count, rate=rate, seed=seed, users=users, start_ms=start_ms))
+    raw = topic_records(records)
     source = load_repository().sources_by_name["orders"]
     result = admission.admit(raw, source, validator("orders"), key_fields=("user_id",))
     return list(result.admitted), list(result.offline)

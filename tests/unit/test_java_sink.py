@@ -157,15 +157,15 @@ def test_progress_and_dead_letters_equal_the_python_records(repo: Repository) ->
     spec = sink_spec(job, {n: repo.view(n) for n in job.views},
                      SinkConfig("redis://127.0.0.1:6379/0", "proj", job.source, "t.dead-letters", "unused:9092", 0))
     pad = [""] * (job.key_width - 1)
-    progress = ["P", "", 0, "3", *pad, 0, 991, "1704067200123", "1000", "990", "4", "3", "3"]
-    progress += [None] * (job.value_width - 6)
+    progress = ["P", "", 0, "3", *pad, 0, 991, "1704067200123", "1000", "990", "4", "3", "3", "7", "25"]
+    progress += [None] * (job.value_width - 8)
     payloads = [b'{"a": "caf\xc3\xa9 \\"q\\""}', b"\xff\xfe not utf-8", b"\xed\xa0\x80 surrogate", b"", b"\x00\x1f\n"]
     dead = [["D", "", 0, "2", *pad, 40 + i, 0, "malformed", f"detail \u00e9 {i}\n",
              base64.b64encode(p).decode(), "1704067200000", *[None] * (job.value_width - 4)] for i, p in enumerate(payloads)]
     got = encode_rows(spec, EPOCH, [progress, *dead])
     assert got[0] == ["P", "p:3", laws.dumps({
         "offset": 991, "max_event_ms": 1704067200123, "written_ms": 0, "epoch": EPOCH, "records": 1000,
-        "admitted_or_duplicate": 990, "malformed": 4, "future": 3, "late": 3})]
+        "admitted_or_duplicate": 990, "malformed": 4, "future": 3, "late": 3, "duplicate": 7, "dedup_entries": 25})]
     for row, p, g in zip(dead, payloads, got[1:]):
         try:
             text = p.decode("utf-8")

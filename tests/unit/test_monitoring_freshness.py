@@ -132,3 +132,25 @@ def test_parse_progress_skips_garbage_and_reader_status():
     assert stream_status(STREAM, fields, "E", now=100 + 5 * MS_PER_MINUTE) == "present"
     assert stream_status(STREAM, fields, "E", now=101 + 5 * MS_PER_MINUTE) == "stale"
     assert stream_status(STREAM, {}, "E", now=0) == "stale"
+
+
+def test_stream_counters_per_partition_reach_the_exposition():
+    from skewless.monitoring import prometheus
+
+    st = Store()
+    progress(st, [NOW - MS_PER_MINUTE, NOW - MS_PER_MINUTE])
+    key = layout.progress_key(P, "orders")
+    for i, (late, dup) in enumerate([(3, 7), (0, 2)]):
+        value = json.loads(st.hashes[key][f"p:{i}"])
+        st.hashes[key][f"p:{i}"] = json.dumps({**value, "malformed": 1, "future": 0, "late": late, "duplicate": dup,
+                                                "dedup_entries": 40 + i})
+    st.hashes[key]["p:2"] = json.dumps({"offset": 5, "max_event_ms": NOW, "written_ms": NOW, "epoch": "OLD", "duplicate": 99})
+    meta(st, STREAM)
+    (row,) = view_freshness(st, P, STREAM, now=NOW)
+    assert ("0", "duplicate", 7) in row.counters and ("1", "dedup_entries", 41) in row.counters
+    assert not any(p == "2" for p, _, _ in row.counters)  # another epoch's partition is not this store's
+    lines = prometheus.render(freshness=[row]).splitlines()
+    labels = 'partition="0",reason="duplicate",source="orders",version="1",view="s"'
+    assert f"skewless_stream_records_dropped{{{labels}}} 7" in lines
+    assert 'skewless_stream_records_dropped{partition="0",reason="late",source="orders",version="1",view="s"} 3' in lines
+    assert 'skewless_stream_dedup_entries{partition="1",source="orders",version="1",view="s"} 41' in lines

@@ -1,6 +1,7 @@
 -- skewless flink job: source orders, topic orders, views user_order_stats
 -- tiles user_order_stats v1 H=300000 ms retention=7800000 ms: c0=user_orders_last_1h:count
 -- tiles user_order_stats v1 H=86400000 ms retention=345600000 ms: c0=max_order_amount_7d:max, c1=cancelled_orders_30d:count, c2=refunded_orders_90d:count, c3=user_total_orders_365d:count, c4=completed_orders_365d:count, c5=customer_ltv_365d:sum, c6=last_order_ts:max, c7=last_order_status:last
+-- ${ns}_ordered_shared = ${ns}_ordered through the Java Deduplicate (keyed by p; an entry is dropped once M(p) - 3600000 ms > its ts), plus dup, dedup_entries
 CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS skewless_admit AS 'dev.skewless.flink.AdmitFunction' LANGUAGE JAVA;
 
 CREATE TEMPORARY TABLE `${ns}_raw` (
@@ -44,10 +45,8 @@ FROM (
   FROM `${ns}_parsed`);
 
 CREATE TEMPORARY VIEW `${ns}_admitted` AS
-SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status FROM (
-  SELECT *, ROW_NUMBER() OVER (PARTITION BY p, idk, ts ORDER BY pt ASC) AS rn
-  FROM `${ns}_ordered_shared` WHERE reason IS NULL)
-WHERE rn = 1;
+SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status
+FROM `${ns}_ordered_shared` WHERE reason IS NULL AND NOT dup;
 
 -- changelog (upsert) to the Redis sink
 SELECT 'T' AS kind, 'user_order_stats' AS view_name, CAST(CASE out_id WHEN 0 THEN 300000 WHEN 1 THEN 86400000 END AS BIGINT) AS tile_ms,
@@ -75,8 +74,8 @@ SELECT 'P' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,
   CAST(COUNT(*) FILTER (WHERE reason LIKE 'malformed|%') AS STRING) AS c3,
   CAST(COUNT(*) FILTER (WHERE reason LIKE 'future|%') AS STRING) AS c4,
   CAST(COUNT(*) FILTER (WHERE reason LIKE 'late|%') AS STRING) AS c5,
-  CAST(NULL AS STRING) AS c6,
-  CAST(NULL AS STRING) AS c7
+  CAST(COUNT(*) FILTER (WHERE dup) AS STRING) AS c6,
+  CAST(LAST_VALUE(dedup_entries) AS STRING) AS c7
 FROM `${ns}_ordered_shared`
 GROUP BY p
 UNION ALL

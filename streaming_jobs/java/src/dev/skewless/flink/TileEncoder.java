@@ -224,6 +224,8 @@ public final class TileEncoder implements Serializable {
         String maxEvent = (String) f[v];
         return new StringBuilder(200)
             .append("{\"admitted_or_duplicate\":").append(Long.parseLong((String) f[v + 2]))
+            .append(",\"dedup_entries\":").append(Long.parseLong((String) f[v + 7]))
+            .append(",\"duplicate\":").append(Long.parseLong((String) f[v + 6]))
             .append(",\"epoch\":").append(PyJson.string(new StringBuilder(), epoch))
             .append(",\"future\":").append(Long.parseLong((String) f[v + 4]))
             .append(",\"late\":").append(Long.parseLong((String) f[v + 5]))
