@@ -76,7 +76,9 @@ def test_redis_restarted_with_persistence(stack: Stack, tmp_path: Path) -> None:
     assert seen["dbsize"][1] >= seen["dbsize"][0], seen  # no key lost by the restart
     assert seen["same"], seen  # every value and status read back identically
     assert seen["served_dbsize"][0] > 0 and seen["served_dbsize"][1] == seen["served_dbsize"][0], seen
-    assert "present" in seen["statuses"][1] and "incomplete" not in seen["statuses"][1], seen
+    # the statuses after the restart are those before it: parity's int64-max amounts (issue 19 item 7) make some
+    # windows `incomplete` by the contract on both sides, so "no incomplete at all" is no longer the rule
+    assert "present" in seen["statuses"][1] and seen["statuses"][1] == seen["statuses"][0], seen
 
 
 def test_kafka_broker_restarted(stack: Stack, tmp_path: Path) -> None:
