@@ -18,6 +18,7 @@ from skewless.core.expr import evaluate
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.staleness import INCOMPLETE, PRESENT, STALE
 from skewless.core.timeutil import MS_PER_DAY, floor_ms
+from skewless.serving.compiled import compile_view
 from skewless.serving.read_plan import GroupSpec, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream
 
@@ -359,9 +360,10 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
     hits = 0
     i = -1
+    fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts)
     for entry, raws in zip(entries, raws_list):
         i += 1
-        hit = None
+        hit = at_t = None
         if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
             cutoff = entry[2]
             if cutoff is None or entry[3] == (parts.get(cutoff) or _cutoff_part(parts, cutoff, T)):
@@ -390,13 +392,21 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
                 except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
                     key = None
-            try:
-                agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, caches)
-                hit = prepare(vp, agg)
-            except Exception as exc:  # noqa: BLE001 - a corrupt stored value: this entity incomplete, the others served
-                hit, key = corrupt_entity(vp, tags[i], raws, exc), None
+            if fast is not None:
+                try:
+                    hit, at_t = fast(raws[0])  # a tuple of frozen values, or None: the generic evaluation decides
+                except Exception:  # noqa: BLE001 - anything unusual is the generic evaluation's (same errors)
+                    hit = None
+            frozen = hit is not None
+            if hit is None:
+                try:
+                    agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, caches)
+                    hit = prepare(vp, agg)
+                    frozen = _frozen(tuple(agg[0].values())) and _frozen(hit[0])
+                except Exception as exc:  # noqa: BLE001 - a corrupt stored value: this entity incomplete, the others served
+                    hit, key = corrupt_entity(vp, tags[i], raws, exc), None
             entry = None
-            if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
+            if key is not None and frozen:
                 entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
                 caches.kept[0] += 1
                 caches.charge(len(key) + (2 * len(spans[i]) if spans else replies_size(raws)) + 4 * ENTRY_OVERHEAD, True)
@@ -408,7 +418,7 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
             if span is not None and span[0] <= T < span[1]:
                 out_vals = span[2]
             else:
-                out_vals = dyn(vp, hit, T)
+                out_vals = dyn(vp, hit, T) if at_t is None else at_t
                 if entry is not None:
                     entry[6] = _days_span(hit[5], T, out_vals)
         if stale:
@@ -427,6 +437,22 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                 mstats[2] = _MEMO_PAUSE
             mstats[0] = mstats[1] = 0
     return rows
+
+
+_NOT_COMPILED = object()
+
+
+def compiled_entity(vp: ViewReadPlan, T: int, now: int, epoch: bytes | None, meta: tuple[Any, ...], as_of_ms: int | None,
+                    stream_starts: Sequence[list[int | None]]) -> Any:
+    """The view's compiled evaluation of one entity for this read (:mod:`skewless.serving.compiled`): None when the read
+    is one it does not serve (at ``as_of``, without the epoch or the view meta's, before the stream applied)."""
+    factory = vp.compiled
+    if factory is None:
+        factory = vp.compiled = compile_view(vp, loads) or _NOT_COMPILED
+    applied_from, meta_epoch, run_cutoff, _ = meta
+    if factory is _NOT_COMPILED or as_of_ms is not None or epoch is None or meta_epoch != epoch or applied_from is None:
+        return None
+    return factory(T, [floor_ms(now, g.tile_ms) for g in vp.groups], epoch, applied_from, run_cutoff, stream_starts)
 
 
 def prepare(vp: ViewReadPlan, agg: tuple) -> tuple:
