@@ -166,6 +166,7 @@ def _source(vp: ViewReadPlan) -> str:
                 "(run_cutoff is not None and cutoff < run_cutoff): return None")
         code(d, f"run = ({field_var[b'b:run']}.decode(), cutoff)")
         code(d, "days_late = (T - cutoff) // BATCH_DAY")
+        code(d, f"tails = range(1 + days_late, {1 + BATCH_TAIL_DAYS})")  # the tail parts still in the window
     # the tiles: every field left is one (else the generic path decides), merged in the hash's order
     for gi, g in enumerate(groups):
         code(d, f"starts_{gi} = []")
@@ -211,34 +212,43 @@ def _source(vp: ViewReadPlan) -> str:
         if not g.aggs:
             continue
         code(d, f"oldest_kept = (max(starts_{gi}) if n_{gi} else now_floor_{gi}) - {g.retention_ms}")
-        for j, a in enumerate(g.aggs):
-            agg, st, acc, out = a.law.agg, f"st_{gi}_{j}", f"a_{gi}_{j}", a.name
-            v, s = _var(out), _sts(out)
-            code(d, f"ok = applied_from <= {st} and {st} >= oldest_kept")
-            if a.stream_served:
-                cond = _in_range(agg, acc, d, code)
-                code(d, f"if {st} > lost_upto and ok{' and ' + cond if cond else ''}: {v}, {s} = {_final(agg, acc)}, PRESENT")
-                code(d, f"else: {v}, {s} = None, INC")
+        for j, a in enumerate(g.aggs):  # stream-served: each from its own window start
+            if not a.stream_served:
                 continue
+            agg, st, acc, v, s = a.law.agg, f"st_{gi}_{j}", f"a_{gi}_{j}", _var(a.name), _sts(a.name)
+            cond = _in_range(agg, acc, d, code)
+            code(d, f"if {st} > lost_upto and applied_from <= {st} and {st} >= oldest_kept{' and ' + cond if cond else ''}: "
+                    f"{v}, {s} = {_final(agg, acc)}, PRESENT")
+            code(d, f"else: {v}, {s} = None, INC")
+        served = [(j, a) for j, a in enumerate(g.aggs) if not a.stream_served]
+        if not served:
+            continue
+        # batch-served: the batch record's parts + the stream from the cut-off (every one's start)
+        code(d, "if cutoff <= lost_upto:")
+        for _, a in served:
+            code(d + 1, f"{_var(a.name)}, {_sts(a.name)} = None, INC")
+        code(d, "else:")
+        code(d + 1, "batch_ok = applied_from <= cutoff and cutoff >= oldest_kept")
+        code(d + 1, "window_ok = batch_ok and days_late <= TAIL")
+        for j, a in served:
+            agg, acc, v, s = a.law.agg, f"a_{gi}_{j}", _var(a.name), _sts(a.name)
             parts, bi = f"p_{field_var[b'b:' + a.batch_field.encode()]}", a.batch_index  # type: ignore[union-attr]
-            code(d, f"if {st} <= lost_upto: {v}, {s} = None, INC")
-            code(d, "else:")
             code(d + 1, f"b = {parts}[0][{bi}]")
             _check(agg, "b", d + 1, code)
             if a.width_ms is None:  # lifetime: body + stream, stale once the run is more than the tail late
-                code(d + 1, "if ok:")
+                code(d + 1, "if batch_ok:")
                 _merge(agg, "b", acc, d + 2, code)
                 _set(agg, _in_range(agg, "b", d + 2, code), v, s, "(STALE if days_late > TAIL else PRESENT)", d + 2, code)
                 code(d + 1, f"else: {v}, {s} = None, INC")
                 continue
-            code(d + 1, f"if days_late > TAIL or not ok: {v}, {s} = None, INC")
-            code(d + 1, "else:")
-            code(d + 2, f"for t in range(1 + days_late, {1 + BATCH_TAIL_DAYS}):")
+            code(d + 1, "if window_ok:")
+            code(d + 2, "for t in tails:")
             code(d + 3, f"x = {parts}[t][{bi}]")
             _check(agg, "x", d + 3, code)
             _merge(agg, "b", "x", d + 3, code)
             _merge(agg, "b", acc, d + 2, code)
             _set(agg, _in_range(agg, "b", d + 2, code), v, s, "PRESENT", d + 2, code)
+            code(d + 1, f"else: {v}, {s} = None, INC")
     # derived features (dependency order), as prepare() and dynamic() evaluate them
     dynamic = {name for name, _, _ in vp.dynamic_derived}
     agg_names = [a.name for g in groups for a in g.aggs]

@@ -31,8 +31,10 @@ try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             return json.loads(data)
+
+    _strict_loads = orjson.loads  # the compiled read's: JSON orjson refuses is left to the generic evaluation
 except ImportError:  # pragma: no cover - orjson is a dependency
-    loads = json.loads
+    loads = _strict_loads = json.loads
 
 _MISSING = object()
 _I64_LOW = -(1 << 63)
@@ -42,6 +44,7 @@ CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a stor
 DEFAULT_CACHE_BYTES = 128 << 20  # all of a store's value caches together (SKEWLESS_SERVE_CACHE_BYTES)
 ENTRY_OVERHEAD = 256  # bytes a cache entry costs beyond its payload (dict slot, list/tuple headers, small objects)
 _FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
+_PLAIN_VALUES = frozenset((int, str, float, bool, type(None)))  # laws.decode_value gives these unchanged
 CORRUPT_LOG_EVERY_S = 60.0  # a corrupt key is logged at most once in this many seconds (per process)
 log = logging.getLogger("skewless.serving")
 _corrupt_logged: dict[bytes, float] = {}  # key -> when it was last logged (bounded: emptied past 10,000 keys)
@@ -304,7 +307,8 @@ def snapshots(vp: ViewReadPlan, raws: Sequence[Any], epoch: str | None, T: int,
                 decoded = row[4]
                 if decoded is None:
                     stored = row[3]["values"]
-                    decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
+                    decoded = tuple([x if type(x) in _PLAIN_VALUES else laws.decode_value(x)  # plain: itself
+                                     for x in [stored[p] for p, _ in vp.snapshot_fields]])
                     if _frozen(decoded):
                         row[4] = decoded
                 append((decoded, present, T - ts))
@@ -448,7 +452,7 @@ def compiled_entity(vp: ViewReadPlan, T: int, now: int, epoch: bytes | None, met
     is one it does not serve (at ``as_of``, without the epoch or the view meta's, before the stream applied)."""
     factory = vp.compiled
     if factory is None:
-        factory = vp.compiled = compile_view(vp, loads) or _NOT_COMPILED
+        factory = vp.compiled = compile_view(vp, _strict_loads) or _NOT_COMPILED
     applied_from, meta_epoch, run_cutoff, _ = meta
     if factory is _NOT_COMPILED or as_of_ms is not None or epoch is None or meta_epoch != epoch or applied_from is None:
         return None

@@ -156,9 +156,11 @@ class ReplyStream:
         """For a run of entities of ``k`` replies each: per entity None when its raw replies are ``kept[i]`` (passed
         over), else its parsed replies; and per entity those raw bytes (``spans=False``: none kept, none wanted:
         the replies are only parsed). When every entity has kept bytes, the run is first compared whole."""
-        if not spans:
-            parse = self.parse
-            return [parse(k, False) for _ in kept], []
+        if not spans:  # one parse of the run's replies, then split per entity
+            replies = self.parse(k * len(kept), False)
+            if k == 1:
+                return [[r] for r in replies], []
+            return [replies[i:i + k] for i in range(0, len(replies), k)], []
         if kept and None not in kept and self.skip(b"".join(kept)):  # type: ignore[arg-type]
             return [None] * len(kept), kept  # type: ignore[return-value]
         parsed: list[list[Any] | None] = []
