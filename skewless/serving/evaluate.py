@@ -377,10 +377,19 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     entry[7] = spans[i]
         if hit is None:
             key = tags[i] if use_memo else None
-            part = None
-            if key is not None:
+            if fast is not None:
                 try:
-                    cutoff = None
+                    hit, at_t = fast(raws[0])  # a tuple of frozen values, or None: the generic evaluation decides
+                except Exception:  # noqa: BLE001 - anything unusual is the generic evaluation's (same errors)
+                    hit = None
+            frozen = hit is not None
+            part = cutoff = None
+            if frozen:  # the memo's cut-off: the record's, never older than the run's (the compiled path's rule)
+                cutoff = hit[3]
+                if cutoff is not None:
+                    part = (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
+            elif key is not None:
+                try:
                     if has_batch:
                         braw = raws[-1]
                         if type(braw) is list:  # flat [field, value, ...]: the field at an even position
@@ -396,12 +405,6 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
                 except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
                     key = None
-            if fast is not None:
-                try:
-                    hit, at_t = fast(raws[0])  # a tuple of frozen values, or None: the generic evaluation decides
-                except Exception:  # noqa: BLE001 - anything unusual is the generic evaluation's (same errors)
-                    hit = None
-            frozen = hit is not None
             if hit is None:
                 try:
                     agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, caches)
