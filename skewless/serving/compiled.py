@@ -36,9 +36,10 @@ EntityEvaluator = Callable[[Any], "tuple[tuple, tuple] | None"]
 
 
 def compile_view(vp: ViewReadPlan, loads: Callable[[bytes], Any]) -> Callable[..., EntityEvaluator] | None:
-    """``factory(T, now_floors, epoch, applied_from, run_cutoff, starts) -> entity`` for a feature view plan (None
+    """``factory(T, now_floors, epoch, applied_from, run_cutoff, starts, keep) -> entity`` for a feature view plan (None
     for a snapshot view or an aggregation kind not compiled); ``now_floors`` per group the tile floor of now,
-    ``starts`` :func:`skewless.serving.evaluate.window_starts`'s per-group window starts."""
+    ``starts`` :func:`skewless.serving.evaluate.window_starts`'s per-group window starts; ``keep`` False: the prepared
+    result's values and pending features are None (nothing will be memoised)."""
     if vp.snapshot or any(a.law.agg not in _COMPILED for g in vp.groups for a in g.aggs):
         return None
     source = _source(vp)
@@ -139,7 +140,7 @@ def _source(vp: ViewReadPlan) -> str:
     fixed = [b"m"] + ([b"b:" + f for f in sorted(vp.batch_names)] if batch else [])
     field_var = {f: f"f{i}" for i, f in enumerate(fixed)}
     used_fields = sorted({a.batch_field for g in groups for a in g.aggs if a.batch_field is not None})
-    code(0, "def factory(T, now_floors, epoch, applied_from, run_cutoff, starts):")
+    code(0, "def factory(T, now_floors, epoch, applied_from, run_cutoff, starts, keep):")
     for gi, g in enumerate(groups):
         for j, a in enumerate(g.aggs):
             if a.stream_served:
@@ -265,7 +266,7 @@ def _source(vp: ViewReadPlan) -> str:
             code(d + 1, f"{v} = None")
             known = "None" if any(i in dynamic for i in inputs) else "{" + ", ".join(f"{i!r}: {_var(i)}" for i in inputs) + "}"
             pending.append((k, name, known))
-            code(d + 1, f"pending_{k} = (NAMES[{k}], EXPRS[{k}], INPUTS[{k}], {known})")
+            code(d + 1, f"if keep: pending_{k} = (NAMES[{k}], EXPRS[{k}], INPUTS[{k}], {known})")
             continue
         inline = _expr(expr, "0")
         if inline is None:
@@ -273,12 +274,15 @@ def _source(vp: ViewReadPlan) -> str:
         code(d + 1, f"{v} = {inline}")
     outputs = [f for f, _ in vp.outputs]
     names = agg_names + [n for n, _, _ in vp.derived]
-    code(d, "vals = {" + ", ".join(f"{n!r}: {_var(n)}" for n in names) + "}")
+    code(d, "if keep:")  # for the memo (prepare()'s values and the instant-dependent features to evaluate)
+    code(d + 1, "vals = {" + ", ".join(f"{n!r}: {_var(n)}" for n in names) + "}")
     pend = [f"pending_{k}" for k, _, _ in pending]
     if pend:
-        code(d, f"pending = tuple([p for p in ({', '.join(pend)},) if p is not None])")
+        code(d + 1, f"pending = tuple([p for p in ({', '.join(pend)},) if p is not None])")
     else:
-        code(d, "pending = ()")
+        code(d + 1, "pending = ()")
+    code(d, "else:")
+    code(d + 1, "vals = pending = None")
     batch_cutoff = "cutoff" if batch else "None"
     code(d, f"prepared = (({', '.join(_var(f) for f in outputs)},), ({', '.join(_sts(f) for f in outputs)},), "
             f"{'run' if batch else 'None'}, {batch_cutoff}, vals, pending)")

@@ -364,7 +364,7 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
     hits = 0
     i = -1
-    fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts)
+    fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts, use_memo)
     for entry, raws in zip(entries, raws_list):
         i += 1
         hit = at_t = None
@@ -384,11 +384,13 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     hit = None
             frozen = hit is not None
             part = cutoff = None
-            if frozen:  # the memo's cut-off: the record's, never older than the run's (the compiled path's rule)
+            if key is None:
+                pass
+            elif frozen:  # the memo's cut-off: the record's, never older than the run's (the compiled path's rule)
                 cutoff = hit[3]
                 if cutoff is not None:
                     part = (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
-            elif key is not None:
+            else:
                 try:
                     if has_batch:
                         braw = raws[-1]
@@ -450,16 +452,17 @@ _NOT_COMPILED = object()
 
 
 def compiled_entity(vp: ViewReadPlan, T: int, now: int, epoch: bytes | None, meta: tuple[Any, ...], as_of_ms: int | None,
-                    stream_starts: Sequence[list[int | None]]) -> Any:
+                    stream_starts: Sequence[list[int | None]], keep: bool = True) -> Any:
     """The view's compiled evaluation of one entity for this read (:mod:`skewless.serving.compiled`): None when the read
-    is one it does not serve (at ``as_of``, without the epoch or the view meta's, before the stream applied)."""
+    is one it does not serve (at ``as_of``, without the epoch or the view meta's, before the stream applied); ``keep``
+    False: its results are not memoised (their values and pending features None)."""
     factory = vp.compiled
     if factory is None:
         factory = vp.compiled = compile_view(vp, _strict_loads) or _NOT_COMPILED
     applied_from, meta_epoch, run_cutoff, _ = meta
     if factory is _NOT_COMPILED or as_of_ms is not None or epoch is None or meta_epoch != epoch or applied_from is None:
         return None
-    return factory(T, [floor_ms(now, g.tile_ms) for g in vp.groups], epoch, applied_from, run_cutoff, stream_starts)
+    return factory(T, [floor_ms(now, g.tile_ms) for g in vp.groups], epoch, applied_from, run_cutoff, stream_starts, keep)
 
 
 def prepare(vp: ViewReadPlan, agg: tuple) -> tuple:

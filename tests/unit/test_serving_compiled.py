@@ -37,14 +37,17 @@ def test_compiled_equals_the_generic_evaluation_and_serves_clean_hashes(repo: An
         for now in _instants():
             starts, _ = window_starts(vp, now, now, None, EPOCH.encode(), meta)
             entity = compiled_entity(vp, now, now, EPOCH.encode(), meta, None, starts)
-            assert entity is not None
+            lean = compiled_entity(vp, now, now, EPOCH.encode(), meta, None, starts, keep=False)  # nothing memoised
+            assert entity is not None and lean is not None
             for user in filled.users:
                 h = {k.encode(): v.encode() for k, v in (filled.data.get(layout.entity_key(P, vp.view, (user,))) or {}).items()}
                 flat = [x for kv in h.items() for x in kv]
                 got = entity(flat)
                 assert got == entity(h)  # a flat RESP2 reply and a dict read the same
                 if got is None:
+                    assert lean(flat) is None
                     continue
+                assert lean(flat) == (got[0][:4] + (None, None), got[1])
                 served += 1
                 want = prepare(vp, aggregate(vp, [h], EPOCH.encode(), meta, now, None, starts, store.caches))
                 assert got[0] == want, (user, now)
