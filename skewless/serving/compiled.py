@@ -17,6 +17,7 @@ count outside int64, any error. AVG views are not compiled.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from skewless.core import laws
@@ -29,6 +30,7 @@ from skewless.core.timeutil import MS_PER_DAY
 if TYPE_CHECKING:
     from skewless.serving.read_plan import ViewReadPlan
 
+log = logging.getLogger("skewless.serving")
 _COMPILED = (Agg.COUNT, Agg.SUM, Agg.MIN, Agg.MAX, Agg.LAST)
 _PLAIN = (int, str, float, bool)
 
@@ -49,7 +51,11 @@ def compile_view(vp: ViewReadPlan, loads: Callable[[bytes], Any]) -> Callable[..
         "BATCH_DAY": BATCH_TILE_MS, "TAIL": BATCH_TAIL_DAYS, "EXPRS": tuple(e for _, e, _ in vp.derived),
         "INPUTS": tuple(i for _, _, i in vp.derived), "NAMES": tuple(n for n, _, _ in vp.derived),
     }
-    exec(compile(source, f"<compiled read of {vp.view.name}>", "exec"), env)  # noqa: S102 - our own generated code
+    try:
+        exec(compile(source, f"<compiled read of {vp.view.name}>", "exec"), env)  # noqa: S102 - our own generated code
+    except Exception as exc:  # noqa: BLE001 - a plan this code cannot write: the generic evaluation serves it, logged
+        log.warning("view %s is read without its compiled evaluation (%s: %s)", vp.view.name, type(exc).__name__, exc)
+        return None
     return env["factory"]
 
 
@@ -61,12 +67,18 @@ class _Code:
         self.lines.append("    " * depth + line)
 
 
+def _ident(prefix: str, name: str) -> str:
+    """A local variable for a feature: ``{prefix}_{name}``, or ``{prefix}x_{hex of its UTF-8}`` when the name is not an
+    identifier (distinct names, distinct variables)."""
+    return f"{prefix}_{name}" if name.isidentifier() and name.isascii() else f"{prefix}x_{name.encode().hex()}"
+
+
 def _var(name: str) -> str:
-    return "v_" + name
+    return _ident("v", name)
 
 
 def _sts(name: str) -> str:
-    return "s_" + name
+    return _ident("s", name)
 
 
 def _check(agg: Agg, x: str, depth: int, code: _Code) -> None:

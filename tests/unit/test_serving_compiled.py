@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pytest
 
 from skewless.core import layout
-from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
+from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, floor_ms
 from skewless.serving import OnlineStore, evaluate
 from skewless.serving.evaluate import aggregate, compiled_entity, dynamic, prepare, view_meta, window_starts
 from tests.unit.test_serving_online import CUTOFF, EPOCH, P, START, MemRedis, filled, reference, repo  # noqa: F401 - fixtures
@@ -151,3 +151,39 @@ def test_unusual_hashes_read_as_the_generic_evaluation(repo: Any, filled: Any, e
                 continue
             for name in view.feature_names:
                 assert (got.values[name][i], got.statuses[name][i]) == want[name], (edit, user, name, now)
+
+
+def test_feature_names_that_are_not_identifiers_compile(repo: Any) -> None:
+    """Feature names are free text (a dash, a space, non-ASCII, a keyword): the compiled code's variables stay valid
+    and distinct, and its result equals the generic evaluation's."""
+    from datetime import timedelta
+
+    import orjson
+
+    from skewless.core.dsl import Agg, Aggregation, Derived, FeatureView, Ref, Window
+    from skewless.core.repo import Repository
+    from skewless.serving.compiled import compile_view
+    from skewless.serving.read_plan import build_plan
+    from tests.support.fill import manifest
+
+    stats = repo.view("user_order_stats")
+    view = FeatureView(name="odd_names", entity=stats.entity, source=stats.source, version=1,
+                       freshness_sla=timedelta(minutes=5), features=[
+                           Aggregation("orders-1h", Agg.COUNT, None, Window.hours(1)),
+                           Aggregation("für 7d", Agg.MAX, "amount", Window.days(7)),
+                           Derived("class", Ref("orders-1h") / Ref("für 7d"))])
+    plan = build_plan(Repository.of([view]), P, ["odd_names:orders-1h", "odd_names:für 7d", "odd_names:class"])
+    vp = plan.views[0]
+    entity_factory = compile_view(vp, orjson.loads)
+    assert entity_factory is not None
+    now = CUTOFF + MS_PER_DAY + 7 * MS_PER_HOUR
+    fields = {layout.tile_field(300_000, now // 300_000 * 300_000): layout.encode_tile_vector(3, EPOCH, [4], [Agg.COUNT]),
+              **layout.batch_fields(layout.encode_batch_record(view, CUTOFF + MS_PER_DAY, "run-1", EPOCH,
+                                                               {"w:604800000": [[250], [None], [90]]}))}
+    fields[layout.MANIFEST_FIELD] = manifest(fields)
+    h = {k.encode(): v.encode() for k, v in fields.items()}
+    meta = (0, EPOCH.encode(), None, None)
+    starts, _ = window_starts(vp, now, now, None, EPOCH.encode(), meta)
+    got = entity_factory(now, [floor_ms(now, g.tile_ms) for g in vp.groups], EPOCH.encode(), 0, None, starts, True)(h)
+    want = prepare(vp, aggregate(vp, [h], EPOCH.encode(), meta, now, None, starts, OnlineStore(repo, MemRedis({}), P).caches))
+    assert got is not None and got[0] == want and want[0] == (4, 250, 4 / 250)
