@@ -204,11 +204,19 @@ def _source(vp: ViewReadPlan) -> str:
         if g.aggs:
             code(d + 2, f"if s >= lo_{gi}:")
             code(d + 3, "vec = loads(body)")
-            for j, a in enumerate(g.aggs):
-                code(d + 3, f"if s >= st_{gi}_{j}:")
-                code(d + 4, f"x = vec[{a.index}]")
-                _check(a.law.agg, "x", d + 4, code)
-                _merge(a.law.agg, f"a_{gi}_{j}", "x", d + 4, code)
+            for j, a in enumerate(g.aggs):  # stream-served: each from its window start
+                if a.stream_served:
+                    code(d + 3, f"if s >= st_{gi}_{j}:")
+                    code(d + 4, f"x = vec[{a.index}]")
+                    _check(a.law.agg, "x", d + 4, code)
+                    _merge(a.law.agg, f"a_{gi}_{j}", "x", d + 4, code)
+            if not all(a.stream_served for a in g.aggs):  # batch-served: all from the cut-off
+                code(d + 3, "if s >= cutoff:")
+                for j, a in enumerate(g.aggs):
+                    if not a.stream_served:
+                        code(d + 4, f"x = vec[{a.index}]")
+                        _check(a.law.agg, "x", d + 4, code)
+                        _merge(a.law.agg, f"a_{gi}_{j}", "x", d + 4, code)
     code(d + 1, "else: return None")
     for f in used_fields:
         code(d, f"p_{field_var[b'b:' + f.encode()]} = loads({field_var[b'b:' + f.encode()]})")
@@ -255,10 +263,16 @@ def _source(vp: ViewReadPlan) -> str:
                 code(d + 1, f"else: {v}, {s} = None, INC")
                 continue
             code(d + 1, "if window_ok:")
-            code(d + 2, "for t in tails:")
-            code(d + 3, f"x = {parts}[t][{bi}]")
-            _check(agg, "x", d + 3, code)
-            _merge(agg, "b", "x", d + 3, code)
+            code(d + 2, "if days_late == 0:")  # the usual case, unrolled: every tail part still in the window
+            for t in range(1, 1 + BATCH_TAIL_DAYS):
+                code(d + 3, f"x = {parts}[{t}][{bi}]")
+                _check(agg, "x", d + 3, code)
+                _merge(agg, "b", "x", d + 3, code)
+            code(d + 2, "else:")
+            code(d + 3, "for t in tails:")
+            code(d + 4, f"x = {parts}[t][{bi}]")
+            _check(agg, "x", d + 4, code)
+            _merge(agg, "b", "x", d + 4, code)
             _merge(agg, "b", acc, d + 2, code)
             _set(agg, _in_range(agg, "b", d + 2, code), v, s, "PRESENT", d + 2, code)
             code(d + 1, f"else: {v}, {s} = None, INC")
