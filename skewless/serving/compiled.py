@@ -3,16 +3,17 @@
 :func:`compile_view` writes, for one :class:`~skewless.serving.read_plan.ViewReadPlan`, a Python function with the
 plan's fields, tile sizes, vector positions and laws written in (no per-entity dicts of aggregations, no generic
 dispatch, windows and tails unrolled) and returns a factory: called once per read with the read's context, it gives
-``entity(reply) -> (prepared, outputs at T) | None`` (the reply: the entity hash as a flat list or a dict). ``prepared`` is exactly what
-:func:`skewless.serving.evaluate.prepare` gives for :func:`skewless.serving.evaluate.aggregate`'s result (the memo
-keeps it), ``outputs at T`` exactly what :func:`skewless.serving.evaluate.dynamic` then gives.
+``entity(reply) -> (prepared, outputs at T) | None`` (the reply: the entity hash as a flat list or a dict).
+``prepared`` is exactly what :func:`skewless.serving.evaluate.prepare` gives for
+:func:`skewless.serving.evaluate.aggregate`'s result (the memo keeps it), ``outputs at T`` exactly what
+:func:`skewless.serving.evaluate.dynamic` then gives.
 
 The compiled function serves only what it can prove equal to the generic evaluation, and returns None for anything
 else, which the generic evaluation (the reference reader's rules) then decides: a read at ``as_of``, no epoch or a
 view meta of another epoch, a stream not yet applied (no ``applied_from_ms``), an entity hash without its manifest or
-batch record, a part its manifest says is lost, an old or newer-than-T batch record, a tile of another epoch, any field
-it does not expect, a value that is not a plain int (COUNT, SUM, MIN, MAX) or LAST tuple, a negative count, a sum or
-count outside int64, any error. AVG views are not compiled.
+batch record, a part its manifest says is lost, an old or newer-than-T batch record, a tile of another epoch, a tile
+start twice, any field it does not expect, a value that is not a plain int (COUNT, SUM, MIN, MAX) or LAST tuple, a
+negative count, a sum or count outside int64, JSON orjson refuses, any error. AVG views are not compiled.
 """
 
 from __future__ import annotations
