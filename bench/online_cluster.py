@@ -53,6 +53,10 @@ def _serving_rows(view: Any, n: int, cutoff: int, run_id: str, epoch: str) -> An
     return pa.table(cols)
 
 
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None
+
+
 def _materialize(client: Any, nodes: list[Any], view: Any, day: Any, rows: Any) -> tuple[float, float]:
     """``(rows/s, Redis CPU µs per row)`` of one run."""
     from batch_jobs.materialize import materialize_feature_view
@@ -67,7 +71,7 @@ def _materialize(client: Any, nodes: list[Any], view: Any, day: Any, rows: Any) 
 def run() -> dict:
     import redis
 
-    from bench.online import _ratio, _timed_pair, latency_stats
+    from bench.online import latency_stats
     from skewless.config import redis_target
     from skewless.core.layout import entity_key
     from skewless.core.repo import load_repository
@@ -121,7 +125,15 @@ def run() -> dict:
                 store.caches.forget_entities()
                 return store.get_online_features({"user_id": block(i)}, SERVICE)
 
-            return _timed_pair(floor, read, READS, warmup=30)
+            for i in range(30):  # warm-up
+                floor(i), read(i)
+            lat: tuple[list[float], list[float]] = ([], [])
+            for i in range(READS):  # alternating, so a burst of load from elsewhere hits both alike
+                for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    t = time.perf_counter()
+                    (floor, read)[which](i)
+                    lat[which].append(time.perf_counter() - t)
+            return lat
 
         c_floor, c_read = read_pair(on_cluster)
         s_floor, s_read = read_pair(single)

@@ -239,3 +239,17 @@ def test_a_live_lease_holder_is_still_waited_for(redis_client: Any, repo: Any) -
                                      rows=arrow_rows(view, [], ["u1"], C1, "run-b", epoch))
     finally:
         holder.close(broken=True)
+
+
+def test_online_rebuild_on_a_cluster_scans_every_master_and_initialises_the_epoch(cluster: Cluster, tmp_path: Path) -> None:
+    project = f"r{uuid.uuid4().hex[:8]}"
+    client = _client(cluster.url)
+    old = [f"{project}:v1:k{i}" for i in range(30)]  # keys of the older layout, spread over the masters
+    for key in old:
+        client.set(key, "x")
+    assert len({name for name, node in masters(client) if node.scan(0, match=f"{project}:v1:*", count=1000)[1]}) >= 2
+    done = _cli("online", "rebuild", "--day", str(day_of(C1)), "--view", "user_order_stats", "--project", project,
+                "--redis-url", cluster.url, env={"SKEWLESS_STATE_DIR": str(tmp_path / "state")})
+    assert f"keys of an older layout ({project}:v1:*) are no longer read" in done.stdout, done.stdout + done.stderr
+    assert client.get(layout.epoch_key(project)) is not None  # the new epoch, on the epoch key's master
+    assert "no serving table" in done.stderr and done.returncode == 2  # nothing to materialize in an empty catalog
