@@ -52,13 +52,24 @@ class Cluster:
         return sorted(n.port for n in self.service.cluster_nodes() if n.is_master)
 
 
+def replicating(service: RedisCluster) -> bool:
+    """Every replica has finished its first sync (``master_link_status:up``): until then (Redis 7 delays a diskless
+    sync by 5 s) a master's ``WAIT`` gets no acknowledgement and the materializer rightly refuses to complete a run."""
+    for port in service.node_ports:
+        info = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info("replication")
+        if info.get("role") == "slave" and info.get("master_link_status") != "up":
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     service = RedisCluster(port=int(free_cluster_ports_env()["SKEWLESS_REDIS_PORT"]))
     root = tmp_path_factory.mktemp("redis-cluster")
     started = service.start(root / "state", root)
     try:
-        wait_until(lambda: not service.problems(), 60.0, "the Redis Cluster ready", interval_s=0.3)
+        wait_until(lambda: not service.problems() and replicating(service), 60.0, "the Redis Cluster ready and replicating",
+                   interval_s=0.3)
         yield Cluster(service, started.pids)
     finally:
         stop_pids(started.pids)
