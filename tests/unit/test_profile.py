@@ -383,15 +383,16 @@ def test_an_object_store_warehouse_is_refused_until_it_is_supported(tmp_path: Pa
         paths(load_profile(name="p"))
 
 
-def test_commands_that_do_not_speak_redis_cluster_refuse_one_in_one_line(tmp_path: Path) -> None:
+def test_commands_open_a_redis_cluster_and_name_its_unreachable_seed_in_one_line(tmp_path: Path) -> None:
     import shutil
 
     shutil.copytree(ROOT / "feature_defs", tmp_path / "repo")
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     write(tmp_path / "repo", "profiles:\n  c: {online_store: {type: redis_cluster, nodes: ['127.0.0.1:1']}}\n")
-    message = ("the online store redis+cluster://127.0.0.1:1 is a Redis Cluster, which this command does not read or "
-               "write yet; select a profile whose online_store is one Redis (url: redis://...)\n")
-    for argv in (["online", "sample"], ["monitor", "freshness"], ["materialize", "--day", "2024-01-01"], ["serve"]):
+    message = ("no seed node of the Redis Cluster redis+cluster://127.0.0.1:1 answers (Error 111 connecting to 127.0.0.1:1. "
+               "Connection refused.); start the cluster or fix online_store.nodes (or the redis+cluster:// URL)\n")
+    for argv in (["online", "sample"], ["online", "rebuild", "--day", "2024-01-01"], ["monitor", "freshness"],
+                 ["materialize", "--day", "2024-01-01"], ["serve"]):
         done = run_cli(*argv, "--repo", "repo", "--profile", "c", cwd=tmp_path)
         assert done.returncode == 2 and done.stderr.endswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
     assert redis_target("redis://h:1/0").single_node_url() == "redis://h:1/0"
