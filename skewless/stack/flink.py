@@ -75,6 +75,7 @@ class FlinkSessionCluster(Service):
         self.taskmanagers = taskmanagers
         self.python = python or sys.executable
         self.state_store = state_store
+        self.s3_credentials: dict[str, str] = {}  # set by write_conf when the state store is an object store
 
     # --- Service -------------------------------------------------------------------------------
     def ports(self) -> dict[str, int]:
@@ -135,7 +136,7 @@ class FlinkSessionCluster(Service):
             text = Template(TEMPLATE.read_text()).substitute(values)
         except KeyError as e:
             raise StackError(f"flink: {TEMPLATE} uses unknown placeholder {e}; known: {sorted(values)}") from None
-        write_private(conf / "config.yaml", text + store_lines)  # 0600: it may hold the object store's keys
+        write_private(conf / "config.yaml", text + store_lines)
         self._link_lib(home)
         (conf / "masters").write_text(f"{HOST}:{self.rest_port}\n")
         (conf / "workers").write_text("localhost\n")
@@ -152,12 +153,14 @@ class FlinkSessionCluster(Service):
             shutil.rmtree(plugin)
         plugin.mkdir(parents=True)
         (plugin / jar.name).symlink_to(jar)
+        # The keys reach the plugin as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the processes' environment
+        # (:meth:`_env`; its AWS default credentials chain): Flink logs every config.yaml entry at start and masks
+        # only keys named like secrets, so ``s3.access-key`` would be printed.
+        self.s3_credentials = {"AWS_ACCESS_KEY_ID": target.access_key_id, "AWS_SECRET_ACCESS_KEY": target.secret_access_key}
         return "\n".join([
-            "", "# Checkpoints and savepoints on the object store (Flink's S3 plugin; the keys: this file is 0600).",
+            "", "# Checkpoints and savepoints on the object store (Flink's S3 plugin; keys from the environment).",
             f"s3.endpoint: {json.dumps(target.endpoint)}",
             f"s3.path.style.access: {str(target.path_style_access).lower()}",
-            f"s3.access-key: {json.dumps(target.access_key_id)}",
-            f"s3.secret-key: {json.dumps(target.secret_access_key)}",
             "",
         ])
 
@@ -199,6 +202,7 @@ class FlinkSessionCluster(Service):
             PYFLINK_CLIENT_EXECUTABLE=self.python,
         )
         env["PATH"] = f"{Path(self.python).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(self.s3_credentials)
         return env
 
     def start(self, state_dir: Path, log_dir: Path) -> Started:

@@ -36,11 +36,14 @@ def test_flink_checkpoints_and_savepoints_on_the_object_store(jars: Path, tmp_pa
     assert lines["execution.checkpointing.dir"] == "s3://bucket/flink/checkpoints"
     assert lines["execution.checkpointing.savepoint-dir"] == "s3://bucket/flink/savepoints"
     assert lines["s3.endpoint"] == '"http://127.0.0.1:19000"' and lines["s3.path.style.access"] == "true"
-    assert lines["s3.access-key"] == '"KEYID-abc"' and lines["s3.secret-key"] == '"SECRET-xyz"'
-    assert stat.S_IMODE(conf.stat().st_mode) == 0o600  # it holds the keys
+    # the keys only in the processes' environment: Flink logs config.yaml entries not named like secrets
+    assert "KEYID-abc" not in conf.read_text() and "SECRET-xyz" not in conf.read_text()
+    env = c._env()
+    assert env["AWS_ACCESS_KEY_ID"] == "KEYID-abc" and env["AWS_SECRET_ACCESS_KEY"] == "SECRET-xyz"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     plugin = c.plugins_dir / "s3-fs-presto" / "flink-s3-fs-presto-2.2.0.jar"
     assert plugin.is_symlink() and plugin.resolve() == (jars / "flink-plugins/s3-fs-presto/flink-s3-fs-presto-2.2.0.jar")
-    assert c._env()["FLINK_PLUGINS_DIR"] == str(c.plugins_dir)
+    assert env["FLINK_PLUGINS_DIR"] == str(c.plugins_dir)
     # without a store: the state dir, no S3 key in the file
     local = FlinkSessionCluster(state_dir=tmp_path / "local", log_dir=tmp_path / "logs")
     text = (local.write_conf() / "config.yaml").read_text()
