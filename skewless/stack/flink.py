@@ -161,6 +161,7 @@ class FlinkSessionCluster(Service):
             "", "# Checkpoints and savepoints on the object store (Flink's S3 plugin; keys from the environment).",
             f"s3.endpoint: {json.dumps(target.endpoint)}",
             f"s3.path.style.access: {str(target.path_style_access).lower()}",
+            "s3.use-instance-credentials: false",  # the AWS default chain, which reads the environment first
             "",
         ])
 
