@@ -2,12 +2,12 @@
 
 Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the offline events are the
 batch path's compiled ``offline`` statement (:class:`skewless.offline.spark_compiler.SparkBatchJob`) over the
-raw table pinned at its current snapshot (the tiles of days that received rows after the newest run's
-snapshot are computed again from it with the batch job's ``tiles`` statement); whole days come from
-prefix aggregates of the daily tiles: the tiles and each request's probes (one per window start) in one union,
-one window of running aggregates over it (Spark has no ASOF join); windowed MIN/MAX/LAST tiles by an
-equi-join of each request's window days (a range join beyond 31 days); head and stream-served windows by an
-equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
+raw rows, pinned at the table's current snapshot, of the copy groups that have a row with a requested (keys, day)
+(the tiles of days that received rows after the newest run's snapshot are computed again from the raw table with
+the batch job's ``tiles`` statement); whole days come from prefix aggregates of the daily tiles: the tiles and each
+request's probes (one per window start) in one union, one window of running aggregates over it (Spark has no ASOF
+join), windowed MIN/MAX/LAST of whole days (<= 31) as a range frame of that window (a join of each request's window
+days otherwise); head and stream-served windows by an equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
 
 Run as a job (``spark-submit``)::
