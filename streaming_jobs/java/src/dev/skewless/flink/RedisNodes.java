@@ -219,15 +219,19 @@ public final class RedisNodes implements RedisTileSink.Store {
         long deadline = System.currentTimeMillis() + retryMs;
         long backoff = 20;
         String why = null;
+        boolean redirected = false;
         while (!pending.isEmpty()) {
             if (why != null) {
                 if (System.currentTimeMillis() > deadline) {
                     throw new IOException("redis: writes did not settle within " + retryMs + " ms: " + why);
                 }
-                sleep(backoff);
-                backoff = Math.min(backoff * 2, 1000);
+                if (!redirected) {  // a redirect is followed at once; anything else waits, longer each time
+                    sleep(backoff);
+                    backoff = Math.min(backoff * 2, 1000);
+                }
             }
             why = null;
+            redirected = false;
             Map<HostAndPort, List<Integer>> byNode = new LinkedHashMap<>();
             boolean refresh = false;
             for (int i : pending) {
@@ -321,7 +325,7 @@ public final class RedisNodes implements RedisTileSink.Store {
             }
             if (why == null && !again.isEmpty()) {
                 why = "redirected";
-                backoff = 0;  // a redirect is followed at once
+                redirected = true;
             }
             again.sort(null);
             pending = again;
