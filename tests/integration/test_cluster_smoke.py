@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from skewless.core.schemas import validator
 from skewless.core.timeutil import td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
+from skewless.stack.base import Started
 from skewless.stack.cluster import REDIS_MASTERS, RedisCluster, free_cluster_ports_env
 from skewless.stack.procs import wait_until
 from streaming_jobs.sink import redis_endpoint
@@ -46,46 +48,73 @@ def repo() -> Any:
     return load_repository()
 
 
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """The stack's Redis Cluster (3 masters + 3 replicas, its AOF settings) on a free block of ports."""
+@contextmanager
+def running_cluster(root: Path) -> Iterator[tuple[RedisCluster, Started]]:
+    """The stack's Redis Cluster (3 masters + 3 replicas, its AOF settings) on a free block of ports, until exit."""
     cluster = RedisCluster(port=int(free_cluster_ports_env()["SKEWLESS_REDIS_PORT"]))
-    root = tmp_path_factory.mktemp("redis-cluster")
     started = cluster.start(root / "state", root / "logs")
     try:
         wait_until(lambda: not cluster.problems(), 90, "redis cluster (3 masters with a replica each)")
-        yield cluster
+        yield cluster, started
     finally:
         cluster.stop(started)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with running_cluster(tmp_path_factory.mktemp("redis-cluster")) as (cluster, _):
+        yield cluster
 
 
 def seeds(cluster: RedisCluster) -> tuple[str, ...]:
     return tuple(f"127.0.0.1:{p}" for p in cluster.node_ports)
 
 
-def cluster_client(cluster: RedisCluster) -> Any:
+def cluster_client(cluster: RedisCluster, dead: int | None = None) -> Any:
+    """redis-py's cluster client, seeded with every node but ``dead``."""
     from redis.cluster import ClusterNode, RedisCluster as RedisClusterClient
 
-    return RedisClusterClient(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.node_ports],
+    return RedisClusterClient(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.node_ports if p != dead],
                               socket_timeout=10, socket_connect_timeout=5)
 
 
-def run_job(bootstrap: str, topic: str, redis_url: str, project: str, checkpoint_dir: Path) -> None:
+def start_job(bootstrap: str, topic: str, redis_url: str, project: str, checkpoint_dir: Path,
+              stop_offsets: dict[int, int] | None = None) -> Any:
     """The compiled view at parallelism 2 on a MiniCluster of two TaskManagers with one slot each (so the sink's
-    two subtasks run in different TaskManagers), bounded at the topic's current end."""
+    two subtasks run in different TaskManagers), bounded at the topic's current end or at ``stop_offsets``; its
+    job client."""
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
     from streaming_jobs.job import JobOptions, add_source_job
     from streaming_jobs.run_view import stream_conf
 
     (job,) = compile_repository(load_repository(), [VIEW])
-    env, t_env = create_stream_env(parallelism=PARALLELISM, checkpoint_dir=checkpoint_dir, checkpoint_interval="2 s",
-                                   extra_conf={**stream_conf("500 ms", 10_000), "taskmanager.numberOfTaskSlots": "1",
+    env, t_env = create_stream_env(parallelism=PARALLELISM, checkpoint_dir=checkpoint_dir, checkpoint_interval="1 s",
+                                   extra_conf={**stream_conf("300 ms", 10_000), "taskmanager.numberOfTaskSlots": "1",
                                                "minicluster.number-of-taskmanagers": str(PARALLELISM)})
     add_source_job(env, t_env, job, JobOptions(
         bootstrap=bootstrap, redis_url=redis_url, project=project, repo_path="feature_defs", topic=topic,
-        bounded=True, ns=f"sk_{uuid.uuid4().hex[:8]}", applied_from_ms=0, flush_ms=100))
-    env.execute(f"test-cluster-smoke-{project}")
+        bounded=stop_offsets is None, stop_offsets=stop_offsets, ns=f"sk_{uuid.uuid4().hex[:8]}", applied_from_ms=0,
+        flush_ms=100))
+    return env.execute_async(f"test-cluster-smoke-{project}")
+
+
+def admitted_events(bootstrap: str, topic: str, count: int, view: Any) -> list[dict[str, Any]]:
+    raw = read_topic(bootstrap, topic, count)
+    return list(admission.admit(raw, view.source, validator(view.source.schema), key_fields=view.entity.key_names).admitted)
+
+
+def assert_last_hour_equals_oracle(client: Any, project: str, repo: Any, admitted: list[dict[str, Any]]) -> list[str]:
+    """Every user's stream-served windows, read just after the last admitted event, equal the oracle; the users."""
+    view = repo.view(VIEW)
+    users = sorted({e["user_id"] for e in admitted})
+    end = max(e["event_time"] for e in admitted) + 1
+    got = read_windowed(client, project, [f"{VIEW}:{f}" for f in STREAM_FEATURES], users, repo=repo, now_ms=end)
+    for i, user in enumerate(users):
+        for feature in STREAM_FEATURES:
+            want = oracle.feature_value(view, feature, admitted, (user,), end, now_read=True)
+            assert got.entities[VIEW][i].features[feature] == (want, "present"), (user, feature)
+    return users
 
 
 def test_the_stream_into_a_redis_cluster_equals_the_oracle(
@@ -99,23 +128,17 @@ def test_the_stream_into_a_redis_cluster_equals_the_oracle(
                              allowed_lateness_ms=td_ms(source.allowed_lateness), clock_skew_ms=td_ms(source.clock_skew_tolerance))
     records, _ = generate(config)
     produce_records(kafka_bootstrap, topic, records)
-    raw = read_topic(kafka_bootstrap, topic, len(records))
-    admitted = list(admission.admit(raw, source, validator(source.schema), key_fields=view.entity.key_names).admitted)
+    admitted = admitted_events(kafka_bootstrap, topic, len(records), view)
 
     project = f"c{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    run_job(kafka_bootstrap, topic, cluster_url(seeds(redis_cluster)), project, tmp_path / "ckpt")
+    start_job(kafka_bootstrap, topic, cluster_url(seeds(redis_cluster)), project, tmp_path / "ckpt") \
+        .get_job_execution_result().result()
     print(f"\ncluster smoke: the job over {len(records)} records took {time.monotonic() - started:.1f} s")
 
     client = cluster_client(redis_cluster)
-    users = sorted({e["user_id"] for e in admitted})
-    end = max(e["event_time"] for e in admitted) + 1
-    got = read_windowed(client, project, [f"{VIEW}:{f}" for f in STREAM_FEATURES], users, repo=repo, now_ms=end)
-    for i, user in enumerate(users):
-        for feature in STREAM_FEATURES:
-            want = oracle.feature_value(view, feature, admitted, (user,), end, now_read=True)
-            assert got.entities[VIEW][i].features[feature] == (want, "present"), (user, feature)
-    assert sorted(got.progress[source.name]) == [0, 1, 2, 3]
+    users = assert_last_hour_equals_oracle(client, project, repo, admitted)
+    assert sorted(client.hgetall(layout.progress_key(project, source.name))) == [b"p:0", b"p:1", b"p:2", b"p:3"]
 
     # the entities' hashes sit on every master, and each master's replica holds them too (the sink's WAIT)
     keys = [layout.entity_key(project, view, (u,)) for u in users]
@@ -158,3 +181,61 @@ def test_a_cluster_named_as_one_redis_or_the_reverse_is_one_clear_error(redis_cl
         done = nodes_client(spec, "SET", key, f"v-{key}")
         assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr
     assert nodes_client(spec, "GET", "{x}1").stdout.strip() == "v-{x}1"
+
+
+@pytest.mark.slow
+def test_a_master_killed_mid_stream_loses_nothing(kafka_bootstrap: str, kafka_topic: Callable[..., str], repo: Any,
+                                                  tmp_path: Path) -> None:
+    """Fault (issue 21, `make test-faults`): the master serving the progress key is SIGKILLed while the job writes
+    (after its first write, before its last; the producer is throttled). Its replica is promoted; the sink either
+    retries on the new master or, when the dead master held writes not yet confirmed on a replica, fails the task
+    and Flink replays from the last checkpoint. The values equal the oracle and every daily tile's version is the
+    number of admitted events in it (nothing lost, nothing counted twice)."""
+    import signal
+    import threading
+
+    view = repo.view(VIEW)
+    source = view.source
+    topic = kafka_topic(partitions=3, prefix="orders-failover")
+    now = int(time.time() * 1000)
+    records, _ = generate(GeneratorConfig(count=2400, rate=0.5, seed=31, partitions=3, users=40, start_ms=now - 50 * 60_000,
+                                          allowed_lateness_ms=td_ms(source.allowed_lateness),
+                                          clock_skew_ms=td_ms(source.clock_skew_tolerance)))
+    stop_offsets = {p: sum(1 for r in records if r.partition == p) for p in range(3)}
+    project = f"f{uuid.uuid4().hex[:8]}"
+    with running_cluster(tmp_path / "redis") as (cluster, started):
+        client = cluster_client(cluster)
+        progress_key = layout.progress_key(project, source.name)
+        produce_records(kafka_bootstrap, topic, records[:300])
+        job = start_job(kafka_bootstrap, topic, cluster_url(seeds(cluster)), project, tmp_path / "ckpt", stop_offsets)
+        wait_until(lambda: bool(client.hgetall(progress_key)), 180, "the job's first write")
+        rest = records[300:]
+        producer = threading.Thread(target=lambda: [
+            (produce_records(kafka_bootstrap, topic, rest[i:i + 100]), time.sleep(0.4)) for i in range(0, len(rest), 100)])
+        producer.start()
+        time.sleep(1.5)
+        victim = client.get_node_from_key(progress_key).port
+        os.kill(started.pids[cluster.node_ports.index(victim)], signal.SIGKILL)
+        killed = time.monotonic()
+        client.close()
+        wait_until(lambda: not any(n.failing for n in cluster.cluster_nodes() if n.port != victim)
+                   and sum(1 for n in cluster.cluster_nodes() if n.is_master and n.slots and n.port != victim) == REDIS_MASTERS,
+                   60, "a replica promoted")
+        client = cluster_client(cluster, dead=victim)
+        promoted = time.monotonic() - killed
+        producer.join()
+        job.get_job_execution_result().result()
+        done = time.monotonic() - killed
+        print(f"\ncluster failover: master :{victim} killed; replica promoted after {promoted:.1f} s, the job finished "
+              f"{done:.1f} s after the kill")
+        admitted = admitted_events(kafka_bootstrap, topic, len(records), view)
+        users = assert_last_hour_equals_oracle(client, project, repo, admitted)
+        daily = layout.tile_groups(view)[-1]
+        for user in users:
+            stored = layout.read_entity_hash(client.hgetall(layout.entity_key(project, view, (user,))))
+            for start_ms, value in stored.tiles.get(daily.tile_ms, {}).items():
+                version, _, _ = layout.decode_tile_vector(value, daily.aggs)
+                n = sum(1 for e in admitted if e["user_id"] == user
+                        and e["event_time"] // daily.tile_ms * daily.tile_ms == int(start_ms))
+                assert version == n, (user, start_ms)
+        client.close()
