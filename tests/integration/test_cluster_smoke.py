@@ -239,3 +239,56 @@ def test_a_master_killed_mid_stream_loses_nothing(kafka_bootstrap: str, kafka_to
                         and e["event_time"] // daily.tile_ms * daily.tile_ms == int(start_ms))
                 assert version == n, (user, start_ms)
         client.close()
+
+
+def key_on(client: Any, port: int, prefix: str) -> str:
+    """A key whose slot the master at ``port`` serves."""
+    return next(k for k in (f"{prefix}{i}" for i in range(10_000)) if client.get_node_from_key(k).port == port)
+
+
+@pytest.mark.slow
+def test_a_master_lost_with_unconfirmed_writes_fails_and_a_confirmed_one_is_retried(tmp_path: Path) -> None:
+    """The sink's rule on a failover (RedisNodes, driven line by line): a master that acknowledged writes not yet
+    confirmed on a replica and then dies fails the next write at once (the task replays from its checkpoint, whose
+    writes were confirmed); a master whose writes were all confirmed is waited out: the write lands on the promoted
+    replica."""
+    import signal
+
+    classpath = os.pathsep.join(map(str, [udf_jar(), *redis_client_jars()]))
+    with running_cluster(tmp_path / "redis") as (cluster, started):
+        client = cluster_client(cluster)
+        first, second = sorted({client.get_node_from_key(f"k{i}").port for i in range(50)})[:2]
+        ka, kb = key_on(client, first, "a"), key_on(client, second, "b")
+        spec = json.dumps(redis_endpoint(cluster_url(seeds(cluster))))
+
+        def session() -> Callable[[str], str]:
+            proc = subprocess.Popen(["java", "-cp", classpath, "dev.skewless.flink.RedisNodes", spec], text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            procs.append(proc)
+
+            def say(line: str) -> str:
+                proc.stdin.write(line + "\n")
+                proc.stdin.flush()
+                return proc.stdout.readline().strip()
+            return say
+
+        procs: list[subprocess.Popen] = []
+        try:
+            say = session()
+            assert [say(f"SET {ka} 1"), say(f"SET {kb} 1"), say("CONFIRM"), say(f"SET {ka} 2")] == ["OK"] * 4
+            os.kill(started.pids[cluster.node_ports.index(first)], signal.SIGKILL)
+            lost = say(f"SET {ka} 3")
+            assert lost.startswith("ERR") and "not yet confirmed on a replica" in lost and f":{first}" in lost, lost
+
+            say = session()  # the restarted task: confirmed writes only
+            assert [say(f"SET {kb} 4"), say("CONFIRM")] == ["OK", "OK"]
+            os.kill(started.pids[cluster.node_ports.index(second)], signal.SIGKILL)
+            killed = time.monotonic()
+            assert say(f"SET {kb} 5") == "OK"
+            print(f"\nredis failover: the write to the killed master's slot landed {time.monotonic() - killed:.1f} s later")
+            assert say(f"GET {kb}") == "5"
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait(30)
+            client.close()

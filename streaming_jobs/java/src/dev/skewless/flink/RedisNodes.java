@@ -1,8 +1,10 @@
 package dev.skewless.flink;
 
+import java.io.BufferedReader;
 import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.security.GeneralSecurityException;
@@ -422,8 +424,18 @@ public final class RedisNodes implements RedisTileSink.Store {
     private void discover() throws IOException {
         if (!cluster) {
             HostAndPort node = seeds.get(0);
-            String info = SafeEncoder.encode((byte[]) callOn(node, "INFO", "replication"))
-                + SafeEncoder.encode((byte[]) callOn(node, "INFO", "cluster"));
+            String info;
+            try {
+                info = SafeEncoder.encode((byte[]) callOn(node, "INFO", "replication"))
+                    + SafeEncoder.encode((byte[]) callOn(node, "INFO", "cluster"));
+            } catch (IOException e) {
+                if (!connections.containsKey(node)) {
+                    throw e;  // not reached at all
+                }
+                System.err.println("skewless sink: cannot read INFO of Redis " + node + " (" + e.getMessage() + "); "
+                    + "writes are not confirmed on replicas (WAIT) there");
+                info = "";
+            }
             if (info.contains("cluster_enabled:1")) {
                 throw new IOException("the Redis at " + node + " is a Redis Cluster node: name the cluster "
                     + "(online_store type redis_cluster, or redis+cluster://" + node + ")");
@@ -513,16 +525,41 @@ public final class RedisNodes implements RedisTileSink.Store {
         }
     }
 
-    /** Tests: {@code RedisNodes <redis spec JSON> COMMAND [KEY [ARG...]]} prints the reply of the command, routed by
-     * its first argument (an error exits 1). */
+    /**
+     * Tests: {@code RedisNodes <redis spec JSON> COMMAND [KEY [ARG...]]} prints the reply of the command, routed by
+     * its first argument (an error exits 1). With the spec alone it reads commands from stdin, one per line (words
+     * split at spaces; {@code CONFIRM} is {@link #confirmReplicated}), and prints one line per command: the reply, or
+     * {@code ERR <message>}.
+     */
     public static void main(String[] args) throws Exception {
         @SuppressWarnings("unchecked")
         Map<String, Object> spec = (Map<String, Object>) Json.parse(args[0]);
         PrintStream out = new PrintStream(System.out, true, StandardCharsets.UTF_8);
         try (RedisNodes redis = open(spec)) {
-            Object r = redis.call(args.length > 2 ? args[2] : "", Arrays.copyOfRange(args, 1, args.length));
-            out.println(r instanceof byte[] ? SafeEncoder.encode((byte[]) r) : String.valueOf(r));
+            if (args.length > 1) {
+                out.println(text(redis.call(args.length > 2 ? args[2] : "", Arrays.copyOfRange(args, 1, args.length))));
+                return;
+            }
+            BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+            String line;
+            while ((line = in.readLine()) != null) {
+                String[] words = line.trim().split(" +");
+                try {
+                    if ("CONFIRM".equals(words[0])) {
+                        redis.confirmReplicated();
+                        out.println("OK");
+                    } else {
+                        out.println(text(redis.call(words.length > 1 ? words[1] : "", words)));
+                    }
+                } catch (IOException e) {
+                    out.println("ERR " + String.valueOf(e.getMessage()).replace('\n', ' '));
+                }
+            }
         }
+    }
+
+    private static String text(Object reply) {
+        return reply instanceof byte[] ? SafeEncoder.encode((byte[]) reply) : String.valueOf(reply);
     }
 
     @Override
