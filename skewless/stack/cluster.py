@@ -450,7 +450,7 @@ def write_cluster_profile(services: Sequence[NodeService]) -> Path:
         elif isinstance(svc, KafkaCluster):
             body["kafka"] = {"bootstrap": svc.bootstrap}
         elif isinstance(svc, FlinkCluster):
-            body["flink"] = {"rest_url": svc.rest_url}
+            body["flink"] = {"rest_url": svc.rest_url, "parallelism": svc.taskmanagers * svc.slots}
         elif isinstance(svc, ObjectStore):
             key_id, key = object_store_credentials(state)
             body["object_store"] = {"endpoint": svc.endpoint, "region": OBJECT_STORE_REGION,
