@@ -4,8 +4,8 @@ a MiniCluster of two TaskManagers writing a small stream into it through the Jed
 master, WAIT before the end of input is acknowledged). The values read back equal the oracle, the entities' hashes
 sit on every master, and each master's replica holds the same hashes (the sink waited for them).
 
-The read goes through the reference reader (``tests/support/reference_reader.py``, layout v2) with redis-py's
-``RedisCluster``; the SDK's cluster-aware read (issue 21, helper id's branch) replaces it at merge."""
+The values are read twice: through the reference reader (``tests/support/reference_reader.py``, layout v2) with
+redis-py's ``RedisCluster``, and through the SDK's cluster-aware read (``open_store`` on the cluster URL)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from skewless.core.schemas import validator
 from skewless.core.timeutil import td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
+from skewless.serving.online import open_store
 from skewless.stack.base import Started
 from skewless.stack.cluster import REDIS_MASTERS, RedisCluster, free_cluster_ports_env
 from skewless.stack.procs import wait_until
@@ -138,6 +139,14 @@ def test_the_stream_into_a_redis_cluster_equals_the_oracle(
 
     client = cluster_client(redis_cluster)
     users = assert_last_hour_equals_oracle(client, project, repo, admitted)
+    # the SDK's cluster-aware read (one pipelined exchange per master) serves the same values, present
+    end = max(e["event_time"] for e in admitted) + 1
+    refs = [f"{VIEW}:{f}" for f in STREAM_FEATURES]
+    sdk = open_store(repo, cluster_url(seeds(redis_cluster)), project=project) \
+        .get_online_features({"user_id": users}, refs, now_ms=end)
+    for column, feature in zip(sdk.columns, STREAM_FEATURES):
+        assert sdk.statuses[column] == ["present"] * len(users), column
+        assert sdk.values[column] == [oracle.feature_value(view, feature, admitted, (u,), end, now_read=True) for u in users]
     assert sorted(client.hgetall(layout.progress_key(project, source.name))) == [b"p:0", b"p:1", b"p:2", b"p:3"]
 
     # the entities' hashes sit on every master, and each master's replica holds them too (the sink's WAIT)
