@@ -57,6 +57,7 @@ def _client(url: str | None) -> Any:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
+    from batch_jobs.materialize import store_epoch
     from batch_jobs.runner import find_view, parse_day
     from skewless.config import default_project
     from skewless.offline.tables import BatchError
@@ -84,6 +85,7 @@ def _rebuild(args: argparse.Namespace) -> int:
              if any(node.scan(0, match=f"{project}:v{v}:*", count=1000)[1] for _, node in masters(client))]
     if older:
         print(f"keys of an older layout ({', '.join(older)}) are no longer read; delete them once this layout is filled")
+    store_epoch(client, project, init=True)  # step 1 even when no batch run can be materialized yet
     args.init_epoch = True
     status = m.materialize(args)
     if status == 0:

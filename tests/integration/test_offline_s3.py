@@ -90,6 +90,9 @@ def offline_stack() -> Iterator[OfflineStack]:
     for name in ("SKEWLESS_LOG_DIR", "SKEWLESS_CONFIG", "SKEWLESS_PROFILE", "SKEWLESS_SPARK_MASTER",
                  "SKEWLESS_CATALOG_DB", "SKEWLESS_WAREHOUSE"):
         env.pop(name, None)
+    # the scenario's feature repository imports this suite's view helper (REPO_DEFS): every child process, the
+    # Spark driver that `skewless backfill` starts included, finds `tests` as the suite's own process does
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     try:
         up = python(env, UP, timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
