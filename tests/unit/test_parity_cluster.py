@@ -216,3 +216,21 @@ def test_the_cluster_not_running_is_one_line_naming_the_fix(tmp_path: Path) -> N
     with pytest.raises(pc.ClusterNotReady, match="not healthy: redis-cluster"):
         pc.running_cluster(whole, profile, lambda n, p: FakeService(n != "redis-cluster" or None), NAMES)
     assert set(pc.running_cluster(whole, profile, lambda n, p: FakeService(True), NAMES)) == set(NAMES)
+
+
+def test_the_command_without_the_cluster_topology_is_one_line(tmp_path: Path) -> None:
+    """`skewless parity --topology cluster` with no stack running: exit 2, one line naming the fix, nothing started."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKEWLESS_")} | {"SKEWLESS_STATE_DIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "skewless.cli", "parity", "--topology", "cluster", "--seed", "3"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "no stack runs" in lines[0] and "make up TOPOLOGY=cluster" in lines[0]
+    assert not (tmp_path / "parity").exists()
+    flags = subprocess.run([sys.executable, "-m", "skewless.cli", "parity", "--topology", "cluster", "--minicluster"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert flags.returncode == 2 and "drop --bootstrap/--redis-url/--minicluster" in flags.stderr
