@@ -35,9 +35,14 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import redis
+
 from skewless import config
-from skewless.e2e.parity import Check, RunContext, TopologyProbe
+from skewless.archive.maintenance import referenced_files
+from skewless.core import layout
+from skewless.e2e.parity import FEATURE_VIEW, Check, RunContext, TopologyProbe
 from skewless.e2e.pipeline import Targets
+from skewless.engines.redis_client import is_cluster, node_of_slot
 
 MIN_MASTERS = 2
 MIN_TASKMANAGERS = 2
@@ -157,10 +162,6 @@ def key_masters(client: Any, keys: Sequence[bytes]) -> dict[str, str | None]:
     """Per key, the master holding it: its slot (``CLUSTER KEYSLOT``) in the client's slot map, and the key present
     on that master itself (``EXISTS`` sent to the node, no redirection). One Redis: ``CLUSTER KEYSLOT`` fails,
     so every key is on ``"one Redis (cluster support disabled)"``."""
-    import redis
-
-    from skewless.engines.redis_client import is_cluster, node_of_slot
-
     out: dict[str, str | None] = {}
     if not is_cluster(client):
         try:
@@ -188,8 +189,6 @@ def job_vertices(rest_url: str, job_id: str) -> list[Vertex]:
 
 def table_paths(catalog: Any) -> dict[str, list[str]]:
     """Per table of ``catalog``: its metadata file, location, metadata log and every file its snapshots reference."""
-    from skewless.archive.maintenance import referenced_files
-
     out = {}
     for namespace in catalog.list_namespaces():
         for ident in catalog.list_tables(namespace):
@@ -247,9 +246,7 @@ class ClusterProbe(TopologyProbe):
         return result, [workers_check(tasks_per_worker(before, after, placed))]
 
     def run_done(self, ctx: RunContext, catalog: Any) -> list[Check]:
-        from skewless.core import layout
-
-        view = ctx.repo.view("user_order_stats")
+        view = ctx.repo.view(FEATURE_VIEW)
         keys = [layout.entity_key(ctx.project, view, (u,)) for u in ctx.sample]
         keys = [k.encode() if isinstance(k, str) else k for k in keys]
         return [masters_check(key_masters(ctx.targets.redis(), keys)), s3_paths_check(table_paths(catalog), self.warehouse)]
