@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency
     loads = _strict_loads = json.loads
 
 _MISSING = object()
+_NOT_COMPILED = object()  # a view plan the compiled evaluation does not serve (also: not made yet for this read)
 _I64_LOW = -(1 << 63)
 _MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see ReadCaches.memo_stats)
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
@@ -364,7 +365,7 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
     hits = 0
     i = -1
-    fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts, use_memo)
+    fast: Any = _NOT_COMPILED  # the compiled evaluation of this read, made on the first entity the memo misses
     for entry, raws in zip(entries, raws_list):
         i += 1
         hit = at_t = None
@@ -377,6 +378,8 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     entry[7] = spans[i]
         if hit is None:
             key = tags[i] if use_memo else None
+            if fast is _NOT_COMPILED:
+                fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts, use_memo)
             if fast is not None:
                 try:
                     hit, at_t = fast(raws[0])  # a tuple of frozen values, or None: the generic evaluation decides
@@ -448,7 +451,6 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     return rows
 
 
-_NOT_COMPILED = object()
 
 
 def compiled_entity(vp: ViewReadPlan, T: int, now: int, epoch: bytes | None, meta: tuple[Any, ...], as_of_ms: int | None,
