@@ -432,47 +432,56 @@ class OnlineStore:
                   tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
         """The response from the replies: all of them in ``replies``, or the shared ones there and the entities'
         still in ``stream`` (consumed view by view, entity by entity)."""
-        epoch = replies[0]
-        unreadable: set[str] = set()  # views read without the epoch (all incomplete): a shared key they need is corrupt
-        if isinstance(epoch, Exception):
-            warn_corrupt(self._epoch_key, f"{type(epoch).__name__}: {epoch}", "every view")
-            epoch = None
-        pos = 1
-        progress_raw: dict[str, dict] = {}
-        for src, key in plan.sources:
-            raw = replies[pos]
-            pos += 1
-            if isinstance(raw, Exception):
-                warn_corrupt(key, f"{type(raw).__name__}: {raw}", f"the views of source {src}")
-                unreadable.update(vp.view.name for vp in plan.views if vp.stream and vp.view.source.name == src)
-                raw = None
-            progress_raw[src] = raw
-        metas = {}
-        for vp in plan.views:
-            if not vp.snapshot:
+        nhead = len(plan.head_kinds)
+        head = replies[:nhead]
+        shared = plan.shared
+        if shared is not None and shared[0] == head:  # the shared replies of the plan's last read: what they say is kept
+            _, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied = shared
+            pos = nhead
+        else:
+            epoch = replies[0]
+            unreadable = set()  # views read without the epoch (all incomplete): a shared key they need is corrupt
+            if isinstance(epoch, Exception):
+                warn_corrupt(self._epoch_key, f"{type(epoch).__name__}: {epoch}", "every view")
+                epoch = None
+            pos = 1
+            progress_raw = {}
+            for src, key in plan.sources:
                 raw = replies[pos]
                 pos += 1
-                try:
-                    if isinstance(raw, Exception):
-                        raise raw
-                    metas[vp.view.name] = view_meta(raw)
-                except (ValueError, redis.RedisError) as exc:
-                    warn_corrupt(vp.meta_key, f"{type(exc).__name__}: {exc}", f"view {vp.view.name}")
-                    unreadable.add(vp.view.name)
-                    metas[vp.view.name] = view_meta(None)
+                if isinstance(raw, Exception):
+                    warn_corrupt(key, f"{type(raw).__name__}: {raw}", f"the views of source {src}")
+                    unreadable.update(vp.view.name for vp in plan.views if vp.stream and vp.view.source.name == src)
+                    raw = None
+                progress_raw[src] = raw
+            metas = {}
+            for vp in plan.views:
+                if not vp.snapshot:
+                    raw = replies[pos]
+                    pos += 1
+                    try:
+                        if isinstance(raw, Exception):
+                            raise raw
+                        metas[vp.view.name] = view_meta(raw)
+                    except (ValueError, redis.RedisError) as exc:
+                        warn_corrupt(vp.meta_key, f"{type(exc).__name__}: {exc}", f"view {vp.view.name}")
+                        unreadable.add(vp.view.name)
+                        metas[vp.view.name] = view_meta(None)
 
+            epoch_text = None if epoch is None else epoch.decode()
+            progress_parts = {}
+            newest_event = {}
+            newest_applied = {}
+            for src, raw in progress_raw.items():
+                progress_parts[src], newest_event[src], newest_applied[src] = self._progress_info(raw, epoch_text)
+            if not unreadable and pos == nhead and not any(isinstance(r, Exception) for r in head):  # kept when all read
+                plan.shared = (head, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied)
         T = now if as_of_ms is None else as_of_ms
         ncol = len(plan.columns)
         values: list[list[Any]] = [_NO_LIST] * ncol  # every column is set by its view below
         statuses: list[list[str]] = [_NO_LIST] * ncol
         ages: list[list[int | None]] = [_NO_LIST] * ncol
-        epoch_text = None if epoch is None else epoch.decode()
-        progress = {}
-        newest_event = {}
-        newest_applied = {}
-        for src, raw in progress_raw.items():
-            parts, newest_event[src], newest_applied[src] = self._progress_info(raw, epoch_text)
-            progress[src] = {p: dict(v) for p, v in parts.items()}  # the response's own copy
+        progress = {src: {p: dict(v) for p, v in parts.items()} for src, parts in progress_parts.items()}  # the response's own
         batch_runs: dict[str, dict[str, int]] = {}
         found: dict[str, list[bool]] = {}  # per view, per entity: does the store hold any key of it
         sampler = self.sampler

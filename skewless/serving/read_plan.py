@@ -190,6 +190,9 @@ class ReadPlan:
     head_kinds: tuple[int, ...] = ()
     head_packed: bytes = b""
     value_types: tuple[str | None, ...] = ()  # per column: its declared value type (schemas.TYPES; None: unknown)
+    shared: tuple | None = None  # the shared replies of the last read that read them all, and what the read took from them
+    # (epoch, its text, views unreadable, view metas, progress per source, newest event, newest applied): a read whose
+    # shared replies are equal reuses it (OnlineStore._evaluate)
 
     def __post_init__(self) -> None:
         self.head_kinds = tuple(K_GET if cmd == GET else K_HASH for cmd, _ in self.head_names)
