@@ -40,7 +40,6 @@ _MISSING = object()
 _NOT_COMPILED = object()  # a view plan the compiled evaluation does not serve (also: not made yet for this read)
 _I64_LOW = -(1 << 63)
 _MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see ReadCaches.memo_stats)
-_MEMO_MISS_RUN = 1024  # lookups missed in a row, after a store's first full probe window, that skip the memo at once
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
 CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a store keeps; then the cache restarts
 DEFAULT_CACHE_BYTES = 128 << 20  # all of a store's value caches together (SKEWLESS_SERVE_CACHE_BYTES)
@@ -115,11 +114,9 @@ class ReadCaches:
     snap_raw: dict[int, dict[bytes, tuple]] = field(default_factory=dict)  # snapshot view serial -> tag -> (raw, value)
     kept: list[int] = field(default_factory=lambda: [0, 0])  # entries added to memo, to snap_raw since last emptied
     decoded: dict[Any, Any] = field(default_factory=dict)  # (serial, raw bytes) -> decoded tile vector / parts / row
-    # [lookups, hits, entity reads left without the memo, lookups missed in a row, a probe window was completed]: a memo
-    # that rarely hits costs its keys, so below _MEMO_MIN_HITS of _MEMO_PROBE lookups, or after _MEMO_MISS_RUN misses in a
-    # row once a first window was completed (not while a new store fills it), it is skipped for _MEMO_PAUSE entity reads
-    # (then probed again)
-    memo_stats: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
+    # [lookups, hits, entity reads left without the memo]: a memo that rarely hits costs its keys, so below
+    # _MEMO_MIN_HITS of _MEMO_PROBE lookups it is skipped for _MEMO_PAUSE entity reads (then probed again)
+    memo_stats: list[int] = field(default_factory=lambda: [0, 0, 0])
     contexts: dict[tuple, int] = field(default_factory=dict)  # call context of the entity memo -> a number never
     # used for another
     progress: dict[Any, tuple] = field(default_factory=dict)  # (raw progress fields, epoch) -> what they say
@@ -447,15 +444,10 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     if use_memo:
         mstats[0] += n
         mstats[1] += hits
-        mstats[3] = 0 if hits else mstats[3] + n
-        if mstats[3] >= _MEMO_MISS_RUN and mstats[4]:  # the entities stopped repeating: no need to wait for the window
-            mstats[2] = _MEMO_PAUSE
-            mstats[0] = mstats[1] = mstats[3] = 0
-        elif mstats[0] >= _MEMO_PROBE:
+        if mstats[0] >= _MEMO_PROBE:
             if mstats[1] < _MEMO_MIN_HITS:
                 mstats[2] = _MEMO_PAUSE
             mstats[0] = mstats[1] = 0
-            mstats[4] = 1
     return rows
 
 

@@ -317,26 +317,3 @@ def test_a_read_after_the_shared_keys_changed_equals_a_fresh_stores(repo: Any, f
     assert {s for sts in read().statuses.values() for s in sts} == {"incomplete"}
     data[layout.epoch_key(P)] = filled.data[layout.epoch_key(P)]
     assert read().statuses == first.statuses
-
-
-def test_the_memo_is_skipped_soon_after_the_entities_stop_repeating(repo: Any, filled: Any) -> None:
-    """After a phase of repeated entities (memo hits), a run of 1,024 lookups that all miss skips the memo (it used to
-    wait for up to two 4,096-lookup windows); a new store filling its memo is not skipped before its first window."""
-    now = max(e["event_time"] for e in filled.admitted) + MS_PER_MINUTE
-    entities = {"user_id": filled.users}
-    n = len(filled.users)
-
-    def cold_reads(store: OnlineStore, count: int) -> None:
-        for _ in range(count):
-            store.caches.forget_entities()  # every entity read from its bytes: no hit
-            store.get_online_features(entities, "churn_model", now_ms=now)
-
-    new = OnlineStore(repo, MemRedis(filled.data), P)
-    cold_reads(new, 4096 // n - 1)  # misses only, more than 1,024 in a row, within its first window
-    assert new.caches.memo_stats[2] == 0
-    store = OnlineStore(repo, MemRedis(filled.data), P)
-    for _ in range(4096 // n + 2):  # repeated entities: hits; the first window completes
-        store.get_online_features(entities, "churn_model", now_ms=now)
-    assert store.caches.memo_stats[2] == 0
-    cold_reads(store, 1024 // n + 1)
-    assert store.caches.memo_stats[2] > 0
