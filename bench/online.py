@@ -27,9 +27,9 @@ a time (never overlapping). For HTTP the server's 2 workers, Redis and the singl
 both cores unpinned (the same for the peer's server, driven while ours idles); ``loadgen_cpu_share`` is the
 load generator's CPU seconds per wall second.
 Environment: ``SKEWLESS_BENCH_USERS`` (2000), ``SKEWLESS_BENCH_READS`` (3000), ``SKEWLESS_BENCH_HTTP_S`` (10),
-``SKEWLESS_BENCH_HTTP_CONNS`` (16), ``SKEWLESS_BENCH_GC_FREEZE`` (1: after loading and filling, the bench process drops
+``SKEWLESS_BENCH_HTTP_CONNS`` (16), ``SKEWLESS_BENCH_GC_FREEZE`` (0; 1: after loading and filling, the bench process drops
 the fill's data and calls ``gc.freeze()``, as ``skewless serve`` does at start and docs/serving.md recommends to a
-latency-sensitive SDK process; 0: not, every full collection walks all of it).
+latency-sensitive SDK process; it did not move the SDK p99s measured, see docs/serving.md).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ USERS = int(os.environ.get("SKEWLESS_BENCH_USERS", "2000"))
 READS = int(os.environ.get("SKEWLESS_BENCH_READS", "3000"))
 HTTP_S = float(os.environ.get("SKEWLESS_BENCH_HTTP_S", "10"))
 HTTP_CONNS = int(os.environ.get("SKEWLESS_BENCH_HTTP_CONNS", "16"))
-GC_FREEZE = os.environ.get("SKEWLESS_BENCH_GC_FREEZE", "1") != "0"
+GC_FREEZE = os.environ.get("SKEWLESS_BENCH_GC_FREEZE", "0") == "1"
 BLOCKS = 5  # SDK reads: ours and the peer's alternate in this many blocks
 HTTP_ROUNDS = 3  # HTTP: each server driven in turn, this many rounds of HTTP_S / HTTP_ROUNDS seconds
 PROJECT = "bench"
