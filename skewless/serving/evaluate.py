@@ -19,7 +19,7 @@ from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIR
 from skewless.core.staleness import INCOMPLETE, PRESENT, STALE
 from skewless.core.timeutil import MS_PER_DAY, floor_ms
 from skewless.serving.compiled import compile_view
-from skewless.serving.read_plan import GroupSpec, ViewReadPlan
+from skewless.serving.read_plan import SERIALS, GroupSpec, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream
 
 try:
@@ -154,6 +154,32 @@ def window_starts(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoc
     """``(starts, memo context)`` of a feature view's read: per group, each needed aggregation's window start at T
     (None for batch-served ones), and the call context of the entity memo. The starts are a function of T and
     ``as_of`` and the tile floors of ``now``; they are kept with the range of instants they hold for."""
+    w = _window(vp, T, now, as_of_ms)
+    return w[5], (vp.serial, epoch, meta, as_of_ms) + w[6]
+
+
+def window_context(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
+                   meta: tuple[Any, ...], contexts: dict[tuple, int]) -> tuple[list[list[int | None]], int]:
+    """``(starts, context number)``: :func:`window_starts` with its memo context named by a number (``contexts``: context
+    -> number, never reused for another). A read with the same window, epoch and view meta objects as the view's last
+    read (the shared replies reused, see ``ReadPlan.shared``) takes that read's number without building the context."""
+    w = _window(vp, T, now, as_of_ms)
+    last = vp.context
+    if last is not None and last[0] is w and last[1] is epoch and last[2] is meta:
+        return w[5], last[3]
+    ctx = (vp.serial, epoch, meta, as_of_ms) + w[6]
+    ctx_id = contexts.get(ctx)
+    if ctx_id is None:
+        if len(contexts) >= 4096:
+            contexts.clear()
+        ctx_id = contexts[ctx] = next(SERIALS)  # never reused: an old number names no other context
+    vp.context = (w, epoch, meta, ctx_id)  # replaced whole (threads read it consistently)
+    return w[5], ctx_id
+
+
+def _window(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None) -> tuple:
+    """The view's window starts at T and the instants they hold for (``ViewReadPlan.window``), made anew when T, now
+    or ``as_of`` left them."""
     w = vp.window
     if w is None or not (w[0] <= T < w[1] and w[2] <= now < w[3] and w[4] == as_of_ms):
         starts = [[floor_ms(T - a.width_ms, g.tile_ms) if a.stream_served else None for a in g.aggs]  # type: ignore[operator]
@@ -167,7 +193,7 @@ def window_starts(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoc
             n_lo, n_hi = max(n_lo, c), min(n_hi, c + g.tile_ms)
         tail = (tuple(tuple(x) for x in starts), tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
         w = vp.window = (t_lo, t_hi, n_lo, n_hi, as_of_ms, starts, tail)
-    return w[5], (vp.serial, epoch, meta, as_of_ms) + w[6]
+    return w
 
 
 def _frozen(x: Any) -> bool:
@@ -245,7 +271,10 @@ def replies_size(raws: Sequence[Any]) -> int:
         elif t is dict:
             n += sum(map(len, r)) + sum(map(len, r.values())) + 64 * len(r)
         elif t is list or t is tuple:
-            n += sum([len(x) for x in r if type(x) is bytes]) + 32 * len(r)
+            try:
+                n += sum(map(len, r)) + 32 * len(r)  # a hash as a flat list of bytes: in C
+            except TypeError:  # None in it (HMGET), or another reply inside
+                n += sum([len(x) for x in r if type(x) is bytes]) + 32 * len(r)
     return n
 
 
