@@ -317,3 +317,19 @@ def test_a_read_after_the_shared_keys_changed_equals_a_fresh_stores(repo: Any, f
     assert {s for sts in read().statuses.values() for s in sts} == {"incomplete"}
     data[layout.epoch_key(P)] = filled.data[layout.epoch_key(P)]
     assert read().statuses == first.statuses
+
+
+def test_a_responses_progress_is_its_own(repo: Any, filled: Any) -> None:
+    """The progress a response reports is copied from what the store keeps between reads (on first use): a caller
+    changing it changes neither the next response nor what the store serves."""
+    store = OnlineStore(repo, MemRedis(dict(filled.data)), P)
+    now = max(e["event_time"] for e in filled.admitted) + MS_PER_MINUTE
+    first = store.get_online_features({"user_id": filled.users[:2]}, "churn_model", now_ms=now)
+    want = json.loads(json.dumps(first.to_dict()))
+    for parts in first.progress.values():
+        for p in parts.values():
+            p["max_event_ms"] = 0
+        parts.clear()
+    again = store.get_online_features({"user_id": filled.users[:2]}, "churn_model", now_ms=now)
+    assert json.loads(json.dumps(again.to_dict())) == want and again.progress["orders"]
+    assert again.statuses == first.statuses and "stale" not in again.statuses["user_orders_last_1h"]
