@@ -292,8 +292,8 @@ def test_catalog_database_restarted_mid_backfill(offline_stack: OfflineStack, ar
     resumed = None
     if proc.returncode != 0:
         resumed = finish(backfill(env, archived, "catalog_restarted"))
-    print({"restart": timings, "rc": proc.returncode, "resumed": resumed and resumed[0]}, out[-2500:],
-          resumed[1][-1500:] if resumed else "")
+    errors = [line for line in out.splitlines() if "Error" in line or "Exception" in line or "backfill" in line]
+    print({"restart": timings, "rc": proc.returncode, "resumed": resumed and resumed[0]}, *errors[:20], sep="\n")
     assert runs_log_claims_hold(after_fault, "catalog_restarted") == [], runs_log_claims_hold(after_fault, "catalog_restarted")
     if proc.returncode != 0:  # a clear error, not a JVM stack dump
         assert "Traceback" not in out and "Py4JJavaError" not in out, out[-3000:]
