@@ -168,6 +168,8 @@ def spark_catalog_conf(catalog: SharedCatalog) -> dict[str, str]:
         f"{p}.jdbc.password": catalog.password,
         f"{p}.jdbc.schema-version": "V1",
         f"{p}.jdbc.connectTimeout": str(int(catalog.timeout_s)),
+        # a pooled connection the restarted database cut (57P01-03, beside Iceberg's 08xxx) is reopened, retried
+        f"{p}.retryable_status_codes": "57P01,57P02,57P03",
         f"{p}.warehouse": catalog.warehouse,
         f"{p}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
         f"{p}.s3.endpoint": s3.endpoint,

@@ -118,15 +118,15 @@ import json, pathlib, sys
 from skewless.archive.maintenance import compact
 from skewless.core.repo import load_repository
 from skewless.engines.iceberg_catalog import load_catalog
-defs, name, stop = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+defs, name, stop, archive_done = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
 source = next(v for v in load_repository(defs).views if v.name == name).source
 catalog = load_catalog()
 done, errors = [], []
 while not stop.exists():
     try:
         r = compact(catalog, source, min_files=2, keep_snapshots=1, min_age_s=0)[0]
-        if r.files_before:
-            done.append([r.files_before, r.files_after])
+        if r.files_before:  # a rewrite committed; whether the archive still ran then (the test's marker)
+            done.append([r.files_before, r.files_after, not archive_done.exists()])
     except Exception as exc:  # a lost race: reported, must say what happened
         errors.append(f"{type(exc).__name__}: {exc}"[:300])
 print(json.dumps({"compactions": done, "errors": errors}))
@@ -381,17 +381,21 @@ def test_compaction_racing_the_archive_appends_on_s3(offline_stack: OfflineStack
     assert worker.stdout is not None
     first = worker.stdout.readline()
     assert first.startswith("commit"), first
-    compactor = subprocess.Popen([sys.executable, "-c", COMPACT_LOOP, str(source.defs), source.name, str(stop)],
+    archive_done = tmp_path / "archive-done"
+    compactor = subprocess.Popen([sys.executable, "-c", COMPACT_LOOP, str(source.defs), source.name, str(stop),
+                                  str(archive_done)],
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
     rest = worker.stdout.read()
     rc = worker.wait(300)
+    archive_done.touch()
+    time.sleep(2)  # a compaction once the archive stopped appending
     stop.touch()
     c_out, c_err = compactor.communicate(timeout=300)
     print({"rc": rc}, rest[-2000:], c_out[-2000:], c_err[-2000:])
     assert rc == 0, rest[-3000:]
     assert compactor.returncode == 0, c_err[-3000:]
     race = json.loads(c_out.strip().splitlines()[-1])
-    assert race["compactions"], race  # at least one rewrite committed while the archive appended
+    assert any(while_archiving for _, _, while_archiving in race["compactions"]), race  # raced mid-archive
     assert all("concurrent" in e.lower() or "conflict" in e.lower() for e in race["errors"]), race["errors"]
     assert raw_counts(env, source) == {"rows": len(source.records), "distinct": len(source.records)}
     secrets = secret_values(offline_stack.state)
