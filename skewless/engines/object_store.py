@@ -78,12 +78,14 @@ def check_catalog_db(catalog: SharedCatalog) -> None:
     except (socket.timeout, TimeoutError):
         raise EngineSetupError(f"{where}: no answer within {catalog.timeout_s:.0f} s; fix catalog.uri of the profile "
                                "or start the database") from None
-    except pg8000.InterfaceError as exc:
+    except (pg8000.InterfaceError, OSError) as exc:  # OSError: e.g. reset by a server shutting down
         raise EngineSetupError(f"{where}: cannot connect ({str(exc).splitlines()[0][:160]}); fix catalog.uri of the "
                                "profile or start the database (skewless stack up --topology cluster)") from None
     except pg8000.DatabaseError as exc:
         detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         reason = detail.get("M", "refused") if isinstance(detail, dict) else "refused"
+        if str(detail.get("C", "")).startswith("57P"):  # the server is shutting down or starting up
+            raise EngineSetupError(f"{where}: {reason}; fix: wait until it has started, or start it") from None
         raise EngineSetupError(f"{where}: {reason}; fix catalog.user / catalog.password (or the database in "
                                "catalog.uri) of the profile") from None
     conn.close()

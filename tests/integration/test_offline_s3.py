@@ -21,6 +21,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,9 @@ from skewless.stack.cluster import free_cluster_ports_env
 pytestmark = pytest.mark.integration
 
 WAREHOUSE_PREFIX = "s3://skewless-warehouse/warehouse/"
-END = "2024-03-01"
-START = "2023-01-27"  # END - 399 days: every window of the view is covered from START + 366 days on
+# the last day: recent, so `skewless materialize` serves its run (a batch record expires 5 days after its cut-off)
+END = (datetime.now(timezone.utc).date() - timedelta(days=3)).isoformat()
+START = (date.fromisoformat(END) - timedelta(days=399)).isoformat()  # every window is covered from START + 366 days
 STEP_TIMEOUT_S = 420
 
 UP = """
@@ -282,8 +284,6 @@ def secret_values(state: Path) -> list[str]:
 
 def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, kafka_bootstrap: str, redis_url: str,
                                                    tmp_path: Path) -> None:
-    from datetime import date
-
     from skewless.core.timeutil import day_start_ms
     from skewless.e2e.pipeline import create_topic
     from batch_jobs.runner import cutoff_ms
