@@ -284,7 +284,7 @@ def secret_values(state: Path) -> list[str]:
 
 def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, kafka_bootstrap: str, redis_url: str,
                                                    tmp_path: Path) -> None:
-    from skewless.core.timeutil import day_start_ms
+    from skewless.core.timeutil import MS_PER_DAY, day_start_ms
     from skewless.e2e.pipeline import create_topic
     from batch_jobs.runner import cutoff_ms
     from tests.integration.test_batch import make_records, make_view
@@ -313,12 +313,15 @@ def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, k
     tasks = worker_task_counts(state, before)
     assert set(tasks) == {"worker-1", "worker-2"} and all(n > 0 for n in tasks.values()), tasks
 
-    # 2b. `skewless materialize` from the S3 warehouse into Redis: the online reads at the cut-off equal the oracle
+    # 2b. `skewless materialize` from the S3 warehouse into Redis (the store's epoch and the view's stream coverage
+    # set as a running streaming job would): the online reads at the cut-off equal the oracle
+    view = make_view(name, f"raw.orders_{name}")
+    stream_applied_from(redis_url, view, name, cutoff_ms(end) - MS_PER_DAY)
     materialized = cli(env, "materialize", "--repo", str(defs), "--view", name, "--day", END, "--redis-url", redis_url,
-                       "--project", name, "--init-epoch")
+                       "--project", name)
     assert materialized.returncode == 0, materialized.stdout[-2000:] + materialized.stderr[-3000:]
-    assert online_mismatches(redis_url, make_view(name, f"raw.orders_{name}"), records, day_start_ms(date.fromisoformat(START)),
-                             cutoff_ms(end), name) == []
+    assert online_mismatches(redis_url, view, records, day_start_ms(date.fromisoformat(START)), cutoff_ms(end),
+                             name) == []
 
     # 3. training sets by both engines on the S3 warehouse equal the oracle; compaction on S3; the paths
     inspect = python(env, TRAIN_AND_INSPECT, str(defs), name, str(records_file),
@@ -360,6 +363,18 @@ def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, k
     assert not any(s in said or s in logs for s in secrets)
     argvs = [p.read_bytes().decode(errors="replace") for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
     assert not any(s in a for s in secrets for a in argvs)
+
+
+def stream_applied_from(redis_url: str, view, project: str, applied_from_ms: int) -> None:
+    """The online store's epoch and the view's meta as its streaming job leaves them (applied from ``applied_from_ms``)."""
+    import redis
+
+    from skewless.core import layout
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    client.set(layout.epoch_key(project), "E1")
+    client.hset(layout.view_meta_key(project, view), mapping={"applied_from_ms": applied_from_ms, "epoch": "E1"})
+    client.close()
 
 
 def online_mismatches(redis_url: str, view, records: list[dict], start_ms: int, cut: int, project: str) -> list:
