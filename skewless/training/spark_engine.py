@@ -7,7 +7,9 @@ raw rows, pinned at the table's current snapshot, of the copy groups that have a
 the batch job's ``tiles`` statement); whole days come from prefix aggregates of the daily tiles: the tiles and each
 request's probes (one per window start) in one union, one window of running aggregates over it (Spark has no ASOF
 join), windowed MIN/MAX/LAST of whole days (<= 31) as a range frame of that window (a join of each request's window
-days otherwise); head and stream-served windows by an equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
+days otherwise); head and stream-served windows by an equi-join of each request's 1-3 days with the offline events.
+The requests, that union and each per-request part are partitioned by the entity keys and joined on (keys, request),
+so nothing is shuffled by request. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
 
 Run as a job (``spark-submit``)::
