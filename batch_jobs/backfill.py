@@ -20,6 +20,29 @@ MEMORY_RE = re.compile(r"^\d+[kmgt]?b?$", re.IGNORECASE)
 NAMESPACE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
+CATALOG_OUTAGE_RESUMES = 1  # a run cut by the catalog database going away resumes once it answers again
+CATALOG_OUTAGE_WAIT_S = 60.0
+
+
+def catalog_answers_again(timeout_s: float) -> bool:
+    """Whether the profile's shared catalog database accepts logins within ``timeout_s`` (False: none configured)."""
+    from skewless.config import shared_catalog
+    from skewless.engines import EngineSetupError
+    from skewless.engines.object_store import check_catalog_db
+
+    catalog = shared_catalog()
+    if catalog is None:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            check_catalog_db(catalog)
+            return True
+        except EngineSetupError:
+            time.sleep(1.0)
+    return False
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from batch_jobs.runner import DEFAULT_CHUNK_DAYS
 
@@ -112,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         print("backfill: nothing to compute", file=sys.stderr)
         return 2
 
+    from skewless.engines.object_store import catalog_outage
     from skewless.engines.spark_session import spark_session
 
     spark = spark_session("skewless-backfill", master=args.master, driver_memory=args.driver_memory,
@@ -122,13 +146,30 @@ def run(args: argparse.Namespace) -> int:
         for view, job in jobs:
             t0 = time.monotonic()
             print(f"{view.name} v{view.version}: {start}..{end} on {spark.sparkContext.master}", flush=True)
-            try:
-                report = run_range(spark, view, job, start, end, RunOptions(
-                    namespace=args.namespace, force=args.force, rerun=args.rerun, chunk_days=args.chunk_days,
-                    write_serving=not args.no_serving, incremental_serving=not args.full_serving, log=lambda line: print(line, flush=True)))
-            except BatchError as exc:
-                print(f"backfill: {view.name}: {exc}", file=sys.stderr)
-                status = 2
+            options = RunOptions(
+                namespace=args.namespace, force=args.force, rerun=args.rerun, chunk_days=args.chunk_days,
+                write_serving=not args.no_serving, incremental_serving=not args.full_serving,
+                log=lambda line: print(line, flush=True))
+            for attempt in range(1, CATALOG_OUTAGE_RESUMES + 2):
+                try:
+                    report = run_range(spark, view, job, start, end, options)
+                    break
+                except BatchError as exc:
+                    print(f"backfill: {view.name}: {exc}", file=sys.stderr)
+                    status, report = 2, None
+                    break
+                except Exception as exc:
+                    what = catalog_outage(exc)
+                    if what is None:
+                        raise
+                    if attempt > CATALOG_OUTAGE_RESUMES or not catalog_answers_again(CATALOG_OUTAGE_WAIT_S):
+                        print(f"backfill: {view.name}: the catalog database failed mid-run ({what}); what committed "
+                              "is logged: fix or restart the database, then rerun the same command (it resumes)",
+                              file=sys.stderr)
+                        return 1
+                    print(f"{view.name}: the catalog database failed mid-run ({what}); it answers again: resuming "
+                          "(days logged are skipped)", flush=True)
+            if report is None:
                 continue
             print(f"{view.name} v{view.version}: done in {time.monotonic() - t0:.1f} s: "
                   f"{len(report.computed_days)} day(s) computed, {len(report.skipped_days)} skipped, "

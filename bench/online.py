@@ -27,11 +27,14 @@ a time (never overlapping). For HTTP the server's 2 workers, Redis and the singl
 both cores unpinned (the same for the peer's server, driven while ours idles); ``loadgen_cpu_share`` is the
 load generator's CPU seconds per wall second.
 Environment: ``SKEWLESS_BENCH_USERS`` (2000), ``SKEWLESS_BENCH_READS`` (3000), ``SKEWLESS_BENCH_HTTP_S`` (10),
-``SKEWLESS_BENCH_HTTP_CONNS`` (16).
+``SKEWLESS_BENCH_HTTP_CONNS`` (16), ``SKEWLESS_BENCH_GC_FREEZE`` (0; 1: after loading and filling, the bench process drops
+the fill's data and calls ``gc.freeze()``, as ``skewless serve`` does at start and docs/serving.md recommends to a
+latency-sensitive SDK process; it did not move the SDK p99s measured, see docs/serving.md).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -46,6 +49,7 @@ USERS = int(os.environ.get("SKEWLESS_BENCH_USERS", "2000"))
 READS = int(os.environ.get("SKEWLESS_BENCH_READS", "3000"))
 HTTP_S = float(os.environ.get("SKEWLESS_BENCH_HTTP_S", "10"))
 HTTP_CONNS = int(os.environ.get("SKEWLESS_BENCH_HTTP_CONNS", "16"))
+GC_FREEZE = os.environ.get("SKEWLESS_BENCH_GC_FREEZE", "0") == "1"
 BLOCKS = 5  # SDK reads: ours and the peer's alternate in this many blocks
 HTTP_ROUNDS = 3  # HTTP: each server driven in turn, this many rounds of HTTP_S / HTTP_ROUNDS seconds
 PROJECT = "bench"
@@ -261,6 +265,10 @@ def run() -> dict:
             return p.execute()
 
         peer = _Peer(server.port, root)
+        if GC_FREEZE:  # as `skewless serve` does at start (docs/serving.md "Garbage collection"): what is loaded now is
+            del filled  # never garbage, so a full collection walks only what the reads create (~0.7 ms, not 14-25 ms)
+            gc.collect()
+            gc.freeze()
         n100 = max(300, READS // 6)
         raw1: list[float] = []
         sdk1: list[float] = []
@@ -367,7 +375,8 @@ def run() -> dict:
     floor100_cold = {"value": s_raw100_cold["p99"], "unit": "ms", "p50": s_raw100_cold["p50"],
                      "name": "redis-py 100-key pipeline, called alternately with the uncached read"}
     note = (f"{USERS} users, {events} generated order events, {SERVICE} ({len(sample.columns)} features, 2 views); "
-            f"fill {fill_s:.0f} s; statuses seen {sorted(statuses)}"
+            f"fill {fill_s:.0f} s; statuses seen {sorted(statuses)}; "
+            f"{'gc.freeze() after setup' if GC_FREEZE else 'no gc.freeze()'}"
             + (f"; {peer.error}" if peer.error else ""))
     cpu_share = round(load.get("cpu", 0.0) / load["elapsed"], 2)
     return {

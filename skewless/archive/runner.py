@@ -411,18 +411,20 @@ class SourceArchiver:
 
         delay = 0.2
         for attempt in range(1, self.config.commit_attempts + 1):
-            if attempt > 1:
-                table.refresh()
-            recorded = P.parse_offsets(table.properties.get(P.OFFSETS_PROP))
-            if recorded == dict(target):
-                log.warning("archive %s: commit to %s had landed before the error; not repeating it", self.source.name, name)
-                return
-            if recorded != dict(before):
-                raise ArchiveError(
-                    f"source {self.source.name!r}: {name} records offsets {recorded}, expected {dict(before)}: another "
-                    "archive process writes this table. Run one `skewless archive run` per source; stop the other"
-                )
-            try:
+            try:  # the re-check reads the catalog and the metadata file: an outage there is retried as well
+                if attempt > 1:
+                    table.refresh()
+                recorded = P.parse_offsets(table.properties.get(P.OFFSETS_PROP))
+                if recorded == dict(target):
+                    log.warning("archive %s: commit to %s had landed before the error; not repeating it",
+                                self.source.name, name)
+                    return
+                if recorded != dict(before):
+                    raise ArchiveError(
+                        f"source {self.source.name!r}: {name} records offsets {recorded}, expected {dict(before)}: "
+                        "another archive process writes this table. Run one `skewless archive run` per source; stop "
+                        "the other"
+                    )
                 with table.transaction() as tx:
                     apply(tx)
                 return

@@ -95,6 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     if not sources:
         print("skewless archive: no source with a topic; nothing to do", file=sys.stderr)
         return 0
+    catalog_factory()  # a wrong catalog or object store: one line (EngineSetupError) before any thread starts
     config = ArchiveConfig(
         bootstrap=args.bootstrap or kafka_bootstrap(),
         max_records=args.max_records,

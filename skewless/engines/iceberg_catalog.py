@@ -3,6 +3,7 @@ or the profile's PostgreSQL with an ``s3://`` warehouse, :func:`skewless.config.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from skewless.config import ICEBERG_CATALOG_NAME, Profile, paths, shared_catalog
@@ -19,6 +20,9 @@ def load_catalog(catalog_db: str | Path | None = None, warehouse: str | Path | N
     shared = shared_catalog(profile) if catalog_db is None and warehouse is None else None
     if shared is not None:
         check_shared_catalog(shared)  # one line within the timeouts, rather than a traceback or a hang
+        # closing a connection the restarted database already cut is expected after an outage (pool_pre_ping
+        # replaces it): not an error with a traceback in the command's output
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
         return SqlCatalog(ICEBERG_CATALOG_NAME, **pyiceberg_properties(shared))
     where = paths(profile)
     wh = Path(warehouse or where.warehouse).resolve()

@@ -78,12 +78,14 @@ def check_catalog_db(catalog: SharedCatalog) -> None:
     except (socket.timeout, TimeoutError):
         raise EngineSetupError(f"{where}: no answer within {catalog.timeout_s:.0f} s; fix catalog.uri of the profile "
                                "or start the database") from None
-    except pg8000.InterfaceError as exc:
+    except (pg8000.InterfaceError, OSError) as exc:  # OSError: e.g. reset by a server shutting down
         raise EngineSetupError(f"{where}: cannot connect ({str(exc).splitlines()[0][:160]}); fix catalog.uri of the "
                                "profile or start the database (skewless stack up --topology cluster)") from None
     except pg8000.DatabaseError as exc:
         detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         reason = detail.get("M", "refused") if isinstance(detail, dict) else "refused"
+        if str(detail.get("C", "")).startswith("57P"):  # the server is shutting down or starting up
+            raise EngineSetupError(f"{where}: {reason}; fix: wait until it has started, or start it") from None
         raise EngineSetupError(f"{where}: {reason}; fix catalog.user / catalog.password (or the database in "
                                "catalog.uri) of the profile") from None
     conn.close()
@@ -108,7 +110,40 @@ def pyiceberg_properties(catalog: SharedCatalog) -> dict[str, str]:
         "s3.secret-access-key": s3.secret_access_key,
         "s3.region": s3.region,
         "s3.connect-timeout": str(s3.timeout_s),
+        # a pooled connection is tested before use: after the database restarted, a stale one is replaced rather
+        # than failing the next catalog call (tests/faults/test_offline_s3_faults.py)
+        "pool_pre_ping": "true",
     }
+
+
+# What the PostgreSQL JDBC driver says (inside a Spark job's Py4JJavaError) when the database goes away
+JDBC_OUTAGE_SIGNS = ("PSQLException: Connection to", "the database system is shutting down",
+                     "the database system is starting up", "terminating connection due to administrator command",
+                     "An I/O error occurred while sending to the backend", "This connection has been closed",
+                     "SQLTransientConnectionException", "SQLNonTransientConnectionException")
+
+
+def catalog_outage(exc: BaseException) -> str | None:
+    """What ``exc`` says if it is the catalog losing its database (a dropped or refused connection, a server
+    shutting down or starting: SQLSTATE classes 08 and 57P), from PyIceberg's SQL catalog or Spark's JDBC
+    catalog; None for anything else (a bug, a bad request)."""
+    import sqlalchemy.exc
+
+    text = str(exc)
+    if type(exc).__name__ == "Py4JJavaError":
+        return next((line.strip()[:200] for line in text.splitlines() if any(s in line for s in JDBC_OUTAGE_SIGNS)),
+                    None)
+    first = (text.splitlines() or [type(exc).__name__])[0][:200]
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+            isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated):
+        return first
+    orig = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if not type(orig).__module__.startswith("pg8000"):
+        return None
+    if type(orig).__name__ == "InterfaceError":
+        return first
+    detail = orig.args[0] if orig.args and isinstance(orig.args[0], dict) else {}
+    return first if str(detail.get("C", "")).startswith(("08", "57P")) else None
 
 
 # Keys of :func:`spark_catalog_conf` that hold credentials: a SparkSession gets them only after its JVM started
@@ -135,6 +170,8 @@ def spark_catalog_conf(catalog: SharedCatalog) -> dict[str, str]:
         f"{p}.jdbc.password": catalog.password,
         f"{p}.jdbc.schema-version": "V1",
         f"{p}.jdbc.connectTimeout": str(int(catalog.timeout_s)),
+        # a pooled connection the restarted database cut (57P01-03, beside Iceberg's 08xxx) is reopened, retried
+        f"{p}.retryable_status_codes": "57P01,57P02,57P03",
         f"{p}.warehouse": catalog.warehouse,
         f"{p}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
         f"{p}.s3.endpoint": s3.endpoint,

@@ -19,7 +19,7 @@ from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIR
 from skewless.core.staleness import INCOMPLETE, PRESENT, STALE
 from skewless.core.timeutil import MS_PER_DAY, floor_ms
 from skewless.serving.compiled import compile_view
-from skewless.serving.read_plan import GroupSpec, ViewReadPlan
+from skewless.serving.read_plan import SERIALS, GroupSpec, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream
 
 try:
@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency
     loads = _strict_loads = json.loads
 
 _MISSING = object()
+_NOT_COMPILED = object()  # a view plan the compiled evaluation does not serve (also: not made yet for this read)
 _I64_LOW = -(1 << 63)
 _MEMO_PROBE, _MEMO_MIN_HITS, _MEMO_PAUSE = 4096, 410, 65536  # memo skipped below ~10% hits (see ReadCaches.memo_stats)
 _MEMO_MAX = 1 << 14  # entity reads (of any view plan) whose aggregations a store keeps; then the memo restarts
@@ -153,6 +154,32 @@ def window_starts(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoc
     """``(starts, memo context)`` of a feature view's read: per group, each needed aggregation's window start at T
     (None for batch-served ones), and the call context of the entity memo. The starts are a function of T and
     ``as_of`` and the tile floors of ``now``; they are kept with the range of instants they hold for."""
+    w = _window(vp, T, now, as_of_ms)
+    return w[5], (vp.serial, epoch, meta, as_of_ms) + w[6]
+
+
+def window_context(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoch: bytes | None,
+                   meta: tuple[Any, ...], contexts: dict[tuple, int]) -> tuple[list[list[int | None]], int]:
+    """``(starts, context number)``: :func:`window_starts` with its memo context named by a number (``contexts``: context
+    -> number, never reused for another). A read with the same window, epoch and view meta objects as the view's last
+    read (the shared replies reused, see ``ReadPlan.shared``) takes that read's number without building the context."""
+    w = _window(vp, T, now, as_of_ms)
+    last = vp.context
+    if last is not None and last[0] is w and last[1] is epoch and last[2] is meta:
+        return w[5], last[3]
+    ctx = (vp.serial, epoch, meta, as_of_ms) + w[6]
+    ctx_id = contexts.get(ctx)
+    if ctx_id is None:
+        if len(contexts) >= 4096:
+            contexts.clear()
+        ctx_id = contexts[ctx] = next(SERIALS)  # never reused: an old number names no other context
+    vp.context = (w, epoch, meta, ctx_id)  # replaced whole (threads read it consistently)
+    return w[5], ctx_id
+
+
+def _window(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None) -> tuple:
+    """The view's window starts at T and the instants they hold for (``ViewReadPlan.window``), made anew when T, now
+    or ``as_of`` left them."""
     w = vp.window
     if w is None or not (w[0] <= T < w[1] and w[2] <= now < w[3] and w[4] == as_of_ms):
         starts = [[floor_ms(T - a.width_ms, g.tile_ms) if a.stream_served else None for a in g.aggs]  # type: ignore[operator]
@@ -166,7 +193,7 @@ def window_starts(vp: ViewReadPlan, T: int, now: int, as_of_ms: int | None, epoc
             n_lo, n_hi = max(n_lo, c), min(n_hi, c + g.tile_ms)
         tail = (tuple(tuple(x) for x in starts), tuple(floor_ms(now, g.tile_ms) for g in vp.groups))
         w = vp.window = (t_lo, t_hi, n_lo, n_hi, as_of_ms, starts, tail)
-    return w[5], (vp.serial, epoch, meta, as_of_ms) + w[6]
+    return w
 
 
 def _frozen(x: Any) -> bool:
@@ -244,7 +271,10 @@ def replies_size(raws: Sequence[Any]) -> int:
         elif t is dict:
             n += sum(map(len, r)) + sum(map(len, r.values())) + 64 * len(r)
         elif t is list or t is tuple:
-            n += sum([len(x) for x in r if type(x) is bytes]) + 32 * len(r)
+            try:
+                n += sum(map(len, r)) + 32 * len(r)  # a hash as a flat list of bytes: in C
+            except TypeError:  # None in it (HMGET), or another reply inside
+                n += sum([len(x) for x in r if type(x) is bytes]) + 32 * len(r)
     return n
 
 
@@ -364,7 +394,7 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
     hits = 0
     i = -1
-    fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts, use_memo)
+    fast: Any = _NOT_COMPILED  # the compiled evaluation of this read, made on the first entity the memo misses
     for entry, raws in zip(entries, raws_list):
         i += 1
         hit = at_t = None
@@ -377,6 +407,8 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     entry[7] = spans[i]
         if hit is None:
             key = tags[i] if use_memo else None
+            if fast is _NOT_COMPILED:
+                fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts, use_memo)
             if fast is not None:
                 try:
                     hit, at_t = fast(raws[0])  # a tuple of frozen values, or None: the generic evaluation decides
@@ -448,7 +480,6 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     return rows
 
 
-_NOT_COMPILED = object()
 
 
 def compiled_entity(vp: ViewReadPlan, T: int, now: int, epoch: bytes | None, meta: tuple[Any, ...], as_of_ms: int | None,

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -48,9 +48,9 @@ from skewless.core.schemas import pandas_dtype
 from skewless.core.timeutil import iso_ms, to_epoch_ms
 from skewless.engines.redis_client import check_online_store, is_cluster, open_redis
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
-from skewless.serving.evaluate import (CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, loads, snapshots, view_meta,
-                                       warn_corrupt, windowed, window_starts)
-from skewless.serving.read_plan import SERIALS, EntitySpec, ReadPlan, build_plan
+from skewless.serving.evaluate import (CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, as_dict, loads,
+                                       snapshots, view_meta, warn_corrupt, window_context, windowed)
+from skewless.serving.read_plan import EntitySpec, ReadPlan, build_plan
 from skewless.serving.reply_stream import ReplyStream
 from skewless.serving.transport import STREAM_MIN, ClusterExchange, execute, round_trip, snapshot_replies
 
@@ -100,10 +100,19 @@ class OnlineResponse:
     ages_ms: dict[str, list[int | None]]
     now_ms: int
     as_of_ms: int | None
-    progress: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    progress_read: Mapping[str, Mapping[int, Mapping[str, Any]]] = field(default_factory=dict)  # shared: never changed
     batch_runs: dict[str, dict[str, int]] = field(default_factory=dict)
     found: dict[str, list[bool]] = field(default_factory=dict)
     value_types: tuple[str | None, ...] = ()
+
+    @property
+    def progress(self) -> dict[str, dict[int, dict[str, Any]]]:
+        """Per streaming source and partition what was applied (the response's own copy, made on first use)."""
+        copied = self.__dict__.get("_progress")
+        if copied is None:
+            copied = self.__dict__["_progress"] = {src: {p: dict(v) for p, v in parts.items()}
+                                                   for src, parts in self.progress_read.items()}
+        return copied
 
     def __len__(self) -> int:
         return len(next(iter(self.entities.values()), []))
@@ -413,10 +422,11 @@ class OnlineStore:
         # one pipeline: epoch, progress per streaming source, meta per feature view, then the entities' keys
         if self._fast:
             packed_cache = self.caches.packed
-            kinds = list(plan.head_kinds)
+            kinds = plan.one_kinds if n == 1 else list(plan.head_kinds)
             packed = [plan.head_packed]
             for vp in plan.views:
-                kinds += vp.kinds * n
+                if n != 1:
+                    kinds += vp.kinds * n
                 cache = packed_cache.get(vp.serial)  # entity tag -> the entity's packed commands of that view
                 if cache is None or len(cache) >= CACHE_MAX:
                     cache = packed_cache[vp.serial] = {}
@@ -441,47 +451,55 @@ class OnlineStore:
                   tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
         """The response from the replies: all of them in ``replies``, or the shared ones there and the entities'
         still in ``stream`` (consumed view by view, entity by entity)."""
-        epoch = replies[0]
-        unreadable: set[str] = set()  # views read without the epoch (all incomplete): a shared key they need is corrupt
-        if isinstance(epoch, Exception):
-            warn_corrupt(self._epoch_key, f"{type(epoch).__name__}: {epoch}", "every view")
-            epoch = None
-        pos = 1
-        progress_raw: dict[str, dict] = {}
-        for src, key in plan.sources:
-            raw = replies[pos]
-            pos += 1
-            if isinstance(raw, Exception):
-                warn_corrupt(key, f"{type(raw).__name__}: {raw}", f"the views of source {src}")
-                unreadable.update(vp.view.name for vp in plan.views if vp.stream and vp.view.source.name == src)
-                raw = None
-            progress_raw[src] = raw
-        metas = {}
-        for vp in plan.views:
-            if not vp.snapshot:
+        nhead = len(plan.head_kinds)
+        head = replies[:nhead]
+        shared = plan.shared
+        if shared is not None and shared[0] == head:  # the shared replies of the plan's last read: what they say is kept
+            _, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied = shared
+            pos = nhead
+        else:
+            epoch = replies[0]
+            unreadable = set()  # views read without the epoch (all incomplete): a shared key they need is corrupt
+            if isinstance(epoch, Exception):
+                warn_corrupt(self._epoch_key, f"{type(epoch).__name__}: {epoch}", "every view")
+                epoch = None
+            pos = 1
+            progress_raw = {}
+            for src, key in plan.sources:
                 raw = replies[pos]
                 pos += 1
-                try:
-                    if isinstance(raw, Exception):
-                        raise raw
-                    metas[vp.view.name] = view_meta(raw)
-                except (ValueError, redis.RedisError) as exc:
-                    warn_corrupt(vp.meta_key, f"{type(exc).__name__}: {exc}", f"view {vp.view.name}")
-                    unreadable.add(vp.view.name)
-                    metas[vp.view.name] = view_meta(None)
+                if isinstance(raw, Exception):
+                    warn_corrupt(key, f"{type(raw).__name__}: {raw}", f"the views of source {src}")
+                    unreadable.update(vp.view.name for vp in plan.views if vp.stream and vp.view.source.name == src)
+                    raw = None
+                progress_raw[src] = as_dict(raw)
+            metas = {}
+            for vp in plan.views:
+                if not vp.snapshot:
+                    raw = replies[pos]
+                    pos += 1
+                    try:
+                        if isinstance(raw, Exception):
+                            raise raw
+                        metas[vp.view.name] = view_meta(as_dict(raw))
+                    except (ValueError, redis.RedisError) as exc:
+                        warn_corrupt(vp.meta_key, f"{type(exc).__name__}: {exc}", f"view {vp.view.name}")
+                        unreadable.add(vp.view.name)
+                        metas[vp.view.name] = view_meta(None)
 
+            epoch_text = None if epoch is None else epoch.decode()
+            progress_parts = {}
+            newest_event = {}
+            newest_applied = {}
+            for src, raw in progress_raw.items():
+                progress_parts[src], newest_event[src], newest_applied[src] = self._progress_info(raw, epoch_text)
+            if not unreadable and pos == nhead and not any(isinstance(r, Exception) for r in head):  # kept when all read
+                plan.shared = (head, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied)
         T = now if as_of_ms is None else as_of_ms
         ncol = len(plan.columns)
         values: list[list[Any]] = [_NO_LIST] * ncol  # every column is set by its view below
         statuses: list[list[str]] = [_NO_LIST] * ncol
         ages: list[list[int | None]] = [_NO_LIST] * ncol
-        epoch_text = None if epoch is None else epoch.decode()
-        progress = {}
-        newest_event = {}
-        newest_applied = {}
-        for src, raw in progress_raw.items():
-            parts, newest_event[src], newest_applied[src] = self._progress_info(raw, epoch_text)
-            progress[src] = {p: dict(v) for p, v in parts.items()}  # the response's own copy
         batch_runs: dict[str, dict[str, int]] = {}
         found: dict[str, list[bool]] = {}  # per view, per entity: does the store hold any key of it
         sampler = self.sampler
@@ -509,13 +527,8 @@ class OnlineStore:
                     age = None if newest is None else max(0, T - newest)
                 meta = metas[vp.view.name]
                 runs: dict[str, int] = {}
-                starts, ctx = window_starts(vp, T, now, as_of_ms, view_epoch, meta)
-                ctx_ids = caches.contexts  # the context named by a number: memo keys hash one int, not its tuples
-                ctx_id = ctx_ids.get(ctx)
-                if ctx_id is None:
-                    if len(ctx_ids) >= 4096:
-                        ctx_ids.clear()
-                    ctx_id = ctx_ids[ctx] = next(SERIALS)  # never reused: an old number names no other context
+                # the context named by a number: memo keys hash one int, not its tuples
+                starts, ctx_id = window_context(vp, T, now, as_of_ms, view_epoch, meta, caches.contexts)
                 mstats = caches.memo_stats
                 use_memo = mstats[2] <= 0
                 if not use_memo:
@@ -528,9 +541,9 @@ class OnlineStore:
                     batch_runs[vp.view.name] = runs
             if n == 1:
                 row_vals, row_sts, row_age = rows[0]
-                for jo, (_, j) in enumerate(vp.outputs):
-                    values[j] = [row_vals[jo]]
-                    statuses[j] = [row_sts[jo]]
+                for j, v, st in zip(vp.out_columns, row_vals, row_sts):
+                    values[j] = [v]
+                    statuses[j] = [st]
                     ages[j] = [row_age]
             else:  # rows -> columns by transposing (C loops), each column its own list
                 nout = len(vp.outputs)
@@ -549,7 +562,7 @@ class OnlineStore:
         return OnlineResponse(
             columns=plan.columns, refs=plan.refs, entities=cols,
             values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
-            ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress=progress,
+            ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress_read=progress_parts,
             batch_runs=batch_runs, found=found, value_types=plan.value_types)
 
     def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
@@ -571,10 +584,10 @@ class OnlineStore:
 
     # -- transport (one round trip on a kept connection; the rest in skewless.serving.transport) ----------------
 
-    def _send(self, packed: bytes, kinds: list[int], plan: ReadPlan, cols: dict[str, list[Any]], n: int,
+    def _send(self, packed: bytes, kinds: Sequence[int], plan: ReadPlan, cols: dict[str, list[Any]], n: int,
               tags: list[list[bytes]], now: int, as_of_ms: int | None) -> OnlineResponse:
         """One round trip on a connection of a plain ``redis.Redis``, evaluated as the replies arrive: the packed
-        commands in one write, replies per ``kinds`` (``K_GET`` bytes|None, ``K_HASH`` dict, ``K_TILES`` dict or
+        commands in one write, replies per ``kinds`` (``K_GET`` bytes|None, ``K_HASH`` and ``K_TILES`` a dict or
         hiredis's flat list). On redis-py's hiredis parser the shared replies are parsed and the entities' are
         left in a :class:`ReplyStream`, where the memo passes over an entity whose raw replies are the kept ones.
 

@@ -20,8 +20,9 @@ from skewless.serving.errors import OnlineRequestError
 
 HGETALL, GET, HMGET = b"HGETALL", b"GET", b"HMGET"
 SNAPSHOT_FIELDS = (layout.SNAPSHOT_FIELD.encode(), layout.MANIFEST_FIELD.encode())  # what a snapshot read asks (HMGET)
-K_GET, K_HASH, K_TILES, K_PAIR = 0, 1, 2, 3  # reply kinds: bytes | None; a hash as a dict; a hash as hiredis
-# gives it (an entity hash); a list as it is (HMGET of a snapshot entity hash: [row | None, manifest | None])
+K_GET, K_HASH, K_TILES, K_PAIR = 0, 1, 2, 3  # reply kinds: bytes | None; a shared hash (progress, view meta) and an
+# entity hash, each as a dict or as hiredis gives it (a flat list); a list as it is (HMGET of a snapshot entity hash:
+# [row | None, manifest | None])
 
 
 def _pack(cmd: bytes, key: bytes) -> bytes:
@@ -130,6 +131,8 @@ class ViewReadPlan:
     # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
     window: tuple | None = None
     compiled: Any = None  # the view's compiled evaluation (skewless.serving.compiled), made on its first read
+    context: tuple | None = None  # (window, epoch, view meta, memo context number) of the last read (evaluate.window_context)
+    out_columns: tuple[int, ...] = ()  # the column index of each output
     key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
     kinds: tuple[int, ...] = ()  # reply kind (K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
@@ -156,6 +159,7 @@ class ViewReadPlan:
         else:
             self.pieces = tuple((b"*2\r\n$%d\r\n%s\r\n$%%d\r\n%s%%s%s\r\n" % (len(cmd), cmd, esc, suffix.replace(b"%", b"%%")),
                                  len(self.prefix) + len(suffix)) for cmd, suffix in self.key_suffixes)
+        self.out_columns = tuple(j for _, j in self.outputs)
         dynamic: set[str] = set()
         for name, expr, _ in self.derived:  # dependency order: inputs are classified before their users
             if instant_dependent(expr, dynamic):
@@ -189,11 +193,16 @@ class ReadPlan:
     head_names: tuple[tuple[bytes, bytes], ...] = ()  # the shared commands: epoch, progress hashes, view metas
     head_kinds: tuple[int, ...] = ()
     head_packed: bytes = b""
+    one_kinds: tuple[int, ...] = ()  # the reply kinds of a read of one entity (the shared commands', then per view)
     value_types: tuple[str | None, ...] = ()  # per column: its declared value type (schemas.TYPES; None: unknown)
+    shared: tuple | None = None  # the shared replies of the last read that read them all, and what the read took from them
+    # (epoch, its text, views unreadable, view metas, progress per source, newest event, newest applied): a read whose
+    # shared replies are equal reuses it (OnlineStore._evaluate)
 
     def __post_init__(self) -> None:
         self.head_kinds = tuple(K_GET if cmd == GET else K_HASH for cmd, _ in self.head_names)
         self.head_packed = b"".join([_pack(cmd, key) for cmd, key in self.head_names])
+        self.one_kinds = self.head_kinds + tuple(kind for vp in self.views for kind in vp.kinds)
 
 
 def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:

@@ -6,6 +6,7 @@ on a Redis Cluster one pipelined exchange per master involved (:class:`ClusterEx
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ from redis.exceptions import TimeoutError as _RedisTimeoutError
 
 from skewless.serving.evaluate import CACHE_MAX, ENTRY_OVERHEAD, ReadCaches, as_dict, view_cache
 from skewless.engines.redis_client import CLUSTER_SLOTS, OnlineStoreError, hash_slot
-from skewless.serving.read_plan import GET, HMGET, K_GET, K_HASH, K_PAIR, SNAPSHOT_FIELDS, ReadPlan, ViewReadPlan
+from skewless.serving.read_plan import GET, HMGET, K_GET, K_PAIR, SNAPSHOT_FIELDS, ReadPlan, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream, open_stream
 
 try:  # redis-py's hiredis parser: replies are taken from its reader directly (what Connection.read_response does)
@@ -29,13 +30,12 @@ except ImportError:  # pragma: no cover - another redis-py layout: the generic p
 STREAM_MIN = 8  # entities from which a read consumes its replies as a stream (fewer: parsed at once, cheaper)
 
 
-def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
+def _read_hiredis(conn: Any, parser: Any, kinds: Sequence[int]) -> list[Any]:
     """The replies of the commands already sent on ``conn`` (one ``K_*`` kind each) read straight from the
     hiredis reader: the same parsing as ``conn.read_response(disable_decoding=True)`` per reply, without its
-    per-reply Python layers; ``K_TILES`` hashes stay flat lists. An error reply (e.g. WRONGTYPE) is returned in its
-    place, for the evaluation to mark what depends on that key ``incomplete``."""
-    import socket
-
+    per-reply Python layers; hashes stay flat lists (compared as they are with the last read's, made dicts where
+    read anew). An error reply (e.g. WRONGTYPE) is returned in its place, for the evaluation to mark what depends on
+    that key ``incomplete``."""
     gets = parser._reader.gets
     out = []
     append = out.append
@@ -53,9 +53,6 @@ def _read_hiredis(conn: Any, parser: Any, kinds: list[int]) -> list[Any]:
         if t is list:
             if r and isinstance(r[0], _RedisConnectionError):
                 raise r[0]
-            if kind == K_HASH:
-                it = iter(r)
-                r = dict(zip(it, it))
         elif t is not bytes and t is not dict:
             if isinstance(r, Exception):
                 append(r)
@@ -91,7 +88,7 @@ def execute(client: Any, names: list[tuple[bytes, bytes]]) -> list[Any]:
     return out
 
 
-def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed: bool
+def round_trip(conn: Any, packed: bytes, kinds: Sequence[int], nhead: int, streamed: bool
                ) -> tuple[list[Any], ReplyStream | None]:
     """Send; then ``(the nhead shared replies, a stream of the rest)`` if ``streamed`` and the connection allows
     it, else ``(all replies, None)``."""
@@ -99,12 +96,7 @@ def round_trip(conn: Any, packed: bytes, kinds: list[int], nhead: int, streamed:
         conn.send_packed_command([packed], check_health=False)
         stream = open_stream(conn, _HiredisParser, _NOT_ENOUGH_DATA) if streamed else None
         if stream is not None:
-            head = stream.parse(nhead)
-            for i in range(nhead):
-                r = head[i]
-                if kinds[i] != K_GET:
-                    head[i] = as_dict(r)
-            return head, stream
+            return stream.parse(nhead), stream
         parser = getattr(conn, "_parser", None)
         if (_HiredisParser is not None and type(parser) is _HiredisParser and parser._reader is not None
                 and parser._next_response is _NOT_ENOUGH_DATA):

@@ -361,29 +361,39 @@ class SparkCluster(NodeService):
     def start(self, state_dir: Path, log_dir: Path) -> Started:
         if shutil.which("java") is None:
             raise StackError("spark-cluster: no `java` on PATH; fix: make setup (installs openjdk-17-jdk-headless)")
-        home = spark_home()
-        spark_class = str(home / "bin" / "spark-class")
-        base = state_dir / self.name
-        env = {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": config.HOST, "SPARK_DAEMON_MEMORY": SPARK_DAEMON_MEMORY,
-               "SPARK_LOG_DIR": str(log_dir / "spark")}
-        log_files = [log_dir / "spark-master.log", *(log_dir / f"spark-worker-{i}.log"
-                                                      for i in range(1, SPARK_WORKERS + 1))]
+        master_log = log_dir / "spark-master.log"
         pids: list[int] = []
         try:
-            pids.append(spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host", config.HOST,
-                               "--port", str(self.port), "--webui-port", str(self.ui_port)], log_files[0], env=env))
-            for i, ui in enumerate(self.worker_ui_ports(), start=1):
-                work = base / f"worker-{i}"
-                work.mkdir(parents=True, exist_ok=True)
-                pids.append(spawn([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", config.HOST,
-                                   "--cores", str(SPARK_WORKER_CORES), "--memory", SPARK_WORKER_MEMORY,
-                                   "--webui-port", str(ui), "--work-dir", str(work), self.master_url],
-                                  log_files[i], env=env))
+            pids.append(spawn([self._spark_class(), "org.apache.spark.deploy.master.Master", "--host", config.HOST,
+                               "--port", str(self.port), "--webui-port", str(self.ui_port)], master_log,
+                              env=self._env(log_dir)))
+            for i in range(1, SPARK_WORKERS + 1):
+                pids.append(self.start_worker(i, state_dir, log_dir))
         except BaseException:
             stop_pids(pids)
             raise
         return Started(self.name, tuple(pids), {"master": self.master_url, "ui": f"http://{config.HOST}:{self.ui_port}"},
-                       log_files[0])
+                       master_log)
+
+    @staticmethod
+    def _spark_class() -> str:
+        return str(spark_home() / "bin" / "spark-class")
+
+    @staticmethod
+    def _env(log_dir: Path) -> dict[str, str]:
+        return {"SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": config.HOST,
+                "SPARK_DAEMON_MEMORY": SPARK_DAEMON_MEMORY, "SPARK_LOG_DIR": str(log_dir / "spark")}
+
+    def start_worker(self, i: int, state_dir: Path, log_dir: Path) -> int:
+        """Start worker ``i`` (1-based; its web UI port, work dir ``<state>/spark-cluster/worker-<i>`` and log
+        ``spark-worker-<i>.log``, appended to), registering with the master; its pid. Also how a lost worker is
+        replaced in place."""
+        work = state_dir / self.name / f"worker-{i}"
+        work.mkdir(parents=True, exist_ok=True)
+        return spawn([self._spark_class(), "org.apache.spark.deploy.worker.Worker", "--host", config.HOST,
+                      "--cores", str(SPARK_WORKER_CORES), "--memory", SPARK_WORKER_MEMORY,
+                      "--webui-port", str(self.worker_ui_ports()[i - 1]), "--work-dir", str(work), self.master_url],
+                     log_dir / f"spark-worker-{i}.log", env=self._env(log_dir))
 
     def master_state(self) -> dict:
         """The master's ``/json/`` (status, workers with their state and cores)."""

@@ -1,10 +1,13 @@
 """The embedded engine's inputs as DuckDB relations over the Iceberg tables.
 
-When the scan allows it (:func:`skewless.training.sources.parquet_files`: no delete files, local
-Parquet, one schema in the table's history) DuckDB reads the data files itself: a view over
-``read_parquet`` of the files the Iceberg manifests select, filtered in SQL. That skips building an Arrow
-table of every row in Python and converting it again in DuckDB. Otherwise the PyIceberg scan's Arrow
-table is registered under the same name, so the SQL over it is the same either way.
+When the scan allows it (:func:`skewless.training.sources.parquet_files`: no delete files, Parquet,
+one schema in the table's history) DuckDB reads the data files itself, filtered in SQL: a view over
+``read_parquet`` of the files the Iceberg manifests select when they are local, or over a PyArrow dataset
+of them on the table's own file system when they are on object storage (this DuckDB has no ``httpfs``;
+DuckDB pushes the columns and the filter into the dataset's scan, so only the row groups and columns the
+query needs are fetched). That skips building an Arrow table of every row in Python and converting it
+again in DuckDB. Otherwise the PyIceberg scan's Arrow table is registered under the same name, so the SQL
+over it is the same either way.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import pyarrow as pa
+import pyarrow.dataset as pa_dataset
 
 from skewless.training import sources
 
@@ -29,21 +33,31 @@ def relation(con: Any, name: str, catalog: Any, ident: str, columns: Sequence[st
              read_arrow: Callable[[], pa.Table]) -> str:
     """Register ``name`` as the selected columns of the table's rows passing ``where`` (SQL, the same
     condition as ``iceberg_filter``); ``read_arrow`` is the PyIceberg fallback. Returns how it was read
-    (``"parquet"`` or ``"arrow"``)."""
+    (``"parquet"``, ``"dataset"`` for object-store files, or ``"arrow"``)."""
     files = sources.parquet_files(catalog, ident, snapshot_id=snapshot_id, row_filter=iceberg_filter)
     if files is None:
         con.register(name, read_arrow())
         return "arrow"
     cols = ", ".join(_q(c) for c in dict.fromkeys(columns))
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {cols} FROM read_parquet({_files_sql(files)})"
+    if files.filesystem is None:
+        source, how = f"read_parquet({_files_sql(files.paths)})", "parquet"
+    else:
+        source, how = _dataset_name(name), "dataset"
+        con.register(source, pa_dataset.dataset(files.paths, format="parquet", filesystem=files.filesystem))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {cols} FROM {source}"
                 + (f" WHERE {where}" if where else ""))
-    return "parquet"
+    return how
+
+
+def _dataset_name(name: str) -> str:
+    return name + "__files"
 
 
 def drop(con: Any, name: str) -> None:
     """Forget a relation made by :func:`relation` (either kind)."""
     con.unregister(name)
     con.execute(f"DROP VIEW IF EXISTS {name}")
+    con.unregister(_dataset_name(name))
 
 
 def snapshot_rows(con: Any, name: str, catalog: Any, ident: str, columns: Sequence[str]) -> str:

@@ -6,7 +6,8 @@
 - a snapshot view's table source.
 
 :func:`parquet_files` lists a scan's data files when an engine may read them directly (no delete files,
-local Parquet, one schema in the table's history) with the same rows as the PyIceberg scan.
+Parquet, one schema in the table's history) with the same rows as the PyIceberg scan: local paths, or
+object-store paths with the table's own PyArrow file system.
 """
 
 from __future__ import annotations
@@ -173,12 +174,22 @@ def day_range_ms(first_day: int, last_day: int) -> tuple[int, int]:
     return first_day * MS_PER_DAY, (last_day + 1) * MS_PER_DAY
 
 
+@dataclass(frozen=True)
+class DataFiles:
+    """The Parquet data files a scan reads: local paths (``filesystem`` None), or ``bucket/key`` paths read
+    through ``filesystem``, the table's own PyArrow file system (its FileIO's endpoint and credentials)."""
+
+    paths: list[str]
+    filesystem: Any = None
+
+
 def parquet_files(catalog: Any, table_ident: str, *, snapshot_id: int | None = None,
-                  row_filter: Any = None) -> list[str] | None:
-    """Local paths of the Parquet data files a scan reads (pruned by ``row_filter``'s manifest and
-    partition statistics), or None when reading them directly could differ from the PyIceberg scan: a
-    missing table, delete files, non-local or non-Parquet files, a schema that ever changed (column names
-    in older files), or no file at all. The caller still applies ``row_filter`` to the rows."""
+                  row_filter: Any = None) -> DataFiles | None:
+    """The Parquet data files a scan reads (pruned by ``row_filter``'s manifest and partition statistics),
+    or None when reading them directly could differ from the PyIceberg scan: a missing table, delete files,
+    non-Parquet files, a schema that ever changed (column names in older files), files on more than one
+    file system (or one the table's FileIO cannot name), or no file at all. The caller still applies
+    ``row_filter`` to the rows."""
     from pyiceberg.manifest import FileFormat
 
     table = _load(catalog, table_ident)
@@ -187,14 +198,26 @@ def parquet_files(catalog: Any, table_ident: str, *, snapshot_id: int | None = N
     kwargs: dict[str, Any] = {"snapshot_id": snapshot_id} if snapshot_id is not None else {}
     if row_filter is not None:
         kwargs["row_filter"] = row_filter
-    files = []
+    paths: list[str] = []
+    stores: set[tuple[str, str]] = set()  # (scheme, netloc) of object-store files; ("", "") for local ones
     for task in table.scan(**kwargs).plan_files():
         path = task.file.file_path
         if task.delete_files or task.file.file_format != FileFormat.PARQUET:
             return None
         if path.startswith("file:"):
-            path = unquote(urlparse(path).path)
+            stores.add(("", ""))
+            paths.append(unquote(urlparse(path).path))
         elif "://" in path:
-            return None
-        files.append(path)
-    return files or None
+            scheme, netloc, key = table.io.parse_location(path)
+            stores.add((scheme, netloc))
+            paths.append(key)
+        else:
+            stores.add(("", ""))
+            paths.append(path)
+    if not paths or len(stores) != 1:
+        return None
+    scheme, netloc = stores.pop()
+    if not scheme:
+        return DataFiles(paths)
+    fs_by_scheme = getattr(table.io, "fs_by_scheme", None)  # PyIceberg's PyArrowFileIO (per-instance cache)
+    return None if fs_by_scheme is None else DataFiles(paths, fs_by_scheme(scheme, netloc))

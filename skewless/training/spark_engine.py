@@ -7,7 +7,9 @@ raw rows, pinned at the table's current snapshot, of the copy groups that have a
 the batch job's ``tiles`` statement); whole days come from prefix aggregates of the daily tiles: the tiles and each
 request's probes (one per window start) in one union, one window of running aggregates over it (Spark has no ASOF
 join), windowed MIN/MAX/LAST of whole days (<= 31) as a range frame of that window (a join of each request's window
-days otherwise); head and stream-served windows by an equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
+days otherwise); head and stream-served windows by an equi-join of each request's 1-3 days with the offline events.
+The requests, that union and each per-request part are partitioned by the entity keys and joined on (keys, request),
+so nothing is shuffled by request. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
 
 Run as a job (``spark-submit``)::
@@ -40,6 +42,9 @@ from skewless.training.requests import RID, T
 # up to this many requests per view, the requests' (keys, day) pairs and the copy groups they need are broadcast
 # (a hash table per task: ~100 MB at 1M requests) instead of shuffling every raw row of their range to meet them
 BROADCAST_MAX_REQUESTS = 2_000_000
+# the running aggregates of the prefix window; a lifetime LAST's is the latest non-null tile (a day's LAST is later
+# than every earlier day's), a copy per row instead of a struct comparison per row (the running max)
+RUNNING = {**SPARK.running, "last": "last({x}, true)"}
 
 bq = SPARK.quote
 keys_equal = SPARK.keys_equal
@@ -72,9 +77,11 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
         lo_parts = ([f"__tday * {D}L"] if batch else []) + [bq("s__" + a.name) for a in stream]
         lo = lo_parts[0] if len(lo_parts) == 1 else f"least({', '.join(lo_parts)})"
         head_aggs = self._fold_columns(SPARK, f"r.__tday * {D}L")
-        head = (f"SELECT r.{RID}, {', '.join(head_aggs)} FROM (SELECT *, explode(sequence({floordiv(lo, D)}, __tday)) AS __d "
-                f"FROM {{r}}) AS r JOIN {{offline}} AS e ON {keys_equal('e', 'r', keys)} AND e.__dnum = r.__d "
-                f"AND e.__ts < r.{T} GROUP BY r.{RID}")
+        # grouped by the keys and the request: the requests are partitioned by the keys, so no shuffle by request
+        rkeys = ", ".join(f"r.{bq(k)}" for k in keys)
+        head = (f"SELECT {rkeys}, r.{RID}, {', '.join(head_aggs)} FROM (SELECT *, explode(sequence({floordiv(lo, D)}, "
+                f"__tday)) AS __d FROM {{r}}) AS r JOIN {{offline}} AS e ON {keys_equal('e', 'r', keys)} AND e.__dnum = r.__d "
+                f"AND e.__ts < r.{T} GROUP BY {rkeys}, r.{RID}")
         # the raw rows the head can use: whole copy groups (an event's copies share its id and time; the batch
         # statement ranks each group) of which a row has the keys and day of a request's head or stream window, so the
         # statement de-duplicates only those, not every raw row of the requests' range (10M events, E 1M: ~3%)
@@ -104,10 +111,10 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
             if a.width_ms is not None and not law.invertible:
                 continue  # windowed MIN/MAX/LAST over a partial day or beyond 31 days: a join over the window's days
             for prefix_name, kind, source in law.running:
-                running = SPARK.running[kind].format(x=source.format(t=bq(a.name)))
+                running = RUNNING[kind].format(x=source.format(t=bq(a.name)))
                 prefix_cols.append(f"'{prefix_name}{a.name}', {running} OVER ({order} "
                                    "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
-        prefix = (f"SELECT {RID}, __k, __kind, named_struct({', '.join(prefix_cols)}) AS __p FROM {{both}}"
+        prefix = (f"SELECT {kcols}, {RID}, __k, __kind, named_struct({', '.join(prefix_cols)}) AS __p FROM {{both}}"
                   if prefix_cols else None)
         prefix_starts = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
         ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE and a not in framed]
@@ -118,19 +125,21 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
             lo_day = f"least({', '.join('r.' + bq('a__' + a.name) for a in ranged)})" if len(ranged) > 1 \
                 else f"r.{bq('a__' + ranged[0].name)}"
             if max(a.width_days or 0 for a in ranged) <= UNNEST_MAX_DAYS:  # each request's days, equi-joined
-                ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM (SELECT *, explode(sequence({lo_day}, r.__tday - 1)) "
-                              f"AS __d FROM {{r}} AS r WHERE {lo_day} < r.__tday) AS r JOIN {{tiles}} AS t ON "
-                              f"{keys_equal('t', 'r', keys)} AND t.__day = r.__d GROUP BY r.{RID}")
+                ranged_sql = (f"SELECT {rkeys}, r.{RID}, {', '.join(aggs)} FROM (SELECT *, explode(sequence({lo_day}, "
+                              f"r.__tday - 1)) AS __d FROM {{r}} AS r WHERE {lo_day} < r.__tday) AS r JOIN {{tiles}} AS t ON "
+                              f"{keys_equal('t', 'r', keys)} AND t.__day = r.__d GROUP BY {rkeys}, r.{RID}")
             else:  # a range join on the keys: every tile of the entity is compared
-                ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
-                              f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
+                ranged_sql = (f"SELECT {rkeys}, r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
+                              f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday "
+                              f"GROUP BY {rkeys}, r.{RID}")
         cols = self._output_columns(SPARK, lambda alias, column: f"lk.{alias}.{bq(column)}",
                                     frozenset(a.name for a in framed))
-        joins = [f"LEFT JOIN {{hd}} AS hd ON hd.{RID} = r.{RID}"]
+        # joined on the keys and the request (one row per request on each side): every side is partitioned by the keys
+        joins = [f"LEFT JOIN {{hd}} AS hd ON {keys_equal('hd', 'r', keys)} AND hd.{RID} = r.{RID}"]
         if prefix:  # every prefix lookup of a request (pe, ps_<W>) in one row of {lk}
-            joins.append(f"LEFT JOIN {{lk}} AS lk ON lk.{RID} = r.{RID}")
+            joins.append(f"LEFT JOIN {{lk}} AS lk ON {keys_equal('lk', 'r', keys)} AND lk.{RID} = r.{RID}")
         if ranged_sql:
-            joins.append(f"LEFT JOIN {{rj}} AS rj ON rj.{RID} = r.{RID}")
+            joins.append(f"LEFT JOIN {{rj}} AS rj ON {keys_equal('rj', 'r', keys)} AND rj.{RID} = r.{RID}")
         final = f"SELECT r.{RID}, {', '.join(cols)} FROM {{r}} AS r {' '.join(joins)}"
         span = max((a.width_ms + a.tile_ms for a in stream), default=0)  # type: ignore[operator]
         start_of = {w: "a__" + next(a.name for a in batch if a.width_ms == w) for w in prefix_starts}
@@ -198,10 +207,17 @@ def _prefix_lookups(spark: Any, requests: Any, tiles: Any, keys: Sequence[str], 
         .withColumn("__ord", F.col("__pos") * 2 + 1).drop("__pos")
     # an explicit partition count (the shuffle's, at least one per core), which adaptive execution does not coalesce:
     # it made 3 uneven partitions of 4 for 2 cores, one of them then sorted and windowed alone (~1 s of 3.5 at E 100k)
-    parts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), spark.sparkContext.defaultParallelism)
-    rows.unionByName(asked, allowMissingColumns=True).repartition(parts, *keys).createOrReplaceTempView(f"{name}_both")
+    rows.unionByName(asked, allowMissingColumns=True).repartition(partitions(spark), *keys) \
+        .createOrReplaceTempView(f"{name}_both")
     found = spark.sql(prefix_sql.format(both=f"{name}_both")).where(F.col("__kind") == 1)
-    return found.groupBy(RID).agg(*[F.max(F.when(F.col("__k") == k, F.col("__p"))).alias(n) for k, n in enumerate(probes)])
+    # grouped by the keys and the request: the union's partitioning by the keys serves it (no shuffle by request)
+    return found.groupBy(*keys, RID).agg(*[F.max(F.when(F.col("__k") == k, F.col("__p"))).alias(n)
+                                           for k, n in enumerate(probes)])
+
+
+def partitions(spark: Any) -> int:
+    """The partition count of the engine's repartitions by the keys: the shuffle's, at least one per core."""
+    return max(int(spark.conf.get("spark.sql.shuffle.partitions")), spark.sparkContext.defaultParallelism)
 
 
 def _coverage(spark: Any, runs_table: str, fingerprint: str) -> tuple[int | None, int | None, int | None]:
@@ -288,7 +304,9 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int, cached:
     # the requests with their window starts, computed once and kept: every step below reads them, and a local
     # relation (an in-memory entity_df) would otherwise be planned again, and its projections evaluated on the
     # driver, in each of them
-    r = spark.sql(program["requests"].format(req=f"{name}_req")).persist(StorageLevel.MEMORY_AND_DISK)
+    # partitioned by the keys like the prefix union, so the head, the lookups and the output need no shuffle by request
+    r = spark.sql(program["requests"].format(req=f"{name}_req")).repartition(partitions(spark), *keys) \
+        .persist(StorageLevel.MEMORY_AND_DISK)
     cached.append(r)
     r.createOrReplaceTempView(f"{name}_r")
     bounds = r.agg(F.min(T), F.max(T), F.count(F.lit(1))).collect()[0]
@@ -341,6 +359,8 @@ def training_dataframe(spark: Any, plan: PitPlan, requests: Any, progress: bool 
     no particular order. DataFrames persisted on the way are appended to ``cached`` (unpersist them after use)."""
     spark.conf.set("spark.sql.ansi.enabled", "true")  # int64 overflow is an error, never a wrap
     spark.conf.set("spark.sql.session.timeZone", "UTC")
+    # sides partitioned by the keys join on (keys, request) without a shuffle (the default asks for all join keys)
+    spark.conf.set("spark.sql.requireAllClusterKeysForCoPartition", "false")
     programs = compile_plan(plan)
     out = None
     for n, (pit, program) in enumerate(zip(plan.views, programs)):

@@ -21,6 +21,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,9 @@ from skewless.stack.cluster import free_cluster_ports_env
 pytestmark = pytest.mark.integration
 
 WAREHOUSE_PREFIX = "s3://skewless-warehouse/warehouse/"
-END = "2024-03-01"
-START = "2023-01-27"  # END - 399 days: every window of the view is covered from START + 366 days on
+# the last day: recent, so `skewless materialize` serves its run (a batch record expires 5 days after its cut-off)
+END = (datetime.now(timezone.utc).date() - timedelta(days=3)).isoformat()
+START = (date.fromisoformat(END) - timedelta(days=399)).isoformat()  # every window is covered from START + 366 days
 STEP_TIMEOUT_S = 420
 
 UP = """
@@ -223,6 +225,16 @@ print(json.dumps({"mismatches": mismatches, "master": master, "paths": paths, "a
 """
 
 
+def write_repo(tmp: Path, name: str) -> Path:
+    """A feature repository under ``tmp/repo`` with view ``name`` over ``raw.orders_<name>`` (its defs folder)."""
+    defs, schemas = tmp / "repo" / "defs", tmp / "repo" / "schemas"
+    defs.mkdir(parents=True)
+    schemas.mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "schemas" / "orders.schema.json", schemas / "orders.schema.json")
+    (defs / "views.py").write_text(REPO_DEFS.format(name=name, table=f"raw.orders_{name}"))
+    return defs
+
+
 def produce(bootstrap: str, topic: str, records: list[dict]) -> None:
     """Produce the records at their partition, offset order and Kafka timestamp."""
     from confluent_kafka import Producer
@@ -270,22 +282,16 @@ def secret_values(state: Path) -> list[str]:
     return [f.read_text().strip() for f in (state / "secrets").iterdir()]
 
 
-def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, kafka_bootstrap: str,
+def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, kafka_bootstrap: str, redis_url: str,
                                                    tmp_path: Path) -> None:
-    from datetime import date
-
-    from skewless.core.timeutil import day_start_ms
+    from skewless.core.timeutil import MS_PER_DAY, day_start_ms
     from skewless.e2e.pipeline import create_topic
     from batch_jobs.runner import cutoff_ms
-    from tests.integration.test_batch import make_records
+    from tests.integration.test_batch import make_records, make_view
 
     env, state = offline_stack.env, offline_stack.state
     name = f"s3_{uuid.uuid4().hex[:6]}"
-    defs, schemas = tmp_path / "repo" / "defs", tmp_path / "repo" / "schemas"
-    defs.mkdir(parents=True)
-    schemas.mkdir(parents=True)
-    shutil.copy(PROJECT_ROOT / "schemas" / "orders.schema.json", schemas / "orders.schema.json")
-    (defs / "views.py").write_text(REPO_DEFS.format(name=name, table=f"raw.orders_{name}"))
+    defs = write_repo(tmp_path, name)
     end = date.fromisoformat(END)
     records = with_closing_events(make_records(5, day_start_ms(end)), day_start_ms(end))
     create_topic(kafka_bootstrap, f"t_{name}", 3, retention_ms=-1)
@@ -306,6 +312,16 @@ def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, k
     assert f"on spark://127.0.0.1:{spark_base}" in backfill.stdout, backfill.stdout
     tasks = worker_task_counts(state, before)
     assert set(tasks) == {"worker-1", "worker-2"} and all(n > 0 for n in tasks.values()), tasks
+
+    # 2b. `skewless materialize` from the S3 warehouse into Redis (the store's epoch and the view's stream coverage
+    # set as a running streaming job would): the online reads at the cut-off equal the oracle
+    view = make_view(name, f"raw.orders_{name}")
+    stream_applied_from(redis_url, view, name, cutoff_ms(end) - MS_PER_DAY)
+    materialized = cli(env, "materialize", "--repo", str(defs), "--view", name, "--day", END, "--redis-url", redis_url,
+                       "--project", name)
+    assert materialized.returncode == 0, materialized.stdout[-2000:] + materialized.stderr[-3000:]
+    assert online_mismatches(redis_url, view, records, day_start_ms(date.fromisoformat(START)), cutoff_ms(end),
+                             name) == []
 
     # 3. training sets by both engines on the S3 warehouse equal the oracle; compaction on S3; the paths
     inspect = python(env, TRAIN_AND_INSPECT, str(defs), name, str(records_file),
@@ -341,12 +357,54 @@ def test_archive_backfill_and_training_sets_on_s3(offline_stack: OfflineStack, k
     # credentials: never in the output of any step, a log, nor the argv of a running process
     secrets = secret_values(state)
     said = (archived.stdout + archived.stderr + backfill.stdout + backfill.stderr + inspect.stdout + inspect.stderr
-            + train.stdout + train.stderr)
+            + train.stdout + train.stderr + materialized.stdout + materialized.stderr)
     logs = "".join(f.read_text(errors="replace") for f in state.rglob("*") if f.is_file() and f.suffix in (".log", "")
                    and "secrets" not in f.parts and f.stat().st_size < 50_000_000 and "data" not in f.parts)
     assert not any(s in said or s in logs for s in secrets)
     argvs = [p.read_bytes().decode(errors="replace") for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
     assert not any(s in a for s in secrets for a in argvs)
+
+
+def stream_applied_from(redis_url: str, view, project: str, applied_from_ms: int) -> None:
+    """The online store's epoch and the view's meta as its streaming job leaves them (applied from ``applied_from_ms``)."""
+    import redis
+
+    from skewless.core import layout
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    client.set(layout.epoch_key(project), "E1")
+    client.hset(layout.view_meta_key(project, view), mapping={"applied_from_ms": applied_from_ms, "epoch": "E1"})
+    client.close()
+
+
+def online_mismatches(redis_url: str, view, records: list[dict], start_ms: int, cut: int, project: str) -> list:
+    """Every entity's batch-served features read from Redis (the reference reader) at the cut-off, against the
+    oracle over the events the backfill read (from ``start_ms``): the differing ``(user, feature, got, want)``."""
+    import redis
+
+    from skewless.core import layout, oracle
+    from skewless.core.dsl import Aggregation
+    from skewless.core.routing import is_stream_served
+    from tests.integration.test_batch import offline_events
+    from tests.support import reference_reader
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    events = [e for e in offline_events(records, view) if start_ms <= e["event_time"] < cut]
+    batch_features = [f.name for f in view.features
+                      if isinstance(f, Aggregation) and not is_stream_served(layout.width_ms_of(f))]
+    assert batch_features
+    wrong = []
+    for user in sorted({e["user_id"] for e in events}):
+        plan = reference_reader.read_plan(project, view, (user,), as_of_ms=cut)
+        fetched = {plan.epoch_key: client.get(plan.epoch_key), plan.meta_key: client.hgetall(plan.meta_key),
+                   plan.entity_key: client.hgetall(plan.entity_key)}
+        got = reference_reader.evaluate_read(plan, fetched, now_ms=cut)
+        for feature in batch_features:
+            want = oracle.feature_value(view, feature, events, (user,), cut)
+            if got[feature] != (want, "present"):
+                wrong.append((user, feature, got[feature], want))
+    client.close()
+    return wrong
 
 
 def bad_offline_cases(good: dict, free: int) -> dict[str, tuple[dict, dict[str, str], str]]:
@@ -368,30 +426,38 @@ def test_bad_object_store_or_catalog_is_one_line_and_writes_nothing(offline_stac
     """Each broken profile, for the backfill, the archive's compaction and a training set: exit 2, one line on
     stderr naming the component and the fix, no secret, no JVM started, the object store's files unchanged."""
     import pandas as pd
-    import yaml
 
-    good = yaml.safe_load(offline_stack.profile.read_text())["profiles"]["cluster"]
-    data = offline_stack.state / "object-store" / "data"
-    stored_before = sorted(str(p) for p in data.rglob("*"))
-    secrets = secret_values(offline_stack.state)
     entities = tmp_path / "entities.parquet"
     pd.DataFrame({"user_id": ["u1"], "event_timestamp": [pd.Timestamp("2024-02-01")]}).to_parquet(entities)
-    commands = {
+    assert_bad_profiles_refused(offline_stack, tmp_path, {
         "backfill": ("backfill", "--view", "user_order_stats", "--start", "2024-01-01", "--end", "2024-01-02"),
         "archive compact": ("archive", "compact", "--source", "orders"),
         "training-set": ("training-set", "--features", "user_order_stats", "--entities", str(entities),
                          "--out", str(tmp_path / "out.parquet")),
-    }
-    for case, (override, extra_env, message) in bad_offline_cases(good, free_port()).items():
+    }, free_port())
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def assert_bad_profiles_refused(stack: OfflineStack, tmp_path: Path, commands: dict[str, tuple[str, ...]],
+                                free: int) -> None:
+    """Each command under each of :func:`bad_offline_cases`' profiles (``free``: a port nothing listens on): exit
+    2, one line on stderr naming the component and the fix (within the profile's timeouts: 90 s at most), no
+    secret said, the object store's files unchanged."""
+    import yaml
+
+    good = yaml.safe_load(stack.profile.read_text())["profiles"]["cluster"]
+    data = stack.state / "object-store" / "data"
+    stored_before = sorted(str(p) for p in data.rglob("*"))
+    secrets = secret_values(stack.state)
+    for case, (override, extra_env, message) in bad_offline_cases(good, free).items():
         bad = tmp_path / f"bad-{case.replace(' ', '-')}.yaml"
         bad.write_text(yaml.safe_dump({"default_profile": "cluster", "profiles": {"cluster": {**good, **override}}}))
         for command, argv in commands.items():
-            res = cli(offline_stack.env | {"SKEWLESS_CONFIG": str(bad)} | extra_env, *argv, timeout=90)
+            res = cli(stack.env | {"SKEWLESS_CONFIG": str(bad)} | extra_env, *argv, timeout=90)
             lines = res.stderr.strip().splitlines()
             assert res.returncode == 2 and len(lines) == 1, (case, command, res.stdout[-2000:], res.stderr[-3000:])
             assert message in lines[0] and "fix" in lines[0], (case, command, lines[0])
             assert not any(s in res.stderr + res.stdout for s in secrets), (case, command)
-    assert not (tmp_path / "out.parquet").exists()
     assert sorted(str(p) for p in data.rglob("*")) == stored_before  # nothing half-written on the object store
 
 

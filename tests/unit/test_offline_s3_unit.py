@@ -81,3 +81,41 @@ def test_entity_rows_from_a_local_file(tmp_path: Path) -> None:
 
     pq.write_table(pa.table({"user_id": ["u1"]}), tmp_path / "e.parquet")
     assert read_parquet(str(tmp_path / "e.parquet")).column("user_id").to_pylist() == ["u1"]
+
+
+def test_the_pyiceberg_catalog_replaces_stale_connections_and_names_a_lost_database() -> None:
+    """After the catalog database restarted, PyIceberg's pooled connection is stale: the pool tests it before use
+    (pool_pre_ping); a lost database (SQLAlchemy's, pg8000's or, in a Spark job, the JDBC driver's connection
+    errors) is told apart from other errors."""
+    import pg8000
+    import sqlalchemy.exc
+    from py4j.protocol import Py4JJavaError
+
+    from skewless.engines.object_store import catalog_outage, pyiceberg_properties
+
+    shared = SharedCatalog("postgresql://127.0.0.1:5432/db", "u", "p", "s3://b/wh",
+                           S3Target("http://127.0.0.1:9000", "us-east-1", "k", "s", True, 3.0), 3.0)
+    assert pyiceberg_properties(shared)["pool_pre_ping"] == "true"
+    lost = sqlalchemy.exc.InterfaceError("SELECT 1", {}, pg8000.InterfaceError("network error"))
+    assert "network error" in catalog_outage(lost)
+    assert catalog_outage(pg8000.InterfaceError("network error"))
+    shutting_down = {"S": "FATAL", "C": "57P03", "M": "the database system is shutting down"}
+    assert catalog_outage(sqlalchemy.exc.ProgrammingError("", {}, pg8000.ProgrammingError(shutting_down)))
+    unique = {"S": "ERROR", "C": "23505", "M": "duplicate key"}
+    assert catalog_outage(sqlalchemy.exc.IntegrityError("", {}, pg8000.IntegrityError(unique))) is None
+    assert catalog_outage(ValueError("a bug")) is None
+
+    class JavaError(Py4JJavaError):
+        def __init__(self, text: str) -> None:
+            Exception.__init__(self, text)
+            self.text = text
+
+        def __str__(self) -> str:
+            return self.text
+
+    JavaError.__name__ = "Py4JJavaError"
+    jdbc = JavaError("An error occurred while calling o75.sql.\n: org.apache.iceberg.jdbc.UncheckedSQLException: "
+                     "Failed to get table\nCaused by: org.postgresql.util.PSQLException: Connection to "
+                     "127.0.0.1:5432 refused.\n\tat org.postgresql.Driver.connect")
+    assert catalog_outage(jdbc) == "Caused by: org.postgresql.util.PSQLException: Connection to 127.0.0.1:5432 refused."
+    assert catalog_outage(JavaError("An error occurred while calling o75.sql.\n: java.lang.ArithmeticException")) is None

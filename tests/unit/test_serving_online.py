@@ -284,3 +284,52 @@ def test_window_sums_outside_int64_are_incomplete_and_the_read_goes_on(repo: Any
                 seen.add((name, status, want[name][1]))
     assert big_users and ("customer_ltv_365d", "incomplete", "incomplete") in seen
     assert ("avg_order_value_365d", "incomplete", "incomplete") in seen and ("customer_ltv_365d", "present", "present") in seen
+
+
+def test_a_read_after_the_shared_keys_changed_equals_a_fresh_stores(repo: Any, filled: Any) -> None:
+    """A store keeps what its last read took from the shared replies (epoch, progress, view metas) while they are
+    equal: every change of one of them is read as a new store reads it."""
+    data = dict(filled.data)
+    store = OnlineStore(repo, MemRedis(data), P)
+    now = max(e["event_time"] for e in filled.admitted) + MS_PER_MINUTE
+    entities = {"user_id": filled.users[:3] + ["nobody"]}
+
+    def read() -> Any:
+        got = store.get_online_features(entities, "churn_model", now_ms=now)
+        want = OnlineStore(repo, MemRedis(dict(data)), P).get_online_features(entities, "churn_model", now_ms=now)
+        assert (got.values, got.statuses, got.ages_ms, got.progress, got.batch_runs) == \
+            (want.values, want.statuses, want.ages_ms, want.progress, want.batch_runs)
+        return got
+
+    first, again = read(), read()
+    assert again.statuses == first.statuses and "present" in again.statuses["user_orders_last_1h"]
+    progress_key, meta_key = layout.progress_key(P, "orders"), layout.view_meta_key(P, repo.view("user_order_stats"))
+    older = {f: json.dumps({**json.loads(v), "max_event_ms": json.loads(v)["max_event_ms"] - MS_PER_HOUR})
+             for f, v in data[progress_key].items()}
+    data[progress_key] = older  # the source's newest event an hour older: stale, and older ages
+    assert set(read().statuses["user_orders_last_1h"]) == {"stale"}
+    data[progress_key] = filled.data[progress_key]
+    assert read().statuses == first.statuses
+    data[meta_key] = {**data[meta_key], "epoch": "e0"}  # the view's meta of another epoch
+    assert set(read().statuses["user_orders_last_1h"]) == {"incomplete"}
+    data[meta_key] = filled.data[meta_key]
+    del data[layout.epoch_key(P)]  # no epoch: everything incomplete
+    assert {s for sts in read().statuses.values() for s in sts} == {"incomplete"}
+    data[layout.epoch_key(P)] = filled.data[layout.epoch_key(P)]
+    assert read().statuses == first.statuses
+
+
+def test_a_responses_progress_is_its_own(repo: Any, filled: Any) -> None:
+    """The progress a response reports is copied from what the store keeps between reads (on first use): a caller
+    changing it changes neither the next response nor what the store serves."""
+    store = OnlineStore(repo, MemRedis(dict(filled.data)), P)
+    now = max(e["event_time"] for e in filled.admitted) + MS_PER_MINUTE
+    first = store.get_online_features({"user_id": filled.users[:2]}, "churn_model", now_ms=now)
+    want = json.loads(json.dumps(first.to_dict()))
+    for parts in first.progress.values():
+        for p in parts.values():
+            p["max_event_ms"] = 0
+        parts.clear()
+    again = store.get_online_features({"user_id": filled.users[:2]}, "churn_model", now_ms=now)
+    assert json.loads(json.dumps(again.to_dict())) == want and again.progress["orders"]
+    assert again.statuses == first.statuses and "stale" not in again.statuses["user_orders_last_1h"]

@@ -173,6 +173,34 @@ def test_snapshot_view_equals_the_oracle_at_every_edge(tmp_path: Any, monkeypatc
     assert arrow.column("profile__status").to_pylist() == got["profile__status"].tolist()
 
 
+@pytest.mark.parametrize("evolved", [False, True], ids=["parquet", "pyiceberg"])
+def test_a_null_created_at_in_the_snapshot_source_is_one_line_naming_the_rows(tmp_path: Any, evolved: bool) -> None:
+    """The created_at rule needs every row's created_at: a null one fails before any value is computed, with the
+    count (read from the files' statistics or the PyIceberg rows alike)."""
+    from pyiceberg.types import StringType
+
+    from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.training import TrainingDataError
+
+    catalog = load_catalog(catalog_db=tmp_path / "c.db", warehouse=tmp_path / "wh")
+    catalog.create_namespace("crm")
+    view = SnapshotView(name="profile", entity=Entity("user", {"user_id": "string"}), ttl=timedelta(days=1),
+                        source=TableSource(name="p", schema="customer_profile", table="crm.p", timestamp="event_time",
+                                           created_at="created_at"),
+                        fields=[Field("credit_score", "int64"), Field("segment", "string")])
+    schema = pa.schema([("user_id", pa.string()), ("credit_score", pa.int64()), ("segment", pa.string()),
+                        ("event_time", pa.timestamp("us", tz="UTC")), ("created_at", pa.timestamp("us", tz="UTC"))])
+    table = catalog.create_table("crm.p", schema=schema)
+    table.append(pa.table({"user_id": ["u1", "u2", "u3"], "credit_score": [1, 2, 3], "segment": ["a", "b", "c"],
+                           "event_time": [D0, D0, D0], "created_at": [D0, None, None]}, schema=schema))
+    if evolved:
+        with table.update_schema() as update:
+            update.add_column("note", StringType())
+    store = FeatureStore(Repository.of([view]), catalog=catalog)
+    with pytest.raises(TrainingDataError, match=r"crm\.p of 'profile' has 2 row\(s\) with a null created_at"):
+        store.get_historical_features(_df(), "profile", progress=False)
+
+
 def test_training_set_command_reports_bad_input(tmp_path: Any, capsys: Any) -> None:
     from skewless.cli import main
 
