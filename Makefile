@@ -40,8 +40,8 @@ materialize: setup ## load a batch run into Redis: make materialize VIEW=v DAY=Y
 demo: setup       ## the main job end to end on built-in sample data
 	@$(SKEWLESS) demo
 
-parity: setup     ## the consistency proof: make parity [SEED=n]
-	@$(SKEWLESS) parity $(if $(SEED),--seed $(SEED),)
+parity: setup     ## the consistency proof: make parity [SEED=n] [TOPOLOGY=cluster: on the running `make up TOPOLOGY=cluster`]
+	@$(SKEWLESS) parity $(if $(SEED),--seed $(SEED),) $(if $(TOPOLOGY),--topology $(TOPOLOGY),)
 
 test-faults: setup ## fault tests against the `make up` stack (outside `make test`)
 	@bash infra/run-tests.sh -m slow $(PYTEST_ARGS)

@@ -610,29 +610,40 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
     seconds, micros = client.time()
     fence = int(seconds) * 1000 + int(micros) // 1000  # later runs of the same cut-off win
     write = client.register_script(layout.SNAPSHOT_WRITE_LUA)
-    for _, node in masters(client):  # a cluster pipeline sends EVALSHA to each master: the script must be there
-        node.script_load(layout.SNAPSHOT_WRITE_LUA)
-    pipe = client.pipeline(transaction=False)
+    # one pipeline per master (redis-py's cluster pipeline refuses EVALSHA): each entity to its slot's master
+    nodes: dict[str, Any] = {}
+    pipes: dict[str, Any] = {}
     pending = 0
 
     def flush() -> None:
-        done = pipe.execute()
-        report.written += sum(1 for r in done if int(r) == 1)
-        report.skipped_newer += sum(1 for r in done if int(r) == 0)
+        for pipe in pipes.values():
+            done = pipe.execute()
+            report.written += sum(1 for r in done if int(r) == 1)
+            report.skipped_newer += sum(1 for r in done if int(r) == 0)
 
     for entity, ((ts, _), row) in latest.items():
         if layout.snapshot_expire_at_ms(view, ts) <= now:
             continue  # forgotten by the contract already
         created = _ms(row[src.created_at]) if src.created_at else None
         value = layout.encode_snapshot(view, ts, created, {f.name: row.get(f.name) for f in view.fields}, epoch)
-        keys, args = layout.snapshot_write_args(layout.entity_key(project, view, entity), view, cut, fence, ts, value)
-        write(keys=keys, args=args, client=pipe)
+        key = layout.entity_key(project, view, entity)
+        keys, args = layout.snapshot_write_args(key, view, cut, fence, ts, value)
+        ((name, node),) = node_clients(client, [key.encode()]).items()
+        if name not in pipes:
+            nodes[name], pipes[name] = node, node.pipeline(transaction=False)
+        write(keys=keys, args=args, client=pipes[name])
         pending += 1
         if pending >= batch_size:
             flush()
             pending = 0
     if pending:
         flush()
+    for name, node in nodes.items():  # as a feature view's run: every replica has the writes before it completes
+        wanted = replica_count(node)
+        if wanted and int(node.execute_command("WAIT", wanted, WAIT_MS)) < wanted:
+            raise BatchError(f"the replicas of Redis master {name or 'the online store'} did not acknowledge the "
+                             f"snapshot writes of {view.name} within {WAIT_MS} ms; check them (INFO replication) and "
+                             "materialize again")
     report.rows = len(latest)
     report.seconds = time.monotonic() - t0
     return report

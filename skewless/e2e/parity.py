@@ -81,6 +81,7 @@ class ParityConfig:
     # records/s produced while the stream runs (fault tests: the job writes while records still arrive);
     # None: every record is produced before the stream starts
     produce_rate: float | None = None
+    topology: str = "single"  # what the run is on (the report's rerun line)
 
 
 @dataclass
@@ -95,6 +96,8 @@ class RunContext:
     log: Log
     day: Any = None
     produced: int = 0  # records sent so far (grows during the stream with ``produce_rate``)
+    job_id: str | None = None  # the streaming job's id on the session cluster
+    sample: list[str] = field(default_factory=list)  # the entities compared (after the stream)
 
 
 class Faults:
@@ -113,6 +116,23 @@ class Faults:
 
     def before_compare(self, ctx: RunContext) -> None:
         """After backfill and materialization, before any value is compared."""
+
+
+class TopologyProbe:
+    """Checks that the run used the topology it claims (skewless/e2e/parity_cluster.py); the default checks
+    nothing (the single-node run)."""
+
+    def stream_done(self, ctx: RunContext) -> list[Check]:
+        """After the streaming job finished (``ctx.job_id``)."""
+        return []
+
+    def backfill(self, ctx: RunContext, run: Callable[[], Any]) -> tuple[Any, list[Check]]:
+        """Run the backfill (``run()``) and check where it ran."""
+        return run(), []
+
+    def run_done(self, ctx: RunContext, catalog: Any) -> list[Check]:
+        """After every comparison, before the run's keys are removed (``ctx.sample``: the compared entities)."""
+        return []
 
 
 @dataclass
@@ -137,6 +157,7 @@ class Check:
 @dataclass
 class ParityReport:
     seed: int
+    topology: str = "single"
     tally: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     mismatches: list[Mismatch] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
@@ -343,8 +364,10 @@ class Expected:
 # --- the run -----------------------------------------------------------------------------------------
 
 
-def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Faults | None = None) -> ParityReport:
-    """The whole proof against ``targets`` (with ``faults`` injected); returns the report (``report.ok``)."""
+def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Faults | None = None,
+               probe: TopologyProbe | None = None) -> ParityReport:
+    """The whole proof against ``targets`` (with ``faults`` injected, the topology checked by ``probe``); returns
+    the report (``report.ok``)."""
     import threading
 
     from skewless.core.admission import admit
@@ -356,13 +379,13 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     view: FeatureView = repo.view(FEATURE_VIEW)  # type: ignore[assignment]
     snap: SnapshotView = repo.view(SNAPSHOT_VIEW)  # type: ignore[assignment]
     source = view.source
-    report = ParityReport(cfg.seed)
+    report = ParityReport(cfg.seed, cfg.topology)
     phases = Phases(log)
     uid = uuid.uuid4().hex[:6]
     topic, project = f"parity-{cfg.seed}-{uid}", f"parity{cfg.seed}x{uid}"
     targets.workdir.mkdir(parents=True, exist_ok=True)
     log(f"parity seed {cfg.seed}: {cfg.events} records, {cfg.entities} entities over {cfg.days:g} days; topic {topic}, "
-        f"Redis prefix {project}, catalog {targets.catalog_db}")
+        f"Redis prefix {project}, catalog {targets.catalog_name}")
 
     now0 = int(time.time() * 1000)
     records, manifest = phases.run("generate", lambda: generate_stream(cfg, source, now0),
@@ -372,6 +395,7 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     create_topic(targets.bootstrap, topic, cfg.partitions)
     client = targets.redis()
     faults = faults or Faults()
+    probe = probe or TopologyProbe()
     ctx = RunContext(targets, repo, topic, project, len(records), log)
     stop_offsets = None
     if cfg.produce_rate is None:
@@ -386,9 +410,10 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
         producer.start()
     injector = threading.Thread(target=faults.during_stream, args=(ctx,), name="fault-during-stream", daemon=True)
     injector.start()
-    phases.run(f"stream (Flink {targets.flink}) -> Redis", lambda: run_stream_bounded(
+    ctx.job_id = phases.run(f"stream (Flink {targets.flink}) -> Redis", lambda: run_stream_bounded(
         targets, FEATURE_VIEW, topic, project, log, stop_offsets=stop_offsets))
     injector.join(600)
+    report.checks += probe.stream_done(ctx)
     if cfg.produce_rate is not None:
         producer.join(600)
         if "report" not in production:
@@ -415,9 +440,12 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     day = batch_day(catalog, source)
     first_day = day_of(min(e["event_time"] for e in offline))
     start = first_day - timedelta(days=366)
-    phases.run(f"backfill {start}..{day} (Spark, archive gate on)",
-               lambda: faults.backfill(ctx, lambda: backfill(targets, view, repo, start, day, lambda _: None)),
-               lambda r: f"{len(r.computed_days)} days, {r.tile_rows} tile rows, run {r.run_id}")
+    _, where = phases.run(
+        f"backfill {start}..{day} (Spark {targets.spark_master}, archive gate on)",
+        lambda: probe.backfill(ctx, lambda: faults.backfill(ctx, lambda: backfill(targets, view, repo, start, day,
+                                                                                 lambda _: None))),
+        lambda r: f"{len(r[0].computed_days)} days, {r[0].tile_rows} tile rows, run {r[0].run_id}")
+    report.checks += where
     phases.run(f"materialize day {day} -> Redis", lambda: materialize(targets, repo, day, project),
                lambda rs: ", ".join(f"{r.view} {r.rows} rows" for r in rs))
     ctx.day = day
@@ -429,6 +457,7 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
     heavy = sorted(users, key=lambda u: -len(expected.offline.get(u, [])))[: max(1, cfg.sample // 3)]
     rest = [u for u in users if u not in heavy]
     sample = heavy + rng.sample(rest, min(len(rest), cfg.sample - len(heavy))) + [UNKNOWN_USER]
+    ctx.sample = sample[:-1]
 
     phases.run("compare online", lambda: _compare_online(report, expected, client, project, repo, sample, end_ms, cutoff))
     # records archived after the backfill's raw snapshot (never streamed, not in the materialized run): training
@@ -448,6 +477,7 @@ def run_parity(cfg: ParityConfig, targets: Targets, log: Log = print, faults: Fa
                                ", ".join(f"{p} {report.no_value[p]}" for p in PATHS)))
     phases.run("dead-letter sinks", lambda: _check_dead_letters(report, targets, catalog, source, topic, records, manifest,
                                                                 delivery.positions, result, len(late_records)))
+    report.checks += probe.run_done(ctx, catalog)
     if report.mismatches:
         _shrink(report, expected, repo, targets, catalog)
     if not cfg.keep:
@@ -741,9 +771,12 @@ def format_report(report: ParityReport, view: FeatureView, snap: SnapshotView) -
                 lines.append(f"      {e}")
             if len(m.window_events) > 20:
                 lines.append(f"      ... {len(m.window_events) - 20} more events in the window")
-        lines.append(f"rerun: make parity SEED={report.seed}")
-    lines.append(f"\nPARITY {'OK: zero mismatches' if report.ok else 'FAILED'} (seed {report.seed})")
+        topology = "" if report.topology == "single" else f" TOPOLOGY={report.topology}"
+        lines.append(f"rerun: make parity{topology} SEED={report.seed}")
+    on = "" if report.topology == "single" else f", topology {report.topology}"
+    lines.append(f"\nPARITY {'OK: zero mismatches' if report.ok else 'FAILED'} (seed {report.seed}{on})")
     return "\n".join(lines)
 
 
-__all__ = ["Faults", "ParityConfig", "ParityReport", "RunContext", "Targets", "format_report", "run_parity"]
+__all__ = ["Check", "Faults", "ParityConfig", "ParityReport", "RunContext", "Targets", "TopologyProbe", "format_report",
+           "run_parity"]

@@ -20,21 +20,36 @@ Log = Callable[[str], None]
 
 @dataclass
 class Targets:
-    """Where the pipeline runs: Kafka, Redis, the Iceberg catalog (sqlite + warehouse), Flink and Spark.
+    """Where the pipeline runs: Kafka, Redis (one or a cluster), the Iceberg catalog, Flink and Spark.
 
-    ``flink``: ``"session"`` submits the job to the Flink session cluster at ``flink_rest_port`` (``flink run``),
-    ``"minicluster"`` runs it in this process. ``spark``: a SparkSession over the same catalog, or None to
-    start one here.
+    ``catalog_db``/``warehouse``: a private sqlite catalog and local warehouse; both None: the active profile's
+    catalog (the cluster topology's PostgreSQL catalog with its ``s3://`` warehouse). ``flink``: ``"session"``
+    submits the job to the Flink session cluster at ``flink_rest_port`` (``flink run``, at ``parallelism`` when
+    given), ``"minicluster"`` runs it in this process; its checkpoints go under ``checkpoint_uri`` (default:
+    ``workdir/checkpoints``). ``spark``: a SparkSession over the same catalog, or None to start one here on
+    ``spark_master`` with ``spark_conf``.
     """
 
     bootstrap: str
     redis_url: str
-    catalog_db: Path
-    warehouse: Path
+    catalog_db: Path | None
+    warehouse: Path | None
     flink: str = "session"
     flink_rest_port: int | None = None
     spark: Any = None
     workdir: Path = field(default_factory=lambda: config.paths().state / "parity")
+    parallelism: int | None = None
+    checkpoint_uri: str | None = None
+    spark_master: str = "local[2]"
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def catalog_name(self) -> str:
+        """How logs name the catalog: the sqlite file, or the profile's shared catalog and warehouse."""
+        if self.catalog_db is not None:
+            return str(self.catalog_db)
+        shared = config.shared_catalog()
+        return f"{shared.uri} ({shared.warehouse})" if shared is not None else str(config.paths().catalog_db)
 
     def catalog(self) -> Any:
         from skewless.engines.iceberg_catalog import load_catalog
@@ -42,18 +57,19 @@ class Targets:
         return load_catalog(catalog_db=self.catalog_db, warehouse=self.warehouse)
 
     def redis(self) -> Any:
-        """A client of ``redis_url`` connected as :func:`skewless.config.redis_target` says (password, TLS, timeouts)."""
-        import redis
+        """A client of ``redis_url`` (a Redis Cluster client for ``redis+cluster://``) connected as
+        :func:`skewless.config.redis_target` says (password, TLS, timeouts)."""
+        from skewless.engines.redis_client import open_redis
 
-        target = config.redis_target(self.redis_url)
-        return redis.Redis.from_url(target.url, **target.client_kwargs())
+        return open_redis(config.redis_target(self.redis_url))
 
     def spark_session(self) -> Any:
         if self.spark is None:
             from skewless.engines.spark_session import spark_session
 
-            self.spark = spark_session("skewless-e2e", warehouse=self.warehouse, catalog_db=self.catalog_db,
-                                       extra_conf={"spark.ui.showConsoleProgress": "false"})
+            self.spark = spark_session("skewless-e2e", master=self.spark_master, warehouse=self.warehouse,
+                                       catalog_db=self.catalog_db,
+                                       extra_conf={"spark.ui.showConsoleProgress": "false", **self.spark_conf})
             self.spark.sparkContext.setLogLevel("ERROR")
         return self.spark
 
@@ -161,10 +177,12 @@ def stream_progress(client: Any, project: str, source: str) -> dict[int, dict[st
 
 
 def run_stream_bounded(targets: Targets, view: str, topic: str, project: str, log: Log,
-                       stop_offsets: dict[int, int] | None = None) -> None:
+                       stop_offsets: dict[int, int] | None = None) -> str | None:
     """The compiled streaming job of ``view`` over ``topic`` from offset 0 to its current end (bounded), or to
-    ``stop_offsets`` per partition (records produced while the job runs)."""
-    ckpt = targets.workdir / "checkpoints" / project
+    ``stop_offsets`` per partition (records produced while the job runs); the session cluster's job id (None on
+    a MiniCluster)."""
+    ckpt: str | Path = (f"{targets.checkpoint_uri.rstrip('/')}/{project}" if targets.checkpoint_uri
+                        else targets.workdir / "checkpoints" / project)
     group = f"e2e-{project}"
     if targets.flink == "session":
         from skewless.stack.flink import FlinkSessionCluster
@@ -176,9 +194,10 @@ def run_stream_bounded(targets: Targets, view: str, topic: str, project: str, lo
                 "--name", f"skewless-e2e-{project}"]
         if stop_offsets is not None:
             args += ["--stop-offsets", ",".join(f"{p}:{o}" for p, o in sorted(stop_offsets.items()))]
+        if targets.parallelism is not None:
+            args += ["--parallelism", str(targets.parallelism)]
         cluster = FlinkSessionCluster(rest_port=targets.flink_rest_port)
-        cluster.submit_python_job(script, args, detached=False, timeout_s=1800)
-        return
+        return cluster.submit_python_job(script, args, detached=False, timeout_s=1800)
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
@@ -193,6 +212,7 @@ def run_stream_bounded(targets: Targets, view: str, topic: str, project: str, lo
         repo_path=str(config.PROJECT_ROOT / "feature_defs"), topic=topic, bounded=True, group=group,
         ns=f"sk_{project}", applied_from_ms=0, flush_ms=100, stop_offsets=stop_offsets))
     env.execute(f"skewless-e2e-{project}")
+    return None
 
 
 # --- archive ---------------------------------------------------------------------------------------------
@@ -268,8 +288,10 @@ def write_snapshot_rows(catalog: Any, table: str, rows: list[dict[str, Any]]) ->
 
 
 def delete_project_keys(client: Any, project: str) -> int:
-    """Remove every Redis key of ``project`` (the parity run's private prefix)."""
+    """Remove every Redis key of ``project`` (the parity run's private prefix), on every master of a cluster."""
+    from skewless.engines.redis_client import scan_masters
+
     n = 0
-    for key in client.scan_iter(match=f"{project}:*", count=1000):
+    for key in list(scan_masters(client, match=f"{project}:*")):
         n += client.delete(key)
     return n
