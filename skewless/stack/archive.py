@@ -14,6 +14,7 @@ from typing import Any
 
 from skewless import config
 from skewless.engines.kafka import metadata_ok
+from skewless.profile import CONFIG_FILE_ENV, PROFILE_ENV, Profile, read_profile_file
 from skewless.stack.base import Service, StackError, Started
 from skewless.stack.kafka import create_topics
 from skewless.stack.procs import spawn
@@ -36,15 +37,27 @@ def is_archive_service(name: str) -> bool:
 
 
 class ArchiveProcess(Service):
-    """``skewless archive run --source <source>`` detached, logging to ``<logs>/archive-<source>.log``."""
+    """``skewless archive run --source <source>`` detached, logging to ``<logs>/archive-<source>.log``.
+
+    ``profile``: ``(file, name)`` of the profile whose catalog the archive writes (the cluster topology's
+    PostgreSQL catalog and ``s3://`` warehouse); None: the stack's own sqlite catalog."""
 
     start_timeout_s = 60.0
 
-    def __init__(self, source: str, topic: str | None = None, kafka_port: int | None = None) -> None:
+    def __init__(self, source: str, topic: str | None = None, kafka_port: int | None = None,
+                 profile: tuple[Path, str] | None = None) -> None:
         self.source = source
         self.topic = topic
         self.name = f"{PREFIX}{source}"
         self.kafka_port = kafka_port or config.ports().kafka
+        self.profile = profile
+
+    def catalog_profile(self) -> Profile | None:
+        """The profile the archive's catalog comes from (None: the stack's sqlite catalog)."""
+        if self.profile is None:
+            return None
+        path, name = self.profile
+        return read_profile_file(path).profiles[name]
 
     @property
     def bootstrap(self) -> str:
@@ -57,8 +70,15 @@ class ArchiveProcess(Service):
         log_file = log_dir / f"{self.name}.log"
         argv = [sys.executable, "-m", "skewless.cli", "archive", "run", "--source", self.source,
                 "--bootstrap", self.bootstrap]
-        pid = spawn(argv, log_file, cwd=config.PROJECT_ROOT)
-        endpoints = {"source": self.source, "table": "catalog " + str(config.paths().catalog_db)}
+        env = None
+        if self.profile is None:
+            where = "catalog " + str(config.paths().catalog_db)
+        else:
+            env = {CONFIG_FILE_ENV: str(self.profile[0]), PROFILE_ENV: self.profile[1]}
+            catalog = self.catalog_profile().catalog
+            where = f"{catalog.type} catalog {catalog.uri or catalog.path}, warehouse {catalog.warehouse}"
+        pid = spawn(argv, log_file, env=env, cwd=config.PROJECT_ROOT)
+        endpoints = {"source": self.source, "table": where}
         if self.topic:
             endpoints["topic"] = self.topic
         return Started(self.name, (pid,), endpoints, log_file)
@@ -74,16 +94,16 @@ class ArchiveProcess(Service):
             source = next((s for s in kafka_fed_sources() if s.name == self.source), None)
             if source is None:
                 return False
-            return archive_progress(load_catalog(), source).state != "stopped"
+            return archive_progress(load_catalog(profile=self.catalog_profile()), source).state != "stopped"
         except StackError:
             return False
         except Exception:  # noqa: BLE001 - tables not created yet: the process is still starting up
             return True
 
 
-def archive_services(kafka_port: int | None = None) -> list[ArchiveProcess]:
-    """One archive process per Kafka-fed source of ``feature_defs/``."""
-    return [ArchiveProcess(s.name, s.topic, kafka_port) for s in kafka_fed_sources()]
+def archive_services(kafka_port: int | None = None, profile: tuple[Path, str] | None = None) -> list[ArchiveProcess]:
+    """One archive process per Kafka-fed source of ``feature_defs/`` (into ``profile``'s catalog, if given)."""
+    return [ArchiveProcess(s.name, s.topic, kafka_port, profile) for s in kafka_fed_sources()]
 
 
 def ensure_source_topics(bootstrap: str, partitions: int = DEFAULT_PARTITIONS) -> list[str]:

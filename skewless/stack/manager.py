@@ -30,8 +30,8 @@ from skewless.stack.archive import PREFIX as ARCHIVE_PREFIX
 from skewless.stack.archive import ArchiveProcess, archive_services, ensure_source_topics, is_archive_service
 from skewless.stack.base import Service, StackError, Started, port_in_use
 from skewless.stack.cluster import SERVICE_NAMES as CLUSTER_SERVICE_NAMES
-from skewless.stack.cluster import (KafkaCluster, NodeService, check_topology, cluster_profile_path, cluster_service,
-                                    cluster_services, write_cluster_profile)
+from skewless.stack.cluster import (CLUSTER_PROFILE, KafkaCluster, NodeService, check_topology, cluster_profile_path,
+                                    cluster_service, cluster_services, write_cluster_profile)
 from skewless.stack.kafka import KafkaBroker, kafka_jars
 from skewless.stack.procs import fmt_mib, log_tail, pid_alive, rss_bytes, same_process, start_time, stop_pids
 from skewless.stack.redis import RedisServer
@@ -56,6 +56,13 @@ def flink_available() -> bool:
     return importlib.util.find_spec(FLINK_MODULE) is not None
 
 
+def archive_profile() -> tuple[Path, str] | None:
+    """The profile the stack's archives write through: the cluster topology's (its PostgreSQL catalog and
+    ``s3://`` warehouse) while it runs, else None (the stack's sqlite catalog)."""
+    path = cluster_profile_path()
+    return (path, CLUSTER_PROFILE) if path.exists() else None
+
+
 def make_service(name: str, ports: dict[str, int] | None = None) -> Service:
     """The service called ``name``; Kafka/Redis take recorded ``ports`` (from stack.json) over the config."""
     ports = ports or {}
@@ -66,7 +73,7 @@ def make_service(name: str, ports: dict[str, int] | None = None) -> Service:
     if name == "redis":
         return RedisServer(port=ports.get("redis"))
     if is_archive_service(name):
-        return ArchiveProcess(name[len(ARCHIVE_PREFIX):], kafka_port=ports.get("kafka"))
+        return ArchiveProcess(name[len(ARCHIVE_PREFIX):], kafka_port=ports.get("kafka"), profile=archive_profile())
     if name == "flink":
         try:
             module = importlib.import_module(FLINK_MODULE)
@@ -294,6 +301,9 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout, topo
         _await_healthy(pairs, out)
         kafka = next((s for s in services if isinstance(s, KafkaBroker)), None)
         kafka = kafka or next((s.brokers[0] for s in services if isinstance(s, KafkaCluster)), None)
+        profile = None
+        if topology == "cluster":  # before the archives: they write through its shared catalog
+            profile = write_cluster_profile([s for s in services if isinstance(s, NodeService)])
         if with_archive and kafka is not None:  # on the cluster, archives bootstrap from its first broker
             _start_archives(kafka, pairs, paths.state, paths.logs, out, topology)
     except _ServiceFailed as failure:
@@ -306,15 +316,16 @@ def up(services: Sequence[Service] | None = None, out: TextIO = sys.stdout, topo
         print("stack: stopping what was started ...", file=out)
         _stop_started(pairs, out)
         record_path().unlink(missing_ok=True)
+        cluster_profile_path().unlink(missing_ok=True)
         return 1
     except BaseException:
         _stop_started(pairs, out)
         record_path().unlink(missing_ok=True)
+        cluster_profile_path().unlink(missing_ok=True)
         raise
     print(f"stack: up in {time.monotonic() - t0:.1f} s (logs in {paths.logs})", file=out)
     status(out=out)
-    if topology == "cluster":
-        profile = write_cluster_profile([s for s in services if isinstance(s, NodeService)])
+    if profile is not None:
         print(f"stack: the profile of this topology is {profile}; commands read it with SKEWLESS_CONFIG={profile} "
               "(docs/deploy.md)", file=out)
     return 0
@@ -325,7 +336,7 @@ def _start_archives(kafka: KafkaBroker, pairs: list[tuple[Service, Started]], st
     """After Kafka is healthy: create the Kafka-fed sources' topics, start one archive process per source,
     record each at once and wait until they are healthy (raises _ServiceFailed like any service)."""
     try:
-        archives = archive_services(kafka.port)
+        archives = archive_services(kafka.port, archive_profile() if topology == "cluster" else None)
         topics = ensure_source_topics(kafka.bootstrap)
     except Exception as exc:  # noqa: BLE001 - a broken repository or broker: report as the archive's failure
         raise _ServiceFailed(ArchiveProcess("all", kafka_port=kafka.port), None, f"could not prepare: {exc}") from exc

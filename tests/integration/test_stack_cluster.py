@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from skewless.engines.kafka import wait_for_partitions
+from skewless.stack.archive import kafka_fed_sources
 from skewless.stack.base import free_port, port_in_use
 from skewless.stack.cluster import free_cluster_ports_env
 from skewless.stack.procs import descendants, pid_alive
@@ -195,6 +196,19 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
                            env=plain, capture_output=True, text=True, timeout=60)
     nodes = ",".join(f"127.0.0.1:{redis_base + i}" for i in range(6))
     assert probe.stdout.splitlines() == [f"True {nodes}", bootstrap], probe.stderr
+
+    # the archives write through the profile's shared catalog (PostgreSQL, s3:// warehouse), not a local sqlite one
+    assert all(rows[name]["endpoints"]["table"].startswith("postgres catalog postgresql://") for name in archives), rows
+    listed = subprocess.run([sys.executable, "-c", "from skewless.engines.iceberg_catalog import load_catalog; "
+                             "c = load_catalog(); print('\\n'.join('.'.join(t) + ' ' + c.load_table(t).location() "
+                             "for ns in c.list_namespaces() for t in c.list_tables(ns)))"],
+                            env=plain, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    shared_tables = dict(line.split(" ", 1) for line in listed.stdout.splitlines())
+    raw_tables = {s.name: s.table for s in kafka_fed_sources()}
+    for name in archives:
+        table = raw_tables[name[len("archive-"):]]
+        assert shared_tables.get(table, "").startswith("s3://skewless-warehouse/"), (table, shared_tables)
 
     # the offline half, through the same profile: PyIceberg on the PostgreSQL catalog writes into s3:// on s3proxy,
     # Spark's standalone master runs the read-back on both workers through Iceberg's S3 FileIO
