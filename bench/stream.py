@@ -154,9 +154,9 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
     for statement in statements:
         t_env.execute_sql(statement)
         if statement.startswith("CREATE TEMPORARY VIEW `prof_ordered`"):
-            share_view(t_env, "prof_ordered", job.allowed_lateness_ms, job.source)
+            share_view(t_env, "prof_ordered", job, PARTITIONS)
     out = {}
-    for stage in ("raw", "parsed", "ordered", "changelog"):
+    for stage in ("raw", "parsed", "ordered", "contrib", "changelog"):  # contrib: the tile rows before the Java fold
         table = t_env.sql_query(query) if stage == "changelog" else t_env.from_path(f"`prof_{stage}`")
         table = table.select(*[col(n) for n in table.get_schema().get_field_names() if n != "pt"])
         t_env.create_temporary_table(f"bh_{stage}", TableDescriptor.for_connector("blackhole").schema(
@@ -171,8 +171,9 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
 # thread-name prefixes of the compiled job's operator chains -> what they do (JFR breakdown)
 _STAGES = (("Source Data Fetcher", "Kafka fetcher thread"), ("Source: ", "Kafka source + admission + parse (chain)"),
            ("OverAggregate", "late check (running-max OVER) + shared view"),
-           ("deduplicate-", "dedup (Java, keyed by partition) + tile expansion + local aggregates"),
-           ("GlobalGroupAggregate", "global aggregates (tiles, progress)"),
+           ("deduplicate-", "dedup (Java, keyed by partition) + watermarks + tile expansion + local progress aggregates"),
+           ("tiles-", "tile aggregation (Java, keyed by out, key, tile; released on event time)"),
+           ("GlobalGroupAggregate", "global aggregate (progress)"),
            ("ConstraintEnforcer", "sinks (Redis tiles/progress, dead letters)"),
            ("kafka-producer", "dead-letter producer thread"))
 

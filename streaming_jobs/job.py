@@ -9,12 +9,14 @@ from typing import Any
 
 from skewless.config import kafka_client_properties, kafka_timeout_properties
 from skewless.engines.kafka import admin_client, create_topics
-from streaming_jobs.flink_compiler import DEDUP_VIEW, SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
+from streaming_jobs.flink_compiler import (CONTRIB_VIEW, DEDUP_VIEW, SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob,
+                                            dead_letter_topic)
 from streaming_jobs.sink import SinkConfig, attach_sinks
 from streaming_jobs.udf import udf_jar
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
 DEDUP_CLASS = "dev.skewless.flink.DedupFunction"
+TILES_CLASS = "dev.skewless.flink.TileAggregateOperator"
 
 
 @dataclass(frozen=True)
@@ -63,21 +65,29 @@ def kafka_source_options(properties: dict[str, str]) -> str:
     return "".join(f", 'properties.{k}' = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in properties.items())
 
 
-def share_view(t_env: Any, name: str, dedup_lateness_ms: int | None = None, source: str = "") -> None:
+def java_class(name: str) -> Any:
+    """A class of the job's jar through the gateway."""
+    from pyflink.java_gateway import get_gateway
+
+    cls = get_gateway().jvm
+    for part in name.split("."):
+        cls = getattr(cls, part)
+    return cls
+
+
+def share_view(t_env: Any, name: str, dedup: FlinkSourceJob | None = None, partitions: int = 0) -> None:
     """Register ``<name>_shared``: the insert-only view as a DataStream and back (JVM only), so every
     query reading it shares one copy of its operators; it gets a fresh processing-time column ``pt``. With
-    ``dedup_lateness_ms`` the stream passes through the Java Deduplicate (``DedupFunction``, keyed by partition),
-    which appends the ``dup`` and ``dedup_entries`` columns."""
+    ``dedup`` the stream passes through the Java Deduplicate (``DedupFunction``, keyed by partition),
+    which appends the ``dup`` and ``dedup_entries`` columns and emits the tile state's watermarks (min over the
+    topic's ``partitions`` of M(p) - L)."""
     from pyflink.datastream import DataStream
-    from pyflink.java_gateway import get_gateway
     from pyflink.table import Schema
 
     stream = t_env.to_data_stream(t_env.from_path(f"`{name}`"))
-    if dedup_lateness_ms is not None:
-        dedup = get_gateway().jvm
-        for part in DEDUP_CLASS.split("."):
-            dedup = getattr(dedup, part)
-        stream = DataStream(dedup.apply(stream._j_data_stream, dedup_lateness_ms, source))
+    if dedup is not None:
+        stream = DataStream(java_class(DEDUP_CLASS).apply(stream._j_data_stream, dedup.allowed_lateness_ms, dedup.source,
+                                                          partitions, dedup.min_tile_ms))
     table = t_env.from_data_stream(stream, Schema.new_builder().column_by_expression("pt", "PROCTIME()").build())
     t_env.create_temporary_view(f"`{name}{SHARED_SUFFIX}`", table)
 
@@ -95,6 +105,7 @@ def add_udf_jar(env: Any, t_env: Any) -> None:
 
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
     """Register the job's SQL and attach its changelog to the sinks (``env.execute`` runs it)."""
+    from pyflink.datastream import DataStream
     from pyflink.table import DataTypes, Schema
     from pyflink.table.changelog_mode import ChangelogMode
 
@@ -118,7 +129,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         t_env.execute_sql(statement)
         for name in SHARED_VIEWS:
             if statement.startswith(f"CREATE TEMPORARY VIEW `{ns}_{name}`"):
-                share_view(t_env, f"{ns}_{name}", job.allowed_lateness_ms if name == DEDUP_VIEW else None, job.source)
+                share_view(t_env, f"{ns}_{name}", job if name == DEDUP_VIEW else None, partitions)
     table = t_env.sql_query(query)
     key_cols = [*KEY_COLUMNS, *(f"k{i}" for i in range(job.key_width)), "tile_start"]
     builder = Schema.new_builder()
@@ -133,6 +144,9 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         builder.column(f"c{i}", DataTypes.STRING())
     builder.primary_key(*key_cols)
     changelog = t_env.to_changelog_stream(table, builder.build(), ChangelogMode.upsert())
+    contrib = t_env.to_data_stream(t_env.from_path(f"`{ns}_{CONTRIB_VIEW}`"))
+    changelog = DataStream(java_class(TILES_CLASS).attach(changelog._j_data_stream, contrib._j_data_stream, job.tile_spec,
+                                                          options.flush_ms, job.source))
     config = SinkConfig(
         redis_url=options.redis_url, project=options.project, source=job.source, dead_letter_topic=dl_topic,
         bootstrap=options.bootstrap,

@@ -108,9 +108,12 @@ public final class DedupFunction extends KeyedProcessFunction<Integer, Row, Row>
 
     /**
      * The de-duplicated stream of {@code ordered} (columns {@code p}, {@code idk}, {@code ts}, {@code reason}
-     * among others), with {@code dup} and {@code dedup_entries} appended.
+     * among others), with {@code dup} and {@code dedup_entries} appended, and the watermarks of the tile state
+     * ({@link PartitionWatermarks}: min over the topic's {@code partitions} of (M(p) - L), moving in steps of
+     * {@code stepMs}).
      */
-    public static DataStream<Row> apply(DataStream<Row> ordered, long latenessMs, String source) {
+    public static DataStream<Row> apply(DataStream<Row> ordered, long latenessMs, String source, int partitions,
+                                        long stepMs) {
         DataType in = ((ExternalTypeInfo<Row>) ordered.getType()).getDataType();
         List<String> names = DataType.getFieldNames(in);
         List<DataType> types = DataType.getFieldDataTypes(in);
@@ -129,8 +132,12 @@ public final class DedupFunction extends KeyedProcessFunction<Integer, Row, Row>
             maxParallelism = parallelism > 0 ? KeyGroupRangeAssignment.computeDefaultMaxParallelism(parallelism)
                 : KeyGroupRangeAssignment.DEFAULT_LOWER_BOUND_MAX_PARALLELISM;
         }
-        return ordered.keyBy(new Partition(index(names, "p"), maxParallelism), Types.INT).process(f, ExternalTypeInfo.of(out))
-            .setMaxParallelism(maxParallelism).name("deduplicate-" + source).uid("deduplicate-" + source);
+        ExternalTypeInfo<Row> type = ExternalTypeInfo.of(out);
+        return ordered.keyBy(new Partition(index(names, "p"), maxParallelism), Types.INT).process(f, type)
+            .setMaxParallelism(maxParallelism).name("deduplicate-" + source).uid("deduplicate-" + source)
+            .transform("partition-watermarks-" + source, type, new PartitionWatermarks(partitions, latenessMs, stepMs,
+                maxParallelism, index(names, "p"), index(names, "ts"), index(names, "reason")))
+            .setMaxParallelism(maxParallelism).uid("partition-watermarks-" + source);
     }
 
     private static int index(List<String> names, String name) {

@@ -1,0 +1,243 @@
+package dev.skewless.flink;
+
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import org.apache.flink.api.common.state.ListState;
+import org.apache.flink.api.common.state.ListStateDescriptor;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.api.common.typeinfo.BasicArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.api.java.functions.KeySelector;
+import org.apache.flink.runtime.state.StateInitializationContext;
+import org.apache.flink.runtime.state.StateSnapshotContext;
+import org.apache.flink.runtime.state.VoidNamespace;
+import org.apache.flink.runtime.state.VoidNamespaceSerializer;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.InternalTimer;
+import org.apache.flink.streaming.api.operators.InternalTimerService;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.api.operators.Triggerable;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.table.runtime.typeutils.ExternalTypeInfo;
+import org.apache.flink.table.types.DataType;
+import org.apache.flink.types.Row;
+import org.apache.flink.types.RowKind;
+
+/**
+ * The tile aggregation of a source job as a keyed operator (key: output, entity key, tile start), replacing the
+ * SQL {@code GROUP BY key, tile_start} whose state Flink keeps forever (its state TTL counts processing time).
+ * Input: the expanded admitted rows ({@code out_id, k0.., tile_start, a0..}: one argument per value column, see
+ * {@link TileState}); output: the changelog's tile rows ({@code 'T', view, tile_ms, k.., tile_start, version, c..}).
+ *
+ * <p>State: one {@link TileState} accumulator per key and one event-time timer at {@link TileState#releaseAt};
+ * the event time is the watermark {@link PartitionWatermarks} derives, min over the source's partitions of
+ * (M(p) - L), so a quiet partition holds every release back. When the timer fires no admissible event can reach
+ * the tile any more: the accumulator is dropped and the tile's version can never restart.
+ *
+ * <p>Updated tiles are emitted in bundles (one row per tile per bundle, like the SQL mini-batch), at most
+ * {@code flushMs} of processing time or {@link #BUNDLE_KEYS} tiles after their update, before every
+ * checkpoint barrier, before each watermark (so before any release) and at the end of the input.
+ * Gauge {@code skewless_tile_entries}: the subtask's live accumulators (kept in operator state).
+ */
+public final class TileAggregateOperator extends AbstractStreamOperator<Row>
+        implements OneInputStreamOperator<Row, Row>, Triggerable<String, VoidNamespace> {
+    private static final long serialVersionUID = 1L;
+    static final int BUNDLE_KEYS = 20_000;
+    public static final String ENTRIES_GAUGE = "skewless_tile_entries";
+
+    private final String spec;
+    private final long flushMs;
+    private final int arity;
+    private transient TileState tiles;
+    private transient ValueState<String[]> accumulators;
+    private transient InternalTimerService<VoidNamespace> timers;
+    private transient Map<String, Pending> bundle;
+    private transient boolean flushArmed;
+    private transient long live;
+    private transient ListState<Long> liveState;
+
+    /** A tile updated since the last emission. */
+    private static final class Pending {
+        final int out;
+        final String[] keys;
+        final long tileStart;
+        String[] acc;
+
+        Pending(int out, String[] keys, long tileStart) {
+            this.out = out;
+            this.keys = keys;
+            this.tileStart = tileStart;
+        }
+    }
+
+    TileAggregateOperator(String spec, long flushMs, int arity) {
+        this.spec = spec;
+        this.flushMs = Math.max(1L, flushMs);
+        this.arity = arity;
+    }
+
+    /** The key of an expanded row: out_id, k0.., tile_start joined by NUL. */
+    static final class TileKey implements KeySelector<Row, String> {
+        private static final long serialVersionUID = 1L;
+        private final int keyWidth;
+
+        TileKey(int keyWidth) {
+            this.keyWidth = keyWidth;
+        }
+
+        @Override
+        public String getKey(Row row) {
+            StringBuilder b = new StringBuilder().append((Integer) row.getField(0));
+            for (int i = 1; i <= keyWidth + 1; i++) {
+                b.append('\u0000').append(row.getField(i));
+            }
+            return b.toString();
+        }
+    }
+
+    /**
+     * The changelog with the tile rows of {@code contrib} added ({@code contrib}: the compiler's
+     * {@code <ns>_contrib} view as a DataStream; {@code spec}: {@link TileState}'s).
+     */
+    public static DataStream<Row> attach(DataStream<Row> changelog, DataStream<Row> contrib, String spec, long flushMs,
+                                         String source) {
+        TileState tiles = new TileState(spec);
+        List<String> names = DataType.getFieldNames(((ExternalTypeInfo<Row>) contrib.getType()).getDataType());
+        int expected = tiles.keyWidth + 2 + tiles.valueWidth;
+        if (names.size() != expected || !"out_id".equals(names.get(0)) || !"tile_start".equals(names.get(tiles.keyWidth + 1))) {
+            throw new IllegalArgumentException("the contributions view has columns " + names + "; expected out_id, "
+                + tiles.keyWidth + " keys, tile_start and " + tiles.valueWidth + " arguments");
+        }
+        @SuppressWarnings("unchecked")
+        TypeInformation<Row> type = (TypeInformation<Row>) changelog.getType();
+        int arity = 3 + tiles.keyWidth + 2 + tiles.valueWidth;
+        DataStream<Row> tileRows = contrib.keyBy(new TileKey(tiles.keyWidth), Types.STRING)
+            .transform("tiles-" + source, type, new TileAggregateOperator(spec, flushMs, arity))
+            .uid("tiles-" + source);
+        return changelog.union(tileRows);
+    }
+
+    @Override
+    public void initializeState(StateInitializationContext context) throws Exception {
+        super.initializeState(context);
+        liveState = context.getOperatorStateStore().getListState(new ListStateDescriptor<>("tile-entries", Types.LONG));
+        live = 0;
+        for (Long n : liveState.get()) {
+            live += n;
+        }
+    }
+
+    @Override
+    public void snapshotState(StateSnapshotContext context) throws Exception {
+        super.snapshotState(context);
+        liveState.update(List.of(live));
+    }
+
+    @Override
+    public void open() throws Exception {
+        super.open();
+        tiles = new TileState(spec);
+        accumulators = getPartitionedState(new ValueStateDescriptor<>("tile-accumulator",
+            BasicArrayTypeInfo.STRING_ARRAY_TYPE_INFO));
+        timers = getInternalTimerService("tile-release", VoidNamespaceSerializer.INSTANCE, this);
+        bundle = new LinkedHashMap<>();
+        getMetricGroup().gauge(ENTRIES_GAUGE, () -> live);
+    }
+
+    @Override
+    public void processElement(StreamRecord<Row> record) throws Exception {
+        Row row = record.getValue();
+        int out = (Integer) row.getField(0);
+        int kw = tiles.keyWidth;
+        long tileStart = (Long) row.getField(kw + 1);
+        String[] acc = accumulators.value();
+        if (acc == null) {
+            acc = tiles.create(out);
+            timers.registerEventTimeTimer(VoidNamespace.INSTANCE, tiles.releaseAt(out, tileStart));
+            live++;
+        }
+        int base = kw + 2;
+        tiles.add(out, acc, i -> (String) row.getField(base + i));
+        accumulators.update(acc);
+        String key = (String) getCurrentKey();
+        Pending p = bundle.get(key);
+        if (p == null) {
+            String[] keys = new String[kw];
+            for (int i = 0; i < kw; i++) {
+                keys[i] = (String) row.getField(1 + i);
+            }
+            p = new Pending(out, keys, tileStart);
+            bundle.put(key, p);
+        }
+        p.acc = acc;
+        if (bundle.size() >= BUNDLE_KEYS) {
+            emitBundle();
+        } else if (!flushArmed) {
+            flushArmed = true;
+            long now = getProcessingTimeService().getCurrentProcessingTime();
+            getProcessingTimeService().registerTimer(now + flushMs, t -> {
+                flushArmed = false;
+                emitBundle();
+            });
+        }
+    }
+
+    private void emitBundle() {
+        if (bundle.isEmpty()) {
+            return;
+        }
+        int kw = tiles.keyWidth;
+        StreamRecord<Row> record = new StreamRecord<>(null);
+        for (Pending p : bundle.values()) {
+            TileState.Output o = tiles.outputs[p.out];
+            Row r = Row.withPositions(RowKind.INSERT, arity);
+            r.setField(0, "T");
+            r.setField(1, o.view);
+            r.setField(2, o.tileMs);
+            for (int i = 0; i < kw; i++) {
+                r.setField(3 + i, p.keys[i]);
+            }
+            r.setField(3 + kw, p.tileStart);
+            r.setField(4 + kw, TileState.version(p.acc));
+            String[] c = tiles.values(p.out, p.acc);
+            for (int i = 0; i < c.length; i++) {
+                r.setField(5 + kw + i, c[i]);
+            }
+            output.collect(record.replace(r));
+        }
+        bundle.clear();
+    }
+
+    @Override
+    public void processWatermark(Watermark mark) throws Exception {
+        emitBundle();  // every update leaves before its tile may be released
+        super.processWatermark(mark);
+    }
+
+    @Override
+    public void onEventTime(InternalTimer<String, VoidNamespace> timer) throws Exception {
+        accumulators.clear();
+        live--;
+    }
+
+    @Override
+    public void onProcessingTime(InternalTimer<String, VoidNamespace> timer) {
+    }
+
+    @Override
+    public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
+        super.prepareSnapshotPreBarrier(checkpointId);
+        emitBundle();
+    }
+
+    @Override
+    public void finish() throws Exception {
+        emitBundle();
+        super.finish();
+    }
+}

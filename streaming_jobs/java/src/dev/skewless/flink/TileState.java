@@ -1,0 +1,230 @@
+package dev.skewless.flink;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.math.BigDecimal;
+import java.nio.charset.StandardCharsets;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The tile aggregates of a source job (docs/streaming.md, "Tile state"): per (output, entity key, tile start) an
+ * accumulator whose changelog values are exactly what the Flink SQL aggregates {@code CAST(COUNT(*) FILTER ..
+ * AS STRING)}, {@code CAST(SUM(..) AS STRING)}, ... of skewless.core.sql's Flink laws gave. The SQL side
+ * computes per expanded row one argument per value column (its contribution as text, null when the filter
+ * fails or the field is null); this class folds them.
+ *
+ * <p>An accumulator is a {@code String[]}: slot 0 the tile version (rows applied), then one slot per column
+ * (two for AVG: sum, count). Its state is released once {@link #releaseAt} (tile end + the longest retention
+ * reading the tile) is at or below the low watermark min over partitions of (M(p) - L): no admissible event can
+ * reach the tile again, so its version never restarts.
+ */
+public final class TileState {
+    /** How one value column folds its arguments. */
+    public enum Kind {
+        COUNT, SUM_INT, SUM_DEC, AVG_INT, AVG_DEC, MIN_LONG, MIN_DOUBLE, MAX_LONG, MAX_DOUBLE, LAST;
+
+        int slots() {
+            return this == AVG_INT || this == AVG_DEC ? 2 : 1;
+        }
+    }
+
+    /** One tile hash of one view (streaming_jobs.flink_compiler.TileOutput). */
+    public static final class Output {
+        public final String view;
+        public final long tileMs;
+        public final long retentionMs;
+        final Kind[] kinds;
+        final int[] slot;  // column -> its first slot in the accumulator
+        final int size;
+
+        Output(String view, long tileMs, long retentionMs, Kind[] kinds) {
+            this.view = view;
+            this.tileMs = tileMs;
+            this.retentionMs = retentionMs;
+            this.kinds = kinds;
+            this.slot = new int[kinds.length];
+            int s = 1;
+            for (int i = 0; i < kinds.length; i++) {
+                slot[i] = s;
+                s += kinds[i].slots();
+            }
+            this.size = s;
+        }
+    }
+
+    public final Output[] outputs;
+    public final int keyWidth;
+    public final int valueWidth;
+
+    /**
+     * {@code spec}: JSON {@code {"key_width": w, "value_width": v, "outputs": [{"view", "tile_ms", "retention_ms",
+     * "kinds": ["COUNT", ...]}]}} (streaming_jobs.flink_compiler.FlinkSourceJob.tile_spec).
+     */
+    @SuppressWarnings("unchecked")
+    public TileState(String spec) {
+        Map<String, Object> m;
+        try {
+            m = (Map<String, Object>) Json.parse(spec);
+        } catch (Json.Malformed e) {
+            throw new IllegalArgumentException("bad tile spec: " + e.getMessage(), e);
+        }
+        keyWidth = ((Long) m.get("key_width")).intValue();
+        valueWidth = ((Long) m.get("value_width")).intValue();
+        List<Object> outs = (List<Object>) m.get("outputs");
+        outputs = new Output[outs.size()];
+        for (int j = 0; j < outputs.length; j++) {
+            Map<String, Object> o = (Map<String, Object>) outs.get(j);
+            List<Object> names = (List<Object>) o.get("kinds");
+            Kind[] kinds = new Kind[names.size()];
+            for (int i = 0; i < kinds.length; i++) {
+                kinds[i] = Kind.valueOf((String) names.get(i));
+            }
+            outputs[j] = new Output((String) o.get("view"), (Long) o.get("tile_ms"), (Long) o.get("retention_ms"), kinds);
+        }
+    }
+
+    /** Event time at which the state of output {@code out}'s tile starting at {@code tileStart} may be released. */
+    public long releaseAt(int out, long tileStart) {
+        Output o = outputs[out];
+        long end = tileStart + o.tileMs;
+        long at = end + o.retentionMs;
+        return at < end ? Long.MAX_VALUE : at;  // saturate
+    }
+
+    /** A new accumulator of output {@code out} (no row applied). */
+    public String[] create(int out) {
+        Output o = outputs[out];
+        String[] acc = new String[o.size];
+        acc[0] = "0";
+        for (int i = 0; i < o.kinds.length; i++) {
+            Kind k = o.kinds[i];
+            if (k == Kind.COUNT) {
+                acc[o.slot[i]] = "0";
+            } else if (k == Kind.AVG_INT || k == Kind.AVG_DEC) {
+                acc[o.slot[i] + 1] = "0";
+            }
+        }
+        return acc;
+    }
+
+    /** Apply one expanded row: {@code args.get(i)} is value column i's argument (null: the row does not count). */
+    public void add(int out, String[] acc, Args args) {
+        Output o = outputs[out];
+        acc[0] = Long.toString(Long.parseLong(acc[0]) + 1);
+        for (int i = 0; i < o.kinds.length; i++) {
+            String a = args.get(i);
+            if (a == null) {
+                continue;
+            }
+            int s = o.slot[i];
+            String cur = acc[s];
+            switch (o.kinds[i]) {
+                case COUNT:
+                    acc[s] = Long.toString(Long.parseLong(cur) + 1);
+                    break;
+                case SUM_INT:
+                case SUM_DEC:
+                    acc[s] = sum(cur, a);
+                    break;
+                case AVG_INT:
+                case AVG_DEC:
+                    acc[s] = sum(cur, a);
+                    acc[s + 1] = Long.toString(Long.parseLong(acc[s + 1]) + 1);
+                    break;
+                case MIN_LONG:
+                    acc[s] = cur == null || Long.parseLong(a) < Long.parseLong(cur) ? a : cur;
+                    break;
+                case MAX_LONG:
+                    acc[s] = cur == null || Long.parseLong(a) > Long.parseLong(cur) ? a : cur;
+                    break;
+                case MIN_DOUBLE:
+                    acc[s] = cur == null || Double.parseDouble(a) < Double.parseDouble(cur) ? a : cur;
+                    break;
+                case MAX_DOUBLE:
+                    acc[s] = cur == null || Double.parseDouble(a) > Double.parseDouble(cur) ? a : cur;
+                    break;
+                case LAST:  // the (ts, partition, offset) prefix is fixed-width ASCII: text order = event order
+                    acc[s] = cur == null || a.compareTo(cur) > 0 ? a : cur;
+                    break;
+                default:
+                    throw new IllegalStateException("unknown kind " + o.kinds[i]);
+            }
+        }
+    }
+
+    /** Exact sum of two integer or decimal texts of one scale (Flink's DECIMAL(38, s) SUM, as text). */
+    static String sum(String cur, String a) {
+        if (cur == null) {
+            return a;
+        }
+        if (cur.indexOf('.') < 0 && a.indexOf('.') < 0 && cur.length() < 19 && a.length() < 19) {
+            return Long.toString(Long.parseLong(cur) + Long.parseLong(a));  // both below 10^18: no overflow
+        }
+        return new BigDecimal(cur).add(new BigDecimal(a)).toPlainString();
+    }
+
+    /** The version of an accumulator (rows applied to the tile). */
+    public static long version(String[] acc) {
+        return Long.parseLong(acc[0]);
+    }
+
+    /** The changelog's value columns c0..c{value_width - 1} of an accumulator. */
+    public String[] values(int out, String[] acc) {
+        Output o = outputs[out];
+        String[] c = new String[valueWidth];
+        for (int i = 0; i < o.kinds.length; i++) {
+            int s = o.slot[i];
+            Kind k = o.kinds[i];
+            c[i] = k == Kind.AVG_INT || k == Kind.AVG_DEC ? (acc[s] == null ? "0" : acc[s]) + "," + acc[s + 1] : acc[s];
+        }
+        return c;
+    }
+
+    /** Value column arguments of one row. */
+    public interface Args {
+        String get(int column);
+    }
+
+    /**
+     * Tests: args {@code <spec>}; stdin one JSON array {@code [out, key, tile_start, arg0, arg1, ...]} per expanded
+     * admitted row, or {@code ["release", low watermark]}; stdout per tile row {@code [out, key, tile_start,
+     * version, c0, ...]} in first-seen order, then the number of live accumulators.
+     */
+    public static void main(String[] argv) throws Exception {
+        TileState tiles = new TileState(argv[0]);
+        Map<String, Object[]> live = new LinkedHashMap<>();
+        StringBuilder out = new StringBuilder();
+        BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+        for (String line; (line = in.readLine()) != null; ) {
+            List<?> row = (List<?>) Json.parse(line);
+            if ("release".equals(row.get(0))) {
+                long low = (Long) row.get(1);
+                live.values().removeIf(v -> tiles.releaseAt((Integer) v[0], (Long) v[2]) <= low);
+                continue;
+            }
+            int o = ((Long) row.get(0)).intValue();
+            String key = (String) row.get(1);
+            long start = (Long) row.get(2);
+            String id = o + "\u0000" + key + "\u0000" + start;
+            Object[] v = live.computeIfAbsent(id, k -> new Object[] {o, key, start, tiles.create(o)});
+            tiles.add(o, (String[]) v[3], i -> row.get(3 + i) == Json.NULL ? null : String.valueOf(row.get(3 + i)));
+        }
+        for (Object[] v : live.values()) {
+            String[] acc = (String[]) v[3];
+            StringBuilder line = PyJson.string(new StringBuilder("[").append(v[0]).append(','), (String) v[1])
+                .append(',').append(v[2]).append(',').append(version(acc));
+            for (String c : tiles.values((Integer) v[0], acc)) {
+                if (c == null) {
+                    line.append(",null");
+                } else {
+                    PyJson.string(line.append(','), c);
+                }
+            }
+            out.append(line).append("]\n");
+        }
+        out.append(live.size()).append('\n');
+        System.out.print(out);
+    }
+}
