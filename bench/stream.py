@@ -57,7 +57,8 @@ JFR = os.environ.get("SKEWLESS_BENCH_JFR", "0") == "1"
 os.environ.setdefault("JVM_ARGS", "-Xmx1536m -XX:+UseParallelGC")
 
 
-def _services(root: Path) -> tuple[str, str, list]:
+def local_services(root: Path) -> tuple[str, str, list]:
+    """Kafka and Redis as local processes on free ports: (bootstrap, Redis URL, their stop functions)."""
     from skewless.stack.base import free_port
     from skewless.stack.kafka import KafkaBroker
     from skewless.stack.procs import wait_until
@@ -110,10 +111,11 @@ def floor_consumer(bootstrap: str, topic: str, url: str, count: int) -> float:
     return seen / took
 
 
-def _progress(r: Any) -> dict[int, dict]:
+def stream_progress(r: Any, project: str = PROJECT) -> dict[int, dict]:
+    """The job's progress hash of the orders source, per partition."""
     from skewless.core import layout
 
-    fields = ((k.decode(), v) for k, v in r.hgetall(layout.progress_key(PROJECT, "orders")).items())
+    fields = ((k.decode(), v) for k, v in r.hgetall(layout.progress_key(project, "orders")).items())
     # only the partition fields p:<partition> (the hash may hold other fields, e.g. a duplicate counter)
     return {int(k[2:]): json.loads(v) for k, v in fields if k.startswith("p:")}
 
@@ -218,7 +220,7 @@ def _throughput(r: Any, events: int) -> float:
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        done = sum(p.get("records", 0) for p in _progress(r).values())
+        done = sum(p.get("records", 0) for p in stream_progress(r).values())
         if done:
             samples.append((time.monotonic(), done))
         if done >= events:
@@ -244,7 +246,7 @@ def _freshness(bootstrap: str, topic: str, r: Any) -> list[float]:
         while not stop.is_set() or pending:
             for key in list(sent):
                 pending[key] = sent.pop(key)
-            prog = _progress(r)
+            prog = stream_progress(r)
             if prog and not live:
                 live.append(min(p["written_ms"] for p in prog.values()) / 1000.0 + LIVE_GRACE_S)
             for (p, o), t in list(pending.items()):
@@ -290,7 +292,7 @@ def run() -> dict[str, Any]:
     from skewless.stack.kafka import create_topics
 
     root = Path(tempfile.mkdtemp(prefix="skewless-bench-stream-"))
-    bootstrap, url, stops = _services(root)
+    bootstrap, url, stops = local_services(root)
     client = None
     try:
         now = int(time.time() * 1000)

@@ -235,7 +235,7 @@ def _latest_checkpoint(root: Path, settled: bool = False) -> Path | None:
     return done[-1] if done else None
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, client: Any = None,
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, client: Any = None,
           describe: Callable[[], str] | None = None) -> None:
     """Poll ``predicate``; fail early if the Flink job (``client``) has ended, and say where things stood."""
     deadline = time.monotonic() + timeout_s
@@ -303,9 +303,9 @@ def test_recovery_from_checkpoint_keeps_values_exact(
     produce_records(kafka_bootstrap, topic, phases[0])
     client = start(None)
     restore_from: Path | None = None
-    _wait(lambda: consumed() >= len(phases[0]), 180, "phase 1 in Redis", client, where)
+    wait_for(lambda: consumed() >= len(phases[0]), 180, "phase 1 in Redis", client, where)
     first = _latest_checkpoint(ckpt, settled=True)
-    _wait(lambda: _latest_checkpoint(ckpt, settled=True) not in (None, first), 60, "a checkpoint after phase 1", client)
+    wait_for(lambda: _latest_checkpoint(ckpt, settled=True) not in (None, first), 60, "a checkpoint after phase 1", client)
     produce_records(kafka_bootstrap, topic, phases[1])
     time.sleep(0.5)  # some of phase 2 is applied after the checkpoint: replayed after the restore
     client.cancel().result()
@@ -314,7 +314,7 @@ def test_recovery_from_checkpoint_keeps_values_exact(
     produce_records(kafka_bootstrap, topic, phases[2])
     client = start(restore_from)
     try:
-        _wait(lambda: consumed() >= len(records), 240, "every record after the restore", client, where)
+        wait_for(lambda: consumed() >= len(records), 240, "every record after the restore", client, where)
         time.sleep(1.5)  # the last flush timer
     finally:
         client.cancel().result()

@@ -3,6 +3,7 @@ package dev.skewless.flink;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicLong;
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
@@ -49,6 +50,10 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     private static final long serialVersionUID = 1L;
     static final int BUNDLE_KEYS = 20_000;
     public static final String ENTRIES_GAUGE = "skewless_tile_entries";
+    // "<prefix><job id>/<subtask>" -> live accumulators (an AtomicLong), for jobs on a MiniCluster in this JVM (tests,
+    // bench/stream_soak.py). In the system properties: the job's classes come from its own class loader, the
+    // caller's (the Python gateway's) from another, so a static field of this class would not be shared.
+    private static final String LIVE_PREFIX = "skewless.tile-entries/";
 
     private final String spec;
     private final long flushMs;
@@ -58,7 +63,7 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     private transient InternalTimerService<VoidNamespace> timers;
     private transient Map<String, Pending> bundle;
     private transient boolean flushArmed;
-    private transient long live;
+    private transient AtomicLong live;
     private transient ListState<Long> liveState;
 
     /** A tile updated since the last emission. */
@@ -122,20 +127,33 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
         return changelog.union(tileRows);
     }
 
+    /** The live tile accumulators of a job run in this JVM (its last value once the job ended; -1: unknown job). */
+    public static long liveEntries(String jobId) {
+        String prefix = LIVE_PREFIX + jobId + "/";
+        long sum = -1;
+        for (Map.Entry<Object, Object> e : System.getProperties().entrySet()) {
+            if (e.getKey() instanceof String && ((String) e.getKey()).startsWith(prefix) && e.getValue() instanceof AtomicLong) {
+                sum = Math.max(sum, 0) + ((AtomicLong) e.getValue()).get();
+            }
+        }
+        return sum;
+    }
+
     @Override
     public void initializeState(StateInitializationContext context) throws Exception {
         super.initializeState(context);
         liveState = context.getOperatorStateStore().getListState(new ListStateDescriptor<>("tile-entries", Types.LONG));
-        live = 0;
-        for (Long n : liveState.get()) {
-            live += n;
+        long n = 0;
+        for (Long part : liveState.get()) {
+            n += part;
         }
+        live = new AtomicLong(n);
     }
 
     @Override
     public void snapshotState(StateSnapshotContext context) throws Exception {
         super.snapshotState(context);
-        liveState.update(List.of(live));
+        liveState.update(List.of(live.get()));
     }
 
     @Override
@@ -146,7 +164,9 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
             BasicArrayTypeInfo.STRING_ARRAY_TYPE_INFO));
         timers = getInternalTimerService("tile-release", VoidNamespaceSerializer.INSTANCE, this);
         bundle = new LinkedHashMap<>();
-        getMetricGroup().gauge(ENTRIES_GAUGE, () -> live);
+        getMetricGroup().gauge(ENTRIES_GAUGE, live::get);
+        System.getProperties().put(LIVE_PREFIX + getRuntimeContext().getJobInfo().getJobId() + "/"
+            + getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(), live);
     }
 
     @Override
@@ -159,7 +179,7 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
         if (acc == null) {
             acc = tiles.create(out);
             timers.registerEventTimeTimer(VoidNamespace.INSTANCE, tiles.releaseAt(out, tileStart));
-            live++;
+            live.lazySet(live.get() + 1);
         }
         int base = kw + 2;
         tiles.add(out, acc, i -> (String) row.getField(base + i));
@@ -222,7 +242,7 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     @Override
     public void onEventTime(InternalTimer<String, VoidNamespace> timer) throws Exception {
         accumulators.clear();
-        live--;
+        live.lazySet(live.get() - 1);
     }
 
     @Override
