@@ -57,6 +57,18 @@ JFR = os.environ.get("SKEWLESS_BENCH_JFR", "0") == "1"
 os.environ.setdefault("JVM_ARGS", "-Xmx1536m -XX:+UseParallelGC")
 
 
+def tear_down(client: Any, stops: list, root: Path) -> None:
+    """Cancel the job (if any), stop the local services, remove the scratch directory."""
+    if client is not None:
+        try:
+            client.cancel().result()
+        except Exception:  # noqa: BLE001 - best effort: the services stop next anyway
+            pass
+    for stop_fn in reversed(stops):
+        stop_fn()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def local_services(root: Path) -> tuple[str, str, list]:
     """Kafka and Redis as local processes on free ports: (bootstrap, Redis URL, their stop functions)."""
     from skewless.stack.base import free_port
@@ -344,14 +356,7 @@ def run() -> dict[str, Any]:
         result["stream_freshness_p99_s"] = {"value": round(p99, 3), "unit": "s", "goal": "< 2"}
         return result
     finally:
-        if client is not None:
-            try:
-                client.cancel().result()
-            except Exception:  # noqa: BLE001 - best effort: the services stop next anyway
-                pass
-        for stop_fn in reversed(stops):
-            stop_fn()
-        shutil.rmtree(root, ignore_errors=True)
+        tear_down(client, stops, root)
 
 
 if __name__ == "__main__":

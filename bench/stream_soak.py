@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.stream import local_services, stream_progress
+from bench.stream import local_services, stream_progress, tear_down
 
 EVENTS = int(os.environ.get("SKEWLESS_SOAK_EVENTS", "3000000"))
 USERS = int(os.environ.get("SKEWLESS_SOAK_USERS", "20000"))
@@ -196,14 +195,7 @@ def run() -> dict[str, Any]:
                                                    "note": f"{users} sampled users, {FEATURE} read at the end"}
         return result
     finally:
-        if client is not None:
-            try:
-                client.cancel().result()
-            except Exception:  # noqa: BLE001 - best effort: the services stop next anyway
-                pass
-        for stop_fn in reversed(stops):
-            stop_fn()
-        shutil.rmtree(root, ignore_errors=True)
+        tear_down(client, stops, root)
 
 
 if __name__ == "__main__":
