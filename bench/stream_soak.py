@@ -70,7 +70,7 @@ def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path) -> Any:
     return env.execute_async(f"bench-soak-{topic}")
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, client: Any) -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, client: Any) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         status = str(client.get_job_status().result())
@@ -90,11 +90,10 @@ def _bytes(path: Path) -> int:
 
 
 def _phase_rate(samples: list[tuple[float, int]], lo: int, hi: int) -> float:
-    """events/s between the first samples at 10% and at 90% of [lo, hi] applied records."""
-    a, b = lo + (hi - lo) // 10, lo + (hi - lo) * 9 // 10
-    t_a = next(t for t, n in samples if n >= a)
-    t_b, n_b = next((t, n) for t, n in samples if n >= b)
-    n_a = next(n for t, n in samples if n >= a)
+    """events/s from the first sample past 10% of the phase [lo, hi] (samples start once its records are all in
+    Kafka) to the first covering it."""
+    t_a, n_a = next((t, n) for t, n in samples if n > lo + (hi - lo) // 10)
+    t_b, n_b = next((t, n) for t, n in samples if n >= hi)
     return (n_b - n_a) / max(t_b - t_a, 1e-3)
 
 
@@ -144,36 +143,44 @@ def run() -> dict[str, Any]:
         start = (int(time.time() * 1000) // day - DAYS - 1) * day
         records, _ = generate(GeneratorConfig(count=EVENTS, rate=EVENTS / (DAYS * 86_400.0), seed=11, partitions=PARTITIONS,
                                               users=USERS, start_ms=start))
-        first = lambda d: next((i for i, rec in enumerate(records) if rec.timestamp_ms >= start + d * day), len(records))  # noqa: E731
-        mark_at = {first(m): m for m in MARKS}
-        cuts = sorted({0, *mark_at, *(first(m - MEASURED_DAYS) for m in MARKS)})
-        # (lo, hi, the mark ending at hi or None): produced one after the other into the running job
-        phases = [(lo, hi, mark_at.get(hi)) for lo, hi in zip(cuts, cuts[1:])]
+        def first(d: int) -> int:  # the first record of simulated day d
+            return len(records) if d >= DAYS else next(i for i, rec in enumerate(records) if rec.timestamp_ms >= start + d * day)
+
+        # groups of phases produced together, each ending at a mark: the measured phase (the 7 days before the mark)
+        # last, so the job's rate over it is not limited by the producer (which is faster and done by then)
+        groups = []
+        done = 0
+        for m in MARKS:
+            cut = max(done, first(m - MEASURED_DAYS))
+            groups.append([(lo, hi) for lo, hi in ((done, cut), (cut, first(m))) if hi > lo])
+            done = first(m)
         topic = f"orders-{uuid.uuid4().hex[:6]}"
         create_topics(bootstrap, {topic: PARTITIONS})
         r = redis.Redis.from_url(url)
         ckpt = root / "ckpt"
-        client = _start_job(bootstrap, url, topic, ckpt)
-        job_id = str(client.get_job_id())
+        job_id = ""
         positions: dict[int, tuple[int, int]] = {}
         samples: list[tuple[float, int]] = []
         result: dict[str, Any] = {}
         applied = lambda: sum(p.get("records", 0) for p in stream_progress(r, PROJECT).values())  # noqa: E731
-        for lo, hi, mark in phases:
-            report = produce_records(bootstrap, topic, records[lo:hi])
-            positions.update(report.positions)
+        for mark, group in zip(MARKS, groups):
+            for lo, hi in group:
+                positions.update(produce_records(bootstrap, topic, records[lo:hi]).positions)
+            if client is None:  # the first group fills the topic before the job starts
+                client = _start_job(bootstrap, url, topic, ckpt)
+                job_id = str(client.get_job_id())
+            lo, hi = group[-1]
 
             def covered() -> bool:
                 samples.append((time.monotonic(), applied()))
                 return samples[-1][1] >= hi
 
-            _wait(covered, 900, f"records {lo}-{hi}", client)
-            if mark is None:
-                continue
+            samples.clear()
+            wait_for(covered, 900, f"records up to {hi}", client)
             done_at = time.time()
-            # the second checkpoint completed after every record of the phase was applied: its barrier came later
+            # the second checkpoint completed after every record up to the mark was applied: its barrier came later
             after = lambda: [c for c in _checkpoints(ckpt) if (c / "_metadata").stat().st_mtime > done_at]  # noqa: E731
-            _wait(lambda: len(after()) >= 2, 120, f"two checkpoints after day {mark}", client)
+            wait_for(lambda: len(after()) >= 2, 120, f"two checkpoints after day {mark}", client)
             chk = after()[1]
             tiles = int(java_class(TILES_CLASS).liveEntries(job_id))
             dedup = sum(p.get("dedup_entries", 0) for p in stream_progress(r, PROJECT).values())

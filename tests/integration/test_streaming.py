@@ -257,12 +257,14 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, client:
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{job}{state}")
 
 
+@pytest.mark.parametrize("stop", ["cancel", "savepoint"])
 def test_recovery_from_checkpoint_keeps_values_exact(
     flink_stream_env: Any, kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any,
-    repo: Any, tmp_path: Path,
+    repo: Any, tmp_path: Path, stop: str,
 ) -> None:
-    """Cancel the running job after a checkpoint while more records arrive, restore from the retained
-    checkpoint, finish the stream: the online values still equal the oracle (no loss, no double count)."""
+    """Cancel the running job after a checkpoint while more records arrive and restore from the retained
+    checkpoint, or stop it with a savepoint (no drain: the tile and de-duplication state stays) and restore from
+    that; finish the stream: the online values still equal the oracle (no loss, no double count)."""
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
     from streaming_jobs.job import JobOptions, add_source_job
@@ -308,8 +310,12 @@ def test_recovery_from_checkpoint_keeps_values_exact(
     wait_for(lambda: _latest_checkpoint(ckpt, settled=True) not in (None, first), 60, "a checkpoint after phase 1", client)
     produce_records(kafka_bootstrap, topic, phases[1])
     time.sleep(0.5)  # some of phase 2 is applied after the checkpoint: replayed after the restore
-    client.cancel().result()
-    restore_from = _latest_checkpoint(ckpt, settled=True)
+    if stop == "savepoint":
+        restore_from = Path(client.stop_with_savepoint(False, (tmp_path / "savepoints").resolve().as_uri()).result()
+                            .removeprefix("file:"))
+    else:
+        client.cancel().result()
+        restore_from = _latest_checkpoint(ckpt, settled=True)
     assert restore_from is not None
     produce_records(kafka_bootstrap, topic, phases[2])
     client = start(restore_from)
