@@ -72,6 +72,8 @@ PROGRESS_COLUMNS = ("max_event_ms", "records", "admitted_or_dup", "malformed", "
 # partition, state bounded by event time: streaming_jobs.job.share_view), which appends these two columns.
 DEDUP_VIEW = "ordered"
 DUP_COLUMN, DEDUP_ENTRIES_COLUMN = "dup", "dedup_entries"
+# ... and the tile state's event-time clock: min over the subtask's partitions of M(p) - L, and the subtask
+CLOCK_COLUMNS = ("low_ms", "low_src")
 DEAD_COLUMNS = ("reason", "detail", "payload_b64", "record_ms")
 # The expanded admitted rows (out_id, k<i>, tile_start, a<i>) the Java tile operator folds
 # (dev.skewless.flink.TileAggregateOperator, state released on event time: streaming_jobs.job.add_source_job).
@@ -141,11 +143,6 @@ class FlinkSourceJob:
     tile_spec: str = ""  # the tile operator's spec (JSON, dev.skewless.flink.TileState): outputs and column kinds
 
     PARAMS = ("ns", "topic", "bootstrap", "group", "startup_mode", "extra_source_options")
-
-    @property
-    def min_tile_ms(self) -> int:
-        """The smallest tile size: the step of the tile state's event-time clock."""
-        return min(o.tile_ms for o in self.outputs)
 
     def render(self, **params: str) -> tuple[list[str], str]:
         """Statements and the changelog query with placeholders filled (``ns``, ``bootstrap``, ``group``,
@@ -374,7 +371,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         )
 
     def _admitted_view(self, cols: list[str]) -> str:
-        keep = [c for c in cols if c not in ("reason1", "bytes_value", "record_ms")]
+        keep = [c for c in cols if c not in ("reason1", "bytes_value", "record_ms")] + list(CLOCK_COLUMNS)
         return (
             "CREATE TEMPORARY VIEW `${ns}_admitted` AS\n"
             f"SELECT {', '.join(keep)}\n"
@@ -407,7 +404,8 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         tile = "" if n > 1 else f", 0 AS out_id, {tiles[0]} AS tile_start"
         return (
             f"CREATE TEMPORARY VIEW `${{ns}}_{CONTRIB_VIEW}` AS\n"
-            "SELECT out_id, " + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start,\n  " + ",\n  ".join(args)
+            "SELECT out_id, " + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start, " + ", ".join(CLOCK_COLUMNS)
+            + ",\n  " + ",\n  ".join(args)
             + "\nFROM (\n  SELECT *, " + ", ".join(key_cols) + f"{tile}\n  FROM `${{ns}}_admitted`{expand})"
         )
 

@@ -79,15 +79,15 @@ def share_view(t_env: Any, name: str, dedup: FlinkSourceJob | None = None, parti
     """Register ``<name>_shared``: the insert-only view as a DataStream and back (JVM only), so every
     query reading it shares one copy of its operators; it gets a fresh processing-time column ``pt``. With
     ``dedup`` the stream passes through the Java Deduplicate (``DedupFunction``, keyed by partition),
-    which appends the ``dup`` and ``dedup_entries`` columns and emits the tile state's watermarks (min over the
-    topic's ``partitions`` of M(p) - L)."""
+    which appends the ``dup`` and ``dedup_entries`` columns and the tile state's clock (``low_ms``: min over the
+    subtask's partitions, of the topic's ``partitions``, of M(p) - L; ``low_src``: the subtask)."""
     from pyflink.datastream import DataStream
     from pyflink.table import Schema
 
     stream = t_env.to_data_stream(t_env.from_path(f"`{name}`"))
     if dedup is not None:
         stream = DataStream(java_class(DEDUP_CLASS).apply(stream._j_data_stream, dedup.allowed_lateness_ms, dedup.source,
-                                                          partitions, dedup.min_tile_ms))
+                                                          partitions))
     table = t_env.from_data_stream(stream, Schema.new_builder().column_by_expression("pt", "PROCTIME()").build())
     t_env.create_temporary_view(f"`{name}{SHARED_SUFFIX}`", table)
 
@@ -146,7 +146,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     changelog = t_env.to_changelog_stream(table, builder.build(), ChangelogMode.upsert())
     contrib = t_env.to_data_stream(t_env.from_path(f"`{ns}_{CONTRIB_VIEW}`"))
     changelog = DataStream(java_class(TILES_CLASS).attach(changelog._j_data_stream, contrib._j_data_stream, job.tile_spec,
-                                                          options.flush_ms, job.source))
+                                                          options.flush_ms, job.source, partitions))
     config = SinkConfig(
         redis_url=options.redis_url, project=options.project, source=job.source, dead_letter_topic=dl_topic,
         bootstrap=options.bootstrap,

@@ -46,11 +46,11 @@ FROM (
   FROM `${ns}_parsed`);
 
 CREATE TEMPORARY VIEW `${ns}_admitted` AS
-SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status
+SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status, low_ms, low_src
 FROM `${ns}_ordered_shared` WHERE reason IS NULL AND NOT dup;
 
 CREATE TEMPORARY VIEW `${ns}_contrib` AS
-SELECT out_id, k0, tile_start,
+SELECT out_id, k0, tile_start, low_ms, low_src,
   CASE out_id WHEN 0 THEN CASE WHEN (f_5_status = 'placed') THEN '1' END WHEN 1 THEN CASE WHEN (f_5_status = 'placed') AND f_3_amount IS NOT NULL THEN CAST(f_3_amount AS STRING) END END AS a0,
   CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CASE WHEN (f_5_status = 'cancelled') THEN '1' END END AS a1,
   CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CASE WHEN (f_5_status = 'refunded') THEN '1' END END AS a2,

@@ -1,5 +1,6 @@
 package dev.skewless.flink;
 
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -17,6 +18,7 @@ import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.runtime.state.VoidNamespace;
 import org.apache.flink.runtime.state.VoidNamespaceSerializer;
 import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.InternalTimer;
 import org.apache.flink.streaming.api.operators.InternalTimerService;
@@ -32,13 +34,19 @@ import org.apache.flink.types.RowKind;
 /**
  * The tile aggregation of a source job as a keyed operator (key: output, entity key, tile start), replacing the
  * SQL {@code GROUP BY key, tile_start} whose state Flink keeps forever (its state TTL counts processing time).
- * Input: the expanded admitted rows ({@code out_id, k0.., tile_start, a0..}: one argument per value column, see
- * {@link TileState}); output: the changelog's tile rows ({@code 'T', view, tile_ms, k.., tile_start, version, c..}).
+ * Input: the expanded admitted rows ({@code out_id, k0.., tile_start, low_ms, low_src, a0..}: one argument per
+ * value column, see {@link TileState}); output: the changelog's tile rows ({@code 'T', view, tile_ms, k..,
+ * tile_start, version, c..}).
  *
- * <p>State: one {@link TileState} accumulator per key and one event-time timer at {@link TileState#releaseAt};
- * the event time is the watermark {@link PartitionWatermarks} derives, min over the source's partitions of
- * (M(p) - L), so a quiet partition holds every release back. When the timer fires no admissible event can reach
- * the tile any more: the accumulator is dropped and the tile's version can never restart.
+ * <p>State: one {@link TileState} accumulator per key and one event-time timer at {@link TileState#releaseAt}.
+ * The event time is the operator's own clock, not the watermarks arriving from the SQL operators in between
+ * (a proctime mini-batch assigner there emits processing-time watermarks): each row carries {@code low_ms}, min
+ * over the partitions of the Deduplicate subtask {@code low_src} of (M(p) - L) ({@link DedupFunction}); the
+ * clock is the minimum over every Deduplicate subtask that reads a partition of the largest value seen from it
+ * (Long.MIN_VALUE until each has sent one), so a quiet partition holds every release back. It advances the timer
+ * service in steps of at least {@code stepMs}. When a timer fires no admissible event can reach the tile any
+ * more: the accumulator is dropped and the tile's version can never restart. The end of a bounded input (the
+ * final watermark) releases everything.
  *
  * <p>Updated tiles are emitted in bundles (one row per tile per bundle, like the SQL mini-batch), at most
  * {@code flushMs} of processing time or {@link #BUNDLE_KEYS} tiles after their update, before every
@@ -58,6 +66,12 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     private final String spec;
     private final long flushMs;
     private final int arity;
+    private final int partitions;
+    private final int maxParallelism;
+    private final int dedupParallelism;
+    private final long stepMs;
+    private transient long[] lows;  // per Deduplicate subtask: the largest low_ms seen (MAX_VALUE: reads no partition)
+    private transient long clock;
     private transient TileState tiles;
     private transient ValueState<String[]> accumulators;
     private transient InternalTimerService<VoidNamespace> timers;
@@ -80,10 +94,15 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
         }
     }
 
-    TileAggregateOperator(String spec, long flushMs, int arity) {
+    TileAggregateOperator(String spec, long flushMs, int arity, int partitions, int maxParallelism, int dedupParallelism,
+                          long stepMs) {
         this.spec = spec;
         this.flushMs = Math.max(1L, flushMs);
         this.arity = arity;
+        this.partitions = partitions;
+        this.maxParallelism = maxParallelism;
+        this.dedupParallelism = dedupParallelism;
+        this.stepMs = Math.max(1L, stepMs);
     }
 
     /** The key of an expanded row: out_id, k0.., tile_start joined by NUL. */
@@ -110,19 +129,26 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
      * {@code <ns>_contrib} view as a DataStream; {@code spec}: {@link TileState}'s).
      */
     public static DataStream<Row> attach(DataStream<Row> changelog, DataStream<Row> contrib, String spec, long flushMs,
-                                         String source) {
+                                         String source, int partitions) {
         TileState tiles = new TileState(spec);
         List<String> names = DataType.getFieldNames(((ExternalTypeInfo<Row>) contrib.getType()).getDataType());
-        int expected = tiles.keyWidth + 2 + tiles.valueWidth;
-        if (names.size() != expected || !"out_id".equals(names.get(0)) || !"tile_start".equals(names.get(tiles.keyWidth + 1))) {
+        int kw = tiles.keyWidth;
+        if (names.size() != kw + 4 + tiles.valueWidth || !"out_id".equals(names.get(0)) || !"tile_start".equals(names.get(kw + 1))
+                || !DedupFunction.LOW.equals(names.get(kw + 2)) || !DedupFunction.SOURCE.equals(names.get(kw + 3))) {
             throw new IllegalArgumentException("the contributions view has columns " + names + "; expected out_id, "
-                + tiles.keyWidth + " keys, tile_start and " + tiles.valueWidth + " arguments");
+                + kw + " keys, tile_start, low_ms, low_src and " + tiles.valueWidth + " arguments");
         }
+        long step = Long.MAX_VALUE;
+        for (TileState.Output o : tiles.outputs) {
+            step = Math.min(step, o.tileMs);
+        }
+        StreamExecutionEnvironment env = contrib.getExecutionEnvironment();
         @SuppressWarnings("unchecked")
         TypeInformation<Row> type = (TypeInformation<Row>) changelog.getType();
         int arity = 3 + tiles.keyWidth + 2 + tiles.valueWidth;
         DataStream<Row> tileRows = contrib.keyBy(new TileKey(tiles.keyWidth), Types.STRING)
-            .transform("tiles-" + source, type, new TileAggregateOperator(spec, flushMs, arity))
+            .transform("tiles-" + source, type, new TileAggregateOperator(spec, flushMs, arity, partitions,
+                DedupFunction.maxParallelism(env), Math.max(1, env.getParallelism()), step))
             .uid("tiles-" + source);
         return changelog.union(tileRows);
     }
@@ -164,6 +190,12 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
             BasicArrayTypeInfo.STRING_ARRAY_TYPE_INFO));
         timers = getInternalTimerService("tile-release", VoidNamespaceSerializer.INSTANCE, this);
         bundle = new LinkedHashMap<>();
+        lows = new long[dedupParallelism];
+        Arrays.fill(lows, Long.MAX_VALUE);
+        for (int p = 0; p < partitions; p++) {
+            lows[DedupFunction.subtaskOf(p, maxParallelism, dedupParallelism)] = Long.MIN_VALUE;
+        }
+        clock = Long.MIN_VALUE;
         getMetricGroup().gauge(ENTRIES_GAUGE, live::get);
         System.getProperties().put(LIVE_PREFIX + getRuntimeContext().getJobInfo().getJobId() + "/"
             + getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(), live);
@@ -181,8 +213,10 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
             timers.registerEventTimeTimer(VoidNamespace.INSTANCE, tiles.releaseAt(out, tileStart));
             live.lazySet(live.get() + 1);
         }
-        int base = kw + 2;
+        int base = kw + 4;
         tiles.add(out, acc, i -> (String) row.getField(base + i));
+        long low = (Long) row.getField(kw + 2);
+        int src = (Integer) row.getField(kw + 3);
         accumulators.update(acc);
         String key = (String) getCurrentKey();
         Pending p = bundle.get(key);
@@ -204,6 +238,18 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
                 flushArmed = false;
                 emitBundle();
             });
+        }
+        if (src >= 0 && src < lows.length && low > lows[src] && lows[src] != Long.MAX_VALUE) {
+            lows[src] = low;
+            long min = Long.MAX_VALUE;
+            for (long l : lows) {
+                min = Math.min(min, l);
+            }
+            if (min != Long.MIN_VALUE && (clock == Long.MIN_VALUE || min >= clock + stepMs)) {
+                clock = min;
+                emitBundle();  // every update leaves before its tile may be released
+                super.processWatermark(new Watermark(min));  // fires the due release timers (changes the key)
+            }
         }
     }
 
@@ -235,8 +281,10 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
 
     @Override
     public void processWatermark(Watermark mark) throws Exception {
-        emitBundle();  // every update leaves before its tile may be released
-        super.processWatermark(mark);
+        if (mark.getTimestamp() == Long.MAX_VALUE) {  // the end of a bounded input; other watermarks are not ours
+            emitBundle();
+            super.processWatermark(mark);
+        }
     }
 
     @Override
