@@ -177,11 +177,12 @@ def run() -> dict[str, Any]:
 
             samples.clear()
             wait_for(covered, 900, f"records up to {hi}", client)
-            done_at = time.time()
-            # the second checkpoint completed after every record up to the mark was applied: its barrier came later
-            after = lambda: [c for c in _checkpoints(ckpt) if (c / "_metadata").stat().st_mtime > done_at]  # noqa: E731
-            wait_for(lambda: len(after()) >= 2, 120, f"two checkpoints after day {mark}", client)
-            chk = after()[1]
+            # a checkpoint two after the newest one now: its barrier came after every record up to the mark was
+            # applied (Flink keeps only the newest checkpoint: read it at once)
+            newest = lambda: max((int(c.name.split("-")[1]) for c in _checkpoints(ckpt)), default=0)  # noqa: E731
+            wanted = newest() + 2
+            wait_for(lambda: newest() >= wanted, 120, f"checkpoint {wanted} after day {mark}", client)
+            chk = _checkpoints(ckpt)[-1]
             tiles = int(java_class(TILES_CLASS).liveEntries(job_id))
             dedup = sum(p.get("dedup_entries", 0) for p in stream_progress(r, PROJECT).values())
             rate = _phase_rate(samples, lo, hi)
