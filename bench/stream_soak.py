@@ -85,8 +85,15 @@ def _checkpoints(ckpt: Path) -> list[Path]:
     return sorted((p.parent for p in ckpt.glob("*/chk-*/_metadata")), key=lambda p: int(p.name.split("-")[1]))
 
 
-def _bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _newest_checkpoint_bytes(ckpt: Path) -> tuple[Path, int]:
+    """The newest completed checkpoint and its size on disk (again if Flink deleted it while it was read)."""
+    for _ in range(5):
+        chk = _checkpoints(ckpt)[-1]
+        try:
+            return chk, sum(f.stat().st_size for f in chk.rglob("*") if f.is_file())
+        except FileNotFoundError:
+            continue
+    raise RuntimeError(f"checkpoints under {ckpt} kept disappearing while read")
 
 
 def _phase_rate(samples: list[tuple[float, int]], lo: int, hi: int) -> float:
@@ -182,11 +189,11 @@ def run() -> dict[str, Any]:
             newest = lambda: max((int(c.name.split("-")[1]) for c in _checkpoints(ckpt)), default=0)  # noqa: E731
             wanted = newest() + 2
             wait_for(lambda: newest() >= wanted, 120, f"checkpoint {wanted} after day {mark}", client)
-            chk = _checkpoints(ckpt)[-1]
+            chk, size = _newest_checkpoint_bytes(ckpt)
             tiles = int(java_class(TILES_CLASS).liveEntries(job_id))
             dedup = sum(p.get("dedup_entries", 0) for p in stream_progress(r, PROJECT).values())
             rate = _phase_rate(samples, lo, hi)
-            result[f"stream_state_bytes_day{mark}"] = {"value": _bytes(chk), "unit": "bytes",
+            result[f"stream_state_bytes_day{mark}"] = {"value": size, "unit": "bytes",
                                                        "note": f"checkpoint {chk.name}, {hi} records applied"}
             result[f"stream_state_entries_day{mark}"] = {"value": tiles + dedup, "unit": "entries", "tiles": tiles,
                                                          "dedup": dedup}
