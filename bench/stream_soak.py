@@ -6,7 +6,7 @@ runs, configured as ``skewless submit`` configures it (``run_view.py``'s default
 every 10 s, mini-batch 2 s, hashmap state backend; 3 partitions). The event time advances with the records, so
 60 days pass in minutes. After simulated days 7, 30 and 60 it reports:
 
-- ``stream_state_bytes_day{7,30,60}``: the size on disk of the first checkpoint completed after the job applied
+- ``stream_state_bytes_day{7,30,60}``: the size on disk of a checkpoint begun after the job applied
   every record up to that day (the hashmap backend writes full checkpoints: the whole state);
 - ``stream_state_entries_day{7,30,60}``: live tile accumulators (the tile operator's counter, gauge
   ``skewless_tile_entries``, read in this JVM) + live de-duplication entries (progress field ``dedup_entries``,
