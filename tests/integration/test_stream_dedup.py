@@ -113,7 +113,9 @@ def test_tile_state_released_on_event_time_and_versions_continue(
     five = layout.tile_groups(view)[0]
     assert (five.tile_ms, five.retention_ms, lateness) == (5 * MS_PER_MINUTE, 130 * MS_PER_MINUTE, MS_PER_HOUR)
     now = int(time.time() * 1000)
-    base = now // MS_PER_DAY * MS_PER_DAY - MS_PER_DAY + 10 * MS_PER_HOUR  # yesterday 10:00: one daily tile for all
+    # 4 h ago: the store's hashes expire by wall-clock time (newest tile + H + retention), so keep the 5-minute tiles
+    # of the end within their retention of now
+    base = now // (5 * MS_PER_MINUTE) * (5 * MS_PER_MINUTE) - 4 * MS_PER_HOUR
     minute = MS_PER_MINUTE
     phase1 = [(0, "a1", base + minute, "u0"), (1, "b1", base + 2 * minute, "u1"), (1, "c1", base + 155 * minute, "u0"),
               (1, "z", base + 210 * minute, "u2")]
@@ -153,6 +155,7 @@ def test_tile_state_released_on_event_time_and_versions_continue(
     version, _, _ = layout.decode_tile_vector(stored.tiles[five.tile_ms][base + 155 * minute], five.aggs)
     assert version == 2  # c1, then the late event after the release of the tile before it
     daily = layout.tile_groups(view)[-1]
-    version, _, _ = layout.decode_tile_vector(stored.tiles[daily.tile_ms][base // MS_PER_DAY * MS_PER_DAY], daily.aggs)
-    assert version == 4
+    day = (base + 155 * minute) // MS_PER_DAY * MS_PER_DAY
+    version, _, _ = layout.decode_tile_vector(stored.tiles[daily.tile_ms][day], daily.aggs)
+    assert version == sum(1 for _, _, ts, user in rows if user == "u0" and ts // MS_PER_DAY * MS_PER_DAY == day)
     assert_last_hour_equals_oracle(redis_client, project, repo, list(result.admitted))
