@@ -147,7 +147,8 @@ def run() -> dict[str, Any]:
     client = None
     day = 86_400_000
     try:
-        start = (int(time.time() * 1000) // day - DAYS - 1) * day
+        # ending 10 min ago: the store expires an entity's hash by wall-clock time (newest tile + H + retention)
+        start = int(time.time() * 1000) - DAYS * day - 600_000
         records, _ = generate(GeneratorConfig(count=EVENTS, rate=EVENTS / (DAYS * 86_400.0), seed=11, partitions=PARTITIONS,
                                               users=USERS, start_ms=start))
         def first(d: int) -> int:  # the first record of simulated day d
