@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 import uuid
@@ -149,6 +150,7 @@ def run() -> dict[str, Any]:
     try:
         # ending 10 min ago: the store expires an entity's hash by wall-clock time (newest tile + H + retention)
         start = int(time.time() * 1000) - DAYS * day - 600_000
+        print(f"soak: generating {EVENTS} records", file=sys.stderr, flush=True)
         records, _ = generate(GeneratorConfig(count=EVENTS, rate=EVENTS / (DAYS * 86_400.0), seed=11, partitions=PARTITIONS,
                                               users=USERS, start_ms=start))
         def first(d: int) -> int:  # the first record of simulated day d
@@ -200,6 +202,8 @@ def run() -> dict[str, Any]:
                                                          "dedup": dedup}
             result[f"stream_soak_events_per_s_day{mark}"] = {"value": round(rate), "unit": "events/s",
                                                              "note": f"records {lo}-{hi} (days {mark - MEASURED_DAYS}-{mark})"}
+            print(f"soak: day {mark}: {size} bytes ({chk.name}), {tiles} tiles + {dedup} dedup entries, {rate:.0f} events/s",
+                  file=sys.stderr, flush=True)
         users, bad = _oracle_mismatches(url, records, positions, SAMPLE)
         b7, b60 = result["stream_state_bytes_day7"]["value"], result["stream_state_bytes_day60"]["value"]
         e7, e60 = result["stream_soak_events_per_s_day7"]["value"], result["stream_soak_events_per_s_day60"]["value"]
