@@ -27,17 +27,24 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
+from binascii import crc_hqx
+
+from redis import exceptions as redis_errors
+
 from skewless.config import default_project
 from skewless.core import laws, layout
 from skewless.core.admission import parse_event_time
 from skewless.core.dsl import Agg, Derived, FeatureView, SnapshotView
 from skewless.core.expr import evaluate
 from skewless.core.timeutil import iso_utc, to_epoch_ms
+from skewless.engines.redis_client import (CLUSTER_SLOTS, check_online_store, is_cluster, masters, node_clients,
+                                           replica_count, slot_owners)
 from skewless.offline.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
 DEFAULT_BATCH = 10_000  # entities per pipelined send
 DEFAULT_GROUP = 20  # kept for callers; the HSET protocol needs no grouping
-LEASE_MS = 120_000  # the writer lease, renewed before every pipelined batch
+LEASE_MS = 120_000  # the writer lease, renewed before every pipelined batch (a holder seen dead is taken over at once)
+WAIT_MS = 10_000  # how long the replicas of a master written may take to acknowledge the run (WAIT)
 
 QualityGate = Callable[[Any, date, Any], Any]
 """``gate(view, day, arrow_table)``: return False (or raise) to block materialization of a run."""
@@ -157,6 +164,7 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         raise BatchError(f"day {day} is too old to serve: its batch record would expire at once (cut-off + "
                          f"{(expires - cut) // 86_400_000} days, when the stream's daily tiles after it are gone); "
                          "materialize the newest computed day")
+    check_online_store(client)  # a cluster: every master answers before anything is written
     check_redis_policy(client)
     rows = rows if rows is not None else read_serving(catalog, view, day, namespace)
     if quality_gate is not None:
@@ -175,12 +183,13 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
     t0 = time.monotonic()
     meta = layout.view_meta_key(project, view)
     token = f"{run_id}#{secrets.token_hex(6)}"
-    begin = client.register_script(layout.BATCH_BEGIN_LUA)
+    holder = LeaseConnection(node_clients(client, [meta.encode()]).popitem()[1], meta)
     fence: list[int] = []  # taken with the lease
 
     def lease() -> None:
-        code, detail = begin(keys=[meta], args=[str(cut), token, str(LEASE_MS), "1" if fence else "0"])
-        detail = detail.decode() if isinstance(detail, bytes) else detail
+        code, detail, *rest = holder.begin(str(cut), token, LEASE_MS, renew=bool(fence))
+        if int(code) < 0 and not fence and rest and holder.gone(rest[0]):  # the holder died: take over at once
+            code, detail, *rest = holder.begin(str(cut), token, LEASE_MS, renew=False, dead=detail)
         if int(code) == 0:
             raise NewerRunMaterializedError(
                 f"Redis already serves a newer run of {view.name} v{view.version} (cut-off {iso_utc(int(detail)) if str(detail).isdigit() else detail} > {iso_utc(cut)}): "
@@ -199,29 +208,87 @@ def materialize_feature_view(catalog: Any, client: Any, view: FeatureView, day: 
         if not fence:
             fence.append(int(detail))
 
-    lease()
     try:
-        client.script_load(layout.BATCH_WRITE_LUA)
+        lease()
+        for _, node in masters(client):
+            node.script_load(layout.BATCH_WRITE_LUA)
         _write_rows(client, packer_args=(view, project, cut, run_id, epoch, fields, fence[0]), rows=rows,
                     columns=columns, batch_size=batch_size, lease=lease, report=report)
+        # Last: the view-level cut-off, so entities the run did not list read as empty (not incomplete).
+        if int(holder.call("EVAL", layout.BATCH_END_LUA, 1, meta, str(cut), epoch, token)) < 0:
+            raise ConcurrentMaterializationError(
+                f"the writer lease of {view.name} v{view.version} was taken over during the run of {day} (paused for "
+                f"more than {LEASE_MS // 1000} s?): materialize the newest day of the view again")
     except BaseException:
-        try:
-            client.eval(layout.BATCH_ABORT_LUA, 1, meta, token)
-        except Exception:  # noqa: BLE001 - best effort; the lease expires anyway
-            pass
+        if fence:
+            holder.abort(token)
+        holder.close(broken=True)
         raise
-    # Last: the view-level cut-off, so entities the run did not list read as empty (not incomplete).
-    if int(client.eval(layout.BATCH_END_LUA, 1, meta, str(cut), epoch, token)) < 0:
-        raise ConcurrentMaterializationError(
-            f"the writer lease of {view.name} v{view.version} was taken over during the run of {day} (paused for "
-            f"more than {LEASE_MS // 1000} s?): materialize the newest day of the view again")
+    holder.close()
     report.rows = rows.num_rows
     report.seconds = time.monotonic() - t0
     return report
 
 
+class LeaseConnection:
+    """The view's writer lease, taken and renewed on one connection held for the whole run to the master of the view
+    meta key: its ``CLIENT ID`` is recorded with the lease, so a later writer that finds the lease held can tell a
+    holder that died (its connection gone, e.g. killed, or dropped after a paused Redis) from one still running, and
+    take the lease over at once instead of waiting for it to lapse (the takeover's larger fence keeps it safe)."""
+
+    def __init__(self, node_client: Any, meta: str):
+        self.pool, self.meta = node_client.connection_pool, meta
+        self.conn = self.pool.get_connection()
+
+    def call(self, *args: Any) -> Any:
+        """One command on the held connection (reconnects if it was dropped); an error reply is raised."""
+        self.conn.send_command(*args)
+        reply = self.conn.read_response()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def client_id(self) -> str:
+        try:
+            return str(self.call("CLIENT", "ID"))
+        except redis_errors.ResponseError:  # CLIENT denied (managed Redis): liveness unknown, the lease must lapse
+            return ""
+
+    def begin(self, cutoff: str, token: str, lease_ms: int, *, renew: bool, dead: str = "") -> list[Any]:
+        """:data:`skewless.core.layout.BATCH_BEGIN_LUA`'s reply, texts decoded."""
+        me = self.client_id()
+        reply = self.call("EVAL", layout.BATCH_BEGIN_LUA, 1, self.meta, cutoff, token, str(lease_ms), "1" if renew else "0",
+                          me, dead)
+        return [r.decode() if isinstance(r, bytes) else r for r in reply]
+
+    def gone(self, client_id: str) -> bool:
+        """Whether the connection ``client_id`` of this server is closed (False when unknown or CLIENT is denied)."""
+        if not client_id.isdigit():
+            return False
+        try:
+            return not self.call("CLIENT", "LIST", "ID", client_id).strip()
+        except redis_errors.ResponseError:
+            return False
+
+    def abort(self, token: str) -> None:
+        """Release the lease after a failure (best effort: where Redis does not answer, a retry sees this connection
+        gone and takes over)."""
+        try:
+            self.call("EVAL", layout.BATCH_ABORT_LUA, 1, self.meta, token)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+    def close(self, broken: bool = False) -> None:
+        if broken:
+            self.conn.disconnect()
+        self.pool.release(self.conn)
+
+
 def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str, str], batch_size: int,
                 lease: Callable[[], None], report: MaterializeReport) -> None:
+    """The rows' batch writes, grouped by the master of each entity's slot (one Redis: one group), each master's in
+    pipelined batches of ``batch_size`` on one connection, the lease renewed before every round of batches; then
+    ``WAIT`` on every master written that has replicas."""
     fields = packer_args[5]
     import pyarrow as pa
 
@@ -232,48 +299,114 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
     if n:
         packer.verify(tags[0].as_py(), [v[0].as_py() for v in values])
     step = max(1, batch_size)
+    groups = row_groups(client, tags)
+    nodes = {name: node for name, node, _ in groups}
+    parts = []
+    for name, _, idx in groups:
+        g_tags = tags if idx is None else tags.take(idx)
+        parts.append((name, g_tags, values if idx is None else [v.take(idx) for v in values]))
 
-    def batches() -> Iterable[tuple[bytes, int]]:
-        for lo in range(0, n, step):
-            hi = min(lo + step, n)
-            data = packer.pack_arrow(tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in values], pa)  # while Redis
-            if lo:  # runs the previous batch; then renew (and stop if another writer took the view over) and send
+    def rounds() -> Iterable[list[tuple[str, bytes, int]]]:
+        for lo in range(0, max((len(t) for _, t, _ in parts), default=0), step):
+            batch = []
+            for name, g_tags, g_values in parts:
+                if lo < len(g_tags):
+                    hi = min(lo + step, len(g_tags))
+                    batch.append((name, packer.pack_arrow(g_tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in g_values],
+                                                          pa), hi - lo))  # while Redis runs the previous batch
+            if lo:  # then renew (and stop if another writer took the view over) and send
                 lease()
-            yield data, hi - lo
+            yield batch
 
-    send_pipelined(client, batches(), report)
+    send_rounds(nodes, rounds(), report, replicas={name: replica_count(node) for name, node in nodes.items()})
+
+
+def row_groups(client: Any, tags: Any) -> list[tuple[str, Any, Any]]:
+    """``(master, its client, row indices or None for all)`` of entity tags (Arrow strings): one Redis takes every
+    row; on a cluster each row goes to the master of its hash tag's slot."""
+    if not is_cluster(client):
+        return [("", client, None)]
+    import numpy as np
+
+    owners = slot_owners(client)
+    by_node: dict[str, list[int]] = {}
+    for i, tag in enumerate(tags.to_pylist()):
+        owner = owners[crc_hqx(tag.encode(), 0) & (CLUSTER_SLOTS - 1)]
+        if owner is None:
+            raise BatchError(f"no Redis Cluster master serves the slot of entity {tag!r}; check the cluster with "
+                             "`redis-cli --cluster check HOST:PORT` and materialize again")
+        by_node.setdefault(owner, []).append(i)
+    clients = {node.name: node.redis_connection for node in client.get_primaries()}
+    return [(name, clients[name], np.asarray(idx, dtype=np.int64)) for name, idx in sorted(by_node.items())]
 
 
 def send_pipelined(client: Any, batches: Iterable[tuple[bytes, int]], report: MaterializeReport | None = None) -> int:
-    """Send ``(packed EVALSHA commands, entities)`` batches on one connection; returns the entities whose write was
-    answered. One batch's replies stay unread while the next is produced and sent, so packing and sending overlap
-    Redis executing the previous batch. ``report.written`` counts the entities written, ``report.skipped_newer``
-    those whose hash held a newer run (the script answered 0)."""
-    conn = client.connection_pool.get_connection()
+    """:func:`send_rounds` of ``(packed EVALSHA commands, entities)`` batches to one Redis; returns the entities whose
+    write was answered."""
+    return send_rounds({"": client}, ([("", data, count)] for data, count in batches), report)
+
+
+def send_rounds(nodes: dict[str, Any], rounds: Iterable[list[tuple[str, bytes, int]]],
+                report: MaterializeReport | None = None, replicas: dict[str, int] | None = None,
+                wait_ms: int = WAIT_MS) -> int:
+    """Send rounds of ``(master, packed EVALSHA commands, entities)`` batches, one connection per master of ``nodes``
+    (name -> client); returns the entities whose write was answered. A master's batch replies stay unread while its
+    next batch is produced and sent, so packing and sending overlap Redis executing the previous batch, and the masters
+    run in parallel. ``report.written`` counts the entities written, ``report.skipped_newer`` those whose hash held a
+    newer run (the script answered 0). Last, ``WAIT`` on each master with ``replicas[name]`` > 0: every replica must
+    acknowledge the writes within ``wait_ms`` (else :class:`BatchError`: the run is not marked complete)."""
+    conns: dict[str, Any] = {}
+    readers: dict[str, IntegerReplies] = {}
+    in_flight: dict[str, int] = {}
     written = 0
+    name = ""
     try:
-        replies = IntegerReplies(conn)
-        in_flight = 0
-        for data, count in batches:
-            conn.send_packed_command([data], check_health=False)
-            if in_flight:
-                replies.read(in_flight)
-                written += in_flight
-            in_flight = count
-        if in_flight:
-            replies.read(in_flight)
-            if replies.credit:
-                raise BatchError(f"unexpected Redis replies to the batch writes ({replies.credit} more than commands)")
-            written += in_flight
+        for batch in rounds:
+            for name, data, count in batch:
+                conn = conns.get(name)
+                if conn is None:
+                    conn = conns[name] = nodes[name].connection_pool.get_connection()
+                    readers[name] = IntegerReplies(conn)
+                conn.send_packed_command([data], check_health=False)
+                if in_flight.get(name):
+                    readers[name].read(in_flight[name])
+                    written += in_flight[name]
+                in_flight[name] = count
+        for name, count in in_flight.items():
+            if count:
+                readers[name].read(count)
+                if readers[name].credit:
+                    raise BatchError(f"unexpected Redis replies to the batch writes ({readers[name].credit} more than "
+                                     "commands)")
+                written += count
+        for name, conn in conns.items():
+            wanted = (replicas or {}).get(name, 0)
+            if wanted:
+                wait_ms = min(wait_ms, int((conn.socket_timeout or 10.0) * 800))  # answered before the read times out
+                conn.send_command("WAIT", wanted, wait_ms)
+                acked = int(conn.read_response())
+                if acked < wanted:
+                    raise BatchError(f"{acked} of {wanted} replicas of Redis master {name or 'the online store'} "
+                                     f"acknowledged the run's writes within {wait_ms} ms: the run is not marked complete; "
+                                     "check the replicas (INFO replication) and materialize again")
         if report is not None:
-            report.written += written - replies.zeros
-            report.skipped_newer += replies.zeros
+            zeros = sum(r.zeros for r in readers.values())
+            report.written += written - zeros
+            report.skipped_newer += zeros
         return written
+    except (OSError, redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        for conn in conns.values():
+            conn.disconnect()  # unread replies must not leak into the next command
+        raise BatchError(f"Redis master {name or 'of the online store'} failed during the batch writes "
+                         f"({type(exc).__name__}: {str(exc)[:160]}): the run is not marked complete; materialize again "
+                         "once it serves (fenced writes: a retry replaces nothing newer)") from None
     except BaseException:
-        conn.disconnect()  # unread replies must not leak into the next command
+        for conn in conns.values():
+            conn.disconnect()
         raise
     finally:
-        client.connection_pool.release(conn)
+        for name, conn in conns.items():
+            nodes[name].connection_pool.release(conn)
 
 
 def serving_values(view: FeatureView, rows: Any, cutoff: int) -> Any:
@@ -456,6 +589,7 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
         table = catalog.load_table(src.table)
     except NoSuchTableError:
         raise BatchError(f"snapshot source table {src.table} of {view.name} does not exist") from None
+    check_online_store(client)
     check_redis_policy(client)
     arrow = table.scan().to_arrow()
     _check_gate(view, day, arrow, quality_gate, report)
@@ -476,6 +610,8 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
     seconds, micros = client.time()
     fence = int(seconds) * 1000 + int(micros) // 1000  # later runs of the same cut-off win
     write = client.register_script(layout.SNAPSHOT_WRITE_LUA)
+    for _, node in masters(client):  # a cluster pipeline sends EVALSHA to each master: the script must be there
+        node.script_load(layout.SNAPSHOT_WRITE_LUA)
     pipe = client.pipeline(transaction=False)
     pending = 0
 

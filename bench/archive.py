@@ -14,6 +14,11 @@ A Kafka broker is started here (free ports, temporary data dir; stopped by pid a
 
    ``profile`` splits the drain's time into consume (Kafka fetch), convert (classification and columns)
    and commit (Arrow table, Parquet files, Iceberg commits), from the runner's own counters.
+3. ``archive_s3_events_per_s`` (issue 22): the same backlog drained into the object store's warehouse
+   (s3proxy, filesystem backend, with PostgreSQL as the Iceberg catalog, both started here through
+   skewless.stack.offline on free ports) and, alternately, into the local-disk warehouse, ``REPEATS`` times each;
+   the medians and their ratio (goal: S3 >= 0.7x local). On one machine this measures the S3 protocol's and the
+   catalog's overhead, not a remote store's latency.
 2. ``archive_lag_p99_s``: while the archiver runs, a producer process sends events at ``LAG_RATE`` events/s for
    ``LAG_SECONDS``. A record's lag = (end of the Iceberg commit that made it readable, taken by the runner's
    after-commit hook) - (its Kafka record timestamp, stamped by the producer). p50/p99/max over every record.
@@ -115,6 +120,71 @@ def _kafka(tmp: Path) -> tuple[str, Any]:
     return broker.bootstrap, lambda: broker.stop(started)
 
 
+def _object_store_catalog(tmp: Path) -> tuple[Any, Any]:
+    """A PyIceberg catalog in a fresh PostgreSQL with its warehouse on a fresh s3proxy (skewless.stack.offline,
+    free ports, state under ``tmp``); returns it and a function that stops both."""
+    import dataclasses
+
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from skewless.config import ICEBERG_CATALOG_NAME
+    from skewless.engines.object_store import pyiceberg_properties
+    from skewless.stack.base import free_port
+    from skewless.stack.offline import CatalogDatabase, ObjectStore
+
+    tmp.chmod(0o711)  # PostgreSQL runs as the postgres user and must reach its data dir
+    state = tmp / "offline"
+    (state / "logs").mkdir(parents=True)
+    store, database = ObjectStore(port=free_port(), state_dir=state), CatalogDatabase(port=free_port(), state_dir=state)
+    started = [(store, store.start(state, state / "logs"))]
+    try:
+        started.append((database, database.start(state, state / "logs")))
+    except BaseException:
+        store.stop(started[0][1])
+        raise
+    shared = dataclasses.replace(database.shared(state), s3=store.target(state))
+
+    def stop() -> None:
+        for svc, run in reversed(started):
+            svc.stop(run)
+
+    return SqlCatalog(ICEBERG_CATALOG_NAME, **pyiceberg_properties(shared)), stop
+
+
+def _drain_eps(catalog: Any, bootstrap: str, topic: str, table: str) -> float:
+    """One archiver draining the whole topic into a fresh ``table``: events/s."""
+    from skewless.archive.runner import ArchiveConfig, SourceArchiver
+
+    source = EventSource("orders", "orders", table, topic=topic, partition_key="user_id")
+    t0 = time.perf_counter()
+    stats = SourceArchiver(source, catalog, ArchiveConfig(bootstrap=bootstrap)).run(drain=True)
+    archived = stats.records + stats.dead_letters
+    assert archived == N_THROUGHPUT, f"archived {archived} of {N_THROUGHPUT}"
+    return archived / (time.perf_counter() - t0)
+
+
+def _s3_vs_local(catalog: Any, bootstrap: str, topic: str, tmp: Path) -> dict[str, Any]:
+    """``archive_s3_events_per_s``: drains into the object store's warehouse and the local one, alternately."""
+    s3_catalog, stop = _object_store_catalog(tmp)
+    try:
+        local, s3 = [], []
+        for r in range(REPEATS):
+            local.append(_drain_eps(catalog, bootstrap, topic, f"bench.orders_local{r}"))
+            s3.append(_drain_eps(s3_catalog, bootstrap, topic, f"bench.orders_s3{r}"))
+            print(f"drain {r}: local {local[-1]:,.0f} events/s, s3 {s3[-1]:,.0f} events/s", file=sys.stderr)
+    finally:
+        stop()
+    s3_eps, local_eps = sorted(s3)[len(s3) // 2], sorted(local)[len(local) // 2]
+    return {
+        "value": round(s3_eps), "unit": "events/s", "goal": ">= 0.7x the local-disk archive (same run)",
+        "floor": {"value": round(local_eps), "unit": "events/s", "name": "the same drain into the local-disk warehouse"},
+        "ratio_to_local": round(s3_eps / local_eps, 3),
+        "runs": [{"local": round(a), "s3": round(b)} for a, b in zip(local, s3)],
+        "detail": f"{N_THROUGHPUT:,} records drained {REPEATS}x into each, alternately; s3proxy 4.1.0 (filesystem "
+                  "backend) + PostgreSQL catalog on this machine, PyIceberg's PyArrow S3 FileIO",
+    }
+
+
 def _floor_consume(bootstrap: str, topic: str, n: int) -> tuple[float, list[bytes]]:
     """events/s of a plain consumer reading ``n`` records (values touched), and the values."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -185,6 +255,7 @@ def run() -> dict[str, Any]:
         eps, floor_eps, parse_write_eps, drain_s, stats = sorted(runs, key=lambda x: x[0])[len(runs) // 2]
         ratios = sorted(e / f for e, f, _, _, _ in runs)
         source = fresh  # the lag phase goes on from the last drain's table (archived up to the backlog's end)
+        s3_metric = _s3_vs_local(catalog, bootstrap, topic, tmp) if os.environ.get("SKEWLESS_BENCH_ARCHIVE_S3", "1") != "0" else None
 
         # 2. lag at a steady rate: commit-end time per offset range, from the after-commit hook
         commits: list[tuple[float, dict[int, int]]] = []
@@ -227,6 +298,7 @@ def run() -> dict[str, Any]:
                 "detail": f"{N_THROUGHPUT:,} records (1% malformed) drained in {drain_s:.1f} s (median of {len(runs)}), "
                           f"{stats.commits} commits, {PARTITIONS} partitions, one archiver (one Python thread) on a 2-core machine",
             },
+            **({"archive_s3_events_per_s": s3_metric} if s3_metric else {}),
             "archive_lag_p99_s": {
                 "value": round(_pct(lags, 0.99), 2), "unit": "s", "goal": f"< {GOAL_LAG_S:g} s",
                 "p50_s": round(_pct(lags, 0.5), 2), "max_s": round(max(lags), 2),

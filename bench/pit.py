@@ -378,9 +378,11 @@ GROUP BY r.rid
 
 def _spark_floor(spark: Any, raw_table: str, entity_df: pa.Table) -> pa.Table:
     """The hand-written Spark SQL over the raw table's current rows, ordered by request row."""
+    from skewless.offline.tables import read_table
+
     req = entity_df.append_column("rid", pa.array(np.arange(entity_df.num_rows, dtype=np.int64)))
     spark.createDataFrame(req).createOrReplaceTempView("__floor_req")
-    spark.table(raw_table).createOrReplaceTempView("__floor_raw")
+    read_table(spark, raw_table).createOrReplaceTempView("__floor_raw")  # the engine's reader (Iceberg splits of 128 MB)
     return spark.sql(SPARK_FLOOR_SQL.format(raw="__floor_raw", req="__floor_req")).orderBy("rid").toArrow()
 
 

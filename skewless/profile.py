@@ -56,7 +56,7 @@ class SecretRef:
 
 
 def _opt(kind: str, default: Any = None, **extra: Any) -> Any:
-    """A profile key of ``kind`` (str, url, hostports, seconds, bool, secret, path, choice, nodes)."""
+    """A profile key of ``kind`` (str, url, hostports, seconds, count, bool, secret, path, choice, nodes)."""
     return field(default=default, metadata={"kind": kind, **extra})
 
 
@@ -91,9 +91,11 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class FlinkSettings:
-    """``flink``: the session cluster's REST endpoint (jobs are submitted and listed there)."""
+    """``flink``: the session cluster's REST endpoint (jobs are submitted and listed there) and the streaming job's
+    ``parallelism`` (default 1; the cluster topology's profile says 4: 2 TaskManagers x 2 slots)."""
 
     rest_url: str | None = _opt("url", schemes=("http", "https"))
+    parallelism: int | None = _opt("count")
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,10 @@ def _value(kind: str, meta: Any, raw: Any, at: str, key: str, base: Path) -> Any
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < 86400:
             raise ConfigError(f"{at}: expected a number of seconds > 0, got {raw!r}")
         return float(raw)
+    if kind == "count":
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= 10_000:
+            raise ConfigError(f"{at}: expected a whole number >= 1, got {raw!r}")
+        return raw
     if kind == "nodes":
         nodes = [raw] if isinstance(raw, str) else raw
         if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):

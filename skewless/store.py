@@ -34,11 +34,9 @@ class FeatureStore:
     @property
     def catalog(self) -> Any:
         if self._catalog is None:
-            from skewless.config import paths
             from skewless.engines.iceberg_catalog import load_catalog
 
-            where = paths(self.profile)
-            self._catalog = load_catalog(where.catalog_db, where.warehouse)
+            self._catalog = load_catalog(profile=self.profile)  # its postgres (s3://) or sqlite catalog
         return self._catalog
 
     def get_historical_features(self, entity_df: Any, features: Any, *, timestamp_column: str = "event_timestamp",

@@ -12,7 +12,7 @@ from skewless.engines.kafka import admin_client, create_topics
 from streaming_jobs.flink_compiler import (CONTRIB_VIEW, DEDUP_VIEW, SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob,
                                             dead_letter_topic)
 from streaming_jobs.sink import SinkConfig, attach_sinks
-from streaming_jobs.udf import udf_jar
+from streaming_jobs.udf import redis_client_jars, udf_jar
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
 DEDUP_CLASS = "dev.skewless.flink.DedupFunction"
@@ -93,14 +93,15 @@ def share_view(t_env: Any, name: str, dedup: FlinkSourceJob | None = None, parti
 
 
 def add_udf_jar(env: Any, t_env: Any) -> None:
-    """Ship the jar of ``skewless_admit`` with the job (``pipeline.jars`` of the stream and table configs:
-    the table config's value is the one a job submitted from the table environment carries)."""
-    uri = udf_jar().resolve().as_uri()
+    """Ship the jar of the job's Java code (``skewless_admit``, the sinks) and the Redis client's jars with the job
+    (``pipeline.jars`` of the stream and table configs: the table config's value is the one a job submitted from the
+    table environment carries)."""
     config = t_env.get_config()
     jars = [j for j in (config.get_configuration().get_string("pipeline.jars", "") or "").split(";") if j]
-    if uri not in jars:
-        config.set("pipeline.jars", ";".join([*jars, uri]))
-        env.add_jars(uri)
+    missing = [u for u in (p.resolve().as_uri() for p in (udf_jar(), *redis_client_jars())) if u not in jars]
+    if missing:
+        config.set("pipeline.jars", ";".join([*jars, *missing]))
+        env.add_jars(*missing)
 
 
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:

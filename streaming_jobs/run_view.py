@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--topic", default=None, help="override the source topic (one source only)")
     p.add_argument("--starting-offsets", default="earliest", choices=("earliest", "latest", "group"))
     p.add_argument("--group", default=None, help="Kafka consumer group (default skewless-<source>)")
-    p.add_argument("--parallelism", type=int, default=1)
+    p.add_argument("--parallelism", type=int, default=None,
+                   help="the job's parallelism (default: the profile's flink.parallelism, else 1)")
     p.add_argument("--checkpoint-dir", default=str(config.paths().state / "flink" / "checkpoints"))
     p.add_argument("--checkpoint-interval", default="10 s")
     p.add_argument("--mini-batch-latency", default=DEFAULT_MINI_BATCH)
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bootstrap = args.bootstrap or config.kafka_bootstrap(profile)
         args.redis = args.redis or config.redis_target(profile=profile).url
         args.project = args.project or config.default_project(profile)
+        args.parallelism = args.parallelism or profile.flink.parallelism
         return run(args)
 
 
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.topic and len(jobs) > 1:
         print("run_view: --topic needs views of a single source", file=sys.stderr)
         return 2
-    env, t_env = create_stream_env(parallelism=args.parallelism, checkpoint_dir=args.checkpoint_dir,
+    env, t_env = create_stream_env(parallelism=args.parallelism or 1, checkpoint_dir=args.checkpoint_dir,
                                    checkpoint_interval=args.checkpoint_interval,
                                    extra_conf=stream_conf(args.mini_batch_latency, args.mini_batch_size,
                                                           args.buffer_timeout_ms))

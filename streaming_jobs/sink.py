@@ -1,7 +1,7 @@
 """The job's sinks: the unified changelog (tiles, progress, dead letters) applied to Redis and Kafka in the JVM.
 
 The writer is Java (``streaming_jobs/java/src/dev/skewless/flink/``: ``RedisTileSink``, ``TileEncoder``,
-``Resp``, ``DeadLetterSerializer``, ``SinkGraph``); this module builds its spec from
+``RedisNodes`` (Jedis, one Redis or a Redis Cluster), ``DeadLetterSerializer``, ``SinkGraph``); this module builds its spec from
 :mod:`skewless.core.layout` (key prefixes and suffixes per tile output, retention, the CAS script, the
 progress, epoch and meta keys), so keys and encodings have one definition. ``TileEncoder`` writes
 ``layout.encode_tile_vector``'s text byte for byte; ``tests/unit/test_java_sink.py`` checks it against
@@ -11,7 +11,9 @@ Semantics (docs/streaming.md): rows are coalesced per tile field and progress fi
 ``flush_rows`` rows are pending, when the ``flush_ms`` timer fires, before every checkpoint and at the end
 of a bounded input; a tile field (``t:{H}:{start}`` of the entity hash) is replaced only by a version >= the stored
 one (``TILE_CAS_LUA``, which also keeps the hash's manifest and prunes old tiles), so a replay after a restore cannot
-move a value backwards. The writer refuses a Redis whose ``maxmemory-policy`` may evict keys (the policies of
+move a value backwards. On a Redis Cluster every script call carries keys of one hash slot, the calls are pipelined
+per master, and the progress fields are written once the tiles they cover are acknowledged and on a replica
+(``WAIT``); a checkpoint completes only when its writes are on a replica. The writer refuses a Redis whose ``maxmemory-policy`` may evict keys (the policies of
 ``layout.EVICTING_POLICIES``; where ``CONFIG GET`` is denied it warns and goes on). Dead letters go to ``<topic>.dead-letters`` through
 Flink's Kafka sink (at least once).
 """
@@ -25,15 +27,17 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 
-from skewless.config import kafka_client_properties, kafka_timeout_properties, redact_url, redis_target
+from skewless.config import (REDIS_CLUSTER_SCHEMES, kafka_client_properties, kafka_timeout_properties, redact_url,
+                             redis_target)
 from skewless.core import layout
 
 from streaming_jobs.flink_compiler import FlinkSourceJob
-from streaming_jobs.udf import UdfBuildError, udf_jar
+from streaming_jobs.udf import UdfBuildError, run_main, udf_jar
 
 SINK_GRAPH_CLASS = "dev.skewless.flink.SinkGraph"
+SINK_CLASS = "dev.skewless.flink.RedisTileSink"
 ENCODER_CLASS = "dev.skewless.flink.TileEncoder"
-CAS_KEYS = 256  # tile keys per TILE_CAS_LUA call (many entities per call; bounded so Redis is not blocked long)
+CAS_KEYS = 256  # tile keys per TILE_CAS_LUA call (one hash slot per call on a cluster; bounded so Redis is not blocked long)
 
 
 @dataclass(frozen=True)
@@ -51,19 +55,26 @@ class SinkConfig:
 
 
 def redis_endpoint(url: str) -> dict[str, Any]:
-    """Host, port, db, credentials and TLS of a ``redis[s]://[user[:password]@]host:port[/db]`` URL; the password
-    comes from the URL or else from the configuration (``SKEWLESS_REDIS_PASSWORD[_FILE]``), the CA of a
-    ``rediss://`` URL from ``SKEWLESS_REDIS_TLS_CA_FILE`` (else the JVM's trust store), the connect and read timeouts
-    from ``SKEWLESS_REDIS_CONNECT_TIMEOUT_S`` / ``SKEWLESS_REDIS_TIMEOUT_S`` (:func:`skewless.config.redis_timeouts`)."""
+    """The sink's Redis (``RedisNodes``): host, port and db of a ``redis[s]://[user[:password]@]host:port[/db]`` URL,
+    or the seed ``nodes`` of a Redis Cluster (``redis[s]+cluster://[user[:password]@]HOST:PORT,...``, ``cluster``
+    true); the password comes from the URL or else from the configuration (``SKEWLESS_REDIS_PASSWORD[_FILE]``), the
+    CA of TLS from ``SKEWLESS_REDIS_TLS_CA_FILE`` (else the JVM's trust store), the connect and read timeouts from
+    ``SKEWLESS_REDIS_CONNECT_TIMEOUT_S`` / ``SKEWLESS_REDIS_TIMEOUT_S`` (:func:`skewless.config.redis_timeouts`)."""
     u = urlparse(url)
-    if u.scheme not in ("redis", "rediss") or not u.hostname:
-        raise ValueError(f"the streaming sink needs a redis[s]://host:port[/db] URL, got {redact_url(url)!r}")
-    db = (u.path or "/0").strip("/") or "0"
-    if not db.isdigit():
-        raise ValueError(f"redis URL {redact_url(url)!r}: database {db!r} is not a number")
-    target = redis_target(url)
-    return {"host": u.hostname, "port": u.port or 6379, "db": int(db),
-            "username": unquote(u.username) if u.username else None,
+    if u.scheme in REDIS_CLUSTER_SCHEMES:
+        target = redis_target(url)
+        where: dict[str, Any] = {"cluster": True, "nodes": list(target.nodes)}
+    elif u.scheme in ("redis", "rediss") and u.hostname:
+        db = (u.path or "/0").strip("/") or "0"
+        if not db.isdigit():
+            raise ValueError(f"redis URL {redact_url(url)!r}: database {db!r} is not a number")
+        target = redis_target(url)
+        where = {"host": u.hostname, "port": u.port or 6379, "db": int(db)}
+    else:
+        raise ValueError(f"the streaming sink needs a redis[s]://host:port[/db] or redis[s]+cluster://host:port,... URL, "
+                         f"got {redact_url(url)!r}")
+    user = unquote(u.username) if u.username else target.username
+    return {**where, "username": user or None,
             "password": unquote(u.password) if u.password else target.password,
             "tls": target.tls, "tls_ca_file": target.tls_ca_file,
             "connect_timeout_ms": int(target.connect_timeout_s * 1000), "timeout_ms": int(target.timeout_s * 1000)}
@@ -122,3 +133,13 @@ def encode_rows(spec: str, epoch: str, rows: Iterable[Sequence[Any]]) -> list[li
     if done.returncode != 0:
         raise UdfBuildError(f"{ENCODER_CLASS} failed: {done.stderr.decode(errors='replace')}")
     return [json.loads(line) for line in done.stdout.decode().split("\n") if line]  # not splitlines: U+2028
+
+
+def trace_writes(spec: str, epoch: str, lines: Iterable[Sequence[Any] | str], cluster: bool,
+                 failing_write: int = 0) -> list[list[Any]]:
+    """``RedisTileSink``'s writer over a recording store in a plain JVM (tests): ``lines`` are changelog rows or
+    ``"CHECKPOINT"`` / ``"TIMER"``; per store call ``["pipeline", [[slot, command, key...], ...]]`` or
+    ``["confirm"]``, and ``["error", message]`` where a flush failed (``failing_write``: the n-th command fails)."""
+    text = "".join((line if isinstance(line, str) else json.dumps(list(line), ensure_ascii=False)) + "\n" for line in lines)
+    out = run_main(SINK_CLASS, [spec, epoch, "true" if cluster else "false", str(failing_write)], text, with_flink=True)
+    return [json.loads(line) for line in out]

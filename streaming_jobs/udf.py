@@ -4,7 +4,7 @@
 against the source's JSON Schema, event time and id/key fields exactly as ``skewless.core.admission`` does
 (see docs/streaming.md); the spec is written by the compiler. The Redis and dead-letter sinks are
 :mod:`streaming_jobs.sink`'s. The jar is built from the sources with the
-JDK's ``javac`` against PyFlink's own jars and the pinned Kafka connector, named by the sources' hash (``infra/.cache/udf/``): ``make setup``
+JDK's ``javac`` against PyFlink's own jars, the pinned Kafka connector and Redis client (Jedis), named by the sources' hash (``infra/.cache/udf/``): ``make setup``
 builds it, and :func:`udf_jar` builds it on first use when the sources changed.
 """
 
@@ -26,6 +26,7 @@ DEDUP_CLASS = "dev.skewless.flink.Dedup"
 DEDUP_FUNCTION_CLASS = "dev.skewless.flink.DedupFunction"
 FUNCTION_NAME = "skewless_admit"
 JAR_DIR = Path(__file__).resolve().parent.parent / "infra" / ".cache" / "udf"
+REDIS_CLIENT_DIR = "jedis"
 
 
 class UdfBuildError(JavaBuildError):
@@ -39,12 +40,27 @@ def flink_lib() -> Path:
     return Path(pyflink.__file__).resolve().parent / "lib"
 
 
+def redis_client_jars() -> list[Path]:
+    """Jedis and its dependencies (``infra/.cache/jars/jedis/``, pinned in infra/pom.xml): the Redis sink's client,
+    shipped with the job next to the jar of these sources."""
+    from skewless.config import paths
+
+    jar_dir = paths().jars / REDIS_CLIENT_DIR
+    jars = sorted(jar_dir.glob("*.jar"))
+    if not any(j.name.startswith("jedis-") for j in jars):
+        raise UdfBuildError(f"missing the Redis client jars (jedis-*.jar) in {jar_dir}; run `make setup` "
+                            "(it runs `mvn -q -f infra/pom.xml package`)")
+    return jars
+
+
 def _classpath() -> Iterator[Path]:
-    """PyFlink's jars and the Kafka connector (the dead letters use its KafkaSink; shipped in pipeline.jars too)."""
+    """PyFlink's jars, the Kafka connector (the dead letters use its KafkaSink) and the Redis client (both shipped
+    in pipeline.jars too)."""
     from skewless.engines.flink_env import kafka_connector_jar
 
     yield from sorted(flink_lib().glob("*.jar"))
     yield kafka_connector_jar()
+    yield from redis_client_jars()
 
 
 PROJECT = JavaProject(JAVA_SRC, JAR_DIR, "skewless-flink-udf", release="11", classpath=_classpath, error=UdfBuildError)
@@ -59,7 +75,7 @@ def run_main(main_class: str, args: list[str], lines: str, with_flink: bool = Fa
     java = shutil.which("java")
     if java is None:
         raise UdfBuildError("java not found: install a JDK 17")
-    classpath = [udf_jar(), *(sorted(flink_lib().glob("*.jar")) if with_flink else ())]
+    classpath = [udf_jar(), *redis_client_jars(), *(sorted(flink_lib().glob("*.jar")) if with_flink else ())]
     done = subprocess.run([java, "-cp", os.pathsep.join(map(str, classpath)), main_class, *args], input=lines.encode(),
                           capture_output=True, check=False)
     if done.returncode != 0:

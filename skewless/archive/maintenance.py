@@ -59,11 +59,6 @@ def _register_remove_snapshots() -> None:
         })
 
 
-def _local_path(location: str) -> str:
-    parsed = urlparse(location)
-    return parsed.path if parsed.scheme in ("file", "") else location
-
-
 def rewrite_small_files(table: Any, name: str, min_files: int = 2, attempts: int = 5) -> CompactResult:
     """Replace the data files of every partition holding ``min_files`` or more by one file each (one snapshot)."""
     import pyarrow.compute as pc
@@ -118,7 +113,7 @@ def rewrite_small_files(table: Any, name: str, min_files: int = 2, attempts: int
     raise RuntimeError(f"compact {name}: {attempts} attempts lost to concurrent commits; retry when the archive is less busy")
 
 
-def _reachable(table: Any, snapshots: list[Any]) -> set[str]:
+def referenced_files(table: Any, snapshots: list[Any]) -> set[str]:
     """Every manifest list, manifest and data/delete file the given snapshots reference."""
     files: set[str] = set()
     for snap in snapshots:
@@ -147,12 +142,12 @@ def expire_snapshots(table: Any, name: str, keep_snapshots: int = 5, min_age_s: 
     keep_ids = {s.snapshot_id for s in ordered[-keep_snapshots:]} | {ref.snapshot_id for ref in meta.refs.values()}
     expire = [s for s in ordered if s.snapshot_id not in keep_ids and now_ms - s.timestamp_ms >= min_age_s * 1000]
     if expire:
-        candidates = _reachable(table, expire)
+        candidates = referenced_files(table, expire)
         with table.transaction() as tx:
             tx._apply((RemoveSnapshotsUpdate(snapshot_ids=[s.snapshot_id for s in expire]),))
         table.refresh()
         # Only after the commit: what the (new) retained snapshots reference is kept.
-        live = _reachable(table, table.metadata.snapshots)
+        live = referenced_files(table, table.metadata.snapshots)
         dead = sorted(candidates - live)
         for path in dead:
             try:
@@ -163,22 +158,46 @@ def expire_snapshots(table: Any, name: str, keep_snapshots: int = 5, min_age_s: 
         result.snapshots_expired = len(expire)
     # Metadata JSON files: keep the current one and those in the metadata log; delete older ones past min age.
     # Only versions below the current one as seen here: a newer file is a commit made since (the archive runs
-    # concurrently) and may be the table's current metadata, whatever its mtime says.
-    location = _local_path(table.metadata_location)
-    import os
-
-    meta_dir = os.path.dirname(location)
-    logged = {os.path.basename(_local_path(e.metadata_file)) for e in table.metadata.metadata_log}
-    logged.add(os.path.basename(location))
-    current = _metadata_version(os.path.basename(location))
-    if os.path.isdir(meta_dir) and current is not None:
-        for entry in os.scandir(meta_dir):
-            version = _metadata_version(entry.name)
-            if version is not None and version < current and entry.name not in logged:
-                if now_ms - entry.stat().st_mtime * 1000 >= min_age_s * 1000:
-                    os.unlink(entry.path)
-                    result.files_deleted += 1
+    # concurrently) and may be the table's current metadata, whatever its mtime says. Listed and deleted through
+    # the table's FileIO, so this works on object storage (s3://) as on a local warehouse.
+    logged = {_base_name(e.metadata_file) for e in table.metadata.metadata_log}
+    logged.add(_base_name(table.metadata_location))
+    current = _metadata_version(_base_name(table.metadata_location))
+    if current is not None:
+        for name, location, mtime_ms in metadata_files(table, result):
+            version = _metadata_version(name)
+            if version is not None and version < current and name not in logged and mtime_ms is not None:
+                if now_ms - mtime_ms >= min_age_s * 1000:
+                    try:
+                        table.io.delete(location)
+                        result.files_deleted += 1
+                    except FileNotFoundError:
+                        pass
     return result
+
+
+def _base_name(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def metadata_files(table: Any, result: CompactResult | None = None) -> list[tuple[str, str, float | None]]:
+    """``(name, location, mtime_ms)`` of every file in the table's metadata folder, listed through the table's
+    FileIO's file system (local or ``s3://``); empty, with a note in ``result``, if its FileIO cannot list."""
+    from pyarrow import fs
+
+    fs_by_scheme = getattr(table.io, "fs_by_scheme", None)
+    folder = table.metadata_location.rsplit("/", 1)[0]
+    if fs_by_scheme is None:
+        if result is not None:
+            result.notes.append(f"{type(table.io).__name__} cannot list {folder}: old metadata files are left")
+        return []
+    parsed = urlparse(folder)
+    scheme = parsed.scheme or "file"
+    path = parsed.path if scheme == "file" else f"{parsed.netloc}{parsed.path}"
+    listing = fs_by_scheme(scheme, parsed.netloc).get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return [(info.base_name, f"{folder}/{info.base_name}",
+             info.mtime_ns / 1e6 if info.mtime_ns is not None else None)
+            for info in listing if info.type == fs.FileType.File]
 
 
 def _metadata_version(name: str) -> int | None:

@@ -42,6 +42,7 @@ def spark_submit() -> Path:
 def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
     """``spark-submit --master M --driver-memory X --conf <batch jar, fs.file.impl, log4j2 file> --jars <iceberg,sqlite,batch>
     batch_jobs/backfill.py <args>`` (the session's JVM settings of :func:`skewless.engines.spark_session.jvm_conf`)."""
+    from skewless.config import shared_catalog
     from skewless.engines.spark_session import jvm_conf, session_jars
 
     cmd = [str(spark_submit()), "--master", args.master, "--driver-memory", args.driver_memory,
@@ -49,7 +50,8 @@ def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
            "--conf", f"spark.driver.extraJavaOptions=-Dlog4j2.configurationFile={spark_log4j().as_uri()}"]
     for key, value in jvm_conf().items():
         cmd += ["--conf", f"{key}={value}"]
-    cmd += ["--jars", ",".join(str(j) for j in session_jars()), str(script)]
+    # the shared catalog's JDBC driver and S3 FileIO must be on the driver's class path from its start
+    cmd += ["--jars", ",".join(str(j) for j in session_jars(shared_catalog() is not None)), str(script)]
     for name in ("start", "end", "master", "repo", "namespace", "chunk_days", "driver_memory"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for view in args.view or ():
@@ -62,7 +64,8 @@ def submit_command(args: argparse.Namespace, script: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from batch_jobs import backfill
-    from skewless.config import spark_master
+    from skewless.config import shared_catalog, spark_master
+    from skewless.engines.object_store import AWS_CHECKSUM_ENV, check_shared_catalog
     from skewless.offline.tables import BatchError
 
     args.master = args.master or spark_master(args.job_default_master)
@@ -75,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         raise CommandError("nothing to compute: no chosen view has a batch-served window (wider than 1 day)",
                            "pass --view NAME of a feature view with such a window")
+    shared = shared_catalog()
+    if shared is not None:  # a wrong endpoint, bucket, credentials or database: one line, before any JVM starts
+        check_shared_catalog(shared)
     script = Path(backfill.__file__).resolve()
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    if shared is not None:  # the driver's S3 FileIO (AWS SDK v2): checksums only when required
+        env.update(AWS_CHECKSUM_ENV)
     return subprocess.call(submit_command(args, script), env=env)

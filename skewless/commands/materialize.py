@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder")
     parser.add_argument("--namespace", default="features", help="Iceberg namespace of the batch tables")
     parser.add_argument("--redis-url", type=redis_url, default=None,
-                        help="default redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0 (rediss:// for TLS); the password comes "
-                             "from $SKEWLESS_REDIS_PASSWORD or $SKEWLESS_REDIS_PASSWORD_FILE")
+                        help="default redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0 (rediss:// for TLS, redis+cluster://HOST:PORT,... "
+                             "for a Redis Cluster); the password comes from $SKEWLESS_REDIS_PASSWORD or "
+                             "$SKEWLESS_REDIS_PASSWORD_FILE")
     parser.add_argument("--project", default=None, help="key prefix (default $SKEWLESS_PROJECT or skewless)")
     parser.add_argument("--no-quality-gate", action="store_true", help="skip the data-quality checks")
     parser.add_argument("--init-epoch", action="store_true", help="initialise the store's epoch if missing")
@@ -35,6 +36,7 @@ def materialize(args: argparse.Namespace) -> int:
     from skewless.core.repo import RepositoryLoadError, load_repository
     from skewless.core.validation import DefinitionError
     from skewless.engines.iceberg_catalog import load_catalog
+    from skewless.engines.redis_client import check_online_store, open_redis
 
     try:
         day = parse_day(args.day, "--day")
@@ -45,7 +47,8 @@ def materialize(args: argparse.Namespace) -> int:
         return 2
     catalog = load_catalog()
     target = redis_target(args.redis_url)
-    client = redis.Redis.from_url(target.single_node_url(), **target.client_kwargs())
+    client = open_redis(target)  # a cluster: every master must answer before anything is written
+    check_online_store(client, target)
     gate = None
     if not args.no_quality_gate:
         try:

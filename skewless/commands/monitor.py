@@ -96,13 +96,15 @@ def _read_frame(path: str) -> Any:
 
 
 def _redis_client(args: argparse.Namespace) -> Any:
-    """The online store with the configured password/CA and connect/read timeouts (:func:`skewless.config.redis_target`)."""
-    import redis
-
+    """The online store (one Redis or a Redis Cluster) with the configured password/CA and connect/read timeouts
+    (:func:`skewless.config.redis_target`), checked once (:func:`skewless.engines.redis_client.check_online_store`)."""
     from skewless.config import redis_target
+    from skewless.engines.redis_client import check_online_store, open_redis
 
     target = redis_target(args.redis_url)
-    return redis.Redis.from_url(target.single_node_url(), **target.client_kwargs())
+    client = open_redis(target)
+    check_online_store(client, target)
+    return client
 
 
 def _project(args: argparse.Namespace) -> str:
@@ -276,8 +278,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import redis
 
+    from skewless.engines.redis_client import OnlineStoreError
+
     try:
         return handler(args)
+    except OnlineStoreError:
+        raise  # one line naming the node and the fix (skewless.cli)
     except (FileNotFoundError, ValueError, LookupError, ImportError) as exc:
         print(f"skewless monitor {args.monitor_command}: {exc}", file=sys.stderr)
         return 2

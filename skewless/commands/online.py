@@ -12,6 +12,9 @@ layout's keys):
    printed, not run: it restarts production jobs.
 
 ``sample [--view V] [-n N]`` lists entity ids that hold online state (a bounded SCAN), to read them back.
+
+Both work on one Redis and on a Redis Cluster (the profile's ``online_store``, or ``--redis-url redis+cluster://...``):
+the cluster is checked first (every master answers, every slot served) and scanned master by master.
 """
 
 from __future__ import annotations
@@ -42,17 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(url: str | None) -> Any:
-    """Redis at ``url`` (default: the stack's) with the configured password/CA and connect/read timeouts
-    (:func:`skewless.config.redis_target`)."""
-    import redis
-
+    """The online store at ``url`` (default: the profile's, else the stack's; one Redis or a Redis Cluster) with the
+    configured password/CA and connect/read timeouts (:func:`skewless.config.redis_target`), checked once."""
     from skewless.config import redis_target
+    from skewless.engines.redis_client import check_online_store, open_redis
 
     target = redis_target(url)
-    return redis.Redis.from_url(target.single_node_url(), **target.client_kwargs())
+    client = open_redis(target)
+    check_online_store(client, target)
+    return client
 
 
 def _rebuild(args: argparse.Namespace) -> int:
+    from batch_jobs.materialize import store_epoch
     from batch_jobs.runner import find_view, parse_day
     from skewless.config import default_project
     from skewless.offline.tables import BatchError
@@ -60,6 +65,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     from skewless.core import layout
     from skewless.core.repo import RepositoryLoadError, load_repository
     from skewless.core.validation import DefinitionError
+    from skewless.engines.redis_client import masters
 
     try:  # every argument is checked before Redis is touched
         parse_day(args.day, "--day")
@@ -76,9 +82,10 @@ def _rebuild(args: argparse.Namespace) -> int:
         print(f"{key} is missing: Redis lost its data (or the store moves to layout v{layout.LAYOUT_VERSION}); "
               "initialising a new epoch")
     older = [f"{project}:v{v}:*" for v in range(1, layout.LAYOUT_VERSION)
-             if client.scan(0, match=f"{project}:v{v}:*", count=1000)[1]]
+             if any(node.scan(0, match=f"{project}:v{v}:*", count=1000)[1] for _, node in masters(client))]
     if older:
         print(f"keys of an older layout ({', '.join(older)}) are no longer read; delete them once this layout is filled")
+    store_epoch(client, project, init=True)  # step 1 even when no batch run can be materialized yet
     args.init_epoch = True
     status = m.materialize(args)
     if status == 0:
@@ -92,6 +99,7 @@ def _sample(args: argparse.Namespace) -> int:
     from skewless.core.repo import RepositoryLoadError, load_repository
     from skewless.core.validation import DefinitionError
     from skewless.config import default_project
+    from skewless.engines.redis_client import masters
     from skewless.monitoring.sampling import sample_entities
 
     if args.n < 1:
@@ -114,7 +122,12 @@ def _sample(args: argparse.Namespace) -> int:
         for name in args.view or sorted(views):
             view = views[name]
             names = [k for k, _ in view.entity.join_keys]
-            for key in sample_entities(client, args.project or default_project(), view, args.n, args.timeout):
+            keys: list = []
+            for _, node in masters(client):  # a cluster: SCAN each master until n are found
+                keys += sample_entities(node, args.project or default_project(), view, args.n - len(keys), args.timeout)
+                if len(keys) >= args.n:
+                    break
+            for key in keys:
                 found += 1
                 if args.ids:
                     print(",".join(str(v) for v in key))
@@ -138,8 +151,12 @@ def run(args: argparse.Namespace) -> int:
     if handler is None:
         print("usage: skewless online {sample [--view V] [-n N] | rebuild --day YYYY-MM-DD [--view V]}", file=sys.stderr)
         return 2
+    from skewless.engines.redis_client import OnlineStoreError
+
     try:
         return handler(args)
+    except OnlineStoreError:
+        raise  # one line naming the node and the fix (skewless.cli)
     except redis.RedisError as exc:
         print(f"skewless online {args.action}: Redis unreachable ({exc}); is the stack up (`make up`)?", file=sys.stderr)
         return 1

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: the CPU count)")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
     parser.add_argument("--redis-url", type=redis_url, default=None,
-                        help="online store (default: redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0; rediss:// for TLS); "
+                        help="online store (default: redis://127.0.0.1:$SKEWLESS_REDIS_PORT/0; rediss:// for TLS, "
+                             "redis+cluster://HOST:PORT,... for a Redis Cluster); "
                              "the password comes from $SKEWLESS_REDIS_PASSWORD or $SKEWLESS_REDIS_PASSWORD_FILE")
     parser.add_argument("--redis-tls", action="store_true", help="connect to Redis over TLS (rediss://)")
     parser.add_argument("--project", default=None, help="key prefix of the online store (default: $SKEWLESS_PROJECT or skewless)")
@@ -64,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
     from skewless.serving.online import read_limits
 
     # a bad secret file, timeout or limit fails here, not in the workers
-    config.api_token(), config.redis_target(args.redis_url).single_node_url(), config.kafka_timeout_s(), read_limits()
+    target = config.redis_target(args.redis_url)
+    config.api_token(), config.kafka_timeout_s(), read_limits()
+    if target.cluster:  # a cluster that cannot serve (a seed not in cluster mode, a master down) fails here, in one line
+        from skewless.engines.redis_client import check_online_store, open_redis
+
+        client = open_redis(target)
+        check_online_store(client, target)
+        client.close()
     check_port_free(args.host, args.port)
     # the workers inherit the selected profile (SKEWLESS_CONFIG / SKEWLESS_PROFILE) and read it again
     settings = ServerSettings(repo=os.path.abspath(args.repo), redis_url=args.redis_url, redis_tls=args.redis_tls,

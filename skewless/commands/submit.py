@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the job starts reading the topic: from the start (rebuilds every window), "
                              "new records only, or the consumer group's committed offsets")
     parser.add_argument("--parallelism", type=positive_int, default=None,
-                        help="parallelism of the job (default: the cluster's)")
+                        help="parallelism of the job (default: the profile's flink.parallelism, else 1)")
     parser.add_argument("--replace", action="store_true",
                         help="cancel a running job that computes the same view(s) before submitting, instead of "
                              "refusing")
@@ -78,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
     # no credentials in argv: the job reads the Redis password and Kafka security settings from the environment
     # and the same profile (--profile, and SKEWLESS_CONFIG, which the command's environment carries to it)
     job_args = ["--view", args.view, "--starting-offsets", args.starting_offsets, "--bootstrap", bootstrap,
-                "--redis", config.redis_target(profile=profile).single_node_url(), "--repo", os.path.abspath(args.repo),
+                "--redis", config.redis_target(profile=profile).url, "--repo", os.path.abspath(args.repo),
                 "--profile", profile.name, *args.extra]
-    if args.parallelism:
-        job_args += ["--parallelism", str(args.parallelism)]
-    job_id = cluster.submit_python_job(script, job_args, detached=True, parallelism=args.parallelism)
+    parallelism = args.parallelism or profile.flink.parallelism
+    if parallelism:
+        job_args += ["--parallelism", str(parallelism)]
+    job_id = cluster.submit_python_job(script, job_args, detached=True, parallelism=parallelism)
     print(f"skewless submit: {args.view} -> Flink job {job_id} (views {', '.join(views)}); "
           "`skewless jobs` lists, `skewless jobs --cancel ID` cancels")
     return 0

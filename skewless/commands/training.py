@@ -21,7 +21,9 @@ HELP = "point-in-time correct features for entity rows (or a spine of entities x
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", nargs="+", required=True, help="view:feature, view or feature service names")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--entities", type=existing_file, help="Parquet file with the entity keys and a timestamp column")
+    src.add_argument("--entities", type=entity_file,
+                     help="Parquet file with the entity keys and a timestamp column (a path, or s3://BUCKET/KEY on the "
+                          "profile's object store)")
     src.add_argument("--spine", action="store_true", help="entities x timestamps from --start to --end every --every")
     parser.add_argument("--start", help="spine: first instant (ISO, UTC)")
     parser.add_argument("--end", help="spine: end instant, exclusive (ISO, UTC)")
@@ -36,10 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def entity_file(text: str) -> str:
+    """A readable local file, or an ``s3://`` location (read through the profile's object store)."""
+    return text if text.startswith("s3://") else existing_file(text)
+
+
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from skewless.engines.object_store import read_parquet
     from skewless.store import FeatureStore
     from skewless.training import TrainingDataError, TrainingInputError
     from skewless.training.plan import build_pit_plan
@@ -55,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                     catalog=store.catalog, timestamp_column=args.timestamp_column)
         else:
             try:
-                entity_df = pq.read_table(args.entities)
+                entity_df = read_parquet(args.entities)
             except (pa.ArrowException, OSError) as exc:
                 raise TrainingInputError(f"{args.entities} is not a Parquet file ({exc}); give the entity rows as "
                                          "Parquet (e.g. pandas DataFrame.to_parquet)") from None

@@ -29,6 +29,20 @@ def s3_filesystem(target: S3Target, allow_bucket_creation: bool = False):
                            allow_bucket_creation=allow_bucket_creation)
 
 
+def read_parquet(location: str):
+    """A Parquet file (or folder of them) as a ``pyarrow.Table``: ``s3://BUCKET/KEY`` through the profile's object
+    store (endpoint, credentials, timeouts), anything else from the local file system."""
+    import pyarrow.parquet as pq
+
+    if location.startswith("s3://"):
+        from skewless.config import s3_target
+
+        target = s3_target()
+        check_bucket(target, location[len("s3://"):].split("/", 1)[0])
+        return pq.read_table(location[len("s3://"):], filesystem=s3_filesystem(target))
+    return pq.read_table(location)
+
+
 def check_bucket(target: S3Target, bucket: str) -> None:
     """Raise :class:`EngineSetupError` (one line: the object store, what is wrong, the fix) unless ``bucket`` exists
     on ``target`` and its credentials may read it."""
@@ -95,6 +109,16 @@ def pyiceberg_properties(catalog: SharedCatalog) -> dict[str, str]:
         "s3.region": s3.region,
         "s3.connect-timeout": str(s3.timeout_s),
     }
+
+
+# Keys of :func:`spark_catalog_conf` that hold credentials: a SparkSession gets them only after its JVM started
+# (PySpark passes the builder's settings to spark-submit as ``--conf`` arguments, readable in the process list).
+SECRET_CONF_SUFFIXES = (".jdbc.password", ".s3.access-key-id", ".s3.secret-access-key")
+
+
+def is_secret_conf(key: str) -> bool:
+    """Whether a Spark setting of :func:`spark_catalog_conf` holds a credential."""
+    return key.endswith(SECRET_CONF_SUFFIXES)
 
 
 def spark_catalog_conf(catalog: SharedCatalog) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Mapping
 
 from skewless.config import ICEBERG_CATALOG_NAME, paths, shared_catalog
 from skewless.engines import find_jar
-from skewless.engines.object_store import AWS_CHECKSUM_ENV, check_shared_catalog, spark_catalog_conf
+from skewless.engines.object_store import AWS_CHECKSUM_ENV, check_shared_catalog, is_secret_conf, spark_catalog_conf
 from skewless.engines.spark_jar import LOCAL_FS_CLASS, batch_jar
 
 ICEBERG_RUNTIME_PREFIX = "iceberg-spark-runtime-4.1_2.13-"
@@ -127,7 +127,12 @@ def spark_session(
     conf.update(jvm_conf())
     conf.update(catalog_conf(warehouse, catalog_db))
     conf.update({k: str(v) for k, v in (extra_conf or {}).items()})
+    # credentials only once the JVM runs (as SQL settings, read when the catalog is first used): never in argv
+    secret = {k: conf.pop(k) for k in [k for k in conf if is_secret_conf(k)]}
     builder = SparkSession.builder.appName(app_name).master(master)
     for k, v in conf.items():
         builder = builder.config(k, v)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    for k, v in secret.items():
+        session.conf.set(k, v)
+    return session

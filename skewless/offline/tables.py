@@ -193,15 +193,19 @@ _PYICEBERG: dict[tuple[str, str], Any] = {}
 
 
 def pyiceberg_catalog(spark: Any) -> Any:
-    """The PyIceberg view of the Spark session's ``skewless`` catalog (same sqlite file and warehouse)."""
+    """The PyIceberg view of the Spark session's ``skewless`` catalog (same sqlite file and warehouse, or the
+    profile's PostgreSQL catalog and its ``s3://`` warehouse)."""
     from skewless.engines.iceberg_catalog import load_catalog
 
     uri = spark.conf.get(f"spark.sql.catalog.{CATALOG}.uri")
     warehouse = spark.conf.get(f"spark.sql.catalog.{CATALOG}.warehouse")
     key = (uri, warehouse)
     if key not in _PYICEBERG:
-        _PYICEBERG[key] = load_catalog(catalog_db=uri.removeprefix("jdbc:sqlite:"),
-                                       warehouse=warehouse.removeprefix("file://"))
+        if uri.startswith("jdbc:sqlite:"):
+            _PYICEBERG[key] = load_catalog(catalog_db=uri.removeprefix("jdbc:sqlite:"),
+                                           warehouse=warehouse.removeprefix("file://"))
+        else:  # the profile's shared (postgres) catalog, which the session was built from
+            _PYICEBERG[key] = load_catalog()
     return _PYICEBERG[key]
 
 

@@ -18,6 +18,7 @@ from skewless.core.expr import evaluate
 from skewless.core.routing import BATCH_TAIL_DAYS, BATCH_TILE_MS, SNAPSHOT_EXPIRED_MEMORY_MS
 from skewless.core.staleness import INCOMPLETE, PRESENT, STALE
 from skewless.core.timeutil import MS_PER_DAY, floor_ms
+from skewless.serving.compiled import compile_view
 from skewless.serving.read_plan import GroupSpec, ViewReadPlan
 from skewless.serving.reply_stream import ReplyStream
 
@@ -30,8 +31,10 @@ try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             return json.loads(data)
+
+    _strict_loads = orjson.loads  # the compiled read's: JSON orjson refuses is left to the generic evaluation
 except ImportError:  # pragma: no cover - orjson is a dependency
-    loads = json.loads
+    loads = _strict_loads = json.loads
 
 _MISSING = object()
 _I64_LOW = -(1 << 63)
@@ -41,6 +44,7 @@ CACHE_MAX = 1 << 16  # decoded tile vectors / batch parts / snapshot rows a stor
 DEFAULT_CACHE_BYTES = 128 << 20  # all of a store's value caches together (SKEWLESS_SERVE_CACHE_BYTES)
 ENTRY_OVERHEAD = 256  # bytes a cache entry costs beyond its payload (dict slot, list/tuple headers, small objects)
 _FROZEN = frozenset((int, str, float, bool, type(None), Decimal))
+_PLAIN_VALUES = frozenset((int, str, float, bool, type(None)))  # laws.decode_value gives these unchanged
 CORRUPT_LOG_EVERY_S = 60.0  # a corrupt key is logged at most once in this many seconds (per process)
 log = logging.getLogger("skewless.serving")
 _corrupt_logged: dict[bytes, float] = {}  # key -> when it was last logged (bounded: emptied past 10,000 keys)
@@ -303,7 +307,8 @@ def snapshots(vp: ViewReadPlan, raws: Sequence[Any], epoch: str | None, T: int,
                 decoded = row[4]
                 if decoded is None:
                     stored = row[3]["values"]
-                    decoded = tuple([laws.decode_value(stored[p]) for p, _ in vp.snapshot_fields])
+                    decoded = tuple([x if type(x) in _PLAIN_VALUES else laws.decode_value(x)  # plain: itself
+                                     for x in [stored[p] for p, _ in vp.snapshot_fields]])
                     if _frozen(decoded):
                         row[4] = decoded
                 append((decoded, present, T - ts))
@@ -359,9 +364,10 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     parts: dict[int, tuple] = {}  # batch cut-off -> (after T?, days late at T)
     hits = 0
     i = -1
+    fast = compiled_entity(vp, T, now, epoch, meta, as_of_ms, stream_starts, use_memo)
     for entry, raws in zip(entries, raws_list):
         i += 1
-        hit = None
+        hit = at_t = None
         if entry is not None and entry[0] == ctx and entry[1] == raws:  # the replies compared as they are
             cutoff = entry[2]
             if cutoff is None or entry[3] == (parts.get(cutoff) or _cutoff_part(parts, cutoff, T)):
@@ -371,10 +377,21 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     entry[7] = spans[i]
         if hit is None:
             key = tags[i] if use_memo else None
-            part = None
-            if key is not None:
+            if fast is not None:
                 try:
-                    cutoff = None
+                    hit, at_t = fast(raws[0])  # a tuple of frozen values, or None: the generic evaluation decides
+                except Exception:  # noqa: BLE001 - anything unusual is the generic evaluation's (same errors)
+                    hit = None
+            frozen = hit is not None
+            part = cutoff = None
+            if key is None:
+                pass
+            elif frozen:  # the memo's cut-off: the record's, never older than the run's (the compiled path's rule)
+                cutoff = hit[3]
+                if cutoff is not None:
+                    part = (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
+            else:
+                try:
                     if has_batch:
                         braw = raws[-1]
                         if type(braw) is list:  # flat [field, value, ...]: the field at an even position
@@ -390,13 +407,15 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                     part = None if cutoff is None else (cutoff > T, (T - cutoff) // BATCH_TILE_MS)
                 except Exception:  # noqa: BLE001 - malformed replies: the evaluation below raises the reference's error
                     key = None
-            try:
-                agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, caches)
-                hit = prepare(vp, agg)
-            except Exception as exc:  # noqa: BLE001 - a corrupt stored value: this entity incomplete, the others served
-                hit, key = corrupt_entity(vp, tags[i], raws, exc), None
+            if hit is None:
+                try:
+                    agg = aggregate(vp, [as_dict(r) for r in raws], epoch, meta, now, as_of_ms, stream_starts, caches)
+                    hit = prepare(vp, agg)
+                    frozen = _frozen(tuple(agg[0].values())) and _frozen(hit[0])
+                except Exception as exc:  # noqa: BLE001 - a corrupt stored value: this entity incomplete, the others served
+                    hit, key = corrupt_entity(vp, tags[i], raws, exc), None
             entry = None
-            if key is not None and _frozen(tuple(agg[0].values())) and _frozen(hit[0]):
+            if key is not None and frozen:
                 entry = memo[key] = [ctx, raws, cutoff, part, hit, None, None, spans[i] if spans else None]
                 caches.kept[0] += 1
                 caches.charge(len(key) + (2 * len(spans[i]) if spans else replies_size(raws)) + 4 * ENTRY_OVERHEAD, True)
@@ -408,7 +427,7 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
             if span is not None and span[0] <= T < span[1]:
                 out_vals = span[2]
             else:
-                out_vals = dyn(vp, hit, T)
+                out_vals = dyn(vp, hit, T) if at_t is None else at_t
                 if entry is not None:
                     entry[6] = _days_span(hit[5], T, out_vals)
         if stale:
@@ -427,6 +446,23 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
                 mstats[2] = _MEMO_PAUSE
             mstats[0] = mstats[1] = 0
     return rows
+
+
+_NOT_COMPILED = object()
+
+
+def compiled_entity(vp: ViewReadPlan, T: int, now: int, epoch: bytes | None, meta: tuple[Any, ...], as_of_ms: int | None,
+                    stream_starts: Sequence[list[int | None]], keep: bool = True) -> Any:
+    """The view's compiled evaluation of one entity for this read (:mod:`skewless.serving.compiled`): None when the read
+    is one it does not serve (at ``as_of``, without the epoch or the view meta's, before the stream applied); ``keep``
+    False: its results are not memoised (their values and pending features None)."""
+    factory = vp.compiled
+    if factory is None:
+        factory = vp.compiled = compile_view(vp, _strict_loads) or _NOT_COMPILED
+    applied_from, meta_epoch, run_cutoff, _ = meta
+    if factory is _NOT_COMPILED or as_of_ms is not None or epoch is None or meta_epoch != epoch or applied_from is None:
+        return None
+    return factory(T, [floor_ms(now, g.tile_ms) for g in vp.groups], epoch, applied_from, run_cutoff, stream_starts, keep)
 
 
 def prepare(vp: ViewReadPlan, agg: tuple) -> tuple:

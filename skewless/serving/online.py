@@ -12,7 +12,8 @@ Reads follow docs/semantics.md §10-§11 with the keys of :mod:`skewless.core.la
 
 Everything a call needs (keys, laws, derived order) is planned once per feature selection and cached; a call
 packs one pipeline (epoch, progress, view metas, then per view and entity one command on the entity's hash: HGETALL
-for a feature view, HMGET of the row and manifest for a snapshot view; Redis Cluster pipelines split per node) and
+for a feature view, HMGET of the row and manifest for a snapshot view; on a Redis Cluster one pipelined exchange per
+master involved, :class:`~skewless.serving.transport.ClusterExchange`) and
 evaluates only requested features. A part of an entity hash that its manifest lists but the hash lacks (a lost tile,
 batch record or snapshot row) reads ``incomplete`` where it feeds; a Redis whose ``maxmemory-policy`` may evict keys is
 refused on the first read (:func:`skewless.core.layout.check_eviction_policy`).
@@ -36,7 +37,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError as RedisResponseError
 
-from skewless.config import ConfigError, default_project, redis_target, redis_url as project_redis_url
+from skewless.config import ConfigError, RedisTarget, default_project, redis_target
 from skewless.profile import load_profile
 from skewless.core import laws, layout
 from skewless.core.admission import MalformedError, parse_event_time
@@ -45,12 +46,13 @@ from skewless.core.repo import Repository, load_repository
 from skewless.core.staleness import EXPIRED, INCOMPLETE, PRESENT, STALE, STATUS_SUFFIX, is_stale, newest_applied_ms, parse_progress
 from skewless.core.schemas import pandas_dtype
 from skewless.core.timeutil import iso_ms, to_epoch_ms
+from skewless.engines.redis_client import check_online_store, is_cluster, open_redis
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
 from skewless.serving.evaluate import (CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, loads, snapshots, view_meta,
                                        warn_corrupt, windowed, window_starts)
 from skewless.serving.read_plan import SERIALS, EntitySpec, ReadPlan, build_plan
 from skewless.serving.reply_stream import ReplyStream
-from skewless.serving.transport import STREAM_MIN, execute, round_trip, snapshot_replies
+from skewless.serving.transport import STREAM_MIN, ClusterExchange, execute, round_trip, snapshot_replies
 
 DEFAULT_MAX_ENTITIES = 1000
 DEFAULT_MAX_KEY_LENGTH = 1024  # characters of a string join key value (SKEWLESS_SERVE_MAX_KEY_LENGTH)
@@ -266,6 +268,7 @@ class OnlineStore:
         self._lock = threading.Lock()
         self._epoch_key = layout.epoch_key(self.project).encode()
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
+        self._cluster = ClusterExchange(redis_client) if is_cluster(redis_client) else None
         self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call
         self._pid = os.getpid()
         if max_key_length is None or cache_bytes is None:
@@ -273,7 +276,8 @@ class OnlineStore:
             max_key_length, cache_bytes = max_key_length or env_key_length, cache_bytes or env_cache_bytes
         self.max_key_length = max_key_length
         self.caches = ReadCaches(max_bytes=cache_bytes)
-        self._policy_checked = False  # the server's maxmemory-policy, checked on the first read
+        self._policy_checked = False  # the server's maxmemory-policy (and the store's kind), checked on the first read
+        self.target: RedisTarget | None = None  # where the client points (open_store), for the first read's check
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -384,6 +388,8 @@ class OnlineStore:
                             now_ms: int | None = None) -> OnlineResponse:
         """Values of ``features`` for ``entity_rows`` at "now" or at a tile-aligned ``as_of``, in one round trip."""
         if not self._policy_checked:
+            if self.target is not None:  # a cluster named as one Redis (or the reverse), a master down: one line
+                check_online_store(self.client, self.target)
             layout.check_eviction_policy(self.client, "online store")  # an evicting Redis is refused
             self._policy_checked = True
         plan = self.plan(features)
@@ -423,6 +429,9 @@ class OnlineStore:
                             self.caches.charge(len(t) + len(one) + ENTRY_OVERHEAD)
                 packed += ones
             return self._send(b"".join(packed), kinds, plan, cols, n, tags, now, as_of_ms)
+        if self._cluster is not None:  # one pipelined exchange per master involved
+            replies = self._cluster.read(plan, tags, n, self.caches)
+            return self._evaluate(replies, None, plan, cols, n, tags, now, as_of_ms)
         names = list(plan.head_names)
         for vp in plan.views:
             names += [(cmd, vp.prefix + t + suffix) for t in tags[vp.entity_index] for cmd, suffix in vp.key_suffixes]
@@ -656,22 +665,23 @@ def _progress(raw: Mapping[bytes, bytes] | None) -> dict[int, dict[str, Any]]:
 
 def open_store(repo: Repository | str = "feature_defs", redis_url: str | None = None, *, project: str | None = None,
                password: str | None = None, tls: bool = False, profile_name: str | None = None, **kwargs: Any) -> OnlineStore:
-    """An :class:`OnlineStore` on ``redis_url`` (default: the project's Redis), connected as
+    """An :class:`OnlineStore` on ``redis_url`` (default: the profile's online store, else the project's Redis; a
+    ``redis+cluster://`` URL or ``type: redis_cluster`` opens a Redis Cluster), connected as
     :func:`skewless.config.redis_target` says: ``SKEWLESS_REDIS_PASSWORD[_FILE]`` (unless ``password`` is given),
-    ``SKEWLESS_REDIS_TLS_CA_FILE`` and the connect/read timeouts (``SKEWLESS_REDIS_[CONNECT_]TIMEOUT_S``)."""
+    ``SKEWLESS_REDIS_TLS_CA_FILE`` and the connect/read timeouts (``SKEWLESS_REDIS_[CONNECT_]TIMEOUT_S``). The
+    store is checked on its first read (:func:`skewless.engines.redis_client.check_online_store`)."""
     if not isinstance(repo, Repository):
         repo = load_repository(repo)
-    if tls:
-        redis_url = redis_url or project_redis_url()
-        if redis_url.startswith("redis://"):
-            redis_url = "rediss://" + redis_url[len("redis://"):]
     profile = load_profile(repo.path, profile_name)  # the repository's skewless.yaml (docs/deploy.md)
+    if tls:
+        redis_url = redis_url or redis_target(None, profile).url
+        if redis_url.startswith(("redis://", "redis+cluster://")):
+            redis_url = "rediss" + redis_url[len("redis"):]
     target = redis_target(redis_url, profile)
-    opts = target.client_kwargs()
-    if password:
-        opts["password"] = password
-    client = redis.Redis.from_url(target.single_node_url(), **opts)
-    return OnlineStore(repo, client, project or default_project(profile), **kwargs)
+    store = OnlineStore(repo, open_redis(target, **({"password": password} if password else {})),
+                        project or default_project(profile), **kwargs)
+    store.target = target
+    return store
 
 
 __all__ = ["EXPIRED", "INCOMPLETE", "PRESENT", "STALE", "AsOfNotAligned", "OnlineRequestError", "OnlineResponse",

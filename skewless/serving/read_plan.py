@@ -129,6 +129,7 @@ class ViewReadPlan:
     # the window starts at T of the last read and the instants they hold for: (T_lo, T_hi, now_lo, now_hi, as_of,
     # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
     window: tuple | None = None
+    compiled: Any = None  # the view's compiled evaluation (skewless.serving.compiled), made on its first read
     key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
     kinds: tuple[int, ...] = ()  # reply kind (K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key

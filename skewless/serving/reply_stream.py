@@ -16,6 +16,7 @@ the parser's ``ResponseError``. Whoever holds the stream disconnects the connect
 
 from __future__ import annotations
 
+import itertools
 import socket
 from typing import Any
 
@@ -156,11 +157,15 @@ class ReplyStream:
         """For a run of entities of ``k`` replies each: per entity None when its raw replies are ``kept[i]`` (passed
         over), else its parsed replies; and per entity those raw bytes (``spans=False``: none kept, none wanted:
         the replies are only parsed). When every entity has kept bytes, the run is first compared whole."""
-        if not spans:
-            parse = self.parse
-            return [parse(k, False) for _ in kept], []
+        if not spans:  # one parse of the run's replies, then split per entity
+            replies = self.parse(k * len(kept), False)
+            if k == 1:
+                return [[r] for r in replies], []
+            return [replies[i:i + k] for i in range(0, len(replies), k)], []
         if kept and None not in kept and self.skip(b"".join(kept)):  # type: ignore[arg-type]
             return [None] * len(kept), kept  # type: ignore[return-value]
+        if kept and not any(kept):  # nothing kept (ever-new entities): the run parsed in one call, then split
+            return self._parse_run(len(kept), k)
         parsed: list[list[Any] | None] = []
         spans: list[bytes] = []
         skip, parse = self.skip, self.parse
@@ -171,6 +176,28 @@ class ReplyStream:
             else:
                 parsed.append(parse(k))
                 spans.append(self.buf[self.start:self.pos])
+        return parsed, spans
+
+    def _parse_run(self, n: int, k: int) -> tuple[list[list[Any] | None], list[bytes]]:
+        """``take`` of ``n`` entities of ``k`` replies with nothing kept: parsed at once, each entity's raw bytes
+        measured from its parsed replies."""
+        if self.pending:
+            self._settle()
+        replies = self.parse(n * k, False)
+        self.pending = []
+        lens = [resp_len(r) for r in replies]
+        buf, start = self.buf, self.pos  # parse() only drops bytes before pos, which marks where the run began
+        if k == 1:
+            ends = list(itertools.accumulate(lens, initial=start))
+            parsed: list[list[Any] | None] = [[r] for r in replies]
+        else:
+            ends = list(itertools.accumulate([sum(lens[i:i + k]) for i in range(0, len(lens), k)], initial=start))
+            parsed = [replies[i:i + k] for i in range(0, len(replies), k)]
+        end = ends[-1]
+        if end > self.fed or buf[end - 2:end] != b"\r\n":
+            raise InvalidResponse("reply framing differs from RESP2 (a proxy or another protocol?)")
+        spans = list(map(buf.__getitem__, map(slice, ends, ends[1:])))
+        self.start, self.pos = ends[-2] if n else start, end
         return parsed, spans
 
     def span(self) -> bytes:

@@ -378,13 +378,13 @@ class FeatureServer:
         """The store's epoch marker read on a thread of its own (reads run on theirs: never behind a blocked read),
         awaited at most ``HEALTH_PROBE_S`` (or the Redis timeouts): 200, or 503 naming why Redis did not answer.
         One probe at a time: while one waits on a hung Redis, the next /health awaits it instead of queueing more."""
-        store = self.store
         bound = min(sum(config.redis_timeouts()), HEALTH_PROBE_S)
-        probe = self._probe
-        if probe is None or probe.done():
-            probe = self._probe = asyncio.get_running_loop().run_in_executor(
-                _pool("health", 1), store.client.get, layout.epoch_key(store.project))
         try:
+            store = self.store  # a Redis Cluster is discovered when the store opens: it may fail here (503)
+            probe = self._probe
+            if probe is None or probe.done():
+                probe = self._probe = asyncio.get_running_loop().run_in_executor(
+                    _pool("health", 1), store.client.get, layout.epoch_key(store.project))
             epoch = await asyncio.wait_for(asyncio.shield(probe), bound)
             body = {"status": "ok", "redis": "ok", "store_initialised": epoch is not None, "pid": os.getpid()}
             return 200, dumps(body), b"application/json"

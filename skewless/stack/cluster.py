@@ -32,7 +32,8 @@ from skewless.stack.base import Node, NodeService, StackError, Started, port_in_
 from skewless.stack.flink import FlinkSessionCluster
 from skewless.engines.kafka import admin_client
 from skewless.stack.kafka import DEFAULT_HEAP, LAUNCH_SCRIPT, KafkaBroker
-from skewless.stack.offline import (CATALOG_USER, OBJECT_STORE_REGION, WAREHOUSE_URI, CatalogDatabase, ObjectStore, SparkCluster,
+from skewless.stack.offline import (CATALOG_USER, FLINK_STATE_URI, OBJECT_STORE_REGION, WAREHOUSE_URI, CatalogDatabase,
+                                    ObjectStore, SparkCluster,
                                     catalog_password_file, object_store_credentials)
 from skewless.stack.procs import log_tail, pid_alive, spawn, stop_pids, wait_until
 from skewless.stack.redis import REDIS_CONF, ping, redis_args
@@ -152,9 +153,12 @@ class FlinkCluster(FlinkSessionCluster, NodeService):
     name = "flink-cluster"
     start_timeout_s = 240.0
 
-    def __init__(self, rest_port: int | None = None, state_dir: Path | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, rest_port: int | None = None, state_dir: Path | None = None, log_dir: Path | None = None,
+                 object_store: ObjectStore | None = None) -> None:
+        """``object_store``: checkpoints and savepoints go to its bucket (``FLINK_STATE_URI``)."""
+        store = (lambda state: (object_store.target(state), FLINK_STATE_URI)) if object_store is not None else None
         super().__init__(rest_port=rest_port, state_dir=state_dir, log_dir=log_dir, slots=FLINK_SLOTS_PER_TASKMANAGER,
-                         taskmanagers=FLINK_TASKMANAGERS)
+                         taskmanagers=FLINK_TASKMANAGERS, state_store=store)
 
     def nodes(self) -> list[Node]:
         return [Node("jobmanager (REST)", self.rest_port),
@@ -404,7 +408,8 @@ SERVICE_NAMES = (KafkaCluster.name, FlinkCluster.name, RedisCluster.name, Object
 def cluster_services() -> list[NodeService]:
     """What ``stack up --topology cluster`` starts, in order, on the configured base ports: the online half
     (Kafka, Flink, Redis) and the offline half (skewless/stack/offline.py: object store, catalog database, Spark)."""
-    return [KafkaCluster(), FlinkCluster(), RedisCluster(), ObjectStore(), CatalogDatabase(), SparkCluster()]
+    store = ObjectStore()
+    return [KafkaCluster(), FlinkCluster(object_store=store), RedisCluster(), store, CatalogDatabase(), SparkCluster()]
 
 
 def cluster_service(name: str, ports: dict[str, int]) -> NodeService:
@@ -445,7 +450,7 @@ def write_cluster_profile(services: Sequence[NodeService]) -> Path:
         elif isinstance(svc, KafkaCluster):
             body["kafka"] = {"bootstrap": svc.bootstrap}
         elif isinstance(svc, FlinkCluster):
-            body["flink"] = {"rest_url": svc.rest_url}
+            body["flink"] = {"rest_url": svc.rest_url, "parallelism": svc.taskmanagers * svc.slots}
         elif isinstance(svc, ObjectStore):
             key_id, key = object_store_credentials(state)
             body["object_store"] = {"endpoint": svc.endpoint, "region": OBJECT_STORE_REGION,

@@ -21,13 +21,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from string import Template
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
-from skewless.config import HOST, PROJECT_ROOT, paths, ports
+from skewless.config import HOST, PROJECT_ROOT, S3Target, paths, ports
+from skewless.engines import EngineSetupError, find_jar
 from skewless.stack.base import Service, Started, StackError, free_port, port_in_use
+from skewless.stack.offline import write_private
 
 TEMPLATE = PROJECT_ROOT / "infra" / "flink" / "config.yaml"
+S3_PLUGIN = ("flink-plugins/s3-fs-presto", "flink-s3-fs-presto-")  # Flink's S3 file system plugin (infra/pom.xml)
 JOB_ID_PATTERN = re.compile(r"JobID\s+([0-9a-f]{32})")
 
 
@@ -59,7 +62,11 @@ class FlinkSessionCluster(Service):
         python: str | None = None,
         taskmanagers: int = 1,
         rest_host: str = HOST,
+        state_store: Callable[[Path], tuple[S3Target, str]] | None = None,
     ) -> None:
+        """``state_store``: checkpoints and savepoints on an object store instead of the state dir, given as a
+        function of the state dir returning the store (with its credentials) and the ``s3://BUCKET/PREFIX``
+        under which ``checkpoints/`` and ``savepoints/`` go (through Flink's S3 plugin, :data:`S3_PLUGIN`)."""
         self.rest_port = rest_port if rest_port is not None else ports().flink_rest
         self.rest_host = rest_host
         self.state_dir = Path(state_dir or paths().state)
@@ -67,6 +74,8 @@ class FlinkSessionCluster(Service):
         self.jm_memory, self.tm_memory, self.slots = jm_memory, tm_memory, slots
         self.taskmanagers = taskmanagers
         self.python = python or sys.executable
+        self.state_store = state_store
+        self.s3_credentials: dict[str, str] = {}  # set by write_conf when the state store is an object store
 
     # --- Service -------------------------------------------------------------------------------
     def ports(self) -> dict[str, int]:
@@ -118,15 +127,47 @@ class FlinkSessionCluster(Service):
             "python": self.python,
             "pipeline_jars": jar_uri,
         }
+        store_lines = ""
+        if self.state_store is not None:
+            target, prefix = self.state_store(self.state_dir)
+            values["checkpoint_uri"], values["savepoint_uri"] = f"{prefix}/checkpoints", f"{prefix}/savepoints"
+            store_lines = self._s3_settings(target)
         try:
             text = Template(TEMPLATE.read_text()).substitute(values)
         except KeyError as e:
             raise StackError(f"flink: {TEMPLATE} uses unknown placeholder {e}; known: {sorted(values)}") from None
-        (conf / "config.yaml").write_text(text)
+        write_private(conf / "config.yaml", text + store_lines)
         self._link_lib(home)
         (conf / "masters").write_text(f"{HOST}:{self.rest_port}\n")
         (conf / "workers").write_text("localhost\n")
         return conf
+
+    def _s3_settings(self, target: S3Target) -> str:
+        """config.yaml lines of Flink's S3 plugin for ``target`` (linked into :attr:`plugins_dir`)."""
+        try:
+            jar = find_jar(*S3_PLUGIN)
+        except EngineSetupError as exc:
+            raise StackError(f"flink: {exc}") from None
+        plugin = self.plugins_dir / "s3-fs-presto"
+        if plugin.exists():
+            shutil.rmtree(plugin)
+        plugin.mkdir(parents=True)
+        (plugin / jar.name).symlink_to(jar)
+        # The keys reach the plugin as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the processes' environment
+        # (:meth:`_env`; its AWS default credentials chain): Flink logs every config.yaml entry at start and masks
+        # only keys named like secrets, so ``s3.access-key`` would be printed.
+        self.s3_credentials = {"AWS_ACCESS_KEY_ID": target.access_key_id, "AWS_SECRET_ACCESS_KEY": target.secret_access_key}
+        return "\n".join([
+            "", "# Checkpoints and savepoints on the object store (Flink's S3 plugin; keys from the environment).",
+            f"s3.endpoint: {json.dumps(target.endpoint)}",
+            f"s3.path.style.access: {str(target.path_style_access).lower()}",
+            "s3.use-instance-credentials: false",  # the AWS default chain, which reads the environment first
+            "",
+        ])
+
+    @property
+    def plugins_dir(self) -> Path:
+        return self.state_dir / "flink" / "plugins"
 
     @property
     def lib_dir(self) -> Path:
@@ -154,6 +195,7 @@ class FlinkSessionCluster(Service):
             FLINK_HOME=str(flink_home()),
             FLINK_CONF_DIR=str(self.conf_dir),
             FLINK_LIB_DIR=str(self.lib_dir),
+            FLINK_PLUGINS_DIR=str(self.plugins_dir),
             FLINK_LOG_DIR=str(self.log_dir / "flink"),
             FLINK_PID_DIR=str(self.state_dir / "flink"),
             FLINK_IDENT_STRING="skewless",
@@ -161,6 +203,7 @@ class FlinkSessionCluster(Service):
             PYFLINK_CLIENT_EXECUTABLE=self.python,
         )
         env["PATH"] = f"{Path(self.python).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(self.s3_credentials)
         return env
 
     def start(self, state_dir: Path, log_dir: Path) -> Started:

@@ -33,6 +33,7 @@ from skewless.stack.procs import log_tail, pid_alive, spawn, stop_pids, wait_unt
 HEALTH_TIMEOUT_S = 3.0
 OBJECT_STORE_BUCKET = "skewless-warehouse"
 WAREHOUSE_URI = f"s3://{OBJECT_STORE_BUCKET}/warehouse"
+FLINK_STATE_URI = f"s3://{OBJECT_STORE_BUCKET}/flink"  # checkpoints/ and savepoints/ of the cluster's Flink
 OBJECT_STORE_REGION = "us-east-1"
 OBJECT_STORE_HEAP = "-Xmx192m"
 CATALOG_DATABASE = "iceberg_catalog"
@@ -73,7 +74,7 @@ def catalog_password_file(state_dir: Path) -> Path:
     return secret_file(state_dir, "catalog-db-password")
 
 
-def _write_private(path: Path, text: str, owner: str | None = None) -> None:
+def write_private(path: Path, text: str, owner: str | None = None) -> None:
     """Write ``text`` to ``path`` created 0600 (owned by ``owner`` if given)."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -128,7 +129,7 @@ class ObjectStore(NodeService):
         (base / "data").mkdir(parents=True, exist_ok=True)
         target = self.target(state_dir)
         properties = base / "s3proxy.properties"  # holds the credentials: 0600, never argv
-        _write_private(properties, "\n".join([
+        write_private(properties, "\n".join([
             f"s3proxy.endpoint={self.endpoint}",
             "s3proxy.authorization=aws-v2-or-v4",
             f"s3proxy.identity={target.access_key_id}",
@@ -243,7 +244,7 @@ class CatalogDatabase(NodeService):
 
     def _initdb(self, bindir: Path, base: Path, data: Path, state_dir: Path, run_as: str | None, log_file: Path) -> None:
         pwfile = base / "initdb.pw"  # initdb reads the password from a file; removed right after
-        _write_private(pwfile, read_secret_file(catalog_password_file(state_dir)) + "\n", owner=run_as)
+        write_private(pwfile, read_secret_file(catalog_password_file(state_dir)) + "\n", owner=run_as)
         argv = [str(bindir / "initdb"), "-D", str(data), "-U", CATALOG_USER, f"--pwfile={pwfile}",
                 "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"]
         try:

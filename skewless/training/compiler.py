@@ -61,10 +61,12 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
     def _decimal(self, a: AggregationPit) -> bool:
         return self.pit.field_types.get(a.spec.field or "") == "decimal"
 
-    def _output_columns(self, d: Dialect, running: Callable[[str, str], str]) -> list[str]:
+    def _output_columns(self, d: Dialect, running: Callable[[str, str], str],
+                        framed: frozenset[str] = frozenset()) -> list[str]:
         """The output and status columns over the requests ``r``, the event folds ``hd``, the prefix lookups
         ``pe`` (before the head day) and ``ps_<W>`` (before the window's first day; ``running(alias, column)``
-        reads one) and the windowed MIN/MAX/LAST ``rj`` (docs/training.md, "Algorithm")."""
+        reads one) and the windowed MIN/MAX/LAST ``rj``, or, for the aggregations named in ``framed``, the
+        ``w__<name>`` the lookup before the head day carries (docs/training.md, "Algorithm")."""
         pit = self.pit
         values: dict[str, str] = {}
         covered: dict[str, str] = {}
@@ -90,7 +92,10 @@ class TrainingCompiler(Compiler[Out], abc.ABC):
             else:
                 merged = f"hd.{d.quote(law.fold[0][0] + a.name)}"
                 if a.batch_served:
-                    other = running("pe", "p__" + a.name) if a.width_ms is None else f"rj.{d.quote('w__' + a.name)}"
+                    if a.width_ms is None:
+                        other = running("pe", "p__" + a.name)
+                    else:
+                        other = running("pe", "w__" + a.name) if a.name in framed else f"rj.{d.quote('w__' + a.name)}"
                     merged = law.pair.format(x=merged, y=other)
                 values[a.name] = law.value.format(x=merged)
         for dv in pit.derives:

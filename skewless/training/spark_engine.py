@@ -2,12 +2,12 @@
 
 Same algorithm as :mod:`skewless.training.duckdb_engine` (docs/training.md): the offline events are the
 batch path's compiled ``offline`` statement (:class:`skewless.offline.spark_compiler.SparkBatchJob`) over the
-raw table pinned at its current snapshot (the tiles of days that received rows after the newest run's
-snapshot are computed again from it with the batch job's ``tiles`` statement); whole days come from
-prefix aggregates of the daily tiles: the tiles and each request's probes (one per window start) in one union,
-one window of running aggregates over it (Spark has no ASOF join); windowed MIN/MAX/LAST tiles by an
-equi-join of each request's window days (a range join beyond 31 days); head and stream-served windows by an
-equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
+raw rows, pinned at the table's current snapshot, of the copy groups that have a row with a requested (keys, day)
+(the tiles of days that received rows after the newest run's snapshot are computed again from the raw table with
+the batch job's ``tiles`` statement); whole days come from prefix aggregates of the daily tiles: the tiles and each
+request's probes (one per window start) in one union, one window of running aggregates over it (Spark has no ASOF
+join), windowed MIN/MAX/LAST of whole days (<= 31) as a range frame of that window (a join of each request's window
+days otherwise); head and stream-served windows by an equi-join of each request's 1-3 days with the offline events. Snapshot views: the candidate rows
 (``visible_from = max(ts, created_at)``, dominated rows dropped), then the same union + window lookup.
 
 Run as a job (``spark-submit``)::
@@ -36,6 +36,10 @@ from skewless.core.timeutil import MS_PER_DAY
 from skewless.training.compiler import EXPIRED, PRESENT, UNNEST_MAX_DAYS, TrainingCompiler
 from skewless.training.plan import INVERTIBLE, PitPlan, ViewPit, batch_run_fingerprint
 from skewless.training.requests import RID, T
+
+# up to this many requests per view, the requests' (keys, day) pairs and the copy groups they need are broadcast
+# (a hash table per task: ~100 MB at 1M requests) instead of shuffling every raw row of their range to meet them
+BROADCAST_MAX_REQUESTS = 2_000_000
 
 bq = SPARK.quote
 keys_equal = SPARK.keys_equal
@@ -71,21 +75,42 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
         head = (f"SELECT r.{RID}, {', '.join(head_aggs)} FROM (SELECT *, explode(sequence({floordiv(lo, D)}, __tday)) AS __d "
                 f"FROM {{r}}) AS r JOIN {{offline}} AS e ON {keys_equal('e', 'r', keys)} AND e.__dnum = r.__d "
                 f"AND e.__ts < r.{T} GROUP BY r.{RID}")
-        # the tiles and every prefix probe of the requests in one relation ({both}: tiles first at equal positions),
-        # so one sort gives each probe the running aggregates of the tiles up to its position
-        window = f"PARTITION BY {kcols} ORDER BY __pos, __kind ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+        # the raw rows the head can use: whole copy groups (an event's copies share its id and time; the batch
+        # statement ranks each group) of which a row has the keys and day of a request's head or stream window, so the
+        # statement de-duplicates only those, not every raw row of the requests' range (10M events, E 1M: ~3%)
+        scan = pit.plan.scan
+        et, eid = bq(scan.event_time), bq(scan.event_id)  # type: ignore[arg-type]
+        # (no DISTINCT on either: a repeated row on the looked-up side of a semi-join changes nothing, a shuffle would)
+        pairs = f"SELECT {kcols}, explode(sequence({floordiv(lo, D)}, __tday)) AS __d FROM {{r}}"
+        groups = (f"SELECT {{hint}}w.{eid}, w.{et} FROM {{raw}} AS w LEFT SEMI JOIN {{pairs}} AS p ON "
+                  f"{keys_equal('w', 'p', keys)} AND {floordiv(f'unix_millis(w.{et})', D)} = p.__d")
+        needed_raw = (f"SELECT {{hint}}* FROM {{raw}} AS w LEFT SEMI JOIN {{groups}} AS g ON w.{eid} <=> g.{eid} "
+                      f"AND w.{et} <=> g.{et}")
+        # the tiles and every prefix probe of the requests in one relation ({both}), ordered by __ord = 2 * day + kind
+        # (tiles 0 before probes 1 of the same day), so one sort gives each probe the running aggregates of the tiles
+        # up to its day, and the probe before the head day (day tday - 1) the windowed MIN/MAX/LAST of a window of Wd
+        # whole days (tiles of days tday - Wd .. tday - 1) as a range frame of 2 * Wd - 1 preceding __ord values
+        order = f"PARTITION BY {kcols} ORDER BY __ord"
         prefix_cols = []
+        framed = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE and a.width_ms % D == 0
+                  and a.width_ms // D <= UNNEST_MAX_DAYS]
         for a in batch:
             law = law_sql(SPARK, a.agg)
+            if a in framed:
+                merged = law.merge.format(p="true", t=bq(a.name))
+                frame = f"RANGE BETWEEN {2 * (a.width_ms // D) - 1} PRECEDING AND CURRENT ROW"  # type: ignore[operator]
+                prefix_cols.append(f"'w__{a.name}', {merged} OVER ({order} {frame})")
+                continue
             if a.width_ms is not None and not law.invertible:
-                continue  # windowed MIN/MAX/LAST: a range join over the window's days
+                continue  # windowed MIN/MAX/LAST over a partial day or beyond 31 days: a join over the window's days
             for prefix_name, kind, source in law.running:
                 running = SPARK.running[kind].format(x=source.format(t=bq(a.name)))
-                prefix_cols.append(f"'{prefix_name}{a.name}', {running} OVER ({window})")
+                prefix_cols.append(f"'{prefix_name}{a.name}', {running} OVER ({order} "
+                                   "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
         prefix = (f"SELECT {RID}, __k, __kind, named_struct({', '.join(prefix_cols)}) AS __p FROM {{both}}"
                   if prefix_cols else None)
         prefix_starts = sorted({a.width_ms for a in batch if a.width_ms is not None and a.agg in INVERTIBLE})
-        ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE]
+        ranged = [a for a in batch if a.width_ms is not None and a.agg not in INVERTIBLE and a not in framed]
         ranged_sql = None
         if ranged:
             aggs = [law_sql(SPARK, a.agg).merge.format(p=f"t.__day >= r.{bq('a__' + a.name)}", t=f"t.{bq(a.name)}")
@@ -99,7 +124,8 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
             else:  # a range join on the keys: every tile of the entity is compared
                 ranged_sql = (f"SELECT r.{RID}, {', '.join(aggs)} FROM {{r}} AS r JOIN {{tiles}} AS t ON "
                               f"{keys_equal('t', 'r', keys)} AND t.__day >= {lo_day} AND t.__day < r.__tday GROUP BY r.{RID}")
-        cols = self._output_columns(SPARK, lambda alias, column: f"lk.{alias}.{bq(column)}")
+        cols = self._output_columns(SPARK, lambda alias, column: f"lk.{alias}.{bq(column)}",
+                                    frozenset(a.name for a in framed))
         joins = [f"LEFT JOIN {{hd}} AS hd ON hd.{RID} = r.{RID}"]
         if prefix:  # every prefix lookup of a request (pe, ps_<W>) in one row of {lk}
             joins.append(f"LEFT JOIN {{lk}} AS lk ON lk.{RID} = r.{RID}")
@@ -108,7 +134,8 @@ class SparkTrainingCompiler(TrainingCompiler[dict]):
         final = f"SELECT r.{RID}, {', '.join(cols)} FROM {{r}} AS r {' '.join(joins)}"
         span = max((a.width_ms + a.tile_ms for a in stream), default=0)  # type: ignore[operator]
         start_of = {w: "a__" + next(a.name for a in batch if a.width_ms == w) for w in prefix_starts}
-        return {"kind": "feature", "job": job, "requests": requests, "head": head, "prefix": prefix,
+        return {"kind": "feature", "job": job, "requests": requests, "head": head, "pairs": pairs, "groups": groups,
+                "needed_raw": needed_raw, "prefix": prefix,
                 "prefix_starts": start_of, "ranged": ranged_sql, "final": final, "span": span}
 
     # --- snapshot views --------------------------------------------------------------------------------
@@ -161,14 +188,18 @@ def _prefix_lookups(spark: Any, requests: Any, tiles: Any, keys: Sequence[str], 
                     name: str) -> Any:
     """Per request, for each ``name: day expression`` of ``probes``, the running aggregates of the entity's tiles up to
     that day (the compiled ``prefix`` statement), as struct column ``name``: the tiles and one row per probe in one
-    union, sorted once by (keys, position, tiles before probes), then one row per request again (an ASOF join
-    that needs no separate running-aggregate pass)."""
+    union, sorted once by (keys, ``__ord`` = 2 * day + 0 for tiles, 1 for probes), then one row per request again
+    (an ASOF join that needs no separate running-aggregate pass)."""
     from pyspark.sql import functions as F
 
-    rows = tiles.withColumn("__pos", F.col("__day")).withColumn("__kind", F.lit(0))
+    rows = tiles.withColumn("__kind", F.lit(0)).withColumn("__ord", F.col("__day").cast("bigint") * 2)
     asked = requests.select(*keys, F.col(RID), F.posexplode(F.array(*[F.expr(p) for p in probes.values()]))
-                            .alias("__k", "__pos"), F.lit(1).alias("__kind"))
-    rows.unionByName(asked, allowMissingColumns=True).createOrReplaceTempView(f"{name}_both")
+                            .alias("__k", "__pos"), F.lit(1).alias("__kind")) \
+        .withColumn("__ord", F.col("__pos") * 2 + 1).drop("__pos")
+    # an explicit partition count (the shuffle's, at least one per core), which adaptive execution does not coalesce:
+    # it made 3 uneven partitions of 4 for 2 cores, one of them then sorted and windowed alone (~1 s of 3.5 at E 100k)
+    parts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), spark.sparkContext.defaultParallelism)
+    rows.unionByName(asked, allowMissingColumns=True).repartition(parts, *keys).createOrReplaceTempView(f"{name}_both")
     found = spark.sql(prefix_sql.format(both=f"{name}_both")).where(F.col("__kind") == 1)
     return found.groupBy(RID).agg(*[F.max(F.when(F.col("__k") == k, F.col("__p"))).alias(n) for k, n in enumerate(probes)])
 
@@ -224,7 +255,10 @@ def _tiles_of_days(spark: Any, job: Any, raw_table: str, sid: int, days: Sequenc
 
 
 
-def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
+def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int, cached: list[Any]) -> Any:
+    """The view's output columns per request (``__rid`` + columns); DataFrames it persists are appended to ``cached``
+    (the caller unpersists them once the result is collected)."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from skewless.offline import tables as BT
@@ -251,16 +285,28 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
     # every event archived so far counts (docs/semantics.md §10), also those appended after the newest run's raw
     # snapshot: the days its tiles cover that received rows since are tiled again below
     sid = BT.current_snapshot_id(spark, raw_table)
-    r = spark.sql(program["requests"].format(req=f"{name}_req"))
+    # the requests with their window starts, computed once and kept: every step below reads them, and a local
+    # relation (an in-memory entity_df) would otherwise be planned again, and its projections evaluated on the
+    # driver, in each of them
+    r = spark.sql(program["requests"].format(req=f"{name}_req")).persist(StorageLevel.MEMORY_AND_DISK)
+    cached.append(r)
     r.createOrReplaceTempView(f"{name}_r")
-    bounds = r.agg(F.min(T), F.max(T)).collect()[0]
-    t_min, t_max = int(bounds[0]), int(bounds[1])
+    bounds = r.agg(F.min(T), F.max(T), F.count(F.lit(1))).collect()[0]
+    t_min, t_max, n_requests = int(bounds[0]), int(bounds[1]), int(bounds[2])
     start = ((t_min - program["span"]) // MS_PER_DAY) * MS_PER_DAY
     from skewless.training.sources import day_of
 
     raw_dataframe(spark, raw_table, sid, day_of(start // MS_PER_DAY), day_of(t_max // MS_PER_DAY)) \
         .createOrReplaceTempView(f"{name}_raw")
-    offline = spark.sql(program["job"].offline_sql(f"{name}_raw", start, t_max + 1))
+    # the (keys, day) pairs of the requests' heads, then the raw rows of the copy groups that have such a row; both
+    # sides broadcast while the requests are few enough to hold in each task's memory
+    broadcast = n_requests <= BROADCAST_MAX_REQUESTS
+    spark.sql(program["pairs"].format(r=f"{name}_r")).createOrReplaceTempView(f"{name}_pairs")
+    spark.sql(program["groups"].format(raw=f"{name}_raw", pairs=f"{name}_pairs", hint="/*+ BROADCAST(p) */ " * broadcast)) \
+        .createOrReplaceTempView(f"{name}_groups")
+    spark.sql(program["needed_raw"].format(raw=f"{name}_raw", groups=f"{name}_groups", hint="/*+ BROADCAST(g) */ " * broadcast)) \
+        .createOrReplaceTempView(f"{name}_needed_raw")
+    offline = spark.sql(program["job"].offline_sql(f"{name}_needed_raw", start, t_max + 1))
     offline.withColumn("__dnum", F.expr(floordiv("__ts", MS_PER_DAY))).createOrReplaceTempView(f"{name}_offline")
     views = {"r": f"{name}_r", "hd": f"{name}_hd", "offline": f"{name}_offline", "tiles": f"{name}_tiles"}
     spark.sql(program["head"].format(**views)).createOrReplaceTempView(f"{name}_hd")
@@ -268,7 +314,7 @@ def _run_view(spark: Any, pit: ViewPit, program: dict, req: Any, n: int) -> Any:
     if pit.batch_aggregations:
         cols = [F.col(k) for k in keys] + [F.datediff(F.col("day"), F.lit("1970-01-01")).alias("__day")]
         cols += [F.col(a.name) for a in pit.batch_aggregations]
-        tiles = spark.table(tables.tiles).where(
+        tiles = BT.read_table(spark, tables.tiles).where(
             (F.col("day") >= F.lit(day_of(first))) & (F.col("day") <= F.lit(day_of(last)))).select(*cols)
         late = _late_days(spark, raw_table, pit.plan.scan.event_time, run_sid, sid, first, last)  # type: ignore[arg-type]
         if late:
@@ -289,28 +335,40 @@ def compile_plan(plan: PitPlan) -> list[dict]:
     return [SparkTrainingCompiler(v).compile(v.plan) for v in plan.views]
 
 
-def training_dataframe(spark: Any, plan: PitPlan, requests: Any, progress: bool = True) -> Any:
-    """``__rid`` + the output columns for a request DataFrame (``__rid``, keys, ``__t``)."""
+def training_dataframe(spark: Any, plan: PitPlan, requests: Any, progress: bool = True,
+                       cached: list[Any] | None = None) -> Any:
+    """``__rid`` + the output columns for a request DataFrame (``__rid``, keys, ``__t``), one row per request in
+    no particular order. DataFrames persisted on the way are appended to ``cached`` (unpersist them after use)."""
     spark.conf.set("spark.sql.ansi.enabled", "true")  # int64 overflow is an error, never a wrap
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     programs = compile_plan(plan)
-    out = requests.select(RID)
+    out = None
     for n, (pit, program) in enumerate(zip(plan.views, programs)):
         if progress:
             print(f"training set (spark): view {pit.name} ({n + 1}/{len(plan.views)})", file=sys.stderr, flush=True)
-        out = out.join(_run_view(spark, pit, program, requests, n), RID, "left")
+        # each view's result has one row per request (its requests left-joined with what it found)
+        view = _run_view(spark, pit, program, requests, n, cached if cached is not None else [])
+        out = view if out is None else out.join(view, RID, "left")
     return out
 
 
 def run_to_arrow(plan: PitPlan, requests: pa.Table, spark: Any = None, progress: bool = True) -> pa.Table:
-    """The Spark engine on an in-memory request table (the facade's ``engine="spark"``)."""
+    """The Spark engine on an in-memory request table (the facade's ``engine="spark"``), ordered by ``__rid``."""
+    import pyarrow.compute as pc
+
     if spark is None:
         from skewless.engines.spark_session import spark_session
 
         spark = spark_session("skewless-training")
     t0 = time.monotonic()
     df = spark.createDataFrame(requests)
-    result = training_dataframe(spark, plan, df, progress).orderBy(RID).toArrow()
+    cached: list[Any] = []
+    try:
+        result = training_dataframe(spark, plan, df, progress, cached).toArrow()
+    finally:
+        for c in cached:
+            c.unpersist()
+    result = result.take(pc.sort_indices(result.column(RID)))  # on the driver: no range shuffle and its sampling job
     if progress:
         print(f"training set (spark): {requests.num_rows:,} rows in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     return result

@@ -142,6 +142,49 @@ def applied(ctx: Any) -> int:
     return sum(p.get("records", 0) for p in stream_progress(ctx.targets.redis(), ctx.project, "orders").values())
 
 
+def paced_head(ctx: Any) -> int:
+    """Records the parity producer sends at once before the job's first write (``_produce_during_stream``: the
+    first 5%); every later one is paced at ``produce_rate``."""
+    return max(1, ctx.records // 20)
+
+
+def await_paced_writes(ctx: Any, timeout_s: float = 900) -> int:
+    """Wait for the run's streaming job's first write and for the throttled producer to have sent a record after
+    it (so records keep arriving while a fault injected now lasts); returns the records applied so far."""
+    wait(lambda: applied(ctx) >= 1, timeout_s, "the job's first write", interval_s=0.1)
+    wait(lambda: ctx.produced > paced_head(ctx), 120, "the producer's paced records after the first write",
+         interval_s=0.05)
+    return applied(ctx)
+
+
+def drain_job(stack: Stack, ctx: Any) -> dict[str, Any]:
+    """Wait until the run's streaming job has applied every record (after a fault) and ended. Returns how long the
+    records took (``recovered_s``), the failures Flink recorded (``job_failures``) and its end state (``job_state``)."""
+    t = time.monotonic()
+    wait(lambda: applied(ctx) >= ctx.records, 600, "the job applying every record after the fault")
+    recovered_s = round(time.monotonic() - t, 1)
+    job = run_job(stack, ctx)
+    assert job is not None, "the run's streaming job is not on the cluster"
+    wait(lambda: (run_job(stack, ctx) or {}).get("state") in ("FINISHED", "FAILED", "CANCELED"), 600, "the job to end")
+    return {"recovered_s": recovered_s, "job_failures": job_exceptions(stack, job["jid"]),
+            "job_state": run_job(stack, ctx)["state"]}
+
+
+def start_taskmanager(stack: Stack, old_pid: int) -> int:
+    """Start a new TaskManager for the stack's Flink session cluster the way `stack up` does (its log appended to
+    ``taskmanager.restart.log``), recorded in place of ``old_pid``; returns its pid."""
+    from skewless.stack.flink import FlinkSessionCluster, flink_home
+
+    cluster = FlinkSessionCluster(rest_port=int(stack.env["SKEWLESS_FLINK_REST_PORT"]), state_dir=stack.state,
+                                  log_dir=stack.state / "logs")
+    with open(stack.state / "logs" / "flink" / "taskmanager.restart.log", "ab") as out:
+        proc = subprocess.Popen(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start-foreground"],
+                                env=cluster._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    stack.replace_pid("flink", old_pid, proc.pid)
+    return proc.pid
+
+
 def raw_rows(ctx: Any) -> int:
     """Rows of the run's raw archive table now (0 before its first commit)."""
     from pyiceberg.exceptions import NoSuchTableError
@@ -170,9 +213,10 @@ def run_job(stack: Stack, ctx: Any) -> dict[str, Any] | None:
 
 
 def job_exceptions(stack: Stack, job_id: str) -> list[str]:
-    """The failures Flink recorded for a job (each one a restart under its restart strategy), first line each."""
+    """The failures Flink recorded for a job (each one a restart under its restart strategy), newest first: the
+    first line of each one's stack trace (exception and message), else its exception's name."""
     history = flink(stack)._rest("GET", f"/jobs/{job_id}/exceptions").get("exceptionHistory", {}).get("entries", [])
-    return [str(e.get("exceptionName") or e.get("stacktrace", "").splitlines()[0]) for e in history]
+    return [str((e.get("stacktrace") or "").strip().split("\n", 1)[0] or e.get("exceptionName"))[:300] for e in history]
 
 
 def ping(client: Any) -> bool:

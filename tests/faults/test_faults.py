@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.harness import STREAM_RATE, Stack, applied, archive_worker, parity, ping, raw_rows, wait, well_formed
+from tests.faults.harness import (STREAM_RATE, Stack, applied, archive_worker, await_paced_writes, parity, ping, raw_rows,
+                                  start_taskmanager, wait, well_formed)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -28,7 +28,6 @@ def test_taskmanager_killed_mid_stream(stack: Stack, tmp_path: Path) -> None:
     records still arrive, start a new one: the job restarts from its last checkpoint, replays, and every value
     is still exact (nothing lost, nothing counted twice)."""
     from skewless.e2e.parity import Faults
-    from skewless.stack.flink import FlinkSessionCluster, flink_home
     from skewless.stack.procs import pid_alive
 
     events: list[str] = []
@@ -36,7 +35,7 @@ def test_taskmanager_killed_mid_stream(stack: Stack, tmp_path: Path) -> None:
 
     class KillTaskManager(Faults):
         def during_stream(self, ctx: Any) -> None:
-            wait(lambda: applied(ctx) >= 1, 900, "the job applying records")
+            await_paced_writes(ctx)  # the job wrote and records still arrive
             checkpoints = ctx.targets.workdir / "checkpoints" / ctx.project
             try:  # kill after a checkpoint if one comes soon; a kill before any checkpoint replays from offset 0
                 wait(lambda: any(checkpoints.glob("*/chk-*/_metadata")), 8, "a completed checkpoint")
@@ -49,14 +48,7 @@ def test_taskmanager_killed_mid_stream(stack: Stack, tmp_path: Path) -> None:
             killed_at.append(at)
             events.append(f"killed TaskManager {tm} at {at} of {ctx.records} records applied "
                           f"({ctx.produced} produced)")
-            cluster = FlinkSessionCluster(rest_port=int(stack.env["SKEWLESS_FLINK_REST_PORT"]),
-                                          state_dir=stack.state, log_dir=stack.state / "logs")
-            with open(stack.state / "logs" / "flink" / "taskmanager.restart.log", "ab") as out:
-                proc = subprocess.Popen(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start-foreground"],
-                                        env=cluster._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-            stack.replace_pid("flink", tm, proc.pid)
-            events.append(f"started TaskManager {proc.pid}; JobManager {jm} kept")
+            events.append(f"started TaskManager {start_taskmanager(stack, tm)}; JobManager {jm} kept")
 
     parity(stack, tmp_path, seed=101, faults=KillTaskManager(), events=3000, produce_rate=STREAM_RATE)
     print(events)

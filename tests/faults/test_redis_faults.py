@@ -18,11 +18,13 @@ from typing import Any, Callable
 import pytest
 import redis
 
-from tests.faults.harness import STREAM_RATE, Stack, applied, job_exceptions, parity, run_job, wait
+from tests.faults.harness import (STREAM_RATE, Stack, applied, await_paced_writes, drain_job, job_exceptions, parity,
+                                  run_job)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TIMEOUT_S = 1.0
-FAULT_S = 6.0  # how long each fault lasts (several client timeouts)
+FAULT_S = 6.0  # how long each fault lasts at least (several client timeouts)
+FAULT_WAIT_S = 60.0  # a stream fault lasts until the job recorded a failure, at most this
 
 
 @pytest.fixture
@@ -33,25 +35,31 @@ def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _during_stream(stack: Stack, ctx: Any, fault: Callable[[], None], heal: Callable[[], None],
                    seen: dict[str, Any]) -> None:
-    """``fault()`` after the job's first write, ``heal()`` FAULT_S later; then wait for every record to be applied
-    and the job to end; records applied before / after the fault and the job's failures in ``seen``."""
-    wait(lambda: applied(ctx) >= 1, 900, "the job's first write", interval_s=0.1)
-    before = applied(ctx)
-    t = time.monotonic()
+    """``fault()`` once the job wrote and the throttled producer sends its paced records, so records keep arriving
+    and the sink (flushing every 200 ms) writes into the fault; ``heal()`` once FAULT_S passed and Flink recorded a
+    failure of the job (its sink met the fault; at most FAULT_WAIT_S). Then wait for every record to be applied
+    and the job to end. In ``seen``: records applied before / right after the fault, records produced during it,
+    the failures recorded during it, the job's failures and end state."""
+    before = await_paced_writes(ctx)
+    job = run_job(stack, ctx)
+    assert job is not None, "the job wrote but is not on the cluster"
+    failures = len(job_exceptions(stack, job["jid"]))
+    produced, t = ctx.produced, time.monotonic()
     fault()
     try:
-        time.sleep(FAULT_S)
+        while time.monotonic() - t < FAULT_WAIT_S:
+            time.sleep(0.5)
+            if time.monotonic() - t >= FAULT_S and len(job_exceptions(stack, job["jid"])) > failures:
+                break
     finally:
+        seen["produced_during_fault"] = ctx.produced - produced
+        seen["produced_at_heal"] = (ctx.produced, ctx.records)
+        now = job_exceptions(stack, job["jid"])  # newest first
+        seen["failures_during_fault"] = now[:len(now) - failures]
         heal()
-    seen["stream_fault_s"] = time.monotonic() - t
+    seen["stream_fault_s"] = round(time.monotonic() - t, 1)
     seen["applied"] = (before, applied(ctx))
-    t = time.monotonic()
-    wait(lambda: applied(ctx) >= ctx.records, 600, "the job writing every record after the fault")
-    seen["stream_recovered_s"] = time.monotonic() - t
-    job = run_job(stack, ctx)
-    wait(lambda: (run_job(stack, ctx) or {}).get("state") in ("FINISHED", "FAILED", "CANCELED"), 600, "the job to end")
-    seen["job_failures"] = job_exceptions(stack, job["jid"])
-    seen["job_state"] = run_job(stack, ctx)["state"]
+    seen.update(drain_job(stack, ctx))
 
 
 def _materialize_with_fault(ctx: Any, fault: Callable[[], None], heal: Callable[[], None],
@@ -98,6 +106,19 @@ def _materialize_with_fault(ctx: Any, fault: Callable[[], None], heal: Callable[
             assert time.monotonic() - t < 300, "the failed materialization's lease never expired"
             time.sleep(2)
     seen["materialize_retry"] = (attempts, round(time.monotonic() - t, 1), report.rows)
+
+
+def _assert_stream_fault_landed(seen: dict[str, Any], failure: str) -> None:
+    """The stream fault landed after the job's first write and before its last: records were produced during it and
+    after it, and the sink wrote into it and failed (a failure naming ``failure`` recorded while it lasted); the
+    job then applied every record and finished."""
+    assert "applied" in seen and "job_state" in seen, seen  # the fault hook ran to its end
+    before, after = seen["applied"]
+    produced_at_heal, records = seen["produced_at_heal"]
+    assert 1 <= before and after < records and produced_at_heal < records, seen  # after the first write, before the last
+    assert seen["produced_during_fault"] > 0, seen  # records arrived while it lasted
+    assert any(failure in f for f in seen["failures_during_fault"]), seen  # the sink met it and failed
+    assert seen["job_state"] == "FINISHED", seen  # the job restarted from its checkpoint and wrote every record
 
 
 def _pid(stack: Stack) -> int:
@@ -155,9 +176,7 @@ def test_redis_paused_while_streaming_materializing_and_reading(stack: Stack, tm
 
     parity(stack, tmp_path, seed=505, faults=PauseRedis(), events=3000, produce_rate=STREAM_RATE)
     print(seen)
-    before, after = seen["applied"]
-    assert 1 <= before and after < 3000, seen  # after the job's first write, before its last
-    assert seen["job_failures"] and seen["job_state"] == "FINISHED", seen  # the sink failed (timeout), the job recovered
+    _assert_stream_fault_landed(seen, "SocketTimeoutException")
     assert seen["materialize_leases"] == 2 and "Timeout" in (seen["materialize_error"] or ""), seen
     assert seen["server_paused"] == (503, 503), seen
     assert set(seen["server_resumed"][0]) <= {200, 503}, seen
@@ -193,7 +212,5 @@ def test_redis_out_of_memory_while_streaming_and_materializing(stack: Stack, tmp
     finally:
         heal()
     print(seen)
-    before, after = seen["applied"]
-    assert 1 <= before and after < 3000, seen  # after the job's first write, before its last
-    assert seen["job_failures"] and seen["job_state"] == "FINISHED", seen
+    _assert_stream_fault_landed(seen, "OOM")
     assert seen["materialize_leases"] == 2 and "OutOfMemoryError" in (seen["materialize_error"] or ""), seen

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import (STREAM_RATE, Stack, applied, archive_worker, job_exceptions, parity, raw_rows, run_job,
-                                  wait, well_formed)
+from tests.faults.harness import (STREAM_RATE, Stack, applied, archive_worker, await_paced_writes, drain_job, parity,
+                                  raw_rows, well_formed)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -45,18 +45,13 @@ def test_redis_restarted_with_persistence(stack: Stack, tmp_path: Path) -> None:
     class RestartRedis(Faults):
         def during_stream(self, ctx: Any) -> None:
             # the producer is throttled after the job's first write: restart Redis while the job writes
-            wait(lambda: applied(ctx) >= 1, 900, "the job's first write", interval_s=0.1)
+            before_applied = await_paced_writes(ctx)  # the job wrote and records still arrive
             client = ctx.targets.redis()
-            before = (applied(ctx), client.dbsize())
+            before = (before_applied, client.dbsize())
             seen["stream"] = stack.restart("redis", down_s=3)
             seen["applied"] = (before[0], applied(ctx))  # the progress hash survived the restart
             seen["dbsize"] = (before[1], client.dbsize())  # every key survived the restart
-            t = time.monotonic()
-            wait(lambda: applied(ctx) >= ctx.records, 600, "the job writing every record after the restart")
-            seen["writes_again_s"] = time.monotonic() - t
-            job = run_job(stack, ctx)
-            wait(lambda: (run_job(stack, ctx) or {}).get("state") in ("FINISHED", "FAILED", "CANCELED"), 600, "the job to end")
-            seen["job_failures"] = job_exceptions(stack, job["jid"])
+            seen.update(drain_job(stack, ctx))
 
         def before_compare(self, ctx: Any) -> None:
             read = online_reader(ctx.targets.redis(), ctx.project, ctx.repo)
@@ -111,16 +106,10 @@ def test_kafka_broker_restarted(stack: Stack, tmp_path: Path) -> None:
             producer.start()
             # the parity producer is throttled after the job's first write: stop the broker while the job writes
             # and the records still arrive (its source, dead-letter sink and both producers meet it down)
-            wait(lambda: applied(ctx) >= 1, 900, "the job's first write", interval_s=0.1)
-            before = applied(ctx)
+            before = await_paced_writes(ctx)
             seen["stream"] = stack.restart("kafka", down_s=10)
             seen["applied"] = (before, applied(ctx))
-            t = time.monotonic()
-            wait(lambda: applied(ctx) >= ctx.records, 600, "the job applying every record after the restart")
-            seen["reads_again_s"] = time.monotonic() - t
-            job = run_job(stack, ctx)
-            wait(lambda: (run_job(stack, ctx) or {}).get("state") in ("FINISHED", "FAILED", "CANCELED"), 600, "the job to end")
-            seen["job_failures"] = job_exceptions(stack, job["jid"])
+            seen.update(drain_job(stack, ctx))
             producer.join(300)
             assert "report" in delivery, delivery
             got = read_topic(ctx.targets.bootstrap, side)

@@ -11,14 +11,13 @@ timings (stop, new TaskManager to records applied again) are printed for docs/st
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.harness import Stack, applied, job_exceptions, parity, run_job, wait
+from tests.faults.harness import Stack, applied, job_exceptions, parity, run_job, start_taskmanager, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -30,7 +29,6 @@ RESTARTS = 2
 def _restart_taskmanager(stack: Stack, ctx: Any) -> dict[str, float]:
     """SIGTERM the TaskManager (and its group), start a new one the way `stack up` does, and wait until the
     job applies records again. Returns the timings in seconds."""
-    from skewless.stack.flink import FlinkSessionCluster, flink_home
     from skewless.stack.procs import pid_alive, stop_pids
 
     tm = stack.entry("flink")["pids"][1]["pid"]
@@ -40,13 +38,7 @@ def _restart_taskmanager(stack: Stack, ctx: Any) -> dict[str, float]:
     assert not pid_alive(tm), f"TaskManager {tm} still alive"
     stopped = time.monotonic()
     at_stop = applied(ctx)  # only the TaskManager writes: the count at the fault
-    cluster = FlinkSessionCluster(rest_port=int(stack.env["SKEWLESS_FLINK_REST_PORT"]), state_dir=stack.state,
-                                  log_dir=stack.state / "logs")
-    with open(stack.state / "logs" / "flink" / "taskmanager.restart.log", "ab") as out:
-        proc = subprocess.Popen(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start-foreground"],
-                                env=cluster._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    stack.replace_pid("flink", tm, proc.pid)
+    start_taskmanager(stack, tm)
     # after a restore the progress counts go back to the checkpoint, then pass the pre-stop count again
     wait(lambda: applied(ctx) > before or applied(ctx) >= ctx.records, 600, "records applied after the restart",
          interval_s=0.2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -16,8 +15,7 @@ import batch_jobs.materialize as materialize
 from batch_jobs.materialize import materialize_feature_view
 from skewless.core import layout
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR
-from skewless.serving.online import OnlineStore
-from tests.integration.test_serving import C1, C2, NOW, arrow_rows, day_of, events, repo, setup_store  # noqa: F401 (fixtures)
+from tests.integration.test_serving import C1, C2, NOW, arrow_rows, day_of, events, filled_store, repo  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +46,9 @@ def _drop_snapshot(client: Any, project: str, view: Any, user: str) -> None:
 
 
 def test_a_lost_tile_or_batch_record_reads_incomplete(redis_client: Any, repo: Any, events: tuple) -> None:
-    admitted, offline = events
-    project = f"s{uuid.uuid4().hex[:8]}"
-    setup_store(redis_client, repo, admitted, offline, project)
+    admitted, _ = events
+    project, _, store = filled_store(redis_client, repo, events)
     view = repo.view("user_order_stats")
-    store = OnlineStore(repo, redis_client, project)
     newest = max(e["event_time"] for e in admitted)
     recent = [e["user_id"] for e in admitted if e["event_time"] > newest - 30 * 60_000]
     user, other = recent[-1], next(u for u in reversed(recent) if u != recent[-1])
@@ -75,11 +71,8 @@ def test_a_lost_tile_or_batch_record_reads_incomplete(redis_client: Any, repo: A
 
 
 def test_a_lost_snapshot_row_reads_incomplete(redis_client: Any, repo: Any, events: tuple) -> None:
-    admitted, offline = events
-    project = f"s{uuid.uuid4().hex[:8]}"
-    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    project, epoch, store = filled_store(redis_client, repo, events)
     profile = repo.view("customer_profile")
-    store = OnlineStore(repo, redis_client, project)
     ts = NOW - MS_PER_HOUR
     _write_snapshot(redis_client, project, profile, "u-a", ts, {"credit_score": 700, "segment": "vip"}, epoch)
     got = store.get_online_features({"user_id": ["u-a", "nobody"]}, "customer_profile", now_ms=NOW)
@@ -94,10 +87,8 @@ def test_a_paused_materializer_never_replaces_a_newer_run(redis_client: Any, rep
     """Run A (older cut-off) pauses past its lease between a lease renewal and its next batch; run B (newer cut-off)
     takes the lease and completes; A resumes and sends its batch: B's values must survive."""
     admitted, offline = events
-    project = f"s{uuid.uuid4().hex[:8]}"
-    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    project, epoch, store = filled_store(redis_client, repo, events)
     view = repo.view("user_order_stats")
-    store = OnlineStore(repo, redis_client, project)
     users = sorted({e["user_id"] for e in offline})
     older, newer = C2, C2 + MS_PER_DAY  # setup_store materialized C1
     rows_a = arrow_rows(view, offline, users, older, "run-a", epoch)
@@ -157,9 +148,8 @@ def test_a_recorded_tile_loss_covers_only_the_windows_reaching_back_to_it(redis_
     exact): windows starting at or before it stay incomplete, later ones are served again; both readers agree."""
     from tests.support.reference_reader import read_windowed
 
-    admitted, offline = events
-    project = f"s{uuid.uuid4().hex[:8]}"
-    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    admitted, _ = events
+    project, epoch, store = filled_store(redis_client, repo, events)
     view = repo.view("user_order_stats")
     group = next(g for g in layout.tile_groups(view) if g.tile_ms < MS_PER_HOUR)
     newest = max(e["event_time"] for e in admitted)
@@ -172,7 +162,6 @@ def test_a_recorded_tile_loss_covers_only_the_windows_reaching_back_to_it(redis_
     keys, argv = layout.tile_cas_args([(key, group, {later: vector})])
     assert redis_client.eval(layout.TILE_CAS_LUA, len(keys), *keys, *argv) == 1
     assert layout.read_entity_hash(redis_client.hgetall(key)).tiles_lost(group.tile_ms) == (False, highest)
-    store = OnlineStore(repo, redis_client, project)
     feature = "user_order_stats:user_orders_last_1h"
     for now, want in ((highest + MS_PER_HOUR, None), (highest + MS_PER_HOUR + group.tile_ms, 1)):
         got = store.get_online_features({"user_id": [user]}, [feature], now_ms=now)

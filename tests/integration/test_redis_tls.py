@@ -1,11 +1,12 @@
 """Redis over TLS (rediss://) with a password from the environment (issue 19 item 10), against a real
 redis-server listening on a TLS port with a certificate of a throwaway CA: the streaming sink's hand-written
-client (``Resp.open``, what ``RedisTileSink`` connects with) and redis-py through ``skewless.config.redis_target``
+client (``RedisNodes.open``, what ``RedisTileSink`` connects with) and redis-py through ``skewless.config.redis_target``
 (materialize, serve)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from skewless.config import redis_target
 from streaming_jobs.sink import redis_endpoint
-from streaming_jobs.udf import udf_jar
+from streaming_jobs.udf import redis_client_jars, udf_jar
 
 pytestmark = [
     pytest.mark.integration,
@@ -78,7 +79,8 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
 
 def resp(spec: dict, *command: str) -> subprocess.CompletedProcess:
     """The sink's Redis client in a plain JVM: connect as ``spec`` says, run one command, print the reply."""
-    return subprocess.run(["java", "-cp", str(udf_jar()), "dev.skewless.flink.Resp", json.dumps(spec), *command],
+    classpath = os.pathsep.join(map(str, [udf_jar(), *redis_client_jars()]))
+    return subprocess.run(["java", "-cp", classpath, "dev.skewless.flink.RedisNodes", json.dumps(spec), *command],
                           capture_output=True, text=True, timeout=120)
 
 

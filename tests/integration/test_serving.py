@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -78,6 +78,21 @@ def setup_store(client: Any, repo: Any, admitted: list, offline: list, project: 
     return epoch
 
 
+class FilledStore(NamedTuple):
+    """A new project (a random Redis prefix) filled by :func:`setup_store`, and an online store reading it."""
+
+    project: str
+    epoch: str
+    store: OnlineStore
+
+
+def filled_store(client: Any, repo: Any, events: tuple[list, list]) -> FilledStore:
+    admitted, offline = events
+    project = f"s{uuid.uuid4().hex[:8]}"
+    epoch = setup_store(client, repo, admitted, offline, project)
+    return FilledStore(project, epoch, OnlineStore(repo, client, project))
+
+
 def write_snapshot(client: Any, project: str, view: Any, user: str, ts: int, created: int | None, values: dict,
                    epoch: str) -> None:
     """The entity hash a snapshot materialization writes (row and manifest), expiring as it does."""
@@ -137,9 +152,7 @@ def test_online_values_equal_the_oracle_now_and_as_of(redis_client: Any, repo: A
 
 def test_statuses_where_the_contract_says(redis_client: Any, repo: Any, events: tuple) -> None:
     admitted, offline = events
-    project = f"s{uuid.uuid4().hex[:8]}"
-    epoch = setup_store(redis_client, repo, admitted, offline, project)
-    store = OnlineStore(repo, redis_client, project)
+    project, epoch, store = filled_store(redis_client, repo, events)
     users = sorted({e["user_id"] for e in admitted})[:5]
     newest = max(e["event_time"] for e in admitted)
     sla = 5 * MS_PER_MINUTE
@@ -168,10 +181,8 @@ def test_statuses_where_the_contract_says(redis_client: Any, repo: Any, events: 
 
 def test_reads_during_rematerialization_are_one_run(redis_client: Any, repo: Any, events: tuple) -> None:
     admitted, offline = events
-    project = f"s{uuid.uuid4().hex[:8]}"
-    epoch = setup_store(redis_client, repo, admitted, offline, project)
+    project, epoch, store = filled_store(redis_client, repo, events)
     view = repo.view("user_order_stats")
-    store = OnlineStore(repo, redis_client, project)
     users = sorted({e["user_id"] for e in offline})
     T = max(NOW, C2 + 1)
     feats = ["user_order_stats"]

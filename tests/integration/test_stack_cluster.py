@@ -24,6 +24,7 @@ from skewless.engines.kafka import wait_for_partitions
 from skewless.stack.base import free_port, port_in_use
 from skewless.stack.cluster import free_cluster_ports_env
 from skewless.stack.procs import descendants, pid_alive
+from tests.integration.test_offline_s3 import bad_offline_cases
 
 pytestmark = pytest.mark.integration  # ~40 s on 2 cores: part of `make test`
 
@@ -225,14 +226,7 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     good = yaml.safe_load(profile.read_text())["profiles"]["cluster"]
     free = free_port()
     cases = {
-        "wrong endpoint": ({"object_store": {**good["object_store"], "endpoint": f"http://127.0.0.1:{free}"}}, {},
-                           f"object store http://127.0.0.1:{free}: no S3 server answers"),
-        "missing bucket": ({"catalog": {**good["catalog"], "warehouse": "s3://no-such-bucket/wh"}}, {},
-                           "no bucket 'no-such-bucket'"),
-        "bad credentials": ({"object_store": {**good["object_store"], "secret_access_key": {"env": "WRONG_S3_KEY"}}},
-                            {"WRONG_S3_KEY": "not-the-key"}, "the credentials were refused"),
-        "unreachable catalog": ({"catalog": {**good["catalog"], "uri": f"postgresql://127.0.0.1:{free}/iceberg_catalog"}},
-                                {}, f"catalog database postgresql://127.0.0.1:{free}/iceberg_catalog: cannot connect"),
+        **bad_offline_cases(good, free),
         "bad catalog password": ({"catalog": {**good["catalog"], "password": {"env": "WRONG_PG_PASSWORD"}}},
                                  {"WRONG_PG_PASSWORD": "not-the-password"}, "password authentication failed"),
     }

@@ -78,7 +78,7 @@ def test_the_overview_groups_every_command_once() -> None:
 @pytest.mark.parametrize(("argv", "expected"), [
     (("produce",), ["--seed SEED", "(default: 0)", "--users USERS", "(default: 1000)", "--partitions",
                     "(default: 3)", "(default: 1000.0)", "(default: 0.03)", "Kafka bootstrap servers (default:"]),
-    (("submit",), ["--starting-offsets", "(default: earliest)", "--parallelism", "(default: the cluster's)",
+    (("submit",), ["--starting-offsets", "(default: earliest)", "--parallelism", "(default: the profile's flink.parallelism, else 1)",
                    "--replace"]),
 ])
 def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],

@@ -16,7 +16,7 @@ from skewless.core import laws, layout
 from skewless.core.dsl import Agg, Entity
 from skewless.core.repo import Repository, load_repository
 from streaming_jobs.flink_compiler import compile_repository
-from streaming_jobs.sink import SinkConfig, encode_rows, redis_endpoint, sink_spec
+from streaming_jobs.sink import SinkConfig, encode_rows, redis_endpoint, sink_spec, trace_writes
 
 pytestmark = pytest.mark.skipif(__import__("shutil").which("javac") is None, reason="needs a JDK")
 
@@ -212,6 +212,14 @@ def test_redis_endpoint_parses_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: A
     monkeypatch.delenv("SKEWLESS_REDIS_PASSWORD")
     monkeypatch.setenv("SKEWLESS_REDIS_PASSWORD_FILE", str(secret))
     assert redis_endpoint("redis://h:1/0")["password"] == "from-file"
+    # a Redis Cluster: its seed nodes, database 0 only, the same credentials and timeouts
+    cluster = redis_endpoint("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert cluster == {"cluster": True, "nodes": ["127.0.0.1:7000", "127.0.0.1:7001"], "username": None,
+                       "password": "from-file", "tls": False, "tls_ca_file": None, "connect_timeout_ms": 3000,
+                       "timeout_ms": 5000}
+    assert redis_endpoint("rediss+cluster://u:pw@h:1")["tls"] is True
+    with pytest.raises(ValueError, match="redis\\[s\\]\\+cluster://host:port"):
+        redis_endpoint("cluster://h:1")
 
 
 def test_the_sinks_redis_timeouts_come_from_the_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,3 +228,58 @@ def test_the_sinks_redis_timeouts_come_from_the_configuration(monkeypatch: pytes
     monkeypatch.setenv("SKEWLESS_REDIS_TIMEOUT_S", "2")
     spec = redis_endpoint("redis://h:1/0")
     assert (spec["connect_timeout_ms"], spec["timeout_ms"]) == (500, 2000)
+
+
+def _flush_rows(job: Any, users: int) -> tuple[list[list[Any]], list[Any]]:
+    """One tile row per user and output, and one progress row."""
+    rows = []
+    for out in job.outputs:
+        for i in range(users):
+            rows.append(["T", out.view, out.tile_ms, f"u{i}", *[""] * (job.key_width - 1), out.tile_ms * 7, i + 1,
+                         *[None] * job.value_width])
+    pad = [""] * (job.key_width - 1)
+    progress = ["P", "", 0, "3", *pad, 0, 991, "1704067200123", "1000", "990", "4", "3", "3", "7", "25"]
+    return rows, progress + [None] * (job.value_width - 8)
+
+
+@pytest.mark.parametrize("cluster", [True, False])
+def test_the_sink_groups_writes_by_hash_slot_and_writes_progress_after_its_tiles(repo: Repository, cluster: bool) -> None:
+    """Issue 21: one EVALSHA carried keys of many entities (CROSSSLOT on a cluster). On a cluster every script call
+    now carries keys of one hash slot (CRC16 as Redis computes it); on one Redis many entities share a call (at most
+    CAS_KEYS). Every flush writes the tiles, waits for them on a replica, then the progress; a checkpoint ends with
+    the progress confirmed too."""
+    from redis.crc import key_slot
+
+    (job,) = compile_repository(repo, ["user_order_stats"])
+    spec = sink_spec(job, {n: repo.view(n) for n in job.views},
+                     SinkConfig("redis://127.0.0.1:6379/0", "proj", job.source, "t.dead-letters", "unused:9092", 0))
+    rows, progress = _flush_rows(job, 300)
+    calls = trace_writes(spec, EPOCH, [*rows, progress, "TIMER", rows[0], progress, "CHECKPOINT"], cluster=cluster)
+    assert [c[0] for c in calls] == ["pipeline", "confirm", "pipeline", "pipeline", "confirm", "pipeline", "confirm"]
+    tiles, progress_write = calls[0][1], calls[2][1]
+    keys = [k for call in tiles for k in call[2:]]
+    assert all(call[1] == "EVALSHA" for call in tiles)
+    assert len(keys) == len(rows)  # one (entity, tile size) entry per row
+    assert set(keys) == {layout.entity_key("proj", repo.view(o.view), (f"u{i}",))
+                                 for o in job.outputs for i in range(300)}
+    assert all(len(call) - 2 <= 256 for call in tiles)
+    if cluster:
+        assert all(key_slot(k.encode()) == call[0] for call in tiles for k in call[2:])
+        slots = [call[0] for call in tiles]
+        assert len(set(slots)) > 100 and len(slots) == len(set(slots))  # one call per slot (< 256 keys each)
+    else:
+        assert len(tiles) == -(-len(rows) // 256)  # many entities per call
+    assert progress_write == [[key_slot(b"proj:v2:progress:orders") if cluster else 0, "HSET", "proj:v2:progress:orders"]]
+
+
+def test_a_failed_tile_write_fails_the_flush_and_writes_no_progress(repo: Repository) -> None:
+    """A refused script call (or a node lost with unconfirmed writes) is an error of the flush: the progress that
+    would cover the tiles is not written, and the task fails (Flink replays from the last checkpoint)."""
+    (job,) = compile_repository(repo, ["user_order_stats"])
+    spec = sink_spec(job, {n: repo.view(n) for n in job.views},
+                     SinkConfig("redis://127.0.0.1:6379/0", "proj", job.source, "t.dead-letters", "unused:9092", 0))
+    rows, progress = _flush_rows(job, 20)
+    calls = trace_writes(spec, EPOCH, [*rows, progress, "CHECKPOINT"], cluster=True, failing_write=3)
+    assert [c[0] for c in calls] == ["pipeline", "error"]
+    assert "injected failure" in calls[1][1]
+    assert all(call[1] == "EVALSHA" for call in calls[0][1])

@@ -352,6 +352,36 @@ def test_the_streaming_job_gets_the_profile_by_name_and_no_secret(tmp_path: Path
     assert PROFILE_ENV not in os.environ  # the command's selection ended with it
 
 
+def test_submit_sends_a_cluster_profile_and_its_parallelism_to_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: the streaming sink writes to a Redis Cluster, so submit passes the cluster's URL (it refused it
+    before) and the profile's flink.parallelism (the cluster topology's 4) unless --parallelism says otherwise."""
+    import shutil
+
+    import skewless.stack.flink as flink
+    import skewless.stack.kafka as kafka
+    from skewless.cli import main
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo)
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    write(repo, "profiles:\n  c:\n    online_store: {type: redis_cluster, nodes: ['10.0.0.1:7000', '10.0.0.2:7000']}\n"
+                "    flink: {rest_url: 'http://jm.internal:8081', parallelism: 4}\n")
+    submitted: list[list[str]] = []
+    monkeypatch.setattr(kafka, "create_topics", lambda bootstrap, *a, **k: None)
+    monkeypatch.setattr(flink.FlinkSessionCluster, "list_jobs", lambda self: [])
+    monkeypatch.setattr(flink.FlinkSessionCluster, "submit_python_job",
+                        lambda self, script, args, **kw: submitted.append([*args, f"-p={kw['parallelism']}"]) or "j")
+    assert main(["submit", "--repo", str(repo), "--profile", "c"]) == 0
+    assert main(["submit", "--repo", str(repo), "--profile", "c", "--parallelism", "2"]) == 0
+    first, second = submitted
+    assert first[first.index("--redis") + 1] == "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
+    assert first[first.index("--parallelism") + 1] == "4" and first[-1] == "-p=4"
+    assert second[second.index("--parallelism") + 1] == "2" and second[-1] == "-p=2"
+    write(repo, "profiles:\n  c:\n    flink: {parallelism: 0}\n")
+    with pytest.raises(ConfigError, match="flink.parallelism: expected a whole number >= 1, got 0"):
+        load_profile(repo, "c")
+
+
 def test_the_sdk_reads_the_profile_of_its_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
@@ -383,15 +413,16 @@ def test_an_object_store_warehouse_is_refused_until_it_is_supported(tmp_path: Pa
         paths(load_profile(name="p"))
 
 
-def test_commands_that_do_not_speak_redis_cluster_refuse_one_in_one_line(tmp_path: Path) -> None:
+def test_commands_open_a_redis_cluster_and_name_its_unreachable_seed_in_one_line(tmp_path: Path) -> None:
     import shutil
 
     shutil.copytree(ROOT / "feature_defs", tmp_path / "repo")
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     write(tmp_path / "repo", "profiles:\n  c: {online_store: {type: redis_cluster, nodes: ['127.0.0.1:1']}}\n")
-    message = ("the online store redis+cluster://127.0.0.1:1 is a Redis Cluster, which this command does not read or "
-               "write yet; select a profile whose online_store is one Redis (url: redis://...)\n")
-    for argv in (["online", "sample"], ["monitor", "freshness"], ["materialize", "--day", "2024-01-01"], ["serve"]):
+    message = ("no seed node of the Redis Cluster redis+cluster://127.0.0.1:1 answers (Error 111 connecting to 127.0.0.1:1. "
+               "Connection refused.); start the cluster or fix online_store.nodes (or the redis+cluster:// URL)\n")
+    for argv in (["online", "sample"], ["online", "rebuild", "--day", "2024-01-01"], ["monitor", "freshness"],
+                 ["materialize", "--day", "2024-01-01"], ["serve"]):
         done = run_cli(*argv, "--repo", "repo", "--profile", "c", cwd=tmp_path)
         assert done.returncode == 2 and done.stderr.endswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
     assert redis_target("redis://h:1/0").single_node_url() == "redis://h:1/0"

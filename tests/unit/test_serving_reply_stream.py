@@ -144,3 +144,20 @@ def test_unmeasured_parses_settle_before_a_skip_and_at_finish(piece: int) -> Non
             if len(leftover.buf) < len(encode(b"a") + encode(b"b")):
                 leftover._recv()
             leftover.finish()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("piece", [1, 7, 1 << 16])
+def test_a_run_with_nothing_kept_is_parsed_at_once_with_each_entitys_bytes(piece: int, k: int) -> None:
+    rng = random.Random(piece * 10 + k)
+    rs = replies(rng, 12 * k)
+    before, after = [b"h"], [b"t", None]
+    data = encode(before) + b"".join(encode(r) for r in rs) + b"".join(encode(r) for r in after)
+    stream = stream_of(data, piece)
+    assert stream.parse(1, False) == [before]  # left unmeasured: settled first
+    parsed, spans = stream.take([None] * 12, k)
+    assert parsed == [rs[i:i + k] for i in range(0, len(rs), k)]
+    assert spans == [b"".join(encode(r) for r in rs[i:i + k]) for i in range(0, len(rs), k)]
+    assert stream.span() == spans[-1]
+    assert stream.skip(encode(after[0])) and stream.parse(1) == [None]
+    stream.finish()

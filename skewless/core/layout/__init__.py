@@ -35,7 +35,7 @@ from skewless.core.layout.codecs import (  # noqa: F401 - the layout's public na
     empty_batch_record, encode_batch_record, encode_snapshot, encode_tile_vector, encode_vector, read_entity_hash,
 )
 from skewless.core.layout.writes import (  # noqa: F401 - the layout's public names, as callers use them
-    BATCH_ABORT_LUA, BATCH_BEGIN_LUA, BATCH_END_LUA, BATCH_FENCE, BATCH_META_LUA, BATCH_WRITER, BATCH_WRITER_UNTIL,
-    BATCH_WRITE_LUA, SNAPSHOT_WRITE_LUA, TILE_CAS_LUA, EvictingPolicyError, batch_expire_at_ms, batch_write_args,
+    BATCH_ABORT_LUA, BATCH_BEGIN_LUA, BATCH_END_LUA, BATCH_FENCE, BATCH_META_LUA, BATCH_WRITER, BATCH_WRITER_CLIENT,
+    BATCH_WRITER_UNTIL, BATCH_WRITE_LUA, SNAPSHOT_WRITE_LUA, TILE_CAS_LUA, EvictingPolicyError, batch_expire_at_ms, batch_write_args,
     check_eviction_policy, eviction_problem, script_sha, snapshot_expire_at_ms, snapshot_write_args, tile_cas_args,
 )

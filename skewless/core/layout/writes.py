@@ -191,7 +191,8 @@ return 1
 #
 # 1. ``BATCH_BEGIN_LUA`` on the view meta hash: the whole run is refused when the meta records a newer materialized
 #    run (``batch_cutoff_ms`` > the run's cut-off), or when another materialization of the view holds the writer lease
-#    (``batch_writer``/``batch_writer_until``, Redis server time); else the lease is taken with a new fence
+#    (``batch_writer``/``batch_writer_until``, Redis server time) and is alive (its connection, ``batch_writer_client``,
+#    still open: a writer that died or lost its connection is taken over at once); else the lease is taken with a new fence
 #    (``batch_fence``: greater than every fence before and at least Redis time in ms). The same script renews the
 #    lease before every pipelined batch (``renew``: the lease must still be this writer's, else the run stops).
 # 2. per entity ``BATCH_WRITE_LUA`` (:func:`batch_write_args`), fenced by (cut-off, fence): a writer paused past its
@@ -202,10 +203,15 @@ BATCH_WRITER = "batch_writer"
 BATCH_WRITER_UNTIL = "batch_writer_until"
 BATCH_FENCE = "batch_fence"
 
+BATCH_WRITER_CLIENT = "batch_writer_client"
+
 BATCH_BEGIN_LUA = r"""
--- KEYS[1] = view meta hash; ARGV = cutoff_ms, writer token, lease_ms, renew ("1": renew this writer's lease).
+-- KEYS[1] = view meta hash; ARGV = cutoff_ms, writer token, lease_ms, renew ("1": renew this writer's lease),
+-- the writer's connection id on this server (CLIENT ID; "" unknown), the token of a holder known dead ("": none).
 -- Returns {1, fence} when the lease is taken or renewed, {0, newer cutoff} when a newer run is recorded,
--- {-1, holder} when another writer holds an unexpired lease (or, renewing, took it over).
+-- {-1, holder, holder's connection id} when another writer holds an unexpired lease (or, renewing, took it over).
+-- A holder known dead (the caller saw that its connection is gone) is taken over at once: the new fence is larger,
+-- so nothing the dead holder might still send replaces what the new writer writes.
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cur = redis.call("HGET", KEYS[1], "batch_cutoff_ms")
@@ -213,14 +219,16 @@ if cur and tonumber(cur) > tonumber(ARGV[1]) then return {0, cur} end
 local holder = redis.call("HGET", KEYS[1], "batch_writer")
 local till = redis.call("HGET", KEYS[1], "batch_writer_until")
 if ARGV[4] == "1" then
-  if holder ~= ARGV[2] then return {-1, holder or "nobody"} end
-  redis.call("HSET", KEYS[1], "batch_writer_until", tostring(now + tonumber(ARGV[3])))
+  if holder ~= ARGV[2] then return {-1, holder or "nobody", ""} end
+  redis.call("HSET", KEYS[1], "batch_writer_until", tostring(now + tonumber(ARGV[3])), "batch_writer_client", ARGV[5])
   return {1, redis.call("HGET", KEYS[1], "batch_fence")}
 end
-if holder and holder ~= ARGV[2] and till and tonumber(till) > now then return {-1, holder} end
+if holder and holder ~= ARGV[2] and till and tonumber(till) > now and holder ~= ARGV[6] then
+  return {-1, holder, redis.call("HGET", KEYS[1], "batch_writer_client") or ""}
+end
 local fence = math.max(tonumber(redis.call("HGET", KEYS[1], "batch_fence") or "0") + 1, now)
 redis.call("HSET", KEYS[1], "batch_writer", ARGV[2], "batch_writer_until", tostring(now + tonumber(ARGV[3])),
-           "batch_fence", string.format("%d", fence))
+           "batch_fence", string.format("%d", fence), "batch_writer_client", ARGV[5])
 return {1, string.format("%d", fence)}
 """
 
@@ -229,7 +237,7 @@ BATCH_END_LUA = r"""
 -- changed), else moves batch_cutoff_ms forward only (as BATCH_META_LUA), releases the lease and returns 1 if
 -- the cut-off moved, 0 if not.
 if redis.call("HGET", KEYS[1], "batch_writer") ~= ARGV[3] then return -1 end
-redis.call("HDEL", KEYS[1], "batch_writer", "batch_writer_until")
+redis.call("HDEL", KEYS[1], "batch_writer", "batch_writer_until", "batch_writer_client")
 local old = redis.call("HGET", KEYS[1], "batch_cutoff_ms")
 if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
 redis.call("HSET", KEYS[1], "batch_cutoff_ms", ARGV[1], "batch_epoch", ARGV[2])
@@ -239,7 +247,7 @@ return 1
 BATCH_ABORT_LUA = r"""
 -- KEYS[1] = view meta hash; ARGV = writer token. A failed materialization releases its lease (if still held).
 if redis.call("HGET", KEYS[1], "batch_writer") ~= ARGV[1] then return 0 end
-redis.call("HDEL", KEYS[1], "batch_writer", "batch_writer_until")
+redis.call("HDEL", KEYS[1], "batch_writer", "batch_writer_until", "batch_writer_client")
 return 1
 """
 
@@ -321,6 +329,6 @@ def check_eviction_policy(client: Any, who: str) -> None:
 
 
 __all__ = ["BATCH_ABORT_LUA", "BATCH_BEGIN_LUA", "BATCH_END_LUA", "BATCH_FENCE", "BATCH_META_LUA", "BATCH_WRITER",
-           "BATCH_WRITER_UNTIL", "BATCH_WRITE_LUA", "EvictingPolicyError", "SNAPSHOT_WRITE_LUA", "TILE_CAS_LUA",
+           "BATCH_WRITER_CLIENT", "BATCH_WRITER_UNTIL", "BATCH_WRITE_LUA", "EvictingPolicyError", "SNAPSHOT_WRITE_LUA", "TILE_CAS_LUA",
            "batch_expire_at_ms", "batch_write_args", "check_eviction_policy", "eviction_problem", "script_sha",
            "snapshot_expire_at_ms", "snapshot_write_args", "tile_cas_args"]
