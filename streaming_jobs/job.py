@@ -104,6 +104,15 @@ def add_udf_jar(env: Any, t_env: Any) -> None:
         env.add_jars(*missing)
 
 
+def tile_bundle(t_env: Any, default_ms: int) -> str:
+    """The tile pre-aggregation's bundle interval (a Flink duration): the SQL mini-batch's latency, as the SQL
+    aggregates use, or ``default_ms`` without a mini-batch."""
+    conf = t_env.get_config().get_configuration()
+    latency = conf.get_string("table.exec.mini-batch.allow-latency", "") or ""
+    enabled = (conf.get_string("table.exec.mini-batch.enabled", "false") or "").lower() == "true"
+    return latency if enabled and latency.strip() else f"{default_ms} ms"
+
+
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
     """Register the job's SQL and attach its changelog to the sinks (``env.execute`` runs it)."""
     from pyflink.datastream import DataStream
@@ -147,7 +156,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     changelog = t_env.to_changelog_stream(table, builder.build(), ChangelogMode.upsert())
     contrib = t_env.to_data_stream(t_env.from_path(f"`{ns}_{CONTRIB_VIEW}`"))
     changelog = DataStream(java_class(TILES_CLASS).attach(changelog._j_data_stream, contrib._j_data_stream, job.tile_spec,
-                                                          options.flush_ms, job.source, partitions))
+                                                          tile_bundle(t_env, options.flush_ms), job.source, partitions))
     config = SinkConfig(
         redis_url=options.redis_url, project=options.project, source=job.source, dead_letter_topic=dl_topic,
         bootstrap=options.bootstrap,

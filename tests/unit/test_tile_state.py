@@ -79,3 +79,17 @@ def test_state_released_only_past_end_plus_retention() -> None:
     assert live == 1
     rows, live = _fold([[0, "a", 0, "1", *[None] * 7], ["release", 900_000], [0, "a", 0, "1", *[None] * 7]])
     assert rows == [[0, "a", 0, 1, "1", None, None, "0,0", None, None, None, None]]  # a new accumulator: version 1
+
+
+def test_bundles_merged_equal_the_row_by_row_fold() -> None:
+    # the pre-aggregation (TilePreAggregate) folds a bundle's rows per tile, the keyed operator merges the partials
+    rng = random.Random(5)
+    lines = []
+    for o in range(600):
+        p, user, ts = rng.randint(0, 2), rng.choice(["a", "b", "c", "d"]), 1_000_000 + rng.randint(0, 900_000)
+        texts, _ = _contributions(rng, ts, p, o)
+        lines.append([0, user, ts - ts % 300_000, *texts])
+    bundled = [x for line in lines for x in ([line, ["flush"]] if rng.random() < 0.1 else [line])]
+    assert _fold(bundled) == _fold(lines)
+    one_bundle_each = [x for line in lines for x in (line, ["flush"])]
+    assert _fold(one_bundle_each) == _fold(lines)

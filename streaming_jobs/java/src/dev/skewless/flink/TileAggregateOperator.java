@@ -1,7 +1,6 @@
 package dev.skewless.flink;
 
 import java.util.Arrays;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicLong;
@@ -30,33 +29,31 @@ import org.apache.flink.table.runtime.typeutils.ExternalTypeInfo;
 import org.apache.flink.table.types.DataType;
 import org.apache.flink.types.Row;
 import org.apache.flink.types.RowKind;
+import org.apache.flink.util.TimeUtils;
 
 /**
  * The tile aggregation of a source job as a keyed operator (key: output, entity key, tile start), replacing the
  * SQL {@code GROUP BY key, tile_start} whose state Flink keeps forever (its state TTL counts processing time).
- * Input: the expanded admitted rows ({@code out_id, k0.., tile_start, low_ms, low_src, a0..}: one argument per
- * value column, see {@link TileState}); output: the changelog's tile rows ({@code 'T', view, tile_ms, k..,
- * tile_start, version, c..}).
+ * Input: the partial accumulators of {@link TilePreAggregate} (one per tile per bundle of the expanded admitted rows
+ * {@code out_id, k0.., tile_start, low_ms, low_src, a0..}, see {@link TileState}), chained before the exchange;
+ * output: the changelog's tile rows ({@code 'T', view, tile_ms, k.., tile_start, version, c..}), one per partial
+ * merged (so at most one per tile per bundle and source subtask, like the SQL mini-batch).
  *
  * <p>State: one {@link TileState} accumulator per key and one event-time timer at {@link TileState#releaseAt}.
  * The event time is the operator's own clock, not the watermarks arriving from the SQL operators in between
- * (a proctime mini-batch assigner there emits processing-time watermarks): each row carries {@code low_ms}, min
- * over the partitions of the Deduplicate subtask {@code low_src} of (M(p) - L) ({@link DedupFunction}); the
- * clock is the minimum over every Deduplicate subtask that reads a partition of the largest value seen from it
- * (Long.MIN_VALUE until each has sent one), so a quiet partition holds every release back. It advances the timer
- * service in steps of at least {@code stepMs}. When a timer fires no admissible event can reach the tile any
- * more: the accumulator is dropped and the tile's version can never restart. The end of a bounded input (the
- * final watermark) releases everything.
+ * (a proctime mini-batch assigner there emits processing-time watermarks): each partial carries {@code low_ms}, min
+ * over the partitions of the Deduplicate subtask {@code low_src} of (M(p) - L) as of its bundle's start
+ * ({@link DedupFunction}, {@link TilePreAggregate}); the clock is the minimum over every Deduplicate subtask that
+ * reads a partition of the largest value seen from it (Long.MIN_VALUE until each has sent one), so a quiet
+ * partition holds every release back. It advances the timer service in steps of at least {@code stepMs}. When a
+ * timer fires no admissible event can reach the tile any more: the accumulator is dropped and the tile's version
+ * can never restart. The end of a bounded input (the final watermark) releases everything.
  *
- * <p>Updated tiles are emitted in bundles (one row per tile per bundle, like the SQL mini-batch), at most
- * {@code flushMs} of processing time or {@link #BUNDLE_KEYS} tiles after their update, before every
- * checkpoint barrier, before each watermark (so before any release) and at the end of the input.
- * Gauge {@code skewless_tile_entries}: the subtask's live accumulators (kept in operator state).
+ * <p>Gauge {@code skewless_tile_entries}: the subtask's live accumulators (kept in operator state).
  */
 public final class TileAggregateOperator extends AbstractStreamOperator<Row>
         implements OneInputStreamOperator<Row, Row>, Triggerable<String, VoidNamespace> {
     private static final long serialVersionUID = 1L;
-    static final int BUNDLE_KEYS = 20_000;
     public static final String ENTRIES_GAUGE = "skewless_tile_entries";
     // "<prefix><job id>/<subtask>" -> live accumulators (an AtomicLong), for jobs on a MiniCluster in this JVM (tests,
     // bench/stream_soak.py). In the system properties: the job's classes come from its own class loader, the
@@ -64,7 +61,6 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     private static final String LIVE_PREFIX = "skewless.tile-entries/";
 
     private final String spec;
-    private final long flushMs;
     private final int arity;
     private final int partitions;
     private final int maxParallelism;
@@ -75,29 +71,12 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     private transient TileState tiles;
     private transient ValueState<String[]> accumulators;
     private transient InternalTimerService<VoidNamespace> timers;
-    private transient Map<String, Pending> bundle;
-    private transient boolean flushArmed;
     private transient AtomicLong live;
     private transient ListState<Long> liveState;
 
-    /** A tile updated since the last emission. */
-    private static final class Pending {
-        final int out;
-        final String[] keys;
-        final long tileStart;
-        String[] acc;
-
-        Pending(int out, String[] keys, long tileStart) {
-            this.out = out;
-            this.keys = keys;
-            this.tileStart = tileStart;
-        }
-    }
-
-    TileAggregateOperator(String spec, long flushMs, int arity, int partitions, int maxParallelism, int dedupParallelism,
+    TileAggregateOperator(String spec, int arity, int partitions, int maxParallelism, int dedupParallelism,
                           long stepMs) {
         this.spec = spec;
-        this.flushMs = Math.max(1L, flushMs);
         this.arity = arity;
         this.partitions = partitions;
         this.maxParallelism = maxParallelism;
@@ -105,30 +84,22 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
         this.stepMs = Math.max(1L, stepMs);
     }
 
-    /** The key of an expanded row: out_id, k0.., tile_start joined by NUL. */
+    /** The key of a partial: out_id, k0.., tile_start joined by NUL (computed by {@link TilePreAggregate}). */
     static final class TileKey implements KeySelector<Row, String> {
         private static final long serialVersionUID = 1L;
-        private final int keyWidth;
-
-        TileKey(int keyWidth) {
-            this.keyWidth = keyWidth;
-        }
 
         @Override
         public String getKey(Row row) {
-            StringBuilder b = new StringBuilder().append((Integer) row.getField(0));
-            for (int i = 1; i <= keyWidth + 1; i++) {
-                b.append('\u0000').append(row.getField(i));
-            }
-            return b.toString();
+            return (String) row.getField(0);
         }
     }
 
     /**
      * The changelog with the tile rows of {@code contrib} added ({@code contrib}: the compiler's
-     * {@code <ns>_contrib} view as a DataStream; {@code spec}: {@link TileState}'s).
+     * {@code <ns>_contrib} view as a DataStream; {@code spec}: {@link TileState}'s; {@code bundle}: the pre-aggregation's
+     * bundle interval, a Flink duration such as "5 s", the SQL mini-batch's latency).
      */
-    public static DataStream<Row> attach(DataStream<Row> changelog, DataStream<Row> contrib, String spec, long flushMs,
+    public static DataStream<Row> attach(DataStream<Row> changelog, DataStream<Row> contrib, String spec, String bundle,
                                          String source, int partitions) {
         TileState tiles = new TileState(spec);
         List<String> names = DataType.getFieldNames(((ExternalTypeInfo<Row>) contrib.getType()).getDataType());
@@ -146,8 +117,12 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
         @SuppressWarnings("unchecked")
         TypeInformation<Row> type = (TypeInformation<Row>) changelog.getType();
         int arity = 3 + tiles.keyWidth + 2 + tiles.valueWidth;
-        DataStream<Row> tileRows = contrib.keyBy(new TileKey(tiles.keyWidth), Types.STRING)
-            .transform("tiles-" + source, type, new TileAggregateOperator(spec, flushMs, arity, partitions,
+        long bundleMs = TimeUtils.parseDuration(bundle).toMillis();
+        DataStream<Row> tileRows = contrib
+            .transform("tile-bundles-" + source, TilePreAggregate.TYPE, new TilePreAggregate(spec, bundleMs))
+            .uid("tile-bundles-" + source)
+            .keyBy(new TileKey(), Types.STRING)
+            .transform("tiles-" + source, type, new TileAggregateOperator(spec, arity, partitions,
                 DedupFunction.maxParallelism(env), Math.max(1, env.getParallelism()), step))
             .uid("tiles-" + source);
         return changelog.union(tileRows);
@@ -189,7 +164,6 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
         accumulators = getPartitionedState(new ValueStateDescriptor<>("tile-accumulator",
             BasicArrayTypeInfo.STRING_ARRAY_TYPE_INFO));
         timers = getInternalTimerService("tile-release", VoidNamespaceSerializer.INSTANCE, this);
-        bundle = new LinkedHashMap<>();
         lows = new long[dedupParallelism];
         Arrays.fill(lows, Long.MAX_VALUE);
         for (int p = 0; p < partitions; p++) {
@@ -204,41 +178,22 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     @Override
     public void processElement(StreamRecord<Row> record) throws Exception {
         Row row = record.getValue();
-        int out = (Integer) row.getField(0);
-        int kw = tiles.keyWidth;
-        long tileStart = (Long) row.getField(kw + 1);
+        int out = (Integer) row.getField(1);
+        String[] keys = (String[]) row.getField(2);
+        long tileStart = (Long) row.getField(3);
+        long low = (Long) row.getField(4);
+        int src = (Integer) row.getField(5);
+        String[] part = (String[]) row.getField(6);
         String[] acc = accumulators.value();
         if (acc == null) {
-            acc = tiles.create(out);
+            acc = part.clone();
             timers.registerEventTimeTimer(VoidNamespace.INSTANCE, tiles.releaseAt(out, tileStart));
             live.lazySet(live.get() + 1);
+        } else {
+            tiles.merge(out, acc, part);
         }
-        int base = kw + 4;
-        tiles.add(out, acc, i -> (String) row.getField(base + i));
-        long low = (Long) row.getField(kw + 2);
-        int src = (Integer) row.getField(kw + 3);
         accumulators.update(acc);
-        String key = (String) getCurrentKey();
-        Pending p = bundle.get(key);
-        if (p == null) {
-            String[] keys = new String[kw];
-            for (int i = 0; i < kw; i++) {
-                keys[i] = (String) row.getField(1 + i);
-            }
-            p = new Pending(out, keys, tileStart);
-            bundle.put(key, p);
-        }
-        p.acc = acc;
-        if (bundle.size() >= BUNDLE_KEYS) {
-            emitBundle();
-        } else if (!flushArmed) {
-            flushArmed = true;
-            long now = getProcessingTimeService().getCurrentProcessingTime();
-            getProcessingTimeService().registerTimer(now + flushMs, t -> {
-                flushArmed = false;
-                emitBundle();
-            });
-        }
+        emit(out, keys, tileStart, acc);
         if (src >= 0 && src < lows.length && low > lows[src] && lows[src] != Long.MAX_VALUE) {
             lows[src] = low;
             long min = Long.MAX_VALUE;
@@ -247,42 +202,33 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
             }
             if (min != Long.MIN_VALUE && (clock == Long.MIN_VALUE || min >= clock + stepMs)) {
                 clock = min;
-                emitBundle();  // every update leaves before its tile may be released
                 super.processWatermark(new Watermark(min));  // fires the due release timers (changes the key)
             }
         }
     }
 
-    private void emitBundle() {
-        if (bundle.isEmpty()) {
-            return;
-        }
+    private void emit(int out, String[] keys, long tileStart, String[] acc) {
+        TileState.Output o = tiles.outputs[out];
         int kw = tiles.keyWidth;
-        StreamRecord<Row> record = new StreamRecord<>(null);
-        for (Pending p : bundle.values()) {
-            TileState.Output o = tiles.outputs[p.out];
-            Row r = Row.withPositions(RowKind.INSERT, arity);
-            r.setField(0, "T");
-            r.setField(1, o.view);
-            r.setField(2, o.tileMs);
-            for (int i = 0; i < kw; i++) {
-                r.setField(3 + i, p.keys[i]);
-            }
-            r.setField(3 + kw, p.tileStart);
-            r.setField(4 + kw, TileState.version(p.acc));
-            String[] c = tiles.values(p.out, p.acc);
-            for (int i = 0; i < c.length; i++) {
-                r.setField(5 + kw + i, c[i]);
-            }
-            output.collect(record.replace(r));
+        Row r = Row.withPositions(RowKind.INSERT, arity);
+        r.setField(0, "T");
+        r.setField(1, o.view);
+        r.setField(2, o.tileMs);
+        for (int i = 0; i < kw; i++) {
+            r.setField(3 + i, keys[i]);
         }
-        bundle.clear();
+        r.setField(3 + kw, tileStart);
+        r.setField(4 + kw, TileState.version(acc));
+        String[] c = tiles.values(out, acc);
+        for (int i = 0; i < c.length; i++) {
+            r.setField(5 + kw + i, c[i]);
+        }
+        output.collect(new StreamRecord<>(r));
     }
 
     @Override
     public void processWatermark(Watermark mark) throws Exception {
         if (mark.getTimestamp() == Long.MAX_VALUE) {  // the end of a bounded input; other watermarks are not ours
-            emitBundle();
             super.processWatermark(mark);
         }
     }
@@ -297,15 +243,4 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
     public void onProcessingTime(InternalTimer<String, VoidNamespace> timer) {
     }
 
-    @Override
-    public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
-        super.prepareSnapshotPreBarrier(checkpointId);
-        emitBundle();
-    }
-
-    @Override
-    public void finish() throws Exception {
-        emitBundle();
-        super.finish();
-    }
 }

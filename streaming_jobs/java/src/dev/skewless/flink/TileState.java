@@ -154,6 +154,52 @@ public final class TileState {
         }
     }
 
+    /**
+     * Merge {@code part} (an accumulator of the same output and tile over later rows, e.g. a bundle's
+     * pre-aggregate) into {@code acc}: the result is the accumulator of both row sequences, {@code acc}'s first.
+     */
+    public void merge(int out, String[] acc, String[] part) {
+        Output o = outputs[out];
+        acc[0] = Long.toString(Long.parseLong(acc[0]) + Long.parseLong(part[0]));
+        for (int i = 0; i < o.kinds.length; i++) {
+            int s = o.slot[i];
+            String a = part[s];
+            String cur = acc[s];
+            switch (o.kinds[i]) {
+                case COUNT:
+                    acc[s] = Long.toString(Long.parseLong(cur) + Long.parseLong(a));
+                    break;
+                case AVG_INT:
+                case AVG_DEC:
+                    acc[s + 1] = Long.toString(Long.parseLong(acc[s + 1]) + Long.parseLong(part[s + 1]));
+                    // fall through: the sum slot
+                case SUM_INT:
+                case SUM_DEC:
+                    if (a != null) {
+                        acc[s] = sum(cur, a);
+                    }
+                    break;
+                case MIN_LONG:
+                    acc[s] = a == null || (cur != null && Long.parseLong(a) >= Long.parseLong(cur)) ? cur : a;
+                    break;
+                case MAX_LONG:
+                    acc[s] = a == null || (cur != null && Long.parseLong(a) <= Long.parseLong(cur)) ? cur : a;
+                    break;
+                case MIN_DOUBLE:
+                    acc[s] = a == null || (cur != null && !(Double.parseDouble(a) < Double.parseDouble(cur))) ? cur : a;
+                    break;
+                case MAX_DOUBLE:
+                    acc[s] = a == null || (cur != null && !(Double.parseDouble(a) > Double.parseDouble(cur))) ? cur : a;
+                    break;
+                case LAST:
+                    acc[s] = a == null || (cur != null && a.compareTo(cur) <= 0) ? cur : a;
+                    break;
+                default:
+                    throw new IllegalStateException("unknown kind " + o.kinds[i]);
+            }
+        }
+    }
+
     /** Exact sum of two integer or decimal texts of one scale (Flink's DECIMAL(38, s) SUM, as text). */
     static String sum(String cur, String a) {
         if (cur == null) {
@@ -189,16 +235,34 @@ public final class TileState {
 
     /**
      * Tests: args {@code <spec>}; stdin one JSON array {@code [out, key, tile_start, arg0, arg1, ...]} per expanded
-     * admitted row, or {@code ["release", low watermark]}; stdout per tile row {@code [out, key, tile_start,
-     * version, c0, ...]} in first-seen order, then the number of live accumulators.
+     * admitted row, {@code ["flush"]} (the rows since the last flush were folded into per-tile partial accumulators,
+     * as {@link TilePreAggregate} does; they are merged now), or {@code ["release", low watermark]} (after a flush);
+     * stdout per tile row {@code [out, key, tile_start, version, c0, ...]} in first-seen order, then the number of
+     * live accumulators.
      */
     public static void main(String[] argv) throws Exception {
         TileState tiles = new TileState(argv[0]);
         Map<String, Object[]> live = new LinkedHashMap<>();
+        Map<String, Object[]> partials = new LinkedHashMap<>();
         StringBuilder out = new StringBuilder();
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
         for (String line; (line = in.readLine()) != null; ) {
             List<?> row = (List<?>) Json.parse(line);
+            if ("flush".equals(row.get(0)) || "release".equals(row.get(0))) {
+                for (Map.Entry<String, Object[]> e : partials.entrySet()) {
+                    Object[] p = e.getValue();
+                    Object[] v = live.get(e.getKey());
+                    if (v == null) {
+                        live.put(e.getKey(), p);
+                    } else {
+                        tiles.merge((Integer) v[0], (String[]) v[3], (String[]) p[3]);
+                    }
+                }
+                partials.clear();
+            }
+            if ("flush".equals(row.get(0))) {
+                continue;
+            }
             if ("release".equals(row.get(0))) {
                 long low = (Long) row.get(1);
                 live.values().removeIf(v -> tiles.releaseAt((Integer) v[0], (Long) v[2]) <= low);
@@ -208,8 +272,16 @@ public final class TileState {
             String key = (String) row.get(1);
             long start = (Long) row.get(2);
             String id = o + "\u0000" + key + "\u0000" + start;
-            Object[] v = live.computeIfAbsent(id, k -> new Object[] {o, key, start, tiles.create(o)});
+            Object[] v = partials.computeIfAbsent(id, k -> new Object[] {o, key, start, tiles.create(o)});
             tiles.add(o, (String[]) v[3], i -> row.get(3 + i) == Json.NULL ? null : String.valueOf(row.get(3 + i)));
+        }
+        for (Map.Entry<String, Object[]> e : partials.entrySet()) {
+            Object[] v = live.get(e.getKey());
+            if (v == null) {
+                live.put(e.getKey(), e.getValue());
+            } else {
+                tiles.merge((Integer) v[0], (String[]) v[3], (String[]) e.getValue()[3]);
+            }
         }
         for (Object[] v : live.values()) {
             String[] acc = (String[]) v[3];

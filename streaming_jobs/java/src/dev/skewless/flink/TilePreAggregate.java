@@ -1,0 +1,159 @@
+package dev.skewless.flink;
+
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import org.apache.flink.api.common.typeinfo.BasicArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.api.java.typeutils.RowTypeInfo;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.types.Row;
+
+/**
+ * The local half of the tile aggregation (like the SQL mini-batch's local aggregate), chained to the tile expansion
+ * before the keyed exchange: it folds the expanded admitted rows ({@code out_id, k0.., tile_start, low_ms, low_src,
+ * a0..}) of one bundle into one partial {@link TileState} accumulator per tile and emits them as {@link #TYPE} rows
+ * ({@code key, out, keys, tile_start, low_ms, low_src, acc}) that {@link TileAggregateOperator} merges: one row and one
+ * state access per tile per bundle instead of one per event, and a compact row across the exchange.
+ *
+ * <p>A bundle is emitted at most {@code bundleMs} of processing time after its first row, at {@link #BUNDLE_KEYS}
+ * tiles, before every checkpoint barrier (so it keeps no state) and at the end of the input. Each partial carries the
+ * tile clock ({@code low_ms}, {@code low_src}) of its source subtask as of the bundle's START (the largest value seen
+ * before its first row; Long.MIN_VALUE before any): every row of this bundle and of later ones has ts >= its own
+ * {@code low_ms} >= that value (this operator is chained to the Deduplicate subtask's stream, so its rows stay in
+ * order), so no tile still to be merged is released by it, as row by row. (The bundle's largest value would not do: a
+ * partial emitted before another of the same bundle could release that one's tile.)
+ */
+public final class TilePreAggregate extends AbstractStreamOperator<Row> implements OneInputStreamOperator<Row, Row> {
+    private static final long serialVersionUID = 1L;
+    static final int BUNDLE_KEYS = 20_000;
+    /** A partial: key (out, keys, tile start joined by NUL), out, keys, tile_start, low_ms, low_src, accumulator. */
+    public static final TypeInformation<Row> TYPE = new RowTypeInfo(Types.STRING, Types.INT,
+        BasicArrayTypeInfo.STRING_ARRAY_TYPE_INFO, Types.LONG, Types.LONG, Types.INT, BasicArrayTypeInfo.STRING_ARRAY_TYPE_INFO);
+
+    private final String spec;
+    private final long bundleMs;
+    private transient TileState tiles;
+    private transient Map<String, Partial> bundle;
+    private transient List<Partial> order;
+    private transient Map<Integer, Long> lows;  // source subtask -> largest low_ms seen
+    private transient Map<Integer, Long> sent;  // source subtask -> largest low_ms seen before the current bundle
+    private transient boolean flushArmed;
+    private transient StringBuilder keyText;
+
+    /** One tile's partial accumulator in the current bundle. */
+    private static final class Partial {
+        final String key;
+        final int out;
+        final String[] keys;
+        final long tileStart;
+        final String[] acc;
+        int src;
+
+        Partial(String key, int out, String[] keys, long tileStart, String[] acc) {
+            this.key = key;
+            this.out = out;
+            this.keys = keys;
+            this.tileStart = tileStart;
+            this.acc = acc;
+        }
+    }
+
+    TilePreAggregate(String spec, long bundleMs) {
+        this.spec = spec;
+        this.bundleMs = Math.max(1L, bundleMs);
+    }
+
+    @Override
+    public void open() throws Exception {
+        super.open();
+        tiles = new TileState(spec);
+        bundle = new HashMap<>();
+        order = new ArrayList<>();
+        lows = new HashMap<>();
+        sent = new HashMap<>();
+        keyText = new StringBuilder();
+    }
+
+    @Override
+    public void processElement(StreamRecord<Row> record) throws Exception {
+        Row row = record.getValue();
+        int kw = tiles.keyWidth;
+        int out = (Integer) row.getField(0);
+        long tileStart = (Long) row.getField(kw + 1);
+        keyText.setLength(0);
+        keyText.append(out);
+        for (int i = 1; i <= kw; i++) {
+            keyText.append('\u0000').append((String) row.getField(i));
+        }
+        String key = keyText.append('\u0000').append(tileStart).toString();
+        Partial p = bundle.get(key);
+        if (p == null) {
+            String[] keys = new String[kw];
+            for (int i = 0; i < kw; i++) {
+                keys[i] = (String) row.getField(1 + i);
+            }
+            p = new Partial(key, out, keys, tileStart, tiles.create(out));
+            bundle.put(key, p);
+            order.add(p);
+        }
+        int base = kw + 4;
+        tiles.add(out, p.acc, i -> (String) row.getField(base + i));
+        int src = (Integer) row.getField(kw + 3);
+        long low = (Long) row.getField(kw + 2);
+        p.src = src;
+        Long seen = lows.get(src);
+        if (seen == null || low > seen) {
+            lows.put(src, low);
+        }
+        if (bundle.size() >= BUNDLE_KEYS) {
+            emitBundle();
+        } else if (!flushArmed) {
+            flushArmed = true;
+            long now = getProcessingTimeService().getCurrentProcessingTime();
+            getProcessingTimeService().registerTimer(now + bundleMs, t -> {
+                flushArmed = false;
+                emitBundle();
+            });
+        }
+    }
+
+    private void emitBundle() {
+        if (order.isEmpty()) {
+            return;
+        }
+        StreamRecord<Row> record = new StreamRecord<>(null);
+        for (Partial p : order) {  // first-seen order: a source subtask's rows stay in order
+            output.collect(record.replace(Row.of(p.key, p.out, p.keys, p.tileStart, sent.getOrDefault(p.src, Long.MIN_VALUE), p.src,
+                p.acc)));
+        }
+        sent.putAll(lows);
+        bundle.clear();
+        order.clear();
+    }
+
+    @Override
+    public void processWatermark(Watermark mark) throws Exception {
+        if (mark.getTimestamp() == Long.MAX_VALUE) {  // the end of a bounded input
+            emitBundle();
+        }
+        super.processWatermark(mark);
+    }
+
+    @Override
+    public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
+        super.prepareSnapshotPreBarrier(checkpointId);
+        emitBundle();
+    }
+
+    @Override
+    public void finish() throws Exception {
+        emitBundle();
+        super.finish();
+    }
+}
