@@ -22,6 +22,7 @@ from skewless.core.schemas import validator
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
+from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable
 from tests.support.reference_reader import AsOfNotAlignedError, read_windowed
 
 pytestmark = pytest.mark.integration
@@ -317,6 +318,7 @@ def test_recovery_from_checkpoint_keeps_values_exact(
         client.cancel().result()
         restore_from = _latest_checkpoint(ckpt, settled=True)
     assert restore_from is not None
+    check_restorable(str(restore_from), [source.name])  # it holds state for our operators' uids (else it raises)
     produce_records(kafka_bootstrap, topic, phases[2])
     client = start(restore_from)
     try:
@@ -339,6 +341,30 @@ def test_recovery_from_checkpoint_keeps_values_exact(
             version, _, _ = layout.decode_tile_vector(value, daily.aggs)
             n = sum(1 for e in admitted if e["user_id"] == user and e["event_time"] // daily.tile_ms * daily.tile_ms == int(start_ms))
             assert version == n, (user, start_ms)
+
+
+def test_a_checkpoint_of_another_job_graph_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A retained checkpoint of a job graph without our Java operators (here: a SQL GROUP BY, as before issue 23)
+    is refused before any restore: one line naming the missing operators and the fix (start fresh, backfill)."""
+    from skewless.engines.flink_env import create_stream_env
+
+    ckpt = tmp_path / "ckpt"
+    env, t_env = create_stream_env(parallelism=1, checkpoint_dir=ckpt, checkpoint_interval="500 ms", extra_conf={
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION"})
+    t_env.execute_sql("CREATE TEMPORARY TABLE gen (k INT, v BIGINT) WITH ('connector' = 'datagen', "
+                      "'rows-per-second' = '50', 'fields.k.min' = '0', 'fields.k.max' = '9')")
+    t_env.execute_sql("CREATE TEMPORARY TABLE sink (k INT, s BIGINT) WITH ('connector' = 'blackhole')")
+    client = t_env.execute_sql("INSERT INTO sink SELECT k, SUM(v) FROM gen GROUP BY k").get_job_client()
+    try:
+        wait_for(lambda: _latest_checkpoint(ckpt, settled=True) is not None, 120, "a checkpoint", client)
+    finally:
+        client.cancel().result()
+    old = _latest_checkpoint(ckpt, settled=True)
+    with pytest.raises(IncompatibleSavepointError) as err:
+        check_restorable(old.as_uri(), ["orders"], VIEW)
+    message = str(err.value)
+    assert "\n" not in message and "deduplicate-orders, tiles-orders" in message, message
+    assert f"skewless submit {VIEW} --starting-offsets earliest" in message and "backfill" in message
 
 
 # --- skewless_admit (the job's Java function) against admission.py, payload by payload ---------------------
