@@ -89,7 +89,7 @@ def local_services(root: Path) -> tuple[str, str, list]:
     return broker.bootstrap, redis_url(server.port), stops
 
 
-def _records(count: int, seed: int, start_ms: int, rate: float) -> list:
+def generated_records(count: int, seed: int, start_ms: int, rate: float) -> list:
     from skewless.producer import GeneratorConfig, generate
 
     records, _ = generate(GeneratorConfig(count=count, rate=rate, seed=seed, partitions=PARTITIONS, users=20_000,
@@ -132,9 +132,10 @@ def stream_progress(r: Any, project: str = PROJECT) -> dict[int, dict]:
     return {int(k[2:]): json.loads(v) for k, v in fields if k.startswith("p:")}
 
 
-def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, mini_batch: str,
+def start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, mini_batch: str,
                flush_ms: int = 200, buffer_timeout_ms: int | None = None,
-               bounded: bool = False) -> Any:
+               bounded: bool = False, savepoint: str | None = None) -> Any:
+    """The compiled ``user_order_stats`` job on the gateway's MiniCluster (``savepoint``: restored from it)."""
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
@@ -143,6 +144,8 @@ def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, 
 
     (job,) = compile_repository(load_repository(), ["user_order_stats"])
     conf = stream_conf(mini_batch, 1_000_000, buffer_timeout_ms)
+    if savepoint is not None:
+        conf["execution.savepoint.path"] = savepoint
     env, t_env = create_stream_env(parallelism=PARALLELISM, checkpoint_dir=ckpt, checkpoint_interval="10 s", extra_conf=conf)
     add_source_job(env, t_env, job, JobOptions(bootstrap=bootstrap, redis_url=url, project=PROJECT, repo_path="feature_defs",
                                                topic=topic, starting_offsets=starting, ns=f"b{uuid.uuid4().hex[:6]}", bounded=bounded,
@@ -185,8 +188,8 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
 # thread-name prefixes of the compiled job's operator chains -> what they do (JFR breakdown)
 _STAGES = (("Source Data Fetcher", "Kafka fetcher thread"), ("Source: ", "Kafka source + admission + parse (chain)"),
            ("OverAggregate", "late check (running-max OVER) + shared view"),
-           ("deduplicate-", "dedup (Java, keyed by partition) + watermarks + tile expansion + local progress aggregates"),
-           ("tiles-", "tile aggregation (Java, keyed by out, key, tile; released on event time)"),
+           ("deduplicate-", "dedup (Java, keyed by partition) + tile expansion + tile pre-aggregation + local progress aggregates"),
+           ("tiles-", "tile merge (Java, keyed by out, key, tile; released on event time)"),
            ("GlobalGroupAggregate", "global aggregate (progress)"),
            ("ConstraintEnforcer", "sinks (Redis tiles/progress, dead letters)"),
            ("kafka-producer", "dead-letter producer thread"))
@@ -227,7 +230,7 @@ def jfr_breakdown(path: Path) -> dict[str, float]:
     return {k: round(100 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
-def _throughput(r: Any, events: int) -> float:
+def throughput_from_progress(r: Any, events: int) -> float:
     """events/s of the running job over the pre-filled topic, from its progress hash (first to last write)."""
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + 900
@@ -247,7 +250,7 @@ def _freshness(bootstrap: str, topic: str, r: Any) -> list[float]:
     it. Runs until FRESH_S seconds of samples after the job is live (first progress write + grace)."""
     from skewless.engines.kafka import make_producer
 
-    fresh = _records(int(FRESH_RATE * (FRESH_S + 150)), 2, int(time.time() * 1000), FRESH_RATE)
+    fresh = generated_records(int(FRESH_RATE * (FRESH_S + 150)), 2, int(time.time() * 1000), FRESH_RATE)
     sent: dict[tuple[int, int], float] = {}
     lags: list[tuple[float, float]] = []  # (produce time, lag)
     live: list[float] = []
@@ -310,7 +313,7 @@ def run() -> dict[str, Any]:
         now = int(time.time() * 1000)
         topic = f"orders-{uuid.uuid4().hex[:6]}"
         create_topics(bootstrap, {topic: PARTITIONS})
-        records = _records(EVENTS, 1, now - 3_600_000, EVENTS / 3000.0)
+        records = generated_records(EVENTS, 1, now - 3_600_000, EVENTS / 3000.0)
         t0 = time.perf_counter()
         produce_records(bootstrap, topic, records)
         produce_rate = EVENTS / (time.perf_counter() - t0)
@@ -320,9 +323,9 @@ def run() -> dict[str, Any]:
         r = redis.Redis.from_url(url)
         # bounded: the end of the input flushes the last mini-batch at once (no wait for its timer), so the
         # measured span ends when the last record is applied
-        client = _start_job(bootstrap, url, topic, root / "ckpt", "earliest", MINI_BATCH, bounded=True)
+        client = start_job(bootstrap, url, topic, root / "ckpt", "earliest", MINI_BATCH, bounded=True)
         recording = JFR and _jfr(_gateway_pid(), "start", root / "bench.jfr")
-        events_per_s = _throughput(r, EVENTS)
+        events_per_s = throughput_from_progress(r, EVENTS)
         client.get_job_execution_result().result()
         breakdown = jfr_breakdown(root / "bench.jfr") if recording and _jfr(_gateway_pid(), "stop", root / "bench.jfr") else None
         client = None
@@ -345,7 +348,7 @@ def run() -> dict[str, Any]:
         if FRESH_S <= 0:
             return result
         # freshness: steady production into a job with a short mini-batch, started at the topic's end
-        client = _start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH, FRESH_FLUSH_MS,
+        client = start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH, FRESH_FLUSH_MS,
                             FRESH_BUFFER_TIMEOUT_MS)
         lags = _freshness(bootstrap, topic, r)
         p50 = statistics.median(lags) if lags else float("nan")
