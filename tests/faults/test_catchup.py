@@ -111,3 +111,74 @@ def test_a_restarted_job_reads_stale_with_its_age_while_catching_up_then_present
     result = admission.admit(raw, source, validator(source.schema), key_fields=view.entity.key_names)
     assert_last_hour_equals_oracle(redis_client, project, repo, list(result.admitted))
     print(f"{len(samples)} reads during the catch-up, {len(stale)} stale (ages {stale[0][2]} .. {stale[-1][2]} ms)")
+
+
+def test_a_job_stopped_past_the_topics_retention_reads_incomplete_not_plausible_numbers(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any, tmp_path: Path,
+) -> None:
+    """Stopped with a savepoint; while it is down, retention deletes records it never applied (Kafka's
+    DeleteRecords moves the log start as retention does). Restored, the job says so in one line, raises the views'
+    applied_from_ms to its restart, and the windows before it read `incomplete` (null), never a sum without the
+    lost records; `skewless backfill` + `skewless materialize` are what cover them again."""
+    from confluent_kafka import TopicPartition
+
+    from skewless.core import layout
+    from skewless.engines.flink_env import create_stream_env
+    from skewless.engines.kafka import admin_client
+    from streaming_jobs.flink_compiler import compile_repository
+    from streaming_jobs.job import JobOptions, add_source_job
+    from streaming_jobs.run_view import stream_conf
+
+    repo = load_repository()
+    view = repo.view(VIEW)
+    source = view.source
+    topic = kafka_topic(partitions=3, prefix="orders-retention")
+    now = int(time.time() * 1000)
+    gen = {"partitions": 3, "users": 20, "allowed_lateness_ms": td_ms(source.allowed_lateness),
+           "clock_skew_ms": td_ms(source.clock_skew_tolerance)}
+    head, _ = generate(GeneratorConfig(count=300, rate=1.0, seed=41, start_ms=now - 2 * HOUR_MS, **gen))
+    backlog, _ = generate(GeneratorConfig(count=3000, rate=3000 / 3540.0, seed=42, start_ms=now - HOUR_MS, **gen))
+    project, ns = f"c{uuid.uuid4().hex[:8]}", f"sk_{uuid.uuid4().hex[:8]}"
+    (job,) = compile_repository(repo, [VIEW])
+
+    def start(savepoint: str | None) -> Any:
+        conf = stream_conf("300 ms", 10_000)
+        if savepoint is not None:
+            conf["execution.savepoint.path"] = savepoint
+        env, t_env = create_stream_env(parallelism=1, checkpoint_dir=tmp_path / "ckpt", checkpoint_interval="2 s",
+                                       extra_conf=conf)
+        add_source_job(env, t_env, job, JobOptions(bootstrap=kafka_bootstrap, redis_url=redis_url, project=project,
+                                                   repo_path="feature_defs", topic=topic, ns=ns, group=f"g-{project}",
+                                                   flush_ms=100))  # applied_from_ms from the topic and the progress
+        return env.execute_async(f"test-retention-{project}")
+
+    produce_records(kafka_bootstrap, topic, head)
+    client = start(None)
+    wait_for(lambda: _applied(redis_client, project) >= len(head), 180, "the head in Redis", client)
+    meta = layout.view_meta_key(project, view)
+    assert redis_client.hget(meta, "applied_from_ms") == b"0"  # read from offset 0: every window complete
+    savepoint = client.stop_with_savepoint(False, (tmp_path / "savepoints").resolve().as_uri()).result()
+    positions = produce_records(kafka_bootstrap, topic, backlog).positions
+    # retention passes the head and the first half of the backlog on every partition
+    cut = {p: sum(1 for r in head if r.partition == p) + sum(1 for r in backlog[:len(backlog) // 2] if r.partition == p)
+           for p in range(3)}
+    futures = admin_client(kafka_bootstrap).delete_records([TopicPartition(topic, p, o) for p, o in cut.items()])
+    for f in futures.values():
+        f.result(timeout=30)
+    restart_ms = int(time.time() * 1000)
+    client = start(savepoint)
+    try:
+        kept = sum(sum(1 for r in backlog if r.partition == p) + sum(1 for r in head if r.partition == p) - o
+                   for p, o in cut.items())
+        wait_for(lambda: _applied(redis_client, project) >= len(head) + kept, 180, "the kept records in Redis", client)
+        time.sleep(1.5)  # the last flush timer
+    finally:
+        client.cancel().result()
+    applied_from = int(redis_client.hget(meta, "applied_from_ms"))
+    assert applied_from >= restart_ms, (applied_from, restart_ms)  # raised to the restart
+    users = sorted({r.key.decode() for r in backlog if r.key})
+    got = OnlineStore(repo, redis_client, project).get_online_features({"user_id": users}, [FEATURE])
+    column = got.columns[0]
+    assert set(got.statuses[column]) == {"incomplete"}, got.statuses  # the last hour began before the restart
+    assert all(v is None for v in got.values[column])  # null, never a sum without the lost records
+    print(f"positions {positions}, deleted below {cut}, applied_from_ms {applied_from}")
