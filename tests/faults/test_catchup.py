@@ -40,13 +40,28 @@ def _applied(redis_client: Any, project: str) -> int:
     return sum(json.loads(v)["records"] for v in redis_client.hgetall(layout.progress_key(project, "orders")).values())
 
 
+def _start(job: Any, kafka_bootstrap: str, redis_url: str, topic: str, project: str, ns: str, ckpt: Path,
+           savepoint: str | None, applied_from_ms: int | None) -> Any:
+    """The compiled job on the local MiniCluster, restored from ``savepoint`` if given (``applied_from_ms`` None:
+    from the topic and the progress, as a submitted job)."""
+    from skewless.engines.flink_env import create_stream_env
+    from streaming_jobs.job import JobOptions, add_source_job
+    from streaming_jobs.run_view import stream_conf
+
+    conf = stream_conf("300 ms", 10_000)
+    if savepoint is not None:
+        conf["execution.savepoint.path"] = savepoint
+    env, t_env = create_stream_env(parallelism=1, checkpoint_dir=ckpt, checkpoint_interval="2 s", extra_conf=conf)
+    add_source_job(env, t_env, job, JobOptions(bootstrap=kafka_bootstrap, redis_url=redis_url, project=project,
+                                               repo_path="feature_defs", topic=topic, ns=ns, group=f"g-{project}",
+                                               applied_from_ms=applied_from_ms, flush_ms=100))
+    return env.execute_async(f"test-catchup-{project}")
+
+
 def test_a_restarted_job_reads_stale_with_its_age_while_catching_up_then_present(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any, tmp_path: Path,
 ) -> None:
-    from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
-    from streaming_jobs.job import JobOptions, add_source_job
-    from streaming_jobs.run_view import stream_conf
 
     repo = load_repository()
     view = repo.view(VIEW)
@@ -62,15 +77,7 @@ def test_a_restarted_job_reads_stale_with_its_age_while_catching_up_then_present
     (job,) = compile_repository(repo, [VIEW])
 
     def start(savepoint: str | None) -> Any:
-        conf = stream_conf("300 ms", 10_000)
-        if savepoint is not None:
-            conf["execution.savepoint.path"] = savepoint
-        env, t_env = create_stream_env(parallelism=1, checkpoint_dir=tmp_path / "ckpt", checkpoint_interval="2 s",
-                                       extra_conf=conf)
-        add_source_job(env, t_env, job, JobOptions(bootstrap=kafka_bootstrap, redis_url=redis_url, project=project,
-                                                   repo_path="feature_defs", topic=topic, ns=ns, applied_from_ms=0,
-                                                   group=f"g-{project}", flush_ms=100))
-        return env.execute_async(f"test-catchup-{project}")
+        return _start(job, kafka_bootstrap, redis_url, topic, project, ns, tmp_path / "ckpt", savepoint, 0)
 
     produce_records(kafka_bootstrap, topic, head)
     client = start(None)
@@ -123,11 +130,8 @@ def test_a_job_stopped_past_the_topics_retention_reads_incomplete_not_plausible_
     from confluent_kafka import TopicPartition
 
     from skewless.core import layout
-    from skewless.engines.flink_env import create_stream_env
     from skewless.engines.kafka import admin_client
     from streaming_jobs.flink_compiler import compile_repository
-    from streaming_jobs.job import JobOptions, add_source_job
-    from streaming_jobs.run_view import stream_conf
 
     repo = load_repository()
     view = repo.view(VIEW)
@@ -141,16 +145,8 @@ def test_a_job_stopped_past_the_topics_retention_reads_incomplete_not_plausible_
     project, ns = f"c{uuid.uuid4().hex[:8]}", f"sk_{uuid.uuid4().hex[:8]}"
     (job,) = compile_repository(repo, [VIEW])
 
-    def start(savepoint: str | None) -> Any:
-        conf = stream_conf("300 ms", 10_000)
-        if savepoint is not None:
-            conf["execution.savepoint.path"] = savepoint
-        env, t_env = create_stream_env(parallelism=1, checkpoint_dir=tmp_path / "ckpt", checkpoint_interval="2 s",
-                                       extra_conf=conf)
-        add_source_job(env, t_env, job, JobOptions(bootstrap=kafka_bootstrap, redis_url=redis_url, project=project,
-                                                   repo_path="feature_defs", topic=topic, ns=ns, group=f"g-{project}",
-                                                   flush_ms=100))  # applied_from_ms from the topic and the progress
-        return env.execute_async(f"test-retention-{project}")
+    def start(savepoint: str | None) -> Any:  # applied_from_ms from the topic and the progress
+        return _start(job, kafka_bootstrap, redis_url, topic, project, ns, tmp_path / "ckpt", savepoint, None)
 
     produce_records(kafka_bootstrap, topic, head)
     client = start(None)
