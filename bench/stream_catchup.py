@@ -57,6 +57,7 @@ def run() -> dict[str, Any]:
     from skewless.core import layout
     from skewless.producer.kafka_producer import produce_records
     from skewless.stack.kafka import create_topics
+    from streaming_jobs.savepoint import stop_with_savepoint
 
     root = Path(tempfile.mkdtemp(prefix="skewless-bench-catchup-"))
     bootstrap, url, stops = local_services(root)
@@ -82,7 +83,7 @@ def run() -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the job did not apply the head of the topic within 5 min")
             time.sleep(0.5)
-        savepoint = client.stop_with_savepoint(False, (root / "savepoints").resolve().as_uri()).result()
+        savepoint = stop_with_savepoint(client, (root / "savepoints").resolve().as_uri())
         client = None
         t0 = time.perf_counter()
         produce_records(bootstrap, topic, hour)  # the hour the job was down

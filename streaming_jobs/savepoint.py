@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from streaming_jobs.udf import UdfBuildError, run_main
@@ -62,3 +63,14 @@ def check_restorable(pointer: str, sources: Iterable[str], view: str = "<view>")
             f"savepoint {pointer} cannot be restored into this job: it holds no state for {', '.join(missing)} (taken "
             "by an earlier job graph; since issue 23 the de-duplication and tile state live in these Java operators); "
             + restart_fix(view))
+
+
+def stop_with_savepoint(job_client: Any, directory: str, timeout_s: float = 300.0) -> str:
+    """Stop a job (a PyFlink ``JobClient``) with a savepoint in ``directory`` (no drain: its window and de-duplication
+    state is kept) and return the savepoint's path. PyFlink 2.2's ``JobClient.stop_with_savepoint`` calls a Java
+    signature that no longer exists (without the savepoint format), so this calls Flink's own."""
+    from pyflink.java_gateway import get_gateway
+
+    canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    future = job_client._j_job_client.stopWithSavepoint(False, directory, canonical)
+    return str(future.get(int(timeout_s), get_gateway().jvm.java.util.concurrent.TimeUnit.SECONDS))

@@ -22,7 +22,7 @@ from skewless.core.timeutil import MS_PER_MINUTE, td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
 from skewless.serving.online import OnlineStore
-from streaming_jobs.savepoint import check_restorable
+from streaming_jobs.savepoint import check_restorable, stop_with_savepoint
 from tests.integration.test_streaming import assert_last_hour_equals_oracle, read_topic, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -82,7 +82,7 @@ def test_a_restarted_job_reads_stale_with_its_age_while_catching_up_then_present
     produce_records(kafka_bootstrap, topic, head)
     client = start(None)
     wait_for(lambda: _applied(redis_client, project) >= len(head), 180, "the head in Redis", client)
-    savepoint = client.stop_with_savepoint(False, (tmp_path / "savepoints").resolve().as_uri()).result()
+    savepoint = stop_with_savepoint(client, (tmp_path / "savepoints").resolve().as_uri())
     produce_records(kafka_bootstrap, topic, backlog)  # the hour the job was down
     check_restorable(savepoint, [source.name])
     store = OnlineStore(repo, redis_client, project)
@@ -153,7 +153,7 @@ def test_a_job_stopped_past_the_topics_retention_reads_incomplete_not_plausible_
     wait_for(lambda: _applied(redis_client, project) >= len(head), 180, "the head in Redis", client)
     meta = layout.view_meta_key(project, view)
     assert redis_client.hget(meta, "applied_from_ms") == b"0"  # read from offset 0: every window complete
-    savepoint = client.stop_with_savepoint(False, (tmp_path / "savepoints").resolve().as_uri()).result()
+    savepoint = stop_with_savepoint(client, (tmp_path / "savepoints").resolve().as_uri())
     positions = produce_records(kafka_bootstrap, topic, backlog).positions
     # retention passes the head and the first half of the backlog on every partition
     cut = {p: sum(1 for r in head if r.partition == p) + sum(1 for r in backlog[:len(backlog) // 2] if r.partition == p)

@@ -22,7 +22,7 @@ from skewless.core.schemas import validator
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
-from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable
+from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable, stop_with_savepoint
 from tests.support.reference_reader import AsOfNotAlignedError, read_windowed
 
 pytestmark = pytest.mark.integration
@@ -312,7 +312,7 @@ def test_recovery_from_checkpoint_keeps_values_exact(
     produce_records(kafka_bootstrap, topic, phases[1])
     time.sleep(0.5)  # some of phase 2 is applied after the checkpoint: replayed after the restore
     if stop == "savepoint":
-        restore_from = Path(client.stop_with_savepoint(False, (tmp_path / "savepoints").resolve().as_uri()).result()
+        restore_from = Path(stop_with_savepoint(client, (tmp_path / "savepoints").resolve().as_uri())
                             .removeprefix("file:"))
     else:
         client.cancel().result()
