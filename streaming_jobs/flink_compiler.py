@@ -15,9 +15,10 @@ Redis (:mod:`streaming_jobs.sink`). Per source:
 5. ``<ns>_admitted``: rule 4 (duplicate): keep the first row per (partition, typed event id, ts). The
    shared copy of ``<ns>_ordered`` passes through a Java keyed operator (``DedupFunction``) that marks
    copies (``dup``) and drops an entry once the partition's max event time - lateness passed its ts.
-6. ``<ns>_contrib``: each admitted row expanded once per view and tile size (``out_id``) with its entity key,
-   tile start and per value column its contribution as text (null when a filter fails or the field is null).
-   A Java keyed operator (``TileAggregateOperator``, key: out_id, entity key, tile start) folds them into the
+6. ``<ns>_contrib``: one row per admitted event with its entity key(s) and, per view and tile size (output) and
+   value column, its contribution as text (null when a filter fails or the field is null). A Java operator
+   chained to it (``TilePreAggregate``) expands it into one tile per output and pre-aggregates per bundle; a
+   keyed one (``TileAggregateOperator``, key: output, entity key, tile start) merges the partials into the
    tile rows (version = number of events applied to the tile) and releases a tile's state on event time, once
    its end + retention <= min over partitions of (M(p) - L) (docs/semantics.md §6, "State").
 7. The changelog: ``GROUP BY partition`` progress and the dead letters in SQL, plus the Java operator's tile rows.
@@ -75,7 +76,7 @@ DUP_COLUMN, DEDUP_ENTRIES_COLUMN = "dup", "dedup_entries"
 # ... and the tile state's event-time clock: min over the subtask's partitions of M(p) - L, and the subtask
 CLOCK_COLUMNS = ("low_ms", "low_src")
 DEAD_COLUMNS = ("reason", "detail", "payload_b64", "record_ms")
-# The expanded admitted rows (out_id, k<i>, tile_start, a<i>) the Java tile operator folds
+# One row per admitted event (ts, low_ms, low_src, k<m>, a<j>_<i>) the Java tile operators expand and fold
 # (dev.skewless.flink.TileAggregateOperator, state released on event time: streaming_jobs.job.add_source_job).
 CONTRIB_VIEW = "contrib"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -302,11 +303,12 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         key_width = max(1, *(len(o.key_names) for o in outputs))
         value_width = max(len(PROGRESS_COLUMNS), len(DEAD_COLUMNS), *(len(o.columns) for o in outputs))
         nodes = [t.aggregate for vp in view_plans for t in vp.stream.tiles]
-        statements.append(self._contrib_view(source, outputs, nodes, fields, types, key_width, value_width))
+        contrib, columns = self._contrib_view(source, outputs, nodes, fields, types)
+        statements.append(contrib)
         changelog = "\nUNION ALL\n".join([self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)])
         tile_spec = json.dumps({"key_width": key_width, "value_width": value_width, "outputs": [
-            {"view": o.view, "tile_ms": o.tile_ms, "retention_ms": o.retention_ms, "kinds": [_kind(c) for c in o.columns]}
-            for o in outputs]}, separators=(",", ":"))
+            {"view": o.view, "tile_ms": o.tile_ms, "retention_ms": o.retention_ms, "kinds": [_kind(c) for c in o.columns],
+             **cols} for o, cols in zip(outputs, columns)]}, separators=(",", ":"))
         return FlinkSourceJob(source.name, source.topic, tuple(v.name for v in views), tuple(statements), changelog,
                               tuple(outputs), key_width, value_width, spec, tuple(typed), scan.allowed_lateness_ms,
                               tile_spec)
@@ -379,35 +381,31 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         )
 
     def _contrib_view(self, source: EventSource, outputs: list[TileOutput], nodes: list[TileAggregate],
-                      fields: dict[str, str], types: dict[str, str], key_width: int, value_width: int) -> str:
-        """The admitted rows expanded once per output (``out_id``), so the keep-first Deduplicate and its
-        exchange run once whatever the number of tile sizes and views; per value column the row's contribution
-        as text (``a<i>``), which the Java tile operator folds (dev.skewless.flink.TileState)."""
-        n = len(outputs)
-
-        def per_output(exprs: list[str]) -> str:
-            if len(set(exprs)) == 1:
-                return exprs[0]
-            return "CASE out_id " + " ".join(f"WHEN {j} THEN {e}" for j, e in enumerate(exprs)) + " END"
-
-        keys = [[f"CAST(f_{fields[k]} AS STRING)" for k in o.key_names] for o in outputs]
-        key_cols = [per_output([ks[i] if i < len(ks) else "''" for ks in keys]) + f" AS k{i}" for i in range(key_width)]
-        tiles = [f"ts - MOD(ts, {o.tile_ms})" for o in outputs]
-        args = []
-        for i in range(value_width):
-            exprs = [self._contribution(source, node.aggregations[i], fields, types) if i < len(o.columns)
-                     else "CAST(NULL AS STRING)" for o, node in zip(outputs, nodes)]
-            args.append(f"{per_output(exprs)} AS a{i}")
-        # the expansion must use the row (here: ts), else the planner turns it into a regular cross join
-        expand = ("\n  CROSS JOIN UNNEST(ARRAY[" + ", ".join(f"ROW({j}, {t})" for j, t in enumerate(tiles))
-                  + "]) AS x(out_id, tile_start)") if n > 1 else ""
-        tile = "" if n > 1 else f", 0 AS out_id, {tiles[0]} AS tile_start"
-        return (
-            f"CREATE TEMPORARY VIEW `${{ns}}_{CONTRIB_VIEW}` AS\n"
-            "SELECT out_id, " + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start, " + ", ".join(CLOCK_COLUMNS)
-            + ",\n  " + ",\n  ".join(args)
-            + "\nFROM (\n  SELECT *, " + ", ".join(key_cols) + f"{tile}\n  FROM `${{ns}}_admitted`{expand})"
-        )
+                      fields: dict[str, str], types: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
+        """ONE row per admitted event (so the keep-first Deduplicate and its exchange run once whatever the number
+        of tile sizes and views): ``ts``, the tile clock, the distinct entity-key texts (``k<m>``) and per output and
+        value column the event's contribution as text (``a<j>_<i>``); the Java tile pre-aggregation expands it
+        into one tile per output (dev.skewless.flink.TilePreAggregate). Also each output's columns in the row
+        (``key_cols``, ``arg_col``) for the tile spec."""
+        key_exprs: list[str] = []
+        layout_: list[dict[str, Any]] = []
+        for o in outputs:
+            cols = []
+            for k in o.key_names:
+                expr = f"CAST(f_{fields[k]} AS STRING)"
+                if expr not in key_exprs:
+                    key_exprs.append(expr)
+                cols.append(1 + len(CLOCK_COLUMNS) + key_exprs.index(expr))
+            layout_.append({"key_cols": cols})
+        args, at = [], 1 + len(CLOCK_COLUMNS) + len(key_exprs)
+        for j, (o, node, lay) in enumerate(zip(outputs, nodes, layout_)):
+            lay["arg_col"] = at
+            for i in range(len(o.columns)):
+                args.append(f"{self._contribution(source, node.aggregations[i], fields, types)} AS a{j}_{i}")
+                at += 1
+        select = ["ts", *CLOCK_COLUMNS, *(f"{e} AS k{m}" for m, e in enumerate(key_exprs)), *args]
+        return (f"CREATE TEMPORARY VIEW `${{ns}}_{CONTRIB_VIEW}` AS\nSELECT " + ",\n  ".join(select)
+                + f"\nFROM `${{ns}}_admitted`"), layout_
 
     def _contribution(self, source: EventSource, a: TileAgg, fields: dict[str, str], types: dict[str, str]) -> str:
         """One event's contribution to an aggregation as text, null when it does not count (a filter fails, the

@@ -34,8 +34,8 @@ import org.apache.flink.util.TimeUtils;
 /**
  * The tile aggregation of a source job as a keyed operator (key: output, entity key, tile start), replacing the
  * SQL {@code GROUP BY key, tile_start} whose state Flink keeps forever (its state TTL counts processing time).
- * Input: the partial accumulators of {@link TilePreAggregate} (one per tile per bundle of the expanded admitted rows
- * {@code out_id, k0.., tile_start, low_ms, low_src, a0..}, see {@link TileState}), chained before the exchange;
+ * Input: the partial accumulators of {@link TilePreAggregate} (one per tile per bundle of the admitted events'
+ * contributions rows, see {@link TileState}), chained before the exchange;
  * output: the changelog's tile rows ({@code 'T', view, tile_ms, k.., tile_start, version, c..}), one per partial
  * merged (so at most one per tile per bundle and source subtask, like the SQL mini-batch).
  *
@@ -103,11 +103,17 @@ public final class TileAggregateOperator extends AbstractStreamOperator<Row>
                                          String source, int partitions) {
         TileState tiles = new TileState(spec);
         List<String> names = DataType.getFieldNames(((ExternalTypeInfo<Row>) contrib.getType()).getDataType());
-        int kw = tiles.keyWidth;
-        if (names.size() != kw + 4 + tiles.valueWidth || !"out_id".equals(names.get(0)) || !"tile_start".equals(names.get(kw + 1))
-                || !DedupFunction.LOW.equals(names.get(kw + 2)) || !DedupFunction.SOURCE.equals(names.get(kw + 3))) {
-            throw new IllegalArgumentException("the contributions view has columns " + names + "; expected out_id, "
-                + kw + " keys, tile_start, low_ms, low_src and " + tiles.valueWidth + " arguments");
+        int width = 3;
+        for (TileState.Output o : tiles.outputs) {
+            for (int c : o.keyCols) {
+                width = Math.max(width, c + 1);
+            }
+            width = Math.max(width, o.argCol + o.kinds.length);
+        }
+        if (names.size() != width || !"ts".equals(names.get(0)) || !DedupFunction.LOW.equals(names.get(1))
+                || !DedupFunction.SOURCE.equals(names.get(2))) {
+            throw new IllegalArgumentException("the contributions view has columns " + names + "; expected ts, low_ms, "
+                + "low_src, the keys and the arguments, " + width + " in all (the tile spec: " + spec + ")");
         }
         long step = Long.MAX_VALUE;
         for (TileState.Output o : tiles.outputs) {

@@ -16,8 +16,9 @@ import org.apache.flink.types.Row;
 
 /**
  * The local half of the tile aggregation (like the SQL mini-batch's local aggregate), chained to the tile expansion
- * before the keyed exchange: it folds the expanded admitted rows ({@code out_id, k0.., tile_start, low_ms, low_src,
- * a0..}) of one bundle into one partial {@link TileState} accumulator per tile and emits them as {@link #TYPE} rows
+ * before the keyed exchange: it expands each admitted event's contributions row ({@code ts, low_ms, low_src, k<m>..,
+ * a<j>_<i>..}: per output j its key columns and arguments, see {@link TileState.Output}) into one tile per output
+ * (start {@code ts - ts % H}) and folds the rows of one bundle into one partial {@link TileState} accumulator per tile and emits them as {@link #TYPE} rows
  * ({@code key, out, keys, tile_start, low_ms, low_src, acc}) that {@link TileAggregateOperator} merges: one row and one
  * state access per tile per bundle instead of one per event, and a compact row across the exchange.
  *
@@ -83,33 +84,36 @@ public final class TilePreAggregate extends AbstractStreamOperator<Row> implemen
     @Override
     public void processElement(StreamRecord<Row> record) throws Exception {
         Row row = record.getValue();
-        int kw = tiles.keyWidth;
-        int out = (Integer) row.getField(0);
-        long tileStart = (Long) row.getField(kw + 1);
-        keyText.setLength(0);
-        keyText.append(out);
-        for (int i = 1; i <= kw; i++) {
-            keyText.append('\u0000').append((String) row.getField(i));
-        }
-        String key = keyText.append('\u0000').append(tileStart).toString();
-        Partial p = bundle.get(key);
-        if (p == null) {
-            String[] keys = new String[kw];
-            for (int i = 0; i < kw; i++) {
-                keys[i] = (String) row.getField(1 + i);
-            }
-            p = new Partial(key, out, keys, tileStart, tiles.create(out));
-            bundle.put(key, p);
-            order.add(p);
-        }
-        int base = kw + 4;
-        tiles.add(out, p.acc, i -> (String) row.getField(base + i));
-        int src = (Integer) row.getField(kw + 3);
-        long low = (Long) row.getField(kw + 2);
-        p.src = src;
+        long ts = (Long) row.getField(0);
+        long low = (Long) row.getField(1);
+        int src = (Integer) row.getField(2);
         Long seen = lows.get(src);
         if (seen == null || low > seen) {
             lows.put(src, low);
+        }
+        int kw = tiles.keyWidth;
+        for (int out = 0; out < tiles.outputs.length; out++) {
+            TileState.Output o = tiles.outputs[out];
+            long tileStart = ts - ts % o.tileMs;  // as the SQL's ts - MOD(ts, H)
+            keyText.setLength(0);
+            keyText.append(out);
+            for (int i = 0; i < kw; i++) {
+                keyText.append('\u0000').append(i < o.keyCols.length ? (String) row.getField(o.keyCols[i]) : "");
+            }
+            String key = keyText.append('\u0000').append(tileStart).toString();
+            Partial p = bundle.get(key);
+            if (p == null) {
+                String[] keys = new String[kw];
+                for (int i = 0; i < kw; i++) {
+                    keys[i] = i < o.keyCols.length ? (String) row.getField(o.keyCols[i]) : "";
+                }
+                p = new Partial(key, out, keys, tileStart, tiles.create(out));
+                bundle.put(key, p);
+                order.add(p);
+            }
+            int base = o.argCol;
+            tiles.add(out, p.acc, i -> (String) row.getField(base + i));
+            p.src = src;
         }
         if (bundle.size() >= BUNDLE_KEYS) {
             emitBundle();

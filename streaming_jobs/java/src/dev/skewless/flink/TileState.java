@@ -38,12 +38,17 @@ public final class TileState {
         final Kind[] kinds;
         final int[] slot;  // column -> its first slot in the accumulator
         final int size;
+        /** In a contributions row (one per event): the columns of this output's entity key, and of its first argument. */
+        final int[] keyCols;
+        final int argCol;
 
-        Output(String view, long tileMs, long retentionMs, Kind[] kinds) {
+        Output(String view, long tileMs, long retentionMs, Kind[] kinds, int[] keyCols, int argCol) {
             this.view = view;
             this.tileMs = tileMs;
             this.retentionMs = retentionMs;
             this.kinds = kinds;
+            this.keyCols = keyCols;
+            this.argCol = argCol;
             this.slot = new int[kinds.length];
             int s = 1;
             for (int i = 0; i < kinds.length; i++) {
@@ -60,7 +65,8 @@ public final class TileState {
 
     /**
      * {@code spec}: JSON {@code {"key_width": w, "value_width": v, "outputs": [{"view", "tile_ms", "retention_ms",
-     * "kinds": ["COUNT", ...]}]}} (streaming_jobs.flink_compiler.FlinkSourceJob.tile_spec).
+     * "kinds": ["COUNT", ...], "key_cols": [..], "arg_col": n}]}} (streaming_jobs.flink_compiler.FlinkSourceJob.tile_spec;
+     * the last two place the output in the contributions row, optional where no such row is read).
      */
     @SuppressWarnings("unchecked")
     public TileState(String spec) {
@@ -81,7 +87,14 @@ public final class TileState {
             for (int i = 0; i < kinds.length; i++) {
                 kinds[i] = Kind.valueOf((String) names.get(i));
             }
-            outputs[j] = new Output((String) o.get("view"), (Long) o.get("tile_ms"), (Long) o.get("retention_ms"), kinds);
+            List<Object> cols = (List<Object>) o.getOrDefault("key_cols", List.of());
+            int[] keyCols = new int[cols.size()];
+            for (int i = 0; i < keyCols.length; i++) {
+                keyCols[i] = ((Long) cols.get(i)).intValue();
+            }
+            int argCol = ((Long) o.getOrDefault("arg_col", -1L)).intValue();
+            outputs[j] = new Output((String) o.get("view"), (Long) o.get("tile_ms"), (Long) o.get("retention_ms"), kinds,
+                keyCols, argCol);
         }
     }
 
