@@ -354,7 +354,10 @@ def test_a_checkpoint_of_another_job_graph_is_refused_in_one_line(tmp_path: Path
     t_env.execute_sql("CREATE TEMPORARY TABLE gen (k INT, v BIGINT) WITH ('connector' = 'datagen', "
                       "'rows-per-second' = '50', 'fields.k.min' = '0', 'fields.k.max' = '9')")
     t_env.execute_sql("CREATE TEMPORARY TABLE sink (k INT, s BIGINT) WITH ('connector' = 'blackhole')")
-    client = t_env.execute_sql("INSERT INTO sink SELECT k, SUM(v) FROM gen GROUP BY k").get_job_client()
+    statements = t_env.create_statement_set()
+    statements.add_insert_sql("INSERT INTO sink SELECT k, SUM(v) FROM gen GROUP BY k")
+    statements.attach_as_datastream()  # run by the stream environment, with its checkpointing (as our jobs)
+    client = env.execute_async(f"test-old-graph-{uuid.uuid4().hex[:6]}")
     try:
         wait_for(lambda: _latest_checkpoint(ckpt, settled=True) is not None, 120, "a checkpoint", client)
     finally:
