@@ -1,6 +1,7 @@
 package dev.skewless.flink;
 
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -40,28 +41,68 @@ public final class TilePreAggregate extends AbstractStreamOperator<Row> implemen
     private final String spec;
     private final long bundleMs;
     private transient TileState tiles;
-    private transient Map<String, Partial> bundle;
-    private transient List<Partial> order;
+    private transient Map<TileId, Tile> bundle;
+    private transient List<Tile> order;
     private transient Map<Integer, Long> lows;  // source subtask -> largest low_ms seen
     private transient Map<Integer, Long> sent;  // source subtask -> largest low_ms seen before the current bundle
     private transient boolean flushArmed;
-    private transient StringBuilder keyText;
+    private transient TileId probe;
 
-    /** One tile's partial accumulator in the current bundle. */
-    private static final class Partial {
-        final String key;
-        final int out;
+    /** A tile: output, entity key, tile start (a reusable probe for look-ups; a copy is kept per tile). */
+    private static final class TileId {
+        int out;
         final String[] keys;
-        final long tileStart;
-        final String[] acc;
-        int src;
+        long tileStart;
+        int hash;
 
-        Partial(String key, int out, String[] keys, long tileStart, String[] acc) {
-            this.key = key;
+        TileId(int out, String[] keys, long tileStart) {
             this.out = out;
             this.keys = keys;
             this.tileStart = tileStart;
-            this.acc = acc;
+            rehash();
+        }
+
+        void rehash() {
+            int h = 31 * out + Long.hashCode(tileStart);
+            for (String k : keys) {
+                h = 31 * h + k.hashCode();
+            }
+            hash = h;
+        }
+
+        @Override
+        public int hashCode() {
+            return hash;
+        }
+
+        @Override
+        public boolean equals(Object other) {
+            if (!(other instanceof TileId)) {
+                return false;
+            }
+            TileId t = (TileId) other;
+            return t.hash == hash && t.out == out && t.tileStart == tileStart && Arrays.equals(t.keys, keys);
+        }
+
+        /** The keyed exchange's key: out, keys, tile start joined by NUL. */
+        String key() {
+            StringBuilder b = new StringBuilder().append(out);
+            for (String k : keys) {
+                b.append('\u0000').append(k);
+            }
+            return b.append('\u0000').append(tileStart).toString();
+        }
+    }
+
+    /** One tile's partial fold in the current bundle. */
+    private static final class Tile {
+        final TileId id;
+        final TileState.Partial fold;
+        int src;
+
+        Tile(TileId id, TileState.Partial fold) {
+            this.id = id;
+            this.fold = fold;
         }
     }
 
@@ -78,7 +119,7 @@ public final class TilePreAggregate extends AbstractStreamOperator<Row> implemen
         order = new ArrayList<>();
         lows = new HashMap<>();
         sent = new HashMap<>();
-        keyText = new StringBuilder();
+        probe = new TileId(0, new String[tiles.keyWidth], 0);
     }
 
     @Override
@@ -94,26 +135,22 @@ public final class TilePreAggregate extends AbstractStreamOperator<Row> implemen
         int kw = tiles.keyWidth;
         for (int out = 0; out < tiles.outputs.length; out++) {
             TileState.Output o = tiles.outputs[out];
-            long tileStart = ts - ts % o.tileMs;  // as the SQL's ts - MOD(ts, H)
-            keyText.setLength(0);
-            keyText.append(out);
+            probe.out = out;
+            probe.tileStart = ts - ts % o.tileMs;  // as the SQL's ts - MOD(ts, H)
             for (int i = 0; i < kw; i++) {
-                keyText.append('\u0000').append(i < o.keyCols.length ? (String) row.getField(o.keyCols[i]) : "");
+                probe.keys[i] = i < o.keyCols.length ? (String) row.getField(o.keyCols[i]) : "";
             }
-            String key = keyText.append('\u0000').append(tileStart).toString();
-            Partial p = bundle.get(key);
-            if (p == null) {
-                String[] keys = new String[kw];
-                for (int i = 0; i < kw; i++) {
-                    keys[i] = i < o.keyCols.length ? (String) row.getField(o.keyCols[i]) : "";
-                }
-                p = new Partial(key, out, keys, tileStart, tiles.create(out));
-                bundle.put(key, p);
-                order.add(p);
+            probe.rehash();
+            Tile t = bundle.get(probe);
+            if (t == null) {
+                TileId id = new TileId(out, probe.keys.clone(), probe.tileStart);
+                t = new Tile(id, tiles.partial(out));
+                bundle.put(id, t);
+                order.add(t);
             }
             int base = o.argCol;
-            tiles.add(out, p.acc, i -> (String) row.getField(base + i));
-            p.src = src;
+            tiles.add(t.fold, i -> (String) row.getField(base + i));
+            t.src = src;
         }
         if (bundle.size() >= BUNDLE_KEYS) {
             emitBundle();
@@ -132,9 +169,9 @@ public final class TilePreAggregate extends AbstractStreamOperator<Row> implemen
             return;
         }
         StreamRecord<Row> record = new StreamRecord<>(null);
-        for (Partial p : order) {  // first-seen order: a source subtask's rows stay in order
-            output.collect(record.replace(Row.of(p.key, p.out, p.keys, p.tileStart, sent.getOrDefault(p.src, Long.MIN_VALUE), p.src,
-                p.acc)));
+        for (Tile t : order) {  // first-seen order
+            output.collect(record.replace(Row.of(t.id.key(), t.id.out, t.id.keys, t.id.tileStart,
+                sent.getOrDefault(t.src, Long.MIN_VALUE), t.src, tiles.accumulator(t.fold))));
         }
         sent.putAll(lows);
         bundle.clear();

@@ -122,49 +122,119 @@ public final class TileState {
         return acc;
     }
 
-    /** Apply one expanded row: {@code args.get(i)} is value column i's argument (null: the row does not count). */
-    public void add(int out, String[] acc, Args args) {
-        Output o = outputs[out];
-        acc[0] = Long.toString(Long.parseLong(acc[0]) + 1);
+    /**
+     * One tile's fold over a bundle of rows ({@link TilePreAggregate}): the version, counts and int64 sums as longs,
+     * the rest as the arguments' own texts, so a row allocates nothing; {@link #accumulator} turns it into the tile's
+     * accumulator over those rows (the keyed side merges it, {@link #merge}).
+     */
+    public static final class Partial {
+        final int out;
+        long version;
+        final long[] n;  // per column: COUNT's count, AVG's count
+        final long[] sum;  // per column: an int sum while it fits in int64
+        final boolean[] has;  // per column: the int sum has a term
+        final boolean[] big;  // per column: the int sum left int64 (text holds it)
+        final String[] text;  // per column: decimal or big int sum, MIN/MAX/LAST value
+
+        Partial(int out, int columns) {
+            this.out = out;
+            n = new long[columns];
+            sum = new long[columns];
+            has = new boolean[columns];
+            big = new boolean[columns];
+            text = new String[columns];
+        }
+    }
+
+    /** An empty {@link Partial} of output {@code out}. */
+    public Partial partial(int out) {
+        return new Partial(out, outputs[out].kinds.length);
+    }
+
+    /** Apply one row: {@code args.get(i)} is value column i's argument (null: the row does not count). */
+    public void add(Partial p, Args args) {
+        Output o = outputs[p.out];
+        p.version++;
         for (int i = 0; i < o.kinds.length; i++) {
             String a = args.get(i);
             if (a == null) {
                 continue;
             }
-            int s = o.slot[i];
-            String cur = acc[s];
+            String cur = p.text[i];
             switch (o.kinds[i]) {
                 case COUNT:
-                    acc[s] = Long.toString(Long.parseLong(cur) + 1);
-                    break;
-                case SUM_INT:
-                case SUM_DEC:
-                    acc[s] = sum(cur, a);
+                    p.n[i]++;
                     break;
                 case AVG_INT:
+                    p.n[i]++;
+                    // fall through: the sum
+                case SUM_INT:
+                    if (!p.big[i] && a.length() < 19) {
+                        long v = Long.parseLong(a);
+                        long r = p.sum[i] + v;
+                        if (((p.sum[i] ^ r) & (v ^ r)) >= 0) {  // no int64 overflow
+                            p.sum[i] = r;
+                            p.has[i] = true;
+                            break;
+                        }
+                    }
+                    p.text[i] = sum(p.big[i] ? cur : p.has[i] ? Long.toString(p.sum[i]) : null, a);
+                    p.big[i] = true;
+                    p.has[i] = true;
+                    break;
                 case AVG_DEC:
-                    acc[s] = sum(cur, a);
-                    acc[s + 1] = Long.toString(Long.parseLong(acc[s + 1]) + 1);
+                    p.n[i]++;
+                    // fall through: the sum
+                case SUM_DEC:
+                    p.text[i] = sum(cur, a);
                     break;
                 case MIN_LONG:
-                    acc[s] = cur == null || Long.parseLong(a) < Long.parseLong(cur) ? a : cur;
+                    p.text[i] = cur == null || Long.parseLong(a) < Long.parseLong(cur) ? a : cur;
                     break;
                 case MAX_LONG:
-                    acc[s] = cur == null || Long.parseLong(a) > Long.parseLong(cur) ? a : cur;
+                    p.text[i] = cur == null || Long.parseLong(a) > Long.parseLong(cur) ? a : cur;
                     break;
                 case MIN_DOUBLE:
-                    acc[s] = cur == null || Double.parseDouble(a) < Double.parseDouble(cur) ? a : cur;
+                    p.text[i] = cur == null || Double.parseDouble(a) < Double.parseDouble(cur) ? a : cur;
                     break;
                 case MAX_DOUBLE:
-                    acc[s] = cur == null || Double.parseDouble(a) > Double.parseDouble(cur) ? a : cur;
+                    p.text[i] = cur == null || Double.parseDouble(a) > Double.parseDouble(cur) ? a : cur;
                     break;
-                case LAST:  // the (ts, partition, offset) prefix is fixed-width ASCII: text order = event order
-                    acc[s] = cur == null || a.compareTo(cur) > 0 ? a : cur;
+                case LAST:
+                    p.text[i] = cur == null || a.compareTo(cur) > 0 ? a : cur;
                     break;
                 default:
                     throw new IllegalStateException("unknown kind " + o.kinds[i]);
             }
         }
+    }
+
+    /** The accumulator of a partial's rows (version, then per column its slots, as {@link #create} lays them out). */
+    public String[] accumulator(Partial p) {
+        Output o = outputs[p.out];
+        String[] acc = create(p.out);
+        acc[0] = Long.toString(p.version);
+        for (int i = 0; i < o.kinds.length; i++) {
+            int s = o.slot[i];
+            switch (o.kinds[i]) {
+                case COUNT:
+                    acc[s] = Long.toString(p.n[i]);
+                    break;
+                case AVG_INT:
+                    acc[s + 1] = Long.toString(p.n[i]);
+                    // fall through: the sum
+                case SUM_INT:
+                    acc[s] = p.big[i] ? p.text[i] : p.has[i] ? Long.toString(p.sum[i]) : null;
+                    break;
+                case AVG_DEC:
+                    acc[s + 1] = Long.toString(p.n[i]);
+                    acc[s] = p.text[i];
+                    break;
+                default:
+                    acc[s] = p.text[i];
+            }
+        }
+        return acc;
     }
 
     /**
@@ -265,10 +335,11 @@ public final class TileState {
                 for (Map.Entry<String, Object[]> e : partials.entrySet()) {
                     Object[] p = e.getValue();
                     Object[] v = live.get(e.getKey());
+                    String[] acc = tiles.accumulator((Partial) p[3]);
                     if (v == null) {
-                        live.put(e.getKey(), p);
+                        live.put(e.getKey(), new Object[] {p[0], p[1], p[2], acc});
                     } else {
-                        tiles.merge((Integer) v[0], (String[]) v[3], (String[]) p[3]);
+                        tiles.merge((Integer) v[0], (String[]) v[3], acc);
                     }
                 }
                 partials.clear();
@@ -285,15 +356,17 @@ public final class TileState {
             String key = (String) row.get(1);
             long start = (Long) row.get(2);
             String id = o + "\u0000" + key + "\u0000" + start;
-            Object[] v = partials.computeIfAbsent(id, k -> new Object[] {o, key, start, tiles.create(o)});
-            tiles.add(o, (String[]) v[3], i -> row.get(3 + i) == Json.NULL ? null : String.valueOf(row.get(3 + i)));
+            Object[] v = partials.computeIfAbsent(id, k -> new Object[] {o, key, start, tiles.partial(o)});
+            tiles.add((Partial) v[3], i -> row.get(3 + i) == Json.NULL ? null : String.valueOf(row.get(3 + i)));
         }
         for (Map.Entry<String, Object[]> e : partials.entrySet()) {
             Object[] v = live.get(e.getKey());
+            Object[] p = e.getValue();
+            String[] acc = tiles.accumulator((Partial) p[3]);
             if (v == null) {
-                live.put(e.getKey(), e.getValue());
+                live.put(e.getKey(), new Object[] {p[0], p[1], p[2], acc});
             } else {
-                tiles.merge((Integer) v[0], (String[]) v[3], (String[]) e.getValue()[3]);
+                tiles.merge((Integer) v[0], (String[]) v[3], acc);
             }
         }
         for (Object[] v : live.values()) {
