@@ -65,7 +65,7 @@ public final class TilePreAggregate extends AbstractStreamOperator<Row> implemen
         void rehash() {
             int h = 31 * out + Long.hashCode(tileStart);
             for (String k : keys) {
-                h = 31 * h + k.hashCode();
+                h = 31 * h + (k == null ? 0 : k.hashCode());
             }
             hash = h;
         }
