@@ -158,7 +158,8 @@ def test_a_job_stopped_past_the_topics_retention_reads_incomplete_not_plausible_
     # retention passes the head and the first half of the backlog on every partition
     cut = {p: sum(1 for r in head if r.partition == p) + sum(1 for r in backlog[:len(backlog) // 2] if r.partition == p)
            for p in range(3)}
-    futures = admin_client(kafka_bootstrap).delete_records([TopicPartition(topic, p, o) for p, o in cut.items()])
+    admin = admin_client(kafka_bootstrap)  # kept referenced until its futures complete
+    futures = admin.delete_records([TopicPartition(topic, p, o) for p, o in cut.items()])
     for f in futures.values():
         f.result(timeout=30)
     restart_ms = int(time.time() * 1000)

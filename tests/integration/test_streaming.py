@@ -350,7 +350,8 @@ def test_a_checkpoint_of_another_job_graph_is_refused_in_one_line(tmp_path: Path
 
     ckpt = tmp_path / "ckpt"
     env, t_env = create_stream_env(parallelism=1, checkpoint_dir=ckpt, checkpoint_interval="500 ms", extra_conf={
-        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION"})
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3"})  # a settled checkpoint needs a later one kept next to it
     t_env.execute_sql("CREATE TEMPORARY TABLE gen (k INT, v BIGINT) WITH ('connector' = 'datagen', "
                       "'rows-per-second' = '50', 'fields.k.min' = '0', 'fields.k.max' = '9')")
     t_env.execute_sql("CREATE TEMPORARY TABLE sink (k INT, s BIGINT) WITH ('connector' = 'blackhole')")
