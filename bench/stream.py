@@ -57,7 +57,20 @@ JFR = os.environ.get("SKEWLESS_BENCH_JFR", "0") == "1"
 os.environ.setdefault("JVM_ARGS", "-Xmx1536m -XX:+UseParallelGC")
 
 
-def _services(root: Path) -> tuple[str, str, list]:
+def tear_down(client: Any, stops: list, root: Path) -> None:
+    """Cancel the job (if any), stop the local services, remove the scratch directory."""
+    if client is not None:
+        try:
+            client.cancel().result()
+        except Exception:  # noqa: BLE001 - best effort: the services stop next anyway
+            pass
+    for stop_fn in reversed(stops):
+        stop_fn()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def local_services(root: Path) -> tuple[str, str, list]:
+    """Kafka and Redis as local processes on free ports: (bootstrap, Redis URL, their stop functions)."""
     from skewless.stack.base import free_port
     from skewless.stack.kafka import KafkaBroker
     from skewless.stack.procs import wait_until
@@ -76,7 +89,7 @@ def _services(root: Path) -> tuple[str, str, list]:
     return broker.bootstrap, redis_url(server.port), stops
 
 
-def _records(count: int, seed: int, start_ms: int, rate: float) -> list:
+def generated_records(count: int, seed: int, start_ms: int, rate: float) -> list:
     from skewless.producer import GeneratorConfig, generate
 
     records, _ = generate(GeneratorConfig(count=count, rate=rate, seed=seed, partitions=PARTITIONS, users=20_000,
@@ -110,17 +123,19 @@ def floor_consumer(bootstrap: str, topic: str, url: str, count: int) -> float:
     return seen / took
 
 
-def _progress(r: Any) -> dict[int, dict]:
+def stream_progress(r: Any, project: str = PROJECT) -> dict[int, dict]:
+    """The job's progress hash of the orders source, per partition."""
     from skewless.core import layout
 
-    fields = ((k.decode(), v) for k, v in r.hgetall(layout.progress_key(PROJECT, "orders")).items())
+    fields = ((k.decode(), v) for k, v in r.hgetall(layout.progress_key(project, "orders")).items())
     # only the partition fields p:<partition> (the hash may hold other fields, e.g. a duplicate counter)
     return {int(k[2:]): json.loads(v) for k, v in fields if k.startswith("p:")}
 
 
-def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, mini_batch: str,
+def start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, mini_batch: str,
                flush_ms: int = 200, buffer_timeout_ms: int | None = None,
-               bounded: bool = False) -> Any:
+               bounded: bool = False, savepoint: str | None = None) -> Any:
+    """The compiled ``user_order_stats`` job on the gateway's MiniCluster (``savepoint``: restored from it)."""
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
@@ -129,6 +144,8 @@ def _start_job(bootstrap: str, url: str, topic: str, ckpt: Path, starting: str, 
 
     (job,) = compile_repository(load_repository(), ["user_order_stats"])
     conf = stream_conf(mini_batch, 1_000_000, buffer_timeout_ms)
+    if savepoint is not None:
+        conf["execution.savepoint.path"] = savepoint
     env, t_env = create_stream_env(parallelism=PARALLELISM, checkpoint_dir=ckpt, checkpoint_interval="10 s", extra_conf=conf)
     add_source_job(env, t_env, job, JobOptions(bootstrap=bootstrap, redis_url=url, project=PROJECT, repo_path="feature_defs",
                                                topic=topic, starting_offsets=starting, ns=f"b{uuid.uuid4().hex[:6]}", bounded=bounded,
@@ -154,9 +171,9 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
     for statement in statements:
         t_env.execute_sql(statement)
         if statement.startswith("CREATE TEMPORARY VIEW `prof_ordered`"):
-            share_view(t_env, "prof_ordered", job.allowed_lateness_ms, job.source)
+            share_view(t_env, "prof_ordered", job, PARTITIONS)
     out = {}
-    for stage in ("raw", "parsed", "ordered", "changelog"):
+    for stage in ("raw", "parsed", "ordered", "contrib", "changelog"):  # contrib: the tile rows before the Java fold
         table = t_env.sql_query(query) if stage == "changelog" else t_env.from_path(f"`prof_{stage}`")
         table = table.select(*[col(n) for n in table.get_schema().get_field_names() if n != "pt"])
         t_env.create_temporary_table(f"bh_{stage}", TableDescriptor.for_connector("blackhole").schema(
@@ -171,8 +188,9 @@ def profile_stages(bootstrap: str, topic: str, events: int) -> dict[str, float]:
 # thread-name prefixes of the compiled job's operator chains -> what they do (JFR breakdown)
 _STAGES = (("Source Data Fetcher", "Kafka fetcher thread"), ("Source: ", "Kafka source + admission + parse (chain)"),
            ("OverAggregate", "late check (running-max OVER) + shared view"),
-           ("deduplicate-", "dedup (Java, keyed by partition) + tile expansion + local aggregates"),
-           ("GlobalGroupAggregate", "global aggregates (tiles, progress)"),
+           ("deduplicate-", "dedup (Java, keyed by partition) + tile expansion + tile pre-aggregation + local progress aggregates"),
+           ("tiles-", "tile merge (Java, keyed by out, key, tile; released on event time)"),
+           ("GlobalGroupAggregate", "global aggregate (progress)"),
            ("ConstraintEnforcer", "sinks (Redis tiles/progress, dead letters)"),
            ("kafka-producer", "dead-letter producer thread"))
 
@@ -212,12 +230,12 @@ def jfr_breakdown(path: Path) -> dict[str, float]:
     return {k: round(100 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
-def _throughput(r: Any, events: int) -> float:
+def throughput_from_progress(r: Any, events: int) -> float:
     """events/s of the running job over the pre-filled topic, from its progress hash (first to last write)."""
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        done = sum(p.get("records", 0) for p in _progress(r).values())
+        done = sum(p.get("records", 0) for p in stream_progress(r).values())
         if done:
             samples.append((time.monotonic(), done))
         if done >= events:
@@ -232,7 +250,7 @@ def _freshness(bootstrap: str, topic: str, r: Any) -> list[float]:
     it. Runs until FRESH_S seconds of samples after the job is live (first progress write + grace)."""
     from skewless.engines.kafka import make_producer
 
-    fresh = _records(int(FRESH_RATE * (FRESH_S + 150)), 2, int(time.time() * 1000), FRESH_RATE)
+    fresh = generated_records(int(FRESH_RATE * (FRESH_S + 150)), 2, int(time.time() * 1000), FRESH_RATE)
     sent: dict[tuple[int, int], float] = {}
     lags: list[tuple[float, float]] = []  # (produce time, lag)
     live: list[float] = []
@@ -243,7 +261,7 @@ def _freshness(bootstrap: str, topic: str, r: Any) -> list[float]:
         while not stop.is_set() or pending:
             for key in list(sent):
                 pending[key] = sent.pop(key)
-            prog = _progress(r)
+            prog = stream_progress(r)
             if prog and not live:
                 live.append(min(p["written_ms"] for p in prog.values()) / 1000.0 + LIVE_GRACE_S)
             for (p, o), t in list(pending.items()):
@@ -289,13 +307,13 @@ def run() -> dict[str, Any]:
     from skewless.stack.kafka import create_topics
 
     root = Path(tempfile.mkdtemp(prefix="skewless-bench-stream-"))
-    bootstrap, url, stops = _services(root)
+    bootstrap, url, stops = local_services(root)
     client = None
     try:
         now = int(time.time() * 1000)
         topic = f"orders-{uuid.uuid4().hex[:6]}"
         create_topics(bootstrap, {topic: PARTITIONS})
-        records = _records(EVENTS, 1, now - 3_600_000, EVENTS / 3000.0)
+        records = generated_records(EVENTS, 1, now - 3_600_000, EVENTS / 3000.0)
         t0 = time.perf_counter()
         produce_records(bootstrap, topic, records)
         produce_rate = EVENTS / (time.perf_counter() - t0)
@@ -305,9 +323,9 @@ def run() -> dict[str, Any]:
         r = redis.Redis.from_url(url)
         # bounded: the end of the input flushes the last mini-batch at once (no wait for its timer), so the
         # measured span ends when the last record is applied
-        client = _start_job(bootstrap, url, topic, root / "ckpt", "earliest", MINI_BATCH, bounded=True)
+        client = start_job(bootstrap, url, topic, root / "ckpt", "earliest", MINI_BATCH, bounded=True)
         recording = JFR and _jfr(_gateway_pid(), "start", root / "bench.jfr")
-        events_per_s = _throughput(r, EVENTS)
+        events_per_s = throughput_from_progress(r, EVENTS)
         client.get_job_execution_result().result()
         breakdown = jfr_breakdown(root / "bench.jfr") if recording and _jfr(_gateway_pid(), "stop", root / "bench.jfr") else None
         client = None
@@ -330,7 +348,7 @@ def run() -> dict[str, Any]:
         if FRESH_S <= 0:
             return result
         # freshness: steady production into a job with a short mini-batch, started at the topic's end
-        client = _start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH, FRESH_FLUSH_MS,
+        client = start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH, FRESH_FLUSH_MS,
                             FRESH_BUFFER_TIMEOUT_MS)
         lags = _freshness(bootstrap, topic, r)
         p50 = statistics.median(lags) if lags else float("nan")
@@ -341,14 +359,7 @@ def run() -> dict[str, Any]:
         result["stream_freshness_p99_s"] = {"value": round(p99, 3), "unit": "s", "goal": "< 2"}
         return result
     finally:
-        if client is not None:
-            try:
-                client.cancel().result()
-            except Exception:  # noqa: BLE001 - best effort: the services stop next anyway
-                pass
-        for stop_fn in reversed(stops):
-            stop_fn()
-        shutil.rmtree(root, ignore_errors=True)
+        tear_down(client, stops, root)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,13 @@ Redis (:mod:`streaming_jobs.sink`). Per source:
 5. ``<ns>_admitted``: rule 4 (duplicate): keep the first row per (partition, typed event id, ts). The
    shared copy of ``<ns>_ordered`` passes through a Java keyed operator (``DedupFunction``) that marks
    copies (``dup``) and drops an entry once the partition's max event time - lateness passed its ts.
-6. The changelog: per view and tile size ``GROUP BY key, tile_start`` (filters as ``FILTER (WHERE)``,
-   version = number of events applied to the tile), ``GROUP BY partition`` progress, and the dead letters.
+6. ``<ns>_contrib``: one row per admitted event with its entity key(s) and, per view and tile size (output) and
+   value column, its contribution as text (null when a filter fails or the field is null). A Java operator
+   chained to it (``TilePreAggregate``) expands it into one tile per output and pre-aggregates per bundle; a
+   keyed one (``TileAggregateOperator``, key: output, entity key, tile start) merges the partials into the
+   tile rows (version = number of events applied to the tile) and releases a tile's state on event time, once
+   its end + retention <= min over partitions of (M(p) - L) (docs/semantics.md §6, "State").
+7. The changelog: ``GROUP BY partition`` progress and the dead letters in SQL, plus the Java operator's tile rows.
 
 Nothing here knows a feature: it walks the plan (``TileAggregate``/``TileAgg``) and the source's JSON
 Schema. Statement text keeps ``${...}`` placeholders (namespace, topic, bootstrap, group, start mode)
@@ -68,7 +73,12 @@ PROGRESS_COLUMNS = ("max_event_ms", "records", "admitted_or_dup", "malformed", "
 # partition, state bounded by event time: streaming_jobs.job.share_view), which appends these two columns.
 DEDUP_VIEW = "ordered"
 DUP_COLUMN, DEDUP_ENTRIES_COLUMN = "dup", "dedup_entries"
+# ... and the tile state's event-time clock: min over the subtask's partitions of M(p) - L, and the subtask
+CLOCK_COLUMNS = ("low_ms", "low_src")
 DEAD_COLUMNS = ("reason", "detail", "payload_b64", "record_ms")
+# One row per admitted event (ts, low_ms, low_src, k<m>, a<j>_<i>) the Java tile operators expand and fold
+# (dev.skewless.flink.TileAggregateOperator, state released on event time: streaming_jobs.job.add_source_job).
+CONTRIB_VIEW = "contrib"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IGNORED_KEYWORDS = {"description", "title", "$comment", "examples", "default", "x-skewless-type", "x-skewless-scale",
                      "$id", "$schema"}
@@ -131,6 +141,7 @@ class FlinkSourceJob:
     admission_spec: str = ""  # the spec given to skewless_admit (JSON; tests run it against admission.py)
     typed_fields: tuple[tuple[str, str], ...] = ()  # (field, value type) the function returns after the id
     allowed_lateness_ms: int = 0  # L of the source (rule 3); the Deduplicate drops entries with ts < M(p) - L
+    tile_spec: str = ""  # the tile operator's spec (JSON, dev.skewless.flink.TileState): outputs and column kinds
 
     PARAMS = ("ns", "topic", "bootstrap", "group", "startup_mode", "extra_source_options")
 
@@ -157,7 +168,10 @@ class FlinkSourceJob:
             f"{', '.join(f'c{i}={c.name}:{c.agg.value}' for i, c in enumerate(o.columns))}\n" for o in self.outputs)
         dedup = (f"-- ${{ns}}_{DEDUP_VIEW}{SHARED_SUFFIX} = ${{ns}}_{DEDUP_VIEW} through the Java Deduplicate (keyed by p; an entry "
                  f"is dropped once M(p) - {self.allowed_lateness_ms} ms > its ts), plus {DUP_COLUMN}, {DEDUP_ENTRIES_COLUMN}\n")
-        return head + outs + dedup + "\n".join(s + ";\n" for s in self.statements) + "\n-- changelog (upsert) to the Redis sink\n" + self.changelog_query + ";\n"
+        tiles = (f"-- ${{ns}}_{CONTRIB_VIEW} through the Java tile operator (keyed by out_id, key, tile_start; a tile's state "
+                 f"is released once tile end + retention <= min over partitions of M(p) - {self.allowed_lateness_ms} ms): "
+                 f"{self.tile_spec}\n")
+        return head + outs + dedup + tiles + "\n".join(s + ";\n" for s in self.statements) + "\n-- changelog (upsert) to the Redis sink\n" + self.changelog_query + ";\n"
 
 
 # --- the compiler -------------------------------------------------------------------------------------------
@@ -289,10 +303,15 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         key_width = max(1, *(len(o.key_names) for o in outputs))
         value_width = max(len(PROGRESS_COLUMNS), len(DEAD_COLUMNS), *(len(o.columns) for o in outputs))
         nodes = [t.aggregate for vp in view_plans for t in vp.stream.tiles]
-        parts = [self._tiles_query(source, outputs, nodes, fields, types, key_width, value_width), self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)]
-        changelog = "\nUNION ALL\n".join(parts)
+        contrib, columns = self._contrib_view(source, outputs, nodes, fields, types)
+        statements.append(contrib)
+        changelog = "\nUNION ALL\n".join([self._progress_query(key_width, value_width), self._dead_query(key_width, value_width)])
+        tile_spec = json.dumps({"key_width": key_width, "value_width": value_width, "outputs": [
+            {"view": o.view, "tile_ms": o.tile_ms, "retention_ms": o.retention_ms, "kinds": [_kind(c) for c in o.columns],
+             **cols} for o, cols in zip(outputs, columns)]}, separators=(",", ":"))
         return FlinkSourceJob(source.name, source.topic, tuple(v.name for v in views), tuple(statements), changelog,
-                              tuple(outputs), key_width, value_width, spec, tuple(typed), scan.allowed_lateness_ms)
+                              tuple(outputs), key_width, value_width, spec, tuple(typed), scan.allowed_lateness_ms,
+                              tile_spec)
 
     def _function_ddl(self) -> str:
         return f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {FUNCTION_NAME} AS {q(FUNCTION_CLASS)} LANGUAGE JAVA"
@@ -354,60 +373,57 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
         )
 
     def _admitted_view(self, cols: list[str]) -> str:
-        keep = [c for c in cols if c not in ("reason1", "bytes_value", "record_ms")]
+        keep = [c for c in cols if c not in ("reason1", "bytes_value", "record_ms")] + list(CLOCK_COLUMNS)
         return (
             "CREATE TEMPORARY VIEW `${ns}_admitted` AS\n"
             f"SELECT {', '.join(keep)}\n"
             f"FROM `${{ns}}_ordered{SHARED_SUFFIX}` WHERE reason IS NULL AND NOT {DUP_COLUMN}"
         )
 
-    def _tiles_query(self, source: EventSource, outputs: list[TileOutput], nodes: list[TileAggregate],
-                     fields: dict[str, str], types: dict[str, str], key_width: int, value_width: int) -> str:
-        """Every tile output in ONE aggregate: each admitted row is expanded once per output (``out_id``), so
-        the keep-first Deduplicate and its exchange run once whatever the number of tile sizes and views."""
-        n = len(outputs)
+    def _contrib_view(self, source: EventSource, outputs: list[TileOutput], nodes: list[TileAggregate],
+                      fields: dict[str, str], types: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
+        """ONE row per admitted event (so the keep-first Deduplicate and its exchange run once whatever the number
+        of tile sizes and views): ``ts``, the tile clock, the distinct entity-key texts (``k<m>``) and per output and
+        value column the event's contribution as text (``a<j>_<i>``); the Java tile pre-aggregation expands it
+        into one tile per output (dev.skewless.flink.TilePreAggregate). Also each output's columns in the row
+        (``key_cols``, ``arg_col``) for the tile spec."""
+        key_exprs: list[str] = []
+        layout_: list[dict[str, Any]] = []
+        for o in outputs:
+            cols = []
+            for k in o.key_names:
+                expr = f"CAST(f_{fields[k]} AS STRING)"
+                if expr not in key_exprs:
+                    key_exprs.append(expr)
+                cols.append(1 + len(CLOCK_COLUMNS) + key_exprs.index(expr))
+            layout_.append({"key_cols": cols})
+        args, at = [], 1 + len(CLOCK_COLUMNS) + len(key_exprs)
+        for j, (o, node, lay) in enumerate(zip(outputs, nodes, layout_)):
+            lay["arg_col"] = at
+            for i in range(len(o.columns)):
+                args.append(f"{self._contribution(source, node.aggregations[i], fields, types)} AS a{j}_{i}")
+                at += 1
+        select = ["ts", *CLOCK_COLUMNS, *(f"{e} AS k{m}" for m, e in enumerate(key_exprs)), *args]
+        return (f"CREATE TEMPORARY VIEW `${{ns}}_{CONTRIB_VIEW}` AS\nSELECT " + ",\n  ".join(select)
+                + f"\nFROM `${{ns}}_admitted`"), layout_
 
-        def per_output(exprs: list[str]) -> str:
-            if len(set(exprs)) == 1:
-                return exprs[0]
-            return "CASE out_id " + " ".join(f"WHEN {j} THEN {e}" for j, e in enumerate(exprs)) + " END"
-
-        keys = [[f"CAST(f_{fields[k]} AS STRING)" for k in o.key_names] for o in outputs]
-        key_cols = [per_output([ks[i] if i < len(ks) else "''" for ks in keys]) + f" AS k{i}" for i in range(key_width)]
-        tiles = [f"ts - MOD(ts, {o.tile_ms})" for o in outputs]
-        vals = []
-        for i in range(value_width):
-            exprs = [self._agg_sql(source, node.aggregations[i], fields, types, f"out_id = {j}" if n > 1 else None)
-                     if i < len(o.columns) else "CAST(NULL AS STRING)" for j, (o, node) in enumerate(zip(outputs, nodes))]
-            vals.append(f"{per_output(exprs)} AS c{i}")
-        # the expansion must use the row (here: ts), else the planner turns it into a regular cross join
-        expand = ("\n  CROSS JOIN UNNEST(ARRAY[" + ", ".join(f"ROW({j}, {t})" for j, t in enumerate(tiles))
-                  + "]) AS x(out_id, tile_start)") if n > 1 else ""
-        tile = "" if n > 1 else f", {tiles[0]} AS tile_start"
-        return (
-            f"SELECT '{KIND_TILE}' AS kind, {per_output([q(o.view) for o in outputs])} AS view_name, "
-            f"CAST({per_output([str(o.tile_ms) for o in outputs])} AS BIGINT) AS tile_ms,\n  "
-            + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start, COUNT(*) AS version,\n  " + ",\n  ".join(vals)
-            + "\nFROM (\n  SELECT *, " + ", ".join(key_cols) + f"{tile}\n  FROM `${{ns}}_admitted`{expand})\n"
-            + "GROUP BY " + ("out_id, " if n > 1 else "") + ", ".join(f"k{i}" for i in range(key_width)) + ", tile_start"
-        )
-
-    def _agg_sql(self, source: EventSource, a: TileAgg, fields: dict[str, str], types: dict[str, str],
-                 only: str | None) -> str:
-        conds = ([only] if only else []) + [
-            where_sql(FLINK, w, self._column(source, fields, w.field),
-                      _FILTER_KIND.get(self._value_type(source, types, w.field) or "", "none")) for w in a.where]
+    def _contribution(self, source: EventSource, a: TileAgg, fields: dict[str, str], types: dict[str, str]) -> str:
+        """One event's contribution to an aggregation as text, null when it does not count (a filter fails, the
+        field is null): COUNT '1', SUM/AVG/MIN/MAX the value, LAST the (ts, partition, offset) prefix + value."""
+        conds = [where_sql(FLINK, w, self._column(source, fields, w.field),
+                           _FILTER_KIND.get(self._value_type(source, types, w.field) or "", "none")) for w in a.where]
         value = self._column(source, fields, a.field) if a.field else None
         if value is not None:
             conds.append(f"{value} IS NOT NULL")
-        # the aggregate's argument is computed for every expanded row (the FILTER is applied after it): a costly
-        # one (DECIMAL cast, the LAST string) only for the rows the FILTER lets through ({when} ... {end})
-        cond = " AND ".join(conds)
-        decimal = a.field is not None and self._value_type(source, types, a.field) == "decimal"
-        return law_sql(FLINK, a.agg).tile.format(value=value, flt=f" FILTER (WHERE {cond})" if conds else "",
-                                                 when=f"CASE WHEN {cond} THEN " if conds else "",
-                                                 end=" END" if conds else "",
-                                                 summand=value and FLINK.sum_input(value, decimal))
+        agg = Agg(a.agg)
+        if agg is Agg.COUNT:
+            text = "'1'"
+        elif agg is Agg.LAST:
+            text = (f"CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), "
+                    f"LPAD(CAST(o AS STRING), 19, '0'), CAST({value} AS STRING))")
+        else:
+            text = f"CAST({value} AS STRING)"
+        return f"CASE WHEN {' AND '.join(conds)} THEN {text} END" if conds else text
 
     def _column(self, source: EventSource, fields: dict[str, str], name: str) -> str:
         return "ts" if name == source.event_time else f"f_{fields[name]}"
@@ -438,6 +454,15 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
 
 
 # --- expression builders ---------------------------------------------------------------------------------------
+
+
+def _kind(c: AggColumn) -> str:
+    """How the tile operator folds a column (dev.skewless.flink.TileState.Kind)."""
+    if c.agg in (Agg.SUM, Agg.AVG):
+        return f"{c.agg.name}_{'DEC' if c.value_type == 'decimal' else 'INT'}"
+    if c.agg in (Agg.MIN, Agg.MAX):
+        return f"{c.agg.name}_{'DOUBLE' if c.value_type == 'float64' else 'LONG'}"
+    return c.agg.name
 
 
 def _cast(text: str, vt: str, scale: int = DEFAULT_DECIMAL_SCALE) -> str:

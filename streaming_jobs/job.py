@@ -3,18 +3,24 @@ Java Redis and dead-letter sinks. Used by ``run_view.py`` (MiniCluster or ``flin
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from skewless.config import kafka_client_properties, kafka_timeout_properties
+from skewless.core.staleness import Progress, parse_progress
+from skewless.core.timeutil import iso_ms
 from skewless.engines.kafka import admin_client, create_topics
-from streaming_jobs.flink_compiler import DEDUP_VIEW, SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob, dead_letter_topic
+from streaming_jobs.flink_compiler import (CONTRIB_VIEW, DEDUP_VIEW, SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob,
+                                            dead_letter_topic)
 from streaming_jobs.sink import SinkConfig, attach_sinks
 from streaming_jobs.udf import redis_client_jars, udf_jar
 
 KEY_COLUMNS = ("kind", "view_name", "tile_ms")
 DEDUP_CLASS = "dev.skewless.flink.DedupFunction"
+TILES_CLASS = "dev.skewless.flink.TileAggregateOperator"
 
 
 @dataclass(frozen=True)
@@ -41,19 +47,46 @@ _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group": "
 def applied_from(bootstrap: str, topic: str, starting_offsets: str) -> int:
     """Event time from which the stream applies every event: 0 when it reads a topic from offset 0 of
     every partition, else the job's start time (conservative: older windows read ``incomplete``)."""
-    if starting_offsets == "earliest":
-        from confluent_kafka import Consumer, TopicPartition
-
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "skewless-probe", "enable.auto.commit": False,
-                             **kafka_timeout_properties(), **kafka_client_properties()})
-        try:
-            meta = consumer.list_topics(topic, timeout=30).topics[topic]
-            lows = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[0] for p in meta.partitions]
-        finally:
-            consumer.close()
-        if all(low == 0 for low in lows):
-            return 0
+    if starting_offsets == "earliest" and all(low == 0 for low in low_watermarks(bootstrap, topic).values()):
+        return 0
     return int(time.time() * 1000)
+
+
+def low_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
+    """Per partition of ``topic``, the first offset Kafka still holds (retention moves it up)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "skewless-probe", "enable.auto.commit": False,
+                         **kafka_timeout_properties(), **kafka_client_properties()})
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[0] for p in meta.partitions}
+    finally:
+        consumer.close()
+
+
+def lost_partitions(progress: Iterable[Progress], lows: Mapping[int, int]) -> dict[int, tuple[int, int]]:
+    """The partitions with records the stream never applied and Kafka no longer holds (retention passed them while the
+    job was stopped): ``{partition: (next offset to apply, first offset held)}``. Nothing when nothing was applied
+    yet (a first start); a partition without progress then counts from offset 0."""
+    applied = {int(p.partition): p.offset for p in progress if p.offset is not None}
+    if not applied:
+        return {}
+    return {p: (applied.get(p, -1) + 1, low) for p, low in sorted(lows.items()) if low > applied.get(p, -1) + 1}
+
+
+def records_lost(options: JobOptions, source: str, topic: str) -> dict[int, tuple[int, int]]:
+    """:func:`lost_partitions` of the job's progress hash in the online store and the topic."""
+    from skewless.config import redis_target
+    from skewless.core import layout
+    from skewless.engines.redis_client import open_redis
+
+    client = open_redis(redis_target(options.redis_url))
+    try:
+        progress = parse_progress(client.hgetall(layout.progress_key(options.project, source)))
+    finally:
+        client.close()
+    return lost_partitions(progress, low_watermarks(options.bootstrap, topic))
 
 
 def kafka_source_options(properties: dict[str, str]) -> str:
@@ -63,21 +96,29 @@ def kafka_source_options(properties: dict[str, str]) -> str:
     return "".join(f", 'properties.{k}' = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in properties.items())
 
 
-def share_view(t_env: Any, name: str, dedup_lateness_ms: int | None = None, source: str = "") -> None:
+def java_class(name: str) -> Any:
+    """A class of the job's jar through the gateway."""
+    from pyflink.java_gateway import get_gateway
+
+    cls = get_gateway().jvm
+    for part in name.split("."):
+        cls = getattr(cls, part)
+    return cls
+
+
+def share_view(t_env: Any, name: str, dedup: FlinkSourceJob | None = None, partitions: int = 0) -> None:
     """Register ``<name>_shared``: the insert-only view as a DataStream and back (JVM only), so every
     query reading it shares one copy of its operators; it gets a fresh processing-time column ``pt``. With
-    ``dedup_lateness_ms`` the stream passes through the Java Deduplicate (``DedupFunction``, keyed by partition),
-    which appends the ``dup`` and ``dedup_entries`` columns."""
+    ``dedup`` the stream passes through the Java Deduplicate (``DedupFunction``, keyed by partition),
+    which appends the ``dup`` and ``dedup_entries`` columns and the tile state's clock (``low_ms``: min over the
+    subtask's partitions, of the topic's ``partitions``, of M(p) - L; ``low_src``: the subtask)."""
     from pyflink.datastream import DataStream
-    from pyflink.java_gateway import get_gateway
     from pyflink.table import Schema
 
     stream = t_env.to_data_stream(t_env.from_path(f"`{name}`"))
-    if dedup_lateness_ms is not None:
-        dedup = get_gateway().jvm
-        for part in DEDUP_CLASS.split("."):
-            dedup = getattr(dedup, part)
-        stream = DataStream(dedup.apply(stream._j_data_stream, dedup_lateness_ms, source))
+    if dedup is not None:
+        stream = DataStream(java_class(DEDUP_CLASS).apply(stream._j_data_stream, dedup.allowed_lateness_ms, dedup.source,
+                                                          partitions))
     table = t_env.from_data_stream(stream, Schema.new_builder().column_by_expression("pt", "PROCTIME()").build())
     t_env.create_temporary_view(f"`{name}{SHARED_SUFFIX}`", table)
 
@@ -94,8 +135,18 @@ def add_udf_jar(env: Any, t_env: Any) -> None:
         env.add_jars(*missing)
 
 
+def tile_bundle(t_env: Any, default_ms: int) -> str:
+    """The tile pre-aggregation's bundle interval (a Flink duration): the SQL mini-batch's latency, as the SQL
+    aggregates use, or ``default_ms`` without a mini-batch."""
+    conf = t_env.get_config().get_configuration()
+    latency = conf.get_string("table.exec.mini-batch.allow-latency", "") or ""
+    enabled = (conf.get_string("table.exec.mini-batch.enabled", "false") or "").lower() == "true"
+    return latency if enabled and latency.strip() else f"{default_ms} ms"
+
+
 def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOptions) -> None:
     """Register the job's SQL and attach its changelog to the sinks (``env.execute`` runs it)."""
+    from pyflink.datastream import DataStream
     from pyflink.table import DataTypes, Schema
     from pyflink.table.changelog_mode import ChangelogMode
 
@@ -119,7 +170,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         t_env.execute_sql(statement)
         for name in SHARED_VIEWS:
             if statement.startswith(f"CREATE TEMPORARY VIEW `{ns}_{name}`"):
-                share_view(t_env, f"{ns}_{name}", job.allowed_lateness_ms if name == DEDUP_VIEW else None, job.source)
+                share_view(t_env, f"{ns}_{name}", job if name == DEDUP_VIEW else None, partitions)
     table = t_env.sql_query(query)
     key_cols = [*KEY_COLUMNS, *(f"k{i}" for i in range(job.key_width)), "tile_start"]
     builder = Schema.new_builder()
@@ -134,11 +185,22 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         builder.column(f"c{i}", DataTypes.STRING())
     builder.primary_key(*key_cols)
     changelog = t_env.to_changelog_stream(table, builder.build(), ChangelogMode.upsert())
+    contrib = t_env.to_data_stream(t_env.from_path(f"`{ns}_{CONTRIB_VIEW}`"))
+    changelog = DataStream(java_class(TILES_CLASS).attach(changelog._j_data_stream, contrib._j_data_stream, job.tile_spec,
+                                                          tile_bundle(t_env, options.flush_ms), job.source, partitions))
+    applied_ms = options.applied_from_ms
+    lost = records_lost(options, job.source, topic) if applied_ms is None else {}
+    if lost:  # the windows before the restart read `incomplete` (not plausible numbers) until the batch covers them
+        applied_ms = int(time.time() * 1000)
+        gaps = ", ".join(f"partition {p} offsets {a}..{low - 1}" for p, (a, low) in lost.items())
+        print(f"skewless: {topic} no longer holds records the job had not applied ({gaps}; retention passed them while "
+              f"it was stopped): windows before {iso_ms(applied_ms)} read `incomplete` until `skewless backfill` and "
+              "`skewless materialize` cover them", file=sys.stderr)
+    elif applied_ms is None:
+        applied_ms = applied_from(options.bootstrap, topic, options.starting_offsets)
     config = SinkConfig(
         redis_url=options.redis_url, project=options.project, source=job.source, dead_letter_topic=dl_topic,
-        bootstrap=options.bootstrap,
-        applied_from_ms=options.applied_from_ms if options.applied_from_ms is not None
-        else applied_from(options.bootstrap, topic, options.starting_offsets),
+        bootstrap=options.bootstrap, applied_from_ms=applied_ms, raise_applied_from=bool(lost),
         flush_rows=options.flush_rows, flush_ms=options.flush_ms)
     attach_sinks(changelog, job, load_views(options.repo_path, job.views), config)
 

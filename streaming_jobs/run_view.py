@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--buffer-timeout-ms", type=int, default=None, help="network buffer timeout (10 for freshness)")
     p.add_argument("--applied-from-ms", type=int, default=None)
     p.add_argument("--name", default=None, help="Flink job name (default skewless-stream-<views>)")
+    p.add_argument("--from-savepoint", default=None, metavar="PATH",
+                   help="restore the job's state from this savepoint (or retained checkpoint) directory; refused when it "
+                        "was taken by an incompatible job graph")
     return p.parse_args(argv)
 
 
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository, stream_job_name
     from streaming_jobs.job import JobOptions, add_source_job
+    from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable
 
     repo = load_repository(args.repo)
     names = None if args.view == "all" else [n.strip() for n in args.view.split(",") if n.strip()]
@@ -114,10 +118,16 @@ def run(args: argparse.Namespace) -> int:
     if args.topic and len(jobs) > 1:
         print("run_view: --topic needs views of a single source", file=sys.stderr)
         return 2
+    conf = stream_conf(args.mini_batch_latency, args.mini_batch_size, args.buffer_timeout_ms)
+    if args.from_savepoint:
+        try:
+            check_restorable(args.from_savepoint, [j.source for j in jobs], args.view)
+        except IncompatibleSavepointError as exc:
+            print(f"run_view: {exc}", file=sys.stderr)
+            return 2
+        conf["execution.savepoint.path"] = args.from_savepoint
     env, t_env = create_stream_env(parallelism=args.parallelism or 1, checkpoint_dir=args.checkpoint_dir,
-                                   checkpoint_interval=args.checkpoint_interval,
-                                   extra_conf=stream_conf(args.mini_batch_latency, args.mini_batch_size,
-                                                          args.buffer_timeout_ms))
+                                   checkpoint_interval=args.checkpoint_interval, extra_conf=conf)
     for job in jobs:
         add_source_job(env, t_env, job, JobOptions(
             bootstrap=args.bootstrap, redis_url=args.redis, project=args.project, repo_path=args.repo, topic=args.topic,

@@ -51,6 +51,8 @@ class SinkConfig:
     bootstrap: str
     applied_from_ms: int
     flush_rows: int = 2000
+    # raise the views' applied_from_ms to applied_from_ms (else it is only set when missing): the job lost records
+    raise_applied_from: bool = False
     flush_ms: int = 200
 
 
@@ -100,7 +102,7 @@ def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) ->
         "kafka_properties": {**kafka_timeout_properties("flink"), **kafka_client_properties("flink")},
         "epoch_key": layout.epoch_key(config.project),
         "meta_keys": [layout.view_meta_key(config.project, views[n]) for n in job.views],
-        "applied_from_ms": config.applied_from_ms, "cas_script": layout.TILE_CAS_LUA, "cas_keys": CAS_KEYS,
+        "applied_from_ms": config.applied_from_ms, "raise_applied_from": config.raise_applied_from, "cas_script": layout.TILE_CAS_LUA, "cas_keys": CAS_KEYS,
         "evicting_policies": list(layout.EVICTING_POLICIES),
         "flush_rows": config.flush_rows, "flush_ms": config.flush_ms,
     }, sort_keys=True)

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 NAME = "jobs"
-HELP = "list the Flink jobs of the local cluster; --cancel ID cancels one (ID 'all' cancels every running job)"
+HELP = ("list the Flink jobs of the local cluster; --cancel ID cancels one (ID 'all' cancels every running job); "
+        "--stop ID stops one with a savepoint (`skewless submit --from-savepoint` restores it)")
 # job states (Flink's JobStatus) of a job that is running or will run again: listed by default, and what
 # `skewless submit` refuses to duplicate
 ACTIVE_STATES = frozenset({"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "RECONCILING"})
@@ -27,6 +28,11 @@ def describe(job: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cancel", default=None, metavar="ID", help="job id to cancel, or 'all'")
     parser.add_argument("--all", action="store_true", help="also list finished/cancelled jobs")
+    parser.add_argument("--stop", default=None, metavar="ID",
+                        help="stop this job with a savepoint (no drain: its window and de-duplication state is kept) "
+                             "and print the savepoint's path")
+    parser.add_argument("--savepoint-dir", default=None, metavar="DIR",
+                        help="where --stop writes the savepoint (default: the cluster's state.savepoints.dir)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     cluster = FlinkSessionCluster.at(flink_rest_url())
     try:
         jobs = cluster.list_jobs()
+        if args.stop:
+            location = cluster.stop_with_savepoint(args.stop, args.savepoint_dir)
+            print(f"skewless jobs: stopped {args.stop} with a savepoint at {location}; restore with "
+                  f"`skewless submit <view> --from-savepoint {location}`")
+            return 0
         if args.cancel:
             running = [j["jid"] for j in jobs if j.get("state") in ACTIVE_STATES]
             targets = running if args.cancel == "all" else [args.cancel]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from skewless.commands import CommandError, positive_int
 from skewless.commands.jobs import ACTIVE_STATES, describe
 from streaming_jobs.flink_compiler import views_of_stream_job
+from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable
 
 if TYPE_CHECKING:
     from skewless.stack.flink import FlinkSessionCluster
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replace", action="store_true",
                         help="cancel a running job that computes the same view(s) before submitting, instead of "
                              "refusing")
+    parser.add_argument("--from-savepoint", default=None, metavar="PATH",
+                        help="restore the job's state from a savepoint (`skewless jobs --stop ID` prints its path) or a "
+                             "retained checkpoint; refused when an incompatible job graph took it")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], metavar="ARG",
                         help="more run_view.py arguments (everything after --extra)")
 
@@ -59,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     views = [v for j in jobs for v in j.views]
+    if args.from_savepoint:
+        try:
+            check_restorable(args.from_savepoint, [j.source for j in jobs], args.view)
+        except IncompatibleSavepointError as exc:
+            raise CommandError(str(exc)) from None
     cluster = FlinkSessionCluster.at(config.flink_rest_url())
     running = conflicting_jobs(cluster.list_jobs(), views)
     if running and not args.replace:
@@ -80,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     job_args = ["--view", args.view, "--starting-offsets", args.starting_offsets, "--bootstrap", bootstrap,
                 "--redis", config.redis_target(profile=profile).url, "--repo", os.path.abspath(args.repo),
                 "--profile", profile.name, *args.extra]
+    if args.from_savepoint:
+        job_args += ["--from-savepoint", args.from_savepoint]
     parallelism = args.parallelism or profile.flink.parallelism
     if parallelism:
         job_args += ["--parallelism", str(parallelism)]
@@ -92,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
 def replace(cluster: FlinkSessionCluster, job: dict[str, Any], views: Sequence[str], starting_offsets: str) -> None:
     """Cancel ``job`` (which computes some of ``views``) and wait until Flink reports it gone.
 
-    A plain cancel: the cluster client has no stop-with-savepoint and the new job cannot be started from a
-    savepoint, so the new job rebuilds its windows from Kafka (``--starting-offsets``) instead.
+    A plain cancel: the replacing job may compute changed definitions (another job graph), so it rebuilds its windows
+    from Kafka (``--starting-offsets``). A restart that keeps the graph goes through ``skewless jobs --stop ID``
+    (stop-with-savepoint) and ``skewless submit --from-savepoint PATH``.
     """
     others = sorted(views_of_stream_job(job["name"]) - set(views))
     restart = ("rebuilds its windows from the start of the topic" if starting_offsets == "earliest" else

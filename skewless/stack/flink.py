@@ -342,8 +342,27 @@ class FlinkSessionCluster(Service):
             time.sleep(1.0)
         raise StackError(f"flink: job {job_id} still {state} after {timeout_s:.0f} s (wanted {list(states)})")
 
-    def _rest(self, method: str, path: str, timeout: float = 10.0) -> dict[str, Any]:
-        req = urllib.request.Request(self.rest_url + path, method=method)
+    def stop_with_savepoint(self, job_id: str, target_dir: str | None = None, timeout_s: float = 300.0) -> str:
+        """Stop a job with a savepoint (``POST /jobs/<id>/stop``, no drain: its window state is kept) and return the
+        savepoint's location once it completed; ``target_dir`` default: the cluster's ``state.savepoints.dir``."""
+        body = {"drain": False, **({"targetDirectory": target_dir} if target_dir else {})}
+        trigger = self._rest("POST", f"/jobs/{job_id}/stop", body=body)["request-id"]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            status = self._rest("GET", f"/jobs/{job_id}/savepoints/{trigger}")
+            if status.get("status", {}).get("id") == "COMPLETED":
+                operation = status.get("operation", {})
+                if "location" in operation:
+                    return str(operation["location"])
+                cause = str(operation.get("failure-cause", {}).get("stack-trace", "unknown")).splitlines()[0]
+                raise StackError(f"flink: the savepoint of job {job_id} failed ({cause}); the job keeps running")
+            time.sleep(1.0)
+        raise StackError(f"flink: the savepoint of job {job_id} did not complete within {timeout_s:.0f} s")
+
+    def _rest(self, method: str, path: str, timeout: float = 10.0, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.rest_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data is not None else {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 body = r.read()

@@ -22,6 +22,7 @@ from skewless.core.schemas import validator
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
+from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable, stop_with_savepoint
 from tests.support.reference_reader import AsOfNotAlignedError, read_windowed
 
 pytestmark = pytest.mark.integration
@@ -235,7 +236,7 @@ def _latest_checkpoint(root: Path, settled: bool = False) -> Path | None:
     return done[-1] if done else None
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, client: Any = None,
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, client: Any = None,
           describe: Callable[[], str] | None = None) -> None:
     """Poll ``predicate``; fail early if the Flink job (``client``) has ended, and say where things stood."""
     deadline = time.monotonic() + timeout_s
@@ -257,12 +258,14 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, client: An
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{job}{state}")
 
 
+@pytest.mark.parametrize("stop", ["cancel", "savepoint"])
 def test_recovery_from_checkpoint_keeps_values_exact(
     flink_stream_env: Any, kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any,
-    repo: Any, tmp_path: Path,
+    repo: Any, tmp_path: Path, stop: str,
 ) -> None:
-    """Cancel the running job after a checkpoint while more records arrive, restore from the retained
-    checkpoint, finish the stream: the online values still equal the oracle (no loss, no double count)."""
+    """Cancel the running job after a checkpoint while more records arrive and restore from the retained
+    checkpoint, or stop it with a savepoint (no drain: the tile and de-duplication state stays) and restore from
+    that; finish the stream: the online values still equal the oracle (no loss, no double count)."""
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.flink_compiler import compile_repository
     from streaming_jobs.job import JobOptions, add_source_job
@@ -303,18 +306,23 @@ def test_recovery_from_checkpoint_keeps_values_exact(
     produce_records(kafka_bootstrap, topic, phases[0])
     client = start(None)
     restore_from: Path | None = None
-    _wait(lambda: consumed() >= len(phases[0]), 180, "phase 1 in Redis", client, where)
+    wait_for(lambda: consumed() >= len(phases[0]), 180, "phase 1 in Redis", client, where)
     first = _latest_checkpoint(ckpt, settled=True)
-    _wait(lambda: _latest_checkpoint(ckpt, settled=True) not in (None, first), 60, "a checkpoint after phase 1", client)
+    wait_for(lambda: _latest_checkpoint(ckpt, settled=True) not in (None, first), 60, "a checkpoint after phase 1", client)
     produce_records(kafka_bootstrap, topic, phases[1])
     time.sleep(0.5)  # some of phase 2 is applied after the checkpoint: replayed after the restore
-    client.cancel().result()
-    restore_from = _latest_checkpoint(ckpt, settled=True)
+    if stop == "savepoint":
+        restore_from = Path(stop_with_savepoint(client, (tmp_path / "savepoints").resolve().as_uri())
+                            .removeprefix("file:"))
+    else:
+        client.cancel().result()
+        restore_from = _latest_checkpoint(ckpt, settled=True)
     assert restore_from is not None
+    check_restorable(str(restore_from), [source.name])  # it holds state for our operators' uids (else it raises)
     produce_records(kafka_bootstrap, topic, phases[2])
     client = start(restore_from)
     try:
-        _wait(lambda: consumed() >= len(records), 240, "every record after the restore", client, where)
+        wait_for(lambda: consumed() >= len(records), 240, "every record after the restore", client, where)
         time.sleep(1.5)  # the last flush timer
     finally:
         client.cancel().result()
@@ -333,6 +341,34 @@ def test_recovery_from_checkpoint_keeps_values_exact(
             version, _, _ = layout.decode_tile_vector(value, daily.aggs)
             n = sum(1 for e in admitted if e["user_id"] == user and e["event_time"] // daily.tile_ms * daily.tile_ms == int(start_ms))
             assert version == n, (user, start_ms)
+
+
+def test_a_checkpoint_of_another_job_graph_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A retained checkpoint of a job graph without our Java operators (here: a SQL GROUP BY, as before issue 23)
+    is refused before any restore: one line naming the missing operators and the fix (start fresh, backfill)."""
+    from skewless.engines.flink_env import create_stream_env
+
+    ckpt = tmp_path / "ckpt"
+    env, t_env = create_stream_env(parallelism=1, checkpoint_dir=ckpt, checkpoint_interval="500 ms", extra_conf={
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3"})  # a settled checkpoint needs a later one kept next to it
+    t_env.execute_sql("CREATE TEMPORARY TABLE gen (k INT, v BIGINT) WITH ('connector' = 'datagen', "
+                      "'rows-per-second' = '50', 'fields.k.min' = '0', 'fields.k.max' = '9')")
+    t_env.execute_sql("CREATE TEMPORARY TABLE sink (k INT, s BIGINT) WITH ('connector' = 'blackhole')")
+    statements = t_env.create_statement_set()
+    statements.add_insert_sql("INSERT INTO sink SELECT k, SUM(v) FROM gen GROUP BY k")
+    statements.attach_as_datastream()  # run by the stream environment, with its checkpointing (as our jobs)
+    client = env.execute_async(f"test-old-graph-{uuid.uuid4().hex[:6]}")
+    try:
+        wait_for(lambda: _latest_checkpoint(ckpt, settled=True) is not None, 120, "a checkpoint", client)
+    finally:
+        client.cancel().result()
+    old = _latest_checkpoint(ckpt, settled=True)
+    with pytest.raises(IncompatibleSavepointError) as err:
+        check_restorable(old.as_uri(), ["orders"], VIEW)
+    message = str(err.value)
+    assert "\n" not in message and "deduplicate-orders, tiles-orders" in message, message
+    assert f"skewless submit {VIEW} --starting-offsets earliest" in message and "backfill" in message
 
 
 # --- skewless_admit (the job's Java function) against admission.py, payload by payload ---------------------

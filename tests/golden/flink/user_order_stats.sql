@@ -2,6 +2,7 @@
 -- tiles user_order_stats v1 H=300000 ms retention=7800000 ms: c0=user_orders_last_1h:count
 -- tiles user_order_stats v1 H=86400000 ms retention=345600000 ms: c0=max_order_amount_7d:max, c1=cancelled_orders_30d:count, c2=refunded_orders_90d:count, c3=user_total_orders_365d:count, c4=completed_orders_365d:count, c5=customer_ltv_365d:sum, c6=last_order_ts:max, c7=last_order_status:last
 -- ${ns}_ordered_shared = ${ns}_ordered through the Java Deduplicate (keyed by p; an entry is dropped once M(p) - 3600000 ms > its ts), plus dup, dedup_entries
+-- ${ns}_contrib through the Java tile operator (keyed by out_id, key, tile_start; a tile's state is released once tile end + retention <= min over partitions of M(p) - 3600000 ms): {"key_width":1,"value_width":8,"outputs":[{"view":"user_order_stats","tile_ms":300000,"retention_ms":7800000,"kinds":["COUNT"],"key_cols":[3],"arg_col":4},{"view":"user_order_stats","tile_ms":86400000,"retention_ms":345600000,"kinds":["MAX_LONG","COUNT","COUNT","COUNT","COUNT","SUM_INT","MAX_LONG","LAST"],"key_cols":[3],"arg_col":5}]}
 CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS skewless_admit AS 'dev.skewless.flink.AdmitFunction' LANGUAGE JAVA;
 
 CREATE TEMPORARY TABLE `${ns}_raw` (
@@ -45,26 +46,26 @@ FROM (
   FROM `${ns}_parsed`);
 
 CREATE TEMPORARY VIEW `${ns}_admitted` AS
-SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status
+SELECT p, o, ts, idk, f_1_user_id, f_3_amount, f_5_status, low_ms, low_src
 FROM `${ns}_ordered_shared` WHERE reason IS NULL AND NOT dup;
 
+CREATE TEMPORARY VIEW `${ns}_contrib` AS
+SELECT ts,
+  low_ms,
+  low_src,
+  CAST(f_1_user_id AS STRING) AS k0,
+  CASE WHEN (f_5_status = 'placed') THEN '1' END AS a0_0,
+  CASE WHEN (f_5_status = 'placed') AND f_3_amount IS NOT NULL THEN CAST(f_3_amount AS STRING) END AS a1_0,
+  CASE WHEN (f_5_status = 'cancelled') THEN '1' END AS a1_1,
+  CASE WHEN (f_5_status = 'refunded') THEN '1' END AS a1_2,
+  CASE WHEN (f_5_status = 'placed') THEN '1' END AS a1_3,
+  CASE WHEN (f_5_status = 'completed') THEN '1' END AS a1_4,
+  CASE WHEN (f_5_status = 'completed') AND f_3_amount IS NOT NULL THEN CAST(f_3_amount AS STRING) END AS a1_5,
+  CASE WHEN (f_5_status = 'placed') AND ts IS NOT NULL THEN CAST(ts AS STRING) END AS a1_6,
+  CASE WHEN f_5_status IS NOT NULL THEN CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), LPAD(CAST(o AS STRING), 19, '0'), CAST(f_5_status AS STRING)) END AS a1_7
+FROM `${ns}_admitted`;
+
 -- changelog (upsert) to the Redis sink
-SELECT 'T' AS kind, 'user_order_stats' AS view_name, CAST(CASE out_id WHEN 0 THEN 300000 WHEN 1 THEN 86400000 END AS BIGINT) AS tile_ms,
-  k0, tile_start, COUNT(*) AS version,
-  CASE out_id WHEN 0 THEN CAST(COUNT(*) FILTER (WHERE out_id = 0 AND (f_5_status = 'placed')) AS STRING) WHEN 1 THEN CAST(MAX(f_3_amount) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed') AND f_3_amount IS NOT NULL) AS STRING) END AS c0,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'cancelled')) AS STRING) END AS c1,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'refunded')) AS STRING) END AS c2,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed')) AS STRING) END AS c3,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(COUNT(*) FILTER (WHERE out_id = 1 AND (f_5_status = 'completed')) AS STRING) END AS c4,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(SUM(CASE WHEN out_id = 1 AND (f_5_status = 'completed') AND f_3_amount IS NOT NULL THEN CAST(f_3_amount AS DECIMAL(38, 0)) END) FILTER (WHERE out_id = 1 AND (f_5_status = 'completed') AND f_3_amount IS NOT NULL) AS STRING) END AS c5,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN CAST(MAX(ts) FILTER (WHERE out_id = 1 AND (f_5_status = 'placed') AND ts IS NOT NULL) AS STRING) END AS c6,
-  CASE out_id WHEN 0 THEN CAST(NULL AS STRING) WHEN 1 THEN MAX(CASE WHEN out_id = 1 AND f_5_status IS NOT NULL THEN CONCAT(LPAD(CAST(ts AS STRING), 16, '0'), LPAD(CAST(p AS STRING), 10, '0'), LPAD(CAST(o AS STRING), 19, '0'), CAST(f_5_status AS STRING)) END) FILTER (WHERE out_id = 1 AND f_5_status IS NOT NULL) END AS c7
-FROM (
-  SELECT *, CAST(f_1_user_id AS STRING) AS k0
-  FROM `${ns}_admitted`
-  CROSS JOIN UNNEST(ARRAY[ROW(0, ts - MOD(ts, 300000)), ROW(1, ts - MOD(ts, 86400000))]) AS x(out_id, tile_start))
-GROUP BY out_id, k0, tile_start
-UNION ALL
 SELECT 'P' AS kind, '' AS view_name, CAST(0 AS BIGINT) AS tile_ms,
   CAST(p AS STRING) AS k0,
   CAST(0 AS BIGINT) AS tile_start, MAX(o) AS version,

@@ -91,7 +91,7 @@ public final class RedisTileSink implements Sink<Row> {
         try {
             checkEvictionPolicy(nodes, TileEncoder.strings(spec.get("evicting_policies")));
             String epoch = initStore(nodes, (String) spec.get("epoch_key"), TileEncoder.strings(spec.get("meta_keys")),
-                (Long) spec.get("applied_from_ms"));
+                (Long) spec.get("applied_from_ms"), Boolean.TRUE.equals(spec.get("raise_applied_from")));
             return new Writer(spec, time, written, nodes, epoch);
         } catch (IOException | RuntimeException e) {
             nodes.close();
@@ -123,13 +123,22 @@ public final class RedisTileSink implements Sink<Row> {
         }
     }
 
-    /** The store's epoch (created if missing) and each view's meta ({@code applied_from_ms} set once). */
-    private static String initStore(RedisNodes redis, String epochKey, String[] metaKeys, long appliedFromMs)
-            throws IOException {
+    /**
+     * The store's epoch (created if missing) and each view's meta ({@code applied_from_ms} set once; with
+     * {@code raise}, raised to {@code appliedFromMs} if lower: the job lost records the topic no longer holds).
+     */
+    private static String initStore(RedisNodes redis, String epochKey, String[] metaKeys, long appliedFromMs,
+                                    boolean raise) throws IOException {
         redis.call(epochKey, "SET", epochKey, newEpoch(), "NX");
         String epoch = SafeEncoder.encode((byte[]) redis.call(epochKey, "GET", epochKey));
         for (String meta : metaKeys) {
             redis.call(meta, "HSETNX", meta, "applied_from_ms", Long.toString(appliedFromMs));
+            if (raise) {
+                Object cur = redis.call(meta, "HGET", meta, "applied_from_ms");
+                if (cur == null || Long.parseLong(SafeEncoder.encode((byte[]) cur)) < appliedFromMs) {
+                    redis.call(meta, "HSET", meta, "applied_from_ms", Long.toString(appliedFromMs));
+                }
+            }
             redis.call(meta, "HSETNX", meta, "epoch", epoch);
         }
         return epoch;
