@@ -7,8 +7,8 @@ slots no master serves are each one :class:`OnlineStoreError` line naming the no
 configured timeouts (nothing is written before the check).
 
 Per-node helpers for the cluster-aware paths: :func:`masters` (the primaries and their clients),
-:func:`node_of_slot`, :func:`scan_masters` (SCAN on every master) and :func:`wait_replicas` (``WAIT`` on a master
-that has replicas).
+:func:`node_of_slot`, :func:`node_clients`, :func:`scan_masters` (SCAN on every master) and :func:`replica_count`
+(the replicas a master's writes are confirmed on with ``WAIT``).
 """
 
 from __future__ import annotations
