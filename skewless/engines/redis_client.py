@@ -58,6 +58,10 @@ def open_redis(target: RedisTarget, **overrides: Any) -> Any:
                             **kwargs)
     except RedisClusterException as exc:
         raise OnlineStoreError(_cluster_open_problem(target, str(exc))) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # a node of the slot map (not the seed) is down
+        raise OnlineStoreError(
+            f"a node of the Redis Cluster {target.redacted} does not answer ({type(exc).__name__}: {str(exc)[:200]}); "
+            "start it, or wait for its replica to take over (cluster-node-timeout) and retry") from None
 
 
 def _host_port(node: str) -> tuple[str, int]:
