@@ -14,7 +14,6 @@ import threading
 import uuid
 from datetime import date, timedelta
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
