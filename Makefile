@@ -43,7 +43,7 @@ demo: setup       ## the main job end to end on built-in sample data
 parity: setup     ## the consistency proof: make parity [SEED=n] [TOPOLOGY=cluster: on the running `make up TOPOLOGY=cluster`]
 	@$(SKEWLESS) parity $(if $(SEED),--seed $(SEED),) $(if $(TOPOLOGY),--topology $(TOPOLOGY),)
 
-test-faults: setup ## fault tests against the `make up` stack (outside `make test`)
+test-faults: setup ## fault tests, each module on a stack of its own (single node, or the cluster topology: tests/faults/test_cluster_online_faults.py); outside `make test`
 	@bash infra/run-tests.sh -m slow $(PYTEST_ARGS)
 
 bench: setup      ## benchmarks: prints a table, writes bench/results/latest.json

@@ -12,7 +12,8 @@ forward and releases the lease.
 
 Snapshot views: per entity the latest row as of the end of day D (``ts < C`` and ``created_at < C``) as
 :func:`skewless.core.layout.encode_snapshot`, written by :data:`skewless.core.layout.SNAPSHOT_WRITE_LUA` (fenced by
-the cut-off and Redis time at the start of the run).
+the cut-off and Redis time at the start of the run), pipelined per master, each master's writes confirmed by ``WAIT``
+on its replicas before the materialization returns (:func:`write_snapshots`).
 
 Both refuse a Redis whose ``maxmemory-policy`` may evict keys (:func:`skewless.core.layout.check_eviction_policy`).
 
@@ -384,11 +385,7 @@ def send_rounds(nodes: dict[str, Any], rounds: Iterable[list[tuple[str, bytes, i
             if wanted:
                 wait_ms = min(wait_ms, int((conn.socket_timeout or 10.0) * 800))  # answered before the read times out
                 conn.send_command("WAIT", wanted, wait_ms)
-                acked = int(conn.read_response())
-                if acked < wanted:
-                    raise BatchError(f"{acked} of {wanted} replicas of Redis master {name or 'the online store'} "
-                                     f"acknowledged the run's writes within {wait_ms} ms: the run is not marked complete; "
-                                     "check the replicas (INFO replication) and materialize again")
+                check_replicas(name, int(conn.read_response()), wanted, wait_ms)
         if report is not None:
             zeros = sum(r.zeros for r in readers.values())
             report.written += written - zeros
@@ -609,44 +606,70 @@ def materialize_snapshot_view(catalog: Any, client: Any, view: SnapshotView, day
     t0 = time.monotonic()
     seconds, micros = client.time()
     fence = int(seconds) * 1000 + int(micros) // 1000  # later runs of the same cut-off win
-    write = client.register_script(layout.SNAPSHOT_WRITE_LUA)
-    # one pipeline per master (redis-py's cluster pipeline refuses EVALSHA): each entity to its slot's master
-    nodes: dict[str, Any] = {}
-    pipes: dict[str, Any] = {}
-    pending = 0
-
-    def flush() -> None:
-        for pipe in pipes.values():
-            done = pipe.execute()
-            report.written += sum(1 for r in done if int(r) == 1)
-            report.skipped_newer += sum(1 for r in done if int(r) == 0)
-
+    for _, node in masters(client):  # each master runs the script by its sha
+        node.script_load(layout.SNAPSHOT_WRITE_LUA)
+    writes: list[tuple[list[Any], list[Any]]] = []
     for entity, ((ts, _), row) in latest.items():
         if layout.snapshot_expire_at_ms(view, ts) <= now:
             continue  # forgotten by the contract already
         created = _ms(row[src.created_at]) if src.created_at else None
         value = layout.encode_snapshot(view, ts, created, {f.name: row.get(f.name) for f in view.fields}, epoch)
-        key = layout.entity_key(project, view, entity)
-        keys, args = layout.snapshot_write_args(key, view, cut, fence, ts, value)
-        ((name, node),) = node_clients(client, [key.encode()]).items()
-        if name not in pipes:
-            nodes[name], pipes[name] = node, node.pipeline(transaction=False)
-        write(keys=keys, args=args, client=pipes[name])
-        pending += 1
-        if pending >= batch_size:
-            flush()
-            pending = 0
-    if pending:
-        flush()
-    for name, node in nodes.items():  # as a feature view's run: every replica has the writes before it completes
-        wanted = replica_count(node)
-        if wanted and int(node.execute_command("WAIT", wanted, WAIT_MS)) < wanted:
-            raise BatchError(f"the replicas of Redis master {name or 'the online store'} did not acknowledge the "
-                             f"snapshot writes of {view.name} within {WAIT_MS} ms; check them (INFO replication) and "
-                             "materialize again")
+        writes.append(layout.snapshot_write_args(layout.entity_key(project, view, entity), view, cut, fence, ts, value))
+    write_snapshots(client, writes, batch_size, report)
     report.rows = len(latest)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def write_snapshots(client: Any, writes: Sequence[tuple[list[Any], list[Any]]], batch_size: int,
+                    report: MaterializeReport) -> None:
+    """``EVALSHA`` of :data:`skewless.core.layout.SNAPSHOT_WRITE_LUA` per ``(keys, args)``, grouped by the master of
+    each entity's slot (one Redis: one group), pipelined in batches of ``batch_size`` on that master's client; the
+    last batch of a master with replicas ends with ``WAIT`` on the same connection: every replica must acknowledge
+    the master's writes (else :class:`BatchError`, as for a feature view's run). Counts ``report.written`` (the
+    script answered 1) and ``report.skipped_newer`` (0: a newer record kept)."""
+    sha = layout.script_sha(layout.SNAPSHOT_WRITE_LUA)
+    groups: dict[str, list[tuple[list[Any], list[Any]]]] = {}
+    nodes: dict[str, Any] = {}
+    for keys, args in writes:
+        (name, node), = node_clients(client, [str(keys[0]).encode()]).items()
+        nodes[name] = node
+        groups.setdefault(name, []).append((keys, args))
+    step = max(1, batch_size)
+    for name, items in sorted(groups.items()):
+        node = nodes[name]
+        wanted, wait_ms = replica_count(node), replica_wait_ms(node)
+        try:
+            for lo in range(0, len(items), step):
+                pipe = node.pipeline(transaction=False)
+                for keys, args in items[lo:lo + step]:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                last = lo + step >= len(items)
+                if last and wanted:
+                    pipe.execute_command("WAIT", wanted, wait_ms)
+                done = pipe.execute()
+                if last and wanted:
+                    check_replicas(name, int(done.pop()), wanted, wait_ms)
+                report.written += sum(1 for r in done if int(r) == 1)
+                report.skipped_newer += sum(1 for r in done if int(r) == 0)
+        except (OSError, redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+            raise BatchError(f"Redis master {name or 'of the online store'} failed during the snapshot writes "
+                             f"({type(exc).__name__}: {str(exc)[:160]}); materialize again once it serves (fenced "
+                             "writes: a retry replaces nothing newer)") from None
+
+
+def replica_wait_ms(node: Any, wait_ms: int = WAIT_MS) -> int:
+    """``wait_ms`` bounded so that ``WAIT`` answers before a read on ``node``'s connections times out."""
+    timeout = node.connection_pool.connection_kwargs.get("socket_timeout") if hasattr(node, "connection_pool") else None
+    return min(wait_ms, int((timeout or 10.0) * 800))
+
+
+def check_replicas(name: str, acked: int, wanted: int, wait_ms: int) -> None:
+    """:class:`BatchError` when fewer than ``wanted`` replicas of master ``name`` acknowledged its writes (``WAIT``)."""
+    if acked < wanted:
+        raise BatchError(f"{acked} of {wanted} replicas of Redis master {name or 'the online store'} acknowledged the "
+                         f"run's writes within {wait_ms} ms: the run is not marked complete; check the replicas (INFO "
+                         "replication) and materialize again")
 
 
 def _ms(value: Any) -> int:

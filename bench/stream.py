@@ -245,7 +245,7 @@ def throughput_from_progress(r: Any, events: int) -> float:
     return (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
 
 
-def _freshness(bootstrap: str, topic: str, r: Any) -> list[float]:
+def freshness_lags(bootstrap: str, topic: str, r: Any) -> list[float]:
     """Produce at FRESH_RATE into the running job; per sampled record, produce time -> progress write covering
     it. Runs until FRESH_S seconds of samples after the job is live (first progress write + grace)."""
     from skewless.engines.kafka import make_producer
@@ -350,7 +350,7 @@ def run() -> dict[str, Any]:
         # freshness: steady production into a job with a short mini-batch, started at the topic's end
         client = start_job(bootstrap, url, topic, root / "ckpt2", "latest", FRESH_MINI_BATCH, FRESH_FLUSH_MS,
                             FRESH_BUFFER_TIMEOUT_MS)
-        lags = _freshness(bootstrap, topic, r)
+        lags = freshness_lags(bootstrap, topic, r)
         p50 = statistics.median(lags) if lags else float("nan")
         p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
         note = (f"{len(lags)} samples at {FRESH_RATE:.0f} events/s, mini-batch {FRESH_MINI_BATCH}, flush {FRESH_FLUSH_MS} ms, "

@@ -7,8 +7,8 @@ slots no master serves are each one :class:`OnlineStoreError` line naming the no
 configured timeouts (nothing is written before the check).
 
 Per-node helpers for the cluster-aware paths: :func:`masters` (the primaries and their clients),
-:func:`node_of_slot`, :func:`scan_masters` (SCAN on every master) and :func:`wait_replicas` (``WAIT`` on a master
-that has replicas).
+:func:`node_of_slot`, :func:`node_clients`, :func:`scan_masters` (SCAN on every master) and :func:`replica_count`
+(the replicas a master's writes are confirmed on with ``WAIT``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def open_redis(target: RedisTarget, **overrides: Any) -> Any:
                             **kwargs)
     except RedisClusterException as exc:
         raise OnlineStoreError(_cluster_open_problem(target, str(exc))) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # a node of the slot map (not the seed) is down
+        raise OnlineStoreError(
+            f"a node of the Redis Cluster {target.redacted} does not answer ({type(exc).__name__}: {str(exc)[:200]}); "
+            "start it, or wait for its replica to take over (cluster-node-timeout) and retry") from None
 
 
 def _host_port(node: str) -> tuple[str, int]:

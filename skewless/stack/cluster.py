@@ -111,24 +111,27 @@ class KafkaCluster(NodeService):
         """Start the three nodes detached, data in ``state_dir/kafka-cluster/node-<i>``, logs ``kafka-<i>.log``."""
         if shutil.which("java") is None:
             raise StackError("kafka: no `java` on PATH; fix: make setup (installs openjdk-17-jdk-headless)")
-        base = state_dir / self.name
-        cluster_id = self.cluster_id(base)
         pids: list[int] = []
-        log_files = [log_dir / f"kafka-{i}.log" for i in range(1, KAFKA_NODES + 1)]
         try:
-            for i, (broker, log_file) in enumerate(zip(self.brokers, log_files), start=1):
-                env = broker.launch_env(base / f"node-{i}") | {
-                    "KAFKA_NODE_ID": str(i),
-                    "KAFKA_QUORUM_VOTERS": self.quorum_voters,
-                    "KAFKA_CLUSTER_ID": cluster_id,
-                    "KAFKA_REPLICATION_FACTOR": str(KAFKA_REPLICATION_FACTOR),
-                    "KAFKA_MIN_INSYNC_REPLICAS": str(KAFKA_MIN_INSYNC_REPLICAS),
-                }
-                pids.append(spawn(["bash", str(LAUNCH_SCRIPT)], log_file, env=env))
+            for i in range(1, KAFKA_NODES + 1):
+                pids.append(self.start_node(i, state_dir, log_dir))
         except BaseException:
             stop_pids(pids)
             raise
-        return Started(self.name, tuple(pids), {"bootstrap": self.bootstrap}, log_files[0])
+        return Started(self.name, tuple(pids), {"bootstrap": self.bootstrap}, log_dir / "kafka-1.log")
+
+    def start_node(self, i: int, state_dir: Path, log_dir: Path) -> int:
+        """Start node ``i`` (1..3) detached, data in ``state_dir/kafka-cluster/node-<i>`` (kept: a restarted node
+        recovers its log and rejoins), log ``kafka-<i>.log``; its pid."""
+        base = state_dir / self.name
+        env = self.brokers[i - 1].launch_env(base / f"node-{i}") | {
+            "KAFKA_NODE_ID": str(i),
+            "KAFKA_QUORUM_VOTERS": self.quorum_voters,
+            "KAFKA_CLUSTER_ID": self.cluster_id(base),
+            "KAFKA_REPLICATION_FACTOR": str(KAFKA_REPLICATION_FACTOR),
+            "KAFKA_MIN_INSYNC_REPLICAS": str(KAFKA_MIN_INSYNC_REPLICAS),
+        }
+        return spawn(["bash", str(LAUNCH_SCRIPT)], log_dir / f"kafka-{i}.log", env=env)
 
     def broker_count(self) -> int:
         """Brokers in the cluster's metadata (0 if no broker answers)."""

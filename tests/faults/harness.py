@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from skewless.config import redis_target
+from skewless.e2e.pipeline import Targets
+from skewless.engines.redis_client import open_redis
 from skewless.stack.base import free_port
 
 CFG = dict(events=900, entities=25, days=2.5, sample=12, instants=8)
@@ -46,7 +49,7 @@ class Stack:
         record = self.record()
         for e in record["services"]:
             if e["name"] == name:
-                e["pids"] = [p if p["pid"] != old else {"pid": new, "start_time": start_time(new)} for p in e["pids"]]
+                e["pids"] = [p if p["pid"] != old else {**p, "pid": new, "start_time": start_time(new)} for p in e["pids"]]
         (self.state / "stack.json").write_text(json.dumps(record, indent=2))
 
     @property
@@ -170,9 +173,10 @@ def drain_job(stack: Stack, ctx: Any) -> dict[str, Any]:
             "job_state": run_job(stack, ctx)["state"]}
 
 
-def start_taskmanager(stack: Stack, old_pid: int) -> int:
+def start_taskmanager(stack: Stack, old_pid: int, service: str = "flink") -> int:
     """Start a new TaskManager for the stack's Flink session cluster the way `stack up` does (its log appended to
-    ``taskmanager.restart.log``), recorded in place of ``old_pid``; returns its pid."""
+    ``taskmanager.restart.log``; the conf dir `stack up` wrote, so the same slots), recorded in place of
+    ``old_pid`` in the stack's ``service`` entry; returns its pid."""
     from skewless.stack.flink import FlinkSessionCluster, flink_home
 
     cluster = FlinkSessionCluster(rest_port=int(stack.env["SKEWLESS_FLINK_REST_PORT"]), state_dir=stack.state,
@@ -181,7 +185,7 @@ def start_taskmanager(stack: Stack, old_pid: int) -> int:
         proc = subprocess.Popen(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start-foreground"],
                                 env=cluster._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    stack.replace_pid("flink", old_pid, proc.pid)
+    stack.replace_pid(service, old_pid, proc.pid)
     return proc.pid
 
 
@@ -248,3 +252,197 @@ def hook(point, n):
 SourceArchiver(source, load_catalog(db, wh), ArchiveConfig(bootstrap=bootstrap, max_records=int(records), max_interval_s=1.0,
                fault=hook)).run(threading.Event(), drain=True)
 """
+
+
+# --- the cluster topology (tests/faults/test_cluster_online_faults.py) -----------------------------------------
+
+CLUSTER_PORT_VARS = ("SKEWLESS_KAFKA_PORT", "SKEWLESS_KAFKA_CONTROLLER_PORT", "SKEWLESS_FLINK_REST_PORT",
+                     "SKEWLESS_REDIS_PORT", "SKEWLESS_S3_PORT", "SKEWLESS_POSTGRES_PORT", "SKEWLESS_SPARK_MASTER_PORT")
+# the online half of `stack up --topology cluster` (skewless/stack/cluster.py): 3 Kafka nodes, Flink JobManager +
+# 2 TaskManagers x 2 slots, Redis Cluster 3 masters + 3 replicas, recorded in stack.json (`stack down` stops them)
+UP_ONLINE_HALF = r"""
+import sys
+from skewless.stack import manager
+from skewless.stack.cluster import FlinkCluster, KafkaCluster, RedisCluster
+sys.exit(manager.up([KafkaCluster(), FlinkCluster(), RedisCluster()], topology="cluster"))
+"""
+JOB_PARALLELISM = 4  # the topology's four slots: both TaskManagers run subtasks
+
+
+class ClusterTargets(Targets):
+    """The run's targets with a cluster-aware Redis client (``open_redis`` of the ``redis+cluster://`` URL: slot
+    map, MOVED, failover), as every reader and writer of the project opens it."""
+
+    def redis(self) -> Any:
+        return open_redis(redis_target(self.redis_url))
+
+
+class ClusterStack(Stack):
+    """The online half of the cluster topology in a temp state dir, on the ports the environment names
+    (``SKEWLESS_*_PORT``: a helper's own range) or else on free blocks (:func:`free_cluster_ports_env`). The
+    offline half (object store, PostgreSQL, Spark) is issue 22's: the parity run's catalog is private (sqlite)."""
+
+    def __init__(self, root: Path) -> None:
+        from skewless.stack.cluster import free_cluster_ports_env
+
+        ports = {k: os.environ[k] for k in CLUSTER_PORT_VARS if k in os.environ}
+        if "SKEWLESS_REDIS_PORT" not in ports:
+            ports = free_cluster_ports_env()
+        self.state = root / "state"
+        self.env = {**os.environ, **ports, "SKEWLESS_STATE_DIR": str(self.state)}
+        self.env.pop("SKEWLESS_LOG_DIR", None)
+        self.env.pop("SKEWLESS_CONFIG", None)
+        # the streaming job's parallelism (run_view.py reads the selected profile's flink.parallelism)
+        self.profile = root / "parallelism.yaml"
+        self.profile.write_text(f"default_profile: faults\nprofiles:\n  faults:\n    flink: {{parallelism: {JOB_PARALLELISM}}}\n")
+
+    def up(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", UP_ONLINE_HALF], env=self.env, capture_output=True, text=True,
+                              timeout=900)
+
+    def redis_cluster(self) -> Any:
+        from skewless.stack.cluster import RedisCluster
+
+        return RedisCluster(port=int(self.env["SKEWLESS_REDIS_PORT"]))
+
+    def kafka_cluster(self) -> Any:
+        from skewless.stack.cluster import KafkaCluster
+
+        return KafkaCluster(port=int(self.env["SKEWLESS_KAFKA_PORT"]),
+                            controller_port=int(self.env["SKEWLESS_KAFKA_CONTROLLER_PORT"]))
+
+    @property
+    def kafka(self) -> str:
+        return self.kafka_cluster().bootstrap
+
+    @property
+    def redis_url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.redis_cluster().node_ports)
+
+    def pid_of(self, service: str, port: int | None = None, role: str | None = None) -> int:
+        """The recorded pid of ``service``'s node on ``port`` (or whose role starts with ``role``)."""
+        return next(p["pid"] for p in self.entry(service)["pids"]
+                    if (port is None or p.get("port") == port) and (role is None or str(p.get("role", "")).startswith(role)))
+
+    def targets(self, workdir: Path) -> Any:
+        return ClusterTargets(
+            bootstrap=self.kafka, redis_url=self.redis_url, catalog_db=workdir / "catalog.db",
+            warehouse=workdir / "warehouse", flink="session", flink_rest_port=int(self.env["SKEWLESS_FLINK_REST_PORT"]),
+            workdir=workdir)
+
+    # --- Redis Cluster nodes ---
+
+    def redis_masters(self) -> dict[int, str]:
+        """Port -> node id of every master serving slots, not failing."""
+        return {n.port: n.node_id for n in self.redis_cluster().cluster_nodes() if n.is_master and n.slots and not n.failing}
+
+    def kill_redis_node(self, port: int) -> float:
+        """SIGKILL the Redis node on ``port``; the monotonic time of its death."""
+        import signal
+
+        from skewless.stack.procs import pid_alive
+
+        pid = self.pid_of("redis-cluster", port=port)
+        os.kill(pid, signal.SIGKILL)
+        wait(lambda: not pid_alive(pid), 30, f"redis :{port} to die", interval_s=0.02)
+        return time.monotonic()
+
+    def await_promotion(self, dead: int, timeout_s: float = 90) -> None:
+        """Until three masters other than ``dead`` serve every slot (its replica promoted)."""
+        from skewless.stack.cluster import REDIS_CLUSTER_SLOTS, REDIS_MASTERS
+
+        def promoted() -> bool:
+            try:
+                nodes = [n for n in self.redis_cluster().cluster_nodes() if n.port != dead]
+            except Exception:  # noqa: BLE001 - a node busy with the failover: ask again
+                return False
+            serving = [n for n in nodes if n.is_master and n.slots and not n.failing]
+            return len(serving) == REDIS_MASTERS and sum(n.slots for n in serving) == REDIS_CLUSTER_SLOTS
+
+        wait(promoted, timeout_s, f"the replica of the killed master :{dead} promoted", interval_s=0.1)
+
+    def restart_redis_node(self, port: int, timeout_s: float = 120) -> float:
+        """Start the killed node on ``port`` again (same data dir and nodes.conf: it rejoins as a replica of the
+        master that took its slots), record it, and wait until the cluster has its shape again (3 masters with a
+        synced replica each); the seconds that took."""
+        import shutil
+
+        from skewless.stack.procs import spawn
+
+        cluster = self.redis_cluster()
+        old = self.pid_of("redis-cluster", port=port)
+        t = time.monotonic()
+        new = spawn(cluster.node_argv(shutil.which("redis-server") or "redis-server", port,
+                                      self.state / cluster.name / str(port)), self.state / "logs" / f"redis-{port}.log")
+        self.replace_pid("redis-cluster", old, new)
+        wait(lambda: not cluster.problems() and replicas_synced(cluster), timeout_s,
+             f"redis :{port} rejoined as a replica", interval_s=0.2)
+        return time.monotonic() - t
+
+    # --- Kafka nodes ---
+
+    def kafka_leaders(self, topic: str) -> dict[int, int]:
+        """Partition -> the broker port leading it now."""
+        from skewless.engines.kafka import admin_client
+
+        kafka = self.kafka_cluster()
+        meta = admin_client(kafka.bootstrap, 10).list_topics(topic, timeout=10)
+        port_of = {b.id: b.port for b in meta.brokers.values()}
+        return {p: port_of.get(pm.leader, -1) for p, pm in meta.topics[topic].partitions.items()}
+
+    def in_sync(self, topic: str) -> bool:
+        """Every partition of ``topic`` has all three replicas in sync."""
+        from skewless.engines.kafka import admin_client
+        from skewless.stack.cluster import KAFKA_REPLICATION_FACTOR
+
+        try:
+            meta = admin_client(self.kafka, 5).list_topics(topic, timeout=5)
+        except Exception:  # noqa: BLE001 - brokers busy: ask again
+            return False
+        return all(len(pm.isrs) == KAFKA_REPLICATION_FACTOR for pm in meta.topics[topic].partitions.values())
+
+    def kill_kafka_node(self, port: int) -> float:
+        """SIGKILL the process group of the Kafka node on broker ``port`` (its launch script and JVM: no
+        controlled shutdown, no flush); the monotonic time of its death."""
+        import signal
+
+        from skewless.stack.procs import pid_alive
+
+        pid = self.pid_of("kafka-cluster", port=port)
+        os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+        wait(lambda: not pid_alive(pid), 30, f"kafka :{port} to die", interval_s=0.02)
+        return time.monotonic()
+
+    def restart_kafka_node(self, port: int) -> int:
+        """Start the Kafka node on broker ``port`` again (same data dir: it recovers its log and rejoins), recorded
+        in place of the old pid; its new pid."""
+        kafka = self.kafka_cluster()
+        i = 1 + [b.port for b in kafka.brokers].index(port)
+        old = self.pid_of("kafka-cluster", port=port)
+        new = kafka.start_node(i, self.state, self.state / "logs")
+        self.replace_pid("kafka-cluster", old, new)
+        return new
+
+
+def replicas_synced(cluster: Any) -> bool:
+    """Every replica node of ``cluster`` finished its sync (``master_link_status:up``): until then a master's
+    ``WAIT`` gets no acknowledgement."""
+    import redis
+
+    for port in cluster.node_ports:
+        try:
+            info = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2).info("replication")
+        except redis.RedisError:
+            return False
+        if info.get("role") == "slave" and info.get("master_link_status") != "up":
+            return False
+    return True
+
+
+def applied_now(ctx: Any, last: list[int]) -> int:
+    """:func:`applied`, or the last count read while Redis answers no read (a failover): ``last`` holds it."""
+    try:
+        last[0] = applied(ctx)
+    except Exception:  # noqa: BLE001 - the cluster is between masters
+        pass
+    return last[0]

@@ -165,6 +165,37 @@ def test_a_master_down_is_one_line_naming_it_and_nothing_is_written(cluster: Clu
     assert store.get_online_features({"user_id": users[:2]}, ["user_order_stats"]).found  # it serves again
 
 
+def test_a_snapshot_view_materializes_on_a_cluster_confirmed_by_wait(cluster: Cluster, repo: Any, tmp_path: Path) -> None:
+    """A snapshot view's latest rows are written per master and each master's writes are confirmed on its replica
+    (``WAIT``) before the materialization returns. Failed before: redis-py's cluster pipeline refused the script
+    (``RedisClusterException: Calling pipelined function evalsha is blocked when running redis in cluster mode``),
+    and the snapshot path sent no ``WAIT``."""
+    from batch_jobs.materialize import materialize_snapshot_view
+    from skewless.e2e.pipeline import write_snapshot_rows
+    from skewless.engines.iceberg_catalog import load_catalog
+
+    project = f"p{uuid.uuid4().hex[:8]}"
+    client = _client(cluster.url)
+    view = repo.view("customer_profile")
+    catalog = load_catalog(catalog_db=tmp_path / "catalog.db", warehouse=tmp_path / "warehouse")
+    users = [f"u{i}" for i in range(30)]
+    ts = C1 - 3 * 3_600_000  # before the cut-off of day_of(C1), within the view's one-day ttl of now
+    write_snapshot_rows(catalog, view.source.table, [{"user_id": u, "credit_score": 600 + i, "segment": "vip",
+                                                      "event_time": ts + i, "created_at": ts + i} for i, u in enumerate(users)])
+    client.set(layout.epoch_key(project), "E1")
+    waits = {name: node.info("commandstats").get("cmdstat_wait", {}).get("calls", 0) for name, node in masters(client)}
+    report = materialize_snapshot_view(catalog, client, view, day_of(C1), project=project)
+    assert (report.rows, report.written) == (30, 30)
+    keys = [layout.entity_key(project, view, (u,)) for u in users]
+    holders = {client.get_node_from_key(k).name for k in keys}
+    assert len(holders) >= 2, holders
+    after = {name: node.info("commandstats").get("cmdstat_wait", {}).get("calls", 0) for name, node in masters(client)}
+    assert all(after[name] > waits[name] for name in holders), (waits, after)
+    for i, key in enumerate(keys):
+        assert layout.decode_snapshot(view, client.hget(key, layout.SNAPSHOT_FIELD)) == (
+            ts + i, ts + i, "E1", {"credit_score": 600 + i, "segment": "vip"})
+
+
 def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SKEWLESS_")}
     return subprocess.run([sys.executable, "-m", "skewless.cli", *argv, "--repo", str(ROOT / "feature_defs")],
