@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from bench.pit import write_raw_events
+
 SCALE = float(os.environ.get("SKEWLESS_BENCH_SCALE", "1.0"))
 REPEAT = int(os.environ.get("SKEWLESS_BENCH_OFFLINE_S3_REPEAT", "3"))
 DAY = 86_400_000
@@ -67,37 +69,6 @@ bench_stats = FeatureView(name="bench_stats", entity=Entity("user", {"user_id": 
 
 def scaled(x: float) -> int:
     return max(10, int(x * SCALE))
-
-
-def write_raw_events(catalog: Any, source: Any, events: int, users: int) -> None:
-    """``events`` orders of ``users`` users over 365 days (seeded) into the source's raw table (the archive's
-    layout), in 500k-row appends."""
-    from skewless.archive.tables import ensure_tables
-    from skewless.core.schemas import load_schema
-
-    raw, _ = ensure_tables(catalog, source, load_schema("orders"))
-    rng = np.random.default_rng(7)
-    offset = np.zeros(8, np.int64)
-    for start in range(0, events, 500_000):
-        n = min(500_000, events - start)
-        user = rng.integers(0, users, n)
-        ts = T0 + rng.integers(0, 365 * DAY, n)
-        part = (user % 8).astype(np.int32)
-        offs = np.empty(n, np.int64)
-        for p in range(8):
-            m = part == p
-            offs[m] = offset[p] + np.arange(m.sum())
-            offset[p] += m.sum()
-        tsa = pa.array(ts, pa.int64()).cast(pa.timestamp("ms")).cast(pa.timestamp("us", tz="UTC"))
-        data = {"event_id": pa.array(np.char.add("e", np.arange(start, start + n).astype(str))),
-                "user_id": pa.array(np.char.add("u", user.astype(str))),
-                "order_id": pa.array(np.char.add("o", rng.integers(0, 10**9, n).astype(str))),
-                "amount": pa.array(rng.integers(0, 100_000, n)), "currency": pa.array(np.full(n, "EUR")),
-                "status": pa.array(rng.choice(np.array(["placed", "completed", "cancelled", "refunded"]), n)),
-                "event_time": tsa, "_kafka_partition": pa.array(part), "_offset": pa.array(offs), "_kafka_ts": tsa,
-                "_ingested_at": tsa}
-        schema = raw.schema().as_arrow()
-        raw.append(pa.table({f.name: data[f.name].cast(f.type) for f in schema}, schema=schema))
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 3600) -> tuple[float, str]:
@@ -160,11 +131,11 @@ def run() -> dict[str, Any]:
         os.environ["SKEWLESS_STATE_DIR"] = local_env["SKEWLESS_STATE_DIR"]
         with_profile(None)
         local_catalog = load_catalog()
-        write_raw_events(local_catalog, view.source, events, users)
+        write_raw_events(local_catalog, view.source, events, users, chunk=500_000)
         os.environ["SKEWLESS_STATE_DIR"] = cluster_env["SKEWLESS_STATE_DIR"]
         with_profile(profile)
         s3_catalog = load_catalog()
-        write_raw_events(s3_catalog, view.source, events, users)
+        write_raw_events(s3_catalog, view.source, events, users, chunk=500_000)
         print(f"raw events written to both warehouses in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
         # 1. the backfill: local[2] + local disk, then the standalone cluster + S3 + PostgreSQL

@@ -281,13 +281,14 @@ def _windowed_view(table: str) -> Any:
     ])
 
 
-def _raw_events(catalog: Any, view: Any, events: int, users: int) -> None:
+def write_raw_events(catalog: Any, source: Any, events: int, users: int, chunk: int = 2_000_000) -> None:
+    """``events`` orders of ``users`` users over 365 days (seeded; the draws depend on ``chunk``) into the source's
+    raw table (the archive's layout), in ``chunk``-row appends."""
     from skewless.archive.tables import ensure_tables
     from skewless.core.schemas import load_schema
 
-    raw, _ = ensure_tables(catalog, view.source, load_schema("orders"))
+    raw, _ = ensure_tables(catalog, source, load_schema("orders"))
     rng = np.random.default_rng(7)
-    chunk = 2_000_000
     offset = np.zeros(8, np.int64)
     for start in range(0, events, chunk):
         n = min(chunk, events - start)
@@ -428,7 +429,7 @@ def _windowed_data(root: Path, events: int, users: int) -> tuple[Path, Any, floa
     shutil.rmtree(where, ignore_errors=True)
     catalog = load_catalog(catalog_db=where / "catalog.db", warehouse=where / "warehouse")
     view = _windowed_view("raw.bench_orders")
-    _raw_events(catalog, view, events, users)
+    write_raw_events(catalog, view.source, events, users)
     spark = _spark(where)
     t0 = time.perf_counter()
     run_range(spark, view, compile_feature_view(view, {f.name: f.type for f in load_schema("orders").fields}),

@@ -40,6 +40,18 @@ def _applied(redis_client: Any, project: str) -> int:
     return sum(json.loads(v)["records"] for v in redis_client.hgetall(layout.progress_key(project, "orders")).values())
 
 
+def head_and_backlog(source: Any, now: int, *, users: int, head_count: int, backlog_count: int,
+                     seed: int) -> tuple[list[Any], list[Any]]:
+    """Generated records of 3 partitions: ``head_count`` over the hour two hours before ``now`` (one a second),
+    then ``backlog_count`` over the last hour (seeds ``seed`` and ``seed + 1``)."""
+    gen = {"partitions": 3, "users": users, "allowed_lateness_ms": td_ms(source.allowed_lateness),
+           "clock_skew_ms": td_ms(source.clock_skew_tolerance)}
+    head, _ = generate(GeneratorConfig(count=head_count, rate=1.0, seed=seed, start_ms=now - 2 * HOUR_MS, **gen))
+    backlog, _ = generate(GeneratorConfig(count=backlog_count, rate=backlog_count / 3540.0, seed=seed + 1,
+                                          start_ms=now - HOUR_MS, **gen))
+    return head, backlog
+
+
 def _start(job: Any, kafka_bootstrap: str, redis_url: str, topic: str, project: str, ns: str, ckpt: Path,
            savepoint: str | None, applied_from_ms: int | None) -> Any:
     """The compiled job on the local MiniCluster, restored from ``savepoint`` if given (``applied_from_ms`` None:
@@ -69,10 +81,7 @@ def test_a_restarted_job_reads_stale_with_its_age_while_catching_up_then_present
     sla_ms = td_ms(view.freshness_sla)
     topic = kafka_topic(partitions=3, prefix="orders-catchup")
     now = int(time.time() * 1000)
-    gen = {"partitions": 3, "users": 30, "allowed_lateness_ms": td_ms(source.allowed_lateness),
-           "clock_skew_ms": td_ms(source.clock_skew_tolerance)}
-    head, _ = generate(GeneratorConfig(count=600, rate=1.0, seed=31, start_ms=now - 2 * HOUR_MS, **gen))
-    backlog, _ = generate(GeneratorConfig(count=20_000, rate=20_000 / 3540.0, seed=32, start_ms=now - HOUR_MS, **gen))
+    head, backlog = head_and_backlog(source, now, users=30, head_count=600, backlog_count=20_000, seed=31)
     project, ns = f"c{uuid.uuid4().hex[:8]}", f"sk_{uuid.uuid4().hex[:8]}"
     (job,) = compile_repository(repo, [VIEW])
 
@@ -138,10 +147,7 @@ def test_a_job_stopped_past_the_topics_retention_reads_incomplete_not_plausible_
     source = view.source
     topic = kafka_topic(partitions=3, prefix="orders-retention")
     now = int(time.time() * 1000)
-    gen = {"partitions": 3, "users": 20, "allowed_lateness_ms": td_ms(source.allowed_lateness),
-           "clock_skew_ms": td_ms(source.clock_skew_tolerance)}
-    head, _ = generate(GeneratorConfig(count=300, rate=1.0, seed=41, start_ms=now - 2 * HOUR_MS, **gen))
-    backlog, _ = generate(GeneratorConfig(count=3000, rate=3000 / 3540.0, seed=42, start_ms=now - HOUR_MS, **gen))
+    head, backlog = head_and_backlog(source, now, users=20, head_count=300, backlog_count=3000, seed=41)
     project, ns = f"c{uuid.uuid4().hex[:8]}", f"sk_{uuid.uuid4().hex[:8]}"
     (job,) = compile_repository(repo, [VIEW])
 
