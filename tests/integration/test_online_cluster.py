@@ -30,7 +30,6 @@ from skewless.core import layout
 from skewless.engines.redis_client import OnlineStoreError, is_cluster, masters, open_redis
 from skewless.serving.online import OnlineStore, open_store
 from skewless.serving.server import FeatureServer, ServerSettings, ThreadedServer
-from skewless.stack.base import free_port
 from skewless.stack.cluster import RedisCluster, free_cluster_ports_env
 from skewless.stack.procs import spawn, stop_pids, wait_until
 from skewless.stack.redis import ping
@@ -207,7 +206,8 @@ def test_the_wrong_kind_of_redis_is_one_line_naming_the_node_and_the_fix(cluster
                                                                         tmp_path: Path) -> None:
     single = redis_url.removeprefix("redis://").split("/")[0]
     node = f"127.0.0.1:{cluster.service.node_ports[0]}"
-    lone_port = free_port()
+    # a cluster node needs its bus port (port + 10000) free and <= 65535: an ephemeral free_port() may be above 55535
+    lone_port = int(free_cluster_ports_env()["SKEWLESS_REDIS_PORT"])
     lone = spawn(cluster.service.node_argv("redis-server", lone_port, tmp_path), tmp_path / "lone.log")  # no slots
     try:
         wait_until(lambda: ping(lone_port), 20.0, "a lone cluster node", interval_s=0.2)
