@@ -69,14 +69,14 @@ def active_profile() -> Profile:
 
 
 @contextmanager
-def selected(repo: str | Path | None = None, profile: str | None = None) -> Iterator[Profile]:
+def selected(repo: str | Path | None = None, profile: str | None = None, file: Path | None = None) -> Iterator[Profile]:
     """For the duration of a command: the profile ``profile`` (None: as the environment says) of the profile
-    file of ``repo`` (unless ``$SKEWLESS_CONFIG`` names one), checked at once. Both are set as
+    file ``file``, else of ``repo`` (unless ``$SKEWLESS_CONFIG`` names one), checked at once. Both are set as
     ``SKEWLESS_PROFILE`` / ``SKEWLESS_CONFIG`` so that the processes a command starts (the streaming job,
     spark-submit) read the same profile; the previous values come back afterwards."""
     saved = {name: os.environ.get(name) for name in (CONFIG_FILE_ENV, PROFILE_ENV)}
     try:
-        path = profile_file(repo)
+        path = file if file is not None else profile_file(repo)
         if path is not None:
             os.environ[CONFIG_FILE_ENV] = str(path)
         if profile:

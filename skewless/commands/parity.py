@@ -89,7 +89,7 @@ def run_on_cluster(args: argparse.Namespace) -> int:
     from skewless import config
     from skewless.e2e.parity import ParityConfig
     from skewless.e2e.parity_cluster import (ClusterNotReady, ClusterProbe, cluster_targets, create_run_database,
-                                             running_cluster, using_profile, write_run_profile)
+                                             running_cluster, write_run_profile)
     from skewless.stack.cluster import CLUSTER_PROFILE, SERVICE_NAMES, SparkCluster, cluster_profile_path
     from skewless.stack.manager import make_service, read_record
     from skewless.stack.offline import FLINK_STATE_URI
@@ -107,7 +107,7 @@ def run_on_cluster(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d%H%M%S")
     run = f"parity_{args.seed}_{stamp}_{uuid.uuid4().hex[:4]}"
     workdir = Path(args.workdir) if args.workdir else config.paths().state / "parity" / f"cluster-{run}"
-    with using_profile(cluster_profile_path(), CLUSTER_PROFILE) as profile:
+    with config.selected(profile=CLUSTER_PROFILE, file=cluster_profile_path()) as profile:
         shared = config.shared_catalog(profile)
         if shared is None or profile.flink.parallelism is None:
             print(f"skewless parity: {cluster_profile_path()} names no postgres catalog or Flink parallelism; restart "
@@ -116,7 +116,7 @@ def run_on_cluster(args: argparse.Namespace) -> int:
         warehouse = f"s3://{shared.bucket}/parity/{run}"
         uri = create_run_database(shared, run)
         run_profile = write_run_profile(cluster_profile_path(), CLUSTER_PROFILE, uri, warehouse, workdir / "profile.yaml")
-    with using_profile(run_profile, CLUSTER_PROFILE) as profile:
+    with config.selected(profile=CLUSTER_PROFILE, file=run_profile) as profile:
         targets = cluster_targets(profile, workdir, f"{FLINK_STATE_URI}/parity/{run}")
         probe = ClusterProbe(config.flink_rest_url(profile), profile.flink.parallelism,
                              f"http://{config.HOST}:{spark.ui_port}", warehouse)

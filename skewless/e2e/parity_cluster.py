@@ -24,12 +24,10 @@ The checks are pure functions of what was fetched (unit-tested with fakes: tests
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -317,21 +315,6 @@ def write_run_profile(cluster_profile: Path, profile_name: str, catalog_uri: str
     return out
 
 
-@contextmanager
-def using_profile(path: Path, name: str) -> Iterator[config.Profile]:
-    """``SKEWLESS_CONFIG=path`` and ``SKEWLESS_PROFILE=name`` for this process and what it starts, until exit."""
-    saved = {k: os.environ.get(k) for k in ("SKEWLESS_CONFIG", "SKEWLESS_PROFILE")}
-    os.environ["SKEWLESS_CONFIG"], os.environ["SKEWLESS_PROFILE"] = str(path), name
-    try:
-        yield config.active_profile()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def cluster_targets(profile: config.Profile, workdir: Path, checkpoint_uri: str) -> Targets:
     """Targets of the profile (the run's copy of the cluster topology's): every component from it, the catalog the
     profile's (no private sqlite), Spark on its standalone master with a UI on a free port (the executors' task
@@ -348,5 +331,5 @@ def cluster_targets(profile: config.Profile, workdir: Path, checkpoint_uri: str)
 
 __all__ = ["ClusterNotReady", "ClusterProbe", "Vertex", "cluster_targets", "create_run_database", "executor_tasks",
            "executor_workers", "job_vertices", "key_masters", "masters_check", "running_cluster", "s3_paths_check",
-           "table_paths", "taskmanagers_check", "tasks_per_worker", "using_profile", "workers_check",
+           "table_paths", "taskmanagers_check", "tasks_per_worker", "workers_check",
            "write_run_profile"]
