@@ -4,12 +4,15 @@ which), training sets name the version, and a repository with one version reads 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from skewless import Window
+from skewless.commands import CommandError
+from skewless.commands.promote import describe_upgrades, promote, version_state
 from skewless.core import layout
 from skewless.core.repo import Repository, UnknownFeatureError, load_repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR
@@ -172,3 +175,88 @@ def test_bad_references_are_one_line(repos: Any) -> None:
     store = OnlineStore(both, MemRedis({}), P)
     with pytest.raises(OnlineRequestError, match="has no version 4"):
         store.plan(["user_order_stats@v4:user_orders_last_1h"])
+
+
+# --- skewless promote: the catch-up rules and the record -------------------------------------------------------------
+
+
+
+class RecordingRedis(MemRedis):
+    def set(self, key: str, value: str) -> None:
+        self.data[key] = value
+
+
+def stream_only(version: int, hours: int) -> Any:
+    """A user view with stream-served windows only (no batch part to wait for)."""
+    base = load_repository()
+    v1 = base.view(VIEW)
+    return replace(v1, version=version, expectations=(),
+                   features=[replace(v1.features[0], window=Window.hours(hours))])
+
+
+def upgrade_store(progress2: dict[int, int], start2: dict[int, int] | None, applied_from: int = 0) -> tuple[Repository, Any]:
+    base = load_repository()
+    repo = Repository.of([stream_only(1, 1), stream_only(2, 2)], schemas_dir=base.schemas_dir, path=base.path)
+    v1, v2 = repo.versions(VIEW)
+    data: dict[str, Any] = {layout.epoch_key(P): "e1"}
+    data[layout.view_meta_key(P, v1)] = {"applied_from_ms": "0", "epoch": "e1"}
+    data[layout.progress_key(P, "orders")] = {"p:0": '{"offset": 500, "epoch": "e1"}'}
+    meta2 = {"applied_from_ms": str(applied_from), "epoch": "e1"}
+    if start2 is not None:
+        meta2[layout.META_START_OFFSETS] = json.dumps({str(p): o for p, o in start2.items()})
+    data[layout.view_meta_key(P, v2)] = meta2
+    data[layout.progress_key(P, "orders", "user_order_stats@v2")] = {
+        f"p:{p}": json.dumps({"offset": o, "epoch": "e1"}) for p, o in progress2.items()}
+    return repo, RecordingRedis(data)
+
+
+def test_promote_is_refused_until_the_new_version_caught_up() -> None:
+    repo, client = upgrade_store({0: 120, 1: 299}, {0: 300, 1: 300})
+    with pytest.raises(CommandError, match=r"user_order_stats v2 has not caught up: its job has not applied the records "
+                                           r"live at its start \(partition:applied/needed 0:120/299\)") as exc:
+        promote(repo, client, P, VIEW, 2, now_ms=NOW)
+    assert "wait and run `skewless promote user_order_stats 2` again" in str(exc.value)
+    assert layout.active_version_key(P, VIEW) not in client.data
+    repo, client = upgrade_store({}, None)
+    with pytest.raises(CommandError, match=r"its streaming job never started \(`skewless submit user_order_stats@v2`\)"):
+        promote(repo, client, P, VIEW, 2, now_ms=NOW)
+    repo, client = upgrade_store({0: 299, 1: 299}, {0: 300, 1: 300}, applied_from=NOW - 3600_000)
+    with pytest.raises(CommandError, match=r"'user_orders_last_1h' \(2h\) reaches before the first event its job applied"):
+        promote(repo, client, P, VIEW, 2, now_ms=NOW)
+
+
+def test_promote_writes_the_record_and_rolls_back() -> None:
+    repo, client = upgrade_store({0: 299, 1: 300}, {0: 300, 1: 300})
+    line = promote(repo, client, P, VIEW, 2, now_ms=NOW)
+    assert client.data[layout.active_version_key(P, VIEW)] == "2" and "serves v2 from now on" in line
+    assert "`skewless promote user_order_stats 1` while it runs rolls back" in line
+    assert "already serves v2" in promote(repo, client, P, VIEW, 2, now_ms=NOW)
+    promote(repo, client, P, VIEW, 1, now_ms=NOW)  # the older version's job kept running: caught up
+    assert client.data[layout.active_version_key(P, VIEW)] == "1"
+    lines = describe_upgrades(repo, client, P, [{"jid": "abc", "state": "RUNNING", "name": "skewless-stream-user_order_stats@v2"}])
+    assert lines[0] == "upgrade of user_order_stats: versions v1, v2; serving v1"
+    assert lines[2].startswith("  v2: job abc RUNNING; 600/600 records of its start applied; caught up")
+    assert lines[1].startswith("  v1: no running job")
+
+
+def test_promote_refuses_bad_input_in_one_line() -> None:
+    repo, client = upgrade_store({0: 299}, {0: 300})
+    with pytest.raises(UnknownFeatureError, match="has no version 3"):
+        promote(repo, client, P, VIEW, 3)
+    with pytest.raises(UnknownFeatureError, match="unknown feature view 'nope'"):
+        promote(repo, client, P, "nope", 2)
+    single = load_repository()
+    with pytest.raises(CommandError, match="declared in one version"):
+        promote(single, client, P, VIEW, 1)
+
+
+def test_a_batch_served_window_waits_for_its_backfill() -> None:
+    base = load_repository()
+    v2 = version_2(base.view(VIEW))
+    state = version_state(Repository.of([base.view(VIEW), v2], schemas_dir=base.schemas_dir), v2,
+                          {"applied_from_ms": "1000", layout.META_START_OFFSETS: "{}"}, {}, None, NOW)
+    assert any("'max_order_amount_7d' (7d) needs a backfill materialized up to" in m for m in state.missing)
+    done = version_state(Repository.of([base.view(VIEW), v2], schemas_dir=base.schemas_dir), v2,
+                         {"applied_from_ms": "1000", layout.META_START_OFFSETS: "{}", layout.META_BATCH_CUTOFF: "1000"},
+                         {}, None, NOW)
+    assert done.missing == ()

@@ -26,6 +26,9 @@ LIFETIME_FIELD = "w:life"
 # every entity's batch hash of that run, so a reader that finds no hash (or an older one) for an entity knows the
 # run had no events of it.
 META_BATCH_CUTOFF = "batch_cutoff_ms"
+# An upgrade job's start (a field of its view version's meta): the topic's offsets live when it started, JSON partition
+# -> next offset; `skewless promote` requires its progress past them (docs/streaming.md, "Changing a definition").
+META_START_OFFSETS = "start_offsets"
 ESCAPES = {"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"}  # in entity key text; "%" first (the escapes hold it)
 ESCAPE_TABLE = str.maketrans(ESCAPES)
 needs_escape = re.compile("[%:{},]").search  # no match: the text is its own escaped form
