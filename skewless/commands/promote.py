@@ -166,14 +166,19 @@ def parse_version(text: str) -> int:
     return int(digits)
 
 
-def promote(repo: Repository, client: Any, project: str, name: str, version: int, now_ms: int | None = None) -> str:
-    """Write the record naming ``version`` of view ``name`` once it has caught up; the line to print, or
-    :class:`CommandError` (one line: what is missing and the fix)."""
+def check_declared(repo: Repository, name: str, version: int) -> None:
+    """One line for a view that is unknown, not declared in two versions, or without that version."""
     target = repo.view(name, version)  # UnknownFeatureError for an unknown view or an undeclared version
     if not repo.is_upgrading(name):
         raise CommandError(f"view {name!r} is declared in one version (v{target.version}): readers serve it without a "
                            "record", f"declare the new version next to it in the feature repository first (version="
                            f"{target.version + 1}), then `skewless submit {name}@v{target.version + 1}`")
+
+
+def promote(repo: Repository, client: Any, project: str, name: str, version: int, now_ms: int | None = None) -> str:
+    """Write the record naming ``version`` of view ``name`` once it has caught up; the line to print, or
+    :class:`CommandError` (one line: what is missing and the fix)."""
+    check_declared(repo, name, version)
     record, states = read_upgrade(repo, client, project, name, now_ms)
     state = next(s for s in states if s.view.version == version)
     if active_of(record, states) == version and record == version:
@@ -196,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     version = parse_version(args.version)
     repo = load_repository(args.repo)
+    check_declared(repo, args.view, version)  # before any connection
     client = open_checked_client(args.redis_url)
     try:
         print(promote(repo, client, args.project or default_project(), args.view, version))
