@@ -25,6 +25,7 @@ from skewless.core.timeutil import MS_PER_MINUTE, td_ms
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
 from skewless.serving.online import OnlineStore
+from streaming_jobs.savepoint import check_restorable, stop_with_savepoint
 from tests.integration.test_streaming import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -70,17 +71,19 @@ def progress_records(redis_client: Any, project: str, lane: str = "") -> int:
 
 
 def start_job(job: Any, repo_path: Path, kafka_bootstrap: str, redis_url: str, topic: str, project: str, ckpt: Path,
-              stop_offsets: dict[int, int] | None = None) -> Any:
+              stop_offsets: dict[int, int] | None = None, ns: str | None = None, savepoint: str | None = None) -> Any:
     """The compiled job on the local MiniCluster, configured as `skewless submit` does (its consumer group, dead-letter
     topic and progress hash from its lane; applied_from from the topic)."""
     from skewless.engines.flink_env import create_stream_env
     from streaming_jobs.job import JobOptions, add_source_job
     from streaming_jobs.run_view import stream_conf
 
-    env, t_env = create_stream_env(parallelism=1, checkpoint_dir=ckpt, checkpoint_interval="2 s",
-                                   extra_conf=stream_conf("300 ms", 10_000))
+    conf = stream_conf("300 ms", 10_000)
+    if savepoint is not None:
+        conf["execution.savepoint.path"] = savepoint
+    env, t_env = create_stream_env(parallelism=1, checkpoint_dir=ckpt, checkpoint_interval="2 s", extra_conf=conf)
     add_source_job(env, t_env, job, JobOptions(bootstrap=kafka_bootstrap, redis_url=redis_url, project=project,
-                                               repo_path=str(repo_path), topic=topic, ns=f"sk_{uuid.uuid4().hex[:8]}",
+                                               repo_path=str(repo_path), topic=topic, ns=ns or f"sk_{uuid.uuid4().hex[:8]}",
                                                stop_offsets=stop_offsets, flush_ms=100))
     return env.execute_async(f"test-upgrade-{project}-{job.lane or 'v1'}")
 
@@ -164,7 +167,8 @@ def test_an_upgrade_mid_stream_serves_one_version_per_read_and_rolls_back(
         check_reads(repo, "v2 behind", 1)
 
         # its job again, from the earliest offsets (the start offsets recorded first stay): caught up, then promoted
-        client2 = start_job(job2, defs, kafka_bootstrap, redis_url, topic, project, tmp_path / "ckpt2")
+        ns2 = f"sk_{uuid.uuid4().hex[:8]}"
+        client2 = start_job(job2, defs, kafka_bootstrap, redis_url, topic, project, tmp_path / "ckpt2", ns=ns2)
         clients.append(client2)
         lane = f"{VIEW}@v2"
         wait_for(lambda: progress_records(redis_client, project, lane) >= len(produced), 240, "v2 catches up", client2)
@@ -204,6 +208,23 @@ def test_an_upgrade_mid_stream_serves_one_version_per_read_and_rolls_back(
         check_reads(repo, "after the rollback", 1)
         promote(repo, redis_client, project, VIEW, 2)
         check_reads(repo, "promoted again", 2)
+
+        # finish: v1's job cancelled, v1 removed from the definitions; v2's lane job hands over to the source's job
+        # through a savepoint (same graph: only its progress hash, consumer group and dead-letter topic change)
+        client1.cancel().result()
+        savepoint = stop_with_savepoint(client2, (tmp_path / "savepoints").resolve().as_uri())
+        defs = write_repo(tmp_path, {2: 2})
+        final = load_repository(defs)
+        (job_final,) = compile_repository(final)
+        assert job_final.lane == "" and job_final.versions == (2,)
+        check_restorable(savepoint, [source.name])
+        clients.append(start_job(job_final, defs, kafka_bootstrap, redis_url, topic, project, tmp_path / "ckpt3",
+                                 ns=ns2, savepoint=savepoint))
+        produce(generate(GeneratorConfig(count=150, rate=1.0, seed=44, start_ms=now - 4 * MS_PER_MINUTE, **gen))[0])
+        wait_for(lambda: progress_records(redis_client, project) >= len(produced), 240,
+                 "the source's job (v2 restored from its lane job) applies the last phase", clients[-1])
+        time.sleep(0.5)
+        check_reads(final, "finished: v2 alone", 2)
     finally:
         for c in clients:
             try:
