@@ -185,6 +185,9 @@ class RecordingRedis(MemRedis):
     def set(self, key: str, value: str) -> None:
         self.data[key] = value
 
+    def close(self) -> None:
+        pass
+
 
 def stream_only(version: int, hours: int) -> Any:
     """A user view with stream-served windows only (no batch part to wait for)."""
@@ -260,3 +263,31 @@ def test_a_batch_served_window_waits_for_its_backfill() -> None:
                          {"applied_from_ms": "1000", layout.META_START_OFFSETS: "{}", layout.META_BATCH_CUTOFF: "1000"},
                          {}, None, NOW)
     assert done.missing == ()
+
+
+def test_skewless_jobs_lists_each_upgrade(monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`skewless jobs` with a repository declaring two versions: after the jobs, the upgrade's state from the store."""
+    import argparse
+
+    from skewless.commands import jobs as jobs_command
+    from skewless.commands import online as online_command
+    from skewless.stack import flink
+    from tests.integration.test_upgrade import write_repo
+
+    defs = write_repo(tmp_path, {1: 1, 2: 2})
+    repo = load_repository(defs)
+    v1, v2 = repo.versions("order_counts")
+    data = {layout.view_meta_key("skewless", v1): {"applied_from_ms": "0"},
+            layout.view_meta_key("skewless", v2): {"applied_from_ms": "0", layout.META_START_OFFSETS: '{"0": 10}'},
+            layout.progress_key("skewless", "orders", "order_counts@v2"): {"p:0": '{"offset": 4}'}}
+    running = [{"jid": "a1", "state": "RUNNING", "name": "skewless-stream-order_counts@v2", "start-time": 0}]
+    monkeypatch.setattr(flink.FlinkSessionCluster, "list_jobs", lambda self: running)
+    monkeypatch.setattr(online_command, "open_checked_client", lambda url: RecordingRedis(data))
+    monkeypatch.setenv("SKEWLESS_PROJECT", "skewless")
+    args = argparse.Namespace(cancel=None, all=False, stop=None, savepoint_dir=None, repo=str(defs))
+    assert jobs_command.run(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3] == "upgrade of order_counts: versions v1, v2; serving v1 (no record: the older version)"
+    assert out[-1] == ("  v2: job a1 RUNNING; 5/10 records of its start applied; not caught up: its job has not applied "
+                       "the records live at its start (partition:applied/needed 0:4/9)")
