@@ -10,7 +10,6 @@ Real Kafka and Redis (the suite's) and the compiled jobs on the local MiniCluste
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,12 +20,13 @@ from skewless.commands.promote import promote
 from skewless.core import admission, layout, oracle
 from skewless.core.repo import load_repository
 from skewless.core.schemas import validator
-from skewless.core.timeutil import MS_PER_HOUR, MS_PER_MINUTE, td_ms
+from skewless.core.timeutil import MS_PER_HOUR, MS_PER_MINUTE
 from skewless.producer import GeneratorConfig, generate
 from skewless.producer.kafka_producer import produce_records
 from skewless.serving.online import OnlineStore
 from tests.integration.test_streaming import read_topic, wait_for
-from tests.integration.test_upgrade import FEATURES, VIEW, progress_records, start_job, write_repo
+from tests.integration.test_upgrade import (FEATURES, VIEW, cancel_all, progress_records, start_job, v1_setup,
+                                            write_repo)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -39,15 +39,9 @@ def test_an_upgrade_past_the_topics_retention_is_refused_until_its_windows_are_c
     from skewless.engines.kafka import admin_client
     from streaming_jobs.flink_compiler import compile_repository
 
-    topic = kafka_topic(partitions=3, prefix="orders-upgrade-retention")
-    project = f"r{uuid.uuid4().hex[:8]}"
-    defs = write_repo(tmp_path, {1: 1})
-    repo1 = load_repository(defs)
+    topic, project, defs, repo1, now, gen = v1_setup(kafka_topic, tmp_path, "orders-upgrade-retention")
     source = repo1.view(VIEW).source
-    now = int(time.time() * 1000)
-    records, _ = generate(GeneratorConfig(count=1200, rate=1200 / 7200.0, seed=51, start_ms=now - 2 * MS_PER_HOUR,
-                                          partitions=3, users=12, allowed_lateness_ms=td_ms(source.allowed_lateness),
-                                          clock_skew_ms=td_ms(source.clock_skew_tolerance)))
+    records, _ = generate(GeneratorConfig(count=1200, rate=1200 / 7200.0, seed=51, start_ms=now - 2 * MS_PER_HOUR, **gen))
     produce_records(kafka_bootstrap, topic, records)
     (job1,) = compile_repository(repo1)
     clients = [start_job(job1, defs, kafka_bootstrap, redis_url, topic, project, tmp_path / "ckpt1")]
@@ -96,8 +90,4 @@ def test_an_upgrade_past_the_topics_retention_is_refused_until_its_windows_are_c
         line = promote(repo, redis_client, project, VIEW, 2, now_ms=applied_from + 2 * MS_PER_HOUR + MS_PER_MINUTE)
         assert "serves v2 from now on" in line
     finally:
-        for c in clients:
-            try:
-                c.cancel().result()
-            except Exception:  # noqa: BLE001 - already ended
-                pass
+        cancel_all(clients)

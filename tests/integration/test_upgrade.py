@@ -94,19 +94,34 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return {p: high for p, (_, high) in watermarks(bootstrap, topic).items()}
 
 
+def v1_setup(kafka_topic: Callable[..., str], tmp_path: Path, prefix: str
+             ) -> tuple[str, str, Path, Any, int, dict[str, Any]]:
+    """``(topic, project, feature repository with v1 alone, that repository, now ms, generator settings)``."""
+    topic = kafka_topic(partitions=3, prefix=prefix)
+    defs = write_repo(tmp_path, {1: 1})
+    repo1 = load_repository(defs)
+    source = repo1.view(VIEW).source
+    gen = {"partitions": 3, "users": 12, "allowed_lateness_ms": td_ms(source.allowed_lateness),
+           "clock_skew_ms": td_ms(source.clock_skew_tolerance)}
+    return topic, f"u{uuid.uuid4().hex[:8]}", defs, repo1, int(time.time() * 1000), gen
+
+
+def cancel_all(clients: list[Any]) -> None:
+    """Cancel the jobs still running (a test's cleanup)."""
+    for c in clients:
+        try:
+            c.cancel().result()
+        except Exception:  # noqa: BLE001 - already ended
+            pass
+
+
 def test_an_upgrade_mid_stream_serves_one_version_per_read_and_rolls_back(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], redis_url: str, redis_client: Any, tmp_path: Path,
 ) -> None:
     from streaming_jobs.flink_compiler import compile_repository
 
-    topic = kafka_topic(partitions=3, prefix="orders-upgrade")
-    project = f"u{uuid.uuid4().hex[:8]}"
-    defs = write_repo(tmp_path, {1: 1})
-    repo1 = load_repository(defs)
+    topic, project, defs, repo1, now, gen = v1_setup(kafka_topic, tmp_path, "orders-upgrade")
     source = repo1.view(VIEW).source
-    now = int(time.time() * 1000)
-    gen = {"partitions": 3, "users": 12, "allowed_lateness_ms": td_ms(source.allowed_lateness),
-           "clock_skew_ms": td_ms(source.clock_skew_tolerance)}
     # three phases over the last 2.5 hours: before the upgrade, while both versions run, after the rollback
     phases = [generate(GeneratorConfig(count=n, rate=n / span, seed=seed, start_ms=now - start, **gen))[0]
               for n, span, seed, start in ((900, 5400.0, 41, 150 * MS_PER_MINUTE), (300, 1800.0, 42, 60 * MS_PER_MINUTE),
@@ -226,10 +241,6 @@ def test_an_upgrade_mid_stream_serves_one_version_per_read_and_rolls_back(
         time.sleep(0.5)
         check_reads(final, "finished: v2 alone", 2)
     finally:
-        for c in clients:
-            try:
-                c.cancel().result()
-            except Exception:  # noqa: BLE001 - already ended
-                pass
+        cancel_all(clients)
     assert differ[0] > 0, "the versions' values never differed: the test could not tell them apart"
     print("reads (step, version):", reads, "differing values:", differ[0])
