@@ -106,6 +106,24 @@ def v1_setup(kafka_topic: Callable[..., str], tmp_path: Path, prefix: str
     return topic, f"u{uuid.uuid4().hex[:8]}", defs, repo1, int(time.time() * 1000), gen
 
 
+def http_features(store: OnlineStore, project: str, users: list[str]) -> dict[str, Any]:
+    """One ``POST /get-online-features`` through the feature server on ``store``: the JSON body."""
+    import http.client
+
+    from skewless.serving.server import FeatureServer, ServerSettings, ThreadedServer
+
+    with ThreadedServer(FeatureServer(ServerSettings(project=project), store=store)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("POST", "/get-online-features", body=json.dumps({"features": FEATURES, "entities": {"user_id": users}}),
+                     headers={"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        body = json.loads(reply.read())
+        conn.close()
+    assert reply.status == 200, body
+    return body
+
+
 def cancel_all(clients: list[Any]) -> None:
     """Cancel the jobs still running (a test's cleanup)."""
     for c in clients:
@@ -193,6 +211,8 @@ def test_an_upgrade_mid_stream_serves_one_version_per_read_and_rolls_back(
         assert json.loads(meta2[layout.META_START_OFFSETS.encode()]) == {str(p): o for p, o in live.items()}
         assert "serves v2 from now on" in promote(repo, redis_client, project, VIEW, 2)
         check_reads(repo, "promoted", 2)
+        http_read = http_features(OnlineStore(repo, redis_client, project), project, ["u1", "u2"])
+        assert http_read["versions"] == {VIEW: 2}, http_read  # the HTTP body names the version too
         jobs = [{"jid": "j2", "state": "RUNNING", "name": f"skewless-stream-{lane}"}]
         lines = describe_upgrades(repo, redis_client, project, jobs)
         assert lines[0] == f"upgrade of {VIEW}: versions v1, v2; serving v2", lines
