@@ -24,6 +24,7 @@ from skewless.core.repo import Repository
 from skewless.core.routing import is_stream_served
 from skewless.core.staleness import as_text, parse_progress
 from skewless.core.timeutil import format_duration, iso_ms, td_ms
+from streaming_jobs.flink_compiler import views_of_stream_job
 
 NAME = "promote"
 HELP = ("serve another declared version of a view (an upgrade, or its rollback) once that version has caught up; "
@@ -144,7 +145,7 @@ def describe_upgrades(repo: Repository, client: Any, project: str, jobs: list[di
                      f"v{active}" + ("" if record is not None else " (no record: the older version)"))
         for s in states:
             label = s.lane or s.view.name
-            job = next((j for j in jobs if label in j.get("name", "").removeprefix("skewless-stream-").split("-")), None)
+            job = next((j for j in jobs if label in views_of_stream_job(j.get("name", ""))), None)
             where = f"job {job['jid']} {job.get('state', '?')}" if job else "no running job"
             caught = "caught up" if not s.missing else "not caught up: " + "; ".join(s.missing)
             lines.append(f"  v{s.view.version}: {where}; {s.progress_text()}; {caught}")
