@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from skewless.core.dsl import FeatureView, SnapshotView
 from skewless.core.plan import plan_view
-from skewless.core.repo import Repository
+from skewless.core.repo import Repository, UnknownFeatureError
 from skewless.core.timeutil import MS_PER_DAY, day_start_ms, to_epoch_ms
 from skewless.offline import tables as T
 from skewless.offline.raw import added_files, event_day, raw_dataframe
@@ -49,10 +49,14 @@ def cutoff_ms(day: date) -> int:
 
 
 def find_view(repo: Repository, name: str) -> FeatureView | SnapshotView:
+    """The view ``name`` names (``view@vN`` for a version of a view declared in two: an upgrade)."""
     views = {v.name: v for v in repo.views}
-    if name not in views:
+    if name.partition("@")[0] not in views:
         raise T.BatchError(f"unknown view {name!r}; the repository has: {', '.join(sorted(views)) or 'no views'}")
-    return views[name]
+    try:
+        return repo.view_named(name)
+    except UnknownFeatureError as exc:
+        raise T.BatchError(str(exc)) from None
 
 
 def compile_view(repo: Repository, view: FeatureView) -> SparkBatchJob:

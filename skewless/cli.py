@@ -67,6 +67,7 @@ OVERVIEW: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("produce", "send generated (or saved) events of a source to Kafka"),
         ("submit", "start the streaming job of a feature view on Flink"),
         ("jobs", "list (or cancel) the Flink jobs of the local cluster"),
+        ("promote", "serve the other declared version of a view (upgrade, rollback)"),
     )),
     ("batch", (
         ("archive", "archive Kafka sources into raw Iceberg tables; show progress"),

@@ -39,7 +39,7 @@ from skewless.core import layout
 from skewless.core.compiler import Compiler, Unsupported, UnsupportedFeatureError
 from skewless.core.dsl import Agg, EventSource, FeatureView, KeyType
 from skewless.core.plan import PlanNode, Scan, TileAgg, TileAggregate, ViewPlan
-from skewless.core.repo import Repository
+from skewless.core.repo import Repository, UnknownFeatureError
 from skewless.core.schemas import DECIMAL_PRECISION, DEFAULT_DECIMAL_SCALE, schema_path
 from skewless.core.sql import FLINK, law_sql, where_sql
 from streaming_jobs.udf import FUNCTION_CLASS, FUNCTION_NAME
@@ -86,9 +86,20 @@ _PROPERTY_KEYWORDS = {"type", "minLength", "maxLength", "pattern", "enum", "mini
 _TOP_KEYWORDS = {"type", "required", "properties", "additionalProperties"}
 
 
-def dead_letter_topic(topic: str) -> str:
-    """The dead-letter topic of a source topic: ``<topic>.dead-letters``."""
-    return topic + DEAD_LETTER_SUFFIX
+def dead_letter_topic(topic: str, lane: str = "") -> str:
+    """The dead-letter topic of a source topic: ``<topic>.dead-letters`` (an upgrade job's: ``.<view>-v<N>`` appended,
+    so the records the source's job already dead-letters are not counted twice there)."""
+    return topic + DEAD_LETTER_SUFFIX + (f".{lane_id(lane)}" if lane else "")
+
+
+def lane_id(lane: str) -> str:
+    """An upgrade lane (``view@vN``) as Kafka topic and consumer-group names allow it: ``view-vN``."""
+    return lane.replace("@", "-")
+
+
+def job_label(job: FlinkSourceJob) -> tuple[str, ...]:
+    """What a job's Flink name lists: its views, or its lane (``view@vN``) for an upgrade job."""
+    return (job.lane,) if job.lane else job.views
 
 
 # --- SQL text helpers (core.sql's Flink dialect) -------------------------------------------------------------
@@ -142,6 +153,8 @@ class FlinkSourceJob:
     typed_fields: tuple[tuple[str, str], ...] = ()  # (field, value type) the function returns after the id
     allowed_lateness_ms: int = 0  # L of the source (rule 3); the Deduplicate drops entries with ts < M(p) - L
     tile_spec: str = ""  # the tile operator's spec (JSON, dev.skewless.flink.TileState): outputs and column kinds
+    versions: tuple[int, ...] = ()  # the version of each view (views[i])
+    lane: str = ""  # the upgrade job of the newer of a view's two declared versions: layout.upgrade_lane (else "")
 
     PARAMS = ("ns", "topic", "bootstrap", "group", "startup_mode", "extra_source_options")
 
@@ -194,7 +207,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
 
     def supports_aggregation(self, node: TileAggregate, index: int) -> bool:
         a = node.aggregations[index]
-        view = self.repo.view(node.view)
+        view = self.repo.view(node.view)  # the versions of an upgrade share the entity; the older's source is read
         types = self._types(view.source)
         value_type = None if a.field is None else self._value_type(view.source, types, a.field)
         if a.field is not None and value_type is None:
@@ -215,7 +228,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
             out.append(Unsupported(ENGINE, view_plan.name, None, "a view without a stream part",
                                    "only feature views over an event source with a topic are streamed"))
             return out
-        source = self.repo.view(view_plan.name).source
+        source = self.repo.view(view_plan.name, view_plan.version).source
         for problem in self._schema_problems(source):
             out.append(Unsupported(ENGINE, view_plan.name, None, problem,
                                    "use the JSON-Schema keywords the Flink compiler knows (see docs/streaming.md)"))
@@ -268,7 +281,10 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
 
     # -- SQL generation --
     def _emit_source(self, view_plans: list[ViewPlan]) -> FlinkSourceJob:
-        views = [self.repo.view(v.name) for v in view_plans]
+        views = [self.repo.view(v.name, v.version) for v in view_plans]
+        lanes = {self.repo.progress_lane(v) for v in views}
+        if len(views) > 1 and lanes != {""}:
+            raise ValueError(f"the newer version of an upgrade runs in a job of its own, not with {len(views) - 1} other views")
         source: EventSource = views[0].source
         scan: Scan = view_plans[0].scan
         doc = self._schema_doc(source)
@@ -311,7 +327,7 @@ class FlinkCompiler(Compiler[FlinkSourceJob]):
              **cols} for o, cols in zip(outputs, columns)]}, separators=(",", ":"))
         return FlinkSourceJob(source.name, source.topic, tuple(v.name for v in views), tuple(statements), changelog,
                               tuple(outputs), key_width, value_width, spec, tuple(typed), scan.allowed_lateness_ms,
-                              tile_spec)
+                              tile_spec, tuple(v.version for v in views), lanes.pop() if len(lanes) == 1 else "")
 
     def _function_ddl(self) -> str:
         return f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {FUNCTION_NAME} AS {q(FUNCTION_CLASS)} LANGUAGE JAVA"
@@ -475,18 +491,30 @@ def _cast(text: str, vt: str, scale: int = DEFAULT_DECIMAL_SCALE) -> str:
 
 
 def compile_repository(repo: Repository, view_names: Sequence[str] | None = None) -> list[FlinkSourceJob]:
-    """One job per event source for the named (default: all streamable) feature views."""
+    """One job per event source for the named (default: all streamable) feature views. A name is ``view`` or
+    ``view@vN``; the newer of a view's two declared versions (an upgrade) gets a job of its own (its lane), and
+    ``all`` leaves it out (it is submitted by name: docs/streaming.md, "Changing a definition while it serves")."""
     from skewless.core.plan import build_plan
 
     plan = build_plan(repo)
-    chosen = [v for v in plan.views if v.stream is not None and (view_names is None or v.name in view_names)]
-    if view_names is not None:
-        unknown = set(view_names) - {v.name for v in chosen}
+    streamable = [v for v in plan.views if v.stream is not None]
+    if view_names is None:
+        chosen = [v for v in streamable if not repo.progress_lane(repo.view(v.name, v.version))]
+    else:
+        wanted: dict[tuple[str, int], str] = {}
+        for name in view_names:
+            try:
+                view = repo.view_named(name)
+            except UnknownFeatureError as exc:
+                raise ValueError(str(exc)) from None
+            wanted[(view.name, view.version)] = name
+        chosen = [v for v in streamable if (v.name, v.version) in wanted]
+        unknown = set(wanted) - {(v.name, v.version) for v in chosen}
         if unknown:
-            streamable = [v.name for v in plan.views if v.stream is not None]
-            raise ValueError(f"not streamable views {sorted(unknown)}; streamable: {streamable}")
+            raise ValueError(f"not streamable views {sorted(wanted[u] for u in unknown)}; streamable: "
+                             f"{[v.name for v in streamable]}")
     compiler = FlinkCompiler(repo)
-    by_source: dict[str, list[ViewPlan]] = {}
+    by_source: dict[tuple[str, str], list[ViewPlan]] = {}
     for v in chosen:
-        by_source.setdefault(v.scan.source, []).append(v)
+        by_source.setdefault((v.scan.source, repo.progress_lane(repo.view(v.name, v.version))), []).append(v)
     return [compiler.compile_source(vs) for _, vs in sorted(by_source.items())]

@@ -14,7 +14,7 @@ from skewless.core.staleness import Progress, parse_progress
 from skewless.core.timeutil import iso_ms
 from skewless.engines.kafka import admin_client, create_topics
 from streaming_jobs.flink_compiler import (CONTRIB_VIEW, DEDUP_VIEW, SHARED_SUFFIX, SHARED_VIEWS, FlinkSourceJob,
-                                            dead_letter_topic)
+                                            dead_letter_topic, lane_id)
 from streaming_jobs.sink import SinkConfig, attach_sinks
 from streaming_jobs.udf import redis_client_jars, udf_jar
 
@@ -54,15 +54,39 @@ def applied_from(bootstrap: str, topic: str, starting_offsets: str) -> int:
 
 def low_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
     """Per partition of ``topic``, the first offset Kafka still holds (retention moves it up)."""
+    return {p: low for p, (low, _) in watermarks(bootstrap, topic).items()}
+
+
+def watermarks(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
+    """Per partition of ``topic``, the first offset Kafka still holds and the next offset it will write."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "skewless-probe", "enable.auto.commit": False,
                          **kafka_timeout_properties(), **kafka_client_properties()})
     try:
         meta = consumer.list_topics(topic, timeout=30).topics[topic]
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[0] for p in meta.partitions}
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30) for p in meta.partitions}
     finally:
         consumer.close()
+
+
+def record_upgrade_start(options: JobOptions, job: FlinkSourceJob, views: Mapping[str, Any], topic: str) -> None:
+    """An upgrade job's start in its view version's meta (once: a restart keeps the first): the offsets live on the
+    topic when it started (``start_offsets``, JSON partition -> next offset), which ``skewless promote`` requires its
+    progress to pass."""
+    import json
+
+    from skewless.config import redis_target
+    from skewless.core import layout
+    from skewless.engines.redis_client import open_redis
+
+    live = {str(p): high for p, (_, high) in sorted(watermarks(options.bootstrap, topic).items())}
+    client = open_redis(redis_target(options.redis_url))
+    try:
+        for name in job.views:
+            client.hsetnx(layout.view_meta_key(options.project, views[name]), layout.META_START_OFFSETS, json.dumps(live))
+    finally:
+        client.close()
 
 
 def lost_partitions(progress: Iterable[Progress], lows: Mapping[int, int]) -> dict[int, tuple[int, int]]:
@@ -75,7 +99,7 @@ def lost_partitions(progress: Iterable[Progress], lows: Mapping[int, int]) -> di
     return {p: (applied.get(p, -1) + 1, low) for p, low in sorted(lows.items()) if low > applied.get(p, -1) + 1}
 
 
-def records_lost(options: JobOptions, source: str, topic: str) -> dict[int, tuple[int, int]]:
+def records_lost(options: JobOptions, source: str, topic: str, lane: str = "") -> dict[int, tuple[int, int]]:
     """:func:`lost_partitions` of the job's progress hash in the online store and the topic."""
     from skewless.config import redis_target
     from skewless.core import layout
@@ -83,7 +107,7 @@ def records_lost(options: JobOptions, source: str, topic: str) -> dict[int, tupl
 
     client = open_redis(redis_target(options.redis_url))
     try:
-        progress = parse_progress(client.hgetall(layout.progress_key(options.project, source)))
+        progress = parse_progress(client.hgetall(layout.progress_key(options.project, source, lane)))
     finally:
         client.close()
     return lost_partitions(progress, low_watermarks(options.bootstrap, topic))
@@ -154,7 +178,10 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     ns = options.ns or f"sk_{job.source}"
     extra = kafka_source_options({**kafka_timeout_properties("flink"), **kafka_client_properties("flink")})
     partitions = len(admin_client(options.bootstrap).list_topics(topic, timeout=30).topics[topic].partitions)
-    dl_topic = dead_letter_topic(topic)
+    dl_topic = dead_letter_topic(topic, job.lane)
+    views = load_views(options.repo_path, job.views, job.versions)
+    if job.lane:
+        record_upgrade_start(options, job, views, topic)
     create_topics(options.bootstrap, {dl_topic: max(1, partitions)})
     extra += ", 'scan.bounded.mode' = 'latest-offset'" if options.bounded else ""
     if options.stop_offsets is not None:
@@ -163,7 +190,8 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         offsets = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(options.stop_offsets.items()))
         extra += f", 'scan.bounded.mode' = 'specific-offsets', 'scan.bounded.specific-offsets' = '{offsets}'"
     statements, query = job.render(ns=ns, topic=topic, bootstrap=options.bootstrap,
-                                   group=options.group or f"skewless-{job.source}", startup_mode=_STARTUP[options.starting_offsets],
+                                   group=options.group or f"skewless-{job.source}" + (f"-{lane_id(job.lane)}" if job.lane else ""),
+                                   startup_mode=_STARTUP[options.starting_offsets],
                                    extra_source_options=extra)
     add_udf_jar(env, t_env)
     for statement in statements:
@@ -189,7 +217,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     changelog = DataStream(java_class(TILES_CLASS).attach(changelog._j_data_stream, contrib._j_data_stream, job.tile_spec,
                                                           tile_bundle(t_env, options.flush_ms), job.source, partitions))
     applied_ms = options.applied_from_ms
-    lost = records_lost(options, job.source, topic) if applied_ms is None else {}
+    lost = records_lost(options, job.source, topic, job.lane) if applied_ms is None else {}
     if lost:  # the windows before the restart read `incomplete` (not plausible numbers) until the batch covers them
         applied_ms = int(time.time() * 1000)
         gaps = ", ".join(f"partition {p} offsets {a}..{low - 1}" for p, (a, low) in lost.items())
@@ -202,11 +230,12 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
         redis_url=options.redis_url, project=options.project, source=job.source, dead_letter_topic=dl_topic,
         bootstrap=options.bootstrap, applied_from_ms=applied_ms, raise_applied_from=bool(lost),
         flush_rows=options.flush_rows, flush_ms=options.flush_ms)
-    attach_sinks(changelog, job, load_views(options.repo_path, job.views), config)
+    attach_sinks(changelog, job, views, config)
 
 
-def load_views(repo_path: str, names: tuple[str, ...]) -> dict[str, Any]:
+def load_views(repo_path: str, names: tuple[str, ...], versions: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The job's views by name, each in the version the job computes (``versions``; default: the older declared)."""
     from skewless.core.repo import load_repository
 
     repo = load_repository(repo_path)
-    return {n: repo.view(n) for n in names}
+    return {n: repo.view(n, versions[i] if versions else None) for i, n in enumerate(names)}

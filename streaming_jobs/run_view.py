@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from skewless import config
 
     p = argparse.ArgumentParser(prog="run_view.py", description=__doc__.splitlines()[0])
-    p.add_argument("--view", default="all", help="feature view name, comma-separated names, or 'all'")
+    p.add_argument("--view", default="all", help="feature view name (or view@vN: the newer version of an upgrade, in a job "
+                                                 "of its own), comma-separated names, or 'all'")
     p.add_argument("--bootstrap", default=None, help="Kafka (default: the profile's, else 127.0.0.1:$SKEWLESS_KAFKA_PORT)")
     p.add_argument("--redis", default=None, help="online store URL (default: the profile's, else the local Redis)")
     p.add_argument("--project", default=None, help="key prefix (default: $SKEWLESS_PROJECT, the profile's, skewless)")
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("JVM_ARGS", "-XX:+UseParallelGC")
     from skewless.core.repo import load_repository
     from skewless.engines.flink_env import create_stream_env
-    from streaming_jobs.flink_compiler import compile_repository, stream_job_name
+    from streaming_jobs.flink_compiler import compile_repository, job_label, stream_job_name
     from streaming_jobs.job import JobOptions, add_source_job
     from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable
 
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap, redis_url=args.redis, project=args.project, repo_path=args.repo, topic=args.topic,
             starting_offsets=args.starting_offsets, group=args.group, bounded=args.bounded,
             stop_offsets=args.stop_offsets, applied_from_ms=args.applied_from_ms, flush_ms=args.flush_ms))
-    env.execute(args.name or stream_job_name(v for j in jobs for v in j.views))
+    env.execute(args.name or stream_job_name(v for j in jobs for v in job_label(j)))
     return 0
 
 

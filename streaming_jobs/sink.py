@@ -98,7 +98,7 @@ def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) ->
                         "columns": [[c.agg.value, c.value_type] for c in out.columns]})
     return json.dumps({
         "source": job.source, "key_width": job.key_width, "value_width": job.value_width, "outputs": outputs,
-        "redis": redis_endpoint(config.redis_url), "progress_key": layout.progress_key(config.project, job.source),
+        "redis": redis_endpoint(config.redis_url), "progress_key": layout.progress_key(config.project, job.source, job.lane),
         "kafka_properties": {**kafka_timeout_properties("flink"), **kafka_client_properties("flink")},
         "epoch_key": layout.epoch_key(config.project),
         "meta_keys": [layout.view_meta_key(config.project, views[n]) for n in job.views],

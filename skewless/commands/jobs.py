@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", default=None, metavar="ID",
                         help="stop this job with a savepoint (no drain: its window and de-duplication state is kept) "
                              "and print the savepoint's path")
+    parser.add_argument("--repo", default="feature_defs",
+                        help="feature repository: its views declared in two versions (upgrades) are listed with their "
+                             "active version and each version's job and catch-up")
     parser.add_argument("--savepoint-dir", default=None, metavar="DIR",
                         help="where --stop writes the savepoint (default: the cluster's state.savepoints.dir)")
 
@@ -61,8 +64,37 @@ def run(args: argparse.Namespace) -> int:
     shown = [j for j in jobs if args.all or j.get("state") in ACTIVE_STATES]
     if not shown:
         print("skewless jobs: no running jobs" + ("" if args.all else " (--all shows finished ones)"))
-        return 0
-    print(f"{'JOB ID':34} {'STATE':10} {'STARTED (UTC)':20} NAME")
-    for j in sorted(shown, key=lambda j: j.get("start-time", 0)):
-        print(f"{j['jid']:34} {j.get('state', '?'):10} {started_utc(j):20} {j.get('name', '')}")
+    else:
+        print(f"{'JOB ID':34} {'STATE':10} {'STARTED (UTC)':20} NAME")
+        for j in sorted(shown, key=lambda j: j.get("start-time", 0)):
+            print(f"{j['jid']:34} {j.get('state', '?'):10} {started_utc(j):20} {j.get('name', '')}")
+    print_upgrades(args.repo, [j for j in jobs if j.get("state") in ACTIVE_STATES])
     return 0
+
+
+def print_upgrades(repo_path: str, running: list[dict[str, Any]]) -> None:
+    """The state of every upgrade (a view declared in two versions) of the repository, if it loads and has one."""
+    import redis
+
+    from skewless.commands.online import open_checked_client
+    from skewless.commands.promote import describe_upgrades
+    from skewless.config import default_project
+    from skewless.core.repo import RepositoryLoadError, load_repository
+    from skewless.core.validation import DefinitionError
+
+    try:
+        repo = load_repository(repo_path)
+    except (RepositoryLoadError, DefinitionError):
+        return  # no repository here: only the jobs
+    if not any(repo.is_upgrading(v.name) for v in repo.views):
+        return
+    try:
+        client = open_checked_client(None)
+        try:
+            lines = describe_upgrades(repo, client, default_project(), running)
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        print(f"skewless jobs: cannot read the upgrades' state from the online store: {exc}", file=sys.stderr)
+        return
+    print("\n".join(lines))

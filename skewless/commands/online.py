@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sample.add_argument("--project", default=None, help="key prefix (default $SKEWLESS_PROJECT or skewless)")
 
 
-def _client(url: str | None) -> Any:
+def open_checked_client(url: str | None) -> Any:
     """The online store at ``url`` (default: the profile's, else the stack's; one Redis or a Redis Cluster) with the
     configured password/CA and connect/read timeouts (:func:`skewless.config.redis_target`), checked once."""
     from skewless.config import redis_target
@@ -75,7 +75,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     except (BatchError, DefinitionError, RepositoryLoadError) as exc:
         print(f"skewless online rebuild: {exc}", file=sys.stderr)
         return 2
-    client = _client(args.redis_url)
+    client = open_checked_client(args.redis_url)
     project = args.project or default_project()
     key = layout.epoch_key(project)
     if client.get(key) is None:
@@ -116,7 +116,7 @@ def _sample(args: argparse.Namespace) -> int:
         print(f"skewless online sample: unknown view {unknown[0]!r}; the repository has: {', '.join(sorted(views))}",
               file=sys.stderr)
         return 2
-    client = _client(args.redis_url)
+    client = open_checked_client(args.redis_url)
     found = 0
     try:
         for name in args.view or sorted(views):

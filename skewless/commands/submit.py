@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from skewless.commands import CommandError, positive_int
 from skewless.commands.jobs import ACTIVE_STATES, describe
-from streaming_jobs.flink_compiler import views_of_stream_job
+from streaming_jobs.flink_compiler import job_label, views_of_stream_job
 from streaming_jobs.savepoint import IncompatibleSavepointError, check_restorable
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ CANCEL_TIMEOUT_S = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("view", nargs="?", default="all", help="feature view name, or 'all' (default)")
+    parser.add_argument("view", nargs="?", default="all",
+                        help="feature view name, 'all' (default), or view@vN: the newer version of a view declared in two "
+                             "(an upgrade), a job of its own next to the source's (docs/streaming.md)")
     parser.add_argument("--repo", default="feature_defs", help="feature repository folder (default: feature_defs)")
     parser.add_argument("--starting-offsets", default="earliest", choices=("earliest", "latest", "group"),
                         help="where the job starts reading the topic: from the start (rebuilds every window), "
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         jobs = compile_repository(repo, None if args.view == "all" else [args.view])
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    views = [v for j in jobs for v in j.views]
+    views = [v for j in jobs for v in job_label(j)]  # an upgrade job is named by its lane (view@vN)
     if args.from_savepoint:
         try:
             check_restorable(args.from_savepoint, [j.source for j in jobs], args.view)

@@ -500,7 +500,7 @@ def source_field_types(repo: Repository, view: FeatureView | SnapshotView) -> di
 
 def build_plan(repo: Repository) -> RepositoryPlan:
     """The plan of a validated repository (see :func:`skewless.core.repo.load_repository`)."""
-    views = tuple(plan_view(v, source_field_types(repo, v)) for v in sorted(repo.views, key=lambda v: v.name))
+    views = tuple(plan_view(v, source_field_types(repo, v)) for v in sorted(repo.views, key=lambda v: (v.name, v.version)))
     services = tuple(
         ServicePlan(s.name, tuple((v.name, f) for v, f in repo.resolve_features(s)))
         for s in sorted(repo.services, key=lambda s: s.name)

@@ -42,7 +42,7 @@ class ViewChange:
     """How one view differs from the applied state."""
 
     view: str
-    action: str  # "added" | "removed" | "unchanged" | "updated" | "version bump" | "refused"
+    action: str  # "added" | "removed" | "unchanged" | "updated" | "version bump" | "rolled back" | "refused"
     old_version: int | None
     new_version: int | None
     details: tuple[str, ...] = ()
@@ -268,7 +268,11 @@ class Registry:
 
     def diff(self, plan: RepositoryPlan, state: RegistryState | None = None) -> RegistryDiff:
         state = state if state is not None else self.load()
-        changes = [self._view_change(v, state) for v in plan.views]
+        newest = {v.name: v.version for v in plan.views}
+        for v in plan.views:
+            newest[v.name] = max(newest[v.name], v.version)
+        changes = [self._view_change(v, state) if v.version == newest[v.name] else self._kept_version(v, state)
+                   for v in plan.views]
         names = {v.name for v in plan.views}
         changes += [
             ViewChange(name, "removed", rec.get("version"), None, ("its keys expire from the online store",))
@@ -289,6 +293,18 @@ class Registry:
         return RegistryDiff(tuple(changes), tuple(services), not state.exists)
 
     @staticmethod
+    def _kept_version(v: ViewPlan, state: RegistryState) -> ViewChange:
+        """The older of a view's two declared versions (an upgrade): it keeps serving until `skewless promote`, so it
+        must keep the semantics it was applied with."""
+        before = state.history.get(v.name, {}).get(str(v.version))
+        if before is not None and before not in _fingerprints(v):
+            return ViewChange(v.name, "refused", v.version, v.version, (), (
+                f"{v.kind} '{v.name}' version {v.version} (the older version of an upgrade) changed its semantics; "
+                "revert it: it serves until `skewless promote` names the newer version"))
+        return ViewChange(v.name, "unchanged" if before is not None else "added", v.version, v.version,
+                          ("kept during the upgrade (serves until `skewless promote`)",))
+
+    @staticmethod
     def _view_change(v: ViewPlan, state: RegistryState) -> ViewChange:
         seen = state.history.get(v.name, {})
         before = seen.get(str(v.version))
@@ -306,6 +322,9 @@ class Registry:
         details = sem + describe_metadata_change(old.get("metadata", {}), v.metadata_form())
         if not semantic and old.get("fingerprint") != v.semantic_fingerprint:
             details.append(UNTYPED_NOTE)
+        if v.version < old_version and old.get("upgrade_from") == v.version and before in _fingerprints(v):
+            return ViewChange(v.name, "rolled back", old_version, v.version, tuple(details) or (
+                f"the upgrade to version {old_version} is dropped; version {v.version} keeps its keys",))
         if v.version < old_version:
             return ViewChange(v.name, "refused", old_version, v.version, tuple(details), (
                 f"{v.kind} '{v.name}' went back from version {old_version} to {v.version}; "
@@ -332,6 +351,11 @@ class Registry:
         if diff.refused:
             raise RefusedChangeError(list(diff.refused))
         history = {k: dict(v) for k, v in state.history.items()}
+        older: dict[str, int] = {}  # view -> the older declared version, for a view declared in two (an upgrade)
+        for v in plan.views:
+            for w in plan.views:
+                if w.name == v.name and w.version < v.version:
+                    older[v.name] = w.version
         for v in plan.views:
             history.setdefault(v.name, {})[str(v.version)] = v.semantic_fingerprint
         doc = {
@@ -344,8 +368,9 @@ class Registry:
                     "fingerprint": v.semantic_fingerprint,
                     "canonical": v.canonical_form(),
                     "metadata": v.metadata_form(),
+                    **({"upgrade_from": older[v.name]} if v.name in older else {}),
                 }
-                for v in plan.views
+                for v in sorted(plan.views, key=lambda v: v.version)  # the newest version of a name is recorded
             },
             "services": {s.name: [list(p) for p in s.features] for s in plan.services},
             "history": history,

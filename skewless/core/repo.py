@@ -26,6 +26,7 @@ from skewless.core.dsl import (
     TableSource,
     View,
 )
+from skewless.core.layout.keys import upgrade_lane
 from skewless.core.schemas import DEFAULT_SCHEMAS_DIR, EventSchema, SchemaError, load_schema
 from skewless.core.validation import DefinitionError, UnknownFeatureError, feature_type, validate_repository
 
@@ -91,17 +92,65 @@ class Repository:
 
     @property
     def views_by_name(self) -> dict[str, View]:
-        return _by_name(self.views)
+        """View name -> the view; for a view declared in two versions (an upgrade), the older one."""
+        out: dict[str, View] = {}
+        for v in self.views:
+            seen = out.get(v.name)
+            if seen is None or _version(v) < _version(seen):
+                out[v.name] = v
+        return out
 
     @property
     def services_by_name(self) -> dict[str, FeatureService]:
         return _by_name(self.services)
 
-    def view(self, name: str) -> View:
-        try:
-            return self.views_by_name[name]
-        except KeyError:
-            raise UnknownFeatureError(unknown_message("feature view", name, self.views_by_name)) from None
+    def versions(self, name: str) -> tuple[View, ...]:
+        """The declared versions of view ``name``, oldest first (two during an upgrade; empty if unknown)."""
+        return tuple(sorted((v for v in self.views if v.name == name), key=_version))
+
+    def is_upgrading(self, name: str) -> bool:
+        """Whether view ``name`` is declared in two versions (docs/streaming.md, "Changing a definition")."""
+        return len(self.versions(name)) > 1
+
+    def view(self, name: str, version: int | None = None) -> View:
+        """View ``name``: the given ``version``, or (None) the older declared version."""
+        if version is None:
+            try:
+                return self.views_by_name[name]
+            except KeyError:
+                raise UnknownFeatureError(unknown_message("feature view", name, self.views_by_name)) from None
+        versions = self.versions(name)
+        if not versions:
+            raise UnknownFeatureError(unknown_message("feature view", name, self.views_by_name))
+        for v in versions:
+            if _version(v) == version:
+                return v
+        raise UnknownFeatureError(f"feature view {name!r} has no version {version!r} (declared: "
+                                  f"{', '.join(f'v{_version(v)}' for v in versions)}); declare it in the feature "
+                                  "repository or name a declared version")
+
+    def progress_lane(self, view: View) -> str:
+        """The progress lane of ``view``'s streaming job: "" (the source's job) unless ``view`` is the newer of two
+        declared versions, whose upgrade job has its own (``layout.upgrade_lane``)."""
+        versions = self.versions(view.name)
+        if len(versions) > 1 and view is versions[-1]:
+            return upgrade_lane(view)
+        return ""
+
+    def view_named(self, text: str) -> View:
+        """The view a command line names: ``name`` (refused for a view declared in two versions: ambiguous) or
+        ``name@vN``."""
+        name, at, version = text.partition("@")
+        if at:
+            if not (version[:1] == "v" and version[1:].isdigit()):
+                raise UnknownFeatureError(f"{text!r} is not 'view' or 'view@vN' (e.g. '{name}@v2')")
+            return self.view(name, int(version[1:]))
+        versions = self.versions(name)
+        if len(versions) > 1:
+            raise UnknownFeatureError(
+                f"feature view {name!r} is declared in versions {', '.join(f'v{_version(v)}' for v in versions)} (an "
+                f"upgrade); name one: {' or '.join(repr(f'{name}@v{_version(v)}') for v in versions)}")
+        return self.view(name)
 
     def schema(self, name: str) -> EventSchema:
         """The typed fields of schema ``name`` from this repository's schemas folder."""
@@ -125,42 +174,78 @@ class Repository:
     def resolve_features(self, refs: list[str] | tuple[str, ...] | FeatureService | str) -> list[tuple[View, str]]:
         """``view:feature``, ``view`` (all its features) or a service name -> ``[(view, feature), ...]``.
 
-        Order follows the references; duplicates are dropped. Unknown references raise
+        ``view@vN:feature`` and ``view@vN`` name version N of a view declared in two versions (an upgrade); without
+        ``@vN`` such a view resolves to its older version and the features must exist in both (see
+        :meth:`resolve_versions`). Order follows the references; duplicates are dropped. Unknown references raise
         :class:`UnknownFeatureError` naming the reference and close matches.
         """
+        return [(view, feature) for view, feature, _ in self.resolve_versions(refs)]
+
+    def resolve_versions(self, refs: list[str] | tuple[str, ...] | FeatureService | str) -> list[tuple[View, str, bool]]:
+        """As :meth:`resolve_features`, with per pair whether its reference pinned the version (``@vN``)."""
         if isinstance(refs, FeatureService):
             refs = refs.features
         elif isinstance(refs, str):
             refs = [refs]
-        out: list[tuple[View, str]] = []
-        seen: set[tuple[str, str]] = set()
+        out: list[tuple[View, str, bool]] = []
+        seen: set[tuple[str, int, str]] = set()
         for ref in refs:
-            for view, feature in self._resolve_one(ref, depth=0):
-                if (view.name, feature) not in seen:
-                    seen.add((view.name, feature))
-                    out.append((view, feature))
+            for view, feature, pinned in self._resolve_one(ref, depth=0):
+                if (view.name, _version(view), feature) not in seen:
+                    seen.add((view.name, _version(view), feature))
+                    out.append((view, feature, pinned))
         return out
 
-    def _resolve_one(self, ref: str, depth: int) -> list[tuple[View, str]]:
+    def _pinned_view(self, ref: str, text: str) -> tuple[View, bool] | None:
+        """The view a reference's view part names (``name`` or ``name@vN``) and whether it pinned a version."""
+        name, at, version = text.partition("@")
+        if at:
+            if not (version[:1] == "v" and version[1:].isdigit()):
+                raise UnknownFeatureError(f"feature reference {ref!r}: {text!r} is not 'view' or 'view@vN' (e.g. "
+                                          f"'{name}@v2')")
+            if not self.versions(name):
+                return None
+            return self.view(name, int(version[1:])), True
+        view = self.views_by_name.get(name)
+        return None if view is None else (view, False)
+
+    def _resolve_one(self, ref: str, depth: int) -> list[tuple[View, str, bool]]:
         if not isinstance(ref, str) or not ref:
             raise UnknownFeatureError(f"feature reference {ref!r} is not a 'view:feature', 'view' or service name")
         views = self.views_by_name
         if ":" in ref:
             view_name, _, feature = ref.partition(":")
-            if view_name not in views:
+            found = self._pinned_view(ref, view_name)
+            if found is None:
                 raise UnknownFeatureError(f"feature reference {ref!r}: " + unknown_message("feature view", view_name, views))
-            view = views[view_name]
-            if feature not in _names(view):
+            view, pinned = found
+            if feature not in _names(view) or not pinned and not self._in_every_version(view.name, feature):
+                others = [v for v in self.versions(view.name) if feature in _names(v)]
+                if others and not pinned:
+                    raise UnknownFeatureError(
+                        f"feature reference {ref!r}: view '{view.name}' is declared in versions "
+                        f"{', '.join(f'v{_version(v)}' for v in self.versions(view.name))} (an upgrade) and only "
+                        f"v{_version(others[0])} has {feature!r}; pin the version: '{view.name}@v{_version(others[0])}:{feature}'")
                 raise UnknownFeatureError(
                     f"feature reference {ref!r}: view '{view_name}' has no feature {feature!r}"
                     + _close(feature, _names(view), "features")
                 )
-            return [(view, feature)]
+            return [(view, feature, pinned)]
+        if "@" in ref:
+            found = self._pinned_view(ref, ref)
+            if found is not None:
+                return [(found[0], f, True) for f in _names(found[0])]
         if ref in views:
-            return [(views[ref], f) for f in _names(views[ref])]
+            view = views[ref]
+            if any(set(_names(v)) != set(_names(view)) for v in self.versions(ref)):
+                raise UnknownFeatureError(
+                    f"feature reference {ref!r}: view '{ref}' is declared in versions "
+                    f"{', '.join(f'v{_version(v)}' for v in self.versions(ref))} (an upgrade) with different features; "
+                    f"pin the version ('{ref}@v{_version(view)}') or name the features both versions have")
+            return [(view, f, False) for f in _names(view)]
         services = self.services_by_name
         if ref in services and depth == 0:
-            return [pair for r in services[ref].features for pair in self._resolve_one(r, depth + 1)]
+            return [triple for r in services[ref].features for triple in self._resolve_one(r, depth + 1)]
         qualified = [f"{v.name}:{f}" for v in self.views for f in _names(v)]
         bare = {f: f"{v.name}:{f}" for v in self.views for f in _names(v)}
         if ref in bare:
@@ -171,6 +256,14 @@ class Repository:
         raise UnknownFeatureError(
             f"feature reference {ref!r}: " + unknown_message("feature view or service", ref, [*views, *services, *qualified])
         )
+
+    def _in_every_version(self, name: str, feature: str) -> bool:
+        return all(feature in _names(v) for v in self.versions(name))
+
+
+def _version(view: View) -> int:
+    version = getattr(view, "version", 1)
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1
 
 
 def _names(view: View) -> tuple[str, ...]:

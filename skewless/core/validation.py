@@ -149,6 +149,27 @@ def _check_unique(c: _Checker, kind: str, objs: Iterable[Any], code: str = "name
             seen[name] = obj
 
 
+def _check_view_versions(c: _Checker, views: Iterable[Any]) -> None:
+    """Views share a name only as the two versions of a definition upgrade (docs/streaming.md, "Changing a
+    definition while it serves"): two versions at most, distinct, of one kind and one entity's join keys."""
+    by_name: dict[str, list[Any]] = {}
+    for v in views:
+        if isinstance(getattr(v, "name", None), str):
+            by_name.setdefault(v.name, []).append(v)
+    for name, group in by_name.items():
+        if len(group) == 1:
+            continue
+        versions = [v.version for v in group]
+        if len(group) > 2 or len(set(versions)) != len(versions):
+            what = "two different" if len(group) == 2 else str(len(group))
+            c.add("name.unique", "view", name, "", f"{what} definitions are named {name!r} (versions "
+                  f"{', '.join(map(repr, versions))})", "declare at most two versions of one view (v1 and v2 during an "
+                  "upgrade, each with its own version=) and give other views distinct names")
+        elif type(group[0]) is not type(group[1]) or group[0].entity.join_keys != group[1].entity.join_keys:
+            c.add("view.upgrade", "view", name, "", "its two versions differ in kind or entity join keys",
+                  "an upgrade keeps the kind and the entity's join keys; declare a view with a new name instead")
+
+
 # --- entities and sources ------------------------------------------------------------------------
 
 
@@ -661,7 +682,7 @@ def validate_repository(repo: Repository) -> list[Problem]:
     c = _Checker(repo)
     _check_unique(c, "entity", repo.entities)
     _check_unique(c, "source", repo.sources)
-    _check_unique(c, "view", repo.views)
+    _check_view_versions(c, repo.views)
     _check_unique(c, "feature service", repo.services)
     for e in repo.entities:
         _check_entity(c, e)

@@ -50,7 +50,7 @@ from skewless.engines.redis_client import check_online_store, is_cluster, open_r
 from skewless.serving.errors import AsOfNotAligned, OnlineRequestError
 from skewless.serving.evaluate import (CACHE_MAX, DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD, ReadCaches, as_dict, loads,
                                        snapshots, view_meta, warn_corrupt, window_context, windowed)
-from skewless.serving.read_plan import EntitySpec, ReadPlan, build_plan
+from skewless.serving.read_plan import EntitySpec, ReadPlan, active_versions, build_plan
 from skewless.serving.reply_stream import ReplyStream
 from skewless.serving.transport import STREAM_MIN, ClusterExchange, execute, round_trip, snapshot_replies
 
@@ -104,6 +104,7 @@ class OnlineResponse:
     batch_runs: dict[str, dict[str, int]] = field(default_factory=dict)
     found: dict[str, list[bool]] = field(default_factory=dict)
     value_types: tuple[str | None, ...] = ()
+    versions: dict[str, int] = field(default_factory=dict)  # per view (or 'view@vN'): the version whose values these are
 
     @property
     def progress(self) -> dict[str, dict[int, dict[str, Any]]]:
@@ -153,7 +154,7 @@ class OnlineResponse:
             "values": self.values, "statuses": self.statuses, "ages_ms": self.ages_ms,
             "now_ms": self.now_ms, "as_of_ms": self.as_of_ms,
             "progress": {s: {str(p): v for p, v in parts.items()} for s, parts in self.progress.items()},
-            "batch_runs": self.batch_runs, "found": self.found,
+            "batch_runs": self.batch_runs, "found": self.found, "versions": self.versions,
         }
 
     def to_pandas(self, statuses: str | bool | None = "view", found: bool = False) -> Any:
@@ -191,7 +192,9 @@ class OnlineResponse:
         if found:
             for view, flags in self.found.items():
                 data[f"{view}__found"] = pd.array(flags, dtype="boolean")
-        return pd.DataFrame(data)
+        frame = pd.DataFrame(data)
+        frame.attrs["versions"] = dict(self.versions)  # per view, the version served (docs/serving.md)
+        return frame
 
     # -- for people ----------------------------------------------------------------------------------------
 
@@ -455,7 +458,7 @@ class OnlineStore:
         head = replies[:nhead]
         shared = plan.shared
         if shared is not None and shared[0] == head:  # the shared replies of the plan's last read: what they say is kept
-            _, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied = shared
+            _, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied, inactive, versions = shared
             pos = nhead
         else:
             epoch = replies[0]
@@ -470,7 +473,7 @@ class OnlineStore:
                 pos += 1
                 if isinstance(raw, Exception):
                     warn_corrupt(key, f"{type(raw).__name__}: {raw}", f"the views of source {src}")
-                    unreadable.update(vp.view.name for vp in plan.views if vp.stream and vp.view.source.name == src)
+                    unreadable.update(vp.serial for vp in plan.views if vp.stream and vp.progress_name == src)
                     raw = None
                 progress_raw[src] = as_dict(raw)
             metas = {}
@@ -481,11 +484,15 @@ class OnlineStore:
                     try:
                         if isinstance(raw, Exception):
                             raise raw
-                        metas[vp.view.name] = view_meta(as_dict(raw))
+                        metas[vp.serial] = view_meta(as_dict(raw))
                     except (ValueError, redis.RedisError) as exc:
                         warn_corrupt(vp.meta_key, f"{type(exc).__name__}: {exc}", f"view {vp.view.name}")
-                        unreadable.add(vp.view.name)
-                        metas[vp.view.name] = view_meta(None)
+                        unreadable.add(vp.serial)
+                        metas[vp.serial] = view_meta(None)
+            inactive, versions = (), plan.versions
+            if plan.choices:  # views declared in two versions: each read evaluates the one its record names
+                inactive, versions = active_versions(plan, replies)
+                pos += len(plan.choices)
 
             epoch_text = None if epoch is None else epoch.decode()
             progress_parts = {}
@@ -494,7 +501,8 @@ class OnlineStore:
             for src, raw in progress_raw.items():
                 progress_parts[src], newest_event[src], newest_applied[src] = self._progress_info(raw, epoch_text)
             if not unreadable and pos == nhead and not any(isinstance(r, Exception) for r in head):  # kept when all read
-                plan.shared = (head, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied)
+                plan.shared = (head, epoch, epoch_text, unreadable, metas, progress_parts, newest_event, newest_applied,
+                               inactive, versions)
         T = now if as_of_ms is None else as_of_ms
         ncol = len(plan.columns)
         values: list[list[Any]] = [_NO_LIST] * ncol  # every column is set by its view below
@@ -510,22 +518,26 @@ class OnlineStore:
             if stream is None:
                 chunk = replies[pos:pos + k * n]
                 pos += k * n
-            view_epoch = None if vp.view.name in unreadable else epoch
+            if inactive and vp.serial in inactive:  # the version of an upgrade its record does not name: not served
+                if stream is not None:
+                    stream.parse(k * n, measure=False)
+                continue
+            view_epoch = None if vp.serial in unreadable else epoch
             if vp.snapshot:
                 if chunk is None:
                     chunk = snapshot_replies(vp, stream, tags[vp.entity_index], caches)  # type: ignore[arg-type]
                 rows = snapshots(vp, chunk, epoch_text, T, caches, tags[vp.entity_index].__getitem__)
-                found[vp.view.name] = [type(r) is list and (r[0] is not None or r[1] is not None) for r in chunk]
+                found[vp.label] = [type(r) is list and (r[0] is not None or r[1] is not None) for r in chunk]
             else:
                 stale = False
                 age: int | None = None
                 if vp.stream:
-                    src = vp.view.source.name
+                    src = vp.progress_name
                     if as_of_ms is None:
                         stale = is_stale(newest_applied[src], now, vp.sla_ms)
                     newest = newest_event.get(src)
                     age = None if newest is None else max(0, T - newest)
-                meta = metas[vp.view.name]
+                meta = metas[vp.serial]
                 runs: dict[str, int] = {}
                 # the context named by a number: memo keys hash one int, not its tuples
                 starts, ctx_id = window_context(vp, T, now, as_of_ms, view_epoch, meta, caches.contexts)
@@ -534,11 +546,11 @@ class OnlineStore:
                 if not use_memo:
                     mstats[2] -= n
                 view_found: list[bool] = []
-                found[vp.view.name] = view_found
+                found[vp.label] = view_found
                 rows = windowed(caches, vp, chunk, n, k, view_epoch, meta, now, as_of_ms, stale, age, runs, starts, ctx_id,
                                 tags[vp.entity_index], use_memo, stream, view_found)
                 if runs:
-                    batch_runs[vp.view.name] = runs
+                    batch_runs[vp.label] = runs
             if n == 1:
                 row_vals, row_sts, row_age = rows[0]
                 for j, v, st in zip(vp.out_columns, row_vals, row_sts):
@@ -563,7 +575,7 @@ class OnlineStore:
             columns=plan.columns, refs=plan.refs, entities=cols,
             values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
             ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress_read=progress_parts,
-            batch_runs=batch_runs, found=found, value_types=plan.value_types)
+            batch_runs=batch_runs, found=found, value_types=plan.value_types, versions=dict(versions))
 
     def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
                        ) -> tuple[dict[int, dict[str, Any]], int | None, int | None]:

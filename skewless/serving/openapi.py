@@ -71,7 +71,7 @@ def spec(max_entities: int = 1000, max_body_bytes: int = 1 << 20) -> dict[str, A
                 "FeaturesResponse": {
                     "type": "object",
                     "required": ["features", "refs", "entities", "values", "statuses", "ages_ms", "now_ms", "as_of_ms",
-                                 "progress", "batch_runs", "found"],
+                                 "progress", "batch_runs", "found", "versions"],
                     "properties": {
                         "features": {"type": "array", "items": {"type": "string"}},
                         "refs": {"type": "array", "items": {"type": "string"},
@@ -90,6 +90,9 @@ def spec(max_entities: int = 1000, max_body_bytes: int = 1 << 20) -> dict[str, A
                                   "description": "view -> per entity: whether the store holds any state (key) of the entity "
                                                  "for that view. false: nothing known, e.g. a mistyped or never-seen id; its "
                                                  "values are still the contract's (a COUNT is 0) and its statuses unchanged"},
+                        "versions": {"type": "object", "additionalProperties": {"type": "integer"},
+                                     "description": "view -> the version its values are of (a view declared in two "
+                                                    "versions serves the one its active-version record names)"},
                     },
                 },
                 "PushRequest": {

@@ -139,6 +139,10 @@ class ViewReadPlan:
     snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
     group_of: dict = field(default_factory=dict)  # tile size text (b"300000") -> index into groups
     batch_names: frozenset = frozenset()  # the batch record's fields (b"cutoff", b"run", b"epoch", b"w:...")
+    progress_name: str = ""  # its progress hash's name in ReadPlan.sources: the source's, or 'source:lane' (an upgrade job's)
+    progress_key: bytes = b""
+    choice: int = -1  # a view read in two versions: the index of its ViewChoice in ReadPlan.choices (else -1)
+    label: str = ""  # how the response names the view: its name, or 'name@vN' when the references pinned the version
 
     def __post_init__(self) -> None:
         # one key per entity: its hash of this view version (layout.entity_key)
@@ -172,6 +176,31 @@ class ViewReadPlan:
 
 
 @dataclass(frozen=True)
+class ViewChoice:
+    """A view declared in two versions (an upgrade) and read without a pinned version: both versions' hashes are read
+    with the view's active-version record (``layout.active_version_key``, at ``head_index`` of the shared replies), and
+    only the version it names is evaluated (no record, or one naming no declared version: the older declared one)."""
+
+    name: str
+    head_index: int
+    versions: tuple[int, ...]  # declared versions, oldest first
+    plans: tuple[int, ...]  # index into ReadPlan.views of each version's plan
+
+    def active(self, record: Any) -> int:
+        """The index into ``versions`` the record (bytes | None) makes active: the newest declared version not above
+        the one it names, else the older declared one."""
+        try:
+            named = int(record)
+        except (TypeError, ValueError):
+            return 0
+        best = 0
+        for i, v in enumerate(self.versions):
+            if v <= named:
+                best = i
+        return best
+
+
+@dataclass(frozen=True)
 class EntitySpec:
     """An entity of the selection and its typed join keys."""
 
@@ -195,6 +224,8 @@ class ReadPlan:
     head_packed: bytes = b""
     one_kinds: tuple[int, ...] = ()  # the reply kinds of a read of one entity (the shared commands', then per view)
     value_types: tuple[str | None, ...] = ()  # per column: its declared value type (schemas.TYPES; None: unknown)
+    choices: tuple[ViewChoice, ...] = ()  # views read in two versions (an upgrade); their records end the shared commands
+    versions: dict = field(default_factory=dict)  # view (or 'view@vN') -> the version read, for views not in choices
     shared: tuple | None = None  # the shared replies of the last read that read them all, and what the read took from them
     # (epoch, its text, views unreadable, view metas, progress per source, newest event, newest applied): a read whose
     # shared replies are equal reuses it (OnlineStore._evaluate)
@@ -205,6 +236,19 @@ class ReadPlan:
         self.one_kinds = self.head_kinds + tuple(kind for vp in self.views for kind in vp.kinds)
 
 
+def active_versions(plan: ReadPlan, replies: Sequence[Any]) -> tuple[frozenset[int], dict[str, int]]:
+    """From a read's shared replies (its active-version records at each choice's ``head_index``): the serials of the
+    version plans not to evaluate, and the version read per view."""
+    inactive: set[int] = set()
+    versions = dict(plan.versions)
+    for c in plan.choices:
+        record = replies[c.head_index]
+        chosen = c.active(record if type(record) is bytes else None)  # an error reply: as no record
+        versions[c.name] = c.versions[chosen]
+        inactive.update(plan.views[i].serial for j, i in enumerate(c.plans) if j != chosen)
+    return frozenset(inactive), versions
+
+
 def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
     counts: dict[str, int] = {}
     for _, f in pairs:
@@ -212,7 +256,8 @@ def _column_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [f if counts[f] == 1 else f"{v}__{f}" for v, f in pairs]
 
 
-def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, int]], entity_index: int) -> ViewReadPlan:
+def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, int]], entity_index: int,
+                       lane: str = "") -> ViewReadPlan:
     needed = closure((f for f, _ in wanted), {f.name: f.expr for f in view.features if isinstance(f, Derived)})
     groups = []
     batch = layout.batch_windows(view)
@@ -240,7 +285,9 @@ def _plan_feature_view(project: str, view: FeatureView, wanted: list[tuple[str, 
                      batch_fields=tuple(batch) if batch else (), derived=tuple(derived),
                      meta_key=layout.view_meta_key(project, view).encode(), step_ms=step,
                      stream=not view.source.is_batch_only, sla_ms=td_ms(view.freshness_sla),
-                     batch_aggs={k: tuple(v) for k, v in batch_aggs.items()})
+                     batch_aggs={k: tuple(v) for k, v in batch_aggs.items()},
+                     progress_name=view.source.name + (f":{lane}" if lane else ""),
+                     progress_key=layout.progress_key(project, view.source.name, lane).encode())
 
 
 def _plan_snapshot_view(project: str, view: SnapshotView, wanted: list[tuple[str, int]], entity_index: int) -> ViewReadPlan:
@@ -264,35 +311,53 @@ def build_plan(repo: Repository, project: str, features: Any) -> ReadPlan:
     if not refs_in:
         raise OnlineRequestError("no features requested: pass 'view:feature' references, view names or a feature service")
     try:
-        resolved = repo.resolve_features(refs_in)
+        resolved = repo.resolve_versions(refs_in)
     except UnknownFeatureError as exc:
         raise OnlineRequestError(str(exc)) from None
-    pairs = [(v.name, f) for v, f in resolved]
+    # a view is named by its name, or 'name@vN' where a reference pinned the version
+    pairs = [(f"{v.name}@v{v.version}" if pinned else v.name, f) for v, f, pinned in resolved]
     columns = _column_names(pairs)
     by_view: dict[str, list[tuple[str, int]]] = {}
     views: dict[str, Any] = {}
-    for i, (v, f) in enumerate(resolved):
-        views[v.name] = v
-        by_view.setdefault(v.name, []).append((f, i))
+    for i, ((name, f), (v, _, _)) in enumerate(zip(pairs, resolved)):
+        views[name] = v
+        by_view.setdefault(name, []).append((f, i))
     entities: list[EntitySpec] = []
-    plans = []
+    plans: list[ViewReadPlan] = []
+    upgrading: list[tuple[str, list[int]]] = []
     for name, wanted in by_view.items():
         view = views[name]
         spec = EntitySpec(view.entity.name, tuple((k, KeyType(t)) for k, t in view.entity.join_keys))
         if spec not in entities:
             entities.append(spec)
         idx = entities.index(spec)
-        if isinstance(view, FeatureView):
-            plans.append(_plan_feature_view(project, view, wanted, idx))
-        else:
-            plans.append(_plan_snapshot_view(project, view, wanted, idx))
+        # unpinned, a view declared in two versions is planned in both (the read evaluates the active one)
+        versions = repo.versions(name) if name == view.name and repo.is_upgrading(name) else (view,)
+        if len(versions) > 1:
+            upgrading.append((name, []))
+        for version in versions:
+            if len(versions) > 1:
+                upgrading[-1][1].append(len(plans))
+            if isinstance(version, FeatureView):
+                plans.append(_plan_feature_view(project, version, wanted, idx, repo.progress_lane(version)))
+            else:
+                plans.append(_plan_snapshot_view(project, version, wanted, idx))
+            plans[-1].label = name
     join_keys: list[str] = []
     for e in entities:
         for k, _ in e.keys:
             if k not in join_keys:
                 join_keys.append(k)
-    sources = tuple((s, layout.progress_key(project, s).encode()) for s in sorted({p.view.source.name for p in plans if p.stream}))
+    sources = tuple(sorted({(p.progress_name, p.progress_key) for p in plans if p.stream}))
     head = [(GET, layout.epoch_key(project).encode())] + [(HGETALL, pk) for _, pk in sources] \
         + [(HGETALL, p.meta_key) for p in plans if not p.snapshot]
+    choices = []
+    for name, indexes in upgrading:
+        choices.append(ViewChoice(name, len(head), tuple(plans[i].view.version for i in indexes), tuple(indexes)))
+        head.append((GET, layout.active_version_key(project, name).encode()))
+        for i in indexes:
+            plans[i].choice = len(choices) - 1
+    fixed = {name: views[name].version for name in by_view if not any(c.name == name for c in choices)}
     return ReadPlan(tuple(f"{v}:{f}" for v, f in pairs), tuple(columns), tuple(entities), tuple(join_keys), tuple(plans),
-                 sources, tuple(head), value_types=tuple(repo.feature_type(v, f) for v, f in resolved))
+                 sources, tuple(head), value_types=tuple(repo.feature_type(v, f) for v, f, _ in resolved),
+                 choices=tuple(choices), versions=fixed)

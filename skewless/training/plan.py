@@ -153,14 +153,33 @@ def column_names(pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]
     return {(v, f): (f if counts[f] == 1 else f"{v}__{f}") for v, f in pairs}
 
 
+def check_versions_explicit(repo: Repository, triples: Sequence[tuple[Any, str, bool]]) -> None:
+    """A training set names the version of a view declared in two (an upgrade; docs/streaming.md): the versions
+    differ in meaning, and which one serves online is a switch in the online store, not part of the definitions."""
+    for view, feature, pinned in triples:
+        if not pinned and repo.is_upgrading(view.name):
+            declared = [v.version for v in repo.versions(view.name)]
+            raise TrainingInputError(
+                f"feature view {view.name!r} is declared in versions {', '.join(f'v{n}' for n in declared)} (an upgrade): "
+                f"a training set names the version, e.g. '{view.name}@v{declared[-1]}:{feature}' or "
+                f"'{view.name}@v{declared[-1]}'")
+    seen: dict[str, int] = {}
+    for view, _, _ in triples:
+        if seen.setdefault(view.name, view.version) != view.version:
+            raise TrainingInputError(f"the features name two versions of view {view.name!r} (v{seen[view.name]} and "
+                                     f"v{view.version}); build one training set per version")
+
+
 def build_pit_plan(repo: Repository, features: Any) -> PitPlan:
     """The plan for feature references (``view:feature``, ``view``, a service or its name).
 
     Raises :class:`~skewless.core.repo.UnknownFeatureError` for unknown references (with close matches).
     """
-    resolved = repo.resolve_features(features)
-    if not resolved:
+    triples = repo.resolve_versions(features)
+    if not triples:
         raise TrainingInputError("no features requested: pass 'view:feature' references, view names or a feature service")
+    check_versions_explicit(repo, triples)
+    resolved = [(v, f) for v, f, _ in triples]
     names = column_names([(v.name, f) for v, f in resolved])
     by_view: dict[str, list[OutputColumn]] = {}
     views: dict[str, Any] = {}

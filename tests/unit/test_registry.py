@@ -196,3 +196,34 @@ def test_a_state_applied_before_field_types_were_fingerprinted_is_not_refused(re
     assert registry.diff(plan_with(repo, user_order_stats=widen_7d(repo.view("user_order_stats")))).refused
     registry.apply(plan)
     assert not registry.diff(plan).has_changes
+
+
+def with_upgrade(repo, v2) -> RepositoryPlan:
+    """The shipped plan with a second version of user_order_stats declared next to the first (an upgrade)."""
+    base = build_plan(repo)
+    return replace(base, views=tuple(sorted((*base.views, plan_view(v2, source_field_types(repo, v2))),
+                                            key=lambda v: (v.name, v.version))))
+
+
+def test_two_declared_versions_are_an_upgrade_and_a_rollback_is_accepted(repo, registry: Registry) -> None:
+    registry.apply(build_plan(repo))
+    v2 = widen_7d(repo.view("user_order_stats"), version=2)
+    diff = registry.apply(with_upgrade(repo, v2))
+    actions = {(c.view, c.old_version, c.new_version): c.action for c in diff.views}
+    assert actions[("user_order_stats", 1, 1)] == "unchanged" and actions[("user_order_stats", 1, 2)] == "version bump"
+    doc = json.loads(registry.path.read_text())
+    assert doc["views"]["user_order_stats"]["version"] == 2 and doc["views"]["user_order_stats"]["upgrade_from"] == 1
+    assert not registry.diff(with_upgrade(repo, v2)).has_changes  # applied again: nothing changes
+    back = registry.diff(build_plan(repo))  # v2 removed from feature_defs after promoting v1 back
+    (change,) = [c for c in back.views if c.view == "user_order_stats"]
+    assert change.action == "rolled back" and not back.refused
+
+
+def test_the_older_version_of_an_upgrade_keeps_its_semantics(repo, registry: Registry) -> None:
+    registry.apply(build_plan(repo))
+    v1 = repo.view("user_order_stats")
+    plan = with_upgrade(repo, widen_7d(v1, version=2))
+    plan = replace(plan, views=tuple(plan_view(widen_7d(v1), source_field_types(repo, v1)) if (v.name, v.version) ==
+                                     ("user_order_stats", 1) else v for v in plan.views))
+    with pytest.raises(RefusedChangeError, match="the older version of an upgrade"):
+        registry.apply(plan)

@@ -174,6 +174,10 @@ CASES: list[tuple[str, Callable[[], list[Any]], str, str]] = [
     ("source name", lambda: [feature_view(source=replace(EVENTS, name="Events"))], "name.identifier", "'Events'"),
     ("snapshot field name", lambda: [snapshot_view(fields=[Field("Score", "int64")])], "name.identifier", "'Score'"),
     ("unique views", lambda: [feature_view(), snapshot_view(name="user_events")], "name.unique", "two different definitions are named 'user_events'"),
+    ("three versions of a view", lambda: [feature_view(), feature_view(version=2), feature_view(version=3)], "name.unique",
+     "3 definitions are named 'user_events' (versions 1, 2, 3)"),
+    ("upgrade changes the kind", lambda: [feature_view(), snapshot_view(name="user_events", version=2)], "view.upgrade",
+     "differ in kind or entity join keys"),
     ("unique entities", lambda: [snapshot_view(entity=Entity("user", {"user_id": "string"}, description="other"))], "name.unique", "entity 'user'"),
     ("unique sources", lambda: [snapshot_view(source=replace(PROFILES, name="events"))], "name.unique", "source 'events'"),
     ("unique services", lambda: [SERVICE, FeatureService("churn_model", ["user_profile"])], "name.unique", "feature service 'churn_model'"),
@@ -334,6 +338,10 @@ def test_snapshot_without_created_at_gets_a_note(schemas_dir: Path) -> None:
     (note,) = list(iter_notes(repo))
     assert "duplicate" in note or "data error" in note
     assert list(iter_notes(repo_of(schemas_dir))) == []
+
+
+def test_two_versions_of_a_view_are_an_upgrade_not_a_clash(schemas_dir: Path) -> None:
+    assert validate_repository(repo_of(schemas_dir, feature_view(), feature_view(version=2))) == []
 
 
 def test_every_rule_code_has_a_case() -> None:

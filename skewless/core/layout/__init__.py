@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from skewless.core.layout.keys import (  # noqa: F401 - the layout's public names, as callers use them
     BATCH_FIELD_PREFIX, ESCAPES, ESCAPE_TABLE, EVICTING_POLICIES, LAYOUT_VERSION, LIFETIME_FIELD, MANIFEST_FIELD,
-    META_BATCH_CUTOFF, SNAPSHOT_FIELD, TILE_FIELD_PREFIX, TILE_RETENTION_SLACK_MS, TileGroup, batch_fields,
+    META_BATCH_CUTOFF, META_START_OFFSETS, SNAPSHOT_FIELD, TILE_FIELD_PREFIX, TILE_RETENTION_SLACK_MS, TileGroup, batch_fields,
     batch_windows, check_name, decode_entity_key, encode_entity_key, entity_key, epoch_key, needs_escape,
     progress_key, store_prefix, stream_tile_retention_ms, tile_field, tile_groups, tile_ms_of, view_meta_key,
-    view_prefix, width_ms_of,
+    view_prefix, width_ms_of, upgrade_lane, active_version_key,
 )
 from skewless.core.layout.codecs import (  # noqa: F401 - the layout's public names, as callers use them
     BatchRecord, EntityHash, decode_batch_record, decode_snapshot, decode_tile_vector, decode_vector,

@@ -26,6 +26,9 @@ LIFETIME_FIELD = "w:life"
 # every entity's batch hash of that run, so a reader that finds no hash (or an older one) for an entity knows the
 # run had no events of it.
 META_BATCH_CUTOFF = "batch_cutoff_ms"
+# An upgrade job's start (a field of its view version's meta): the topic's offsets live when it started, JSON partition
+# -> next offset; `skewless promote` requires its progress past them (docs/streaming.md, "Changing a definition").
+META_START_OFFSETS = "start_offsets"
 ESCAPES = {"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D", ",": "%2C"}  # in entity key text; "%" first (the escapes hold it)
 ESCAPE_TABLE = str.maketrans(ESCAPES)
 needs_escape = re.compile("[%:{},]").search  # no match: the text is its own escaped form
@@ -104,8 +107,22 @@ def epoch_key(project: str) -> str:
     return f"{store_prefix(project)}:epoch"
 
 
-def progress_key(project: str, source_name: str) -> str:
-    return f"{store_prefix(project)}:progress:{check_name(source_name, 'source')}"
+def progress_key(project: str, source_name: str, lane: str = "") -> str:
+    """The progress hash of the source's job; ``lane`` (:func:`upgrade_lane`) names an upgrade job's own hash (the
+    job of the newer version of a view declared in two, which reads the same topic next to the source's job)."""
+    return f"{store_prefix(project)}:progress:{check_name(source_name, 'source')}" + (f":{lane}" if lane else "")
+
+
+def upgrade_lane(view: FeatureView | SnapshotView) -> str:
+    """The lane of the job computing ``view`` as the newer version of an upgrade: ``<view>@v<version>`` (its progress
+    hash, consumer group and dead-letter topic are its own)."""
+    return f"{check_name(view.name, 'view')}@v{int(view.version)}"
+
+
+def active_version_key(project: str, view_name: str) -> str:
+    """The view's active-version record: the version readers serve when the view is declared in two (an upgrade);
+    written only by ``skewless promote`` (docs/streaming.md, "Changing a definition while it serves")."""
+    return f"{store_prefix(project)}:{check_name(view_name, 'view')}:active"
 
 
 def view_meta_key(project: str, view: FeatureView | SnapshotView) -> str:
