@@ -378,7 +378,7 @@ static PyObject *kernel_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (nf < 1 || nf > MAX_FIXED || PyTuple_GET_SIZE(parse) != nf) goto bad;
     for (Py_ssize_t i = 0; i < nf; i++) {
         PyObject *f = PyTuple_GET_ITEM(fixed, i);
-        if (!PyBytes_CheckExact(f)) goto bad;
+        if (!PyBytes_CheckExact(f) || (PyBytes_GET_SIZE(f) >= 2 && memcmp(PyBytes_AS_STRING(f), "t:", 2) == 0)) goto bad;
         Py_INCREF(f);
         self->fixed[i] = f;
         self->n_fixed = (int)i + 1;
@@ -574,16 +574,15 @@ static int read_entity(BoundRead *b, PyObject *r, JNode *nodes, Out *outs, int64
     for (Py_ssize_t i = 0; i < np; i++) {
         const Pair *p = &pairs[i];
         tile_group[i] = -1;
-        int f;
-        for (f = 0; f < kp->n_fixed; f++) {
-            if (bytes_eq(p->k, p->kl, kp->fixed[f])) break;
-        }
-        if (f < kp->n_fixed) {
-            if (fixed_at[f] >= 0) return 0;  /* twice */
+        if (p->kl < 2 || p->k[0] != 't' || p->k[1] != ':') {  /* not a tile: a fixed field (none starts with "t:") */
+            int f;
+            for (f = 0; f < kp->n_fixed; f++) {
+                if (bytes_eq(p->k, p->kl, kp->fixed[f])) break;
+            }
+            if (f == kp->n_fixed || fixed_at[f] >= 0) return 0;  /* a field it does not expect, or one twice */
             fixed_at[f] = (int)i;
             continue;
         }
-        if (p->kl < 2 || p->k[0] != 't' || p->k[1] != ':') return 0;
         const char *size = p->k + 2, *kend = p->k + p->kl;
         const char *colon = memchr(size, ':', (size_t)(kend - size));
         if (!colon) return 0;
