@@ -214,7 +214,7 @@ def test_random_edits_are_served_and_passed_on(reads: Reads) -> None:
     """The random edits reach both sides: entities the kernel serves (valid intermediates) and ones it passes on."""
     served = passed = 0
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(data=st.data())
     def run(data: Any) -> None:
         nonlocal served, passed
