@@ -54,6 +54,15 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMPS/venv" 2>/dev/null)" != "$want"
   done_phase venv
 fi
 
+# --- 2b. the online read's C extension (skewless/serving/read_kernel.c): `pip install -e` builds it; rebuilt in place
+# when it is missing or its source is newer (a checkout whose venv was made before it, or a pull that changed it)
+so=$(ls skewless/serving/read_kernel.*.so 2>/dev/null | head -1) || so=""
+if [ -z "$so" ] || [ skewless/serving/read_kernel.c -nt "$so" ]; then
+  phase "C read kernel (setup.py build_ext --inplace)"
+  .venv/bin/python setup.py -q build_ext --inplace >/dev/null 2>&1 || echo "setup: the C read kernel did not build; the Python evaluation serves" >&2
+  done_phase read_kernel
+fi
+
 # --- 3. JVM artifacts ---------------------------------------------------------------------------
 want=$(sha256sum infra/pom.xml | cut -c1-16)
 if [ "$(cat "$STAMPS/jars" 2>/dev/null)" != "$want" ]; then

@@ -31,7 +31,13 @@ from skewless.core.timeutil import MS_PER_DAY
 if TYPE_CHECKING:
     from skewless.serving.read_plan import ViewReadPlan
 
+try:
+    from skewless.serving import read_kernel  # type: ignore[attr-defined]  # the C extension (setup.py)
+except ImportError:  # not built: the compiled Python evaluation serves (view_kernel logs it once)
+    read_kernel = None
+
 log = logging.getLogger("skewless.serving")
+_kernel_missing_logged = False
 _COMPILED = (Agg.COUNT, Agg.SUM, Agg.MIN, Agg.MAX, Agg.LAST)
 _PLAIN = (int, str, float, bool)
 
@@ -57,7 +63,45 @@ def compile_view(vp: ViewReadPlan, loads: Callable[[bytes], Any]) -> Callable[..
     except Exception as exc:  # noqa: BLE001 - a plan this code cannot write: the generic evaluation serves it, logged
         log.warning("view %s is read without its compiled evaluation (%s: %s)", vp.view.name, type(exc).__name__, exc)
         return None
-    return env["factory"]
+    python_factory = env["factory"]
+    kernel = view_kernel(vp)
+    if kernel is None:
+        return lambda *context: python_factory(*context)[0]
+    bind = kernel.bind
+
+    def factory(T: int, now_floors: list[int], epoch: bytes, applied_from: int, run_cutoff: int | None, starts: Any,
+                keep: bool) -> EntityEvaluator:
+        entity, finish = python_factory(T, now_floors, epoch, applied_from, run_cutoff, starts, keep)
+        return bind(T, now_floors, epoch, applied_from, run_cutoff, starts, entity, finish) or entity
+    return factory
+
+
+def view_kernel(vp: ViewReadPlan) -> Any:
+    """The C kernel of a feature view plan (:mod:`skewless.serving.read_kernel`): the plan's shape as a descriptor; None
+    when the extension is not built (logged once) or the plan is one it cannot describe."""
+    global _kernel_missing_logged
+    if read_kernel is None:
+        if not _kernel_missing_logged:
+            _kernel_missing_logged = True
+            log.warning("the C read kernel (skewless.serving.read_kernel) is not built: entities are evaluated in "
+                        "Python (slower); build it with `pip install -e .` or `python setup.py build_ext --inplace`")
+        return None
+    batch = bool(vp.batch_fields)
+    fixed = (b"m",) + (tuple(b"b:" + f for f in sorted(vp.batch_names)) if batch else ())
+    used = {b"b:" + a.batch_field.encode() for g in vp.groups for a in g.aggs if a.batch_field is not None}
+    kinds = {Agg.COUNT: read_kernel.COUNT, Agg.SUM: read_kernel.SUM, Agg.MIN: read_kernel.MIN, Agg.MAX: read_kernel.MAX,
+             Agg.LAST: read_kernel.LAST}
+    try:
+        groups = tuple((g.size, g.retention_ms, tuple(
+            (kinds[a.law.agg], a.index, a.stream_served, a.width_ms is None,
+             -1 if a.batch_field is None else fixed.index(b"b:" + a.batch_field.encode()), a.batch_index)
+            for a in g.aggs)) for g in vp.groups)
+        slots = (fixed.index(b"b:cutoff"), fixed.index(b"b:epoch"), fixed.index(b"b:run")) if batch else None
+        return read_kernel.ViewKernel(fixed, tuple(f in used for f in fixed), slots, groups, BATCH_TILE_MS,
+                                      BATCH_TAIL_DAYS, (INCOMPLETE, PRESENT, STALE))
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # a plan beyond its limits: the Python path serves
+        log.info("view %s is read without the C kernel (%s)", vp.view.name, exc)
+        return None
 
 
 class _Code:
@@ -219,6 +263,10 @@ def _source(vp: ViewReadPlan) -> str:
                         _check(a.law.agg, "x", d + 4, code)
                         _merge(a.law.agg, f"a_{gi}_{j}", "x", d + 4, code)
     code(d + 1, "else: return None")
+    for gi, g in enumerate(groups):  # a count's tiles beyond int64: the generic evaluation's merge raises, whatever is read
+        for j, a in enumerate(g.aggs):
+            if a.law.agg is Agg.COUNT and not a.stream_served:
+                code(d, f"if a_{gi}_{j} > I64_MAX: return None")
     for f in used_fields:
         code(d, f"p_{field_var[b'b:' + f.encode()]} = loads({field_var[b'b:' + f.encode()]})")
     for gi, g in enumerate(groups):
@@ -277,9 +325,13 @@ def _source(vp: ViewReadPlan) -> str:
             _merge(agg, "b", acc, d + 2, code)
             _set(agg, _in_range(agg, "b", d + 2, code), v, s, "PRESENT", d + 2, code)
             code(d + 1, f"else: {v}, {s} = None, INC")
+    # the rest is finish(run, cutoff, <value, status of each aggregation>), shared with the C kernel
+    agg_names = [a.name for g in groups for a in g.aggs]
+    params = ", ".join(f"{_var(n)}, {_sts(n)}" for n in agg_names)
+    code(d, f"return finish({'run, cutoff' if batch else 'None, None'}{', ' + params if params else ''})")
+    code(1, f"def finish(run, cutoff{', ' + params if params else ''}):")
     # derived features (dependency order), as prepare() and dynamic() evaluate them
     dynamic = {name for name, _, _ in vp.dynamic_derived}
-    agg_names = [a.name for g in groups for a in g.aggs]
     pending = []
     for k, (name, expr, inputs) in enumerate(vp.derived):
         v, s = _var(name), _sts(name)
@@ -310,9 +362,8 @@ def _source(vp: ViewReadPlan) -> str:
         code(d + 1, "pending = ()")
     code(d, "else:")
     code(d + 1, "vals = pending = None")
-    batch_cutoff = "cutoff" if batch else "None"
     code(d, f"prepared = (({', '.join(_var(f) for f in outputs)},), ({', '.join(_sts(f) for f in outputs)},), "
-            f"{'run' if batch else 'None'}, {batch_cutoff}, vals, pending)")
+            "run, cutoff, vals, pending)")
     if not dynamic:
         code(d, "return prepared, prepared[0]")
     else:  # the instant-dependent ones at T (their inputs at T before them: dependency order)
@@ -324,8 +375,8 @@ def _source(vp: ViewReadPlan) -> str:
                 inline = f"evaluate(EXPRS[{k}], {{{', '.join(f'{i!r}: {_var(i)}' for i in inputs)}}}, T)"
             code(d, f"if {_sts(name)} != INC: {_var(name)} = {inline}")
         code(d, f"return prepared, ({', '.join(_var(f) for f in outputs)},)")
-    code(1, "return entity")
+    code(1, "return entity, finish")
     return "\n".join(code.lines) + "\n"
 
 
-__all__ = ["EntityEvaluator", "compile_view"]
+__all__ = ["EntityEvaluator", "compile_view", "view_kernel"]

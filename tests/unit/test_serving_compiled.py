@@ -102,6 +102,7 @@ EDITS: dict[str, Callable[[dict[str, str]], None]] = {
                                                        h.update({_daily(h).replace(":", ":0", 2).replace("t:0", "t:", 1): h[_daily(h)]})),
     "count leaving int64 on the way": lambda h: (_edit_part(h, "b:w:31536000000", 0, 0, 2**63 - 1),
                                                  _edit_part(h, "b:w:31536000000", 1, 0, 1), _edit_vector(h, _daily(h), 3, -1000)),
+    "counts beyond int64 together in daily tiles": lambda h: [_edit_vector(h, f, 1, 2**63 - 1) for f in _tile_fields(h, MS_PER_DAY)],
     "batch record newer than listed": lambda h: h.update({"b:cutoff": str(CUTOFF + MS_PER_DAY)}),
     "stray batch field": lambda h: h.update({"b:w:1": "[[0]]"}),
     "lost tile": lambda h: h.pop(_daily(h)),
