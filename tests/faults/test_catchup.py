@@ -53,8 +53,8 @@ def head_and_backlog(source: Any, now: int, *, users: int, head_count: int, back
 
 
 def drained_first(backlog: list[Any], keep: int = 20) -> list[Any]:
-    """The backlog with only the newest ``keep`` records of partition 0: the consumer drains partition 0 in its first
-    fetch while partitions 1 and 2 still hold most of an hour (the case a maximum over partitions read `present`)."""
+    """The backlog with only the newest ``keep`` records of partition 0: partition 0 is drained with its first fetch,
+    mostly while partitions 1 and 2 still hold most of an hour (the case a maximum over partitions read `present`)."""
     newest = sorted((r for r in backlog if r.partition == 0), key=lambda r: r.timestamp_ms)[-keep:]
     kept = {id(r) for r in newest}
     return [r for r in backlog if r.partition != 0 or id(r) in kept]
@@ -126,6 +126,8 @@ def test_a_restarted_job_reads_stale_with_its_age_while_catching_up_then_present
         final = store.get_online_features({"user_id": users}, [FEATURE])
         check = json.loads(redis_client.hget(layout.progress_key(project, source.name), LOG_END_FIELD))
         checked_by = int(time.time() * 1000)
+        time.sleep(2.5)  # the job checks again every second
+        again = json.loads(redis_client.hget(layout.progress_key(project, source.name), LOG_END_FIELD))
     finally:
         client.cancel().result()
 
@@ -138,21 +140,24 @@ def test_a_restarted_job_reads_stale_with_its_age_while_catching_up_then_present
         behind = [event for p, (offset, event) in parts.items() if offset < last[p]]
         assert (now_ms - min(behind) if behind else 0) <= age <= now_ms - min(e for _, e in parts.values()), (age, parts)
         assert status == ("stale" if age > sla_ms else "present"), (status, age, sla_ms)
-    # the case of the failed run: partition 0 drained, another partition an hour behind: stale, never present
-    drained = [s for s in samples if s[4][0][0] == last[0]
-               and any(o < last[p] and s[3] - e > sla_ms for p, (o, e) in s[4].items() if p)]
-    assert drained, f"no read while partition 0 was drained and another behind: {[(s[0], s[4]) for s in samples[:5]]}"
+    # the case of the failed run: a partition drained, its newest event within the SLA (a maximum over partitions
+    # would read `present`), another more than the SLA behind: stale, never present. Which partition the consumer
+    # drains first is its choice (partition 0's tiny backlog, or a whole one of the others): any counts
+    drained = [s for s in samples
+               if any(o == last[p] and s[3] - e <= sla_ms for p, (o, e) in s[4].items())
+               and any(o < last[p] and s[3] - e > sla_ms for p, (o, e) in s[4].items())]
+    assert drained, f"no read while a partition was drained and another behind: {[(s[0], s[4]) for s in samples]}"
     assert {s[1] for s in drained} == {"stale"}, [s[:3] for s in drained if s[1] != "stale"]
     # the job's offset check: every partition's log end, sent within the last seconds
     assert check["partitions"] == {str(p): [0, last[p] + 1] for p in range(3)}, check
-    assert checked_by - 30_000 < check["checked_ms"] <= checked_by, (check, checked_by)
+    assert checked_by - 30_000 < check["checked_ms"] <= checked_by < again["checked_ms"], (check, checked_by, again)
     column = final.columns[0]
     assert set(final.statuses[column]) == {"present"} and all(a <= sla_ms for a in final.ages_ms[column]), final
     raw = read_topic(kafka_bootstrap, topic, total)
     result = admission.admit(raw, source, validator(source.schema), key_fields=view.entity.key_names)
     assert_last_hour_equals_oracle(redis_client, project, repo, list(result.admitted))
     print(f"{len(samples)} reads during the catch-up, {len(stale)} stale (ages {stale[0][2]} .. {stale[-1][2]} ms), "
-          f"{len(drained)} of them with partition 0 drained and another behind")
+          f"{len(drained)} of them with a partition drained and another behind")
 
 
 def test_a_job_stopped_past_the_topics_retention_reads_incomplete_not_plausible_numbers(
