@@ -229,7 +229,7 @@ def add_source_job(env: Any, t_env: Any, job: FlinkSourceJob, options: JobOption
     config = SinkConfig(
         redis_url=options.redis_url, project=options.project, source=job.source, dead_letter_topic=dl_topic,
         bootstrap=options.bootstrap, applied_from_ms=applied_ms, raise_applied_from=bool(lost),
-        flush_rows=options.flush_rows, flush_ms=options.flush_ms)
+        flush_rows=options.flush_rows, flush_ms=options.flush_ms, topic=topic, partitions=partitions)
     attach_sinks(changelog, job, views, config)
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 
-from skewless.config import (REDIS_CLUSTER_SCHEMES, kafka_client_properties, kafka_timeout_properties, redact_url,
-                             redis_target)
+from skewless.config import (REDIS_CLUSTER_SCHEMES, kafka_client_properties, kafka_timeout_properties, kafka_timeout_s,
+                             redact_url, redis_target)
 from skewless.core import layout
 
 from streaming_jobs.flink_compiler import FlinkSourceJob
@@ -54,6 +54,10 @@ class SinkConfig:
     # raise the views' applied_from_ms to applied_from_ms (else it is only set when missing): the job lost records
     raise_applied_from: bool = False
     flush_ms: int = 200
+    # the topic and its partition count: subtask 0 checks its offsets about every second (the progress hash's
+    # ``log_end``, skewless.core.staleness); None: no check (tests of the writer)
+    topic: str | None = None
+    partitions: int = 0
 
 
 def redis_endpoint(url: str) -> dict[str, Any]:
@@ -105,6 +109,8 @@ def sink_spec(job: FlinkSourceJob, views: dict[str, Any], config: SinkConfig) ->
         "applied_from_ms": config.applied_from_ms, "raise_applied_from": config.raise_applied_from, "cas_script": layout.TILE_CAS_LUA, "cas_keys": CAS_KEYS,
         "evicting_policies": list(layout.EVICTING_POLICIES),
         "flush_rows": config.flush_rows, "flush_ms": config.flush_ms,
+        "topic": config.topic, "partitions": config.partitions, "bootstrap": config.bootstrap,
+        "log_end_timeout_ms": max(1, int(kafka_timeout_s() * 1000)),
     }, sort_keys=True)
 
 

@@ -2,9 +2,10 @@
 
 Parts of a view and where their age comes from (keys from :mod:`skewless.core.layout`):
 
-- ``stream`` (feature views with a topic): ``now - newest applied event time``, the maximum
-  ``max_event_ms`` over the partitions of the source's progress hash (``p:{partition}`` -> JSON
-  ``{"offset", "max_event_ms", "written_ms", "epoch"}``) whose epoch is the store's. SLA: the view's
+- ``stream`` (feature views with a topic): ``now - the time the stream is applied up to``: the minimum over the
+  source's partitions of each one's (:func:`skewless.core.staleness.newest_applied_ms`: its newest applied event of
+  the store's epoch, ``max_event_ms`` of ``p:{partition}`` -> JSON ``{"offset", "max_event_ms", "written_ms",
+  "epoch"}``, or the job's offset check ``log_end`` if the partition had applied all it held then). SLA: the view's
   ``freshness_sla``; ``stale`` beyond it. No progress, or no ``meta`` for the view version (the stream
   never started it): ``missing``.
 - ``batch`` (feature views with windows wider than a day, or lifetime): ``now - newest batch cut-off``,
@@ -37,7 +38,8 @@ DEFAULT_SCAN_LIMIT = 200
 
 @dataclass(frozen=True)
 class FreshnessRow:
-    """One part of one view. ``lag_ms`` is None when nothing was found (status ``missing``/``error``)."""
+    """One part of one view. ``lag_ms`` is None when nothing was found (status ``missing``/``error``), or when a
+    stream partition holding records has nothing applied in the store's epoch (``stale``)."""
 
     view: str
     version: int
@@ -81,16 +83,19 @@ def _stream_row(client: Any, project: str, view: FeatureView, epoch: str | None,
     if not meta:
         return FreshnessRow(**base, lag_ms=None, status=MISSING,
                             detail=f"no meta for {view.name} v{view.version}: the stream has not started this version")
-    newest = newest_applied_ms(progress, epoch)
-    if newest is None:
+    if not any(p.epoch == epoch for p in progress):
         epochs = sorted({p.epoch or "-" for p in progress})
         return FreshnessRow(**base, lag_ms=None, status=MISSING,
                             detail=f"no progress of the store epoch {epoch} (found {', '.join(epochs)})")
-    lag = now - newest
+    newest = newest_applied_ms(progress, epoch)
     written = max((p.written_ms for p in progress if p.written_ms is not None and p.epoch == epoch), default=None)
     detail = f"{len(progress)} partition(s)" + (f", progress written {fmt_duration_ms(now - written)} ago" if written else "")
+    unknown = [p.partition for p in progress if p.applied_up_to_ms(epoch) is None]
+    if unknown:
+        detail += f"; nothing applied in this epoch from partition(s) {', '.join(unknown)}, which hold records"
     counters = tuple((p.partition, name, n) for p in progress if p.epoch == epoch for name, n in p.counters)
-    return FreshnessRow(**base, lag_ms=lag, status=STALE if is_stale(newest, now, sla) else OK, detail=detail, newest_ms=newest,
+    return FreshnessRow(**base, lag_ms=None if newest is None else now - newest,
+                        status=STALE if is_stale(newest, now, sla) else OK, detail=detail, newest_ms=newest,
                         progress_age_ms=None if written is None else now - written, source=view.source.name,
                         counters=counters)
 

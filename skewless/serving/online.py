@@ -4,8 +4,8 @@ Reads follow docs/semantics.md §10-§11 with the keys of :mod:`skewless.core.la
 
 - feature views: stream tiles and batch parts merged through the shared laws (tests check equality with the
   reference reader, ``tests/support/reference_reader.py``, on generated stores), derived features on the merged
-  values at the same instant (:mod:`skewless.core.expr`); ``stale`` for a read at "now" when the source's newest
-  applied event is older than the view's SLA (:mod:`skewless.core.staleness`, the monitor's rule too);
+  values at the same instant (:mod:`skewless.core.expr`); ``stale`` for a read at "now" when the time the source is
+  applied up to (its partition furthest behind) is older than the view's SLA (:mod:`skewless.core.staleness`, the monitor's rule too);
 - snapshot views: the stored latest row, TTL enforced exactly as offline (``expired`` -> null); a stored row
   not yet visible at the instant read (``ts`` or ``created_at`` after it) is ``incomplete``;
 - ``incomplete`` for every value when the store's epoch is missing or differs from the record's.
@@ -85,7 +85,7 @@ def read_limits() -> tuple[int, int]:
 class OnlineResponse:
     """The answer of one read. Column-major: ``values[column][i]`` is entity ``i``'s value of ``column``
     (``columns[j]`` is the output name of ``refs[j]``), with its ``statuses`` and ``ages_ms`` (the read
-    instant minus the newest data time the value reflects: newest applied event of the stream, batch cut-off
+    instant minus the newest data time the value reflects: the time the stream is applied up to, batch cut-off
     of a batch-only source, snapshot row time; None when unknown). ``progress``: per streaming source and
     partition what was applied (offset, max event time, last write); ``batch_runs``: per view the batch runs
     (run id -> cut-off) the values include. ``found[view][i]``: whether the store holds any key of entity ``i``
@@ -579,16 +579,15 @@ class OnlineStore:
 
     def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
                        ) -> tuple[dict[int, dict[str, Any]], int | None, int | None]:
-        """``(partitions, newest event of the epoch, staleness.newest_applied_ms)`` of a progress hash, cached
-        by its raw fields and the epoch (the same bytes give the same answer)."""
+        """``(partitions, applied up to, applied up to)`` of a progress hash: the time the stream is applied up to
+        (:func:`staleness.newest_applied_ms`, the partition furthest behind) is both the values' age and the staleness
+        rule's input. Cached by its raw fields and the epoch (the same bytes give the same answer)."""
         key = (tuple(raw.items()) if raw else (), epoch_text)
         cache = self.caches.progress
         hit = cache.get(key)
         if hit is None:
-            parts = _progress(raw)
-            newest = max((p.get("max_event_ms") for p in parts.values()
-                          if p.get("max_event_ms") is not None and p.get("epoch") == epoch_text), default=None)
-            hit = (parts, newest, newest_applied_ms(parse_progress(raw or {}), epoch_text))
+            applied = newest_applied_ms(parse_progress(raw or {}), epoch_text)
+            hit = (_progress(raw), applied, applied)
             if len(cache) >= 256:
                 cache.clear()
             cache[key] = hit

@@ -53,6 +53,8 @@ def test_freshness_from_redis(redis_client):
     redis_client.hset(layout.progress_key(P, "orders"), mapping={
         "p:0": json.dumps({"offset": 41, "max_event_ms": now - 90_000, "written_ms": now - 1_000, "epoch": "E1"}),
         "p:1": json.dumps({"offset": 7, "max_event_ms": now - 10 * MS_PER_MINUTE, "written_ms": now - 1_000, "epoch": "E1"}),
+        # the job's offset check: partition 1 (quiet for 10 min) applied all it holds, partition 0 is behind
+        "log_end": json.dumps({"checked_ms": now - 500, "partitions": {"0": [0, 50], "1": [0, 8]}}),
     })
     redis_client.hset(layout.entity_key(P, VIEW, ("u1",)),
                       mapping=layout.batch_fields({"cutoff": str(today), "run": "r1", "epoch": "E1"}))

@@ -17,6 +17,7 @@ import pytest
 from batch_jobs.materialize import materialize_feature_view, store_epoch
 from skewless.core import layout, oracle
 from skewless.core.repo import load_repository
+from skewless.core.staleness import LOG_END_FIELD
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
 from skewless.serving.online import OnlineStore
 from skewless.serving.push import PushError, Pusher
@@ -68,6 +69,9 @@ def setup_store(client: Any, repo: Any, admitted: list, offline: list, project: 
                                       "max_event_ms": max(e["event_time"] for e in admitted if e["_kafka_partition"] == p),
                                       "written_ms": NOW})
                 for p in {e["_kafka_partition"] for e in admitted}}
+    # the job's offset check when it had applied every record (docs/semantics.md §11): at the newest event
+    progress[LOG_END_FIELD] = json.dumps({"checked_ms": max(e["event_time"] for e in admitted), "partitions": {
+        f[2:]: [0, json.loads(v)["offset"] + 1] for f, v in progress.items()}})
     client.hset(layout.progress_key(project, "orders"), mapping=progress)
     for key, writes in tile_writes(project, view, admitted, epoch).items():
         keys, argv = layout.tile_cas_args([(key, g, fields) for g, fields in writes])

@@ -17,6 +17,7 @@ from skewless.core.dsl import Aggregation, FeatureView, SnapshotView
 from skewless.core.repo import load_repository
 from skewless.core.routing import BATCH_TAIL_DAYS
 from skewless.core.schemas import validator
+from skewless.core.staleness import LOG_END_FIELD
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR
 from skewless.producer import GeneratorConfig, generate
 
@@ -143,6 +144,9 @@ def fill(project: str, repo: Any, *, users: int = 50, events: int = 5000, start_
         written = progress_written_ms if progress_written_ms is not None else max(e["event_time"] for e in mine)
         progress[f"p:{p}"] = json.dumps({"offset": max(e["_offset"] for e in mine), "epoch": epoch,
                                          "max_event_ms": max(e["event_time"] for e in mine), "written_ms": written})
+    # the job's offset check (docs/semantics.md §11) when it had applied every record: at the newest event
+    ends = {str(p): [0, int(json.loads(v)["offset"]) + 1] for p, v in ((f[2:], v) for f, v in progress.items())}
+    progress[LOG_END_FIELD] = json.dumps({"checked_ms": max(e["event_time"] for e in admitted), "partitions": ends})
     store.data[layout.progress_key(project, "orders")] = progress
     store.data.update(tiles(project, view, admitted, epoch))
     per_user: dict[str, list] = {}

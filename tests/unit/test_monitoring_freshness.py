@@ -10,7 +10,7 @@ from datetime import timedelta
 from skewless import Agg, Aggregation, Entity, EventSource, Field, FeatureView, SnapshotView, TableSource, Window
 from skewless.core import layout
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
-from skewless.core.staleness import parse_progress, stream_status
+from skewless.core.staleness import LOG_END_FIELD, parse_progress, stream_status
 from skewless.monitoring.freshness import freshness, render_table, view_freshness
 
 P = "shop"
@@ -65,6 +65,11 @@ def test_stream_ok_and_stale():
     st = Store()
     progress(st, [NOW - 2 * MS_PER_MINUTE, NOW - 9 * MS_PER_MINUTE])
     meta(st, STREAM)
+    (row,) = view_freshness(st, P, STREAM, now=NOW)  # the partition furthest behind bounds the lag
+    assert (row.part, row.lag_ms, row.sla_ms, row.status) == ("stream", 9 * MS_PER_MINUTE, 5 * MS_PER_MINUTE, "stale")
+    # the job's offset check: partition 1 applied everything its log held (offset 10 of a log ending at 11), 0 is behind
+    st.hashes[layout.progress_key(P, "orders")][LOG_END_FIELD] = json.dumps(
+        {"checked_ms": NOW - 700, "partitions": {"0": [0, 5], "1": [0, 11]}})
     (row,) = view_freshness(st, P, STREAM, now=NOW)
     assert (row.part, row.lag_ms, row.sla_ms, row.status) == ("stream", 2 * MS_PER_MINUTE, 5 * MS_PER_MINUTE, "ok")
     assert row.progress_age_ms == 1000

@@ -41,6 +41,10 @@ import redis.clients.jedis.util.SafeEncoder;
  * checkpoint completes, the progress write is confirmed on a replica too. Any error fails the flush (the task
  * restarts from the last checkpoint); nothing is dropped. The writer refuses a Redis whose {@code maxmemory-policy}
  * may evict keys (warns and goes on where {@code CONFIG GET} is denied).
+ *
+ * <p>Subtask 0 also writes the progress hash's {@code log_end} field about every second: the newest check of the
+ * topic's offsets ({@link LogEndCheck}, on its own thread), with which readers tell a caught-up quiet partition from
+ * one behind (skewless.core.staleness).
  */
 public final class RedisTileSink implements Sink<Row> {
     private static final long serialVersionUID = 1L;
@@ -54,7 +58,7 @@ public final class RedisTileSink implements Sink<Row> {
     @Override
     public SinkWriter<Row> createWriter(WriterInitContext context) throws IOException {
         return openWriter(parse(spec), context.getProcessingTimeService(),
-            context.metricGroup().counter("skewless_rows_written"));
+            context.metricGroup().counter("skewless_rows_written"), context.getTaskInfo().getIndexOfThisSubtask() == 0);
     }
 
     @SuppressWarnings("unchecked")
@@ -84,17 +88,32 @@ public final class RedisTileSink implements Sink<Row> {
         void close();
     }
 
-    /** The spec's Redis, checked (eviction policy) and initialised (epoch, views' meta), and the store's epoch. */
+    /**
+     * The spec's Redis, checked (eviction policy) and initialised (epoch, views' meta), and the store's epoch; with
+     * {@code checkLogEnd} (subtask 0) and a topic in the spec, the offset checks of {@link LogEndCheck}.
+     */
     @SuppressWarnings("unchecked")
-    static Writer openWriter(Map<String, Object> spec, ProcessingTimeService time, Counter written) throws IOException {
+    static Writer openWriter(Map<String, Object> spec, ProcessingTimeService time, Counter written, boolean checkLogEnd)
+            throws IOException {
         RedisNodes nodes = RedisNodes.open((Map<String, Object>) spec.get("redis"));
+        Writer writer = null;
         try {
             checkEvictionPolicy(nodes, TileEncoder.strings(spec.get("evicting_policies")));
             String epoch = initStore(nodes, (String) spec.get("epoch_key"), TileEncoder.strings(spec.get("meta_keys")),
                 (Long) spec.get("applied_from_ms"), Boolean.TRUE.equals(spec.get("raise_applied_from")));
-            return new Writer(spec, time, written, nodes, epoch);
+            writer = new Writer(spec, time, written, nodes, epoch);
+            if (checkLogEnd && spec.get("topic") != null) {
+                writer.checkLogEnd(new LogEndCheck((String) spec.get("bootstrap"),
+                    (Map<String, Object>) spec.get("kafka_properties"), (String) spec.get("topic"),
+                    ((Long) spec.get("partitions")).intValue(), (Long) spec.get("log_end_timeout_ms")));
+            }
+            return writer;
         } catch (IOException | RuntimeException e) {
-            nodes.close();
+            if (writer != null) {
+                writer.close();  // its offset checks and the nodes
+            } else {
+                nodes.close();
+            }
             throw e;
         }
     }
@@ -190,6 +209,7 @@ public final class RedisTileSink implements Sink<Row> {
         private final Map<String, Object[]> progress = new LinkedHashMap<>();
         private int rows;
         private boolean armed;
+        private LogEndCheck logEnd;
 
         Writer(Map<String, Object> spec, ProcessingTimeService time, Counter written, Store store, String epoch)
                 throws IOException {
@@ -204,6 +224,32 @@ public final class RedisTileSink implements Sink<Row> {
             this.epoch = epoch;
             this.progressSlot = store.slot(progressKey);
             this.sha = store.script((String) spec.get("cas_script"));
+        }
+
+        /**
+         * Write a first offset check now, then the newest one every {@link LogEndCheck#INTERVAL_MS} (a timer on the
+         * task thread).
+         */
+        void checkLogEnd(LogEndCheck check) throws IOException {
+            this.logEnd = check;
+            writeLogEnd(check.start());
+            armLogEnd();
+        }
+
+        private void writeLogEnd(String json) throws IOException {
+            if (json != null) {
+                check(redis.pipeline(List.of(new RedisNodes.Command(progressSlot, List.of("HSET", progressKey, "log_end", json)))));
+            }
+        }
+
+        private void armLogEnd() {
+            time.registerTimer(time.getCurrentProcessingTime() + LogEndCheck.INTERVAL_MS, t -> {
+                if (logEnd == null) {
+                    return;  // closed
+                }
+                writeLogEnd(logEnd.take());
+                armLogEnd();
+            });
         }
 
         @Override
@@ -331,6 +377,10 @@ public final class RedisTileSink implements Sink<Row> {
 
         @Override
         public void close() {
+            if (logEnd != null) {
+                logEnd.close();
+                logEnd = null;
+            }
             redis.close();  // pending rows were flushed at the end of input, or the checkpoint replays them
         }
     }
