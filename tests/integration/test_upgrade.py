@@ -67,7 +67,8 @@ def write_repo(folder: Path, versions: dict[int, int]) -> Path:
 
 
 def progress_records(redis_client: Any, project: str, lane: str = "") -> int:
-    return sum(json.loads(v)["records"] for v in redis_client.hgetall(layout.progress_key(project, "orders", lane)).values())
+    fields = redis_client.hgetall(layout.progress_key(project, "orders", lane))
+    return sum(json.loads(v)["records"] for k, v in fields.items() if k.startswith(b"p:"))  # not the log_end check
 
 
 def start_job(job: Any, repo_path: Path, kafka_bootstrap: str, redis_url: str, topic: str, project: str, ckpt: Path,
