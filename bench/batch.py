@@ -26,7 +26,9 @@ session to its end; the raw files are read once beforehand so no job pays the di
 - ``incremental_day_s``: one more day of events appended, then the daily run (gate, tiles of the day, serving
   from the backfill's serving state), in a fresh JVM; then, untimed, the full merge of every tile day for the
   same cut-off, which must give the same rows.
-- ``materialize_rows_per_s``: serving rows (one per user) into a local Redis via ``skewless materialize``'s code.
+- ``materialize_rows_per_s``: serving rows (one per user) into a local Redis via ``skewless materialize``'s code,
+  the best of 3 idempotent re-runs, each followed or preceded by a measurement of ``materialize_redis_ceiling_rows_per_s``
+  (the same run's fenced commands packed beforehand, only sent and read; the best of 3).
 
 ``SKEWLESS_BENCH_BATCH_VIEW_ONLY=1`` runs only the backfill and the nine-aggregation floor (``backfill_365d_s``).
 ``SKEWLESS_BENCH_BATCH_MATERIALIZE_ONLY=1`` runs only the backfill (cold, untimed here) and the materialization of its
@@ -66,6 +68,7 @@ VIEW_ONLY = os.environ.get("SKEWLESS_BENCH_BATCH_VIEW_ONLY", "0") != "0"  # only
 MATERIALIZE_ONLY = os.environ.get("SKEWLESS_BENCH_BATCH_MATERIALIZE_ONLY", "0") != "0"  # only the materialize metrics
 FLOOR_RATIO_GOAL = 1.5
 MATERIALIZE_GOAL = 150_000
+MATERIALIZE_PAIRS = 3  # re-runs and ceiling measurements, interleaved (each metric the best of its runs)
 FLOOR_FEATURE = "customer_ltv_365d"  # the 365d SUM the hand-written floor query computes
 MS_PER_DAY = 86_400_000
 SEED = 1
@@ -395,8 +398,10 @@ def run() -> dict[str, Any]:
 
 
 def _materialize_metrics(catalog: Any, view: Any, day: Any, root: Path) -> dict[str, Any]:
-    """``materialize_rows_per_s`` (the better of a first run into an empty local Redis and its idempotent re-run) and
-    ``materialize_redis_ceiling_rows_per_s`` (the re-run's own commands, measured right after in the same Redis)."""
+    """``materialize_rows_per_s`` and ``materialize_redis_ceiling_rows_per_s`` in one local Redis: a first run into
+    the empty Redis (reported in the note), then ``MATERIALIZE_PAIRS`` idempotent re-runs interleaved with as many
+    ceiling measurements (the order alternating), each figure the best of its runs: the same number of tries, like for
+    like (both overwrite every entity), so neither is favoured by the load of the moment."""
     import redis
 
     from batch_jobs.materialize import materialize_feature_view
@@ -411,20 +416,29 @@ def _materialize_metrics(catalog: Any, view: Any, day: Any, root: Path) -> dict[
         wait_until(redis_server.healthy, 60, "redis")
         client = redis.Redis.from_url(redis_server.url)
         client.set(layout.epoch_key("skewless"), "bench")
-        m = materialize_feature_view(catalog, client, view, day, project="skewless")
-        m2 = materialize_feature_view(catalog, client, view, day, project="skewless")  # idempotent re-run
-        ceiling = _redis_ceiling_rows_per_s(catalog, client, view, day, m2.run_id)
+        first = materialize_feature_view(catalog, client, view, day, project="skewless")
+        reruns, ceilings = [], []
+        for i in range(MATERIALIZE_PAIRS):
+            if i % 2:
+                ceilings.append(_redis_ceiling_rows_per_s(catalog, client, view, day, first.run_id))
+            reruns.append(materialize_feature_view(catalog, client, view, day, project="skewless").rows_per_s)
+            if not i % 2:
+                ceilings.append(_redis_ceiling_rows_per_s(catalog, client, view, day, first.run_id))
     finally:
         redis_server.stop(started)
+    best, ceiling = max(reruns), max(ceilings)
+    ratios = sorted(r / c for r, c in zip(reruns, ceilings))
     return {
-        "materialize_rows_per_s": {"value": round(max(m.rows_per_s, m2.rows_per_s)), "unit": "rows/s",
-                                   "floor": MATERIALIZE_GOAL,
-                                   "note": f"{m.rows:,} entities; first {m.rows_per_s:,.0f}/s, re-run {m2.rows_per_s:,.0f}/s "
-                                           f"({m2.rows_per_s / ceiling:.0%} of the Redis ceiling below)"},
+        "materialize_rows_per_s": {"value": round(best), "unit": "rows/s", "floor": MATERIALIZE_GOAL,
+                                   "note": f"{first.rows:,} entities; best of {len(reruns)} idempotent re-runs "
+                                           f"({', '.join(f'{r:,.0f}' for r in reruns)}/s): {best / ceiling:.0%} of the "
+                                           f"Redis ceiling below (paired run by run: {', '.join(f'{r:.0%}' for r in ratios)}); "
+                                           f"the first run into the empty Redis {first.rows_per_s:,.0f}/s"},
         "materialize_redis_ceiling_rows_per_s": {
             "value": round(ceiling), "unit": "rows/s",
-            "note": "info: the re-run's own commands packed beforehand, then only sent and their replies read on one "
-                    "connection, into the same Redis (infra/redis/redis.conf: AOF, fsync every second)"},
+            "note": f"info: best of {len(ceilings)} ({', '.join(f'{c:,.0f}' for c in ceilings)}/s), each interleaved with a "
+                    "re-run: the re-run's own fenced commands packed beforehand, then only sent and their replies read on "
+                    "one connection, into the same Redis (infra/redis/redis.conf: AOF, fsync every second)"},
     }
 
 
@@ -457,10 +471,9 @@ def _redis_ceiling_rows_per_s(catalog: Any, client: Any, view: Any, day: Any, ru
     fence = int(client.hget(layout.view_meta_key("skewless", view), layout.BATCH_FENCE))  # the last run's: writes again
     packer = M.BatchPacker(view, "skewless", cutoff_ms(day), run_id, epoch, fields, fence)
     tags, values = rows.column("entity_tag"), [rows.column(f.replace(":", "_")) for f in fields]
-    step = M.DEFAULT_BATCH
-    batches = [(packer.pack_arrow(tags.slice(lo, step).combine_chunks(),
-                                  [v.slice(lo, step).combine_chunks() for v in values], pa), min(step, len(tags) - lo))
-               for lo in range(0, len(tags), step)]
+    batches = [(packer.pack_arrow(tags.slice(lo, hi - lo).combine_chunks(),
+                                  [v.slice(lo, hi - lo).combine_chunks() for v in values], pa), hi - lo)
+               for lo, hi in M.batch_bounds(len(tags), M.DEFAULT_BATCH)]  # the materializer's sends
     t0 = time.monotonic()
     written = M.send_pipelined(client, batches)  # the materialization's own sending, on bytes packed beforehand
     return written / (time.monotonic() - t0)
