@@ -43,6 +43,7 @@ from skewless.engines.redis_client import (CLUSTER_SLOTS, check_online_store, is
 from skewless.offline.tables import DEFAULT_NAMESPACE, BatchError, ViewTables
 
 DEFAULT_BATCH = 10_000  # entities per pipelined send
+FIRST_BATCH = 1_000  # entities of the first send (at most): Redis starts on it while the next batch is packed
 DEFAULT_GROUP = 20  # kept for callers; the HSET protocol needs no grouping
 LEASE_MS = 120_000  # the writer lease, renewed before every pipelined batch (a holder seen dead is taken over at once)
 WAIT_MS = 10_000  # how long the replicas of a master written may take to acknowledge the run (WAIT)
@@ -307,19 +308,26 @@ def _write_rows(client: Any, *, packer_args: tuple, rows: Any, columns: dict[str
         g_tags = tags if idx is None else tags.take(idx)
         parts.append((name, g_tags, values if idx is None else [v.take(idx) for v in values]))
 
-    def rounds() -> Iterable[list[tuple[str, bytes, int]]]:
-        for lo in range(0, max((len(t) for _, t, _ in parts), default=0), step):
+    def rounds() -> Iterable[list[tuple[str, memoryview, int]]]:
+        for lo, hi in batch_bounds(max((len(t) for _, t, _ in parts), default=0), step):
             batch = []
             for name, g_tags, g_values in parts:
                 if lo < len(g_tags):
-                    hi = min(lo + step, len(g_tags))
-                    batch.append((name, packer.pack_arrow(g_tags.slice(lo, hi - lo), [v.slice(lo, hi - lo) for v in g_values],
-                                                          pa), hi - lo))  # while Redis runs the previous batch
+                    n = min(hi, len(g_tags)) - lo
+                    batch.append((name, packer.pack_arrow(g_tags.slice(lo, n), [v.slice(lo, n) for v in g_values], pa),
+                                  n))  # while Redis runs the previous batch
             if lo:  # then renew (and stop if another writer took the view over) and send
                 lease()
             yield batch
 
     send_rounds(nodes, rounds(), report, replicas={name: replica_count(node) for name, node in nodes.items()})
+
+
+def batch_bounds(rows: int, step: int, first: int = FIRST_BATCH) -> list[tuple[int, int]]:
+    """``(lo, hi)`` row ranges of the pipelined sends of ``rows`` rows: the first of at most ``first`` rows (Redis starts
+    on it while the next is packed), then ``step`` rows each."""
+    lows = [0, *range(min(step, first), rows, step)] if rows else []
+    return list(zip(lows, [*lows[1:], rows]))
 
 
 def row_groups(client: Any, tags: Any) -> list[tuple[str, Any, Any]]:
@@ -341,13 +349,13 @@ def row_groups(client: Any, tags: Any) -> list[tuple[str, Any, Any]]:
     return [(name, clients[name], np.asarray(idx, dtype=np.int64)) for name, idx in sorted(by_node.items())]
 
 
-def send_pipelined(client: Any, batches: Iterable[tuple[bytes, int]], report: MaterializeReport | None = None) -> int:
+def send_pipelined(client: Any, batches: Iterable[tuple[bytes | memoryview, int]], report: MaterializeReport | None = None) -> int:
     """:func:`send_rounds` of ``(packed EVALSHA commands, entities)`` batches to one Redis; returns the entities whose
     write was answered."""
     return send_rounds({"": client}, ([("", data, count)] for data, count in batches), report)
 
 
-def send_rounds(nodes: dict[str, Any], rounds: Iterable[list[tuple[str, bytes, int]]],
+def send_rounds(nodes: dict[str, Any], rounds: Iterable[list[tuple[str, bytes | memoryview, int]]],
                 report: MaterializeReport | None = None, replicas: dict[str, int] | None = None,
                 wait_ms: int = WAIT_MS) -> int:
     """Send rounds of ``(master, packed EVALSHA commands, entities)`` batches, one connection per master of ``nodes``
@@ -497,29 +505,27 @@ class BatchPacker:
                 append(b"$%d\r\n%s\r\n" % (len(v), v))
         return b"".join(parts)
 
-    def pack_arrow(self, tags: Any, values: Sequence[Any], pa: Any) -> bytes:
-        """:meth:`pack` on Arrow string arrays, vectorised with Arrow compute (no Python per row)."""
+    def pack_arrow(self, tags: Any, values: Sequence[Any], pa: Any) -> memoryview:
+        """:meth:`pack` on Arrow string arrays, vectorised with Arrow compute (no Python per row): one element-wise
+        join of the constant parts, the lengths and the values, returned as a view of the joined bytes (not copied)."""
+        import numpy as np
         import pyarrow.compute as pc
 
-        def bulk(arr: Any) -> Any:
-            return pc.binary_join_element_wise("$", pc.cast(pc.binary_length(arr), pa.string()), "\r\n", arr, "\r\n", "")
-
         tags = pc.cast(tags, pa.string())
+        values = [pc.cast(v, pa.string()) for v in values]
         if tags.null_count or any(v.null_count for v in values):
             raise BatchError("serving rows hold nulls: the serving table is damaged")
-        key = bulk(pc.binary_join_element_wise(self.key_head.decode(), tags, self.key_tail.decode(), ""))
-        parts: list[Any] = [self.hset_head.decode(), key, self.middle.decode()]
+        key_extra = len(self.key_head) + len(self.key_tail)
+        parts: list[Any] = [self.hset_head.decode() + "$", pc.cast(pc.add(pc.binary_length(tags), key_extra), pa.string()),
+                            "\r\n" + self.key_head.decode(), tags, self.key_tail.decode() + "\r\n" + self.middle.decode()]
         for fh, v in zip(self.field_heads, values):
-            parts += [fh.decode(), bulk(pc.cast(v, pa.string()))]
-        parts.append("")
-        joined = pc.binary_join_element_wise(*parts)
-        if not isinstance(joined, pa.Array):
-            joined = pa.array([joined.as_py()], pa.string())
-        offsets = joined.buffers()[1]
-        import numpy as np
-
-        o = np.frombuffer(offsets, dtype=np.int32, count=len(joined) + 1, offset=joined.offset * 4)
-        return joined.buffers()[2].to_pybytes()[o[0]:o[-1]]
+            parts[-1] += fh.decode() + "$"  # the constant text before this value's length joins the previous one
+            parts += [pc.cast(pc.binary_length(v), pa.string()), "\r\n", v, "\r\n"]
+        joined = pc.binary_join_element_wise(*parts, "")
+        if isinstance(joined, pa.ChunkedArray):
+            joined = joined.combine_chunks()
+        offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=joined.offset * 4)
+        return memoryview(joined.buffers()[2])[offsets[0]:offsets[-1]]
 
 
 class IntegerReplies:
