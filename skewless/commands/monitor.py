@@ -119,7 +119,7 @@ def _freshness_rows(args: argparse.Namespace, repo: Any) -> list:
     views = [repo.view(v) for v in args.view] if getattr(args, "view", None) else list(repo.views)
     client = _redis_client(args)
     try:
-        return freshness(client, _project(args), views)
+        return freshness(client, _project(args), views, lane=repo.progress_lane)
     finally:
         client.close()
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from skewless.core import layout
 from skewless.core.dsl import FeatureView, SnapshotView, View
@@ -74,10 +74,11 @@ def _scan_keys(client: Any, pattern: str, limit: int) -> list[Any]:
     return keys
 
 
-def _stream_row(client: Any, project: str, view: FeatureView, epoch: str | None, meta: dict, now: int) -> FreshnessRow:
+def _stream_row(client: Any, project: str, view: FeatureView, epoch: str | None, meta: dict, now: int,
+                lane: str) -> FreshnessRow:
     sla = td_ms(view.freshness_sla)
     base = dict(view=view.name, version=int(view.version), part="stream", sla_ms=sla)
-    progress = parse_progress(client.hgetall(layout.progress_key(project, view.source.name)))
+    progress = parse_progress(client.hgetall(layout.progress_key(project, view.source.name, lane)))
     if not progress:
         return FreshnessRow(**base, lag_ms=None, status=MISSING, detail=f"no progress published for source {view.source.name}")
     if not meta:
@@ -152,8 +153,10 @@ def _snapshot_row(client: Any, project: str, view: SnapshotView, meta: dict, now
 
 
 def view_freshness(client: Any, project: str, view: View, now: int | None = None,
-                   scan_limit: int = DEFAULT_SCAN_LIMIT) -> list[FreshnessRow]:
-    """Freshness rows of one view (one per part). Never raises: a failure is one row with status ``error``."""
+                   scan_limit: int = DEFAULT_SCAN_LIMIT, lane: str = "") -> list[FreshnessRow]:
+    """Freshness rows of one view (one per part). Never raises: a failure is one row with status ``error``. ``lane``:
+    the progress lane of the view's streaming job (``Repository.progress_lane``: an upgrade's newer version has its
+    own)."""
     now = now_ms() if now is None else int(now)
 
     def compute() -> list[FreshnessRow]:
@@ -163,7 +166,7 @@ def view_freshness(client: Any, project: str, view: View, now: int | None = None
             return [_snapshot_row(client, project, view, meta, now, scan_limit)]
         rows = []
         if not view.source.is_batch_only:
-            rows.append(_stream_row(client, project, view, epoch, meta, now))
+            rows.append(_stream_row(client, project, view, epoch, meta, now, lane))
         if layout.batch_windows(view) or view.source.is_batch_only:
             rows.append(_batch_row(client, project, view, meta, now, scan_limit))
         return rows
@@ -173,10 +176,11 @@ def view_freshness(client: Any, project: str, view: View, now: int | None = None
 
 
 def freshness(client: Any, project: str, views: Iterable[View], now: int | None = None,
-              scan_limit: int = DEFAULT_SCAN_LIMIT) -> list[FreshnessRow]:
-    """Freshness rows of every view, in the given order."""
+              scan_limit: int = DEFAULT_SCAN_LIMIT, lane: Callable[[View], str] | None = None) -> list[FreshnessRow]:
+    """Freshness rows of every view, in the given order; ``lane`` gives a view's progress lane (default: the
+    source's job, "")."""
     now = now_ms() if now is None else int(now)
-    return [row for v in views for row in view_freshness(client, project, v, now, scan_limit)]
+    return [row for v in views for row in view_freshness(client, project, v, now, scan_limit, lane(v) if lane else "")]
 
 
 def render_table(rows: Iterable[FreshnessRow]) -> str:

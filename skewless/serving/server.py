@@ -402,7 +402,7 @@ class FeatureServer:
 
         store = self.store
         try:
-            text = render(freshness=freshness(store.client, store.project, store.repo.views))
+            text = render(freshness=freshness(store.client, store.project, store.repo.views, lane=store.repo.progress_lane))
         except Exception as exc:  # noqa: BLE001 - metrics report the failure instead of failing
             text = render(extra={"skewless_freshness_unavailable": 1.0}) + f"# freshness failed: {type(exc).__name__}\n"
         self._freshness = (time.monotonic(), text)

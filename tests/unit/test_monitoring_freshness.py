@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 from skewless import Agg, Aggregation, Entity, EventSource, Field, FeatureView, SnapshotView, TableSource, Window
 from skewless.core import layout
+from skewless.core.repo import Repository
 from skewless.core.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
 from skewless.core.staleness import LOG_END_FIELD, parse_progress, stream_status
 from skewless.monitoring.freshness import freshness, render_table, view_freshness
@@ -159,3 +161,18 @@ def test_stream_counters_per_partition_reach_the_exposition():
     assert f"skewless_stream_records_dropped{{{labels}}} 7" in lines
     assert 'skewless_stream_records_dropped{partition="0",reason="late",source="orders",version="1",view="s"} 3' in lines
     assert 'skewless_stream_dedup_entries{partition="1",source="orders",version="1",view="s"} 41' in lines
+
+
+def test_an_upgrades_newer_version_is_measured_on_its_own_jobs_progress():
+    """During an upgrade the newer version's job writes its own progress lane; its freshness comes from there, not
+    from the source's job (whose progress says nothing about the newer version)."""
+    v2 = replace(STREAM, version=2, features=[Aggregation("n", Agg.COUNT, None, Window.hours(2))])
+    repo = Repository.of([STREAM, v2])
+    st = Store()
+    progress(st, [NOW - MS_PER_MINUTE])  # the source's job (v1): fresh
+    st.hashes[layout.progress_key(P, "orders", repo.progress_lane(v2))] = {  # v2's own job: 9 minutes behind
+        "p:0": json.dumps({"offset": 3, "max_event_ms": NOW - 9 * MS_PER_MINUTE, "written_ms": NOW - 1000, "epoch": "E1"})}
+    meta(st, STREAM)
+    meta(st, v2)
+    rows = freshness(st, P, repo.versions("s"), now=NOW, lane=repo.progress_lane)
+    assert [(r.version, r.lag_ms, r.status) for r in rows] == [(1, MS_PER_MINUTE, "ok"), (2, 9 * MS_PER_MINUTE, "stale")]
