@@ -28,7 +28,8 @@ def test_setup_is_silent_when_up_to_date():
 
 
 def test_setup_names_a_phase_that_does_work(tmp_path: Path):
-    """A copy of the project whose Java jars were never built: setup builds them and says so, then is silent."""
+    """A copy of the project whose Java jars and C read kernel were never built: setup builds them and says so, then
+    is silent."""
     root = tmp_path / "copy"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
     root.mkdir()
@@ -45,7 +46,10 @@ def test_setup_names_a_phase_that_does_work(tmp_path: Path):
     done = _setup(root)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "setup: Java code of streaming_jobs.udf (javac streaming_jobs/java)"
+    assert lines[0] == "setup: C read kernel (setup.py build_ext --inplace)"
+    assert lines[1].startswith("setup: read_kernel done in ") and lines[1].endswith(" s")
+    assert lines[2] == "setup: Java code of streaming_jobs.udf (javac streaming_jobs/java)"
+    assert list(root.glob("skewless/serving/read_kernel.*.so")), "the C read kernel was not built"
     assert any(line.startswith("setup: skewless.engines.spark_jar done in ") and line.endswith(" s") for line in lines)
     assert lines[-1] == "setup: ok"
     assert _setup(root).stdout == ""
