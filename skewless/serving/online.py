@@ -433,6 +433,14 @@ class OnlineStore:
                 cache = packed_cache.get(vp.serial)  # entity tag -> the entity's packed commands of that view
                 if cache is None or len(cache) >= CACHE_MAX:
                     cache = packed_cache[vp.serial] = {}
+                if n == 1:  # one entity: its commands kept, or packed now
+                    t = tags[vp.entity_index][0]
+                    one = cache.get(t)
+                    if one is None:
+                        one = cache[t] = b"".join([piece % (c + len(t), t) for piece, c in vp.pieces])
+                        self.caches.charge(len(t) + len(one) + ENTRY_OVERHEAD)
+                    packed.append(one)
+                    continue
                 pieces = vp.pieces
                 ones = list(map(cache.get, tags[vp.entity_index]))
                 if None in ones:
@@ -512,7 +520,14 @@ class OnlineStore:
         found: dict[str, list[bool]] = {}  # per view, per entity: does the store hold any key of it
         sampler = self.sampler
         caches = self.caches
+        one_names = plan.one_names if n == 1 and not inactive else None  # one entity: the response's dicts filled
+        if one_names is not None:  # view by view (the views' outputs are the columns in order)
+            value_of: dict[str, list[Any]] = {}
+            status_of: dict[str, list[str]] = {}
+            age_of: dict[str, list[int | None]] = {}
+        vi = -1
         for vp in plan.views:
+            vi += 1
             k = vp.key_count()
             chunk = None
             if stream is None:
@@ -551,7 +566,13 @@ class OnlineStore:
                                 tags[vp.entity_index], use_memo, stream, view_found)
                 if runs:
                     batch_runs[vp.label] = runs
-            if n == 1:
+            if one_names is not None:
+                row_vals, row_sts, row_age = rows[0]
+                for c, v, st in zip(one_names[vi], row_vals, row_sts):
+                    value_of[c] = [v]
+                    status_of[c] = [st]
+                    age_of[c] = [row_age]
+            elif n == 1:
                 row_vals, row_sts, row_age = rows[0]
                 for j, v, st in zip(vp.out_columns, row_vals, row_sts):
                     values[j] = [v]
@@ -571,11 +592,14 @@ class OnlineStore:
                     sampler.observe(vp.view.name, {f: row_vals[jo] for jo, (f, _) in enumerate(vp.outputs)})
         if stream is not None:
             stream.finish()
-        return OnlineResponse(
-            columns=plan.columns, refs=plan.refs, entities=cols,
-            values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
-            ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress_read=progress_parts,
-            batch_runs=batch_runs, found=found, value_types=plan.value_types, versions=dict(versions))
+        if one_names is None:
+            value_of = dict(zip(plan.columns, values))
+            status_of = dict(zip(plan.columns, statuses))
+            age_of = dict(zip(plan.columns, ages))
+        # positional: columns, refs, entities, values, statuses, ages_ms, now_ms, as_of_ms, progress_read, batch_runs,
+        # found, value_types, versions (the dataclass's field order)
+        return OnlineResponse(plan.columns, plan.refs, cols, value_of, status_of, age_of, now, as_of_ms, progress_parts,
+                              batch_runs, found, plan.value_types, dict(versions))
 
     def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
                        ) -> tuple[dict[int, dict[str, Any]], int | None, int | None]:

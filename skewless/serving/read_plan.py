@@ -229,11 +229,15 @@ class ReadPlan:
     shared: tuple | None = None  # the shared replies of the last read that read them all, and what the read took from them
     # (epoch, its text, views unreadable, view metas, progress per source, newest event, newest applied): a read whose
     # shared replies are equal reuses it (OnlineStore._evaluate)
+    one_names: tuple[tuple[str, ...], ...] | None = None  # per view its outputs' column names when the views' outputs
+    # are the columns in order (a one-entity response's dicts are then filled view by view); None: they are not
 
     def __post_init__(self) -> None:
         self.head_kinds = tuple(K_GET if cmd == GET else K_HASH for cmd, _ in self.head_names)
         self.head_packed = b"".join([_pack(cmd, key) for cmd, key in self.head_names])
         self.one_kinds = self.head_kinds + tuple(kind for vp in self.views for kind in vp.kinds)
+        in_order = tuple(j for vp in self.views for j in vp.out_columns) == tuple(range(len(self.columns)))
+        self.one_names = tuple(tuple(self.columns[j] for j in vp.out_columns) for vp in self.views) if in_order else None
 
 
 def active_versions(plan: ReadPlan, replies: Sequence[Any]) -> tuple[frozenset[int], dict[str, int]]:
