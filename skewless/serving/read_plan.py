@@ -131,6 +131,8 @@ class ViewReadPlan:
     # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
     window: tuple | None = None
     compiled: Any = None  # the view's compiled evaluation (skewless.serving.compiled), made on its first read
+    compiled_read: tuple | None = None  # (T, window, epoch, view meta, keep, its entity evaluator) of the last read
+    # that made one (evaluate.compiled_entity): a read in the same context takes that evaluator; replaced whole
     context: tuple | None = None  # (window, epoch, view meta, memo context number) of the last read (evaluate.window_context)
     out_columns: tuple[int, ...] = ()  # the column index of each output
     key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
