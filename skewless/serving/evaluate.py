@@ -336,11 +336,13 @@ def snapshots(vp: ViewReadPlan, raws: Sequence[Any], epoch: str | None, T: int,
             elif ts >= live_from:
                 decoded = row[4]
                 if decoded is None:
-                    stored = row[3]["values"]
-                    decoded = tuple([x if type(x) in _PLAIN_VALUES else laws.decode_value(x)  # plain: itself
-                                     for x in [stored[p] for p, _ in vp.snapshot_fields]])
-                    if _frozen(decoded):
+                    decoded = vp.snap_pick(row[3]["values"])  # type: ignore[misc]
+                    if _PLAIN_VALUES.issuperset(map(type, decoded)):  # plain values: themselves, immutable
                         row[4] = decoded
+                    else:
+                        decoded = tuple([x if type(x) in _PLAIN_VALUES else laws.decode_value(x) for x in decoded])
+                        if _frozen(decoded):
+                            row[4] = decoded
                 append((decoded, present, T - ts))
             else:
                 append((nones, expired if ts >= remembered_from else present, T - ts))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 from math import lcm
 from typing import Any, Callable, Sequence
@@ -139,6 +140,7 @@ class ViewReadPlan:
     kinds: tuple[int, ...] = ()  # reply kind (K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
     snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
+    snap_pick: Callable[[Any], tuple] | None = None  # snapshot views: a row's stored values -> the read fields' (a tuple)
     group_of: dict = field(default_factory=dict)  # tile size text (b"300000") -> index into groups
     batch_names: frozenset = frozenset()  # the batch record's fields (b"cutoff", b"run", b"epoch", b"w:...")
     progress_name: str = ""  # its progress hash's name in ReadPlan.sources: the source's, or 'source:lane' (an upgrade job's)
@@ -159,6 +161,9 @@ class ViewReadPlan:
         if self.snapshot:
             k = len(self.snapshot_fields)
             self.snap_outputs = ((None,) * k, (INCOMPLETE,) * k, (PRESENT,) * k, (EXPIRED,) * k)
+            positions = [p for p, _ in self.snapshot_fields]
+            self.snap_pick = operator.itemgetter(*positions) if k > 1 else (
+                (lambda stored, p=positions[0]: (stored[p],)) if k == 1 else (lambda stored: ()))
             tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in SNAPSHOT_FIELDS)
             self.pieces = ((b"*%d\r\n$5\r\nHMGET\r\n$%%d\r\n%s%%s}\r\n%s" % (2 + len(SNAPSHOT_FIELDS), esc, tail),
                             len(self.prefix) + 1),)
