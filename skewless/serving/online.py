@@ -29,6 +29,7 @@ import html
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Sequence
@@ -281,8 +282,8 @@ class OnlineStore:
         self._epoch_key = layout.epoch_key(self.project).encode()
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
         self._cluster = ClusterExchange(redis_client) if is_cluster(redis_client) else None
-        self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call
-        self._pid = os.getpid()
+        self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call (emptied in a
+        _STORES.add(self)  # forked child: the parent's sockets are not its own, see _forget_connections_after_fork)
         if max_key_length is None or cache_bytes is None:
             env_key_length, env_cache_bytes = read_limits()
             max_key_length, cache_bytes = max_key_length or env_key_length, cache_bytes or env_cache_bytes
@@ -631,8 +632,6 @@ class OnlineStore:
         every call reads all its replies or disconnects, so the pool's per-checkout "unread data?" probe (a
         syscall) and its locking are not needed on every read. A kept connection the server closed meanwhile
         (restart, idle timeout) is retried once on a fresh socket, as the pool's probe would have reconnected."""
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._conns, self._pid = [], os.getpid()
         conns = self._conns
         try:
             conn, kept = conns.pop(), True
@@ -673,6 +672,17 @@ class OnlineStore:
 
 
 _NO_LIST: list = []
+_STORES: weakref.WeakSet[OnlineStore] = weakref.WeakSet()  # the process's stores, whose kept connections a fork drops
+
+
+def _forget_connections_after_fork() -> None:
+    """In a forked child: every store's kept connections are the parent's sockets, never used here (the child's first
+    read takes a new one from the client's pool, which redis-py resets after a fork)."""
+    for store in list(_STORES):
+        store._conns = []
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 def _refuse_extra_keys(plan: ReadPlan, given: Mapping[Any, Any], where: str) -> None:
