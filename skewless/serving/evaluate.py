@@ -388,6 +388,9 @@ def windowed(caches: ReadCaches, vp: ViewReadPlan, chunk: Sequence[Any], n: int,
     if stream is not None:  # replies passed over (None: the entry's) or parsed, and their raw bytes
         parsed, spans = stream.take([None if e is None else e[7] for e in entries], k, use_memo)
         raws_list = [e[1] if p is None else p for e, p in zip(entries, parsed)]
+    elif n == 1:
+        raws_list = [(chunk[0],) if k == 1 else chunk[:k]]  # type: ignore[index]
+        spans = ()
     else:
         raws_list = [(chunk[i],) if k == 1 else chunk[i * k:(i + 1) * k] for i in range(n)]  # type: ignore[index]
         spans = ()  # no raw bytes
