@@ -29,6 +29,7 @@ import html
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Sequence
@@ -281,8 +282,8 @@ class OnlineStore:
         self._epoch_key = layout.epoch_key(self.project).encode()
         self._fast = hasattr(redis_client, "connection_pool") and not hasattr(redis_client, "get_nodes")
         self._cluster = ClusterExchange(redis_client) if is_cluster(redis_client) else None
-        self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call
-        self._pid = os.getpid()
+        self._conns: list[Any] = []  # connections taken from the client's pool, free for the next call (emptied in a
+        _STORES.add(self)  # forked child: the parent's sockets are not its own, see _forget_connections_after_fork)
         if max_key_length is None or cache_bytes is None:
             env_key_length, env_cache_bytes = read_limits()
             max_key_length, cache_bytes = max_key_length or env_key_length, cache_bytes or env_cache_bytes
@@ -433,6 +434,14 @@ class OnlineStore:
                 cache = packed_cache.get(vp.serial)  # entity tag -> the entity's packed commands of that view
                 if cache is None or len(cache) >= CACHE_MAX:
                     cache = packed_cache[vp.serial] = {}
+                if n == 1:  # one entity: its commands kept, or packed now
+                    t = tags[vp.entity_index][0]
+                    one = cache.get(t)
+                    if one is None:
+                        one = cache[t] = b"".join([piece % (c + len(t), t) for piece, c in vp.pieces])
+                        self.caches.charge(len(t) + len(one) + ENTRY_OVERHEAD)
+                    packed.append(one)
+                    continue
                 pieces = vp.pieces
                 ones = list(map(cache.get, tags[vp.entity_index]))
                 if None in ones:
@@ -512,7 +521,14 @@ class OnlineStore:
         found: dict[str, list[bool]] = {}  # per view, per entity: does the store hold any key of it
         sampler = self.sampler
         caches = self.caches
+        one_names = plan.one_names if n == 1 and not inactive else None  # one entity: the response's dicts filled
+        if one_names is not None:  # view by view (the views' outputs are the columns in order)
+            value_of: dict[str, list[Any]] = {}
+            status_of: dict[str, list[str]] = {}
+            age_of: dict[str, list[int | None]] = {}
+        vi = -1
         for vp in plan.views:
+            vi += 1
             k = vp.key_count()
             chunk = None
             if stream is None:
@@ -551,7 +567,13 @@ class OnlineStore:
                                 tags[vp.entity_index], use_memo, stream, view_found)
                 if runs:
                     batch_runs[vp.label] = runs
-            if n == 1:
+            if one_names is not None:
+                row_vals, row_sts, row_age = rows[0]
+                for c, v, st in zip(one_names[vi], row_vals, row_sts):
+                    value_of[c] = [v]
+                    status_of[c] = [st]
+                    age_of[c] = [row_age]
+            elif n == 1:
                 row_vals, row_sts, row_age = rows[0]
                 for j, v, st in zip(vp.out_columns, row_vals, row_sts):
                     values[j] = [v]
@@ -571,11 +593,14 @@ class OnlineStore:
                     sampler.observe(vp.view.name, {f: row_vals[jo] for jo, (f, _) in enumerate(vp.outputs)})
         if stream is not None:
             stream.finish()
-        return OnlineResponse(
-            columns=plan.columns, refs=plan.refs, entities=cols,
-            values=dict(zip(plan.columns, values)), statuses=dict(zip(plan.columns, statuses)),
-            ages_ms=dict(zip(plan.columns, ages)), now_ms=now, as_of_ms=as_of_ms, progress_read=progress_parts,
-            batch_runs=batch_runs, found=found, value_types=plan.value_types, versions=dict(versions))
+        if one_names is None:
+            value_of = dict(zip(plan.columns, values))
+            status_of = dict(zip(plan.columns, statuses))
+            age_of = dict(zip(plan.columns, ages))
+        # positional: columns, refs, entities, values, statuses, ages_ms, now_ms, as_of_ms, progress_read, batch_runs,
+        # found, value_types, versions (the dataclass's field order)
+        return OnlineResponse(plan.columns, plan.refs, cols, value_of, status_of, age_of, now, as_of_ms, progress_parts,
+                              batch_runs, found, plan.value_types, dict(versions))
 
     def _progress_info(self, raw: Mapping[bytes, bytes] | None, epoch_text: str | None
                        ) -> tuple[dict[int, dict[str, Any]], int | None, int | None]:
@@ -606,8 +631,6 @@ class OnlineStore:
         every call reads all its replies or disconnects, so the pool's per-checkout "unread data?" probe (a
         syscall) and its locking are not needed on every read. A kept connection the server closed meanwhile
         (restart, idle timeout) is retried once on a fresh socket, as the pool's probe would have reconnected."""
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._conns, self._pid = [], os.getpid()
         conns = self._conns
         try:
             conn, kept = conns.pop(), True
@@ -648,6 +671,17 @@ class OnlineStore:
 
 
 _NO_LIST: list = []
+_STORES: weakref.WeakSet[OnlineStore] = weakref.WeakSet()  # the process's stores, whose kept connections a fork drops
+
+
+def _forget_connections_after_fork() -> None:
+    """In a forked child: every store's kept connections are the parent's sockets, never used here (the child's first
+    read takes a new one from the client's pool, which redis-py resets after a fork)."""
+    for store in list(_STORES):
+        store._conns = []
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 def _refuse_extra_keys(plan: ReadPlan, given: Mapping[Any, Any], where: str) -> None:

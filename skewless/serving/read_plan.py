@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 from math import lcm
 from typing import Any, Callable, Sequence
@@ -131,12 +132,15 @@ class ViewReadPlan:
     # starts per group, their part of the memo context); one tuple, replaced whole (threads read it consistently)
     window: tuple | None = None
     compiled: Any = None  # the view's compiled evaluation (skewless.serving.compiled), made on its first read
+    compiled_read: tuple | None = None  # (T, window, epoch, view meta, keep, its entity evaluator) of the last read
+    # that made one (evaluate.compiled_entity): a read in the same context takes that evaluator; replaced whole
     context: tuple | None = None  # (window, epoch, view meta, memo context number) of the last read (evaluate.window_context)
     out_columns: tuple[int, ...] = ()  # the column index of each output
     key_suffixes: tuple[tuple[bytes, bytes], ...] = ()  # (command, key suffix after the tag) per key of an entity
     kinds: tuple[int, ...] = ()  # reply kind (K_*) per key of an entity
     pieces: tuple[tuple[bytes, int], ...] = ()  # (packed command template, key length without the tag) per key
     snap_outputs: tuple[tuple, ...] = ()  # snapshot views: (nulls, incomplete, present, expired) per output field
+    snap_pick: Callable[[Any], tuple] | None = None  # snapshot views: a row's stored values -> the read fields' (a tuple)
     group_of: dict = field(default_factory=dict)  # tile size text (b"300000") -> index into groups
     batch_names: frozenset = frozenset()  # the batch record's fields (b"cutoff", b"run", b"epoch", b"w:...")
     progress_name: str = ""  # its progress hash's name in ReadPlan.sources: the source's, or 'source:lane' (an upgrade job's)
@@ -157,6 +161,9 @@ class ViewReadPlan:
         if self.snapshot:
             k = len(self.snapshot_fields)
             self.snap_outputs = ((None,) * k, (INCOMPLETE,) * k, (PRESENT,) * k, (EXPIRED,) * k)
+            positions = [p for p, _ in self.snapshot_fields]
+            self.snap_pick = operator.itemgetter(*positions) if k > 1 else (
+                (lambda stored, p=positions[0]: (stored[p],)) if k == 1 else (lambda stored: ()))
             tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in SNAPSHOT_FIELDS)
             self.pieces = ((b"*%d\r\n$5\r\nHMGET\r\n$%%d\r\n%s%%s}\r\n%s" % (2 + len(SNAPSHOT_FIELDS), esc, tail),
                             len(self.prefix) + 1),)
@@ -229,11 +236,15 @@ class ReadPlan:
     shared: tuple | None = None  # the shared replies of the last read that read them all, and what the read took from them
     # (epoch, its text, views unreadable, view metas, progress per source, newest event, newest applied): a read whose
     # shared replies are equal reuses it (OnlineStore._evaluate)
+    one_names: tuple[tuple[str, ...], ...] | None = None  # per view its outputs' column names when the views' outputs
+    # are the columns in order (a one-entity response's dicts are then filled view by view); None: they are not
 
     def __post_init__(self) -> None:
         self.head_kinds = tuple(K_GET if cmd == GET else K_HASH for cmd, _ in self.head_names)
         self.head_packed = b"".join([_pack(cmd, key) for cmd, key in self.head_names])
         self.one_kinds = self.head_kinds + tuple(kind for vp in self.views for kind in vp.kinds)
+        in_order = tuple(j for vp in self.views for j in vp.out_columns) == tuple(range(len(self.columns)))
+        self.one_names = tuple(tuple(self.columns[j] for j in vp.out_columns) for vp in self.views) if in_order else None
 
 
 def active_versions(plan: ReadPlan, replies: Sequence[Any]) -> tuple[frozenset[int], dict[str, int]]:

@@ -188,3 +188,20 @@ def test_feature_names_that_are_not_identifiers_compile(repo: Any) -> None:
     got = entity_factory(now, [floor_ms(now, g.tile_ms) for g in vp.groups], EPOCH.encode(), 0, None, starts, True)(h)
     want = prepare(vp, aggregate(vp, [h], EPOCH.encode(), meta, now, None, starts, OnlineStore(repo, MemRedis({}), P).caches))
     assert got is not None and got[0] == want and want[0] == (4, 250, 4 / 250)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_one_entity_reads_in_one_context_equal_reads_of_a_fresh_store(repo: Any, filled: Any, service: str) -> None:
+    """One-entity reads at one instant share the view's compiled evaluator (evaluate.compiled_entity) and fill the
+    response view by view: each entity's answer is the one a fresh store gives it, every field of the response."""
+    now = _instants()[3]
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    for user in filled.users[:30] + ["never-seen"]:
+        got = store.get_online_features([{"user_id": user}], service, now_ms=now)
+        want = OnlineStore(repo, MemRedis(filled.data), P).get_online_features([{"user_id": user}], service, now_ms=now)
+        assert got.to_dict() == want.to_dict(), user
+        assert (got.columns, got.values, got.statuses, got.ages_ms, got.found, got.batch_runs, got.versions,
+                got.progress) == (want.columns, want.values, want.statuses, want.ages_ms, want.found, want.batch_runs,
+                                  want.versions, want.progress), user
+        assert list(got.values) == list(got.columns)  # the columns in order
+    assert any(vp.compiled_read is not None for vp in store.plan(service).views)

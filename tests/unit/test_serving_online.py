@@ -4,6 +4,7 @@ feature by feature, equal to the oracle, one round trip, snapshot TTL edges, sta
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -333,3 +334,19 @@ def test_a_responses_progress_is_its_own(repo: Any, filled: Any) -> None:
     again = store.get_online_features({"user_id": filled.users[:2]}, "churn_model", now_ms=now)
     assert json.loads(json.dumps(again.to_dict())) == want and again.progress["orders"]
     assert again.statuses == first.statuses and "stale" not in again.statuses["user_orders_last_1h"]
+
+
+def test_a_forked_child_does_not_use_the_parents_kept_connections(repo: Any, filled: Any) -> None:
+    """The connections a store keeps are its process's sockets: in a forked child the store keeps none (its next read
+    takes a new one from the client's pool), the parent keeps its own."""
+    import os
+
+    store = OnlineStore(repo, MemRedis(filled.data), P)
+    kept = object()
+    store._conns.append(kept)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when the parent's connection is gone
+        os._exit(0 if store._conns == [] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._conns == [kept]
