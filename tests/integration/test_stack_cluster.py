@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import sys
 import urllib.request
 import uuid
@@ -149,7 +150,10 @@ def test_cluster_topology_up_status_down(cluster_env: dict[str, str]) -> None:
     topic = f"rf-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(timeout=60)
     wait_for_partitions(admin, {topic: 3}, timeout_s=30)  # the answering broker may learn of it a moment later
-    partitions = admin.list_topics(topic, timeout=30).topics[topic].partitions
+    deadline = time.monotonic() + 30  # a broker that has not learned of the topic yet answers with no partitions
+    while not ((partitions := admin.list_topics(topic, timeout=30).topics[topic].partitions) and len(partitions) == 3
+               and all(len(p.replicas) == 3 for p in partitions.values())) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert len(partitions) == 3 and all(len(p.replicas) == 3 for p in partitions.values()), partitions
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     configs = admin.describe_configs([resource])[resource].result(timeout=30)
